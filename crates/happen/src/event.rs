@@ -1,0 +1,348 @@
+//! Events: a type, a schema-free payload and a context that records where the
+//! event came from and what caused it.
+//!
+//! An [`Event`] is plain data. Its serde form uses the documentation's field
+//! names (`causationId`, `correlationId`, `nodeId`, ...), so the same value can
+//! be written to the wire and read back in another process. Cloning an event is
+//! cheap: the contents are shared until one of the clones is changed.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// A unique, time-ordered event identifier (a UUID v7 in its text form).
+///
+/// ```
+/// let a = happen::new_event_id();
+/// let b = happen::new_event_id();
+/// assert!(a < b);
+/// ```
+pub fn new_event_id() -> String {
+    // `now_v7` keeps a per-process counter, so ids made in the same millisecond
+    // still sort in creation order.
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
+}
+
+pub(crate) fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The causal record of an event: which event it is, who sent it, what caused
+/// it and which larger process it belongs to.
+///
+/// Happen fills this in when an event is sent; handlers read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Causal {
+    /// The event's unique, time-ordered id.
+    pub id: String,
+    /// The id of the node that sent the event.
+    pub sender: String,
+    /// The id of the event being handled when this one was emitted; `None` for
+    /// a root event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    /// The id shared by every event of one transaction or process. A root
+    /// event's correlation id is its own id unless the sender set one.
+    pub correlation_id: String,
+    /// The ids of the nodes along the causal chain, ending with the sender.
+    pub path: Vec<String>,
+    /// When the event was sent, in milliseconds since the Unix epoch.
+    pub timestamp: u64,
+}
+
+/// Where an event came from, for acceptance controls and authorization.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Origin {
+    /// The node that immediately sent the event (set by Happen).
+    pub node_id: String,
+    /// The original source, such as a user id (set by the application).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
+    /// The kind of the original source, such as `"user"` (set by the application).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_type: Option<String>,
+}
+
+/// The context an event carries: its causal record, its origin and any
+/// application fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventContext {
+    /// Causality: id, sender, causation, correlation, path, timestamp.
+    #[serde(default)]
+    pub causal: Causal,
+    /// Origin: the sending node and the application's source.
+    #[serde(default)]
+    pub origin: Origin,
+    /// Application context fields, kept next to `causal` and `origin`.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct EventData {
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    context: EventContext,
+}
+
+/// A message between nodes: a type, a payload and a context.
+///
+/// Create one with [`Event::new`] (or [`Event::with_payload`] for a typed
+/// payload); Happen fills in the causal context when it is sent.
+///
+/// ```
+/// use happen::Event;
+/// use serde_json::json;
+///
+/// let event = Event::new("order.created", json!({ "orderId": "ORD-1" }))
+///     .with_correlation_id("txn-7")
+///     .with_source("user-42", "user");
+/// assert_eq!(event.event_type(), "order.created");
+/// assert_eq!(event.payload()["orderId"], "ORD-1");
+///
+/// // The wire form uses the documentation's names.
+/// let wire = serde_json::to_value(&event).unwrap();
+/// assert_eq!(wire["context"]["causal"]["correlationId"], "txn-7");
+/// assert_eq!(wire["context"]["origin"]["sourceType"], "user");
+/// ```
+#[derive(Clone, PartialEq)]
+pub struct Event(Arc<EventData>);
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("type", &self.0.event_type)
+            .field("payload", &self.0.payload)
+            .field("context", &self.0.context)
+            .finish()
+    }
+}
+
+impl Event {
+    /// A new event of `event_type` with a JSON payload.
+    pub fn new(event_type: impl Into<String>, payload: Value) -> Self {
+        Event(Arc::new(EventData {
+            event_type: event_type.into(),
+            payload,
+            context: EventContext::default(),
+        }))
+    }
+
+    /// A new event whose payload is `payload` serialized to JSON.
+    ///
+    /// ```
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Payment { amount: f64 }
+    ///
+    /// let event = happen::Event::with_payload("process-payment", &Payment { amount: 10.5 }).unwrap();
+    /// let back: Payment = event.payload_as().unwrap();
+    /// assert_eq!(back.amount, 10.5);
+    /// ```
+    pub fn with_payload<T: Serialize + ?Sized>(
+        event_type: impl Into<String>,
+        payload: &T,
+    ) -> crate::Result<Self> {
+        Ok(Self::new(event_type, serde_json::to_value(payload)?))
+    }
+
+    /// The event type, such as `"order.created"`.
+    pub fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Value {
+        &self.0.payload
+    }
+
+    /// Takes the payload out of the event (without copying it when this is
+    /// the only handle to the event).
+    pub fn into_payload(self) -> Value {
+        match Arc::try_unwrap(self.0) {
+            Ok(data) => data.payload,
+            Err(shared) => shared.payload.clone(),
+        }
+    }
+
+    /// The payload deserialized into `T`.
+    pub fn payload_as<T: DeserializeOwned>(&self) -> crate::Result<T> {
+        Ok(T::deserialize(&self.0.payload)?)
+    }
+
+    /// The whole context.
+    pub fn context(&self) -> &EventContext {
+        &self.0.context
+    }
+
+    /// The causal record (id, sender, causation, correlation, path, timestamp).
+    pub fn causal(&self) -> &Causal {
+        &self.0.context.causal
+    }
+
+    /// The origin record.
+    pub fn origin(&self) -> &Origin {
+        &self.0.context.origin
+    }
+
+    /// The event's id (empty until the event is sent).
+    pub fn id(&self) -> &str {
+        &self.0.context.causal.id
+    }
+
+    /// Sets the correlation id, grouping this event with others of the same
+    /// transaction. Without it, a root event's correlation id is its own id.
+    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.0).context.causal.correlation_id = id.into();
+        self
+    }
+
+    /// Records the application-level source of the event (a user, a service).
+    pub fn with_source(
+        mut self,
+        source_id: impl Into<String>,
+        source_type: impl Into<String>,
+    ) -> Self {
+        let origin = &mut Arc::make_mut(&mut self.0).context.origin;
+        origin.source_id = Some(source_id.into());
+        origin.source_type = Some(source_type.into());
+        self
+    }
+
+    /// Adds an application field to the context (beside `causal` and `origin`).
+    pub fn with_context(mut self, key: impl Into<String>, value: Value) -> Self {
+        Arc::make_mut(&mut self.0)
+            .context
+            .extra
+            .insert(key.into(), value);
+        self
+    }
+
+    /// An application context field, if set.
+    pub fn context_value(&self, key: &str) -> Option<&Value> {
+        self.0.context.extra.get(key)
+    }
+
+    pub(crate) fn context_mut(&mut self) -> &mut EventContext {
+        &mut Arc::make_mut(&mut self.0).context
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        EventData::deserialize(deserializer).map(|d| Event(Arc::new(d)))
+    }
+}
+
+/// Fills in the causal context and origin of an event about to be sent by
+/// `sender`, as a child of `parent` when one is given.
+pub(crate) fn stamp(event: &mut Event, sender: &str, parent: Option<&Causal>) {
+    let cx = event.context_mut();
+    let causal = &mut cx.causal;
+    causal.id = new_event_id();
+    causal.sender = sender.to_owned();
+    causal.timestamp = now_millis();
+    match parent {
+        Some(p) => {
+            causal.causation_id = Some(p.id.clone());
+            if causal.correlation_id.is_empty() {
+                causal.correlation_id = p.correlation_id.clone();
+            }
+            let mut path = Vec::with_capacity(p.path.len() + 1);
+            path.extend(p.path.iter().cloned());
+            path.push(sender.to_owned());
+            causal.path = path;
+        }
+        None => {
+            causal.causation_id = None;
+            if causal.correlation_id.is_empty() {
+                causal.correlation_id = causal.id.clone();
+            }
+            causal.path = vec![sender.to_owned()];
+        }
+    }
+    cx.origin.node_id = sender.to_owned();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_are_unique_and_time_ordered() {
+        let ids: Vec<String> = (0..10_000).map(|_| new_event_id()).collect();
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);
+        }
+    }
+
+    #[test]
+    fn root_event_correlates_to_itself() {
+        let mut e = Event::new("a", json!(null));
+        stamp(&mut e, "n1", None);
+        assert_eq!(e.causal().correlation_id, e.id());
+        assert_eq!(e.causal().causation_id, None);
+        assert_eq!(e.causal().path, vec!["n1".to_string()]);
+        assert_eq!(e.origin().node_id, "n1");
+    }
+
+    #[test]
+    fn user_correlation_id_is_kept() {
+        let mut e = Event::new("a", json!(null)).with_correlation_id("order-123");
+        stamp(&mut e, "n1", None);
+        assert_eq!(e.causal().correlation_id, "order-123");
+    }
+
+    #[test]
+    fn child_event_inherits_and_extends() {
+        let mut root = Event::new("a", json!(1));
+        stamp(&mut root, "n1", None);
+        let mut child = Event::new("b", json!(2));
+        stamp(&mut child, "n2", Some(root.causal()));
+        assert_eq!(child.causal().causation_id.as_deref(), Some(root.id()));
+        assert_eq!(child.causal().correlation_id, root.causal().correlation_id);
+        assert_eq!(
+            child.causal().path,
+            vec!["n1".to_string(), "n2".to_string()]
+        );
+    }
+
+    #[test]
+    fn serde_round_trip_uses_documented_names() {
+        let mut e = Event::new("order.created", json!({"x": 1}))
+            .with_source("u1", "user")
+            .with_context("tenant", json!("t1"));
+        stamp(&mut e, "checkout", None);
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "order.created");
+        for key in ["id", "sender", "correlationId", "path", "timestamp"] {
+            assert!(v["context"]["causal"].get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(v["context"]["origin"]["nodeId"], "checkout");
+        assert_eq!(v["context"]["origin"]["sourceId"], "u1");
+        assert_eq!(v["context"]["tenant"], "t1");
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+}

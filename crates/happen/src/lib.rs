@@ -1,0 +1,110 @@
+//! # Happen
+//!
+//! Event-driven, agent-based systems from two primitives: **nodes** that handle
+//! and emit events, and **events** that carry their own causal history.
+//!
+//! ```
+//! use happen::prelude::*;
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> happen::Result<()> {
+//!     let happen = Happen::embedded();
+//!     let orders = happen.node("order-service")?;
+//!     let payments = happen.node("payment-service")?;
+//!
+//!     // A handler is an async fn or closure; the value it returns completes the flow.
+//!     payments.on("process-payment", |event: Event, _cx: Context| async move {
+//!         json!({ "status": "approved", "amount": event.payload()["amount"] })
+//!     })?;
+//!
+//!     // send dispatches at once; awaiting the handle waits for the flow's result.
+//!     let reply = orders
+//!         .send(&payments, Event::new("process-payment", json!({ "amount": 129.99 })))
+//!         .response()
+//!         .await?;
+//!     assert_eq!(reply["status"], "approved");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Where things are
+//!
+//! - [`Event`] and its causal context: [`event`]; ids and causality that
+//!   follows flows across `.await`s: [`causality`].
+//! - Which events a handler takes: [`pattern`].
+//! - The Event Continuum (steps returning the next step or a value): [`flow`],
+//!   with the per-flow [`Context`].
+//! - Nodes, broadcast and send: [`Node`]; waiting for results: [`Sent`].
+//! - Runtime, configuration and shutdown: [`Happen`], [`HappenConfig`].
+//! - Errors: [`HappenError`].
+
+pub mod causality;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod event;
+pub mod flow;
+pub mod name;
+pub mod node;
+pub mod pattern;
+pub mod response;
+pub mod runtime;
+mod transport;
+
+pub use causality::spawn;
+pub use config::{HappenConfig, NodeConfig, NodeLimits};
+pub use context::Context;
+pub use error::{BoxError, HappenError, Result};
+pub use event::{Causal, Event, EventContext, Origin, new_event_id};
+pub use flow::{Flow, Handler, IntoFlow, Step};
+pub use node::{HandlerId, Node, Target};
+pub use pattern::{IntoPattern, Pattern};
+pub use response::Sent;
+pub use runtime::Happen;
+
+/// Turns an `async fn` step into one returning a boxed future, so that a step
+/// can name itself or its callers in [`Flow::next`] (which plain `async fn`s
+/// cannot: the compiler cannot prove such a future `Send`).
+///
+/// ```
+/// use happen::prelude::*;
+///
+/// #[happen::step]
+/// async fn process_items(event: Event, cx: Context) -> Flow {
+///     let i = cx.get("i").and_then(|v| v.as_u64()).unwrap_or(0);
+///     let items = event.payload()["items"].as_array().map_or(0, |a| a.len()) as u64;
+///     if i < items {
+///         cx.set("i", i + 1);
+///         return Flow::next(process_items); // loop back to this step
+///     }
+///     Flow::done(json!({ "processed": i }))
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> happen::Result<()> {
+/// let happen = Happen::embedded();
+/// let node = happen.node("worker")?;
+/// node.on("process", process_items)?;
+/// let out = node.send(&node, Event::new("process", json!({ "items": [1, 2, 3] }))).await?;
+/// assert_eq!(out["processed"], 3);
+/// # Ok(()) }
+/// ```
+pub use happen_macros::step;
+
+/// The names most programs need: `use happen::prelude::*;`.
+pub mod prelude {
+    pub use crate::pattern::{domain, exact, not, one_of, wildcard};
+    pub use crate::{
+        Context, Event, Flow, Happen, HappenConfig, HappenError, Node, NodeConfig, Pattern, Sent,
+    };
+    pub use serde_json::{Value, json};
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use futures::future::BoxFuture;
+}
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

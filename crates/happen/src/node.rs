@@ -1,0 +1,383 @@
+//! Nodes: the actors of a Happen system. A node registers handlers for the
+//! event types it cares about and emits events by broadcast or direct send.
+//!
+//! Each node schedules its own flows: events are handled concurrently up to
+//! the node's `max_concurrent`, further events wait in a FIFO queue of at most
+//! `queue_limit`, and beyond that the sender gets
+//! [`HappenError::QueueFull`]. Nothing is dropped silently.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::causality;
+use crate::config::NodeLimits;
+use crate::error::{HappenError, Result};
+use crate::event::{self, Event};
+use crate::flow::{self, Handler, Step};
+use crate::name::validate_event_type;
+use crate::pattern::{IntoPattern, Pattern};
+use crate::response::Sent;
+use crate::runtime::{Happen, RuntimeInner};
+use crate::transport::Responder;
+
+/// Identifies one handler registration on a node, for [`Node::off`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HandlerId(u64);
+
+#[derive(Clone)]
+struct Registration {
+    id: HandlerId,
+    pattern: Pattern,
+    step: Step,
+}
+
+struct Delivery {
+    event: Event,
+    responder: Option<Responder>,
+}
+
+#[derive(Default)]
+struct Scheduler {
+    active: usize,
+    queue: VecDeque<Delivery>,
+}
+
+pub(crate) struct NodeCore {
+    id: String,
+    runtime: Arc<RuntimeInner>,
+    limits: NodeLimits,
+    handlers: RwLock<Arc<Vec<Registration>>>,
+    next_handler: AtomicU64,
+    scheduler: Mutex<Scheduler>,
+}
+
+/// A node: an independent actor that handles and emits events.
+///
+/// Create nodes with [`Happen::node`]. A `Node` is a cheap handle; clones refer
+/// to the same node.
+///
+/// ```
+/// use happen::prelude::*;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> happen::Result<()> {
+/// let happen = Happen::embedded();
+/// let orders = happen.node("order-service")?;
+/// let payments = happen.node("payment-service")?;
+///
+/// payments.on("process-payment", |event: Event, cx: Context| async move {
+///     assert_eq!(cx.sender(), "order-service");
+///     assert!(cx.expects_response());
+///     json!({ "status": "approved", "amount": event.payload()["amount"] })
+/// })?;
+///
+/// let reply = orders
+///     .send(&payments, Event::new("process-payment", json!({ "amount": 129.99 })))
+///     .response()
+///     .await?;
+/// assert_eq!(reply["status"], "approved");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Node(Arc<NodeCore>);
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.0.id)
+            .field("limits", &self.0.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Node {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Node {}
+
+/// Something that names the node an event is sent to: a [`Node`] or a node id.
+pub trait Target {
+    /// The id of the target node.
+    fn target_id(&self) -> &str;
+}
+
+impl Target for Node {
+    fn target_id(&self) -> &str {
+        self.id()
+    }
+}
+
+impl Target for str {
+    fn target_id(&self) -> &str {
+        self
+    }
+}
+
+impl Target for String {
+    fn target_id(&self) -> &str {
+        self
+    }
+}
+
+impl<T: Target + ?Sized> Target for &T {
+    fn target_id(&self) -> &str {
+        (**self).target_id()
+    }
+}
+
+impl Node {
+    pub(crate) fn new(id: String, runtime: Arc<RuntimeInner>, limits: NodeLimits) -> Self {
+        Node(Arc::new(NodeCore {
+            id,
+            runtime,
+            limits,
+            handlers: RwLock::new(Arc::new(Vec::new())),
+            next_handler: AtomicU64::new(1),
+            scheduler: Mutex::new(Scheduler::default()),
+        }))
+    }
+
+    pub(crate) fn core(&self) -> &Arc<NodeCore> {
+        &self.0
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The limits this node runs with (after system defaults and overrides).
+    pub fn limits(&self) -> NodeLimits {
+        self.0.limits
+    }
+
+    /// The runtime this node belongs to.
+    pub fn happen(&self) -> Happen {
+        Happen::from_inner(self.0.runtime.clone())
+    }
+
+    /// Registers `handler` as the first step of a flow for every event whose
+    /// type matches `pattern`.
+    ///
+    /// `pattern` is a string pattern (`"order.created"`, `"order.*"`,
+    /// `"{order,payment}.created"`, `"audit.>"`), a closure `Fn(&str) -> bool`,
+    /// or a [`Pattern`] built with the combinators of [`crate::pattern`]. An
+    /// invalid pattern string is an error here.
+    ///
+    /// When several handlers of one node match an event, each runs its own
+    /// flow; a requester receives the result of the first registered.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # let happen = Happen::embedded();
+    /// # let node = happen.node("n").unwrap();
+    /// node.on("order.*", |_e: Event, _cx: Context| async {}).unwrap();
+    /// node.on(|t: &str| t.ends_with(".failed"), |_e: Event, _cx: Context| async {}).unwrap();
+    /// let err = node.on("order.{", |_e: Event, _cx: Context| async {}).unwrap_err();
+    /// assert!(matches!(err, HappenError::InvalidPattern(_)));
+    /// ```
+    pub fn on(&self, pattern: impl IntoPattern, handler: impl Handler) -> Result<HandlerId> {
+        let pattern = pattern.into_pattern();
+        pattern.validate()?;
+        let id = HandlerId(self.0.next_handler.fetch_add(1, Ordering::Relaxed));
+        let registration = Registration {
+            id,
+            pattern,
+            step: Step::new(handler),
+        };
+        let mut handlers = self.0.handlers.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = Vec::with_capacity(handlers.len() + 1);
+        next.extend(handlers.iter().cloned());
+        next.push(registration);
+        *handlers = Arc::new(next);
+        Ok(id)
+    }
+
+    /// Removes a handler registered with [`Node::on`]. Flows it already
+    /// started run to their end. Returns whether it was registered.
+    pub fn off(&self, id: HandlerId) -> bool {
+        let mut handlers = self.0.handlers.write().unwrap_or_else(|p| p.into_inner());
+        if !handlers.iter().any(|r| r.id == id) {
+            return false;
+        }
+        *handlers = Arc::new(handlers.iter().filter(|r| r.id != id).cloned().collect());
+        true
+    }
+
+    /// Sends `event` to every node with a matching handler, this one included.
+    ///
+    /// Returns once the event is handed to the receivers; their flows run
+    /// concurrently. Fails on an invalid event type, after shutdown, or when a
+    /// receiver's queue is full (the other receivers still get the event).
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let weather = happen.node("weather")?;
+    /// let emergency = happen.node("emergency")?;
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// emergency.on("severe-weather", move |event: Event, _cx: Context| {
+    ///     let tx = tx.clone();
+    ///     async move { tx.send(event.payload()["region"].clone()).unwrap(); }
+    /// })?;
+    /// weather.broadcast(Event::new("severe-weather", json!({ "region": "Gulf Coast" })))?;
+    /// assert_eq!(rx.recv().await.unwrap(), "Gulf Coast");
+    /// # Ok(()) }
+    /// ```
+    pub fn broadcast(&self, event: Event) -> Result<()> {
+        let event = self.prepare(event)?;
+        self.0.runtime.transport().broadcast(event)
+    }
+
+    /// Sends `event` to `target` and returns at once; the event is already on
+    /// its way.
+    ///
+    /// Await the returned [`Sent`] (or call [`Sent::response`]) for the flow's
+    /// result, use [`Sent::on_response`] for a callback, or drop it for
+    /// fire-and-forget. Errors (no such node, no matching handler, full queue,
+    /// invalid event type) arrive through the handle without waiting for a
+    /// timeout.
+    pub fn send(&self, target: impl Target, event: Event) -> Sent {
+        let target = target.target_id();
+        let (sent, responder) = Sent::new(target, event.event_type(), self.0.limits.timeout);
+        match self.prepare(event) {
+            Ok(event) => {
+                let sent = sent.with_id(event.id());
+                self.0.runtime.transport().send(target, event, responder);
+                sent
+            }
+            Err(e) => {
+                responder.reply(Err(e));
+                sent
+            }
+        }
+    }
+
+    /// Validates and stamps an outgoing event with its causal context.
+    fn prepare(&self, mut event: Event) -> Result<Event> {
+        validate_event_type(event.event_type())?;
+        let parent = causality::current_event();
+        if parent.is_none() && self.0.runtime.is_closed() {
+            return Err(HappenError::Shutdown);
+        }
+        event::stamp(&mut event, &self.0.id, parent.as_ref().map(Event::causal));
+        Ok(event)
+    }
+}
+
+impl NodeCore {
+    /// Whether any handler of this node matches `event_type`.
+    pub(crate) fn handles(&self, event_type: &str) -> bool {
+        self.handlers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|r| r.pattern.matches(event_type))
+    }
+
+    /// Accepts an event for handling: runs it now, queues it, or refuses it.
+    /// A refusal is also sent to the responder.
+    pub(crate) fn deliver(
+        self: &Arc<Self>,
+        event: Event,
+        responder: Option<Responder>,
+    ) -> Result<()> {
+        if !self.handles(event.event_type()) {
+            let error = HappenError::NoHandler {
+                node: self.id.clone(),
+                event_type: event.event_type().to_owned(),
+            };
+            return refuse(error, responder);
+        }
+        let delivery = Delivery { event, responder };
+        let mut scheduler = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        if scheduler.active < self.limits.max_concurrent {
+            scheduler.active += 1;
+            drop(scheduler);
+            self.start(delivery);
+            Ok(())
+        } else if scheduler.queue.len() < self.limits.queue_limit {
+            scheduler.queue.push_back(delivery);
+            Ok(())
+        } else {
+            let error = HappenError::QueueFull {
+                node: self.id.clone(),
+                active: scheduler.active,
+                queue_limit: self.limits.queue_limit,
+            };
+            drop(scheduler);
+            refuse(error, delivery.responder)
+        }
+    }
+
+    /// Spawns the flows for a delivery that holds one of the node's slots;
+    /// when they end, the slot passes to the next queued event.
+    fn start(self: &Arc<Self>, delivery: Delivery) {
+        let core = self.clone();
+        self.runtime.tracker().spawn(async move {
+            let mut delivery = delivery;
+            loop {
+                core.run(delivery).await;
+                let next = {
+                    let mut scheduler = core.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+                    let next = scheduler.queue.pop_front();
+                    if next.is_none() {
+                        scheduler.active -= 1;
+                    }
+                    next
+                };
+                match next {
+                    // Reusing this task for the queued event keeps the slot
+                    // count exact and saves a spawn.
+                    Some(queued) => delivery = queued,
+                    None => break,
+                }
+            }
+        });
+    }
+
+    /// Runs every matching handler's flow for one event; the first registered
+    /// answers the requester.
+    async fn run(self: &Arc<Self>, delivery: Delivery) {
+        let Delivery { event, responder } = delivery;
+        let handlers = self
+            .handlers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let node = Node(self.clone());
+        let mut matching = handlers
+            .iter()
+            .filter(|r| r.pattern.matches(event.event_type()));
+        let Some(first) = matching.next() else {
+            // Every handler was removed while the event waited in the queue.
+            let error = HappenError::NoHandler {
+                node: self.id.clone(),
+                event_type: event.event_type().to_owned(),
+            };
+            let _ = refuse(error, responder);
+            return;
+        };
+        let first_flow = flow::run(node.clone(), first.step.clone(), event.clone(), responder);
+        let others: Vec<_> = matching
+            .map(|r| flow::run(node.clone(), r.step.clone(), event.clone(), None))
+            .collect();
+        if others.is_empty() {
+            first_flow.await;
+        } else {
+            futures::future::join(first_flow, futures::future::join_all(others)).await;
+        }
+    }
+}
+
+fn refuse(error: HappenError, responder: Option<Responder>) -> Result<()> {
+    if let Some(responder) = responder {
+        responder.reply(Err(error.clone()));
+    }
+    Err(error)
+}

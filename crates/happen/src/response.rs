@@ -1,0 +1,145 @@
+//! Waiting for the result of a sent event: [`Sent`], the handle `send` returns.
+//!
+//! The event is dispatched when `send` is called. The handle decides only what
+//! happens to the flow's result: await it ([`Sent::response`], or `.await` on
+//! the handle), hand it to a callback ([`Sent::on_response`]), or drop the
+//! handle and forget it (fire-and-forget).
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::error::{HappenError, Result};
+use crate::event::Event;
+use crate::transport::Responder;
+
+/// The handle of a sent event; see the [module docs](self).
+///
+/// ```
+/// use std::time::Duration;
+/// use happen::prelude::*;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> happen::Result<()> {
+/// let happen = Happen::embedded();
+/// let client = happen.node("client")?;
+/// let slow = happen.node("slow")?;
+/// slow.on("work", |_e: Event, _cx: Context| async {
+///     tokio::time::sleep(Duration::from_secs(60)).await;
+/// })?;
+///
+/// let err = client
+///     .send(&slow, Event::new("work", json!(null)))
+///     .timeout(Duration::from_millis(20))
+///     .response()
+///     .await
+///     .unwrap_err();
+/// assert!(matches!(err, HappenError::Timeout { .. }));
+///
+/// // Sending to a node with no matching handler fails at once, not after a timeout.
+/// let err = client.send(&slow, Event::new("other", json!(null))).await.unwrap_err();
+/// assert!(matches!(err, HappenError::NoHandler { .. }));
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Sent {
+    id: String,
+    target: String,
+    event_type: String,
+    timeout: Duration,
+    rx: oneshot::Receiver<Result<Event>>,
+}
+
+impl Sent {
+    pub(crate) fn new(target: &str, event_type: &str, timeout: Duration) -> (Sent, Responder) {
+        let (tx, rx) = oneshot::channel();
+        let sent = Sent {
+            id: String::new(),
+            target: target.to_owned(),
+            event_type: event_type.to_owned(),
+            timeout,
+            rx,
+        };
+        (sent, Responder::new(tx))
+    }
+
+    pub(crate) fn with_id(mut self, id: &str) -> Sent {
+        id.clone_into(&mut self.id);
+        self
+    }
+
+    /// The id of the sent event (empty if it was refused before dispatch).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sets how long to wait for the response (default: the sending node's
+    /// timeout, 5 s unless configured).
+    pub fn timeout(mut self, timeout: Duration) -> Sent {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Waits for the flow's result value.
+    pub async fn response(self) -> Result<Value> {
+        Ok(self.response_event().await?.into_payload())
+    }
+
+    /// Waits for the response as an event, with its own causal context
+    /// (its `causationId` is the sent event's id).
+    pub async fn response_event(self) -> Result<Event> {
+        let Sent {
+            target,
+            event_type,
+            timeout,
+            rx,
+            ..
+        } = self;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_dropped)) => Err(HappenError::NoResponse {
+                node: target,
+                event_type,
+            }),
+            Err(_elapsed) => Err(HappenError::timeout(&target, &event_type, timeout)),
+        }
+    }
+
+    /// Calls `callback` with the result when it arrives (or fails), without
+    /// blocking the caller. Events the callback emits keep the causal context
+    /// of the flow that sent the request.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let shop = happen.node("shop")?;
+    /// let stock = happen.node("stock")?;
+    /// stock.on("check-inventory", |_e: Event, _cx: Context| async { json!({ "available": true }) })?;
+    ///
+    /// let (tx, rx) = tokio::sync::oneshot::channel();
+    /// shop.send(&stock, Event::new("check-inventory", json!({ "itemId": "123" })))
+    ///     .on_response(move |reply| { tx.send(reply).unwrap(); });
+    /// assert_eq!(rx.await.unwrap()?["available"], true);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_response<F>(self, callback: F)
+    where
+        F: FnOnce(Result<Value>) + Send + 'static,
+    {
+        crate::causality::spawn(async move { callback(self.response().await) });
+    }
+}
+
+impl IntoFuture for Sent {
+    type Output = Result<Value>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
+
+    /// Awaiting the handle is the same as [`Sent::response`].
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.response())
+    }
+}

@@ -1,0 +1,145 @@
+//! The runtime: [`Happen`] creates nodes, routes their events through a
+//! transport, and shuts them down cleanly.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::task::TaskTracker;
+
+use crate::config::{HappenConfig, NodeConfig};
+use crate::error::Result;
+use crate::name::validate_node_id;
+use crate::node::Node;
+use crate::transport::Transport;
+use crate::transport::local::LocalTransport;
+
+pub(crate) struct RuntimeInner {
+    config: HappenConfig,
+    transport: Box<dyn Transport>,
+    tracker: TaskTracker,
+    closed: AtomicBool,
+}
+
+impl RuntimeInner {
+    pub(crate) fn transport(&self) -> &dyn Transport {
+        &*self.transport
+    }
+
+    pub(crate) fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// A Happen runtime: the system that nodes live in.
+///
+/// [`Happen::embedded`] runs every node in this process with no server. It
+/// must be used from within a tokio runtime (flows are tokio tasks). `Happen`
+/// is a cheap handle; clones refer to the same runtime.
+///
+/// ```
+/// use happen::prelude::*;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> happen::Result<()> {
+/// let happen = Happen::embedded();
+/// let greeter = happen.node("greeter")?;
+/// greeter.on("greet", |event: Event, _cx: Context| async move {
+///     json!(format!("hello, {}", event.payload()["name"].as_str().unwrap_or("stranger")))
+/// })?;
+/// let reply = greeter.send(&greeter, Event::new("greet", json!({ "name": "Ada" }))).await?;
+/// assert_eq!(reply, "hello, Ada");
+/// happen.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Happen(Arc<RuntimeInner>);
+
+impl std::fmt::Debug for Happen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Happen")
+            .field("config", &self.0.config)
+            .field("closed", &self.0.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Happen {
+    /// An in-process runtime with the default configuration.
+    pub fn embedded() -> Happen {
+        Self::embedded_with(HappenConfig::default())
+    }
+
+    /// An in-process runtime with `config`.
+    pub fn embedded_with(config: HappenConfig) -> Happen {
+        Self::with_transport(config, Box::new(LocalTransport::default()))
+    }
+
+    fn with_transport(config: HappenConfig, transport: Box<dyn Transport>) -> Happen {
+        Happen(Arc::new(RuntimeInner {
+            config,
+            transport,
+            tracker: TaskTracker::new(),
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    pub(crate) fn from_inner(inner: Arc<RuntimeInner>) -> Happen {
+        Happen(inner)
+    }
+
+    /// The runtime's configuration.
+    pub fn config(&self) -> &HappenConfig {
+        &self.0.config
+    }
+
+    /// Creates the node `id` with the system's settings for that id.
+    ///
+    /// Node ids are single tokens: no whitespace, `.`, `*`, `>`, `{`, `}` or
+    /// `,` (so that they can name network subjects). An id may be used once
+    /// per runtime.
+    pub fn node(&self, id: &str) -> Result<Node> {
+        self.node_with(id, NodeConfig::default())
+    }
+
+    /// Creates the node `id` with its own settings on top of the system's.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use happen::{Happen, NodeConfig};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let node = happen.node_with("batcher", NodeConfig::new().max_concurrent(4).timeout(Duration::from_secs(30)))?;
+    /// assert_eq!(node.limits().max_concurrent, 4);
+    /// assert!(happen.node("batcher").is_err(), "ids are unique");
+    /// assert!(happen.node("bad id").is_err(), "ids are single tokens");
+    /// # Ok(()) }
+    /// ```
+    pub fn node_with(&self, id: &str, config: NodeConfig) -> Result<Node> {
+        validate_node_id(id)?;
+        if self.0.is_closed() {
+            return Err(crate::HappenError::Shutdown);
+        }
+        let limits = self.0.config.resolve(id, &config);
+        let node = Node::new(id.to_owned(), self.0.clone(), limits);
+        self.0.transport.attach(&node)?;
+        Ok(node)
+    }
+
+    /// Stops accepting new events from outside the running flows, waits for
+    /// every accepted event (running or queued) to finish its flow, and
+    /// releases the nodes.
+    ///
+    /// Events emitted by flows that are still running are accepted, so that
+    /// in-flight work completes. A flow that never ends keeps `shutdown`
+    /// waiting; bound it with `tokio::time::timeout` if that can happen.
+    pub async fn shutdown(&self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.tracker.close();
+        self.0.tracker.wait().await;
+        self.0.transport.detach_all();
+    }
+}
