@@ -1,0 +1,77 @@
+//! A failing or panicking flow is recorded with `tracing`, naming the node,
+//! the event type and the cause.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use happen::prelude::*;
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn failed_and_panicked_flows_are_logged() {
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // A current-thread runtime keeps every flow on this thread, where the
+    // subscriber is installed.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let happen = Happen::embedded();
+        let node = happen.node("ledger").unwrap();
+        node.on("post-entry", |_e: Event, _cx: Context| async {
+            Err::<Value, _>("account is frozen")
+        })
+        .unwrap();
+        node.on("explode", |_e: Event, _cx: Context| async {
+            if true {
+                panic!("ledger corrupted");
+            }
+        })
+        .unwrap();
+        assert!(
+            node.send(&node, Event::new("post-entry", json!(null)))
+                .await
+                .is_err()
+        );
+        assert!(
+            node.send(&node, Event::new("explode", json!(null)))
+                .await
+                .is_err()
+        );
+    });
+    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("flow failed")).collect();
+    assert_eq!(lines.len(), 2, "one record per failed flow:\n{log}");
+    assert!(lines[0].contains("ERROR"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("ledger")
+            && lines[0].contains("post-entry")
+            && lines[0].contains("account is frozen"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("explode") && lines[1].contains("ledger corrupted"),
+        "{}",
+        lines[1]
+    );
+}
