@@ -45,11 +45,14 @@ pub mod error;
 pub mod event;
 pub mod flow;
 pub mod name;
+pub mod nats;
 pub mod node;
 pub mod pattern;
 pub mod response;
 pub mod runtime;
+pub mod testing;
 mod transport;
+pub mod wire;
 
 pub use causality::spawn;
 pub use config::{HappenConfig, NodeConfig, NodeLimits};
@@ -57,10 +60,12 @@ pub use context::Context;
 pub use error::{BoxError, HappenError, Result};
 pub use event::{Causal, Event, EventContext, Origin, new_event_id};
 pub use flow::{Flow, Handler, IntoFlow, Step};
+pub use nats::NatsConfig;
 pub use node::{HandlerId, Node, Target};
 pub use pattern::{IntoPattern, Pattern};
 pub use response::Sent;
 pub use runtime::Happen;
+pub use transport::nats::{CONNECTION_STATUS, SYSTEM_SENDER};
 
 /// Turns an `async fn` step into one returning a boxed future, so that a step
 /// can name itself or its callers in [`Flow::next`] (which plain `async fn`s

@@ -183,6 +183,7 @@ impl Node {
         let pattern = pattern.into_pattern();
         pattern.validate()?;
         let id = HandlerId(self.0.next_handler.fetch_add(1, Ordering::Relaxed));
+        self.0.runtime.transport().interest(&pattern);
         let registration = Registration {
             id,
             pattern,
@@ -244,15 +245,15 @@ impl Node {
     /// timeout.
     pub fn send(&self, target: impl Target, event: Event) -> Sent {
         let target = target.target_id();
-        let (sent, responder) = Sent::new(target, event.event_type(), self.0.limits.timeout);
+        let (sent, reply) = Sent::new(target, event.event_type(), self.0.limits.timeout);
         match self.prepare(event) {
             Ok(event) => {
                 let sent = sent.with_id(event.id());
-                self.0.runtime.transport().send(target, event, responder);
+                self.0.runtime.transport().send(target, event, reply);
                 sent
             }
             Err(e) => {
-                responder.reply(Err(e));
+                let _ = reply.send(Err(e));
                 sent
             }
         }

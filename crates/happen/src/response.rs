@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{HappenError, Result};
 use crate::event::Event;
-use crate::transport::Responder;
+use crate::transport::ReplyTx;
 
 /// The handle of a sent event; see the [module docs](self).
 ///
@@ -53,7 +53,7 @@ pub struct Sent {
 }
 
 impl Sent {
-    pub(crate) fn new(target: &str, event_type: &str, timeout: Duration) -> (Sent, Responder) {
+    pub(crate) fn new(target: &str, event_type: &str, timeout: Duration) -> (Sent, ReplyTx) {
         let (tx, rx) = oneshot::channel();
         let sent = Sent {
             id: String::new(),
@@ -62,7 +62,7 @@ impl Sent {
             timeout,
             rx,
         };
-        (sent, Responder::new(tx))
+        (sent, tx)
     }
 
     pub(crate) fn with_id(mut self, id: &str) -> Sent {

@@ -9,9 +9,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::{HappenConfig, NodeConfig};
 use crate::error::Result;
 use crate::name::validate_node_id;
+use crate::nats::NatsConfig;
 use crate::node::Node;
 use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
+use crate::transport::nats::NatsTransport;
 
 pub(crate) struct RuntimeInner {
     config: HappenConfig,
@@ -77,6 +79,39 @@ impl Happen {
         Self::with_transport(config, Box::new(LocalTransport::default()))
     }
 
+    /// A runtime whose nodes reach each other, in this and other processes,
+    /// through the NATS server(s) of `nats`.
+    ///
+    /// Node code is the same as with [`Happen::embedded`]. Fails with a clear
+    /// error, without hanging, when the configuration is invalid, the server
+    /// cannot be reached within the connect timeout, is older than 2.10, or
+    /// lacks JetStream while [`NatsConfig::jetstream`] is on.
+    ///
+    /// ```no_run
+    /// use happen::prelude::*;
+    /// use happen::NatsConfig;
+    /// # #[tokio::main] async fn main() -> happen::Result<()> {
+    /// let happen = Happen::connect(NatsConfig::new("nats://127.0.0.1:4222")).await?;
+    /// let orders = happen.node("order-service")?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(nats: NatsConfig) -> Result<Happen> {
+        Self::connect_with(nats, HappenConfig::default()).await
+    }
+
+    /// [`Happen::connect`] with a runtime configuration.
+    pub async fn connect_with(nats: NatsConfig, config: HappenConfig) -> Result<Happen> {
+        let transport = NatsTransport::connect(&nats).await?;
+        Ok(Self::with_transport(config, Box::new(transport)))
+    }
+
+    /// Waits until everything dispatched so far (subscriptions of new nodes
+    /// and handlers, sent events) has reached the server, so that other
+    /// processes can see it. Immediate for the embedded runtime.
+    pub async fn flush(&self) -> Result<()> {
+        self.0.transport.flush().await
+    }
+
     fn with_transport(config: HappenConfig, transport: Box<dyn Transport>) -> Happen {
         Happen(Arc::new(RuntimeInner {
             config,
@@ -134,12 +169,17 @@ impl Happen {
     /// releases the nodes.
     ///
     /// Events emitted by flows that are still running are accepted, so that
-    /// in-flight work completes. A flow that never ends keeps `shutdown`
+    /// in-flight work completes. Over NATS, requests this runtime sent whose
+    /// requester still waits are drained too; a fire-and-forget event still on
+    /// the wire may arrive after the nodes are gone. A flow that never ends keeps `shutdown`
     /// waiting; bound it with `tokio::time::timeout` if that can happen.
     pub async fn shutdown(&self) {
         self.0.closed.store(true, Ordering::Release);
+        // Requests still on the wire (over NATS) become flows here or answers
+        // from elsewhere; wait for those whose requester is still waiting.
+        self.0.transport.settle().await;
         self.0.tracker.close();
         self.0.tracker.wait().await;
-        self.0.transport.detach_all();
+        self.0.transport.close().await;
     }
 }

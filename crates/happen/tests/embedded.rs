@@ -14,3 +14,47 @@ impl conformance::Backend for Embedded {
 }
 
 conformance_suite!(Embedded);
+
+/// In one process a broadcast that meets a full queue is refused to the
+/// broadcaster (the other receivers still get it). Over NATS the receiving
+/// process cannot answer a broadcast; it logs the refusal instead.
+#[tokio::test]
+async fn broadcast_to_full_queue_is_refused_to_the_broadcaster() {
+    use happen::prelude::*;
+    use std::sync::Arc;
+    use tokio::sync::{Notify, mpsc};
+
+    let h = Happen::embedded();
+    let a = h.node("bq-a").unwrap();
+    let full = h
+        .node_with(
+            "bq-full",
+            happen::NodeConfig::new().max_concurrent(1).queue_limit(0),
+        )
+        .unwrap();
+    let other = h.node("bq-other").unwrap();
+    let release = Arc::new(Notify::new());
+    let r = release.clone();
+    full.on("tick", move |_e: Event, _cx: Context| {
+        let r = r.clone();
+        async move { r.notified().await }
+    })
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    other
+        .on("tick", move |e: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move { tx.send(e.payload().clone()).unwrap() }
+        })
+        .unwrap();
+    a.broadcast(Event::new("tick", json!(1))).unwrap(); // takes the only slot
+    let err = a.broadcast(Event::new("tick", json!(2))).unwrap_err();
+    assert!(
+        matches!(err, HappenError::QueueFull { ref node, .. } if node == "bq-full"),
+        "{err:?}"
+    );
+    let mut got = vec![rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+    got.sort_by_key(|v| v.as_i64());
+    assert_eq!(got, vec![json!(1), json!(2)], "the other receiver got both");
+    release.notify_one();
+}

@@ -4,10 +4,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use super::{Responder, Transport};
+use futures::future::BoxFuture;
+
+use super::{ReplyTx, Responder, Transport};
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::node::Node;
+use crate::pattern::Pattern;
 
 /// Routes events between the nodes of one process.
 #[derive(Default)]
@@ -16,12 +19,50 @@ pub(crate) struct LocalTransport {
 }
 
 impl LocalTransport {
+    /// Forgets every node (breaking the node ↔ runtime reference cycle).
+    pub(crate) fn detach_all(&self) {
+        self.nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     fn node(&self, id: &str) -> Option<Node> {
         self.nodes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// Hands `event` to every local node with a matching handler. A full
+    /// queue at one receiver does not keep the event from the others; the
+    /// first refusal is returned afterwards.
+    pub(crate) fn deliver_broadcast(&self, event: &Event) -> Result<()> {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let mut first_error = None;
+        for node in nodes.values() {
+            if node.core().handles(event.event_type()) {
+                if let Err(e) = node.core().deliver(event.clone(), None) {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Hands `event` to the local node `target`; every outcome, refusals
+    /// included, goes to `responder`.
+    pub(crate) fn deliver_to(&self, target: &str, event: Event, responder: Responder) {
+        match self.node(target) {
+            Some(node) => {
+                // On failure `deliver` has already answered the responder.
+                let _ = node.core().deliver(event, Some(responder));
+            }
+            None => responder.reply(Err(HappenError::UnknownNode {
+                node: target.to_owned(),
+            })),
+        }
     }
 }
 
@@ -38,36 +79,27 @@ impl Transport for LocalTransport {
     }
 
     fn broadcast(&self, event: Event) -> Result<()> {
-        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
-        let mut first_error = None;
-        for node in nodes.values() {
-            if node.core().handles(event.event_type()) {
-                // A full queue at one receiver must not keep the event from
-                // the others; the sender learns of it afterwards.
-                if let Err(e) = node.core().deliver(event.clone(), None) {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        self.deliver_broadcast(&event)
     }
 
-    fn send(&self, target: &str, event: Event, responder: Responder) {
-        match self.node(target) {
-            Some(node) => {
-                // On failure `deliver` has already answered the responder.
-                let _ = node.core().deliver(event, Some(responder));
-            }
-            None => responder.reply(Err(HappenError::UnknownNode {
-                node: target.to_owned(),
-            })),
-        }
+    fn send(&self, target: &str, event: Event, reply: ReplyTx) {
+        self.deliver_to(target, event, Responder::new(reply));
     }
 
-    fn detach_all(&self) {
-        self.nodes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+    fn interest(&self, _pattern: &Pattern) {
+        // Every local node is consulted on each broadcast: nothing to set up.
+    }
+
+    fn flush(&self) -> BoxFuture<'static, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn settle(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    fn close(&self) -> BoxFuture<'static, ()> {
+        self.detach_all();
+        Box::pin(std::future::ready(()))
     }
 }

@@ -1,14 +1,21 @@
-//! Transports move events between nodes: in one process ([`local`]) or, later,
-//! across processes. Everything above this module (nodes, flows, causality,
-//! concurrency) is the same whatever the transport.
+//! Transports move events between nodes: in one process ([`local`]) or across
+//! processes over NATS ([`nats`]). Everything above this module (nodes, flows,
+//! causality, concurrency) is the same whatever the transport.
 
 pub(crate) mod local;
+pub(crate) mod nats;
 
+use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::error::Result;
 use crate::event::Event;
 use crate::node::Node;
+use crate::pattern::Pattern;
+
+/// The requester's end of a reply: the sending side of the channel its
+/// [`Sent`](crate::Sent) waits on.
+pub(crate) type ReplyTx = oneshot::Sender<Result<Event>>;
 
 /// Where a flow's outcome goes: the requester's end of a reply channel.
 pub(crate) trait ReplySink: Send + 'static {
@@ -40,11 +47,21 @@ impl Responder {
 pub(crate) trait Transport: Send + Sync + 'static {
     /// Makes a new node reachable. Fails if the id is taken.
     fn attach(&self, node: &Node) -> Result<()>;
+    /// A local handler now takes the events `pattern` matches: make sure
+    /// broadcasts of those types reach this process.
+    fn interest(&self, pattern: &Pattern);
     /// Delivers `event` to every node with a matching handler.
     fn broadcast(&self, event: Event) -> Result<()>;
     /// Delivers `event` to the node `target`; the outcome (including routing
-    /// errors) goes to `responder`.
-    fn send(&self, target: &str, event: Event, responder: Responder);
-    /// Forgets every node (at shutdown).
-    fn detach_all(&self);
+    /// errors) goes to `reply`.
+    fn send(&self, target: &str, event: Event, reply: ReplyTx);
+    /// Resolves once everything dispatched so far has reached the transport's
+    /// server (at once for the in-process transport).
+    fn flush(&self) -> BoxFuture<'static, Result<()>>;
+    /// Resolves once no request sent through this transport is still on its
+    /// way while its requester waits (used by shutdown to drain; at once for
+    /// the in-process transport, where nothing is ever in transit).
+    fn settle(&self) -> BoxFuture<'static, ()>;
+    /// Releases nodes and connections, after the last flow has ended.
+    fn close(&self) -> BoxFuture<'static, ()>;
 }

@@ -1074,9 +1074,6 @@ pub async fn full_queue_is_reported_to_sender(backend: &dyn Backend) {
             queue_limit: 2
         }
     );
-    // Broadcast to a full node is refused too, not dropped silently.
-    let err = a.broadcast(ev("job", json!("bcast"))).unwrap_err();
-    assert!(matches!(err, HappenError::QueueFull { .. }), "{err:?}");
     // Everything accepted completes.
     for _ in 0..2 {
         release.notify_one(); // the running job ends; the next queued one starts

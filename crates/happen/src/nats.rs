@@ -1,0 +1,325 @@
+//! Configuration of the distributed runtime: how [`Happen::connect`](crate::Happen::connect)
+//! reaches NATS.
+//!
+//! The fields mirror the documentation's `nats` section: the servers, whether
+//! JetStream is used, reconnection, and the authentication forms the NATS
+//! client supports (user and password, token, credentials file, NKey seed,
+//! TLS). Every subject Happen uses starts with [`NatsConfig::prefix`], so
+//! several independent systems can share one server.
+//!
+//! ```
+//! use std::time::Duration;
+//! use happen::nats::{Auth, NatsConfig, Reconnect};
+//!
+//! let config = NatsConfig::new("nats://127.0.0.1:4222")
+//!     .server("nats://127.0.0.1:4223")
+//!     .name("order-system")
+//!     .prefix("shop")
+//!     .auth(Auth::UserPassword { user: "orders".into(), password: "s3cret".into() })
+//!     .reconnect(Reconnect { max_attempts: Some(60), base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(2) })
+//!     .connect_timeout(Duration::from_secs(3));
+//! assert!(config.validate().is_ok());
+//! assert!(NatsConfig::new("nats://127.0.0.1:4222").prefix("bad prefix").validate().is_err());
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{HappenError, Result};
+use crate::name::validate_event_type;
+
+/// The oldest nats-server Happen works with.
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
+
+/// How a client proves who it is to the server.
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Auth {
+    /// No credentials.
+    #[default]
+    None,
+    /// A user name and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// A token.
+    Token(String),
+    /// A `.creds` file (JWT and NKey seed), as issued by `nsc`.
+    CredentialsFile(PathBuf),
+    /// An NKey seed (`SU...`).
+    NkeySeed(String),
+}
+
+impl std::fmt::Debug for Auth {
+    // Secrets stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::UserPassword { user, .. } => {
+                write!(f, "UserPassword {{ user: {user:?}, password: <redacted> }}")
+            }
+            Auth::Token(_) => f.write_str("Token(<redacted>)"),
+            Auth::CredentialsFile(p) => write!(f, "CredentialsFile({p:?})"),
+            Auth::NkeySeed(_) => f.write_str("NkeySeed(<redacted>)"),
+        }
+    }
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// Refuse to connect without TLS.
+    pub required: bool,
+    /// PEM files of extra root certificates to trust.
+    pub root_certificates: Vec<PathBuf>,
+    /// A client certificate and its key (PEM), for mutual TLS.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+}
+
+/// How the client reconnects after losing the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// Give up after this many attempts in a row (`None`: never give up).
+    pub max_attempts: Option<usize>,
+    /// The wait before the first retry; it doubles on each failure...
+    pub base_delay: Duration,
+    /// ...up to this.
+    pub max_delay: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            max_attempts: None,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(4),
+        }
+    }
+}
+
+impl Reconnect {
+    /// The wait before reconnect attempt number `attempt` (1-based).
+    pub fn delay(&self, attempt: usize) -> Duration {
+        let doublings = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(16);
+        self.base_delay
+            .saturating_mul(1 << doublings)
+            .min(self.max_delay)
+    }
+}
+
+/// How to reach NATS; see the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://host:port`, `tls://host:port`); tried in order.
+    pub servers: Vec<String>,
+    /// The connection's name, shown by the server's monitoring.
+    pub name: Option<String>,
+    /// The first token(s) of every subject Happen uses (default `happen`).
+    pub prefix: String,
+    /// Require JetStream on the server (default `true`).
+    pub jetstream: bool,
+    /// Credentials.
+    pub auth: Auth,
+    /// TLS, if any.
+    pub tls: Option<Tls>,
+    /// Reconnection policy.
+    pub reconnect: Reconnect,
+    /// How long the first connection may take before it is an error.
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    /// A local server: `nats://127.0.0.1:4222`.
+    fn default() -> Self {
+        NatsConfig::new("nats://127.0.0.1:4222")
+    }
+}
+
+impl NatsConfig {
+    /// A configuration for one server.
+    pub fn new(server: impl Into<String>) -> Self {
+        NatsConfig {
+            servers: vec![server.into()],
+            name: None,
+            prefix: "happen".to_owned(),
+            jetstream: true,
+            auth: Auth::None,
+            tls: None,
+            reconnect: Reconnect::default(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Adds another server to try.
+    pub fn server(mut self, url: impl Into<String>) -> Self {
+        self.servers.push(url.into());
+        self
+    }
+
+    /// Names the connection.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the subject prefix (dot-separated tokens, no wildcards).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Whether JetStream must be available.
+    pub fn jetstream(mut self, enabled: bool) -> Self {
+        self.jetstream = enabled;
+        self
+    }
+
+    /// Sets the credentials.
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Sets TLS.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the reconnection policy.
+    pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Sets the first connection's time limit.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Checks the configuration without connecting.
+    pub fn validate(&self) -> Result<()> {
+        if self.servers.is_empty() {
+            return Err(HappenError::Config(
+                "no NATS server given; add one with NatsConfig::new(url)".into(),
+            ));
+        }
+        for url in &self.servers {
+            url.parse::<async_nats::ServerAddr>().map_err(|e| {
+                HappenError::Config(format!("NATS server address {url:?} is not valid: {e}"))
+            })?;
+        }
+        validate_event_type(&self.prefix).map_err(|e| {
+            HappenError::Config(format!(
+                "subject prefix {:?} is not valid: {}",
+                self.prefix, e.reason
+            ))
+        })?;
+        if self.connect_timeout.is_zero() {
+            return Err(HappenError::Config(
+                "connect_timeout must be above zero".into(),
+            ));
+        }
+        if self.reconnect.base_delay.is_zero()
+            || self.reconnect.max_delay < self.reconnect.base_delay
+        {
+            return Err(HappenError::Config(
+                "reconnect delays must satisfy 0 < base_delay <= max_delay".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a server's version string against [`MIN_SERVER_VERSION`].
+pub(crate) fn check_server_version(version: &str, server: &str) -> Result<()> {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']);
+    let major = parts.next().and_then(|p| p.parse::<u64>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u64>().ok());
+    let (Some(major), Some(minor)) = (major, minor) else {
+        return Err(HappenError::Config(format!(
+            "cannot read the version {version:?} of the NATS server at {server}"
+        )));
+    };
+    if (major, minor) < MIN_SERVER_VERSION {
+        return Err(HappenError::Config(format!(
+            "the NATS server at {server} is version {version}; Happen needs {}.{} or newer (JetStream KV and the client protocol it uses); upgrade nats-server, e.g. scripts/ensure-nats-server",
+            MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions() {
+        assert!(check_server_version("2.15.1", "s").is_ok());
+        assert!(check_server_version("2.10.0", "s").is_ok());
+        assert!(check_server_version("3.0.0", "s").is_ok());
+        let old = check_server_version("2.9.10", "nats://x:4222").unwrap_err();
+        assert!(
+            old.to_string().contains("2.9.10") && old.to_string().contains("2.10 or newer"),
+            "{old}"
+        );
+        assert!(check_server_version("garbage", "s").is_err());
+    }
+
+    #[test]
+    fn reconnect_backoff_doubles_up_to_max() {
+        let r = Reconnect {
+            max_attempts: None,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        assert_eq!(r.delay(1), Duration::from_millis(100));
+        assert_eq!(r.delay(2), Duration::from_millis(200));
+        assert_eq!(r.delay(4), Duration::from_millis(800));
+        assert_eq!(r.delay(5), Duration::from_secs(1));
+        assert_eq!(r.delay(usize::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn invalid_configs_are_clear_errors() {
+        let no_servers = NatsConfig {
+            servers: vec![],
+            ..NatsConfig::default()
+        };
+        assert!(
+            no_servers
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("no NATS server")
+        );
+        assert!(NatsConfig::new("nats://host:notaport").validate().is_err());
+        assert!(NatsConfig::default().prefix("a.*").validate().is_err());
+        assert!(
+            NatsConfig::default()
+                .connect_timeout(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let text = format!(
+            "{:?}",
+            Auth::UserPassword {
+                user: "u".into(),
+                password: "hunter2".into()
+            }
+        );
+        assert!(!text.contains("hunter2"));
+        assert!(!format!("{:?}", Auth::Token("tok-123".into())).contains("tok-123"));
+    }
+}

@@ -1,0 +1,533 @@
+//! The NATS transport: the same nodes and flows, with events carried between
+//! processes by a NATS server.
+//!
+//! Subjects (with the configured prefix, `happen` by default):
+//!
+//! - `happen.node.<node id>`: events sent to one node. Each node subscribes in
+//!   the queue group `happen`, so instances of one node id in several
+//!   processes share its work.
+//! - `happen.bcast.<event type>`: broadcasts. A string pattern becomes server
+//!   side subject filters (`order.*` → `happen.bcast.order.*`); a function
+//!   matcher subscribes to `happen.bcast.>` and filters locally. Each process
+//!   takes a broadcast once, however many of its filters overlap, and hands it
+//!   to every local node with a matching handler.
+//! - replies go to a per-runtime inbox, `_INBOX.<id>.<token>`.
+//!
+//! Every outgoing operation (subscribe, publish, flush) passes through one
+//! ordered command queue, so a handler registered before a broadcast is
+//! subscribed before that broadcast is published.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::local::LocalTransport;
+use super::{ReplySink, ReplyTx, Responder, Transport};
+use crate::error::{HappenError, Result};
+use crate::event::{Event, stamp};
+use crate::nats::{Auth, NatsConfig, check_server_version};
+use crate::node::Node;
+use crate::pattern::Pattern;
+use crate::wire::{self, Reply};
+
+/// The event type of connection changes delivered to local nodes.
+pub const CONNECTION_STATUS: &str = "system.connection-status";
+/// The sender of system events (not a valid node id, so never confused with one).
+pub const SYSTEM_SENDER: &str = "happen.system";
+/// Queue group of direct subscriptions.
+const QUEUE_GROUP: &str = "happen";
+
+enum Command {
+    Subscribe {
+        subject: String,
+        kind: Kind,
+    },
+    Publish {
+        subject: String,
+        reply: Option<String>,
+        payload: Bytes,
+        token: Option<u64>,
+    },
+    Flush(oneshot::Sender<Result<()>>),
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Direct,
+    Broadcast(usize),
+    Inbox,
+}
+
+/// Requests waiting for their reply: the requester's channel and the target.
+type Pending = Mutex<HashMap<u64, (ReplyTx, String)>>;
+
+struct Shared {
+    local: Arc<LocalTransport>,
+    prefix: String,
+    inbox: String,
+    commands: mpsc::UnboundedSender<Command>,
+    pending: Pending,
+    /// Broadcast subject filters, in subscription order.
+    filters: Mutex<Vec<String>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+pub(crate) struct NatsTransport {
+    shared: Arc<Shared>,
+    next_token: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl NatsTransport {
+    pub(crate) async fn connect(config: &NatsConfig) -> Result<NatsTransport> {
+        config.validate()?;
+        let local = Arc::new(LocalTransport::default());
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let client = options(config, events_tx)
+            .await?
+            .connect(config.servers.clone())
+            .await
+            .map_err(|e| {
+                HappenError::Transport(format!(
+                    "cannot connect to NATS at {}: {e}; is nats-server running there?",
+                    config.servers.join(", ")
+                ))
+            })?;
+        let info = client.server_info();
+        check_server_version(&info.version, &config.servers.join(", "))?;
+        if config.jetstream {
+            async_nats::jetstream::new(client.clone())
+                .query_account()
+                .await
+                .map_err(|e| {
+                    HappenError::Config(format!(
+                        "JetStream is not available on the NATS server ({e}); start nats-server with -js, or set NatsConfig::jetstream(false)"
+                    ))
+                })?;
+        }
+
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            local,
+            prefix: config.prefix.clone(),
+            inbox: client.new_inbox(),
+            commands,
+            pending: Mutex::new(HashMap::new()),
+            filters: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let command_loop = tokio::spawn(run_commands(shared.clone(), client, commands_rx));
+        let status_loop = tokio::spawn(connection_events(shared.clone(), events_rx));
+        let sweeper = tokio::spawn(sweep_abandoned(shared.clone()));
+        lock(&shared.tasks).extend([command_loop, status_loop, sweeper]);
+        shared.command(Command::Subscribe {
+            subject: format!("{}.*", shared.inbox),
+            kind: Kind::Inbox,
+        });
+        let transport = NatsTransport {
+            shared,
+            next_token: AtomicU64::new(1),
+        };
+        transport.flush().await?;
+        Ok(transport)
+    }
+}
+
+async fn options(
+    config: &NatsConfig,
+    events: mpsc::UnboundedSender<async_nats::Event>,
+) -> Result<async_nats::ConnectOptions> {
+    let mut options = match &config.auth {
+        Auth::None => async_nats::ConnectOptions::new(),
+        Auth::UserPassword { user, password } => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        Auth::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
+        Auth::CredentialsFile(path) => {
+            async_nats::ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .map_err(|e| {
+                    HappenError::Config(format!(
+                        "cannot read credentials file {}: {e}",
+                        path.display()
+                    ))
+                })?
+        }
+        Auth::NkeySeed(seed) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+    };
+    if let Some(tls) = &config.tls {
+        options = options.require_tls(tls.required);
+        for root in &tls.root_certificates {
+            options = options.add_root_certificates(root.clone());
+        }
+        if let Some((cert, key)) = &tls.client_certificate {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    if let Some(name) = &config.name {
+        options = options.name(name);
+    }
+    let reconnect = config.reconnect;
+    Ok(options
+        .connection_timeout(config.connect_timeout)
+        .max_reconnects(reconnect.max_attempts)
+        .reconnect_delay_callback(move |attempt| reconnect.delay(attempt))
+        .event_callback(move |event| {
+            let _ = events.send(event);
+            async {}
+        }))
+}
+
+impl Shared {
+    fn command(&self, command: Command) {
+        // The loop only ends at shutdown, when nothing is sent any more.
+        let _ = self.commands.send(command);
+    }
+
+    fn direct_subject(&self, node: &str) -> String {
+        format!("{}.node.{node}", self.prefix)
+    }
+
+    fn broadcast_subject(&self, event_type: &str) -> String {
+        format!("{}.bcast.{event_type}", self.prefix)
+    }
+
+    fn fail_pending(&self, token: u64, error: HappenError) {
+        if let Some((reply, _)) = lock(&self.pending).remove(&token) {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+async fn run_commands(
+    shared: Arc<Shared>,
+    client: async_nats::Client,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Publish {
+                subject,
+                reply,
+                payload,
+                token,
+            } => {
+                let published = match reply {
+                    Some(reply) => {
+                        client
+                            .publish_with_reply(subject.clone(), reply, payload)
+                            .await
+                    }
+                    None => client.publish(subject.clone(), payload).await,
+                };
+                if let Err(e) = published {
+                    let error = HappenError::Transport(format!("cannot publish to {subject}: {e}"));
+                    match token {
+                        Some(token) => shared.fail_pending(token, error),
+                        None => tracing::warn!(%error, "broadcast not published"),
+                    }
+                }
+            }
+            Command::Subscribe { subject, kind } => {
+                let subscribed = match kind {
+                    Kind::Direct => {
+                        client
+                            .queue_subscribe(subject.clone(), QUEUE_GROUP.to_owned())
+                            .await
+                    }
+                    Kind::Broadcast(_) | Kind::Inbox => client.subscribe(subject.clone()).await,
+                };
+                match subscribed {
+                    Ok(subscriber) => {
+                        let reader = tokio::spawn(read(shared.clone(), subscriber, kind));
+                        lock(&shared.tasks).push(reader);
+                    }
+                    Err(e) => tracing::error!(subject, error = %e, "cannot subscribe"),
+                }
+            }
+            Command::Flush(done) => {
+                let flushed = client
+                    .flush()
+                    .await
+                    .map_err(|e| HappenError::Transport(format!("flush failed: {e}")));
+                let _ = done.send(flushed);
+            }
+        }
+    }
+}
+
+async fn read(shared: Arc<Shared>, mut subscriber: async_nats::Subscriber, kind: Kind) {
+    while let Some(message) = subscriber.next().await {
+        match kind {
+            Kind::Direct => on_direct(&shared, message),
+            Kind::Broadcast(index) => on_broadcast(&shared, message, index),
+            Kind::Inbox => on_reply(&shared, message),
+        }
+    }
+}
+
+/// Sends a flow's outcome back over NATS to the requester's inbox.
+struct NatsReply {
+    shared: Arc<Shared>,
+    subject: Option<String>,
+}
+
+impl ReplySink for NatsReply {
+    fn reply(self: Box<Self>, outcome: Result<Event>) {
+        let Some(subject) = self.subject else { return };
+        let payload = match wire::encode_reply(&Reply::from(outcome)) {
+            Ok(bytes) => bytes,
+            Err(error) => match wire::encode_reply(&Reply::Err(error)) {
+                Ok(bytes) => bytes,
+                Err(_) => return,
+            },
+        };
+        self.shared.command(Command::Publish {
+            subject,
+            reply: None,
+            payload: Bytes::from(payload),
+            token: None,
+        });
+    }
+}
+
+fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
+    let responder = Responder::new(NatsReply {
+        shared: shared.clone(),
+        subject: message.reply.as_ref().map(|s| s.to_string()),
+    });
+    let prefix_len = shared.prefix.len() + ".node.".len();
+    let Some(target) = message.subject.get(prefix_len..) else {
+        return;
+    };
+    match wire::decode_event(&message.payload) {
+        Ok(event) => shared.local.deliver_to(target, event, responder),
+        Err(error) => {
+            tracing::warn!(subject = %message.subject, %error, "undecodable event refused");
+            responder.reply(Err(error));
+        }
+    }
+}
+
+fn on_broadcast(shared: &Arc<Shared>, message: async_nats::Message, index: usize) {
+    // Overlapping filters deliver a message once per filter: only the first
+    // filter that matches the subject takes it.
+    let first = lock(&shared.filters)
+        .iter()
+        .position(|filter| subject_matches(filter, &message.subject));
+    if first != Some(index) {
+        return;
+    }
+    match wire::decode_event(&message.payload) {
+        Ok(event) => {
+            if let Err(error) = shared.local.deliver_broadcast(&event) {
+                tracing::warn!(event_type = event.event_type(), event_id = event.id(), %error, "broadcast refused by a local node");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(subject = %message.subject, %error, "undecodable broadcast ignored")
+        }
+    }
+}
+
+fn on_reply(shared: &Arc<Shared>, message: async_nats::Message) {
+    let Some(token) = message
+        .subject
+        .rsplit('.')
+        .next()
+        .and_then(|t| t.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let Some((reply, target)) = lock(&shared.pending).remove(&token) else {
+        return; // the requester gave up (timeout, dropped handle)
+    };
+    let outcome = if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        Err(HappenError::UnknownNode { node: target })
+    } else {
+        wire::decode_reply(&message.payload).and_then(Result::from)
+    };
+    let _ = reply.send(outcome);
+}
+
+/// Turns the client's connection events into `system.connection-status`
+/// events for the local nodes.
+async fn connection_events(
+    shared: Arc<Shared>,
+    mut events: mpsc::UnboundedReceiver<async_nats::Event>,
+) {
+    while let Some(event) = events.recv().await {
+        let status = match &event {
+            async_nats::Event::Connected => "connected",
+            async_nats::Event::Disconnected => "disconnected",
+            async_nats::Event::LameDuckMode => "lame-duck",
+            async_nats::Event::Draining => "draining",
+            async_nats::Event::Closed => "closed",
+            async_nats::Event::SlowConsumer(_) => "slow-consumer",
+            async_nats::Event::ServerError(_) | async_nats::Event::ClientError(_) => "error",
+        };
+        tracing::info!(status, detail = %event, "NATS connection");
+        let mut system = Event::new(
+            CONNECTION_STATUS,
+            serde_json::json!({ "status": status, "detail": event.to_string() }),
+        );
+        stamp(&mut system, SYSTEM_SENDER, None);
+        if let Err(error) = shared.local.deliver_broadcast(&system) {
+            tracing::warn!(%error, "connection status refused by a local node");
+        }
+    }
+}
+
+/// Forgets requests whose requester stopped waiting and whose reply will
+/// never come (the target died), so the table does not grow.
+async fn sweep_abandoned(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        lock(&shared.pending).retain(|_, (reply, _)| !reply.is_closed());
+    }
+}
+
+/// NATS subject matching: `*` is one token, `>` one or more trailing tokens.
+fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in filter.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (t, Some(s)) if t == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
+impl Transport for NatsTransport {
+    fn attach(&self, node: &Node) -> Result<()> {
+        self.shared.local.attach(node)?;
+        self.shared.command(Command::Subscribe {
+            subject: self.shared.direct_subject(node.id()),
+            kind: Kind::Direct,
+        });
+        Ok(())
+    }
+
+    fn interest(&self, pattern: &Pattern) {
+        let wanted: Vec<String> = match pattern.subjects() {
+            Some(subjects) => subjects
+                .iter()
+                .map(|s| self.shared.broadcast_subject(s))
+                .collect(),
+            None => vec![self.shared.broadcast_subject(">")],
+        };
+        let mut filters = lock(&self.shared.filters);
+        for subject in wanted {
+            if filters.contains(&subject) {
+                continue;
+            }
+            filters.push(subject.clone());
+            self.shared.command(Command::Subscribe {
+                subject,
+                kind: Kind::Broadcast(filters.len() - 1),
+            });
+        }
+    }
+
+    fn broadcast(&self, event: Event) -> Result<()> {
+        let payload = wire::encode_event(&event)?;
+        self.shared.command(Command::Publish {
+            subject: self.shared.broadcast_subject(event.event_type()),
+            reply: None,
+            payload: Bytes::from(payload),
+            token: None,
+        });
+        Ok(())
+    }
+
+    fn send(&self, target: &str, event: Event, reply: ReplyTx) {
+        let payload = match wire::encode_event(&event) {
+            Ok(payload) => payload,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
+        };
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        lock(&self.shared.pending).insert(token, (reply, target.to_owned()));
+        self.shared.command(Command::Publish {
+            subject: self.shared.direct_subject(target),
+            reply: Some(format!("{}.{token}", self.shared.inbox)),
+            payload: Bytes::from(payload),
+            token: Some(token),
+        });
+    }
+
+    fn flush(&self) -> BoxFuture<'static, Result<()>> {
+        let (done, flushed) = oneshot::channel();
+        self.shared.command(Command::Flush(done));
+        Box::pin(async move {
+            flushed.await.unwrap_or_else(|_| {
+                Err(HappenError::Transport(
+                    "the NATS connection is closed".into(),
+                ))
+            })
+        })
+    }
+
+    fn settle(&self) -> BoxFuture<'static, ()> {
+        let shared = self.shared.clone();
+        let (done, flushed) = oneshot::channel();
+        shared.command(Command::Flush(done));
+        Box::pin(async move {
+            let _ = flushed.await;
+            while lock(&shared.pending)
+                .values()
+                .any(|(reply, _)| !reply.is_closed())
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'static, ()> {
+        let flushed = self.flush();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            // Replies of the last flows must leave before the connection goes.
+            let _ = flushed.await;
+            for task in lock(&shared.tasks).drain(..) {
+                task.abort();
+            }
+            shared.local.detach_all();
+            lock(&shared.pending).clear();
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn nats_subject_semantics() {
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+        assert!(subject_matches("a.*", "a.b"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(subject_matches("a.>", "a.b.c"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(subject_matches(">", "x"));
+        assert!(!subject_matches("a.b.c", "a.b"));
+    }
+}

@@ -1,0 +1,141 @@
+//! The wire format: events and replies as MessagePack maps with the
+//! documentation's field names (`type`, `payload`, `context.causal.causationId`, ...).
+//!
+//! Decoding never panics: any byte string either decodes or gives
+//! [`HappenError::Codec`]. Nesting is limited to [`MAX_DEPTH`] levels so that
+//! hostile input cannot exhaust the stack.
+//!
+//! ```
+//! use happen::{Event, wire};
+//! use serde_json::json;
+//!
+//! let event = Event::new("order.created", json!({ "orderId": "ORD-1", "total": 59.98 }));
+//! let bytes = wire::encode_event(&event).unwrap();
+//! assert_eq!(wire::decode_event(&bytes).unwrap(), event);
+//! assert!(wire::decode_event(b"\xc1 not msgpack").is_err());
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{HappenError, Result};
+use crate::event::Event;
+
+/// The deepest nesting of maps and arrays a decoder accepts.
+pub const MAX_DEPTH: usize = 128;
+
+/// Encodes an event as a MessagePack map.
+pub fn encode_event(event: &Event) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(event)
+        .map_err(|e| HappenError::Codec(format!("cannot encode event: {e}")))
+}
+
+/// Decodes an event encoded by [`encode_event`] (or any MessagePack map of the
+/// same shape).
+pub fn decode_event(bytes: &[u8]) -> Result<Event> {
+    decode(bytes).map_err(|e| HappenError::Codec(format!("cannot decode event: {e}")))
+}
+
+/// The outcome of a request as it travels back to the requester.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    /// The flow completed; its result travels as a response event.
+    Ok(Event),
+    /// The request failed (refused, handler error, panic, ...).
+    Err(HappenError),
+}
+
+impl From<Result<Event>> for Reply {
+    fn from(outcome: Result<Event>) -> Self {
+        match outcome {
+            Ok(event) => Reply::Ok(event),
+            Err(error) => Reply::Err(error),
+        }
+    }
+}
+
+impl From<Reply> for Result<Event> {
+    fn from(reply: Reply) -> Self {
+        match reply {
+            Reply::Ok(event) => Ok(event),
+            Reply::Err(error) => Err(error),
+        }
+    }
+}
+
+/// Encodes a reply.
+pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(reply)
+        .map_err(|e| HappenError::Codec(format!("cannot encode reply: {e}")))
+}
+
+/// Decodes a reply encoded by [`encode_reply`].
+pub fn decode_reply(bytes: &[u8]) -> Result<Reply> {
+    decode(bytes).map_err(|e| HappenError::Codec(format!("cannot decode reply: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> std::result::Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    de.set_max_depth(MAX_DEPTH);
+    let value = T::deserialize(&mut de)?;
+    let used = de.position();
+    let len = bytes.len() as u64;
+    if used != len {
+        return Err(rmp_serde::decode::Error::Syntax(format!(
+            "{} trailing bytes after the value",
+            len.saturating_sub(used)
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn field_names_are_the_documentations() {
+        let event = Event::new("a.b", json!({ "k": [1, 2.5, "s", null, true] }))
+            .with_correlation_id("c-1")
+            .with_source("u", "user");
+        let bytes = encode_event(&event).unwrap();
+        let as_json: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(as_json["type"], "a.b");
+        assert_eq!(as_json["context"]["causal"]["correlationId"], "c-1");
+        assert_eq!(as_json["context"]["origin"]["sourceType"], "user");
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let ok = Reply::Ok(Event::new("happen.response", json!(42)));
+        assert_eq!(decode_reply(&encode_reply(&ok).unwrap()).unwrap(), ok);
+        let err = Reply::Err(HappenError::NoHandler {
+            node: "n".into(),
+            event_type: "t".into(),
+        });
+        assert_eq!(decode_reply(&encode_reply(&err).unwrap()).unwrap(), err);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_overflowed() {
+        // 100_000 nested one-element arrays: 0x91 is "array of length 1".
+        let mut bytes = vec![0x91u8; 100_000];
+        bytes.push(0xc0);
+        assert!(decode_event(&bytes).is_err());
+        let mut map = vec![0x82u8, 0xa4, b't', b'y', b'p', b'e', 0xa1, b'x', 0xa7];
+        map.extend_from_slice(b"payload");
+        map.extend(std::iter::repeat_n(0x91u8, 100_000));
+        map.push(0xc0);
+        assert!(decode_event(&map).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = encode_event(&Event::new("x", json!(null))).unwrap();
+        bytes.push(0xc0);
+        assert!(decode_event(&bytes).is_err());
+    }
+}
