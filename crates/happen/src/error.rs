@@ -30,7 +30,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// assert!(err.to_string().contains("payments"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(tag = "kind", content = "details", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum HappenError {
     /// The target node exists but none of its handlers matches the event type.

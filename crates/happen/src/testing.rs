@@ -33,6 +33,7 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     binary: PathBuf,
+    jetstream: bool,
 }
 
 impl NatsServer {
@@ -45,15 +46,25 @@ impl NatsServer {
 
     /// Starts a server with JetStream on a free loopback port.
     pub fn start() -> Result<NatsServer> {
+        Self::start_with(true)
+    }
+
+    /// Starts a server without JetStream (core NATS only).
+    pub fn start_without_jetstream() -> Result<NatsServer> {
+        Self::start_with(false)
+    }
+
+    fn start_with(jetstream: bool) -> Result<NatsServer> {
         let store = tempfile::tempdir()
             .map_err(|e| HappenError::Transport(format!("cannot create a store directory: {e}")))?;
         let binary = Self::binary();
-        let (child, port) = spawn(&binary, None, &store.path().to_string_lossy())?;
+        let (child, port) = spawn(&binary, None, &store.path().to_string_lossy(), jetstream)?;
         Ok(NatsServer {
             child: Some(child),
             port,
             store,
             binary,
+            jetstream,
         })
     }
 
@@ -83,7 +94,7 @@ impl NatsServer {
         // The port was just released; give the OS a few tries to hand it back.
         let mut last = None;
         for _ in 0..20 {
-            match spawn(&self.binary, Some(self.port), &store) {
+            match spawn(&self.binary, Some(self.port), &store, self.jetstream) {
                 Ok((child, _)) => {
                     self.child = Some(child);
                     return Ok(());
@@ -104,10 +115,19 @@ impl Drop for NatsServer {
     }
 }
 
-fn spawn(binary: &PathBuf, port: Option<u16>, store: &str) -> Result<(Child, u16)> {
+fn spawn(
+    binary: &PathBuf,
+    port: Option<u16>,
+    store: &str,
+    jetstream: bool,
+) -> Result<(Child, u16)> {
     let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+    let mut args = vec!["-a", "127.0.0.1", "-p", &port_arg];
+    if jetstream {
+        args.extend(["-js", "-sd", store]);
+    }
     let mut child = Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd", store])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -120,6 +120,55 @@ mod tests {
     }
 
     #[test]
+    fn every_error_variant_crosses_the_wire() {
+        use crate::name::validate_node_id;
+        use crate::pattern::Pattern;
+        let errors = vec![
+            HappenError::NoHandler {
+                node: "n".into(),
+                event_type: "t".into(),
+            },
+            HappenError::UnknownNode { node: "n".into() },
+            HappenError::DuplicateNode { node: "n".into() },
+            HappenError::Timeout {
+                node: "n".into(),
+                event_type: "t".into(),
+                after_ms: 5,
+            },
+            HappenError::QueueFull {
+                node: "n".into(),
+                active: 1,
+                queue_limit: 2,
+            },
+            HappenError::HandlerFailed {
+                node: "n".into(),
+                event_type: "t".into(),
+                cause: "c".into(),
+            },
+            HappenError::HandlerPanicked {
+                node: "n".into(),
+                event_type: "t".into(),
+                message: "m".into(),
+            },
+            HappenError::NoResponse {
+                node: "n".into(),
+                event_type: "t".into(),
+            },
+            HappenError::InvalidPattern(Pattern::parse("a.{").unwrap_err()),
+            HappenError::InvalidName(validate_node_id("a b").unwrap_err()),
+            HappenError::Shutdown,
+            HappenError::Config("c".into()),
+            HappenError::Codec("c".into()),
+            HappenError::Transport("t".into()),
+        ];
+        for error in errors {
+            let reply = Reply::Err(error);
+            let bytes = encode_reply(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+            assert_eq!(decode_reply(&bytes).unwrap(), reply);
+        }
+    }
+
+    #[test]
     fn deep_nesting_is_refused_not_overflowed() {
         // 100_000 nested one-element arrays: 0x91 is "array of length 1".
         let mut bytes = vec![0x91u8; 100_000];

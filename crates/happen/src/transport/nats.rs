@@ -287,9 +287,14 @@ impl ReplySink for NatsReply {
         let Some(subject) = self.subject else { return };
         let payload = match wire::encode_reply(&Reply::from(outcome)) {
             Ok(bytes) => bytes,
+            // Every error encodes; a result that does not (a payload serde
+            // cannot write as MessagePack) is answered with that failure.
             Err(error) => match wire::encode_reply(&Reply::Err(error)) {
                 Ok(bytes) => bytes,
-                Err(_) => return,
+                Err(error) => {
+                    tracing::error!(%error, "cannot encode a reply");
+                    return;
+                }
             },
         };
         self.shared.command(Command::Publish {

@@ -1,0 +1,278 @@
+//! NATS-specific behaviour: connection errors, connection status events,
+//! delivery across a server restart, and hostile bytes on the wire.
+
+use std::time::Duration;
+
+use happen::nats::{NatsConfig, Reconnect};
+use happen::prelude::*;
+use happen::testing::NatsServer;
+use happen::wire;
+use tokio::sync::mpsc;
+
+fn fast_reconnect(url: String) -> NatsConfig {
+    NatsConfig::new(url).reconnect(Reconnect {
+        max_attempts: None,
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(250),
+    })
+}
+
+async fn within<T>(what: &str, secs: u64, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {secs} s"))
+}
+
+#[tokio::test]
+async fn unreachable_server_is_an_error_not_a_hang() {
+    // A port nobody listens on: bind one, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = NatsConfig::new(format!("nats://127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_millis(500));
+    let err = within("connect error", 30, Happen::connect(config))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HappenError::Transport(_)), "{err:?}");
+    assert!(err.to_string().contains("cannot connect to NATS"), "{err}");
+}
+
+#[tokio::test]
+async fn invalid_config_is_an_error() {
+    let err = Happen::connect(NatsConfig::new("nats://127.0.0.1:4222").prefix("has space"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HappenError::Config(ref m) if m.contains("prefix")),
+        "{err:?}"
+    );
+    let err = Happen::connect(NatsConfig::new("nats://127.0.0.1:notaport"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HappenError::Config(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn jetstream_required_but_missing_is_a_clear_error() {
+    let server = NatsServer::start_without_jetstream().unwrap();
+    let err = within(
+        "connect",
+        30,
+        Happen::connect(NatsConfig::new(server.url())),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, HappenError::Config(ref m) if m.contains("JetStream")),
+        "{err:?}"
+    );
+    // Without the requirement the same server is fine.
+    let happen = Happen::connect(NatsConfig::new(server.url()).jetstream(false))
+        .await
+        .unwrap();
+    happen.shutdown().await;
+}
+
+#[tokio::test]
+async fn user_password_auth_is_used() {
+    // A server that requires a user: the right password connects, a wrong
+    // one is refused with a clear error.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("auth.conf");
+    std::fs::write(&conf, "authorization { user: app, password: s3cret }\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(NatsServer::binary())
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-c",
+            conf.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let auth = |password: &str| {
+        NatsConfig::new(url.clone())
+            .jetstream(false)
+            .connect_timeout(Duration::from_secs(2))
+            .auth(happen::nats::Auth::UserPassword {
+                user: "app".into(),
+                password: password.into(),
+            })
+    };
+    let mut connected = None;
+    for _ in 0..50 {
+        match Happen::connect(auth("s3cret")).await {
+            Ok(h) => {
+                connected = Some(h);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let happen = connected.expect("connects with the right password");
+    let node = happen.node("authed").unwrap();
+    node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
+        .unwrap();
+    assert_eq!(
+        node.send(&node, Event::new("ping", json!(null)))
+            .await
+            .unwrap(),
+        json!("pong")
+    );
+    happen.shutdown().await;
+    let err = Happen::connect(auth("wrong")).await.unwrap_err();
+    assert!(matches!(err, HappenError::Transport(_)), "{err:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_is_reported_and_events_sent_during_it_arrive_after_reconnection() {
+    let mut server = NatsServer::start().unwrap();
+    let happen = Happen::connect(fast_reconnect(server.url())).await.unwrap();
+    let watcher = happen.node("watcher").unwrap();
+    let sink = happen.node("sink").unwrap();
+    let source = happen.node("source").unwrap();
+
+    let (status_tx, mut status_rx) = mpsc::unbounded_channel();
+    watcher
+        .on(happen::CONNECTION_STATUS, move |e: Event, _cx: Context| {
+            let tx = status_tx.clone();
+            async move {
+                assert_eq!(e.causal().sender, happen::SYSTEM_SENDER);
+                let _ = tx.send(e.payload()["status"].as_str().unwrap_or("").to_owned());
+            }
+        })
+        .unwrap();
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel();
+    sink.on("outage.note", move |e: Event, _cx: Context| {
+        let tx = got_tx.clone();
+        async move {
+            let _ = tx.send(e.payload()["n"].as_i64().unwrap());
+            json!("noted")
+        }
+    })
+    .unwrap();
+    happen.flush().await.unwrap();
+    // Working before the outage.
+    assert_eq!(
+        source
+            .send(&sink, Event::new("outage.note", json!({ "n": -1 })))
+            .await
+            .unwrap(),
+        "noted"
+    );
+    assert_eq!(got_rx.recv().await.unwrap(), -1);
+
+    server.stop();
+    let status = within("disconnected status", 30, async {
+        loop {
+            let s = status_rx.recv().await.unwrap();
+            if s == "disconnected" {
+                return s;
+            }
+        }
+    })
+    .await;
+    assert_eq!(status, "disconnected");
+
+    // Published while the server is down.
+    for n in 0..5 {
+        source
+            .broadcast(Event::new("outage.note", json!({ "n": n })))
+            .unwrap();
+    }
+    let request = source
+        .send(&sink, Event::new("outage.note", json!({ "n": 100 })))
+        .timeout(Duration::from_secs(30));
+
+    server.restart().unwrap();
+    within("connected status", 30, async {
+        while status_rx.recv().await.unwrap() != "connected" {}
+    })
+    .await;
+
+    assert_eq!(
+        within("request answer", 30, request.response())
+            .await
+            .unwrap(),
+        "noted"
+    );
+    let mut seen: Vec<i64> = Vec::new();
+    within("the outage's events", 30, async {
+        while seen.len() < 6 {
+            seen.push(got_rx.recv().await.unwrap());
+        }
+    })
+    .await;
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![0, 1, 2, 3, 4, 100],
+        "nothing lost, nothing twice"
+    );
+    happen.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bytes_are_refused_and_the_node_keeps_serving() {
+    let server = NatsServer::start().unwrap();
+    let happen = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let node = happen.node("target").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    node.on(">", move |e: Event, _cx: Context| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(e.event_type().to_owned());
+            json!("ok")
+        }
+    })
+    .unwrap();
+    happen.flush().await.unwrap();
+
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    for garbage in [
+        &b""[..],
+        b"\xc1",
+        b"\x93\x01\x02",
+        b"{\"type\":\"json-not-msgpack\"}",
+        &[0x91; 10_000],
+    ] {
+        let answer = raw
+            .request("happen.node.target", bytes::Bytes::copy_from_slice(garbage))
+            .await
+            .unwrap();
+        match wire::decode_reply(&answer.payload).unwrap() {
+            wire::Reply::Err(HappenError::Codec(m)) => assert!(m.contains("decode"), "{m}"),
+            other => panic!("expected a codec error, got {other:?}"),
+        }
+        raw.publish("happen.bcast.junk", bytes::Bytes::copy_from_slice(garbage))
+            .await
+            .unwrap();
+    }
+    raw.flush().await.unwrap();
+
+    // Still serving, and no garbage reached a handler.
+    assert_eq!(
+        node.send(&node, Event::new("after", json!(null)))
+            .await
+            .unwrap(),
+        json!("ok")
+    );
+    assert_eq!(rx.recv().await.unwrap(), "after");
+    assert!(rx.try_recv().is_err());
+    happen.shutdown().await;
+}
