@@ -1,7 +1,8 @@
 //! `happen`: the command-line companion of the Happen framework.
 //!
 //! ```text
-//! happen demo      run the order-processing demo (embedded, no server needed)
+//! happen demo [--nats URL] [--role all|services|storefront] [--trace-json]
+//!                  run the order-processing demo (embedded unless --nats is given)
 //! happen version   print the version
 //! happen help      print this help
 //! ```
@@ -21,7 +22,11 @@ USAGE:
     happen <COMMAND>
 
 COMMANDS:
-    demo       run the order-processing demo in this process (no server needed)
+    demo       run the order-processing demo (embedded: no server needed)
+               options: --nats URL             run over NATS
+                        --role services        run the services half (with --nats)
+                        --role storefront      run the storefront half (with --nats)
+                        --trace-json           print each event's causal record as JSON
     version    print the version
     help       print this help
 ";
@@ -30,6 +35,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("demo") => {
+            let options = match order_processing::parse_args(args[1..].iter().cloned()) {
+                Ok(options) => options,
+                Err(message) => {
+                    eprintln!("happen demo: {message}");
+                    return ExitCode::from(2);
+                }
+            };
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -40,7 +52,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(order_processing::run()) {
+            match runtime.block_on(order_processing::run(options)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("happen demo failed: {e}");

@@ -8,10 +8,20 @@
 //! what caused it and which transaction it belongs to, with no bookkeeping in
 //! the handlers.
 //!
-//! Run it with `cargo run --example order_processing`.
+//! Run it with `cargo run --example order_processing` (all nodes in this
+//! process, no server). Distributed over NATS, in two terminals:
+//!
+//! ```text
+//! cargo run --example order_processing -- --nats nats://127.0.0.1:4222 --role services
+//! cargo run --example order_processing -- --nats nats://127.0.0.1:4222 --role storefront
+//! ```
+//!
+//! The node code is the same in every arrangement; only `Happen` is made
+//! differently. `--trace-json` prints each event's causal record as a JSON line.
 
 use std::sync::{Arc, Mutex};
 
+use happen::NatsConfig;
 use happen::prelude::*;
 use tokio::sync::oneshot;
 
@@ -99,24 +109,139 @@ async fn create_shipment(event: Event, cx: Context) -> happen::Result<Value> {
     Ok(result)
 }
 
-/// Runs the demo and prints its report.
-pub async fn run() -> happen::Result<()> {
-    let happen = Happen::embedded();
+/// Which nodes this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every node.
+    All,
+    /// The inventory, payment, shipping and notification services.
+    Services,
+    /// The storefront and the order service, which place the order.
+    Storefront,
+}
+
+/// Command-line options of the demo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Connect to this NATS server instead of running embedded.
+    pub nats: Option<String>,
+    /// Which nodes to run here.
+    pub role: Role,
+    /// Print every event's causal record as a `TRACE {json}` line.
+    pub trace_json: bool,
+}
+
+/// Reads `[--nats URL] [--role all|services|storefront] [--trace-json]`.
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options {
+        nats: None,
+        role: Role::All,
+        trace_json: false,
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--nats" => options.nats = Some(args.next().ok_or("--nats needs a server URL")?),
+            "--role" => {
+                options.role = match args.next().as_deref() {
+                    Some("all") => Role::All,
+                    Some("services") => Role::Services,
+                    Some("storefront") => Role::Storefront,
+                    other => {
+                        return Err(format!(
+                            "--role takes all, services or storefront, not {other:?}"
+                        ));
+                    }
+                }
+            }
+            "--trace-json" => options.trace_json = true,
+            other => {
+                return Err(format!(
+                    "unknown option {other:?}; options: --nats URL, --role all|services|storefront, --trace-json"
+                ));
+            }
+        }
+    }
+    if options.role != Role::All && options.nats.is_none() {
+        return Err(
+            "--role services/storefront runs half of the system: it needs --nats URL".into(),
+        );
+    }
+    Ok(options)
+}
+
+/// Runs the demo with `options` and prints its report.
+pub async fn run(options: Options) -> happen::Result<()> {
+    let happen = match &options.nats {
+        None => Happen::embedded(),
+        Some(url) => Happen::connect(NatsConfig::new(url.clone()).name("order-demo")).await?,
+    };
     let log = Log::default();
+    let services = options.role != Role::Storefront;
+    let storefront_here = options.role != Role::Services;
 
-    let storefront = happen.node("storefront")?;
+    // The notification service tells us when the whole process has finished.
+    let (done_tx, done_rx) = oneshot::channel();
+    if services {
+        start_services(&happen, &log, done_tx)?;
+    }
+    let storefront = if storefront_here {
+        start_order_service(&happen, &log)?;
+        Some(happen.node("storefront")?)
+    } else {
+        None
+    };
+    // Subscriptions are in place before anything is sent (and before another
+    // process is told to start).
+    happen.flush().await?;
+
+    let mut result = None;
+    if let Some(storefront) = storefront {
+        let order = Event::new(
+            "create-order",
+            json!({
+                "customer": { "id": "cust-123", "name": "Jane Doe", "address": { "street": "123 Main St", "city": "Anytown", "zip": "12345" } },
+                "items": [ { "id": "prod-a1", "quantity": 2 }, { "id": "prod-b7", "quantity": 1 } ],
+                "total": 129.99
+            }),
+        );
+        let response = storefront
+            .send("order-service", order)
+            .timeout(std::time::Duration::from_secs(30))
+            .response_event()
+            .await?;
+        log.record(&response);
+        result = Some(response);
+    } else {
+        println!("READY: services are listening; start the storefront");
+    }
+    if services {
+        done_rx.await.map_err(|_| HappenError::NoResponse {
+            node: "notification-service".into(),
+            event_type: "order.completed".into(),
+        })?;
+    }
+    happen.shutdown().await;
+    report(&log, result.as_ref(), options.trace_json);
+    Ok(())
+}
+
+fn start_order_service(happen: &Happen, log: &Log) -> happen::Result<()> {
     let orders = happen.node("order-service")?;
-    let inventory = happen.node("inventory-service")?;
-    let payments = happen.node("payment-service")?;
-    let shipping = happen.node("shipping-service")?;
-    let notifications = happen.node("notification-service")?;
-
     let l = log.clone();
     orders.on("create-order", move |event: Event, cx: Context| {
         l.record(&event);
         cx.insert(l.clone());
         validate_order(event, cx)
     })?;
+    Ok(())
+}
+
+fn start_services(happen: &Happen, log: &Log, done: oneshot::Sender<()>) -> happen::Result<()> {
+    let inventory = happen.node("inventory-service")?;
+    let payments = happen.node("payment-service")?;
+    let shipping = happen.node("shipping-service")?;
+    let notifications = happen.node("notification-service")?;
 
     let l = log.clone();
     inventory.on("check-inventory", move |event: Event, _cx: Context| {
@@ -145,48 +270,47 @@ pub async fn run() -> happen::Result<()> {
         async move { json!({ "trackingNumber": "TRK-456" }) }
     })?;
 
-    let (done_tx, done_rx) = oneshot::channel();
-    let done_tx = Arc::new(Mutex::new(Some(done_tx)));
+    let done = Arc::new(Mutex::new(Some(done)));
     let l = log.clone();
     notifications.on("order.*", move |event: Event, _cx: Context| {
         l.record(&event);
-        let done = done_tx.lock().unwrap().take();
+        let done = done.lock().unwrap().take();
         async move {
             if let Some(done) = done {
                 let _ = done.send(());
             }
         }
     })?;
+    Ok(())
+}
 
-    let order = Event::new(
-        "create-order",
-        json!({
-            "customer": { "id": "cust-123", "name": "Jane Doe", "address": { "street": "123 Main St", "city": "Anytown", "zip": "12345" } },
-            "items": [ { "id": "prod-a1", "quantity": 2 }, { "id": "prod-b7", "quantity": 1 } ],
-            "total": 129.99
-        }),
-    );
-    let response = storefront.send(&orders, order).response_event().await?;
-    log.record(&response);
-    done_rx
-        .await
-        .expect("the notification service saw order.completed");
-    happen.shutdown().await;
-
-    println!(
-        "Result:\n{}\n",
-        serde_json::to_string_pretty(response.payload()).unwrap_or_default()
-    );
-    println!(
-        "Causal chain of every event (correlationId {}):\n",
-        response.causal().correlation_id
-    );
+fn report(log: &Log, result: Option<&Event>, trace_json: bool) {
+    if let Some(response) = result {
+        println!(
+            "Result:\n{}\n",
+            serde_json::to_string_pretty(response.payload()).unwrap_or_default()
+        );
+    }
+    let mut events = log.0.lock().unwrap().clone();
+    events.sort_by(|a, b| a.id().cmp(b.id()));
+    if trace_json {
+        for e in &events {
+            let c = e.causal();
+            let record = json!({ "type": e.event_type(), "id": c.id, "causationId": c.causation_id, "correlationId": c.correlation_id, "sender": c.sender, "path": c.path });
+            println!("TRACE {record}");
+        }
+        return;
+    }
+    if let Some(first) = events.first() {
+        println!(
+            "Causal chain of the events seen here (correlationId {}):\n",
+            first.causal().correlation_id
+        );
+    }
     println!(
         "{:<18} {:<22} {:<38} {:<38} path",
         "type", "sender", "id", "causationId"
     );
-    let mut events = log.0.lock().unwrap().clone();
-    events.sort_by(|a, b| a.id().cmp(b.id()));
     for e in &events {
         let c = e.causal();
         println!(
@@ -198,10 +322,19 @@ pub async fn run() -> happen::Result<()> {
             c.path.join(" > ")
         );
     }
-    Ok(())
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> happen::Result<()> {
-    run().await
+async fn main() {
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("order_processing: {message}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = run(options).await {
+        eprintln!("order_processing failed: {error}");
+        std::process::exit(1);
+    }
 }
