@@ -13,6 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use crate::id::Id;
+
 /// A unique, time-ordered event identifier (a UUID v7 in its text form).
 ///
 /// ```
@@ -20,14 +22,11 @@ use serde_json::{Map, Value};
 /// let b = happen::new_event_id();
 /// assert!(a < b);
 /// ```
-pub fn new_event_id() -> String {
+pub fn new_event_id() -> Id {
     // `now_v7` keeps a per-process counter, so ids made in the same millisecond
     // still sort in creation order.
     let mut buf = uuid::Uuid::encode_buffer();
-    uuid::Uuid::now_v7()
-        .hyphenated()
-        .encode_lower(&mut buf)
-        .to_owned()
+    Id::from(&*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf))
 }
 
 pub(crate) fn now_millis() -> u64 {
@@ -45,18 +44,18 @@ pub(crate) fn now_millis() -> u64 {
 #[serde(rename_all = "camelCase")]
 pub struct Causal {
     /// The event's unique, time-ordered id.
-    pub id: String,
+    pub id: Id,
     /// The id of the node that sent the event.
-    pub sender: String,
+    pub sender: Id,
     /// The id of the event being handled when this one was emitted; `None` for
     /// a root event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub causation_id: Option<String>,
+    pub causation_id: Option<Id>,
     /// The id shared by every event of one transaction or process. A root
     /// event's correlation id is its own id unless the sender set one.
-    pub correlation_id: String,
+    pub correlation_id: Id,
     /// The ids of the nodes along the causal chain, ending with the sender.
-    pub path: Vec<String>,
+    pub path: Vec<Id>,
     /// When the event was sent, in milliseconds since the Unix epoch.
     pub timestamp: u64,
 }
@@ -66,7 +65,7 @@ pub struct Causal {
 #[serde(rename_all = "camelCase")]
 pub struct Origin {
     /// The node that immediately sent the event (set by Happen).
-    pub node_id: String,
+    pub node_id: Id,
     /// The original source, such as a user id (set by the application).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_id: Option<String>,
@@ -207,7 +206,7 @@ impl Event {
     /// Sets the correlation id, grouping this event with others of the same
     /// transaction. Without it, a root event's correlation id is its own id.
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
-        Arc::make_mut(&mut self.0).context.causal.correlation_id = id.into();
+        Arc::make_mut(&mut self.0).context.causal.correlation_id = Id::from(id.into());
         self
     }
 
@@ -256,11 +255,11 @@ impl<'de> Deserialize<'de> for Event {
 
 /// Fills in the causal context and origin of an event about to be sent by
 /// `sender`, as a child of `parent` when one is given.
-pub(crate) fn stamp(event: &mut Event, sender: &str, parent: Option<&Causal>) {
+pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Causal>) {
     let cx = event.context_mut();
     let causal = &mut cx.causal;
     causal.id = new_event_id();
-    causal.sender = sender.to_owned();
+    causal.sender = sender.clone();
     causal.timestamp = now_millis();
     match parent {
         Some(p) => {
@@ -270,7 +269,7 @@ pub(crate) fn stamp(event: &mut Event, sender: &str, parent: Option<&Causal>) {
             }
             let mut path = Vec::with_capacity(p.path.len() + 1);
             path.extend(p.path.iter().cloned());
-            path.push(sender.to_owned());
+            path.push(sender.clone());
             causal.path = path;
         }
         None => {
@@ -278,10 +277,10 @@ pub(crate) fn stamp(event: &mut Event, sender: &str, parent: Option<&Causal>) {
             if causal.correlation_id.is_empty() {
                 causal.correlation_id = causal.id.clone();
             }
-            causal.path = vec![sender.to_owned()];
+            causal.path = vec![sender.clone()];
         }
     }
-    cx.origin.node_id = sender.to_owned();
+    cx.origin.node_id = sender.clone();
 }
 
 #[cfg(test)]
@@ -291,7 +290,7 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_time_ordered() {
-        let ids: Vec<String> = (0..10_000).map(|_| new_event_id()).collect();
+        let ids: Vec<Id> = (0..10_000).map(|_| new_event_id()).collect();
         for pair in ids.windows(2) {
             assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);
         }
@@ -300,26 +299,26 @@ mod tests {
     #[test]
     fn root_event_correlates_to_itself() {
         let mut e = Event::new("a", json!(null));
-        stamp(&mut e, "n1", None);
+        stamp(&mut e, &Id::from("n1"), None);
         assert_eq!(e.causal().correlation_id, e.id());
         assert_eq!(e.causal().causation_id, None);
-        assert_eq!(e.causal().path, vec!["n1".to_string()]);
+        assert_eq!(e.causal().path, vec!["n1"]);
         assert_eq!(e.origin().node_id, "n1");
     }
 
     #[test]
     fn user_correlation_id_is_kept() {
         let mut e = Event::new("a", json!(null)).with_correlation_id("order-123");
-        stamp(&mut e, "n1", None);
+        stamp(&mut e, &Id::from("n1"), None);
         assert_eq!(e.causal().correlation_id, "order-123");
     }
 
     #[test]
     fn child_event_inherits_and_extends() {
         let mut root = Event::new("a", json!(1));
-        stamp(&mut root, "n1", None);
+        stamp(&mut root, &Id::from("n1"), None);
         let mut child = Event::new("b", json!(2));
-        stamp(&mut child, "n2", Some(root.causal()));
+        stamp(&mut child, &Id::from("n2"), Some(root.causal()));
         assert_eq!(child.causal().causation_id.as_deref(), Some(root.id()));
         assert_eq!(child.causal().correlation_id, root.causal().correlation_id);
         assert_eq!(
@@ -333,7 +332,7 @@ mod tests {
         let mut e = Event::new("order.created", json!({"x": 1}))
             .with_source("u1", "user")
             .with_context("tenant", json!("t1"));
-        stamp(&mut e, "checkout", None);
+        stamp(&mut e, &Id::from("checkout"), None);
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["type"], "order.created");
         for key in ["id", "sender", "correlationId", "path", "timestamp"] {

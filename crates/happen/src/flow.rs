@@ -303,10 +303,12 @@ pub(crate) async fn run(
             "flow failed"
         );
     }
-    if let Some(responder) = responder {
+    // A fire-and-forget requester dropped its handle: building the response
+    // event would be wasted work.
+    if let Some(responder) = responder.filter(|r| !r.is_abandoned()) {
         responder.reply(result.map(|value| {
             let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
-            crate::event::stamp(&mut response, node.id(), Some(event.causal()));
+            crate::event::stamp(&mut response, node.shared_id(), Some(event.causal()));
             response
         }));
     }

@@ -15,6 +15,7 @@ use crate::config::NodeLimits;
 use crate::error::{HappenError, Result};
 use crate::event::{self, Event};
 use crate::flow::{self, Handler, Step};
+use crate::id::Id;
 use crate::name::validate_event_type;
 use crate::pattern::{IntoPattern, Pattern};
 use crate::response::Sent;
@@ -44,7 +45,7 @@ struct Scheduler {
 }
 
 pub(crate) struct NodeCore {
-    id: String,
+    id: Id,
     runtime: Arc<RuntimeInner>,
     limits: NodeLimits,
     handlers: RwLock<Arc<Vec<Registration>>>,
@@ -102,11 +103,20 @@ impl Eq for Node {}
 pub trait Target {
     /// The id of the target node.
     fn target_id(&self) -> &str;
+
+    /// The id as a shared [`Id`] (a node hands out its own without copying).
+    fn target_shared_id(&self) -> Id {
+        Id::from(self.target_id())
+    }
 }
 
 impl Target for Node {
     fn target_id(&self) -> &str {
         self.id()
+    }
+
+    fn target_shared_id(&self) -> Id {
+        self.0.id.clone()
     }
 }
 
@@ -126,10 +136,14 @@ impl<T: Target + ?Sized> Target for &T {
     fn target_id(&self) -> &str {
         (**self).target_id()
     }
+
+    fn target_shared_id(&self) -> Id {
+        (**self).target_shared_id()
+    }
 }
 
 impl Node {
-    pub(crate) fn new(id: String, runtime: Arc<RuntimeInner>, limits: NodeLimits) -> Self {
+    pub(crate) fn new(id: Id, runtime: Arc<RuntimeInner>, limits: NodeLimits) -> Self {
         Node(Arc::new(NodeCore {
             id,
             runtime,
@@ -146,6 +160,11 @@ impl Node {
 
     /// The node's id.
     pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The node's id as a shared [`Id`].
+    pub fn shared_id(&self) -> &Id {
         &self.0.id
     }
 
@@ -231,7 +250,7 @@ impl Node {
     /// # Ok(()) }
     /// ```
     pub fn broadcast(&self, event: Event) -> Result<()> {
-        let event = self.prepare(event)?;
+        let event = self.prepare(event).map_err(|(e, _)| e)?;
         self.0.runtime.transport().broadcast(event)
     }
 
@@ -244,27 +263,31 @@ impl Node {
     /// invalid event type) arrive through the handle without waiting for a
     /// timeout.
     pub fn send(&self, target: impl Target, event: Event) -> Sent {
-        let target = target.target_id();
-        let (sent, reply) = Sent::new(target, event.event_type(), self.0.limits.timeout);
+        let target = target.target_shared_id();
+        let timeout = self.0.limits.timeout;
         match self.prepare(event) {
             Ok(event) => {
-                let sent = sent.with_id(event.id());
-                self.0.runtime.transport().send(target, event, reply);
+                let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
+                self.0.runtime.transport().send(&target, event, reply);
                 sent
             }
-            Err(e) => {
+            Err((e, event)) => {
+                let (sent, reply) = Sent::new(target, event, timeout);
                 let _ = reply.send(Err(e));
                 sent
             }
         }
     }
 
-    /// Validates and stamps an outgoing event with its causal context.
-    fn prepare(&self, mut event: Event) -> Result<Event> {
-        validate_event_type(event.event_type())?;
+    /// Validates and stamps an outgoing event with its causal context; a
+    /// refused event comes back with the reason.
+    fn prepare(&self, mut event: Event) -> Result<Event, (HappenError, Event)> {
+        if let Err(e) = validate_event_type(event.event_type()) {
+            return Err((e.into(), event));
+        }
         let parent = causality::current_event();
         if parent.is_none() && self.0.runtime.is_closed() {
-            return Err(HappenError::Shutdown);
+            return Err((HappenError::Shutdown, event));
         }
         event::stamp(&mut event, &self.0.id, parent.as_ref().map(Event::causal));
         Ok(event)
@@ -290,7 +313,7 @@ impl NodeCore {
     ) -> Result<()> {
         if !self.handles(event.event_type()) {
             let error = HappenError::NoHandler {
-                node: self.id.clone(),
+                node: self.id.to_string(),
                 event_type: event.event_type().to_owned(),
             };
             return refuse(error, responder);
@@ -307,7 +330,7 @@ impl NodeCore {
             Ok(())
         } else {
             let error = HappenError::QueueFull {
-                node: self.id.clone(),
+                node: self.id.to_string(),
                 active: scheduler.active,
                 queue_limit: self.limits.queue_limit,
             };
@@ -358,7 +381,7 @@ impl NodeCore {
         let Some(first) = matching.next() else {
             // Every handler was removed while the event waited in the queue.
             let error = HappenError::NoHandler {
-                node: self.id.clone(),
+                node: self.id.to_string(),
                 event_type: event.event_type().to_owned(),
             };
             let _ = refuse(error, responder);

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{HappenError, Result};
 use crate::event::Event;
+use crate::id::Id;
 use crate::transport::ReplyTx;
 
 /// The handle of a sent event; see the [module docs](self).
@@ -45,34 +46,28 @@ use crate::transport::ReplyTx;
 /// ```
 #[derive(Debug)]
 pub struct Sent {
-    id: String,
-    target: String,
-    event_type: String,
+    /// The sent event (a shared handle), for its id and type.
+    request: Event,
+    target: Id,
     timeout: Duration,
     rx: oneshot::Receiver<Result<Event>>,
 }
 
 impl Sent {
-    pub(crate) fn new(target: &str, event_type: &str, timeout: Duration) -> (Sent, ReplyTx) {
+    pub(crate) fn new(target: Id, request: Event, timeout: Duration) -> (Sent, ReplyTx) {
         let (tx, rx) = oneshot::channel();
         let sent = Sent {
-            id: String::new(),
-            target: target.to_owned(),
-            event_type: event_type.to_owned(),
+            request,
+            target,
             timeout,
             rx,
         };
         (sent, tx)
     }
 
-    pub(crate) fn with_id(mut self, id: &str) -> Sent {
-        id.clone_into(&mut self.id);
-        self
-    }
-
     /// The id of the sent event (empty if it was refused before dispatch).
     pub fn id(&self) -> &str {
-        &self.id
+        self.request.id()
     }
 
     /// Sets how long to wait for the response (default: the sending node's
@@ -91,19 +86,18 @@ impl Sent {
     /// (its `causationId` is the sent event's id).
     pub async fn response_event(self) -> Result<Event> {
         let Sent {
+            request,
             target,
-            event_type,
             timeout,
             rx,
-            ..
         } = self;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_dropped)) => Err(HappenError::NoResponse {
-                node: target,
-                event_type,
+                node: target.to_string(),
+                event_type: request.event_type().to_owned(),
             }),
-            Err(_elapsed) => Err(HappenError::timeout(&target, &event_type, timeout)),
+            Err(_elapsed) => Err(HappenError::timeout(&target, request.event_type(), timeout)),
         }
     }
 

@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{HappenConfig, NodeConfig};
 use crate::error::Result;
+use crate::id::Id;
 use crate::name::validate_node_id;
 use crate::nats::NatsConfig;
 use crate::node::Node;
@@ -159,7 +160,7 @@ impl Happen {
             return Err(crate::HappenError::Shutdown);
         }
         let limits = self.0.config.resolve(id, &config);
-        let node = Node::new(id.to_owned(), self.0.clone(), limits);
+        let node = Node::new(Id::from(id), self.0.clone(), limits);
         self.0.transport.attach(&node)?;
         Ok(node)
     }

@@ -83,7 +83,7 @@ impl Transport for LocalTransport {
     }
 
     fn send(&self, target: &str, event: Event, reply: ReplyTx) {
-        self.deliver_to(target, event, Responder::new(reply));
+        self.deliver_to(target, event, Responder::Local(reply));
     }
 
     fn interest(&self, _pattern: &Pattern) {

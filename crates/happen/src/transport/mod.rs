@@ -17,29 +17,42 @@ use crate::pattern::Pattern;
 /// [`Sent`](crate::Sent) waits on.
 pub(crate) type ReplyTx = oneshot::Sender<Result<Event>>;
 
-/// Where a flow's outcome goes: the requester's end of a reply channel.
+/// Where a flow's outcome goes when it leaves the process (a NATS inbox).
 pub(crate) trait ReplySink: Send + 'static {
     fn reply(self: Box<Self>, outcome: Result<Event>);
 }
 
-impl ReplySink for oneshot::Sender<Result<Event>> {
-    fn reply(self: Box<Self>, outcome: Result<Event>) {
-        // The requester may have stopped waiting (fire-and-forget, timeout):
-        // then the outcome has nowhere to go, which is fine.
-        let _ = (*self).send(outcome);
-    }
+/// The reply half of a request, handed with the event to the target node.
+pub(crate) enum Responder {
+    /// The requester is in this process.
+    Local(ReplyTx),
+    /// The requester is elsewhere.
+    Remote(Box<dyn ReplySink>),
 }
 
-/// The reply half of a request, handed with the event to the target node.
-pub(crate) struct Responder(Box<dyn ReplySink>);
-
 impl Responder {
-    pub(crate) fn new(sink: impl ReplySink) -> Self {
-        Responder(Box::new(sink))
+    pub(crate) fn remote(sink: impl ReplySink) -> Self {
+        Responder::Remote(Box::new(sink))
+    }
+
+    /// Whether nobody waits for the outcome any more (a local requester that
+    /// dropped its handle). A remote requester is always assumed to wait.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        match self {
+            Responder::Local(tx) => tx.is_closed(),
+            Responder::Remote(_) => false,
+        }
     }
 
     pub(crate) fn reply(self, outcome: Result<Event>) {
-        self.0.reply(outcome);
+        match self {
+            // The requester may have stopped waiting (fire-and-forget,
+            // timeout): then the outcome has nowhere to go, which is fine.
+            Responder::Local(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Responder::Remote(sink) => sink.reply(outcome),
+        }
     }
 }
 

@@ -307,7 +307,7 @@ impl ReplySink for NatsReply {
 }
 
 fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
-    let responder = Responder::new(NatsReply {
+    let responder = Responder::remote(NatsReply {
         shared: shared.clone(),
         subject: message.reply.as_ref().map(|s| s.to_string()),
     });
@@ -386,7 +386,7 @@ async fn connection_events(
             CONNECTION_STATUS,
             serde_json::json!({ "status": status, "detail": event.to_string() }),
         );
-        stamp(&mut system, SYSTEM_SENDER, None);
+        stamp(&mut system, &crate::Id::from(SYSTEM_SENDER), None);
         if let Err(error) = shared.local.deliver_broadcast(&system) {
             tracing::warn!(%error, "connection status refused by a local node");
         }

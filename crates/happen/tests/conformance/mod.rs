@@ -118,7 +118,7 @@ fn assert_child_of(child: &Causal, parent: &Causal, sender: &str) {
     );
     assert_eq!(child.correlation_id, parent.correlation_id, "correlationId");
     let mut path = parent.path.clone();
-    path.push(sender.to_owned());
+    path.push(happen::Id::from(sender));
     assert_eq!(child.path, path, "path");
     assert_eq!(child.sender, sender, "sender");
     assert_ne!(child.id, parent.id);
