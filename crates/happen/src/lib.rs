@@ -36,7 +36,17 @@
 //!   with the per-flow [`Context`].
 //! - Nodes, broadcast and send: [`Node`]; waiting for results: [`Sent`].
 //! - Runtime, configuration and shutdown: [`Happen`], [`HappenConfig`].
+//! - Across processes: [`Happen::connect`] with a [`NatsConfig`] ([`nats`]);
+//!   the wire format is in [`wire`]; [`testing::NatsServer`] runs a throwaway
+//!   server for tests.
 //! - Errors: [`HappenError`].
+//!
+//! ## Same code, any arrangement
+//!
+//! Node code does not change when nodes move to other processes: only the way
+//! [`Happen`] is made does. `Happen::embedded()` keeps every node in this
+//! process; `Happen::connect(NatsConfig::new("nats://127.0.0.1:4222")).await?`
+//! connects this process's nodes to every other process on that server.
 
 pub mod causality;
 pub mod config;
