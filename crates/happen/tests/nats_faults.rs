@@ -137,6 +137,50 @@ async fn user_password_auth_is_used() {
     let _ = child.wait();
 }
 
+#[tokio::test]
+async fn token_auth_is_used() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(NatsServer::binary())
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--auth",
+            "tok-7f3a",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let with_token = |token: &str| {
+        NatsConfig::new(url.clone())
+            .jetstream(false)
+            .connect_timeout(Duration::from_secs(2))
+            .auth(happen::nats::Auth::Token(token.into()))
+    };
+    let mut connected = None;
+    for _ in 0..50 {
+        if let Ok(h) = Happen::connect(with_token("tok-7f3a")).await {
+            connected = Some(h);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    connected
+        .expect("connects with the right token")
+        .shutdown()
+        .await;
+    let err = Happen::connect(with_token("wrong")).await.unwrap_err();
+    assert!(matches!(err, HappenError::Transport(_)), "{err:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_is_reported_and_events_sent_during_it_arrive_after_reconnection() {
     let mut server = NatsServer::start().unwrap();
