@@ -23,6 +23,8 @@
 
 use std::time::Duration;
 
+use crate::state::temporal::TemporalConfig;
+
 /// The default request timeout: 5 seconds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default number of flows a node runs at once.
@@ -96,6 +98,7 @@ pub struct NodeLimits {
 pub struct HappenConfig {
     defaults: NodeLimits,
     patterns: Vec<(String, NodeConfig)>,
+    temporal: TemporalConfig,
 }
 
 impl Default for HappenConfig {
@@ -107,6 +110,7 @@ impl Default for HappenConfig {
                 timeout: DEFAULT_TIMEOUT,
             },
             patterns: Vec::new(),
+            temporal: TemporalConfig::default(),
         }
     }
 }
@@ -130,6 +134,17 @@ impl HappenConfig {
     pub fn for_nodes(mut self, pattern: impl Into<String>, config: NodeConfig) -> Self {
         self.patterns.push((pattern.into(), config));
         self
+    }
+
+    /// Sets how much state history is kept (see [`crate::state::temporal`]).
+    pub fn temporal(mut self, temporal: TemporalConfig) -> Self {
+        self.temporal = temporal;
+        self
+    }
+
+    /// The state history settings.
+    pub fn temporal_config(&self) -> &TemporalConfig {
+        &self.temporal
     }
 
     /// The settings a node with this id and own configuration runs with.

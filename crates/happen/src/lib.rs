@@ -61,6 +61,8 @@ pub mod node;
 pub mod pattern;
 pub mod response;
 pub mod runtime;
+pub mod state;
+mod store;
 pub mod testing;
 mod transport;
 pub mod wire;
@@ -77,6 +79,9 @@ pub use node::{HandlerId, Node, Target};
 pub use pattern::{IntoPattern, Pattern};
 pub use response::Sent;
 pub use runtime::Happen;
+pub use state::global::{Global, GlobalChange};
+pub use state::temporal::{Snapshot, SnapshotContext, TemporalConfig};
+pub use state::{State, View, Views};
 pub use transport::nats::{CONNECTION_STATUS, SYSTEM_SENDER};
 
 /// Turns an `async fn` step into one returning a boxed future, so that a step

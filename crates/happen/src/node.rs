@@ -20,6 +20,9 @@ use crate::name::validate_event_type;
 use crate::pattern::{IntoPattern, Pattern};
 use crate::response::Sent;
 use crate::runtime::{Happen, RuntimeInner};
+use crate::state::global::Global;
+use crate::state::{Collect, State, View};
+use crate::store::Store;
 use crate::transport::Responder;
 
 /// Identifies one handler registration on a node, for [`Node::off`].
@@ -51,6 +54,8 @@ pub(crate) struct NodeCore {
     handlers: RwLock<Arc<Vec<Registration>>>,
     next_handler: AtomicU64,
     scheduler: Mutex<Scheduler>,
+    /// Serializes this process's updates of the node's state.
+    state_lock: tokio::sync::Mutex<()>,
 }
 
 /// A node: an independent actor that handles and emits events.
@@ -151,6 +156,7 @@ impl Node {
             handlers: RwLock::new(Arc::new(Vec::new())),
             next_handler: AtomicU64::new(1),
             scheduler: Mutex::new(Scheduler::default()),
+            state_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -171,6 +177,71 @@ impl Node {
     /// The limits this node runs with (after system defaults and overrides).
     pub fn limits(&self) -> NodeLimits {
         self.0.limits
+    }
+
+    /// This node's own state: get, transform, history.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let counter = happen.node("counter")?;
+    /// counter.state().set(|s| json!(s.as_u64().unwrap_or(0) + 1)).await?;
+    /// counter.state().set(|s| json!(s.as_u64().unwrap_or(0) + 1)).await?;
+    /// assert_eq!(counter.state().get().await?, json!(2));
+    /// # Ok(()) }
+    /// ```
+    pub fn state(&self) -> State {
+        State::new(self.clone())
+    }
+
+    /// A read-only window into the state of the node `node` (in any process).
+    pub fn view(&self, node: &str) -> View {
+        View::new(self.store().clone(), node.to_owned())
+    }
+
+    /// Collects projections of several nodes' state in one call.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let dashboard = happen.node("dashboard")?;
+    /// happen.node("inventory")?.state().set(|_| json!({ "products": { "p1": { "stock": 0 } } })).await?;
+    /// happen.node("orders")?.state().set(|_| json!({ "pending": 4 })).await?;
+    ///
+    /// let data = dashboard
+    ///     .collect()
+    ///     .from("orders", |s| s["pending"].clone())
+    ///     .from_as("outOfStock", "inventory", |s| json!(s["products"].as_object().map_or(0, |p| p.len())))
+    ///     .from("no-such-node", |s| s.clone())
+    ///     .await?;
+    /// assert_eq!(data["orders"], Some(json!(4)));
+    /// assert_eq!(data["outOfStock"], Some(json!(1)));
+    /// assert_eq!(data["no-such-node"], None);
+    /// # Ok(()) }
+    /// ```
+    pub fn collect(&self) -> Collect {
+        Collect::new(self.store().clone())
+    }
+
+    /// The system-wide key-value namespace (see [`crate::state::global`]).
+    pub fn global(&self) -> Global {
+        Global::new(self.store().clone())
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        self.0.runtime.store()
+    }
+
+    pub(crate) fn state_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.0.state_lock
+    }
+
+    pub(crate) fn temporal_enabled(&self) -> bool {
+        self.0.runtime.config().temporal_config().enabled
     }
 
     /// The runtime this node belongs to.

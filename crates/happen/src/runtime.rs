@@ -12,6 +12,9 @@ use crate::id::Id;
 use crate::name::validate_node_id;
 use crate::nats::NatsConfig;
 use crate::node::Node;
+use crate::store::jetstream::JetStreamStore;
+use crate::store::memory::MemoryStore;
+use crate::store::{Store, Unavailable};
 use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
 use crate::transport::nats::NatsTransport;
@@ -19,6 +22,7 @@ use crate::transport::nats::NatsTransport;
 pub(crate) struct RuntimeInner {
     config: HappenConfig,
     transport: Box<dyn Transport>,
+    store: Arc<dyn Store>,
     tracker: TaskTracker,
     closed: AtomicBool,
 }
@@ -26,6 +30,14 @@ pub(crate) struct RuntimeInner {
 impl RuntimeInner {
     pub(crate) fn transport(&self) -> &dyn Transport {
         &*self.transport
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn config(&self) -> &HappenConfig {
+        &self.config
     }
 
     pub(crate) fn tracker(&self) -> &TaskTracker {
@@ -77,7 +89,41 @@ impl Happen {
 
     /// An in-process runtime with `config`.
     pub fn embedded_with(config: HappenConfig) -> Happen {
-        Self::with_transport(config, Box::new(LocalTransport::default()))
+        let store = Arc::new(MemoryStore::in_memory(*config.temporal_config()));
+        Self::with_transport(config, Box::new(LocalTransport::default()), store)
+    }
+
+    /// An in-process runtime whose state, global state and state history are
+    /// kept in a database file in `dir` (created if needed), so that they
+    /// survive a restart of the process.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// {
+    ///     let happen = Happen::embedded_on_disk(dir.path(), HappenConfig::default())?;
+    ///     happen.node("ledger")?.state().set(|_| json!({ "balance": 10 })).await?;
+    ///     happen.shutdown().await;
+    /// }
+    /// let again = Happen::embedded_on_disk(dir.path(), HappenConfig::default())?;
+    /// assert_eq!(again.node("ledger")?.state().get().await?, json!({ "balance": 10 }));
+    /// # Ok(()) }
+    /// ```
+    pub fn embedded_on_disk(
+        dir: impl AsRef<std::path::Path>,
+        config: HappenConfig,
+    ) -> Result<Happen> {
+        let store = Arc::new(MemoryStore::persistent(
+            dir.as_ref(),
+            *config.temporal_config(),
+        )?);
+        Ok(Self::with_transport(
+            config,
+            Box::new(LocalTransport::default()),
+            store,
+        ))
     }
 
     /// A runtime whose nodes reach each other, in this and other processes,
@@ -102,8 +148,13 @@ impl Happen {
 
     /// [`Happen::connect`] with a runtime configuration.
     pub async fn connect_with(nats: NatsConfig, config: HappenConfig) -> Result<Happen> {
-        let transport = NatsTransport::connect(&nats).await?;
-        Ok(Self::with_transport(config, Box::new(transport)))
+        let (transport, client) = NatsTransport::connect(&nats).await?;
+        let store: Arc<dyn Store> = if nats.jetstream {
+            Arc::new(JetStreamStore::open(client, &nats.prefix, *config.temporal_config()).await?)
+        } else {
+            Arc::new(Unavailable)
+        };
+        Ok(Self::with_transport(config, Box::new(transport), store))
     }
 
     /// Waits until everything dispatched so far (subscriptions of new nodes
@@ -113,10 +164,15 @@ impl Happen {
         self.0.transport.flush().await
     }
 
-    fn with_transport(config: HappenConfig, transport: Box<dyn Transport>) -> Happen {
+    fn with_transport(
+        config: HappenConfig,
+        transport: Box<dyn Transport>,
+        store: Arc<dyn Store>,
+    ) -> Happen {
         Happen(Arc::new(RuntimeInner {
             config,
             transport,
+            store,
             tracker: TaskTracker::new(),
             closed: AtomicBool::new(false),
         }))

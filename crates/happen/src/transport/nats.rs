@@ -89,7 +89,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl NatsTransport {
-    pub(crate) async fn connect(config: &NatsConfig) -> Result<NatsTransport> {
+    pub(crate) async fn connect(
+        config: &NatsConfig,
+    ) -> Result<(NatsTransport, async_nats::Client)> {
         config.validate()?;
         let local = Arc::new(LocalTransport::default());
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -126,7 +128,7 @@ impl NatsTransport {
             filters: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
         });
-        let command_loop = tokio::spawn(run_commands(shared.clone(), client, commands_rx));
+        let command_loop = tokio::spawn(run_commands(shared.clone(), client.clone(), commands_rx));
         let status_loop = tokio::spawn(connection_events(shared.clone(), events_rx));
         let sweeper = tokio::spawn(sweep_abandoned(shared.clone()));
         lock(&shared.tasks).extend([command_loop, status_loop, sweeper]);
@@ -139,7 +141,7 @@ impl NatsTransport {
             next_token: AtomicU64::new(1),
         };
         transport.flush().await?;
-        Ok(transport)
+        Ok((transport, client))
     }
 }
 

@@ -1,0 +1,300 @@
+//! The state system: what a node owns ([`State`]), windows into what other
+//! nodes own ([`Views`], [`Node::view`](crate::Node::view),
+//! [`Node::collect`](crate::Node::collect)), what the whole system shares
+//! ([`global`]) and what state was after any event ([`temporal`]).
+//!
+//! State is a JSON value per node, changed only by transforms
+//! (`set(|old| new)`). Updates to one node's state are atomic: within a
+//! process they are serialized, and across processes (over NATS, where state
+//! lives in a JetStream key-value bucket) a conflicting write makes the
+//! transform run again on the newer state. Transforms may therefore run more
+//! than once: keep them free of side effects.
+//!
+//! ```
+//! use happen::prelude::*;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> happen::Result<()> {
+//! let happen = Happen::embedded();
+//! let orders = happen.node("orders")?;
+//! let customers = happen.node("customers")?;
+//! customers.state().set(|_| json!({ "c1": { "name": "Ada", "city": "Paris" } })).await?;
+//!
+//! orders.on("place", |event: Event, cx: Context| async move {
+//!     let order = event.payload().clone();
+//!     // A transform that also sees the customers node's state.
+//!     cx.node().state().set_with_views(["customers"], |mut state, views| {
+//!         let city = views.get_with("customers", |c| c["c1"]["city"].clone()).unwrap_or_default();
+//!         state["orders"][order["id"].as_str().unwrap()] = json!({ "shipTo": city });
+//!         state
+//!     }).await?;
+//!     Ok::<_, HappenError>(())
+//! })?;
+//!
+//! orders.send(&orders, Event::new("place", json!({ "id": "o-1" }))).await?;
+//! let ship_to = orders.state().get_with(|s| s["orders"]["o-1"]["shipTo"].clone()).await?;
+//! assert_eq!(ship_to, "Paris");
+//!
+//! // Every change a flow made is in the history, with the event that made it.
+//! let history = orders.state().history().await?;
+//! assert_eq!(history.len(), 1);
+//! assert_eq!(history[0].context.event_type, "place");
+//! # Ok(()) }
+//! ```
+
+pub mod global;
+pub mod temporal;
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::causality;
+use crate::error::{HappenError, Result};
+use crate::event::now_millis;
+use crate::node::Node;
+use crate::store::{Saved, Store};
+use temporal::{Snapshot, SnapshotContext, SnapshotFilter};
+
+/// How many times a transform is re-run after conflicting writes from other
+/// processes before the update gives up.
+const MAX_ATTEMPTS: usize = 64;
+
+/// A node's own state; get it with [`Node::state`](crate::Node::state).
+#[derive(Debug, Clone)]
+pub struct State {
+    node: Node,
+}
+
+/// Read-only snapshots of other nodes' state, handed to
+/// [`State::set_with_views`] transforms.
+#[derive(Debug, Clone, Default)]
+pub struct Views {
+    states: HashMap<String, Option<Value>>,
+}
+
+impl Views {
+    /// The state of `node`, if it has any (and was asked for).
+    pub fn get(&self, node: &str) -> Option<&Value> {
+        self.states.get(node).and_then(Option::as_ref)
+    }
+
+    /// A projection of `node`'s state, if it has any.
+    pub fn get_with<T>(&self, node: &str, project: impl FnOnce(&Value) -> T) -> Option<T> {
+        self.get(node).map(project)
+    }
+}
+
+async fn load_views(store: &dyn Store, nodes: &[String]) -> Result<Views> {
+    let mut states = HashMap::with_capacity(nodes.len());
+    for node in nodes {
+        let value = store.load(node).await?.map(|v| v.value);
+        states.insert(node.clone(), value);
+    }
+    Ok(Views { states })
+}
+
+impl State {
+    pub(crate) fn new(node: Node) -> Self {
+        State { node }
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        self.node.store()
+    }
+
+    /// The whole state (`null` if the node never set any).
+    pub async fn get(&self) -> Result<Value> {
+        Ok(self
+            .store()
+            .load(self.node.id())
+            .await?
+            .map(|v| v.value)
+            .unwrap_or(Value::Null))
+    }
+
+    /// A projection of the state.
+    pub async fn get_with<T>(&self, project: impl FnOnce(&Value) -> T) -> Result<T> {
+        Ok(project(&self.get().await?))
+    }
+
+    /// The state deserialized as `T` (`None` if the node has no state).
+    pub async fn get_as<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        match self.store().load(self.node.id()).await? {
+            Some(v) => Ok(Some(T::deserialize(v.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the state with `transform(old)` atomically and returns the
+    /// new state. `old` is `null` the first time.
+    pub async fn set(&self, mut transform: impl FnMut(Value) -> Value) -> Result<Value> {
+        self.update(&[], move |state, _| transform(state)).await
+    }
+
+    /// Like [`State::set`], with snapshots of the named nodes' state (read just
+    /// before the transform runs) as a second argument.
+    pub async fn set_with_views<I, S>(
+        &self,
+        nodes: I,
+        transform: impl FnMut(Value, &Views) -> Value,
+    ) -> Result<Value>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        self.update(&nodes, transform).await
+    }
+
+    async fn update(
+        &self,
+        view_nodes: &[String],
+        mut transform: impl FnMut(Value, &Views) -> Value,
+    ) -> Result<Value> {
+        let store = self.store().clone();
+        let id = self.node.id();
+        // One update at a time from this process; other processes are
+        // caught by the conditional save.
+        let _turn = self.node.state_lock().lock().await;
+        for _ in 0..MAX_ATTEMPTS {
+            let current = store.load(id).await?;
+            let views = load_views(&*store, view_nodes).await?;
+            let (old, expected) = match current {
+                Some(v) => (v.value, Some(v.revision)),
+                None => (Value::Null, None),
+            };
+            let new = transform(old, &views);
+            if let Saved::Done(_) = store.save(id, &new, expected).await? {
+                if self.node.temporal_enabled() {
+                    if let Some(cause) = causality::current_event() {
+                        let snapshot = Snapshot {
+                            state: new.clone(),
+                            context: SnapshotContext::of(&cause, now_millis()),
+                        };
+                        store.record(id, snapshot).await?;
+                    }
+                }
+                return Ok(new);
+            }
+        }
+        Err(HappenError::Transport(format!(
+            "the state of node \"{id}\" kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// The snapshots recorded after the events `filter` selects, oldest
+    /// first: pass an event id, or a `Fn(&SnapshotContext) -> bool` to match
+    /// on causation, correlation, sender, event type or time.
+    pub async fn when(&self, filter: impl SnapshotFilter) -> Result<Vec<Snapshot>> {
+        let mut history = self.history().await?;
+        history.retain(|s| filter.accepts(&s.context));
+        Ok(history)
+    }
+
+    /// Every retained snapshot, oldest first.
+    pub async fn history(&self) -> Result<Vec<Snapshot>> {
+        let mut history = self.store().history(self.node.id()).await?;
+        history.sort_by_key(|s| s.context.timestamp);
+        Ok(history)
+    }
+}
+
+/// A window into another node's state; see [`Node::view`](crate::Node::view).
+#[derive(Clone)]
+pub struct View {
+    store: Arc<dyn Store>,
+    node: String,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View").field("node", &self.node).finish()
+    }
+}
+
+impl View {
+    pub(crate) fn new(store: Arc<dyn Store>, node: String) -> Self {
+        View { store, node }
+    }
+
+    /// The viewed node's whole state; `None` if it has none (or no such node
+    /// exists).
+    pub async fn get(&self) -> Result<Option<Value>> {
+        Ok(self.store.load(&self.node).await?.map(|v| v.value))
+    }
+
+    /// A projection of the viewed node's state, if it has any.
+    pub async fn get_with<T>(&self, project: impl FnOnce(&Value) -> T) -> Result<Option<T>> {
+        Ok(self.get().await?.as_ref().map(project))
+    }
+}
+
+type Projection = Box<dyn FnOnce(&Value) -> Value + Send>;
+
+/// Collects projections of several nodes' state in one call; see
+/// [`Node::collect`](crate::Node::collect). Await it for a map from the
+/// requested keys to the projections (`None` for a node without state).
+#[must_use = "a collection does nothing until awaited"]
+pub struct Collect {
+    store: Arc<dyn Store>,
+    wanted: Vec<(String, String, Projection)>,
+}
+
+impl std::fmt::Debug for Collect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<(&str, &str)> = self
+            .wanted
+            .iter()
+            .map(|(k, n, _)| (k.as_str(), n.as_str()))
+            .collect();
+        f.debug_struct("Collect").field("wanted", &keys).finish()
+    }
+}
+
+impl Collect {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        Collect {
+            store,
+            wanted: Vec::new(),
+        }
+    }
+
+    /// Adds `node`'s state, projected by `project`, under the key `node`.
+    pub fn from(self, node: &str, project: impl FnOnce(&Value) -> Value + Send + 'static) -> Self {
+        self.from_as(node, node, project)
+    }
+
+    /// Adds `node`'s state, projected by `project`, under `key`.
+    pub fn from_as(
+        mut self,
+        key: &str,
+        node: &str,
+        project: impl FnOnce(&Value) -> Value + Send + 'static,
+    ) -> Self {
+        self.wanted
+            .push((key.to_owned(), node.to_owned(), Box::new(project)));
+        self
+    }
+
+    async fn run(self) -> Result<HashMap<String, Option<Value>>> {
+        let mut out = HashMap::with_capacity(self.wanted.len());
+        for (key, node, project) in self.wanted {
+            let value = self.store.load(&node).await?.map(|v| project(&v.value));
+            out.insert(key, value);
+        }
+        Ok(out)
+    }
+}
+
+impl IntoFuture for Collect {
+    type Output = Result<HashMap<String, Option<Value>>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}

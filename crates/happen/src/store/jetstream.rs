@@ -1,0 +1,342 @@
+//! The NATS runtime's store: JetStream key-value buckets for node state and
+//! global state, and a stream with per-node retention for state history.
+//!
+//! Names derive from the subject prefix (`happen` by default): buckets
+//! `happen-state` and `happen-global`, stream `happen-temporal` on subjects
+//! `happen.temporal.<node>`. Node ids and global keys may hold characters
+//! that bucket keys cannot; see [`escape_key`] for the rule.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use serde_json::Value;
+
+use super::{Saved, Store, Versioned};
+use crate::error::{HappenError, Result};
+use crate::state::global::GlobalChange;
+use crate::state::temporal::{Snapshot, TemporalConfig};
+
+/// Bucket keys allow only `[-/_=.a-zA-Z0-9]`. Letters, digits, `-`, `_` and
+/// `/` are kept; every other byte of the UTF-8 text is written `=XX` (two
+/// upper-case hex digits), `=` included, so the mapping is reversible.
+pub fn escape_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'/') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("={byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Reverses [`escape_key`]; `None` for text it could not have produced.
+pub fn unescape_key(escaped: &str) -> Option<String> {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            let hex = escaped.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn store_error(what: &str, e: impl std::fmt::Display) -> HappenError {
+    HappenError::Transport(format!("{what}: {e}"))
+}
+
+pub(crate) struct JetStreamStore {
+    js: jetstream::Context,
+    state: kv::Store,
+    global: kv::Store,
+    temporal: Option<stream::Stream>,
+    temporal_prefix: String,
+}
+
+impl JetStreamStore {
+    pub(crate) async fn open(
+        client: async_nats::Client,
+        prefix: &str,
+        temporal: TemporalConfig,
+    ) -> Result<Self> {
+        let js = jetstream::new(client);
+        let base = prefix.replace('.', "_");
+        let bucket = |name: String| kv::Config {
+            bucket: name,
+            history: 1,
+            ..Default::default()
+        };
+        let state = js
+            .create_or_update_key_value(bucket(format!("{base}-state")))
+            .await
+            .map_err(|e| store_error("cannot open the state bucket", e))?;
+        let global = js
+            .create_or_update_key_value(bucket(format!("{base}-global")))
+            .await
+            .map_err(|e| store_error("cannot open the global bucket", e))?;
+        let temporal_prefix = format!("{prefix}.temporal");
+        let temporal = if temporal.enabled {
+            let history = i64::try_from(temporal.history.max(1)).unwrap_or(i64::MAX);
+            js.create_or_update_stream(stream::Config {
+                name: format!("{base}-temporal"),
+                subjects: vec![format!("{temporal_prefix}.>")],
+                max_messages_per_subject: history,
+                max_age: temporal.max_age,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| store_error("cannot open the state history stream", e))?;
+            Some(
+                js.get_stream(format!("{base}-temporal"))
+                    .await
+                    .map_err(|e| store_error("cannot open the state history stream", e))?,
+            )
+        } else {
+            None
+        };
+        Ok(JetStreamStore {
+            js,
+            state,
+            global,
+            temporal,
+            temporal_prefix,
+        })
+    }
+}
+
+fn to_bytes(value: &Value) -> Result<Bytes> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| HappenError::Codec(e.to_string()))
+}
+
+fn from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| HappenError::Codec(format!("stored value is not readable: {e}")))
+}
+
+impl Store for JetStreamStore {
+    fn load<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<Versioned>>> {
+        Box::pin(async move {
+            let entry = self
+                .state
+                .entry(escape_key(node))
+                .await
+                .map_err(|e| store_error("cannot read state", e))?;
+            match entry {
+                Some(entry) if entry.operation == kv::Operation::Put => Ok(Some(Versioned {
+                    value: from_bytes(&entry.value)?,
+                    revision: entry.revision,
+                })),
+                _ => Ok(None),
+            }
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        node: &'a str,
+        value: &'a Value,
+        expected: Option<u64>,
+    ) -> BoxFuture<'a, Result<Saved>> {
+        Box::pin(async move {
+            let key = escape_key(node);
+            let bytes = to_bytes(value)?;
+            match expected {
+                None => match self.state.create(&key, bytes).await {
+                    Ok(revision) => Ok(Saved::Done(revision)),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Saved::Conflict),
+                    Err(e) => Err(store_error("cannot save state", e)),
+                },
+                Some(revision) => match self.state.update(&key, bytes, revision).await {
+                    Ok(revision) => Ok(Saved::Done(revision)),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        Ok(Saved::Conflict)
+                    }
+                    Err(e) => Err(store_error("cannot save state", e)),
+                },
+            }
+        })
+    }
+
+    fn record<'a>(&'a self, node: &'a str, snapshot: Snapshot) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if self.temporal.is_none() {
+                return Ok(());
+            }
+            let bytes =
+                serde_json::to_vec(&snapshot).map_err(|e| HappenError::Codec(e.to_string()))?;
+            let subject = format!("{}.{}", self.temporal_prefix, escape_key(node));
+            self.js
+                .publish(subject, Bytes::from(bytes))
+                .await
+                .map_err(|e| store_error("cannot record state history", e))?
+                .await
+                .map_err(|e| store_error("state history was not stored", e))?;
+            Ok(())
+        })
+    }
+
+    fn history<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<Snapshot>>> {
+        Box::pin(async move {
+            let Some(stream) = &self.temporal else {
+                return Ok(Vec::new());
+            };
+            let subject = format!("{}.{}", self.temporal_prefix, escape_key(node));
+            let mut consumer: consumer::PullConsumer = stream
+                .create_consumer(consumer::pull::Config {
+                    filter_subject: subject,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ack_policy: consumer::AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(10),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| store_error("cannot read state history", e))?;
+            let pending = consumer
+                .info()
+                .await
+                .map_err(|e| store_error("cannot read state history", e))?
+                .num_pending;
+            let mut snapshots = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
+            if pending > 0 {
+                let mut messages = consumer
+                    .fetch()
+                    .max_messages(usize::try_from(pending).unwrap_or(usize::MAX))
+                    .expires(Duration::from_secs(5))
+                    .messages()
+                    .await
+                    .map_err(|e| store_error("cannot read state history", e))?;
+                while let Some(message) = messages.next().await {
+                    let message =
+                        message.map_err(|e| store_error("cannot read state history", e))?;
+                    snapshots.push(from_bytes(&message.payload)?);
+                }
+            }
+            let name = consumer.cached_info().name.clone();
+            let _ = stream.delete_consumer(&name).await;
+            Ok(snapshots)
+        })
+    }
+
+    fn global_get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Value>>> {
+        Box::pin(async move {
+            match self.global.get(escape_key(key)).await {
+                Ok(Some(bytes)) => Ok(Some(from_bytes(&bytes)?)),
+                Ok(None) => Ok(None),
+                Err(e) => Err(store_error("cannot read global state", e)),
+            }
+        })
+    }
+
+    fn global_set<'a>(&'a self, key: &'a str, value: &'a Value) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.global
+                .put(escape_key(key), to_bytes(value)?)
+                .await
+                .map_err(|e| store_error("cannot write global state", e))?;
+            Ok(())
+        })
+    }
+
+    fn global_delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let key = escape_key(key);
+            // Deleting an absent key would still leave a delete marker.
+            if self
+                .global
+                .get(&key)
+                .await
+                .map_err(|e| store_error("cannot delete global state", e))?
+                .is_some()
+            {
+                self.global
+                    .delete(&key)
+                    .await
+                    .map_err(|e| store_error("cannot delete global state", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn global_keys(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let mut keys = match self.global.keys().await {
+                Ok(keys) => {
+                    keys.filter_map(|k| std::future::ready(k.ok().and_then(|k| unescape_key(&k))))
+                        .collect::<Vec<_>>()
+                        .await
+                }
+                Err(e) => return Err(store_error("cannot list global keys", e)),
+            };
+            keys.sort();
+            Ok(keys)
+        })
+    }
+
+    fn global_watch<'a>(
+        &'a self,
+        key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, GlobalChange>>> {
+        Box::pin(async move {
+            let watch = match key {
+                Some(key) => self.global.watch(escape_key(key)).await,
+                None => self.global.watch_all().await,
+            }
+            .map_err(|e| store_error("cannot watch global state", e))?;
+            let changes = watch.filter_map(|entry| {
+                let change = entry.ok().and_then(|entry| {
+                    let key = unescape_key(&entry.key)?;
+                    let value = match entry.operation {
+                        kv::Operation::Put => Some(serde_json::from_slice(&entry.value).ok()?),
+                        kv::Operation::Delete | kv::Operation::Purge => None,
+                    };
+                    Some(GlobalChange { key, value })
+                });
+                std::future::ready(change)
+            });
+            Ok(changes.boxed())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_escape_reversibly() {
+        for key in [
+            "user:profile:123",
+            "a.b",
+            "plain-key_1/x",
+            "=",
+            "ünï",
+            "sp ace",
+            "",
+        ] {
+            let escaped = escape_key(key);
+            assert!(
+                escaped
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_/=".contains(&b)),
+                "{escaped}"
+            );
+            assert_eq!(unescape_key(&escaped).as_deref(), Some(key));
+        }
+        assert_eq!(escape_key("user:1"), "user=3A1");
+        assert_eq!(unescape_key("bad=Z"), None);
+    }
+}
