@@ -3,6 +3,8 @@
 //! ```text
 //! happen demo [--nats URL] [--role all|services|storefront] [--trace-json]
 //!                  run the order-processing demo (embedded unless --nats is given)
+//! happen state get --nats URL --node ID          print a node's state
+//! happen state set --nats URL --node ID JSON     replace a node's state
 //! happen version   print the version
 //! happen help      print this help
 //! ```
@@ -27,6 +29,9 @@ COMMANDS:
                         --role services        run the services half (with --nats)
                         --role storefront      run the storefront half (with --nats)
                         --trace-json           print each event's causal record as JSON
+    state      read or replace a node's state in a NATS system
+               happen state get --nats URL --node ID
+               happen state set --nats URL --node ID JSON
     version    print the version
     help       print this help
 ";
@@ -60,6 +65,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("state") => match state_command(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("happen state: {message}");
+                ExitCode::FAILURE
+            }
+        },
         Some("version" | "--version" | "-V") => {
             println!("happen {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -73,4 +85,48 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `happen state get|set --nats URL --node ID [JSON]`.
+fn state_command(args: &[String]) -> Result<(), String> {
+    let (verb, rest) = args.split_first().ok_or("expected get or set")?;
+    let mut nats = None;
+    let mut node = None;
+    let mut value = None;
+    let mut rest = rest.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--nats" => nats = Some(rest.next().ok_or("--nats needs a URL")?.clone()),
+            "--node" => node = Some(rest.next().ok_or("--node needs a node id")?.clone()),
+            json if value.is_none() && verb == "set" => {
+                value = Some(
+                    serde_json::from_str::<serde_json::Value>(json)
+                        .map_err(|e| format!("{json:?} is not JSON: {e}"))?,
+                );
+            }
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    let nats = nats.ok_or("--nats URL is required")?;
+    let node = node.ok_or("--node ID is required")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let happen = happen::Happen::connect(happen::NatsConfig::new(nats).name("happen-cli"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let node = happen.node(&node).map_err(|e| e.to_string())?;
+        let result = match (verb.as_str(), value) {
+            ("get", None) => node.state().get().await,
+            ("set", Some(value)) => node.state().set(move |_| value.clone()).await,
+            ("set", None) => return Err("set needs a JSON value".to_owned()),
+            (other, _) => return Err(format!("unknown verb {other:?}; use get or set")),
+        }
+        .map_err(|e| e.to_string())?;
+        println!("{result}");
+        happen.shutdown().await;
+        Ok(())
+    })
 }

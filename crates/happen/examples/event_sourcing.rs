@@ -1,0 +1,134 @@
+//! Event sourcing with temporal state: an account's state history, kept by
+//! Happen for every event that changed it, is enough to see (and restore) the
+//! state as of any earlier event and to explain how the current state came to
+//! be.
+//!
+//! Run it with `cargo run --example event_sourcing`.
+
+use happen::prelude::*;
+use happen::{Snapshot, SnapshotContext};
+
+/// Applies one deposit or withdrawal to the account's state.
+async fn apply(event: Event, cx: Context) -> happen::Result<Value> {
+    let amount = event.payload()["amount"].as_i64().unwrap_or(0);
+    let signed = if event.event_type() == "withdraw" {
+        -amount
+    } else {
+        amount
+    };
+    let memo = event.payload()["memo"].clone();
+    cx.node()
+        .state()
+        .set(|mut state| {
+            let balance = state["balance"].as_i64().unwrap_or(0) + signed;
+            state["balance"] = json!(balance);
+            let entries = state["entries"].as_u64().unwrap_or(0);
+            state["entries"] = json!(entries + 1);
+            state["last"] = memo.clone();
+            state
+        })
+        .await
+}
+
+/// The last, random part of an event id: enough to tell events apart here.
+fn short(id: &str) -> &str {
+    &id[id.len().saturating_sub(12)..]
+}
+
+fn describe(snapshot: &Snapshot) -> String {
+    let c: &SnapshotContext = &snapshot.context;
+    let cause = match c.causation_id.as_deref() {
+        Some(id) => format!("event ..{}", short(id)),
+        None => "nothing (a root event)".to_owned(),
+    };
+    format!(
+        "{:<9} from {:<8} balance {:>4}   event ..{}  caused by {}",
+        c.event_type,
+        c.sender.as_str(),
+        snapshot.state["balance"].to_string(),
+        short(&c.id),
+        cause,
+    )
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> happen::Result<()> {
+    let happen = Happen::embedded();
+    let teller = happen.node("teller")?;
+    let payroll = happen.node("payroll")?;
+    let account = happen.node("account")?;
+
+    account.on("{deposit,withdraw}", apply)?;
+    // Payday makes payroll deposit a salary: a deposit caused by another event.
+    payroll.on("payday", |event: Event, cx: Context| async move {
+        let salary = event.payload()["salary"].clone();
+        cx.node()
+            .send(
+                "account",
+                Event::new("deposit", json!({ "amount": salary, "memo": "salary" })),
+            )
+            .await
+    })?;
+
+    teller
+        .send(
+            &account,
+            Event::new("deposit", json!({ "amount": 100, "memo": "opening" })),
+        )
+        .await?;
+    let groceries = teller.send(
+        &account,
+        Event::new("withdraw", json!({ "amount": 30, "memo": "groceries" })),
+    );
+    let groceries_id = groceries.id().to_owned();
+    groceries.await?;
+    teller
+        .send(
+            &payroll,
+            Event::new("payday", json!({ "salary": 250 })).with_correlation_id("payday-2026-11"),
+        )
+        .await?;
+    teller
+        .send(
+            &account,
+            Event::new("withdraw", json!({ "amount": 45, "memo": "rent share" })),
+        )
+        .await?;
+
+    let now = account.state().get().await?;
+    println!("Current state: {now}\n");
+
+    println!("How it came to be (every change, oldest first):");
+    let history = account.state().history().await?;
+    for snapshot in &history {
+        println!("  {}", describe(snapshot));
+    }
+
+    // The state as of an earlier event...
+    let then = account.state().when(groceries_id.as_str()).await?;
+    let then = then
+        .first()
+        .expect("the groceries withdrawal changed the state");
+    println!("\nAs of the groceries withdrawal: {}", then.state);
+
+    // ...and every change belonging to one transaction.
+    let payday = account
+        .state()
+        .when(|c: &SnapshotContext| c.correlation_id == "payday-2026-11")
+        .await?;
+    for snapshot in &payday {
+        println!(
+            "Payday changed the account through {} from {} (caused by event {})",
+            snapshot.context.event_type,
+            snapshot.context.sender,
+            snapshot.context.causation_id.as_deref().unwrap_or("?")
+        );
+    }
+
+    // Rebuild: restore the state as of that earlier event.
+    let restored = then.state.clone();
+    account.state().set(move |_| restored.clone()).await?;
+    println!("\nRestored to: {}", account.state().get().await?);
+    happen.shutdown().await;
+    Ok(())
+}
