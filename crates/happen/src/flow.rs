@@ -270,7 +270,9 @@ pub(crate) async fn run(
                 Flow::Next(next) => step = next,
                 Flow::Again => {}
                 Flow::Done(value) => return Ok(value),
-                Flow::Fail(error) => return Err(error),
+                // Formatted here, inside catch_unwind: a Display that
+                // panics is a panic of this flow.
+                Flow::Fail(error) => return Err(error.to_string()),
             }
             taken = taken.wrapping_add(1);
             if taken % 64 == 0 {
@@ -286,7 +288,7 @@ pub(crate) async fn run(
         Ok(Err(cause)) => Err(HappenError::HandlerFailed {
             node: node.id().to_owned(),
             event_type: event.event_type().to_owned(),
-            cause: cause.to_string(),
+            cause,
         }),
         Err(panic) => Err(HappenError::HandlerPanicked {
             node: node.id().to_owned(),
@@ -314,7 +316,7 @@ pub(crate) async fn run(
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

@@ -7,8 +7,11 @@
 //! [`HappenError::QueueFull`]. Nothing is dropped silently.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use crate::causality;
 use crate::config::NodeLimits;
@@ -16,7 +19,7 @@ use crate::error::{HappenError, Result};
 use crate::event::{self, Event};
 use crate::flow::{self, Handler, Step};
 use crate::id::Id;
-use crate::name::validate_event_type;
+use crate::name::{validate_event_type, validate_node_id};
 use crate::pattern::{IntoPattern, Pattern};
 use crate::response::Sent;
 use crate::runtime::{Happen, RuntimeInner};
@@ -24,6 +27,10 @@ use crate::state::global::Global;
 use crate::state::{Collect, State, View};
 use crate::store::Store;
 use crate::transport::Responder;
+
+/// Handler ids are unique in the process, so an id from one node never
+/// removes another node's handler.
+static NEXT_HANDLER: AtomicU64 = AtomicU64::new(1);
 
 /// Identifies one handler registration on a node, for [`Node::off`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,6 +41,26 @@ struct Registration {
     id: HandlerId,
     pattern: Pattern,
     step: Step,
+}
+
+impl Registration {
+    /// Whether this handler takes `event_type`. A function matcher that
+    /// panics counts as "no" (and is logged): user code must not take the
+    /// node down.
+    fn accepts(&self, event_type: &str, node: &Id) -> bool {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.pattern.matches(event_type))) {
+            Ok(accepted) => accepted,
+            Err(panic) => {
+                tracing::error!(
+                    node = %node,
+                    event_type,
+                    message = %crate::flow::panic_message(panic.as_ref()),
+                    "a pattern matcher panicked; treated as no match"
+                );
+                false
+            }
+        }
+    }
 }
 
 struct Delivery {
@@ -49,10 +76,13 @@ struct Scheduler {
 
 pub(crate) struct NodeCore {
     id: Id,
-    runtime: Arc<RuntimeInner>,
+    /// Weak: the runtime lives as long as a `Happen` handle does; nodes
+    /// (held by the runtime's transport) must not keep it alive.
+    runtime: Weak<RuntimeInner>,
+    store: Arc<dyn Store>,
+    temporal: bool,
     limits: NodeLimits,
     handlers: RwLock<Arc<Vec<Registration>>>,
-    next_handler: AtomicU64,
     scheduler: Mutex<Scheduler>,
     /// Serializes this process's updates of the node's state.
     state_lock: tokio::sync::Mutex<()>,
@@ -148,13 +178,14 @@ impl<T: Target + ?Sized> Target for &T {
 }
 
 impl Node {
-    pub(crate) fn new(id: Id, runtime: Arc<RuntimeInner>, limits: NodeLimits) -> Self {
+    pub(crate) fn new(id: Id, runtime: &Arc<RuntimeInner>, limits: NodeLimits) -> Self {
         Node(Arc::new(NodeCore {
             id,
-            runtime,
+            runtime: Arc::downgrade(runtime),
+            store: runtime.store().clone(),
+            temporal: runtime.config().temporal_config().enabled,
             limits,
             handlers: RwLock::new(Arc::new(Vec::new())),
-            next_handler: AtomicU64::new(1),
             scheduler: Mutex::new(Scheduler::default()),
             state_lock: tokio::sync::Mutex::new(()),
         }))
@@ -233,7 +264,7 @@ impl Node {
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
-        self.0.runtime.store()
+        &self.0.store
     }
 
     pub(crate) fn state_lock(&self) -> &tokio::sync::Mutex<()> {
@@ -241,12 +272,17 @@ impl Node {
     }
 
     pub(crate) fn temporal_enabled(&self) -> bool {
-        self.0.runtime.config().temporal_config().enabled
+        self.0.temporal
     }
 
-    /// The runtime this node belongs to.
-    pub fn happen(&self) -> Happen {
-        Happen::from_inner(self.0.runtime.clone())
+    /// The runtime this node belongs to; `None` once every [`Happen`] handle
+    /// of it has been dropped.
+    pub fn happen(&self) -> Option<Happen> {
+        self.0.runtime.upgrade().map(Happen::from_inner)
+    }
+
+    fn runtime(&self) -> Result<Arc<RuntimeInner>> {
+        self.0.runtime.upgrade().ok_or(HappenError::Shutdown)
     }
 
     /// Registers `handler` as the first step of a flow for every event whose
@@ -272,8 +308,9 @@ impl Node {
     pub fn on(&self, pattern: impl IntoPattern, handler: impl Handler) -> Result<HandlerId> {
         let pattern = pattern.into_pattern();
         pattern.validate()?;
-        let id = HandlerId(self.0.next_handler.fetch_add(1, Ordering::Relaxed));
-        self.0.runtime.transport().interest(&pattern);
+        let runtime = self.runtime()?;
+        let id = HandlerId(NEXT_HANDLER.fetch_add(1, Ordering::Relaxed));
+        runtime.transport().interest(&pattern);
         let registration = Registration {
             id,
             pattern,
@@ -321,8 +358,9 @@ impl Node {
     /// # Ok(()) }
     /// ```
     pub fn broadcast(&self, event: Event) -> Result<()> {
-        let event = self.prepare(event).map_err(|(e, _)| e)?;
-        self.0.runtime.transport().broadcast(event)
+        let runtime = self.runtime()?;
+        let event = self.prepare(&runtime, event).map_err(|(e, _)| e)?;
+        runtime.transport().broadcast(event)
     }
 
     /// Sends `event` to `target` and returns at once; the event is already on
@@ -336,10 +374,19 @@ impl Node {
     pub fn send(&self, target: impl Target, event: Event) -> Sent {
         let target = target.target_shared_id();
         let timeout = self.0.limits.timeout;
-        match self.prepare(event) {
-            Ok(event) => {
+        let prepared = match self.runtime() {
+            Ok(runtime) => match validate_node_id(&target) {
+                Ok(()) => self.prepare(&runtime, event).map(|e| (runtime, e)),
+                Err(e) => Err((e.into(), event)),
+            },
+            Err(e) => Err((e, event)),
+        };
+        match prepared {
+            Ok((runtime, event)) => {
                 let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
-                self.0.runtime.transport().send(&target, event, reply);
+                runtime
+                    .transport()
+                    .send(&target, event, reply, sent.deadline());
                 sent
             }
             Err((e, event)) => {
@@ -352,12 +399,16 @@ impl Node {
 
     /// Validates and stamps an outgoing event with its causal context; a
     /// refused event comes back with the reason.
-    fn prepare(&self, mut event: Event) -> Result<Event, (HappenError, Event)> {
+    fn prepare(
+        &self,
+        runtime: &RuntimeInner,
+        mut event: Event,
+    ) -> Result<Event, (HappenError, Event)> {
         if let Err(e) = validate_event_type(event.event_type()) {
             return Err((e.into(), event));
         }
         let parent = causality::current_event();
-        if parent.is_none() && self.0.runtime.is_closed() {
+        if parent.is_none() && runtime.is_closed() {
             return Err((HappenError::Shutdown, event));
         }
         event::stamp(&mut event, &self.0.id, parent.as_ref().map(Event::causal));
@@ -372,7 +423,7 @@ impl NodeCore {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .any(|r| r.pattern.matches(event_type))
+            .any(|r| r.accepts(event_type, &self.id))
     }
 
     /// Accepts an event for handling: runs it now, queues it, or refuses it.
@@ -413,11 +464,25 @@ impl NodeCore {
     /// Spawns the flows for a delivery that holds one of the node's slots;
     /// when they end, the slot passes to the next queued event.
     fn start(self: &Arc<Self>, delivery: Delivery) {
+        let Some(runtime) = self.runtime.upgrade() else {
+            // The runtime was dropped: nothing will run here any more.
+            self.scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .active -= 1;
+            let _ = refuse(HappenError::Shutdown, delivery.responder);
+            return;
+        };
         let core = self.clone();
-        self.runtime.tracker().spawn(async move {
+        runtime.spawn(async move {
             let mut delivery = delivery;
             loop {
-                core.run(delivery).await;
+                // Flows catch their own panics; this catches the rest (a
+                // matcher, an error whose Display panics) so that the slot is
+                // always handed on.
+                if let Err(panic) = AssertUnwindSafe(core.run(delivery)).catch_unwind().await {
+                    tracing::error!(node = %core.id, message = %crate::flow::panic_message(panic.as_ref()), "event delivery panicked");
+                }
                 let next = {
                     let mut scheduler = core.scheduler.lock().unwrap_or_else(|p| p.into_inner());
                     let next = scheduler.queue.pop_front();
@@ -448,7 +513,7 @@ impl NodeCore {
         let node = Node(self.clone());
         let mut matching = handlers
             .iter()
-            .filter(|r| r.pattern.matches(event.event_type()));
+            .filter(|r| r.accepts(event.event_type(), &self.id));
         let Some(first) = matching.next() else {
             // Every handler was removed while the event waited in the queue.
             let error = HappenError::NoHandler {

@@ -49,6 +49,8 @@ pub struct Sent {
     /// The sent event (a shared handle), for its id and type.
     request: Event,
     target: Id,
+    /// When the event was sent: the timeout counts from here.
+    sent_at: tokio::time::Instant,
     timeout: Duration,
     rx: oneshot::Receiver<Result<Event>>,
 }
@@ -59,6 +61,7 @@ impl Sent {
         let sent = Sent {
             request,
             target,
+            sent_at: tokio::time::Instant::now(),
             timeout,
             rx,
         };
@@ -70,8 +73,12 @@ impl Sent {
         self.request.id()
     }
 
-    /// Sets how long to wait for the response (default: the sending node's
-    /// timeout, 5 s unless configured).
+    pub(crate) fn deadline(&self) -> tokio::time::Instant {
+        self.sent_at + self.timeout
+    }
+
+    /// Sets how long to wait for the response, counted from when the event
+    /// was sent (default: the sending node's timeout, 5 s unless configured).
     pub fn timeout(mut self, timeout: Duration) -> Sent {
         self.timeout = timeout;
         self
@@ -85,13 +92,15 @@ impl Sent {
     /// Waits for the response as an event, with its own causal context
     /// (its `causationId` is the sent event's id).
     pub async fn response_event(self) -> Result<Event> {
+        let deadline = self.deadline();
         let Sent {
             request,
             target,
             timeout,
             rx,
+            ..
         } = self;
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_dropped)) => Err(HappenError::NoResponse {
                 node: target.to_string(),

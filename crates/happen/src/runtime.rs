@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{HappenConfig, NodeConfig};
-use crate::error::Result;
+use crate::error::{HappenError, Result};
 use crate::id::Id;
 use crate::name::validate_node_id;
 use crate::nats::NatsConfig;
@@ -25,6 +25,9 @@ pub(crate) struct RuntimeInner {
     store: Arc<dyn Store>,
     tracker: TaskTracker,
     closed: AtomicBool,
+    /// The tokio runtime the Happen runtime was made in: flows run there even
+    /// when an event is sent from a thread outside it.
+    handle: Option<tokio::runtime::Handle>,
 }
 
 impl RuntimeInner {
@@ -40,8 +43,15 @@ impl RuntimeInner {
         &self.config
     }
 
-    pub(crate) fn tracker(&self) -> &TaskTracker {
-        &self.tracker
+    /// Spawns a flow task on the runtime's tokio runtime, tracked for shutdown.
+    pub(crate) fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match &self.handle {
+            Some(handle) => drop(self.tracker.spawn_on(fut, handle)),
+            None => drop(self.tracker.spawn(fut)),
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -49,11 +59,21 @@ impl RuntimeInner {
     }
 }
 
+impl Drop for RuntimeInner {
+    /// The last `Happen` handle is gone: stop serving at once (no drain).
+    fn drop(&mut self) {
+        self.transport.abort();
+    }
+}
+
 /// A Happen runtime: the system that nodes live in.
 ///
 /// [`Happen::embedded`] runs every node in this process with no server. It
 /// must be used from within a tokio runtime (flows are tokio tasks). `Happen`
-/// is a cheap handle; clones refer to the same runtime.
+/// is a cheap handle; clones refer to the same runtime. The runtime lives as
+/// long as a handle does: dropping the last one stops it at once (nodes stop
+/// receiving and their sends fail with [`HappenError::Shutdown`]);
+/// [`Happen::shutdown`] stops it gracefully.
 ///
 /// ```
 /// use happen::prelude::*;
@@ -175,6 +195,7 @@ impl Happen {
             store,
             tracker: TaskTracker::new(),
             closed: AtomicBool::new(false),
+            handle: tokio::runtime::Handle::try_current().ok(),
         }))
     }
 
@@ -213,10 +234,10 @@ impl Happen {
     pub fn node_with(&self, id: &str, config: NodeConfig) -> Result<Node> {
         validate_node_id(id)?;
         if self.0.is_closed() {
-            return Err(crate::HappenError::Shutdown);
+            return Err(HappenError::Shutdown);
         }
         let limits = self.0.config.resolve(id, &config);
-        let node = Node::new(Id::from(id), self.0.clone(), limits);
+        let node = Node::new(Id::from(id), &self.0, limits);
         self.0.transport.attach(&node)?;
         Ok(node)
     }
@@ -238,5 +259,16 @@ impl Happen {
         self.0.tracker.close();
         self.0.tracker.wait().await;
         self.0.transport.close().await;
+    }
+
+    /// [`Happen::shutdown`] with a limit: returns `false` (and stops anyway)
+    /// if draining took longer than `limit`.
+    pub async fn shutdown_within(&self, limit: std::time::Duration) -> bool {
+        let drained = tokio::time::timeout(limit, self.shutdown()).await.is_ok();
+        if !drained {
+            self.0.tracker.close();
+            self.0.transport.abort();
+        }
+        drained
     }
 }

@@ -320,3 +320,118 @@ async fn hostile_bytes_are_refused_and_the_node_keeps_serving() {
     assert!(rx.try_recv().is_err());
     happen.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_an_outage_finishes() {
+    let mut server = NatsServer::start().unwrap();
+    let happen = Happen::connect(fast_reconnect(server.url())).await.unwrap();
+    let node = happen.node("lonely").unwrap();
+    node.on("x", |_e: Event, _cx: Context| async {}).unwrap();
+    happen.flush().await.unwrap();
+    server.stop();
+    assert!(
+        happen.shutdown_within(Duration::from_secs(20)).await,
+        "shutdown drained"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_request_to_a_dead_instance_does_not_block_shutdown() {
+    let server = NatsServer::start().unwrap();
+    // An "instance" of node ghost that takes requests and never answers.
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let _ghost = raw
+        .queue_subscribe("happen.node.ghost", "happen".into())
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    let happen = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let a = happen.node("asker").unwrap();
+    let held = a
+        .send("ghost", Event::new("x", json!(null)))
+        .timeout(Duration::from_millis(300));
+    assert!(happen.shutdown_within(Duration::from_secs(20)).await);
+    assert!(matches!(
+        held.await.unwrap_err(),
+        HappenError::Timeout { .. } | HappenError::NoResponse { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_work_from_other_processes() {
+    let server = NatsServer::start().unwrap();
+    let a = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let b = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let svc = a.node("svc").unwrap();
+    svc.on("work", |_e: Event, _cx: Context| async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        json!("done")
+    })
+    .unwrap();
+    a.flush().await.unwrap();
+    let client = b.node("client").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let load = tokio::spawn(async move {
+        let mut refused = 0;
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            let sent = client
+                .send("svc", Event::new("work", json!(null)))
+                .timeout(Duration::from_secs(5));
+            tokio::spawn(async move { sent.await });
+            if let Err(HappenError::Shutdown) =
+                client.send("svc", Event::new("work", json!(null))).await
+            {
+                refused += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        refused
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        a.shutdown_within(Duration::from_secs(20)).await,
+        "a busy node still shuts down"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = load.await.unwrap();
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_runtime_stops_serving_its_node_id() {
+    let server = NatsServer::start().unwrap();
+    let old = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    old.node("svc")
+        .unwrap()
+        .on("who", |_e: Event, _cx: Context| async { json!("old") })
+        .unwrap();
+    old.flush().await.unwrap();
+    drop(old);
+    let new = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let svc = new.node("svc").unwrap();
+    svc.on("who", |_e: Event, _cx: Context| async { json!("new") })
+        .unwrap();
+    new.flush().await.unwrap();
+    let asker = new.node("asker").unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            asker
+                .send("svc", Event::new("who", json!(null)))
+                .await
+                .unwrap(),
+            json!("new")
+        );
+    }
+    new.shutdown().await;
+}

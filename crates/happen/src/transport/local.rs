@@ -82,7 +82,7 @@ impl Transport for LocalTransport {
         self.deliver_broadcast(&event)
     }
 
-    fn send(&self, target: &str, event: Event, reply: ReplyTx) {
+    fn send(&self, target: &str, event: Event, reply: ReplyTx, _deadline: tokio::time::Instant) {
         self.deliver_to(target, event, Responder::Local(reply));
     }
 
@@ -101,5 +101,9 @@ impl Transport for LocalTransport {
     fn close(&self) -> BoxFuture<'static, ()> {
         self.detach_all();
         Box::pin(std::future::ready(()))
+    }
+
+    fn abort(&self) {
+        self.detach_all();
     }
 }

@@ -66,15 +66,20 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// Delivers `event` to every node with a matching handler.
     fn broadcast(&self, event: Event) -> Result<()>;
     /// Delivers `event` to the node `target`; the outcome (including routing
-    /// errors) goes to `reply`.
-    fn send(&self, target: &str, event: Event, reply: ReplyTx);
+    /// errors) goes to `reply`. The requester waits until `deadline` unless
+    /// it changes its mind.
+    fn send(&self, target: &str, event: Event, reply: ReplyTx, deadline: tokio::time::Instant);
     /// Resolves once everything dispatched so far has reached the transport's
     /// server (at once for the in-process transport).
     fn flush(&self) -> BoxFuture<'static, Result<()>>;
-    /// Resolves once no request sent through this transport is still on its
-    /// way while its requester waits (used by shutdown to drain; at once for
+    /// Starts draining: from now on only events caused by running flows are
+    /// accepted from elsewhere. Resolves once no request sent through this
+    /// transport is still on its way while its requester waits (at once for
     /// the in-process transport, where nothing is ever in transit).
     fn settle(&self) -> BoxFuture<'static, ()>;
     /// Releases nodes and connections, after the last flow has ended.
     fn close(&self) -> BoxFuture<'static, ()>;
+    /// Stops at once, without draining (the runtime was dropped, or a
+    /// bounded shutdown ran out of time).
+    fn abort(&self);
 }

@@ -65,8 +65,23 @@ enum Kind {
     Inbox,
 }
 
-/// Requests waiting for their reply: the requester's channel and the target.
-type Pending = Mutex<HashMap<u64, (ReplyTx, String)>>;
+/// A request waiting for its reply.
+struct Waiting {
+    reply: ReplyTx,
+    target: String,
+    /// Until when the requester waits (unless it extends its timeout).
+    deadline: tokio::time::Instant,
+}
+
+type Pending = Mutex<HashMap<u64, Waiting>>;
+
+/// How long shutdown waits for the server to take the last messages (it may
+/// be unreachable: the client would otherwise wait for a reconnection).
+const CLOSE_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+const OPEN: u8 = 0;
+const DRAINING: u8 = 1;
+const CLOSED: u8 = 2;
 
 struct Shared {
     local: Arc<LocalTransport>,
@@ -77,6 +92,9 @@ struct Shared {
     /// Broadcast subject filters, in subscription order.
     filters: Mutex<Vec<String>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// OPEN, DRAINING (only events caused by running flows are taken from
+    /// other processes) or CLOSED (nothing is taken).
+    phase: std::sync::atomic::AtomicU8,
 }
 
 pub(crate) struct NatsTransport {
@@ -127,6 +145,7 @@ impl NatsTransport {
             pending: Mutex::new(HashMap::new()),
             filters: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
+            phase: std::sync::atomic::AtomicU8::new(OPEN),
         });
         let command_loop = tokio::spawn(run_commands(shared.clone(), client.clone(), commands_rx));
         let status_loop = tokio::spawn(connection_events(shared.clone(), events_rx));
@@ -205,9 +224,22 @@ impl Shared {
     }
 
     fn fail_pending(&self, token: u64, error: HappenError) {
-        if let Some((reply, _)) = lock(&self.pending).remove(&token) {
-            let _ = reply.send(Err(error));
+        if let Some(waiting) = lock(&self.pending).remove(&token) {
+            let _ = waiting.reply.send(Err(error));
         }
+    }
+
+    fn phase(&self) -> u8 {
+        self.phase.load(Ordering::Acquire)
+    }
+
+    fn abort(&self) {
+        self.phase.store(CLOSED, Ordering::Release);
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        self.local.detach_all();
+        lock(&self.pending).clear();
     }
 }
 
@@ -236,7 +268,7 @@ async fn run_commands(
                     let error = HappenError::Transport(format!("cannot publish to {subject}: {e}"));
                     match token {
                         Some(token) => shared.fail_pending(token, error),
-                        None => tracing::warn!(%error, "broadcast not published"),
+                        None => tracing::warn!(%error, "message not published"),
                     }
                 }
             }
@@ -318,7 +350,22 @@ fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
         return;
     };
     match wire::decode_event(&message.payload) {
-        Ok(event) => shared.local.deliver_to(target, event, responder),
+        Ok(event) => {
+            // While shutting down, take what this runtime sent before the
+            // shutdown began and what running flows caused (as the
+            // in-process runtime does); new work from elsewhere is refused.
+            let phase = shared.phase();
+            let ours = message
+                .reply
+                .as_ref()
+                .is_some_and(|r| r.starts_with(shared.inbox.as_str()));
+            let new_work = event.causal().causation_id.is_none() && !ours;
+            if phase == CLOSED || (phase == DRAINING && new_work) {
+                responder.reply(Err(HappenError::Shutdown));
+                return;
+            }
+            shared.local.deliver_to(target, event, responder);
+        }
         Err(error) => {
             tracing::warn!(subject = %message.subject, %error, "undecodable event refused");
             responder.reply(Err(error));
@@ -356,7 +403,7 @@ fn on_reply(shared: &Arc<Shared>, message: async_nats::Message) {
     else {
         return;
     };
-    let Some((reply, target)) = lock(&shared.pending).remove(&token) else {
+    let Some(Waiting { reply, target, .. }) = lock(&shared.pending).remove(&token) else {
         return; // the requester gave up (timeout, dropped handle)
     };
     let outcome = if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
@@ -401,7 +448,7 @@ async fn sweep_abandoned(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        lock(&shared.pending).retain(|_, (reply, _)| !reply.is_closed());
+        lock(&shared.pending).retain(|_, waiting| !waiting.reply.is_closed());
     }
 }
 
@@ -462,7 +509,7 @@ impl Transport for NatsTransport {
         Ok(())
     }
 
-    fn send(&self, target: &str, event: Event, reply: ReplyTx) {
+    fn send(&self, target: &str, event: Event, reply: ReplyTx, deadline: tokio::time::Instant) {
         let payload = match wire::encode_event(&event) {
             Ok(payload) => payload,
             Err(error) => {
@@ -471,7 +518,14 @@ impl Transport for NatsTransport {
             }
         };
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        lock(&self.shared.pending).insert(token, (reply, target.to_owned()));
+        lock(&self.shared.pending).insert(
+            token,
+            Waiting {
+                reply,
+                target: target.to_owned(),
+                deadline,
+            },
+        );
         self.shared.command(Command::Publish {
             subject: self.shared.direct_subject(target),
             reply: Some(format!("{}.{token}", self.shared.inbox)),
@@ -494,31 +548,41 @@ impl Transport for NatsTransport {
 
     fn settle(&self) -> BoxFuture<'static, ()> {
         let shared = self.shared.clone();
+        let _ = shared
+            .phase
+            .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire);
         let (done, flushed) = oneshot::channel();
         shared.command(Command::Flush(done));
         Box::pin(async move {
-            let _ = flushed.await;
-            while lock(&shared.pending)
-                .values()
-                .any(|(reply, _)| !reply.is_closed())
-            {
+            let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, flushed).await;
+            // Wait for answers someone still waits for, up to their deadline.
+            loop {
+                let now = tokio::time::Instant::now();
+                let waiting = lock(&shared.pending)
+                    .values()
+                    .any(|w| !w.reply.is_closed() && w.deadline > now);
+                if !waiting {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     }
 
     fn close(&self) -> BoxFuture<'static, ()> {
+        self.shared.phase.store(CLOSED, Ordering::Release);
         let flushed = self.flush();
         let shared = self.shared.clone();
         Box::pin(async move {
-            // Replies of the last flows must leave before the connection goes.
-            let _ = flushed.await;
-            for task in lock(&shared.tasks).drain(..) {
-                task.abort();
-            }
-            shared.local.detach_all();
-            lock(&shared.pending).clear();
+            // Replies of the last flows must leave before the connection
+            // goes, unless the server is unreachable.
+            let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, flushed).await;
+            shared.abort();
         })
+    }
+
+    fn abort(&self) {
+        self.shared.abort();
     }
 }
 
