@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::error::{HappenError, Result};
 use crate::event::{Causal, Event};
 use crate::node::Node;
+use crate::transport::Responder;
 
 /// The context of one flow, shared by all of its steps.
 ///
@@ -51,6 +53,11 @@ struct Inner {
     node: Node,
     event: Event,
     expects_response: bool,
+    /// The requester's reply channel while the flow runs (taken at the end).
+    responder: tokio::sync::Mutex<Option<Responder>>,
+    /// Items emitted so far (numbering broadcast stream items).
+    emitted: std::sync::atomic::AtomicU64,
+    received_at: u64,
     values: Mutex<Map<String, Value>>,
     typed: Mutex<HashMap<TypeId, Box<dyn Any + Send>>>,
 }
@@ -73,11 +80,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Context {
-    pub(crate) fn new(node: Node, event: Event, expects_response: bool) -> Self {
+    pub(crate) fn new(node: Node, event: Event, responder: Option<Responder>) -> Self {
         Context(Arc::new(Inner {
             node,
             event,
-            expects_response,
+            expects_response: responder.is_some(),
+            responder: tokio::sync::Mutex::new(responder),
+            emitted: std::sync::atomic::AtomicU64::new(0),
+            received_at: crate::event::now_millis(),
             values: Mutex::new(Map::new()),
             typed: Mutex::new(HashMap::new()),
         }))
@@ -102,7 +112,7 @@ impl Context {
     /// # Ok(()) }
     /// ```
     pub fn standalone(node: &Node, event: Event) -> Self {
-        Self::new(node.clone(), event, false)
+        Self::new(node.clone(), event, None)
     }
 
     /// The node running this flow.
@@ -129,6 +139,53 @@ impl Context {
     /// `false` for `broadcast`).
     pub fn expects_response(&self) -> bool {
         self.0.expects_response
+    }
+
+    pub(crate) async fn take_responder(&self) -> Option<Responder> {
+        self.0.responder.lock().await.take()
+    }
+
+    /// Streams `value` to the requester before the flow's final value (see
+    /// [`crate::stream`]). Waits while the requester is [`STREAM_WINDOW`]
+    /// items behind; fails with [`HappenError::Cancelled`] once it stopped
+    /// consuming, which should end the flow (`cx.emit(v).await?`).
+    ///
+    /// When nobody waits for this flow (it was started by a broadcast), the
+    /// value is broadcast as an event of type `<handled type>.item`.
+    ///
+    /// [`STREAM_WINDOW`]: crate::stream::STREAM_WINDOW
+    pub async fn emit(&self, value: impl Into<Value>) -> Result<()> {
+        let value = value.into();
+        let seq = self
+            .0
+            .emitted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut responder = self.0.responder.lock().await;
+        match responder.as_mut() {
+            Some(responder) => responder.emit(value).await,
+            None if self.0.expects_response => Err(HappenError::Cancelled),
+            None => {
+                drop(responder);
+                let item = Event::new(format!("{}.item", self.0.event.event_type()), value)
+                    .with_context(
+                        "stream",
+                        serde_json::json!({ "of": self.0.event.id(), "seq": seq }),
+                    );
+                self.0.node.broadcast(item)
+            }
+        }
+    }
+
+    /// When the node took the event (or batch) for this flow, in
+    /// milliseconds since the Unix epoch.
+    pub fn received_at(&self) -> u64 {
+        self.0.received_at
+    }
+
+    /// The members of the batch this flow handles, or `None` for a single
+    /// event (the same as `cx.event().batch_events()`).
+    pub fn batch(&self) -> Option<&[Event]> {
+        self.0.event.batch_events()
     }
 
     /// Stores a JSON value under `key`, replacing any earlier one.

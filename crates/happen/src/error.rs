@@ -131,6 +131,29 @@ pub enum HappenError {
     #[error(transparent)]
     InvalidName(#[from] NameError),
 
+    /// [`Event::batch`](crate::Event::batch) was given no events.
+    #[error("a batch needs at least one event")]
+    EmptyBatch,
+
+    /// The events given to [`Event::batch`](crate::Event::batch) cannot form a batch.
+    #[error("invalid batch: {reason}")]
+    InvalidBatch {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The requester stopped consuming a streamed response.
+    #[error("the requester cancelled the stream")]
+    Cancelled,
+
+    /// A streamed response lost or reordered a chunk, or ended without its
+    /// final message.
+    #[error("the response stream is broken: {reason}")]
+    StreamBroken {
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The runtime is shutting down and accepts no new events.
     #[error("the Happen runtime is shut down; no new events are accepted")]
     Shutdown,

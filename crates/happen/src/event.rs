@@ -97,6 +97,9 @@ struct EventData {
     payload: Value,
     #[serde(default)]
     context: EventContext,
+    /// The member events of a batch (see [`Event::batch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch: Option<Vec<Event>>,
 }
 
 /// A message between nodes: a type, a payload and a context.
@@ -128,6 +131,7 @@ impl std::fmt::Debug for Event {
             .field("type", &self.0.event_type)
             .field("payload", &self.0.payload)
             .field("context", &self.0.context)
+            .field("batch", &self.0.batch)
             .finish()
     }
 }
@@ -139,7 +143,84 @@ impl Event {
             event_type: event_type.into(),
             payload,
             context: EventContext::default(),
+            batch: None,
         }))
+    }
+
+    /// A batch: several events of one type, delivered together to a single
+    /// handler invocation (Confluence's fan-in). Send it like any event.
+    ///
+    /// The handler receives the batch as one event of the members' type whose
+    /// [`Event::batch`] lists the members, each with its own causal context;
+    /// [`Event::events`] gives the members of a batch or the event itself,
+    /// so one loop handles both. The batch's own context (id, causation,
+    /// correlation) is the batch-level context.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let sensors = happen.node("sensors")?;
+    /// let telemetry = happen.node("telemetry")?;
+    /// telemetry.on("sensor-reading", |event: Event, _cx: Context| async move {
+    ///     let values: Vec<f64> = event.events().iter().filter_map(|e| e.payload()["value"].as_f64()).collect();
+    ///     json!({ "batch": event.is_batch(), "count": values.len(), "sum": values.iter().sum::<f64>() })
+    /// })?;
+    ///
+    /// let batch = Event::batch((1..=3).map(|i| Event::new("sensor-reading", json!({ "value": i as f64 }))))?;
+    /// assert_eq!(sensors.send(&telemetry, batch).await?, json!({ "batch": true, "count": 3, "sum": 6.0 }));
+    ///
+    /// let single = Event::new("sensor-reading", json!({ "value": 2.5 }));
+    /// assert_eq!(sensors.send(&telemetry, single).await?["count"], 1);
+    ///
+    /// assert!(matches!(Event::batch(Vec::new()), Err(HappenError::EmptyBatch)));
+    /// # Ok(()) }
+    /// ```
+    pub fn batch(events: impl IntoIterator<Item = Event>) -> crate::Result<Event> {
+        let events: Vec<Event> = events.into_iter().collect();
+        let Some(first) = events.first() else {
+            return Err(crate::HappenError::EmptyBatch);
+        };
+        let event_type = first.event_type().to_owned();
+        if let Some(other) = events.iter().find(|e| e.event_type() != event_type) {
+            return Err(crate::HappenError::InvalidBatch {
+                reason: format!(
+                    "a batch holds events of one type; found \"{}\" and \"{}\"",
+                    event_type,
+                    other.event_type()
+                ),
+            });
+        }
+        if events.iter().any(Event::is_batch) {
+            return Err(crate::HappenError::InvalidBatch {
+                reason: "a batch cannot contain another batch".into(),
+            });
+        }
+        Ok(Event(Arc::new(EventData {
+            event_type,
+            payload: Value::Null,
+            context: EventContext::default(),
+            batch: Some(events),
+        })))
+    }
+
+    /// Whether this event is a batch made by [`Event::batch`].
+    pub fn is_batch(&self) -> bool {
+        self.0.batch.is_some()
+    }
+
+    /// The members of a batch, or `None` for a single event.
+    pub fn batch_events(&self) -> Option<&[Event]> {
+        self.0.batch.as_deref()
+    }
+
+    /// The members of a batch, or this event alone: one loop handles both.
+    pub fn events(&self) -> &[Event] {
+        match &self.0.batch {
+            Some(members) => members,
+            None => std::slice::from_ref(self),
+        }
     }
 
     /// A new event whose payload is `payload` serialized to JSON.
@@ -281,6 +362,18 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Causal>) {
         }
     }
     cx.origin.node_id = sender.clone();
+    // The members of a batch are events too: each gets its own id, the same
+    // cause, and (unless set) the batch's correlation.
+    let data = Arc::make_mut(&mut event.0);
+    if let Some(members) = &mut data.batch {
+        let correlation = data.context.causal.correlation_id.clone();
+        for member in members {
+            if member.causal().correlation_id.is_empty() {
+                member.context_mut().causal.correlation_id = correlation.clone();
+            }
+            stamp(member, sender, parent);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -260,13 +260,14 @@ pub(crate) async fn run(
     use futures::FutureExt;
     use std::panic::AssertUnwindSafe;
 
-    let cx = Context::new(node.clone(), event.clone(), responder.is_some());
+    let cx = Context::new(node.clone(), event.clone(), responder);
+    let flow_cx = cx.clone();
     let step_event = event.clone();
     let steps = AssertUnwindSafe(async move {
         let mut step = first;
         let mut taken: u32 = 0;
         loop {
-            match step.call(step_event.clone(), cx.clone()).await {
+            match step.call(step_event.clone(), flow_cx.clone()).await {
                 Flow::Next(next) => step = next,
                 Flow::Again => {}
                 Flow::Done(value) => return Ok(value),
@@ -307,12 +308,14 @@ pub(crate) async fn run(
     }
     // A fire-and-forget requester dropped its handle: building the response
     // event would be wasted work.
-    if let Some(responder) = responder.filter(|r| !r.is_abandoned()) {
-        responder.reply(result.map(|value| {
-            let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
-            crate::event::stamp(&mut response, node.shared_id(), Some(event.causal()));
-            response
-        }));
+    if let Some(responder) = cx.take_responder().await.filter(|r| !r.is_abandoned()) {
+        responder
+            .finish(result.map(|value| {
+                let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
+                crate::event::stamp(&mut response, node.shared_id(), Some(event.causal()));
+                response
+            }))
+            .await;
     }
 }
 

@@ -50,6 +50,7 @@
 
 pub mod causality;
 pub mod config;
+pub mod confluence;
 pub mod context;
 pub mod error;
 pub mod event;
@@ -63,12 +64,14 @@ pub mod response;
 pub mod runtime;
 pub mod state;
 mod store;
+pub mod stream;
 pub mod testing;
 mod transport;
 pub mod wire;
 
 pub use causality::spawn;
 pub use config::{HappenConfig, NodeConfig, NodeLimits};
+pub use confluence::{GroupResults, NodeGroup, SentToAll};
 pub use context::Context;
 pub use error::{BoxError, HappenError, Result};
 pub use event::{Causal, Event, EventContext, Origin, new_event_id};
@@ -82,6 +85,7 @@ pub use runtime::Happen;
 pub use state::global::{Global, GlobalChange};
 pub use state::temporal::{Snapshot, SnapshotContext, TemporalConfig};
 pub use state::{State, View, Views};
+pub use stream::StreamItem;
 pub use transport::nats::{CONNECTION_STATUS, SYSTEM_SENDER};
 
 /// Turns an `async fn` step into one returning a boxed future, so that a step

@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use crate::causality;
 use crate::config::NodeLimits;
+#[allow(unused_imports)] // for intra-doc links
+use crate::confluence::NodeGroup;
+use crate::confluence::SentToAll;
 use crate::error::{HappenError, Result};
 use crate::event::{self, Event};
 use crate::flow::{self, Handler, Step};
@@ -306,16 +309,15 @@ impl Node {
     /// assert!(matches!(err, HappenError::InvalidPattern(_)));
     /// ```
     pub fn on(&self, pattern: impl IntoPattern, handler: impl Handler) -> Result<HandlerId> {
-        let pattern = pattern.into_pattern();
+        self.on_step(pattern.into_pattern(), Step::new(handler))
+    }
+
+    pub(crate) fn on_step(&self, pattern: Pattern, step: Step) -> Result<HandlerId> {
         pattern.validate()?;
         let runtime = self.runtime()?;
         let id = HandlerId(NEXT_HANDLER.fetch_add(1, Ordering::Relaxed));
         runtime.transport().interest(&pattern);
-        let registration = Registration {
-            id,
-            pattern,
-            step: Step::new(handler),
-        };
+        let registration = Registration { id, pattern, step };
         let mut handlers = self.0.handlers.write().unwrap_or_else(|p| p.into_inner());
         let mut next = Vec::with_capacity(handlers.len() + 1);
         next.extend(handlers.iter().cloned());
@@ -389,12 +391,53 @@ impl Node {
                     .send(&target, event, reply, sent.deadline());
                 sent
             }
-            Err((e, event)) => {
-                let (sent, reply) = Sent::new(target, event, timeout);
-                let _ = reply.send(Err(e));
-                sent
-            }
+            Err((e, event)) => Sent::refused(target, event, timeout, e),
         }
+    }
+
+    /// Sends `event` to every node of `targets` (a [`NodeGroup`], nodes or
+    /// ids). Each runs its own flow; await the handle for the results keyed
+    /// by node id, each with its own outcome.
+    pub fn send_to_all<T: Target>(
+        &self,
+        targets: impl IntoIterator<Item = T>,
+        event: Event,
+    ) -> SentToAll {
+        let targets: Vec<Id> = targets.into_iter().map(|t| t.target_shared_id()).collect();
+        let timeout = self.0.limits.timeout;
+        let runtime = self.runtime();
+        let prepared = match &runtime {
+            Ok(runtime) => self.prepare(runtime, event),
+            Err(e) => Err((e.clone(), event)),
+        };
+        let sent = targets
+            .into_iter()
+            .map(|target| {
+                let outcome = match (&runtime, &prepared) {
+                    (Ok(runtime), Ok(event)) => match validate_node_id(&target) {
+                        Ok(()) => {
+                            let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
+                            runtime.transport().send(
+                                &target,
+                                event.clone(),
+                                reply,
+                                sent.deadline(),
+                            );
+                            sent
+                        }
+                        Err(e) => Sent::refused(target.clone(), event.clone(), timeout, e.into()),
+                    },
+                    (_, Err((e, event))) => {
+                        Sent::refused(target.clone(), event.clone(), timeout, e.clone())
+                    }
+                    (Err(e), Ok(event)) => {
+                        Sent::refused(target.clone(), event.clone(), timeout, e.clone())
+                    }
+                };
+                (target, outcome)
+            })
+            .collect();
+        SentToAll::new(sent)
     }
 
     /// Validates and stamps an outgoing event with its causal context; a

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::id::Id;
+use crate::stream::{self, Outcome, StreamItem, StreamMsg};
 use crate::transport::ReplyTx;
 
 /// The handle of a sent event; see the [module docs](self).
@@ -52,7 +53,7 @@ pub struct Sent {
     /// When the event was sent: the timeout counts from here.
     sent_at: tokio::time::Instant,
     timeout: Duration,
-    rx: oneshot::Receiver<Result<Event>>,
+    rx: oneshot::Receiver<Outcome>,
 }
 
 impl Sent {
@@ -71,6 +72,18 @@ impl Sent {
     /// The id of the sent event (empty if it was refused before dispatch).
     pub fn id(&self) -> &str {
         self.request.id()
+    }
+
+    /// A handle whose outcome is already `error` (refused before dispatch).
+    pub(crate) fn refused(
+        target: Id,
+        request: Event,
+        timeout: Duration,
+        error: HappenError,
+    ) -> Sent {
+        let (sent, reply) = Sent::new(target, request, timeout);
+        let _ = reply.send(Outcome::Done(Err(error)));
+        sent
     }
 
     pub(crate) fn deadline(&self) -> tokio::time::Instant {
@@ -100,14 +113,55 @@ impl Sent {
             rx,
             ..
         } = self;
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_dropped)) => Err(HappenError::NoResponse {
-                node: target.to_string(),
-                event_type: request.event_type().to_owned(),
-            }),
+        let no_response = || HappenError::NoResponse {
+            node: target.to_string(),
+            event_type: request.event_type().to_owned(),
+        };
+        let whole = async {
+            match rx.await {
+                Ok(Outcome::Done(outcome)) => outcome,
+                // A streaming flow: its final value is the response.
+                Ok(Outcome::Stream(mut stream)) => loop {
+                    match stream.recv().await {
+                        Some(StreamMsg::Item(_)) => {}
+                        Some(StreamMsg::End(outcome)) => break outcome,
+                        None => break Err(no_response()),
+                    }
+                },
+                Err(_dropped) => Err(no_response()),
+            }
+        };
+        match tokio::time::timeout_at(deadline, whole).await {
+            Ok(outcome) => outcome,
             Err(_elapsed) => Err(HappenError::timeout(&target, request.event_type(), timeout)),
         }
+    }
+
+    /// The flow's emitted values, then its final value, as a stream (see
+    /// [`crate::stream`]). The timeout applies until the first item (or the
+    /// result) arrives; after that the stream runs as long as the producer
+    /// does. Dropping the stream cancels the producer.
+    pub fn stream(self) -> futures::stream::BoxStream<'static, Result<StreamItem>> {
+        let deadline = self.deadline();
+        let Sent {
+            request,
+            target,
+            timeout,
+            rx,
+            ..
+        } = self;
+        let first = async move {
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(outcome)) => Ok(outcome),
+                Ok(Err(_dropped)) => Err(HappenError::NoResponse {
+                    node: target.to_string(),
+                    event_type: request.event_type().to_owned(),
+                }),
+                Err(_elapsed) => Err(HappenError::timeout(&target, request.event_type(), timeout)),
+            }
+        };
+        use futures::StreamExt;
+        futures::stream::once(first).flat_map(stream::items).boxed()
     }
 
     /// Calls `callback` with the result when it arrives (or fails), without

@@ -36,6 +36,10 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event> {
 }
 
 /// The outcome of a request as it travels back to the requester.
+///
+/// A flow that streams sends `Item`s numbered from 0, then one `End` whose
+/// `seq` is the number of items: a missing, repeated or reordered message is
+/// detected by its number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reply {
@@ -43,6 +47,44 @@ pub enum Reply {
     Ok(Event),
     /// The request failed (refused, handler error, panic, ...).
     Err(HappenError),
+    /// One streamed value.
+    Item {
+        /// Position in the stream, from 0.
+        seq: u64,
+        /// The value.
+        value: serde_json::Value,
+        /// On the first item: where the consumer sends [`Credit`]s.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credit: Option<String>,
+    },
+    /// The end of a stream: its final outcome (`Ok` or `Err`).
+    End {
+        /// The number of items sent before.
+        seq: u64,
+        /// The final outcome.
+        outcome: Box<Reply>,
+    },
+}
+
+/// Flow control of a streamed response, from consumer to producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Credit {
+    /// The consumer has taken this many items in all.
+    Acked(u64),
+    /// The consumer stopped: the producer should stop too.
+    Cancel,
+}
+
+/// Encodes a credit message.
+pub fn encode_credit(credit: &Credit) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(credit)
+        .map_err(|e| HappenError::Codec(format!("cannot encode credit: {e}")))
+}
+
+/// Decodes a credit message.
+pub fn decode_credit(bytes: &[u8]) -> Result<Credit> {
+    decode(bytes).map_err(|e| HappenError::Codec(format!("cannot decode credit: {e}")))
 }
 
 impl From<Result<Event>> for Reply {
@@ -59,6 +101,10 @@ impl From<Reply> for Result<Event> {
         match reply {
             Reply::Ok(event) => Ok(event),
             Reply::Err(error) => Err(error),
+            Reply::End { outcome, .. } => Result::from(*outcome),
+            Reply::Item { .. } => Err(HappenError::StreamBroken {
+                reason: "a stream item where a final outcome was expected".into(),
+            }),
         }
     }
 }
@@ -157,6 +203,10 @@ mod tests {
             HappenError::InvalidPattern(Pattern::parse("a.{").unwrap_err()),
             HappenError::InvalidName(validate_node_id("a b").unwrap_err()),
             HappenError::Shutdown,
+            HappenError::EmptyBatch,
+            HappenError::Cancelled,
+            HappenError::StreamBroken { reason: "r".into() },
+            HappenError::InvalidBatch { reason: "r".into() },
             HappenError::Config("c".into()),
             HappenError::Codec("c".into()),
             HappenError::Transport("t".into()),

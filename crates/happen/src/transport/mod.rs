@@ -6,26 +6,33 @@ pub(crate) mod local;
 pub(crate) mod nats;
 
 use futures::future::BoxFuture;
-use tokio::sync::oneshot;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::error::Result;
+use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::node::Node;
 use crate::pattern::Pattern;
+use crate::stream::{Outcome, STREAM_WINDOW, StreamMsg, StreamRx};
 
 /// The requester's end of a reply: the sending side of the channel its
 /// [`Sent`](crate::Sent) waits on.
-pub(crate) type ReplyTx = oneshot::Sender<Result<Event>>;
+pub(crate) type ReplyTx = oneshot::Sender<Outcome>;
 
 /// Where a flow's outcome goes when it leaves the process (a NATS inbox).
 pub(crate) trait ReplySink: Send + 'static {
+    /// Sends one streamed item (waiting for the consumer if it is behind).
+    fn emit(&mut self, value: Value) -> BoxFuture<'_, Result<()>>;
+    /// Sends the final outcome (ending the stream if one was started).
     fn reply(self: Box<Self>, outcome: Result<Event>);
 }
 
 /// The reply half of a request, handed with the event to the target node.
 pub(crate) enum Responder {
-    /// The requester is in this process.
+    /// The requester is in this process and has not been streamed to.
     Local(ReplyTx),
+    /// The requester is in this process and consumes a stream.
+    LocalStream(mpsc::Sender<StreamMsg>),
     /// The requester is elsewhere.
     Remote(Box<dyn ReplySink>),
 }
@@ -40,16 +47,57 @@ impl Responder {
     pub(crate) fn is_abandoned(&self) -> bool {
         match self {
             Responder::Local(tx) => tx.is_closed(),
+            Responder::LocalStream(tx) => tx.is_closed(),
             Responder::Remote(_) => false,
         }
     }
 
+    /// Streams one value to the requester; `Cancelled` once it stopped
+    /// consuming.
+    pub(crate) async fn emit(&mut self, value: Value) -> Result<()> {
+        if let Responder::Local(_) = self {
+            let (tx, rx) = mpsc::channel(STREAM_WINDOW);
+            let Responder::Local(reply) = std::mem::replace(self, Responder::LocalStream(tx))
+            else {
+                unreachable!("checked above");
+            };
+            if reply
+                .send(Outcome::Stream(StreamRx::new(rx, None)))
+                .is_err()
+            {
+                return Err(HappenError::Cancelled);
+            }
+        }
+        match self {
+            Responder::LocalStream(tx) => tx
+                .send(StreamMsg::Item(value))
+                .await
+                .map_err(|_| HappenError::Cancelled),
+            Responder::Remote(sink) => sink.emit(value).await,
+            Responder::Local(_) => Err(HappenError::Cancelled),
+        }
+    }
+
+    /// Sends the final outcome; waits for room if a stream is behind.
+    pub(crate) async fn finish(self, outcome: Result<Event>) {
+        match self {
+            Responder::LocalStream(tx) => {
+                let _ = tx.send(StreamMsg::End(outcome)).await;
+            }
+            other => other.reply(outcome),
+        }
+    }
+
+    /// Sends the final outcome at once (refusals, before any stream).
     pub(crate) fn reply(self, outcome: Result<Event>) {
         match self {
             // The requester may have stopped waiting (fire-and-forget,
             // timeout): then the outcome has nowhere to go, which is fine.
             Responder::Local(tx) => {
-                let _ = tx.send(outcome);
+                let _ = tx.send(Outcome::Done(outcome));
+            }
+            Responder::LocalStream(tx) => {
+                let _ = tx.try_send(StreamMsg::End(outcome));
             }
             Responder::Remote(sink) => sink.reply(outcome),
         }

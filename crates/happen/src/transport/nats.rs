@@ -35,7 +35,8 @@ use crate::event::{Event, stamp};
 use crate::nats::{Auth, NatsConfig, check_server_version};
 use crate::node::Node;
 use crate::pattern::Pattern;
-use crate::wire::{self, Reply};
+use crate::stream::{CreditSink, Outcome, STREAM_WINDOW, StreamMsg, StreamRx};
+use crate::wire::{self, Credit, Reply};
 
 /// The event type of connection changes delivered to local nodes.
 pub const CONNECTION_STATUS: &str = "system.connection-status";
@@ -67,10 +68,28 @@ enum Kind {
 
 /// A request waiting for its reply.
 struct Waiting {
-    reply: ReplyTx,
+    /// Until the first reply arrives.
+    reply: Option<ReplyTx>,
+    /// Once the reply turned out to be a stream.
+    stream: Option<Incoming>,
     target: String,
     /// Until when the requester waits (unless it extends its timeout).
     deadline: tokio::time::Instant,
+}
+
+/// A stream this process consumes.
+struct Incoming {
+    tx: mpsc::Sender<StreamMsg>,
+    /// The number of the next item expected.
+    next: u64,
+}
+
+impl Waiting {
+    /// Whether someone still waits for more of this request.
+    fn alive(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| !r.is_closed())
+            || self.stream.as_ref().is_some_and(|s| !s.tx.is_closed())
+    }
 }
 
 type Pending = Mutex<HashMap<u64, Waiting>>;
@@ -92,6 +111,9 @@ struct Shared {
     /// Broadcast subject filters, in subscription order.
     filters: Mutex<Vec<String>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Streams this process produces, by credit token.
+    credits: Mutex<HashMap<u64, Arc<CreditState>>>,
+    next_credit: AtomicU64,
     /// OPEN, DRAINING (only events caused by running flows are taken from
     /// other processes) or CLOSED (nothing is taken).
     phase: std::sync::atomic::AtomicU8,
@@ -145,6 +167,8 @@ impl NatsTransport {
             pending: Mutex::new(HashMap::new()),
             filters: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
+            credits: Mutex::new(HashMap::new()),
+            next_credit: AtomicU64::new(1),
             phase: std::sync::atomic::AtomicU8::new(OPEN),
         });
         let command_loop = tokio::spawn(run_commands(shared.clone(), client.clone(), commands_rx));
@@ -224,9 +248,8 @@ impl Shared {
     }
 
     fn fail_pending(&self, token: u64, error: HappenError) {
-        if let Some(waiting) = lock(&self.pending).remove(&token) {
-            let _ = waiting.reply.send(Err(error));
-        }
+        let waiting = lock(&self.pending).remove(&token);
+        deliver_final(waiting, Err(error));
     }
 
     fn phase(&self) -> u8 {
@@ -310,16 +333,32 @@ async fn read(shared: Arc<Shared>, mut subscriber: async_nats::Subscriber, kind:
     }
 }
 
-/// Sends a flow's outcome back over NATS to the requester's inbox.
+/// Producer side of a streamed response: how far the consumer got.
+#[derive(Default)]
+struct CreditState {
+    acked: AtomicU64,
+    cancelled: std::sync::atomic::AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+/// A stream this process produces.
+struct Producing {
+    seq: u64,
+    token: u64,
+    credit: Arc<CreditState>,
+}
+
+/// Sends a flow's outcome (and streamed items) back over NATS to the
+/// requester's inbox.
 struct NatsReply {
     shared: Arc<Shared>,
     subject: Option<String>,
+    stream: Option<Producing>,
 }
 
-impl ReplySink for NatsReply {
-    fn reply(self: Box<Self>, outcome: Result<Event>) {
-        let Some(subject) = self.subject else { return };
-        let payload = match wire::encode_reply(&Reply::from(outcome)) {
+impl NatsReply {
+    fn publish(&self, subject: String, reply: &Reply) {
+        let payload = match wire::encode_reply(reply) {
             Ok(bytes) => bytes,
             // Every error encodes; a result that does not (a payload serde
             // cannot write as MessagePack) is answered with that failure.
@@ -340,10 +379,111 @@ impl ReplySink for NatsReply {
     }
 }
 
+impl ReplySink for NatsReply {
+    fn emit(&mut self, value: serde_json::Value) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let Some(subject) = self.subject.clone() else {
+                return Err(HappenError::Cancelled); // nobody to stream to
+            };
+            let mut first_credit = None;
+            if self.stream.is_none() {
+                let token = self.shared.next_credit.fetch_add(1, Ordering::Relaxed);
+                let credit = Arc::new(CreditState::default());
+                lock(&self.shared.credits).insert(token, credit.clone());
+                first_credit = Some(format!("{}.c{token}", self.shared.inbox));
+                self.stream = Some(Producing {
+                    seq: 0,
+                    token,
+                    credit,
+                });
+            }
+            let producing = self.stream.as_mut().expect("set above");
+            // Flow control: at most STREAM_WINDOW items beyond what the
+            // consumer acknowledged.
+            loop {
+                let changed = producing.credit.changed.notified();
+                if producing.credit.cancelled.load(Ordering::Acquire) {
+                    return Err(HappenError::Cancelled);
+                }
+                if producing.seq
+                    < producing.credit.acked.load(Ordering::Acquire) + STREAM_WINDOW as u64
+                {
+                    break;
+                }
+                changed.await;
+            }
+            let seq = producing.seq;
+            producing.seq += 1;
+            self.publish(
+                subject,
+                &Reply::Item {
+                    seq,
+                    value,
+                    credit: first_credit,
+                },
+            );
+            Ok(())
+        })
+    }
+
+    fn reply(self: Box<Self>, outcome: Result<Event>) {
+        let Some(subject) = self.subject.clone() else {
+            return;
+        };
+        let reply = match &self.stream {
+            Some(producing) => {
+                lock(&self.shared.credits).remove(&producing.token);
+                Reply::End {
+                    seq: producing.seq,
+                    outcome: Box::new(Reply::from(outcome)),
+                }
+            }
+            None => Reply::from(outcome),
+        };
+        self.publish(subject, &reply);
+    }
+}
+
+/// Consumer side: tells the producer how far this process got.
+struct NatsCredit {
+    shared: Arc<Shared>,
+    subject: String,
+    consumed: u64,
+    reported: u64,
+}
+
+impl NatsCredit {
+    fn send(&self, credit: Credit) {
+        if let Ok(payload) = wire::encode_credit(&credit) {
+            self.shared.command(Command::Publish {
+                subject: self.subject.clone(),
+                reply: None,
+                payload: Bytes::from(payload),
+                token: None,
+            });
+        }
+    }
+}
+
+impl CreditSink for NatsCredit {
+    fn consumed(&mut self, count: u64) {
+        self.consumed += count;
+        if self.consumed - self.reported >= (STREAM_WINDOW / 2) as u64 {
+            self.reported = self.consumed;
+            self.send(Credit::Acked(self.consumed));
+        }
+    }
+
+    fn cancel(&mut self) {
+        self.send(Credit::Cancel);
+    }
+}
+
 fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
     let responder = Responder::remote(NatsReply {
         shared: shared.clone(),
         subject: message.reply.as_ref().map(|s| s.to_string()),
+        stream: None,
     });
     let prefix_len = shared.prefix.len() + ".node.".len();
     let Some(target) = message.subject.get(prefix_len..) else {
@@ -395,23 +535,151 @@ fn on_broadcast(shared: &Arc<Shared>, message: async_nats::Message, index: usize
 }
 
 fn on_reply(shared: &Arc<Shared>, message: async_nats::Message) {
-    let Some(token) = message
-        .subject
-        .rsplit('.')
-        .next()
-        .and_then(|t| t.parse::<u64>().ok())
-    else {
+    let Some(last) = message.subject.rsplit('.').next() else {
         return;
     };
-    let Some(Waiting { reply, target, .. }) = lock(&shared.pending).remove(&token) else {
+    if let Some(credit_token) = last.strip_prefix('c') {
+        on_credit(shared, credit_token, &message.payload);
+        return;
+    }
+    let Ok(token) = last.parse::<u64>() else {
+        return;
+    };
+    let reply = if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        None
+    } else {
+        match wire::decode_reply(&message.payload) {
+            Ok(reply) => Some(reply),
+            Err(error) => Some(Reply::Err(error)),
+        }
+    };
+    let mut pending = lock(&shared.pending);
+    let Some(waiting) = pending.get_mut(&token) else {
         return; // the requester gave up (timeout, dropped handle)
     };
-    let outcome = if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-        Err(HappenError::UnknownNode { node: target })
-    } else {
-        wire::decode_reply(&message.payload).and_then(Result::from)
+    let broken = |reason: String| StreamMsg::End(Err(HappenError::StreamBroken { reason }));
+    match reply {
+        Some(Reply::Item { seq, value, credit }) => {
+            if waiting.stream.is_none() {
+                if seq != 0 {
+                    let _ = deliver_final(
+                        pending.remove(&token),
+                        Err(HappenError::StreamBroken {
+                            reason: format!(
+                                "the stream began at item {seq}, not 0 (items were lost)"
+                            ),
+                        }),
+                    );
+                    return;
+                }
+                let (tx, rx) = mpsc::channel(STREAM_WINDOW + 1);
+                let credit = credit.map(|subject| {
+                    Box::new(NatsCredit {
+                        shared: shared.clone(),
+                        subject,
+                        consumed: 0,
+                        reported: 0,
+                    }) as Box<dyn CreditSink>
+                });
+                let started = waiting.reply.take().is_some_and(|reply| {
+                    reply
+                        .send(Outcome::Stream(StreamRx::new(rx, credit)))
+                        .is_ok()
+                });
+                if !started {
+                    // The requester is gone; dropping the stream cancelled it.
+                    pending.remove(&token);
+                    return;
+                }
+                waiting.stream = Some(Incoming { tx, next: 0 });
+            }
+            let incoming = waiting.stream.as_mut().expect("set above");
+            if seq != incoming.next {
+                let _ = incoming.tx.try_send(broken(format!(
+                    "expected item {}, got item {seq}",
+                    incoming.next
+                )));
+                pending.remove(&token);
+                return;
+            }
+            incoming.next += 1;
+            if incoming.tx.try_send(StreamMsg::Item(value)).is_err() {
+                // Full (the producer ignored flow control) or closed.
+                pending.remove(&token);
+            }
+        }
+        Some(Reply::End { seq, outcome }) => {
+            let waiting = pending.remove(&token).expect("present");
+            match waiting.stream {
+                Some(incoming) if incoming.next == seq => {
+                    let _ = incoming.tx.try_send(StreamMsg::End(Result::from(*outcome)));
+                }
+                Some(incoming) => {
+                    let _ = incoming.tx.try_send(broken(format!(
+                        "the stream ended after {seq} items but {} arrived",
+                        incoming.next
+                    )));
+                }
+                // A stream that ends without items is a plain outcome.
+                None if seq == 0 => {
+                    let _ = deliver_final(Some(waiting), Result::from(*outcome));
+                }
+                None => {
+                    let _ = deliver_final(
+                        Some(waiting),
+                        Err(HappenError::StreamBroken {
+                            reason: format!("the stream ended after {seq} items but none arrived"),
+                        }),
+                    );
+                }
+            }
+        }
+        Some(other) => {
+            let _ = deliver_final(pending.remove(&token), Result::from(other));
+        }
+        None => {
+            let waiting = pending.remove(&token);
+            let target = waiting
+                .as_ref()
+                .map(|w| w.target.clone())
+                .unwrap_or_default();
+            let _ = deliver_final(waiting, Err(HappenError::UnknownNode { node: target }));
+        }
+    }
+}
+
+/// Hands a final outcome to a requester, whether it waits for a plain
+/// result or consumes a stream.
+fn deliver_final(waiting: Option<Waiting>, outcome: Result<Event>) -> bool {
+    let Some(waiting) = waiting else { return false };
+    if let Some(reply) = waiting.reply {
+        return reply.send(Outcome::Done(outcome)).is_ok();
+    }
+    match waiting.stream {
+        Some(incoming) => incoming.tx.try_send(StreamMsg::End(outcome)).is_ok(),
+        None => false,
+    }
+}
+
+/// A consumer's credit for a stream this process produces.
+fn on_credit(shared: &Arc<Shared>, token: &str, payload: &[u8]) {
+    let Ok(token) = token.parse::<u64>() else {
+        return;
     };
-    let _ = reply.send(outcome);
+    let Some(state) = lock(&shared.credits).get(&token).cloned() else {
+        return;
+    };
+    match wire::decode_credit(payload) {
+        Ok(Credit::Acked(count)) => {
+            state.acked.fetch_max(count, Ordering::AcqRel);
+        }
+        Ok(Credit::Cancel) => state.cancelled.store(true, Ordering::Release),
+        Err(error) => {
+            tracing::warn!(%error, "undecodable stream credit ignored");
+            return;
+        }
+    }
+    state.changed.notify_waiters();
 }
 
 /// Turns the client's connection events into `system.connection-status`
@@ -448,7 +716,7 @@ async fn sweep_abandoned(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        lock(&shared.pending).retain(|_, waiting| !waiting.reply.is_closed());
+        lock(&shared.pending).retain(|_, waiting| waiting.alive());
     }
 }
 
@@ -513,7 +781,7 @@ impl Transport for NatsTransport {
         let payload = match wire::encode_event(&event) {
             Ok(payload) => payload,
             Err(error) => {
-                let _ = reply.send(Err(error));
+                let _ = reply.send(Outcome::Done(Err(error)));
                 return;
             }
         };
@@ -521,7 +789,8 @@ impl Transport for NatsTransport {
         lock(&self.shared.pending).insert(
             token,
             Waiting {
-                reply,
+                reply: Some(reply),
+                stream: None,
                 target: target.to_owned(),
                 deadline,
             },
@@ -560,7 +829,7 @@ impl Transport for NatsTransport {
                 let now = tokio::time::Instant::now();
                 let waiting = lock(&shared.pending)
                     .values()
-                    .any(|w| !w.reply.is_closed() && w.deadline > now);
+                    .any(|w| w.alive() && w.deadline > now);
                 if !waiting {
                     break;
                 }
