@@ -435,3 +435,88 @@ async fn a_dropped_runtime_stops_serving_its_node_id() {
     }
     new.shutdown().await;
 }
+
+/// A responder (here a raw NATS client) whose stream skips, repeats or
+/// truncates chunks: the requester sees the items up to the gap, then a
+/// StreamBroken error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_or_reordered_stream_chunks_are_detected() {
+    use futures::StreamExt;
+    use happen::StreamItem;
+    use happen::wire::Reply;
+
+    let server = NatsServer::start().unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    // Each request names the faulty sequence to answer with.
+    let mut requests = raw
+        .queue_subscribe("happen.node.faulty", "happen".into())
+        .await
+        .unwrap();
+    let responder = raw.clone();
+    tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            let event = wire::decode_event(&message.payload).unwrap();
+            let reply_to = message.reply.unwrap();
+            let item = |seq: u64| Reply::Item {
+                seq,
+                value: json!(seq),
+                credit: None,
+            };
+            let script: Vec<Reply> = match event.event_type() {
+                "gap" => vec![item(0), item(2)],
+                "reordered" => vec![item(0), item(1), item(3), item(2)],
+                "truncated" => vec![
+                    item(0),
+                    item(1),
+                    Reply::End {
+                        seq: 5,
+                        outcome: Box::new(Reply::Ok(Event::new("happen.response", json!("x")))),
+                    },
+                ],
+                _ => vec![item(1)],
+            };
+            for reply in script {
+                responder
+                    .publish(reply_to.clone(), wire::encode_reply(&reply).unwrap().into())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    raw.flush().await.unwrap();
+
+    let happen = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let client = happen.node("client").unwrap();
+    for (kind, items_before) in [
+        ("gap", 1),
+        ("reordered", 2),
+        ("truncated", 2),
+        ("late-start", 0),
+    ] {
+        let got: Vec<_> = within(
+            kind,
+            20,
+            client
+                .send("faulty", Event::new(kind, json!(null)))
+                .stream()
+                .collect(),
+        )
+        .await;
+        assert_eq!(got.len(), items_before + 1, "{kind}: {got:?}");
+        for (i, item) in got[..items_before].iter().enumerate() {
+            assert_eq!(
+                item.as_ref().unwrap(),
+                &StreamItem::Item(json!(i)),
+                "{kind}"
+            );
+        }
+        assert!(
+            matches!(got.last().unwrap(), Err(HappenError::StreamBroken { .. })),
+            "{kind}: {:?}",
+            got.last()
+        );
+    }
+    happen.shutdown().await;
+}
