@@ -101,7 +101,7 @@ pub type GroupResults = HashMap<String, Result<Value>>;
 
 /// The handle of an event sent to several nodes; see
 /// [`Node::send_to_all`](crate::Node::send_to_all). Await it (or call
-/// [`SentToAll::responses`]) for every node's result; drop it to forget them.
+/// [`SentToAll::response`]) for every node's result; drop it to forget them.
 #[derive(Debug)]
 pub struct SentToAll {
     sent: Vec<(Id, Sent)>,
@@ -129,7 +129,7 @@ impl SentToAll {
     }
 
     /// Waits for every node's result (each within the timeout).
-    pub async fn responses(self) -> GroupResults {
+    pub async fn response(self) -> GroupResults {
         let waits = self
             .sent
             .into_iter()
@@ -143,6 +143,6 @@ impl IntoFuture for SentToAll {
     type IntoFuture = Pin<Box<dyn Future<Output = GroupResults> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.responses())
+        Box::pin(self.response())
     }
 }

@@ -1696,6 +1696,7 @@ pub async fn group_send_reports_each_nodes_outcome_separately(backend: &dyn Back
             ev("verify", json!(null)),
         )
         .timeout(Duration::from_millis(400))
+        .response()
         .await;
     assert_eq!(
         results["gs-ok"].as_ref().unwrap(),
