@@ -23,10 +23,24 @@ use crate::id::Id;
 /// assert!(a < b);
 /// ```
 pub fn new_event_id() -> Id {
-    // `now_v7` keeps a per-process counter, so ids made in the same millisecond
-    // still sort in creation order.
+    new_event_id_at().0
+}
+
+/// A new id and the time (ms since the epoch) it carries: one clock read
+/// serves both the id and the event's timestamp.
+fn new_event_id_at() -> (Id, u64) {
+    // `now_v7` keeps a per-process counter, so ids made in the same
+    // millisecond still sort in creation order.
+    let uuid = uuid::Uuid::now_v7();
+    let millis = uuid
+        .get_timestamp()
+        .map(|t| {
+            let (secs, nanos) = t.to_unix();
+            secs * 1000 + u64::from(nanos) / 1_000_000
+        })
+        .unwrap_or_else(now_millis);
     let mut buf = uuid::Uuid::encode_buffer();
-    Id::from(&*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf))
+    (Id::from(&*uuid.hyphenated().encode_lower(&mut buf)), millis)
 }
 
 pub(crate) fn now_millis() -> u64 {
@@ -339,9 +353,10 @@ impl<'de> Deserialize<'de> for Event {
 pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Causal>) {
     let cx = event.context_mut();
     let causal = &mut cx.causal;
-    causal.id = new_event_id();
+    let (id, timestamp) = new_event_id_at();
+    causal.id = id;
     causal.sender = sender.clone();
-    causal.timestamp = now_millis();
+    causal.timestamp = timestamp;
     match parent {
         Some(p) => {
             causal.causation_id = Some(p.id.clone());

@@ -23,10 +23,19 @@ use crate::event::Event;
 /// The deepest nesting of maps and arrays a decoder accepts.
 pub const MAX_DEPTH: usize = 128;
 
+fn encode<T: Serialize + ?Sized>(
+    value: &T,
+) -> std::result::Result<Vec<u8>, rmp_serde::encode::Error> {
+    // An event with its causal context is a few hundred bytes: start there
+    // rather than growing from empty.
+    let mut buf = Vec::with_capacity(384);
+    value.serialize(&mut rmp_serde::Serializer::new(&mut buf).with_struct_map())?;
+    Ok(buf)
+}
+
 /// Encodes an event as a MessagePack map.
 pub fn encode_event(event: &Event) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(event)
-        .map_err(|e| HappenError::Codec(format!("cannot encode event: {e}")))
+    encode(event).map_err(|e| HappenError::Codec(format!("cannot encode event: {e}")))
 }
 
 /// Decodes an event encoded by [`encode_event`] (or any MessagePack map of the
@@ -78,8 +87,7 @@ pub enum Credit {
 
 /// Encodes a credit message.
 pub fn encode_credit(credit: &Credit) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(credit)
-        .map_err(|e| HappenError::Codec(format!("cannot encode credit: {e}")))
+    encode(credit).map_err(|e| HappenError::Codec(format!("cannot encode credit: {e}")))
 }
 
 /// Decodes a credit message.
@@ -111,8 +119,7 @@ impl From<Reply> for Result<Event> {
 
 /// Encodes a reply.
 pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(reply)
-        .map_err(|e| HappenError::Codec(format!("cannot encode reply: {e}")))
+    encode(reply).map_err(|e| HappenError::Codec(format!("cannot encode reply: {e}")))
 }
 
 /// Decodes a reply encoded by [`encode_reply`].
@@ -123,18 +130,22 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply> {
 fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> std::result::Result<T, rmp_serde::decode::Error> {
-    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    // Reading from the slice itself hands strings straight to the decoder,
+    // without a copy into a scratch buffer first.
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
     let value = T::deserialize(&mut de)?;
-    let used = de.position();
-    let len = bytes.len() as u64;
-    if used != len {
-        return Err(rmp_serde::decode::Error::Syntax(format!(
-            "{} trailing bytes after the value",
-            len.saturating_sub(used)
-        )));
+    // Nothing may follow the value: a further read must hit the end.
+    match serde::de::IgnoredAny::deserialize(&mut de) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Ok(value)
+        }
+        _ => Err(rmp_serde::decode::Error::Syntax(
+            "trailing bytes after the value".into(),
+        )),
     }
-    Ok(value)
 }
 
 #[cfg(test)]
