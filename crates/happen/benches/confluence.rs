@@ -1,0 +1,144 @@
+//! Confluence and streaming costs, on the embedded runtime and over NATS, in
+//! one run on a current-thread tokio runtime:
+//!
+//! - **batch vs single sends**: the time to deliver 100 events and get the
+//!   answer, as 100 awaited `send`s versus one `send` of
+//!   `Event::batch` of the same 100 events (the handler sums the values
+//!   either way). Ratio = singles time / batch time (how many times faster
+//!   the batch is).
+//! - **streamed items/s**: a handler emits N items with `cx.emit`, the
+//!   requester consumes `Sent::stream()` to the end.
+//!
+//! ```text
+//! cargo bench -p happen --bench confluence
+//! ```
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use happen::prelude::*;
+use happen::testing::NatsServer;
+use happen::{HappenConfig, NatsConfig};
+
+const REPS: usize = 5;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn timed<F, Fut>(mut run: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    run().await; // warm-up
+    let mut samples = Vec::with_capacity(REPS);
+    for _ in 0..REPS {
+        let start = Instant::now();
+        run().await;
+        samples.push(start.elapsed());
+    }
+    median(samples)
+}
+
+fn events(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event::new("reading", json!({ "value": i as f64 })))
+        .collect()
+}
+
+async fn figures(happen: &Happen, stream_items: usize) -> (Duration, Duration, f64) {
+    let sender = happen.node("bench-sender").expect("node");
+    let sink = happen.node("bench-sink").expect("node");
+    sink.on("reading", |event: Event, _cx: Context| async move {
+        json!(
+            event
+                .events()
+                .iter()
+                .filter_map(|e| e.payload()["value"].as_f64())
+                .sum::<f64>()
+        )
+    })
+    .expect("handler");
+    sink.on("firehose", |event: Event, cx: Context| async move {
+        let n = event.payload()["n"].as_u64().unwrap_or(0);
+        for i in 0..n {
+            cx.emit(json!({ "i": i })).await?;
+        }
+        Ok::<_, HappenError>(json!("done"))
+    })
+    .expect("handler");
+    happen.flush().await.expect("flush");
+
+    let singles = timed(|| {
+        let (sender, sink) = (sender.clone(), sink.clone());
+        async move {
+            for event in events(100) {
+                sender.send(&sink, event).await.expect("single");
+            }
+        }
+    })
+    .await;
+    let batch = timed(|| {
+        let (sender, sink) = (sender.clone(), sink.clone());
+        async move {
+            sender
+                .send(&sink, Event::batch(events(100)).expect("batch"))
+                .await
+                .expect("batch");
+        }
+    })
+    .await;
+    let streamed = timed(|| {
+        let (sender, sink) = (sender.clone(), sink.clone());
+        async move {
+            let count = sender
+                .send(&sink, Event::new("firehose", json!({ "n": stream_items })))
+                .stream()
+                .count()
+                .await;
+            assert_eq!(count, stream_items + 1);
+        }
+    })
+    .await;
+    (singles, batch, stream_items as f64 / streamed.as_secs_f64())
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    let stream_items: usize = std::env::var("HAPPEN_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let server = NatsServer::start().expect("nats-server (run scripts/ensure-nats-server)");
+    let url = server.url();
+    rt.block_on(async move {
+        let embedded = Happen::embedded_with(HappenConfig::default());
+        let e = figures(&embedded, stream_items).await;
+        embedded.shutdown().await;
+        let nats = Happen::connect(NatsConfig::new(url)).await.expect("connect");
+        let n = figures(&nats, stream_items / 4).await;
+        nats.shutdown().await;
+
+        println!("median of {REPS} after a warm-up; current-thread runtime; {stream_items} streamed items embedded, {} over NATS\n", stream_items / 4);
+        println!("| runtime | 100 single sends | 1 batch of 100 | batch speed-up | streamed items/s |");
+        println!("|---|---|---|---|---|");
+        for (name, (singles, batch, items)) in [("embedded", e), ("NATS", n)] {
+            println!(
+                "| {name} | {} | {} | {:.1}x | {:.0} k/s |",
+                micros(singles),
+                micros(batch),
+                singles.as_secs_f64() / batch.as_secs_f64(),
+                items / 1e3
+            );
+        }
+    });
+}
