@@ -86,6 +86,16 @@ impl Sent {
         sent
     }
 
+    fn split(self) -> (Waiting, tokio::time::Instant, oneshot::Receiver<Outcome>) {
+        let deadline = self.deadline();
+        let waiting = Waiting {
+            request: self.request,
+            target: self.target,
+            timeout: self.timeout,
+        };
+        (waiting, deadline, self.rx)
+    }
+
     pub(crate) fn deadline(&self) -> tokio::time::Instant {
         self.sent_at + self.timeout
     }
@@ -105,18 +115,7 @@ impl Sent {
     /// Waits for the response as an event, with its own causal context
     /// (its `causationId` is the sent event's id).
     pub async fn response_event(self) -> Result<Event> {
-        let deadline = self.deadline();
-        let Sent {
-            request,
-            target,
-            timeout,
-            rx,
-            ..
-        } = self;
-        let no_response = || HappenError::NoResponse {
-            node: target.to_string(),
-            event_type: request.event_type().to_owned(),
-        };
+        let (waiting, deadline, rx) = self.split();
         let whole = async {
             match rx.await {
                 Ok(Outcome::Done(outcome)) => outcome,
@@ -125,16 +124,15 @@ impl Sent {
                     match stream.recv().await {
                         Some(StreamMsg::Item(_)) => {}
                         Some(StreamMsg::End(outcome)) => break outcome,
-                        None => break Err(no_response()),
+                        None => break Err(waiting.no_response()),
                     }
                 },
-                Err(_dropped) => Err(no_response()),
+                Err(_dropped) => Err(waiting.no_response()),
             }
         };
-        match tokio::time::timeout_at(deadline, whole).await {
-            Ok(outcome) => outcome,
-            Err(_elapsed) => Err(HappenError::timeout(&target, request.event_type(), timeout)),
-        }
+        tokio::time::timeout_at(deadline, whole)
+            .await
+            .unwrap_or_else(|_elapsed| Err(waiting.timed_out()))
     }
 
     /// The flow's emitted values, then its final value, as a stream (see
@@ -142,22 +140,12 @@ impl Sent {
     /// result) arrives; after that the stream runs as long as the producer
     /// does. Dropping the stream cancels the producer.
     pub fn stream(self) -> futures::stream::BoxStream<'static, Result<StreamItem>> {
-        let deadline = self.deadline();
-        let Sent {
-            request,
-            target,
-            timeout,
-            rx,
-            ..
-        } = self;
+        let (waiting, deadline, rx) = self.split();
         let first = async move {
             match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(outcome)) => Ok(outcome),
-                Ok(Err(_dropped)) => Err(HappenError::NoResponse {
-                    node: target.to_string(),
-                    event_type: request.event_type().to_owned(),
-                }),
-                Err(_elapsed) => Err(HappenError::timeout(&target, request.event_type(), timeout)),
+                Ok(Err(_dropped)) => Err(waiting.no_response()),
+                Err(_elapsed) => Err(waiting.timed_out()),
             }
         };
         use futures::StreamExt;
@@ -188,6 +176,26 @@ impl Sent {
         F: FnOnce(Result<Value>) + Send + 'static,
     {
         crate::causality::spawn(async move { callback(self.response().await) });
+    }
+}
+
+/// What a waiting requester needs to name its failures.
+struct Waiting {
+    request: Event,
+    target: Id,
+    timeout: Duration,
+}
+
+impl Waiting {
+    fn no_response(&self) -> HappenError {
+        HappenError::NoResponse {
+            node: self.target.to_string(),
+            event_type: self.request.event_type().to_owned(),
+        }
+    }
+
+    fn timed_out(&self) -> HappenError {
+        HappenError::timeout(&self.target, self.request.event_type(), self.timeout)
     }
 }
 

@@ -76,6 +76,60 @@ async fn jetstream_required_but_missing_is_a_clear_error() {
     happen.shutdown().await;
 }
 
+/// A nats-server started with extra arguments (an auth setting) on a free
+/// loopback port; killed on drop.
+struct AuthServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl AuthServer {
+    fn start(extra: &[&str]) -> AuthServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let port_arg = port.to_string();
+        let mut args = vec!["-a", "127.0.0.1", "-p", &port_arg];
+        args.extend_from_slice(extra);
+        let child = std::process::Command::new(NatsServer::binary())
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        AuthServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+
+    fn config(&self, auth: happen::nats::Auth) -> NatsConfig {
+        NatsConfig::new(self.url.clone())
+            .jetstream(false)
+            .connect_timeout(Duration::from_secs(2))
+            .auth(auth)
+    }
+
+    /// Connects with `auth`, retrying while the server starts.
+    async fn connect(&self, auth: happen::nats::Auth) -> Happen {
+        for _ in 0..50 {
+            if let Ok(happen) = Happen::connect(self.config(auth.clone())).await {
+                return happen;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not connect with the right credentials");
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test]
 async fn user_password_auth_is_used() {
     // A server that requires a user: the right password connects, a wrong
@@ -83,44 +137,12 @@ async fn user_password_auth_is_used() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("auth.conf");
     std::fs::write(&conf, "authorization { user: app, password: s3cret }\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(NatsServer::binary())
-        .args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-c",
-            conf.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("nats://127.0.0.1:{port}");
-    let auth = |password: &str| {
-        NatsConfig::new(url.clone())
-            .jetstream(false)
-            .connect_timeout(Duration::from_secs(2))
-            .auth(happen::nats::Auth::UserPassword {
-                user: "app".into(),
-                password: password.into(),
-            })
+    let server = AuthServer::start(&["-c", conf.to_str().unwrap()]);
+    let auth = |password: &str| happen::nats::Auth::UserPassword {
+        user: "app".into(),
+        password: password.into(),
     };
-    let mut connected = None;
-    for _ in 0..50 {
-        match Happen::connect(auth("s3cret")).await {
-            Ok(h) => {
-                connected = Some(h);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let happen = connected.expect("connects with the right password");
+    let happen = server.connect(auth("s3cret")).await;
     let node = happen.node("authed").unwrap();
     node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
         .unwrap();
@@ -131,54 +153,21 @@ async fn user_password_auth_is_used() {
         json!("pong")
     );
     happen.shutdown().await;
-    let err = Happen::connect(auth("wrong")).await.unwrap_err();
+    let err = Happen::connect(server.config(auth("wrong")))
+        .await
+        .unwrap_err();
     assert!(matches!(err, HappenError::Transport(_)), "{err:?}");
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test]
 async fn token_auth_is_used() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(NatsServer::binary())
-        .args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "--auth",
-            "tok-7f3a",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("nats://127.0.0.1:{port}");
-    let with_token = |token: &str| {
-        NatsConfig::new(url.clone())
-            .jetstream(false)
-            .connect_timeout(Duration::from_secs(2))
-            .auth(happen::nats::Auth::Token(token.into()))
-    };
-    let mut connected = None;
-    for _ in 0..50 {
-        if let Ok(h) = Happen::connect(with_token("tok-7f3a")).await {
-            connected = Some(h);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    connected
-        .expect("connects with the right token")
-        .shutdown()
-        .await;
-    let err = Happen::connect(with_token("wrong")).await.unwrap_err();
+    let server = AuthServer::start(&["--auth", "tok-7f3a"]);
+    let token = |t: &str| happen::nats::Auth::Token(t.into());
+    server.connect(token("tok-7f3a")).await.shutdown().await;
+    let err = Happen::connect(server.config(token("wrong")))
+        .await
+        .unwrap_err();
     assert!(matches!(err, HappenError::Transport(_)), "{err:?}");
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
