@@ -509,3 +509,82 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
     }
     happen.shutdown().await;
 }
+
+/// TLS: a server that requires it accepts a client trusting its certificate,
+/// and a client without that trust is refused with a clear error.
+#[tokio::test]
+async fn tls_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = dir.path().join("server.pem");
+    let key = dir.path().join("server-key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let server = AuthServer::start(&[
+        "--tls",
+        "--tlscert",
+        cert.to_str().unwrap(),
+        "--tlskey",
+        key.to_str().unwrap(),
+    ]);
+    let tls = |trust: Vec<std::path::PathBuf>| {
+        NatsConfig::new(server.url.clone())
+            .jetstream(false)
+            .connect_timeout(Duration::from_secs(2))
+            .tls(happen::nats::Tls {
+                required: true,
+                root_certificates: trust,
+                client_certificate: None,
+            })
+    };
+    let mut connected = None;
+    for _ in 0..50 {
+        if let Ok(h) = Happen::connect(tls(vec![cert.clone()])).await {
+            connected = Some(h);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let happen = connected.expect("connects over TLS when it trusts the server");
+    let node = happen.node("secure").unwrap();
+    node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
+        .unwrap();
+    assert_eq!(
+        node.send(&node, Event::new("ping", json!(null)))
+            .await
+            .unwrap(),
+        json!("pong")
+    );
+    happen.shutdown().await;
+    let err = Happen::connect(tls(Vec::new())).await.unwrap_err();
+    assert!(
+        matches!(err, HappenError::Transport(_)),
+        "an untrusted certificate is refused: {err:?}"
+    );
+}
+
+/// A credentials file that cannot be read is a clear configuration error
+/// before any connection is tried.
+#[tokio::test]
+async fn unreadable_credentials_file_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.creds");
+    let config =
+        NatsConfig::new("nats://127.0.0.1:4222").auth(happen::nats::Auth::CredentialsFile(missing));
+    let err = Happen::connect(config).await.unwrap_err();
+    assert!(
+        matches!(err, HappenError::Config(ref m) if m.contains("credentials file")),
+        "{err:?}"
+    );
+    let garbage = dir.path().join("garbage.creds");
+    std::fs::write(&garbage, "not a creds file").unwrap();
+    let config =
+        NatsConfig::new("nats://127.0.0.1:4222").auth(happen::nats::Auth::CredentialsFile(garbage));
+    let err = Happen::connect(config).await.unwrap_err();
+    assert!(
+        matches!(err, HappenError::Config(ref m) if m.contains("credentials file")),
+        "{err:?}"
+    );
+}
