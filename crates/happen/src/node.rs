@@ -15,8 +15,6 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use crate::causality;
 use crate::config::NodeLimits;
-#[allow(unused_imports)] // for intra-doc links
-use crate::confluence::NodeGroup;
 use crate::confluence::SentToAll;
 use crate::error::{HappenError, Result};
 use crate::event::{self, Event};
@@ -395,7 +393,7 @@ impl Node {
         }
     }
 
-    /// Sends `event` to every node of `targets` (a [`NodeGroup`], nodes or
+    /// Sends `event` to every node of `targets` (a [`NodeGroup`](crate::NodeGroup), nodes or
     /// ids). Each runs its own flow; await the handle for the results keyed
     /// by node id, each with its own outcome.
     pub fn send_to_all<T: Target>(
