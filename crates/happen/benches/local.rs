@@ -48,7 +48,6 @@
 //! medians; the spread (min..max) follows it. Targets apply to the
 //! current-thread runtime.
 
-use std::future::Future;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,6 +58,9 @@ use tokio::runtime::{Builder, Runtime};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Operations per repetition unless `HAPPEN_BENCH_N` says otherwise.
+mod support;
+use support::{env_usize, fmt_rate, run_on, selected};
+
 const DEFAULT_N: usize = 100_000;
 /// Fire-and-forget events sent before waiting for them to be handled.
 const DEFAULT_BATCH: usize = 1_000;
@@ -250,16 +252,6 @@ async fn fire_and_forget(n: usize, batch: usize) -> (Samples, Samples) {
     (happen_samples, raw_samples)
 }
 
-/// Runs `fut` as a spawned task of `rt` (on a worker thread of a multi-thread
-/// runtime) and returns its output.
-fn run_on<F>(rt: &Runtime, fut: F) -> F::Output
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    rt.block_on(async { tokio::spawn(fut).await.expect("benchmark task panicked") })
-}
-
 /// One row of the results table.
 struct Row {
     runtime: &'static str,
@@ -277,22 +269,6 @@ fn ns_per_op(d: Duration, n: usize) -> f64 {
 
 fn events_per_sec(d: Duration, n: usize) -> f64 {
     n as f64 / d.as_secs_f64()
-}
-
-fn fmt_rate(eps: f64) -> String {
-    if eps >= 1e6 {
-        format!("{:.2} M ev/s", eps / 1e6)
-    } else {
-        format!("{:.0} k ev/s", eps / 1e3)
-    }
-}
-
-/// Whether `HAPPEN_BENCH_ONLY` (a substring of "runtime / benchmark") selects
-/// this benchmark; everything is selected when it is unset.
-fn selected(runtime: &str, benchmark: &str) -> bool {
-    std::env::var("HAPPEN_BENCH_ONLY").map_or(true, |only| {
-        format!("{runtime} / {benchmark}").contains(only.as_str())
-    })
 }
 
 /// What to run: operations per repetition and the fire-and-forget batch.
@@ -377,15 +353,6 @@ fn fire_and_forget_row(
             fmt_rate(events_per_sec(r.min(), n)),
         ),
     }
-}
-
-/// A positive integer from the environment variable `name`, or `default`.
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
 }
 
 fn main() {

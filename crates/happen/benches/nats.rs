@@ -75,7 +75,6 @@
 //! (`taskset -c 0 cargo bench -p happen --bench nats`) removes the
 //! cross-CPU wake-ups and gives much steadier latencies.
 
-use std::future::Future;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,6 +89,9 @@ use tokio::runtime::{Builder, Runtime};
 use tokio::sync::Notify;
 
 /// Requests per repetition unless `HAPPEN_BENCH_N` says otherwise.
+mod support;
+use support::{env_usize, fmt_rate, run_on, selected};
+
 const DEFAULT_N: usize = 10_000;
 /// Requests of one side before the other side takes its turn.
 const REQUEST_CHUNK: usize = 500;
@@ -445,38 +447,12 @@ async fn broadcast(url: String, n: usize, batch: usize) -> Throughput {
     out
 }
 
-/// Runs `fut` as a spawned task of `rt` (on a worker thread of a multi-thread
-/// runtime) and returns its output.
-fn run_on<F>(rt: &Runtime, fut: F) -> F::Output
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    rt.block_on(async { tokio::spawn(fut).await.expect("benchmark task panicked") })
-}
-
-fn fmt_rate(eps: f64) -> String {
-    if eps >= 1e6 {
-        format!("{:.2} M ev/s", eps / 1e6)
-    } else {
-        format!("{:.0} k ev/s", eps / 1e3)
-    }
-}
-
 fn fmt_us(us: f64) -> String {
     format!("{us:.1} µs")
 }
 
 fn yes_no(ok: bool) -> &'static str {
     if ok { "yes" } else { "no" }
-}
-
-/// Whether `HAPPEN_BENCH_ONLY` (a substring of "runtime / benchmark") selects
-/// this benchmark; everything is selected when it is unset.
-fn selected(runtime: &str, benchmark: &str) -> bool {
-    std::env::var("HAPPEN_BENCH_ONLY").map_or(true, |only| {
-        format!("{runtime} / {benchmark}").contains(only.as_str())
-    })
 }
 
 /// What to run: requests and broadcasts per repetition, broadcast batch.
@@ -637,15 +613,6 @@ fn print_broadcast(rows: &[BroadcastRow]) {
             missing.join("; ")
         );
     }
-}
-
-/// A positive integer from the environment variable `name`, or `default`.
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
 }
 
 fn main() {
