@@ -588,3 +588,46 @@ async fn unreadable_credentials_file_is_a_config_error() {
         "{err:?}"
     );
 }
+
+/// Global state and views are shared by every runtime connected to the
+/// server (as separate processes would be), and a watch in one sees changes
+/// made by another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_state_and_views_span_runtimes() {
+    use futures::StreamExt;
+    let server = NatsServer::start().unwrap();
+    let a = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let b = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let writer = a.node("writer").unwrap();
+    let reader = b.node("reader").unwrap();
+    let mut watch = reader.global().watch("dataset:big").await.unwrap();
+
+    writer
+        .global()
+        .set("dataset:big", json!({ "rows": [1, 2, 3] }))
+        .await
+        .unwrap();
+    writer
+        .state()
+        .set(|_| json!({ "owner": "a" }))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        reader.global().get("dataset:big").await.unwrap(),
+        Some(json!({ "rows": [1, 2, 3] }))
+    );
+    assert_eq!(
+        reader.view("writer").get().await.unwrap(),
+        Some(json!({ "owner": "a" }))
+    );
+    let change = within("watched change", 10, watch.next()).await.unwrap();
+    assert_eq!(change.key, "dataset:big");
+    assert_eq!(change.value, Some(json!({ "rows": [1, 2, 3] })));
+    a.shutdown().await;
+    b.shutdown().await;
+}
