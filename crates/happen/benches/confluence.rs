@@ -20,12 +20,10 @@ use happen::prelude::*;
 use happen::testing::NatsServer;
 use happen::{HappenConfig, NatsConfig};
 
-const REPS: usize = 5;
+mod support;
+use support::{current_thread_runtime, env_usize, median};
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+const REPS: usize = 5;
 
 async fn timed<F, Fut>(mut run: F) -> Duration
 where
@@ -110,14 +108,8 @@ fn micros(d: Duration) -> String {
 }
 
 fn main() {
-    let stream_items: usize = std::env::var("HAPPEN_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let stream_items: usize = env_usize("HAPPEN_BENCH_N", 20_000);
+    let rt = current_thread_runtime();
     let server = NatsServer::start().expect("nats-server (run scripts/ensure-nats-server)");
     let url = server.url();
     rt.block_on(async move {

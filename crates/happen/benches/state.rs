@@ -19,12 +19,10 @@ use happen::prelude::*;
 use happen::testing::NatsServer;
 use happen::{HappenConfig, NatsConfig};
 
-const REPS: usize = 5;
+mod support;
+use support::{current_thread_runtime, env_usize, median};
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+const REPS: usize = 5;
 
 fn ops_per_sec(d: Duration, n: usize) -> f64 {
     n as f64 / d.as_secs_f64()
@@ -128,14 +126,8 @@ fn rate(ops: f64) -> String {
 }
 
 fn main() {
-    let n: usize = std::env::var("HAPPEN_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let n: usize = env_usize("HAPPEN_BENCH_N", 2_000);
+    let rt = current_thread_runtime();
     let server = NatsServer::start().expect("nats-server (run scripts/ensure-nats-server)");
     let url = server.url();
     rt.block_on(async move {

@@ -113,14 +113,32 @@ impl AuthServer {
 
     /// Connects with `auth`, retrying while the server starts.
     async fn connect(&self, auth: happen::nats::Auth) -> Happen {
-        for _ in 0..50 {
-            if let Ok(happen) = Happen::connect(self.config(auth.clone())).await {
-                return happen;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("could not connect with the right credentials");
+        connect_retrying(|| self.config(auth.clone())).await
     }
+}
+
+/// Connects with `config()`, retrying while a just-started server comes up.
+async fn connect_retrying(config: impl Fn() -> NatsConfig) -> Happen {
+    for _ in 0..50 {
+        if let Ok(happen) = Happen::connect(config()).await {
+            return happen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not connect with the right credentials");
+}
+
+/// A node of `happen` answers a request sent through the server.
+async fn serves(happen: &Happen, id: &str) {
+    let node = happen.node(id).unwrap();
+    node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
+        .unwrap();
+    assert_eq!(
+        node.send(&node, Event::new("ping", json!(null)))
+            .await
+            .unwrap(),
+        json!("pong")
+    );
 }
 
 impl Drop for AuthServer {
@@ -143,15 +161,7 @@ async fn user_password_auth_is_used() {
         password: password.into(),
     };
     let happen = server.connect(auth("s3cret")).await;
-    let node = happen.node("authed").unwrap();
-    node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
-        .unwrap();
-    assert_eq!(
-        node.send(&node, Event::new("ping", json!(null)))
-            .await
-            .unwrap(),
-        json!("pong")
-    );
+    serves(&happen, "authed").await;
     happen.shutdown().await;
     let err = Happen::connect(server.config(auth("wrong")))
         .await
@@ -539,24 +549,8 @@ async fn tls_is_used() {
                 client_certificate: None,
             })
     };
-    let mut connected = None;
-    for _ in 0..50 {
-        if let Ok(h) = Happen::connect(tls(vec![cert.clone()])).await {
-            connected = Some(h);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let happen = connected.expect("connects over TLS when it trusts the server");
-    let node = happen.node("secure").unwrap();
-    node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
-        .unwrap();
-    assert_eq!(
-        node.send(&node, Event::new("ping", json!(null)))
-            .await
-            .unwrap(),
-        json!("pong")
-    );
+    let happen = connect_retrying(|| tls(vec![cert.clone()])).await;
+    serves(&happen, "secure").await;
     happen.shutdown().await;
     let err = Happen::connect(tls(Vec::new())).await.unwrap_err();
     assert!(

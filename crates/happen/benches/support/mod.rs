@@ -41,3 +41,17 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .filter(|&v| v > 0)
         .unwrap_or(default)
 }
+
+/// The median of some timings.
+pub fn median(mut samples: Vec<std::time::Duration>) -> std::time::Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// A current-thread tokio runtime with timers and I/O.
+pub fn current_thread_runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
