@@ -1,0 +1,230 @@
+//! Communication: broadcast, send and responses, timeouts, and the errors for a missing
+//! handler or node.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use happen::prelude::*;
+use tokio::sync::mpsc;
+
+use super::{Backend, assert_quiet, ev, never_answers, recorder, recv, start};
+
+pub async fn broadcast_reaches_every_matching_node_including_sender(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let weather = h.node("weather").unwrap();
+    let mut listeners = vec![weather.clone()];
+    for id in ["emergency", "news", "traffic"] {
+        listeners.push(h.node(id).unwrap());
+    }
+    for node in &listeners {
+        let tx = tx.clone();
+        let me = node.id().to_owned();
+        node.on("severe-weather", move |event: Event, _cx: Context| {
+            let tx = tx.clone();
+            let me = me.clone();
+            async move {
+                tx.send(ev(&format!("got.{me}"), event.payload().clone()))
+                    .unwrap();
+            }
+        })
+        .unwrap();
+    }
+    let deaf = h.node("deaf").unwrap();
+    deaf.on("other", recorder(tx.clone(), json!(null))).unwrap();
+
+    weather
+        .broadcast(ev("severe-weather", json!({ "region": "Gulf Coast" })))
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let e = recv(&mut rx).await;
+        assert_eq!(e.payload()["region"], "Gulf Coast");
+        got.push(e.event_type().to_owned());
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["got.emergency", "got.news", "got.traffic", "got.weather"]
+    );
+    assert_quiet(&mut rx, "the non-matching node and nobody twice").await;
+}
+
+pub async fn send_dispatches_without_awaiting(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("ff-a").unwrap();
+    let b = h.node("ff-b").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    b.on("send-email", recorder(tx, json!(null))).unwrap();
+    for i in 0..10 {
+        // The handle is dropped at once: fire-and-forget.
+        drop(a.send(&b, ev("send-email", json!({ "n": i }))));
+    }
+    let mut seen: Vec<i64> = Vec::new();
+    for _ in 0..10 {
+        seen.push(recv(&mut rx).await.payload()["n"].as_i64().unwrap());
+    }
+    seen.sort();
+    assert_eq!(seen, (0..10).collect::<Vec<_>>());
+}
+
+pub async fn response_callback_receives_result(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("cb-a").unwrap();
+    let b = h.node("cb-b").unwrap();
+    b.on("check-inventory", |event: Event, _cx: Context| async move {
+        json!({ "available": event.payload()["quantity"].as_u64() < Some(10) })
+    })
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for q in [5, 50] {
+        let tx = tx.clone();
+        a.send(&b, ev("check-inventory", json!({ "quantity": q })))
+            .on_response(move |reply| tx.send((q, reply)).unwrap());
+    }
+    let mut got = [rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+    got.sort_by_key(|(q, _)| *q);
+    assert_eq!(got[0].1.as_ref().unwrap()["available"], true);
+    assert_eq!(got[1].1.as_ref().unwrap()["available"], false);
+}
+
+pub async fn per_call_timeout(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("to-a").unwrap();
+    let b = h.node("to-b").unwrap();
+    let _release = never_answers(&b, "hang");
+    let err = a
+        .send(&b, ev("hang", json!(null)))
+        .timeout(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    match err {
+        HappenError::Timeout {
+            node,
+            event_type,
+            after_ms,
+        } => {
+            assert_eq!(
+                (node.as_str(), event_type.as_str(), after_ms),
+                ("to-b", "hang", 100)
+            );
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+}
+
+pub async fn per_node_default_timeout(backend: &dyn Backend) {
+    let h = backend
+        .start(HappenConfig::default().request_timeout(Duration::from_millis(150)))
+        .await;
+    assert_eq!(
+        h.node("probe").unwrap().limits().timeout,
+        Duration::from_millis(150)
+    );
+    let a = h
+        .node_with(
+            "tn-a",
+            NodeConfig::new().timeout(Duration::from_millis(120)),
+        )
+        .unwrap();
+    let b = h.node("tn-b").unwrap();
+    let _release = never_answers(&b, "hang");
+    assert_eq!(a.limits().timeout, Duration::from_millis(120));
+    let err = a.send(&b, ev("hang", json!(null))).await.unwrap_err();
+    assert!(
+        matches!(err, HappenError::Timeout { after_ms: 120, .. }),
+        "{err:?}"
+    );
+    assert_eq!(happen::config::DEFAULT_TIMEOUT, Duration::from_secs(5));
+}
+
+pub async fn no_handler_is_reported_at_once(backend: &dyn Backend) {
+    let h = start(backend).await;
+    // A timeout far longer than the test's own limit: only an immediate
+    // NoHandler lets this test pass.
+    let a = h
+        .node_with("nh-a", NodeConfig::new().timeout(Duration::from_secs(3600)))
+        .unwrap();
+    let b = h.node("nh-b").unwrap();
+    b.on("known", |_e: Event, _cx: Context| async {}).unwrap();
+    let err = a.send(&b, ev("unknown", json!(null))).await.unwrap_err();
+    assert_eq!(
+        err,
+        HappenError::NoHandler {
+            node: "nh-b".into(),
+            event_type: "unknown".into()
+        }
+    );
+    let lonely = h.node("nh-empty").unwrap();
+    let err = a.send(&lonely, ev("known", json!(null))).await.unwrap_err();
+    assert!(matches!(err, HappenError::NoHandler { .. }), "{err:?}");
+}
+
+pub async fn unknown_node_is_reported_at_once(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h
+        .node_with("un-a", NodeConfig::new().timeout(Duration::from_secs(3600)))
+        .unwrap();
+    let err = a
+        .send("nobody-here", ev("x", json!(null)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        HappenError::UnknownNode {
+            node: "nobody-here".into()
+        }
+    );
+}
+
+pub async fn removed_handler_no_longer_runs(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let n = h.node("offable").unwrap();
+    let id = n
+        .on("x", |_e: Event, _cx: Context| async { json!(1) })
+        .unwrap();
+    assert_eq!(n.send(&n, ev("x", json!(null))).await.unwrap(), json!(1));
+    assert!(n.off(id));
+    assert!(!n.off(id));
+    let err = n.send(&n, ev("x", json!(null))).await.unwrap_err();
+    assert!(matches!(err, HappenError::NoHandler { .. }), "{err:?}");
+}
+
+pub async fn several_handlers_each_run_and_first_registered_answers(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("multi-a").unwrap();
+    let b = h.node("multi-b").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let runs = Arc::new(AtomicUsize::new(0));
+    for (pattern, answer) in [
+        ("order.*", "first"),
+        ("order.created", "second"),
+        (">", "third"),
+    ] {
+        let runs = runs.clone();
+        let tx = tx.clone();
+        b.on(pattern, move |_e: Event, cx: Context| {
+            let runs = runs.clone();
+            let tx = tx.clone();
+            async move {
+                // Each flow has its own context.
+                assert_eq!(cx.get("mine"), None);
+                cx.set("mine", answer);
+                runs.fetch_add(1, Ordering::SeqCst);
+                tx.send(ev(&format!("ran.{answer}"), json!(null))).unwrap();
+                json!(answer)
+            }
+        })
+        .unwrap();
+    }
+    let reply = a.send(&b, ev("order.created", json!(null))).await.unwrap();
+    assert_eq!(reply, json!("first"));
+    let mut ran = Vec::new();
+    for _ in 0..3 {
+        ran.push(recv(&mut rx).await.event_type().to_owned());
+    }
+    ran.sort();
+    assert_eq!(ran, vec!["ran.first", "ran.second", "ran.third"]);
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}

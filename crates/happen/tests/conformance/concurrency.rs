@@ -1,0 +1,169 @@
+//! Concurrency: flows run side by side within a node's limits, a full queue is reported to the
+//! sender, and shutdown drains the flows in flight.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use happen::prelude::*;
+use tokio::sync::Notify;
+
+use super::{Backend, ev, never_answers, start};
+
+pub async fn slow_flow_does_not_block_others(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("slow-a").unwrap();
+    let b = h.node("slow-b").unwrap();
+    let release = never_answers(&b, "slow");
+    b.on("fast", |_e: Event, _cx: Context| async { json!("fast") })
+        .unwrap();
+    let slow = a.send(&b, ev("slow", json!(null)));
+    // The slow flow is still waiting; the fast one completes meanwhile.
+    assert_eq!(
+        a.send(&b, ev("fast", json!(null))).await.unwrap(),
+        json!("fast")
+    );
+    release.notify_one();
+    assert_eq!(slow.await.unwrap(), Value::Null);
+}
+
+pub async fn max_concurrent_bounds_running_flows(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("mc-a").unwrap();
+    let b = h
+        .node_with("mc-b", NodeConfig::new().max_concurrent(2))
+        .unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    b.on("work", move |_e: Event, _cx: Context| {
+        let (r, p) = (r.clone(), p.clone());
+        async move {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            r.fetch_sub(1, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    let sends: Vec<_> = (0..8)
+        .map(|_| a.send(&b, ev("work", json!(null))))
+        .collect();
+    for s in sends {
+        s.await.unwrap();
+    }
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "at most 2 flows at once, and 2 did overlap"
+    );
+}
+
+pub async fn full_queue_is_reported_to_sender(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("qf-a").unwrap();
+    let b = h
+        .node_with("qf-b", NodeConfig::new().max_concurrent(1).queue_limit(2))
+        .unwrap();
+    let release = Arc::new(Notify::new());
+    let started = Arc::new(Notify::new());
+    let (rel, st) = (release.clone(), started.clone());
+    b.on("job", move |_e: Event, _cx: Context| {
+        let (rel, st) = (rel.clone(), st.clone());
+        async move {
+            st.notify_one();
+            rel.notified().await;
+            json!("done")
+        }
+    })
+    .unwrap();
+    let running = a.send(&b, ev("job", json!(1)));
+    started.notified().await; // the only slot is taken
+    let queued: Vec<_> = (0..2).map(|i| a.send(&b, ev("job", json!(i)))).collect();
+    let err = a.send(&b, ev("job", json!("extra"))).await.unwrap_err();
+    assert_eq!(
+        err,
+        HappenError::QueueFull {
+            node: "qf-b".into(),
+            active: 1,
+            queue_limit: 2
+        }
+    );
+    // Everything accepted completes.
+    for _ in 0..2 {
+        release.notify_one(); // the running job ends; the next queued one starts
+        started.notified().await;
+    }
+    release.notify_one();
+    assert_eq!(running.await.unwrap(), json!("done"));
+    for q in queued {
+        assert_eq!(q.await.unwrap(), json!("done"));
+    }
+}
+
+pub async fn node_id_patterns_override_limits(backend: &dyn Backend) {
+    let config = HappenConfig::default()
+        .default_limits(100, 10_000)
+        .for_nodes(
+            "api-*",
+            NodeConfig::new().max_concurrent(200).queue_limit(20_000),
+        )
+        .for_nodes("worker-*", NodeConfig::new().max_concurrent(50));
+    let h = backend.start(config).await;
+    let api = h.node("api-gateway").unwrap().limits();
+    let worker = h.node("worker-7").unwrap().limits();
+    let plain = h.node("billing").unwrap().limits();
+    let own = h
+        .node_with("api-special", NodeConfig::new().max_concurrent(3))
+        .unwrap()
+        .limits();
+    assert_eq!((api.max_concurrent, api.queue_limit), (200, 20_000));
+    assert_eq!((worker.max_concurrent, worker.queue_limit), (50, 10_000));
+    assert_eq!((plain.max_concurrent, plain.queue_limit), (100, 10_000));
+    assert_eq!((own.max_concurrent, own.queue_limit), (3, 20_000));
+}
+
+pub async fn shutdown_drains_in_flight_flows(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("sd-a").unwrap();
+    let b = h
+        .node_with("sd-b", NodeConfig::new().max_concurrent(2))
+        .unwrap();
+    let c = h.node("sd-c").unwrap();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let f = finished.clone();
+    c.on("inner", |_e: Event, _cx: Context| async {
+        json!("inner-ok")
+    })
+    .unwrap();
+    b.on("work", move |_e: Event, cx: Context| {
+        let f = f.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Work caused by an in-flight flow is still accepted while draining.
+            let inner = cx.node().send("sd-c", ev("inner", json!(null))).await?;
+            f.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, HappenError>(inner)
+        }
+    })
+    .unwrap();
+    let sends: Vec<_> = (0..5)
+        .map(|_| a.send(&b, ev("work", json!(null))))
+        .collect();
+    h.shutdown().await;
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        5,
+        "running and queued flows completed"
+    );
+    for s in sends {
+        assert_eq!(s.await.unwrap(), json!("inner-ok"));
+    }
+    let err = a.send(&c, ev("inner", json!(null))).await.unwrap_err();
+    assert_eq!(err, HappenError::Shutdown);
+    assert_eq!(
+        a.broadcast(ev("inner", json!(null))).unwrap_err(),
+        HappenError::Shutdown
+    );
+    assert!(matches!(h.node("late").unwrap_err(), HappenError::Shutdown));
+}

@@ -1,0 +1,184 @@
+//! Patterns: which handlers an event type selects (string, function and combinator patterns),
+//! and the validation of patterns, event types and node ids.
+
+use std::time::Duration;
+
+use happen::HandlerId;
+use happen::prelude::*;
+use tokio::sync::mpsc;
+
+use super::{Backend, ev, start};
+
+/// Registers `pattern` on `node` with a handler that reports `label` and the type.
+fn label_handler(
+    node: &Node,
+    pattern: impl happen::IntoPattern,
+    label: &'static str,
+    tx: &mpsc::UnboundedSender<(String, String)>,
+) -> HandlerId {
+    let tx = tx.clone();
+    node.on(pattern, move |event: Event, _cx: Context| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((label.to_owned(), event.event_type().to_owned()));
+        }
+    })
+    .unwrap()
+}
+
+async fn matched_by(
+    sender: &Node,
+    rx: &mut mpsc::UnboundedReceiver<(String, String)>,
+    types: &[&str],
+) -> Vec<(String, String)> {
+    for t in types {
+        sender.broadcast(ev(t, json!(null))).unwrap();
+    }
+    // A terminator that every node handles: everything before it has been
+    // dispatched by the time it arrives (one receiver, flows may interleave,
+    // so wait for quiet as well).
+    let mut got = Vec::new();
+    while let Ok(Some(x)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        got.push(x);
+    }
+    got.sort();
+    got
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<_> = expected
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+pub async fn string_patterns_select_handlers(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let n = h.node("patterns").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    label_handler(&n, "order.submitted", "exact", &tx);
+    label_handler(&n, "order.*", "star", &tx);
+    label_handler(&n, "{order,payment}.created", "alt", &tx);
+    label_handler(&n, "user.profile.*", "multi", &tx);
+    label_handler(&n, "audit.>", "tail", &tx);
+    let got = matched_by(
+        &n,
+        &mut rx,
+        &[
+            "order.submitted",
+            "order.created",
+            "order.item.added",
+            "payment.created",
+            "refund.created",
+            "user.profile.updated",
+            "user.profile",
+            "audit.a",
+            "audit.a.b.c",
+            "audit",
+        ],
+    )
+    .await;
+    assert_eq!(
+        got,
+        pairs(&[
+            ("exact", "order.submitted"),
+            ("star", "order.submitted"),
+            ("star", "order.created"),
+            ("alt", "order.created"),
+            ("alt", "payment.created"),
+            ("multi", "user.profile.updated"),
+            ("tail", "audit.a"),
+            ("tail", "audit.a.b.c"),
+        ])
+    );
+}
+
+pub async fn function_and_combinator_patterns_select_handlers(backend: &dyn Backend) {
+    use happen::pattern::{domain, exact, not, one_of, wildcard};
+    let h = start(backend).await;
+    let n = h.node("combinators").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    label_handler(&n, |t: &str| t.ends_with(".failed"), "fn", &tx);
+    label_handler(
+        &n,
+        domain("user").and(not(exact("user.password-changed"))),
+        "user",
+        &tx,
+    );
+    label_handler(
+        &n,
+        one_of([exact("order.submitted"), wildcard("shipping.*")]),
+        "one_of",
+        &tx,
+    );
+    let got = matched_by(
+        &n,
+        &mut rx,
+        &[
+            "payment.failed",
+            "user.created",
+            "user.password-changed",
+            "order.submitted",
+            "shipping.sent",
+            "shipping.sent.late",
+        ],
+    )
+    .await;
+    assert_eq!(
+        got,
+        pairs(&[
+            ("fn", "payment.failed"),
+            ("user", "user.created"),
+            ("one_of", "order.submitted"),
+            ("one_of", "shipping.sent"),
+        ])
+    );
+}
+
+pub async fn invalid_pattern_is_an_error_at_registration(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let n = h.node("bad-patterns").unwrap();
+    for bad in ["", "order.", "a..b", "order.{a,", "ord*", "a.>.b", "a b"] {
+        let err = n
+            .on(bad, |_e: Event, _cx: Context| async {})
+            .expect_err(&format!("pattern {bad:?} must be rejected"));
+        assert!(
+            matches!(err, HappenError::InvalidPattern(_)),
+            "{bad:?}: {err}"
+        );
+        assert!(err.to_string().contains("invalid pattern"), "{err}");
+    }
+    let err = n
+        .on(
+            happen::pattern::wildcard("x.{"),
+            |_e: Event, _cx: Context| async {},
+        )
+        .unwrap_err();
+    assert!(matches!(err, HappenError::InvalidPattern(_)));
+}
+
+pub async fn invalid_event_type_is_rejected(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let n = h.node("bad-types").unwrap();
+    n.on(|_: &str| true, |_e: Event, _cx: Context| async {})
+        .unwrap();
+    for bad in ["", "a b", "order.*", "a..b", "x>"] {
+        let err = n.broadcast(ev(bad, json!(null))).unwrap_err();
+        assert!(matches!(err, HappenError::InvalidName(_)), "{bad:?}: {err}");
+        let err = n.send(&n, ev(bad, json!(null))).await.unwrap_err();
+        assert!(matches!(err, HappenError::InvalidName(_)), "{bad:?}: {err}");
+    }
+}
+
+pub async fn invalid_and_duplicate_node_ids_are_rejected(backend: &dyn Backend) {
+    let h = start(backend).await;
+    for bad in ["", "a.b", "a b", "a*", "x>"] {
+        let err = h.node(bad).unwrap_err();
+        assert!(matches!(err, HappenError::InvalidName(_)), "{bad:?}: {err}");
+    }
+    h.node("unique").unwrap();
+    let err = h.node("unique").unwrap_err();
+    assert!(matches!(err, HappenError::DuplicateNode { .. }), "{err}");
+}

@@ -1,0 +1,145 @@
+//! Robustness: misbehaving user code and misuse (panicking Display or matchers, bad ids, a
+//! dropped runtime, calls from outside tokio) are contained and reported.
+
+use std::time::Duration;
+
+use happen::prelude::*;
+
+use super::{Backend, ev, never_answers, start};
+
+pub async fn error_whose_display_panics_is_reported_and_node_keeps_serving(backend: &dyn Backend) {
+    #[derive(Debug)]
+    struct Nasty;
+    impl std::fmt::Display for Nasty {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            panic!("Display of Nasty panicked")
+        }
+    }
+    impl std::error::Error for Nasty {}
+
+    let h = start(backend).await;
+    let a = h.node("nasty-a").unwrap();
+    let b = h
+        .node_with("nasty-b", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    b.on("nasty", |_e: Event, _cx: Context| async {
+        Err::<Value, _>(Nasty)
+    })
+    .unwrap();
+    b.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
+        .unwrap();
+    for _ in 0..3 {
+        let err = a.send(&b, ev("nasty", json!(null))).await.unwrap_err();
+        assert!(
+            matches!(err, HappenError::HandlerPanicked { .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            a.send(&b, ev("ping", json!(null))).await.unwrap(),
+            json!("pong")
+        );
+    }
+}
+
+pub async fn panicking_matcher_counts_as_no_match(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("pm-a").unwrap();
+    let b = h.node("pm-b").unwrap();
+    b.on(
+        |_: &str| -> bool { panic!("matcher bug") },
+        |_e: Event, _cx: Context| async { json!("never") },
+    )
+    .unwrap();
+    b.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            a.send(&b, ev("ping", json!(null))).await.unwrap(),
+            json!("pong")
+        );
+        let err = a.send(&b, ev("other", json!(null))).await.unwrap_err();
+        assert!(matches!(err, HappenError::NoHandler { .. }), "{err:?}");
+    }
+}
+
+pub async fn invalid_target_id_is_rejected(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("it-a").unwrap();
+    for bad in ["a b", "a.b", "", "x*"] {
+        let err = a.send(bad, ev("x", json!(null))).await.unwrap_err();
+        assert!(
+            matches!(err, HappenError::InvalidName(_)),
+            "{bad:?}: {err:?}"
+        );
+    }
+}
+
+pub async fn handler_ids_belong_to_their_node(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("hid-a").unwrap();
+    let b = h.node("hid-b").unwrap();
+    a.on("x", |_e: Event, _cx: Context| async { json!("a") })
+        .unwrap();
+    let b_id = b
+        .on("x", |_e: Event, _cx: Context| async { json!("b") })
+        .unwrap();
+    assert!(!a.off(b_id), "an id from another node removes nothing");
+    assert_eq!(a.send(&a, ev("x", json!(null))).await.unwrap(), json!("a"));
+    assert!(b.off(b_id));
+}
+
+pub async fn timeout_counts_from_send(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("tfs-a").unwrap();
+    let b = h.node("tfs-b").unwrap();
+    let _release = never_answers(&b, "hang");
+    let sent = a
+        .send(&b, ev("hang", json!(null)))
+        .timeout(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The 2 s have passed since the send: the answer is Timeout at once,
+    // not 2 s after this await.
+    let err = tokio::time::timeout(Duration::from_secs(1), sent)
+        .await
+        .expect("the timeout counts from the send, not from the await")
+        .unwrap_err();
+    assert!(matches!(err, HappenError::Timeout { .. }), "{err:?}");
+}
+
+pub async fn dropping_the_runtime_stops_its_nodes(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("drop-a").unwrap();
+    a.on("x", |_e: Event, _cx: Context| async { json!(1) })
+        .unwrap();
+    assert_eq!(a.send(&a, ev("x", json!(null))).await.unwrap(), json!(1));
+    assert!(a.happen().is_some());
+    drop(h);
+    assert!(a.happen().is_none(), "the last Happen handle is gone");
+    assert_eq!(
+        a.send(&a, ev("x", json!(null))).await.unwrap_err(),
+        HappenError::Shutdown
+    );
+    assert_eq!(
+        a.broadcast(ev("x", json!(null))).unwrap_err(),
+        HappenError::Shutdown
+    );
+    let err = a.on("y", |_e: Event, _cx: Context| async {}).unwrap_err();
+    assert_eq!(err, HappenError::Shutdown);
+}
+
+pub async fn send_from_a_thread_outside_tokio(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("thread-a").unwrap();
+    let b = h.node("thread-b").unwrap();
+    b.on("from-thread", |e: Event, _cx: Context| async move {
+        e.payload().clone()
+    })
+    .unwrap();
+    h.flush().await.unwrap();
+    // A plain OS thread: no tokio context. The flow still runs on the
+    // runtime the system was made in.
+    let sent = std::thread::spawn(move || a.send(&b, ev("from-thread", json!(7))))
+        .join()
+        .unwrap();
+    assert_eq!(sent.await.unwrap(), json!(7));
+}

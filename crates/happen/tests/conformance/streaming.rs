@@ -1,0 +1,259 @@
+//! Streaming: a flow's items arrive in order before its final value, with back-pressure and
+//! cancellation, from any step and by broadcast.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use happen::prelude::*;
+use tokio::sync::mpsc;
+
+use super::{Backend, ev, recorder, recv, start};
+
+async fn collect_stream(sent: happen::Sent) -> Vec<Result<happen::StreamItem, HappenError>> {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(20), sent.stream().collect::<Vec<_>>())
+        .await
+        .expect("the stream ends")
+}
+
+pub async fn stream_delivers_items_then_final_in_order(backend: &dyn Backend) {
+    use happen::StreamItem::{Done, Item};
+    let h = start(backend).await;
+    let client = h.node("sm-client").unwrap();
+    let processor = h.node("sm-processor").unwrap();
+    processor
+        .on(
+            "process-large-dataset",
+            |event: Event, cx: Context| async move {
+                let data: Vec<i64> = event.payload()["dataset"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(Value::as_i64)
+                    .collect();
+                for (i, chunk) in data.chunks(10).enumerate() {
+                    cx.emit(json!({ "chunk": i, "sum": chunk.iter().sum::<i64>() }))
+                        .await?;
+                }
+                Ok::<_, HappenError>(json!({ "status": "complete" }))
+            },
+        )
+        .unwrap();
+    let dataset: Vec<i64> = (0..95).collect();
+    let got = collect_stream(client.send(
+        &processor,
+        ev("process-large-dataset", json!({ "dataset": dataset })),
+    ))
+    .await;
+    assert_eq!(got.len(), 11);
+    for (i, item) in got[..10].iter().enumerate() {
+        let expected: i64 = (i as i64 * 10..(i as i64 * 10 + 10).min(95)).sum();
+        assert_eq!(
+            item.as_ref().unwrap(),
+            &Item(json!({ "chunk": i, "sum": expected }))
+        );
+    }
+    assert_eq!(
+        got[10].as_ref().unwrap(),
+        &Done(json!({ "status": "complete" }))
+    );
+    // A handler that never emits is a one-element stream.
+    processor
+        .on("plain", |_e: Event, _cx: Context| async { json!(1) })
+        .unwrap();
+    let plain = collect_stream(client.send(&processor, ev("plain", json!(null)))).await;
+    assert_eq!(plain.len(), 1);
+    assert_eq!(plain[0].as_ref().unwrap(), &Done(json!(1)));
+}
+
+pub async fn stream_error_after_items_arrives_in_order(backend: &dyn Backend) {
+    use happen::StreamItem::Item;
+    let h = start(backend).await;
+    let client = h.node("se-client").unwrap();
+    let producer = h.node("se-producer").unwrap();
+    producer
+        .on("fragile", |_e: Event, cx: Context| async move {
+            cx.emit(json!(1)).await?;
+            cx.emit(json!(2)).await?;
+            Err::<Value, HappenError>(HappenError::Config("disk failed".into()))
+        })
+        .unwrap();
+    let got = collect_stream(client.send(&producer, ev("fragile", json!(null)))).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].as_ref().unwrap(), &Item(json!(1)));
+    assert_eq!(got[1].as_ref().unwrap(), &Item(json!(2)));
+    assert!(
+        matches!(&got[2], Err(HappenError::HandlerFailed { cause, .. }) if cause.contains("disk failed")),
+        "{:?}",
+        got[2]
+    );
+}
+
+pub async fn slow_consumer_bounds_the_producer(backend: &dyn Backend) {
+    use futures::StreamExt;
+    let h = start(backend).await;
+    let client = h.node("bp-client").unwrap();
+    let producer = h.node("bp-producer").unwrap();
+    let emitted = Arc::new(AtomicUsize::new(0));
+    let e = emitted.clone();
+    producer
+        .on("firehose", move |_e: Event, cx: Context| {
+            let e = e.clone();
+            async move {
+                for i in 0..200 {
+                    cx.emit(json!(i)).await?;
+                    e.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok::<_, HappenError>(json!("done"))
+            }
+        })
+        .unwrap();
+    let mut stream = client.send(&producer, ev("firehose", json!(null))).stream();
+    let mut consumed = 0;
+    for _ in 0..5 {
+        stream.next().await.unwrap().unwrap();
+        consumed += 1;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let ahead = emitted.load(Ordering::SeqCst).saturating_sub(consumed);
+        assert!(
+            ahead <= happen::stream::STREAM_WINDOW + 1,
+            "the producer ran {ahead} items ahead of a slow consumer"
+        );
+    }
+    // Draining the rest lets it finish.
+    let rest: Vec<_> = stream.collect().await;
+    assert_eq!(rest.len(), 200 - 5 + 1);
+    assert_eq!(emitted.load(Ordering::SeqCst), 200);
+}
+
+pub async fn dropping_the_stream_cancels_the_producer(backend: &dyn Backend) {
+    use futures::StreamExt;
+    let h = start(backend).await;
+    let client = h.node("cn-client").unwrap();
+    let producer = h.node("cn-producer").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<HappenError>();
+    producer
+        .on("metrics", move |_e: Event, cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let mut i = 0u64;
+                loop {
+                    if let Err(e) = cx.emit(json!(i)).await {
+                        tx.send(e.clone()).unwrap();
+                        return Err(e);
+                    }
+                    i += 1;
+                }
+                #[allow(unreachable_code)]
+                Ok::<Value, HappenError>(Value::Null)
+            }
+        })
+        .unwrap();
+    let mut stream = client.send(&producer, ev("metrics", json!(null))).stream();
+    for expected in 0..3 {
+        assert_eq!(
+            stream.next().await.unwrap().unwrap(),
+            happen::StreamItem::Item(json!(expected))
+        );
+    }
+    drop(stream);
+    let why = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the producer stops")
+        .unwrap();
+    assert_eq!(why, HappenError::Cancelled);
+}
+
+pub async fn continuation_step_can_stream(backend: &dyn Backend) {
+    use happen::StreamItem::{Done, Item};
+    async fn report(_e: Event, cx: Context) -> happen::Result<Value> {
+        for p in [50, 100] {
+            cx.emit(json!({ "progress": p })).await?;
+        }
+        Ok(json!({ "records": cx.get("records") }))
+    }
+    let h = start(backend).await;
+    let client = h.node("cs-client").unwrap();
+    let importer = h.node("cs-importer").unwrap();
+    importer
+        .on("import-file", |_e: Event, cx: Context| async move {
+            cx.set("records", 42);
+            Flow::next(report)
+        })
+        .unwrap();
+    let got: Vec<_> = collect_stream(client.send(&importer, ev("import-file", json!(null))))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            Item(json!({ "progress": 50 })),
+            Item(json!({ "progress": 100 })),
+            Done(json!({ "records": 42 }))
+        ]
+    );
+}
+
+pub async fn response_of_a_streaming_flow_is_its_final_value(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("rs-client").unwrap();
+    let producer = h.node("rs-producer").unwrap();
+    producer
+        .on("count", |_e: Event, cx: Context| async move {
+            for i in 0..40 {
+                cx.emit(json!(i)).await?;
+            }
+            Ok::<_, HappenError>(json!("counted"))
+        })
+        .unwrap();
+    assert_eq!(
+        client
+            .send(&producer, ev("count", json!(null)))
+            .await
+            .unwrap(),
+        json!("counted")
+    );
+}
+
+pub async fn broadcast_streaming_handler_broadcasts_its_items(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let monitor = h.node("bs-monitor").unwrap();
+    let dashboard = h.node("bs-dashboard").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    dashboard
+        .on("system-metrics.item", recorder(tx, json!(null)))
+        .unwrap();
+    monitor
+        .on("system-metrics", |_e: Event, cx: Context| async move {
+            for load in [0.5, 0.7, 0.6] {
+                cx.emit(json!({ "load": load })).await?;
+            }
+            Ok::<_, HappenError>(())
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+    let start = ev("system-metrics", json!(null));
+    monitor.broadcast(start).unwrap();
+    let mut items = Vec::new();
+    for _ in 0..3 {
+        items.push(recv(&mut rx).await);
+    }
+    items.sort_by_key(|e| e.context_value("stream").unwrap()["seq"].as_u64());
+    let origin = items[0]
+        .causal()
+        .causation_id
+        .clone()
+        .expect("caused by the broadcast");
+    for (seq, (item, load)) in items.iter().zip([0.5, 0.7, 0.6]).enumerate() {
+        assert_eq!(item.payload(), &json!({ "load": load }));
+        assert_eq!(item.causal().sender, "bs-monitor");
+        assert_eq!(item.causal().causation_id.as_ref(), Some(&origin));
+        assert_eq!(
+            item.context_value("stream").unwrap(),
+            &json!({ "of": origin.as_str(), "seq": seq })
+        );
+    }
+}
