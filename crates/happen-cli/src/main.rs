@@ -117,10 +117,12 @@ fn state_command(args: &[String]) -> Result<(), String> {
         let happen = happen::Happen::connect(happen::NatsConfig::new(nats).name("happen-cli"))
             .await
             .map_err(|e| e.to_string())?;
-        let node = happen.node(&node).map_err(|e| e.to_string())?;
+        // Through the store, without becoming the node: a live node with
+        // this id keeps all of its requests.
+        let state = happen.state_of(&node).map_err(|e| e.to_string())?;
         let result = match (verb.as_str(), value) {
-            ("get", None) => node.state().get().await,
-            ("set", Some(value)) => node.state().set(move |_| value.clone()).await,
+            ("get", None) => state.get().await,
+            ("set", Some(value)) => state.set(move |_| value.clone()).await,
             ("set", None) => return Err("set needs a JSON value".to_owned()),
             (other, _) => return Err(format!("unknown verb {other:?}; use get or set")),
         }

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use happen::testing::NatsServer;
+use happen_test::NatsServer;
 use serde_json::Value;
 
 const SERVICES: [&str; 4] = [

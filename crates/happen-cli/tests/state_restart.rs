@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use happen::testing::NatsServer;
+use happen_test::NatsServer;
 
 fn happen(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_happen"))

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use happen::prelude::*;
-use happen::testing::NatsServer;
 use happen::{HappenConfig, NatsConfig};
+use happen_test::NatsServer;
 
 mod support;
 use support::{current_thread_runtime, env_usize, median};

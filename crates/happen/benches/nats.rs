@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The bench starts one `nats-server -js` on a free loopback port for the whole
-//! run (through [`happen::testing::NatsServer`]: the binary is
+//! run (through [`happen_test::NatsServer`]: the binary is
 //! `$HAPPEN_NATS_SERVER`, else `nats-server` on `PATH`;
 //! `scripts/ensure-nats-server` installs one) and stops it at the end.
 //!
@@ -82,9 +82,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use happen::NatsConfig;
 use happen::prelude::*;
-use happen::testing::NatsServer;
-use happen::{NatsConfig, wire};
+use happen_test::NatsServer;
 use tokio::runtime::{Builder, Runtime};
 use tokio::sync::Notify;
 
@@ -269,17 +269,6 @@ async fn request_response(url: String, n: usize) -> Latency {
         e.payload()["seq"].clone()
     })
     .expect("handler");
-    // The same handler, reporting the size of the event it received.
-    let request_size = Arc::new(AtomicUsize::new(0));
-    let size = request_size.clone();
-    b.on("size", move |e: Event, _cx: Context| {
-        size.store(
-            wire::encode_event(&e).expect("encodes").len(),
-            Ordering::SeqCst,
-        );
-        async move { e.payload()["seq"].clone() }
-    })
-    .expect("handler");
     happen.flush().await.expect("flush");
 
     let client = connect_plain(&url).await;
@@ -340,17 +329,22 @@ async fn request_response(url: String, n: usize) -> Latency {
         }
     }
 
-    // Message sizes, outside the timed part.
+    // Message sizes, outside the timed part, as a bystander on the server
+    // sees them: a copy of the request on the node's subject, and the reply
+    // on the inbox.
     let i = n.saturating_sub(1);
-    let response = a
-        .send(&b, Event::new("size", payload(i)))
-        .response_event()
+    let mut requests_seen = client
+        .subscribe("happen.node.server")
+        .await
+        .expect("subscribe");
+    let mut replies_seen = client.subscribe("_INBOX.>").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    a.send(&b, Event::new("ping", payload(i)))
         .await
         .expect("size probe");
-    let reply_size = wire::encode_reply(&wire::Reply::Ok(response))
-        .expect("encodes")
-        .len();
-    out.happen_sizes = (request_size.load(Ordering::SeqCst), reply_size);
+    let request = requests_seen.next().await.expect("request copy");
+    let reply = replies_seen.next().await.expect("reply copy");
+    out.happen_sizes = (request.payload.len(), reply.payload.len());
     let answer = client.request(ECHO_SUBJECT, body(i)).await.expect("probe");
     out.plain_sizes = (body(i).len(), answer.payload.len());
 

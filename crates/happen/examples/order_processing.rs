@@ -21,6 +21,7 @@
 
 use std::sync::{Arc, Mutex};
 
+#[cfg(feature = "nats")]
 use happen::NatsConfig;
 use happen::prelude::*;
 use tokio::sync::oneshot;
@@ -174,7 +175,14 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
 pub async fn run(options: Options) -> happen::Result<()> {
     let happen = match &options.nats {
         None => Happen::embedded(),
+        #[cfg(feature = "nats")]
         Some(url) => Happen::connect(NatsConfig::new(url.clone()).name("order-demo")).await?,
+        #[cfg(not(feature = "nats"))]
+        Some(_) => {
+            return Err(HappenError::Config(
+                "this build has no NATS support; build with the `nats` feature".into(),
+            ));
+        }
     };
     let log = Log::default();
     let services = options.role != Role::Storefront;

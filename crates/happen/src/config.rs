@@ -23,6 +23,9 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::observe::{Observer, Observers};
 use crate::state::temporal::TemporalConfig;
 
 /// The default request timeout: 5 seconds.
@@ -99,6 +102,7 @@ pub struct HappenConfig {
     defaults: NodeLimits,
     patterns: Vec<(String, NodeConfig)>,
     temporal: TemporalConfig,
+    observers: Observers,
 }
 
 impl Default for HappenConfig {
@@ -111,6 +115,7 @@ impl Default for HappenConfig {
             },
             patterns: Vec::new(),
             temporal: TemporalConfig::default(),
+            observers: Observers::default(),
         }
     }
 }
@@ -140,6 +145,17 @@ impl HappenConfig {
     pub fn temporal(mut self, temporal: TemporalConfig) -> Self {
         self.temporal = temporal;
         self
+    }
+
+    /// Adds an observer of the event flow (see [`crate::observe`]); several
+    /// may be added, and are called in the order given.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observers = self.observers.with(observer);
+        self
+    }
+
+    pub(crate) fn observers(&self) -> &Observers {
+        &self.observers
     }
 
     /// The state history settings.

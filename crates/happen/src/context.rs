@@ -6,6 +6,9 @@
 //! the next: JSON values by key ([`Context::set`], [`Context::get`]) and typed
 //! Rust values by type ([`Context::insert`], [`Context::typed`]).
 //! Cloning a context is cheap; clones share the same data.
+//!
+//! On a node with a node-local value ([`Node::with_local`](crate::Node::with_local)),
+//! the context is a `Context<S>` and [`Context::local`] gives the value.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -14,10 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::delivery::Responder;
 use crate::error::{HappenError, Result};
 use crate::event::{Causal, Event};
 use crate::node::Node;
-use crate::transport::Responder;
 
 /// The context of one flow, shared by all of its steps.
 ///
@@ -46,10 +49,22 @@ use crate::transport::Responder;
 /// assert_eq!(out, json!({ "total": 1250, "currency": "EUR", "by": "billing" }));
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct Context(Arc<Inner>);
+pub struct Context<S = ()> {
+    shared: Arc<Shared>,
+    local: S,
+}
 
-struct Inner {
+impl<S: Clone> Clone for Context<S> {
+    fn clone(&self) -> Self {
+        Context {
+            shared: self.shared.clone(),
+            local: self.local.clone(),
+        }
+    }
+}
+
+/// What every step of one flow shares, whatever its local value's type.
+pub(crate) struct Shared {
     node: Node,
     event: Event,
     expects_response: bool,
@@ -62,13 +77,13 @@ struct Inner {
     typed: Mutex<HashMap<TypeId, Box<dyn Any + Send>>>,
 }
 
-impl std::fmt::Debug for Context {
+impl<S> std::fmt::Debug for Context<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("node", &self.0.node.id())
-            .field("event_type", &self.0.event.event_type())
-            .field("expects_response", &self.0.expects_response)
-            .field("values", &*lock(&self.0.values))
+            .field("node", &self.shared.node.id())
+            .field("event_type", &self.shared.event.event_type())
+            .field("expects_response", &self.shared.expects_response)
+            .field("values", &*lock(&self.shared.values))
             .finish_non_exhaustive()
     }
 }
@@ -79,9 +94,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Context {
-    pub(crate) fn new(node: Node, event: Event, responder: Option<Responder>) -> Self {
-        Context(Arc::new(Inner {
+impl Shared {
+    pub(crate) fn new(node: Node, event: Event, responder: Option<Responder>) -> Arc<Self> {
+        Arc::new(Shared {
             node,
             event,
             expects_response: responder.is_some(),
@@ -90,7 +105,17 @@ impl Context {
             received_at: crate::event::now_millis(),
             values: Mutex::new(Map::new()),
             typed: Mutex::new(HashMap::new()),
-        }))
+        })
+    }
+
+    pub(crate) async fn take_responder(&self) -> Option<Responder> {
+        self.responder.lock().await.take()
+    }
+}
+
+impl<S: Clone> Context<S> {
+    pub(crate) fn from_parts(shared: Arc<Shared>, local: S) -> Self {
+        Context { shared, local }
     }
 
     /// A context for calling a step directly, outside any flow: the way to
@@ -111,38 +136,45 @@ impl Context {
     /// assert_eq!(out, json!("hello Ada from greeter"));
     /// # Ok(()) }
     /// ```
-    pub fn standalone(node: &Node, event: Event) -> Self {
-        Self::new(node.clone(), event, None)
+    pub fn standalone(node: &Node<S>, event: Event) -> Self {
+        Context {
+            shared: Shared::new(node.untyped(), event, None),
+            local: node.local().clone(),
+        }
+    }
+}
+
+impl<S> Context<S> {
+    /// The node-local value of the node running this flow (see
+    /// [`Node::with_local`](crate::Node::with_local)).
+    pub fn local(&self) -> &S {
+        &self.local
     }
 
     /// The node running this flow.
     pub fn node(&self) -> &Node {
-        &self.0.node
+        &self.shared.node
     }
 
     /// The event that started this flow.
     pub fn event(&self) -> &Event {
-        &self.0.event
+        &self.shared.event
     }
 
     /// The id of the node that sent the event.
     pub fn sender(&self) -> &str {
-        &self.0.event.causal().sender
+        &self.shared.event.causal().sender
     }
 
     /// The causal record of the event that started this flow.
     pub fn causal(&self) -> &Causal {
-        self.0.event.causal()
+        self.shared.event.causal()
     }
 
     /// Whether the sender waits for this flow's result (`true` for `send`,
     /// `false` for `broadcast`).
     pub fn expects_response(&self) -> bool {
-        self.0.expects_response
-    }
-
-    pub(crate) async fn take_responder(&self) -> Option<Responder> {
-        self.0.responder.lock().await.take()
+        self.shared.expects_response
     }
 
     /// Streams `value` to the requester before the flow's final value (see
@@ -157,21 +189,21 @@ impl Context {
     pub async fn emit(&self, value: impl Into<Value>) -> Result<()> {
         let value = value.into();
         let seq = self
-            .0
+            .shared
             .emitted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut responder = self.0.responder.lock().await;
+        let mut responder = self.shared.responder.lock().await;
         match responder.as_mut() {
             Some(responder) => responder.emit(value).await,
-            None if self.0.expects_response => Err(HappenError::Cancelled),
+            None if self.shared.expects_response => Err(HappenError::Cancelled),
             None => {
                 drop(responder);
-                let item = Event::new(format!("{}.item", self.0.event.event_type()), value)
-                    .with_context(
-                        "stream",
-                        serde_json::json!({ "of": self.0.event.id(), "seq": seq }),
-                    );
-                self.0.node.broadcast(item)
+                let item = Event::new(format!("{}.item", self.shared.event.event_type()), value)
+                    .with_stream(crate::event::StreamRef {
+                        of: self.shared.event.causal().id.clone(),
+                        seq,
+                    });
+                self.shared.node.broadcast(item)
             }
         }
     }
@@ -179,29 +211,29 @@ impl Context {
     /// When the node took the event (or batch) for this flow, in
     /// milliseconds since the Unix epoch.
     pub fn received_at(&self) -> u64 {
-        self.0.received_at
+        self.shared.received_at
     }
 
     /// The members of the batch this flow handles, or `None` for a single
     /// event (the same as `cx.event().batch_events()`).
     pub fn batch(&self) -> Option<&[Event]> {
-        self.0.event.batch_events()
+        self.shared.event.batch_events()
     }
 
     /// Stores a JSON value under `key`, replacing any earlier one.
     pub fn set(&self, key: impl Into<String>, value: impl Into<Value>) {
-        lock(&self.0.values).insert(key.into(), value.into());
+        lock(&self.shared.values).insert(key.into(), value.into());
     }
 
     /// The JSON value stored under `key`.
     pub fn get(&self, key: &str) -> Option<Value> {
-        lock(&self.0.values).get(key).cloned()
+        lock(&self.shared.values).get(key).cloned()
     }
 
     /// The value under `key` deserialized as `T`; `None` if absent or of
     /// another shape.
     pub fn get_as<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let values = lock(&self.0.values);
+        let values = lock(&self.shared.values);
         T::deserialize(values.get(key)?).ok()
     }
 
@@ -217,25 +249,25 @@ impl Context {
     /// assert_eq!(cx.get("seen"), Some(2.into()));
     /// ```
     pub fn update<R>(&self, key: &str, f: impl FnOnce(&mut Value) -> R) -> R {
-        let mut values = lock(&self.0.values);
+        let mut values = lock(&self.shared.values);
         f(values.entry(key.to_owned()).or_insert(Value::Null))
     }
 
     /// Removes and returns the value under `key`.
     pub fn remove(&self, key: &str) -> Option<Value> {
-        lock(&self.0.values).remove(key)
+        lock(&self.shared.values).remove(key)
     }
 
     /// Stores a Rust value of type `T` (one per type), returning the previous one.
     pub fn insert<T: Send + 'static>(&self, value: T) -> Option<T> {
-        lock(&self.0.typed)
+        lock(&self.shared.typed)
             .insert(TypeId::of::<T>(), Box::new(value))
             .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
     }
 
     /// A clone of the stored value of type `T`.
     pub fn typed<T: Clone + Send + 'static>(&self) -> Option<T> {
-        lock(&self.0.typed)
+        lock(&self.shared.typed)
             .get(&TypeId::of::<T>())
             .and_then(|b| b.downcast_ref::<T>())
             .cloned()
@@ -243,7 +275,7 @@ impl Context {
 
     /// Runs `f` on the stored value of type `T`, if any.
     pub fn with_typed<T: Send + 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        lock(&self.0.typed)
+        lock(&self.shared.typed)
             .get_mut(&TypeId::of::<T>())
             .and_then(|b| b.downcast_mut::<T>())
             .map(f)
@@ -251,7 +283,7 @@ impl Context {
 
     /// Removes and returns the stored value of type `T`.
     pub fn take<T: Send + 'static>(&self) -> Option<T> {
-        lock(&self.0.typed)
+        lock(&self.shared.typed)
             .remove(&TypeId::of::<T>())
             .and_then(|b| b.downcast::<T>().ok().map(|b| *b))
     }

@@ -4,6 +4,8 @@
 //! another process reaches its requester as the same variant it would have been
 //! in-process.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +92,10 @@ pub enum HappenError {
     },
 
     /// A step of the flow returned an error.
+    ///
+    /// In the requester's process, [`source`](std::error::Error::source)
+    /// (and [`HappenError::handler_error`]) gives the step's own error value;
+    /// across the wire only its text travels.
     #[error("handler for \"{event_type}\" on node \"{node}\" failed: {cause}")]
     HandlerFailed {
         /// The node whose flow failed.
@@ -98,6 +104,10 @@ pub enum HappenError {
         event_type: String,
         /// The error the step returned, as text.
         cause: String,
+        /// The error value itself (in the process where the flow ran).
+        #[serde(skip)]
+        #[source]
+        source: Option<Cause>,
     },
 
     /// A step of the flow panicked. The node keeps serving other events.
@@ -163,26 +173,222 @@ pub enum HappenError {
     Config(String),
 
     /// A payload or event could not be encoded or decoded.
-    #[error("codec error: {0}")]
-    Codec(String),
+    #[error("codec error: {message}")]
+    Codec {
+        /// What could not be encoded or decoded, and why.
+        message: String,
+        /// The encoder's or decoder's error (in-process only).
+        #[serde(skip)]
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// The transport failed (connection lost, server error).
-    #[error("transport error: {0}")]
-    Transport(String),
+    #[error("transport error: {message}")]
+    Transport {
+        /// What failed.
+        message: String,
+        /// The client library's error (in-process only).
+        #[serde(skip)]
+        #[source]
+        source: Option<Cause>,
+    },
+
+    /// A message is larger than the server accepts (its `max_payload`).
+    #[error(
+        "a message of {size} bytes exceeds the server's limit of {limit} bytes (max_payload); pass large data by reference, e.g. under a key of global state"
+    )]
+    PayloadTooLarge {
+        /// The message's size in bytes.
+        size: usize,
+        /// The server's limit in bytes.
+        limit: usize,
+    },
+
+    /// Too many messages wait to be written to the server (it is unreachable
+    /// or slower than the senders); nothing more is queued until some leave.
+    #[error(
+        "{pending} messages are waiting for the NATS server (the limit is {limit}); the server may be unreachable: retry later, or raise NatsConfig::outgoing_limit"
+    )]
+    Backpressure {
+        /// Messages waiting to be written.
+        pending: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// The node answered before (or the connection was just restored), but
+    /// no instance of it was reachable until the request's deadline.
+    #[error(
+        "no instance of node \"{node}\" was reachable for \"{event_type}\": the server had no subscriber for it in {attempts} attempts over {waited_ms}ms; the node may be restarting, or gone"
+    )]
+    Unreachable {
+        /// The node that was asked.
+        node: String,
+        /// The event type of the request.
+        event_type: String,
+        /// How many times the event was offered.
+        attempts: u32,
+        /// How long the sender kept trying, in milliseconds.
+        waited_ms: u64,
+    },
+
+    /// State could not be read or written (the store failed).
+    #[error("state store error: {message}")]
+    Store {
+        /// What failed.
+        message: String,
+        /// The store's error (in-process only).
+        #[serde(skip)]
+        #[source]
+        source: Option<Cause>,
+    },
+
+    /// A state update lost every race against writers in other processes.
+    #[error(
+        "the state of node \"{node}\" kept changing under concurrent writers; gave up after {attempts} attempts"
+    )]
+    Conflict {
+        /// The node whose state was being updated.
+        node: String,
+        /// How many times the transform ran.
+        attempts: u32,
+    },
 }
+
+/// The underlying error of a [`HappenError`], kept in the process where it
+/// happened (errors cross the wire as text).
+///
+/// It dereferences to the error itself, so `downcast_ref` finds your own
+/// error type; see [`HappenError::handler_error`]. Two causes are equal when
+/// they are the same error value.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    /// Wraps an error.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Cause(Arc::from(error.into()))
+    }
+}
+
+impl std::ops::Deref for Cause {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Cause {}
 
 impl HappenError {
     pub(crate) fn timeout(node: &str, event_type: &str, after: Duration) -> Self {
         HappenError::Timeout {
             node: node.to_owned(),
             event_type: event_type.to_owned(),
-            after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+            after_ms: millis(after),
+        }
+    }
+
+    /// A transport failure caused by `source`.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn transport(
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> HappenError {
+        HappenError::Transport {
+            message: message.into(),
+            source: Some(Cause::new(source)),
+        }
+    }
+
+    /// A transport failure with no underlying error value.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn transport_msg(message: impl Into<String>) -> HappenError {
+        HappenError::Transport {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A store failure caused by `source`.
+    #[cfg_attr(not(any(feature = "nats", feature = "redb")), allow(dead_code))]
+    pub(crate) fn store(message: impl Into<String>, source: impl Into<BoxError>) -> HappenError {
+        HappenError::Store {
+            message: message.into(),
+            source: Some(Cause::new(source)),
+        }
+    }
+
+    /// An encoding or decoding failure caused by `source`.
+    pub(crate) fn codec(message: impl Into<String>, source: impl Into<BoxError>) -> HappenError {
+        HappenError::Codec {
+            message: message.into(),
+            source: Some(Cause::new(source)),
+        }
+    }
+
+    /// The error a handler's step returned, as its own type: `Some` when
+    /// this is [`HappenError::HandlerFailed`] from a flow in this process
+    /// whose step failed with an `E`.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("card declined: {reason}")]
+    /// struct Declined { reason: String }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let payments = happen.node("payments")?;
+    /// payments.on("charge", |_e: Event, _cx: Context| async {
+    ///     Err::<Value, _>(Declined { reason: "insufficient funds".into() })
+    /// })?;
+    /// let err = payments.send(&payments, Event::new("charge", json!({}))).await.unwrap_err();
+    /// let declined: &Declined = err.handler_error().expect("the handler's own error");
+    /// assert_eq!(declined.reason, "insufficient funds");
+    /// # Ok(()) }
+    /// ```
+    pub fn handler_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            HappenError::HandlerFailed {
+                source: Some(cause),
+                ..
+            } => cause.downcast_ref::<E>(),
+            _ => None,
         }
     }
 }
 
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl From<serde_json::Error> for HappenError {
     fn from(e: serde_json::Error) -> Self {
-        HappenError::Codec(e.to_string())
+        HappenError::Codec {
+            message: e.to_string(),
+            source: Some(Cause::new(e)),
+        }
     }
 }

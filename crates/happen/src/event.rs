@@ -88,8 +88,21 @@ pub struct Origin {
     pub source_type: Option<String>,
 }
 
+/// Which streamed response an item event belongs to (see [`crate::stream`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRef {
+    /// The id of the event whose flow emitted the item.
+    pub of: Id,
+    /// The item's position in that flow's stream, from 0.
+    pub seq: u64,
+}
+
 /// The context an event carries: its causal record, its origin and any
 /// application fields.
+///
+/// The origin's `source_id`/`source_type` and the application fields flow
+/// with the events: an event emitted while a flow runs inherits those of the
+/// event being handled, unless it sets its own.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventContext {
     /// Causality: id, sender, causation, correlation, path, timestamp.
@@ -98,6 +111,9 @@ pub struct EventContext {
     /// Origin: the sending node and the application's source.
     #[serde(default)]
     pub origin: Origin,
+    /// For an item of a broadcast stream: which stream, which position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamRef>,
     /// Application context fields, kept next to `causal` and `origin`.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -306,6 +322,8 @@ impl Event {
     }
 
     /// Records the application-level source of the event (a user, a service).
+    /// Events emitted while handling it inherit the source unless they set
+    /// their own.
     pub fn with_source(
         mut self,
         source_id: impl Into<String>,
@@ -317,7 +335,9 @@ impl Event {
         self
     }
 
-    /// Adds an application field to the context (beside `causal` and `origin`).
+    /// Adds an application field to the context (beside `causal` and
+    /// `origin`). Events emitted while handling this one inherit it unless
+    /// they set the same key.
     pub fn with_context(mut self, key: impl Into<String>, value: Value) -> Self {
         Arc::make_mut(&mut self.0)
             .context
@@ -329,6 +349,16 @@ impl Event {
     /// An application context field, if set.
     pub fn context_value(&self, key: &str) -> Option<&Value> {
         self.0.context.extra.get(key)
+    }
+
+    /// The stream item this event is (see [`crate::stream`]).
+    pub fn stream(&self) -> Option<&StreamRef> {
+        self.0.context.stream.as_ref()
+    }
+
+    pub(crate) fn with_stream(mut self, stream: StreamRef) -> Self {
+        Arc::make_mut(&mut self.0).context.stream = Some(stream);
+        self
     }
 
     pub(crate) fn context_mut(&mut self) -> &mut EventContext {
@@ -349,8 +379,10 @@ impl<'de> Deserialize<'de> for Event {
 }
 
 /// Fills in the causal context and origin of an event about to be sent by
-/// `sender`, as a child of `parent` when one is given.
-pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Causal>) {
+/// `sender`, as a child of `parent` (the event being handled) when one is
+/// given: causation, correlation and path follow from it, and so do the
+/// origin's source and the application context, unless the event set its own.
+pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Event>) {
     let cx = event.context_mut();
     let causal = &mut cx.causal;
     let (id, timestamp) = new_event_id_at();
@@ -358,7 +390,8 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Causal>) {
     causal.sender = sender.clone();
     causal.timestamp = timestamp;
     match parent {
-        Some(p) => {
+        Some(parent) => {
+            let p = parent.causal();
             causal.causation_id = Some(p.id.clone());
             if causal.correlation_id.is_empty() {
                 causal.correlation_id = p.correlation_id.clone();
@@ -367,6 +400,7 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Causal>) {
             path.extend(p.path.iter().cloned());
             path.push(sender.clone());
             causal.path = path;
+            inherit(cx, parent.context());
         }
         None => {
             causal.causation_id = None;
@@ -387,6 +421,23 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Causal>) {
                 member.context_mut().causal.correlation_id = correlation.clone();
             }
             stamp(member, sender, parent);
+        }
+    }
+}
+
+/// The origin's source and the application fields pass from the handled
+/// event to the events its flow emits; what the child set itself wins.
+fn inherit(child: &mut EventContext, parent: &EventContext) {
+    if child.origin.source_id.is_none() && child.origin.source_type.is_none() {
+        child.origin.source_id.clone_from(&parent.origin.source_id);
+        child
+            .origin
+            .source_type
+            .clone_from(&parent.origin.source_type);
+    }
+    for (key, value) in &parent.extra {
+        if !child.extra.contains_key(key) {
+            child.extra.insert(key.clone(), value.clone());
         }
     }
 }
@@ -426,13 +477,37 @@ mod tests {
         let mut root = Event::new("a", json!(1));
         stamp(&mut root, &Id::from("n1"), None);
         let mut child = Event::new("b", json!(2));
-        stamp(&mut child, &Id::from("n2"), Some(root.causal()));
+        stamp(&mut child, &Id::from("n2"), Some(&root));
         assert_eq!(child.causal().causation_id.as_deref(), Some(root.id()));
         assert_eq!(child.causal().correlation_id, root.causal().correlation_id);
         assert_eq!(
             child.causal().path,
             vec!["n1".to_string(), "n2".to_string()]
         );
+    }
+
+    #[test]
+    fn origin_source_and_application_context_are_inherited_unless_set() {
+        let mut root = Event::new("a", json!(1))
+            .with_source("user-42", "user")
+            .with_context("tenant", json!("t1"))
+            .with_context("trace", json!("x"));
+        stamp(&mut root, &Id::from("n1"), None);
+        let mut child = Event::new("b", json!(2)).with_context("trace", json!("y"));
+        stamp(&mut child, &Id::from("n2"), Some(&root));
+        assert_eq!(child.origin().source_id.as_deref(), Some("user-42"));
+        assert_eq!(child.origin().source_type.as_deref(), Some("user"));
+        assert_eq!(child.origin().node_id, "n2");
+        assert_eq!(child.context_value("tenant"), Some(&json!("t1")));
+        assert_eq!(
+            child.context_value("trace"),
+            Some(&json!("y")),
+            "own value wins"
+        );
+        let mut own = Event::new("c", json!(3)).with_source("svc-1", "service");
+        stamp(&mut own, &Id::from("n3"), Some(&child));
+        assert_eq!(own.origin().source_id.as_deref(), Some("svc-1"));
+        assert_eq!(own.origin().source_type.as_deref(), Some("service"));
     }
 
     #[test]

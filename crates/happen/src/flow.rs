@@ -47,24 +47,67 @@
 //! A step that names itself (`Flow::next(this_step)`) needs a boxed future
 //! type; write it with [`#[happen::step]`](crate::step) or use
 //! [`Flow::again`].
+//!
+//! # Node-local values
+//!
+//! A node made with [`Node::with_local`](crate::Node::with_local) hands a
+//! value of its choosing (a database pool, a client, an `Arc` of shared
+//! data) to every step of every flow it runs, as `Context<S>`: the steps
+//! read it with [`Context::local`], with no lookup that could fail. The types
+//! follow: such steps take `Context<S>` and return `Flow<S>` (or any other
+//! [`IntoFlow`] value). Everything without a local value uses `S = ()`, the
+//! default, so `Context` and `Flow` are written without a parameter.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use happen::prelude::*;
+//!
+//! #[derive(Default)]
+//! struct Hits(AtomicU64);
+//!
+//! async fn count(_e: Event, cx: Context<Arc<Hits>>) -> Flow<Arc<Hits>> {
+//!     cx.local().0.fetch_add(1, Ordering::Relaxed);
+//!     Flow::next(report)
+//! }
+//!
+//! async fn report(_e: Event, cx: Context<Arc<Hits>>) -> Value {
+//!     json!(cx.local().0.load(Ordering::Relaxed))
+//! }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> happen::Result<()> {
+//! let happen = Happen::embedded();
+//! let counter = happen.node("counter")?.with_local(Arc::new(Hits::default()));
+//! counter.on("hit", count)?;
+//! counter.send(&counter, Event::new("hit", json!(null))).await?;
+//! assert_eq!(counter.send(&counter, Event::new("hit", json!(null))).await?, json!(2));
+//! assert_eq!(counter.local().0.load(Ordering::Relaxed), 2);
+//! # Ok(()) }
+//! ```
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::context::Context;
-use crate::error::{BoxError, HappenError};
+use crate::context::{Context, Shared};
+use crate::delivery::Responder;
+use crate::error::{BoxError, Cause, HappenError};
 use crate::event::Event;
-use crate::transport::Responder;
+use crate::node::Node;
+use crate::observe::Finished;
 
 /// What a step decided: continue, repeat, complete or fail.
+///
+/// `S` is the type of the node-local value the steps see (see the
+/// [module docs](self#node-local-values)); `()` unless the node has one.
 #[must_use = "a Flow does nothing unless it is returned from a step"]
-pub enum Flow {
+pub enum Flow<S = ()> {
     /// Continue the flow with another step.
-    Next(Step),
+    Next(Step<S>),
     /// Run the current step again.
     Again,
     /// Complete the flow with a result value.
@@ -73,7 +116,7 @@ pub enum Flow {
     Fail(BoxError),
 }
 
-impl std::fmt::Debug for Flow {
+impl<S> std::fmt::Debug for Flow<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Flow::Next(_) => f.write_str("Flow::Next(..)"),
@@ -84,12 +127,14 @@ impl std::fmt::Debug for Flow {
     }
 }
 
-impl Flow {
-    /// Continue with `step` (an async fn or closure taking `(Event, Context)`).
-    pub fn next(step: impl Handler) -> Flow {
+impl<S: Clone + Send + Sync + 'static> Flow<S> {
+    /// Continue with `step` (an async fn or closure taking `(Event, Context<S>)`).
+    pub fn next(step: impl Handler<S>) -> Flow<S> {
         Flow::Next(Step::new(step))
     }
+}
 
+impl<S> Flow<S> {
     /// Run the current step once more: the loop and retry patterns.
     ///
     /// ```
@@ -108,18 +153,18 @@ impl Flow {
     /// assert_eq!(node.send(&node, Event::new("count", json!(null))).await?, json!(3));
     /// # Ok(()) }
     /// ```
-    pub fn again() -> Flow {
+    pub fn again() -> Flow<S> {
         Flow::Again
     }
 
     /// Complete the flow with `value` as its result.
-    pub fn done(value: Value) -> Flow {
+    pub fn done(value: Value) -> Flow<S> {
         Flow::Done(value)
     }
 
     /// Complete the flow with `value` serialized to JSON (failing the flow if
     /// it cannot be serialized).
-    pub fn done_with<T: Serialize + ?Sized>(value: &T) -> Flow {
+    pub fn done_with<T: Serialize + ?Sized>(value: &T) -> Flow<S> {
         match serde_json::to_value(value) {
             Ok(v) => Flow::Done(v),
             Err(e) => Flow::Fail(Box::new(e)),
@@ -127,48 +172,53 @@ impl Flow {
     }
 
     /// End the flow with an error.
-    pub fn fail(error: impl Into<BoxError>) -> Flow {
+    pub fn fail(error: impl Into<BoxError>) -> Flow<S> {
         Flow::Fail(error.into())
     }
 }
 
 /// A step of a flow, type-erased so that steps of different types can follow
 /// one another. Cloning is cheap.
-#[derive(Clone)]
-pub struct Step(Arc<dyn ErasedStep>);
+pub struct Step<S = ()>(Arc<dyn ErasedStep<S>>);
 
-impl std::fmt::Debug for Step {
+impl<S> Clone for Step<S> {
+    fn clone(&self) -> Self {
+        Step(self.0.clone())
+    }
+}
+
+impl<S> std::fmt::Debug for Step<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Step(..)")
     }
 }
 
-impl Step {
+impl<S: Clone + Send + Sync + 'static> Step<S> {
     /// Wraps a handler as a step.
-    pub fn new(handler: impl Handler) -> Step {
+    pub fn new(handler: impl Handler<S>) -> Step<S> {
         Step(Arc::new(Erased(handler)))
     }
 
-    pub(crate) fn call(&self, event: Event, cx: Context) -> BoxFuture<'static, Flow> {
+    pub(crate) fn call(&self, event: Event, cx: Context<S>) -> BoxFuture<'static, Flow<S>> {
         self.0.call(event, cx)
     }
 }
 
-trait ErasedStep: Send + Sync + 'static {
-    fn call(&self, event: Event, cx: Context) -> BoxFuture<'static, Flow>;
+trait ErasedStep<S>: Send + Sync + 'static {
+    fn call(&self, event: Event, cx: Context<S>) -> BoxFuture<'static, Flow<S>>;
 }
 
 struct Erased<H>(H);
 
-impl<H: Handler> ErasedStep for Erased<H> {
-    fn call(&self, event: Event, cx: Context) -> BoxFuture<'static, Flow> {
+impl<S: 'static, H: Handler<S>> ErasedStep<S> for Erased<H> {
+    fn call(&self, event: Event, cx: Context<S>) -> BoxFuture<'static, Flow<S>> {
         let fut = self.0.call(event, cx);
         Box::pin(async move { fut.await.into_flow() })
     }
 }
 
 /// A step of the Event Continuum: anything callable as
-/// `async fn(Event, Context) -> impl IntoFlow`.
+/// `async fn(Event, Context<S>) -> impl IntoFlow<S>`.
 ///
 /// It is implemented for every such function and closure; you do not
 /// implement it yourself.
@@ -176,26 +226,27 @@ impl<H: Handler> ErasedStep for Erased<H> {
     message = "`{Self}` cannot be used as a Happen handler",
     label = "not a handler",
     note = "a handler is an async fn or closure `(Event, Context) -> impl Future<Output = R> + Send + 'static`, where R is Flow, serde_json::Value, (), or Result<R, E>",
-    note = "a closure must be `move |event, cx| async move {{ .. }}`; a step that names itself needs #[happen::step] or Flow::again()"
+    note = "a closure must be `move |event, cx| async move {{ .. }}`; a step that names itself needs #[happen::step] or Flow::again()",
+    note = "on a node made with .with_local(value), steps take Context<S> and return Flow<S>, S being the value's type"
 )]
-pub trait Handler: Send + Sync + 'static {
+pub trait Handler<S = ()>: Send + Sync + 'static {
     /// What the step's future yields.
-    type Output: IntoFlow;
+    type Output: IntoFlow<S>;
     /// The step's future.
     type Future: Future<Output = Self::Output> + Send + 'static;
     /// Runs the step.
-    fn call(&self, event: Event, cx: Context) -> Self::Future;
+    fn call(&self, event: Event, cx: Context<S>) -> Self::Future;
 }
 
-impl<F, Fut> Handler for F
+impl<F, Fut, S> Handler<S> for F
 where
-    F: Fn(Event, Context) -> Fut + Send + Sync + 'static,
+    F: Fn(Event, Context<S>) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
-    Fut::Output: IntoFlow,
+    Fut::Output: IntoFlow<S>,
 {
     type Output = Fut::Output;
     type Future = Fut;
-    fn call(&self, event: Event, cx: Context) -> Fut {
+    fn call(&self, event: Event, cx: Context<S>) -> Fut {
         self(event, cx)
     }
 }
@@ -205,37 +256,37 @@ where
     message = "a Happen step cannot return `{Self}`",
     note = "return Flow, serde_json::Value (e.g. json!(..)), (), or Result<T, E> where T is one of these; use Flow::done_with(&value) for a Serialize type"
 )]
-pub trait IntoFlow {
+pub trait IntoFlow<S = ()> {
     /// Converts the step's return value into a [`Flow`].
-    fn into_flow(self) -> Flow;
+    fn into_flow(self) -> Flow<S>;
 }
 
-impl IntoFlow for Flow {
-    fn into_flow(self) -> Flow {
+impl<S> IntoFlow<S> for Flow<S> {
+    fn into_flow(self) -> Flow<S> {
         self
     }
 }
 
-impl IntoFlow for Value {
-    fn into_flow(self) -> Flow {
+impl<S> IntoFlow<S> for Value {
+    fn into_flow(self) -> Flow<S> {
         Flow::Done(self)
     }
 }
 
-impl IntoFlow for () {
-    fn into_flow(self) -> Flow {
+impl<S> IntoFlow<S> for () {
+    fn into_flow(self) -> Flow<S> {
         Flow::Done(Value::Null)
     }
 }
 
-impl IntoFlow for Step {
-    fn into_flow(self) -> Flow {
+impl<S> IntoFlow<S> for Step<S> {
+    fn into_flow(self) -> Flow<S> {
         Flow::Next(self)
     }
 }
 
-impl<T: IntoFlow, E: Into<BoxError>> IntoFlow for Result<T, E> {
-    fn into_flow(self) -> Flow {
+impl<S, T: IntoFlow<S>, E: Into<BoxError>> IntoFlow<S> for Result<T, E> {
+    fn into_flow(self) -> Flow<S> {
         match self {
             Ok(t) => t.into_flow(),
             Err(e) => Flow::Fail(e.into()),
@@ -247,49 +298,75 @@ impl<T: IntoFlow, E: Into<BoxError>> IntoFlow for Result<T, E> {
 /// requester.
 pub const RESPONSE_EVENT_TYPE: &str = "happen.response";
 
-/// Runs one flow to its end and reports the outcome to the requester, if any.
+/// How a flow's steps ended: a value, or the error with its text (formatted
+/// inside the flow, so that a `Display` that panics is a panic of the flow).
+type StepsOutcome = Result<Value, (String, BoxError)>;
+
+/// A registered handler: its first step together with the node-local value
+/// its steps see, with the value's type erased so that one node can hold
+/// handlers registered through differently typed handles.
+#[derive(Clone)]
+pub(crate) struct Entry(
+    Arc<dyn Fn(Event, Arc<Shared>) -> BoxFuture<'static, StepsOutcome> + Send + Sync>,
+);
+
+impl Entry {
+    pub(crate) fn new<S: Clone + Send + Sync + 'static>(first: Step<S>, local: S) -> Entry {
+        Entry(Arc::new(move |event, shared| {
+            let cx = Context::from_parts(shared, local.clone());
+            Box::pin(run_steps(first.clone(), event, cx))
+        }))
+    }
+}
+
+async fn run_steps<S: Clone + Send + Sync + 'static>(
+    first: Step<S>,
+    event: Event,
+    cx: Context<S>,
+) -> StepsOutcome {
+    let mut step = first;
+    let mut taken: u32 = 0;
+    loop {
+        match step.call(event.clone(), cx.clone()).await {
+            Flow::Next(next) => step = next,
+            Flow::Again => {}
+            Flow::Done(value) => return Ok(value),
+            Flow::Fail(error) => return Err((error.to_string(), error)),
+        }
+        taken = taken.wrapping_add(1);
+        if taken % 64 == 0 {
+            // A long loop of steps that never wait must not starve the
+            // other flows sharing this thread.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Runs one flow to its end and reports the outcome to the requester, if
+/// any; returns the error when the flow failed.
 ///
 /// The whole flow runs inside the causality scope of `event` and inside
 /// `catch_unwind`, so a panicking step ends only its own flow.
 pub(crate) async fn run(
-    node: crate::Node,
-    first: Step,
+    node: Node,
+    entry: Entry,
     event: Event,
     responder: Option<Responder>,
-) {
+) -> Option<HappenError> {
     use futures::FutureExt;
     use std::panic::AssertUnwindSafe;
 
-    let cx = Context::new(node.clone(), event.clone(), responder);
-    let flow_cx = cx.clone();
-    let step_event = event.clone();
-    let steps = AssertUnwindSafe(async move {
-        let mut step = first;
-        let mut taken: u32 = 0;
-        loop {
-            match step.call(step_event.clone(), flow_cx.clone()).await {
-                Flow::Next(next) => step = next,
-                Flow::Again => {}
-                Flow::Done(value) => return Ok(value),
-                // Formatted here, inside catch_unwind: a Display that
-                // panics is a panic of this flow.
-                Flow::Fail(error) => return Err(error.to_string()),
-            }
-            taken = taken.wrapping_add(1);
-            if taken % 64 == 0 {
-                // A long loop of steps that never wait must not starve the
-                // other flows sharing this thread.
-                tokio::task::yield_now().await;
-            }
-        }
-    });
-    let outcome = crate::causality::scoped(event.clone(), steps.catch_unwind()).await;
+    let started = Instant::now();
+    let shared = Shared::new(node.clone(), event.clone(), responder);
+    let steps = AssertUnwindSafe((entry.0)(event.clone(), shared.clone())).catch_unwind();
+    let outcome = crate::causality::scoped(event.clone(), steps).await;
     let result = match outcome {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(cause)) => Err(HappenError::HandlerFailed {
+        Ok(Err((cause, error))) => Err(HappenError::HandlerFailed {
             node: node.id().to_owned(),
             event_type: event.event_type().to_owned(),
             cause,
+            source: Some(Cause::new(error)),
         }),
         Err(panic) => Err(HappenError::HandlerPanicked {
             node: node.id().to_owned(),
@@ -306,17 +383,31 @@ pub(crate) async fn run(
             "flow failed"
         );
     }
+    let error = result.as_ref().err().cloned();
     // A fire-and-forget requester dropped its handle: building the response
     // event would be wasted work.
-    if let Some(responder) = cx.take_responder().await.filter(|r| !r.is_abandoned()) {
+    let responder = shared.take_responder().await.filter(|r| !r.is_abandoned());
+    let answered = responder.is_some();
+    if let Some(responder) = responder {
         responder
             .finish(result.map(|value| {
                 let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
-                crate::event::stamp(&mut response, node.shared_id(), Some(event.causal()));
+                crate::event::stamp(&mut response, node.shared_id(), Some(&event));
+                node.core().observers().stamped(&response);
                 response
             }))
             .await;
     }
+    node.core().observers().finished(
+        node.id(),
+        &event,
+        &Finished {
+            error: error.as_ref(),
+            elapsed: started.elapsed(),
+            answered,
+        },
+    );
+    error
 }
 
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -36,10 +36,20 @@
 //!   with the per-flow [`Context`].
 //! - Nodes, broadcast and send: [`Node`]; waiting for results: [`Sent`].
 //! - Runtime, configuration and shutdown: [`Happen`], [`HappenConfig`].
-//! - Across processes: [`Happen::connect`] with a [`NatsConfig`] ([`nats`]);
-//!   the wire format is in [`wire`]; [`testing::NatsServer`] runs a throwaway
-//!   server for tests.
-//! - Errors: [`HappenError`].
+//! - Across processes: `Happen::connect` with a `NatsConfig` (module
+//!   `nats`, feature `nats`).
+//! - Errors: [`HappenError`]; events the runtime itself emits: [`system`].
+//!
+//! ## Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `nats` | on | the distributed runtime: `Happen::connect`, MessagePack on the wire, state in JetStream (async-nats, rmp-serde) |
+//! | `redb` | on | `Happen::embedded_on_disk`: embedded state kept in a redb file |
+//!
+//! With `default-features = false` the crate is the embedded runtime alone,
+//! with none of those dependencies. Tests of NATS-backed systems start a
+//! throwaway server with the `happen-test` crate.
 //!
 //! ## Same code, any arrangement
 //!
@@ -52,33 +62,37 @@ pub mod causality;
 pub mod config;
 pub mod confluence;
 pub mod context;
+mod delivery;
 pub mod error;
 pub mod event;
 pub mod flow;
 pub mod id;
 pub mod name;
+#[cfg(feature = "nats")]
 pub mod nats;
 pub mod node;
+pub mod observe;
 pub mod pattern;
 pub mod response;
 pub mod runtime;
 pub mod state;
 mod store;
 pub mod stream;
-pub mod testing;
+pub mod system;
 mod transport;
-pub mod wire;
 
 pub use causality::spawn;
 pub use config::{HappenConfig, NodeConfig, NodeLimits};
 pub use confluence::{GroupResults, NodeGroup, SentToAll};
 pub use context::Context;
-pub use error::{BoxError, HappenError, Result};
-pub use event::{Causal, Event, EventContext, Origin, new_event_id};
+pub use error::{BoxError, Cause, HappenError, Result};
+pub use event::{Causal, Event, EventContext, Origin, StreamRef, new_event_id};
 pub use flow::{Flow, Handler, IntoFlow, Step};
 pub use id::Id;
+#[cfg(feature = "nats")]
 pub use nats::NatsConfig;
 pub use node::{HandlerId, Node, Target};
+pub use observe::Observer;
 pub use pattern::{IntoPattern, Pattern};
 pub use response::Sent;
 pub use runtime::Happen;
@@ -86,7 +100,7 @@ pub use state::global::{Global, GlobalChange};
 pub use state::temporal::{Snapshot, SnapshotContext, TemporalConfig};
 pub use state::{State, View, Views};
 pub use stream::StreamItem;
-pub use transport::nats::{CONNECTION_STATUS, SYSTEM_SENDER};
+pub use system::{CONNECTION_STATUS, Counters, SYSTEM_SENDER};
 
 /// Turns an `async fn` step into one returning a boxed future, so that a step
 /// can name itself or its callers in [`Flow::next`] (which plain `async fn`s

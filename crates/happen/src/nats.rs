@@ -115,7 +115,8 @@ impl Reconnect {
 /// How to reach NATS; see the [module docs](self).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsConfig {
-    /// Server URLs (`nats://host:port`, `tls://host:port`); tried in order.
+    /// Server URLs (`nats://host:port`, `tls://host:port`); tried in the
+    /// order given, on the first connection and on every reconnection.
     pub servers: Vec<String>,
     /// The connection's name, shown by the server's monitoring.
     pub name: Option<String>,
@@ -131,7 +132,14 @@ pub struct NatsConfig {
     pub reconnect: Reconnect,
     /// How long the first connection may take before it is an error.
     pub connect_timeout: Duration,
+    /// How many outgoing events may wait for the server (while it is
+    /// unreachable, or slower than the senders) before `send`, `tell` and
+    /// `broadcast` fail with [`HappenError::Backpressure`]. Default 65,536.
+    pub outgoing_limit: usize,
 }
+
+/// The default [`NatsConfig::outgoing_limit`].
+pub const DEFAULT_OUTGOING_LIMIT: usize = 65_536;
 
 impl Default for NatsConfig {
     /// A local server: `nats://127.0.0.1:4222`.
@@ -152,10 +160,17 @@ impl NatsConfig {
             tls: None,
             reconnect: Reconnect::default(),
             connect_timeout: Duration::from_secs(5),
+            outgoing_limit: DEFAULT_OUTGOING_LIMIT,
         }
     }
 
-    /// Adds another server to try.
+    /// Sets how many outgoing events may wait for the server (at least 1).
+    pub fn outgoing_limit(mut self, limit: usize) -> Self {
+        self.outgoing_limit = limit;
+        self
+    }
+
+    /// Adds another server to try after the ones already given.
     pub fn server(mut self, url: impl Into<String>) -> Self {
         self.servers.push(url.into());
         self
@@ -221,6 +236,11 @@ impl NatsConfig {
                 self.prefix, e.reason
             ))
         })?;
+        if self.outgoing_limit == 0 {
+            return Err(HappenError::Config(
+                "outgoing_limit must be at least 1".into(),
+            ));
+        }
         if self.connect_timeout.is_zero() {
             return Err(HappenError::Config(
                 "connect_timeout must be above zero".into(),

@@ -12,11 +12,11 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::delivery::ReplyTx;
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::id::Id;
 use crate::stream::{self, Outcome, StreamItem, StreamMsg};
-use crate::transport::ReplyTx;
 
 /// The handle of a sent event; see the [module docs](self).
 ///
@@ -110,6 +110,40 @@ impl Sent {
     /// Waits for the flow's result value.
     pub async fn response(self) -> Result<Value> {
         Ok(self.response_event().await?.into_payload())
+    }
+
+    /// Waits for the flow's result value, deserialized as `T`.
+    ///
+    /// A result that does not have the shape of `T` is a
+    /// [`HappenError::Codec`] naming the type.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    /// struct Quote { sku: String, cents: u64 }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let pricing = happen.node("pricing")?;
+    /// pricing.on("quote", |e: Event, _cx: Context| async move {
+    ///     Flow::done_with(&Quote { sku: e.payload()["sku"].as_str().unwrap_or("").into(), cents: 1250 })
+    /// })?;
+    /// let quote: Quote = pricing.send(&pricing, Event::new("quote", json!({ "sku": "A-1" }))).response_as().await?;
+    /// assert_eq!(quote, Quote { sku: "A-1".into(), cents: 1250 });
+    /// # Ok(()) }
+    /// ```
+    pub async fn response_as<T: serde::de::DeserializeOwned>(self) -> Result<T> {
+        let value = self.response().await?;
+        T::deserialize(value).map_err(|e| {
+            HappenError::codec(
+                format!(
+                    "the response does not have the shape of {}",
+                    std::any::type_name::<T>()
+                ),
+                e,
+            )
+        })
     }
 
     /// Waits for the response as an event, with its own causal context

@@ -10,17 +10,32 @@ use crate::config::{HappenConfig, NodeConfig};
 use crate::error::{HappenError, Result};
 use crate::id::Id;
 use crate::name::validate_node_id;
+#[cfg(feature = "nats")]
 use crate::nats::NatsConfig;
 use crate::node::Node;
+use crate::state::State;
+use crate::store::Store;
+#[cfg(feature = "nats")]
+use crate::store::Unavailable;
+#[cfg(feature = "nats")]
 use crate::store::jetstream::JetStreamStore;
 use crate::store::memory::MemoryStore;
-use crate::store::{Store, Unavailable};
+use crate::system::Counters;
 use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
+#[cfg(feature = "nats")]
 use crate::transport::nats::NatsTransport;
+
+/// The NATS client a runtime holds (none without the `nats` feature).
+#[cfg(feature = "nats")]
+type Client = async_nats::Client;
+#[cfg(not(feature = "nats"))]
+type Client = std::convert::Infallible;
 
 pub(crate) struct RuntimeInner {
     config: HappenConfig,
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    client: Option<Client>,
     transport: Box<dyn Transport>,
     store: Arc<dyn Store>,
     tracker: TaskTracker,
@@ -115,7 +130,8 @@ impl Happen {
 
     /// An in-process runtime whose state, global state and state history are
     /// kept in a database file in `dir` (created if needed), so that they
-    /// survive a restart of the process.
+    /// survive a restart of the process. Every change is on disk before it
+    /// is visible (feature `redb`).
     ///
     /// ```
     /// use happen::prelude::*;
@@ -131,6 +147,7 @@ impl Happen {
     /// assert_eq!(again.node("ledger")?.state().get().await?, json!({ "balance": 10 }));
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "redb")]
     pub fn embedded_on_disk(
         dir: impl AsRef<std::path::Path>,
         config: HappenConfig,
@@ -162,26 +179,92 @@ impl Happen {
     /// let orders = happen.node("order-service")?;
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "nats")]
     pub async fn connect(nats: NatsConfig) -> Result<Happen> {
         Self::connect_with(nats, HappenConfig::default()).await
     }
 
     /// [`Happen::connect`] with a runtime configuration.
+    #[cfg(feature = "nats")]
     pub async fn connect_with(nats: NatsConfig, config: HappenConfig) -> Result<Happen> {
         let (transport, client) = NatsTransport::connect(&nats).await?;
         let store: Arc<dyn Store> = if nats.jetstream {
-            Arc::new(JetStreamStore::open(client, &nats.prefix, *config.temporal_config()).await?)
+            Arc::new(
+                JetStreamStore::open(client.clone(), &nats.prefix, *config.temporal_config())
+                    .await?,
+            )
         } else {
             Arc::new(Unavailable)
         };
-        Ok(Self::with_transport(config, Box::new(transport), store))
+        Ok(Self::build(
+            config,
+            Box::new(transport),
+            store,
+            Some(client),
+        ))
     }
 
-    /// Waits until everything dispatched so far (subscriptions of new nodes
-    /// and handlers, sent events) has reached the server, so that other
-    /// processes can see it. Immediate for the embedded runtime.
+    /// The NATS client of a runtime made by [`Happen::connect`] (`None` for
+    /// the embedded runtime): for what Happen does not wrap, such as your own
+    /// subjects, request/reply with non-Happen services, or JetStream
+    /// streams of your own. Happen's subjects start with the configured
+    /// prefix; leave those to Happen.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> happen::Result<()> {
+    /// use happen::{Happen, NatsConfig};
+    /// let happen = Happen::connect(NatsConfig::new("nats://127.0.0.1:4222")).await?;
+    /// let client = happen.nats_client().expect("connected over NATS");
+    /// client.publish("metrics.raw", "42".into()).await.expect("published");
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "nats")]
+    pub fn nats_client(&self) -> Option<&async_nats::Client> {
+        self.0.client.as_ref()
+    }
+
+    /// Waits until the server has processed everything dispatched so far
+    /// (subscriptions of new nodes and handlers, sent events): a round trip
+    /// through it, after which other processes can reach this process's
+    /// nodes and have been sent its events. Immediate for the embedded
+    /// runtime. While the server is unreachable it waits for the
+    /// reconnection.
     pub async fn flush(&self) -> Result<()> {
         self.0.transport.flush().await
+    }
+
+    /// How many events went undelivered or were refused since the runtime
+    /// started (see [`crate::system`]).
+    pub fn counters(&self) -> Counters {
+        self.0.transport.counters()
+    }
+
+    /// The state of the node `id`, read and written through the store
+    /// without becoming that node: for tools and for code outside any node.
+    /// Updates are atomic as from the node itself (conditional writes).
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let ledger = happen.node("ledger")?;
+    /// happen.state_of("ledger")?.set(|_| json!({ "balance": 5 })).await?;
+    /// assert_eq!(ledger.state().get().await?, json!({ "balance": 5 }));
+    /// assert!(happen.node("ledger").is_err(), "state_of did not create a node");
+    /// # Ok(()) }
+    /// ```
+    pub fn state_of(&self, id: &str) -> Result<State> {
+        validate_node_id(id)?;
+        if let Some(node) = self.0.transport.node(id) {
+            return Ok(node.state());
+        }
+        Ok(State::new(
+            self.0.store.clone(),
+            Id::from(id),
+            self.0.config.temporal_config().enabled,
+            None,
+        ))
     }
 
     fn with_transport(
@@ -189,8 +272,18 @@ impl Happen {
         transport: Box<dyn Transport>,
         store: Arc<dyn Store>,
     ) -> Happen {
+        Self::build(config, transport, store, None)
+    }
+
+    fn build(
+        config: HappenConfig,
+        transport: Box<dyn Transport>,
+        store: Arc<dyn Store>,
+        client: Option<Client>,
+    ) -> Happen {
         Happen(Arc::new(RuntimeInner {
             config,
+            client,
             transport,
             store,
             tracker: TaskTracker::new(),

@@ -14,7 +14,8 @@
 //! A flow that emits while nobody waits for it (it was started by a
 //! broadcast) broadcasts each item instead, as an event of type
 //! `<handled type>.item` caused by the handled event, with
-//! `context.stream = {"of": <handled event id>, "seq": n}`.
+//! `context.stream = {"of": <handled event id>, "seq": n}` (see
+//! [`Event::stream`](crate::Event::stream)).
 //!
 //! ```
 //! use futures::StreamExt;

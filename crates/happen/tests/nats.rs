@@ -6,8 +6,8 @@ mod conformance;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use happen::testing::NatsServer;
 use happen::{Happen, HappenConfig, NatsConfig};
+use happen_test::NatsServer;
 
 struct Nats {
     server: Arc<NatsServer>,

@@ -52,21 +52,39 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use std::time::Duration;
+
 use crate::causality;
 use crate::error::{HappenError, Result};
 use crate::event::now_millis;
-use crate::node::Node;
+use crate::id::Id;
 use crate::store::{Saved, Store};
 use temporal::{Snapshot, SnapshotContext, SnapshotFilter};
 
-/// How many times a transform is re-run after conflicting writes from other
-/// processes before the update gives up.
-const MAX_ATTEMPTS: usize = 64;
+/// How many times a transform runs against conflicting writes from other
+/// processes before the update gives up with [`HappenError::Conflict`].
+/// With the backoff below that is well over a minute of losing every race.
+const MAX_ATTEMPTS: u32 = 1000;
+/// The first wait after a conflict; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_micros(200);
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
-/// A node's own state; get it with [`Node::state`](crate::Node::state).
-#[derive(Debug, Clone)]
+/// A node's own state; get it with [`Node::state`](crate::Node::state) or,
+/// from outside the node, [`Happen::state_of`](crate::Happen::state_of).
+#[derive(Clone)]
 pub struct State {
-    node: Node,
+    store: Arc<dyn Store>,
+    node: Id,
+    temporal: bool,
+    /// The node's lock when the node lives in this process: its updates
+    /// then queue here rather than race through the store.
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("node", &self.node).finish()
+    }
 }
 
 /// Read-only snapshots of other nodes' state, handed to
@@ -98,19 +116,34 @@ async fn load_views(store: &dyn Store, nodes: &[String]) -> Result<Views> {
 }
 
 impl State {
-    pub(crate) fn new(node: Node) -> Self {
-        State { node }
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        node: Id,
+        temporal: bool,
+        lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    ) -> Self {
+        State {
+            store,
+            node,
+            temporal,
+            lock,
+        }
     }
 
     fn store(&self) -> &Arc<dyn Store> {
-        self.node.store()
+        &self.store
+    }
+
+    /// The id of the node whose state this is.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The whole state (`null` if the node never set any).
     pub async fn get(&self) -> Result<Value> {
         Ok(self
             .store()
-            .load(self.node.id())
+            .load(&self.node)
             .await?
             .map(|v| v.value)
             .unwrap_or(Value::Null))
@@ -123,7 +156,7 @@ impl State {
 
     /// The state deserialized as `T` (`None` if the node has no state).
     pub async fn get_as<T: DeserializeOwned>(&self) -> Result<Option<T>> {
-        match self.store().load(self.node.id()).await? {
+        match self.store().load(&self.node).await? {
             Some(v) => Ok(Some(T::deserialize(v.value)?)),
             None => Ok(None),
         }
@@ -156,11 +189,15 @@ impl State {
         mut transform: impl FnMut(Value, &Views) -> Value,
     ) -> Result<Value> {
         let store = self.store().clone();
-        let id = self.node.id();
+        let id = &self.node;
         // One update at a time from this process; other processes are
         // caught by the conditional save.
-        let _turn = self.node.state_lock().lock().await;
-        for _ in 0..MAX_ATTEMPTS {
+        let _turn = match &self.lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=MAX_ATTEMPTS {
             let current = store.load(id).await?;
             let views = load_views(&*store, view_nodes).await?;
             let (old, expected) = match current {
@@ -169,7 +206,7 @@ impl State {
             };
             let new = transform(old, &views);
             if let Saved::Done(_) = store.save(id, &new, expected).await? {
-                if self.node.temporal_enabled() {
+                if self.temporal {
                     if let Some(cause) = causality::current_event() {
                         let snapshot = Snapshot {
                             state: new.clone(),
@@ -180,10 +217,18 @@ impl State {
                 }
                 return Ok(new);
             }
+            if attempt < MAX_ATTEMPTS {
+                // Another writer won. Waiting a random part of a growing
+                // window keeps competing processes from retrying in step,
+                // so each gets its turn.
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
-        Err(HappenError::Transport(format!(
-            "the state of node \"{id}\" kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} attempts"
-        )))
+        Err(HappenError::Conflict {
+            node: id.to_string(),
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
     /// The snapshots recorded after the events `filter` selects, oldest
@@ -197,10 +242,21 @@ impl State {
 
     /// Every retained snapshot, oldest first.
     pub async fn history(&self) -> Result<Vec<Snapshot>> {
-        let mut history = self.store().history(self.node.id()).await?;
+        let mut history = self.store().history(&self.node).await?;
         history.sort_by_key(|s| s.context.timestamp);
         Ok(history)
     }
+}
+
+/// A random wait in `[0, window]` ("full jitter").
+fn jitter(window: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh RandomState is seeded differently each time: randomness
+    // enough for spreading retries, without a dependency.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(now_millis());
+    let nanos = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(hasher.finish() % nanos)
 }
 
 /// A window into another node's state; see [`Node::view`](crate::Node::view).

@@ -53,8 +53,8 @@ pub fn unescape_key(escaped: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn store_error(what: &str, e: impl std::fmt::Display) -> HappenError {
-    HappenError::Transport(format!("{what}: {e}"))
+fn store_error(what: &str, e: impl Into<crate::error::BoxError>) -> HappenError {
+    HappenError::store(what, e)
 }
 
 pub(crate) struct JetStreamStore {
@@ -117,14 +117,12 @@ impl JetStreamStore {
 }
 
 fn to_bytes(value: &Value) -> Result<Bytes> {
-    serde_json::to_vec(value)
-        .map(Bytes::from)
-        .map_err(|e| HappenError::Codec(e.to_string()))
+    Ok(Bytes::from(serde_json::to_vec(value)?))
 }
 
 fn from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
-        .map_err(|e| HappenError::Codec(format!("stored value is not readable: {e}")))
+        .map_err(|e| HappenError::store("a stored value is not readable", e))
 }
 
 impl Store for JetStreamStore {
@@ -176,8 +174,7 @@ impl Store for JetStreamStore {
             if self.temporal.is_none() {
                 return Ok(());
             }
-            let bytes =
-                serde_json::to_vec(&snapshot).map_err(|e| HappenError::Codec(e.to_string()))?;
+            let bytes = serde_json::to_vec(&snapshot)?;
             let subject = format!("{}.{}", self.temporal_prefix, escape_key(node));
             self.js
                 .publish(subject, Bytes::from(bytes))

@@ -1,39 +1,42 @@
 //! The embedded runtime's store: state, global state and history in memory,
-//! optionally written through to a redb database file so that they survive a
-//! restart of the process.
+//! optionally written through to a database file ([`super::disk`]) so that
+//! they survive a restart of the process.
+//!
+//! With a disk, every change is written and committed there first and only
+//! then made visible in memory, one change at a time: a failed write leaves
+//! nothing changed, and the file always holds the newest value a reader
+//! could have seen.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
+use super::disk::{Disk, Table};
 use super::{Saved, Store, Versioned};
 use crate::error::{HappenError, Result};
 use crate::event::now_millis;
 use crate::state::global::GlobalChange;
 use crate::state::temporal::{Snapshot, TemporalConfig, retain};
 
-const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
-const GLOBAL: TableDefinition<&str, &[u8]> = TableDefinition::new("global");
-const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history");
-
 #[derive(Default)]
-struct Data {
-    state: HashMap<String, Versioned>,
-    global: BTreeMap<String, Value>,
-    history: HashMap<String, VecDeque<Snapshot>>,
+pub(crate) struct Data {
+    pub(crate) state: HashMap<String, Versioned>,
+    pub(crate) global: BTreeMap<String, Value>,
+    pub(crate) history: HashMap<String, VecDeque<Snapshot>>,
 }
 
 pub(crate) struct MemoryStore {
     data: Mutex<Data>,
-    disk: Option<Arc<Database>>,
+    disk: Option<Disk>,
+    /// Held across "check, write to disk, publish in memory" so that changes
+    /// reach the disk in the order they become visible.
+    writer: tokio::sync::Mutex<()>,
     temporal: TemporalConfig,
     changes: broadcast::Sender<GlobalChange>,
 }
@@ -42,121 +45,53 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn disk_error(e: impl std::fmt::Display) -> HappenError {
-    HappenError::Transport(format!("state database: {e}"))
-}
-
 impl MemoryStore {
     pub(crate) fn in_memory(temporal: TemporalConfig) -> Self {
+        Self::with(Data::default(), None, temporal)
+    }
+
+    fn with(data: Data, disk: Option<Disk>, temporal: TemporalConfig) -> Self {
         MemoryStore {
-            data: Mutex::new(Data::default()),
-            disk: None,
+            data: Mutex::new(data),
+            disk,
+            writer: tokio::sync::Mutex::new(()),
             temporal,
             changes: broadcast::channel(1024).0,
         }
     }
 
     /// Opens (or creates) `dir/happen.redb` and loads what it holds.
-    pub(crate) fn persistent(dir: &Path, temporal: TemporalConfig) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            HappenError::Config(format!(
-                "cannot create state directory {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let db = Database::create(dir.join("happen.redb")).map_err(|e| {
-            HappenError::Config(format!(
-                "cannot open state database in {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let mut data = Data::default();
-        {
-            let write = db.begin_write().map_err(disk_error)?;
-            // Make sure the tables exist before reading them.
-            write.open_table(STATE).map_err(disk_error)?;
-            write.open_table(GLOBAL).map_err(disk_error)?;
-            write.open_table(HISTORY).map_err(disk_error)?;
-            write.commit().map_err(disk_error)?;
-            let read = db.begin_read().map_err(disk_error)?;
-            for row in read
-                .open_table(STATE)
-                .map_err(disk_error)?
-                .iter()
-                .map_err(disk_error)?
-            {
-                let (k, v) = row.map_err(disk_error)?;
-                let (value, revision): (Value, u64) = decode(v.value())?;
-                data.state
-                    .insert(k.value().to_owned(), Versioned { value, revision });
-            }
-            for row in read
-                .open_table(GLOBAL)
-                .map_err(disk_error)?
-                .iter()
-                .map_err(disk_error)?
-            {
-                let (k, v) = row.map_err(disk_error)?;
-                data.global.insert(k.value().to_owned(), decode(v.value())?);
-            }
-            for row in read
-                .open_table(HISTORY)
-                .map_err(disk_error)?
-                .iter()
-                .map_err(disk_error)?
-            {
-                let (k, v) = row.map_err(disk_error)?;
-                data.history
-                    .insert(k.value().to_owned(), decode(v.value())?);
-            }
-        }
-        Ok(MemoryStore {
-            data: Mutex::new(data),
-            disk: Some(Arc::new(db)),
-            temporal,
-            changes: broadcast::channel(1024).0,
-        })
+    #[cfg(feature = "redb")]
+    pub(crate) fn persistent(dir: &std::path::Path, temporal: TemporalConfig) -> Result<Self> {
+        let (disk, data) = Disk::open(dir)?;
+        Ok(Self::with(data, Some(disk), temporal))
     }
 
-    /// Writes one row (or removes it, for `None`) to the database file.
-    async fn write_through(
-        &self,
-        table: TableDefinition<'static, &'static str, &'static [u8]>,
-        key: &str,
-        bytes: Option<Vec<u8>>,
-    ) -> Result<()> {
-        let Some(db) = self.disk.clone() else {
-            return Ok(());
-        };
-        let key = key.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let write = db.begin_write().map_err(disk_error)?;
-            {
-                let mut t = write.open_table(table).map_err(disk_error)?;
-                match bytes {
-                    Some(bytes) => {
-                        t.insert(key.as_str(), bytes.as_slice())
-                            .map_err(disk_error)?;
-                    }
-                    None => {
-                        t.remove(key.as_str()).map_err(disk_error)?;
-                    }
-                }
-            }
-            write.commit().map_err(disk_error)
-        })
-        .await
-        .map_err(disk_error)?
+    /// Writes one row to the disk, if there is one.
+    async fn write_through(&self, table: Table, key: &str, bytes: Option<Vec<u8>>) -> Result<()> {
+        match &self.disk {
+            Some(disk) => disk.write(table, key, bytes).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The writer's turn, when changes must reach a disk in order.
+    async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.disk {
+            Some(_) => Some(self.writer.lock().await),
+            None => None,
+        }
     }
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| HappenError::Codec(e.to_string()))
+    Ok(serde_json::to_vec(value)?)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+#[cfg_attr(not(feature = "redb"), allow(dead_code))]
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
-        .map_err(|e| HappenError::Codec(format!("state database holds an unreadable value: {e}")))
+        .map_err(|e| HappenError::store("the state database holds an unreadable value", e))
 }
 
 impl Store for MemoryStore {
@@ -172,46 +107,53 @@ impl Store for MemoryStore {
         expected: Option<u64>,
     ) -> BoxFuture<'a, Result<Saved>> {
         Box::pin(async move {
-            let revision = {
-                let mut data = lock(&self.data);
-                let current = data.state.get(node).map(|v| v.revision);
-                if current != expected {
-                    return Ok(Saved::Conflict);
-                }
-                let revision = current.unwrap_or(0) + 1;
-                data.state.insert(
-                    node.to_owned(),
-                    Versioned {
-                        value: value.clone(),
-                        revision,
-                    },
-                );
-                revision
-            };
+            let _turn = self.turn().await;
+            let current = lock(&self.data).state.get(node).map(|v| v.revision);
+            if current != expected {
+                return Ok(Saved::Conflict);
+            }
+            let revision = current.unwrap_or(0) + 1;
             if self.disk.is_some() {
-                self.write_through(STATE, node, Some(encode(&(value, revision))?))
+                self.write_through(Table::State, node, Some(encode(&(value, revision))?))
                     .await?;
             }
+            let mut data = lock(&self.data);
+            // Without a disk there is no writer's turn: check again under
+            // the lock that makes the change visible.
+            if data.state.get(node).map(|v| v.revision) != expected {
+                return Ok(Saved::Conflict);
+            }
+            data.state.insert(
+                node.to_owned(),
+                Versioned {
+                    value: value.clone(),
+                    revision,
+                },
+            );
             Ok(Saved::Done(revision))
         })
     }
 
     fn record<'a>(&'a self, node: &'a str, snapshot: Snapshot) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let bytes = {
+            let _turn = self.turn().await;
+            if self.disk.is_none() {
                 let mut data = lock(&self.data);
                 let history = data.history.entry(node.to_owned()).or_default();
                 history.push_back(snapshot);
                 retain(history, &self.temporal, now_millis());
-                if self.disk.is_some() {
-                    Some(encode(&*history)?)
-                } else {
-                    None
-                }
-            };
-            if let Some(bytes) = bytes {
-                self.write_through(HISTORY, node, Some(bytes)).await?;
+                return Ok(());
             }
+            let mut history = lock(&self.data)
+                .history
+                .get(node)
+                .cloned()
+                .unwrap_or_default();
+            history.push_back(snapshot);
+            retain(&mut history, &self.temporal, now_millis());
+            self.write_through(Table::History, node, Some(encode(&history)?))
+                .await?;
+            lock(&self.data).history.insert(node.to_owned(), history);
             Ok(())
         })
     }
@@ -235,13 +177,14 @@ impl Store for MemoryStore {
 
     fn global_set<'a>(&'a self, key: &'a str, value: &'a Value) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let _turn = self.turn().await;
+            if self.disk.is_some() {
+                self.write_through(Table::Global, key, Some(encode(value)?))
+                    .await?;
+            }
             lock(&self.data)
                 .global
                 .insert(key.to_owned(), value.clone());
-            if self.disk.is_some() {
-                self.write_through(GLOBAL, key, Some(encode(value)?))
-                    .await?;
-            }
             let _ = self.changes.send(GlobalChange {
                 key: key.to_owned(),
                 value: Some(value.clone()),
@@ -252,14 +195,16 @@ impl Store for MemoryStore {
 
     fn global_delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let existed = lock(&self.data).global.remove(key).is_some();
-            if existed {
-                self.write_through(GLOBAL, key, None).await?;
-                let _ = self.changes.send(GlobalChange {
-                    key: key.to_owned(),
-                    value: None,
-                });
+            let _turn = self.turn().await;
+            if !lock(&self.data).global.contains_key(key) {
+                return Ok(());
             }
+            self.write_through(Table::Global, key, None).await?;
+            lock(&self.data).global.remove(key);
+            let _ = self.changes.send(GlobalChange {
+                key: key.to_owned(),
+                value: None,
+            });
             Ok(())
         })
     }

@@ -6,6 +6,8 @@
 //! - [`jetstream`]: NATS JetStream key-value buckets and a history stream
 //!   (the NATS runtime).
 
+pub(crate) mod disk;
+#[cfg(feature = "nats")]
 pub(crate) mod jetstream;
 pub(crate) mod memory;
 
@@ -65,14 +67,17 @@ pub(crate) trait Store: Send + Sync + 'static {
 
 /// The store of a NATS runtime connected without JetStream: every state
 /// operation says what is missing.
+#[cfg(feature = "nats")]
 pub(crate) struct Unavailable;
 
+#[cfg(feature = "nats")]
 fn unavailable<T: Send + 'static>() -> BoxFuture<'static, Result<T>> {
     Box::pin(std::future::ready(Err(crate::HappenError::Config(
         "state and global state need JetStream; connect with NatsConfig::jetstream(true) to a server started with -js".into(),
     ))))
 }
 
+#[cfg(feature = "nats")]
 impl Store for Unavailable {
     fn load<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Versioned>>> {
         unavailable()

@@ -1,21 +1,30 @@
 //! The in-process transport: events go straight from the sender to the
 //! receiving node's scheduler, without serialization.
+//!
+//! It is also the NATS transport's table of this process's nodes, so
+//! delivery into a node (matching, queueing, refusals, system events) is the
+//! same code in both runtimes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
+use serde_json::{Value, json};
 
-use super::{ReplyTx, Responder, Transport};
+use super::{Interest, Transport};
+use crate::delivery::{self, Delivery, ReplyTx, Responder};
 use crate::error::{HappenError, Result};
-use crate::event::Event;
+use crate::event::{Event, stamp};
+use crate::id::Id;
 use crate::node::Node;
 use crate::pattern::Pattern;
+use crate::system::{self, Counters, Tally};
 
 /// Routes events between the nodes of one process.
 #[derive(Default)]
 pub(crate) struct LocalTransport {
     nodes: RwLock<HashMap<Arc<str>, Node>>,
+    tally: Tally,
 }
 
 impl LocalTransport {
@@ -27,7 +36,12 @@ impl LocalTransport {
             .clear();
     }
 
-    fn node(&self, id: &str) -> Option<Node> {
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    fn lookup(&self, id: &str) -> Option<Node> {
         self.nodes
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -36,32 +50,81 @@ impl LocalTransport {
     }
 
     /// Hands `event` to every local node with a matching handler. A full
-    /// queue at one receiver does not keep the event from the others; the
-    /// first refusal is returned afterwards.
+    /// queue at one receiver does not keep the event from the others; each
+    /// refusal is logged, counted and reported as a [`system::REFUSED`]
+    /// event, and the first is returned afterwards.
     pub(crate) fn deliver_broadcast(&self, event: &Event) -> Result<()> {
-        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let receivers: Vec<Node> = {
+            let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+            nodes
+                .values()
+                .filter(|node| node.core().handles(event.event_type()))
+                .cloned()
+                .collect()
+        };
         let mut first_error = None;
-        for node in nodes.values() {
-            if node.core().handles(event.event_type()) {
-                if let Err(e) = node.core().deliver(event.clone(), None) {
-                    first_error.get_or_insert(e);
-                }
+        for node in receivers {
+            if let Err(error) = delivery::deliver(node.core(), Delivery::new(event.clone(), None)) {
+                self.refused(node.id(), event, &error);
+                first_error.get_or_insert(error);
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Reports an event a node refused when nobody could be told directly
+    /// (a broadcast, or a tell from another process): logged, counted, and
+    /// a [`system::REFUSED`] event.
+    pub(crate) fn refused(&self, node: &str, event: &Event, error: &HappenError) {
+        tracing::warn!(node, event_type = event.event_type(), event_id = event.id(), %error, "broadcast refused");
+        if event.causal().sender == system::SYSTEM_SENDER {
+            return; // a refused system event is not reported again
+        }
+        self.tally.refused();
+        self.system_event(
+            system::REFUSED,
+            json!({
+                "node": node,
+                "eventType": event.event_type(),
+                "eventId": event.id(),
+                "reason": error.to_string(),
+            }),
+        );
+    }
+
+    /// Reports a sent event that reached no node: logged, counted, and a
+    /// [`system::UNDELIVERED`] event.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn undelivered(&self, node: &str, event_type: &str, event_id: &str, reason: &str) {
+        tracing::warn!(node, event_type, event_id, reason, "event reached no node");
+        self.tally.undelivered();
+        self.system_event(
+            system::UNDELIVERED,
+            json!({ "node": node, "eventType": event_type, "eventId": event_id, "reason": reason }),
+        );
+    }
+
+    /// Delivers a system event to the local nodes that handle it.
+    pub(crate) fn system_event(&self, event_type: &str, payload: Value) {
+        let mut event = Event::new(event_type, payload);
+        stamp(&mut event, &Id::from(system::SYSTEM_SENDER), None);
+        let _ = self.deliver_broadcast(&event);
+    }
+
     /// Hands `event` to the local node `target`; every outcome, refusals
-    /// included, goes to `responder`.
-    pub(crate) fn deliver_to(&self, target: &str, event: Event, responder: Responder) {
-        match self.node(target) {
-            Some(node) => {
-                // On failure `deliver` has already answered the responder.
-                let _ = node.core().deliver(event, Some(responder));
-            }
-            None => responder.reply(Err(HappenError::UnknownNode {
+    /// included, goes to `responder` (when there is one) and refusals are
+    /// returned.
+    pub(crate) fn deliver_to(
+        &self,
+        target: &str,
+        event: Event,
+        responder: Option<Responder>,
+    ) -> Result<()> {
+        match self.lookup(target) {
+            Some(node) => delivery::deliver(node.core(), Delivery::new(event, responder)),
+            None => Delivery::new(event, responder).refuse(HappenError::UnknownNode {
                 node: target.to_owned(),
-            })),
+            }),
         }
     }
 }
@@ -78,16 +141,31 @@ impl Transport for LocalTransport {
         Ok(())
     }
 
+    fn detach(&self, id: &str) {
+        self.nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    fn subscribe(&self, _pattern: &Pattern) -> Result<Interest> {
+        // Every local node is consulted on each broadcast: nothing to set up.
+        Ok(Interest::default())
+    }
+
+    fn unsubscribe(&self, _interest: &Interest) {}
+
     fn broadcast(&self, event: Event) -> Result<()> {
         self.deliver_broadcast(&event)
     }
 
     fn send(&self, target: &str, event: Event, reply: ReplyTx, _deadline: tokio::time::Instant) {
-        self.deliver_to(target, event, Responder::Local(reply));
+        // A refusal has already gone to the requester.
+        let _ = self.deliver_to(target, event, Some(Responder::Local(reply)));
     }
 
-    fn interest(&self, _pattern: &Pattern) {
-        // Every local node is consulted on each broadcast: nothing to set up.
+    fn tell(&self, target: &str, event: Event) -> Result<()> {
+        self.deliver_to(target, event, None)
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {
@@ -105,5 +183,13 @@ impl Transport for LocalTransport {
 
     fn abort(&self) {
         self.detach_all();
+    }
+
+    fn counters(&self) -> Counters {
+        self.tally.snapshot()
+    }
+
+    fn node(&self, id: &str) -> Option<Node> {
+        self.lookup(id)
     }
 }

@@ -19,6 +19,7 @@ pub async fn step_error_reaches_requester(backend: &dyn Backend) {
             node,
             event_type,
             cause,
+            ..
         } => {
             assert_eq!(node, "err-b");
             assert_eq!(event_type, "charge");

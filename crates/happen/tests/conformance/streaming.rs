@@ -241,7 +241,7 @@ pub async fn broadcast_streaming_handler_broadcasts_its_items(backend: &dyn Back
     for _ in 0..3 {
         items.push(recv(&mut rx).await);
     }
-    items.sort_by_key(|e| e.context_value("stream").unwrap()["seq"].as_u64());
+    items.sort_by_key(|e| e.stream().unwrap().seq);
     let origin = items[0]
         .causal()
         .causation_id
@@ -251,9 +251,13 @@ pub async fn broadcast_streaming_handler_broadcasts_its_items(backend: &dyn Back
         assert_eq!(item.payload(), &json!({ "load": load }));
         assert_eq!(item.causal().sender, "bs-monitor");
         assert_eq!(item.causal().causation_id.as_ref(), Some(&origin));
+        let stream = item.stream().expect("a stream item");
+        assert_eq!((&stream.of, stream.seq), (&origin, seq as u64));
+        let wire = serde_json::to_value(item).unwrap();
         assert_eq!(
-            item.context_value("stream").unwrap(),
-            &json!({ "of": origin.as_str(), "seq": seq })
+            wire["context"]["stream"],
+            json!({ "of": origin.as_str(), "seq": seq }),
+            "the documented wire shape"
         );
     }
 }

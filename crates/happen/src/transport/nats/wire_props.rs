@@ -1,10 +1,11 @@
 //! Properties of the wire format: every event survives encode → decode, and
 //! no byte string makes the decoder panic.
 
-use happen::wire::{self, Reply};
-use happen::{Event, HappenError};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
+
+use super::wire::{self, Reply};
+use crate::{Event, HappenError};
 
 fn json_leaf() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -70,7 +71,7 @@ proptest! {
     #[test]
     fn replies_round_trip(event in event(), fail in any::<bool>(), text in ".{0,40}") {
         let reply = if fail {
-            Reply::Err(HappenError::HandlerFailed { node: "n".into(), event_type: "t".into(), cause: text })
+            Reply::Err(HappenError::HandlerFailed { node: "n".into(), event_type: "t".into(), cause: text, source: None })
         } else {
             Reply::Ok(event)
         };
@@ -93,7 +94,7 @@ proptest! {
         }
         // Either a clean error or some event: never a panic.
         match wire::decode_event(&bytes) {
-            Ok(_) | Err(HappenError::Codec(_)) => {}
+            Ok(_) | Err(HappenError::Codec { .. }) => {}
             Err(other) => prop_assert!(false, "unexpected error kind {other:?}"),
         }
     }
@@ -110,7 +111,7 @@ proptest! {
 fn decode_error_is_codec_and_says_what() {
     let err = wire::decode_event(&[0x93, 0x01]).unwrap_err();
     assert!(
-        matches!(err, HappenError::Codec(ref m) if m.contains("cannot decode event")),
+        matches!(err, HappenError::Codec { ref message, .. } if message.contains("cannot decode event")),
         "{err}"
     );
     let not_an_event = rmp_serde::to_vec_named(&json!({ "payload": 1 })).unwrap();

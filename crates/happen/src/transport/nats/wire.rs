@@ -5,15 +5,8 @@
 //! [`HappenError::Codec`]. Nesting is limited to [`MAX_DEPTH`] levels so that
 //! hostile input cannot exhaust the stack.
 //!
-//! ```
-//! use happen::{Event, wire};
-//! use serde_json::json;
-//!
-//! let event = Event::new("order.created", json!({ "orderId": "ORD-1", "total": 59.98 }));
-//! let bytes = wire::encode_event(&event).unwrap();
-//! assert_eq!(wire::decode_event(&bytes).unwrap(), event);
-//! assert!(wire::decode_event(b"\xc1 not msgpack").is_err());
-//! ```
+//! This is the crate's private protocol between Happen processes, not a
+//! stable public API; docs/ARCHITECTURE.md describes it.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +14,7 @@ use crate::error::{HappenError, Result};
 use crate::event::Event;
 
 /// The deepest nesting of maps and arrays a decoder accepts.
-pub const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 
 fn encode<T: Serialize + ?Sized>(
     value: &T,
@@ -34,14 +27,14 @@ fn encode<T: Serialize + ?Sized>(
 }
 
 /// Encodes an event as a MessagePack map.
-pub fn encode_event(event: &Event) -> Result<Vec<u8>> {
-    encode(event).map_err(|e| HappenError::Codec(format!("cannot encode event: {e}")))
+pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>> {
+    encode(event).map_err(|e| HappenError::codec("cannot encode event", e))
 }
 
 /// Decodes an event encoded by [`encode_event`] (or any MessagePack map of the
 /// same shape).
-pub fn decode_event(bytes: &[u8]) -> Result<Event> {
-    decode(bytes).map_err(|e| HappenError::Codec(format!("cannot decode event: {e}")))
+pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event> {
+    decode(bytes).map_err(|e| HappenError::codec("cannot decode event", e))
 }
 
 /// The outcome of a request as it travels back to the requester.
@@ -51,7 +44,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event> {
 /// detected by its number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Reply {
+pub(crate) enum Reply {
     /// The flow completed; its result travels as a response event.
     Ok(Event),
     /// The request failed (refused, handler error, panic, ...).
@@ -78,7 +71,7 @@ pub enum Reply {
 /// Flow control of a streamed response, from consumer to producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Credit {
+pub(crate) enum Credit {
     /// The consumer has taken this many items in all.
     Acked(u64),
     /// The consumer stopped: the producer should stop too.
@@ -86,13 +79,13 @@ pub enum Credit {
 }
 
 /// Encodes a credit message.
-pub fn encode_credit(credit: &Credit) -> Result<Vec<u8>> {
-    encode(credit).map_err(|e| HappenError::Codec(format!("cannot encode credit: {e}")))
+pub(crate) fn encode_credit(credit: &Credit) -> Result<Vec<u8>> {
+    encode(credit).map_err(|e| HappenError::codec("cannot encode credit", e))
 }
 
 /// Decodes a credit message.
-pub fn decode_credit(bytes: &[u8]) -> Result<Credit> {
-    decode(bytes).map_err(|e| HappenError::Codec(format!("cannot decode credit: {e}")))
+pub(crate) fn decode_credit(bytes: &[u8]) -> Result<Credit> {
+    decode(bytes).map_err(|e| HappenError::codec("cannot decode credit", e))
 }
 
 impl From<Result<Event>> for Reply {
@@ -118,13 +111,13 @@ impl From<Reply> for Result<Event> {
 }
 
 /// Encodes a reply.
-pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>> {
-    encode(reply).map_err(|e| HappenError::Codec(format!("cannot encode reply: {e}")))
+pub(crate) fn encode_reply(reply: &Reply) -> Result<Vec<u8>> {
+    encode(reply).map_err(|e| HappenError::codec("cannot encode reply", e))
 }
 
 /// Decodes a reply encoded by [`encode_reply`].
-pub fn decode_reply(bytes: &[u8]) -> Result<Reply> {
-    decode(bytes).map_err(|e| HappenError::Codec(format!("cannot decode reply: {e}")))
+pub(crate) fn decode_reply(bytes: &[u8]) -> Result<Reply> {
+    decode(bytes).map_err(|e| HappenError::codec("cannot decode reply", e))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -180,6 +173,34 @@ mod tests {
     fn every_error_variant_crosses_the_wire() {
         use crate::name::validate_node_id;
         use crate::pattern::Pattern;
+        // A new variant must be added here: this match has no catch-all.
+        fn listed(e: &HappenError) {
+            match e {
+                HappenError::NoHandler { .. }
+                | HappenError::UnknownNode { .. }
+                | HappenError::DuplicateNode { .. }
+                | HappenError::Timeout { .. }
+                | HappenError::QueueFull { .. }
+                | HappenError::HandlerFailed { .. }
+                | HappenError::HandlerPanicked { .. }
+                | HappenError::NoResponse { .. }
+                | HappenError::InvalidPattern(_)
+                | HappenError::InvalidName(_)
+                | HappenError::EmptyBatch
+                | HappenError::InvalidBatch { .. }
+                | HappenError::Cancelled
+                | HappenError::StreamBroken { .. }
+                | HappenError::Shutdown
+                | HappenError::Config(_)
+                | HappenError::Codec { .. }
+                | HappenError::Transport { .. }
+                | HappenError::PayloadTooLarge { .. }
+                | HappenError::Backpressure { .. }
+                | HappenError::Unreachable { .. }
+                | HappenError::Store { .. }
+                | HappenError::Conflict { .. } => {}
+            }
+        }
         let errors = vec![
             HappenError::NoHandler {
                 node: "n".into(),
@@ -201,6 +222,7 @@ mod tests {
                 node: "n".into(),
                 event_type: "t".into(),
                 cause: "c".into(),
+                source: None,
             },
             HappenError::HandlerPanicked {
                 node: "n".into(),
@@ -219,10 +241,37 @@ mod tests {
             HappenError::StreamBroken { reason: "r".into() },
             HappenError::InvalidBatch { reason: "r".into() },
             HappenError::Config("c".into()),
-            HappenError::Codec("c".into()),
-            HappenError::Transport("t".into()),
+            HappenError::Codec {
+                message: "c".into(),
+                source: None,
+            },
+            HappenError::Transport {
+                message: "t".into(),
+                source: None,
+            },
+            HappenError::PayloadTooLarge { size: 2, limit: 1 },
+            HappenError::Backpressure {
+                pending: 2,
+                limit: 1,
+            },
+            HappenError::Unreachable {
+                node: "n".into(),
+                event_type: "t".into(),
+                attempts: 3,
+                waited_ms: 4,
+            },
+            HappenError::Store {
+                message: "s".into(),
+                source: None,
+            },
+            HappenError::Conflict {
+                node: "n".into(),
+                attempts: 9,
+            },
         ];
+        assert_eq!(errors.len(), 23, "one of each variant");
         for error in errors {
+            listed(&error);
             let reply = Reply::Err(error);
             let bytes = encode_reply(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
             assert_eq!(decode_reply(&bytes).unwrap(), reply);

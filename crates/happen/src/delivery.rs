@@ -1,0 +1,227 @@
+//! Handing an event to a node: the reply half a requester waits on
+//! ([`Responder`]), what travels with the event into the node's scheduler
+//! ([`Delivery`]), and the one entry point every transport uses
+//! ([`deliver`]).
+//!
+//! Transports depend on this module, not on the node's internals: they find
+//! the target node and call [`deliver`], which checks that a handler matches,
+//! tells the observers, and lets the node's scheduler run, queue or refuse
+//! the event. A refusal goes to the responder at once (and is returned).
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{HappenError, Result};
+use crate::event::Event;
+use crate::node::NodeCore;
+use crate::stream::{Outcome, STREAM_WINDOW, StreamMsg, StreamRx};
+
+/// The requester's end of a reply: the sending side of the channel its
+/// [`Sent`](crate::Sent) waits on.
+pub(crate) type ReplyTx = oneshot::Sender<Outcome>;
+
+/// Where a flow's outcome goes when it leaves the process (a NATS inbox).
+pub(crate) trait ReplySink: Send + 'static {
+    /// Sends one streamed item (waiting for the consumer if it is behind).
+    fn emit(&mut self, value: Value) -> BoxFuture<'_, Result<()>>;
+    /// Sends the final outcome (ending the stream if one was started).
+    fn reply(self: Box<Self>, outcome: Result<Event>);
+}
+
+/// The reply half of a request, handed with the event to the target node.
+pub(crate) enum Responder {
+    /// The requester is in this process and has not been streamed to.
+    Local(ReplyTx),
+    /// The requester is in this process and consumes a stream.
+    LocalStream(mpsc::Sender<StreamMsg>),
+    /// The requester is elsewhere.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    Remote(Box<dyn ReplySink>),
+}
+
+impl Responder {
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn remote(sink: impl ReplySink) -> Self {
+        Responder::Remote(Box::new(sink))
+    }
+
+    /// Whether nobody waits for the outcome any more (a local requester that
+    /// dropped its handle). A remote requester is always assumed to wait.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        match self {
+            Responder::Local(tx) => tx.is_closed(),
+            Responder::LocalStream(tx) => tx.is_closed(),
+            Responder::Remote(_) => false,
+        }
+    }
+
+    /// Streams one value to the requester; `Cancelled` once it stopped
+    /// consuming.
+    pub(crate) async fn emit(&mut self, value: Value) -> Result<()> {
+        if let Responder::Local(_) = self {
+            let (tx, rx) = mpsc::channel(STREAM_WINDOW);
+            let Responder::Local(reply) = std::mem::replace(self, Responder::LocalStream(tx))
+            else {
+                unreachable!("checked above");
+            };
+            if reply
+                .send(Outcome::Stream(StreamRx::new(rx, None)))
+                .is_err()
+            {
+                return Err(HappenError::Cancelled);
+            }
+        }
+        match self {
+            Responder::LocalStream(tx) => tx
+                .send(StreamMsg::Item(value))
+                .await
+                .map_err(|_| HappenError::Cancelled),
+            Responder::Remote(sink) => sink.emit(value).await,
+            Responder::Local(_) => Err(HappenError::Cancelled),
+        }
+    }
+
+    /// Sends the final outcome; waits for room if a stream is behind.
+    pub(crate) async fn finish(self, outcome: Result<Event>) {
+        match self {
+            Responder::LocalStream(tx) => {
+                let _ = tx.send(StreamMsg::End(outcome)).await;
+            }
+            other => other.reply(outcome),
+        }
+    }
+
+    /// Sends the final outcome at once (refusals, before any stream).
+    pub(crate) fn reply(self, outcome: Result<Event>) {
+        match self {
+            // The requester may have stopped waiting (fire-and-forget,
+            // timeout): then the outcome has nowhere to go, which is fine.
+            Responder::Local(tx) => {
+                let _ = tx.send(Outcome::Done(outcome));
+            }
+            Responder::LocalStream(tx) => {
+                let _ = tx.try_send(StreamMsg::End(outcome));
+            }
+            Responder::Remote(sink) => sink.reply(outcome),
+        }
+    }
+}
+
+/// What the transport learns when the node is done with a delivered event:
+/// the acknowledgement seam of durable delivery. A durable transport hands
+/// one in with the event and settles its message (ack, or nak for a later
+/// redelivery) when the event's flows have ended; direct delivery has none.
+pub(crate) trait Acknowledge: Send + 'static {
+    /// Every flow of the event completed.
+    fn ack(self: Box<Self>);
+    /// The event was refused, or one of its flows failed.
+    fn nak(self: Box<Self>, error: &HappenError);
+}
+
+/// An event on its way into a node, with whoever waits for its outcome.
+pub(crate) struct Delivery {
+    pub(crate) event: Event,
+    pub(crate) responder: Option<Responder>,
+    pub(crate) ack: Option<Box<dyn Acknowledge>>,
+}
+
+impl Delivery {
+    /// A delivery without acknowledgement (direct mode).
+    pub(crate) fn new(event: Event, responder: Option<Responder>) -> Self {
+        Delivery {
+            event,
+            responder,
+            ack: None,
+        }
+    }
+
+    /// Refuses the delivery: the responder hears `error` at once, the
+    /// message is negatively acknowledged, and the error is returned.
+    pub(crate) fn refuse(self, error: HappenError) -> Result<()> {
+        if let Some(ack) = self.ack {
+            ack.nak(&error);
+        }
+        if let Some(responder) = self.responder {
+            responder.reply(Err(error.clone()));
+        }
+        Err(error)
+    }
+}
+
+/// Hands `delivery` to `node`: it starts a flow at once, waits in the node's
+/// queue, or is refused (no matching handler, queue full, node shut down).
+pub(crate) fn deliver(node: &Arc<NodeCore>, delivery: Delivery) -> Result<()> {
+    if let Err(error) = node.admits(delivery.event.event_type()) {
+        return delivery.refuse(error);
+    }
+    node.observers().delivered(node.id(), &delivery.event);
+    node.schedule(delivery)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prelude::*;
+    use std::sync::Mutex;
+
+    /// Records how each delivery was settled.
+    struct Recorded(Arc<Mutex<Vec<String>>>);
+
+    impl Acknowledge for Recorded {
+        fn ack(self: Box<Self>) {
+            self.0.lock().unwrap().push("ack".into());
+        }
+        fn nak(self: Box<Self>, error: &HappenError) {
+            self.0.lock().unwrap().push(format!("nak: {error}"));
+        }
+    }
+
+    /// The acknowledgement reaches the end of the event's flows: ack after a
+    /// completed flow, nak after a failed one or a refusal.
+    #[tokio::test(flavor = "current_thread")]
+    async fn acknowledgement_follows_the_flow() {
+        let happen = Happen::embedded();
+        let node = happen
+            .node_with("acked", NodeConfig::new().max_concurrent(1).queue_limit(0))
+            .unwrap();
+        node.on("ok", |_e: Event, _cx: Context| async {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        })
+        .unwrap();
+        node.on("bad", |_e: Event, _cx: Context| async {
+            Err::<Value, _>(HappenError::Cancelled)
+        })
+        .unwrap();
+        let settled = Arc::new(Mutex::new(Vec::new()));
+        let send = |event_type: &str| {
+            let mut event = Event::new(event_type, json!(null));
+            crate::event::stamp(&mut event, node.shared_id(), None);
+            deliver(
+                node.core(),
+                Delivery {
+                    event,
+                    responder: None,
+                    ack: Some(Box::new(Recorded(settled.clone()))),
+                },
+            )
+        };
+        send("ok").unwrap();
+        assert!(matches!(send("ok"), Err(HappenError::QueueFull { .. })));
+        assert!(matches!(
+            send("nothing"),
+            Err(HappenError::NoHandler { .. })
+        ));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        send("bad").unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let settled = settled.lock().unwrap().clone();
+        assert_eq!(settled.len(), 4, "{settled:?}");
+        assert!(settled[0].starts_with("nak") && settled[0].contains("overloaded"));
+        assert!(settled[1].starts_with("nak") && settled[1].contains("no handler"));
+        assert_eq!(settled[2], "ack");
+        assert!(settled[3].starts_with("nak") && settled[3].contains("failed"));
+    }
+}

@@ -1,0 +1,605 @@
+//! Nodes: the actors of a Happen system. A node registers handlers for the
+//! event types it cares about and emits events by broadcast or direct send.
+//!
+//! Each node schedules its own flows ([`scheduler`]): events are handled
+//! concurrently up to the node's `max_concurrent`, further events wait in a
+//! FIFO queue of at most `queue_limit`, and beyond that the sender gets
+//! [`HappenError::QueueFull`]. Nothing is dropped silently. Its handlers
+//! live in a [`registry`].
+
+mod registry;
+mod scheduler;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+pub use registry::HandlerId;
+pub(crate) use registry::Registration;
+
+use crate::causality;
+use crate::config::NodeLimits;
+use crate::confluence::SentToAll;
+use crate::error::{HappenError, Result};
+use crate::event::{self, Event};
+use crate::flow::{Entry, Handler, Step};
+use crate::id::Id;
+use crate::name::{validate_event_type, validate_node_id};
+use crate::observe::Observers;
+use crate::pattern::{IntoPattern, Pattern};
+use crate::response::Sent;
+use crate::runtime::{Happen, RuntimeInner};
+use crate::state::global::Global;
+use crate::state::{Collect, State, View};
+use crate::store::Store;
+use registry::Registry;
+use scheduler::Scheduler;
+
+pub(crate) struct NodeCore {
+    id: Id,
+    /// Weak: the runtime lives as long as a `Happen` handle does; nodes
+    /// (held by the runtime's transport) must not keep it alive.
+    runtime: Weak<RuntimeInner>,
+    store: Arc<dyn Store>,
+    temporal: bool,
+    limits: NodeLimits,
+    registry: Registry,
+    scheduler: Scheduler,
+    /// Serializes this process's updates of the node's state.
+    state_lock: Arc<tokio::sync::Mutex<()>>,
+    observers: Observers,
+    /// Set by [`Node::shutdown`].
+    closed: AtomicBool,
+}
+
+impl NodeCore {
+    pub(crate) fn id(&self) -> &Id {
+        &self.id
+    }
+
+    pub(crate) fn observers(&self) -> &Observers {
+        &self.observers
+    }
+
+    /// Whether any handler of this node matches `event_type`.
+    pub(crate) fn handles(&self, event_type: &str) -> bool {
+        self.registry.handles(event_type, &self.id)
+    }
+
+    /// Whether the node takes an event of `event_type` now; the reason if
+    /// not.
+    pub(crate) fn admits(&self, event_type: &str) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(HappenError::UnknownNode {
+                node: self.id.to_string(),
+            });
+        }
+        if !self.handles(event_type) {
+            return Err(HappenError::NoHandler {
+                node: self.id.to_string(),
+                event_type: event_type.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A node: an independent actor that handles and emits events.
+///
+/// Create nodes with [`Happen::node`]. A `Node` is a cheap handle; clones refer
+/// to the same node.
+///
+/// `S` is the type of the node-local value the handle gives the flows it
+/// registers ([`Node::with_local`]); `()` by default.
+///
+/// ```
+/// use happen::prelude::*;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> happen::Result<()> {
+/// let happen = Happen::embedded();
+/// let orders = happen.node("order-service")?;
+/// let payments = happen.node("payment-service")?;
+///
+/// payments.on("process-payment", |event: Event, cx: Context| async move {
+///     assert_eq!(cx.sender(), "order-service");
+///     assert!(cx.expects_response());
+///     json!({ "status": "approved", "amount": event.payload()["amount"] })
+/// })?;
+///
+/// let reply = orders
+///     .send(&payments, Event::new("process-payment", json!({ "amount": 129.99 })))
+///     .response()
+///     .await?;
+/// assert_eq!(reply["status"], "approved");
+/// # Ok(()) }
+/// ```
+pub struct Node<S = ()> {
+    core: Arc<NodeCore>,
+    local: S,
+}
+
+impl<S: Clone> Clone for Node<S> {
+    fn clone(&self) -> Self {
+        Node {
+            core: self.core.clone(),
+            local: self.local.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Node<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.core.id)
+            .field("limits", &self.core.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two handles are equal when they refer to the same node (whatever their
+/// local values).
+impl<S, T> PartialEq<Node<T>> for Node<S> {
+    fn eq(&self, other: &Node<T>) -> bool {
+        Arc::ptr_eq(&self.core, &other.core)
+    }
+}
+
+impl<S> Eq for Node<S> {}
+
+/// Something that names the node an event is sent to: a [`Node`] or a node id.
+pub trait Target {
+    /// The id of the target node.
+    fn target_id(&self) -> &str;
+
+    /// The id as a shared [`Id`] (a node hands out its own without copying).
+    fn target_shared_id(&self) -> Id {
+        Id::from(self.target_id())
+    }
+}
+
+impl<S> Target for Node<S> {
+    fn target_id(&self) -> &str {
+        self.id()
+    }
+
+    fn target_shared_id(&self) -> Id {
+        self.core.id.clone()
+    }
+}
+
+impl Target for str {
+    fn target_id(&self) -> &str {
+        self
+    }
+}
+
+impl Target for String {
+    fn target_id(&self) -> &str {
+        self
+    }
+}
+
+impl<T: Target + ?Sized> Target for &T {
+    fn target_id(&self) -> &str {
+        (**self).target_id()
+    }
+
+    fn target_shared_id(&self) -> Id {
+        (**self).target_shared_id()
+    }
+}
+
+impl Node {
+    pub(crate) fn new(id: Id, runtime: &Arc<RuntimeInner>, limits: NodeLimits) -> Self {
+        Node::from_core(Arc::new(NodeCore {
+            id,
+            runtime: Arc::downgrade(runtime),
+            store: runtime.store().clone(),
+            temporal: runtime.config().temporal_config().enabled,
+            limits,
+            registry: Registry::default(),
+            scheduler: Scheduler::default(),
+            state_lock: Arc::new(tokio::sync::Mutex::new(())),
+            observers: runtime.config().observers().clone(),
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    pub(crate) fn from_core(core: Arc<NodeCore>) -> Self {
+        Node { core, local: () }
+    }
+}
+
+impl<S> Node<S> {
+    pub(crate) fn core(&self) -> &Arc<NodeCore> {
+        &self.core
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &str {
+        &self.core.id
+    }
+
+    /// The node's id as a shared [`Id`].
+    pub fn shared_id(&self) -> &Id {
+        &self.core.id
+    }
+
+    /// The limits this node runs with (after system defaults and overrides).
+    pub fn limits(&self) -> NodeLimits {
+        self.core.limits
+    }
+
+    /// The node-local value this handle gives its flows.
+    pub fn local(&self) -> &S {
+        &self.local
+    }
+
+    /// A handle to the same node whose flows see `local` as
+    /// [`Context::local`](crate::Context::local), with no lookup that could
+    /// fail: the place for what every step needs (a client, a pool, shared
+    /// data behind an `Arc`). Handlers registered through the returned
+    /// handle take `Context<T>`; see [`crate::flow`] for an example.
+    ///
+    /// The value is cloned for each flow, so make it cheap to clone (wrap
+    /// large or mutable data in an `Arc`). It stays in this process: it is
+    /// not state (see [`Node::state`]) and does not travel with events.
+    pub fn with_local<T>(&self, local: T) -> Node<T> {
+        Node {
+            core: self.core.clone(),
+            local,
+        }
+    }
+
+    /// A handle to the same node without its local value.
+    pub fn untyped(&self) -> Node {
+        Node::from_core(self.core.clone())
+    }
+
+    /// This node's own state: get, transform, history.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let counter = happen.node("counter")?;
+    /// counter.state().set(|s| json!(s.as_u64().unwrap_or(0) + 1)).await?;
+    /// counter.state().set(|s| json!(s.as_u64().unwrap_or(0) + 1)).await?;
+    /// assert_eq!(counter.state().get().await?, json!(2));
+    /// # Ok(()) }
+    /// ```
+    pub fn state(&self) -> State {
+        State::new(
+            self.store().clone(),
+            self.core.id.clone(),
+            self.core.temporal,
+            Some(self.core.state_lock.clone()),
+        )
+    }
+
+    /// A read-only window into the state of the node `node` (in any process).
+    pub fn view(&self, node: &str) -> View {
+        View::new(self.store().clone(), node.to_owned())
+    }
+
+    /// Collects projections of several nodes' state in one call.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let dashboard = happen.node("dashboard")?;
+    /// happen.node("inventory")?.state().set(|_| json!({ "products": { "p1": { "stock": 0 } } })).await?;
+    /// happen.node("orders")?.state().set(|_| json!({ "pending": 4 })).await?;
+    ///
+    /// let data = dashboard
+    ///     .collect()
+    ///     .from("orders", |s| s["pending"].clone())
+    ///     .from_as("outOfStock", "inventory", |s| json!(s["products"].as_object().map_or(0, |p| p.len())))
+    ///     .from("no-such-node", |s| s.clone())
+    ///     .await?;
+    /// assert_eq!(data["orders"], Some(json!(4)));
+    /// assert_eq!(data["outOfStock"], Some(json!(1)));
+    /// assert_eq!(data["no-such-node"], None);
+    /// # Ok(()) }
+    /// ```
+    pub fn collect(&self) -> Collect {
+        Collect::new(self.store().clone())
+    }
+
+    /// The system-wide key-value namespace (see [`crate::state::global`]).
+    pub fn global(&self) -> Global {
+        Global::new(self.store().clone())
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.core.store
+    }
+
+    /// The runtime this node belongs to; `None` once every [`Happen`] handle
+    /// of it has been dropped.
+    pub fn happen(&self) -> Option<Happen> {
+        self.core.runtime.upgrade().map(Happen::from_inner)
+    }
+
+    fn runtime(&self) -> Result<Arc<RuntimeInner>> {
+        self.core.runtime.upgrade().ok_or(HappenError::Shutdown)
+    }
+
+    /// Removes a handler registered with [`Node::on`]. Flows it already
+    /// started run to their end. Returns whether it was registered.
+    ///
+    /// Over NATS, a subscription that no remaining handler of this process
+    /// needs is released, so the server stops sending its events here.
+    pub fn off(&self, id: HandlerId) -> bool {
+        match self.core.registry.remove(id) {
+            Some(registration) => {
+                if let Ok(runtime) = self.runtime() {
+                    runtime.transport().unsubscribe(&registration.interest);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits until this node and its handlers, as registered so far, are
+    /// reachable from every process: over NATS, until the server has
+    /// processed their subscriptions (a round trip); at once embedded.
+    ///
+    /// Registration ([`Node::on`], [`Happen::node`]) returns before the
+    /// server knows of it; another process sending right away could find
+    /// nobody. Await `ready()` before announcing the node to others.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let svc = happen.node("svc")?;
+    /// svc.on("ping", |_e: Event, _cx: Context| async { json!("pong") })?;
+    /// svc.ready().await?; // now other processes can reach it
+    /// # Ok(()) }
+    /// ```
+    pub async fn ready(&self) -> Result<()> {
+        self.runtime()?.transport().flush().await
+    }
+
+    /// Takes this node out of the system: no new event reaches it (senders
+    /// get [`HappenError::UnknownNode`]), the flows it is running and the
+    /// events in its queue finish, then its handlers and subscriptions are
+    /// released. The id may then be used for a new node.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let client = happen.node("client")?;
+    /// let temp = happen.node("temp")?;
+    /// temp.on("ping", |_e: Event, _cx: Context| async { json!("pong") })?;
+    /// temp.shutdown().await;
+    /// let err = client.send("temp", Event::new("ping", json!(null))).await.unwrap_err();
+    /// assert!(matches!(err, HappenError::UnknownNode { .. }));
+    /// assert!(happen.node("temp").is_ok(), "the id is free again");
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self) {
+        if self.core.closed.swap(true, Ordering::AcqRel) {
+            return self.core.scheduler.idle().await;
+        }
+        let runtime = self.core.runtime.upgrade();
+        if let Some(runtime) = &runtime {
+            runtime.transport().detach(&self.core.id);
+        }
+        self.core.scheduler.idle().await;
+        for registration in self.core.registry.clear() {
+            if let Some(runtime) = &runtime {
+                runtime.transport().unsubscribe(&registration.interest);
+            }
+        }
+    }
+
+    /// Sends `event` to every node with a matching handler, this one included.
+    ///
+    /// Returns once the event is handed to the receivers; their flows run
+    /// concurrently. Fails on an invalid event type, after shutdown, or when a
+    /// receiver's queue is full (the other receivers still get the event).
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let weather = happen.node("weather")?;
+    /// let emergency = happen.node("emergency")?;
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// emergency.on("severe-weather", move |event: Event, _cx: Context| {
+    ///     let tx = tx.clone();
+    ///     async move { tx.send(event.payload()["region"].clone()).unwrap(); }
+    /// })?;
+    /// weather.broadcast(Event::new("severe-weather", json!({ "region": "Gulf Coast" })))?;
+    /// assert_eq!(rx.recv().await.unwrap(), "Gulf Coast");
+    /// # Ok(()) }
+    /// ```
+    pub fn broadcast(&self, event: Event) -> Result<()> {
+        let runtime = self.runtime()?;
+        let event = self.prepare(&runtime, event).map_err(|(e, _)| e)?;
+        runtime.transport().broadcast(event)
+    }
+
+    /// Sends `event` to `target` and returns at once; the event is already on
+    /// its way.
+    ///
+    /// Await the returned [`Sent`] (or call [`Sent::response`]) for the flow's
+    /// result, use [`Sent::on_response`] for a callback, or drop it for
+    /// fire-and-forget. Errors (no such node, no matching handler, full queue,
+    /// invalid event type) arrive through the handle without waiting for a
+    /// timeout.
+    pub fn send(&self, target: impl Target, event: Event) -> Sent {
+        let target = target.target_shared_id();
+        let timeout = self.core.limits.timeout;
+        let prepared = match self.runtime() {
+            Ok(runtime) => match validate_node_id(&target) {
+                Ok(()) => self.prepare(&runtime, event).map(|e| (runtime, e)),
+                Err(e) => Err((e.into(), event)),
+            },
+            Err(e) => Err((e, event)),
+        };
+        match prepared {
+            Ok((runtime, event)) => {
+                let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
+                runtime
+                    .transport()
+                    .send(&target, event, reply, sent.deadline());
+                sent
+            }
+            Err((e, event)) => Sent::refused(target, event, timeout, e),
+        }
+    }
+
+    /// Sends `event` to `target` without asking for an answer: the flow runs
+    /// with [`Context::expects_response`](crate::Context::expects_response)
+    /// `false` and no result is built or sent back, in any runtime.
+    ///
+    /// Errors known when sending are returned: an invalid event type or
+    /// target, shutdown, and over NATS a message too large or a full outgoing
+    /// queue; in one process also an unknown target, no matching handler, or
+    /// a full queue. Over NATS a tell that reaches no node is reported as a
+    /// [`system::UNDELIVERED`](crate::system::UNDELIVERED) event and counted
+    /// (the sender has returned by then), never dropped silently; it is not
+    /// retried. Use [`Node::send`] when the sender must know.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let sensor = happen.node("sensor")?;
+    /// let log = happen.node("log")?;
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// log.on("reading", move |e: Event, cx: Context| {
+    ///     let tx = tx.clone();
+    ///     async move { tx.send((e.payload().clone(), cx.expects_response())).unwrap(); }
+    /// })?;
+    /// sensor.tell(&log, Event::new("reading", json!(21.5)))?;
+    /// assert_eq!(rx.recv().await.unwrap(), (json!(21.5), false));
+    /// assert!(matches!(sensor.tell("nobody", Event::new("reading", json!(0))), Err(HappenError::UnknownNode { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn tell(&self, target: impl Target, event: Event) -> Result<()> {
+        let target = target.target_shared_id();
+        let runtime = self.runtime()?;
+        validate_node_id(&target)?;
+        let event = self.prepare(&runtime, event).map_err(|(e, _)| e)?;
+        runtime.transport().tell(&target, event)
+    }
+
+    /// Sends `event` to every node of `targets` (a [`NodeGroup`](crate::NodeGroup), nodes or
+    /// ids). Each runs its own flow; await the handle for the results keyed
+    /// by node id, each with its own outcome.
+    pub fn send_to_all<T: Target>(
+        &self,
+        targets: impl IntoIterator<Item = T>,
+        event: Event,
+    ) -> SentToAll {
+        let targets: Vec<Id> = targets.into_iter().map(|t| t.target_shared_id()).collect();
+        let timeout = self.core.limits.timeout;
+        let runtime = self.runtime();
+        let prepared = match &runtime {
+            Ok(runtime) => self.prepare(runtime, event),
+            Err(e) => Err((e.clone(), event)),
+        };
+        let sent = targets
+            .into_iter()
+            .map(|target| {
+                let outcome = match (&runtime, &prepared) {
+                    (Ok(runtime), Ok(event)) => match validate_node_id(&target) {
+                        Ok(()) => {
+                            let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
+                            runtime.transport().send(
+                                &target,
+                                event.clone(),
+                                reply,
+                                sent.deadline(),
+                            );
+                            sent
+                        }
+                        Err(e) => Sent::refused(target.clone(), event.clone(), timeout, e.into()),
+                    },
+                    (_, Err((e, event))) => {
+                        Sent::refused(target.clone(), event.clone(), timeout, e.clone())
+                    }
+                    (Err(e), Ok(event)) => {
+                        Sent::refused(target.clone(), event.clone(), timeout, e.clone())
+                    }
+                };
+                (target, outcome)
+            })
+            .collect();
+        SentToAll::new(sent)
+    }
+
+    /// Validates and stamps an outgoing event with its causal context; a
+    /// refused event comes back with the reason.
+    fn prepare(
+        &self,
+        runtime: &RuntimeInner,
+        mut event: Event,
+    ) -> Result<Event, (HappenError, Event)> {
+        if let Err(e) = validate_event_type(event.event_type()) {
+            return Err((e.into(), event));
+        }
+        let parent = causality::current_event();
+        if parent.is_none() && runtime.is_closed() {
+            return Err((HappenError::Shutdown, event));
+        }
+        event::stamp(&mut event, &self.core.id, parent.as_ref());
+        self.core.observers.stamped(&event);
+        Ok(event)
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Node<S> {
+    /// Registers `handler` as the first step of a flow for every event whose
+    /// type matches `pattern`.
+    ///
+    /// `pattern` is a string pattern (`"order.created"`, `"order.*"`,
+    /// `"{order,payment}.created"`, `"audit.>"`), a closure `Fn(&str) -> bool`,
+    /// or a [`Pattern`] built with the combinators of [`crate::pattern`]. An
+    /// invalid pattern string is an error here.
+    ///
+    /// When several handlers of one node match an event, each runs its own
+    /// flow; a requester receives the result of the first registered.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # let happen = Happen::embedded();
+    /// # let node = happen.node("n").unwrap();
+    /// node.on("order.*", |_e: Event, _cx: Context| async {}).unwrap();
+    /// node.on(|t: &str| t.ends_with(".failed"), |_e: Event, _cx: Context| async {}).unwrap();
+    /// let err = node.on("order.{", |_e: Event, _cx: Context| async {}).unwrap_err();
+    /// assert!(matches!(err, HappenError::InvalidPattern(_)));
+    /// ```
+    pub fn on(&self, pattern: impl IntoPattern, handler: impl Handler<S>) -> Result<HandlerId> {
+        self.on_step(pattern.into_pattern(), Step::new(handler))
+    }
+
+    pub(crate) fn on_step(&self, pattern: Pattern, step: Step<S>) -> Result<HandlerId> {
+        pattern.validate()?;
+        let runtime = self.runtime()?;
+        if self.core.closed.load(Ordering::Acquire) {
+            return Err(HappenError::Shutdown);
+        }
+        let interest = runtime.transport().subscribe(&pattern)?;
+        let id = HandlerId::next();
+        self.core.registry.add(Registration {
+            id,
+            pattern,
+            entry: Entry::new(step, self.local.clone()),
+            interest,
+        });
+        Ok(id)
+    }
+}

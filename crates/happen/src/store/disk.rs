@@ -1,0 +1,149 @@
+//! The embedded store's disk: one redb database file holding node state,
+//! global state and state history, one row per node or key (feature
+//! `redb`). Without the feature there is no disk, and the type cannot be
+//! constructed.
+
+#[cfg(feature = "redb")]
+pub(crate) use redb_disk::Disk;
+
+#[cfg(not(feature = "redb"))]
+pub(crate) enum Disk {}
+
+/// The tables of the database.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Table {
+    State,
+    Global,
+    History,
+}
+
+#[cfg(not(feature = "redb"))]
+impl Disk {
+    pub(crate) async fn write(
+        &self,
+        _table: Table,
+        _key: &str,
+        _bytes: Option<Vec<u8>>,
+    ) -> crate::Result<()> {
+        match *self {}
+    }
+}
+
+#[cfg(feature = "redb")]
+mod redb_disk {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+    use super::Table;
+    use crate::error::{HappenError, Result};
+    use crate::store::Versioned;
+    use crate::store::memory::{Data, decode};
+
+    const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+    const GLOBAL: TableDefinition<&str, &[u8]> = TableDefinition::new("global");
+    const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history");
+
+    fn definition(table: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match table {
+            Table::State => STATE,
+            Table::Global => GLOBAL,
+            Table::History => HISTORY,
+        }
+    }
+
+    fn disk_error(e: impl Into<crate::error::BoxError>) -> HappenError {
+        HappenError::store("state database", e)
+    }
+
+    pub(crate) struct Disk {
+        db: Arc<Database>,
+    }
+
+    impl Disk {
+        /// Opens (or creates) `dir/happen.redb` and reads what it holds.
+        pub(crate) fn open(dir: &Path) -> Result<(Disk, Data)> {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                HappenError::Config(format!(
+                    "cannot create state directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            let db = Database::create(dir.join("happen.redb")).map_err(|e| {
+                HappenError::Config(format!(
+                    "cannot open state database in {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            let mut data = Data::default();
+            let write = db.begin_write().map_err(disk_error)?;
+            // Make sure the tables exist before reading them.
+            write.open_table(STATE).map_err(disk_error)?;
+            write.open_table(GLOBAL).map_err(disk_error)?;
+            write.open_table(HISTORY).map_err(disk_error)?;
+            write.commit().map_err(disk_error)?;
+            let read = db.begin_read().map_err(disk_error)?;
+            for row in read
+                .open_table(STATE)
+                .map_err(disk_error)?
+                .iter()
+                .map_err(disk_error)?
+            {
+                let (k, v) = row.map_err(disk_error)?;
+                let (value, revision) = decode(v.value())?;
+                data.state
+                    .insert(k.value().to_owned(), Versioned { value, revision });
+            }
+            for row in read
+                .open_table(GLOBAL)
+                .map_err(disk_error)?
+                .iter()
+                .map_err(disk_error)?
+            {
+                let (k, v) = row.map_err(disk_error)?;
+                data.global.insert(k.value().to_owned(), decode(v.value())?);
+            }
+            for row in read
+                .open_table(HISTORY)
+                .map_err(disk_error)?
+                .iter()
+                .map_err(disk_error)?
+            {
+                let (k, v) = row.map_err(disk_error)?;
+                data.history
+                    .insert(k.value().to_owned(), decode(v.value())?);
+            }
+            Ok((Disk { db: Arc::new(db) }, data))
+        }
+
+        /// Writes one row (or removes it, for `None`) and commits.
+        pub(crate) async fn write(
+            &self,
+            table: Table,
+            key: &str,
+            bytes: Option<Vec<u8>>,
+        ) -> Result<()> {
+            let db = self.db.clone();
+            let key = key.to_owned();
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let write = db.begin_write().map_err(disk_error)?;
+                {
+                    let mut t = write.open_table(definition(table)).map_err(disk_error)?;
+                    match bytes {
+                        Some(bytes) => {
+                            t.insert(key.as_str(), bytes.as_slice())
+                                .map_err(disk_error)?;
+                        }
+                        None => {
+                            t.remove(key.as_str()).map_err(disk_error)?;
+                        }
+                    }
+                }
+                write.commit().map_err(disk_error)
+            })
+            .await
+            .map_err(disk_error)?
+        }
+    }
+}

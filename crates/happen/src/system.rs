@@ -1,0 +1,90 @@
+//! Events the runtime itself emits, and the counts behind them.
+//!
+//! Happen reports what happens to the system (a connection lost and restored,
+//! an event that reached nobody, a broadcast a node refused) as ordinary
+//! events, so that nodes can react with ordinary handlers. Their sender is
+//! [`SYSTEM_SENDER`], which is not a valid node id and so is never confused
+//! with one. They are delivered to the nodes of the process where they
+//! happened, not through the network (which may be what failed).
+//!
+//! | event type | when | payload |
+//! |---|---|---|
+//! | [`CONNECTION_STATUS`] | the NATS connection changed | `status` (`connected`, `disconnected`, `reconnected`, `lame-duck`, `slow-consumer`, `error`, `closed`), `reason` |
+//! | [`UNDELIVERED`] | a sent event reached no node and nobody waited for the answer | `node`, `eventType`, `eventId`, `reason` |
+//! | [`REFUSED`] | a node refused a broadcast (its queue was full) | `node`, `eventType`, `eventId`, `reason` |
+//!
+//! Every undelivered and refused event is also logged (`tracing::warn`) and
+//! counted: see [`Happen::counters`](crate::Happen::counters).
+//!
+//! ```
+//! use happen::prelude::*;
+//! use happen::system;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> happen::Result<()> {
+//! let happen = Happen::embedded();
+//! let busy = happen.node_with("busy", NodeConfig::new().max_concurrent(1).queue_limit(0))?;
+//! let monitor = happen.node("monitor")?;
+//! busy.on("tick", |_e: Event, _cx: Context| async {
+//!     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+//! })?;
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! monitor.on(system::REFUSED, move |e: Event, _cx: Context| {
+//!     let tx = tx.clone();
+//!     async move { tx.send(e.payload()["node"].clone()).unwrap(); }
+//! })?;
+//! monitor.broadcast(Event::new("tick", json!(1)))?; // takes busy's only slot
+//! assert!(monitor.broadcast(Event::new("tick", json!(2))).is_err());
+//! assert_eq!(rx.recv().await.unwrap(), "busy");
+//! assert_eq!(happen.counters().refused, 1);
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The sender of every system event.
+pub const SYSTEM_SENDER: &str = "happen.system";
+/// The NATS connection changed state.
+pub const CONNECTION_STATUS: &str = "system.connection-status";
+/// A sent event reached no node (and nobody waited to be told).
+pub const UNDELIVERED: &str = "system.undelivered";
+/// A node refused a broadcast.
+pub const REFUSED: &str = "system.refused";
+
+/// How many events went undelivered or were refused since the runtime
+/// started; see [`Happen::counters`](crate::Happen::counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Sent events that reached no node while nobody waited for an answer
+    /// (a fire-and-forget `send` or a `tell`); each was logged and reported
+    /// as an [`UNDELIVERED`] event.
+    pub undelivered: u64,
+    /// Broadcasts refused by a node of this process (queue full); each was
+    /// logged and reported as a [`REFUSED`] event.
+    pub refused: u64,
+}
+
+/// The live counters behind [`Counters`].
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    undelivered: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Tally {
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn undelivered(&self) {
+        self.undelivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Counters {
+        Counters {
+            undelivered: self.undelivered.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+}

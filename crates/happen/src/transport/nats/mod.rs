@@ -1,0 +1,525 @@
+//! The NATS transport: the same nodes and flows, with events carried between
+//! processes by a NATS server.
+//!
+//! - [`subjects`]: where events travel and which broadcast filters this
+//!   process holds;
+//! - [`commands`]: the one ordered queue every subscribe and publish goes
+//!   through, bounded for new events;
+//! - [`requests`]: requests waiting for their replies, "no responders" and
+//!   its retries;
+//! - [`streams`]: answers and streamed answers going back, with credits;
+//! - [`envelope`]: events into message bytes and back, the place for
+//!   integrity checks;
+//! - [`status`]: the connection's state as system events;
+//! - [`wire`]: the MessagePack encoding.
+//!
+//! Replies, credits and round trips come to one inbox per runtime:
+//! `<inbox>.<n>` answers request `n`, `<inbox>.c<n>` carries credits for the
+//! stream `n` this process produces, `<inbox>.p<n>` is round trip `n` coming
+//! back, and `<inbox>.t.<node>` is where the server says that a tell found
+//! no node.
+
+mod commands;
+mod envelope;
+mod requests;
+mod status;
+mod streams;
+mod subjects;
+#[cfg(test)]
+mod tests;
+mod wire;
+#[cfg(test)]
+mod wire_props;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::local::LocalTransport;
+use super::{Interest, Transport};
+use crate::delivery::{ReplyTx, Responder};
+use crate::error::{HappenError, Result};
+use crate::event::Event;
+use crate::nats::{Auth, NatsConfig, check_server_version};
+use crate::node::Node;
+use crate::pattern::Pattern;
+use crate::stream::Outcome;
+use crate::system::Counters;
+use commands::{Command, Commands, Kind, Publish};
+use requests::Requests;
+use status::Status;
+use streams::{Credits, NatsReply};
+use subjects::Filters;
+
+/// How long shutdown waits for the server to take the last messages (it may
+/// be unreachable: the client would otherwise wait for a reconnection).
+const CLOSE_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+const OPEN: u8 = 0;
+const DRAINING: u8 = 1;
+const CLOSED: u8 = 2;
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the transport's tasks share.
+pub(super) struct Shared {
+    local: Arc<LocalTransport>,
+    client: async_nats::Client,
+    prefix: String,
+    inbox: String,
+    commands: Commands,
+    requests: Requests,
+    credits: Credits,
+    filters: Filters,
+    status: Status,
+    /// Round trips waiting for their message to come back.
+    pings: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Ids for subscriptions and round trips.
+    next_id: AtomicU64,
+    /// Node id → its direct subscription.
+    direct: Mutex<HashMap<String, u64>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// OPEN, DRAINING (only events caused by running flows are taken from
+    /// other processes) or CLOSED (nothing is taken).
+    phase: AtomicU8,
+}
+
+pub(crate) struct NatsTransport {
+    shared: Arc<Shared>,
+}
+
+impl NatsTransport {
+    pub(crate) async fn connect(
+        config: &NatsConfig,
+    ) -> Result<(NatsTransport, async_nats::Client)> {
+        config.validate()?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let client = options(config, events_tx)
+            .await?
+            .connect(config.servers.clone())
+            .await
+            .map_err(|e| {
+                HappenError::transport(
+                    format!(
+                        "cannot connect to NATS at {}: {e}; is nats-server running there?",
+                        config.servers.join(", ")
+                    ),
+                    e,
+                )
+            })?;
+        let info = client.server_info();
+        check_server_version(&info.version, &config.servers.join(", "))?;
+        if config.jetstream {
+            async_nats::jetstream::new(client.clone())
+                .query_account()
+                .await
+                .map_err(|e| {
+                    HappenError::Config(format!(
+                        "JetStream is not available on the NATS server ({e}); start nats-server with -js, or set NatsConfig::jetstream(false)"
+                    ))
+                })?;
+        }
+
+        let (commands, commands_rx) = Commands::new(config.outgoing_limit);
+        let shared = Arc::new(Shared {
+            local: Arc::new(LocalTransport::default()),
+            client: client.clone(),
+            prefix: config.prefix.clone(),
+            inbox: client.new_inbox(),
+            commands,
+            requests: Requests::default(),
+            credits: Credits::default(),
+            filters: Filters::default(),
+            status: Status::default(),
+            pings: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            direct: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            phase: AtomicU8::new(OPEN),
+        });
+        let command_loop = tokio::spawn(commands::run(shared.clone(), client.clone(), commands_rx));
+        let status_loop = tokio::spawn(status::report(shared.clone(), events_rx));
+        let sweeper = tokio::spawn(sweep(shared.clone()));
+        lock(&shared.tasks).extend([command_loop, status_loop, sweeper]);
+        shared.commands.send(Command::Subscribe {
+            id: shared.next_id(),
+            subject: format!("{}.>", shared.inbox),
+            kind: Kind::Inbox,
+        });
+        let transport = NatsTransport { shared };
+        transport.flush().await?;
+        Ok((transport, client))
+    }
+}
+
+async fn options(
+    config: &NatsConfig,
+    events: mpsc::UnboundedSender<async_nats::Event>,
+) -> Result<async_nats::ConnectOptions> {
+    let mut options = match &config.auth {
+        Auth::None => async_nats::ConnectOptions::new(),
+        Auth::UserPassword { user, password } => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        Auth::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
+        Auth::CredentialsFile(path) => {
+            async_nats::ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .map_err(|e| {
+                    HappenError::Config(format!(
+                        "cannot read credentials file {}: {e}",
+                        path.display()
+                    ))
+                })?
+        }
+        Auth::NkeySeed(seed) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+    };
+    if let Some(tls) = &config.tls {
+        options = options.require_tls(tls.required);
+        for root in &tls.root_certificates {
+            options = options.add_root_certificates(root.clone());
+        }
+        if let Some((cert, key)) = &tls.client_certificate {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    if let Some(name) = &config.name {
+        options = options.name(name);
+    }
+    let reconnect = config.reconnect;
+    Ok(options
+        // The documented order: the first reachable server in the list.
+        .retain_servers_order()
+        .connection_timeout(config.connect_timeout)
+        .max_reconnects(reconnect.max_attempts)
+        .reconnect_delay_callback(move |attempt| reconnect.delay(attempt))
+        .event_callback(move |event| {
+            let _ = events.send(event);
+            async {}
+        }))
+}
+
+impl Shared {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn phase(&self) -> u8 {
+        self.phase.load(Ordering::Acquire)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.phase() == CLOSED
+    }
+
+    /// The largest message the server takes.
+    fn max_payload(&self) -> usize {
+        self.client.max_payload()
+    }
+
+    /// A round trip through the server: resolves when a message published
+    /// now has come back, so the server has processed everything before it.
+    fn round_trip(self: &Arc<Self>) -> BoxFuture<'static, Result<()>> {
+        let id = self.next_id();
+        let (back, came_back) = oneshot::channel();
+        lock(&self.pings).insert(id, back);
+        self.commands.send(Command::Publish(Publish {
+            subject: format!("{}.p{id}", self.inbox),
+            reply: None,
+            headers: None,
+            payload: bytes::Bytes::new(),
+            token: None,
+        }));
+        let (written, flushed) = oneshot::channel();
+        self.commands.send(Command::Flush(written));
+        Box::pin(async move {
+            flushed.await.unwrap_or_else(|_| Err(closed()))?;
+            came_back.await.map_err(|_| closed())
+        })
+    }
+
+    fn abort(&self) {
+        self.phase.store(CLOSED, Ordering::Release);
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        self.local.detach_all();
+        self.requests.clear();
+        lock(&self.pings).clear();
+    }
+}
+
+fn closed() -> HappenError {
+    HappenError::transport_msg("the NATS connection is closed")
+}
+
+/// An event sent to one of this process's nodes.
+fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
+    let prefix_len = shared.prefix.len() + ".node.".len();
+    let Some(target) = message.subject.get(prefix_len..).map(str::to_owned) else {
+        return;
+    };
+    let reply_subject = message.reply.as_ref().map(|s| s.to_string());
+    match envelope::open(&message) {
+        Ok(opened) => {
+            let responder = opened
+                .wants_reply
+                .then(|| Responder::remote(NatsReply::new(shared.clone(), reply_subject.clone())));
+            // While shutting down, take what this runtime sent before the
+            // shutdown began and what running flows caused (as the
+            // in-process runtime does); new work from elsewhere is refused.
+            let phase = shared.phase();
+            let ours = reply_subject
+                .as_deref()
+                .is_some_and(|r| r.starts_with(shared.inbox.as_str()));
+            let new_work = opened.event.causal().causation_id.is_none() && !ours;
+            if phase == CLOSED || (phase == DRAINING && new_work) {
+                if let Some(responder) = responder {
+                    responder.reply(Err(HappenError::Shutdown));
+                }
+                return;
+            }
+            // A refusal has gone to the responder; a tell's sender cannot
+            // be told, so it is reported here.
+            let event = (!opened.wants_reply).then(|| opened.event.clone());
+            if let (Err(error), Some(event)) = (
+                shared.local.deliver_to(&target, opened.event, responder),
+                event,
+            ) {
+                shared.local.refused(&target, &event, &error);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(subject = %message.subject, %error, "undecodable event refused");
+            if reply_subject.is_some() {
+                Responder::remote(NatsReply::new(shared.clone(), reply_subject)).reply(Err(error));
+            }
+        }
+    }
+}
+
+/// A broadcast that came through one of this process's filters.
+fn on_broadcast(shared: &Arc<Shared>, message: async_nats::Message) {
+    match envelope::open(&message) {
+        Ok(opened) => {
+            // Overlapping filters deliver a message once per filter.
+            if !shared
+                .filters
+                .take(&message.subject, &opened.event.causal().id)
+            {
+                return;
+            }
+            // Refusals are logged, counted and reported by the local table.
+            let _ = shared.local.deliver_broadcast(&opened.event);
+        }
+        Err(error) => {
+            tracing::warn!(subject = %message.subject, %error, "undecodable broadcast ignored")
+        }
+    }
+}
+
+/// A message on this runtime's inbox: an answer, a credit, a round trip, or
+/// the server's report that a tell found no node.
+fn on_inbox(shared: &Arc<Shared>, message: async_nats::Message) {
+    let Some(rest) = message
+        .subject
+        .strip_prefix(shared.inbox.as_str())
+        .and_then(|r| r.strip_prefix('.'))
+    else {
+        return;
+    };
+    if let Some(node) = rest.strip_prefix("t.") {
+        if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            shared.local.undelivered(
+                node,
+                "",
+                "",
+                "no instance of the node was subscribed when the tell reached the server",
+            );
+        }
+        return;
+    }
+    if let Some(credit) = rest.strip_prefix('c') {
+        return streams::on_credit(shared, credit, &message.payload);
+    }
+    if let Some(ping) = rest.strip_prefix('p') {
+        if let Some(back) = ping
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| lock(&shared.pings).remove(&id))
+        {
+            let _ = back.send(());
+        }
+        return;
+    }
+    if let Ok(token) = rest.parse::<u64>() {
+        requests::on_reply(shared, token, message);
+    }
+}
+
+/// Forgets requests whose requester stopped waiting and whose answer will
+/// never come (the target died), so the table does not grow.
+async fn sweep(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        shared.requests.sweep();
+    }
+}
+
+impl Transport for NatsTransport {
+    fn attach(&self, node: &Node) -> Result<()> {
+        let shared = &self.shared;
+        shared.local.attach(node)?;
+        let id = shared.next_id();
+        lock(&shared.direct).insert(node.id().to_owned(), id);
+        shared.commands.send(Command::Subscribe {
+            id,
+            subject: subjects::direct_subject(&shared.prefix, node.id()),
+            kind: Kind::Direct,
+        });
+        Ok(())
+    }
+
+    fn detach(&self, id: &str) {
+        let shared = &self.shared;
+        shared.local.detach(id);
+        if let Some(subscription) = lock(&shared.direct).remove(id) {
+            shared
+                .commands
+                .send(Command::Unsubscribe { id: subscription });
+        }
+    }
+
+    fn subscribe(&self, pattern: &Pattern) -> Result<Interest> {
+        let shared = &self.shared;
+        let wanted: Vec<String> = subjects::filters_for(pattern)
+            .iter()
+            .map(|s| subjects::broadcast_subject(&shared.prefix, s))
+            .collect();
+        let changes = shared.filters.hold(&wanted, || shared.next_id());
+        for (id, subject) in changes.subscribe {
+            shared.commands.send(Command::Subscribe {
+                id,
+                subject,
+                kind: Kind::Broadcast,
+            });
+        }
+        Ok(Interest(wanted))
+    }
+
+    fn unsubscribe(&self, interest: &Interest) {
+        let changes = self.shared.filters.release(&interest.0);
+        for id in changes.release {
+            self.shared.commands.send(Command::Unsubscribe { id });
+        }
+    }
+
+    fn broadcast(&self, event: Event) -> Result<()> {
+        let shared = &self.shared;
+        let sealed = envelope::seal(&event, true)?;
+        sealed.check_size(shared.max_payload())?;
+        shared.commands.publish(Publish {
+            subject: subjects::broadcast_subject(&shared.prefix, event.event_type()),
+            reply: None,
+            headers: sealed.headers,
+            payload: sealed.payload,
+            token: None,
+        })
+    }
+
+    fn send(&self, target: &str, event: Event, reply: ReplyTx, deadline: tokio::time::Instant) {
+        let shared = &self.shared;
+        let sealed = match envelope::seal(&event, true)
+            .and_then(|s| s.check_size(shared.max_payload()).map(|()| s))
+        {
+            Ok(sealed) => sealed,
+            Err(error) => {
+                let _ = reply.send(Outcome::Done(Err(error)));
+                return;
+            }
+        };
+        let subject = subjects::direct_subject(&shared.prefix, target);
+        let publish = shared.requests.register(
+            &shared.inbox,
+            subject,
+            target,
+            &event,
+            sealed.payload,
+            reply,
+            deadline,
+        );
+        let token = publish.token;
+        if let Err(error) = shared.commands.publish(publish) {
+            if let Some(token) = token {
+                shared.requests.fail(token, error);
+            }
+        }
+    }
+
+    fn tell(&self, target: &str, event: Event) -> Result<()> {
+        let shared = &self.shared;
+        let sealed = envelope::seal(&event, false)?;
+        sealed.check_size(shared.max_payload())?;
+        shared.commands.publish(Publish {
+            subject: subjects::direct_subject(&shared.prefix, target),
+            // Only for the server's "no responders": the receiver sees the
+            // header and does not answer.
+            reply: Some(format!("{}.t.{target}", shared.inbox)),
+            headers: sealed.headers,
+            payload: sealed.payload,
+            token: None,
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'static, Result<()>> {
+        self.shared.round_trip()
+    }
+
+    fn settle(&self) -> BoxFuture<'static, ()> {
+        let shared = self.shared.clone();
+        let _ = shared
+            .phase
+            .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire);
+        let round_trip = shared.round_trip();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, round_trip).await;
+            // Wait for answers someone still waits for, up to their deadline.
+            while shared.requests.any_waiting() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'static, ()> {
+        let shared = self.shared.clone();
+        // Replies of the last flows and everything sent before must have
+        // reached the server before the connection goes, unless the server
+        // is unreachable.
+        let round_trip = shared.round_trip();
+        shared.phase.store(CLOSED, Ordering::Release);
+        Box::pin(async move {
+            let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, round_trip).await;
+            shared.abort();
+        })
+    }
+
+    fn abort(&self) {
+        self.shared.abort();
+    }
+
+    fn counters(&self) -> Counters {
+        self.shared.local.tally().snapshot()
+    }
+
+    fn node(&self, id: &str) -> Option<Node> {
+        self.shared.local.node(id)
+    }
+}

@@ -1,0 +1,358 @@
+//! Requests this runtime sent and is waiting for: their replies (plain or
+//! streamed), and what happens when the server says nobody subscribes to
+//! the target ("no responders").
+//!
+//! "No responders" does not always mean the node does not exist. After an
+//! outage the sender's connection may be back before the receiver has
+//! subscribed again (each reconnects on its own schedule), and a node's
+//! process may be restarting. So when the target answered this runtime
+//! recently, or this runtime itself just reconnected, the event is offered
+//! again, with growing pauses, until the request's deadline; only then is it
+//! a failure: [`HappenError::Unreachable`] (the node may be restarting or
+//! gone). With neither reason to wait it is [`HappenError::UnknownNode`] at
+//! once. When nobody waits for the answer (a fire-and-forget send), a
+//! failure is logged, counted and reported as a
+//! [`system::UNDELIVERED`](crate::system::UNDELIVERED) event.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::commands::{Command, Publish};
+use super::streams::NatsCredit;
+use super::wire::Reply;
+use super::{Shared, lock};
+use crate::delivery::ReplyTx;
+use crate::error::{HappenError, Result, millis};
+use crate::event::Event;
+use crate::id::Id;
+use crate::stream::{CreditSink, Outcome, STREAM_WINDOW, StreamMsg, StreamRx};
+
+/// How long an answer from a node makes "no responders" from it look like a
+/// restart rather than a missing node.
+const ANSWERED_RECENTLY: Duration = Duration::from_secs(60);
+/// How long after this runtime reconnected "no responders" is taken as the
+/// target not having resubscribed yet.
+const RECONNECTED_RECENTLY: Duration = Duration::from_secs(30);
+/// The first pause before offering an event again; it doubles up to
+/// [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(10);
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// A request waiting for its reply.
+pub(super) struct Waiting {
+    /// Until the first reply arrives.
+    reply: Option<ReplyTx>,
+    /// Once the reply turned out to be a stream.
+    stream: Option<Incoming>,
+    target: Id,
+    event_type: String,
+    event_id: Id,
+    /// Until when the request is offered and its requester waits (unless it
+    /// extends its own timeout).
+    deadline: Instant,
+    /// The published message, to offer it again after "no responders".
+    subject: String,
+    payload: Bytes,
+    /// How many times "no responders" came back.
+    refusals: u32,
+    sent_at: Instant,
+}
+
+/// A stream this process consumes.
+struct Incoming {
+    tx: mpsc::Sender<StreamMsg>,
+    /// The number of the next item expected.
+    next: u64,
+}
+
+impl Waiting {
+    /// Whether someone still waits for more of this request.
+    fn alive(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| !r.is_closed())
+            || self.stream.as_ref().is_some_and(|s| !s.tx.is_closed())
+    }
+}
+
+/// The requests of one runtime.
+#[derive(Default)]
+pub(super) struct Requests {
+    next: AtomicU64,
+    pending: Mutex<HashMap<u64, Waiting>>,
+    /// When each node last answered this runtime.
+    answered: Mutex<HashMap<Id, Instant>>,
+}
+
+impl Requests {
+    /// Registers a request for `event` to `target` and gives the message to
+    /// publish (its reply subject names the request).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn register(
+        &self,
+        inbox: &str,
+        subject: String,
+        target: &str,
+        event: &Event,
+        payload: Bytes,
+        reply: ReplyTx,
+        deadline: Instant,
+    ) -> Publish {
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.pending).insert(
+            token,
+            Waiting {
+                reply: Some(reply),
+                stream: None,
+                target: Id::from(target),
+                event_type: event.event_type().to_owned(),
+                event_id: event.causal().id.clone(),
+                deadline,
+                subject: subject.clone(),
+                payload: payload.clone(),
+                refusals: 0,
+                sent_at: Instant::now(),
+            },
+        );
+        Publish {
+            subject,
+            reply: Some(format!("{inbox}.{token}")),
+            headers: None,
+            payload,
+            token: Some(token),
+        }
+    }
+
+    /// Ends a request with `error` (its message could not be published).
+    pub(super) fn fail(&self, token: u64, error: HappenError) {
+        let waiting = lock(&self.pending).remove(&token);
+        deliver_final(waiting, Err(error));
+    }
+
+    /// Whether a request whose requester still waits is on its way.
+    pub(super) fn any_waiting(&self) -> bool {
+        let now = Instant::now();
+        lock(&self.pending)
+            .values()
+            .any(|w| w.alive() && w.deadline > now)
+    }
+
+    /// Forgets requests nobody waits for any more and whose deadline passed
+    /// (their answer, if it ever comes, has nowhere to go).
+    pub(super) fn sweep(&self) {
+        let now = Instant::now();
+        lock(&self.pending).retain(|_, w| w.alive() || w.deadline > now);
+    }
+
+    pub(super) fn clear(&self) {
+        lock(&self.pending).clear();
+    }
+
+    fn answered_recently(&self, node: &Id) -> bool {
+        lock(&self.answered)
+            .get(node)
+            .is_some_and(|at| at.elapsed() < ANSWERED_RECENTLY)
+    }
+
+    fn note_answer(&self, node: &Id) {
+        let now = Instant::now();
+        let mut answered = lock(&self.answered);
+        match answered.get_mut(node) {
+            Some(at) => *at = now,
+            None => {
+                answered.insert(node.clone(), now);
+            }
+        }
+    }
+}
+
+/// A reply on this runtime's inbox for request `token`.
+pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Message) {
+    if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        return no_responders(shared, token);
+    }
+    let reply = match super::envelope::open_reply(&message.payload) {
+        Ok(reply) => reply,
+        Err(error) => Reply::Err(error),
+    };
+    let requests = &shared.requests;
+    let mut pending = lock(&requests.pending);
+    let Some(waiting) = pending.get_mut(&token) else {
+        return; // the requester gave up (timeout, dropped handle)
+    };
+    requests.note_answer(&waiting.target);
+    let broken = |reason: String| StreamMsg::End(Err(HappenError::StreamBroken { reason }));
+    match reply {
+        Reply::Item { seq, value, credit } => {
+            if waiting.stream.is_none() {
+                if seq != 0 {
+                    deliver_final(
+                        pending.remove(&token),
+                        Err(HappenError::StreamBroken {
+                            reason: format!(
+                                "the stream began at item {seq}, not 0 (items were lost)"
+                            ),
+                        }),
+                    );
+                    return;
+                }
+                let (tx, rx) = mpsc::channel(STREAM_WINDOW + 1);
+                let credit = credit.map(|subject| {
+                    Box::new(NatsCredit::new(shared.clone(), subject)) as Box<dyn CreditSink>
+                });
+                let started = waiting.reply.take().is_some_and(|reply| {
+                    reply
+                        .send(Outcome::Stream(StreamRx::new(rx, credit)))
+                        .is_ok()
+                });
+                if !started {
+                    // The requester is gone; dropping the stream cancelled it.
+                    pending.remove(&token);
+                    return;
+                }
+                waiting.stream = Some(Incoming { tx, next: 0 });
+            }
+            let Some(incoming) = waiting.stream.as_mut() else {
+                return;
+            };
+            if seq != incoming.next {
+                let _ = incoming.tx.try_send(broken(format!(
+                    "expected item {}, got item {seq}",
+                    incoming.next
+                )));
+                pending.remove(&token);
+                return;
+            }
+            incoming.next += 1;
+            if incoming.tx.try_send(StreamMsg::Item(value)).is_err() {
+                // Full (the producer ignored flow control) or closed.
+                pending.remove(&token);
+            }
+        }
+        Reply::End { seq, outcome } => {
+            let Some(waiting) = pending.remove(&token) else {
+                return;
+            };
+            match waiting.stream {
+                Some(incoming) if incoming.next == seq => {
+                    let _ = incoming.tx.try_send(StreamMsg::End(Result::from(*outcome)));
+                }
+                Some(incoming) => {
+                    let _ = incoming.tx.try_send(broken(format!(
+                        "the stream ended after {seq} items but {} arrived",
+                        incoming.next
+                    )));
+                }
+                // A stream that ends without items is a plain outcome.
+                None if seq == 0 => {
+                    deliver_final(Some(waiting), Result::from(*outcome));
+                }
+                None => {
+                    deliver_final(
+                        Some(waiting),
+                        Err(HappenError::StreamBroken {
+                            reason: format!("the stream ended after {seq} items but none arrived"),
+                        }),
+                    );
+                }
+            }
+        }
+        other => {
+            deliver_final(pending.remove(&token), Result::from(other));
+        }
+    }
+}
+
+/// The server had no subscriber for request `token`'s target: offer it
+/// again if the target is plausibly on its way back, or give up.
+fn no_responders(shared: &Arc<Shared>, token: u64) {
+    let requests = &shared.requests;
+    let mut pending = lock(&requests.pending);
+    let Some(waiting) = pending.get_mut(&token) else {
+        return;
+    };
+    waiting.refusals += 1;
+    let plausible = requests.answered_recently(&waiting.target)
+        || shared.status.reconnected_within(RECONNECTED_RECENTLY);
+    let pause = retry_pause(waiting.refusals);
+    if plausible && Instant::now() + pause < waiting.deadline && !shared.is_closed() {
+        let publish = Publish {
+            subject: waiting.subject.clone(),
+            reply: Some(format!("{}.{token}", shared.inbox)),
+            headers: None,
+            payload: waiting.payload.clone(),
+            token: Some(token),
+        };
+        drop(pending);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            if !shared.is_closed() && lock(&shared.requests.pending).contains_key(&token) {
+                shared.commands.send(Command::Publish(publish));
+            }
+        });
+        return;
+    }
+    let Some(waiting) = pending.remove(&token) else {
+        return;
+    };
+    drop(pending);
+    let error = if plausible || waiting.refusals > 1 {
+        HappenError::Unreachable {
+            node: waiting.target.to_string(),
+            event_type: waiting.event_type.clone(),
+            attempts: waiting.refusals,
+            waited_ms: millis(waiting.sent_at.elapsed()),
+        }
+    } else {
+        HappenError::UnknownNode {
+            node: waiting.target.to_string(),
+        }
+    };
+    let (target, event_type, event_id) = (
+        waiting.target.clone(),
+        waiting.event_type.clone(),
+        waiting.event_id.clone(),
+    );
+    if !deliver_final(Some(waiting), Err(error.clone())) {
+        shared
+            .local
+            .undelivered(&target, &event_type, &event_id, &error.to_string());
+    }
+}
+
+fn retry_pause(refusals: u32) -> Duration {
+    let doublings = refusals.saturating_sub(1).min(8);
+    (FIRST_RETRY_PAUSE * (1 << doublings)).min(MAX_RETRY_PAUSE)
+}
+
+/// Hands a final outcome to a requester, whether it waits for a plain
+/// result or consumes a stream; `false` when nobody took it.
+fn deliver_final(waiting: Option<Waiting>, outcome: Result<Event>) -> bool {
+    let Some(waiting) = waiting else { return false };
+    if let Some(reply) = waiting.reply {
+        return reply.send(Outcome::Done(outcome)).is_ok();
+    }
+    match waiting.stream {
+        Some(incoming) => incoming.tx.try_send(StreamMsg::End(outcome)).is_ok(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_pauses_grow_to_a_cap() {
+        assert_eq!(retry_pause(1), Duration::from_millis(10));
+        assert_eq!(retry_pause(2), Duration::from_millis(20));
+        assert_eq!(retry_pause(5), Duration::from_millis(160));
+        assert_eq!(retry_pause(6), MAX_RETRY_PAUSE);
+        assert_eq!(retry_pause(u32::MAX), MAX_RETRY_PAUSE);
+    }
+}

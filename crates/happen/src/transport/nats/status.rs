@@ -1,0 +1,91 @@
+//! The connection's state, reported to the local nodes as
+//! [`system::CONNECTION_STATUS`](crate::system::CONNECTION_STATUS) events.
+//!
+//! The first connection is `connected`; a connection restored after a loss
+//! is `reconnected`, with a `reason` saying how long it was down (as the
+//! documentation's applications expect). The events go to this process's
+//! nodes directly, not through the server, which may be what is gone.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{Shared, lock};
+use crate::system;
+
+#[derive(Default)]
+struct State {
+    /// When the connection was lost, while it is.
+    lost_at: Option<Instant>,
+    /// When it was last restored after a loss.
+    reconnected_at: Option<Instant>,
+}
+
+/// What the transport knows of its connection.
+#[derive(Default)]
+pub(super) struct Status {
+    state: Mutex<State>,
+}
+
+impl Status {
+    /// Whether the connection was restored after a loss within `window`.
+    pub(super) fn reconnected_within(&self, window: Duration) -> bool {
+        lock(&self.state)
+            .reconnected_at
+            .is_some_and(|at| at.elapsed() < window)
+    }
+
+    /// The status to report for `event`, and why.
+    fn on(&self, event: &async_nats::Event) -> (&'static str, String) {
+        let mut state = lock(&self.state);
+        match event {
+            async_nats::Event::Connected => match state.lost_at.take() {
+                Some(lost_at) => {
+                    state.reconnected_at = Some(Instant::now());
+                    (
+                        "reconnected",
+                        format!(
+                            "the connection was restored after {} ms",
+                            lost_at.elapsed().as_millis()
+                        ),
+                    )
+                }
+                None => ("connected", "connected to the server".to_owned()),
+            },
+            async_nats::Event::Disconnected => {
+                state.lost_at.get_or_insert_with(Instant::now);
+                (
+                    "disconnected",
+                    "the connection to the server was lost; reconnecting".to_owned(),
+                )
+            }
+            async_nats::Event::LameDuckMode => ("lame-duck", event.to_string()),
+            async_nats::Event::Draining => ("draining", event.to_string()),
+            async_nats::Event::Closed => ("closed", event.to_string()),
+            async_nats::Event::SlowConsumer(_) => ("slow-consumer", event.to_string()),
+            async_nats::Event::ServerError(_) | async_nats::Event::ClientError(_) => {
+                ("error", event.to_string())
+            }
+        }
+    }
+}
+
+/// Turns the client's connection events into system events for the local
+/// nodes, until the client goes.
+pub(super) async fn report(
+    shared: Arc<Shared>,
+    mut events: mpsc::UnboundedReceiver<async_nats::Event>,
+) {
+    while let Some(event) = events.recv().await {
+        let (status, reason) = shared.status.on(&event);
+        tracing::info!(status, %reason, "NATS connection");
+        shared.local.system_event(
+            system::CONNECTION_STATUS,
+            json!({ "status": status, "reason": reason, "detail": event.to_string() }),
+        );
+    }
+}

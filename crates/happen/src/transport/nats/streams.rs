@@ -1,0 +1,251 @@
+//! Answers over NATS: a flow's outcome (and its streamed items) travels to
+//! the requester's inbox, with credit-based flow control for streams.
+//!
+//! The producer sends `Reply::Item { seq }` messages and a final
+//! `Reply::End { seq = count }`; the first item names a credit subject in the
+//! producer's own inbox, where the consumer reports how many items it has
+//! taken (every half window) or `Cancel` when it drops the stream. The
+//! producer never runs more than a window ahead of the acknowledged count.
+//!
+//! An answer larger than the server's `max_payload` would never arrive; the
+//! requester gets [`HappenError::PayloadTooLarge`] in its place at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
+
+use super::commands::{Command, Publish};
+use super::wire::{self, Credit, Reply};
+use super::{Shared, lock};
+use crate::delivery::ReplySink;
+use crate::error::{HappenError, Result};
+use crate::event::Event;
+use crate::stream::{CreditSink, STREAM_WINDOW};
+
+/// Producer side of a streamed response: how far the consumer got.
+#[derive(Default)]
+pub(super) struct CreditState {
+    acked: AtomicU64,
+    cancelled: AtomicBool,
+    changed: Notify,
+}
+
+/// The streams this process produces, by credit token.
+#[derive(Default)]
+pub(super) struct Credits {
+    next: AtomicU64,
+    streams: std::sync::Mutex<HashMap<u64, Arc<CreditState>>>,
+}
+
+/// A stream this process produces.
+struct Producing {
+    seq: u64,
+    token: u64,
+    credit: Arc<CreditState>,
+}
+
+/// Sends a flow's outcome (and streamed items) back over NATS to the
+/// requester's inbox.
+pub(super) struct NatsReply {
+    shared: Arc<Shared>,
+    subject: Option<String>,
+    stream: Option<Producing>,
+}
+
+impl NatsReply {
+    /// The answer to a message whose reply subject is `subject` (`None`:
+    /// nobody to answer).
+    pub(super) fn new(shared: Arc<Shared>, subject: Option<String>) -> Self {
+        NatsReply {
+            shared,
+            subject,
+            stream: None,
+        }
+    }
+
+    /// Publishes `reply`; one that cannot be encoded or is too large is
+    /// replaced by the error saying so.
+    fn publish(&self, subject: String, reply: &Reply) {
+        let limit = self.shared.max_payload();
+        let encoded = wire::encode_reply(reply).and_then(|bytes| {
+            if bytes.len() > limit {
+                Err(HappenError::PayloadTooLarge {
+                    size: bytes.len(),
+                    limit,
+                })
+            } else {
+                Ok(bytes)
+            }
+        });
+        let payload = match encoded {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(%error, "answer replaced by its error");
+                let substitute = match reply {
+                    Reply::End { seq, .. } => Reply::End {
+                        seq: *seq,
+                        outcome: Box::new(Reply::Err(error)),
+                    },
+                    _ => Reply::Err(error),
+                };
+                match wire::encode_reply(&substitute) {
+                    Ok(bytes) => bytes,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot encode a reply");
+                        return;
+                    }
+                }
+            }
+        };
+        self.shared.commands.send(Command::Publish(Publish {
+            subject,
+            reply: None,
+            headers: None,
+            payload: Bytes::from(payload),
+            token: None,
+        }));
+    }
+}
+
+impl ReplySink for NatsReply {
+    fn emit(&mut self, value: serde_json::Value) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let Some(subject) = self.subject.clone() else {
+                return Err(HappenError::Cancelled); // nobody to stream to
+            };
+            let mut first_credit = None;
+            if self.stream.is_none() {
+                let credits = &self.shared.credits;
+                let token = credits.next.fetch_add(1, Ordering::Relaxed);
+                let credit = Arc::new(CreditState::default());
+                lock(&credits.streams).insert(token, credit.clone());
+                first_credit = Some(format!("{}.c{token}", self.shared.inbox));
+                self.stream = Some(Producing {
+                    seq: 0,
+                    token,
+                    credit,
+                });
+            }
+            let Some(producing) = self.stream.as_mut() else {
+                return Err(HappenError::Cancelled);
+            };
+            // Flow control: at most STREAM_WINDOW items beyond what the
+            // consumer acknowledged.
+            loop {
+                let changed = producing.credit.changed.notified();
+                if producing.credit.cancelled.load(Ordering::Acquire) {
+                    return Err(HappenError::Cancelled);
+                }
+                if producing.seq
+                    < producing.credit.acked.load(Ordering::Acquire) + STREAM_WINDOW as u64
+                {
+                    break;
+                }
+                changed.await;
+            }
+            let item = Reply::Item {
+                seq: producing.seq,
+                value,
+                credit: first_credit,
+            };
+            // An item too large is the flow's error, not a hole in the stream.
+            let size = wire::encode_reply(&item)?.len();
+            let limit = self.shared.max_payload();
+            if size > limit {
+                return Err(HappenError::PayloadTooLarge { size, limit });
+            }
+            if let Some(producing) = self.stream.as_mut() {
+                producing.seq += 1;
+            }
+            self.publish(subject, &item);
+            Ok(())
+        })
+    }
+
+    fn reply(self: Box<Self>, outcome: Result<Event>) {
+        let Some(subject) = self.subject.clone() else {
+            return;
+        };
+        let reply = match &self.stream {
+            Some(producing) => {
+                lock(&self.shared.credits.streams).remove(&producing.token);
+                Reply::End {
+                    seq: producing.seq,
+                    outcome: Box::new(Reply::from(outcome)),
+                }
+            }
+            None => Reply::from(outcome),
+        };
+        self.publish(subject, &reply);
+    }
+}
+
+/// A consumer's credit for a stream this process produces.
+pub(super) fn on_credit(shared: &Arc<Shared>, token: &str, payload: &[u8]) {
+    let Ok(token) = token.parse::<u64>() else {
+        return;
+    };
+    let Some(state) = lock(&shared.credits.streams).get(&token).cloned() else {
+        return;
+    };
+    match wire::decode_credit(payload) {
+        Ok(Credit::Acked(count)) => {
+            state.acked.fetch_max(count, Ordering::AcqRel);
+        }
+        Ok(Credit::Cancel) => state.cancelled.store(true, Ordering::Release),
+        Err(error) => {
+            tracing::warn!(%error, "undecodable stream credit ignored");
+            return;
+        }
+    }
+    state.changed.notify_waiters();
+}
+
+/// Consumer side: tells the producer how far this process got.
+pub(super) struct NatsCredit {
+    shared: Arc<Shared>,
+    subject: String,
+    consumed: u64,
+    reported: u64,
+}
+
+impl NatsCredit {
+    pub(super) fn new(shared: Arc<Shared>, subject: String) -> Self {
+        NatsCredit {
+            shared,
+            subject,
+            consumed: 0,
+            reported: 0,
+        }
+    }
+
+    fn send(&self, credit: Credit) {
+        if let Ok(payload) = wire::encode_credit(&credit) {
+            self.shared.commands.send(Command::Publish(Publish {
+                subject: self.subject.clone(),
+                reply: None,
+                headers: None,
+                payload: Bytes::from(payload),
+                token: None,
+            }));
+        }
+    }
+}
+
+impl CreditSink for NatsCredit {
+    fn consumed(&mut self, count: u64) {
+        self.consumed += count;
+        if self.consumed - self.reported >= (STREAM_WINDOW / 2) as u64 {
+            self.reported = self.consumed;
+            self.send(Credit::Acked(self.consumed));
+        }
+    }
+
+    fn cancel(&mut self) {
+        self.send(Credit::Cancel);
+    }
+}

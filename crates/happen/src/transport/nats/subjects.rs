@@ -1,0 +1,261 @@
+//! Subjects: where events travel, and which broadcast subjects this process
+//! subscribes to.
+//!
+//! - `<prefix>.node.<node id>`: events sent to one node (queue group
+//!   `happen`, so instances of one node id share its work);
+//! - `<prefix>.bcast.<event type>`: broadcasts.
+//!
+//! Handlers' string patterns become subject filters (alternatives expanded,
+//! `*` and `>` kept), so the server does the filtering; function matchers
+//! need `<prefix>.bcast.>` and filter locally. Filters are per process and
+//! counted: a filter is subscribed when the first handler needs it and
+//! released when the last one goes.
+//!
+//! Overlapping filters (`order.*` and `order.created`) each receive a copy
+//! of a matching broadcast. A process must take it once: when a message's
+//! subject matches more than one filter (or one released in the last
+//! [`OVERLAP_GRACE`], whose copies may still be arriving), its event id is
+//! checked against the ids recently taken through overlapping filters.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::id::Id;
+use crate::pattern::Pattern;
+
+/// How long a released filter still counts as overlapping: copies of
+/// messages it was sent may still wait in another filter's buffer.
+pub(super) const OVERLAP_GRACE: Duration = Duration::from_secs(30);
+/// How many recently taken event ids are remembered for de-duplication.
+const RECENT_IDS: usize = 65_536;
+
+pub(super) fn direct_subject(prefix: &str, node: &str) -> String {
+    format!("{prefix}.node.{node}")
+}
+
+pub(super) fn broadcast_subject(prefix: &str, event_type: &str) -> String {
+    format!("{prefix}.bcast.{event_type}")
+}
+
+/// The broadcast filters (subject patterns, without the prefix) a handler's
+/// pattern needs.
+pub(super) fn filters_for(pattern: &Pattern) -> Vec<String> {
+    pattern.subjects().unwrap_or_else(|| vec![">".to_owned()])
+}
+
+/// NATS subject matching: `*` is one token, `>` one or more trailing tokens.
+pub(super) fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in filter.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (t, Some(s)) if t == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
+struct Filter {
+    /// The full subject (with prefix).
+    subject: String,
+    /// The subscription's id (see `Command::Subscribe`).
+    id: u64,
+    /// Handlers of this process that need it.
+    holders: usize,
+}
+
+/// What changed in the subscriptions: subscribe or release these.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Changes {
+    pub(super) subscribe: Vec<(u64, String)>,
+    pub(super) release: Vec<u64>,
+}
+
+#[derive(Default)]
+struct Table {
+    active: Vec<Filter>,
+    /// Released filters and when, for [`OVERLAP_GRACE`].
+    released: Vec<(String, Instant)>,
+    recent: VecDeque<Id>,
+    recent_set: HashSet<Id>,
+}
+
+/// The broadcast filters of one process.
+#[derive(Default)]
+pub(super) struct Filters {
+    table: Mutex<Table>,
+    /// Filter key (subject) → id, to find a filter by its key.
+    ids: Mutex<HashMap<String, u64>>,
+}
+
+impl Filters {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One more handler needs each of `subjects` (full subjects); new ones
+    /// get ids from `next_id` and are returned for subscription.
+    pub(super) fn hold(&self, subjects: &[String], mut next_id: impl FnMut() -> u64) -> Changes {
+        let mut table = self.table();
+        let mut changes = Changes::default();
+        for subject in subjects {
+            match table.active.iter_mut().find(|f| &f.subject == subject) {
+                Some(filter) => filter.holders += 1,
+                None => {
+                    let id = next_id();
+                    table.active.push(Filter {
+                        subject: subject.clone(),
+                        id,
+                        holders: 1,
+                    });
+                    self.ids
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(subject.clone(), id);
+                    changes.subscribe.push((id, subject.clone()));
+                }
+            }
+        }
+        changes
+    }
+
+    /// A handler that held `subjects` went; filters nobody holds any more
+    /// are returned for release.
+    pub(super) fn release(&self, subjects: &[String]) -> Changes {
+        let mut table = self.table();
+        let mut changes = Changes::default();
+        let now = Instant::now();
+        for subject in subjects {
+            let Some(index) = table.active.iter().position(|f| &f.subject == subject) else {
+                continue;
+            };
+            table.active[index].holders -= 1;
+            if table.active[index].holders == 0 {
+                let filter = table.active.remove(index);
+                self.ids
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&filter.subject);
+                table.released.push((filter.subject, now));
+                changes.release.push(filter.id);
+            }
+        }
+        table
+            .released
+            .retain(|(_, at)| now.duration_since(*at) < OVERLAP_GRACE);
+        changes
+    }
+
+    /// Whether a broadcast on `subject` with event id `id` is new to this
+    /// process (take it) or a copy already taken through another filter.
+    pub(super) fn take(&self, subject: &str, id: &Id) -> bool {
+        let mut table = self.table();
+        let now = Instant::now();
+        let matching = table
+            .active
+            .iter()
+            .filter(|f| subject_matches(&f.subject, subject))
+            .count()
+            + table
+                .released
+                .iter()
+                .filter(|(f, at)| {
+                    now.duration_since(*at) < OVERLAP_GRACE && subject_matches(f, subject)
+                })
+                .count();
+        if matching <= 1 {
+            return true;
+        }
+        if !table.recent_set.insert(id.clone()) {
+            return false;
+        }
+        table.recent.push_back(id.clone());
+        if table.recent.len() > RECENT_IDS {
+            if let Some(old) = table.recent.pop_front() {
+                table.recent_set.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// Every filter held now, with its id (to subscribe again after the
+    /// command loop restarts; not needed today, kept for tests).
+    #[cfg(test)]
+    pub(super) fn active(&self) -> Vec<(u64, String, usize)> {
+        self.table()
+            .active
+            .iter()
+            .map(|f| (f.id, f.subject.clone(), f.holders))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_subject_semantics() {
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+        assert!(subject_matches("a.*", "a.b"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(subject_matches("a.>", "a.b.c"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(subject_matches(">", "x"));
+        assert!(!subject_matches("a.b.c", "a.b"));
+    }
+
+    #[test]
+    fn filters_are_counted_and_released_with_their_last_holder() {
+        let filters = Filters::default();
+        let mut next = 0;
+        let mut id = || {
+            next += 1;
+            next
+        };
+        let a = vec!["h.bcast.order.*".to_owned()];
+        let ab = vec!["h.bcast.order.*".to_owned(), "h.bcast.pay.>".to_owned()];
+        assert_eq!(filters.hold(&a, &mut id).subscribe, vec![(1, a[0].clone())]);
+        assert_eq!(
+            filters.hold(&ab, &mut id).subscribe,
+            vec![(2, ab[1].clone())]
+        );
+        assert_eq!(filters.active().len(), 2);
+        assert_eq!(filters.release(&a), Changes::default(), "still held");
+        assert_eq!(filters.release(&ab).release, vec![1, 2]);
+        assert!(filters.active().is_empty());
+    }
+
+    #[test]
+    fn overlapping_filters_take_each_event_once() {
+        let filters = Filters::default();
+        let mut next = 0;
+        let mut id = || {
+            next += 1;
+            next
+        };
+        filters.hold(&["h.bcast.order.*".to_owned()], &mut id);
+        let e1 = Id::from("e1");
+        // One filter: no bookkeeping, every copy is taken.
+        assert!(filters.take("h.bcast.order.created", &e1));
+        assert!(filters.take("h.bcast.order.created", &e1));
+        filters.hold(&["h.bcast.order.created".to_owned()], &mut id);
+        let e2 = Id::from("e2");
+        assert!(filters.take("h.bcast.order.created", &e2));
+        assert!(!filters.take("h.bcast.order.created", &e2), "second copy");
+        assert!(
+            filters.take("h.bcast.order.paid", &e2),
+            "one filter matches"
+        );
+        // Released, but its copies may still arrive: still de-duplicated.
+        filters.release(&["h.bcast.order.created".to_owned()]);
+        let e3 = Id::from("e3");
+        assert!(filters.take("h.bcast.order.created", &e3));
+        assert!(!filters.take("h.bcast.order.created", &e3));
+    }
+}

@@ -1,0 +1,155 @@
+//! NATS transport tests that speak the wire protocol directly (a raw client
+//! sending hostile bytes, a faulty responder forging stream chunks).
+
+use std::time::Duration;
+
+use happen_test::NatsServer;
+use tokio::sync::mpsc;
+
+use super::wire::{self, Reply};
+use crate::NatsConfig;
+use crate::prelude::*;
+
+async fn within<T>(what: &str, secs: u64, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {secs} s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bytes_are_refused_and_the_node_keeps_serving() {
+    let server = NatsServer::start().unwrap();
+    let happen = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let node = happen.node("target").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    node.on(">", move |e: Event, _cx: Context| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(e.event_type().to_owned());
+            json!("ok")
+        }
+    })
+    .unwrap();
+    happen.flush().await.unwrap();
+
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    for garbage in [
+        &b""[..],
+        b"\xc1",
+        b"\x93\x01\x02",
+        b"{\"type\":\"json-not-msgpack\"}",
+        &[0x91; 10_000],
+    ] {
+        let answer = raw
+            .request("happen.node.target", bytes::Bytes::copy_from_slice(garbage))
+            .await
+            .unwrap();
+        match wire::decode_reply(&answer.payload).unwrap() {
+            wire::Reply::Err(HappenError::Codec { message, .. }) => {
+                assert!(message.contains("decode"), "{message}")
+            }
+            other => panic!("expected a codec error, got {other:?}"),
+        }
+        raw.publish("happen.bcast.junk", bytes::Bytes::copy_from_slice(garbage))
+            .await
+            .unwrap();
+    }
+    raw.flush().await.unwrap();
+
+    // Still serving, and no garbage reached a handler.
+    assert_eq!(
+        node.send(&node, Event::new("after", json!(null)))
+            .await
+            .unwrap(),
+        json!("ok")
+    );
+    assert_eq!(rx.recv().await.unwrap(), "after");
+    assert!(rx.try_recv().is_err());
+    happen.shutdown().await;
+}
+
+/// A responder (here a raw NATS client) whose stream skips, repeats or
+/// truncates chunks: the requester sees the items up to the gap, then a
+/// StreamBroken error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_or_reordered_stream_chunks_are_detected() {
+    use crate::StreamItem;
+    use futures::StreamExt;
+
+    let server = NatsServer::start().unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    // Each request names the faulty sequence to answer with.
+    let mut requests = raw
+        .queue_subscribe("happen.node.faulty", "happen".into())
+        .await
+        .unwrap();
+    let responder = raw.clone();
+    tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            let event = wire::decode_event(&message.payload).unwrap();
+            let reply_to = message.reply.unwrap();
+            let item = |seq: u64| Reply::Item {
+                seq,
+                value: json!(seq),
+                credit: None,
+            };
+            let script: Vec<Reply> = match event.event_type() {
+                "gap" => vec![item(0), item(2)],
+                "reordered" => vec![item(0), item(1), item(3), item(2)],
+                "truncated" => vec![
+                    item(0),
+                    item(1),
+                    Reply::End {
+                        seq: 5,
+                        outcome: Box::new(Reply::Ok(Event::new("happen.response", json!("x")))),
+                    },
+                ],
+                _ => vec![item(1)],
+            };
+            for reply in script {
+                responder
+                    .publish(reply_to.clone(), wire::encode_reply(&reply).unwrap().into())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    raw.flush().await.unwrap();
+
+    let happen = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let client = happen.node("client").unwrap();
+    for (kind, items_before) in [
+        ("gap", 1),
+        ("reordered", 2),
+        ("truncated", 2),
+        ("late-start", 0),
+    ] {
+        let got: Vec<_> = within(
+            kind,
+            20,
+            client
+                .send("faulty", Event::new(kind, json!(null)))
+                .stream()
+                .collect(),
+        )
+        .await;
+        assert_eq!(got.len(), items_before + 1, "{kind}: {got:?}");
+        for (i, item) in got[..items_before].iter().enumerate() {
+            assert_eq!(
+                item.as_ref().unwrap(),
+                &StreamItem::Item(json!(i)),
+                "{kind}"
+            );
+        }
+        assert!(
+            matches!(got.last().unwrap(), Err(HappenError::StreamBroken { .. })),
+            "{kind}: {:?}",
+            got.last()
+        );
+    }
+    happen.shutdown().await;
+}
