@@ -37,6 +37,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 pub struct Builder {
     jetstream: bool,
+    monitoring: bool,
     config: Vec<String>,
     args: Vec<String>,
 }
@@ -45,6 +46,13 @@ impl Builder {
     /// Without JetStream (core NATS only).
     pub fn without_jetstream(mut self) -> Self {
         self.jetstream = false;
+        self
+    }
+
+    /// Turns on the server's HTTP monitoring endpoint on a free loopback
+    /// port; read it with [`NatsServer::monitor`].
+    pub fn monitoring(mut self) -> Self {
+        self.monitoring = true;
         self
     }
 
@@ -62,9 +70,17 @@ impl Builder {
     }
 
     /// Starts the server on a free loopback port and waits until it is ready.
-    pub fn start(self) -> io::Result<NatsServer> {
+    pub fn start(mut self) -> io::Result<NatsServer> {
         let store = tempfile::tempdir()?;
         let binary = NatsServer::binary();
+        let monitor_port = if self.monitoring {
+            let port = free_port()?;
+            // Loopback only (the flag -m would listen on every interface).
+            self.config.push(format!("http: \"127.0.0.1:{port}\""));
+            Some(port)
+        } else {
+            None
+        };
         let config_file = if self.config.is_empty() {
             None
         } else {
@@ -75,6 +91,7 @@ impl Builder {
         let mut server = NatsServer {
             child: None,
             port: 0,
+            monitor_port,
             store,
             binary,
             settings: self,
@@ -92,6 +109,7 @@ impl Builder {
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
+    monitor_port: Option<u16>,
     store: tempfile::TempDir,
     binary: PathBuf,
     settings: Builder,
@@ -100,6 +118,13 @@ pub struct NatsServer {
 
 fn error(message: String) -> io::Error {
     io::Error::other(message)
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl NatsServer {
@@ -114,6 +139,7 @@ impl NatsServer {
     pub fn builder() -> Builder {
         Builder {
             jetstream: true,
+            monitoring: false,
             config: Vec::new(),
             args: Vec::new(),
         }
@@ -137,6 +163,34 @@ impl NatsServer {
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The body of a monitoring endpoint's answer (e.g. `/connz?subs=1`, a
+    /// JSON document); the server must have been built with
+    /// [`Builder::monitoring`].
+    pub fn monitor(&self, path: &str) -> io::Result<String> {
+        use std::io::{Read, Write};
+        let port = self.monitor_port.ok_or_else(|| {
+            error("monitoring is off; build the server with .monitoring()".into())
+        })?;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| error("a malformed HTTP answer".into()))?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            return Err(error(format!(
+                "monitoring answered {}",
+                head.lines().next().unwrap_or("")
+            )));
+        }
+        Ok(body.to_owned())
     }
 
     /// Whether the server process is running (it was not stopped).

@@ -59,6 +59,9 @@ mod redb_disk {
 
     pub(crate) struct Disk {
         db: Arc<Database>,
+        /// Makes the next write fail (tests of what a failed write leaves).
+        #[cfg(test)]
+        pub(crate) fail_next: std::sync::atomic::AtomicBool,
     }
 
     impl Disk {
@@ -114,7 +117,12 @@ mod redb_disk {
                 data.history
                     .insert(k.value().to_owned(), decode(v.value())?);
             }
-            Ok((Disk { db: Arc::new(db) }, data))
+            let disk = Disk {
+                db: Arc::new(db),
+                #[cfg(test)]
+                fail_next: std::sync::atomic::AtomicBool::new(false),
+            };
+            Ok((disk, data))
         }
 
         /// Writes one row (or removes it, for `None`) and commits.
@@ -124,6 +132,13 @@ mod redb_disk {
             key: &str,
             bytes: Option<Vec<u8>>,
         ) -> Result<()> {
+            #[cfg(test)]
+            if self
+                .fail_next
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(disk_error("injected write failure"));
+            }
             let db = self.db.clone();
             let key = key.to_owned();
             tokio::task::spawn_blocking(move || -> Result<()> {

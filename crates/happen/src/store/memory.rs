@@ -234,3 +234,54 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(changes.boxed())))
     }
 }
+
+#[cfg(all(test, feature = "redb"))]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::atomic::Ordering;
+
+    fn fail_next_write(store: &MemoryStore) {
+        if let Some(disk) = &store.disk {
+            disk.fail_next.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A write the disk refuses is an error and changes nothing: not the
+    /// state, not global state, not the history, in memory or on disk.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_disk_write_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MemoryStore::persistent(dir.path(), TemporalConfig::default()).unwrap();
+        let Saved::Done(revision) = store.save("n", &json!(1), None).await.unwrap() else {
+            panic!("first save conflicts");
+        };
+        store.global_set("k", &json!("old")).await.unwrap();
+
+        fail_next_write(&store);
+        let err = store
+            .save("n", &json!(2), Some(revision))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HappenError::Store { .. }), "{err:?}");
+        assert_eq!(store.load("n").await.unwrap().unwrap().value, json!(1));
+
+        fail_next_write(&store);
+        assert!(store.global_set("k", &json!("new")).await.is_err());
+        assert_eq!(store.global_get("k").await.unwrap(), Some(json!("old")));
+
+        fail_next_write(&store);
+        assert!(store.global_delete("k").await.is_err());
+        assert_eq!(store.global_get("k").await.unwrap(), Some(json!("old")));
+
+        drop(store);
+        let again = MemoryStore::persistent(dir.path(), TemporalConfig::default()).unwrap();
+        assert_eq!(again.load("n").await.unwrap().unwrap().value, json!(1));
+        assert_eq!(again.global_get("k").await.unwrap(), Some(json!("old")));
+        // Updates go on from the stored revision.
+        assert_eq!(
+            again.save("n", &json!(3), Some(revision)).await.unwrap(),
+            Saved::Done(revision + 1)
+        );
+    }
+}

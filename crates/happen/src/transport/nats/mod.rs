@@ -500,11 +500,17 @@ impl Transport for NatsTransport {
 
     fn close(&self) -> BoxFuture<'static, ()> {
         let shared = self.shared.clone();
-        // Replies of the last flows and everything sent before must have
-        // reached the server before the connection goes, unless the server
-        // is unreachable.
-        let round_trip = shared.round_trip();
         shared.phase.store(CLOSED, Ordering::Release);
+        // Release every subscription but the inbox, so that the server
+        // stops routing events here before this returns; then a round trip:
+        // the releases, the replies of the last flows and everything sent
+        // before have reached the server, unless it is unreachable.
+        let mut ids: Vec<u64> = lock(&shared.direct).drain().map(|(_, id)| id).collect();
+        ids.extend(shared.filters.release_all());
+        for id in ids {
+            shared.commands.send(Command::Unsubscribe { id });
+        }
+        let round_trip = shared.round_trip();
         Box::pin(async move {
             let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, round_trip).await;
             shared.abort();

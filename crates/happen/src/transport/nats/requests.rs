@@ -43,6 +43,9 @@ const RECONNECTED_RECENTLY: Duration = Duration::from_secs(30);
 /// [`MAX_RETRY_PAUSE`].
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(10);
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Offering stops this much before the deadline (a fifth of the timeout, at
+/// most this), so that the requester hears why rather than a bare timeout.
+const MAX_GIVE_UP_MARGIN: Duration = Duration::from_millis(250);
 
 /// A request waiting for its reply.
 pub(super) struct Waiting {
@@ -279,7 +282,9 @@ fn no_responders(shared: &Arc<Shared>, token: u64) {
     let plausible = requests.answered_recently(&waiting.target)
         || shared.status.reconnected_within(RECONNECTED_RECENTLY);
     let pause = retry_pause(waiting.refusals);
-    if plausible && Instant::now() + pause < waiting.deadline && !shared.is_closed() {
+    let margin =
+        (waiting.deadline.saturating_duration_since(waiting.sent_at) / 5).min(MAX_GIVE_UP_MARGIN);
+    if plausible && Instant::now() + pause + margin < waiting.deadline && !shared.is_closed() {
         let publish = Publish {
             subject: waiting.subject.clone(),
             reply: Some(format!("{}.{token}", shared.inbox)),

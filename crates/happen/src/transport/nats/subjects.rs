@@ -182,8 +182,19 @@ impl Filters {
         true
     }
 
-    /// Every filter held now, with its id (to subscribe again after the
-    /// command loop restarts; not needed today, kept for tests).
+    /// Releases every filter (the runtime closes); their ids come back.
+    pub(super) fn release_all(&self) -> Vec<u64> {
+        let mut table = self.table();
+        let now = Instant::now();
+        let released: Vec<Filter> = table.active.drain(..).collect();
+        table
+            .released
+            .extend(released.iter().map(|f| (f.subject.clone(), now)));
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        released.into_iter().map(|f| f.id).collect()
+    }
+
+    /// Every filter held now, with its id and holders.
     #[cfg(test)]
     pub(super) fn active(&self) -> Vec<(u64, String, usize)> {
         self.table()

@@ -1,0 +1,189 @@
+//! Connecting to NATS: clear errors for what cannot work, and every
+//! supported way of authenticating.
+
+use std::time::Duration;
+
+use happen::nats::NatsConfig;
+use happen::prelude::*;
+use happen_test::NatsServer;
+
+mod support;
+use support::*;
+
+#[tokio::test]
+async fn unreachable_server_is_an_error_not_a_hang() {
+    // A port nobody listens on: bind one, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = NatsConfig::new(format!("nats://127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_millis(500));
+    let err = within("connect error", 30, Happen::connect(config))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HappenError::Transport { .. }), "{err:?}");
+    assert!(err.to_string().contains("cannot connect to NATS"), "{err}");
+}
+
+#[tokio::test]
+async fn invalid_config_is_an_error() {
+    let err = Happen::connect(NatsConfig::new("nats://127.0.0.1:4222").prefix("has space"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HappenError::Config(ref m) if m.contains("prefix")),
+        "{err:?}"
+    );
+    let err = Happen::connect(NatsConfig::new("nats://127.0.0.1:notaport"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HappenError::Config(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn jetstream_required_but_missing_is_a_clear_error() {
+    let server = NatsServer::start_without_jetstream().unwrap();
+    let err = within(
+        "connect",
+        30,
+        Happen::connect(NatsConfig::new(server.url())),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, HappenError::Config(ref m) if m.contains("JetStream")),
+        "{err:?}"
+    );
+    // Without the requirement the same server is fine.
+    let happen = Happen::connect(NatsConfig::new(server.url()).jetstream(false))
+        .await
+        .unwrap();
+    happen.shutdown().await;
+}
+
+#[tokio::test]
+async fn user_password_auth_is_used() {
+    // A server that requires a user: the right password connects, a wrong
+    // one is refused with a clear error.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("auth.conf");
+    std::fs::write(&conf, "authorization { user: app, password: s3cret }\n").unwrap();
+    let server = AuthServer::start(&["-c", conf.to_str().unwrap()]);
+    let auth = |password: &str| happen::nats::Auth::UserPassword {
+        user: "app".into(),
+        password: password.into(),
+    };
+    let happen = server.connect(auth("s3cret")).await;
+    serves(&happen, "authed").await;
+    happen.shutdown().await;
+    let err = Happen::connect(server.config(auth("wrong")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HappenError::Transport { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn token_auth_is_used() {
+    let server = AuthServer::start(&["--auth", "tok-7f3a"]);
+    let token = |t: &str| happen::nats::Auth::Token(t.into());
+    server.connect(token("tok-7f3a")).await.shutdown().await;
+    let err = Happen::connect(server.config(token("wrong")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HappenError::Transport { .. }), "{err:?}");
+}
+
+/// TLS: a server that requires it accepts a client trusting its certificate,
+/// and a client without that trust is refused with a clear error.
+#[tokio::test]
+async fn tls_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = dir.path().join("server.pem");
+    let key = dir.path().join("server-key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let server = AuthServer::start(&[
+        "--tls",
+        "--tlscert",
+        cert.to_str().unwrap(),
+        "--tlskey",
+        key.to_str().unwrap(),
+    ]);
+    let tls = |trust: Vec<std::path::PathBuf>| {
+        NatsConfig::new(server.url.clone())
+            .jetstream(false)
+            .connect_timeout(Duration::from_secs(2))
+            .tls(happen::nats::Tls {
+                required: true,
+                root_certificates: trust,
+                client_certificate: None,
+            })
+    };
+    let happen = connect_retrying(|| tls(vec![cert.clone()])).await;
+    serves(&happen, "secure").await;
+    happen.shutdown().await;
+    let err = Happen::connect(tls(Vec::new())).await.unwrap_err();
+    assert!(
+        matches!(err, HappenError::Transport { .. }),
+        "an untrusted certificate is refused: {err:?}"
+    );
+}
+
+/// A credentials file that cannot be read is a clear configuration error
+/// before any connection is tried.
+#[tokio::test]
+async fn unreadable_credentials_file_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.creds");
+    let config =
+        NatsConfig::new("nats://127.0.0.1:4222").auth(happen::nats::Auth::CredentialsFile(missing));
+    let err = Happen::connect(config).await.unwrap_err();
+    assert!(
+        matches!(err, HappenError::Config(ref m) if m.contains("credentials file")),
+        "{err:?}"
+    );
+    let garbage = dir.path().join("garbage.creds");
+    std::fs::write(&garbage, "not a creds file").unwrap();
+    let config =
+        NatsConfig::new("nats://127.0.0.1:4222").auth(happen::nats::Auth::CredentialsFile(garbage));
+    let err = Happen::connect(config).await.unwrap_err();
+    assert!(
+        matches!(err, HappenError::Config(ref m) if m.contains("credentials file")),
+        "{err:?}"
+    );
+}
+
+/// The servers of a configuration are tried in the order given (async-nats
+/// would shuffle them unless told not to): the first one while it is up, the
+/// next one when it is not.
+#[tokio::test]
+async fn servers_are_tried_in_the_listed_order() {
+    let mut first = NatsServer::start_without_jetstream().unwrap();
+    let second = NatsServer::start_without_jetstream().unwrap();
+    let config = |first: &NatsServer| {
+        NatsConfig::new(first.url())
+            .server(second.url())
+            .jetstream(false)
+            .connect_timeout(Duration::from_secs(2))
+    };
+    for _ in 0..10 {
+        let happen = Happen::connect(config(&first)).await.unwrap();
+        let port = happen.nats_client().unwrap().server_info().port;
+        assert_eq!(port, first.port(), "connected to the first listed server");
+        happen.shutdown().await;
+    }
+    first.stop();
+    let happen = within("connect to the second", 30, Happen::connect(config(&first)))
+        .await
+        .unwrap();
+    assert_eq!(
+        happen.nats_client().unwrap().server_info().port,
+        second.port()
+    );
+    happen.shutdown().await;
+}

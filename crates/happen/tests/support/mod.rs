@@ -1,0 +1,95 @@
+//! Helpers shared by the NATS test binaries (each uses part of them).
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use happen::nats::{NatsConfig, Reconnect};
+use happen::prelude::*;
+use happen_test::NatsServer;
+
+pub fn fast_reconnect(url: String) -> NatsConfig {
+    NatsConfig::new(url).reconnect(Reconnect {
+        max_attempts: None,
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(250),
+    })
+}
+
+pub async fn within<T>(what: &str, secs: u64, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {secs} s"))
+}
+
+/// A nats-server started with extra arguments (an auth setting) on a free
+/// loopback port; killed on drop.
+pub struct AuthServer {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl AuthServer {
+    pub fn start(extra: &[&str]) -> AuthServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let port_arg = port.to_string();
+        let mut args = vec!["-a", "127.0.0.1", "-p", &port_arg];
+        args.extend_from_slice(extra);
+        let child = std::process::Command::new(NatsServer::binary())
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        AuthServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn config(&self, auth: happen::nats::Auth) -> NatsConfig {
+        NatsConfig::new(self.url.clone())
+            .jetstream(false)
+            .connect_timeout(Duration::from_secs(2))
+            .auth(auth)
+    }
+
+    /// Connects with `auth`, retrying while the server starts.
+    pub async fn connect(&self, auth: happen::nats::Auth) -> Happen {
+        connect_retrying(|| self.config(auth.clone())).await
+    }
+}
+
+/// Connects with `config()`, retrying while a just-started server comes up.
+pub async fn connect_retrying(config: impl Fn() -> NatsConfig) -> Happen {
+    for _ in 0..50 {
+        if let Ok(happen) = Happen::connect(config()).await {
+            return happen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not connect with the right credentials");
+}
+
+/// A node of `happen` answers a request sent through the server.
+pub async fn serves(happen: &Happen, id: &str) {
+    let node = happen.node(id).unwrap();
+    node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
+        .unwrap();
+    assert_eq!(
+        node.send(&node, Event::new("ping", json!(null)))
+            .await
+            .unwrap(),
+        json!("pong")
+    );
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
