@@ -35,11 +35,44 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::Result;
+use crate::event::Event;
 use crate::flow::{Handler, Step};
 use crate::id::Id;
-use crate::node::{HandlerId, Node};
+use crate::node::{HandlerId, Node, Target};
 use crate::pattern::IntoPattern;
 use crate::response::Sent;
+
+impl<S> Node<S> {
+    /// Sends `event` to every node of `targets` (a [`NodeGroup`], nodes or
+    /// ids). The event is stamped once (one id, like a broadcast that names
+    /// its receivers); each target runs its own flow. Await the handle for
+    /// the results keyed by node id, each with its own outcome.
+    pub fn send_to_all<T: Target>(
+        &self,
+        targets: impl IntoIterator<Item = T>,
+        event: Event,
+    ) -> SentToAll {
+        let targets: Vec<Id> = targets.into_iter().map(|t| t.target_shared_id()).collect();
+        let timeout = self.limits().timeout;
+        let prepared =
+            self.runtime()
+                .and_then(|runtime| match self.prepare(&runtime, event.clone()) {
+                    Ok(event) => Ok((runtime, event)),
+                    Err((e, _)) => Err(e),
+                });
+        let sent = targets
+            .into_iter()
+            .map(|target| {
+                let sent = match &prepared {
+                    Ok((runtime, event)) => self.dispatch(runtime, target.clone(), event.clone()),
+                    Err(e) => Sent::refused(target.clone(), event.clone(), timeout, e.clone()),
+                };
+                (target, sent)
+            })
+            .collect();
+        SentToAll::new(sent)
+    }
+}
 
 /// Several nodes addressed together.
 #[derive(Debug, Clone, Default)]

@@ -58,6 +58,8 @@
 //! process; `Happen::connect(NatsConfig::new("nats://127.0.0.1:4222")).await?`
 //! connects this process's nodes to every other process on that server.
 
+#![warn(unreachable_pub)]
+
 pub mod causality;
 pub mod config;
 pub mod confluence;

@@ -58,3 +58,38 @@ async fn broadcast_to_full_queue_is_refused_to_the_broadcaster() {
     assert_eq!(got, vec![json!(1), json!(2)], "the other receiver got both");
     release.notify_one();
 }
+
+/// In one process the requester gets the handler's own error value back:
+/// `handler_error::<E>()` (or `source()`) downcasts it. Across the wire only
+/// its text travels.
+#[tokio::test]
+async fn a_local_requester_can_downcast_the_handlers_error() {
+    use happen::prelude::*;
+
+    #[derive(Debug)]
+    struct Declined {
+        code: u16,
+    }
+    impl std::fmt::Display for Declined {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "declined with code {}", self.code)
+        }
+    }
+    impl std::error::Error for Declined {}
+
+    let h = Happen::embedded();
+    let bank = h.node("bank").unwrap();
+    bank.on("charge", |_e: Event, _cx: Context| async {
+        Err::<Value, _>(Declined { code: 51 })
+    })
+    .unwrap();
+    let err = bank
+        .send(&bank, Event::new("charge", json!(null)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.handler_error::<Declined>().unwrap().code, 51);
+    let source = std::error::Error::source(&err).expect("a source");
+    assert_eq!(source.downcast_ref::<Declined>().unwrap().code, 51);
+    assert!(err.handler_error::<std::io::Error>().is_none());
+    assert!(err.to_string().contains("declined with code 51"), "{err}");
+}

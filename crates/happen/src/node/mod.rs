@@ -18,7 +18,6 @@ pub(crate) use registry::Registration;
 
 use crate::causality;
 use crate::config::NodeLimits;
-use crate::confluence::SentToAll;
 use crate::error::{HappenError, Result};
 use crate::event::{self, Event};
 use crate::flow::{Entry, Handler, Step};
@@ -323,7 +322,7 @@ impl<S> Node<S> {
         self.core.runtime.upgrade().map(Happen::from_inner)
     }
 
-    fn runtime(&self) -> Result<Arc<RuntimeInner>> {
+    pub(crate) fn runtime(&self) -> Result<Arc<RuntimeInner>> {
         self.core.runtime.upgrade().ok_or(HappenError::Shutdown)
     }
 
@@ -440,23 +439,30 @@ impl<S> Node<S> {
     pub fn send(&self, target: impl Target, event: Event) -> Sent {
         let target = target.target_shared_id();
         let timeout = self.core.limits.timeout;
-        let prepared = match self.runtime() {
-            Ok(runtime) => match validate_node_id(&target) {
-                Ok(()) => self.prepare(&runtime, event).map(|e| (runtime, e)),
-                Err(e) => Err((e.into(), event)),
-            },
-            Err(e) => Err((e, event)),
+        let runtime = match self.runtime() {
+            Ok(runtime) => runtime,
+            Err(e) => return Sent::refused(target, event, timeout, e),
         };
-        match prepared {
-            Ok((runtime, event)) => {
-                let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
-                runtime
-                    .transport()
-                    .send(&target, event, reply, sent.deadline());
-                sent
-            }
+        if let Err(e) = validate_node_id(&target) {
+            return Sent::refused(target, event, timeout, e.into());
+        }
+        match self.prepare(&runtime, event) {
+            Ok(event) => self.dispatch(&runtime, target, event),
             Err((e, event)) => Sent::refused(target, event, timeout, e),
         }
+    }
+
+    /// Hands a stamped event to the transport for `target`.
+    pub(crate) fn dispatch(&self, runtime: &RuntimeInner, target: Id, event: Event) -> Sent {
+        let timeout = self.core.limits.timeout;
+        if let Err(e) = validate_node_id(&target) {
+            return Sent::refused(target, event, timeout, e.into());
+        }
+        let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
+        runtime
+            .transport()
+            .send(&target, event, reply, sent.deadline());
+        sent
     }
 
     /// Sends `event` to `target` without asking for an answer: the flow runs
@@ -496,54 +502,9 @@ impl<S> Node<S> {
         runtime.transport().tell(&target, event)
     }
 
-    /// Sends `event` to every node of `targets` (a [`NodeGroup`](crate::NodeGroup), nodes or
-    /// ids). Each runs its own flow; await the handle for the results keyed
-    /// by node id, each with its own outcome.
-    pub fn send_to_all<T: Target>(
-        &self,
-        targets: impl IntoIterator<Item = T>,
-        event: Event,
-    ) -> SentToAll {
-        let targets: Vec<Id> = targets.into_iter().map(|t| t.target_shared_id()).collect();
-        let timeout = self.core.limits.timeout;
-        let runtime = self.runtime();
-        let prepared = match &runtime {
-            Ok(runtime) => self.prepare(runtime, event),
-            Err(e) => Err((e.clone(), event)),
-        };
-        let sent = targets
-            .into_iter()
-            .map(|target| {
-                let outcome = match (&runtime, &prepared) {
-                    (Ok(runtime), Ok(event)) => match validate_node_id(&target) {
-                        Ok(()) => {
-                            let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
-                            runtime.transport().send(
-                                &target,
-                                event.clone(),
-                                reply,
-                                sent.deadline(),
-                            );
-                            sent
-                        }
-                        Err(e) => Sent::refused(target.clone(), event.clone(), timeout, e.into()),
-                    },
-                    (_, Err((e, event))) => {
-                        Sent::refused(target.clone(), event.clone(), timeout, e.clone())
-                    }
-                    (Err(e), Ok(event)) => {
-                        Sent::refused(target.clone(), event.clone(), timeout, e.clone())
-                    }
-                };
-                (target, outcome)
-            })
-            .collect();
-        SentToAll::new(sent)
-    }
-
     /// Validates and stamps an outgoing event with its causal context; a
     /// refused event comes back with the reason.
-    fn prepare(
+    pub(crate) fn prepare(
         &self,
         runtime: &RuntimeInner,
         mut event: Event,

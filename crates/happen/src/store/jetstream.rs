@@ -23,7 +23,7 @@ use crate::state::temporal::{Snapshot, TemporalConfig};
 /// Bucket keys allow only `[-/_=.a-zA-Z0-9]`. Letters, digits, `-`, `_` and
 /// `/` are kept; every other byte of the UTF-8 text is written `=XX` (two
 /// upper-case hex digits), `=` included, so the mapping is reversible.
-pub fn escape_key(key: &str) -> String {
+pub(crate) fn escape_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for byte in key.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'/') {
@@ -36,7 +36,7 @@ pub fn escape_key(key: &str) -> String {
 }
 
 /// Reverses [`escape_key`]; `None` for text it could not have produced.
-pub fn unescape_key(escaped: &str) -> Option<String> {
+pub(crate) fn unescape_key(escaped: &str) -> Option<String> {
     let bytes = escaped.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -173,3 +173,66 @@ pub async fn spawned_work_keeps_causality(backend: &dyn Backend) {
     assert_eq!(got.causal().causation_id.as_deref(), Some(id.as_str()));
     assert_eq!(got.causal().path, vec!["spawn-a", "spawn-b"]);
 }
+
+/// The origin's source and the application context travel down the whole
+/// chain a flow starts (send, broadcast, response), unless an event sets its
+/// own, which its descendants then inherit.
+pub async fn origin_and_application_context_flow_to_child_events(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let gateway = h.node("ctx-gateway").unwrap();
+    let orders = h.node("ctx-orders").unwrap();
+    let billing = h.node("ctx-billing").unwrap();
+    let audit = h.node("ctx-audit").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    orders
+        .on("place", |_e: Event, cx: Context| async move {
+            // Inherits everything from "place".
+            let charged = cx
+                .node()
+                .send("ctx-billing", ev("charge", json!({})))
+                .response_event()
+                .await?;
+            // Overrides the source and one field; keeps the other.
+            cx.node().broadcast(
+                ev("order.audited", json!({}))
+                    .with_source("orders-service", "service")
+                    .with_context("priority", json!("low")),
+            )?;
+            Ok::<_, HappenError>(serde_json::to_value(charged.context()).unwrap())
+        })
+        .unwrap();
+    billing
+        .on("charge", recorder(tx.clone(), json!("charged")))
+        .unwrap();
+    audit
+        .on("order.audited", recorder(tx.clone(), json!(null)))
+        .unwrap();
+    audit.on("audit.ack", recorder(tx, json!(null))).unwrap();
+    h.flush().await.unwrap();
+
+    let root = ev("place", json!({}))
+        .with_source("user-456", "user")
+        .with_context("tenant", json!("acme"))
+        .with_context("priority", json!("high"));
+    let response_context = gateway.send(&orders, root).response().await.unwrap();
+    let mut got = [recv(&mut rx).await, recv(&mut rx).await];
+    got.sort_by_key(|e| e.event_type().to_owned());
+    let (charge, audited) = (&got[0], &got[1]);
+    assert_eq!(charge.event_type(), "charge");
+    assert_eq!(charge.origin().node_id, "ctx-orders");
+    assert_eq!(charge.origin().source_id.as_deref(), Some("user-456"));
+    assert_eq!(charge.origin().source_type.as_deref(), Some("user"));
+    assert_eq!(charge.context_value("tenant"), Some(&json!("acme")));
+    assert_eq!(charge.context_value("priority"), Some(&json!("high")));
+    // The response event billing sent back inherits too.
+    assert_eq!(response_context["origin"]["sourceId"], "user-456");
+    assert_eq!(response_context["tenant"], "acme");
+    // An event that sets its own keeps it.
+    assert_eq!(
+        audited.origin().source_id.as_deref(),
+        Some("orders-service")
+    );
+    assert_eq!(audited.origin().source_type.as_deref(), Some("service"));
+    assert_eq!(audited.context_value("priority"), Some(&json!("low")));
+    assert_eq!(audited.context_value("tenant"), Some(&json!("acme")));
+}

@@ -228,3 +228,78 @@ pub async fn several_handlers_each_run_and_first_registered_answers(backend: &dy
     assert_eq!(ran, vec!["ran.first", "ran.second", "ran.third"]);
     assert_eq!(runs.load(Ordering::SeqCst), 3);
 }
+
+/// A tell runs the target's flow like a send, with nobody waiting: the flow
+/// sees expects_response() false and its result goes nowhere. Errors known
+/// at dispatch (an invalid event type or target) are returned.
+pub async fn tell_runs_the_flow_without_an_answer(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let sensor = h.node("tell-sensor").unwrap();
+    let log = h.node("tell-log").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    log.on("reading", move |e: Event, cx: Context| {
+        let tx = tx.clone();
+        async move {
+            tx.send((e, cx.expects_response())).unwrap();
+            json!("nobody reads this")
+        }
+    })
+    .unwrap();
+    h.flush().await.unwrap();
+    sensor.tell(&log, ev("reading", json!(21.5))).unwrap();
+    let (event, expects_response) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!expects_response);
+    assert_eq!(event.payload(), &json!(21.5));
+    assert_eq!(event.causal().sender, "tell-sensor");
+    assert!(matches!(
+        sensor.tell(&log, ev("bad type", json!(null))),
+        Err(HappenError::InvalidName(_))
+    ));
+    assert!(matches!(
+        sensor.tell("bad id", ev("reading", json!(null))),
+        Err(HappenError::InvalidName(_))
+    ));
+}
+
+/// `response_as` deserializes the answer into the caller's type, and says
+/// which type when the answer does not fit.
+pub async fn typed_responses_with_response_as(backend: &dyn Backend) {
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Quote {
+        sku: String,
+        cents: u64,
+    }
+    let h = start(backend).await;
+    let shop = h.node("typed-shop").unwrap();
+    let pricing = h.node("typed-pricing").unwrap();
+    pricing
+        .on("quote", |e: Event, _cx: Context| async move {
+            json!({ "sku": e.payload()["sku"], "cents": 1250 })
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+    let quote: Quote = shop
+        .send(&pricing, ev("quote", json!({ "sku": "A-1" })))
+        .response_as()
+        .await
+        .unwrap();
+    assert_eq!(
+        quote,
+        Quote {
+            sku: "A-1".into(),
+            cents: 1250
+        }
+    );
+    let err = shop
+        .send(&pricing, ev("quote", json!({ "sku": 7 })))
+        .response_as::<Quote>()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HappenError::Codec { ref message, .. } if message.contains("Quote")),
+        "{err:?}"
+    );
+}

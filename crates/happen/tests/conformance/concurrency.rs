@@ -167,3 +167,78 @@ pub async fn shutdown_drains_in_flight_flows(backend: &dyn Backend) {
     );
     assert!(matches!(h.node("late").unwrap_err(), HappenError::Shutdown));
 }
+
+/// `Node::shutdown` takes one node out: the flows it runs and the events in
+/// its queue finish, then senders get an error naming it (UnknownNode; over
+/// NATS a sender it answered recently may first wait for it to come back,
+/// then get Unreachable), its handlers are gone, and the id can be used
+/// again; the other nodes keep working.
+pub async fn node_shutdown_finishes_its_flows_and_frees_its_id(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h
+        .node_with(
+            "ns-client",
+            NodeConfig::new().timeout(Duration::from_secs(1)),
+        )
+        .unwrap();
+    let worker = h
+        .node_with("ns-worker", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    let other = h.node("ns-other").unwrap();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let f = finished.clone();
+    worker
+        .on("job", move |_e: Event, _cx: Context| {
+            let f = f.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                f.fetch_add(1, Ordering::SeqCst);
+                json!("done")
+            }
+        })
+        .unwrap();
+    other
+        .on("job", |_e: Event, _cx: Context| async { json!("other") })
+        .unwrap();
+    h.flush().await.unwrap();
+    // One runs, two wait in the queue.
+    let jobs: Vec<_> = (0..3)
+        .map(|_| client.send(&worker, ev("job", json!(null))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    worker.shutdown().await;
+    assert_eq!(finished.load(Ordering::SeqCst), 3, "queued work finished");
+    for job in jobs {
+        assert_eq!(job.await.unwrap(), "done");
+    }
+    let err = client
+        .send("ns-worker", ev("job", json!(null)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HappenError::UnknownNode { ref node } | HappenError::Unreachable { ref node, .. } if node == "ns-worker"),
+        "{err:?}"
+    );
+    assert!(matches!(
+        worker.on("job", |_e: Event, _cx: Context| async {}),
+        Err(HappenError::Shutdown)
+    ));
+    assert_eq!(
+        client.send(&other, ev("job", json!(null))).await.unwrap(),
+        "other"
+    );
+    let again = h.node("ns-worker").unwrap();
+    again
+        .on("job", |_e: Event, _cx: Context| async {
+            json!("new worker")
+        })
+        .unwrap();
+    again.ready().await.unwrap();
+    assert_eq!(
+        client
+            .send("ns-worker", ev("job", json!(null)))
+            .await
+            .unwrap(),
+        "new worker"
+    );
+}

@@ -221,3 +221,40 @@ pub async fn context_describes_the_flow(backend: &dyn Backend) {
     assert_eq!(by_broadcast["expects_response"], false);
     assert_eq!(by_broadcast["sender"], "ctx-asker");
 }
+
+/// A node-local value given with `with_local` reaches every step of every
+/// flow of the handlers registered through that handle, as `cx.local()`.
+pub async fn node_local_value_reaches_every_step(backend: &dyn Backend) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    #[derive(Default)]
+    struct Inventory {
+        reserved: AtomicU64,
+    }
+    type Local = std::sync::Arc<Inventory>;
+
+    async fn reserve(e: Event, cx: Context<Local>) -> Flow<Local> {
+        let n = e.payload()["n"].as_u64().unwrap_or(0);
+        cx.local().reserved.fetch_add(n, Ordering::SeqCst);
+        Flow::next(report)
+    }
+    async fn report(_e: Event, cx: Context<Local>) -> Value {
+        json!(cx.local().reserved.load(Ordering::SeqCst))
+    }
+
+    let h = start(backend).await;
+    let client = h.node("local-client").unwrap();
+    let inventory = h
+        .node("local-inventory")
+        .unwrap()
+        .with_local(Local::default());
+    inventory.on("reserve", reserve).unwrap();
+    h.flush().await.unwrap();
+    for (n, total) in [(2, 2), (3, 5)] {
+        let got = client
+            .send(&inventory, ev("reserve", json!({ "n": n })))
+            .await
+            .unwrap();
+        assert_eq!(got, json!(total));
+    }
+    assert_eq!(inventory.local().reserved.load(Ordering::SeqCst), 5);
+}

@@ -33,6 +33,7 @@ pub mod concurrency;
 pub mod confluence;
 pub mod continuum;
 pub mod errors;
+pub mod observation;
 pub mod patterns;
 pub mod robustness;
 pub mod state;
@@ -73,6 +74,7 @@ macro_rules! conformance_suite {
             event_ids_are_time_ordered,
             response_event_carries_causal_context,
             spawned_work_keeps_causality,
+            origin_and_application_context_flow_to_child_events,
         );
         $crate::conformance_suite!(@topic patterns;
             string_patterns_select_handlers,
@@ -88,6 +90,7 @@ macro_rules! conformance_suite {
             steps_branch_on_conditions,
             every_return_form_completes_the_flow,
             context_describes_the_flow,
+            node_local_value_reaches_every_step,
         );
         $crate::conformance_suite!(@topic errors;
             step_error_reaches_requester,
@@ -104,6 +107,8 @@ macro_rules! conformance_suite {
             unknown_node_is_reported_at_once,
             removed_handler_no_longer_runs,
             several_handlers_each_run_and_first_registered_answers,
+            tell_runs_the_flow_without_an_answer,
+            typed_responses_with_response_as,
         );
         $crate::conformance_suite!(@topic concurrency;
             slow_flow_does_not_block_others,
@@ -111,6 +116,7 @@ macro_rules! conformance_suite {
             full_queue_is_reported_to_sender,
             node_id_patterns_override_limits,
             shutdown_drains_in_flight_flows,
+            node_shutdown_finishes_its_flows_and_frees_its_id,
         );
         $crate::conformance_suite!(@topic state;
             state_get_set_and_projection,
@@ -119,6 +125,10 @@ macro_rules! conformance_suite {
             global_state_is_shared_and_watchable,
             temporal_snapshots_record_the_causing_event,
             temporal_retention_by_count_and_age,
+            state_of_reads_and_writes_without_becoming_the_node,
+        );
+        $crate::conformance_suite!(@topic observation;
+            observers_see_stamps_deliveries_and_finishes,
         );
         $crate::conformance_suite!(@topic robustness;
             error_whose_display_panics_is_reported_and_node_keeps_serving,

@@ -312,3 +312,64 @@ pub async fn temporal_retention_by_count_and_age(backend: &dyn Backend) {
         "retention prunes history, not state"
     );
 }
+
+/// `Happen::state_of` reads and writes a node's state through the store,
+/// atomically, without creating the node (its events still all go to the
+/// real node, in this process or another).
+pub async fn state_of_reads_and_writes_without_becoming_the_node(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let ledger = h.node("so-ledger").unwrap();
+    ledger
+        .on("balance", |_e: Event, cx: Context| async move {
+            cx.node().state().get().await
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+    let outside = h.state_of("so-ledger").unwrap();
+    assert_eq!(outside.node(), "so-ledger");
+    outside.set(|_| json!({ "balance": 5 })).await.unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let state = if i % 2 == 0 {
+                h.state_of("so-ledger").unwrap()
+            } else {
+                ledger.state()
+            };
+            tokio::spawn(async move {
+                state
+                    .set(|s| json!({ "balance": s["balance"].as_i64().unwrap_or(0) + 1 }))
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let asker = h.node("so-asker").unwrap();
+    assert_eq!(
+        asker
+            .send(&ledger, ev("balance", json!(null)))
+            .await
+            .unwrap(),
+        json!({ "balance": 25 })
+    );
+    // A node that does not exist here has state too, and stays absent.
+    h.state_of("so-elsewhere")
+        .unwrap()
+        .set(|_| json!(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        asker.view("so-elsewhere").get().await.unwrap(),
+        Some(json!(1))
+    );
+    let err = asker
+        .send("so-elsewhere", ev("balance", json!(null)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HappenError::UnknownNode { .. }), "{err:?}");
+    assert!(matches!(
+        h.state_of("bad id"),
+        Err(HappenError::InvalidName(_))
+    ));
+}
