@@ -36,15 +36,20 @@ impl Log {
     }
 }
 
+/// The order service's steps see the log as their node-local value.
+type OrderCx = Context<Log>;
+type OrderFlow = Flow<Log>;
+
 /// Sends `event` to `target` from the running flow's node, waits for the
 /// answer and logs the response event.
-async fn ask(cx: &Context, target: &str, event: Event) -> happen::Result<Value> {
+async fn ask(cx: &OrderCx, target: &str, event: Event) -> happen::Result<Value> {
     let response = cx.node().send(target, event).response_event().await?;
-    cx.typed::<Log>().expect("log in context").record(&response);
+    cx.local().record(&response);
     Ok(response.payload().clone())
 }
 
-async fn validate_order(event: Event, cx: Context) -> Flow {
+async fn validate_order(event: Event, cx: OrderCx) -> OrderFlow {
+    cx.local().record(&event);
     let order = event.payload();
     let items = order["items"].as_array().cloned().unwrap_or_default();
     if items.is_empty() || order["customer"]["id"].is_null() {
@@ -56,7 +61,7 @@ async fn validate_order(event: Event, cx: Context) -> Flow {
     Flow::next(check_inventory)
 }
 
-async fn check_inventory(_event: Event, cx: Context) -> happen::Result<Flow> {
+async fn check_inventory(_event: Event, cx: OrderCx) -> happen::Result<OrderFlow> {
     let stock = ask(
         &cx,
         "inventory-service",
@@ -72,7 +77,7 @@ async fn check_inventory(_event: Event, cx: Context) -> happen::Result<Flow> {
     Ok(Flow::next(process_payment))
 }
 
-async fn process_payment(event: Event, cx: Context) -> happen::Result<Flow> {
+async fn process_payment(event: Event, cx: OrderCx) -> happen::Result<OrderFlow> {
     let payment = ask(
         &cx,
         "payment-service",
@@ -91,7 +96,7 @@ async fn process_payment(event: Event, cx: Context) -> happen::Result<Flow> {
     Ok(Flow::next(create_shipment))
 }
 
-async fn create_shipment(event: Event, cx: Context) -> happen::Result<Value> {
+async fn create_shipment(event: Event, cx: OrderCx) -> happen::Result<Value> {
     let shipment = ask(
         &cx,
         "shipping-service",
@@ -199,8 +204,9 @@ pub async fn run(options: Options) -> happen::Result<()> {
     } else {
         None
     };
-    // Subscriptions are in place before anything is sent (and before another
-    // process is told to start).
+    // Every node is reachable (over NATS: the server has their
+    // subscriptions) before anything is sent, or another process is told to
+    // start.
     happen.flush().await?;
 
     let mut result = None;
@@ -235,13 +241,9 @@ pub async fn run(options: Options) -> happen::Result<()> {
 }
 
 fn start_order_service(happen: &Happen, log: &Log) -> happen::Result<()> {
-    let orders = happen.node("order-service")?;
-    let l = log.clone();
-    orders.on("create-order", move |event: Event, cx: Context| {
-        l.record(&event);
-        cx.insert(l.clone());
-        validate_order(event, cx)
-    })?;
+    // Every step of the order flow gets the log from the node, typed.
+    let orders = happen.node("order-service")?.with_local(log.clone());
+    orders.on("create-order", validate_order)?;
     Ok(())
 }
 
