@@ -16,8 +16,8 @@
 //! Replies, credits and round trips come to one inbox per runtime:
 //! `<inbox>.<n>` answers request `n`, `<inbox>.c<n>` carries credits for the
 //! stream `n` this process produces, `<inbox>.p<n>` is round trip `n` coming
-//! back, and `<inbox>.t.<node>` is where the server says that a tell found
-//! no node.
+//! back, and `<inbox>.t.<node>.<event id>.<event type>` is where the server
+//! says that a tell found no node.
 
 mod commands;
 mod envelope;
@@ -335,12 +335,18 @@ fn on_inbox(shared: &Arc<Shared>, message: async_nats::Message) {
     else {
         return;
     };
-    if let Some(node) = rest.strip_prefix("t.") {
+    if let Some(tell) = rest.strip_prefix("t.") {
         if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            let mut parts = tell.splitn(3, '.');
+            let (node, event_id, event_type) = (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            );
             shared.local.undelivered(
                 node,
-                "",
-                "",
+                event_type,
+                event_id,
                 "no instance of the node was subscribed when the tell reached the server",
             );
         }
@@ -470,9 +476,14 @@ impl Transport for NatsTransport {
         sealed.check_size(shared.max_payload())?;
         shared.commands.publish(Publish {
             subject: subjects::direct_subject(&shared.prefix, target),
-            // Only for the server's "no responders": the receiver sees the
-            // header and does not answer.
-            reply: Some(format!("{}.t.{target}", shared.inbox)),
+            // Only for the server's "no responders" (which names the tell):
+            // the receiver sees the header and does not answer.
+            reply: Some(format!(
+                "{}.t.{target}.{}.{}",
+                shared.inbox,
+                event.id(),
+                event.event_type()
+            )),
             headers: sealed.headers,
             payload: sealed.payload,
             token: None,
