@@ -1,11 +1,10 @@
 //! Nodes: the actors of a Happen system. A node registers handlers for the
 //! event types it cares about and emits events by broadcast or direct send.
 //!
-//! Each node schedules its own flows ([`scheduler`]): events are handled
+//! Each node schedules its own flows: events are handled
 //! concurrently up to the node's `max_concurrent`, further events wait in a
 //! FIFO queue of at most `queue_limit`, and beyond that the sender gets
-//! [`HappenError::QueueFull`]. Nothing is dropped silently. Its handlers
-//! live in a [`registry`].
+//! [`HappenError::QueueFull`]. Nothing is dropped silently.
 
 mod registry;
 mod scheduler;
