@@ -131,7 +131,7 @@ enum StateAction {
     Set {
         #[command(flatten)]
         target: StateTarget,
-        /// The new state, as JSON: '{"balance":42}', '[1,2]', 7, '"text"'
+        /// The new state, as JSON: '{"balance":42}', 7, '"text"', null
         #[arg(value_name = "JSON", value_parser = parse_json, allow_hyphen_values = true)]
         value: Value,
     },
