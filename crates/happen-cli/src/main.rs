@@ -2,133 +2,367 @@
 //!
 //! ```text
 //! happen demo [--nats URL] [--role all|services|storefront] [--trace-json]
-//!                  run the order-processing demo (embedded unless --nats is given)
-//! happen state get --nats URL --node ID          print a node's state
-//! happen state set --nats URL --node ID JSON     replace a node's state
-//! happen version   print the version
-//! happen help      print this help
+//! happen state get --nats URL --node ID
+//! happen state set --nats URL --node ID JSON
+//! happen version
 //! ```
+//!
+//! `happen --help`, and `--help` after any command, says the rest. Wherever
+//! `--nats URL` is accepted, `HAPPEN_NATS_URL` may stand in for it. Usage
+//! errors exit with 2, failures while running with 1.
+//!
+//! Without the `nats` feature (on by default) the binary links no NATS code:
+//! the demo runs embedded only, and `state` says which feature it needs.
 
+use std::future::Future;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
 // The demo is the crate's `order_processing` example, compiled in here so that
-// `happen demo` and `cargo run --example order_processing` are the same program.
+// `happen demo` and `cargo run --example order_processing` are one program.
+// Its `parse_args` serves the example; this binary maps its own options.
 #[allow(dead_code)]
 #[path = "../../happen/examples/order_processing.rs"]
 mod order_processing;
 
-const HELP: &str = "\
-happen: tools for Happen systems
+/// The environment variable that may give the NATS URL instead of `--nats`.
+const NATS_URL_ENV: &str = "HAPPEN_NATS_URL";
 
-USAGE:
-    happen <COMMAND>
+#[cfg(feature = "nats")]
+const AFTER_HELP: &str = "\
+Every --nats URL may come from the HAPPEN_NATS_URL environment variable instead.
+Exit status: 0 on success, 2 for a usage error, 1 when the command fails.";
 
-COMMANDS:
-    demo       run the order-processing demo (embedded: no server needed)
-               options: --nats URL             run over NATS
-                        --role services        run the services half (with --nats)
-                        --role storefront      run the storefront half (with --nats)
-                        --trace-json           print each event's causal record as JSON
-    state      read or replace a node's state in a NATS system
-               happen state get --nats URL --node ID
-               happen state set --nats URL --node ID JSON
-    version    print the version
-    help       print this help
-";
+#[cfg(not(feature = "nats"))]
+const AFTER_HELP: &str = "\
+This build has no NATS support (built without the `nats` feature): the demo
+runs embedded only, and `state` is unavailable. Rebuild with `--features nats`.
+Exit status: 0 on success, 2 for a usage error, 1 when the command fails.";
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("demo") => {
-            let options = match order_processing::parse_args(args[1..].iter().cloned()) {
-                Ok(options) => options,
-                Err(message) => {
-                    eprintln!("happen demo: {message}");
-                    return ExitCode::from(2);
-                }
-            };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("happen: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(order_processing::run(options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("happen demo failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Some("state") => match state_command(&args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("happen state: {message}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("version" | "--version" | "-V") => {
-            println!("happen {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        None | Some("help" | "--help" | "-h") => {
-            print!("{HELP}");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("happen: unknown command {other:?}\n\n{HELP}");
-            ExitCode::from(2)
+/// Tools for Happen systems.
+#[derive(Debug, Parser)]
+#[command(name = "happen", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the order-processing demo (embedded: no server needed)
+    Demo(DemoArgs),
+    /// Read or replace a node's state in a NATS system
+    #[cfg_attr(
+        not(feature = "nats"),
+        command(about = "Read or replace a node's state in a NATS system \
+                         (not in this build: it needs the `nats` feature)")
+    )]
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
+    /// Print the version
+    Version,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Run over the NATS server at URL instead of in this process alone
+    #[arg(
+        long,
+        value_name = "URL",
+        env = NATS_URL_ENV,
+        required_if_eq_any([("role", "services"), ("role", "storefront")]),
+    )]
+    nats: Option<String>,
+
+    /// Which nodes this process runs. `services` and `storefront` are the
+    /// two halves of a system spread over two processes: they need --nats
+    #[arg(long, value_enum, default_value_t = Role::All)]
+    role: Role,
+
+    /// Print each event's causal record as a `TRACE {json}` line
+    #[arg(long)]
+    trace_json: bool,
+}
+
+/// The demo's roles, spelled for the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Role {
+    /// Every node, in this process
+    All,
+    /// The inventory, payment, shipping and notification services
+    Services,
+    /// The storefront and the order service, which place the order
+    Storefront,
+}
+
+impl From<Role> for order_processing::Role {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::All => Self::All,
+            Role::Services => Self::Services,
+            Role::Storefront => Self::Storefront,
         }
     }
 }
 
-/// `happen state get|set --nats URL --node ID [JSON]`.
-fn state_command(args: &[String]) -> Result<(), String> {
-    let (verb, rest) = args.split_first().ok_or("expected get or set")?;
-    let mut nats = None;
-    let mut node = None;
-    let mut value = None;
-    let mut rest = rest.iter();
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "--nats" => nats = Some(rest.next().ok_or("--nats needs a URL")?.clone()),
-            "--node" => node = Some(rest.next().ok_or("--node needs a node id")?.clone()),
-            json if value.is_none() && verb == "set" => {
-                value = Some(
-                    serde_json::from_str::<serde_json::Value>(json)
-                        .map_err(|e| format!("{json:?} is not JSON: {e}"))?,
-                );
-            }
-            other => return Err(format!("unexpected argument {other:?}")),
+impl From<DemoArgs> for order_processing::Options {
+    fn from(args: DemoArgs) -> Self {
+        Self {
+            nats: args.nats,
+            role: args.role.into(),
+            trace_json: args.trace_json,
         }
     }
-    let nats = nats.ok_or("--nats URL is required")?;
-    let node = node.ok_or("--node ID is required")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+}
+
+#[derive(Debug, Subcommand)]
+enum StateAction {
+    /// Print a node's state as JSON (`null` if it has none)
+    Get {
+        #[command(flatten)]
+        target: StateTarget,
+    },
+    /// Replace a node's state with a JSON value, and print the new state
+    Set {
+        #[command(flatten)]
+        target: StateTarget,
+        /// The new state, as JSON: '{"balance":42}', 7, '"text"', null
+        #[arg(value_name = "JSON", value_parser = parse_json, allow_hyphen_values = true)]
+        value: Value,
+    },
+}
+
+/// Whose state, and where. The command reads and writes the store without
+/// becoming the node, so a live node with this id keeps all of its events.
+#[derive(Debug, Args)]
+struct StateTarget {
+    /// The NATS server of the system (required, here or in the environment)
+    #[arg(long, value_name = "URL", env = NATS_URL_ENV)]
+    nats: Option<String>,
+
+    /// The node whose state to read or write
+    #[arg(long, value_name = "ID", value_parser = parse_node_id)]
+    node: String,
+}
+
+fn parse_json(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text)
+        .map_err(|e| format!("not JSON ({e}); a string needs its quotes, as in '\"text\"'"))
+}
+
+fn parse_node_id(id: &str) -> Result<String, String> {
+    happen::name::validate_node_id(id)
+        .map(|()| id.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Demo(args) => demo(args),
+        Command::State { action } => state(action),
+        Command::Version => {
+            print!("{}", Cli::command().render_version());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Reports a usage error found after parsing (of the command named by
+/// `path` below `happen`), formatted and with the exit status (2) of those
+/// clap finds itself.
+fn usage_error(path: &[&str], message: &str) -> ! {
+    let mut command = Cli::command();
+    command.build(); // so that usage lines say `happen state get`, not `get`
+    for name in path {
+        command = command
+            .find_subcommand(name)
+            .expect("a subcommand of Cli")
+            .clone();
+    }
+    command
+        .error(ErrorKind::MissingRequiredArgument, message)
+        .exit()
+}
+
+/// Runs `work` to completion on a fresh tokio runtime; an error is printed
+/// after `label` and makes the exit status 1.
+fn run_async(label: &str, work: impl Future<Output = Result<(), String>>) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async move {
-        let happen = happen::Happen::connect(happen::NatsConfig::new(nats).name("happen-cli"))
-            .await
-            .map_err(|e| e.to_string())?;
-        // Through the store, without becoming the node: a live node with
-        // this id keeps all of its requests.
-        let state = happen.state_of(&node).map_err(|e| e.to_string())?;
-        let result = match (verb.as_str(), value) {
-            ("get", None) => state.get().await,
-            ("set", Some(value)) => state.set(move |_| value.clone()).await,
-            ("set", None) => return Err("set needs a JSON value".to_owned()),
-            (other, _) => return Err(format!("unknown verb {other:?}; use get or set")),
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(work));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{label}: {message}");
+            ExitCode::FAILURE
         }
-        .map_err(|e| e.to_string())?;
-        println!("{result}");
+    }
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    if !cfg!(feature = "nats") && args.nats.is_some() {
+        usage_error(
+            &["demo"],
+            "--nats (or HAPPEN_NATS_URL) needs NATS support, and this build has none: \
+             rebuild happen-cli with `--features nats`, or unset HAPPEN_NATS_URL to run embedded",
+        );
+    }
+    let options = order_processing::Options::from(args);
+    run_async("happen demo failed", async move {
+        order_processing::run(options)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+#[cfg(not(feature = "nats"))]
+fn state(_action: StateAction) -> ExitCode {
+    usage_error(
+        &["state"],
+        "`happen state` works over NATS, and this build has no NATS support: \
+         rebuild happen-cli with `--features nats`",
+    )
+}
+
+#[cfg(feature = "nats")]
+fn state(action: StateAction) -> ExitCode {
+    let (verb, target, value) = match action {
+        StateAction::Get { target } => ("get", target, None),
+        StateAction::Set { target, value } => ("set", target, Some(value)),
+    };
+    // Checked here rather than by clap, whose message would not mention
+    // the environment variable.
+    let Some(url) = target.nats else {
+        usage_error(
+            &["state", verb],
+            "no NATS server given: pass --nats URL, or set HAPPEN_NATS_URL",
+        );
+    };
+    run_async("happen state", async move {
+        let happen = happen::Happen::connect(happen::NatsConfig::new(&url).name("happen-cli"))
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        let result = read_or_write(&happen, &target.node, value).await;
         happen.shutdown().await;
+        println!("{}", result.map_err(|e| e.to_string())?);
         Ok(())
     })
+}
+
+/// Reads (`value` is `None`) or replaces the state of `node`.
+#[cfg(feature = "nats")]
+async fn read_or_write(
+    happen: &happen::Happen,
+    node: &str,
+    value: Option<Value>,
+) -> happen::Result<Value> {
+    // `state_of`, not `node`: a node made here with the target's id would
+    // join its NATS queue group and take a share of its requests.
+    let state = happen.state_of(node)?;
+    match value {
+        None => state.get().await,
+        Some(value) => state.set(move |_| value.clone()).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `happen demo <args>` ignoring `HAPPEN_NATS_URL`, so the test
+    /// means the same wherever it runs.
+    fn demo_options(args: &[&str]) -> Result<order_processing::Options, clap::Error> {
+        let command = Cli::command()
+            .mut_subcommand("demo", |demo| demo.mut_arg("nats", |nats| nats.env(None)));
+        let matches =
+            command.try_get_matches_from(["happen", "demo"].iter().chain(args).copied())?;
+        match <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?.command {
+            Command::Demo(args) => Ok(args.into()),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn example_options(args: &[&str]) -> Result<order_processing::Options, String> {
+        order_processing::parse_args(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn the_demo_reads_its_options_as_the_example_does() {
+        for args in [
+            &[][..],
+            &["--trace-json"],
+            &["--role", "all"],
+            &["--nats", "nats://h:4222"],
+            &["--nats", "nats://h:4222", "--role", "services"],
+            &[
+                "--role",
+                "storefront",
+                "--nats",
+                "nats://h:4222",
+                "--trace-json",
+            ],
+        ] {
+            assert_eq!(
+                demo_options(args).unwrap(),
+                example_options(args).unwrap(),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_demo_refuses_what_the_example_refuses() {
+        for args in [
+            &["--role", "services"][..],
+            &["--role", "storefront", "--trace-json"],
+            &["--role", "everything"],
+            &["--nats"],
+            &["--bogus"],
+        ] {
+            assert!(example_options(args).is_err(), "{args:?}");
+            let error = demo_options(args).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn state_set_wants_json() {
+        let parse = |value: &str| {
+            Cli::try_parse_from([
+                "happen", "state", "set", "--nats", "nats://h", "--node", "n", value,
+            ])
+        };
+        assert!(parse(r#"{"a":1}"#).is_ok());
+        assert!(
+            parse("-3").is_ok(),
+            "a negative number is a value, not a flag"
+        );
+        let error = parse("plain words").unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ValueValidation);
+        assert!(
+            error.to_string().contains("a string needs its quotes"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_bad_node_id_is_a_usage_error() {
+        let error = Cli::try_parse_from([
+            "happen", "state", "get", "--nats", "nats://h", "--node", "a.b",
+        ])
+        .unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+    }
 }

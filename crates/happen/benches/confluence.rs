@@ -2,20 +2,28 @@
 //! one run on a current-thread tokio runtime:
 //!
 //! - **batch vs single sends**: the time to deliver 100 events and get the
-//!   answer, as 100 awaited `send`s versus one `send` of
-//!   `Event::batch` of the same 100 events (the handler sums the values
-//!   either way). Ratio = singles time / batch time (how many times faster
-//!   the batch is).
+//!   answers, three ways (the handler sums the values either way):
+//!   - *concurrent*: 100 `send`s dispatched at once, then all awaited
+//!     together (`join_all`): what a caller who has 100 events at hand and
+//!     does not batch would write, and the fair comparison for a batch;
+//!   - *sequential*: 100 `send`s, each awaited before the next is sent: 100
+//!     round trips, for reference;
+//!   - *batch*: one `send` of `Event::batch` of the same 100 events.
+//!
+//!   The speed-ups are concurrent time / batch time (what batching itself
+//!   saves) and sequential time / batch time.
 //! - **streamed items/s**: a handler emits N items with `cx.emit`, the
 //!   requester consumes `Sent::stream()` to the end.
 //!
 //! ```text
-//! cargo bench -p happen --bench confluence
+//! cargo bench -p happen --bench confluence   # HAPPEN_BENCH_N streamed items (default 20000)
 //! ```
 
+use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::future::join_all;
 use happen::prelude::*;
 use happen::{HappenConfig, NatsConfig};
 use happen_test::NatsServer;
@@ -46,7 +54,15 @@ fn events(n: usize) -> Vec<Event> {
         .collect()
 }
 
-async fn figures(happen: &Happen, stream_items: usize) -> (Duration, Duration, f64) {
+/// One runtime's row of the table.
+struct Figures {
+    sequential: Duration,
+    concurrent: Duration,
+    batch: Duration,
+    streamed_per_sec: f64,
+}
+
+async fn figures(happen: &Happen, stream_items: usize) -> Figures {
     let sender = happen.node("bench-sender").expect("node");
     let sink = happen.node("bench-sink").expect("node");
     sink.on("reading", |event: Event, _cx: Context| async move {
@@ -69,11 +85,25 @@ async fn figures(happen: &Happen, stream_items: usize) -> (Duration, Duration, f
     .expect("handler");
     happen.flush().await.expect("flush");
 
-    let singles = timed(|| {
+    let sequential = timed(|| {
         let (sender, sink) = (sender.clone(), sink.clone());
         async move {
             for event in events(100) {
                 sender.send(&sink, event).await.expect("single");
+            }
+        }
+    })
+    .await;
+    let concurrent = timed(|| {
+        let (sender, sink) = (sender.clone(), sink.clone());
+        async move {
+            // Every send is dispatched here, before the first is awaited.
+            let pending: Vec<_> = events(100)
+                .into_iter()
+                .map(|event| sender.send(&sink, event).into_future())
+                .collect();
+            for answer in join_all(pending).await {
+                answer.expect("single");
             }
         }
     })
@@ -100,7 +130,12 @@ async fn figures(happen: &Happen, stream_items: usize) -> (Duration, Duration, f
         }
     })
     .await;
-    (singles, batch, stream_items as f64 / streamed.as_secs_f64())
+    Figures {
+        sequential,
+        concurrent,
+        batch,
+        streamed_per_sec: stream_items as f64 / streamed.as_secs_f64(),
+    }
 }
 
 fn micros(d: Duration) -> String {
@@ -121,15 +156,20 @@ fn main() {
         nats.shutdown().await;
 
         println!("median of {REPS} after a warm-up; current-thread runtime; {stream_items} streamed items embedded, {} over NATS\n", stream_items / 4);
-        println!("| runtime | 100 single sends | 1 batch of 100 | batch speed-up | streamed items/s |");
-        println!("|---|---|---|---|---|");
-        for (name, (singles, batch, items)) in [("embedded", e), ("NATS", n)] {
+        println!(
+            "| runtime | 100 concurrent sends | 100 sequential sends | 1 batch of 100 | batch vs concurrent | batch vs sequential | streamed items/s |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for (name, f) in [("embedded", e), ("NATS", n)] {
+            let times = |d: Duration| d.as_secs_f64() / f.batch.as_secs_f64();
             println!(
-                "| {name} | {} | {} | {:.1}x | {:.0} k/s |",
-                micros(singles),
-                micros(batch),
-                singles.as_secs_f64() / batch.as_secs_f64(),
-                items / 1e3
+                "| {name} | {} | {} | {} | {:.1}x | {:.1}x | {:.0} k/s |",
+                micros(f.concurrent),
+                micros(f.sequential),
+                micros(f.batch),
+                times(f.concurrent),
+                times(f.sequential),
+                f.streamed_per_sec / 1e3
             );
         }
     });
