@@ -334,7 +334,7 @@ async fn run_steps<S: Clone + Send + Sync + 'static>(
             Flow::Fail(error) => return Err((error.to_string(), error)),
         }
         taken = taken.wrapping_add(1);
-        if taken % 64 == 0 {
+        if taken.is_multiple_of(64) {
             // A long loop of steps that never wait must not starve the
             // other flows sharing this thread.
             tokio::task::yield_now().await;

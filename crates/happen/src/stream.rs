@@ -127,10 +127,10 @@ impl StreamRx {
 
 impl Drop for StreamRx {
     fn drop(&mut self) {
-        if !self.ended {
-            if let Some(credit) = &mut self.credit {
-                credit.cancel();
-            }
+        if !self.ended
+            && let Some(credit) = &mut self.credit
+        {
+            credit.cancel();
         }
     }
 }

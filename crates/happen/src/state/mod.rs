@@ -206,14 +206,14 @@ impl State {
             };
             let new = transform(old, &views);
             if let Saved::Done(_) = store.save(id, &new, expected).await? {
-                if self.temporal {
-                    if let Some(cause) = causality::current_event() {
-                        let snapshot = Snapshot {
-                            state: new.clone(),
-                            context: SnapshotContext::of(&cause, now_millis()),
-                        };
-                        store.record(id, snapshot).await?;
-                    }
+                if self.temporal
+                    && let Some(cause) = causality::current_event()
+                {
+                    let snapshot = Snapshot {
+                        state: new.clone(),
+                        context: SnapshotContext::of(&cause, now_millis()),
+                    };
+                    store.record(id, snapshot).await?;
                 }
                 return Ok(new);
             }

@@ -463,10 +463,10 @@ impl Transport for NatsTransport {
             deadline,
         );
         let token = publish.token;
-        if let Err(error) = shared.commands.publish(publish) {
-            if let Some(token) = token {
-                shared.requests.fail(token, error);
-            }
+        if let Err(error) = shared.commands.publish(publish)
+            && let Some(token) = token
+        {
+            shared.requests.fail(token, error);
         }
     }
 

@@ -174,10 +174,10 @@ impl Filters {
             return false;
         }
         table.recent.push_back(id.clone());
-        if table.recent.len() > RECENT_IDS {
-            if let Some(old) = table.recent.pop_front() {
-                table.recent_set.remove(&old);
-            }
+        if table.recent.len() > RECENT_IDS
+            && let Some(old) = table.recent.pop_front()
+        {
+            table.recent_set.remove(&old);
         }
         true
     }
