@@ -26,6 +26,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use crate::observe::{Observer, Observers};
+use crate::pattern::glob_match;
 use crate::state::temporal::TemporalConfig;
 
 /// The default request timeout: 5 seconds.
@@ -174,26 +175,6 @@ impl HappenConfig {
         own.apply(&mut limits);
         limits
     }
-}
-
-/// `*` matches any run of characters (including none); everything else is literal.
-fn glob_match(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty(); // no '*' at all: exact match
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 #[cfg(test)]

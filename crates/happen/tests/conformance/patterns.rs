@@ -113,6 +113,9 @@ pub async fn function_and_combinator_patterns_select_handlers(backend: &dyn Back
         "one_of",
         &tx,
     );
+    // The documentation's glob: `*` spans segments (filtered in-process over
+    // NATS, since no subject filter says it).
+    label_handler(&n, wildcard("account.*.completed"), "glob", &tx);
     let got = matched_by(
         &n,
         &mut rx,
@@ -123,6 +126,8 @@ pub async fn function_and_combinator_patterns_select_handlers(backend: &dyn Back
             "order.submitted",
             "shipping.sent",
             "shipping.sent.late",
+            "account.profile.update.completed",
+            "account.completed",
         ],
     )
     .await;
@@ -133,6 +138,8 @@ pub async fn function_and_combinator_patterns_select_handlers(backend: &dyn Back
             ("user", "user.created"),
             ("one_of", "order.submitted"),
             ("one_of", "shipping.sent"),
+            ("one_of", "shipping.sent.late"),
+            ("glob", "account.profile.update.completed"),
         ])
     );
 }
@@ -152,7 +159,7 @@ pub async fn invalid_pattern_is_an_error_at_registration(backend: &dyn Backend) 
     }
     let err = n
         .on(
-            happen::pattern::wildcard("x.{"),
+            happen::pattern::wildcard("x y*"),
             |_e: Event, _cx: Context| async {},
         )
         .unwrap_err();

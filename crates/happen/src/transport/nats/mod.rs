@@ -2,7 +2,7 @@
 //! processes by a NATS server.
 //!
 //! - [`subjects`]: where events travel and which broadcast filters this
-//!   process holds;
+//!   process holds; [`filters`]: patterns as subject filters;
 //! - [`commands`]: the one ordered queue every subscribe and publish goes
 //!   through, bounded for new events;
 //! - [`requests`]: requests waiting for their replies, "no responders" and
@@ -21,6 +21,7 @@
 
 mod commands;
 mod envelope;
+pub(crate) mod filters;
 mod requests;
 mod status;
 mod streams;

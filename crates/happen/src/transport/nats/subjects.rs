@@ -41,7 +41,7 @@ pub(super) fn broadcast_subject(prefix: &str, event_type: &str) -> String {
 /// The broadcast filters (subject patterns, without the prefix) a handler's
 /// pattern needs.
 pub(super) fn filters_for(pattern: &Pattern) -> Vec<String> {
-    pattern.subjects().unwrap_or_else(|| vec![">".to_owned()])
+    super::filters::subject_filters(pattern).unwrap_or_else(|| vec![">".to_owned()])
 }
 
 /// NATS subject matching: `*` is one token, `>` one or more trailing tokens.

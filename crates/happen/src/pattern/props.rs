@@ -1,10 +1,31 @@
-//! Property tests for `happen::pattern`: the matcher agrees with a regex
-//! reference, subjects agree with NATS subject matching, and parsing never
-//! panics.
+//! Property tests of patterns: the matcher agrees with a regex reference,
+//! globs agree with a reference glob matcher, NATS subject filters select
+//! exactly what the pattern matches, and parsing never panics.
 
-use happen::pattern::Pattern;
 use proptest::prelude::*;
 use regex::Regex;
+
+use super::{Pattern, wildcard};
+
+/// The subject filters of a pattern (none without the NATS transport).
+fn filters(pattern: &Pattern) -> Option<Vec<String>> {
+    #[cfg(feature = "nats")]
+    return crate::transport::nats::filters::subject_filters(pattern);
+    #[cfg(not(feature = "nats"))]
+    {
+        let _ = pattern;
+        None
+    }
+}
+
+/// A reference glob matcher: `*` is any run of characters, by recursion.
+fn glob_reference(glob: &[u8], text: &[u8]) -> bool {
+    match glob.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| glob_reference(rest, &text[i..])),
+        Some((c, rest)) => text.first() == Some(c) && glob_reference(rest, &text[1..]),
+    }
+}
 
 /// One piece of a generated segment: a literal or an alternation group.
 #[derive(Debug, Clone)]
@@ -256,9 +277,9 @@ proptest! {
         let mut types = random_types;
         types.push(mutate(&instance, &mutation));
         types.push(instance);
-        if let Some(subjects) = parsed.subjects() {
+        if let Some(subjects) = filters(&parsed) {
             prop_assert!(!subjects.is_empty());
-            prop_assert!(subjects.len() <= happen::pattern::MAX_SUBJECTS);
+            prop_assert!(subjects.len() <= 64);
             for t in &types {
                 let by_subject = subjects.iter().any(|s| nats_matches(s, t));
                 prop_assert_eq!(
@@ -276,7 +297,7 @@ proptest! {
             Ok(pattern) => {
                 prop_assert_eq!(pattern.validate(), Ok(()));
                 let _ = pattern.matches(&s);
-                let _ = pattern.subjects();
+                let _ = filters(&pattern);
             }
             Err(err) => {
                 prop_assert!(err.position <= s.len(), "{err}");
@@ -290,11 +311,62 @@ proptest! {
         match Pattern::parse(&s) {
             Ok(pattern) => {
                 let _ = pattern.matches("a.b");
-                let _ = pattern.subjects();
+                let _ = filters(&pattern);
             }
             Err(err) => {
                 prop_assert!(err.position <= s.len(), "{err}");
                 prop_assert!(s.is_char_boundary(err.position));
+            }
+        }
+    }
+
+    #[test]
+    fn wildcard_agrees_with_a_reference_glob(glob in "[ab.*]{1,10}", t in "[ab.]{0,12}") {
+        let pattern = wildcard(&glob);
+        prop_assert_eq!(pattern.validate(), Ok(()));
+        prop_assert_eq!(
+            pattern.matches(&t),
+            glob_reference(glob.as_bytes(), t.as_bytes()),
+            "glob {:?}, text {:?}", glob, t
+        );
+    }
+
+    #[test]
+    fn a_glob_without_star_matches_only_itself(t in event_type(), other in event_type()) {
+        let pattern = wildcard(&t);
+        prop_assert!(pattern.matches(&t));
+        prop_assert_eq!(pattern.matches(&other), t == other);
+    }
+
+    #[test]
+    fn a_star_matches_any_insertion(
+        t in event_type(),
+        inserted in "[a-z.]{0,8}",
+        at in any::<prop::sample::Index>(),
+    ) {
+        let i = at.index(t.len() + 1);
+        let glob = format!("{}*{}", &t[..i], &t[i..]);
+        let text = format!("{}{}{}", &t[..i], inserted, &t[i..]);
+        prop_assert!(wildcard(&glob).matches(&text), "{:?} vs {:?}", glob, text);
+    }
+
+    #[test]
+    fn glob_filters_select_the_same_event_types(
+        prefix in event_type(),
+        types in prop::collection::vec(event_type(), 1..20),
+    ) {
+        let pattern = wildcard(&format!("{prefix}.*"));
+        let subjects = filters(&pattern);
+        if cfg!(feature = "nats") {
+            prop_assert!(subjects.is_some());
+        }
+        if let Some(subjects) = subjects {
+            let mut types = types;
+            types.push(format!("{prefix}.x"));
+            types.push(format!("{prefix}.x.y"));
+            for t in &types {
+                let by_subject = subjects.iter().any(|s| nats_matches(s, t));
+                prop_assert_eq!(pattern.matches(t), by_subject, "{:?}", t);
             }
         }
     }
