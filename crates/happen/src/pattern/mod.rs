@@ -185,8 +185,8 @@ impl Pattern {
 
     /// A pattern that asks `f` whether an event type matches.
     ///
-    /// Such patterns have no [`subjects`](Pattern::subjects): events are
-    /// filtered locally.
+    /// Over NATS such patterns cannot be subject filters: the process takes
+    /// every broadcast and asks `f`.
     ///
     /// ```
     /// use happen::pattern::Pattern;
@@ -467,7 +467,7 @@ pub fn domain(name: &str) -> Pattern {
 ///
 /// `exact("a.*")` matches only the literal string `a.*`. Such a string is not
 /// a valid event type (see [`crate::name`]), so in practice that pattern
-/// matches no event; it also has no [`subjects`](Pattern::subjects).
+/// matches no event.
 ///
 /// ```
 /// use happen::pattern::exact;
@@ -581,8 +581,7 @@ where
 /// any string that could equal an event type this is the documentation's
 /// exact comparison.
 ///
-/// Negated patterns have no [`subjects`](Pattern::subjects). Note that the
-/// negation of an invalid pattern matches everything; [`Pattern::validate`]
+/// Over NATS a negation is filtered in the process. Note that the negation of an invalid pattern matches everything; [`Pattern::validate`]
 /// still reports the error.
 ///
 /// ```
