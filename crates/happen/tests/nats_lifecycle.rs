@@ -21,9 +21,7 @@ async fn a_held_request_to_a_dead_instance_does_not_block_shutdown() {
         .await
         .unwrap();
     raw.flush().await.unwrap();
-    let happen = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
+    let happen = connect(&server).await;
     let a = happen.node("asker").unwrap();
     let held = a
         .send("ghost", Event::new("x", json!(null)))
@@ -38,12 +36,8 @@ async fn a_held_request_to_a_dead_instance_does_not_block_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_new_work_from_other_processes() {
     let server = NatsServer::start().unwrap();
-    let a = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
-    let b = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
+    let a = connect(&server).await;
+    let b = connect(&server).await;
     let svc = a.node("svc").unwrap();
     svc.on("work", |_e: Event, _cx: Context| async {
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -83,18 +77,14 @@ async fn shutdown_refuses_new_work_from_other_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_runtime_stops_serving_its_node_id() {
     let server = NatsServer::start().unwrap();
-    let old = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
+    let old = connect(&server).await;
     old.node("svc")
         .unwrap()
         .on("who", |_e: Event, _cx: Context| async { json!("old") })
         .unwrap();
     old.flush().await.unwrap();
     drop(old);
-    let new = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
+    let new = connect(&server).await;
     let svc = new.node("svc").unwrap();
     svc.on("who", |_e: Event, _cx: Context| async { json!("new") })
         .unwrap();
@@ -198,12 +188,8 @@ async fn handlers_and_nodes_release_their_subscriptions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_is_reachable_from_elsewhere_once_ready() {
     let server = NatsServer::start().unwrap();
-    let here = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
-    let there = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
+    let here = connect(&server).await;
+    let there = connect(&server).await;
     let asker = there.node("asker").unwrap();
     for i in 0..30 {
         let id = format!("svc-{i}");
@@ -343,12 +329,8 @@ async fn messages_over_the_servers_limit_are_clear_errors() {
 async fn tell_crosses_processes_without_an_answer() {
     use futures::StreamExt;
     let server = NatsServer::start().unwrap();
-    let here = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
-    let there = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
+    let here = connect(&server).await;
+    let there = connect(&server).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let log = there.node("log").unwrap();
     log.on("reading", move |e: Event, cx: Context| {

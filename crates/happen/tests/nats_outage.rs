@@ -245,17 +245,13 @@ async fn events_sent_across_staggered_reconnects_are_not_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_to_a_vanished_node_fail_clearly_and_losses_are_reported() {
     let server = NatsServer::start().unwrap();
-    let other = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
+    let other = connect(&server).await;
     let ghost = other.node("ghost").unwrap();
     ghost
         .on("ping", |_e: Event, _cx: Context| async { json!("pong") })
         .unwrap();
     ghost.ready().await.unwrap();
-    let here = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
+    let here = connect(&server).await;
     let asker = here
         .node_with(
             "asker",

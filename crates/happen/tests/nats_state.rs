@@ -1,6 +1,5 @@
 //! State across runtimes on one server, as separate processes share it.
 
-use happen::nats::NatsConfig;
 use happen::prelude::*;
 use happen_test::NatsServer;
 
@@ -14,12 +13,8 @@ use support::*;
 async fn global_state_and_views_span_runtimes() {
     use futures::StreamExt;
     let server = NatsServer::start().unwrap();
-    let a = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
-    let b = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
+    let a = connect(&server).await;
+    let b = connect(&server).await;
     let writer = a.node("writer").unwrap();
     let reader = b.node("reader").unwrap();
     let mut watch = reader.global().watch("dataset:big").await.unwrap();
@@ -58,12 +53,8 @@ async fn concurrent_writers_in_two_runtimes_lose_no_update() {
     const ROUNDS: u64 = 10;
     const PER_RUNTIME: u64 = 1_000;
     let server = NatsServer::start().unwrap();
-    let a = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
-    let b = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
+    let a = connect(&server).await;
+    let b = connect(&server).await;
     // One node id with an instance in each runtime.
     let counters = [a.node("counter").unwrap(), b.node("counter").unwrap()];
     let started = std::time::Instant::now();

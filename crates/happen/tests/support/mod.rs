@@ -93,3 +93,10 @@ impl Drop for AuthServer {
         let _ = self.child.wait();
     }
 }
+
+/// A runtime connected to `server` with the default configuration.
+pub async fn connect(server: &NatsServer) -> Happen {
+    Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .expect("connects to the test server")
+}
