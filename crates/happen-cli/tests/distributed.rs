@@ -55,10 +55,14 @@ fn causality_spans_two_processes() {
     // Wait for READY, keeping the rest of its output.
     let stdout = services.0.as_mut().unwrap().stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+    // The reader hands over the first line, then keeps the rest until the
+    // process closes its output: joining it waits for every line.
+    let reader = std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        if let Some(first) = lines.next() {
+            let _ = tx.send(first);
         }
+        lines.collect::<Vec<_>>()
     });
     let first = rx
         .recv_timeout(Duration::from_secs(60))
@@ -93,7 +97,7 @@ fn causality_spans_two_processes() {
         status.success(),
         "the services process ends after order.completed"
     );
-    let services_out: String = rx.try_iter().collect::<Vec<_>>().join("\n");
+    let services_out: String = reader.join().expect("reader thread").join("\n");
 
     let (a, b) = (traces(&storefront_out), traces(&services_out));
     assert!(
