@@ -101,7 +101,7 @@ impl NodeGroup {
         let step = Step::new(handler);
         let mut ids = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
-            match node.on_step(pattern.clone(), step.clone()) {
+            match node.on_handler(pattern.clone(), step.clone()) {
                 Ok(id) => ids.push(id),
                 Err(e) => {
                     for (node, id) in self.nodes.iter().zip(&ids) {

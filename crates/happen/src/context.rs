@@ -109,7 +109,11 @@ impl Shared {
     }
 
     pub(crate) async fn take_responder(&self) -> Option<Responder> {
-        self.responder.lock().await.take()
+        // Uncontended unless a step's spawned task is still emitting.
+        match self.responder.try_lock() {
+            Ok(mut responder) => responder.take(),
+            Err(_) => self.responder.lock().await.take(),
+        }
     }
 }
 

@@ -97,8 +97,9 @@ use crate::context::{Context, Shared};
 use crate::delivery::Responder;
 use crate::error::{BoxError, Cause, HappenError};
 use crate::event::Event;
-use crate::node::Node;
+use crate::node::{Node, NodeCore};
 use crate::observe::Finished;
+use crate::stream::Outcome;
 
 /// What a step decided: continue, repeat, complete or fail.
 ///
@@ -302,33 +303,66 @@ pub const RESPONSE_EVENT_TYPE: &str = "happen.response";
 /// inside the flow, so that a `Display` that panics is a panic of the flow).
 type StepsOutcome = Result<Value, (String, BoxError)>;
 
-/// A registered handler: its first step together with the node-local value
-/// its steps see, with the value's type erased so that one node can hold
-/// handlers registered through differently typed handles.
+/// The future of one flow, from its first step to the reply: what a
+/// node's scheduler polls (inline first, in a task of its own if it waits).
+pub(crate) type FlowFuture = BoxFuture<'static, Option<HappenError>>;
+
+/// A registered handler: starts its flow for an event, with the node-local
+/// value its steps see. The value's and the handler's types are erased here,
+/// so one node holds handlers registered through differently typed handles,
+/// while the flow itself calls the handler without boxing its future.
 #[derive(Clone)]
 pub(crate) struct Entry(
-    Arc<dyn Fn(Event, Arc<Shared>) -> BoxFuture<'static, StepsOutcome> + Send + Sync>,
+    Arc<dyn Fn(Arc<NodeCore>, Event, Option<Responder>) -> FlowFuture + Send + Sync>,
 );
 
 impl Entry {
-    pub(crate) fn new<S: Clone + Send + Sync + 'static>(first: Step<S>, local: S) -> Entry {
-        Entry(Arc::new(move |event, shared| {
-            let cx = Context::from_parts(shared, local.clone());
-            Box::pin(run_steps(first.clone(), event, cx))
+    pub(crate) fn new<S, H>(handler: H, local: S) -> Entry
+    where
+        S: Clone + Send + Sync + 'static,
+        H: Handler<S>,
+    {
+        let handler = Arc::new(handler);
+        Entry(Arc::new(move |node, event, responder| {
+            Box::pin(run(handler.clone(), local.clone(), node, event, responder))
         }))
+    }
+
+    /// The flow of this handler for `event`, not started yet.
+    pub(crate) fn start(
+        &self,
+        node: Arc<NodeCore>,
+        event: Event,
+        responder: Option<Responder>,
+    ) -> FlowFuture {
+        (self.0)(node, event, responder)
     }
 }
 
-async fn run_steps<S: Clone + Send + Sync + 'static>(
-    first: Step<S>,
-    event: Event,
-    cx: Context<S>,
-) -> StepsOutcome {
-    let mut step = first;
+/// A step is a handler too (its future is already boxed).
+impl<S: Clone + Send + Sync + 'static> Handler<S> for Step<S> {
+    type Output = Flow<S>;
+    type Future = BoxFuture<'static, Flow<S>>;
+    fn call(&self, event: Event, cx: Context<S>) -> Self::Future {
+        Step::call(self, event, cx)
+    }
+}
+
+async fn run_steps<S, H>(first: &H, event: &Event, cx: &Context<S>) -> StepsOutcome
+where
+    S: Clone + Send + Sync + 'static,
+    H: Handler<S>,
+{
+    // `None`: the handler itself; later steps are boxed.
+    let mut step: Option<Step<S>> = None;
     let mut taken: u32 = 0;
     loop {
-        match step.call(event.clone(), cx.clone()).await {
-            Flow::Next(next) => step = next,
+        let flow = match &step {
+            None => first.call(event.clone(), cx.clone()).await.into_flow(),
+            Some(step) => step.call(event.clone(), cx.clone()).await,
+        };
+        match flow {
+            Flow::Next(next) => step = Some(next),
             Flow::Again => {}
             Flow::Done(value) => return Ok(value),
             Flow::Fail(error) => return Err((error.to_string(), error)),
@@ -345,68 +379,89 @@ async fn run_steps<S: Clone + Send + Sync + 'static>(
 /// Runs one flow to its end and reports the outcome to the requester, if
 /// any; returns the error when the flow failed.
 ///
-/// The whole flow runs inside the causality scope of `event` and inside
+/// The steps run inside the causality scope of `event` and inside
 /// `catch_unwind`, so a panicking step ends only its own flow.
-pub(crate) async fn run(
-    node: Node,
-    entry: Entry,
+async fn run<S, H>(
+    handler: Arc<H>,
+    local: S,
+    core: Arc<NodeCore>,
     event: Event,
     responder: Option<Responder>,
-) -> Option<HappenError> {
+) -> Option<HappenError>
+where
+    S: Clone + Send + Sync + 'static,
+    H: Handler<S>,
+{
     use futures::FutureExt;
     use std::panic::AssertUnwindSafe;
 
-    let started = Instant::now();
-    let shared = Shared::new(node.clone(), event.clone(), responder);
-    let steps = AssertUnwindSafe((entry.0)(event.clone(), shared.clone())).catch_unwind();
+    let observed = core.observers().is_active();
+    let started = observed.then(Instant::now);
+    let shared = Shared::new(Node::from_core(core.clone()), event.clone(), responder);
+    let cx = Context::from_parts(shared.clone(), local);
+    let steps = AssertUnwindSafe(run_steps(&*handler, &event, &cx)).catch_unwind();
     let outcome = crate::causality::scoped(event.clone(), steps).await;
+    drop(cx);
     let result = match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err((cause, error))) => Err(HappenError::HandlerFailed {
-            node: node.id().to_owned(),
+            node: core.id().to_string(),
             event_type: event.event_type().to_owned(),
             cause,
             source: Some(Cause::new(error)),
         }),
         Err(panic) => Err(HappenError::HandlerPanicked {
-            node: node.id().to_owned(),
+            node: core.id().to_string(),
             event_type: event.event_type().to_owned(),
             message: panic_message(panic.as_ref()),
         }),
     };
-    if let Err(error) = &result {
-        tracing::error!(
-            node = node.id(),
-            event_type = event.event_type(),
-            event_id = event.id(),
-            %error,
-            "flow failed"
-        );
-    }
-    let error = result.as_ref().err().cloned();
-    // A fire-and-forget requester dropped its handle: building the response
-    // event would be wasted work.
+    let error = match &result {
+        Ok(_) => None,
+        Err(error) => {
+            tracing::error!(
+                node = %core.id(),
+                event_type = event.event_type(),
+                event_id = event.id(),
+                %error,
+                "flow failed"
+            );
+            Some(error.clone())
+        }
+    };
+    // A fire-and-forget requester dropped its handle: the outcome would be
+    // wasted work.
     let responder = shared.take_responder().await.filter(|r| !r.is_abandoned());
     let answered = responder.is_some();
-    if let Some(responder) = responder {
-        responder
-            .finish(result.map(|value| {
-                let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
-                crate::event::stamp(&mut response, node.shared_id(), Some(&event));
-                node.core().observers().stamped(&response);
-                response
-            }))
-            .await;
+    match responder {
+        // Nobody watches: the requester builds the response event only if
+        // it asks for one.
+        Some(Responder::Local(reply)) if !observed => {
+            let _ = reply.send(Outcome::Value(result));
+        }
+        Some(responder) => {
+            responder
+                .finish(result.map(|value| {
+                    let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
+                    crate::event::stamp(&mut response, core.id(), Some(&event));
+                    core.observers().stamped(&response);
+                    response
+                }))
+                .await;
+        }
+        None => {}
     }
-    node.core().observers().finished(
-        node.id(),
-        &event,
-        &Finished {
-            error: error.as_ref(),
-            elapsed: started.elapsed(),
-            answered,
-        },
-    );
+    if let Some(started) = started {
+        core.observers().finished(
+            core.id(),
+            &event,
+            &Finished {
+                error: error.as_ref(),
+                elapsed: started.elapsed(),
+                answered,
+            },
+        );
+    }
     error
 }
 

@@ -99,6 +99,12 @@ impl Observers {
         Observers(Some(list.into()))
     }
 
+    /// Whether any observer is registered.
+    #[inline]
+    pub(crate) fn is_active(&self) -> bool {
+        self.0.is_some()
+    }
+
     #[inline]
     pub(crate) fn stamped(&self, event: &Event) {
         if let Some(all) = &self.0 {

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::delivery::ReplyTx;
 use crate::error::{HappenError, Result};
 use crate::event::Event;
+use crate::flow::RESPONSE_EVENT_TYPE;
 use crate::id::Id;
 use crate::stream::{self, Outcome, StreamItem, StreamMsg};
 
@@ -109,7 +110,11 @@ impl Sent {
 
     /// Waits for the flow's result value.
     pub async fn response(self) -> Result<Value> {
-        Ok(self.response_event().await?.into_payload())
+        let (_waiting, reply) = self.reply().await;
+        match reply? {
+            Reply::Value(value) => Ok(value),
+            Reply::Event(event) => Ok(event.into_payload()),
+        }
     }
 
     /// Waits for the flow's result value, deserialized as `T`.
@@ -149,24 +154,41 @@ impl Sent {
     /// Waits for the response as an event, with its own causal context
     /// (its `causationId` is the sent event's id).
     pub async fn response_event(self) -> Result<Event> {
+        let (waiting, reply) = self.reply().await;
+        match reply? {
+            Reply::Event(event) => Ok(event),
+            Reply::Value(value) => {
+                // Built here, as the responder would have: sent by the
+                // target, caused by the request.
+                let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
+                crate::event::stamp(&mut response, &waiting.target, Some(&waiting.request));
+                Ok(response)
+            }
+        }
+    }
+
+    /// Waits for the final outcome (skipping streamed items).
+    async fn reply(self) -> (Waiting, Result<Reply>) {
         let (waiting, deadline, rx) = self.split();
         let whole = async {
             match rx.await {
-                Ok(Outcome::Done(outcome)) => outcome,
+                Ok(Outcome::Value(outcome)) => outcome.map(Reply::Value),
+                Ok(Outcome::Done(outcome)) => outcome.map(Reply::Event),
                 // A streaming flow: its final value is the response.
                 Ok(Outcome::Stream(mut stream)) => loop {
                     match stream.recv().await {
                         Some(StreamMsg::Item(_)) => {}
-                        Some(StreamMsg::End(outcome)) => break outcome,
+                        Some(StreamMsg::End(outcome)) => break outcome.map(Reply::Event),
                         None => break Err(waiting.no_response()),
                     }
                 },
                 Err(_dropped) => Err(waiting.no_response()),
             }
         };
-        tokio::time::timeout_at(deadline, whole)
+        let reply = tokio::time::timeout_at(deadline, whole)
             .await
-            .unwrap_or_else(|_elapsed| Err(waiting.timed_out()))
+            .unwrap_or_else(|_elapsed| Err(waiting.timed_out()));
+        (waiting, reply)
     }
 
     /// The flow's emitted values, then its final value, as a stream (see
@@ -211,6 +233,14 @@ impl Sent {
     {
         crate::causality::spawn(async move { callback(self.response().await) });
     }
+}
+
+/// A flow's final outcome as the requester receives it.
+enum Reply {
+    /// The value alone; the response event is built on demand.
+    Value(Value),
+    /// The response event as the responder built it.
+    Event(Event),
 }
 
 /// What a waiting requester needs to name its failures.

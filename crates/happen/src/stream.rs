@@ -74,6 +74,9 @@ pub(crate) enum StreamMsg {
 pub(crate) enum Outcome {
     /// The flow's result (no stream).
     Done(Result<Event>),
+    /// The flow's result value, from a flow in this process that nobody
+    /// observes: the requester builds the response event only if asked.
+    Value(Result<Value>),
     /// The flow started a stream; items and the end follow on it.
     Stream(StreamRx),
 }
@@ -148,8 +151,11 @@ pub(crate) fn items(
     futures::stream::unfold(State::First(first), |state| async move {
         match state {
             State::Finished => None,
-            State::First(Err(e)) | State::First(Ok(Outcome::Done(Err(e)))) => {
-                Some((Err(e), State::Finished))
+            State::First(Err(e))
+            | State::First(Ok(Outcome::Done(Err(e))))
+            | State::First(Ok(Outcome::Value(Err(e)))) => Some((Err(e), State::Finished)),
+            State::First(Ok(Outcome::Value(Ok(value)))) => {
+                Some((Ok(StreamItem::Done(value)), State::Finished))
             }
             State::First(Ok(Outcome::Done(Ok(event)))) => {
                 Some((Ok(StreamItem::Done(event.into_payload())), State::Finished))

@@ -19,7 +19,7 @@ use crate::causality;
 use crate::config::NodeLimits;
 use crate::error::{HappenError, Result};
 use crate::event::{self, Event};
-use crate::flow::{Entry, Handler, Step};
+use crate::flow::{Entry, Handler};
 use crate::id::Id;
 use crate::name::{validate_event_type, validate_node_id};
 use crate::observe::Observers;
@@ -543,10 +543,14 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
     /// assert!(matches!(err, HappenError::InvalidPattern(_)));
     /// ```
     pub fn on(&self, pattern: impl IntoPattern, handler: impl Handler<S>) -> Result<HandlerId> {
-        self.on_step(pattern.into_pattern(), Step::new(handler))
+        self.on_handler(pattern.into_pattern(), handler)
     }
 
-    pub(crate) fn on_step(&self, pattern: Pattern, step: Step<S>) -> Result<HandlerId> {
+    pub(crate) fn on_handler(
+        &self,
+        pattern: Pattern,
+        handler: impl Handler<S>,
+    ) -> Result<HandlerId> {
         pattern.validate()?;
         let runtime = self.runtime()?;
         if self.core.closed.load(Ordering::Acquire) {
@@ -557,7 +561,7 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
         self.core.registry.add(Registration {
             id,
             pattern,
-            entry: Entry::new(step, self.local.clone()),
+            entry: Entry::new(handler, self.local.clone()),
             interest,
         });
         Ok(id)
