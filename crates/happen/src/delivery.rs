@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{HappenError, Result};
 use crate::event::Event;
-use crate::node::NodeCore;
+use crate::node::{Matched, NodeCore};
 use crate::stream::{Outcome, STREAM_WINDOW, StreamMsg, StreamRx};
 
 /// The requester's end of a reply: the sending side of the channel its
@@ -126,6 +126,8 @@ pub(crate) struct Delivery {
     pub(crate) event: Event,
     pub(crate) responder: Option<Responder>,
     pub(crate) ack: Option<Box<dyn Acknowledge>>,
+    /// The node's handlers that matched on arrival (set by [`deliver`]).
+    pub(crate) matched: Option<Matched>,
 }
 
 impl Delivery {
@@ -135,6 +137,7 @@ impl Delivery {
             event,
             responder,
             ack: None,
+            matched: None,
         }
     }
 
@@ -153,9 +156,15 @@ impl Delivery {
 
 /// Hands `delivery` to `node`: it starts a flow at once, waits in the node's
 /// queue, or is refused (no matching handler, queue full, node shut down).
-pub(crate) fn deliver(node: &Arc<NodeCore>, delivery: Delivery) -> Result<()> {
-    if let Err(error) = node.admits(delivery.event.event_type()) {
-        return delivery.refuse(error);
+///
+/// A delivery whose `matched` is already set (a broadcast found its
+/// receivers by matching) is not matched again.
+pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()> {
+    if delivery.matched.is_none() {
+        match node.admits(delivery.event.event_type()) {
+            Ok(matched) => delivery.matched = Some(matched),
+            Err(error) => return delivery.refuse(error),
+        }
     }
     node.observers().delivered(node.id(), &delivery.event);
     node.schedule(delivery)
@@ -205,6 +214,7 @@ mod tests {
                     event,
                     responder: None,
                     ack: Some(Box::new(Recorded(settled.clone()))),
+                    matched: None,
                 },
             )
         };

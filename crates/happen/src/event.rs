@@ -122,7 +122,7 @@ pub struct EventContext {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct EventData {
     #[serde(rename = "type")]
-    event_type: String,
+    event_type: Id,
     #[serde(default)]
     payload: Value,
     #[serde(default)]
@@ -168,7 +168,7 @@ impl std::fmt::Debug for Event {
 
 impl Event {
     /// A new event of `event_type` with a JSON payload.
-    pub fn new(event_type: impl Into<String>, payload: Value) -> Self {
+    pub fn new(event_type: impl Into<Id>, payload: Value) -> Self {
         Event(Arc::new(EventData {
             event_type: event_type.into(),
             payload,
@@ -212,7 +212,7 @@ impl Event {
         let Some(first) = events.first() else {
             return Err(crate::HappenError::EmptyBatch);
         };
-        let event_type = first.event_type().to_owned();
+        let event_type = first.0.event_type.clone();
         if let Some(other) = events.iter().find(|e| e.event_type() != event_type) {
             return Err(crate::HappenError::InvalidBatch {
                 reason: format!(
@@ -264,7 +264,7 @@ impl Event {
     /// assert_eq!(back.amount, 10.5);
     /// ```
     pub fn with_payload<T: Serialize + ?Sized>(
-        event_type: impl Into<String>,
+        event_type: impl Into<Id>,
         payload: &T,
     ) -> crate::Result<Self> {
         Ok(Self::new(event_type, serde_json::to_value(payload)?))

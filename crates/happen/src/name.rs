@@ -86,6 +86,13 @@ pub struct NameError {
 ///
 /// `.` is allowed here; callers that treat it as a separator (or forbid it)
 /// handle it themselves.
+/// Whether `b` is a byte every name may contain: the fast path of the
+/// checks below (anything else is looked at character by character).
+#[inline]
+fn plain_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'/' | b'@' | b'#')
+}
+
 pub(crate) fn char_problem(c: char) -> Option<String> {
     if c.is_whitespace() {
         Some("whitespace".to_owned())
@@ -117,6 +124,17 @@ pub(crate) fn char_problem(c: char) -> Option<String> {
 /// assert!(validate_event_type("a..b").is_err());
 /// ```
 pub fn validate_event_type(s: &str) -> Result<(), NameError> {
+    // Fast path: plain ASCII segments, checked without building anything.
+    let bytes = s.as_bytes();
+    if !bytes.is_empty()
+        && bytes.len() <= MAX_EVENT_TYPE_LEN
+        && bytes[0] != b'.'
+        && bytes[bytes.len() - 1] != b'.'
+        && bytes.windows(2).all(|w| w != b"..")
+        && bytes.iter().all(|&b| b == b'.' || plain_byte(b))
+    {
+        return Ok(());
+    }
     let fail = |reason: String| NameError {
         kind: NameKind::EventType,
         name: s.to_owned(),
@@ -162,6 +180,9 @@ pub fn validate_event_type(s: &str) -> Result<(), NameError> {
 /// assert!(validate_node_id("order service").is_err());
 /// ```
 pub fn validate_node_id(s: &str) -> Result<(), NameError> {
+    if !s.is_empty() && s.len() <= MAX_NODE_ID_LEN && s.bytes().all(plain_byte) {
+        return Ok(());
+    }
     let fail = |reason: String| NameError {
         kind: NameKind::NodeId,
         name: s.to_owned(),

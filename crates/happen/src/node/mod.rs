@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 pub use registry::HandlerId;
-pub(crate) use registry::Registration;
+pub(crate) use registry::{Matched, Registration};
 
 use crate::causality;
 use crate::config::NodeLimits;
+use crate::delivery::{self, Delivery, Responder};
 use crate::error::{HappenError, Result};
 use crate::event::{self, Event};
 use crate::flow::{Entry, Handler};
@@ -58,26 +59,28 @@ impl NodeCore {
         &self.observers
     }
 
-    /// Whether any handler of this node matches `event_type`.
-    pub(crate) fn handles(&self, event_type: &str) -> bool {
-        self.registry.handles(event_type, &self.id)
+    /// The handlers of this node that take `event_type`, if any.
+    pub(crate) fn matching(&self, event_type: &str) -> Option<Matched> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.registry.matching(event_type, &self.id)
     }
 
-    /// Whether the node takes an event of `event_type` now; the reason if
-    /// not.
-    pub(crate) fn admits(&self, event_type: &str) -> Result<()> {
+    /// The handlers that take an event of `event_type` now; the reason if
+    /// none does.
+    pub(crate) fn admits(&self, event_type: &str) -> Result<Matched> {
         if self.closed.load(Ordering::Acquire) {
             return Err(HappenError::UnknownNode {
                 node: self.id.to_string(),
             });
         }
-        if !self.handles(event_type) {
-            return Err(HappenError::NoHandler {
+        self.registry
+            .matching(event_type, &self.id)
+            .ok_or_else(|| HappenError::NoHandler {
                 node: self.id.to_string(),
                 event_type: event_type.to_owned(),
-            });
-        }
-        Ok(())
+            })
     }
 }
 
@@ -152,7 +155,20 @@ pub trait Target {
     fn target_shared_id(&self) -> Id {
         Id::from(self.target_id())
     }
+
+    /// The node itself, when the target is a handle: lets an in-process
+    /// send skip the lookup by id. Not meant to be implemented outside
+    /// Happen.
+    #[doc(hidden)]
+    fn target_node(&self) -> Option<NodeRef<'_>> {
+        None
+    }
 }
+
+/// A borrowed node, as [`Target::target_node`] hands it out (opaque).
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct NodeRef<'a>(pub(crate) &'a Arc<NodeCore>);
 
 impl<S> Target for Node<S> {
     fn target_id(&self) -> &str {
@@ -161,6 +177,10 @@ impl<S> Target for Node<S> {
 
     fn target_shared_id(&self) -> Id {
         self.core.id.clone()
+    }
+
+    fn target_node(&self) -> Option<NodeRef<'_>> {
+        Some(NodeRef(&self.core))
     }
 }
 
@@ -183,6 +203,10 @@ impl<T: Target + ?Sized> Target for &T {
 
     fn target_shared_id(&self) -> Id {
         (**self).target_shared_id()
+    }
+
+    fn target_node(&self) -> Option<NodeRef<'_>> {
+        (**self).target_node()
     }
 }
 
@@ -436,12 +460,25 @@ impl<S> Node<S> {
     /// invalid event type) arrive through the handle without waiting for a
     /// timeout.
     pub fn send(&self, target: impl Target, event: Event) -> Sent {
-        let target = target.target_shared_id();
         let timeout = self.core.limits.timeout;
         let runtime = match self.runtime() {
             Ok(runtime) => runtime,
-            Err(e) => return Sent::refused(target, event, timeout, e),
+            Err(e) => return Sent::refused(target.target_shared_id(), event, timeout, e),
         };
+        if let Some(node) = self.in_process(&runtime, &target) {
+            return match self.prepare(&runtime, event) {
+                Ok(event) => {
+                    let (sent, reply) = Sent::new(node.id.clone(), event.clone(), timeout);
+                    let _ = delivery::deliver(
+                        node,
+                        Delivery::new(event, Some(Responder::Local(reply))),
+                    );
+                    sent
+                }
+                Err((e, event)) => Sent::refused(node.id.clone(), event, timeout, e),
+            };
+        }
+        let target = target.target_shared_id();
         if let Err(e) = validate_node_id(&target) {
             return Sent::refused(target, event, timeout, e.into());
         }
@@ -449,6 +486,21 @@ impl<S> Node<S> {
             Ok(event) => self.dispatch(&runtime, target, event),
             Err((e, event)) => Sent::refused(target, event, timeout, e),
         }
+    }
+
+    /// The target node when it can be handed the event directly: a live
+    /// node of this runtime, in a runtime whose nodes all live in this
+    /// process. Anything else goes through the transport by id.
+    fn in_process<'t>(
+        &self,
+        runtime: &RuntimeInner,
+        target: &'t impl Target,
+    ) -> Option<&'t Arc<NodeCore>> {
+        let NodeRef(node) = target.target_node()?;
+        (runtime.transport().in_process()
+            && Weak::ptr_eq(&node.runtime, &self.core.runtime)
+            && !node.closed.load(Ordering::Acquire))
+        .then_some(node)
     }
 
     /// Hands a stamped event to the transport for `target`.
@@ -494,8 +546,12 @@ impl<S> Node<S> {
     /// # Ok(()) }
     /// ```
     pub fn tell(&self, target: impl Target, event: Event) -> Result<()> {
-        let target = target.target_shared_id();
         let runtime = self.runtime()?;
+        if let Some(node) = self.in_process(&runtime, &target) {
+            let event = self.prepare(&runtime, event).map_err(|(e, _)| e)?;
+            return delivery::deliver(node, Delivery::new(event, None));
+        }
+        let target = target.target_shared_id();
         validate_node_id(&target)?;
         let event = self.prepare(&runtime, event).map_err(|(e, _)| e)?;
         runtime.transport().tell(&target, event)

@@ -59,6 +59,17 @@ impl Registration {
 #[derive(Default)]
 pub(crate) struct Registry {
     handlers: RwLock<Arc<Vec<Registration>>>,
+    /// Bumped by every change, so that a match made when an event arrived
+    /// can be reused when it starts unless the handlers changed meanwhile.
+    generation: AtomicU64,
+}
+
+/// The handlers that matched an event when it was delivered: the snapshot
+/// they come from and the first of them.
+pub(crate) struct Matched {
+    pub(crate) handlers: Arc<Vec<Registration>>,
+    pub(crate) first: usize,
+    generation: u64,
 }
 
 impl Registry {
@@ -70,12 +81,43 @@ impl Registry {
             .clone()
     }
 
+    /// Finds the first handler that takes `event_type`, if any.
+    pub(crate) fn matching(&self, event_type: &str, node: &Id) -> Option<Matched> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let handlers = self.snapshot();
+        let first = handlers.iter().position(|r| r.accepts(event_type, node))?;
+        Some(Matched {
+            handlers,
+            first,
+            generation,
+        })
+    }
+
+    /// `matched` if the handlers have not changed since it was made; a new
+    /// match otherwise.
+    pub(crate) fn still_matching(
+        &self,
+        matched: Option<Matched>,
+        event_type: &str,
+        node: &Id,
+    ) -> Option<Matched> {
+        match matched {
+            Some(m) if m.generation == self.generation.load(Ordering::Acquire) => Some(m),
+            _ => self.matching(event_type, node),
+        }
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub(crate) fn add(&self, registration: Registration) {
         let mut handlers = self.handlers.write().unwrap_or_else(|p| p.into_inner());
         let mut next = Vec::with_capacity(handlers.len() + 1);
         next.extend(handlers.iter().cloned());
         next.push(registration);
         *handlers = Arc::new(next);
+        self.changed();
     }
 
     /// Removes one handler; its registration comes back so that its
@@ -84,6 +126,7 @@ impl Registry {
         let mut handlers = self.handlers.write().unwrap_or_else(|p| p.into_inner());
         let removed = handlers.iter().find(|r| r.id == id).cloned()?;
         *handlers = Arc::new(handlers.iter().filter(|r| r.id != id).cloned().collect());
+        self.changed();
         Some(removed)
     }
 
@@ -92,15 +135,7 @@ impl Registry {
         let mut handlers = self.handlers.write().unwrap_or_else(|p| p.into_inner());
         let all = handlers.iter().cloned().collect();
         *handlers = Arc::new(Vec::new());
+        self.changed();
         all
-    }
-
-    /// Whether any handler matches `event_type`.
-    pub(crate) fn handles(&self, event_type: &str, node: &Id) -> bool {
-        self.handlers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|r| r.accepts(event_type, node))
     }
 }

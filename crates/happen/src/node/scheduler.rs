@@ -227,12 +227,12 @@ impl NodeCore {
             event,
             responder,
             ack,
+            matched,
         } = delivery;
-        let handlers = self.registry.snapshot();
-        let mut matching = handlers
-            .iter()
-            .filter(|r| r.accepts(event.event_type(), &self.id));
-        let Some(first) = matching.next() else {
+        let Some(matched) = self
+            .registry
+            .still_matching(matched, event.event_type(), &self.id)
+        else {
             // Every handler was removed while the event waited in the queue.
             let error = HappenError::NoHandler {
                 node: self.id.to_string(),
@@ -242,10 +242,15 @@ impl NodeCore {
                 event,
                 responder,
                 ack,
+                matched: None,
             }
             .refuse(error);
             return;
         };
+        let first = &matched.handlers[matched.first];
+        let matching = matched.handlers[matched.first + 1..]
+            .iter()
+            .filter(|r| r.accepts(event.event_type(), &self.id));
         let first_flow = first.entry.start(self.clone(), event.clone(), responder);
         let others: Vec<_> = matching
             .map(|r| r.entry.start(self.clone(), event.clone(), None))

@@ -16,7 +16,7 @@ use crate::delivery::{self, Delivery, ReplyTx, Responder};
 use crate::error::{HappenError, Result};
 use crate::event::{Event, stamp};
 use crate::id::Id;
-use crate::node::Node;
+use crate::node::{Matched, Node};
 use crate::pattern::Pattern;
 use crate::system::{self, Counters, Tally};
 
@@ -54,17 +54,21 @@ impl LocalTransport {
     /// refusal is logged, counted and reported as a [`system::REFUSED`]
     /// event, and the first is returned afterwards.
     pub(crate) fn deliver_broadcast(&self, event: &Event) -> Result<()> {
-        let receivers: Vec<Node> = {
+        let receivers: Vec<(Node, Matched)> = {
             let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
             nodes
                 .values()
-                .filter(|node| node.core().handles(event.event_type()))
-                .cloned()
+                .filter_map(|node| {
+                    let matched = node.core().matching(event.event_type())?;
+                    Some((node.clone(), matched))
+                })
                 .collect()
         };
         let mut first_error = None;
-        for node in receivers {
-            if let Err(error) = delivery::deliver(node.core(), Delivery::new(event.clone(), None)) {
+        for (node, matched) in receivers {
+            let mut delivery = Delivery::new(event.clone(), None);
+            delivery.matched = Some(matched);
+            if let Err(error) = delivery::deliver(node.core(), delivery) {
                 self.refused(node.id(), event, &error);
                 first_error.get_or_insert(error);
             }
@@ -162,6 +166,10 @@ impl Transport for LocalTransport {
     fn send(&self, target: &str, event: Event, reply: ReplyTx, _deadline: tokio::time::Instant) {
         // A refusal has already gone to the requester.
         let _ = self.deliver_to(target, event, Some(Responder::Local(reply)));
+    }
+
+    fn in_process(&self) -> bool {
+        true
     }
 
     fn tell(&self, target: &str, event: Event) -> Result<()> {

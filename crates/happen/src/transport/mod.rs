@@ -41,6 +41,12 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// errors) goes to `reply`. The requester waits until `deadline` unless
     /// it changes its mind.
     fn send(&self, target: &str, event: Event, reply: ReplyTx, deadline: tokio::time::Instant);
+
+    /// Whether every node of the runtime lives in this process, so that a
+    /// node handle may be handed an event directly, without a lookup.
+    fn in_process(&self) -> bool {
+        false
+    }
     /// Delivers `event` to the node `target` with nobody waiting for an
     /// answer; errors known at once are returned.
     fn tell(&self, target: &str, event: Event) -> Result<()>;
