@@ -68,8 +68,11 @@ pub(crate) struct Shared {
     node: Node,
     event: Event,
     expects_response: bool,
-    /// The requester's reply channel while the flow runs (taken at the end).
-    responder: tokio::sync::Mutex<Option<Responder>>,
+    /// The requester's reply channel while the flow runs (taken at the end,
+    /// and lent to one emit at a time).
+    responder: Mutex<Option<Responder>>,
+    /// Serializes emits (from clones of the context in several tasks).
+    emitting: tokio::sync::Mutex<()>,
     /// Items emitted so far (numbering broadcast stream items).
     emitted: std::sync::atomic::AtomicU64,
     received_at: u64,
@@ -100,7 +103,8 @@ impl Shared {
             node,
             event,
             expects_response: responder.is_some(),
-            responder: tokio::sync::Mutex::new(responder),
+            responder: Mutex::new(responder),
+            emitting: tokio::sync::Mutex::new(()),
             emitted: std::sync::atomic::AtomicU64::new(0),
             received_at: crate::event::now_millis(),
             values: Mutex::new(Map::new()),
@@ -109,10 +113,30 @@ impl Shared {
     }
 
     pub(crate) async fn take_responder(&self) -> Option<Responder> {
-        // Uncontended unless a step's spawned task is still emitting.
-        match self.responder.try_lock() {
-            Ok(mut responder) => responder.take(),
-            Err(_) => self.responder.lock().await.take(),
+        if !self.expects_response {
+            return None;
+        }
+        if let Some(responder) = lock(&self.responder).take() {
+            return Some(responder);
+        }
+        // A task the flow spawned may be emitting with it: wait for its
+        // turn to end.
+        let _turn = self.emitting.lock().await;
+        lock(&self.responder).take()
+    }
+}
+
+/// A responder taken out of its slot for one emit; back in the slot when
+/// dropped.
+struct Lent<'a> {
+    slot: &'a Mutex<Option<Responder>>,
+    responder: Option<Responder>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(responder) = self.responder.take() {
+            *lock(self.slot) = Some(responder);
         }
     }
 }
@@ -196,20 +220,26 @@ impl<S> Context<S> {
             .shared
             .emitted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut responder = self.shared.responder.lock().await;
-        match responder.as_mut() {
-            Some(responder) => responder.emit(value).await,
-            None if self.shared.expects_response => Err(HappenError::Cancelled),
-            None => {
-                drop(responder);
-                let item = Event::new(format!("{}.item", self.shared.event.event_type()), value)
-                    .with_stream(crate::event::StreamRef {
-                        of: self.shared.event.causal().id.clone(),
-                        seq,
-                    });
-                self.shared.node.broadcast(item)
-            }
+        if self.shared.expects_response {
+            let _turn = self.shared.emitting.lock().await;
+            // Lent to this emit; the guard puts it back even if the emit is
+            // cancelled half-way.
+            let mut lent = Lent {
+                slot: &self.shared.responder,
+                responder: lock(&self.shared.responder).take(),
+            };
+            return match lent.responder.as_mut() {
+                Some(responder) => responder.emit(value).await,
+                // The flow has ended.
+                None => Err(HappenError::Cancelled),
+            };
         }
+        let item = Event::new(format!("{}.item", self.shared.event.event_type()), value)
+            .with_stream(crate::event::StreamRef {
+                of: self.shared.event.causal().id.clone(),
+                seq,
+            });
+        self.shared.node.broadcast(item)
     }
 
     /// When the node took the event (or batch) for this flow, in

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::id::Id;
+use crate::path::Path;
 
 /// A unique, time-ordered event identifier (a UUID v7 in its text form).
 ///
@@ -69,7 +70,7 @@ pub struct Causal {
     /// event's correlation id is its own id unless the sender set one.
     pub correlation_id: Id,
     /// The ids of the nodes along the causal chain, ending with the sender.
-    pub path: Vec<Id>,
+    pub path: Path,
     /// When the event was sent, in milliseconds since the Unix epoch.
     pub timestamp: u64,
 }
@@ -396,10 +397,7 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Event>) {
             if causal.correlation_id.is_empty() {
                 causal.correlation_id = p.correlation_id.clone();
             }
-            let mut path = Vec::with_capacity(p.path.len() + 1);
-            path.extend(p.path.iter().cloned());
-            path.push(sender.clone());
-            causal.path = path;
+            causal.path = p.path.then(sender.clone());
             inherit(cx, parent.context());
         }
         None => {
@@ -407,7 +405,7 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Event>) {
             if causal.correlation_id.is_empty() {
                 causal.correlation_id = causal.id.clone();
             }
-            causal.path = vec![sender.clone()];
+            causal.path = Path::root(sender.clone());
         }
     }
     cx.origin.node_id = sender.clone();

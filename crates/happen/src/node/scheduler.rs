@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
@@ -51,8 +52,12 @@ struct Mailbox {
 #[derive(Default)]
 pub(super) struct Scheduler {
     mailbox: Mutex<Mailbox>,
-    /// Signalled whenever the node becomes idle (nothing runs or waits).
+    /// Signalled whenever the node becomes idle (nothing runs or waits),
+    /// once somebody has waited for that.
     idle: tokio::sync::Notify,
+    /// Whether [`Scheduler::idle`] was ever called (until then nobody
+    /// needs the signal, which costs a lock).
+    watched: AtomicBool,
 }
 
 impl Scheduler {
@@ -62,6 +67,7 @@ impl Scheduler {
 
     /// Waits until nothing runs or waits in the queue.
     pub(super) async fn idle(&self) {
+        self.watched.store(true, Ordering::SeqCst);
         loop {
             let notified = self.idle.notified();
             {
@@ -211,7 +217,7 @@ impl NodeCore {
             }
             (take_over, mailbox.running == 0 && mailbox.queue.is_empty())
         };
-        if idle {
+        if idle && self.scheduler.watched.load(Ordering::SeqCst) {
             self.scheduler.idle.notify_waiters();
         }
         take_over
