@@ -136,6 +136,9 @@ pub struct NatsConfig {
     /// unreachable, or slower than the senders) before `send`, `tell` and
     /// `broadcast` fail with [`HappenError::Backpressure`]. Default 65,536.
     pub outgoing_limit: usize,
+    /// Whether events between nodes of this runtime stay in the process
+    /// (default `true`); see [`NatsConfig::co_located`].
+    pub co_located: bool,
 }
 
 /// The default [`NatsConfig::outgoing_limit`].
@@ -161,7 +164,29 @@ impl NatsConfig {
             reconnect: Reconnect::default(),
             connect_timeout: Duration::from_secs(5),
             outgoing_limit: DEFAULT_OUTGOING_LIMIT,
+            co_located: true,
         }
+    }
+
+    /// Whether events between nodes of this runtime are delivered in the
+    /// process (default `true`), as the embedded runtime delivers them.
+    ///
+    /// With co-located delivery, a `send` or `tell` to a node id that has a
+    /// node in this runtime reaches that node directly, and a `broadcast`
+    /// reaches this runtime's matching nodes directly and is published for
+    /// the other processes only (the connection asks the server not to echo
+    /// its own messages back). The nodes of one process keep talking while
+    /// the server is unreachable, and their events cost no trip through it.
+    ///
+    /// A node id with instances in several processes: a sender in a process
+    /// that has an instance always reaches its own instance; senders
+    /// elsewhere are spread over the instances by the server (a queue
+    /// group). Turn co-location off (`false`) to send every event through
+    /// the server, so that even this process's senders are spread over all
+    /// instances.
+    pub fn co_located(mut self, enabled: bool) -> Self {
+        self.co_located = enabled;
+        self
     }
 
     /// Sets how many outgoing events may wait for the server (at least 1).

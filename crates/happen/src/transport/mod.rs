@@ -42,8 +42,9 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// it changes its mind.
     fn send(&self, target: &str, event: Event, reply: ReplyTx, deadline: tokio::time::Instant);
 
-    /// Whether every node of the runtime lives in this process, so that a
-    /// node handle may be handed an event directly, without a lookup.
+    /// Whether events to this runtime's own nodes are delivered in the
+    /// process, so that a live node handle may be handed an event directly,
+    /// without a lookup by id.
     fn in_process(&self) -> bool {
         false
     }

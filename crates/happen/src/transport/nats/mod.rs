@@ -90,6 +90,9 @@ pub(super) struct Shared {
     /// OPEN, DRAINING (only events caused by running flows are taken from
     /// other processes) or CLOSED (nothing is taken).
     phase: AtomicU8,
+    /// Events between this runtime's nodes stay in the process, and the
+    /// server does not echo this connection's messages back to it.
+    co_located: bool,
 }
 
 pub(crate) struct NatsTransport {
@@ -144,6 +147,7 @@ impl NatsTransport {
             direct: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             phase: AtomicU8::new(OPEN),
+            co_located: config.co_located,
         });
         let command_loop = tokio::spawn(commands::run(shared.clone(), client.clone(), commands_rx));
         let status_loop = tokio::spawn(status::report(shared.clone(), events_rx));
@@ -194,6 +198,11 @@ async fn options(
     if let Some(name) = &config.name {
         options = options.name(name);
     }
+    if config.co_located {
+        // This process's nodes get its events directly; the server's copy
+        // is for the others.
+        options = options.no_echo();
+    }
     let reconnect = config.reconnect;
     Ok(options
         // The documented order: the first reachable server in the list.
@@ -212,6 +221,11 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The unique last token of this runtime's inbox.
+    fn inbox_token(&self) -> &str {
+        self.inbox.rsplit('.').next().unwrap_or(&self.inbox)
+    }
+
     fn phase(&self) -> u8 {
         self.phase.load(Ordering::Acquire)
     }
@@ -225,15 +239,19 @@ impl Shared {
         self.client.max_payload()
     }
 
-    /// A round trip through the server: resolves when a message published
-    /// now has come back, so the server has processed everything before it.
+    /// A round trip through the server: resolves when the server has
+    /// answered a message published now, so it has processed everything
+    /// before it. The message goes to a subject nobody subscribes to, with
+    /// this runtime's inbox as its reply subject: the server itself answers
+    /// "no responders" (which reaches the inbox even when the connection
+    /// asked not to receive its own messages back).
     fn round_trip(self: &Arc<Self>) -> BoxFuture<'static, Result<()>> {
         let id = self.next_id();
         let (back, came_back) = oneshot::channel();
         lock(&self.pings).insert(id, back);
         self.commands.send(Command::Publish(Publish {
-            subject: format!("{}.p{id}", self.inbox),
-            reply: None,
+            subject: format!("{}.ping.{}", self.prefix, self.inbox_token()),
+            reply: Some(format!("{}.p{id}", self.inbox)),
             headers: None,
             payload: bytes::Bytes::new(),
             token: None,
@@ -433,17 +451,30 @@ impl Transport for NatsTransport {
         let shared = &self.shared;
         let sealed = envelope::seal(&event, true)?;
         sealed.check_size(shared.max_payload())?;
+        // With co-location the server's copy is for the other processes
+        // only; a full outgoing queue is reported before anything is
+        // delivered here.
         shared.commands.publish(Publish {
             subject: subjects::broadcast_subject(&shared.prefix, event.event_type()),
             reply: None,
             headers: sealed.headers,
             payload: sealed.payload,
             token: None,
-        })
+        })?;
+        if shared.co_located {
+            shared.local.deliver_broadcast(&event)?;
+        }
+        Ok(())
     }
 
     fn send(&self, target: &str, event: Event, reply: ReplyTx, deadline: tokio::time::Instant) {
         let shared = &self.shared;
+        if shared.co_located && shared.local.has(target) {
+            let _ = shared
+                .local
+                .deliver_to(target, event, Some(Responder::Local(reply)));
+            return;
+        }
         let sealed = match envelope::seal(&event, true)
             .and_then(|s| s.check_size(shared.max_payload()).map(|()| s))
         {
@@ -471,8 +502,15 @@ impl Transport for NatsTransport {
         }
     }
 
+    fn in_process(&self) -> bool {
+        self.shared.co_located
+    }
+
     fn tell(&self, target: &str, event: Event) -> Result<()> {
         let shared = &self.shared;
+        if shared.co_located && shared.local.has(target) {
+            return shared.local.deliver_to(target, event, None);
+        }
         let sealed = envelope::seal(&event, false)?;
         sealed.check_size(shared.max_payload())?;
         shared.commands.publish(Publish {
