@@ -98,7 +98,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(node: Node, event: Event, responder: Option<Responder>) -> Arc<Self> {
+    pub(crate) fn new(
+        node: Node,
+        event: Event,
+        received_at: u64,
+        responder: Option<Responder>,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             node,
             event,
@@ -106,10 +111,18 @@ impl Shared {
             responder: Mutex::new(responder),
             emitting: tokio::sync::Mutex::new(()),
             emitted: std::sync::atomic::AtomicU64::new(0),
-            received_at: crate::event::now_millis(),
+            received_at,
             values: Mutex::new(Map::new()),
             typed: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub(crate) fn event(&self) -> &Event {
+        &self.event
+    }
+
+    pub(crate) fn core(&self) -> &Arc<crate::node::NodeCore> {
+        self.node.core()
     }
 
     pub(crate) async fn take_responder(&self) -> Option<Responder> {
@@ -141,6 +154,12 @@ impl Drop for Lent<'_> {
     }
 }
 
+impl<S> Context<S> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
 impl<S: Clone> Context<S> {
     pub(crate) fn from_parts(shared: Arc<Shared>, local: S) -> Self {
         Context { shared, local }
@@ -166,7 +185,7 @@ impl<S: Clone> Context<S> {
     /// ```
     pub fn standalone(node: &Node<S>, event: Event) -> Self {
         Context {
-            shared: Shared::new(node.untyped(), event, None),
+            shared: Shared::new(node.untyped(), event, crate::event::now_millis(), None),
             local: node.local().clone(),
         }
     }

@@ -121,9 +121,31 @@ pub(crate) trait Acknowledge: Send + 'static {
     fn nak(self: Box<Self>, error: &HappenError);
 }
 
+/// Where a delivered event comes from, which says when it was received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// Stamped in this process just now and handed over at once: the
+    /// stamp's clock reading is the time of receipt (no second reading).
+    Local,
+    /// From another process: received now.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    Remote,
+}
+
+impl Arrival {
+    fn received_at(self, event: &Event) -> u64 {
+        match self {
+            Arrival::Local => event.causal().timestamp,
+            Arrival::Remote => crate::event::now_millis(),
+        }
+    }
+}
+
 /// An event on its way into a node, with whoever waits for its outcome.
 pub(crate) struct Delivery {
     pub(crate) event: Event,
+    /// When the node received it (ms since the Unix epoch).
+    pub(crate) received_at: u64,
     pub(crate) responder: Option<Responder>,
     pub(crate) ack: Option<Box<dyn Acknowledge>>,
     /// The node's handlers that matched on arrival (set by [`deliver`]).
@@ -132,8 +154,9 @@ pub(crate) struct Delivery {
 
 impl Delivery {
     /// A delivery without acknowledgement (direct mode).
-    pub(crate) fn new(event: Event, responder: Option<Responder>) -> Self {
+    pub(crate) fn new(event: Event, responder: Option<Responder>, arrival: Arrival) -> Self {
         Delivery {
+            received_at: arrival.received_at(&event),
             event,
             responder,
             ack: None,
@@ -211,6 +234,7 @@ mod tests {
             deliver(
                 node.core(),
                 Delivery {
+                    received_at: event.causal().timestamp,
                     event,
                     responder: None,
                     ack: Some(Box::new(Recorded(settled.clone()))),

@@ -30,18 +30,7 @@ pub fn new_event_id() -> Id {
 /// A new id and the time (ms since the epoch) it carries: one clock read
 /// serves both the id and the event's timestamp.
 fn new_event_id_at() -> (Id, u64) {
-    // `now_v7` keeps a per-process counter, so ids made in the same
-    // millisecond still sort in creation order.
-    let uuid = uuid::Uuid::now_v7();
-    let millis = uuid
-        .get_timestamp()
-        .map(|t| {
-            let (secs, nanos) = t.to_unix();
-            secs * 1000 + u64::from(nanos) / 1_000_000
-        })
-        .unwrap_or_else(now_millis);
-    let mut buf = uuid::Uuid::encode_buffer();
-    (Id::from(&*uuid.hyphenated().encode_lower(&mut buf)), millis)
+    crate::uuid7::next()
 }
 
 pub(crate) fn now_millis() -> u64 {

@@ -313,7 +313,7 @@ pub(crate) type FlowFuture = BoxFuture<'static, Option<HappenError>>;
 /// while the flow itself calls the handler without boxing its future.
 #[derive(Clone)]
 pub(crate) struct Entry(
-    Arc<dyn Fn(Arc<NodeCore>, Event, Option<Responder>) -> FlowFuture + Send + Sync>,
+    Arc<dyn Fn(Arc<NodeCore>, Event, u64, Option<Responder>) -> FlowFuture + Send + Sync>,
 );
 
 impl Entry {
@@ -323,8 +323,15 @@ impl Entry {
         H: Handler<S>,
     {
         let handler = Arc::new(handler);
-        Entry(Arc::new(move |node, event, responder| {
-            Box::pin(run(handler.clone(), local.clone(), node, event, responder))
+        Entry(Arc::new(move |node, event, received_at, responder| {
+            Box::pin(run(
+                handler.clone(),
+                local.clone(),
+                node,
+                event,
+                received_at,
+                responder,
+            ))
         }))
     }
 
@@ -333,9 +340,10 @@ impl Entry {
         &self,
         node: Arc<NodeCore>,
         event: Event,
+        received_at: u64,
         responder: Option<Responder>,
     ) -> FlowFuture {
-        (self.0)(node, event, responder)
+        (self.0)(node, event, received_at, responder)
     }
 }
 
@@ -348,19 +356,20 @@ impl<S: Clone + Send + Sync + 'static> Handler<S> for Step<S> {
     }
 }
 
-async fn run_steps<S, H>(first: &H, event: &Event, cx: &Context<S>) -> StepsOutcome
+/// Runs the steps of one flow: the handler, then whatever it continues
+/// with. The first call gets the flow's own event and context; clones are
+/// made only when a further step follows.
+async fn run_steps<S, H>(first: &H, event: Event, cx: Context<S>) -> StepsOutcome
 where
     S: Clone + Send + Sync + 'static,
     H: Handler<S>,
 {
-    // `None`: the handler itself; later steps are boxed.
+    let (shared, local) = (cx.shared().clone(), cx.local().clone());
+    let mut flow = first.call(event, cx).await.into_flow();
+    // `None` until the handler hands over to another step.
     let mut step: Option<Step<S>> = None;
     let mut taken: u32 = 0;
     loop {
-        let flow = match &step {
-            None => first.call(event.clone(), cx.clone()).await.into_flow(),
-            Some(step) => step.call(event.clone(), cx.clone()).await,
-        };
         match flow {
             Flow::Next(next) => step = Some(next),
             Flow::Again => {}
@@ -373,6 +382,12 @@ where
             // other flows sharing this thread.
             tokio::task::yield_now().await;
         }
+        let event = shared.event().clone();
+        let cx = Context::from_parts(shared.clone(), local.clone());
+        flow = match &step {
+            None => first.call(event, cx).await.into_flow(),
+            Some(step) => step.call(event, cx).await,
+        };
     }
 }
 
@@ -386,6 +401,7 @@ async fn run<S, H>(
     local: S,
     core: Arc<NodeCore>,
     event: Event,
+    received_at: u64,
     responder: Option<Responder>,
 ) -> Option<HappenError>
 where
@@ -397,11 +413,13 @@ where
 
     let observed = core.observers().is_active();
     let started = observed.then(Instant::now);
-    let shared = Shared::new(Node::from_core(core.clone()), event.clone(), responder);
+    let cause = event.clone();
+    let first = event.clone();
+    let shared = Shared::new(Node::from_core(core), event, received_at, responder);
     let cx = Context::from_parts(shared.clone(), local);
-    let steps = AssertUnwindSafe(run_steps(&*handler, &event, &cx)).catch_unwind();
-    let outcome = crate::causality::scoped(event.clone(), steps).await;
-    drop(cx);
+    let steps = AssertUnwindSafe(run_steps(&*handler, first, cx)).catch_unwind();
+    let outcome = crate::causality::scoped(cause, steps).await;
+    let (core, event) = (shared.core(), shared.event());
     let result = match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err((cause, error))) => Err(HappenError::HandlerFailed {
@@ -443,7 +461,7 @@ where
             responder
                 .finish(result.map(|value| {
                     let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
-                    crate::event::stamp(&mut response, core.id(), Some(&event));
+                    crate::event::stamp(&mut response, core.id(), Some(event));
                     core.observers().stamped(&response);
                     response
                 }))
@@ -454,7 +472,7 @@ where
     if let Some(started) = started {
         core.observers().finished(
             core.id(),
-            &event,
+            event,
             &Finished {
                 error: error.as_ref(),
                 elapsed: started.elapsed(),

@@ -83,6 +83,7 @@ mod store;
 pub mod stream;
 pub mod system;
 mod transport;
+mod uuid7;
 
 pub use causality::spawn;
 pub use config::{HappenConfig, NodeConfig, NodeLimits};

@@ -17,7 +17,7 @@ pub(crate) use registry::{Matched, Registration};
 
 use crate::causality;
 use crate::config::NodeLimits;
-use crate::delivery::{self, Delivery, Responder};
+use crate::delivery::{self, Arrival, Delivery, Responder};
 use crate::error::{HappenError, Result};
 use crate::event::{self, Event};
 use crate::flow::{Entry, Handler};
@@ -471,7 +471,7 @@ impl<S> Node<S> {
                     let (sent, reply) = Sent::new(node.id.clone(), event.clone(), timeout);
                     let _ = delivery::deliver(
                         node,
-                        Delivery::new(event, Some(Responder::Local(reply))),
+                        Delivery::new(event, Some(Responder::Local(reply)), Arrival::Local),
                     );
                     sent
                 }
@@ -549,7 +549,7 @@ impl<S> Node<S> {
         let runtime = self.runtime()?;
         if let Some(node) = self.in_process(&runtime, &target) {
             let event = self.prepare(&runtime, event).map_err(|(e, _)| e)?;
-            return delivery::deliver(node, Delivery::new(event, None));
+            return delivery::deliver(node, Delivery::new(event, None, Arrival::Local));
         }
         let target = target.target_shared_id();
         validate_node_id(&target)?;

@@ -24,7 +24,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
@@ -32,9 +31,9 @@ use std::task::Poll;
 use futures::FutureExt;
 
 use super::NodeCore;
-use crate::delivery::Delivery;
+use crate::delivery::{Acknowledge, Delivery};
 use crate::error::{HappenError, Result};
-use crate::flow;
+use crate::flow::{self, FlowFuture};
 
 /// Flows a worker runs inline before it yields to other tasks.
 const INLINE_BUDGET: u32 = 64;
@@ -81,9 +80,42 @@ impl Scheduler {
     }
 }
 
-/// The future of one event's flows, boxed so that it can move to a task of
-/// its own if it suspends.
-type Running = Pin<Box<dyn Future<Output = std::thread::Result<()>> + Send>>;
+/// One event's flows, started: their future (boxed so that it can move to a
+/// task of its own if it suspends) and the acknowledgement that waits for
+/// their end.
+struct Started {
+    flows: FlowFuture,
+    ack: Option<Box<dyn Acknowledge>>,
+}
+
+/// Settles an event's acknowledgement with its flows' outcome (a panic that
+/// escaped them counts as a failure).
+fn settle(
+    ack: Option<Box<dyn Acknowledge>>,
+    outcome: std::thread::Result<Option<HappenError>>,
+    node: &NodeCore,
+) {
+    let failure = match outcome {
+        Ok(failure) => failure,
+        Err(panic) => {
+            // Flows catch their own panics; this catches the rest (an
+            // error whose Display panics, ...).
+            let message = flow::panic_message(panic.as_ref());
+            tracing::error!(node = %node.id, %message, "event delivery panicked");
+            Some(HappenError::HandlerPanicked {
+                node: node.id.to_string(),
+                event_type: String::new(),
+                message,
+            })
+        }
+    };
+    if let Some(ack) = ack {
+        match failure {
+            None => ack.ack(),
+            Some(error) => ack.nak(&error),
+        }
+    }
+}
 
 impl NodeCore {
     /// Queues `delivery` for the node's worker (starting one if needed), or
@@ -144,49 +176,77 @@ impl NodeCore {
     async fn work(self: Arc<Self>) {
         let mut yielded = false;
         let mut inline: u32 = 0;
+        // An inline flow ended: its slot is given back with the next lock.
+        let mut ended = false;
         loop {
             let next = {
                 let mut mailbox = self.scheduler.mailbox();
-                if mailbox.running < self.limits.max_concurrent {
-                    let next = mailbox.queue.pop_front();
-                    if next.is_some() {
+                if ended {
+                    mailbox.running -= 1;
+                    ended = false;
+                }
+                let next = if mailbox.running < self.limits.max_concurrent {
+                    mailbox.queue.pop_front()
+                } else {
+                    None
+                };
+                match next {
+                    Some(delivery) => {
                         mailbox.running += 1;
-                    } else if yielded {
+                        Some(delivery)
+                    }
+                    // Nothing queued: stay a moment, whoever was just
+                    // answered may send again.
+                    None if !yielded && mailbox.running < self.limits.max_concurrent => None,
+                    // Nothing to do, or every slot is taken (the task of the
+                    // next flow to end takes over).
+                    None => {
                         mailbox.worker = false;
+                        let idle = mailbox.running == 0 && mailbox.queue.is_empty();
+                        drop(mailbox);
+                        self.notify_if_idle(idle);
                         return;
                     }
-                    next
-                } else {
-                    // Every slot is taken: the task of the next flow to end
-                    // takes over.
-                    mailbox.worker = false;
-                    return;
                 }
             };
             let Some(delivery) = next else {
-                // Stay a moment: whoever was just answered may send again.
                 yielded = true;
                 reschedule().await;
                 continue;
             };
             yielded = false;
-            let mut running: Running =
-                Box::pin(AssertUnwindSafe(self.clone().run(delivery)).catch_unwind());
-            match futures::poll!(running.as_mut()) {
-                Poll::Ready(result) => {
-                    self.ended(result);
+            let Some(mut started) = self.start(delivery) else {
+                ended = true;
+                continue;
+            };
+            let polled = std::future::poll_fn(|cx| {
+                Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    started.flows.as_mut().poll(cx)
+                })))
+            })
+            .await;
+            match polled {
+                Ok(Poll::Ready(failure)) => {
+                    settle(started.ack, Ok(failure), &self);
+                    ended = true;
                 }
-                Poll::Pending => {
+                Err(panic) => {
+                    settle(started.ack, Err(panic), &self);
+                    ended = true;
+                }
+                Ok(Poll::Pending) => {
                     let Some(runtime) = self.runtime.upgrade() else {
-                        drop(running);
-                        self.ended(Ok(()));
+                        drop(started);
+                        self.ended();
                         self.refuse_queued(HappenError::Shutdown);
                         return;
                     };
                     let core = self.clone();
                     runtime.spawn(async move {
-                        let result = running.await;
-                        if core.ended(result) {
+                        let Started { flows, ack } = started;
+                        let outcome = AssertUnwindSafe(flows).catch_unwind().await;
+                        settle(ack, outcome, &core);
+                        if core.ended() {
                             core.worker().await;
                         }
                     });
@@ -200,14 +260,10 @@ impl NodeCore {
         }
     }
 
-    /// Bookkeeping when an event's flows have ended; returns whether the
-    /// caller must become the worker (queued work and no worker).
-    fn ended(&self, result: std::thread::Result<()>) -> bool {
-        if let Err(panic) = result {
-            // Flows catch their own panics; this catches the rest (a
-            // matcher, an error whose Display panics).
-            tracing::error!(node = %self.id, message = %flow::panic_message(panic.as_ref()), "event delivery panicked");
-        }
+    /// Gives back the slot of an event whose flows ended in a task of their
+    /// own; returns whether that task must become the worker (queued work
+    /// and no worker).
+    fn ended(&self) -> bool {
         let (take_over, idle) = {
             let mut mailbox = self.scheduler.mailbox();
             mailbox.running -= 1;
@@ -217,20 +273,25 @@ impl NodeCore {
             }
             (take_over, mailbox.running == 0 && mailbox.queue.is_empty())
         };
+        self.notify_if_idle(idle);
+        take_over
+    }
+
+    fn notify_if_idle(&self, idle: bool) {
         if idle && self.scheduler.watched.load(Ordering::SeqCst) {
             self.scheduler.idle.notify_waiters();
         }
-        take_over
     }
 }
 
 impl NodeCore {
-    /// Runs every matching handler's flow for one event; the first registered
-    /// answers the requester. The delivery is acknowledged when all of them
-    /// completed, negatively when one failed.
-    async fn run(self: Arc<Self>, delivery: Delivery) {
+    /// Starts the flows of every matching handler for one event (the first
+    /// registered answers the requester); `None` if none matches any more
+    /// (the delivery is refused).
+    fn start(self: &Arc<Self>, delivery: Delivery) -> Option<Started> {
         let Delivery {
             event,
+            received_at,
             responder,
             ack,
             matched,
@@ -246,34 +307,40 @@ impl NodeCore {
             };
             let _ = Delivery {
                 event,
+                received_at,
                 responder,
                 ack,
                 matched: None,
             }
             .refuse(error);
-            return;
+            return None;
         };
         let first = &matched.handlers[matched.first];
-        let matching = matched.handlers[matched.first + 1..]
+        let mut others = matched.handlers[matched.first + 1..]
             .iter()
-            .filter(|r| r.accepts(event.event_type(), &self.id));
-        let first_flow = first.entry.start(self.clone(), event.clone(), responder);
-        let others: Vec<_> = matching
-            .map(|r| r.entry.start(self.clone(), event.clone(), None))
-            .collect();
-        let failure = if others.is_empty() {
-            first_flow.await
-        } else {
-            let (first, rest) =
-                futures::future::join(first_flow, futures::future::join_all(others)).await;
-            first.or_else(|| rest.into_iter().flatten().next())
-        };
-        if let Some(ack) = ack {
-            match failure {
-                None => ack.ack(),
-                Some(error) => ack.nak(&error),
-            }
+            .filter(|r| r.accepts(event.event_type(), &self.id))
+            .peekable();
+        if others.peek().is_none() {
+            let flows = first
+                .entry
+                .start(self.clone(), event, received_at, responder);
+            return Some(Started { flows, ack });
         }
+        let others: Vec<FlowFuture> = others
+            .map(|r| {
+                r.entry
+                    .start(self.clone(), event.clone(), received_at, None)
+            })
+            .collect();
+        let first = first
+            .entry
+            .start(self.clone(), event, received_at, responder);
+        let flows: FlowFuture = Box::pin(async move {
+            let (first, rest) =
+                futures::future::join(first, futures::future::join_all(others)).await;
+            first.or_else(|| rest.into_iter().flatten().next())
+        });
+        Some(Started { flows, ack })
     }
 }
 

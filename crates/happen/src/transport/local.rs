@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::{Interest, Transport};
-use crate::delivery::{self, Delivery, ReplyTx, Responder};
+use crate::delivery::{self, Arrival, Delivery, ReplyTx, Responder};
 use crate::error::{HappenError, Result};
 use crate::event::{Event, stamp};
 use crate::id::Id;
@@ -62,7 +62,7 @@ impl LocalTransport {
     /// queue at one receiver does not keep the event from the others; each
     /// refusal is logged, counted and reported as a [`system::REFUSED`]
     /// event, and the first is returned afterwards.
-    pub(crate) fn deliver_broadcast(&self, event: &Event) -> Result<()> {
+    pub(crate) fn deliver_broadcast(&self, event: &Event, arrival: Arrival) -> Result<()> {
         let receivers: Vec<(Node, Matched)> = {
             let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
             nodes
@@ -75,7 +75,7 @@ impl LocalTransport {
         };
         let mut first_error = None;
         for (node, matched) in receivers {
-            let mut delivery = Delivery::new(event.clone(), None);
+            let mut delivery = Delivery::new(event.clone(), None, arrival);
             delivery.matched = Some(matched);
             if let Err(error) = delivery::deliver(node.core(), delivery) {
                 self.refused(node.id(), event, &error);
@@ -121,7 +121,7 @@ impl LocalTransport {
     pub(crate) fn system_event(&self, event_type: &str, payload: Value) {
         let mut event = Event::new(event_type, payload);
         stamp(&mut event, &Id::from(system::SYSTEM_SENDER), None);
-        let _ = self.deliver_broadcast(&event);
+        let _ = self.deliver_broadcast(&event, Arrival::Local);
     }
 
     /// Hands `event` to the local node `target`; every outcome, refusals
@@ -132,10 +132,12 @@ impl LocalTransport {
         target: &str,
         event: Event,
         responder: Option<Responder>,
+        arrival: Arrival,
     ) -> Result<()> {
+        let delivery = Delivery::new(event, responder, arrival);
         match self.lookup(target) {
-            Some(node) => delivery::deliver(node.core(), Delivery::new(event, responder)),
-            None => Delivery::new(event, responder).refuse(HappenError::UnknownNode {
+            Some(node) => delivery::deliver(node.core(), delivery),
+            None => delivery.refuse(HappenError::UnknownNode {
                 node: target.to_owned(),
             }),
         }
@@ -169,12 +171,12 @@ impl Transport for LocalTransport {
     fn unsubscribe(&self, _interest: &Interest) {}
 
     fn broadcast(&self, event: Event) -> Result<()> {
-        self.deliver_broadcast(&event)
+        self.deliver_broadcast(&event, Arrival::Local)
     }
 
     fn send(&self, target: &str, event: Event, reply: ReplyTx, _deadline: tokio::time::Instant) {
         // A refusal has already gone to the requester.
-        let _ = self.deliver_to(target, event, Some(Responder::Local(reply)));
+        let _ = self.deliver_to(target, event, Some(Responder::Local(reply)), Arrival::Local);
     }
 
     fn in_process(&self) -> bool {
@@ -182,7 +184,7 @@ impl Transport for LocalTransport {
     }
 
     fn tell(&self, target: &str, event: Event) -> Result<()> {
-        self.deliver_to(target, event, None)
+        self.deliver_to(target, event, None, Arrival::Local)
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {

@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 
 use super::local::LocalTransport;
 use super::{Interest, Transport};
-use crate::delivery::{ReplyTx, Responder};
+use crate::delivery::{Arrival, ReplyTx, Responder};
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::nats::{Auth, NatsConfig, check_server_version};
@@ -309,7 +309,9 @@ fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
             // be told, so it is reported here.
             let event = (!opened.wants_reply).then(|| opened.event.clone());
             if let (Err(error), Some(event)) = (
-                shared.local.deliver_to(&target, opened.event, responder),
+                shared
+                    .local
+                    .deliver_to(&target, opened.event, responder, Arrival::Remote),
                 event,
             ) {
                 shared.local.refused(&target, &event, &error);
@@ -336,7 +338,9 @@ fn on_broadcast(shared: &Arc<Shared>, message: async_nats::Message) {
                 return;
             }
             // Refusals are logged, counted and reported by the local table.
-            let _ = shared.local.deliver_broadcast(&opened.event);
+            let _ = shared
+                .local
+                .deliver_broadcast(&opened.event, Arrival::Remote);
         }
         Err(error) => {
             tracing::warn!(subject = %message.subject, %error, "undecodable broadcast ignored")
@@ -462,7 +466,7 @@ impl Transport for NatsTransport {
             token: None,
         })?;
         if shared.co_located {
-            shared.local.deliver_broadcast(&event)?;
+            shared.local.deliver_broadcast(&event, Arrival::Local)?;
         }
         Ok(())
     }
@@ -470,9 +474,12 @@ impl Transport for NatsTransport {
     fn send(&self, target: &str, event: Event, reply: ReplyTx, deadline: tokio::time::Instant) {
         let shared = &self.shared;
         if shared.co_located && shared.local.has(target) {
-            let _ = shared
-                .local
-                .deliver_to(target, event, Some(Responder::Local(reply)));
+            let _ = shared.local.deliver_to(
+                target,
+                event,
+                Some(Responder::Local(reply)),
+                Arrival::Local,
+            );
             return;
         }
         let sealed = match envelope::seal(&event, true)
@@ -509,7 +516,7 @@ impl Transport for NatsTransport {
     fn tell(&self, target: &str, event: Event) -> Result<()> {
         let shared = &self.shared;
         if shared.co_located && shared.local.has(target) {
-            return shared.local.deliver_to(target, event, None);
+            return shared.local.deliver_to(target, event, None, Arrival::Local);
         }
         let sealed = envelope::seal(&event, false)?;
         sealed.check_size(shared.max_payload())?;

@@ -1,0 +1,127 @@
+//! Event ids: UUID version 7 (RFC 9562), made without locks or allocation.
+//!
+//! An id is 48 bits of Unix time in milliseconds, a 22-bit sequence and 52
+//! random bits. The time and sequence come from one process-wide atomic
+//! word, so ids made in this process sort in the order they were made, on
+//! every thread, even within one millisecond (the sequence orders them; if
+//! it would overflow, the id borrows the next millisecond). The random bits
+//! come from a per-thread generator seeded by the standard library's hash
+//! keys, and keep ids from different processes apart.
+
+use std::cell::Cell;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::event::now_millis;
+use crate::id::Id;
+
+/// Bits of the per-millisecond sequence.
+const SEQUENCE_BITS: u32 = 22;
+
+/// `millis << SEQUENCE_BITS | sequence` of the last id made.
+static LAST: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static RANDOM: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(now_millis());
+    // xorshift must not start at 0.
+    hasher.finish() | 1
+}
+
+fn random() -> u64 {
+    RANDOM.with(|state| {
+        // xorshift64*
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+/// The next (time, sequence) word: later than every one made before.
+fn next_word(millis: u64) -> u64 {
+    let fresh = millis << SEQUENCE_BITS;
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = if fresh > last { fresh } else { last + 1 };
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// A new event id and the time it was made (ms since the Unix epoch).
+pub(crate) fn next() -> (Id, u64) {
+    let millis = now_millis();
+    let word = next_word(millis);
+    let (time, sequence) = (word >> SEQUENCE_BITS, word & ((1 << SEQUENCE_BITS) - 1));
+    let high = (time & 0xffff_ffff_ffff) << 16 | 0x7000 | (sequence >> 10);
+    let low = (0b10 << 62) | (sequence & 0x3ff) << 52 | (random() >> 12);
+    (format(high, low), millis)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The hyphenated lower-case text form (8-4-4-4-12).
+fn format(high: u64, low: u64) -> Id {
+    let bytes = (u128::from(high) << 64 | u128::from(low)).to_be_bytes();
+    let mut text = [0u8; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text[at] = b'-';
+            at += 1;
+        }
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
+    }
+    Id::from(std::str::from_utf8(&text).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_version_7_uuids_in_creation_order() {
+        let ids: Vec<(Id, u64)> = (0..50_000).map(|_| next()).collect();
+        for pair in ids.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "{} !< {}", pair[0].0, pair[1].0);
+        }
+        for (id, millis) in ids.iter().step_by(997) {
+            let uuid = uuid::Uuid::parse_str(id).expect("a UUID");
+            assert_eq!(uuid.get_version_num(), 7);
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = uuid.get_timestamp().expect("a time").to_unix();
+            let id_millis = secs * 1000 + u64::from(nanos) / 1_000_000;
+            // Only a sequence overflow moves the id's time ahead.
+            assert!(
+                id_millis >= *millis && id_millis <= millis + 1000,
+                "{id_millis} vs {millis}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_from_many_threads_are_unique() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..20_000).map(|_| next().0).collect::<Vec<_>>()))
+            .collect();
+        let mut all: Vec<Id> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
+    }
+}
