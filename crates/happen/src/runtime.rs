@@ -39,7 +39,9 @@ pub(crate) struct RuntimeInner {
     transport: Box<dyn Transport>,
     store: Arc<dyn Store>,
     tracker: TaskTracker,
-    closed: AtomicBool,
+    /// Set by shutdown or when the runtime is dropped; shared with its
+    /// nodes, which check it without upgrading their weak reference.
+    closed: Arc<AtomicBool>,
     /// The tokio runtime the Happen runtime was made in: flows run there even
     /// when an event is sent from a thread outside it.
     handle: Option<tokio::runtime::Handle>,
@@ -72,11 +74,17 @@ impl RuntimeInner {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+
+    /// The closed flag, for the nodes.
+    pub(crate) fn closed_flag(&self) -> &Arc<AtomicBool> {
+        &self.closed
+    }
 }
 
 impl Drop for RuntimeInner {
     /// The last `Happen` handle is gone: stop serving at once (no drain).
     fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
         self.transport.abort();
     }
 }
@@ -287,7 +295,7 @@ impl Happen {
             transport,
             store,
             tracker: TaskTracker::new(),
-            closed: AtomicBool::new(false),
+            closed: Arc::new(AtomicBool::new(false)),
             handle: tokio::runtime::Handle::try_current().ok(),
         }))
     }

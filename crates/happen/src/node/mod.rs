@@ -48,6 +48,12 @@ pub(crate) struct NodeCore {
     observers: Observers,
     /// Set by [`Node::shutdown`].
     closed: AtomicBool,
+    /// The runtime's closed flag (set by its shutdown, or when it is
+    /// dropped), read without upgrading `runtime`.
+    runtime_closed: Arc<AtomicBool>,
+    /// Whether the runtime delivers events between its own nodes in the
+    /// process (see [`crate::transport::Transport::in_process`]).
+    in_process: bool,
 }
 
 impl NodeCore {
@@ -223,6 +229,8 @@ impl Node {
             state_lock: Arc::new(tokio::sync::Mutex::new(())),
             observers: runtime.config().observers().clone(),
             closed: AtomicBool::new(false),
+            runtime_closed: runtime.closed_flag().clone(),
+            in_process: runtime.transport().in_process(),
         }))
     }
 
@@ -447,7 +455,7 @@ impl<S> Node<S> {
     /// ```
     pub fn broadcast(&self, event: Event) -> Result<()> {
         let runtime = self.runtime()?;
-        let event = self.prepare(&runtime, event).map_err(|(e, _)| e)?;
+        let event = self.prepare(event).map_err(|(e, _)| e)?;
         runtime.transport().broadcast(event)
     }
 
@@ -461,12 +469,8 @@ impl<S> Node<S> {
     /// timeout.
     pub fn send(&self, target: impl Target, event: Event) -> Sent {
         let timeout = self.core.limits.timeout;
-        let runtime = match self.runtime() {
-            Ok(runtime) => runtime,
-            Err(e) => return Sent::refused(target.target_shared_id(), event, timeout, e),
-        };
-        if let Some(node) = self.in_process(&runtime, &target) {
-            return match self.prepare(&runtime, event) {
+        if let Some(node) = self.in_process(&target) {
+            return match self.prepare(event) {
                 Ok(event) => {
                     let (sent, reply) = Sent::new(node.id.clone(), event.clone(), timeout);
                     let _ = delivery::deliver(
@@ -478,11 +482,15 @@ impl<S> Node<S> {
                 Err((e, event)) => Sent::refused(node.id.clone(), event, timeout, e),
             };
         }
+        let runtime = match self.runtime() {
+            Ok(runtime) => runtime,
+            Err(e) => return Sent::refused(target.target_shared_id(), event, timeout, e),
+        };
         let target = target.target_shared_id();
         if let Err(e) = validate_node_id(&target) {
             return Sent::refused(target, event, timeout, e.into());
         }
-        match self.prepare(&runtime, event) {
+        match self.prepare(event) {
             Ok(event) => self.dispatch(&runtime, target, event),
             Err((e, event)) => Sent::refused(target, event, timeout, e),
         }
@@ -491,14 +499,13 @@ impl<S> Node<S> {
     /// The target node when it can be handed the event directly: a live
     /// node of this runtime, in a runtime whose nodes all live in this
     /// process. Anything else goes through the transport by id.
-    fn in_process<'t>(
-        &self,
-        runtime: &RuntimeInner,
-        target: &'t impl Target,
-    ) -> Option<&'t Arc<NodeCore>> {
+    fn in_process<'t>(&self, target: &'t impl Target) -> Option<&'t Arc<NodeCore>> {
         let NodeRef(node) = target.target_node()?;
-        (runtime.transport().in_process()
+        // A plain load tells whether the runtime is still there (it stops
+        // at once when dropped); no upgrade needed.
+        (self.core.in_process
             && Weak::ptr_eq(&node.runtime, &self.core.runtime)
+            && self.core.runtime.strong_count() > 0
             && !node.closed.load(Ordering::Acquire))
         .then_some(node)
     }
@@ -546,29 +553,25 @@ impl<S> Node<S> {
     /// # Ok(()) }
     /// ```
     pub fn tell(&self, target: impl Target, event: Event) -> Result<()> {
-        let runtime = self.runtime()?;
-        if let Some(node) = self.in_process(&runtime, &target) {
-            let event = self.prepare(&runtime, event).map_err(|(e, _)| e)?;
+        if let Some(node) = self.in_process(&target) {
+            let event = self.prepare(event).map_err(|(e, _)| e)?;
             return delivery::deliver(node, Delivery::new(event, None, Arrival::Local));
         }
+        let runtime = self.runtime()?;
         let target = target.target_shared_id();
         validate_node_id(&target)?;
-        let event = self.prepare(&runtime, event).map_err(|(e, _)| e)?;
+        let event = self.prepare(event).map_err(|(e, _)| e)?;
         runtime.transport().tell(&target, event)
     }
 
     /// Validates and stamps an outgoing event with its causal context; a
     /// refused event comes back with the reason.
-    pub(crate) fn prepare(
-        &self,
-        runtime: &RuntimeInner,
-        mut event: Event,
-    ) -> Result<Event, (HappenError, Event)> {
+    pub(crate) fn prepare(&self, mut event: Event) -> Result<Event, (HappenError, Event)> {
         if let Err(e) = validate_event_type(event.event_type()) {
             return Err((e.into(), event));
         }
         let parent = causality::current_event();
-        if parent.is_none() && runtime.is_closed() {
+        if parent.is_none() && self.core.runtime_closed.load(Ordering::Acquire) {
             return Err((HappenError::Shutdown, event));
         }
         event::stamp(&mut event, &self.core.id, parent.as_ref());
