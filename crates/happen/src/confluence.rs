@@ -54,12 +54,12 @@ impl<S> Node<S> {
     ) -> SentToAll {
         let targets: Vec<Id> = targets.into_iter().map(|t| t.target_shared_id()).collect();
         let timeout = self.limits().timeout;
-        let prepared =
-            self.runtime()
-                .and_then(|runtime| match self.prepare(event.clone()) {
-                    Ok(event) => Ok((runtime, event)),
-                    Err((e, _)) => Err(e),
-                });
+        let prepared = self
+            .runtime()
+            .and_then(|runtime| match self.prepare(event.clone()) {
+                Ok(event) => Ok((runtime, event)),
+                Err((e, _)) => Err(e),
+            });
         let sent = targets
             .into_iter()
             .map(|target| {

@@ -351,6 +351,22 @@ impl Event {
         self
     }
 
+    /// An event from its parts (the wire decoder's way in).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn from_parts(
+        event_type: Id,
+        payload: Value,
+        context: EventContext,
+        batch: Option<Vec<Event>>,
+    ) -> Event {
+        Event(Arc::new(EventData {
+            event_type,
+            payload,
+            context,
+            batch,
+        }))
+    }
+
     pub(crate) fn context_mut(&mut self) -> &mut EventContext {
         &mut Arc::make_mut(&mut self.0).context
     }

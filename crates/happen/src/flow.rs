@@ -312,9 +312,11 @@ pub(crate) type FlowFuture = BoxFuture<'static, Option<HappenError>>;
 /// so one node holds handlers registered through differently typed handles,
 /// while the flow itself calls the handler without boxing its future.
 #[derive(Clone)]
-pub(crate) struct Entry(
-    Arc<dyn Fn(Arc<NodeCore>, Event, u64, Option<Responder>) -> FlowFuture + Send + Sync>,
-);
+pub(crate) struct Entry(Arc<StartFlow>);
+
+/// Starts a handler's flow: the node, the event, when it was received, and
+/// who waits for the outcome.
+type StartFlow = dyn Fn(Arc<NodeCore>, Event, u64, Option<Responder>) -> FlowFuture + Send + Sync;
 
 impl Entry {
     pub(crate) fn new<S, H>(handler: H, local: S) -> Entry

@@ -71,7 +71,11 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The hyphenated lower-case text form (8-4-4-4-12).
 fn format(high: u64, low: u64) -> Id {
-    let bytes = (u128::from(high) << 64 | u128::from(low)).to_be_bytes();
+    text_of(&(u128::from(high) << 64 | u128::from(low)).to_be_bytes())
+}
+
+/// The hyphenated lower-case text of a UUID's 16 bytes.
+pub(crate) fn text_of(bytes: &[u8; 16]) -> Id {
     let mut text = [0u8; 36];
     let mut at = 0;
     for (i, byte) in bytes.iter().enumerate() {
@@ -84,6 +88,34 @@ fn format(high: u64, low: u64) -> Id {
         at += 2;
     }
     Id::from(std::str::from_utf8(&text).unwrap_or_default())
+}
+
+/// The 16 bytes of `text` if it is a UUID in exactly the form
+/// [`text_of`] writes (so that the bytes give back the same text).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+pub(crate) fn bytes_of(text: &str) -> Option<[u8; 16]> {
+    let text = text.as_bytes();
+    if text.len() != 36 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut bytes = [0u8; 16];
+    let mut at = 0;
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            if text[at] != b'-' {
+                return None;
+            }
+            at += 1;
+        }
+        *byte = nibble(text[at])? << 4 | nibble(text[at + 1])?;
+        at += 2;
+    }
+    Some(bytes)
 }
 
 #[cfg(test)]
@@ -107,6 +139,23 @@ mod tests {
                 id_millis >= *millis && id_millis <= millis + 1000,
                 "{id_millis} vs {millis}"
             );
+        }
+    }
+
+    #[test]
+    fn text_and_bytes_convert_both_ways() {
+        let (id, _) = next();
+        let bytes = bytes_of(&id).expect("our own ids parse");
+        assert_eq!(text_of(&bytes), id);
+        for not_canonical in [
+            "",
+            "n1",
+            "0195F3C2-7B1A-7CC0-8A3E-2F4B1C9D0E11",
+            "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1",
+            "0195f3c2x7b1a-7cc0-8a3e-2f4b1c9d0e11",
+            "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0eé",
+        ] {
+            assert_eq!(bytes_of(not_canonical), None, "{not_canonical}");
         }
     }
 

@@ -16,7 +16,10 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_is_reported_and_events_sent_during_it_arrive_after_reconnection() {
     let mut server = NatsServer::start().unwrap();
-    let happen = Happen::connect(fast_reconnect(server.url())).await.unwrap();
+    // Every event through the server, so that these wait out the outage.
+    let happen = Happen::connect(fast_reconnect(server.url()).co_located(false))
+        .await
+        .unwrap();
     let watcher = happen.node("watcher").unwrap();
     let sink = happen.node("sink").unwrap();
     let source = happen.node("source").unwrap();
@@ -153,6 +156,86 @@ impl Tally {
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.counts()
     }
+}
+
+/// Co-located delivery: the nodes of one runtime keep talking while the
+/// server is down, and what they broadcast meanwhile reaches the other
+/// runtime after the reconnection, once, and never comes back to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn co_located_nodes_keep_talking_during_an_outage() {
+    let mut server = NatsServer::start().unwrap();
+    let here = Happen::connect(fast_reconnect(server.url())).await.unwrap();
+    let there = Happen::connect(fast_reconnect(server.url())).await.unwrap();
+    let mut here_status = watch_status(&here, "here-watch");
+    let mut there_status = watch_status(&there, "there-watch");
+    let source = here.node("source").unwrap();
+    let sink = here.node("sink").unwrap();
+    let remote = there.node("remote").unwrap();
+    let record = |node: &Node| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        node.on("colo.note", move |e: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e.payload()["n"].as_i64().unwrap());
+                json!("noted")
+            }
+        })
+        .unwrap();
+        rx
+    };
+    let mut at_sink = record(&sink);
+    let mut at_remote = record(&remote);
+    here.flush().await.unwrap();
+    there.flush().await.unwrap();
+
+    server.stop();
+    wait_for_status(&mut here_status, "disconnected").await;
+    // Answered at once, with the server gone.
+    let answer = within(
+        "a co-located answer during the outage",
+        10,
+        source
+            .send(&sink, Event::new("colo.note", json!({ "n": 100 })))
+            .response(),
+    )
+    .await;
+    assert_eq!(answer.unwrap(), "noted");
+    for n in 0..5 {
+        source
+            .broadcast(Event::new("colo.note", json!({ "n": n })))
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    within("co-located broadcasts during the outage", 10, async {
+        while seen.len() < 6 {
+            seen.push(at_sink.recv().await.unwrap());
+        }
+    })
+    .await;
+    seen.sort();
+    assert_eq!(seen, vec![0, 1, 2, 3, 4, 100]);
+
+    server.restart().unwrap();
+    wait_for_status(&mut here_status, "reconnected").await;
+    wait_for_status(&mut there_status, "reconnected").await;
+    let mut remote_seen = Vec::new();
+    within("the broadcasts at the other runtime", 30, async {
+        while remote_seen.len() < 5 {
+            remote_seen.push(at_remote.recv().await.unwrap());
+        }
+    })
+    .await;
+    remote_seen.sort();
+    assert_eq!(remote_seen, vec![0, 1, 2, 3, 4], "each broadcast once");
+    // Nothing more anywhere: the server did not echo them back here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        at_sink.try_recv().is_err(),
+        "no echo to the sender's runtime"
+    );
+    assert!(at_remote.try_recv().is_err(), "no duplicates elsewhere");
+    here.shutdown().await;
+    there.shutdown().await;
 }
 
 fn reconnecting_every(url: String, delay: Duration) -> NatsConfig {

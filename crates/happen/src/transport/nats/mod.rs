@@ -20,6 +20,7 @@
 //! says that a tell found no node.
 
 mod commands;
+mod compact;
 mod envelope;
 pub(crate) mod filters;
 mod requests;

@@ -1,5 +1,10 @@
-//! The wire format: events and replies as MessagePack maps with the
-//! documentation's field names (`type`, `payload`, `context.causal.causationId`, ...).
+//! The wire format: every message is a version byte ([`VERSION`]) and a
+//! MessagePack value. An event is in the compact form of [`super::compact`]
+//! (positional fields, ids as 16 bytes); replies and credits are maps with
+//! named fields, their events in the compact form.
+//!
+//! A message of another version is refused with a [`HappenError::Codec`]
+//! that names both versions, never misread.
 //!
 //! Decoding never panics: any byte string either decodes or gives
 //! [`HappenError::Codec`]. Nesting is limited to [`MAX_DEPTH`] levels so that
@@ -10,31 +15,36 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::compact::{Compact, CompactIn};
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 
 /// The deepest nesting of maps and arrays a decoder accepts.
 pub(crate) const MAX_DEPTH: usize = 128;
 
+/// The first byte of every message this build writes.
+pub(crate) const VERSION: u8 = 1;
+
 fn encode<T: Serialize + ?Sized>(
     value: &T,
 ) -> std::result::Result<Vec<u8>, rmp_serde::encode::Error> {
-    // An event with its causal context is a few hundred bytes: start there
-    // rather than growing from empty.
-    let mut buf = Vec::with_capacity(384);
+    // A small event with its causal context is under a hundred bytes.
+    let mut buf = Vec::with_capacity(128);
+    buf.push(VERSION);
     value.serialize(&mut rmp_serde::Serializer::new(&mut buf).with_struct_map())?;
     Ok(buf)
 }
 
-/// Encodes an event as a MessagePack map.
+/// Encodes an event (compact form).
 pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>> {
-    encode(event).map_err(|e| HappenError::codec("cannot encode event", e))
+    encode(&Compact(event)).map_err(|e| HappenError::codec("cannot encode event", e))
 }
 
-/// Decodes an event encoded by [`encode_event`] (or any MessagePack map of the
-/// same shape).
+/// Decodes an event encoded by [`encode_event`].
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event> {
-    decode(bytes).map_err(|e| HappenError::codec("cannot decode event", e))
+    decode::<CompactIn>(bytes)
+        .map(|CompactIn(event)| event)
+        .map_err(|e| HappenError::codec("cannot decode event", e))
 }
 
 /// The outcome of a request as it travels back to the requester.
@@ -46,7 +56,7 @@ pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event> {
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Reply {
     /// The flow completed; its result travels as a response event.
-    Ok(Event),
+    Ok(#[serde(with = "super::compact")] Event),
     /// The request failed (refused, handler error, panic, ...).
     Err(HappenError),
     /// One streamed value.
@@ -123,6 +133,17 @@ pub(crate) fn decode_reply(bytes: &[u8]) -> Result<Reply> {
 fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> std::result::Result<T, rmp_serde::decode::Error> {
+    let bytes = match bytes.split_first() {
+        Some((&VERSION, rest)) => rest,
+        Some((other, _)) => {
+            return Err(rmp_serde::decode::Error::Syntax(format!(
+                "wire version {other}, this build reads version {VERSION}"
+            )));
+        }
+        None => {
+            return Err(rmp_serde::decode::Error::Syntax("an empty message".into()));
+        }
+    };
     // Reading from the slice itself hands strings straight to the decoder,
     // without a copy into a scratch buffer first.
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
@@ -147,15 +168,38 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn field_names_are_the_documentations() {
-        let event = Event::new("a.b", json!({ "k": [1, 2.5, "s", null, true] }))
-            .with_correlation_id("c-1")
-            .with_source("u", "user");
+    fn a_small_event_is_small_and_versioned() {
+        let happen_id = crate::Id::from("sensor");
+        let mut event = Event::new("tick", json!({ "seq": 12345 }));
+        crate::event::stamp(&mut event, &happen_id, None);
         let bytes = encode_event(&event).unwrap();
-        let as_json: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
-        assert_eq!(as_json["type"], "a.b");
-        assert_eq!(as_json["context"]["causal"]["correlationId"], "c-1");
-        assert_eq!(as_json["context"]["origin"]["sourceType"], "user");
+        assert_eq!(bytes[0], VERSION);
+        // type, payload, 16-byte id, sender, path, timestamp and nils.
+        assert!(bytes.len() <= 72, "{} bytes", bytes.len());
+        assert_eq!(decode_event(&bytes).unwrap(), event);
+        let json = serde_json::to_vec(&event).unwrap();
+        assert!(
+            bytes.len() * 3 < json.len(),
+            "{} vs {} bytes of JSON",
+            bytes.len(),
+            json.len()
+        );
+    }
+
+    #[test]
+    fn another_version_is_refused_by_name() {
+        let mut bytes = encode_event(&Event::new("x", json!(1))).unwrap();
+        bytes[0] = 9;
+        let err = decode_event(&bytes).unwrap_err();
+        let cause = std::error::Error::source(&err).map(|s| s.to_string());
+        assert!(
+            cause
+                .as_deref()
+                .is_some_and(|c| c.contains("wire version 9")),
+            "{err}: {cause:?}"
+        );
+        assert!(decode_event(&[]).is_err());
+        assert!(decode_reply(&[]).is_err());
     }
 
     #[test]
@@ -281,14 +325,15 @@ mod tests {
     #[test]
     fn deep_nesting_is_refused_not_overflowed() {
         // 100_000 nested one-element arrays: 0x91 is "array of length 1".
-        let mut bytes = vec![0x91u8; 100_000];
+        let mut bytes = vec![VERSION];
+        bytes.extend(std::iter::repeat_n(0x91u8, 100_000));
         bytes.push(0xc0);
         assert!(decode_event(&bytes).is_err());
-        let mut map = vec![0x82u8, 0xa4, b't', b'y', b'p', b'e', 0xa1, b'x', 0xa7];
-        map.extend_from_slice(b"payload");
-        map.extend(std::iter::repeat_n(0x91u8, 100_000));
-        map.push(0xc0);
-        assert!(decode_event(&map).is_err());
+        // A payload nested that deep inside an otherwise valid event.
+        let mut deep = vec![VERSION, 0x9e, 0xa1, b'x'];
+        deep.extend(std::iter::repeat_n(0x91u8, 100_000));
+        deep.push(0xc0);
+        assert!(decode_event(&deep).is_err());
     }
 
     #[test]

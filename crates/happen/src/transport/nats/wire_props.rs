@@ -33,7 +33,36 @@ fn token() -> impl Strategy<Value = String> {
     "[a-z0-9-]{1,10}"
 }
 
+/// Events as users make them, and as Happen stamps them (root or child,
+/// single or a batch): the compact form must carry all of them unchanged.
 fn event() -> impl Strategy<Value = Event> {
+    (
+        unstamped(),
+        prop::option::of((token(), prop::option::of(token()))),
+        0usize..3,
+    )
+        .prop_map(|(event, stamp, members)| {
+            let event = if members > 0 {
+                let t = event.event_type().to_owned();
+                Event::batch((0..members).map(|i| Event::new(t.clone(), json!(i)))).unwrap()
+            } else {
+                event
+            };
+            let Some((sender, parent)) = stamp else {
+                return event;
+            };
+            let mut event = event;
+            let parent = parent.map(|p| {
+                let mut root = Event::new("root", json!(null));
+                crate::event::stamp(&mut root, &crate::Id::from(p), None);
+                root
+            });
+            crate::event::stamp(&mut event, &crate::Id::from(sender), parent.as_ref());
+            event
+        })
+}
+
+fn unstamped() -> impl Strategy<Value = Event> {
     (
         prop::collection::vec(token(), 1..4),
         json_value(),
@@ -109,12 +138,13 @@ proptest! {
 
 #[test]
 fn decode_error_is_codec_and_says_what() {
-    let err = wire::decode_event(&[0x93, 0x01]).unwrap_err();
+    let err = wire::decode_event(&[wire::VERSION, 0x93, 0x01]).unwrap_err();
     assert!(
         matches!(err, HappenError::Codec { ref message, .. } if message.contains("cannot decode event")),
         "{err}"
     );
-    let not_an_event = rmp_serde::to_vec_named(&json!({ "payload": 1 })).unwrap();
+    let mut not_an_event = vec![wire::VERSION];
+    not_an_event.extend(rmp_serde::to_vec_named(&json!({ "payload": 1 })).unwrap());
     assert!(
         wire::decode_event(&not_an_event).is_err(),
         "an event needs a type"
