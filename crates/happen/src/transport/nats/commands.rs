@@ -14,8 +14,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -38,8 +39,8 @@ pub(super) enum Kind {
 }
 
 pub(super) struct Publish {
-    pub(super) subject: String,
-    pub(super) reply: Option<String>,
+    pub(super) subject: Subject,
+    pub(super) reply: Option<Subject>,
     pub(super) headers: Option<HeaderMap>,
     pub(super) payload: Bytes,
     /// The request to fail if the publish fails.
@@ -65,31 +66,57 @@ pub(super) struct Commands {
     tx: mpsc::UnboundedSender<Command>,
     /// Publishes in the queue or being handed to the client.
     publishing: AtomicUsize,
+    /// Commands of any kind in the queue or being carried out.
+    queued: AtomicUsize,
     limit: usize,
+    client: async_nats::Client,
 }
 
 impl Commands {
-    pub(super) fn new(limit: usize) -> (Commands, mpsc::UnboundedReceiver<Command>) {
+    pub(super) fn new(
+        limit: usize,
+        client: async_nats::Client,
+    ) -> (Commands, mpsc::UnboundedReceiver<Command>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let commands = Commands {
             tx,
             publishing: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
             limit,
+            client,
         };
         (commands, rx)
     }
 
-    /// Queues a control command or a reply (never refused).
-    pub(super) fn send(&self, command: Command) {
-        if let Command::Publish(_) = command {
-            self.publishing.fetch_add(1, Ordering::AcqRel);
-        }
-        // The loop only ends at shutdown, when nothing is sent any more.
-        let _ = self.tx.send(command);
+    /// Queues a subscribe, unsubscribe or flush.
+    pub(super) fn control(&self, command: Command) {
+        self.queue(command);
     }
 
-    /// Queues a new event, unless the outgoing limit is reached.
+    /// Carries out or queues a control command, a reply or a retry (never
+    /// refused for want of room). A publish the client refuses at once
+    /// (an invalid subject) is returned as an error.
+    pub(super) fn send(&self, command: Command) -> Result<()> {
+        let command = match command {
+            Command::Publish(publish) => match self.publish_now(publish)? {
+                None => return Ok(()),
+                Some(publish) => {
+                    self.publishing.fetch_add(1, Ordering::AcqRel);
+                    Command::Publish(publish)
+                }
+            },
+            other => other,
+        };
+        self.queue(command);
+        Ok(())
+    }
+
+    /// Publishes a new event, or queues it unless the outgoing limit is
+    /// reached.
     pub(super) fn publish(&self, publish: Publish) -> Result<()> {
+        let Some(publish) = self.publish_now(publish)? else {
+            return Ok(());
+        };
         let pending = self.publishing.fetch_add(1, Ordering::AcqRel);
         if pending >= self.limit {
             self.publishing.fetch_sub(1, Ordering::AcqRel);
@@ -98,12 +125,67 @@ impl Commands {
                 limit: self.limit,
             });
         }
-        let _ = self.tx.send(Command::Publish(publish));
+        self.queue(Command::Publish(publish));
         Ok(())
+    }
+
+    fn queue(&self, command: Command) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        // The loop only ends at shutdown, when nothing is sent any more.
+        let _ = self.tx.send(command);
+    }
+
+    /// Hands `publish` to the client at once when nothing waits in the
+    /// queue before it (so order is kept) and the client takes it without
+    /// waiting: no trip through the queue's task. Gives it back otherwise.
+    fn publish_now(&self, publish: Publish) -> Result<Option<Publish>> {
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Ok(Some(publish));
+        }
+        let client = &self.client;
+        let Publish {
+            subject,
+            reply,
+            headers,
+            payload,
+            ..
+        } = &publish;
+        let now = match (reply, headers) {
+            (Some(reply), Some(headers)) => client
+                .publish_with_reply_and_headers(
+                    subject.clone(),
+                    reply.clone(),
+                    headers.clone(),
+                    payload.clone(),
+                )
+                .now_or_never(),
+            (Some(reply), None) => client
+                .publish_with_reply(subject.clone(), reply.clone(), payload.clone())
+                .now_or_never(),
+            (None, Some(headers)) => client
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .now_or_never(),
+            (None, None) => client
+                .publish(subject.clone(), payload.clone())
+                .now_or_never(),
+        };
+        match now {
+            // The client is full (an outage, or a burst): queue it.
+            None => Ok(Some(publish)),
+            Some(Ok(())) => Ok(None),
+            Some(Err(e)) => Err(HappenError::transport(
+                format!("cannot publish to {subject}"),
+                e,
+            )),
+        }
     }
 
     fn published(&self) {
         self.publishing.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn carried_out(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -121,6 +203,7 @@ pub(super) async fn run(
 ) {
     let mut readers: HashMap<u64, Reader> = HashMap::new();
     while let Some(command) = commands.recv().await {
+        let _carried_out = CarriedOut(&shared);
         match command {
             Command::Publish(publish) => {
                 let Publish {
@@ -202,6 +285,15 @@ pub(super) async fn run(
     }
     for (_, reader) in readers {
         reader.task.abort();
+    }
+}
+
+/// Counts a command as carried out when its turn in the loop ends.
+struct CarriedOut<'a>(&'a Shared);
+
+impl Drop for CarriedOut<'_> {
+    fn drop(&mut self) {
+        self.0.commands.carried_out();
     }
 }
 

@@ -132,7 +132,7 @@ impl NatsTransport {
                 })?;
         }
 
-        let (commands, commands_rx) = Commands::new(config.outgoing_limit);
+        let (commands, commands_rx) = Commands::new(config.outgoing_limit, client.clone());
         let shared = Arc::new(Shared {
             local: Arc::new(LocalTransport::default()),
             client: client.clone(),
@@ -154,7 +154,7 @@ impl NatsTransport {
         let status_loop = tokio::spawn(status::report(shared.clone(), events_rx));
         let sweeper = tokio::spawn(sweep(shared.clone()));
         lock(&shared.tasks).extend([command_loop, status_loop, sweeper]);
-        shared.commands.send(Command::Subscribe {
+        shared.commands.control(Command::Subscribe {
             id: shared.next_id(),
             subject: format!("{}.>", shared.inbox),
             kind: Kind::Inbox,
@@ -250,16 +250,17 @@ impl Shared {
         let id = self.next_id();
         let (back, came_back) = oneshot::channel();
         lock(&self.pings).insert(id, back);
-        self.commands.send(Command::Publish(Publish {
-            subject: format!("{}.ping.{}", self.prefix, self.inbox_token()),
-            reply: Some(format!("{}.p{id}", self.inbox)),
+        let sent = self.commands.send(Command::Publish(Publish {
+            subject: format!("{}.ping.{}", self.prefix, self.inbox_token()).into(),
+            reply: Some(format!("{}.p{id}", self.inbox).into()),
             headers: None,
             payload: bytes::Bytes::new(),
             token: None,
         }));
         let (written, flushed) = oneshot::channel();
-        self.commands.send(Command::Flush(written));
+        self.commands.control(Command::Flush(written));
         Box::pin(async move {
+            sent?;
             flushed.await.unwrap_or_else(|_| Err(closed()))?;
             came_back.await.map_err(|_| closed())
         })
@@ -410,7 +411,7 @@ impl Transport for NatsTransport {
         shared.local.attach(node)?;
         let id = shared.next_id();
         lock(&shared.direct).insert(node.id().to_owned(), id);
-        shared.commands.send(Command::Subscribe {
+        shared.commands.control(Command::Subscribe {
             id,
             subject: subjects::direct_subject(&shared.prefix, node.id()),
             kind: Kind::Direct,
@@ -424,7 +425,7 @@ impl Transport for NatsTransport {
         if let Some(subscription) = lock(&shared.direct).remove(id) {
             shared
                 .commands
-                .send(Command::Unsubscribe { id: subscription });
+                .control(Command::Unsubscribe { id: subscription });
         }
     }
 
@@ -436,7 +437,7 @@ impl Transport for NatsTransport {
             .collect();
         let changes = shared.filters.hold(&wanted, || shared.next_id());
         for (id, subject) in changes.subscribe {
-            shared.commands.send(Command::Subscribe {
+            shared.commands.control(Command::Subscribe {
                 id,
                 subject,
                 kind: Kind::Broadcast,
@@ -448,7 +449,7 @@ impl Transport for NatsTransport {
     fn unsubscribe(&self, interest: &Interest) {
         let changes = self.shared.filters.release(&interest.0);
         for id in changes.release {
-            self.shared.commands.send(Command::Unsubscribe { id });
+            self.shared.commands.control(Command::Unsubscribe { id });
         }
     }
 
@@ -460,7 +461,7 @@ impl Transport for NatsTransport {
         // only; a full outgoing queue is reported before anything is
         // delivered here.
         shared.commands.publish(Publish {
-            subject: subjects::broadcast_subject(&shared.prefix, event.event_type()),
+            subject: subjects::broadcast_subject(&shared.prefix, event.event_type()).into(),
             reply: None,
             headers: sealed.headers,
             payload: sealed.payload,
@@ -522,15 +523,18 @@ impl Transport for NatsTransport {
         let sealed = envelope::seal(&event, false)?;
         sealed.check_size(shared.max_payload())?;
         shared.commands.publish(Publish {
-            subject: subjects::direct_subject(&shared.prefix, target),
+            subject: subjects::direct_subject(&shared.prefix, target).into(),
             // Only for the server's "no responders" (which names the tell):
             // the receiver sees the header and does not answer.
-            reply: Some(format!(
-                "{}.t.{target}.{}.{}",
-                shared.inbox,
-                event.id(),
-                event.event_type()
-            )),
+            reply: Some(
+                format!(
+                    "{}.t.{target}.{}.{}",
+                    shared.inbox,
+                    event.id(),
+                    event.event_type()
+                )
+                .into(),
+            ),
             headers: sealed.headers,
             payload: sealed.payload,
             token: None,
@@ -566,7 +570,7 @@ impl Transport for NatsTransport {
         let mut ids: Vec<u64> = lock(&shared.direct).drain().map(|(_, id)| id).collect();
         ids.extend(shared.filters.release_all());
         for id in ids {
-            shared.commands.send(Command::Unsubscribe { id });
+            shared.commands.control(Command::Unsubscribe { id });
         }
         let round_trip = shared.round_trip();
         Box::pin(async move {

@@ -122,8 +122,8 @@ impl Requests {
             },
         );
         Publish {
-            subject,
-            reply: Some(format!("{inbox}.{token}")),
+            subject: subject.into(),
+            reply: Some(format!("{inbox}.{token}").into()),
             headers: None,
             payload,
             token: Some(token),
@@ -286,8 +286,8 @@ fn no_responders(shared: &Arc<Shared>, token: u64) {
         (waiting.deadline.saturating_duration_since(waiting.sent_at) / 5).min(MAX_GIVE_UP_MARGIN);
     if plausible && Instant::now() + pause + margin < waiting.deadline && !shared.is_closed() {
         let publish = Publish {
-            subject: waiting.subject.clone(),
-            reply: Some(format!("{}.{token}", shared.inbox)),
+            subject: waiting.subject.clone().into(),
+            reply: Some(format!("{}.{token}", shared.inbox).into()),
             headers: None,
             payload: waiting.payload.clone(),
             token: Some(token),
@@ -296,8 +296,11 @@ fn no_responders(shared: &Arc<Shared>, token: u64) {
         let shared = shared.clone();
         tokio::spawn(async move {
             tokio::time::sleep(pause).await;
-            if !shared.is_closed() && lock(&shared.requests.pending).contains_key(&token) {
-                shared.commands.send(Command::Publish(publish));
+            if !shared.is_closed()
+                && lock(&shared.requests.pending).contains_key(&token)
+                && let Err(error) = shared.commands.send(Command::Publish(publish))
+            {
+                shared.requests.fail(token, error);
             }
         });
         return;

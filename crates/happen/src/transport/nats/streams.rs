@@ -101,13 +101,15 @@ impl NatsReply {
                 }
             }
         };
-        self.shared.commands.send(Command::Publish(Publish {
-            subject,
+        if let Err(error) = self.shared.commands.send(Command::Publish(Publish {
+            subject: subject.into(),
             reply: None,
             headers: None,
             payload: Bytes::from(payload),
             token: None,
-        }));
+        })) {
+            tracing::warn!(%error, "reply not published");
+        }
     }
 }
 
@@ -225,8 +227,8 @@ impl NatsCredit {
 
     fn send(&self, credit: Credit) {
         if let Ok(payload) = wire::encode_credit(&credit) {
-            self.shared.commands.send(Command::Publish(Publish {
-                subject: self.subject.clone(),
+            let _ = self.shared.commands.send(Command::Publish(Publish {
+                subject: self.subject.clone().into(),
                 reply: None,
                 headers: None,
                 payload: Bytes::from(payload),
