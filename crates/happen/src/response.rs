@@ -7,6 +7,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -51,8 +52,10 @@ pub struct Sent {
     /// The sent event (a shared handle), for its id and type.
     request: Event,
     target: Id,
-    /// When the event was sent: the timeout counts from here.
-    sent_at: tokio::time::Instant,
+    /// When the event was sent: the timeout counts from here. `None` for
+    /// an event handed over in this process: its stamp's clock reading says
+    /// when it was sent, read only when a timer is needed.
+    sent_at: Option<tokio::time::Instant>,
     timeout: Duration,
     rx: oneshot::Receiver<Outcome>,
 }
@@ -63,11 +66,18 @@ impl Sent {
         let sent = Sent {
             request,
             target,
-            sent_at: tokio::time::Instant::now(),
+            sent_at: None,
             timeout,
             rx,
         };
         (sent, tx)
+    }
+
+    /// Fixes the send time now, for a transport that needs the deadline as
+    /// the event leaves.
+    pub(crate) fn sent_now(mut self) -> Sent {
+        self.sent_at = Some(tokio::time::Instant::now());
+        self
     }
 
     /// The id of the sent event (empty if it was refused before dispatch).
@@ -87,18 +97,18 @@ impl Sent {
         sent
     }
 
-    fn split(self) -> (Waiting, tokio::time::Instant, oneshot::Receiver<Outcome>) {
-        let deadline = self.deadline();
+    fn split(self) -> (Waiting, oneshot::Receiver<Outcome>) {
         let waiting = Waiting {
             request: self.request,
             target: self.target,
             timeout: self.timeout,
+            sent_at: self.sent_at,
         };
-        (waiting, deadline, self.rx)
+        (waiting, self.rx)
     }
 
     pub(crate) fn deadline(&self) -> tokio::time::Instant {
-        self.sent_at + self.timeout
+        deadline(self.sent_at, &self.request, self.timeout)
     }
 
     /// Sets how long to wait for the response, counted from when the event
@@ -169,7 +179,7 @@ impl Sent {
 
     /// Waits for the final outcome (skipping streamed items).
     async fn reply(self) -> (Waiting, Result<Reply>) {
-        let (waiting, deadline, rx) = self.split();
+        let (waiting, rx) = self.split();
         let whole = async {
             match rx.await {
                 Ok(Outcome::Value(outcome)) => outcome.map(Reply::Value),
@@ -185,9 +195,17 @@ impl Sent {
                 Err(_dropped) => Err(waiting.no_response()),
             }
         };
-        let reply = tokio::time::timeout_at(deadline, whole)
-            .await
-            .unwrap_or_else(|_elapsed| Err(waiting.timed_out()));
+        let reply = {
+            let mut whole = std::pin::pin!(whole);
+            // Most answers from this process arrive within one turn of the
+            // scheduler: try that long before arming a timer.
+            match within_a_turn(whole.as_mut()).await {
+                Some(reply) => reply,
+                None => tokio::time::timeout_at(waiting.deadline(), whole)
+                    .await
+                    .unwrap_or_else(|_elapsed| Err(waiting.timed_out())),
+            }
+        };
         (waiting, reply)
     }
 
@@ -196,9 +214,9 @@ impl Sent {
     /// result) arrives; after that the stream runs as long as the producer
     /// does. Dropping the stream cancels the producer.
     pub fn stream(self) -> futures::stream::BoxStream<'static, Result<StreamItem>> {
-        let (waiting, deadline, rx) = self.split();
+        let (waiting, rx) = self.split();
         let first = async move {
-            match tokio::time::timeout_at(deadline, rx).await {
+            match tokio::time::timeout_at(waiting.deadline(), rx).await {
                 Ok(Ok(outcome)) => Ok(outcome),
                 Ok(Err(_dropped)) => Err(waiting.no_response()),
                 Err(_elapsed) => Err(waiting.timed_out()),
@@ -248,9 +266,48 @@ struct Waiting {
     request: Event,
     target: Id,
     timeout: Duration,
+    sent_at: Option<tokio::time::Instant>,
+}
+
+/// When a request times out: `timeout` after it was sent.
+fn deadline(
+    sent_at: Option<tokio::time::Instant>,
+    request: &Event,
+    timeout: Duration,
+) -> tokio::time::Instant {
+    match sent_at {
+        Some(sent_at) => sent_at + timeout,
+        None => {
+            // The stamp's wall-clock reading, in milliseconds (a clock that
+            // jumped back counts as no time passed).
+            let elapsed = crate::event::now_millis().saturating_sub(request.causal().timestamp);
+            let left = timeout.saturating_sub(Duration::from_millis(elapsed));
+            tokio::time::Instant::now() + left
+        }
+    }
+}
+
+/// Polls `fut` now and, if it is not ready, once more after every other
+/// task ready to run has had its turn; `None` if it is still not ready.
+async fn within_a_turn<F: Future + Unpin>(mut fut: F) -> Option<F::Output> {
+    let mut turns = 0;
+    std::future::poll_fn(|cx| match Pin::new(&mut fut).poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending if turns == 0 => {
+            turns += 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 impl Waiting {
+    fn deadline(&self) -> tokio::time::Instant {
+        deadline(self.sent_at, &self.request, self.timeout)
+    }
+
     fn no_response(&self) -> HappenError {
         HappenError::NoResponse {
             node: self.target.to_string(),

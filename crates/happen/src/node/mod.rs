@@ -517,6 +517,7 @@ impl<S> Node<S> {
             return Sent::refused(target, event, timeout, e.into());
         }
         let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
+        let sent = sent.sent_now();
         runtime
             .transport()
             .send(&target, event, reply, sent.deadline());
