@@ -27,53 +27,52 @@
 //! Every benchmark runs on a current-thread tokio runtime and on a
 //! multi-thread runtime with 2 workers. The driving code runs in a spawned
 //! task (so that on the multi-thread runtime it runs on a worker thread).
-//! Each benchmark connects its own happen runtime (`Happen::connect`, one NATS
-//! connection) and its own plain `async_nats::Client` (one connection).
+//!
+//! Happen delivers events between nodes of one runtime in the process
+//! (co-located delivery), so the benchmarks put the two sides in **two
+//! runtimes** (`Happen::connect` twice: two connections), as two processes
+//! would be; the plain baseline likewise uses two `async_nats::Client`s.
 //!
 //! 1. **Request/response latency**: `N` sequential
-//!    `a.send(&b, Event::new("ping", {"seq": i})).response().await`, with `a`
-//!    and `b` nodes of the same happen runtime, so every request and every
-//!    reply goes through the server (publish to `happen.node.b` with a reply
-//!    inbox, the reply back to that inbox). The handler answers
-//!    `payload["seq"]`. The baseline is one plain client: a task subscribed
+//!    `a.send("server", Event::new("ping", {"seq": i})).response().await`
+//!    from node `a` of runtime A to node `server` of runtime B: the request
+//!    goes to `happen.node.server`, the reply to A's inbox. The handler
+//!    answers `payload["seq"]`. The baseline: a responder client subscribed
 //!    to `bench.echo` parses each request's JSON body and publishes
-//!    `body["seq"]` as JSON to the message's reply subject, while the driver
+//!    `body["seq"]` as JSON to the reply subject, while a requester client
 //!    calls `client.request("bench.echo", {"seq": i})` in a loop and parses
 //!    the JSON answer. Happen and plain take turns every [`REQUEST_CHUNK`]
 //!    requests, because this machine's wake-up latency (which dominates a
 //!    loopback round trip) drifts between modes over seconds. Every
 //!    request's latency is recorded; the table shows the median and the 99th
-//!    percentile, and the ratios happen / plain (lower is better).
+//!    percentile, and the ratios happen / plain (lower is better). The bytes
+//!    of one request and one reply on the wire are printed after the table.
 //! 2. **Broadcast throughput**: `M` times
-//!    `a.broadcast(Event::new("tick", {"seq": i}))`
-//!    while node `b` of the same runtime has a handler on `tick` that counts
-//!    deliveries (an atomic counter and a `Notify`); the clock stops when all
-//!    of them have been handled. The baseline publishes the same JSON bodies
-//!    with `client.publish("bench.tick", ..).await` on one client while a
-//!    task subscribed to `bench.tick` on the *same* client parses and counts
-//!    them: happen also uses one connection per runtime for publishing and
-//!    subscribing. Events not handled within [`WAIT_LIMIT`] are reported as
-//!    missing. Reported in events/s; ratio = happen / plain. It runs twice:
+//!    `a.broadcast(Event::new("tick", {"seq": i}))` from runtime A while node
+//!    `consumer` of runtime B counts deliveries (an atomic counter and a
+//!    `Notify`); the clock stops when all of them have been handled. The
+//!    baseline: a publisher client publishes the same JSON bodies with
+//!    `client.publish("bench.tick", ..).await` while a subscriber client
+//!    parses and counts them. Events not handled within [`WAIT_LIMIT`] are
+//!    reported as missing. Reported in events/s; ratio = happen / plain. It
+//!    runs:
 //!    - in batches of `HAPPEN_BENCH_BATCH` (publish a batch, wait until it has
-//!      been handled, repeat until `M`): the steady state, where neither
-//!      side's buffers (happen's command queue, the client's 2048-slot
-//!      outgoing channel, the socket, the subscriptions' channels) fill up.
-//!      Each batch ends with one delivery latency of idle waiting, which
-//!      costs plain relatively more than happen;
-//!    - as one batch of `M`: happen's `broadcast` never waits, so on the
-//!      current-thread runtime all `M` events are encoded and queued before
-//!      the first is written (megabytes of backlog), while the plain
-//!      publisher is paced by the client's bounded channel and never waits
-//!      for a batch; this row shows those buffering effects more than the
-//!      event path.
+//!      been handled, repeat until `M`): the steady state;
+//!    - as one batch of `M`: buffering effects more than the event path;
+//!    - for information, in batches with the consumer in the producer's own
+//!      runtime: co-located, no server involved (not compared with a target).
 //!
 //! Each benchmark does one warm-up repetition and then [`REPS`] timed
 //! repetitions of `N` requests or `M` broadcasts; happen and the baseline
 //! alternate within each repetition so that both see the same machine noise.
 //! The tables show medians over the repetitions; the spread (min..max)
-//! follows them. Pinning everything to one CPU
-//! (`taskset -c 0 cargo bench -p happen --bench nats`) removes the
-//! cross-CPU wake-ups and gives much steadier latencies.
+//! follows them.
+//!
+//! After the tables, the benchmark runs itself again under `taskset -c 0`
+//! (everything, the nats-server included, on one CPU: no cross-CPU
+//! wake-ups, much steadier latencies) and prints that run's tables too;
+//! `HAPPEN_BENCH_PINNED=1` marks that child run (set it to skip the pinned
+//! run).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -102,7 +101,7 @@ const DEFAULT_BATCH: usize = 1_000;
 /// Timed repetitions per benchmark (after one warm-up).
 const REPS: usize = 5;
 /// Maximum median (and p99) request latency of happen relative to plain.
-const LATENCY_TARGET: f64 = 1.25;
+const LATENCY_TARGET: f64 = 1.10;
 /// Minimum broadcast throughput of happen relative to plain.
 const BROADCAST_TARGET: f64 = 0.7;
 /// How long to wait for one batch of broadcasts to be handled.
@@ -262,18 +261,24 @@ struct Latency {
 
 /// Times `n` sequential requests through happen and through a plain client.
 async fn request_response(url: String, n: usize) -> Latency {
+    // Two runtimes, two connections: the request and its answer cross the
+    // server, as between two processes (within one runtime they would not).
     let happen = connect_happen(&url).await;
+    let serving = connect_happen(&url).await;
     let a = happen.node("client").expect("node");
-    let b = happen.node("server").expect("node");
+    let b = serving.node("server").expect("node");
     b.on("ping", |e: Event, _cx: Context| async move {
         e.payload()["seq"].clone()
     })
     .expect("handler");
+    b.ready().await.expect("ready");
     happen.flush().await.expect("flush");
 
+    // Plain: a requesting client and a responding client.
     let client = connect_plain(&url).await;
-    let mut requests = client.subscribe(ECHO_SUBJECT).await.expect("subscribe");
-    let responder = client.clone();
+    let responder = connect_plain(&url).await;
+    let mut requests = responder.subscribe(ECHO_SUBJECT).await.expect("subscribe");
+    responder.flush().await.expect("flush");
     let echo = tokio::spawn(async move {
         while let Some(message) = requests.next().await {
             let Some(reply) = message.reply else { continue };
@@ -300,7 +305,7 @@ async fn request_response(url: String, n: usize) -> Latency {
             for i in first..last {
                 let start = Instant::now();
                 let v = a
-                    .send(&b, Event::new("ping", payload(i)))
+                    .send("server", Event::new("ping", payload(i)))
                     .response()
                     .await
                     .expect("happen request");
@@ -338,8 +343,16 @@ async fn request_response(url: String, n: usize) -> Latency {
         .await
         .expect("subscribe");
     let mut replies_seen = client.subscribe("_INBOX.>").await.expect("subscribe");
-    client.flush().await.expect("flush");
-    a.send(&b, Event::new("ping", payload(i)))
+    // A request on the same connection is answered only after the server
+    // has processed the subscriptions before it (a flush is not enough: it
+    // only writes them).
+    client
+        .request(ECHO_SUBJECT, body(0))
+        .await
+        .expect("round trip");
+    // That request's own reply, as seen on `_INBOX.>`.
+    let _ = replies_seen.next().await.expect("our own reply copy");
+    a.send("server", Event::new("ping", payload(i)))
         .await
         .expect("size probe");
     let request = requests_seen.next().await.expect("request copy");
@@ -351,6 +364,7 @@ async fn request_response(url: String, n: usize) -> Latency {
     echo.abort();
     let _ = echo.await;
     happen.shutdown().await;
+    serving.shutdown().await;
     out
 }
 
@@ -365,11 +379,18 @@ struct Throughput {
 
 /// Times `n` broadcasts, `batch` at a time (each batch handled before the
 /// next is published), through happen and through a plain client.
-async fn broadcast(url: String, n: usize, batch: usize) -> Throughput {
+async fn broadcast(url: String, n: usize, batch: usize, same_runtime: bool) -> Throughput {
     let batch = batch.clamp(1, n);
     let happen = connect_happen(&url).await;
+    // The consumer in a second runtime (another connection: the events
+    // cross the server), or in the producer's own (co-located: they do not).
+    let consuming = if same_runtime {
+        happen.clone()
+    } else {
+        connect_happen(&url).await
+    };
     let a = happen.node("producer").expect("node");
-    let b = happen
+    let b = consuming
         .node_with("consumer", NodeConfig::new().queue_limit(batch))
         .expect("node");
     let happen_counter = Counter::new();
@@ -382,10 +403,14 @@ async fn broadcast(url: String, n: usize, batch: usize) -> Throughput {
         }
     })
     .expect("handler");
+    b.ready().await.expect("ready");
     happen.flush().await.expect("flush");
 
+    // Plain: a publishing client and a subscribing client.
     let client = connect_plain(&url).await;
-    let mut ticks = client.subscribe(TICK_SUBJECT).await.expect("subscribe");
+    let subscriber = connect_plain(&url).await;
+    let mut ticks = subscriber.subscribe(TICK_SUBJECT).await.expect("subscribe");
+    subscriber.flush().await.expect("flush");
     let plain_counter = Counter::new();
     let counter = plain_counter.clone();
     let consumer = tokio::spawn(async move {
@@ -438,6 +463,7 @@ async fn broadcast(url: String, n: usize, batch: usize) -> Throughput {
     consumer.abort();
     let _ = consumer.await;
     happen.shutdown().await;
+    consuming.shutdown().await;
     out
 }
 
@@ -483,19 +509,31 @@ fn run_all(results: &mut Results, runtime: &'static str, rt: &Runtime, url: &str
             latency: run_on(rt, request_response(url.to_owned(), p.n)),
         });
     }
-    let mut batches = vec![(format!("broadcast, batches of {}", p.batch), p.batch)];
+    let mut batches = vec![(format!("broadcast, batches of {}", p.batch), p.batch, false)];
     if p.batch < p.broadcasts {
         batches.push((
             format!("broadcast, one batch of {}", p.broadcasts),
             p.broadcasts,
+            false,
         ));
     }
-    for (benchmark, batch) in batches {
+    batches.push((
+        format!(
+            "(for information) batches of {}, consumer in the producer's runtime: no server",
+            p.batch
+        ),
+        p.batch,
+        true,
+    ));
+    for (benchmark, batch, same_runtime) in batches {
         if selected(runtime, &benchmark) {
             results.broadcast.push(BroadcastRow {
                 runtime,
                 benchmark,
-                throughput: run_on(rt, broadcast(url.to_owned(), p.broadcasts, batch)),
+                throughput: run_on(
+                    rt,
+                    broadcast(url.to_owned(), p.broadcasts, batch, same_runtime),
+                ),
             });
         }
     }
@@ -547,7 +585,7 @@ fn print_latency(rows: &[LatencyRow]) {
     }
     let l = &rows[0].latency;
     println!(
-        "\nOn the wire: happen request event {} B and reply {} B (MessagePack, with the causal context); \
+        "\nOn the wire: happen request event {} B and reply {} B (compact MessagePack, with the causal context); \
          plain request {} B and reply {} B (JSON).\n",
         l.happen_sizes.0, l.happen_sizes.1, l.plain_sizes.0, l.plain_sizes.1
     );
@@ -558,13 +596,18 @@ fn print_broadcast(rows: &[BroadcastRow]) {
         return;
     }
     println!(
-        "Broadcast throughput (one connection each for publishing and subscribing; target: happen ≥ {BROADCAST_TARGET}× plain)\n"
+        "Broadcast throughput (publisher and subscriber on separate connections; target: happen ≥ {BROADCAST_TARGET}× plain)\n"
     );
     println!("| runtime | benchmark | happen | plain | ratio | met? |");
     println!("|---|---|---|---|---|---|");
     for row in rows {
         let t = &row.throughput;
         let ratio = t.happen.median() / t.plain.median();
+        let met = if row.benchmark.starts_with('(') {
+            "—"
+        } else {
+            yes_no(ratio >= BROADCAST_TARGET)
+        };
         println!(
             "| {} | {} | {} | {} | {:.2} | {} |",
             row.runtime,
@@ -572,7 +615,7 @@ fn print_broadcast(rows: &[BroadcastRow]) {
             fmt_rate(t.happen.median()),
             fmt_rate(t.plain.median()),
             ratio,
-            yes_no(ratio >= BROADCAST_TARGET),
+            met,
         );
     }
     println!("\nSpread over the {REPS} repetitions (min..max):\n");
@@ -659,4 +702,33 @@ fn main() {
          Total time {:.1} s.",
         started.elapsed().as_secs_f64()
     );
+    if std::env::var_os(PINNED).is_none() {
+        run_pinned();
+    }
+}
+
+/// Set in the pinned child run.
+const PINNED: &str = "HAPPEN_BENCH_PINNED";
+
+/// Runs this benchmark again with everything (the bench and its
+/// nats-server) on CPU 0, and prints its tables: without cross-CPU wake-ups
+/// the latencies are much steadier.
+fn run_pinned() {
+    println!("\n## Pinned to CPU 0 (`taskset -c 0`)\n");
+    let Ok(exe) = std::env::current_exe() else {
+        println!("(cannot find this benchmark's executable: pinned run skipped)");
+        return;
+    };
+    let status = std::process::Command::new("taskset")
+        .arg("-c")
+        .arg("0")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(PINNED, "1")
+        .status();
+    match status {
+        Ok(status) if status.success() => {}
+        Ok(status) => println!("(the pinned run failed: {status})"),
+        Err(e) => println!("(taskset is not available, pinned run skipped: {e})"),
+    }
 }
