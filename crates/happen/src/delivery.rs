@@ -150,12 +150,17 @@ pub(crate) struct Delivery {
     pub(crate) ack: Option<Box<dyn Acknowledge>>,
     /// The node's handlers that matched on arrival (set by [`deliver`]).
     pub(crate) matched: Option<Matched>,
+    /// Whether the flow may start inline in the caller's task when the node
+    /// is idle: true for events a transport's reader hands over (no user
+    /// code is on its stack), false for a user's own send.
+    pub(crate) inline: bool,
 }
 
 impl Delivery {
     /// A delivery without acknowledgement (direct mode).
     pub(crate) fn new(event: Event, responder: Option<Responder>, arrival: Arrival) -> Self {
         Delivery {
+            inline: arrival == Arrival::Remote,
             received_at: arrival.received_at(&event),
             event,
             responder,
@@ -239,6 +244,7 @@ mod tests {
                     responder: None,
                     ack: Some(Box::new(Recorded(settled.clone()))),
                     matched: None,
+                    inline: false,
                 },
             )
         };

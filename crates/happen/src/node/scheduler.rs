@@ -136,6 +136,18 @@ impl NodeCore {
             drop(mailbox);
             return delivery.refuse(error);
         }
+        if delivery.inline
+            && !mailbox.worker
+            && mailbox.queue.is_empty()
+            && mailbox.running < self.limits.max_concurrent
+        {
+            // An idle node and a caller with nothing of the user's on its
+            // stack (a transport's reader): run the flow right here.
+            mailbox.running += 1;
+            drop(mailbox);
+            self.run_inline(delivery);
+            return Ok(());
+        }
         mailbox.queue.push_back(delivery);
         if mailbox.worker {
             return Ok(());
@@ -150,6 +162,63 @@ impl NodeCore {
         let core = self.clone();
         runtime.spawn(core.worker());
         Ok(())
+    }
+
+    /// Runs a delivery that already holds a slot in the caller's task: its
+    /// flows are polled once (with a waker that does nothing: if they
+    /// suspend, they move to a task of their own, whose first poll registers
+    /// its real waker).
+    fn run_inline(self: &Arc<Self>, delivery: Delivery) {
+        let Some(mut started) = self.start(delivery) else {
+            self.end_inline();
+            return;
+        };
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        let polled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| started.flows.as_mut().poll(&mut cx)));
+        match polled {
+            Ok(Poll::Ready(failure)) => {
+                settle(started.ack, Ok(failure), self);
+                self.end_inline();
+            }
+            Err(panic) => {
+                settle(started.ack, Err(panic), self);
+                self.end_inline();
+            }
+            Ok(Poll::Pending) => self.continue_in_task(started),
+        }
+    }
+
+    /// Gives back the slot of an inline flow; starts a worker if events
+    /// were queued meanwhile and none is running.
+    fn end_inline(self: &Arc<Self>) {
+        if self.ended() {
+            match self.runtime.upgrade() {
+                Some(runtime) => runtime.spawn(self.clone().worker()),
+                None => self.refuse_queued(HappenError::Shutdown),
+            }
+        }
+    }
+
+    /// Moves flows that suspended into a task of their own; when they end,
+    /// that task gives back their slot (and takes over as the worker if
+    /// events wait and no worker runs).
+    fn continue_in_task(self: &Arc<Self>, started: Started) {
+        let Some(runtime) = self.runtime.upgrade() else {
+            drop(started);
+            self.ended();
+            self.refuse_queued(HappenError::Shutdown);
+            return;
+        };
+        let core = self.clone();
+        runtime.spawn(async move {
+            let Started { flows, ack } = started;
+            let outcome = AssertUnwindSafe(flows).catch_unwind().await;
+            settle(ack, outcome, &core);
+            if core.ended() {
+                core.worker().await;
+            }
+        });
     }
 
     /// Refuses everything in the queue (the runtime is gone).
@@ -234,23 +303,7 @@ impl NodeCore {
                     settle(started.ack, Err(panic), &self);
                     ended = true;
                 }
-                Ok(Poll::Pending) => {
-                    let Some(runtime) = self.runtime.upgrade() else {
-                        drop(started);
-                        self.ended();
-                        self.refuse_queued(HappenError::Shutdown);
-                        return;
-                    };
-                    let core = self.clone();
-                    runtime.spawn(async move {
-                        let Started { flows, ack } = started;
-                        let outcome = AssertUnwindSafe(flows).catch_unwind().await;
-                        settle(ack, outcome, &core);
-                        if core.ended() {
-                            core.worker().await;
-                        }
-                    });
-                }
+                Ok(Poll::Pending) => self.continue_in_task(started),
             }
             inline += 1;
             if inline.is_multiple_of(INLINE_BUDGET) {
@@ -295,6 +348,7 @@ impl NodeCore {
             responder,
             ack,
             matched,
+            inline,
         } = delivery;
         let Some(matched) = self
             .registry
@@ -311,6 +365,7 @@ impl NodeCore {
                 responder,
                 ack,
                 matched: None,
+                inline,
             }
             .refuse(error);
             return None;
