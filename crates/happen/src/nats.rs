@@ -184,6 +184,11 @@ impl NatsConfig {
     /// group). Turn co-location off (`false`) to send every event through
     /// the server, so that even this process's senders are spread over all
     /// instances.
+    ///
+    /// With co-location, `flush()` and `ready()` confirm their round trip
+    /// through the server by a message to `<prefix>.ping.<inbox token>`
+    /// that the server answers with "no responders": a client subscribed to
+    /// that subject (such as a wiretap on `>`) holds them up.
     pub fn co_located(mut self, enabled: bool) -> Self {
         self.co_located = enabled;
         self
