@@ -240,19 +240,29 @@ impl Shared {
         self.client.max_payload()
     }
 
-    /// A round trip through the server: resolves when the server has
-    /// answered a message published now, so it has processed everything
-    /// before it. The message goes to a subject nobody subscribes to, with
-    /// this runtime's inbox as its reply subject: the server itself answers
-    /// "no responders" (which reaches the inbox even when the connection
-    /// asked not to receive its own messages back).
+    /// A round trip through the server: resolves when a message published
+    /// now has come back, so the server has processed everything before it.
+    /// With co-location the connection does not receive its own messages,
+    /// so the message goes to a subject nobody subscribes to, with this
+    /// runtime's inbox as its reply subject, and the server itself answers
+    /// "no responders".
     fn round_trip(self: &Arc<Self>) -> BoxFuture<'static, Result<()>> {
         let id = self.next_id();
         let (back, came_back) = oneshot::channel();
         lock(&self.pings).insert(id, back);
+        // Without co-location the message comes back to our own inbox;
+        // with it (no echo) the server's "no responders" answers instead.
+        let (subject, reply) = if self.co_located {
+            (
+                format!("{}.ping.{}", self.prefix, self.inbox_token()),
+                Some(format!("{}.p{id}", self.inbox).into()),
+            )
+        } else {
+            (format!("{}.p{id}", self.inbox), None)
+        };
         let sent = self.commands.send(Command::Publish(Publish {
-            subject: format!("{}.ping.{}", self.prefix, self.inbox_token()).into(),
-            reply: Some(format!("{}.p{id}", self.inbox).into()),
+            subject: subject.into(),
+            reply,
             headers: None,
             payload: bytes::Bytes::new(),
             token: None,
