@@ -125,6 +125,23 @@ impl Shared {
         self.node.core()
     }
 
+    /// The responder, taken for the end of the flow; `Err` while an emit
+    /// has it (then [`Shared::take_responder`] waits for that emit).
+    pub(crate) fn try_take_responder(&self) -> Result<Option<Responder>, ()> {
+        if !self.expects_response {
+            return Ok(None);
+        }
+        if let Some(responder) = lock(&self.responder).take() {
+            return Ok(Some(responder));
+        }
+        // Empty: an emit has it, unless none runs (then look again with
+        // emits held off: one may have put it back just now).
+        match self.emitting.try_lock() {
+            Ok(_turn) => Ok(lock(&self.responder).take()),
+            Err(_) => Err(()),
+        }
+    }
+
     pub(crate) async fn take_responder(&self) -> Option<Responder> {
         if !self.expects_response {
             return None;

@@ -84,13 +84,21 @@ impl Responder {
         }
     }
 
-    /// Sends the final outcome; waits for room if a stream is behind.
-    pub(crate) async fn finish(self, outcome: Result<Event>) {
+    /// Sends the final outcome; if a stream's consumer is behind, the
+    /// future that waits for room to send it is returned.
+    pub(crate) fn finish(self, outcome: Result<Event>) -> Option<BoxFuture<'static, ()>> {
         match self {
-            Responder::LocalStream(tx) => {
-                let _ = tx.send(StreamMsg::End(outcome)).await;
+            Responder::LocalStream(tx) => match tx.try_send(StreamMsg::End(outcome)) {
+                Err(mpsc::error::TrySendError::Full(end)) => Some(Box::pin(async move {
+                    let _ = tx.send(end).await;
+                })),
+                // Sent, or the consumer is gone.
+                _ => None,
+            },
+            other => {
+                other.reply(outcome);
+                None
             }
-            other => other.reply(outcome),
         }
     }
 

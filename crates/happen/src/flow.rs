@@ -421,6 +421,29 @@ where
     let cx = Context::from_parts(shared.clone(), local);
     let steps = AssertUnwindSafe(run_steps(&*handler, first, cx)).catch_unwind();
     let outcome = crate::causality::scoped(cause, steps).await;
+    // The rest is synchronous but for rare cases (an emit still holding the
+    // responder, a stream consumer behind), which get a future of their own:
+    // the flow's future stays small.
+    match conclude(shared, outcome, observed, started) {
+        Concluded::Done(error) => error,
+        Concluded::Later(rest) => rest.await,
+    }
+}
+
+/// What is left of a flow once its steps have ended.
+enum Concluded {
+    Done(Option<HappenError>),
+    Later(BoxFuture<'static, Option<HappenError>>),
+}
+
+/// Reports how a flow's steps ended: to the requester, if any, and to the
+/// observers; returns the error when the flow failed.
+fn conclude(
+    shared: Arc<Shared>,
+    outcome: std::thread::Result<StepsOutcome>,
+    observed: bool,
+    started: Option<Instant>,
+) -> Concluded {
     let (core, event) = (shared.core(), shared.event());
     let result = match outcome {
         Ok(Ok(value)) => Ok(value),
@@ -449,28 +472,59 @@ where
             Some(error.clone())
         }
     };
+    let responder = match shared.try_take_responder() {
+        Ok(responder) => responder,
+        Err(()) => {
+            // An emit still has it: wait for that emit, then answer.
+            return Concluded::Later(Box::pin(async move {
+                let responder = shared.take_responder().await;
+                if let Some(rest) = answer(&shared, responder, result, observed, started, &error) {
+                    rest.await;
+                }
+                error
+            }));
+        }
+    };
+    match answer(&shared, responder, result, observed, started, &error) {
+        None => Concluded::Done(error),
+        Some(rest) => Concluded::Later(Box::pin(async move {
+            rest.await;
+            error
+        })),
+    }
+}
+
+/// Sends the flow's result to its requester (unless it stopped waiting)
+/// and tells the observers how the flow ended. A stream whose consumer is
+/// behind gives back the future that waits to send its end.
+fn answer(
+    shared: &Shared,
+    responder: Option<Responder>,
+    result: Result<Value, HappenError>,
+    observed: bool,
+    started: Option<Instant>,
+    error: &Option<HappenError>,
+) -> Option<BoxFuture<'static, ()>> {
+    let (core, event) = (shared.core(), shared.event());
     // A fire-and-forget requester dropped its handle: the outcome would be
     // wasted work.
-    let responder = shared.take_responder().await.filter(|r| !r.is_abandoned());
+    let responder = responder.filter(|r| !r.is_abandoned());
     let answered = responder.is_some();
-    match responder {
+    let rest = match responder {
         // Nobody watches: the requester builds the response event only if
         // it asks for one.
         Some(Responder::Local(reply)) if !observed => {
             let _ = reply.send(Outcome::Value(result));
+            None
         }
-        Some(responder) => {
-            responder
-                .finish(result.map(|value| {
-                    let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
-                    crate::event::stamp(&mut response, core.id(), Some(event));
-                    core.observers().stamped(&response);
-                    response
-                }))
-                .await;
-        }
-        None => {}
-    }
+        Some(responder) => responder.finish(result.map(|value| {
+            let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
+            crate::event::stamp(&mut response, core.id(), Some(event));
+            core.observers().stamped(&response);
+            response
+        })),
+        None => None,
+    };
     if let Some(started) = started {
         core.observers().finished(
             core.id(),
@@ -482,7 +536,7 @@ where
             },
         );
     }
-    error
+    rest
 }
 
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
