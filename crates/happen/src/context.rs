@@ -171,12 +171,6 @@ impl Drop for Lent<'_> {
     }
 }
 
-impl<S> Context<S> {
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-}
-
 impl<S: Clone> Context<S> {
     pub(crate) fn from_parts(shared: Arc<Shared>, local: S) -> Self {
         Context { shared, local }

@@ -361,12 +361,17 @@ impl<S: Clone + Send + Sync + 'static> Handler<S> for Step<S> {
 /// Runs the steps of one flow: the handler, then whatever it continues
 /// with. The first call gets the flow's own event and context; clones are
 /// made only when a further step follows.
-async fn run_steps<S, H>(first: &H, event: Event, cx: Context<S>) -> StepsOutcome
+async fn run_steps<S, H>(
+    first: &H,
+    event: Event,
+    cx: Context<S>,
+    shared: &Arc<Shared>,
+    local: &S,
+) -> StepsOutcome
 where
     S: Clone + Send + Sync + 'static,
     H: Handler<S>,
 {
-    let (shared, local) = (cx.shared().clone(), cx.local().clone());
     let mut flow = first.call(event, cx).await.into_flow();
     // `None` until the handler hands over to another step.
     let mut step: Option<Step<S>> = None;
@@ -418,8 +423,8 @@ where
     let cause = event.clone();
     let first = event.clone();
     let shared = Shared::new(Node::from_core(core), event, received_at, responder);
-    let cx = Context::from_parts(shared.clone(), local);
-    let steps = AssertUnwindSafe(run_steps(&*handler, first, cx)).catch_unwind();
+    let cx = Context::from_parts(shared.clone(), local.clone());
+    let steps = AssertUnwindSafe(run_steps(&*handler, first, cx, &shared, &local)).catch_unwind();
     let outcome = crate::causality::scoped(cause, steps).await;
     // The rest is synchronous but for rare cases (an emit still holding the
     // responder, a stream consumer behind), which get a future of their own:

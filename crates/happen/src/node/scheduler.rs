@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
@@ -35,7 +35,8 @@ use crate::delivery::{Acknowledge, Delivery};
 use crate::error::{HappenError, Result};
 use crate::flow::{self, FlowFuture};
 
-/// Flows a worker runs inline before it yields to other tasks.
+/// Flows a worker runs inline before it yields to other tasks (and the most
+/// deliveries it takes from the mailbox in one lock).
 const INLINE_BUDGET: u32 = 64;
 
 #[derive(Default)]
@@ -57,11 +58,23 @@ pub(super) struct Scheduler {
     /// Whether [`Scheduler::idle`] was ever called (until then nobody
     /// needs the signal, which costs a lock).
     watched: AtomicBool,
+    /// Inline flows that ended since the worker last took the lock: their
+    /// slots are free, and `running` counts them until the worker folds
+    /// this in (one atomic per event instead of a lock).
+    ended: AtomicUsize,
 }
 
 impl Scheduler {
     fn mailbox(&self) -> MutexGuard<'_, Mailbox> {
         self.mailbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The events whose flows run now: `running` less the inline flows
+    /// that ended since the worker last counted (call with the lock held).
+    fn running(&self, mailbox: &Mailbox) -> usize {
+        mailbox
+            .running
+            .saturating_sub(self.ended.load(Ordering::Acquire))
     }
 
     /// Waits until nothing runs or waits in the queue.
@@ -71,7 +84,7 @@ impl Scheduler {
             let notified = self.idle.notified();
             {
                 let mailbox = self.mailbox();
-                if mailbox.running == 0 && mailbox.queue.is_empty() {
+                if self.running(&mailbox) == 0 && mailbox.queue.is_empty() {
                     return;
                 }
             }
@@ -127,10 +140,11 @@ impl NodeCore {
             .limits
             .max_concurrent
             .saturating_add(self.limits.queue_limit);
-        if mailbox.running + mailbox.queue.len() >= capacity {
+        let running = self.scheduler.running(&mailbox);
+        if running + mailbox.queue.len() >= capacity {
             let error = HappenError::QueueFull {
                 node: self.id.to_string(),
-                active: mailbox.running,
+                active: running,
                 queue_limit: self.limits.queue_limit,
             };
             drop(mailbox);
@@ -139,7 +153,7 @@ impl NodeCore {
         if delivery.inline
             && !mailbox.worker
             && mailbox.queue.is_empty()
-            && mailbox.running < self.limits.max_concurrent
+            && running < self.limits.max_concurrent
         {
             // An idle node and a caller with nothing of the user's on its
             // stack (a transport's reader): run the flow right here.
@@ -245,47 +259,42 @@ impl NodeCore {
     async fn work(self: Arc<Self>) {
         let mut yielded = false;
         let mut inline: u32 = 0;
-        // An inline flow ended: its slot is given back with the next lock.
-        let mut ended = false;
+        // Deliveries taken from the mailbox in one lock, each holding a
+        // slot already, in arrival order.
+        let mut taken: VecDeque<Delivery> = VecDeque::new();
         loop {
-            let next = {
+            if taken.is_empty() {
                 let mut mailbox = self.scheduler.mailbox();
-                if ended {
-                    mailbox.running -= 1;
-                    ended = false;
+                mailbox.running -= self.scheduler.ended.swap(0, Ordering::AcqRel);
+                let free = self
+                    .limits
+                    .max_concurrent
+                    .saturating_sub(mailbox.running)
+                    .min(mailbox.queue.len())
+                    .min(INLINE_BUDGET as usize);
+                if free > 0 {
+                    mailbox.running += free;
+                    taken.extend(mailbox.queue.drain(..free));
+                } else if yielded || mailbox.running >= self.limits.max_concurrent {
+                    // Nothing to do, or every slot is taken (the task of
+                    // the next flow to end takes over).
+                    mailbox.worker = false;
+                    let idle = mailbox.running == 0 && mailbox.queue.is_empty();
+                    drop(mailbox);
+                    self.notify_if_idle(idle);
+                    return;
                 }
-                let next = if mailbox.running < self.limits.max_concurrent {
-                    mailbox.queue.pop_front()
-                } else {
-                    None
-                };
-                match next {
-                    Some(delivery) => {
-                        mailbox.running += 1;
-                        Some(delivery)
-                    }
-                    // Nothing queued: stay a moment, whoever was just
-                    // answered may send again.
-                    None if !yielded && mailbox.running < self.limits.max_concurrent => None,
-                    // Nothing to do, or every slot is taken (the task of the
-                    // next flow to end takes over).
-                    None => {
-                        mailbox.worker = false;
-                        let idle = mailbox.running == 0 && mailbox.queue.is_empty();
-                        drop(mailbox);
-                        self.notify_if_idle(idle);
-                        return;
-                    }
-                }
-            };
-            let Some(delivery) = next else {
+            }
+            let Some(delivery) = taken.pop_front() else {
+                // Nothing queued: stay a moment, whoever was just answered
+                // may send again.
                 yielded = true;
                 reschedule().await;
                 continue;
             };
             yielded = false;
             let Some(mut started) = self.start(delivery) else {
-                ended = true;
+                self.scheduler.ended.fetch_add(1, Ordering::AcqRel);
                 continue;
             };
             let polled = std::future::poll_fn(|cx| {
@@ -297,11 +306,11 @@ impl NodeCore {
             match polled {
                 Ok(Poll::Ready(failure)) => {
                     settle(started.ack, Ok(failure), &self);
-                    ended = true;
+                    self.scheduler.ended.fetch_add(1, Ordering::AcqRel);
                 }
                 Err(panic) => {
                     settle(started.ack, Err(panic), &self);
-                    ended = true;
+                    self.scheduler.ended.fetch_add(1, Ordering::AcqRel);
                 }
                 Ok(Poll::Pending) => self.continue_in_task(started),
             }
