@@ -389,7 +389,9 @@ impl<'de> Deserialize<'de> for Event {
 /// given: causation, correlation and path follow from it, and so do the
 /// origin's source and the application context, unless the event set its own.
 pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Event>) {
-    let cx = event.context_mut();
+    // One uniqueness check (an atomic operation) for the whole stamp.
+    let data = Arc::make_mut(&mut event.0);
+    let cx = &mut data.context;
     let causal = &mut cx.causal;
     let (id, timestamp) = new_event_id_at();
     causal.id = id;
@@ -416,7 +418,6 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Event>) {
     cx.origin.node_id = sender.clone();
     // The members of a batch are events too: each gets its own id, the same
     // cause, and (unless set) the batch's correlation.
-    let data = Arc::make_mut(&mut event.0);
     if let Some(members) = &mut data.batch {
         let correlation = data.context.causal.correlation_id.clone();
         for member in members {
