@@ -67,7 +67,17 @@ pub(crate) fn next() -> (Id, u64) {
     (format(high, low), millis)
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Each byte's two lower-case hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
 
 /// The hyphenated lower-case text form (8-4-4-4-12).
 fn format(high: u64, low: u64) -> Id {
@@ -76,16 +86,11 @@ fn format(high: u64, low: u64) -> Id {
 
 /// The hyphenated lower-case text of a UUID's 16 bytes.
 pub(crate) fn text_of(bytes: &[u8; 16]) -> Id {
-    let mut text = [0u8; 36];
-    let mut at = 0;
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            text[at] = b'-';
-            at += 1;
-        }
-        text[at] = HEX[usize::from(byte >> 4)];
-        text[at + 1] = HEX[usize::from(byte & 0xf)];
-        at += 2;
+    let mut text = [b'-'; 36];
+    // Where each byte's two digits go; the hyphens stay between the groups.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    for (byte, at) in bytes.iter().zip(AT) {
+        text[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
     }
     Id::from(std::str::from_utf8(&text).unwrap_or_default())
 }
