@@ -183,24 +183,34 @@ impl NodeCore {
     /// suspend, they move to a task of their own, whose first poll registers
     /// its real waker).
     fn run_inline(self: &Arc<Self>, delivery: Delivery) {
-        let Some(mut started) = self.start(delivery) else {
+        let Some(started) = self.start(delivery) else {
             self.end_inline();
             return;
         };
         let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
-        let polled =
-            std::panic::catch_unwind(AssertUnwindSafe(|| started.flows.as_mut().poll(&mut cx)));
-        match polled {
-            Ok(Poll::Ready(failure)) => {
-                settle(started.ack, Ok(failure), self);
-                self.end_inline();
-            }
-            Err(panic) => {
-                settle(started.ack, Err(panic), self);
-                self.end_inline();
-            }
-            Ok(Poll::Pending) => self.continue_in_task(started),
+        if self.poll_started(started, &mut cx) {
+            self.end_inline();
         }
+    }
+
+    /// Polls an event's flows once, in the caller's task; settles them and
+    /// returns `true` if they ended, moves them into a task of their own
+    /// and returns `false` if they suspended.
+    fn poll_started(
+        self: &Arc<Self>,
+        mut started: Started,
+        cx: &mut std::task::Context<'_>,
+    ) -> bool {
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| started.flows.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Ready(failure)) => settle(started.ack, Ok(failure), self),
+            Err(panic) => settle(started.ack, Err(panic), self),
+            Ok(Poll::Pending) => {
+                self.continue_in_task(started);
+                return false;
+            }
+        }
+        true
     }
 
     /// Gives back the slot of an inline flow; starts a worker if events
@@ -293,26 +303,17 @@ impl NodeCore {
                 continue;
             };
             yielded = false;
-            let Some(mut started) = self.start(delivery) else {
+            let Some(started) = self.start(delivery) else {
                 self.scheduler.ended.fetch_add(1, Ordering::AcqRel);
                 continue;
             };
-            let polled = std::future::poll_fn(|cx| {
-                Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    started.flows.as_mut().poll(cx)
-                })))
+            let mut started = Some(started);
+            let ended = std::future::poll_fn(|cx| {
+                Poll::Ready(started.take().is_some_and(|s| self.poll_started(s, cx)))
             })
             .await;
-            match polled {
-                Ok(Poll::Ready(failure)) => {
-                    settle(started.ack, Ok(failure), &self);
-                    self.scheduler.ended.fetch_add(1, Ordering::AcqRel);
-                }
-                Err(panic) => {
-                    settle(started.ack, Err(panic), &self);
-                    self.scheduler.ended.fetch_add(1, Ordering::AcqRel);
-                }
-                Ok(Poll::Pending) => self.continue_in_task(started),
+            if ended {
+                self.scheduler.ended.fetch_add(1, Ordering::AcqRel);
             }
             inline += 1;
             if inline.is_multiple_of(INLINE_BUDGET) {

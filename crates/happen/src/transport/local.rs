@@ -41,15 +41,6 @@ impl LocalTransport {
         &self.tally
     }
 
-    /// Whether a node `id` lives in this process.
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub(crate) fn has(&self, id: &str) -> bool {
-        self.nodes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(id)
-    }
-
     fn lookup(&self, id: &str) -> Option<Node> {
         self.nodes
             .read()

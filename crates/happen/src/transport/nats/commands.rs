@@ -142,39 +142,21 @@ impl Commands {
         if self.queued.load(Ordering::Acquire) != 0 {
             return Ok(Some(publish));
         }
-        let client = &self.client;
-        let Publish {
-            subject,
-            reply,
-            headers,
-            payload,
-            ..
-        } = &publish;
-        let now = match (reply, headers) {
-            (Some(reply), Some(headers)) => client
-                .publish_with_reply_and_headers(
-                    subject.clone(),
-                    reply.clone(),
-                    headers.clone(),
-                    payload.clone(),
-                )
-                .now_or_never(),
-            (Some(reply), None) => client
-                .publish_with_reply(subject.clone(), reply.clone(), payload.clone())
-                .now_or_never(),
-            (None, Some(headers)) => client
-                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-                .now_or_never(),
-            (None, None) => client
-                .publish(subject.clone(), payload.clone())
-                .now_or_never(),
-        };
+        // Subjects and payload are shared bytes: these clones copy nothing.
+        let now = hand_over(
+            &self.client,
+            publish.subject.clone(),
+            publish.reply.clone(),
+            publish.headers.clone(),
+            publish.payload.clone(),
+        )
+        .now_or_never();
         match now {
             // The client is full (an outage, or a burst): queue it.
             None => Ok(Some(publish)),
             Some(Ok(())) => Ok(None),
             Some(Err(e)) => Err(HappenError::transport(
-                format!("cannot publish to {subject}"),
+                format!("cannot publish to {}", publish.subject),
                 e,
             )),
         }
@@ -213,29 +195,7 @@ pub(super) async fn run(
                     payload,
                     token,
                 } = publish;
-                let published = match (reply, headers) {
-                    (Some(reply), Some(headers)) => {
-                        client
-                            .publish_with_reply_and_headers(
-                                subject.clone(),
-                                reply,
-                                headers,
-                                payload,
-                            )
-                            .await
-                    }
-                    (Some(reply), None) => {
-                        client
-                            .publish_with_reply(subject.clone(), reply, payload)
-                            .await
-                    }
-                    (None, Some(headers)) => {
-                        client
-                            .publish_with_headers(subject.clone(), headers, payload)
-                            .await
-                    }
-                    (None, None) => client.publish(subject.clone(), payload).await,
-                };
+                let published = hand_over(&client, subject.clone(), reply, headers, payload).await;
                 shared.commands.published();
                 if let Err(e) = published {
                     let error = HappenError::transport(format!("cannot publish to {subject}"), e);
@@ -285,6 +245,27 @@ pub(super) async fn run(
     }
     for (_, reader) in readers {
         reader.task.abort();
+    }
+}
+
+/// Gives a message (with its reply subject and headers, if any) to the
+/// client; the future ends when the client has taken it.
+async fn hand_over(
+    client: &async_nats::Client,
+    subject: Subject,
+    reply: Option<Subject>,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+) -> std::result::Result<(), async_nats::PublishError> {
+    match (reply, headers) {
+        (Some(reply), Some(headers)) => {
+            client
+                .publish_with_reply_and_headers(subject, reply, headers, payload)
+                .await
+        }
+        (Some(reply), None) => client.publish_with_reply(subject, reply, payload).await,
+        (None, Some(headers)) => client.publish_with_headers(subject, headers, payload).await,
+        (None, None) => client.publish(subject, payload).await,
     }
 }
 

@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 
 use super::local::LocalTransport;
 use super::{Interest, Transport};
-use crate::delivery::{Arrival, ReplyTx, Responder};
+use crate::delivery::{self, Arrival, Delivery, ReplyTx, Responder};
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::nats::{Auth, NatsConfig, check_server_version};
@@ -485,13 +485,11 @@ impl Transport for NatsTransport {
 
     fn send(&self, target: &str, event: Event, reply: ReplyTx, deadline: tokio::time::Instant) {
         let shared = &self.shared;
-        if shared.co_located && shared.local.has(target) {
-            let _ = shared.local.deliver_to(
-                target,
-                event,
-                Some(Responder::Local(reply)),
-                Arrival::Local,
-            );
+        if shared.co_located
+            && let Some(node) = shared.local.node(target)
+        {
+            let responder = Some(Responder::Local(reply));
+            let _ = delivery::deliver(node.core(), Delivery::new(event, responder, Arrival::Local));
             return;
         }
         let sealed = match envelope::seal(&event, true)
@@ -527,8 +525,10 @@ impl Transport for NatsTransport {
 
     fn tell(&self, target: &str, event: Event) -> Result<()> {
         let shared = &self.shared;
-        if shared.co_located && shared.local.has(target) {
-            return shared.local.deliver_to(target, event, None, Arrival::Local);
+        if shared.co_located
+            && let Some(node) = shared.local.node(target)
+        {
+            return delivery::deliver(node.core(), Delivery::new(event, None, Arrival::Local));
         }
         let sealed = envelope::seal(&event, false)?;
         sealed.check_size(shared.max_payload())?;
