@@ -8,12 +8,14 @@
 
 mod registry;
 mod scheduler;
+mod target;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 pub use registry::HandlerId;
 pub(crate) use registry::{Matched, Registration};
+pub use target::{NodeRef, Target};
 
 use crate::causality;
 use crate::config::NodeLimits;
@@ -151,70 +153,6 @@ impl<S, T> PartialEq<Node<T>> for Node<S> {
 }
 
 impl<S> Eq for Node<S> {}
-
-/// Something that names the node an event is sent to: a [`Node`] or a node id.
-pub trait Target {
-    /// The id of the target node.
-    fn target_id(&self) -> &str;
-
-    /// The id as a shared [`Id`] (a node hands out its own without copying).
-    fn target_shared_id(&self) -> Id {
-        Id::from(self.target_id())
-    }
-
-    /// The node itself, when the target is a handle: lets an in-process
-    /// send skip the lookup by id. Not meant to be implemented outside
-    /// Happen.
-    #[doc(hidden)]
-    fn target_node(&self) -> Option<NodeRef<'_>> {
-        None
-    }
-}
-
-/// A borrowed node, as [`Target::target_node`] hands it out (opaque).
-#[doc(hidden)]
-#[derive(Clone, Copy)]
-pub struct NodeRef<'a>(pub(crate) &'a Arc<NodeCore>);
-
-impl<S> Target for Node<S> {
-    fn target_id(&self) -> &str {
-        self.id()
-    }
-
-    fn target_shared_id(&self) -> Id {
-        self.core.id.clone()
-    }
-
-    fn target_node(&self) -> Option<NodeRef<'_>> {
-        Some(NodeRef(&self.core))
-    }
-}
-
-impl Target for str {
-    fn target_id(&self) -> &str {
-        self
-    }
-}
-
-impl Target for String {
-    fn target_id(&self) -> &str {
-        self
-    }
-}
-
-impl<T: Target + ?Sized> Target for &T {
-    fn target_id(&self) -> &str {
-        (**self).target_id()
-    }
-
-    fn target_shared_id(&self) -> Id {
-        (**self).target_shared_id()
-    }
-
-    fn target_node(&self) -> Option<NodeRef<'_>> {
-        (**self).target_node()
-    }
-}
 
 impl Node {
     pub(crate) fn new(id: Id, runtime: &Arc<RuntimeInner>, limits: NodeLimits) -> Self {

@@ -297,9 +297,9 @@ async fn read(
             }
             message = subscriber.next() => match message {
                 Some(message) => match kind {
-                    Kind::Direct => super::on_direct(&shared, message),
-                    Kind::Broadcast => super::on_broadcast(&shared, message),
-                    Kind::Inbox => super::on_inbox(&shared, message),
+                    Kind::Direct => super::receive::on_direct(&shared, message),
+                    Kind::Broadcast => super::receive::on_broadcast(&shared, message),
+                    Kind::Inbox => super::receive::on_inbox(&shared, message),
                 },
                 None => return,
             },

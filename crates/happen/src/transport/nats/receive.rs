@@ -1,0 +1,123 @@
+//! What arrives on this process's subscriptions: events for its nodes,
+//! broadcasts through its filters, and messages on its inbox.
+
+use std::sync::Arc;
+
+use super::{CLOSED, DRAINING, Shared, envelope, lock, requests, streams};
+use crate::delivery::{Arrival, Responder};
+use crate::error::HappenError;
+use streams::NatsReply;
+
+/// An event sent to one of this process's nodes.
+pub(super) fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
+    let prefix_len = shared.prefix.len() + ".node.".len();
+    let Some(target) = message.subject.get(prefix_len..).map(str::to_owned) else {
+        return;
+    };
+    let reply_subject = message.reply.as_ref().map(|s| s.to_string());
+    match envelope::open(&message) {
+        Ok(opened) => {
+            let responder = opened
+                .wants_reply
+                .then(|| Responder::remote(NatsReply::new(shared.clone(), reply_subject.clone())));
+            // While shutting down, take what this runtime sent before the
+            // shutdown began and what running flows caused (as the
+            // in-process runtime does); new work from elsewhere is refused.
+            let phase = shared.phase();
+            let ours = reply_subject
+                .as_deref()
+                .is_some_and(|r| r.starts_with(shared.inbox.as_str()));
+            let new_work = opened.event.causal().causation_id.is_none() && !ours;
+            if phase == CLOSED || (phase == DRAINING && new_work) {
+                if let Some(responder) = responder {
+                    responder.reply(Err(HappenError::Shutdown));
+                }
+                return;
+            }
+            // A refusal has gone to the responder; a tell's sender cannot
+            // be told, so it is reported here.
+            let event = (!opened.wants_reply).then(|| opened.event.clone());
+            if let (Err(error), Some(event)) = (
+                shared
+                    .local
+                    .deliver_to(&target, opened.event, responder, Arrival::Remote),
+                event,
+            ) {
+                shared.local.refused(&target, &event, &error);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(subject = %message.subject, %error, "undecodable event refused");
+            if reply_subject.is_some() {
+                Responder::remote(NatsReply::new(shared.clone(), reply_subject)).reply(Err(error));
+            }
+        }
+    }
+}
+
+/// A broadcast that came through one of this process's filters.
+pub(super) fn on_broadcast(shared: &Arc<Shared>, message: async_nats::Message) {
+    match envelope::open(&message) {
+        Ok(opened) => {
+            // Overlapping filters deliver a message once per filter.
+            if !shared
+                .filters
+                .take(&message.subject, &opened.event.causal().id)
+            {
+                return;
+            }
+            // Refusals are logged, counted and reported by the local table.
+            let _ = shared
+                .local
+                .deliver_broadcast(&opened.event, Arrival::Remote);
+        }
+        Err(error) => {
+            tracing::warn!(subject = %message.subject, %error, "undecodable broadcast ignored")
+        }
+    }
+}
+
+/// A message on this runtime's inbox: an answer, a credit, a round trip, or
+/// the server's report that a tell found no node.
+pub(super) fn on_inbox(shared: &Arc<Shared>, message: async_nats::Message) {
+    let Some(rest) = message
+        .subject
+        .strip_prefix(shared.inbox.as_str())
+        .and_then(|r| r.strip_prefix('.'))
+    else {
+        return;
+    };
+    if let Some(tell) = rest.strip_prefix("t.") {
+        if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            let mut parts = tell.splitn(3, '.');
+            let (node, event_id, event_type) = (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            );
+            shared.local.undelivered(
+                node,
+                event_type,
+                event_id,
+                "no instance of the node was subscribed when the tell reached the server",
+            );
+        }
+        return;
+    }
+    if let Some(credit) = rest.strip_prefix('c') {
+        return streams::on_credit(shared, credit, &message.payload);
+    }
+    if let Some(ping) = rest.strip_prefix('p') {
+        if let Some(back) = ping
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| lock(&shared.pings).remove(&id))
+        {
+            let _ = back.send(());
+        }
+        return;
+    }
+    if let Ok(token) = rest.parse::<u64>() {
+        requests::on_reply(shared, token, message);
+    }
+}
