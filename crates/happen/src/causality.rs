@@ -13,13 +13,24 @@
 //! along, so events emitted by the spawned task keep their cause.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::task::JoinHandle;
 
 use crate::event::Event;
 
+/// What a flow's code runs inside: the event being handled and, for a node
+/// in exactly-once mode, the count of events the flow has emitted so far
+/// (their ids derive from it; shared with tasks the flow spawns).
+#[derive(Clone)]
+struct Scope {
+    event: Event,
+    emitted: Option<Arc<AtomicU32>>,
+}
+
 tokio::task_local! {
-    static CURRENT: Event;
+    static CURRENT: Scope;
 }
 
 /// The event being handled by the flow this code runs in, if any.
@@ -32,12 +43,28 @@ tokio::task_local! {
 /// # }
 /// ```
 pub fn current_event() -> Option<Event> {
-    CURRENT.try_with(Event::clone).ok()
+    CURRENT.try_with(|scope| scope.event.clone()).ok()
 }
 
-/// Runs `fut` with `event` as the cause of everything it emits.
-pub(crate) async fn scoped<F: Future>(event: Event, fut: F) -> F::Output {
-    CURRENT.scope(event, fut).await
+/// The event being handled and, when the flow's emitted events get derived
+/// ids, the position of the event about to be emitted.
+pub(crate) fn current_cause() -> Option<(Event, Option<u32>)> {
+    CURRENT
+        .try_with(|scope| {
+            let seq = scope
+                .emitted
+                .as_ref()
+                .map(|count| count.fetch_add(1, Ordering::Relaxed));
+            (scope.event.clone(), seq)
+        })
+        .ok()
+}
+
+/// Runs `fut` with `event` as the cause of everything it emits; with
+/// `derive_ids`, the emitted events are numbered for their ids.
+pub(crate) async fn scoped<F: Future>(event: Event, derive_ids: bool, fut: F) -> F::Output {
+    let emitted = derive_ids.then(|| Arc::new(AtomicU32::new(0)));
+    CURRENT.scope(Scope { event, emitted }, fut).await
 }
 
 /// Like [`tokio::spawn`], but events emitted by the spawned task keep the
@@ -66,8 +93,8 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    match current_event() {
-        Some(event) => tokio::spawn(CURRENT.scope(event, fut)),
-        None => tokio::spawn(fut),
+    match CURRENT.try_with(Scope::clone) {
+        Ok(scope) => tokio::spawn(CURRENT.scope(scope, fut)),
+        Err(_) => tokio::spawn(fut),
     }
 }

@@ -1,4 +1,5 @@
-//! Runtime and node configuration: request timeouts and concurrency limits.
+//! Runtime and node configuration: request timeouts, concurrency limits and
+//! delivery guarantees.
 //!
 //! Limits are resolved for each node from three layers, later ones winning:
 //! the system default, every node-id pattern that matches the node (in the
@@ -47,6 +48,8 @@ pub struct NodeConfig {
     pub queue_limit: Option<usize>,
     /// How long a `send` from this node waits for a response by default.
     pub timeout: Option<Duration>,
+    /// How events to the node are delivered (see [`DeliveryConfig`]).
+    pub delivery: Option<DeliveryConfig>,
 }
 
 impl NodeConfig {
@@ -73,6 +76,13 @@ impl NodeConfig {
         self
     }
 
+    /// Sets how events to this node are delivered: directly (the default),
+    /// or stored first and retried (see [`crate::durable`]).
+    pub fn delivery(mut self, delivery: DeliveryConfig) -> Self {
+        self.delivery = Some(delivery);
+        self
+    }
+
     fn apply(&self, to: &mut NodeLimits) {
         if let Some(n) = self.max_concurrent {
             to.max_concurrent = n.max(1);
@@ -82,6 +92,9 @@ impl NodeConfig {
         }
         if let Some(t) = self.timeout {
             to.timeout = t;
+        }
+        if let Some(d) = self.delivery {
+            to.delivery = d;
         }
     }
 }
@@ -95,6 +108,8 @@ pub struct NodeLimits {
     pub queue_limit: usize,
     /// Default response timeout of the node's requests.
     pub timeout: Duration,
+    /// How events to the node are delivered.
+    pub delivery: DeliveryConfig,
 }
 
 /// System-wide configuration of a Happen runtime.
@@ -113,6 +128,7 @@ impl Default for HappenConfig {
                 max_concurrent: DEFAULT_MAX_CONCURRENT,
                 queue_limit: DEFAULT_QUEUE_LIMIT,
                 timeout: DEFAULT_TIMEOUT,
+                delivery: DeliveryConfig::direct(),
             },
             patterns: Vec::new(),
             temporal: TemporalConfig::default(),
@@ -132,6 +148,13 @@ impl HappenConfig {
     pub fn default_limits(mut self, max_concurrent: usize, queue_limit: usize) -> Self {
         self.defaults.max_concurrent = max_concurrent.max(1);
         self.defaults.queue_limit = queue_limit;
+        self
+    }
+
+    /// Sets how events are delivered to every node that does not say
+    /// otherwise (the documentation's system-wide `delivery` settings).
+    pub fn delivery(mut self, delivery: DeliveryConfig) -> Self {
+        self.defaults.delivery = delivery;
         self
     }
 
@@ -174,6 +197,155 @@ impl HappenConfig {
         }
         own.apply(&mut limits);
         limits
+    }
+}
+
+/// The guarantee a node's events are delivered with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum DeliveryMode {
+    /// Handed straight to the node (over NATS: core publish/subscribe). The
+    /// fastest; an event in flight or queued is lost if the receiving
+    /// process dies, and a failed flow is not run again.
+    #[default]
+    Direct,
+    /// Stored before delivery, acknowledged when the flow ends, redelivered
+    /// (with backoff) after a failure, a full queue or a crash, until
+    /// [`DeliveryConfig::max_attempts`]; then dead-lettered. A flow may run
+    /// more than once for one event.
+    AtLeastOnce,
+    /// At-least-once delivery whose repeats have no duplicate effect inside
+    /// Happen: a redelivered event whose flow completed is not run again,
+    /// and a re-run flow's emitted events keep their ids (so the stream's
+    /// de-duplication drops the copies). See [`crate::durable`].
+    ExactlyOnce,
+}
+
+impl DeliveryMode {
+    /// Whether events are stored before delivery and acknowledged.
+    pub fn is_durable(self) -> bool {
+        self != DeliveryMode::Direct
+    }
+}
+
+/// How events to a node are delivered: the documentation's `delivery`
+/// (`mode`, `acknowledge`, `deduplication`, `deduplicationWindow`) and
+/// `flowControl` (`maxPending`) settings, with the retry policy.
+///
+/// Durable modes always acknowledge explicitly, when the flow ends; the
+/// documentation's `acknowledge: true` is implied.
+///
+/// ```
+/// use std::time::Duration;
+/// use happen::{DeliveryConfig, DeliveryMode};
+///
+/// let delivery = DeliveryConfig::exactly_once()
+///     .max_attempts(3)
+///     .backoff(Duration::from_millis(50), Duration::from_secs(2))
+///     .dedup_window(Duration::from_secs(300));
+/// assert_eq!(delivery.mode, DeliveryMode::ExactlyOnce);
+/// assert_eq!(delivery.retry_delay(1), Duration::from_millis(50));
+/// assert!(delivery.retry_delay(10) <= Duration::from_secs(2));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// The guarantee.
+    pub mode: DeliveryMode,
+    /// How many times one event is handed to the node before it goes to
+    /// the dead letters (at least 1).
+    pub max_attempts: u32,
+    /// The delay before the first retry; each further retry doubles it.
+    pub backoff: Duration,
+    /// The longest delay between two attempts.
+    pub max_backoff: Duration,
+    /// How long event ids are remembered to drop repeated copies (the
+    /// JetStream stream's duplicate window; completed flows are remembered
+    /// as long in exactly-once mode).
+    pub dedup_window: Duration,
+    /// How long the server waits for a flow to end before it hands the
+    /// event out again (a process that died mid-flow).
+    pub ack_wait: Duration,
+    /// How many unacknowledged events the node is handed at once (the
+    /// documentation's `flowControl.maxPending`, counted in events).
+    pub max_pending: usize,
+}
+
+impl DeliveryConfig {
+    /// Direct delivery (the default).
+    pub const fn direct() -> Self {
+        DeliveryConfig {
+            mode: DeliveryMode::Direct,
+            max_attempts: 5,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            dedup_window: Duration::from_secs(120),
+            ack_wait: Duration::from_secs(30),
+            max_pending: 256,
+        }
+    }
+
+    /// At-least-once delivery with the default retry policy (5 attempts,
+    /// backoff from 100 ms to 10 s).
+    pub const fn at_least_once() -> Self {
+        Self::direct().mode(DeliveryMode::AtLeastOnce)
+    }
+
+    /// Exactly-once processing with the default retry policy.
+    pub const fn exactly_once() -> Self {
+        Self::direct().mode(DeliveryMode::ExactlyOnce)
+    }
+
+    /// Sets the mode.
+    pub const fn mode(mut self, mode: DeliveryMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets how many times an event is handed to the node (at least 1).
+    pub const fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = if attempts == 0 { 1 } else { attempts };
+        self
+    }
+
+    /// Sets the first retry delay and the longest one.
+    pub const fn backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.backoff = first;
+        self.max_backoff = max;
+        self
+    }
+
+    /// Sets how long event ids are remembered for de-duplication.
+    pub const fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = window;
+        self
+    }
+
+    /// Sets how long a flow may run before its event is handed out again.
+    pub const fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
+        self
+    }
+
+    /// Sets how many unacknowledged events the node is handed at once.
+    pub const fn max_pending(mut self, events: usize) -> Self {
+        self.max_pending = if events == 0 { 1 } else { events };
+        self
+    }
+
+    /// The delay before attempt `failed + 1`, after `failed` failed
+    /// attempts: exponential from [`backoff`](Self::backoff), capped by
+    /// [`max_backoff`](Self::max_backoff). [`crate::durable`] adds up to
+    /// 20% jitter so that retries of many events spread out.
+    pub fn retry_delay(&self, failed: u32) -> Duration {
+        let doublings = failed.saturating_sub(1).min(31);
+        self.backoff
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_backoff)
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self::direct()
     }
 }
 

@@ -40,6 +40,35 @@ pub(crate) enum Responder {
     /// The requester is elsewhere.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     Remote(Box<dyn ReplySink>),
+    /// The event may be handed to the node again (durable delivery): a
+    /// failure does not answer the requester but goes back, with it, to the
+    /// acknowledgement, which retries or gives the final answer.
+    Retrying(Box<Responder>),
+}
+
+/// A flow, or a delivery, that failed: the error and, when the event may be
+/// retried, the requester still waiting for a final answer.
+pub(crate) struct Failure {
+    pub(crate) error: HappenError,
+    pub(crate) responder: Option<Responder>,
+}
+
+impl Failure {
+    pub(crate) fn new(error: HappenError) -> Self {
+        Failure {
+            error,
+            responder: None,
+        }
+    }
+
+    /// Gives the requester (if it still waits) the failure as the final
+    /// answer, and returns the error.
+    pub(crate) fn answer(self) -> HappenError {
+        if let Some(responder) = self.responder {
+            responder.reply(Err(self.error.clone()));
+        }
+        self.error
+    }
 }
 
 impl Responder {
@@ -55,12 +84,46 @@ impl Responder {
             Responder::Local(tx) => tx.is_closed(),
             Responder::LocalStream(tx) => tx.is_closed(),
             Responder::Remote(_) => false,
+            Responder::Retrying(inner) => inner.is_abandoned(),
+        }
+    }
+
+    /// Undoes [`Responder::Retrying`]: the responder that answers.
+    pub(crate) fn unwrapped(self) -> Responder {
+        match self {
+            Responder::Retrying(inner) => inner.unwrapped(),
+            other => other,
+        }
+    }
+
+    /// Answers with `outcome`, unless it is a failure and the event will be
+    /// retried: then the responder comes back with the error.
+    pub(crate) fn conclude(
+        self,
+        outcome: Result<Event>,
+    ) -> std::result::Result<Option<BoxFuture<'static, ()>>, Failure> {
+        match (self, outcome) {
+            (Responder::Retrying(inner), Err(error)) => Err(Failure {
+                error,
+                responder: Some(*inner),
+            }),
+            (responder, outcome) => Ok(responder.unwrapped().finish(outcome)),
         }
     }
 
     /// Streams one value to the requester; `Cancelled` once it stopped
     /// consuming.
     pub(crate) async fn emit(&mut self, value: Value) -> Result<()> {
+        // Once items have gone out, a later failure is the requester's final
+        // answer: a retry could not take them back.
+        if let Responder::Retrying(_) = self {
+            let Responder::Retrying(inner) =
+                std::mem::replace(self, Responder::Local(oneshot::channel().0))
+            else {
+                unreachable!("checked above");
+            };
+            *self = inner.unwrapped();
+        }
         if let Responder::Local(_) = self {
             let (tx, rx) = mpsc::channel(STREAM_WINDOW);
             let Responder::Local(reply) = std::mem::replace(self, Responder::LocalStream(tx))
@@ -80,7 +143,7 @@ impl Responder {
                 .await
                 .map_err(|_| HappenError::Cancelled),
             Responder::Remote(sink) => sink.emit(value).await,
-            Responder::Local(_) => Err(HappenError::Cancelled),
+            Responder::Local(_) | Responder::Retrying(_) => Err(HappenError::Cancelled),
         }
     }
 
@@ -114,6 +177,7 @@ impl Responder {
                 let _ = tx.try_send(StreamMsg::End(outcome));
             }
             Responder::Remote(sink) => sink.reply(outcome),
+            Responder::Retrying(inner) => inner.reply(outcome),
         }
     }
 }
@@ -125,8 +189,10 @@ impl Responder {
 pub(crate) trait Acknowledge: Send + 'static {
     /// Every flow of the event completed.
     fn ack(self: Box<Self>);
-    /// The event was refused, or one of its flows failed.
-    fn nak(self: Box<Self>, error: &HappenError);
+    /// The event was refused, or one of its flows failed. The requester, if
+    /// one still waits, has not been answered: the acknowledgement retries
+    /// (keeping it for the next attempt) or answers it with the failure.
+    fn nak(self: Box<Self>, failure: Failure);
 }
 
 /// Where a delivered event comes from, which says when it was received.
@@ -180,11 +246,25 @@ impl Delivery {
     /// Refuses the delivery: the responder hears `error` at once, the
     /// message is negatively acknowledged, and the error is returned.
     pub(crate) fn refuse(self, error: HappenError) -> Result<()> {
-        if let Some(ack) = self.ack {
-            ack.nak(&error);
-        }
-        if let Some(responder) = self.responder {
-            responder.reply(Err(error.clone()));
+        let responder = self.responder.map(Responder::unwrapped);
+        match self.ack {
+            // Durable: the acknowledgement retries what may end otherwise
+            // (the event is accepted) and reports the rest.
+            Some(ack) => {
+                let retried = crate::durable::worth_retrying(&error);
+                ack.nak(Failure {
+                    error: error.clone(),
+                    responder,
+                });
+                if retried {
+                    return Ok(());
+                }
+            }
+            None => {
+                if let Some(responder) = responder {
+                    responder.reply(Err(error.clone()));
+                }
+            }
         }
         Err(error)
     }
@@ -196,6 +276,13 @@ impl Delivery {
 /// A delivery whose `matched` is already set (a broadcast found its
 /// receivers by matching) is not matched again.
 pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()> {
+    if delivery.ack.is_none() && node.retried_here() {
+        if !node.first_sight(&delivery.event) {
+            // Exactly-once: a copy of an event this node already took.
+            return Ok(());
+        }
+        delivery.ack = Some(crate::durable::LocalRetry::first(node, &delivery.event));
+    }
     if delivery.matched.is_none() {
         match node.admits(delivery.event.event_type()) {
             Ok(matched) => delivery.matched = Some(matched),
@@ -219,8 +306,11 @@ mod tests {
         fn ack(self: Box<Self>) {
             self.0.lock().unwrap().push("ack".into());
         }
-        fn nak(self: Box<Self>, error: &HappenError) {
-            self.0.lock().unwrap().push(format!("nak: {error}"));
+        fn nak(self: Box<Self>, failure: Failure) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("nak: {}", failure.answer()));
         }
     }
 
@@ -257,7 +347,9 @@ mod tests {
             )
         };
         send("ok").unwrap();
-        assert!(matches!(send("ok"), Err(HappenError::QueueFull { .. })));
+        // The acknowledgement took the refusal (a durable transport would
+        // deliver it again): the sender is not refused.
+        send("ok").unwrap();
         assert!(matches!(
             send("nothing"),
             Err(HappenError::NoHandler { .. })

@@ -429,6 +429,14 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Event>) {
     }
 }
 
+/// Gives a stamped event the id derived from its cause, its sender and its
+/// position among the events the sender's flow emitted (see
+/// [`crate::durable`]).
+pub(crate) fn derive_id(event: &mut Event, cause: &Event, sender: &Id, seq: u32) {
+    let id = crate::uuid7::derived(cause.id(), sender, seq, cause.causal().timestamp);
+    event.context_mut().causal.id = id;
+}
+
 /// The origin's source and the application fields pass from the handled
 /// event to the events its flow emits; what the child set itself wins.
 fn inherit(child: &mut EventContext, parent: &EventContext) {

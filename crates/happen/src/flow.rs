@@ -93,8 +93,9 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::config::DeliveryMode;
 use crate::context::{Context, Shared};
-use crate::delivery::Responder;
+use crate::delivery::{Failure, Responder};
 use crate::error::{BoxError, Cause, HappenError};
 use crate::event::Event;
 use crate::node::{Node, NodeCore};
@@ -305,7 +306,7 @@ type StepsOutcome = Result<Value, (String, BoxError)>;
 
 /// The future of one flow, from its first step to the reply: what a
 /// node's scheduler polls (inline first, in a task of its own if it waits).
-pub(crate) type FlowFuture = BoxFuture<'static, Option<HappenError>>;
+pub(crate) type FlowFuture = BoxFuture<'static, Option<Failure>>;
 
 /// A registered handler: starts its flow for an event, with the node-local
 /// value its steps see. The value's and the handler's types are erased here,
@@ -410,7 +411,7 @@ async fn run<S, H>(
     event: Event,
     received_at: u64,
     responder: Option<Responder>,
-) -> Option<HappenError>
+) -> Option<Failure>
 where
     S: Clone + Send + Sync + 'static,
     H: Handler<S>,
@@ -425,7 +426,8 @@ where
     let shared = Shared::new(Node::from_core(core), event, received_at, responder);
     let cx = Context::from_parts(shared.clone(), local.clone());
     let steps = AssertUnwindSafe(run_steps(&*handler, first, cx, &shared, &local)).catch_unwind();
-    let outcome = crate::causality::scoped(cause, steps).await;
+    let derive_ids = shared.core().limits().delivery.mode == DeliveryMode::ExactlyOnce;
+    let outcome = crate::causality::scoped(cause, derive_ids, steps).await;
     // The rest is synchronous but for rare cases (an emit still holding the
     // responder, a stream consumer behind), which get a future of their own:
     // the flow's future stays small.
@@ -437,8 +439,8 @@ where
 
 /// What is left of a flow once its steps have ended.
 enum Concluded {
-    Done(Option<HappenError>),
-    Later(BoxFuture<'static, Option<HappenError>>),
+    Done(Option<Failure>),
+    Later(BoxFuture<'static, Option<Failure>>),
 }
 
 /// Reports how a flow's steps ended: to the requester, if any, and to the
@@ -483,25 +485,31 @@ fn conclude(
             // An emit still has it: wait for that emit, then answer.
             return Concluded::Later(Box::pin(async move {
                 let responder = shared.take_responder().await;
-                if let Some(rest) = answer(&shared, responder, result, observed, started, &error) {
+                let (rest, kept) = answer(&shared, responder, result, observed, started, &error);
+                if let Some(rest) = rest {
                     rest.await;
                 }
-                error
+                failure(error, kept)
             }));
         }
     };
     match answer(&shared, responder, result, observed, started, &error) {
-        None => Concluded::Done(error),
-        Some(rest) => Concluded::Later(Box::pin(async move {
+        (None, kept) => Concluded::Done(failure(error, kept)),
+        (Some(rest), kept) => Concluded::Later(Box::pin(async move {
             rest.await;
-            error
+            failure(error, kept)
         })),
     }
 }
 
-/// Sends the flow's result to its requester (unless it stopped waiting)
-/// and tells the observers how the flow ended. A stream whose consumer is
-/// behind gives back the future that waits to send its end.
+fn failure(error: Option<HappenError>, responder: Option<Responder>) -> Option<Failure> {
+    error.map(|error| Failure { error, responder })
+}
+
+/// Sends the flow's result to its requester (unless it stopped waiting, or
+/// the flow failed and its event will be retried: then the requester comes
+/// back, second) and tells the observers how the flow ended. A stream whose
+/// consumer is behind gives back the future that waits to send its end.
 fn answer(
     shared: &Shared,
     responder: Option<Responder>,
@@ -509,12 +517,13 @@ fn answer(
     observed: bool,
     started: Option<Instant>,
     error: &Option<HappenError>,
-) -> Option<BoxFuture<'static, ()>> {
+) -> (Option<BoxFuture<'static, ()>>, Option<Responder>) {
     let (core, event) = (shared.core(), shared.event());
     // A fire-and-forget requester dropped its handle: the outcome would be
     // wasted work.
     let responder = responder.filter(|r| !r.is_abandoned());
     let answered = responder.is_some();
+    let mut kept = None;
     let rest = match responder {
         // Nobody watches: the requester builds the response event only if
         // it asks for one.
@@ -522,12 +531,21 @@ fn answer(
             let _ = reply.send(Outcome::Value(result));
             None
         }
-        Some(responder) => responder.finish(result.map(|value| {
-            let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
-            crate::event::stamp(&mut response, core.id(), Some(event));
-            core.observers().stamped(&response);
-            response
-        })),
+        Some(responder) => {
+            let outcome = result.map(|value| {
+                let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
+                crate::event::stamp(&mut response, core.id(), Some(event));
+                core.observers().stamped(&response);
+                response
+            });
+            match responder.conclude(outcome) {
+                Ok(rest) => rest,
+                Err(retried) => {
+                    kept = retried.responder;
+                    None
+                }
+            }
+        }
         None => None,
     };
     if let Some(started) = started {
@@ -537,11 +555,11 @@ fn answer(
             &Finished {
                 error: error.as_ref(),
                 elapsed: started.elapsed(),
-                answered,
+                answered: answered && kept.is_none(),
             },
         );
     }
-    rest
+    (rest, kept)
 }
 
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

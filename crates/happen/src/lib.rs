@@ -65,6 +65,7 @@ pub mod config;
 pub mod confluence;
 pub mod context;
 mod delivery;
+pub mod durable;
 pub mod error;
 pub mod event;
 pub mod flow;
@@ -86,7 +87,7 @@ mod transport;
 mod uuid7;
 
 pub use causality::spawn;
-pub use config::{HappenConfig, NodeConfig, NodeLimits};
+pub use config::{DeliveryConfig, DeliveryMode, HappenConfig, NodeConfig, NodeLimits};
 pub use confluence::{GroupResults, NodeGroup, SentToAll};
 pub use context::Context;
 pub use error::{BoxError, Cause, HappenError, Result};

@@ -12,8 +12,9 @@
 //! | [`CONNECTION_STATUS`] | the NATS connection changed | `status` (`connected`, `disconnected`, `reconnected`, `lame-duck`, `slow-consumer`, `error`, `closed`), `reason` |
 //! | [`UNDELIVERED`] | a sent event reached no node and nobody waited for the answer | `node`, `eventType`, `eventId`, `reason` |
 //! | [`REFUSED`] | a node refused a broadcast (its queue was full) | `node`, `eventType`, `eventId`, `reason` |
+//! | [`DEAD_LETTER`] | a durable event failed its last attempt (see [`crate::durable`]) | `node`, `eventType`, `eventId`, `attempts`, `error`, `event` (the whole event) |
 //!
-//! Every undelivered and refused event is also logged (`tracing::warn`) and
+//! Every undelivered, refused and dead-lettered event is also logged (`tracing::warn`) and
 //! counted: see [`Happen::counters`](crate::Happen::counters).
 //!
 //! ```
@@ -49,6 +50,8 @@ pub const CONNECTION_STATUS: &str = "system.connection-status";
 pub const UNDELIVERED: &str = "system.undelivered";
 /// A node refused a broadcast.
 pub const REFUSED: &str = "system.refused";
+/// A durable event failed its last attempt and went to the dead letters.
+pub const DEAD_LETTER: &str = "system.dead-letter";
 
 /// How many events went undelivered or were refused since the runtime
 /// started; see [`Happen::counters`](crate::Happen::counters).
@@ -62,6 +65,9 @@ pub struct Counters {
     /// Broadcasts refused by a node of this process (queue full); each was
     /// logged and reported as a [`REFUSED`] event.
     pub refused: u64,
+    /// Durable events that failed their last attempt in this process; each
+    /// was logged and reported as a [`DEAD_LETTER`] event.
+    pub dead_lettered: u64,
 }
 
 /// The live counters behind [`Counters`].
@@ -69,6 +75,7 @@ pub struct Counters {
 pub(crate) struct Tally {
     undelivered: AtomicU64,
     refused: AtomicU64,
+    dead_lettered: AtomicU64,
 }
 
 impl Tally {
@@ -81,10 +88,15 @@ impl Tally {
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> Counters {
         Counters {
             undelivered: self.undelivered.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
         }
     }
 }

@@ -56,11 +56,43 @@ pub(crate) struct NodeCore {
     /// Whether the runtime delivers events between its own nodes in the
     /// process (see [`crate::transport::Transport::in_process`]).
     in_process: bool,
+    /// Whether the node is durable and its events are retried by this
+    /// process (the embedded runtime; over NATS, JetStream keeps them).
+    retried_here: bool,
+    /// Exactly-once in this process: the events already taken.
+    seen: crate::durable::Seen,
 }
 
 impl NodeCore {
     pub(crate) fn id(&self) -> &Id {
         &self.id
+    }
+
+    pub(crate) fn limits(&self) -> &NodeLimits {
+        &self.limits
+    }
+
+    /// Whether the node was shut down.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The runtime, while it is running.
+    pub(crate) fn runtime_inner(&self) -> Option<Arc<RuntimeInner>> {
+        self.runtime.upgrade()
+    }
+
+    /// Whether `event` reaches the node for the first time (always, unless
+    /// the node is in exactly-once mode and took a copy of it already).
+    pub(crate) fn first_sight(&self, event: &Event) -> bool {
+        let delivery = &self.limits.delivery;
+        delivery.mode != crate::DeliveryMode::ExactlyOnce
+            || self.seen.first(&event.causal().id, delivery.dedup_window)
+    }
+
+    /// Whether events to the node are retried by this process.
+    pub(crate) fn retried_here(&self) -> bool {
+        self.retried_here
     }
 
     pub(crate) fn observers(&self) -> &Observers {
@@ -161,7 +193,6 @@ impl Node {
             runtime: Arc::downgrade(runtime),
             store: runtime.store().clone(),
             temporal: runtime.config().temporal_config().enabled,
-            limits,
             registry: Registry::default(),
             scheduler: Scheduler::default(),
             state_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -169,6 +200,10 @@ impl Node {
             closed: AtomicBool::new(false),
             runtime_closed: runtime.closed_flag().clone(),
             in_process: runtime.transport().in_process(),
+            retried_here: limits.delivery.mode.is_durable()
+                && !runtime.transport().stores_durable_events(),
+            limits,
+            seen: Default::default(),
         }))
     }
 
@@ -509,11 +544,15 @@ impl<S> Node<S> {
         if let Err(e) = validate_event_type(event.event_type()) {
             return Err((e.into(), event));
         }
-        let parent = causality::current_event();
+        let (parent, seq) = causality::current_cause().unzip();
         if parent.is_none() && self.core.runtime_closed.load(Ordering::Acquire) {
             return Err((HappenError::Shutdown, event));
         }
         event::stamp(&mut event, &self.core.id, parent.as_ref());
+        if let (Some(parent), Some(Some(seq))) = (&parent, seq) {
+            // Exactly-once: the same event from a re-run flow has the same id.
+            event::derive_id(&mut event, parent, &self.core.id, seq);
+        }
         self.core.observers.stamped(&event);
         Ok(event)
     }

@@ -31,7 +31,7 @@ use std::task::Poll;
 use futures::FutureExt;
 
 use super::NodeCore;
-use crate::delivery::{Acknowledge, Delivery};
+use crate::delivery::{Acknowledge, Delivery, Failure, Responder};
 use crate::error::{HappenError, Result};
 use crate::flow::{self, FlowFuture};
 
@@ -105,7 +105,7 @@ struct Started {
 /// escaped them counts as a failure).
 fn settle(
     ack: Option<Box<dyn Acknowledge>>,
-    outcome: std::thread::Result<Option<HappenError>>,
+    outcome: std::thread::Result<Option<Failure>>,
     node: &NodeCore,
 ) {
     let failure = match outcome {
@@ -115,18 +115,21 @@ fn settle(
             // error whose Display panics, ...).
             let message = flow::panic_message(panic.as_ref());
             tracing::error!(node = %node.id, %message, "event delivery panicked");
-            Some(HappenError::HandlerPanicked {
+            Some(Failure::new(HappenError::HandlerPanicked {
                 node: node.id.to_string(),
                 event_type: String::new(),
                 message,
-            })
+            }))
         }
     };
-    if let Some(ack) = ack {
-        match failure {
-            None => ack.ack(),
-            Some(error) => ack.nak(&error),
+    match (ack, failure) {
+        (Some(ack), None) => ack.ack(),
+        (Some(ack), Some(failure)) => ack.nak(failure),
+        // Without an acknowledgement nothing is retried.
+        (None, Some(failure)) => {
+            failure.answer();
         }
+        (None, None) => {}
     }
 }
 
@@ -379,6 +382,12 @@ impl NodeCore {
             }
             .refuse(error);
             return None;
+        };
+        // A durable event may be tried again: its requester waits for the
+        // attempt that ends it.
+        let responder = match (&ack, responder) {
+            (Some(_), Some(responder)) => Some(Responder::Retrying(Box::new(responder))),
+            (_, responder) => responder,
         };
         let first = &matched.handlers[matched.first];
         let mut others = matched.handlers[matched.first + 1..]

@@ -108,6 +108,30 @@ impl LocalTransport {
         );
     }
 
+    /// Reports a durable event that failed its last attempt: logged,
+    /// counted, and a [`system::DEAD_LETTER`] event.
+    pub(crate) fn dead_letter(
+        &self,
+        node: &str,
+        event: &Event,
+        attempts: u32,
+        error: &HappenError,
+    ) {
+        tracing::error!(node, event_type = event.event_type(), event_id = event.id(), attempts, %error, "event dead-lettered");
+        self.tally.dead_lettered();
+        self.system_event(
+            system::DEAD_LETTER,
+            json!({
+                "node": node,
+                "eventType": event.event_type(),
+                "eventId": event.id(),
+                "attempts": attempts,
+                "error": error.to_string(),
+                "event": event,
+            }),
+        );
+    }
+
     /// Delivers a system event to the local nodes that handle it.
     pub(crate) fn system_event(&self, event_type: &str, payload: Value) {
         let mut event = Event::new(event_type, payload);
@@ -197,6 +221,10 @@ impl Transport for LocalTransport {
 
     fn counters(&self) -> Counters {
         self.tally.snapshot()
+    }
+
+    fn local(&self) -> &LocalTransport {
+        self
     }
 
     fn node(&self, id: &str) -> Option<Node> {

@@ -9,6 +9,8 @@ pub(crate) mod nats;
 
 use futures::future::BoxFuture;
 
+use local::LocalTransport;
+
 use crate::delivery::ReplyTx;
 use crate::error::Result;
 use crate::event::Event;
@@ -67,6 +69,14 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn abort(&self);
     /// How many events went undelivered or were refused.
     fn counters(&self) -> Counters;
+    /// This process's table of nodes, which reports to them what happens to
+    /// the system.
+    fn local(&self) -> &LocalTransport;
+    /// Whether the transport stores events for durable nodes itself (NATS:
+    /// JetStream) rather than leaving retries to the process.
+    fn stores_durable_events(&self) -> bool {
+        false
+    }
     /// The live node `id` of this process, if any.
     fn node(&self, id: &str) -> Option<Node>;
 }

@@ -32,6 +32,7 @@ pub mod communication;
 pub mod concurrency;
 pub mod confluence;
 pub mod continuum;
+pub mod durability;
 pub mod errors;
 pub mod observation;
 pub mod patterns;
@@ -126,6 +127,12 @@ macro_rules! conformance_suite {
             temporal_snapshots_record_the_causing_event,
             temporal_retention_by_count_and_age,
             state_of_reads_and_writes_without_becoming_the_node,
+        );
+        $crate::conformance_suite!(@topic durability;
+            failed_flow_is_retried_and_the_requester_gets_the_final_answer,
+            last_failure_is_dead_lettered_and_reported,
+            saturated_durable_node_takes_events_later,
+            exactly_once_re_run_emits_the_same_events,
         );
         $crate::conformance_suite!(@topic observation;
             observers_see_stamps_deliveries_and_finishes,

@@ -485,6 +485,10 @@ impl Transport for NatsTransport {
         self.shared.local.tally().snapshot()
     }
 
+    fn local(&self) -> &LocalTransport {
+        &self.shared.local
+    }
+
     fn node(&self, id: &str) -> Option<Node> {
         self.shared.local.node(id)
     }

@@ -1,0 +1,224 @@
+//! Durable delivery: what [`DeliveryMode::AtLeastOnce`] and
+//! [`DeliveryMode::ExactlyOnce`] promise, and the retry policy both
+//! runtimes share.
+//!
+//! A node opts in with [`NodeConfig::delivery`](crate::NodeConfig::delivery)
+//! (or the whole system with
+//! [`HappenConfig::delivery`](crate::HappenConfig::delivery)). Direct
+//! delivery stays the default: it is the fastest, and loses what is in
+//! flight when a process dies.
+//!
+//! # What each mode guarantees
+//!
+//! | | direct | at-least-once | exactly-once |
+//! |---|---|---|---|
+//! | event stored before delivery (NATS: JetStream) | no | yes | yes |
+//! | flow failed or node saturated: tried again with backoff | no | yes | yes |
+//! | process died mid-flow: event handed out again | no | yes | yes |
+//! | last attempt failed: [`system::DEAD_LETTER`] event | no | yes | yes |
+//! | a flow may run twice for one event | no | yes | no, once it completed |
+//! | events a re-run flow emits are new events | — | yes | no: same ids, dropped as copies |
+//!
+//! **Attempts and the requester.** A request to a durable node is answered
+//! by the attempt that ends the event: the first that succeeds, or the last
+//! one. A failed attempt that will be retried does not answer, so the
+//! requester sees transient failures only as latency, or as
+//! [`HappenError::Timeout`] when its own deadline passes first; the event
+//! is still processed after that. Once a flow has streamed items to its
+//! requester, its failure is final for the requester (the items cannot be
+//! taken back), though the event is still retried.
+//!
+//! **Exactly-once, precisely.** Inside Happen, an event to an exactly-once
+//! node has the effects of one completed flow:
+//! - a redelivered event whose flow completed is not run again;
+//! - the events a flow emits carry ids derived from the event being
+//!   handled, the node and their position in the flow (in the order the
+//!   flow emits them), so when a flow is run again after a failure or a
+//!   crash, the events it emits again are the same events, and durable
+//!   receivers drop the copies (de-duplication by event id within
+//!   [`DeliveryConfig::dedup_window`]).
+//!
+//! Effects outside Happen (a payment provider, an email) are at-least-once:
+//! make them idempotent with the event id as the key, which is the same on
+//! every attempt:
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use std::collections::HashSet;
+//! use happen::prelude::*;
+//! use happen::DeliveryConfig;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> happen::Result<()> {
+//! let happen = Happen::embedded();
+//! let payments = happen.node_with("payments", NodeConfig::new().delivery(
+//!     DeliveryConfig::exactly_once().backoff(std::time::Duration::from_millis(1), std::time::Duration::from_millis(5)),
+//! ))?;
+//! let charged: Arc<Mutex<HashSet<String>>> = Arc::default();
+//! let attempts = Arc::new(Mutex::new(0));
+//! let (c, a) = (charged.clone(), attempts.clone());
+//! payments.on("charge", move |event: Event, _cx: Context| {
+//!     let (charged, attempts) = (c.clone(), a.clone());
+//!     async move {
+//!         // The provider call, keyed by the event id: a retry does not charge twice.
+//!         charged.lock().unwrap().insert(event.id().to_owned());
+//!         *attempts.lock().unwrap() += 1;
+//!         if *attempts.lock().unwrap() < 3 {
+//!             return Err(HappenError::Cancelled); // a transient failure after the charge
+//!         }
+//!         Ok(json!("charged"))
+//!     }
+//! })?;
+//! let shop = happen.node("shop")?;
+//! assert_eq!(shop.send(&payments, Event::new("charge", json!({ "cents": 500 }))).await?, "charged");
+//! assert_eq!((*attempts.lock().unwrap(), charged.lock().unwrap().len()), (3, 1));
+//! # Ok(()) }
+//! ```
+//!
+//! # In one process
+//!
+//! The embedded runtime keeps events in memory: durable modes there retry
+//! failed and refused events with backoff and dead-letter them after the
+//! last attempt, but what is queued is lost with the process.
+//!
+//! # Over NATS
+//!
+//! See `docs/ARCHITECTURE.md` ("Durable delivery"): one JetStream stream for
+//! events to durable nodes, `Nats-Msg-Id` = event id, one durable consumer
+//! per node id (shared by its instances), explicit acknowledgement at the
+//! end of the flow, negative acknowledgement with the backoff delay.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use crate::config::{DeliveryConfig, DeliveryMode};
+use crate::delivery::{self, Acknowledge, Arrival, Delivery, Failure};
+use crate::error::HappenError;
+use crate::event::Event;
+use crate::id::Id;
+use crate::node::NodeCore;
+
+#[cfg(doc)]
+use crate::system;
+
+/// Whether trying `error`'s event again could end differently. Routing
+/// errors (no handler, unknown node, invalid input) will not change.
+pub(crate) fn worth_retrying(error: &HappenError) -> bool {
+    matches!(
+        error,
+        HappenError::QueueFull { .. }
+            | HappenError::HandlerFailed { .. }
+            | HappenError::HandlerPanicked { .. }
+            | HappenError::Timeout { .. }
+            | HappenError::NoResponse { .. }
+            | HappenError::Cancelled
+            | HappenError::StreamBroken { .. }
+            | HappenError::Transport { .. }
+            | HappenError::Backpressure { .. }
+            | HappenError::Unreachable { .. }
+            | HappenError::Store { .. }
+            | HappenError::Conflict { .. }
+    )
+}
+
+/// The delay before the attempt after `failed` failed ones, with up to 20%
+/// jitter so that the retries of many events spread out.
+pub(crate) fn jittered_delay(config: &DeliveryConfig, failed: u32) -> Duration {
+    let delay = config.retry_delay(failed);
+    let spread = delay / 5;
+    if spread.is_zero() {
+        return delay;
+    }
+    let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
+    delay + Duration::from_nanos(crate::uuid7::random() % nanos)
+}
+
+/// In-process durable delivery: the acknowledgement of one attempt. A
+/// failure schedules the next attempt after the backoff delay, with the
+/// requester still waiting; the last failure dead-letters the event.
+pub(crate) struct LocalRetry {
+    node: Weak<NodeCore>,
+    event: Event,
+    /// This attempt, from 1.
+    attempt: u32,
+}
+
+impl LocalRetry {
+    /// The acknowledgement of an event's first attempt at `node`.
+    pub(crate) fn first(node: &Arc<NodeCore>, event: &Event) -> Box<dyn Acknowledge> {
+        Box::new(LocalRetry {
+            node: Arc::downgrade(node),
+            event: event.clone(),
+            attempt: 1,
+        })
+    }
+}
+
+impl Acknowledge for LocalRetry {
+    fn ack(self: Box<Self>) {}
+
+    fn nak(self: Box<Self>, failure: Failure) {
+        let Some(node) = self.node.upgrade() else {
+            failure.answer();
+            return;
+        };
+        let config = node.limits().delivery;
+        let retry = self.attempt < config.max_attempts
+            && worth_retrying(&failure.error)
+            && !node.is_closed()
+            && config.mode != DeliveryMode::Direct;
+        if !retry {
+            if let Some(runtime) = node.runtime_inner() {
+                runtime.transport().local().dead_letter(
+                    node.id(),
+                    &self.event,
+                    self.attempt,
+                    &failure.error,
+                );
+            }
+            failure.answer();
+            return;
+        }
+        let delay = jittered_delay(&config, self.attempt);
+        let LocalRetry { event, attempt, .. } = *self;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut next = Delivery::new(event.clone(), failure.responder, Arrival::Remote);
+            next.inline = false;
+            next.ack = Some(Box::new(LocalRetry {
+                node: Arc::downgrade(&node),
+                event,
+                attempt: attempt + 1,
+            }));
+            // A refusal comes back through the acknowledgement.
+            let _ = delivery::deliver(&node, next);
+        });
+    }
+}
+
+/// The ids of the events an exactly-once node took in this process within
+/// the de-duplication window, so that a copy is not run again.
+#[derive(Default)]
+pub(crate) struct Seen {
+    ids: Mutex<HashMap<Id, Instant>>,
+}
+
+impl Seen {
+    /// Whether `id` is new within `window` (and remembers it).
+    pub(crate) fn first(&self, id: &Id, window: Duration) -> bool {
+        let now = Instant::now();
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = ids.get(id)
+            && now.duration_since(*at) < window
+        {
+            return false;
+        }
+        // Forget what left the window, at most once per doubling of the
+        // table, so that remembering stays cheap.
+        if ids.len() >= 1024 && ids.len().is_power_of_two() {
+            ids.retain(|_, at| now.duration_since(*at) < window);
+        }
+        ids.insert(id.clone(), now);
+        true
+    }
+}

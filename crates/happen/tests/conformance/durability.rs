@@ -1,0 +1,193 @@
+//! Durable delivery: failed and refused events are tried again with backoff,
+//! the requester gets the answer of the attempt that ends the event, the
+//! last failure is dead-lettered and reported, and exactly-once flows that
+//! run again emit the same events, which their durable receivers take once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use happen::prelude::*;
+use happen::{DeliveryConfig, system};
+use tokio::sync::mpsc;
+
+use super::{Backend, ev, recv, start};
+
+/// Quick retries, so that the tests do not wait for the default backoff.
+fn quick(delivery: DeliveryConfig) -> NodeConfig {
+    NodeConfig::new()
+        .delivery(delivery.backoff(Duration::from_millis(10), Duration::from_millis(40)))
+}
+
+/// A handler that fails its first `failures` attempts, then answers the
+/// attempt number; counts attempts in `attempts`.
+fn flaky(failures: u32, attempts: Arc<AtomicU32>) -> impl happen::Handler {
+    move |_e: Event, _cx: Context| {
+        let attempts = attempts.clone();
+        async move {
+            let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            if n <= failures {
+                return Err(HappenError::Cancelled);
+            }
+            Ok(json!(n))
+        }
+    }
+}
+
+pub async fn failed_flow_is_retried_and_the_requester_gets_the_final_answer(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("dur-client").unwrap();
+    let worker = h
+        .node_with("dur-worker", quick(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    worker.on("job", flaky(2, attempts.clone())).unwrap();
+    h.flush().await.unwrap();
+    // Two failures, then success: the requester sees only the success.
+    let answer = client.send(&worker, ev("job", json!(1))).await.unwrap();
+    assert_eq!(answer, json!(3));
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+
+    // A tell is retried the same way.
+    attempts.store(0, Ordering::SeqCst);
+    client.tell(&worker, ev("job", json!(2))).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while attempts.load(Ordering::SeqCst) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tell was not retried"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "no attempt after success"
+    );
+    assert_eq!(h.counters().dead_lettered, 0);
+}
+
+pub async fn last_failure_is_dead_lettered_and_reported(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("dl-client").unwrap();
+    let monitor = h.node("dl-monitor").unwrap();
+    let worker = h
+        .node_with(
+            "dl-worker",
+            quick(DeliveryConfig::at_least_once().max_attempts(3)),
+        )
+        .unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    worker.on("job", flaky(u32::MAX, attempts.clone())).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    monitor
+        .on(system::DEAD_LETTER, super::recorder(tx, json!(null)))
+        .unwrap();
+    h.flush().await.unwrap();
+
+    let sent = client.send(&worker, ev("job", json!({ "order": 7 })));
+    let id = sent.id().to_owned();
+    let error = sent.await.unwrap_err();
+    assert!(
+        matches!(&error, HappenError::HandlerFailed { node, .. } if node == "dl-worker"),
+        "the last attempt's failure reaches the requester: {error:?}"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    let report = recv(&mut rx).await;
+    let payload = report.payload();
+    assert_eq!(payload["node"], "dl-worker");
+    assert_eq!(payload["eventId"], id.as_str());
+    assert_eq!(payload["eventType"], "job");
+    assert_eq!(payload["attempts"], 3);
+    assert_eq!(payload["event"]["payload"]["order"], 7);
+    assert!(payload["error"].as_str().unwrap().contains("dl-worker"));
+    assert_eq!(h.counters().dead_lettered, 1);
+}
+
+pub async fn saturated_durable_node_takes_events_later(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("sat-client").unwrap();
+    let worker = h
+        .node_with(
+            "sat-worker",
+            quick(DeliveryConfig::at_least_once().max_attempts(50))
+                .max_concurrent(1)
+                .queue_limit(0),
+        )
+        .unwrap();
+    let done = Arc::new(AtomicU32::new(0));
+    let d = done.clone();
+    worker
+        .on("slow", move |_e: Event, _cx: Context| {
+            let done = d.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+    // A direct node with one slot and no queue would refuse all but one.
+    for i in 0..10 {
+        client.tell(&worker, ev("slow", json!(i))).unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while done.load(Ordering::SeqCst) < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 10 events processed",
+            done.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.counters().dead_lettered, 0);
+    assert_eq!(h.counters().refused, 0);
+}
+
+pub async fn exactly_once_re_run_emits_the_same_events(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("eo-client").unwrap();
+    let payments = h
+        .node_with("eo-payments", quick(DeliveryConfig::exactly_once()))
+        .unwrap();
+    let ledger = h
+        .node_with("eo-ledger", quick(DeliveryConfig::exactly_once()))
+        .unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let emitted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (a, e) = (attempts.clone(), emitted.clone());
+    payments
+        .on("charge", move |_event: Event, cx: Context| {
+            let (attempts, emitted) = (a.clone(), e.clone());
+            async move {
+                // Emits, then fails the first time: the re-run emits again.
+                let sent = cx.node().send("eo-ledger", Event::new("entry", json!(500)));
+                emitted.lock().unwrap().push(sent.id().to_owned());
+                if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(HappenError::Cancelled);
+                }
+                Ok(json!("charged"))
+            }
+        })
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    ledger
+        .on("entry", super::recorder(tx, json!(null)))
+        .unwrap();
+    h.flush().await.unwrap();
+
+    assert_eq!(
+        client
+            .send(&payments, ev("charge", json!(null)))
+            .await
+            .unwrap(),
+        json!("charged")
+    );
+    let emitted = emitted.lock().unwrap().clone();
+    assert_eq!(emitted.len(), 2, "the flow ran twice");
+    assert_eq!(emitted[0], emitted[1], "the re-run emitted the same event");
+    let entry = recv(&mut rx).await;
+    assert_eq!(entry.id(), emitted[0]);
+    super::assert_quiet(&mut rx, "the ledger took a copy").await;
+}
