@@ -195,7 +195,8 @@ impl Happen {
     /// [`Happen::connect`] with a runtime configuration.
     #[cfg(feature = "nats")]
     pub async fn connect_with(nats: NatsConfig, config: HappenConfig) -> Result<Happen> {
-        let (transport, client) = NatsTransport::connect(&nats).await?;
+        let window = config.resolve("", &NodeConfig::new()).delivery.dedup_window;
+        let (transport, client) = NatsTransport::connect(&nats, window).await?;
         let store: Arc<dyn Store> = if nats.jetstream {
             Arc::new(
                 JetStreamStore::open(client.clone(), &nats.prefix, *config.temporal_config())

@@ -8,6 +8,7 @@
 //! - [`requests`]: requests waiting for their replies, "no responders" and
 //!   its retries;
 //! - [`streams`]: answers and streamed answers going back, with credits;
+//! - [`durable`]: events to durable nodes, stored in JetStream;
 //! - [`envelope`]: events into message bytes and back, the place for
 //!   integrity checks;
 //! - [`receive`]: what arrives on this process's subscriptions;
@@ -22,6 +23,7 @@
 
 mod commands;
 mod compact;
+mod durable;
 mod envelope;
 pub(crate) mod filters;
 mod receive;
@@ -96,6 +98,8 @@ pub(super) struct Shared {
     /// Events between this runtime's nodes stay in the process, and the
     /// server does not echo this connection's messages back to it.
     co_located: bool,
+    /// Durable delivery, when JetStream is on.
+    durable: Option<Arc<durable::Durable>>,
 }
 
 pub(crate) struct NatsTransport {
@@ -103,8 +107,10 @@ pub(crate) struct NatsTransport {
 }
 
 impl NatsTransport {
+    /// Connects; `dedup_window` is the durable stream's duplicate window.
     pub(crate) async fn connect(
         config: &NatsConfig,
+        dedup_window: Duration,
     ) -> Result<(NatsTransport, async_nats::Client)> {
         config.validate()?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -134,6 +140,12 @@ impl NatsTransport {
                 })?;
         }
 
+        let durable = if config.jetstream {
+            Some(durable::Durable::open(client.clone(), &config.prefix, dedup_window).await?)
+        } else {
+            None
+        };
+        let (durable, outbox) = durable.map(|(d, o)| (Arc::new(d), o)).unzip();
         let (commands, commands_rx) = Commands::new(config.outgoing_limit, client.clone());
         let shared = Arc::new(Shared {
             local: Arc::new(LocalTransport::default()),
@@ -151,11 +163,16 @@ impl NatsTransport {
             tasks: Mutex::new(Vec::new()),
             phase: AtomicU8::new(OPEN),
             co_located: config.co_located,
+            durable,
         });
         let command_loop = tokio::spawn(commands::run(shared.clone(), client.clone(), commands_rx));
         let status_loop = tokio::spawn(status::report(shared.clone(), events_rx));
         let sweeper = tokio::spawn(sweep(shared.clone()));
         lock(&shared.tasks).extend([command_loop, status_loop, sweeper]);
+        if let (Some(durable), Some(outbox)) = (shared.durable.clone(), outbox) {
+            let publisher = tokio::spawn(durable::publish(shared.clone(), durable, outbox));
+            lock(&shared.tasks).push(publisher);
+        }
         shared.commands.control(Command::Subscribe {
             id: shared.next_id(),
             subject: format!("{}.>", shared.inbox),
@@ -278,6 +295,31 @@ impl Shared {
         })
     }
 
+    /// Sends an answer or a credit. One for this runtime's own inbox is
+    /// handed over here when the server would not echo it back (a durable
+    /// node answering a request from its own process).
+    fn answer(self: &Arc<Self>, publish: Publish) -> Result<()> {
+        if self.co_located
+            && publish
+                .subject
+                .strip_prefix(self.inbox.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+        {
+            let message = async_nats::Message {
+                length: publish.payload.len(),
+                subject: publish.subject,
+                reply: None,
+                payload: publish.payload,
+                headers: None,
+                status: None,
+                description: None,
+            };
+            receive::on_inbox(self, message);
+            return Ok(());
+        }
+        self.commands.send(Command::Publish(publish))
+    }
+
     fn abort(&self) {
         self.phase.store(CLOSED, Ordering::Release);
         for task in lock(&self.tasks).drain(..) {
@@ -306,7 +348,17 @@ async fn sweep(shared: Arc<Shared>) {
 impl Transport for NatsTransport {
     fn attach(&self, node: &Node) -> Result<()> {
         let shared = &self.shared;
+        let durable = node.limits().delivery.mode.is_durable();
+        if durable && shared.durable.is_none() {
+            return Err(HappenError::Config(format!(
+                "node {}: durable delivery stores events in JetStream, which this runtime does not use (NatsConfig::jetstream(false))",
+                node.id()
+            )));
+        }
         shared.local.attach(node)?;
+        if durable && let Some(store) = &shared.durable {
+            store.attach(shared, node);
+        }
         let id = shared.next_id();
         lock(&shared.direct).insert(node.id().to_owned(), id);
         shared.commands.control(Command::Subscribe {
@@ -373,7 +425,9 @@ impl Transport for NatsTransport {
 
     fn send(&self, target: &str, event: Event, reply: ReplyTx, deadline: tokio::time::Instant) {
         let shared = &self.shared;
-        if shared.co_located
+        let stored = shared.durable.as_ref().filter(|d| d.is_target(target));
+        if stored.is_none()
+            && shared.co_located
             && let Some(node) = shared.local.node(target)
         {
             let responder = Some(Responder::Local(reply));
@@ -390,6 +444,21 @@ impl Transport for NatsTransport {
             }
         };
         let subject = subjects::direct_subject(&shared.prefix, target);
+        if let Some(durable) = stored {
+            let publish = shared.requests.register(
+                &shared.inbox,
+                subject,
+                target,
+                &event,
+                bytes::Bytes::new(),
+                reply,
+                deadline,
+            );
+            if let (Some(token), Some(reply_to)) = (publish.token, publish.reply) {
+                durable.request(target, &event, sealed.payload, token, &reply_to, deadline);
+            }
+            return;
+        }
         let publish = shared.requests.register(
             &shared.inbox,
             subject,
@@ -413,6 +482,12 @@ impl Transport for NatsTransport {
 
     fn tell(&self, target: &str, event: Event) -> Result<()> {
         let shared = &self.shared;
+        if let Some(durable) = shared.durable.as_ref().filter(|d| d.is_target(target)) {
+            let sealed = envelope::seal(&event, false)?;
+            sealed.check_size(shared.max_payload())?;
+            durable.tell(target, event, sealed.payload);
+            return Ok(());
+        }
         if shared.co_located
             && let Some(node) = shared.local.node(target)
         {
@@ -440,7 +515,18 @@ impl Transport for NatsTransport {
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {
-        self.shared.round_trip()
+        let round_trip = self.shared.round_trip();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            if let Some(durable) = &shared.durable {
+                durable.flush().await?;
+            }
+            round_trip.await
+        })
+    }
+
+    fn stores_durable_events(&self) -> bool {
+        self.shared.durable.is_some()
     }
 
     fn settle(&self) -> BoxFuture<'static, ()> {

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
-use super::commands::{Command, Publish};
+use super::commands::Publish;
 use super::wire::{self, Credit, Reply};
 use super::{Shared, lock};
 use crate::delivery::ReplySink;
@@ -101,13 +101,16 @@ impl NatsReply {
                 }
             }
         };
-        if let Err(error) = self.shared.commands.send(Command::Publish(Publish {
-            subject: subject.into(),
-            reply: None,
-            headers: None,
-            payload: Bytes::from(payload),
-            token: None,
-        })) {
+        if let Err(error) = Shared::answer(
+            &self.shared,
+            Publish {
+                subject: subject.into(),
+                reply: None,
+                headers: None,
+                payload: Bytes::from(payload),
+                token: None,
+            },
+        ) {
             tracing::warn!(%error, "reply not published");
         }
     }
@@ -227,13 +230,16 @@ impl NatsCredit {
 
     fn send(&self, credit: Credit) {
         if let Ok(payload) = wire::encode_credit(&credit) {
-            let _ = self.shared.commands.send(Command::Publish(Publish {
-                subject: self.subject.clone().into(),
-                reply: None,
-                headers: None,
-                payload: Bytes::from(payload),
-                token: None,
-            }));
+            let _ = Shared::answer(
+                &self.shared,
+                Publish {
+                    subject: self.subject.clone().into(),
+                    reply: None,
+                    headers: None,
+                    payload: Bytes::from(payload),
+                    token: None,
+                },
+            );
         }
     }
 }

@@ -1,0 +1,145 @@
+//! Sending: to one node by handle or id, with or without an answer, and
+//! the stamping every outgoing event goes through.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use super::{Node, NodeCore, NodeRef, Target};
+use crate::causality;
+use crate::delivery::{self, Arrival, Delivery, Responder};
+use crate::error::{HappenError, Result};
+use crate::event::{self, Event};
+use crate::id::Id;
+use crate::name::{validate_event_type, validate_node_id};
+use crate::response::Sent;
+use crate::runtime::RuntimeInner;
+
+impl<S> Node<S> {
+    /// Sends `event` to `target` and returns at once; the event is already on
+    /// its way.
+    ///
+    /// Await the returned [`Sent`] (or call [`Sent::response`]) for the flow's
+    /// result, use [`Sent::on_response`] for a callback, or drop it for
+    /// fire-and-forget. Errors (no such node, no matching handler, full queue,
+    /// invalid event type) arrive through the handle without waiting for a
+    /// timeout.
+    pub fn send(&self, target: impl Target, event: Event) -> Sent {
+        let timeout = self.core.limits.timeout;
+        if let Some(node) = self.in_process(&target) {
+            return match self.prepare(event) {
+                Ok(event) => {
+                    let (sent, reply) = Sent::new(node.id.clone(), event.clone(), timeout);
+                    let _ = delivery::deliver(
+                        node,
+                        Delivery::new(event, Some(Responder::Local(reply)), Arrival::Local),
+                    );
+                    sent
+                }
+                Err((e, event)) => Sent::refused(node.id.clone(), event, timeout, e),
+            };
+        }
+        let runtime = match self.runtime() {
+            Ok(runtime) => runtime,
+            Err(e) => return Sent::refused(target.target_shared_id(), event, timeout, e),
+        };
+        let target = target.target_shared_id();
+        if let Err(e) = validate_node_id(&target) {
+            return Sent::refused(target, event, timeout, e.into());
+        }
+        match self.prepare(event) {
+            Ok(event) => self.dispatch(&runtime, target, event),
+            Err((e, event)) => Sent::refused(target, event, timeout, e),
+        }
+    }
+
+    /// The target node when it can be handed the event directly: a live
+    /// node of this runtime, in a runtime whose nodes all live in this
+    /// process. Anything else goes through the transport by id.
+    fn in_process<'t>(&self, target: &'t impl Target) -> Option<&'t Arc<NodeCore>> {
+        let NodeRef(node) = target.target_node()?;
+        // A plain load tells whether the runtime is still there (it stops
+        // at once when dropped); no upgrade needed.
+        // Events to a node whose transport stores them go through it.
+        let stored = node.limits.delivery.mode.is_durable() && !node.retried_here;
+        (self.core.in_process
+            && !stored
+            && Weak::ptr_eq(&node.runtime, &self.core.runtime)
+            && self.core.runtime.strong_count() > 0
+            && !node.closed.load(Ordering::Acquire))
+        .then_some(node)
+    }
+
+    /// Hands a stamped event to the transport for `target`.
+    pub(crate) fn dispatch(&self, runtime: &RuntimeInner, target: Id, event: Event) -> Sent {
+        let timeout = self.core.limits.timeout;
+        if let Err(e) = validate_node_id(&target) {
+            return Sent::refused(target, event, timeout, e.into());
+        }
+        let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
+        let sent = sent.sent_now();
+        runtime
+            .transport()
+            .send(&target, event, reply, sent.deadline());
+        sent
+    }
+
+    /// Sends `event` to `target` without asking for an answer: the flow runs
+    /// with [`Context::expects_response`](crate::Context::expects_response)
+    /// `false` and no result is built or sent back, in any runtime.
+    ///
+    /// Errors known when sending are returned: an invalid event type or
+    /// target, shutdown, and over NATS a message too large or a full outgoing
+    /// queue; in one process also an unknown target, no matching handler, or
+    /// a full queue. Over NATS a tell that reaches no node is reported as a
+    /// [`system::UNDELIVERED`](crate::system::UNDELIVERED) event and counted
+    /// (the sender has returned by then), never dropped silently; it is not
+    /// retried. Use [`Node::send`] when the sender must know.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let sensor = happen.node("sensor")?;
+    /// let log = happen.node("log")?;
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// log.on("reading", move |e: Event, cx: Context| {
+    ///     let tx = tx.clone();
+    ///     async move { tx.send((e.payload().clone(), cx.expects_response())).unwrap(); }
+    /// })?;
+    /// sensor.tell(&log, Event::new("reading", json!(21.5)))?;
+    /// assert_eq!(rx.recv().await.unwrap(), (json!(21.5), false));
+    /// assert!(matches!(sensor.tell("nobody", Event::new("reading", json!(0))), Err(HappenError::UnknownNode { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn tell(&self, target: impl Target, event: Event) -> Result<()> {
+        if let Some(node) = self.in_process(&target) {
+            let event = self.prepare(event).map_err(|(e, _)| e)?;
+            return delivery::deliver(node, Delivery::new(event, None, Arrival::Local));
+        }
+        let runtime = self.runtime()?;
+        let target = target.target_shared_id();
+        validate_node_id(&target)?;
+        let event = self.prepare(event).map_err(|(e, _)| e)?;
+        runtime.transport().tell(&target, event)
+    }
+
+    /// Validates and stamps an outgoing event with its causal context; a
+    /// refused event comes back with the reason.
+    pub(crate) fn prepare(&self, mut event: Event) -> Result<Event, (HappenError, Event)> {
+        if let Err(e) = validate_event_type(event.event_type()) {
+            return Err((e.into(), event));
+        }
+        let (parent, seq) = causality::current_cause().unzip();
+        if parent.is_none() && self.core.runtime_closed.load(Ordering::Acquire) {
+            return Err((HappenError::Shutdown, event));
+        }
+        event::stamp(&mut event, &self.core.id, parent.as_ref());
+        if let (Some(parent), Some(Some(seq))) = (&parent, seq) {
+            // Exactly-once: the same event from a re-run flow has the same id.
+            event::derive_id(&mut event, parent, &self.core.id, seq);
+        }
+        self.core.observers.stamped(&event);
+        Ok(event)
+    }
+}

@@ -1,0 +1,251 @@
+//! Consuming: each durable node's events from its consumer, settled when
+//! their flows end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+use super::{Durable, REPLY_TO, unavailable};
+use crate::config::{DeliveryConfig, DeliveryMode, NodeLimits};
+use crate::delivery::{self, Acknowledge, Arrival, Delivery, Failure, Responder};
+use crate::error::{HappenError, Result};
+use crate::event::Event;
+use crate::id::Id;
+use crate::node::Node;
+use crate::store::jetstream::escape_key;
+use crate::transport::nats::commands::{Command, Publish};
+use crate::transport::nats::streams::NatsReply;
+use crate::transport::nats::{Shared, wire};
+
+/// Consumes the events of one durable node until it shuts down.
+pub(super) async fn consume(
+    durable: Arc<Durable>,
+    shared: Arc<Shared>,
+    node: Node,
+    ready: oneshot::Sender<Result<()>>,
+) {
+    let limits = node.limits();
+    let setup = async {
+        let key = escape_key(node.id());
+        let mode = match limits.delivery.mode {
+            DeliveryMode::ExactlyOnce => "exactly-once",
+            _ => "at-least-once",
+        };
+        durable
+            .registry
+            .put(key.clone(), Bytes::from(mode))
+            .await
+            .map_err(|e| unavailable("cannot register the node", e))?;
+        let stream = durable
+            .js
+            .get_stream(&durable.stream)
+            .await
+            .map_err(|e| unavailable("cannot find the event stream", e))?;
+        let config = consumer_config(&key, durable.subject(node.id()), &limits);
+        let consumer: consumer::Consumer<consumer::pull::Config> =
+            match stream.create_consumer(config.clone()).await {
+                Ok(consumer) => consumer,
+                Err(_) => stream
+                    .update_consumer(config)
+                    .await
+                    .map_err(|e| unavailable("cannot create the node's consumer", e))?,
+            };
+        consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable("cannot consume", e))
+    };
+    let mut messages = match setup.await {
+        Ok(messages) => {
+            let _ = ready.send(Ok(()));
+            messages
+        }
+        Err(error) => {
+            tracing::error!(node = node.id(), %error, "durable node not consuming");
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    while let Some(message) = messages.next().await {
+        let Ok(message) = message else { continue };
+        if node.core().is_closed() {
+            // Not taken: another instance, or this node after a restart,
+            // gets it.
+            ack(&shared, &message.message, AckKind::Nak(None));
+            break;
+        }
+        take(&durable, &shared, &node, message, &limits.delivery).await;
+    }
+}
+
+fn consumer_config(name: &str, subject: String, limits: &NodeLimits) -> consumer::pull::Config {
+    // Never hand the node more than it can run and queue: saturation would
+    // only cost attempts.
+    let room = limits
+        .max_concurrent
+        .saturating_add(limits.queue_limit)
+        .max(1);
+    consumer::pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subject: subject,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: limits.delivery.ack_wait,
+        max_ack_pending: i64::try_from(limits.delivery.max_pending.min(room)).unwrap_or(i64::MAX),
+        max_deliver: -1,
+        ..Default::default()
+    }
+}
+
+fn ack(shared: &Shared, message: &async_nats::Message, kind: AckKind) {
+    if let Some(subject) = &message.reply {
+        let _ = shared.commands.send(Command::Publish(Publish {
+            subject: subject.clone(),
+            reply: None,
+            headers: None,
+            payload: Bytes::from(kind),
+            token: None,
+        }));
+    }
+}
+
+/// Hands one stored event to the node, with the acknowledgement that
+/// settles it when its flows end.
+async fn take(
+    durable: &Arc<Durable>,
+    shared: &Arc<Shared>,
+    node: &Node,
+    message: jetstream::Message,
+    config: &DeliveryConfig,
+) {
+    let attempt = message
+        .info()
+        .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let message = message.message;
+    let event = match wire::decode_event(&message.payload) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::warn!(node = node.id(), %error, "undecodable durable event terminated");
+            ack(shared, &message, AckKind::Term);
+            return;
+        }
+    };
+    let done_key = (config.mode == DeliveryMode::ExactlyOnce)
+        .then(|| format!("{}.{}", escape_key(node.id()), escape_key(event.id())));
+    if let Some(key) = &done_key {
+        if !durable.take_once(key, config.dedup_window) {
+            // Running here, or completed here: the flow acknowledges it.
+            return;
+        }
+        if matches!(durable.done.get(key.clone()).await, Ok(Some(_))) {
+            // Completed before (its acknowledgement was lost): not run again.
+            ack(shared, &message, AckKind::Ack);
+            return;
+        }
+    }
+    let reply_to = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(REPLY_TO))
+        .map(|v| v.as_str().to_owned());
+    let responder = reply_to.map(|r| Responder::remote(NatsReply::new(shared.clone(), Some(r))));
+    let mut delivery = Delivery::new(event.clone(), responder, Arrival::Remote);
+    delivery.ack = Some(Box::new(JsAck {
+        durable: durable.clone(),
+        shared: shared.clone(),
+        message,
+        node: node.shared_id().clone(),
+        event,
+        attempt,
+        config: *config,
+        done_key,
+    }));
+    // A refusal comes back through the acknowledgement.
+    let _ = delivery::deliver(node.core(), delivery);
+}
+
+/// Settles one stored event when its flows end.
+struct JsAck {
+    durable: Arc<Durable>,
+    shared: Arc<Shared>,
+    message: async_nats::Message,
+    node: Id,
+    event: Event,
+    attempt: u32,
+    config: DeliveryConfig,
+    done_key: Option<String>,
+}
+
+impl Acknowledge for JsAck {
+    fn ack(self: Box<Self>) {
+        match self.done_key.clone() {
+            None => ack(&self.shared, &self.message, AckKind::Ack),
+            // Exactly-once: the completion is recorded before the event is
+            // acknowledged, so a redelivery finds it.
+            Some(key) => {
+                tokio::spawn(async move {
+                    // Through an outage too; meanwhile a redelivery to
+                    // this process is recognised by `taken`.
+                    let mut failures = 0u64;
+                    while let Err(error) = self.durable.done.put(key.clone(), Bytes::new()).await {
+                        failures += 1;
+                        if self.shared.is_closed() {
+                            return; // the redelivery's run will record it
+                        }
+                        tracing::debug!(%error, failures, "completion not recorded yet");
+                        tokio::time::sleep(Duration::from_millis(50 * failures.min(20))).await;
+                    }
+                    ack(&self.shared, &self.message, AckKind::Ack);
+                });
+            }
+        }
+    }
+
+    fn nak(self: Box<Self>, failure: Failure) {
+        if let Some(key) = &self.done_key {
+            self.durable.release(key);
+        }
+        if matches!(failure.error, HappenError::Shutdown) {
+            // Not this instance's to finish: handed out again at once.
+            ack(&self.shared, &self.message, AckKind::Nak(None));
+            return;
+        }
+        if self.attempt < self.config.max_attempts && crate::durable::worth_retrying(&failure.error)
+        {
+            // The requester waits for a later attempt's answer.
+            let delay = crate::durable::jittered_delay(&self.config, self.attempt);
+            ack(&self.shared, &self.message, AckKind::Nak(Some(delay)));
+            return;
+        }
+        let this = *self;
+        this.shared
+            .local
+            .dead_letter(&this.node, &this.event, this.attempt, &failure.error);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Happen-Error",
+            failure.error.to_string().replace(['\r', '\n'], " "),
+        );
+        headers.insert("Happen-Attempts", this.attempt.to_string());
+        let subject = format!("{}.dead.{}", this.durable.prefix, this.node);
+        let (js, payload) = (this.durable.js.clone(), this.message.payload.clone());
+        let (shared, message) = (this.shared, this.message);
+        tokio::spawn(async move {
+            match js.publish_with_headers(subject, headers, payload).await {
+                Ok(stored) => {
+                    if let Err(error) = stored.await {
+                        tracing::warn!(%error, "dead letter not stored");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "dead letter not stored"),
+            }
+            ack(&shared, &message, AckKind::Term);
+        });
+        failure.answer();
+    }
+}

@@ -1,0 +1,277 @@
+//! Durable delivery over JetStream.
+//!
+//! - One stream per prefix, `<PREFIX>_DURABLE`, over `<prefix>.durable.>`,
+//!   with interest retention: an event stays until the consumer of its node
+//!   acknowledges it. Events to the durable node `n` are published to
+//!   `<prefix>.durable.node.<n>` with `Nats-Msg-Id` = the event id, so a
+//!   repeated publish within the duplicate window is dropped by the server.
+//! - One durable pull consumer per node id (shared by every instance of the
+//!   node), acknowledging explicitly at the end of the flow, negatively
+//!   with the backoff delay after a failure, and terminating after the last
+//!   attempt, when the event goes to `<PREFIX>_DEAD` (`<prefix>.dead.<n>`).
+//! - The KV bucket `<prefix>_durable` names the durable nodes, so that every
+//!   process sends their events through the stream, also while the node's
+//!   own process is down.
+//! - Exactly-once nodes record each completed event in the KV bucket
+//!   `<prefix>_done` (kept for the duplicate window) before acknowledging
+//!   it; a redelivered event found there is acknowledged without running.
+//!
+//! Publishing goes through one task, in order, with acknowledgements
+//! awaited in a pipeline; a publish that fails (the server unreachable) is
+//! tried again with the same message id until it is stored, or, for a
+//! request, until its requester stops waiting.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Shared, lock};
+use crate::error::{HappenError, Result};
+use crate::event::Event;
+use crate::id::Id;
+use crate::node::Node;
+
+mod consume;
+mod publish;
+
+use consume::consume;
+pub(super) use publish::{DurableOutbox, publish};
+
+/// The header naming the inbox subject a request's answer goes to.
+const REPLY_TO: &str = "Happen-Reply-To";
+/// How long a publish waits for the stream's acknowledgement before it is
+/// sent again.
+const PUBLISH_ACK_WAIT: Duration = Duration::from_secs(2);
+
+fn unavailable(what: &str, error: impl std::fmt::Display) -> HappenError {
+    HappenError::transport_msg(format!("durable delivery: {what}: {error}"))
+}
+
+/// A name JetStream accepts for streams and buckets, from the prefix.
+fn name_part(prefix: &str) -> String {
+    prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// What happens once an event is stored (or could not be).
+enum Then {
+    /// A request: on failure, its requester hears the error.
+    Request(u64),
+    /// A tell: on failure, reported as undelivered.
+    Tell { target: Id, event: Event },
+}
+
+/// One thing for the publishing task: an event to store, or a flush marker
+/// resolved once everything queued before it is stored.
+enum Outgoing {
+    Event {
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+        then: Then,
+        /// A request gives up at its deadline; a tell never does.
+        until: Option<tokio::time::Instant>,
+    },
+    Marker(oneshot::Sender<()>),
+}
+
+/// The durable side of the NATS transport.
+pub(super) struct Durable {
+    js: jetstream::Context,
+    prefix: String,
+    stream: String,
+    registry: kv::Store,
+    done: kv::Store,
+    /// Ids of the durable nodes anywhere in the system.
+    targets: RwLock<HashSet<String>>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// Node setups under way, awaited by the next flush.
+    setups: Mutex<Vec<oneshot::Receiver<Result<()>>>>,
+    /// Exactly-once events this process is running or completed (node and
+    /// event id), so that a redelivery while the flow runs, or before its
+    /// completion is recorded, does not run it again.
+    taken: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl Durable {
+    /// Creates (or finds) the streams and buckets, and loads the durable
+    /// nodes. Returns the receiver the publishing task runs on.
+    pub(super) async fn open(
+        client: async_nats::Client,
+        prefix: &str,
+        window: Duration,
+    ) -> Result<(Durable, DurableOutbox)> {
+        let js = jetstream::new(client);
+        let part = name_part(prefix);
+        let stream = format!("{}_DURABLE", part.to_uppercase());
+        js.get_or_create_stream(stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("{prefix}.durable.>")],
+            retention: stream::RetentionPolicy::Interest,
+            storage: stream::StorageType::File,
+            duplicate_window: window,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable("cannot create the event stream", e))?;
+        js.get_or_create_stream(stream::Config {
+            name: format!("{}_DEAD", part.to_uppercase()),
+            subjects: vec![format!("{prefix}.dead.>")],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable("cannot create the dead-letter stream", e))?;
+        let registry = bucket(&js, format!("{part}_durable"), Duration::ZERO).await?;
+        let done = bucket(&js, format!("{part}_done"), window).await?;
+        let mut targets = HashSet::new();
+        if let Ok(mut keys) = registry.keys().await {
+            while let Some(Ok(key)) = keys.next().await {
+                if let Some(id) = crate::store::jetstream::unescape_key(&key) {
+                    targets.insert(id);
+                }
+            }
+        }
+        let (outgoing, rx) = mpsc::unbounded_channel();
+        Ok((
+            Durable {
+                js,
+                prefix: prefix.to_owned(),
+                stream,
+                registry,
+                done,
+                targets: RwLock::new(targets),
+                outgoing,
+                setups: Mutex::new(Vec::new()),
+                taken: Mutex::new(HashMap::new()),
+            },
+            DurableOutbox(rx),
+        ))
+    }
+
+    /// Marks an exactly-once event as taken by this process; false if it
+    /// already was (running, or completed within `window`).
+    fn take_once(&self, key: &str, window: Duration) -> bool {
+        let now = std::time::Instant::now();
+        let mut taken = lock(&self.taken);
+        if taken
+            .get(key)
+            .is_some_and(|at| now.duration_since(*at) < window)
+        {
+            return false;
+        }
+        if taken.len() >= 1024 && taken.len().is_power_of_two() {
+            taken.retain(|_, at| now.duration_since(*at) < window);
+        }
+        taken.insert(key.to_owned(), now);
+        true
+    }
+
+    /// Lets an exactly-once event that failed be taken again (its retry).
+    fn release(&self, key: &str) {
+        lock(&self.taken).remove(key);
+    }
+
+    /// Whether events to `node` go through the stream.
+    pub(super) fn is_target(&self, node: &str) -> bool {
+        self.targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(node)
+    }
+
+    fn subject(&self, node: &str) -> String {
+        format!("{}.durable.node.{node}", self.prefix)
+    }
+
+    /// Stores a tell to the durable node `target`.
+    pub(super) fn tell(&self, target: &str, event: Event, payload: Bytes) {
+        let _ = self.outgoing.send(Outgoing::Event {
+            subject: self.subject(target),
+            headers: message_headers(&event),
+            payload,
+            then: Then::Tell {
+                target: Id::from(target),
+                event,
+            },
+            until: None,
+        });
+    }
+
+    /// Stores the request `token` to the durable node `target`; its answer
+    /// goes to `reply_to`.
+    pub(super) fn request(
+        &self,
+        target: &str,
+        event: &Event,
+        payload: Bytes,
+        token: u64,
+        reply_to: &str,
+        deadline: tokio::time::Instant,
+    ) {
+        let mut headers = message_headers(event);
+        headers.insert(REPLY_TO, reply_to);
+        let _ = self.outgoing.send(Outgoing::Event {
+            subject: self.subject(target),
+            headers,
+            payload,
+            then: Then::Request(token),
+            until: Some(deadline),
+        });
+    }
+
+    /// Resolves once every event queued so far is stored and every node set
+    /// up so far consumes; the first setup error is returned.
+    pub(super) async fn flush(&self) -> Result<()> {
+        let setups: Vec<_> = lock(&self.setups).drain(..).collect();
+        for setup in setups {
+            setup.await.unwrap_or(Ok(()))?;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.outgoing.send(Outgoing::Marker(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        Ok(())
+    }
+
+    /// Makes `node` durable: registers it, and starts consuming its events
+    /// (in a task of its own, which ends with the node).
+    pub(super) fn attach(self: &Arc<Self>, shared: &Arc<Shared>, node: &Node) {
+        self.targets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.id().to_owned());
+        let (ready, setup) = oneshot::channel();
+        lock(&self.setups).push(setup);
+        let task = tokio::spawn(consume(self.clone(), shared.clone(), node.clone(), ready));
+        lock(&shared.tasks).push(task);
+    }
+}
+
+fn message_headers(event: &Event) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.id());
+    headers
+}
+
+async fn bucket(js: &jetstream::Context, name: String, max_age: Duration) -> Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(name.clone()).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.clone(),
+        max_age,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| unavailable(&format!("cannot create the bucket {name}"), e))
+}

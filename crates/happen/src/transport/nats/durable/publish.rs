@@ -1,0 +1,135 @@
+//! Storing events: one task publishes them in order and awaits the
+//! stream's acknowledgements side by side.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Durable, Outgoing, PUBLISH_ACK_WAIT, Then, unavailable};
+use crate::error::Result;
+use crate::transport::nats::Shared;
+
+/// The receiving end of the publishing queue.
+pub(in crate::transport::nats) struct DurableOutbox(pub(super) mpsc::UnboundedReceiver<Outgoing>);
+
+/// Publishes queued events in order, awaiting their acknowledgements in a
+/// pipeline, and sends again what the server did not acknowledge.
+pub(in crate::transport::nats) async fn publish(
+    shared: Arc<Shared>,
+    durable: Arc<Durable>,
+    outbox: DurableOutbox,
+) {
+    let DurableOutbox(mut rx) = outbox;
+    let mut seq = 0u64;
+    let mut outstanding = BTreeSet::new();
+    let mut markers: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+    let mut acks = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            item = rx.recv(), if open => match item {
+                None => open = false,
+                Some(Outgoing::Marker(tx)) => markers.push((seq, tx)),
+                Some(Outgoing::Event { subject, headers, payload, then, until }) => {
+                    seq += 1;
+                    outstanding.insert(seq);
+                    // Handed to the client here, in the order sent; only
+                    // the acknowledgements are awaited side by side.
+                    let first = durable
+                        .js
+                        .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                        .await;
+                    let message = Message { subject, headers, payload };
+                    acks.push(store(durable.js.clone(), seq, message, first, then, until));
+                }
+            },
+            Some((seq, then, outcome)) = acks.next() => {
+                outstanding.remove(&seq);
+                if let Err(error) = outcome {
+                    match then {
+                        Then::Request(token) => shared.requests.fail(token, error),
+                        Then::Tell { target, event } => shared.local.undelivered(
+                            &target,
+                            event.event_type(),
+                            event.id(),
+                            &error.to_string(),
+                        ),
+                    }
+                }
+            },
+            else => break,
+        }
+        // A marker resolves once nothing queued before it is outstanding.
+        let lowest = outstanding.first().copied().unwrap_or(u64::MAX);
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut markers)
+            .into_iter()
+            .partition(|(at, _)| *at < lowest);
+        markers = waiting;
+        for (_, tx) in done {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An event as published to the stream.
+struct Message {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
+/// Waits for the stream to acknowledge `first` (the event's first publish),
+/// publishing the event again while it is not acknowledged (the same
+/// message id each time, so a repeat is dropped), until `until` passes.
+async fn store(
+    js: jetstream::Context,
+    seq: u64,
+    message: Message,
+    first: std::result::Result<
+        jetstream::context::PublishAckFuture,
+        jetstream::context::PublishError,
+    >,
+    then: Then,
+    until: Option<tokio::time::Instant>,
+) -> (u64, Then, Result<()>) {
+    let mut published = Some(first);
+    let mut failures = 0u32;
+    loop {
+        let publish = match published.take() {
+            Some(first) => first,
+            None => {
+                js.publish_with_headers(
+                    message.subject.clone(),
+                    message.headers.clone(),
+                    message.payload.clone(),
+                )
+                .await
+            }
+        };
+        let attempt = async {
+            let ack = publish.map_err(|e| unavailable("cannot publish", e))?;
+            tokio::time::timeout(PUBLISH_ACK_WAIT, ack)
+                .await
+                .map_err(|_| unavailable("no acknowledgement", "timed out"))?
+                .map_err(|e| unavailable("not stored", e))
+        };
+        match attempt.await {
+            Ok(_) => return (seq, then, Ok(())),
+            Err(error) => {
+                failures += 1;
+                if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                    return (seq, then, Err(error));
+                }
+                tracing::debug!(subject = %message.subject, failures, %error, "durable publish retried");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(failures.min(20)))).await;
+            }
+        }
+    }
+}

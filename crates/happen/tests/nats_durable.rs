@@ -1,0 +1,160 @@
+//! Durable delivery over NATS, with faults that count: events sent while
+//! the receiving process is down, and a server restart in the middle of a
+//! stream. Each test prints one line
+//! `faults: <scenario> sent=N processed=N lost=L duplicated=D`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use happen::nats::NatsConfig;
+use happen::prelude::*;
+use happen::{DeliveryConfig, Node};
+use happen_test::NatsServer;
+
+mod support;
+use support::*;
+
+/// Counts how often each sequence number was processed.
+#[derive(Clone, Default)]
+struct Tally(Arc<Mutex<HashMap<u64, u32>>>);
+
+impl Tally {
+    fn handle(&self, node: &Node) {
+        let tally = self.clone();
+        node.on("item", move |event: Event, _cx: Context| {
+            let tally = tally.clone();
+            async move {
+                let seq = event.payload()["seq"].as_u64().expect("seq");
+                *tally.0.lock().unwrap().entry(seq).or_default() += 1;
+            }
+        })
+        .unwrap();
+    }
+
+    fn distinct(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Waits until `sent` distinct events were processed (or `secs` pass),
+    /// then prints and returns (processed, lost, duplicated).
+    async fn report(&self, scenario: &str, sent: u64, secs: u64) -> (u64, u64, u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while (self.distinct() as u64) < sent && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Late copies would show up now.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let counts = self.0.lock().unwrap();
+        let processed: u64 = counts.values().map(|&n| u64::from(n)).sum();
+        let lost = (0..sent).filter(|seq| !counts.contains_key(seq)).count() as u64;
+        let duplicated: u64 = counts
+            .values()
+            .map(|&n| u64::from(n.saturating_sub(1)))
+            .sum();
+        println!(
+            "faults: {scenario} sent={sent} processed={processed} lost={lost} duplicated={duplicated}"
+        );
+        (processed, lost, duplicated)
+    }
+}
+
+fn durable(mode: DeliveryConfig) -> NodeConfig {
+    NodeConfig::new().delivery(
+        mode.backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .ack_wait(Duration::from_secs(2)),
+    )
+}
+
+/// Events sent while the receiving process is down wait in the stream and
+/// are processed, in the order they were sent, when it starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_sent_while_the_receiver_is_down_are_processed_in_order_when_it_returns() {
+    let server = NatsServer::start().unwrap();
+    let config = || NatsConfig::new(server.url());
+    // The receiver's first life registers the durable node, then ends.
+    let first = Happen::connect(config()).await.unwrap();
+    first
+        .node_with("inventory", durable(DeliveryConfig::at_least_once()))
+        .unwrap();
+    first.flush().await.unwrap();
+    first.shutdown().await;
+
+    let sender = Happen::connect(config()).await.unwrap();
+    let shop = sender.node("shop").unwrap();
+    let sent = 500u64;
+    for seq in 0..sent {
+        shop.tell("inventory", Event::new("item", json!({ "seq": seq })))
+            .unwrap();
+    }
+    // Stored: the receiver is not running.
+    within("the events are stored", 20, sender.flush())
+        .await
+        .unwrap();
+
+    let second = Happen::connect(config()).await.unwrap();
+    let inventory = second
+        .node_with(
+            "inventory",
+            durable(DeliveryConfig::at_least_once()).max_concurrent(1),
+        )
+        .unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let (tally, o) = (Tally::default(), order.clone());
+    let t = tally.clone();
+    inventory
+        .on("item", move |event: Event, _cx: Context| {
+            let (tally, order) = (t.clone(), o.clone());
+            async move {
+                let seq = event.payload()["seq"].as_u64().expect("seq");
+                order.lock().unwrap().push(seq);
+                *tally.0.lock().unwrap().entry(seq).or_default() += 1;
+            }
+        })
+        .unwrap();
+    let (processed, lost, duplicated) = tally.report("receiver-offline", sent, 30).await;
+    assert_eq!((lost, duplicated, processed), (0, 0, sent));
+    let order = order.lock().unwrap().clone();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "events arrive in the order they were sent"
+    );
+}
+
+/// A server restart (same store) in the middle of 10,000 events to an
+/// exactly-once node loses none and runs none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_mid_stream_loses_nothing_and_duplicates_nothing() {
+    let mut server = NatsServer::start().unwrap();
+    let url = server.url();
+    let receiver = Happen::connect(fast_reconnect(url.clone()).co_located(false))
+        .await
+        .unwrap();
+    let ledger = receiver
+        .node_with("ledger", durable(DeliveryConfig::exactly_once()))
+        .unwrap();
+    let tally = Tally::default();
+    tally.handle(&ledger);
+    receiver.flush().await.unwrap();
+
+    let sender = Happen::connect(fast_reconnect(url).co_located(false))
+        .await
+        .unwrap();
+    let shop = sender.node("shop").unwrap();
+    let sent = 10_000u64;
+    for seq in 0..sent {
+        if seq == 3_000 {
+            server.restart().unwrap();
+        }
+        shop.tell("ledger", Event::new("item", json!({ "seq": seq })))
+            .unwrap();
+        if seq % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    within("every event is stored", 60, sender.flush())
+        .await
+        .unwrap();
+    let (processed, lost, duplicated) = tally.report("server-restart", sent, 60).await;
+    assert_eq!((lost, duplicated, processed), (0, 0, sent));
+}
