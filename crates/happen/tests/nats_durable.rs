@@ -158,3 +158,46 @@ async fn server_restart_mid_stream_loses_nothing_and_duplicates_nothing() {
     let (processed, lost, duplicated) = tally.report("server-restart", sent, 60).await;
     assert_eq!((lost, duplicated, processed), (0, 0, sent));
 }
+
+/// While the server is unreachable, events for durable nodes wait in a
+/// bounded queue: past the outgoing limit the sender gets `Backpressure`,
+/// and everything accepted is stored and processed after the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_kept_during_an_outage_are_bounded_and_none_accepted_is_lost() {
+    let mut server = NatsServer::start().unwrap();
+    let url = server.url();
+    let receiver = Happen::connect(fast_reconnect(url.clone()).co_located(false))
+        .await
+        .unwrap();
+    let audit = receiver
+        .node_with("audit", durable(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let tally = Tally::default();
+    tally.handle(&audit);
+    receiver.flush().await.unwrap();
+    let sender = Happen::connect(fast_reconnect(url).co_located(false).outgoing_limit(50))
+        .await
+        .unwrap();
+    let shop = sender.node("shop").unwrap();
+
+    server.stop();
+    let mut accepted = 0u64;
+    let mut refused = 0u64;
+    for seq in 0..80u64 {
+        match shop.tell("audit", Event::new("item", json!({ "seq": accepted }))) {
+            Ok(()) => accepted += 1,
+            Err(HappenError::Backpressure { limit, .. }) => {
+                assert_eq!(limit, 50);
+                refused += 1;
+            }
+            Err(other) => panic!("event {seq}: {other:?}"),
+        }
+    }
+    assert_eq!((accepted, refused), (50, 30));
+    server.restart().unwrap();
+    within("the kept events are stored", 60, sender.flush())
+        .await
+        .unwrap();
+    let (processed, lost, duplicated) = tally.report("outage-bounded", accepted, 60).await;
+    assert_eq!((lost, duplicated, processed), (0, 0, accepted));
+}

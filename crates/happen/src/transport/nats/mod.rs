@@ -141,7 +141,15 @@ impl NatsTransport {
         }
 
         let durable = if config.jetstream {
-            Some(durable::Durable::open(client.clone(), &config.prefix, dedup_window).await?)
+            Some(
+                durable::Durable::open(
+                    client.clone(),
+                    &config.prefix,
+                    dedup_window,
+                    config.outgoing_limit,
+                )
+                .await?,
+            )
         } else {
             None
         };
@@ -454,8 +462,11 @@ impl Transport for NatsTransport {
                 reply,
                 deadline,
             );
-            if let (Some(token), Some(reply_to)) = (publish.token, publish.reply) {
-                durable.request(target, &event, sealed.payload, token, &reply_to, deadline);
+            if let (Some(token), Some(reply_to)) = (publish.token, publish.reply)
+                && let Err(error) =
+                    durable.request(target, &event, sealed.payload, token, &reply_to, deadline)
+            {
+                shared.requests.fail(token, error);
             }
             return;
         }
@@ -485,8 +496,7 @@ impl Transport for NatsTransport {
         if let Some(durable) = shared.durable.as_ref().filter(|d| d.is_target(target)) {
             let sealed = envelope::seal(&event, false)?;
             sealed.check_size(shared.max_payload())?;
-            durable.tell(target, event, sealed.payload);
-            return Ok(());
+            return durable.tell(target, event, sealed.payload);
         }
         if shared.co_located
             && let Some(node) = shared.local.node(target)

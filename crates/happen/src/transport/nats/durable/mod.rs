@@ -22,6 +22,7 @@
 //! request, until its requester stops waiting.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -99,6 +100,9 @@ pub(super) struct Durable {
     /// event id), so that a redelivery while the flow runs, or before its
     /// completion is recorded, does not run it again.
     taken: Mutex<HashMap<String, std::time::Instant>>,
+    /// Events in the publishing queue, and how many it may hold.
+    queued: AtomicUsize,
+    limit: usize,
 }
 
 impl Durable {
@@ -108,6 +112,7 @@ impl Durable {
         client: async_nats::Client,
         prefix: &str,
         window: Duration,
+        limit: usize,
     ) -> Result<(Durable, DurableOutbox)> {
         let js = jetstream::new(client);
         let part = name_part(prefix);
@@ -152,6 +157,8 @@ impl Durable {
                 outgoing,
                 setups: Mutex::new(Vec::new()),
                 taken: Mutex::new(HashMap::new()),
+                queued: AtomicUsize::new(0),
+                limit,
             },
             DurableOutbox(rx),
         ))
@@ -193,7 +200,8 @@ impl Durable {
     }
 
     /// Stores a tell to the durable node `target`.
-    pub(super) fn tell(&self, target: &str, event: Event, payload: Bytes) {
+    pub(super) fn tell(&self, target: &str, event: Event, payload: Bytes) -> Result<()> {
+        self.reserve()?;
         let _ = self.outgoing.send(Outgoing::Event {
             subject: self.subject(target),
             headers: message_headers(&event),
@@ -204,6 +212,27 @@ impl Durable {
             },
             until: None,
         });
+        Ok(())
+    }
+
+    /// Takes a place in the publishing queue, which holds what is not
+    /// stored yet (everything, while the server is unreachable): beyond
+    /// the outgoing limit a sender gets `Backpressure`, nothing is dropped.
+    fn reserve(&self) -> Result<()> {
+        let pending = self.queued.fetch_add(1, Ordering::AcqRel);
+        if pending >= self.limit {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(HappenError::Backpressure {
+                pending,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// An event left the publishing queue (stored, or failed).
+    fn settled(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Stores the request `token` to the durable node `target`; its answer
@@ -216,7 +245,8 @@ impl Durable {
         token: u64,
         reply_to: &str,
         deadline: tokio::time::Instant,
-    ) {
+    ) -> Result<()> {
+        self.reserve()?;
         let mut headers = message_headers(event);
         headers.insert(REPLY_TO, reply_to);
         let _ = self.outgoing.send(Outgoing::Event {
@@ -226,6 +256,7 @@ impl Durable {
             then: Then::Request(token),
             until: Some(deadline),
         });
+        Ok(())
     }
 
     /// Resolves once every event queued so far is stored and every node set
