@@ -196,8 +196,9 @@ impl Acknowledge for LocalRetry {
     }
 }
 
-/// The ids of the events an exactly-once node took in this process within
-/// the de-duplication window, so that a copy is not run again.
+/// The events an exactly-once node took in this process within the
+/// de-duplication window (by event id, or any key naming one), so that a
+/// copy, or a redelivery while the flow still runs, is not run again.
 #[derive(Default)]
 pub(crate) struct Seen {
     ids: Mutex<HashMap<Id, Instant>>,
@@ -205,7 +206,7 @@ pub(crate) struct Seen {
 
 impl Seen {
     /// Whether `id` is new within `window` (and remembers it).
-    pub(crate) fn first(&self, id: &Id, window: Duration) -> bool {
+    pub(crate) fn first(&self, id: &str, window: Duration) -> bool {
         let now = Instant::now();
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(at) = ids.get(id)
@@ -218,7 +219,16 @@ impl Seen {
         if ids.len() >= 1024 && ids.len().is_power_of_two() {
             ids.retain(|_, at| now.duration_since(*at) < window);
         }
-        ids.insert(id.clone(), now);
+        ids.insert(Id::from(id), now);
         true
+    }
+
+    /// Forgets `id`: its event failed and may be taken again (its retry).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn forget(&self, id: &str) {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 }

@@ -61,14 +61,52 @@ pub(super) enum Command {
     Flush(oneshot::Sender<Result<()>>),
 }
 
+/// How many messages wait to go out, with a limit on new ones: past it a
+/// sender gets `Backpressure` (and nothing is dropped).
+pub(super) struct Bound {
+    pending: AtomicUsize,
+    limit: usize,
+}
+
+impl Bound {
+    pub(super) fn new(limit: usize) -> Self {
+        Bound {
+            pending: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Takes a place for a new message, if there is room.
+    pub(super) fn reserve(&self) -> Result<()> {
+        let pending = self.pending.fetch_add(1, Ordering::AcqRel);
+        if pending >= self.limit {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(HappenError::Backpressure {
+                pending,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes a place whatever the limit (replies, retries).
+    fn force(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A message went out (or failed): its place is free.
+    pub(super) fn release(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The sending side of the queue.
 pub(super) struct Commands {
     tx: mpsc::UnboundedSender<Command>,
     /// Publishes in the queue or being handed to the client.
-    publishing: AtomicUsize,
+    publishing: Bound,
     /// Commands of any kind in the queue or being carried out.
     queued: AtomicUsize,
-    limit: usize,
     client: async_nats::Client,
 }
 
@@ -80,9 +118,8 @@ impl Commands {
         let (tx, rx) = mpsc::unbounded_channel();
         let commands = Commands {
             tx,
-            publishing: AtomicUsize::new(0),
+            publishing: Bound::new(limit),
             queued: AtomicUsize::new(0),
-            limit,
             client,
         };
         (commands, rx)
@@ -101,7 +138,7 @@ impl Commands {
             Command::Publish(publish) => match self.publish_now(publish)? {
                 None => return Ok(()),
                 Some(publish) => {
-                    self.publishing.fetch_add(1, Ordering::AcqRel);
+                    self.publishing.force();
                     Command::Publish(publish)
                 }
             },
@@ -117,14 +154,7 @@ impl Commands {
         let Some(publish) = self.publish_now(publish)? else {
             return Ok(());
         };
-        let pending = self.publishing.fetch_add(1, Ordering::AcqRel);
-        if pending >= self.limit {
-            self.publishing.fetch_sub(1, Ordering::AcqRel);
-            return Err(HappenError::Backpressure {
-                pending,
-                limit: self.limit,
-            });
-        }
+        self.publishing.reserve()?;
         self.queue(Command::Publish(publish));
         Ok(())
     }
@@ -163,7 +193,7 @@ impl Commands {
     }
 
     fn published(&self) {
-        self.publishing.fetch_sub(1, Ordering::AcqRel);
+        self.publishing.release();
     }
 
     fn carried_out(&self) {

@@ -138,7 +138,7 @@ async fn take(
     let done_key = (config.mode == DeliveryMode::ExactlyOnce)
         .then(|| format!("{}.{}", escape_key(node.id()), escape_key(event.id())));
     if let Some(key) = &done_key {
-        if !durable.take_once(key, config.dedup_window) {
+        if !durable.taken.first(key, config.dedup_window) {
             // Running here, or completed here: the flow acknowledges it.
             return;
         }
@@ -208,7 +208,7 @@ impl Acknowledge for JsAck {
 
     fn nak(self: Box<Self>, failure: Failure) {
         if let Some(key) = &self.done_key {
-            self.durable.release(key);
+            self.durable.taken.forget(key);
         }
         if matches!(failure.error, HappenError::Shutdown) {
             // Not this instance's to finish: handed out again at once.

@@ -21,8 +21,7 @@
 //! tried again with the same message id until it is stored, or, for a
 //! request, until its requester stops waiting.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
+use super::commands::Bound;
 use super::{Shared, lock};
 use crate::error::{HappenError, Result};
 use crate::event::Event;
@@ -99,10 +99,11 @@ pub(super) struct Durable {
     /// Exactly-once events this process is running or completed (node and
     /// event id), so that a redelivery while the flow runs, or before its
     /// completion is recorded, does not run it again.
-    taken: Mutex<HashMap<String, std::time::Instant>>,
-    /// Events in the publishing queue, and how many it may hold.
-    queued: AtomicUsize,
-    limit: usize,
+    taken: crate::durable::Seen,
+    /// Events in the publishing queue (which holds what is not stored
+    /// yet: everything, while the server is unreachable), bounded by the
+    /// outgoing limit.
+    queued: Bound,
 }
 
 impl Durable {
@@ -156,35 +157,11 @@ impl Durable {
                 targets: RwLock::new(targets),
                 outgoing,
                 setups: Mutex::new(Vec::new()),
-                taken: Mutex::new(HashMap::new()),
-                queued: AtomicUsize::new(0),
-                limit,
+                taken: Default::default(),
+                queued: Bound::new(limit),
             },
             DurableOutbox(rx),
         ))
-    }
-
-    /// Marks an exactly-once event as taken by this process; false if it
-    /// already was (running, or completed within `window`).
-    fn take_once(&self, key: &str, window: Duration) -> bool {
-        let now = std::time::Instant::now();
-        let mut taken = lock(&self.taken);
-        if taken
-            .get(key)
-            .is_some_and(|at| now.duration_since(*at) < window)
-        {
-            return false;
-        }
-        if taken.len() >= 1024 && taken.len().is_power_of_two() {
-            taken.retain(|_, at| now.duration_since(*at) < window);
-        }
-        taken.insert(key.to_owned(), now);
-        true
-    }
-
-    /// Lets an exactly-once event that failed be taken again (its retry).
-    fn release(&self, key: &str) {
-        lock(&self.taken).remove(key);
     }
 
     /// Whether events to `node` go through the stream.
@@ -201,7 +178,7 @@ impl Durable {
 
     /// Stores a tell to the durable node `target`.
     pub(super) fn tell(&self, target: &str, event: Event, payload: Bytes) -> Result<()> {
-        self.reserve()?;
+        self.queued.reserve()?;
         let _ = self.outgoing.send(Outgoing::Event {
             subject: self.subject(target),
             headers: message_headers(&event),
@@ -215,26 +192,6 @@ impl Durable {
         Ok(())
     }
 
-    /// Takes a place in the publishing queue, which holds what is not
-    /// stored yet (everything, while the server is unreachable): beyond
-    /// the outgoing limit a sender gets `Backpressure`, nothing is dropped.
-    fn reserve(&self) -> Result<()> {
-        let pending = self.queued.fetch_add(1, Ordering::AcqRel);
-        if pending >= self.limit {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(HappenError::Backpressure {
-                pending,
-                limit: self.limit,
-            });
-        }
-        Ok(())
-    }
-
-    /// An event left the publishing queue (stored, or failed).
-    fn settled(&self) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-    }
-
     /// Stores the request `token` to the durable node `target`; its answer
     /// goes to `reply_to`.
     pub(super) fn request(
@@ -246,7 +203,7 @@ impl Durable {
         reply_to: &str,
         deadline: tokio::time::Instant,
     ) -> Result<()> {
-        self.reserve()?;
+        self.queued.reserve()?;
         let mut headers = message_headers(event);
         headers.insert(REPLY_TO, reply_to);
         let _ = self.outgoing.send(Outgoing::Event {

@@ -52,7 +52,7 @@ pub(in crate::transport::nats) async fn publish(
             },
             Some((seq, then, outcome)) = acks.next() => {
                 outstanding.remove(&seq);
-                durable.settled();
+                durable.queued.release();
                 if let Err(error) = outcome {
                     match then {
                         Then::Request(token) => shared.requests.fail(token, error),
