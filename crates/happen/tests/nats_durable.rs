@@ -201,3 +201,54 @@ async fn events_kept_during_an_outage_are_bounded_and_none_accepted_is_lost() {
     let (processed, lost, duplicated) = tally.report("outage-bounded", accepted, 60).await;
     assert_eq!((lost, duplicated, processed), (0, 0, accepted));
 }
+
+/// A durable node created after the sender connected is learned from the
+/// registry; broadcasts its handlers take are stored while its process is
+/// down and processed when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_wait_for_a_durable_node_that_is_down() {
+    let server = NatsServer::start().unwrap();
+    let config = || NatsConfig::new(server.url());
+    let sender = Happen::connect(config()).await.unwrap();
+    let newsroom = sender.node("newsroom").unwrap();
+
+    let first = Happen::connect(config()).await.unwrap();
+    let archive = first
+        .node_with("archive", durable(DeliveryConfig::at_least_once()))
+        .unwrap();
+    archive
+        .on("news.*", |_e: Event, _cx: Context| async {})
+        .unwrap();
+    first.flush().await.unwrap();
+    first.shutdown().await;
+    // The sender follows the registry: give the record a moment to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let sent = 200u64;
+    for seq in 0..sent {
+        newsroom
+            .broadcast(Event::new("news.item", json!({ "seq": seq })))
+            .unwrap();
+    }
+    within("the broadcasts are stored", 20, sender.flush())
+        .await
+        .unwrap();
+
+    let second = Happen::connect(config()).await.unwrap();
+    let archive = second
+        .node_with("archive", durable(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let tally = Tally::default();
+    let t = tally.clone();
+    archive
+        .on("news.*", move |event: Event, _cx: Context| {
+            let tally = t.clone();
+            async move {
+                let seq = event.payload()["seq"].as_u64().expect("seq");
+                *tally.0.lock().unwrap().entry(seq).or_default() += 1;
+            }
+        })
+        .unwrap();
+    let (processed, lost, duplicated) = tally.report("broadcast-receiver-offline", sent, 30).await;
+    assert_eq!((lost, duplicated, processed), (0, 0, sent));
+}

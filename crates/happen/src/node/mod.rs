@@ -87,6 +87,12 @@ impl NodeCore {
             || self.seen.first(&event.causal().id, delivery.dedup_window)
     }
 
+    /// Whether the transport stores the node's events (a durable node over
+    /// NATS): they reach it only from there.
+    pub(crate) fn stored_by_transport(&self) -> bool {
+        self.limits.delivery.mode.is_durable() && !self.retried_here
+    }
+
     /// Whether events to the node are retried by this process.
     pub(crate) fn retried_here(&self) -> bool {
         self.retried_here
@@ -465,7 +471,7 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
         if self.core.closed.load(Ordering::Acquire) {
             return Err(HappenError::Shutdown);
         }
-        let interest = runtime.transport().subscribe(&pattern)?;
+        let interest = runtime.transport().subscribe(&self.untyped(), &pattern)?;
         let id = HandlerId::next();
         self.core.registry.add(Registration {
             id,

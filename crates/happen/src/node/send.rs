@@ -60,9 +60,8 @@ impl<S> Node<S> {
         // A plain load tells whether the runtime is still there (it stops
         // at once when dropped); no upgrade needed.
         // Events to a node whose transport stores them go through it.
-        let stored = node.limits.delivery.mode.is_durable() && !node.retried_here;
         (self.core.in_process
-            && !stored
+            && !node.stored_by_transport()
             && Weak::ptr_eq(&node.runtime, &self.core.runtime)
             && self.core.runtime.strong_count() > 0
             && !node.closed.load(Ordering::Acquire))

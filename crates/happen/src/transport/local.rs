@@ -58,6 +58,9 @@ impl LocalTransport {
             let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
             nodes
                 .values()
+                // A node whose transport stores its events takes broadcasts
+                // from there, not this direct copy.
+                .filter(|node| !node.core().stored_by_transport())
                 .filter_map(|node| {
                     let matched = node.core().matching(event.event_type())?;
                     Some((node.clone(), matched))
@@ -178,7 +181,7 @@ impl Transport for LocalTransport {
             .remove(id);
     }
 
-    fn subscribe(&self, _pattern: &Pattern) -> Result<Interest> {
+    fn subscribe(&self, _node: &Node, _pattern: &Pattern) -> Result<Interest> {
         // Every local node is consulted on each broadcast: nothing to set up.
         Ok(Interest::default())
     }

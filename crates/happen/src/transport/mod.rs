@@ -32,9 +32,9 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn attach(&self, node: &Node) -> Result<()>;
     /// Makes the node `id` unreachable (it shuts down).
     fn detach(&self, id: &str);
-    /// A handler with `pattern` was registered: make sure broadcasts it
-    /// matches reach this process.
-    fn subscribe(&self, pattern: &Pattern) -> Result<Interest>;
+    /// A handler with `pattern` was registered on `node`: make sure
+    /// broadcasts it matches reach it.
+    fn subscribe(&self, node: &Node, pattern: &Pattern) -> Result<Interest>;
     /// A handler went: release what it alone needed.
     fn unsubscribe(&self, interest: &Interest);
     /// Delivers `event` to every node with a matching handler.

@@ -191,3 +191,39 @@ pub async fn exactly_once_re_run_emits_the_same_events(backend: &dyn Backend) {
     assert_eq!(entry.id(), emitted[0]);
     super::assert_quiet(&mut rx, "the ledger took a copy").await;
 }
+
+pub async fn broadcasts_to_durable_nodes_are_retried_and_taken_once(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let announcer = h.node("bc-announcer").unwrap();
+    let durable = h
+        .node_with("bc-durable", quick(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let plain = h.node("bc-plain").unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    durable.on("price.*", flaky(1, attempts.clone())).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    plain
+        .on("price.changed", super::recorder(tx, json!(null)))
+        .unwrap();
+    h.flush().await.unwrap();
+
+    announcer
+        .broadcast(ev("price.changed", json!({ "sku": "A-1" })))
+        .unwrap();
+    recv(&mut rx).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while attempts.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the durable node's failed attempt was not retried"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        2,
+        "one failed attempt, one success, no second copy"
+    );
+    super::assert_quiet(&mut rx, "the plain node took it once").await;
+}

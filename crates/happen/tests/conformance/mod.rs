@@ -133,6 +133,7 @@ macro_rules! conformance_suite {
             last_failure_is_dead_lettered_and_reported,
             saturated_durable_node_takes_events_later,
             exactly_once_re_run_emits_the_same_events,
+            broadcasts_to_durable_nodes_are_retried_and_taken_once,
         );
         $crate::conformance_suite!(@topic observation;
             observers_see_stamps_deliveries_and_finishes,

@@ -178,8 +178,9 @@ impl NatsTransport {
         let sweeper = tokio::spawn(sweep(shared.clone()));
         lock(&shared.tasks).extend([command_loop, status_loop, sweeper]);
         if let (Some(durable), Some(outbox)) = (shared.durable.clone(), outbox) {
+            let follower = tokio::spawn(durable.follow());
             let publisher = tokio::spawn(durable::publish(shared.clone(), durable, outbox));
-            lock(&shared.tasks).push(publisher);
+            lock(&shared.tasks).extend([follower, publisher]);
         }
         shared.commands.control(Command::Subscribe {
             id: shared.next_id(),
@@ -387,8 +388,15 @@ impl Transport for NatsTransport {
         }
     }
 
-    fn subscribe(&self, pattern: &Pattern) -> Result<Interest> {
+    fn subscribe(&self, node: &Node, pattern: &Pattern) -> Result<Interest> {
         let shared = &self.shared;
+        if node.core().stored_by_transport()
+            && let Some(durable) = &shared.durable
+        {
+            // Its broadcasts come from the stream, through its consumer.
+            durable.add_filters(shared, node, &subjects::filters_for(pattern));
+            return Ok(Interest::default());
+        }
         let wanted: Vec<String> = subjects::filters_for(pattern)
             .iter()
             .map(|s| subjects::broadcast_subject(&shared.prefix, s))
@@ -415,6 +423,11 @@ impl Transport for NatsTransport {
         let shared = &self.shared;
         let sealed = envelope::seal(&event, true)?;
         sealed.check_size(shared.max_payload())?;
+        if let Some(durable) = &shared.durable
+            && durable.wants_broadcast(event.event_type())
+        {
+            durable.broadcast(&event, sealed.payload.clone())?;
+        }
         // With co-location the server's copy is for the other processes
         // only; a full outgoing queue is reported before anything is
         // delivered here.

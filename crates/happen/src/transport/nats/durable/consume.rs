@@ -31,31 +31,8 @@ pub(super) async fn consume(
 ) {
     let limits = node.limits();
     let setup = async {
-        let key = escape_key(node.id());
-        let mode = match limits.delivery.mode {
-            DeliveryMode::ExactlyOnce => "exactly-once",
-            _ => "at-least-once",
-        };
-        durable
-            .registry
-            .put(key.clone(), Bytes::from(mode))
-            .await
-            .map_err(|e| unavailable("cannot register the node", e))?;
-        let stream = durable
-            .js
-            .get_stream(&durable.stream)
-            .await
-            .map_err(|e| unavailable("cannot find the event stream", e))?;
-        let config = consumer_config(&key, durable.subject(node.id()), &limits);
-        let consumer: consumer::Consumer<consumer::pull::Config> =
-            match stream.create_consumer(config.clone()).await {
-                Ok(consumer) => consumer,
-                Err(_) => stream
-                    .update_consumer(config)
-                    .await
-                    .map_err(|e| unavailable("cannot create the node's consumer", e))?,
-            };
-        consumer
+        reconfigure(&durable, node.id(), &limits)
+            .await?
             .messages()
             .await
             .map_err(|e| unavailable("cannot consume", e))
@@ -83,7 +60,57 @@ pub(super) async fn consume(
     }
 }
 
-fn consumer_config(name: &str, subject: String, limits: &NodeLimits) -> consumer::pull::Config {
+/// Writes the record of the durable node `id` and creates or updates its
+/// consumer to match: its own subject and its handlers' broadcast filters.
+pub(super) async fn reconfigure(
+    durable: &Durable,
+    id: &str,
+    limits: &NodeLimits,
+) -> Result<consumer::Consumer<consumer::pull::Config>> {
+    let _one_at_a_time = durable.configuring.lock().await;
+    durable.registry.publish(id).await?;
+    let stream = durable
+        .js
+        .get_stream(&durable.stream)
+        .await
+        .map_err(|e| unavailable("cannot find the event stream", e))?;
+    let filters = durable.registry.record(id).unwrap_or_default().filters;
+    let mut subjects = vec![durable.subject(id)];
+    subjects.extend(
+        filters
+            .iter()
+            .map(|f| format!("{}.durable.bcast.{f}", durable.prefix)),
+    );
+    let name = escape_key(id);
+    let mut config = consumer_config(&name, subjects, limits);
+    let mut wide = false;
+    loop {
+        let made = match stream.create_consumer(config.clone()).await {
+            Ok(consumer) => Ok(consumer),
+            Err(_) => stream.update_consumer(config.clone()).await,
+        };
+        match made {
+            Ok(consumer) => return Ok(consumer),
+            // Filters that overlap without one covering the other are
+            // refused by the server: take every broadcast instead, and let
+            // the handlers' patterns choose (what none takes is acked).
+            Err(_) if !wide && filters.len() > 1 => {
+                wide = true;
+                config.filter_subjects = vec![
+                    durable.subject(id),
+                    format!("{}.durable.bcast.>", durable.prefix),
+                ];
+            }
+            Err(e) => return Err(unavailable("cannot create the node's consumer", e)),
+        }
+    }
+}
+
+fn consumer_config(
+    name: &str,
+    subjects: Vec<String>,
+    limits: &NodeLimits,
+) -> consumer::pull::Config {
     // Never hand the node more than it can run and queue: saturation would
     // only cost attempts.
     let room = limits
@@ -92,7 +119,7 @@ fn consumer_config(name: &str, subject: String, limits: &NodeLimits) -> consumer
         .max(1);
     consumer::pull::Config {
         durable_name: Some(name.to_owned()),
-        filter_subject: subject,
+        filter_subjects: subjects,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: limits.delivery.ack_wait,
         max_ack_pending: i64::try_from(limits.delivery.max_pending.min(room)).unwrap_or(i64::MAX),
@@ -135,6 +162,13 @@ async fn take(
             return;
         }
     };
+    if message.subject.contains(".durable.bcast.")
+        && node.core().matching(event.event_type()).is_none()
+    {
+        // A broadcast through a filter no handler needs any more.
+        ack(shared, &message, AckKind::Ack);
+        return;
+    }
     let done_key = (config.mode == DeliveryMode::ExactlyOnce)
         .then(|| format!("{}.{}", escape_key(node.id()), escape_key(event.id())));
     if let Some(key) = &done_key {

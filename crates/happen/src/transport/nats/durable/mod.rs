@@ -9,9 +9,13 @@
 //!   node), acknowledging explicitly at the end of the flow, negatively
 //!   with the backoff delay after a failure, and terminating after the last
 //!   attempt, when the event goes to `<PREFIX>_DEAD` (`<prefix>.dead.<n>`).
-//! - The KV bucket `<prefix>_durable` names the durable nodes, so that every
-//!   process sends their events through the stream, also while the node's
-//!   own process is down.
+//! - Broadcasts that a durable node's handlers take are stored once, on
+//!   `<prefix>.durable.bcast.<event type>`; each durable node's consumer
+//!   filters the broadcast subjects of its handlers' patterns besides its
+//!   own, and durable nodes do not take the core (direct) copy.
+//! - The KV bucket `<prefix>_durable` ([`registry`]) names the durable
+//!   nodes and their broadcast filters, so that every process sends their
+//!   events through the stream, also while the node's own process is down.
 //! - Exactly-once nodes record each completed event in the KV bucket
 //!   `<prefix>_done` (kept for the duplicate window) before acknowledging
 //!   it; a redelivered event found there is acknowledged without running.
@@ -21,14 +25,12 @@
 //! tried again with the same message id until it is stored, or, for a
 //! request, until its requester stops waiting.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::commands::Bound;
@@ -40,9 +42,11 @@ use crate::node::Node;
 
 mod consume;
 mod publish;
+mod registry;
 
-use consume::consume;
+use consume::{consume, reconfigure};
 pub(super) use publish::{DurableOutbox, publish};
+use registry::Registry;
 
 /// The header naming the inbox subject a request's answer goes to.
 const REPLY_TO: &str = "Happen-Reply-To";
@@ -68,6 +72,8 @@ enum Then {
     Request(u64),
     /// A tell: on failure, reported as undelivered.
     Tell { target: Id, event: Event },
+    /// A broadcast to durable nodes: on failure, reported as undelivered.
+    Broadcast(Event),
 }
 
 /// One thing for the publishing task: an event to store, or a flush marker
@@ -89,10 +95,11 @@ pub(super) struct Durable {
     js: jetstream::Context,
     prefix: String,
     stream: String,
-    registry: kv::Store,
+    /// The durable nodes anywhere in the system.
+    registry: Arc<Registry>,
     done: kv::Store,
-    /// Ids of the durable nodes anywhere in the system.
-    targets: RwLock<HashSet<String>>,
+    /// Serializes the changes of this process's consumers and records.
+    configuring: tokio::sync::Mutex<()>,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     /// Node setups under way, awaited by the next flush.
     setups: Mutex<Vec<oneshot::Receiver<Result<()>>>>,
@@ -137,15 +144,8 @@ impl Durable {
         .await
         .map_err(|e| unavailable("cannot create the dead-letter stream", e))?;
         let registry = bucket(&js, format!("{part}_durable"), Duration::ZERO).await?;
+        let registry = Arc::new(Registry::load(registry).await);
         let done = bucket(&js, format!("{part}_done"), window).await?;
-        let mut targets = HashSet::new();
-        if let Ok(mut keys) = registry.keys().await {
-            while let Some(Ok(key)) = keys.next().await {
-                if let Some(id) = crate::store::jetstream::unescape_key(&key) {
-                    targets.insert(id);
-                }
-            }
-        }
         let (outgoing, rx) = mpsc::unbounded_channel();
         Ok((
             Durable {
@@ -154,7 +154,7 @@ impl Durable {
                 stream,
                 registry,
                 done,
-                targets: RwLock::new(targets),
+                configuring: tokio::sync::Mutex::new(()),
                 outgoing,
                 setups: Mutex::new(Vec::new()),
                 taken: Default::default(),
@@ -164,12 +164,33 @@ impl Durable {
         ))
     }
 
+    /// Follows the registry of durable nodes (a task of its own).
+    pub(super) fn follow(&self) -> impl std::future::Future<Output = ()> + use<> {
+        self.registry.clone().watch()
+    }
+
     /// Whether events to `node` go through the stream.
     pub(super) fn is_target(&self, node: &str) -> bool {
-        self.targets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(node)
+        self.registry.contains(node)
+    }
+
+    /// Whether a broadcast of `event_type` must be stored for some durable
+    /// node.
+    pub(super) fn wants_broadcast(&self, event_type: &str) -> bool {
+        self.registry.wants_broadcast(event_type)
+    }
+
+    /// Stores a broadcast for the durable nodes whose handlers take it.
+    pub(super) fn broadcast(&self, event: &Event, payload: Bytes) -> Result<()> {
+        self.queued.reserve()?;
+        let _ = self.outgoing.send(Outgoing::Event {
+            subject: format!("{}.durable.bcast.{}", self.prefix, event.event_type()),
+            headers: message_headers(event),
+            payload,
+            then: Then::Broadcast(event.clone()),
+            until: None,
+        });
+        Ok(())
     }
 
     fn subject(&self, node: &str) -> String {
@@ -233,14 +254,42 @@ impl Durable {
     /// Makes `node` durable: registers it, and starts consuming its events
     /// (in a task of its own, which ends with the node).
     pub(super) fn attach(self: &Arc<Self>, shared: &Arc<Shared>, node: &Node) {
-        self.targets
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node.id().to_owned());
+        self.registry.note(node.id(), mode_name(node), &[]);
         let (ready, setup) = oneshot::channel();
         lock(&self.setups).push(setup);
         let task = tokio::spawn(consume(self.clone(), shared.clone(), node.clone(), ready));
         lock(&shared.tasks).push(task);
+    }
+
+    /// A handler of the durable `node` takes broadcasts through `filters`:
+    /// its record and its consumer learn them (awaited by the next flush).
+    pub(super) fn add_filters(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        node: &Node,
+        filters: &[String],
+    ) {
+        let known = self.registry.record(node.id()).unwrap_or_default();
+        if filters.iter().all(|f| known.filters.contains(f)) {
+            return;
+        }
+        self.registry.note(node.id(), mode_name(node), filters);
+        let (ready, setup) = oneshot::channel();
+        lock(&self.setups).push(setup);
+        let durable = self.clone();
+        let id = node.id().to_owned();
+        let limits = node.limits();
+        let task = tokio::spawn(async move {
+            let _ = ready.send(reconfigure(&durable, &id, &limits).await.map(|_| ()));
+        });
+        lock(&shared.tasks).push(task);
+    }
+}
+
+fn mode_name(node: &Node) -> &'static str {
+    match node.limits().delivery.mode {
+        crate::DeliveryMode::ExactlyOnce => "exactly-once",
+        _ => "at-least-once",
     }
 }
 

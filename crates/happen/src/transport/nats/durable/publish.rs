@@ -62,6 +62,12 @@ pub(in crate::transport::nats) async fn publish(
                             event.id(),
                             &error.to_string(),
                         ),
+                        Then::Broadcast(event) => shared.local.undelivered(
+                            "(durable receivers)",
+                            event.event_type(),
+                            event.id(),
+                            &error.to_string(),
+                        ),
                     }
                 }
             },
