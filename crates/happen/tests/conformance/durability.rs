@@ -34,6 +34,19 @@ fn flaky(failures: u32, attempts: Arc<AtomicU32>) -> impl happen::Handler {
     }
 }
 
+/// Waits until `count` reaches `n` (at most 20 s).
+async fn reaches(count: &AtomicU32, n: u32, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while count.load(Ordering::SeqCst) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} of {n}",
+            count.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn failed_flow_is_retried_and_the_requester_gets_the_final_answer(backend: &dyn Backend) {
     let h = start(backend).await;
     let client = h.node("dur-client").unwrap();
@@ -51,14 +64,7 @@ pub async fn failed_flow_is_retried_and_the_requester_gets_the_final_answer(back
     // A tell is retried the same way.
     attempts.store(0, Ordering::SeqCst);
     client.tell(&worker, ev("job", json!(2))).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while attempts.load(Ordering::SeqCst) < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the tell was not retried"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    reaches(&attempts, 3, "the tell was not retried").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         attempts.load(Ordering::SeqCst),
@@ -132,15 +138,7 @@ pub async fn saturated_durable_node_takes_events_later(backend: &dyn Backend) {
     for i in 0..10 {
         client.tell(&worker, ev("slow", json!(i))).unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while done.load(Ordering::SeqCst) < 10 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of 10 events processed",
-            done.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    reaches(&done, 10, "not every event was processed").await;
     assert_eq!(h.counters().dead_lettered, 0);
     assert_eq!(h.counters().refused, 0);
 }
@@ -211,14 +209,12 @@ pub async fn broadcasts_to_durable_nodes_are_retried_and_taken_once(backend: &dy
         .broadcast(ev("price.changed", json!({ "sku": "A-1" })))
         .unwrap();
     recv(&mut rx).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while attempts.load(Ordering::SeqCst) < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the durable node's failed attempt was not retried"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    reaches(
+        &attempts,
+        2,
+        "the durable node's failed attempt was not retried",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         attempts.load(Ordering::SeqCst),
