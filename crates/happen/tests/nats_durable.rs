@@ -243,3 +243,116 @@ async fn broadcasts_wait_for_a_durable_node_that_is_down() {
     let (processed, lost, duplicated) = tally.report("broadcast-receiver-offline", sent, 30).await;
     assert_eq!((lost, duplicated, processed), (0, 0, sent));
 }
+
+/// The payment process of `a_killed_receiver_loses_nothing`, run in a
+/// child process (this test binary, re-executed): charges orders, each
+/// charge telling the ledger it was captured, then finishing its work (so
+/// that a kill often lands after the tell and before the acknowledgement).
+/// Ignored unless the fault test starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "started as a child process by a_killed_receiver_loses_nothing"]
+async fn payment_process() {
+    let url = std::env::var("HAPPEN_FAULT_CHILD").expect("started by the fault test");
+    let happen = Happen::connect(NatsConfig::new(url)).await.unwrap();
+    let payments = happen
+        .node_with(
+            "payments",
+            durable(DeliveryConfig::exactly_once()).max_concurrent(1),
+        )
+        .unwrap();
+    payments
+        .on("charge", |event: Event, cx: Context| async move {
+            cx.node()
+                .tell("ledger", Event::new("captured", event.payload().clone()))?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Ok::<_, HappenError>(())
+        })
+        .unwrap();
+    happen.flush().await.unwrap();
+    println!("ready");
+    std::future::pending::<()>().await;
+}
+
+/// Starts the payment process and waits until it consumes.
+fn start_payments(url: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["payment_process", "--exact", "--ignored", "--nocapture"])
+        .env("HAPPEN_FAULT_CHILD", url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.trim() == "ready")),
+        "the payment process did not start"
+    );
+    child
+}
+
+/// The receiving process killed with SIGKILL three times at random points
+/// mid-stream, then restarted: every charge is captured exactly once (the
+/// payment node is exactly-once; its re-run flows emit the same events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_receiver_loses_nothing() {
+    let server = NatsServer::start().unwrap();
+    let url = server.url();
+    let shop = Happen::connect(NatsConfig::new(url.clone())).await.unwrap();
+    let ledger = shop
+        .node_with("ledger", durable(DeliveryConfig::exactly_once()))
+        .unwrap();
+    let tally = Tally::default();
+    tally.handle(&ledger, "captured");
+    shop.flush().await.unwrap();
+
+    let url2 = url.clone();
+    let mut child = tokio::task::spawn_blocking(move || start_payments(&url2))
+        .await
+        .unwrap();
+    let orders = shop.node("orders").unwrap();
+    let sent = 2_000u64;
+    for seq in 0..sent {
+        orders
+            .tell("payments", Event::new("charge", json!({ "seq": seq })))
+            .unwrap();
+    }
+    within("the charges are stored", 20, shop.flush())
+        .await
+        .unwrap();
+    let kills = 3;
+    let mut at_kills = Vec::new();
+    for _ in 0..kills {
+        // A random point once this process has made progress (after a
+        // kill, the events the dead process held come back after
+        // `ack_wait`): 0 to 100 ms after it captured 20 more.
+        let before = at_kills.last().copied().unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tally.distinct() < before + 20 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no progress after a restart"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let jitter = u64::from(happen::new_event_id().as_bytes()[35]) % 100;
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        at_kills.push(tally.distinct());
+        let url2 = url.clone();
+        child = tokio::task::spawn_blocking(move || start_payments(&url2))
+            .await
+            .unwrap();
+    }
+    println!("faults: receiver-killed: captured when each kill came: {at_kills:?} of {sent}");
+    assert!(
+        at_kills.iter().all(|&n| n < sent as usize),
+        "every kill came mid-stream: {at_kills:?}"
+    );
+    let (processed, lost, duplicated) = tally.report("receiver-killed-3-times", sent, 90).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!((lost, duplicated, processed), (0, 0, sent));
+}
