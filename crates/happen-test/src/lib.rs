@@ -302,3 +302,55 @@ impl Drop for NatsServer {
         self.stop();
     }
 }
+
+/// Several `nats-server`s on loopback ports joined in one JetStream
+/// cluster (routes between all of them), each with its own store; stopped
+/// on drop.
+///
+/// A cluster needs a moment after start to elect its JetStream leader:
+/// connect with retries.
+#[derive(Debug)]
+pub struct NatsCluster {
+    servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers (at least 1) in one cluster.
+    pub fn start(size: usize) -> io::Result<NatsCluster> {
+        let routes: Vec<u16> = (0..size.max(1))
+            .map(|_| free_port())
+            .collect::<io::Result<_>>()?;
+        let all = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let servers = routes
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                NatsServer::builder()
+                    .arg("--cluster_name")
+                    .arg("happen-test")
+                    .arg("--server_name")
+                    .arg(format!("n{i}"))
+                    .arg("--cluster")
+                    .arg(format!("nats://127.0.0.1:{port}"))
+                    .arg("--routes")
+                    .arg(all.clone())
+                    .start()
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(NatsCluster { servers })
+    }
+
+    /// The client URLs of every server, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers.iter().map(NatsServer::url).collect()
+    }
+
+    /// The `i`-th server (to stop or restart it).
+    pub fn server(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.servers[i]
+    }
+}

@@ -139,6 +139,10 @@ pub struct NatsConfig {
     /// Whether events between nodes of this runtime stay in the process
     /// (default `true`); see [`NatsConfig::co_located`].
     pub co_located: bool,
+    /// How many servers of a JetStream cluster keep a copy of each of
+    /// Happen's streams and buckets (default 1); see
+    /// [`NatsConfig::replicas`].
+    pub replicas: usize,
 }
 
 /// The default [`NatsConfig::outgoing_limit`].
@@ -165,6 +169,7 @@ impl NatsConfig {
             connect_timeout: Duration::from_secs(5),
             outgoing_limit: DEFAULT_OUTGOING_LIMIT,
             co_located: true,
+            replicas: 1,
         }
     }
 
@@ -191,6 +196,23 @@ impl NatsConfig {
     /// that subject (such as a wiretap on `>`) holds them up.
     pub fn co_located(mut self, enabled: bool) -> Self {
         self.co_located = enabled;
+        self
+    }
+
+    /// Sets how many servers keep a copy of Happen's JetStream streams and
+    /// buckets (durable events, dead letters, state, history), from 1 to 5.
+    /// In a cluster of three, `replicas(3)` keeps everything through the
+    /// loss of one server. Applies when Happen creates them: an existing
+    /// stream keeps its replicas.
+    ///
+    /// ```
+    /// use happen::nats::NatsConfig;
+    /// let config = NatsConfig::new("nats://127.0.0.1:4222").replicas(3);
+    /// assert_eq!(config.replicas, 3);
+    /// assert!(NatsConfig::new("nats://127.0.0.1:4222").replicas(6).validate().is_err());
+    /// ```
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
         self
     }
 
@@ -266,6 +288,12 @@ impl NatsConfig {
                 self.prefix, e.reason
             ))
         })?;
+        if !(1..=5).contains(&self.replicas) {
+            return Err(HappenError::Config(format!(
+                "replicas must be from 1 to 5 (JetStream's limit), not {}",
+                self.replicas
+            )));
+        }
         if self.outgoing_limit == 0 {
             return Err(HappenError::Config(
                 "outgoing_limit must be at least 1".into(),

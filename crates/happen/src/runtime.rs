@@ -199,8 +199,13 @@ impl Happen {
         let (transport, client) = NatsTransport::connect(&nats, window).await?;
         let store: Arc<dyn Store> = if nats.jetstream {
             Arc::new(
-                JetStreamStore::open(client.clone(), &nats.prefix, *config.temporal_config())
-                    .await?,
+                JetStreamStore::open(
+                    client.clone(),
+                    &nats.prefix,
+                    *config.temporal_config(),
+                    nats.replicas,
+                )
+                .await?,
             )
         } else {
             Arc::new(Unavailable)

@@ -356,3 +356,132 @@ async fn a_killed_receiver_loses_nothing() {
     child.wait().unwrap();
     assert_eq!((lost, duplicated, processed), (0, 0, sent));
 }
+
+/// A three-server JetStream cluster keeps three copies of Happen's streams
+/// (`replicas(3)`); the server both runtimes are connected to is killed in
+/// the middle of 5,000 events: they reconnect to the others, and every
+/// event to the exactly-once node arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_losing_a_server_loses_nothing() {
+    let mut cluster = happen_test::NatsCluster::start(3).unwrap();
+    let urls = cluster.urls();
+    let config = move || {
+        let mut config = fast_reconnect(urls[0].clone())
+            .co_located(false)
+            .replicas(3);
+        for url in &urls[1..] {
+            config = config.server(url.clone());
+        }
+        config
+    };
+    let receiver = connect_retrying(config.clone()).await;
+    let ledger = receiver
+        .node_with("ledger", durable(DeliveryConfig::exactly_once()))
+        .unwrap();
+    let tally = Tally::default();
+    tally.handle(&ledger, "item");
+    within("the node consumes", 30, receiver.flush())
+        .await
+        .unwrap();
+    let sender = connect_retrying(config).await;
+    let js = async_nats::jetstream::new(sender.nats_client().unwrap().clone());
+    let mut stream = js.get_stream("HAPPEN_DURABLE").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().config.num_replicas, 3);
+    let shop = sender.node("shop").unwrap();
+    let sent = 5_000u64;
+    for seq in 0..sent {
+        if seq == 2_000 {
+            cluster.server(0).stop(); // the first server: both are connected to it
+        }
+        shop.tell("ledger", Event::new("item", json!({ "seq": seq })))
+            .unwrap();
+        if seq % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    within("every event is stored", 90, sender.flush())
+        .await
+        .unwrap();
+    let (processed, lost, duplicated) = tally.report("cluster-server-killed", sent, 90).await;
+    assert_eq!((lost, duplicated, processed), (0, 0, sent));
+}
+
+/// Flows that fail twice and then succeed are retried until they do; flows
+/// that always fail go to the dead letters after the last attempt, each
+/// reported and kept in the dead-letter stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_flows_are_retried_or_dead_lettered() {
+    let server = NatsServer::start().unwrap();
+    let happen = Happen::connect(NatsConfig::new(server.url()).co_located(false))
+        .await
+        .unwrap();
+    let config = durable(DeliveryConfig::at_least_once().max_attempts(3));
+    let flaky = happen.node_with("flaky", config.clone()).unwrap();
+    let broken = happen.node_with("broken", config).unwrap();
+    let tally = Tally::default();
+    let attempts: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let (t, a) = (tally.clone(), attempts.clone());
+    flaky
+        .on("item", move |event: Event, _cx: Context| {
+            let (tally, attempts) = (t.clone(), a.clone());
+            async move {
+                let seq = event.payload()["seq"].as_u64().expect("seq");
+                let n = {
+                    let mut attempts = attempts.lock().unwrap();
+                    let n = attempts.entry(seq).or_default();
+                    *n += 1;
+                    *n
+                };
+                if n <= 2 {
+                    return Err(HappenError::Cancelled);
+                }
+                *tally.0.lock().unwrap().entry(seq).or_default() += 1;
+                Ok(())
+            }
+        })
+        .unwrap();
+    broken
+        .on("item", |_e: Event, _cx: Context| async {
+            Err::<(), _>(HappenError::Cancelled)
+        })
+        .unwrap();
+    happen.flush().await.unwrap();
+    let client = happen.node("client").unwrap();
+    let (retried, doomed) = (100u64, 20u64);
+    for seq in 0..retried {
+        client
+            .tell("flaky", Event::new("item", json!({ "seq": seq })))
+            .unwrap();
+    }
+    for seq in 0..doomed {
+        client
+            .tell("broken", Event::new("item", json!({ "seq": seq })))
+            .unwrap();
+    }
+    let (processed, lost, duplicated) = tally.report("retry-twice-then-succeed", retried, 30).await;
+    assert_eq!((lost, duplicated, processed), (0, 0, retried));
+    assert!(attempts.lock().unwrap().values().all(|&n| n == 3));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while happen.counters().dead_lettered < doomed && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let js = async_nats::jetstream::new(happen.nats_client().unwrap().clone());
+    let mut dead = js.get_stream("HAPPEN_DEAD").await.unwrap();
+    let kept = within("the dead letters are stored", 10, async {
+        loop {
+            let kept = dead.info().await.unwrap().state.messages;
+            if kept >= doomed {
+                return kept;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let reported = happen.counters().dead_lettered;
+    println!(
+        "faults: always-fails sent={doomed} processed=0 dead-lettered={reported} kept-in-dead-letter-stream={kept} lost={}",
+        doomed.saturating_sub(kept)
+    );
+    assert_eq!((reported, kept), (doomed, doomed));
+}

@@ -70,12 +70,14 @@ impl JetStreamStore {
         client: async_nats::Client,
         prefix: &str,
         temporal: TemporalConfig,
+        replicas: usize,
     ) -> Result<Self> {
         let js = jetstream::new(client);
         let base = prefix.replace('.', "_");
         let bucket = |name: String| kv::Config {
             bucket: name,
             history: 1,
+            num_replicas: replicas,
             ..Default::default()
         };
         let state = js
@@ -94,6 +96,7 @@ impl JetStreamStore {
                 subjects: vec![format!("{temporal_prefix}.>")],
                 max_messages_per_subject: history,
                 max_age: temporal.max_age,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await

@@ -147,6 +147,7 @@ impl NatsTransport {
                     &config.prefix,
                     dedup_window,
                     config.outgoing_limit,
+                    config.replicas,
                 )
                 .await?,
             )

@@ -121,6 +121,7 @@ impl Durable {
         prefix: &str,
         window: Duration,
         limit: usize,
+        replicas: usize,
     ) -> Result<(Durable, DurableOutbox)> {
         let js = jetstream::new(client);
         let part = name_part(prefix);
@@ -131,6 +132,7 @@ impl Durable {
             retention: stream::RetentionPolicy::Interest,
             storage: stream::StorageType::File,
             duplicate_window: window,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
@@ -139,13 +141,14 @@ impl Durable {
             name: format!("{}_DEAD", part.to_uppercase()),
             subjects: vec![format!("{prefix}.dead.>")],
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
         .map_err(|e| unavailable("cannot create the dead-letter stream", e))?;
-        let registry = bucket(&js, format!("{part}_durable"), Duration::ZERO).await?;
+        let registry = bucket(&js, format!("{part}_durable"), Duration::ZERO, replicas).await?;
         let registry = Arc::new(Registry::load(registry).await);
-        let done = bucket(&js, format!("{part}_done"), window).await?;
+        let done = bucket(&js, format!("{part}_done"), window, replicas).await?;
         let (outgoing, rx) = mpsc::unbounded_channel();
         Ok((
             Durable {
@@ -299,7 +302,12 @@ fn message_headers(event: &Event) -> HeaderMap {
     headers
 }
 
-async fn bucket(js: &jetstream::Context, name: String, max_age: Duration) -> Result<kv::Store> {
+async fn bucket(
+    js: &jetstream::Context,
+    name: String,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store> {
     if let Ok(store) = js.get_key_value(name.clone()).await {
         return Ok(store);
     }
@@ -307,6 +315,7 @@ async fn bucket(js: &jetstream::Context, name: String, max_age: Duration) -> Res
         bucket: name.clone(),
         max_age,
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
