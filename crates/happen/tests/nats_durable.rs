@@ -59,6 +59,21 @@ impl Tally {
     }
 }
 
+/// Tells `target` the items 0..`sent`, running `fault` before item
+/// `fault_at`.
+async fn tell_items(from: &Node, target: &str, sent: u64, fault_at: u64, mut fault: impl FnMut()) {
+    for seq in 0..sent {
+        if seq == fault_at {
+            fault();
+        }
+        from.tell(target, Event::new("item", json!({ "seq": seq })))
+            .unwrap();
+        if seq % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 fn durable(mode: DeliveryConfig) -> NodeConfig {
     NodeConfig::new().delivery(
         mode.backoff(Duration::from_millis(20), Duration::from_millis(200))
@@ -142,16 +157,7 @@ async fn server_restart_mid_stream_loses_nothing_and_duplicates_nothing() {
         .unwrap();
     let shop = sender.node("shop").unwrap();
     let sent = 10_000u64;
-    for seq in 0..sent {
-        if seq == 3_000 {
-            server.restart().unwrap();
-        }
-        shop.tell("ledger", Event::new("item", json!({ "seq": seq })))
-            .unwrap();
-        if seq % 500 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
+    tell_items(&shop, "ledger", sent, 3_000, || server.restart().unwrap()).await;
     within("every event is stored", 60, sender.flush())
         .await
         .unwrap();
@@ -389,16 +395,8 @@ async fn a_cluster_losing_a_server_loses_nothing() {
     assert_eq!(stream.info().await.unwrap().config.num_replicas, 3);
     let shop = sender.node("shop").unwrap();
     let sent = 5_000u64;
-    for seq in 0..sent {
-        if seq == 2_000 {
-            cluster.server(0).stop(); // the first server: both are connected to it
-        }
-        shop.tell("ledger", Event::new("item", json!({ "seq": seq })))
-            .unwrap();
-        if seq % 500 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
+    // The first server: both runtimes are connected to it.
+    tell_items(&shop, "ledger", sent, 2_000, || cluster.server(0).stop()).await;
     within("every event is stored", 90, sender.flush())
         .await
         .unwrap();
