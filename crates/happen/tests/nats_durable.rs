@@ -483,3 +483,36 @@ async fn failing_flows_are_retried_or_dead_lettered() {
     );
     assert_eq!((reported, kept), (doomed, doomed));
 }
+
+/// A burst of 20,000 tells to a durable node, sent in one go, is stored and
+/// handled, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_tells_is_stored_and_handled_once() {
+    let server = NatsServer::start().unwrap();
+    let receiver = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let sink = receiver
+        .node_with("sink", durable(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let tally = Tally::default();
+    tally.handle(&sink, "item");
+    receiver.flush().await.unwrap();
+    let sender = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let source = sender.node("source").unwrap();
+    let sent = 20_000u64;
+    // In one go: the publishing task falls behind the server's
+    // acknowledgements.
+    for seq in 0..sent {
+        source
+            .tell("sink", Event::new("item", json!({ "seq": seq })))
+            .unwrap();
+    }
+    within("the burst is stored", 60, sender.flush())
+        .await
+        .unwrap();
+    let (processed, lost, duplicated) = tally.report("burst-of-20000", sent, 60).await;
+    assert_eq!((lost, duplicated, processed), (0, 0, sent));
+}

@@ -176,7 +176,10 @@ async fn take(
             // Running here, or completed here: the flow acknowledges it.
             return;
         }
-        if matches!(durable.done.get(key.clone()).await, Ok(Some(_))) {
+        // Only a redelivery can have completed before (the stream drops a
+        // repeated publish within the window): a first delivery needs no
+        // round trip to the completion records.
+        if attempt > 1 && matches!(durable.done.get(key.clone()).await, Ok(Some(_))) {
             // Completed before (its acknowledgement was lost): not run again.
             ack(shared, &message, AckKind::Ack);
             return;

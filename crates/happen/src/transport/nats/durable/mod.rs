@@ -43,6 +43,8 @@ use crate::node::Node;
 mod consume;
 mod publish;
 mod registry;
+#[cfg(test)]
+mod tests;
 
 use consume::{consume, reconfigure};
 pub(super) use publish::{DurableOutbox, publish};
@@ -50,6 +52,26 @@ use registry::Registry;
 
 /// The header naming the inbox subject a request's answer goes to.
 const REPLY_TO: &str = "Happen-Reply-To";
+/// How many publishes may await the stream's acknowledgement (the client
+/// lends each a permit and makes the next wait when none is left).
+const ACK_PERMITS: usize = 4_096;
+
+/// Set by a test to run with fewer permits (0: [`ACK_PERMITS`]).
+#[cfg(test)]
+pub(super) static TEST_ACK_PERMITS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+fn ack_permits() -> usize {
+    #[cfg(test)]
+    {
+        let permits = TEST_ACK_PERMITS.load(std::sync::atomic::Ordering::Relaxed);
+        if permits > 0 {
+            return permits;
+        }
+    }
+    ACK_PERMITS
+}
+
 /// How long a publish waits for the stream's acknowledgement before it is
 /// sent again.
 const PUBLISH_ACK_WAIT: Duration = Duration::from_secs(2);
@@ -111,6 +133,9 @@ pub(super) struct Durable {
     /// yet: everything, while the server is unreachable), bounded by the
     /// outgoing limit.
     queued: Bound,
+    /// Publishes the publishing task lets await their acknowledgement:
+    /// half the client's permits, so that it never waits for one.
+    in_flight: usize,
 }
 
 impl Durable {
@@ -123,7 +148,10 @@ impl Durable {
         limit: usize,
         replicas: usize,
     ) -> Result<(Durable, DurableOutbox)> {
-        let js = jetstream::new(client);
+        let permits = ack_permits();
+        let js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(permits)
+            .build(client);
         let part = name_part(prefix);
         let stream = format!("{}_DURABLE", part.to_uppercase());
         js.get_or_create_stream(stream::Config {
@@ -162,6 +190,7 @@ impl Durable {
                 setups: Mutex::new(Vec::new()),
                 taken: Default::default(),
                 queued: Bound::new(limit),
+                in_flight: (permits / 2).max(1),
             },
             DurableOutbox(rx),
         ))

@@ -34,7 +34,11 @@ pub(in crate::transport::nats) async fn publish(
     let mut open = true;
     loop {
         tokio::select! {
-            item = rx.recv(), if open => match item {
+            // The client lends a permit to each unacknowledged publish and
+            // waits for one when they are gone, here, where nothing would
+            // poll the acknowledgements that return them: take a new event
+            // only below the bound.
+            item = rx.recv(), if open && acks.len() < durable.in_flight => match item {
                 None => open = false,
                 Some(Outgoing::Marker(tx)) => markers.push((seq, tx)),
                 Some(Outgoing::Event { subject, headers, payload, then, until }) => {
