@@ -20,6 +20,8 @@
 //!    subject in a header, the consumer answers it with a core publish and
 //!    acks; the requester waits for the answer. p50 and p99. Goal: happen
 //!    p50 ≤ 1.3× plain.
+//!    Also printed: plain with a `Nats-Msg-Id` per message, the server-side
+//!    de-duplication happen's events always carry.
 //! 3. **Exactly-once overhead**: the throughput of 1 with an exactly-once
 //!    node (a completion record per event) against at-least-once.
 //! 4. **Recovery**: N events stored while the node's process is down; the
@@ -157,12 +159,12 @@ async fn plain_consumer(
 
 /// Plain JetStream: messages per second from the first publish until the
 /// consumer has acked all.
-async fn plain_throughput(url: &str, n: usize, rep: usize) -> f64 {
+async fn plain_throughput(url: &str, n: usize, rep: usize, with_ids: bool) -> f64 {
     let consuming = async_nats::connect(url).await.expect("connect");
     let js = jetstream::new(consuming);
     let stream = plain_stream(&js).await;
-    let subject = format!("plain.t{rep}");
-    let consumer = plain_consumer(&stream, &format!("t{rep}"), &subject).await;
+    let subject = format!("plain.t{rep}{with_ids}");
+    let consumer = plain_consumer(&stream, &format!("t{rep}{with_ids}"), &subject).await;
     let mut messages = consumer.messages().await.expect("messages");
     let handled = tokio::spawn(async move {
         let mut seen = 0;
@@ -176,8 +178,12 @@ async fn plain_throughput(url: &str, n: usize, rep: usize) -> f64 {
     let start = Instant::now();
     let mut acks = futures::stream::FuturesUnordered::new();
     for i in 0..n {
+        let mut headers = HeaderMap::new();
+        if with_ids {
+            headers.insert("Nats-Msg-Id", format!("{subject}-{i}").as_str());
+        }
         let stored = publishing
-            .publish(subject.clone(), body(i))
+            .publish_with_headers(subject.clone(), headers, body(i))
             .await
             .expect("publish");
         acks.push(std::future::IntoFuture::into_future(stored));
@@ -315,24 +321,27 @@ fn main() {
     println!(
         "happen durable-delivery benchmark: N = {n} events per repetition, {requests} requests, 1 warm-up + {REPS} repetitions, medians; 2 CPUs, multi-thread runtime"
     );
-    let (mut happen_rates, mut plain_rates, mut exactly_rates) =
-        (Vec::new(), Vec::new(), Vec::new());
+    let (mut happen_rates, mut plain_rates, mut exactly_rates, mut id_rates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
         for rep in 0..=REPS {
             let h = happen_throughput(&url, n, DeliveryConfig::at_least_once(), rep).await;
-            let p = plain_throughput(&url, n, rep).await;
+            let p = plain_throughput(&url, n, rep, false).await;
+            let d = plain_throughput(&url, n, rep, true).await;
             let e = happen_throughput(&url, n, DeliveryConfig::exactly_once(), rep).await;
             if rep > 0 {
                 happen_rates.push(h);
                 plain_rates.push(p);
                 exactly_rates.push(e);
+                id_rates.push(d);
             }
         }
     });
-    let (h, p, e) = (
+    let (h, p, e, d) = (
         median(happen_rates),
         median(plain_rates),
         median(exactly_rates),
+        median(id_rates),
     );
     let (hl, pl) = rt.block_on(async {
         (
@@ -374,6 +383,11 @@ fn main() {
         hl.1 / pl.1
     );
     println!();
+    println!(
+        "- plain JetStream with a `Nats-Msg-Id` on every message (de-duplication, as happen publishes): {:.1} k msg/s; happen / that: {:.2}",
+        d / 1e3,
+        h / d
+    );
     println!(
         "- exactly-once throughput: {:.1} k ev/s, {:.2}× at-least-once (a completion record per event)",
         e / 1e3,
