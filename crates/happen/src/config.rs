@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use crate::balance::FlowBalanceConfig;
 use crate::observe::{Observer, Observers};
 use crate::pattern::glob_match;
 use crate::state::temporal::TemporalConfig;
@@ -119,6 +120,7 @@ pub struct HappenConfig {
     patterns: Vec<(String, NodeConfig)>,
     temporal: TemporalConfig,
     observers: Observers,
+    balance: FlowBalanceConfig,
 }
 
 impl Default for HappenConfig {
@@ -133,6 +135,7 @@ impl Default for HappenConfig {
             patterns: Vec::new(),
             temporal: TemporalConfig::default(),
             observers: Observers::default(),
+            balance: FlowBalanceConfig::default(),
         }
     }
 }
@@ -163,6 +166,18 @@ impl HappenConfig {
     pub fn for_nodes(mut self, pattern: impl Into<String>, config: NodeConfig) -> Self {
         self.patterns.push((pattern.into(), config));
         self
+    }
+
+    /// Sets when flow balance checks the nodes and what it reports (see
+    /// [`crate::balance`]); on by default.
+    pub fn flow_balance(mut self, balance: FlowBalanceConfig) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// The flow balance settings.
+    pub fn flow_balance_config(&self) -> &FlowBalanceConfig {
+        &self.balance
     }
 
     /// Sets how much state history is kept (see [`crate::state::temporal`]).

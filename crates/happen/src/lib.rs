@@ -60,6 +60,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod balance;
 pub mod causality;
 pub mod config;
 pub mod confluence;

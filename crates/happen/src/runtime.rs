@@ -295,7 +295,7 @@ impl Happen {
         store: Arc<dyn Store>,
         client: Option<Client>,
     ) -> Happen {
-        Happen(Arc::new(RuntimeInner {
+        let inner = Arc::new(RuntimeInner {
             config,
             client,
             transport,
@@ -303,7 +303,16 @@ impl Happen {
             tracker: TaskTracker::new(),
             closed: Arc::new(AtomicBool::new(false)),
             handle: tokio::runtime::Handle::try_current().ok(),
-        }))
+        });
+        // Flow balance watches from the tokio runtime the Happen runtime was
+        // made in (none: made outside one, nothing is watched).
+        let balance = *inner.config.flow_balance_config();
+        if balance.enabled
+            && let Some(handle) = &inner.handle
+        {
+            handle.spawn(crate::balance::watch(Arc::downgrade(&inner), balance));
+        }
+        Happen(inner)
     }
 
     pub(crate) fn from_inner(inner: Arc<RuntimeInner>) -> Happen {

@@ -516,3 +516,65 @@ async fn a_burst_of_tells_is_stored_and_handled_once() {
     let (processed, lost, duplicated) = tally.report("burst-of-20000", sent, 60).await;
     assert_eq!((lost, duplicated, processed), (0, 0, sent));
 }
+
+/// The next flow balance event about `node` (others are skipped).
+async fn about(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>, node: &str) -> Event {
+    loop {
+        let event = rx.recv().await.expect("open");
+        if event.payload()["nodeId"] == node {
+            return event;
+        }
+    }
+}
+
+/// Flow balance over NATS: a durable node whose process is down makes no
+/// progress while its events wait in the stream; another process, which
+/// watches every durable consumer, reports it down (`node-failure`), and up
+/// again once a new process has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_node_whose_process_is_down_is_reported_by_the_others() {
+    use happen::balance::{self, FlowBalanceConfig};
+    let server = NatsServer::start().unwrap();
+    let url = server.url();
+    let first = Happen::connect(NatsConfig::new(url.clone())).await.unwrap();
+    first
+        .node_with("billing", durable(DeliveryConfig::at_least_once()))
+        .unwrap();
+    first.flush().await.unwrap();
+    first.shutdown().await;
+
+    let watching = HappenConfig::default().flow_balance(
+        FlowBalanceConfig::default()
+            .interval(Duration::from_millis(50))
+            .stall_after(Duration::from_millis(300)),
+    );
+    let operator = Happen::connect_with(NatsConfig::new(url.clone()), watching)
+        .await
+        .unwrap();
+    let ops = operator.node("ops").unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    ops.on("node.{down,up}", move |e: Event, _cx: Context| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(e);
+        }
+    })
+    .unwrap();
+    for seq in 0..10 {
+        ops.tell("billing", Event::new("item", json!({ "seq": seq })))
+            .unwrap();
+    }
+    operator.flush().await.unwrap();
+    let down = within("billing is reported down", 10, about(&mut rx, "billing")).await;
+    assert_eq!(down.event_type(), balance::NODE_DOWN);
+    assert_eq!(down.payload()["pattern"], "node-failure");
+    assert_eq!(down.payload()["lagMetrics"]["messagesWaiting"], 10);
+
+    let second = Happen::connect(NatsConfig::new(url)).await.unwrap();
+    let billing = second
+        .node_with("billing", durable(DeliveryConfig::at_least_once()))
+        .unwrap();
+    Tally::default().handle(&billing, "item");
+    let up = within("billing is reported up", 10, about(&mut rx, "billing")).await;
+    assert_eq!(up.event_type(), balance::NODE_UP);
+}

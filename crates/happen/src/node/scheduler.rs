@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
@@ -62,6 +62,9 @@ pub(super) struct Scheduler {
     /// slots are free, and `running` counts them until the worker folds
     /// this in (one atomic per event instead of a lock).
     ended: AtomicUsize,
+    /// Events whose flows have ended since the node started (flow balance
+    /// reads it to see progress).
+    completed: AtomicU64,
 }
 
 impl Scheduler {
@@ -122,6 +125,7 @@ fn settle(
             }))
         }
     };
+    node.scheduler.completed.fetch_add(1, Ordering::Relaxed);
     match (ack, failure) {
         (Some(ack), None) => ack.ack(),
         (Some(ack), Some(failure)) => ack.nak(failure),
@@ -134,6 +138,17 @@ fn settle(
 }
 
 impl NodeCore {
+    /// How loaded the node is: events waiting in its queue, events whose
+    /// flows run, and events whose flows have ended since it started.
+    pub(crate) fn load(&self) -> (usize, usize, u64) {
+        let mailbox = self.scheduler.mailbox();
+        (
+            mailbox.queue.len(),
+            self.scheduler.running(&mailbox),
+            self.scheduler.completed.load(Ordering::Relaxed),
+        )
+    }
+
     /// Queues `delivery` for the node's worker (starting one if needed), or
     /// refuses it (`QueueFull`) when `max_concurrent` flows run and
     /// `queue_limit` events wait already.

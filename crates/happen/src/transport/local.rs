@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::{Interest, Transport};
+use crate::balance::Lag;
 use crate::delivery::{self, Arrival, Delivery, ReplyTx, Responder};
 use crate::error::{HappenError, Result};
 use crate::event::{Event, stamp};
@@ -109,6 +110,26 @@ impl LocalTransport {
             system::UNDELIVERED,
             json!({ "node": node, "eventType": event_type, "eventId": event_id, "reason": reason }),
         );
+    }
+
+    /// The queues of this process's nodes, but those whose transport
+    /// stores their events (sampled there).
+    pub(crate) fn queues(&self) -> Vec<(String, Lag)> {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .values()
+            .filter(|node| !node.core().stored_by_transport())
+            .map(|node| {
+                let (queued, running, completed) = node.core().load();
+                let lag = Lag {
+                    waiting: queued as u64,
+                    in_flight: running as u64,
+                    redelivered: 0,
+                    progress: completed,
+                };
+                (node.id().to_owned(), lag)
+            })
+            .collect()
     }
 
     /// Reports a durable event that failed its last attempt: logged,
@@ -228,6 +249,10 @@ impl Transport for LocalTransport {
 
     fn local(&self) -> &LocalTransport {
         self
+    }
+
+    fn lag(&self) -> BoxFuture<'static, Vec<(String, Lag)>> {
+        Box::pin(std::future::ready(self.queues()))
     }
 
     fn node(&self, id: &str) -> Option<Node> {

@@ -9,6 +9,7 @@ pub(crate) mod nats;
 
 use futures::future::BoxFuture;
 
+use crate::balance::Lag;
 use local::LocalTransport;
 
 use crate::delivery::ReplyTx;
@@ -69,6 +70,9 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn abort(&self);
     /// How many events went undelivered or were refused.
     fn counters(&self) -> Counters;
+    /// A sample of how events flow into the nodes this transport can see
+    /// (flow balance).
+    fn lag(&self) -> BoxFuture<'static, Vec<(String, Lag)>>;
     /// This process's table of nodes, which reports to them what happens to
     /// the system.
     fn local(&self) -> &LocalTransport;

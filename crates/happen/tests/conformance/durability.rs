@@ -223,3 +223,47 @@ pub async fn broadcasts_to_durable_nodes_are_retried_and_taken_once(backend: &dy
     );
     super::assert_quiet(&mut rx, "the plain node took it once").await;
 }
+
+pub async fn a_node_falling_behind_is_reported_down_then_up(backend: &dyn Backend) {
+    use happen::balance::{self, FlowBalanceConfig};
+    let config = HappenConfig::default().flow_balance(
+        FlowBalanceConfig::default()
+            .interval(Duration::from_millis(20))
+            .lag_threshold(3),
+    );
+    let h = backend.start(config).await;
+    let ops = h.node("fb-ops").unwrap();
+    let slow = h
+        .node_with("fb-slow", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    ops.on("node.{down,up}", super::recorder(tx, json!(null)))
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    slow.on("job", move |_e: Event, _cx: Context| {
+        let gate = g.clone();
+        async move {
+            gate.acquire().await.unwrap().forget();
+        }
+    })
+    .unwrap();
+    h.flush().await.unwrap();
+    for i in 0..6 {
+        ops.tell(&slow, ev("job", json!(i))).unwrap();
+    }
+    let down = recv(&mut rx).await;
+    assert_eq!(down.event_type(), balance::NODE_DOWN);
+    assert_eq!(down.payload()["nodeId"], "fb-slow");
+    assert_eq!(down.payload()["pattern"], "bottleneck");
+    assert!(
+        down.payload()["lagMetrics"]["messagesWaiting"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+    gate.add_permits(6);
+    let up = recv(&mut rx).await;
+    assert_eq!(up.event_type(), balance::NODE_UP);
+    assert_eq!(up.payload()["nodeId"], "fb-slow");
+}

@@ -599,6 +599,17 @@ impl Transport for NatsTransport {
         &self.shared.local
     }
 
+    fn lag(&self) -> BoxFuture<'static, Vec<(String, crate::balance::Lag)>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let mut samples = shared.local.queues();
+            if let Some(durable) = &shared.durable {
+                samples.extend(durable.consumer_lags().await);
+            }
+            samples
+        })
+    }
+
     fn node(&self, id: &str) -> Option<Node> {
         self.shared.local.node(id)
     }

@@ -201,6 +201,33 @@ impl Durable {
         self.registry.clone().watch()
     }
 
+    /// How every durable node's consumer stands, wherever the node runs
+    /// (flow balance); a consumer that cannot be read is left out.
+    pub(super) async fn consumer_lags(&self) -> Vec<(String, crate::balance::Lag)> {
+        let Ok(stream) = self.js.get_stream(&self.stream).await else {
+            return Vec::new();
+        };
+        let mut lags = Vec::new();
+        for node in self.registry.nodes() {
+            let Ok(info) = stream
+                .consumer_info(crate::store::jetstream::escape_key(&node))
+                .await
+            else {
+                continue;
+            };
+            lags.push((
+                node,
+                crate::balance::Lag {
+                    waiting: info.num_pending,
+                    in_flight: u64::try_from(info.num_ack_pending).unwrap_or(0),
+                    redelivered: u64::try_from(info.num_redelivered).unwrap_or(0),
+                    progress: info.ack_floor.consumer_sequence,
+                },
+            ));
+        }
+        lags
+    }
+
     /// Whether events to `node` go through the stream.
     pub(super) fn is_target(&self, node: &str) -> bool {
         self.registry.contains(node)

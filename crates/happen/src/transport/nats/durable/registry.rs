@@ -90,6 +90,16 @@ impl Registry {
         }
     }
 
+    /// Every durable node's id.
+    pub(super) fn nodes(&self) -> Vec<String> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Whether `node` is durable.
     pub(super) fn contains(&self, node: &str) -> bool {
         self.nodes
