@@ -282,6 +282,18 @@ pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()
             return Ok(());
         }
         delivery.ack = Some(crate::durable::LocalRetry::first(node, &delivery.event));
+        #[cfg(feature = "redb")]
+        if let Some(spool) = node.spool() {
+            // Matched now, so that a refusal reaches the sender at once;
+            // handed over once it is on disk.
+            if delivery.matched.is_none() {
+                match node.admits(delivery.event.event_type()) {
+                    Ok(matched) => delivery.matched = Some(matched),
+                    Err(error) => return delivery.refuse(error),
+                }
+            }
+            return spool.store(node, delivery);
+        }
     }
     if delivery.matched.is_none() {
         match node.admits(delivery.event.event_type()) {

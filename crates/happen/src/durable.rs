@@ -76,9 +76,15 @@
 //!
 //! # In one process
 //!
-//! The embedded runtime keeps events in memory: durable modes there retry
-//! failed and refused events with backoff and dead-letter them after the
-//! last attempt, but what is queued is lost with the process.
+//! The embedded runtime retries failed and refused events with backoff and
+//! dead-letters them after the last attempt. In memory
+//! ([`Happen::embedded`](crate::Happen::embedded)) what is queued is lost
+//! with the process; on disk
+//! ([`Happen::embedded_on_disk`](crate::Happen::embedded_on_disk)) each
+//! event for a durable node is written to the database before the node
+//! gets it and removed when it is done, so after a restart the node gets
+//! again what it had not finished, once a handler that takes it is
+//! registered.
 //!
 //! # Over NATS
 //!
@@ -154,20 +160,45 @@ impl LocalRetry {
     }
 }
 
+impl LocalRetry {
+    /// The event is done with (completed, or dead-lettered): the spool, if
+    /// any, forgets it.
+    fn settled(&self, _node: &NodeCore) {
+        #[cfg(feature = "redb")]
+        if let Some(spool) = _node.spool() {
+            spool.remove(_node.id(), self.event.id());
+        }
+    }
+}
+
 impl Acknowledge for LocalRetry {
-    fn ack(self: Box<Self>) {}
+    fn ack(self: Box<Self>) {
+        if let Some(node) = self.node.upgrade() {
+            self.settled(&node);
+        }
+    }
 
     fn nak(self: Box<Self>, failure: Failure) {
         let Some(node) = self.node.upgrade() else {
             failure.answer();
             return;
         };
+        // Stopping (the node, or the whole runtime): a spooled event stays
+        // on disk for the next run.
+        #[cfg(feature = "redb")]
+        if node.spool().is_some()
+            && (node.is_closed() || matches!(failure.error, HappenError::Shutdown))
+        {
+            failure.answer();
+            return;
+        }
         let config = node.limits().delivery;
         let retry = self.attempt < config.max_attempts
             && worth_retrying(&failure.error)
             && !node.is_closed()
             && config.mode != DeliveryMode::Direct;
         if !retry {
+            self.settled(&node);
             if let Some(runtime) = node.runtime_inner() {
                 runtime.transport().local().dead_letter(
                     node.id(),

@@ -80,6 +80,8 @@ pub mod path;
 pub mod pattern;
 pub mod response;
 pub mod runtime;
+#[cfg(feature = "redb")]
+mod spool;
 pub mod state;
 mod store;
 pub mod stream;

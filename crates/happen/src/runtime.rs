@@ -75,6 +75,12 @@ impl RuntimeInner {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// The tokio runtime the Happen runtime was made in, if any.
+    #[cfg(feature = "redb")]
+    pub(crate) fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.handle.as_ref()
+    }
+
     /// The closed flag, for the nodes.
     pub(crate) fn closed_flag(&self) -> &Arc<AtomicBool> {
         &self.closed
@@ -240,11 +246,18 @@ impl Happen {
     /// Waits until the server has processed everything dispatched so far
     /// (subscriptions of new nodes and handlers, sent events): a round trip
     /// through it, after which other processes can reach this process's
-    /// nodes and have been sent its events. Immediate for the embedded
-    /// runtime. While the server is unreachable it waits for the
-    /// reconnection.
+    /// nodes and have been sent its events, and every event sent so far to
+    /// a durable node is stored (in JetStream; embedded on disk, in the
+    /// redb file). Otherwise immediate for the embedded runtime. While the
+    /// server is unreachable it waits for the reconnection.
     pub async fn flush(&self) -> Result<()> {
-        self.0.transport.flush().await
+        self.0.transport.flush().await?;
+        // Embedded on disk: what was sent to durable nodes is written.
+        #[cfg(feature = "redb")]
+        if let Some(spool) = self.0.store.spool() {
+            spool.flush().await;
+        }
+        Ok(())
     }
 
     /// How many events went undelivered or were refused since the runtime

@@ -125,3 +125,85 @@ async fn what_was_visible_is_what_survives_a_restart() {
         "memory and disk disagreed: {mismatches:?}"
     );
 }
+
+/// Embedded on disk, events for a durable node are spooled: those whose
+/// flows had not completed when the runtime stopped are handed to the node
+/// after the restart, in the order sent; completed ones are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_for_a_durable_node_survive_a_restart_on_disk() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let durable = || {
+        NodeConfig::new()
+            .max_concurrent(1)
+            .delivery(happen::DeliveryConfig::at_least_once())
+    };
+    // The first run, in a tokio runtime of its own that ends with it (as
+    // the process would), taking the flow that never completes with it.
+    let path = dir.path().to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let h = Happen::embedded_on_disk(&path, HappenConfig::default()).unwrap();
+            let mailer = h.node_with("mailer", durable()).unwrap();
+            let shop = h.node("shop").unwrap();
+            // The first two complete; the others never do.
+            mailer
+                .on("mail", |e: Event, _cx: Context| async move {
+                    if e.payload()["seq"].as_u64().unwrap() >= 2 {
+                        std::future::pending::<()>().await;
+                    }
+                })
+                .unwrap();
+            for seq in 0..5 {
+                shop.tell(&mailer, Event::new("mail", json!({ "seq": seq })))
+                    .unwrap();
+            }
+            h.flush().await.unwrap(); // on disk
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        });
+    })
+    .join()
+    .unwrap();
+    let h = Happen::embedded_on_disk(dir.path(), HappenConfig::default()).unwrap();
+    let mailer = h.node_with("mailer", durable()).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    mailer
+        .on("mail", move |e: Event, _cx: Context| {
+            let seen = s.clone();
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .push(e.payload()["seq"].as_u64().unwrap());
+            }
+        })
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(*seen.lock().unwrap(), [2, 3, 4]);
+    // Completed after the restart: nothing is left for a third run.
+    h.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    h.shutdown().await;
+    drop((mailer, h));
+    let h = Happen::embedded_on_disk(dir.path(), HappenConfig::default()).unwrap();
+    let mailer = h.node_with("mailer", durable()).unwrap();
+    let again = Arc::new(Mutex::new(0));
+    let a = again.clone();
+    mailer
+        .on("mail", move |_e: Event, _cx: Context| {
+            *a.lock().unwrap() += 1;
+            async {}
+        })
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(*again.lock().unwrap(), 0);
+}

@@ -58,6 +58,10 @@ pub(crate) struct NodeCore {
     retried_here: bool,
     /// Exactly-once in this process: the events already taken.
     seen: crate::durable::Seen,
+    /// Where the node's events are kept across a restart (a durable node of
+    /// an embedded runtime on disk).
+    #[cfg(feature = "redb")]
+    spool: Option<Arc<crate::spool::Spool>>,
 }
 
 impl NodeCore {
@@ -91,6 +95,12 @@ impl NodeCore {
     /// NATS): they reach it only from there.
     pub(crate) fn stored_by_transport(&self) -> bool {
         self.limits.delivery.mode.is_durable() && !self.retried_here
+    }
+
+    /// Where the node's events are kept across a restart, if anywhere.
+    #[cfg(feature = "redb")]
+    pub(crate) fn spool(&self) -> Option<&Arc<crate::spool::Spool>> {
+        self.spool.as_ref()
     }
 
     /// Whether events to the node are retried by this process.
@@ -191,6 +201,8 @@ impl<S> Eq for Node<S> {}
 
 impl Node {
     pub(crate) fn new(id: Id, runtime: &Arc<RuntimeInner>, limits: NodeLimits) -> Self {
+        let retried_here =
+            limits.delivery.mode.is_durable() && !runtime.transport().stores_durable_events();
         Node::from_core(Arc::new(NodeCore {
             id,
             runtime: Arc::downgrade(runtime),
@@ -203,10 +215,11 @@ impl Node {
             closed: AtomicBool::new(false),
             runtime_closed: runtime.closed_flag().clone(),
             in_process: runtime.transport().in_process(),
-            retried_here: limits.delivery.mode.is_durable()
-                && !runtime.transport().stores_durable_events(),
+            retried_here,
             limits,
             seen: Default::default(),
+            #[cfg(feature = "redb")]
+            spool: runtime.store().spool().filter(|_| retried_here),
         }))
     }
 
@@ -436,6 +449,24 @@ impl<S> Node<S> {
     }
 }
 
+impl<S> Node<S> {
+    /// Hands the node the events spooled for it before a restart that its
+    /// handlers now take.
+    #[cfg(feature = "redb")]
+    fn resume_spooled(&self) {
+        let Some(spool) = self.core.spool() else {
+            return;
+        };
+        let core = &self.core;
+        for event in spool.take_pending(core.id(), |t| core.matching(t).is_some()) {
+            let mut delivery =
+                crate::delivery::Delivery::new(event, None, crate::delivery::Arrival::Remote);
+            delivery.inline = false;
+            let _ = crate::delivery::deliver(core, delivery);
+        }
+    }
+}
+
 impl<S: Clone + Send + Sync + 'static> Node<S> {
     /// Registers `handler` as the first step of a flow for every event whose
     /// type matches `pattern`.
@@ -479,6 +510,8 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
             entry: Entry::new(handler, self.local.clone()),
             interest,
         });
+        #[cfg(feature = "redb")]
+        self.resume_spooled();
         Ok(id)
     }
 }

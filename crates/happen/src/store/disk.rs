@@ -15,6 +15,9 @@ pub(crate) enum Table {
     State,
     Global,
     History,
+    /// Events waiting for durable nodes (see [`crate::spool`]).
+    #[cfg_attr(not(feature = "redb"), allow(dead_code))]
+    Spool,
 }
 
 #[cfg(not(feature = "redb"))]
@@ -44,12 +47,14 @@ mod redb_disk {
     const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
     const GLOBAL: TableDefinition<&str, &[u8]> = TableDefinition::new("global");
     const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history");
+    const SPOOL: TableDefinition<&str, &[u8]> = TableDefinition::new("spool");
 
     fn definition(table: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
         match table {
             Table::State => STATE,
             Table::Global => GLOBAL,
             Table::History => HISTORY,
+            Table::Spool => SPOOL,
         }
     }
 
@@ -57,11 +62,22 @@ mod redb_disk {
         HappenError::store("state database", e)
     }
 
+    /// The database (clones share it).
     pub(crate) struct Disk {
         db: Arc<Database>,
         /// Makes the next write fail (tests of what a failed write leaves).
         #[cfg(test)]
         pub(crate) fail_next: std::sync::atomic::AtomicBool,
+    }
+
+    impl Clone for Disk {
+        fn clone(&self) -> Self {
+            Disk {
+                db: self.db.clone(),
+                #[cfg(test)]
+                fail_next: std::sync::atomic::AtomicBool::new(false),
+            }
+        }
     }
 
     impl Disk {
@@ -85,6 +101,7 @@ mod redb_disk {
             write.open_table(STATE).map_err(disk_error)?;
             write.open_table(GLOBAL).map_err(disk_error)?;
             write.open_table(HISTORY).map_err(disk_error)?;
+            write.open_table(SPOOL).map_err(disk_error)?;
             write.commit().map_err(disk_error)?;
             let read = db.begin_read().map_err(disk_error)?;
             for row in read
@@ -117,6 +134,15 @@ mod redb_disk {
                 data.history
                     .insert(k.value().to_owned(), decode(v.value())?);
             }
+            for row in read
+                .open_table(SPOOL)
+                .map_err(disk_error)?
+                .iter()
+                .map_err(disk_error)?
+            {
+                let (k, v) = row.map_err(disk_error)?;
+                data.spool.insert(k.value().to_owned(), v.value().to_vec());
+            }
             let disk = Disk {
                 db: Arc::new(db),
                 #[cfg(test)]
@@ -132,6 +158,15 @@ mod redb_disk {
             key: &str,
             bytes: Option<Vec<u8>>,
         ) -> Result<()> {
+            self.write_many(table, vec![(key.to_owned(), bytes)]).await
+        }
+
+        /// Writes (or removes, for `None`) several rows in one commit.
+        pub(crate) async fn write_many(
+            &self,
+            table: Table,
+            rows: Vec<(String, Option<Vec<u8>>)>,
+        ) -> Result<()> {
             #[cfg(test)]
             if self
                 .fail_next
@@ -140,18 +175,19 @@ mod redb_disk {
                 return Err(disk_error("injected write failure"));
             }
             let db = self.db.clone();
-            let key = key.to_owned();
             tokio::task::spawn_blocking(move || -> Result<()> {
                 let write = db.begin_write().map_err(disk_error)?;
                 {
                     let mut t = write.open_table(definition(table)).map_err(disk_error)?;
-                    match bytes {
-                        Some(bytes) => {
-                            t.insert(key.as_str(), bytes.as_slice())
-                                .map_err(disk_error)?;
-                        }
-                        None => {
-                            t.remove(key.as_str()).map_err(disk_error)?;
+                    for (key, bytes) in rows {
+                        match bytes {
+                            Some(bytes) => {
+                                t.insert(key.as_str(), bytes.as_slice())
+                                    .map_err(disk_error)?;
+                            }
+                            None => {
+                                t.remove(key.as_str()).map_err(disk_error)?;
+                            }
                         }
                     }
                 }

@@ -8,6 +8,8 @@
 //! could have seen.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+#[cfg(feature = "redb")]
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use futures::StreamExt;
@@ -29,6 +31,9 @@ pub(crate) struct Data {
     pub(crate) state: HashMap<String, Versioned>,
     pub(crate) global: BTreeMap<String, Value>,
     pub(crate) history: HashMap<String, VecDeque<Snapshot>>,
+    /// Events that waited for durable nodes when the disk was last open.
+    #[cfg_attr(not(feature = "redb"), allow(dead_code))]
+    pub(crate) spool: BTreeMap<String, Vec<u8>>,
 }
 
 pub(crate) struct MemoryStore {
@@ -39,6 +44,9 @@ pub(crate) struct MemoryStore {
     writer: tokio::sync::Mutex<()>,
     temporal: TemporalConfig,
     changes: broadcast::Sender<GlobalChange>,
+    /// Events for durable nodes, on the disk (when there is one).
+    #[cfg(feature = "redb")]
+    spool: Option<Arc<crate::spool::Spool>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -57,14 +65,20 @@ impl MemoryStore {
             writer: tokio::sync::Mutex::new(()),
             temporal,
             changes: broadcast::channel(1024).0,
+            #[cfg(feature = "redb")]
+            spool: None,
         }
     }
 
     /// Opens (or creates) `dir/happen.redb` and loads what it holds.
     #[cfg(feature = "redb")]
     pub(crate) fn persistent(dir: &std::path::Path, temporal: TemporalConfig) -> Result<Self> {
-        let (disk, data) = Disk::open(dir)?;
-        Ok(Self::with(data, Some(disk), temporal))
+        let (disk, mut data) = Disk::open(dir)?;
+        let pending = std::mem::take(&mut data.spool);
+        let spool = Arc::new(crate::spool::Spool::new(disk.clone(), pending));
+        let mut store = Self::with(data, Some(disk), temporal);
+        store.spool = Some(spool);
+        Ok(store)
     }
 
     /// Writes one row to the disk, if there is one.
@@ -95,6 +109,11 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> 
 }
 
 impl Store for MemoryStore {
+    #[cfg(feature = "redb")]
+    fn spool(&self) -> Option<Arc<crate::spool::Spool>> {
+        self.spool.clone()
+    }
+
     fn load<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<Versioned>>> {
         let found = lock(&self.data).state.get(node).cloned();
         Box::pin(std::future::ready(Ok(found)))

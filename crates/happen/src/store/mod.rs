@@ -36,6 +36,13 @@ pub(crate) enum Saved {
 }
 
 pub(crate) trait Store: Send + Sync + 'static {
+    /// Where events for durable nodes are kept across a restart (the
+    /// embedded runtime on disk).
+    #[cfg(feature = "redb")]
+    fn spool(&self) -> Option<std::sync::Arc<crate::spool::Spool>> {
+        None
+    }
+
     /// A node's state, if it has any.
     fn load<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<Versioned>>>;
     /// Saves a node's state if its revision is still `expected` (`None`: the
