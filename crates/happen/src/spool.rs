@@ -89,7 +89,9 @@ impl Spool {
             node: node.clone(),
             delivery,
         };
-        self.writer(handle).send(op).map_err(|_| HappenError::Shutdown)
+        self.writer(handle)
+            .send(op)
+            .map_err(|_| HappenError::Shutdown)
     }
 
     /// Forgets the event `event_id` of `node` (its flow completed, or it

@@ -267,3 +267,37 @@ pub async fn a_node_falling_behind_is_reported_down_then_up(backend: &dyn Backen
     assert_eq!(up.event_type(), balance::NODE_UP);
     assert_eq!(up.payload()["nodeId"], "fb-slow");
 }
+
+pub async fn a_timed_out_request_to_a_durable_node_is_still_processed(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("to-client").unwrap();
+    let worker = h
+        .node_with("to-worker", quick(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let done = Arc::new(AtomicU32::new(0));
+    let d = done.clone();
+    worker
+        .on("slow", move |_e: Event, _cx: Context| {
+            let done = d.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                done.fetch_add(1, Ordering::SeqCst);
+                json!("finished")
+            }
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+    let error = client
+        .send(&worker, ev("slow", json!(null)))
+        .timeout(Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HappenError::Timeout { .. }), "{error:?}");
+    reaches(&done, 1, "the event was not processed after the timeout").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        1,
+        "processed once, not retried"
+    );
+}

@@ -135,6 +135,7 @@ macro_rules! conformance_suite {
             exactly_once_re_run_emits_the_same_events,
             broadcasts_to_durable_nodes_are_retried_and_taken_once,
             a_node_falling_behind_is_reported_down_then_up,
+            a_timed_out_request_to_a_durable_node_is_still_processed,
         );
         $crate::conformance_suite!(@topic observation;
             observers_see_stamps_deliveries_and_finishes,
