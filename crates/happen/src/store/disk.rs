@@ -58,6 +58,24 @@ mod redb_disk {
         }
     }
 
+    /// Opens the database; a lock still held for a moment (redb probes
+    /// its file locks when a database opens, and another database opening
+    /// in the same process at that instant, or the last handle of the file
+    /// being dropped on another thread, can make the open fail) is tried
+    /// again for up to half a second before it is an error.
+    fn create(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
+        let mut tries = 0;
+        loop {
+            match Database::create(path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 25 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn disk_error(e: impl Into<crate::error::BoxError>) -> HappenError {
         HappenError::store("state database", e)
     }
@@ -89,7 +107,7 @@ mod redb_disk {
                     dir.display()
                 ))
             })?;
-            let db = Database::create(dir.join("happen.redb")).map_err(|e| {
+            let db = create(&dir.join("happen.redb")).map_err(|e| {
                 HappenError::Config(format!(
                     "cannot open state database in {}: {e}",
                     dir.display()
