@@ -173,7 +173,12 @@ async fn take(
         .then(|| format!("{}.{}", escape_key(node.id()), escape_key(event.id())));
     if let Some(key) = &done_key {
         if !durable.taken.first(key, config.dedup_window) {
-            // Running here, or completed here: the flow acknowledges it.
+            // Taken here before. Completed (its acknowledgement was lost):
+            // acknowledged now. Still running, or its completion not yet
+            // recorded: its own acknowledgement will come.
+            if matches!(durable.done.get(key.clone()).await, Ok(Some(_))) {
+                ack(shared, &message, AckKind::Ack);
+            }
             return;
         }
         // Only a redelivery can have completed before (the stream drops a
