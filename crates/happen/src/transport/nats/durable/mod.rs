@@ -204,11 +204,15 @@ impl Durable {
     /// How every durable node's consumer stands, wherever the node runs
     /// (flow balance); a consumer that cannot be read is left out.
     pub(super) async fn consumer_lags(&self) -> Vec<(String, crate::balance::Lag)> {
+        let nodes = self.registry.nodes();
+        if nodes.is_empty() {
+            return Vec::new();
+        }
         let Ok(stream) = self.js.get_stream(&self.stream).await else {
             return Vec::new();
         };
         let mut lags = Vec::new();
-        for node in self.registry.nodes() {
+        for node in nodes {
             let Ok(info) = stream
                 .consumer_info(crate::store::jetstream::escape_key(&node))
                 .await
