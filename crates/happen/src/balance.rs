@@ -62,12 +62,13 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::runtime::RuntimeInner;
+use crate::transport::Transport;
 
 /// A node fell behind (see the [module docs](self)).
 pub const NODE_DOWN: &str = "node.down";
@@ -262,28 +263,35 @@ impl Balance {
 }
 
 /// Samples the runtime's nodes every interval and reports imbalance, until
-/// the runtime is gone.
-pub(crate) async fn watch(runtime: Weak<RuntimeInner>, config: FlowBalanceConfig) {
+/// the runtime is closed or gone. It holds the transport weakly and never
+/// the runtime, so that dropping the last `Happen` handle ends the runtime
+/// at once.
+pub(crate) async fn watch(
+    transport: Weak<dyn Transport>,
+    closed: Arc<AtomicBool>,
+    config: FlowBalanceConfig,
+) {
     let mut balance = Balance::default();
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(inner) = runtime.upgrade() else {
-            return;
-        };
-        if inner.is_closed() {
+        if closed.load(Ordering::Acquire) {
             return;
         }
-        let sampling = inner.transport().lag();
-        drop(inner);
+        let Some(sampling) = transport.upgrade().map(|t| t.lag()) else {
+            return;
+        };
         let samples = sampling.await;
-        let Some(inner) = runtime.upgrade() else {
+        if closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(transport) = transport.upgrade() else {
             return;
         };
         for (event_type, payload) in balance.check(&config, samples, Instant::now()) {
             tracing::warn!(event_type, %payload, "flow balance");
-            inner.transport().local().system_event(event_type, payload);
+            transport.local().system_event(event_type, payload);
         }
     }
 }

@@ -36,7 +36,7 @@ pub(crate) struct RuntimeInner {
     config: HappenConfig,
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     client: Option<Client>,
-    transport: Box<dyn Transport>,
+    transport: Arc<dyn Transport>,
     store: Arc<dyn Store>,
     tracker: TaskTracker,
     /// Set by shutdown or when the runtime is dropped; shared with its
@@ -311,7 +311,7 @@ impl Happen {
         let inner = Arc::new(RuntimeInner {
             config,
             client,
-            transport,
+            transport: Arc::from(transport),
             store,
             tracker: TaskTracker::new(),
             closed: Arc::new(AtomicBool::new(false)),
@@ -323,7 +323,13 @@ impl Happen {
         if balance.enabled
             && let Some(handle) = &inner.handle
         {
-            handle.spawn(crate::balance::watch(Arc::downgrade(&inner), balance));
+            // Weak, and not the runtime itself: the watcher must never be
+            // what keeps a dropped runtime alive for a moment.
+            handle.spawn(crate::balance::watch(
+                Arc::downgrade(&inner.transport),
+                inner.closed.clone(),
+                balance,
+            ));
         }
         Happen(inner)
     }
