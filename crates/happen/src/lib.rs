@@ -104,7 +104,7 @@ pub use observe::Observer;
 pub use path::Path;
 pub use pattern::{IntoPattern, Pattern};
 pub use response::Sent;
-pub use runtime::Happen;
+pub use runtime::{Happen, RUNTIME_NODE};
 pub use state::global::{Global, GlobalChange};
 pub use state::temporal::{Snapshot, SnapshotContext, TemporalConfig};
 pub use state::{State, View, Views};

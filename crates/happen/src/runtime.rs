@@ -45,6 +45,8 @@ pub(crate) struct RuntimeInner {
     /// The tokio runtime the Happen runtime was made in: flows run there even
     /// when an event is sent from a thread outside it.
     handle: Option<tokio::runtime::Handle>,
+    /// The node behind [`Happen::on`], made on first use.
+    runtime_node: std::sync::Mutex<Option<Node>>,
 }
 
 impl RuntimeInner {
@@ -94,6 +96,9 @@ impl Drop for RuntimeInner {
         self.transport.abort();
     }
 }
+
+/// The id of the node that runs [`Happen::on`]'s handlers.
+pub const RUNTIME_NODE: &str = "happen-runtime";
 
 /// A Happen runtime: the system that nodes live in.
 ///
@@ -316,6 +321,7 @@ impl Happen {
             tracker: TaskTracker::new(),
             closed: Arc::new(AtomicBool::new(false)),
             handle: tokio::runtime::Handle::try_current().ok(),
+            runtime_node: std::sync::Mutex::new(None),
         });
         // Flow balance watches from the tokio runtime the Happen runtime was
         // made in (none: made outside one, nothing is watched).
@@ -350,6 +356,53 @@ impl Happen {
     /// per runtime.
     pub fn node(&self, id: &str) -> Result<Node> {
         self.node_with(id, NodeConfig::default())
+    }
+
+    /// Registers a runtime-level handler: the documentation's
+    /// `happen.on("node.down", ..)`, for system events (flow balance, dead
+    /// letters, connection status) and any broadcast, without a node of your
+    /// own. The handlers run on a node the runtime makes on first use, with
+    /// the id [`RUNTIME_NODE`] (reserved: do not create a node with it).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use happen::prelude::*;
+    /// use happen::balance::FlowBalanceConfig;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded_with(HappenConfig::default().flow_balance(
+    ///     FlowBalanceConfig::default().interval(Duration::from_millis(20)).lag_threshold(2),
+    /// ));
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// happen.on("node.down", move |event: Event, _cx: Context| {
+    ///     let tx = tx.clone();
+    ///     async move { tx.send(event.payload()["nodeId"].clone()).unwrap(); }
+    /// })?;
+    /// let stuck = happen.node_with("stuck", NodeConfig::new().max_concurrent(1))?;
+    /// stuck.on("work", |_e: Event, _cx: Context| std::future::pending::<()>())?;
+    /// for i in 0..4 {
+    ///     stuck.tell(&stuck, Event::new("work", json!(i)))?;
+    /// }
+    /// assert_eq!(rx.recv().await.unwrap(), "stuck");
+    /// # Ok(()) }
+    /// ```
+    pub fn on(
+        &self,
+        pattern: impl crate::pattern::IntoPattern,
+        handler: impl crate::flow::Handler<()>,
+    ) -> Result<crate::node::HandlerId> {
+        let node = {
+            let mut slot = self
+                .0
+                .runtime_node
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(node) => node.clone(),
+                None => slot.insert(self.node(RUNTIME_NODE)?).clone(),
+            }
+        };
+        node.on(pattern, handler)
     }
 
     /// Creates the node `id` with its own settings on top of the system's.

@@ -237,7 +237,8 @@ pub async fn a_node_falling_behind_is_reported_down_then_up(backend: &dyn Backen
         .node_with("fb-slow", NodeConfig::new().max_concurrent(1))
         .unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    ops.on("node.{down,up}", super::recorder(tx, json!(null)))
+    // A runtime-level handler (the documentation's `happen.on`).
+    h.on("node.{down,up}", super::recorder(tx, json!(null)))
         .unwrap();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g = gate.clone();
