@@ -19,14 +19,26 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::task::JoinHandle;
 
 use crate::event::Event;
+use crate::store::applied::Update;
 
 /// What a flow's code runs inside: the event being handled and, for a node
-/// in exactly-once mode, the count of events the flow has emitted so far
-/// (their ids derive from it; shared with tasks the flow spawns).
+/// in exactly-once mode, the flow's numbering of what it emits and changes
+/// (shared with tasks the flow spawns).
 #[derive(Clone)]
 struct Scope {
     event: Event,
-    emitted: Option<Arc<AtomicU32>>,
+    once: Option<Arc<Once>>,
+}
+
+/// The exactly-once numbering of one flow: which of its event's flows it
+/// is (the handler's position among those the event started), and how many
+/// events and state updates it has made so far. A re-run of a flow that
+/// does the same things in the same order numbers them the same, so its
+/// events get the same ids and its state updates are recognised.
+struct Once {
+    flow: u32,
+    emitted: AtomicU32,
+    updates: AtomicU32,
 }
 
 tokio::task_local! {
@@ -47,24 +59,53 @@ pub fn current_event() -> Option<Event> {
 }
 
 /// The event being handled and, when the flow's emitted events get derived
-/// ids, the position of the event about to be emitted.
-pub(crate) fn current_cause() -> Option<(Event, Option<u32>)> {
+/// ids, the flow's position and the position of the event about to be
+/// emitted.
+pub(crate) fn current_cause() -> Option<(Event, Option<(u32, u32)>)> {
     CURRENT
         .try_with(|scope| {
             let seq = scope
-                .emitted
+                .once
                 .as_ref()
-                .map(|count| count.fetch_add(1, Ordering::Relaxed));
+                .map(|once| (once.flow, once.emitted.fetch_add(1, Ordering::Relaxed)));
             (scope.event.clone(), seq)
         })
         .ok()
 }
 
+/// The state update about to be made, numbered, when the flow this code
+/// runs in is exactly-once.
+pub(crate) fn current_update() -> Option<Update> {
+    CURRENT
+        .try_with(|scope| {
+            let once = scope.once.as_ref()?;
+            let event = scope.event.causal().id.clone();
+            Some(Update {
+                flow: format!("{event}/{}", once.flow),
+                event,
+                seq: once.updates.fetch_add(1, Ordering::Relaxed),
+            })
+        })
+        .ok()
+        .flatten()
+}
+
 /// Runs `fut` with `event` as the cause of everything it emits; with
-/// `derive_ids`, the emitted events are numbered for their ids.
-pub(crate) async fn scoped<F: Future>(event: Event, derive_ids: bool, fut: F) -> F::Output {
-    let emitted = derive_ids.then(|| Arc::new(AtomicU32::new(0)));
-    CURRENT.scope(Scope { event, emitted }, fut).await
+/// `exactly_once` (the flow's position among its event's flows), what it
+/// emits and changes is numbered.
+pub(crate) async fn scoped<F: Future>(
+    event: Event,
+    exactly_once: Option<u32>,
+    fut: F,
+) -> F::Output {
+    let once = exactly_once.map(|flow| {
+        Arc::new(Once {
+            flow,
+            emitted: AtomicU32::new(0),
+            updates: AtomicU32::new(0),
+        })
+    });
+    CURRENT.scope(Scope { event, once }, fut).await
 }
 
 /// Like [`tokio::spawn`], but events emitted by the spawned task keep the

@@ -18,6 +18,7 @@
 //! | last attempt failed: [`system::DEAD_LETTER`] event | no | yes | yes |
 //! | a flow may run twice for one event | no | yes | no, once it completed |
 //! | events a re-run flow emits are new events | — | yes | no: same ids, dropped as copies |
+//! | state changes a re-run flow makes apply again | — | yes | no: recognised, not applied |
 //!
 //! **Attempts and the requester.** A request to a durable node is answered
 //! by the attempt that ends the event: the first that succeeds, or the last
@@ -36,7 +37,22 @@
 //!   flow emits them), so when a flow is run again after a failure or a
 //!   crash, the events it emits again are the same events, and durable
 //!   receivers drop the copies (de-duplication by event id within
-//!   [`DeliveryConfig::dedup_window`]).
+//!   [`DeliveryConfig::dedup_window`]);
+//! - the state updates a flow makes ([`State::set`](crate::State::set) and
+//!   its variants, on any node's state) are numbered the same way, and each
+//!   saves, in the same atomic write as the new value, a mark of how far
+//!   the flow got. A re-run's update that the state already holds is not
+//!   applied again: `set` returns the state as it is now. The marks of an
+//!   event go at the next write once the event is settled (its completion
+//!   recorded, or dead-lettered); a state keeps at most 4096 marks of
+//!   unfinished flows (far above the events a node is handed at once);
+//! - when several handlers of the node take the event, each flow's events
+//!   and updates are numbered apart (by the handlers' registration order).
+//!
+//! This holds for flows that do the same things in the same order when
+//! they run again (the ids and numbers follow that order): branch on the
+//! event and on state, not on the clock or on the order concurrent work
+//! happens to finish in.
 //!
 //! Effects outside Happen (a payment provider, an email) are at-least-once:
 //! make them idempotent with the event id as the key, which is the same on
@@ -162,12 +178,18 @@ impl LocalRetry {
 
 impl LocalRetry {
     /// The event is done with (completed, or dead-lettered): the spool, if
-    /// any, forgets it.
-    fn settled(&self, _node: &NodeCore) {
+    /// any, forgets it, and then the marks of its state updates may go.
+    fn settled(&self, node: &NodeCore) {
+        let settled = node.settled().clone();
+        let event = self.event.causal().id.clone();
         #[cfg(feature = "redb")]
-        if let Some(spool) = _node.spool() {
-            spool.remove(_node.id(), self.event.id());
+        if let Some(spool) = node.spool() {
+            // Once the removal is on disk: until then a restart runs the
+            // event again, and its marks must still be there.
+            spool.remove(node.id(), self.event.id(), move || settled.settle(&event));
+            return;
         }
+        settled.settle(&event);
     }
 }
 

@@ -430,10 +430,10 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Event>) {
 }
 
 /// Gives a stamped event the id derived from its cause, its sender and its
-/// position among the events the sender's flow emitted (see
-/// [`crate::durable`]).
-pub(crate) fn derive_id(event: &mut Event, cause: &Event, sender: &Id, seq: u32) {
-    let id = crate::uuid7::derived(cause.id(), sender, seq, cause.causal().timestamp);
+/// position among the events the sender's flow (the `flow`-th handler the
+/// cause started there) emitted (see [`crate::durable`]).
+pub(crate) fn derive_id(event: &mut Event, cause: &Event, sender: &Id, flow: u32, seq: u32) {
+    let id = crate::uuid7::derived(cause.id(), sender, flow, seq, cause.causal().timestamp);
     event.context_mut().causal.id = id;
 }
 

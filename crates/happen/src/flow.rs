@@ -315,9 +315,11 @@ pub(crate) type FlowFuture = BoxFuture<'static, Option<Failure>>;
 #[derive(Clone)]
 pub(crate) struct Entry(Arc<StartFlow>);
 
-/// Starts a handler's flow: the node, the event, when it was received, and
-/// who waits for the outcome.
-type StartFlow = dyn Fn(Arc<NodeCore>, Event, u64, Option<Responder>) -> FlowFuture + Send + Sync;
+/// Starts a handler's flow: the node, the event, when it was received, who
+/// waits for the outcome, and the flow's position among the flows the
+/// event started at the node.
+type StartFlow =
+    dyn Fn(Arc<NodeCore>, Event, u64, Option<Responder>, u32) -> FlowFuture + Send + Sync;
 
 impl Entry {
     pub(crate) fn new<S, H>(handler: H, local: S) -> Entry
@@ -326,27 +328,32 @@ impl Entry {
         H: Handler<S>,
     {
         let handler = Arc::new(handler);
-        Entry(Arc::new(move |node, event, received_at, responder| {
-            Box::pin(run(
-                handler.clone(),
-                local.clone(),
-                node,
-                event,
-                received_at,
-                responder,
-            ))
-        }))
+        Entry(Arc::new(
+            move |node, event, received_at, responder, flow| {
+                Box::pin(run(
+                    handler.clone(),
+                    local.clone(),
+                    node,
+                    event,
+                    received_at,
+                    responder,
+                    flow,
+                ))
+            },
+        ))
     }
 
-    /// The flow of this handler for `event`, not started yet.
+    /// The flow of this handler for `event`, not started yet; `flow` is its
+    /// position among the flows the event starts at the node.
     pub(crate) fn start(
         &self,
         node: Arc<NodeCore>,
         event: Event,
         received_at: u64,
         responder: Option<Responder>,
+        flow: u32,
     ) -> FlowFuture {
-        (self.0)(node, event, received_at, responder)
+        (self.0)(node, event, received_at, responder, flow)
     }
 }
 
@@ -411,6 +418,7 @@ async fn run<S, H>(
     event: Event,
     received_at: u64,
     responder: Option<Responder>,
+    flow: u32,
 ) -> Option<Failure>
 where
     S: Clone + Send + Sync + 'static,
@@ -426,8 +434,9 @@ where
     let shared = Shared::new(Node::from_core(core), event, received_at, responder);
     let cx = Context::from_parts(shared.clone(), local.clone());
     let steps = AssertUnwindSafe(run_steps(&*handler, first, cx, &shared, &local)).catch_unwind();
-    let derive_ids = shared.core().limits().delivery.mode == DeliveryMode::ExactlyOnce;
-    let outcome = crate::causality::scoped(cause, derive_ids, steps).await;
+    let exactly_once =
+        (shared.core().limits().delivery.mode == DeliveryMode::ExactlyOnce).then_some(flow);
+    let outcome = crate::causality::scoped(cause, exactly_once, steps).await;
     // The rest is synchronous but for rare cases (an emit still holding the
     // responder, a stream consumer behind), which get a future of their own:
     // the flow's future stays small.

@@ -17,6 +17,7 @@ use crate::state::State;
 use crate::store::Store;
 #[cfg(feature = "nats")]
 use crate::store::Unavailable;
+use crate::store::applied::Settled;
 #[cfg(feature = "nats")]
 use crate::store::jetstream::JetStreamStore;
 use crate::store::memory::MemoryStore;
@@ -38,6 +39,8 @@ pub(crate) struct RuntimeInner {
     client: Option<Client>,
     transport: Arc<dyn Transport>,
     store: Arc<dyn Store>,
+    /// Exactly-once events settled, whose state marks may go.
+    settled: Arc<Settled>,
     tracker: TaskTracker,
     /// Set by shutdown or when the runtime is dropped; shared with its
     /// nodes, which check it without upgrading their weak reference.
@@ -56,6 +59,11 @@ impl RuntimeInner {
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Exactly-once events settled, whose state marks may go.
+    pub(crate) fn settled(&self) -> &Arc<Settled> {
+        &self.settled
     }
 
     pub(crate) fn config(&self) -> &HappenConfig {
@@ -293,6 +301,7 @@ impl Happen {
         }
         Ok(State::new(
             self.0.store.clone(),
+            self.0.settled.clone(),
             Id::from(id),
             self.0.config.temporal_config().enabled,
             None,
@@ -318,6 +327,7 @@ impl Happen {
             client,
             transport: Arc::from(transport),
             store,
+            settled: Arc::default(),
             tracker: TaskTracker::new(),
             closed: Arc::new(AtomicBool::new(false)),
             handle: tokio::runtime::Handle::try_current().ok(),

@@ -32,7 +32,11 @@ enum Op {
         node: Arc<NodeCore>,
         delivery: Delivery,
     },
-    Remove(String),
+    /// Forgets an event; `then` runs once that is on disk.
+    Remove {
+        key: String,
+        then: Box<dyn FnOnce() + Send>,
+    },
     Marker(oneshot::Sender<()>),
 }
 
@@ -95,9 +99,18 @@ impl Spool {
     }
 
     /// Forgets the event `event_id` of `node` (its flow completed, or it
-    /// was dead-lettered).
-    pub(crate) fn remove(self: &Arc<Self>, node: &str, event_id: &str) {
-        let _ = self.writer(None).send(Op::Remove(key(node, event_id)));
+    /// was dead-lettered), then runs `then`.
+    pub(crate) fn remove(
+        self: &Arc<Self>,
+        node: &str,
+        event_id: &str,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        let op = Op::Remove {
+            key: key(node, event_id),
+            then: Box::new(then),
+        };
+        let _ = self.writer(None).send(op);
     }
 
     /// Resolves once everything handed to the spool so far is on disk.
@@ -151,7 +164,7 @@ async fn write(spool: Weak<Spool>, mut rx: mpsc::UnboundedReceiver<Op>) {
             .iter_mut()
             .filter_map(|op| match op {
                 Op::Put { key, bytes, .. } => Some((key.clone(), Some(std::mem::take(bytes)))),
-                Op::Remove(key) => Some((std::mem::take(key), None)),
+                Op::Remove { key, .. } => Some((std::mem::take(key), None)),
                 Op::Marker(_) => None,
             })
             .collect();
@@ -177,7 +190,11 @@ async fn write(spool: Weak<Spool>, mut rx: mpsc::UnboundedReceiver<Op>) {
                 Op::Marker(done) => {
                     let _ = done.send(());
                 }
-                Op::Remove(_) => {}
+                Op::Remove { then, .. } => {
+                    if written.is_ok() {
+                        then();
+                    }
+                }
             }
         }
     }

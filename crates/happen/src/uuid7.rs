@@ -67,19 +67,20 @@ pub(crate) fn next() -> (Id, u64) {
     (format(high, low), millis)
 }
 
-/// The id of the `seq`-th event emitted by `node`'s flow for the event
-/// `cause`, the same every time that flow runs (exactly-once delivery: a
-/// re-run's events carry the ids of the first run's, so de-duplication
-/// drops them). A UUID of version 8 (application-defined): the cause's
-/// time in the first 48 bits, as in v7, so ids stay roughly time-ordered,
-/// then bits of a BLAKE3 hash of the three inputs.
-pub(crate) fn derived(cause: &str, node: &str, seq: u32, millis: u64) -> Id {
+/// The id of the `seq`-th event emitted by the `flow`-th flow `node` ran
+/// for the event `cause`, the same every time that flow runs (exactly-once
+/// delivery: a re-run's events carry the ids of the first run's, so
+/// de-duplication drops them). A UUID of version 8 (application-defined):
+/// the cause's time in the first 48 bits, as in v7, so ids stay roughly
+/// time-ordered, then bits of a BLAKE3 hash of the inputs.
+pub(crate) fn derived(cause: &str, node: &str, flow: u32, seq: u32, millis: u64) -> Id {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(b"happen.derived-id.v1\0");
+    hasher.update(b"happen.derived-id.v2\0");
     hasher.update(cause.as_bytes());
     hasher.update(b"\0");
     hasher.update(node.as_bytes());
     hasher.update(b"\0");
+    hasher.update(&flow.to_be_bytes());
     hasher.update(&seq.to_be_bytes());
     let hash = hasher.finalize();
     let mut bytes = [0u8; 16];
@@ -153,16 +154,26 @@ pub(crate) fn bytes_of(text: &str) -> Option<[u8; 16]> {
 mod tests {
     use super::*;
 
-    /// A derived id depends on its three inputs only, is a well-formed
-    /// version 8 UUID, and starts with the cause's time.
+    /// A derived id depends on its inputs only, is a well-formed version 8
+    /// UUID, and starts with the cause's time.
     #[test]
     fn derived_ids_are_stable_and_distinct() {
         let cause = "0190b4e2-7c1a-7000-8000-000000000001";
-        let a = derived(cause, "payments", 0, 1_720_000_000_000);
-        assert_eq!(a, derived(cause, "payments", 0, 1_720_000_000_000));
-        assert_ne!(a, derived(cause, "payments", 1, 1_720_000_000_000));
-        assert_ne!(a, derived(cause, "billing", 0, 1_720_000_000_000));
-        assert_ne!(a, derived("other", "payments", 0, 1_720_000_000_000));
+        let at = 1_720_000_000_000;
+        let a = derived(cause, "payments", 0, 0, at);
+        assert_eq!(a, derived(cause, "payments", 0, 0, at));
+        assert_ne!(a, derived(cause, "payments", 0, 1, at));
+        assert_ne!(
+            a,
+            derived(cause, "payments", 1, 0, at),
+            "another handler's flow"
+        );
+        assert_ne!(
+            derived(cause, "payments", 1, 0, at),
+            derived(cause, "payments", 0, 1, at)
+        );
+        assert_ne!(a, derived(cause, "billing", 0, 0, at));
+        assert_ne!(a, derived("other", "payments", 0, 0, at));
         let parsed = uuid::Uuid::parse_str(&a).unwrap();
         assert_eq!(parsed.get_version_num(), 8);
         assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);

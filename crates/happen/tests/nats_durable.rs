@@ -268,6 +268,17 @@ async fn payment_process() {
         .unwrap();
     payments
         .on("charge", |event: Event, cx: Context| async move {
+            // Counts the charge in the node's state (how often each one was
+            // applied), then tells the ledger.
+            let seq = event.payload()["seq"].to_string();
+            cx.node()
+                .state()
+                .set(|mut s| {
+                    let n = s[&seq].as_u64().unwrap_or(0);
+                    s[&seq] = json!(n + 1);
+                    s
+                })
+                .await?;
             cx.node()
                 .tell("ledger", Event::new("captured", event.payload().clone()))?;
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -360,7 +371,17 @@ async fn a_killed_receiver_loses_nothing() {
     let (processed, lost, duplicated) = tally.report("receiver-killed-3-times", sent, 90).await;
     child.kill().unwrap();
     child.wait().unwrap();
+    // The state changes of the flows the kills cut off were not made twice.
+    let counts = shop.state_of("payments").unwrap().get().await.unwrap();
+    let applied = |seq: u64| counts[seq.to_string()].as_u64().unwrap_or(0);
+    let state_lost = (0..sent).filter(|&seq| applied(seq) == 0).count();
+    let state_duplicated: u64 = (0..sent).map(|seq| applied(seq).saturating_sub(1)).sum();
+    println!(
+        "faults: receiver-killed-state-changes sent={sent} applied={} lost={state_lost} duplicated={state_duplicated}",
+        (0..sent).map(applied).sum::<u64>()
+    );
     assert_eq!((lost, duplicated, processed), (0, 0, sent));
+    assert_eq!((state_lost, state_duplicated), (0, 0));
 }
 
 /// A three-server JetStream cluster keeps three copies of Happen's streams

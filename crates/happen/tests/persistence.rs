@@ -207,3 +207,78 @@ async fn events_for_a_durable_node_survive_a_restart_on_disk() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(*again.lock().unwrap(), 0);
 }
+
+/// Runs three events through a durable node on disk whose flows add 1 to
+/// the node's state and are cut off by a restart before they complete,
+/// then lets them run again to completion; returns the state after that.
+async fn state_after_a_cut_off_run(mode: happen::DeliveryConfig) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let config = move || NodeConfig::new().max_concurrent(3).delivery(mode);
+    let add = |s: Value| json!(s.as_u64().unwrap_or(0) + 1);
+    let path = dir.path().to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let h = Happen::embedded_on_disk(&path, HappenConfig::default()).unwrap();
+            let ledger = h.node_with("ledger", config()).unwrap();
+            let shop = h.node("shop").unwrap();
+            ledger
+                .on("entry", move |_e: Event, cx: Context| async move {
+                    cx.node().state().set(add).await?;
+                    // The process dies here.
+                    std::future::pending::<()>().await;
+                    Ok::<_, HappenError>(())
+                })
+                .unwrap();
+            for seq in 0..3 {
+                shop.tell(&ledger, Event::new("entry", json!({ "seq": seq })))
+                    .unwrap();
+            }
+            h.flush().await.unwrap();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while ledger.state().get().await.unwrap() != json!(3) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the first run's updates"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    let h = Happen::embedded_on_disk(dir.path(), HappenConfig::default()).unwrap();
+    let ledger = h.node_with("ledger", config()).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let d = done.clone();
+    ledger
+        .on("entry", move |_e: Event, cx: Context| {
+            let done = d.clone();
+            async move {
+                cx.node().state().set(add).await?;
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, HappenError>(())
+            }
+        })
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the re-runs");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    ledger.state().get().await.unwrap()
+}
+
+/// Exactly-once on disk: flows cut off by a restart run again, and the
+/// state changes their first run made are not made a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_state_changes_survive_a_restart_once() {
+    let state = state_after_a_cut_off_run(happen::DeliveryConfig::exactly_once()).await;
+    assert_eq!(state, json!(3), "each event's update applied once");
+    // At-least-once makes them again: the same run shows the difference.
+    let state = state_after_a_cut_off_run(happen::DeliveryConfig::at_least_once()).await;
+    assert_eq!(state, json!(6));
+}

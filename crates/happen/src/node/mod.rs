@@ -44,6 +44,8 @@ pub(crate) struct NodeCore {
     scheduler: Scheduler,
     /// Serializes this process's updates of the node's state.
     state_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The runtime's record of settled exactly-once events (state marks).
+    settled: Arc<crate::store::applied::Settled>,
     observers: Observers,
     /// Set by [`Node::shutdown`].
     closed: AtomicBool,
@@ -89,6 +91,11 @@ impl NodeCore {
         let delivery = &self.limits.delivery;
         delivery.mode != crate::DeliveryMode::ExactlyOnce
             || self.seen.first(&event.causal().id, delivery.dedup_window)
+    }
+
+    /// The runtime's record of settled exactly-once events (state marks).
+    pub(crate) fn settled(&self) -> &Arc<crate::store::applied::Settled> {
+        &self.settled
     }
 
     /// Whether the transport stores the node's events (a durable node over
@@ -211,6 +218,7 @@ impl Node {
             registry: Registry::default(),
             scheduler: Scheduler::default(),
             state_lock: Arc::new(tokio::sync::Mutex::new(())),
+            settled: runtime.settled().clone(),
             observers: runtime.config().observers().clone(),
             closed: AtomicBool::new(false),
             runtime_closed: runtime.closed_flag().clone(),
@@ -290,6 +298,7 @@ impl<S> Node<S> {
     pub fn state(&self) -> State {
         State::new(
             self.store().clone(),
+            self.core.settled.clone(),
             self.core.id.clone(),
             self.core.temporal,
             Some(self.core.state_lock.clone()),

@@ -412,18 +412,21 @@ impl NodeCore {
         if others.peek().is_none() {
             let flows = first
                 .entry
-                .start(self.clone(), event, received_at, responder);
+                .start(self.clone(), event, received_at, responder, 0);
             return Some(Started { flows, ack });
         }
+        // Numbered in registration order, the same when the event runs
+        // again (exactly-once ids and state updates depend on it).
         let others: Vec<FlowFuture> = others
-            .map(|r| {
+            .zip(1u32..)
+            .map(|(r, flow)| {
                 r.entry
-                    .start(self.clone(), event.clone(), received_at, None)
+                    .start(self.clone(), event.clone(), received_at, None, flow)
             })
             .collect();
         let first = first
             .entry
-            .start(self.clone(), event, received_at, responder);
+            .start(self.clone(), event, received_at, responder, 0);
         let flows: FlowFuture = Box::pin(async move {
             let (first, rest) =
                 futures::future::join(first, futures::future::join_all(others)).await;

@@ -134,9 +134,9 @@ impl<S> Node<S> {
             return Err((HappenError::Shutdown, event));
         }
         event::stamp(&mut event, &self.core.id, parent.as_ref());
-        if let (Some(parent), Some(Some(seq))) = (&parent, seq) {
+        if let (Some(parent), Some(Some((flow, seq)))) = (&parent, seq) {
             // Exactly-once: the same event from a re-run flow has the same id.
-            event::derive_id(&mut event, parent, &self.core.id, seq);
+            event::derive_id(&mut event, parent, &self.core.id, flow, seq);
         }
         self.core.observers.stamped(&event);
         Ok(event)

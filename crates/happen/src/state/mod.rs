@@ -58,6 +58,7 @@ use crate::causality;
 use crate::error::{HappenError, Result};
 use crate::event::now_millis;
 use crate::id::Id;
+use crate::store::applied::{Applied, Settled};
 use crate::store::{Saved, Store};
 use temporal::{Snapshot, SnapshotContext, SnapshotFilter};
 
@@ -74,6 +75,8 @@ const MAX_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub struct State {
     store: Arc<dyn Store>,
+    /// Exactly-once events whose marks may go, and what they changed.
+    settled: Arc<Settled>,
     node: Id,
     temporal: bool,
     /// The node's lock when the node lives in this process: its updates
@@ -118,12 +121,14 @@ async fn load_views(store: &dyn Store, nodes: &[String]) -> Result<Views> {
 impl State {
     pub(crate) fn new(
         store: Arc<dyn Store>,
+        settled: Arc<Settled>,
         node: Id,
         temporal: bool,
         lock: Option<Arc<tokio::sync::Mutex<()>>>,
     ) -> Self {
         State {
             store,
+            settled,
             node,
             temporal,
             lock,
@@ -164,6 +169,14 @@ impl State {
 
     /// Replaces the state with `transform(old)` atomically and returns the
     /// new state. `old` is `null` the first time.
+    ///
+    /// In a flow of a node in [exactly-once](crate::DeliveryMode::ExactlyOnce)
+    /// mode, an update the state already holds from an earlier run of the
+    /// same flow (the process died before the event was acknowledged, or
+    /// the flow failed and is tried again) is not applied again: the flow's
+    /// updates are numbered in the order it makes them, the state keeps the
+    /// numbers of unfinished flows, and a repeated update returns the state
+    /// as it is without running `transform`. See [`crate::durable`].
     pub async fn set(&self, mut transform: impl FnMut(Value) -> Value) -> Result<Value> {
         self.update(&[], move |state, _| transform(state)).await
     }
@@ -196,16 +209,33 @@ impl State {
             Some(lock) => Some(lock.lock().await),
             None => None,
         };
+        // Exactly-once: this update's number, and the settled events whose
+        // marks this write drops.
+        let update = causality::current_update();
+        let droppable = self.settled.take_droppable(id);
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_ATTEMPTS {
             let current = store.load(id).await?;
-            let views = load_views(&*store, view_nodes).await?;
-            let (old, expected) = match current {
-                Some(v) => (v.value, Some(v.revision)),
-                None => (Value::Null, None),
+            let (old, expected, mut applied) = match current {
+                Some(v) => (v.value, Some(v.revision), v.applied),
+                None => (Value::Null, None, Applied::default()),
             };
+            if let Some(update) = &update
+                && applied.holds(update)
+            {
+                // Applied by an earlier run of this flow.
+                return Ok(old);
+            }
+            let views = load_views(&*store, view_nodes).await?;
             let new = transform(old, &views);
-            if let Saved::Done(_) = store.save(id, &new, expected).await? {
+            applied.drop_settled(&droppable);
+            if let Some(update) = &update {
+                applied.record(update, now_millis());
+            }
+            if let Saved::Done(_) = store.save(id, &new, &applied, expected).await? {
+                if let Some(update) = &update {
+                    self.settled.changed(&update.event, id);
+                }
                 if self.temporal
                     && let Some(cause) = causality::current_event()
                 {
@@ -352,5 +382,62 @@ impl IntoFuture for Collect {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.run())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::prelude::*;
+    use crate::{DeliveryConfig, NodeConfig};
+
+    /// The marks of exactly-once updates go once their events settle: a
+    /// node's state record does not grow with the events it has handled.
+    #[tokio::test(flavor = "current_thread")]
+    async fn marks_of_settled_events_are_dropped() {
+        let happen = Happen::embedded();
+        let client = happen.node("client").unwrap();
+        let counter = happen
+            .node_with(
+                "counter",
+                NodeConfig::new().delivery(DeliveryConfig::exactly_once()),
+            )
+            .unwrap();
+        counter
+            .on("add", |_e: Event, cx: Context| async move {
+                cx.node()
+                    .state()
+                    .set(|s| json!(s.as_u64().unwrap_or(0) + 1))
+                    .await
+            })
+            .unwrap();
+        let marks = || async {
+            let stored = counter.store().load("counter").await.unwrap().unwrap();
+            stored.applied
+        };
+        client
+            .send(&counter, Event::new("add", json!(null)))
+            .await
+            .unwrap();
+        assert!(
+            !marks().await.is_empty(),
+            "an exactly-once update is marked"
+        );
+        for _ in 0..49 {
+            client
+                .send(&counter, Event::new("add", json!(null)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(counter.state().get().await.unwrap(), json!(50));
+        let applied = marks().await;
+        assert_eq!(
+            serde_json::to_value(&applied)
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .len(),
+            1,
+            "only the last event's mark is left: {applied:?}"
+        );
     }
 }

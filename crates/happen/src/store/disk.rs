@@ -41,8 +41,7 @@ mod redb_disk {
 
     use super::Table;
     use crate::error::{HappenError, Result};
-    use crate::store::Versioned;
-    use crate::store::memory::{Data, decode};
+    use crate::store::memory::{Data, decode, decode_state};
 
     const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
     const GLOBAL: TableDefinition<&str, &[u8]> = TableDefinition::new("global");
@@ -129,9 +128,8 @@ mod redb_disk {
                 .map_err(disk_error)?
             {
                 let (k, v) = row.map_err(disk_error)?;
-                let (value, revision) = decode(v.value())?;
                 data.state
-                    .insert(k.value().to_owned(), Versioned { value, revision });
+                    .insert(k.value().to_owned(), decode_state(v.value())?);
             }
             for row in read
                 .open_table(GLOBAL)

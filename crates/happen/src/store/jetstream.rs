@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde_json::Value;
 
+use super::applied::{self, Applied};
 use super::{Saved, Store, Versioned};
 use crate::error::{HappenError, Result};
 use crate::state::global::GlobalChange;
@@ -137,10 +138,14 @@ impl Store for JetStreamStore {
                 .await
                 .map_err(|e| store_error("cannot read state", e))?;
             match entry {
-                Some(entry) if entry.operation == kv::Operation::Put => Ok(Some(Versioned {
-                    value: from_bytes(&entry.value)?,
-                    revision: entry.revision,
-                })),
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    let (value, applied) = applied::decode(&entry.value)?;
+                    Ok(Some(Versioned {
+                        value,
+                        revision: entry.revision,
+                        applied,
+                    }))
+                }
                 _ => Ok(None),
             }
         })
@@ -150,11 +155,12 @@ impl Store for JetStreamStore {
         &'a self,
         node: &'a str,
         value: &'a Value,
+        applied: &'a Applied,
         expected: Option<u64>,
     ) -> BoxFuture<'a, Result<Saved>> {
         Box::pin(async move {
             let key = escape_key(node);
-            let bytes = to_bytes(value)?;
+            let bytes = Bytes::from(applied::encode(value, applied)?);
             match expected {
                 None => match self.state.create(&key, bytes).await {
                     Ok(revision) => Ok(Saved::Done(revision)),

@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
+use super::applied::Applied;
 use super::disk::{Disk, Table};
 use super::{Saved, Store, Versioned};
 use crate::error::{HappenError, Result};
@@ -102,6 +103,39 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(value)?)
 }
 
+/// A state row on disk: `[value, revision]`, or with the marks of
+/// exactly-once updates `[value, revision, marks]`.
+fn encode_state(value: &Value, revision: u64, applied: &Applied) -> Result<Vec<u8>> {
+    if applied.is_empty() {
+        encode(&(value, revision))
+    } else {
+        encode(&(value, revision, applied))
+    }
+}
+
+/// Reads what [`encode_state`] wrote.
+#[cfg_attr(not(feature = "redb"), allow(dead_code))]
+pub(crate) fn decode_state(bytes: &[u8]) -> Result<Versioned> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Row {
+        Marked(Value, u64, Applied),
+        Plain(Value, u64),
+    }
+    Ok(match decode(bytes)? {
+        Row::Marked(value, revision, applied) => Versioned {
+            value,
+            revision,
+            applied,
+        },
+        Row::Plain(value, revision) => Versioned {
+            value,
+            revision,
+            applied: Applied::default(),
+        },
+    })
+}
+
 #[cfg_attr(not(feature = "redb"), allow(dead_code))]
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
@@ -123,6 +157,7 @@ impl Store for MemoryStore {
         &'a self,
         node: &'a str,
         value: &'a Value,
+        applied: &'a Applied,
         expected: Option<u64>,
     ) -> BoxFuture<'a, Result<Saved>> {
         Box::pin(async move {
@@ -133,8 +168,8 @@ impl Store for MemoryStore {
             }
             let revision = current.unwrap_or(0) + 1;
             if self.disk.is_some() {
-                self.write_through(Table::State, node, Some(encode(&(value, revision))?))
-                    .await?;
+                let bytes = encode_state(value, revision, applied)?;
+                self.write_through(Table::State, node, Some(bytes)).await?;
             }
             let mut data = lock(&self.data);
             // Without a disk there is no writer's turn: check again under
@@ -147,6 +182,7 @@ impl Store for MemoryStore {
                 Versioned {
                     value: value.clone(),
                     revision,
+                    applied: applied.clone(),
                 },
             );
             Ok(Saved::Done(revision))
@@ -272,14 +308,18 @@ mod tests {
     async fn a_failed_disk_write_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = MemoryStore::persistent(dir.path(), TemporalConfig::default()).unwrap();
-        let Saved::Done(revision) = store.save("n", &json!(1), None).await.unwrap() else {
+        let Saved::Done(revision) = store
+            .save("n", &json!(1), &Applied::default(), None)
+            .await
+            .unwrap()
+        else {
             panic!("first save conflicts");
         };
         store.global_set("k", &json!("old")).await.unwrap();
 
         fail_next_write(&store);
         let err = store
-            .save("n", &json!(2), Some(revision))
+            .save("n", &json!(2), &Applied::default(), Some(revision))
             .await
             .unwrap_err();
         assert!(matches!(err, HappenError::Store { .. }), "{err:?}");
@@ -299,7 +339,10 @@ mod tests {
         assert_eq!(again.global_get("k").await.unwrap(), Some(json!("old")));
         // Updates go on from the stored revision.
         assert_eq!(
-            again.save("n", &json!(3), Some(revision)).await.unwrap(),
+            again
+                .save("n", &json!(3), &Applied::default(), Some(revision))
+                .await
+                .unwrap(),
             Saved::Done(revision + 1)
         );
     }

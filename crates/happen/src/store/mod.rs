@@ -6,6 +6,7 @@
 //! - [`jetstream`]: NATS JetStream key-value buckets and a history stream
 //!   (the NATS runtime).
 
+pub(crate) mod applied;
 pub(crate) mod disk;
 #[cfg(feature = "nats")]
 pub(crate) mod jetstream;
@@ -18,12 +19,15 @@ use serde_json::Value;
 use crate::error::Result;
 use crate::state::global::GlobalChange;
 use crate::state::temporal::Snapshot;
+use applied::Applied;
 
 /// A stored value and its revision (revisions start at 1 and grow).
 #[derive(Debug, Clone)]
 pub(crate) struct Versioned {
     pub(crate) value: Value,
     pub(crate) revision: u64,
+    /// Updates of unfinished exactly-once flows the value holds.
+    pub(crate) applied: Applied,
 }
 
 /// The outcome of a conditional save.
@@ -45,12 +49,14 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// A node's state, if it has any.
     fn load<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<Versioned>>>;
-    /// Saves a node's state if its revision is still `expected` (`None`: the
-    /// node has no state yet).
+    /// Saves a node's state, with the marks of the exactly-once updates it
+    /// holds, if its revision is still `expected` (`None`: the node has no
+    /// state yet).
     fn save<'a>(
         &'a self,
         node: &'a str,
         value: &'a Value,
+        applied: &'a Applied,
         expected: Option<u64>,
     ) -> BoxFuture<'a, Result<Saved>>;
     /// Appends a snapshot to a node's history (retention applies).
@@ -93,6 +99,7 @@ impl Store for Unavailable {
         &'a self,
         _: &'a str,
         _: &'a Value,
+        _: &'a Applied,
         _: Option<u64>,
     ) -> BoxFuture<'a, Result<Saved>> {
         unavailable()

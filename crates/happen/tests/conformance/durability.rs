@@ -190,6 +190,100 @@ pub async fn exactly_once_re_run_emits_the_same_events(backend: &dyn Backend) {
     super::assert_quiet(&mut rx, "the ledger took a copy").await;
 }
 
+/// A handler that adds 1 to its node's state and to `tally`'s, then fails
+/// its first attempt (so that its flow runs again).
+fn counting_then_failing(attempts: Arc<AtomicU32>) -> impl happen::Handler {
+    move |_event: Event, cx: Context| {
+        let attempts = attempts.clone();
+        async move {
+            let add = |s: Value| json!(s.as_u64().unwrap_or(0) + 1);
+            cx.node().state().set(add).await?;
+            let tally = cx.node().happen().unwrap().state_of("so-tally")?;
+            tally.set(add).await?;
+            if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(HappenError::Cancelled);
+            }
+            Ok(json!("counted"))
+        }
+    }
+}
+
+pub async fn exactly_once_re_run_applies_its_state_changes_once(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("so-client").unwrap();
+    let once = h
+        .node_with("so-once", quick(DeliveryConfig::exactly_once()))
+        .unwrap();
+    let least = h
+        .node_with("so-least", quick(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let (once_runs, least_runs) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    once.on("count", counting_then_failing(once_runs.clone()))
+        .unwrap();
+    least
+        .on("count", counting_then_failing(least_runs.clone()))
+        .unwrap();
+    h.flush().await.unwrap();
+
+    // Exactly-once: the flow ran twice, its two updates applied once.
+    let answer = client.send(&once, ev("count", json!(null))).await.unwrap();
+    assert_eq!(answer, json!("counted"));
+    assert_eq!(once_runs.load(Ordering::SeqCst), 2, "the flow ran twice");
+    assert_eq!(once.state().get().await.unwrap(), json!(1));
+    let tally = h.state_of("so-tally").unwrap();
+    assert_eq!(
+        tally.get().await.unwrap(),
+        json!(1),
+        "another node's state too"
+    );
+
+    // At-least-once: the re-run's updates apply again.
+    let answer = client.send(&least, ev("count", json!(null))).await.unwrap();
+    assert_eq!(answer, json!("counted"));
+    assert_eq!(least_runs.load(Ordering::SeqCst), 2);
+    assert_eq!(least.state().get().await.unwrap(), json!(2));
+    assert_eq!(tally.get().await.unwrap(), json!(3));
+
+    // A later event's updates apply as usual (the marks are per event).
+    once_runs.store(1, Ordering::SeqCst);
+    client.send(&once, ev("count", json!(null))).await.unwrap();
+    assert_eq!(once.state().get().await.unwrap(), json!(2));
+    assert_eq!(tally.get().await.unwrap(), json!(4));
+}
+
+pub async fn exactly_once_flows_of_one_event_emit_distinct_events(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("ef-client").unwrap();
+    let source = h
+        .node_with("ef-source", quick(DeliveryConfig::exactly_once()))
+        .unwrap();
+    let sink = h
+        .node_with("ef-sink", quick(DeliveryConfig::exactly_once()))
+        .unwrap();
+    // Two handlers take the same event and each emits one event: their
+    // ids derive from the cause and the emitting flow, so both arrive.
+    for label in ["first", "second"] {
+        source
+            .on("order", move |_e: Event, cx: Context| async move {
+                cx.node()
+                    .tell("ef-sink", Event::new("line", json!(label)))?;
+                Ok::<_, HappenError>(json!(label))
+            })
+            .unwrap();
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    sink.on("line", super::recorder(tx, json!(null))).unwrap();
+    h.flush().await.unwrap();
+
+    client.tell(&source, ev("order", json!(null))).unwrap();
+    let (a, b) = (recv(&mut rx).await, recv(&mut rx).await);
+    assert_ne!(a.id(), b.id());
+    let mut labels = vec![a.payload().clone(), b.payload().clone()];
+    labels.sort_by_key(|v| v.to_string());
+    assert_eq!(labels, vec![json!("first"), json!("second")]);
+    super::assert_quiet(&mut rx, "a third line").await;
+}
+
 pub async fn broadcasts_to_durable_nodes_are_retried_and_taken_once(backend: &dyn Backend) {
     let h = start(backend).await;
     let announcer = h.node("bc-announcer").unwrap();

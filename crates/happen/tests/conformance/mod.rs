@@ -133,6 +133,8 @@ macro_rules! conformance_suite {
             last_failure_is_dead_lettered_and_reported,
             saturated_durable_node_takes_events_later,
             exactly_once_re_run_emits_the_same_events,
+            exactly_once_re_run_applies_its_state_changes_once,
+            exactly_once_flows_of_one_event_emit_distinct_events,
             broadcasts_to_durable_nodes_are_retried_and_taken_once,
             a_node_falling_behind_is_reported_down_then_up,
             a_timed_out_request_to_a_durable_node_is_still_processed,

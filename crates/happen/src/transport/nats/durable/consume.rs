@@ -17,6 +17,7 @@ use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::id::Id;
 use crate::node::Node;
+use crate::store::applied::Settled;
 use crate::store::jetstream::escape_key;
 use crate::transport::nats::commands::{Command, Publish};
 use crate::transport::nats::streams::NatsReply;
@@ -206,6 +207,7 @@ async fn take(
         attempt,
         config: *config,
         done_key,
+        settled: node.core().settled().clone(),
     }));
     // A refusal comes back through the acknowledgement.
     let _ = delivery::deliver(node.core(), delivery);
@@ -221,6 +223,8 @@ struct JsAck {
     attempt: u32,
     config: DeliveryConfig,
     done_key: Option<String>,
+    /// Where the event's state marks are let go once it is settled.
+    settled: Arc<Settled>,
 }
 
 impl Acknowledge for JsAck {
@@ -242,6 +246,9 @@ impl Acknowledge for JsAck {
                         tracing::debug!(%error, failures, "completion not recorded yet");
                         tokio::time::sleep(Duration::from_millis(50 * failures.min(20))).await;
                     }
+                    // A redelivery now finds the completion: the marks of
+                    // the flow's state updates are not needed any more.
+                    self.settled.settle(self.event.id());
                     ack(&self.shared, &self.message, AckKind::Ack);
                 });
             }
@@ -276,7 +283,8 @@ impl Acknowledge for JsAck {
         headers.insert("Happen-Attempts", this.attempt.to_string());
         let subject = format!("{}.dead.{}", this.durable.prefix, this.node);
         let (js, payload) = (this.durable.js.clone(), this.message.payload.clone());
-        let (shared, message) = (this.shared, this.message);
+        let (shared, message, settled) = (this.shared, this.message, this.settled);
+        let event_id = this.event.causal().id.clone();
         tokio::spawn(async move {
             match js.publish_with_headers(subject, headers, payload).await {
                 Ok(stored) => {
@@ -287,6 +295,7 @@ impl Acknowledge for JsAck {
                 Err(error) => tracing::warn!(%error, "dead letter not stored"),
             }
             ack(&shared, &message, AckKind::Term);
+            settled.settle(&event_id);
         });
         failure.answer();
     }
