@@ -58,7 +58,8 @@ async fn payment_process(url: String) -> happen::Result<()> {
                 "payment.captured",
                 json!({ "order": order, "key": event.id() }),
             ),
-        )
+        )?;
+        Ok::<_, HappenError>(())
     })?;
     happen.flush().await?;
     println!("ready");

@@ -269,7 +269,7 @@ impl<S> Context<S> {
                 of: self.shared.event.causal().id.clone(),
                 seq,
             });
-        self.shared.node.broadcast(item)
+        self.shared.node.broadcast(item).map(drop)
     }
 
     /// When the node took the event (or batch) for this flow, in

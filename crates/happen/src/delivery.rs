@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::node::{Matched, NodeCore};
+use crate::receipt::Receipt;
 use crate::stream::{Outcome, STREAM_WINDOW, StreamMsg, StreamRx};
 
 /// The requester's end of a reply: the sending side of the channel its
@@ -303,6 +304,18 @@ pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()
     }
     node.observers().delivered(node.id(), &delivery.event);
     node.schedule(delivery)
+}
+
+/// What a sender awaits for an event [`deliver`] accepted for `node`: the
+/// spool's commit for a durable node on disk, else nothing.
+pub(crate) fn receipt(_node: &NodeCore) -> Receipt {
+    #[cfg(feature = "redb")]
+    if _node.retried_here()
+        && let Some(spool) = _node.spool()
+    {
+        return spool.receipt();
+    }
+    Receipt::kept()
 }
 
 #[cfg(test)]

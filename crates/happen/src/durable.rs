@@ -90,6 +90,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **Knowing an event is stored.** `tell` and `broadcast` return as soon as
+//! the event is on its way, with a [`Receipt`](crate::Receipt) to await
+//! when the sender must know that the event is stored (JetStream's
+//! acknowledgement; embedded on disk, the database commit):
+//! `node.tell("payments", event)?.await?`. For a request,
+//! [`Sent::stored`](crate::Sent::stored) does the same before the response.
+//!
 //! # In one process
 //!
 //! The embedded runtime retries failed and refused events with backoff and

@@ -78,6 +78,7 @@ pub mod node;
 pub mod observe;
 pub mod path;
 pub mod pattern;
+pub mod receipt;
 pub mod response;
 pub mod runtime;
 #[cfg(feature = "redb")]
@@ -103,6 +104,7 @@ pub use node::{HandlerId, Node, Target};
 pub use observe::Observer;
 pub use path::Path;
 pub use pattern::{IntoPattern, Pattern};
+pub use receipt::Receipt;
 pub use response::Sent;
 pub use runtime::{Happen, RUNTIME_NODE};
 pub use state::global::{Global, GlobalChange};

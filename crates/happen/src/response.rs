@@ -18,6 +18,7 @@ use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::flow::RESPONSE_EVENT_TYPE;
 use crate::id::Id;
+use crate::receipt::Receipt;
 use crate::stream::{self, Outcome, StreamItem, StreamMsg};
 
 /// The handle of a sent event; see the [module docs](self).
@@ -58,6 +59,8 @@ pub struct Sent {
     sent_at: Option<tokio::time::Instant>,
     timeout: Duration,
     rx: oneshot::Receiver<Outcome>,
+    /// Whether the event is kept for its receiver (see [`Sent::stored`]).
+    receipt: Receipt,
 }
 
 impl Sent {
@@ -69,8 +72,41 @@ impl Sent {
             sent_at: None,
             timeout,
             rx,
+            receipt: Receipt::kept(),
         };
         (sent, tx)
+    }
+
+    /// Sets what [`Sent::stored`] waits for.
+    pub(crate) fn with_receipt(mut self, receipt: Receipt) -> Sent {
+        self.receipt = receipt;
+        self
+    }
+
+    /// Waits until the event is kept where its receiver will find it, as
+    /// [`Receipt`] describes (at once for a receiver that keeps no copy),
+    /// without waiting for the response; [`Sent::response`] can still be
+    /// awaited afterwards. An event refused before it left gives the
+    /// refusal.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let client = happen.node("client")?;
+    /// let worker = happen.node("worker")?;
+    /// worker.on("job", |e: Event, _cx: Context| async move { e.payload().clone() })?;
+    /// let mut sent = client.send(&worker, Event::new("job", json!(7)));
+    /// sent.stored().await?;
+    /// assert_eq!(sent.response().await?, json!(7));
+    ///
+    /// let mut refused = client.send(&worker, Event::new("not a type!", json!(null)));
+    /// assert!(refused.stored().await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn stored(&mut self) -> Result<()> {
+        (&mut self.receipt).await
     }
 
     /// Fixes the send time now, for a transport that needs the deadline as
@@ -93,6 +129,7 @@ impl Sent {
         error: HappenError,
     ) -> Sent {
         let (sent, reply) = Sent::new(target, request, timeout);
+        let sent = sent.with_receipt(Receipt::failed(error.clone()));
         let _ = reply.send(Outcome::Done(Err(error)));
         sent
     }

@@ -16,12 +16,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::delivery::{self, Delivery};
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::node::NodeCore;
+use crate::receipt::{Receipt, ReceiptTx};
 use crate::store::disk::{Disk, Table};
 
 /// What the writer does, in order.
@@ -37,7 +38,9 @@ enum Op {
         key: String,
         then: Box<dyn FnOnce() + Send>,
     },
-    Marker(oneshot::Sender<()>),
+    /// Answered once everything before it is written: `Ok`, or the error
+    /// of a commit since the last marker.
+    Marker(ReceiptTx),
 }
 
 /// Events for durable nodes, on disk.
@@ -115,9 +118,16 @@ impl Spool {
 
     /// Resolves once everything handed to the spool so far is on disk.
     pub(crate) async fn flush(self: &Arc<Self>) {
-        let (tx, rx) = oneshot::channel();
-        if self.writer(None).send(Op::Marker(tx)).is_ok() {
-            let _ = rx.await;
+        let _ = self.receipt().await;
+    }
+
+    /// A receipt for everything handed to the spool so far: resolved once
+    /// it is on disk, or with the error of a failed commit.
+    pub(crate) fn receipt(self: &Arc<Self>) -> Receipt {
+        let (tx, receipt) = Receipt::waiting();
+        match self.writer(None).send(Op::Marker(tx)) {
+            Ok(()) => receipt,
+            Err(_) => Receipt::failed(HappenError::Shutdown),
         }
     }
 
@@ -152,6 +162,8 @@ impl Spool {
 /// Writes what arrives in batches (one commit each), then hands the
 /// written events to their nodes in order.
 async fn write(spool: Weak<Spool>, mut rx: mpsc::UnboundedReceiver<Op>) {
+    // A failed commit, until a marker has reported it.
+    let mut failed: Option<HappenError> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -179,7 +191,9 @@ async fn write(spool: Weak<Spool>, mut rx: mpsc::UnboundedReceiver<Op>) {
         };
         if let Err(error) = &written {
             tracing::error!(%error, "spool not written; these events are not kept across a restart");
+            failed = Some(error.clone());
         }
+        let mut reported = false;
         for op in batch {
             match op {
                 // Handed over either way: a failed write costs durability
@@ -188,7 +202,8 @@ async fn write(spool: Weak<Spool>, mut rx: mpsc::UnboundedReceiver<Op>) {
                     let _ = delivery::deliver(&node, delivery);
                 }
                 Op::Marker(done) => {
-                    let _ = done.send(());
+                    let _ = done.send(failed.clone().map_or(Ok(()), Err));
+                    reported = true;
                 }
                 Op::Remove { then, .. } => {
                     if written.is_ok() {
@@ -196,6 +211,9 @@ async fn write(spool: Weak<Spool>, mut rx: mpsc::UnboundedReceiver<Op>) {
                     }
                 }
             }
+        }
+        if reported {
+            failed = None;
         }
     }
 }

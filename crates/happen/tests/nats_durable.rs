@@ -81,6 +81,26 @@ fn durable(mode: DeliveryConfig) -> NodeConfig {
     )
 }
 
+/// Two runtimes on `url` that reconnect quickly, each through the server:
+/// one with the exactly-once node `ledger` counting its `item` events, one
+/// with the node `shop` to send them from.
+async fn ledger_and_shop(url: &str) -> (Happen, Tally, Happen, Node) {
+    let receiver = Happen::connect(fast_reconnect(url.to_owned()).co_located(false))
+        .await
+        .unwrap();
+    let ledger = receiver
+        .node_with("ledger", durable(DeliveryConfig::exactly_once()))
+        .unwrap();
+    let tally = Tally::default();
+    tally.handle(&ledger, "item");
+    receiver.flush().await.unwrap();
+    let sender = Happen::connect(fast_reconnect(url.to_owned()).co_located(false))
+        .await
+        .unwrap();
+    let shop = sender.node("shop").unwrap();
+    (receiver, tally, sender, shop)
+}
+
 /// Events sent while the receiving process is down wait in the stream and
 /// are processed, in the order they were sent, when it starts again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,21 +161,7 @@ async fn events_sent_while_the_receiver_is_down_are_processed_in_order_when_it_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_mid_stream_loses_nothing_and_duplicates_nothing() {
     let mut server = NatsServer::start().unwrap();
-    let url = server.url();
-    let receiver = Happen::connect(fast_reconnect(url.clone()).co_located(false))
-        .await
-        .unwrap();
-    let ledger = receiver
-        .node_with("ledger", durable(DeliveryConfig::exactly_once()))
-        .unwrap();
-    let tally = Tally::default();
-    tally.handle(&ledger, "item");
-    receiver.flush().await.unwrap();
-
-    let sender = Happen::connect(fast_reconnect(url).co_located(false))
-        .await
-        .unwrap();
-    let shop = sender.node("shop").unwrap();
+    let (_receiver, tally, sender, shop) = ledger_and_shop(&server.url()).await;
     let sent = 10_000u64;
     tell_items(&shop, "ledger", sent, 3_000, || server.restart().unwrap()).await;
     within("every event is stored", 60, sender.flush())
@@ -191,7 +197,7 @@ async fn events_kept_during_an_outage_are_bounded_and_none_accepted_is_lost() {
     let mut refused = 0u64;
     for seq in 0..80u64 {
         match shop.tell("audit", Event::new("item", json!({ "seq": accepted }))) {
-            Ok(()) => accepted += 1,
+            Ok(_) => accepted += 1,
             Err(HappenError::Backpressure { limit, .. }) => {
                 assert_eq!(limit, 50);
                 refused += 1;
@@ -598,4 +604,37 @@ async fn a_durable_node_whose_process_is_down_is_reported_by_the_others() {
     Tally::default().handle(&billing, "item");
     let up = within("billing is reported up", 10, about(&mut rx, "billing")).await;
     assert_eq!(up.event_type(), balance::NODE_UP);
+}
+
+/// A tell's receipt resolves when JetStream has stored the event: during
+/// an outage it waits, and once the server is back it resolves and the
+/// event is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_waits_through_an_outage_until_the_event_is_stored() {
+    let mut server = NatsServer::start().unwrap();
+    let (_receiver, tally, _sender, shop) = ledger_and_shop(&server.url()).await;
+    within("stored while the server is up", 10, async {
+        shop.tell("ledger", Event::new("item", json!({ "seq": 0 })))
+            .unwrap()
+            .await
+            .unwrap()
+    })
+    .await;
+
+    server.stop();
+    let mut receipt = shop
+        .tell("ledger", Event::new("item", json!({ "seq": 1 })))
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut receipt)
+            .await
+            .is_err(),
+        "not stored while the server is down"
+    );
+    server.restart().unwrap();
+    within("stored once the server is back", 30, &mut receipt)
+        .await
+        .unwrap();
+    let (processed, lost, duplicated) = tally.report("receipt-through-outage", 2, 30).await;
+    assert_eq!((lost, duplicated, processed), (0, 0, 2));
 }

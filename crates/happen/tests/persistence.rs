@@ -215,41 +215,31 @@ async fn state_after_a_cut_off_run(mode: happen::DeliveryConfig) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let config = move || NodeConfig::new().max_concurrent(3).delivery(mode);
     let add = |s: Value| json!(s.as_u64().unwrap_or(0) + 1);
-    let path = dir.path().to_owned();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    in_a_process_that_ends(dir.path(), move |h| async move {
+        let ledger = h.node_with("ledger", config()).unwrap();
+        let shop = h.node("shop").unwrap();
+        ledger
+            .on("entry", move |_e: Event, cx: Context| async move {
+                cx.node().state().set(add).await?;
+                // The process dies here.
+                std::future::pending::<()>().await;
+                Ok::<_, HappenError>(())
+            })
             .unwrap();
-        rt.block_on(async move {
-            let h = Happen::embedded_on_disk(&path, HappenConfig::default()).unwrap();
-            let ledger = h.node_with("ledger", config()).unwrap();
-            let shop = h.node("shop").unwrap();
-            ledger
-                .on("entry", move |_e: Event, cx: Context| async move {
-                    cx.node().state().set(add).await?;
-                    // The process dies here.
-                    std::future::pending::<()>().await;
-                    Ok::<_, HappenError>(())
-                })
+        for seq in 0..3 {
+            shop.tell(&ledger, Event::new("entry", json!({ "seq": seq })))
                 .unwrap();
-            for seq in 0..3 {
-                shop.tell(&ledger, Event::new("entry", json!({ "seq": seq })))
-                    .unwrap();
-            }
-            h.flush().await.unwrap();
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-            while ledger.state().get().await.unwrap() != json!(3) {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the first run's updates"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        });
-    })
-    .join()
-    .unwrap();
+        }
+        h.flush().await.unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ledger.state().get().await.unwrap() != json!(3) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the first run's updates"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
     let h = Happen::embedded_on_disk(dir.path(), HappenConfig::default()).unwrap();
     let ledger = h.node_with("ledger", config()).unwrap();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -281,4 +271,73 @@ async fn exactly_once_state_changes_survive_a_restart_once() {
     // At-least-once makes them again: the same run shows the difference.
     let state = state_after_a_cut_off_run(happen::DeliveryConfig::at_least_once()).await;
     assert_eq!(state, json!(6));
+}
+
+/// Embedded on disk, a tell's receipt resolves once the event is in the
+/// database: a process that ends right after (no flush, no shutdown) finds
+/// it there when it starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_receipt_means_the_event_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = || NodeConfig::new().delivery(happen::DeliveryConfig::at_least_once());
+    let sent = 50u64;
+    in_a_process_that_ends(dir.path(), move |h| async move {
+        let mailer = h.node_with("mailer", durable()).unwrap();
+        let shop = h.node("shop").unwrap();
+        mailer
+            .on("mail", |_e: Event, _cx: Context| {
+                std::future::pending::<()>()
+            })
+            .unwrap();
+        let mut last = None;
+        for seq in 0..sent {
+            last = Some(
+                shop.tell(&mailer, Event::new("mail", json!({ "seq": seq })))
+                    .unwrap(),
+            );
+        }
+        // One writer keeps them in order: the last receipt covers all.
+        last.unwrap().await.unwrap();
+        // The process ends here: the runtime goes without a shutdown.
+    });
+    let h = Happen::embedded_on_disk(dir.path(), HappenConfig::default()).unwrap();
+    let mailer = h.node_with("mailer", durable()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    mailer
+        .on("mail", move |e: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e.payload()["seq"].as_u64().unwrap());
+            }
+        })
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < sent as usize {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await;
+        seen.push(next.expect("every stored event").unwrap());
+    }
+    assert_eq!(seen, (0..sent).collect::<Vec<_>>());
+}
+
+/// Runs `body` with a runtime on disk in `dir`, on a thread with a tokio
+/// runtime of its own that ends with it (as a process would, with no
+/// shutdown of the Happen runtime).
+fn in_a_process_that_ends<F, Fut>(dir: &std::path::Path, body: F)
+where
+    F: FnOnce(Happen) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let path = dir.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let h = Happen::embedded_on_disk(&path, HappenConfig::default()).unwrap();
+            body(h).await;
+        });
+    })
+    .join()
+    .unwrap();
 }

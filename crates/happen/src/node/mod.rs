@@ -25,6 +25,7 @@ use crate::flow::{Entry, Handler};
 use crate::id::Id;
 use crate::observe::Observers;
 use crate::pattern::{IntoPattern, Pattern};
+use crate::receipt::Receipt;
 use crate::runtime::{Happen, RuntimeInner};
 use crate::state::global::Global;
 use crate::state::{Collect, State, View};
@@ -434,6 +435,8 @@ impl<S> Node<S> {
     /// Returns once the event is handed to the receivers; their flows run
     /// concurrently. Fails on an invalid event type, after shutdown, or when a
     /// receiver's queue is full (the other receivers still get the event).
+    /// The [`Receipt`] says, when awaited, that the copies for durable
+    /// receivers are stored.
     ///
     /// ```
     /// use happen::prelude::*;
@@ -451,7 +454,7 @@ impl<S> Node<S> {
     /// assert_eq!(rx.recv().await.unwrap(), "Gulf Coast");
     /// # Ok(()) }
     /// ```
-    pub fn broadcast(&self, event: Event) -> Result<()> {
+    pub fn broadcast(&self, event: Event) -> Result<Receipt> {
         let runtime = self.runtime()?;
         let event = self.prepare(event).map_err(|(e, _)| e)?;
         runtime.transport().broadcast(event)

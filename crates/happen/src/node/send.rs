@@ -11,6 +11,7 @@ use crate::error::{HappenError, Result};
 use crate::event::{self, Event};
 use crate::id::Id;
 use crate::name::{validate_event_type, validate_node_id};
+use crate::receipt::Receipt;
 use crate::response::Sent;
 use crate::runtime::RuntimeInner;
 
@@ -29,11 +30,13 @@ impl<S> Node<S> {
             return match self.prepare(event) {
                 Ok(event) => {
                     let (sent, reply) = Sent::new(node.id.clone(), event.clone(), timeout);
-                    let _ = delivery::deliver(
+                    match delivery::deliver(
                         node,
                         Delivery::new(event, Some(Responder::Local(reply)), Arrival::Local),
-                    );
-                    sent
+                    ) {
+                        Ok(()) => sent.with_receipt(delivery::receipt(node)),
+                        Err(error) => sent.with_receipt(Receipt::failed(error)),
+                    }
                 }
                 Err((e, event)) => Sent::refused(node.id.clone(), event, timeout, e),
             };
@@ -76,15 +79,19 @@ impl<S> Node<S> {
         }
         let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
         let sent = sent.sent_now();
-        runtime
+        let receipt = runtime
             .transport()
             .send(&target, event, reply, sent.deadline());
-        sent
+        sent.with_receipt(receipt)
     }
 
     /// Sends `event` to `target` without asking for an answer: the flow runs
     /// with [`Context::expects_response`](crate::Context::expects_response)
     /// `false` and no result is built or sent back, in any runtime.
+    ///
+    /// Returns once the event is on its way, with a [`Receipt`]: drop it, or
+    /// await it to know that the event is kept for its receiver (stored,
+    /// for a durable node).
     ///
     /// Errors known when sending are returned: an invalid event type or
     /// target, shutdown, and over NATS a message too large or a full outgoing
@@ -111,10 +118,11 @@ impl<S> Node<S> {
     /// assert!(matches!(sensor.tell("nobody", Event::new("reading", json!(0))), Err(HappenError::UnknownNode { .. })));
     /// # Ok(()) }
     /// ```
-    pub fn tell(&self, target: impl Target, event: Event) -> Result<()> {
+    pub fn tell(&self, target: impl Target, event: Event) -> Result<Receipt> {
         if let Some(node) = self.in_process(&target) {
             let event = self.prepare(event).map_err(|(e, _)| e)?;
-            return delivery::deliver(node, Delivery::new(event, None, Arrival::Local));
+            delivery::deliver(node, Delivery::new(event, None, Arrival::Local))?;
+            return Ok(delivery::receipt(node));
         }
         let runtime = self.runtime()?;
         let target = target.target_shared_id();

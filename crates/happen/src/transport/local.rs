@@ -19,6 +19,7 @@ use crate::event::{Event, stamp};
 use crate::id::Id;
 use crate::node::{Matched, Node};
 use crate::pattern::Pattern;
+use crate::receipt::Receipt;
 use crate::system::{self, Counters, Tally};
 
 /// Routes events between the nodes of one process.
@@ -54,7 +55,7 @@ impl LocalTransport {
     /// queue at one receiver does not keep the event from the others; each
     /// refusal is logged, counted and reported as a [`system::REFUSED`]
     /// event, and the first is returned afterwards.
-    pub(crate) fn deliver_broadcast(&self, event: &Event, arrival: Arrival) -> Result<()> {
+    pub(crate) fn deliver_broadcast(&self, event: &Event, arrival: Arrival) -> Result<Receipt> {
         let receivers: Vec<(Node, Matched)> = {
             let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
             nodes
@@ -69,15 +70,24 @@ impl LocalTransport {
                 .collect()
         };
         let mut first_error = None;
+        let mut receipt = Receipt::kept();
         for (node, matched) in receivers {
             let mut delivery = Delivery::new(event.clone(), None, arrival);
             delivery.matched = Some(matched);
-            if let Err(error) = delivery::deliver(node.core(), delivery) {
-                self.refused(node.id(), event, &error);
-                first_error.get_or_insert(error);
+            match delivery::deliver(node.core(), delivery) {
+                // One writer keeps every node's events in order: the last
+                // receiver that keeps a copy answers for all.
+                Ok(()) => match delivery::receipt(node.core()) {
+                    kept if kept.is_ready() => {}
+                    waiting => receipt = waiting,
+                },
+                Err(error) => {
+                    self.refused(node.id(), event, &error);
+                    first_error.get_or_insert(error);
+                }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        first_error.map_or(Ok(receipt), Err)
     }
 
     /// Reports an event a node refused when nobody could be told directly
@@ -166,6 +176,7 @@ impl LocalTransport {
     /// Hands `event` to the local node `target`; every outcome, refusals
     /// included, goes to `responder` (when there is one) and refusals are
     /// returned.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn deliver_to(
         &self,
         target: &str,
@@ -173,12 +184,28 @@ impl LocalTransport {
         responder: Option<Responder>,
         arrival: Arrival,
     ) -> Result<()> {
+        self.deliver_kept(target, event, responder, arrival)
+            .map(drop)
+    }
+
+    /// Like [`LocalTransport::deliver_to`], with the receipt a sender awaits.
+    fn deliver_kept(
+        &self,
+        target: &str,
+        event: Event,
+        responder: Option<Responder>,
+        arrival: Arrival,
+    ) -> Result<Receipt> {
         let delivery = Delivery::new(event, responder, arrival);
         match self.lookup(target) {
-            Some(node) => delivery::deliver(node.core(), delivery),
-            None => delivery.refuse(HappenError::UnknownNode {
-                node: target.to_owned(),
-            }),
+            Some(node) => {
+                delivery::deliver(node.core(), delivery).map(|()| delivery::receipt(node.core()))
+            }
+            None => delivery
+                .refuse(HappenError::UnknownNode {
+                    node: target.to_owned(),
+                })
+                .map(|()| Receipt::kept()),
         }
     }
 }
@@ -209,21 +236,28 @@ impl Transport for LocalTransport {
 
     fn unsubscribe(&self, _interest: &Interest) {}
 
-    fn broadcast(&self, event: Event) -> Result<()> {
+    fn broadcast(&self, event: Event) -> Result<Receipt> {
         self.deliver_broadcast(&event, Arrival::Local)
     }
 
-    fn send(&self, target: &str, event: Event, reply: ReplyTx, _deadline: tokio::time::Instant) {
+    fn send(
+        &self,
+        target: &str,
+        event: Event,
+        reply: ReplyTx,
+        _deadline: tokio::time::Instant,
+    ) -> Receipt {
         // A refusal has already gone to the requester.
-        let _ = self.deliver_to(target, event, Some(Responder::Local(reply)), Arrival::Local);
+        self.deliver_kept(target, event, Some(Responder::Local(reply)), Arrival::Local)
+            .unwrap_or_else(Receipt::failed)
     }
 
     fn in_process(&self) -> bool {
         true
     }
 
-    fn tell(&self, target: &str, event: Event) -> Result<()> {
-        self.deliver_to(target, event, None, Arrival::Local)
+    fn tell(&self, target: &str, event: Event) -> Result<Receipt> {
+        self.deliver_kept(target, event, None, Arrival::Local)
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {

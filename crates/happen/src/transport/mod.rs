@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::event::Event;
 use crate::node::Node;
 use crate::pattern::Pattern;
+use crate::receipt::Receipt;
 use crate::system::Counters;
 
 /// What a transport subscribed for one handler, released by
@@ -38,12 +39,19 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn subscribe(&self, node: &Node, pattern: &Pattern) -> Result<Interest>;
     /// A handler went: release what it alone needed.
     fn unsubscribe(&self, interest: &Interest);
-    /// Delivers `event` to every node with a matching handler.
-    fn broadcast(&self, event: Event) -> Result<()>;
+    /// Delivers `event` to every node with a matching handler; the receipt
+    /// says when it is kept for them.
+    fn broadcast(&self, event: Event) -> Result<Receipt>;
     /// Delivers `event` to the node `target`; the outcome (including routing
     /// errors) goes to `reply`. The requester waits until `deadline` unless
-    /// it changes its mind.
-    fn send(&self, target: &str, event: Event, reply: ReplyTx, deadline: tokio::time::Instant);
+    /// it changes its mind. The receipt says when the event is kept.
+    fn send(
+        &self,
+        target: &str,
+        event: Event,
+        reply: ReplyTx,
+        deadline: tokio::time::Instant,
+    ) -> Receipt;
 
     /// Whether events to this runtime's own nodes are delivered in the
     /// process, so that a live node handle may be handed an event directly,
@@ -52,8 +60,9 @@ pub(crate) trait Transport: Send + Sync + 'static {
         false
     }
     /// Delivers `event` to the node `target` with nobody waiting for an
-    /// answer; errors known at once are returned.
-    fn tell(&self, target: &str, event: Event) -> Result<()>;
+    /// answer; errors known at once are returned, and the receipt says when
+    /// the event is kept.
+    fn tell(&self, target: &str, event: Event) -> Result<Receipt>;
     /// Resolves once everything dispatched so far has been processed by the
     /// transport's server (a round trip; at once for the in-process
     /// transport).

@@ -81,7 +81,7 @@ pub async fn user_correlation_id_is_inherited(backend: &dyn Backend) {
     let b = h.node("corr-b").unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     b.on("first", |_e: Event, cx: Context| async move {
-        cx.node().broadcast(ev("second", json!(null)))
+        cx.node().broadcast(ev("second", json!(null))).map(drop)
     })
     .unwrap();
     a.on("second", recorder(tx, json!(null))).unwrap();
@@ -160,7 +160,7 @@ pub async fn spawned_work_keeps_causality(backend: &dyn Backend) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     b.on("go", |_e: Event, cx: Context| async move {
         let node = cx.node().clone();
-        happen::spawn(async move { node.broadcast(ev("from-task", json!(null))) })
+        happen::spawn(async move { node.broadcast(ev("from-task", json!(null))).map(drop) })
             .await
             .unwrap()
     })

@@ -284,6 +284,57 @@ pub async fn exactly_once_flows_of_one_event_emit_distinct_events(backend: &dyn 
     super::assert_quiet(&mut rx, "a third line").await;
 }
 
+pub async fn receipts_resolve_once_events_are_kept(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("rc-client").unwrap();
+    let durable = h
+        .node_with("rc-durable", quick(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let direct = h.node("rc-direct").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    durable
+        .on("note", super::recorder(tx.clone(), json!("noted")))
+        .unwrap();
+    direct
+        .on("note", super::recorder(tx, json!("noted")))
+        .unwrap();
+    h.flush().await.unwrap();
+
+    // A node that keeps no copy: known at once.
+    let receipt = client.tell(&direct, ev("note", json!(1))).unwrap();
+    assert!(receipt.is_ready());
+    receipt.await.unwrap();
+    // A durable node: once stored (over NATS, JetStream's acknowledgement).
+    client
+        .tell("rc-durable", ev("note", json!(2)))
+        .unwrap()
+        .await
+        .unwrap();
+    // A broadcast both take.
+    client
+        .broadcast(ev("note", json!(3)))
+        .unwrap()
+        .await
+        .unwrap();
+    // A request: stored first, then answered.
+    let mut sent = client.send("rc-durable", ev("note", json!(4)));
+    sent.stored().await.unwrap();
+    assert_eq!(sent.response().await.unwrap(), json!("noted"));
+    let mut payloads = Vec::new();
+    for _ in 0..5 {
+        payloads.push(recv(&mut rx).await.payload().as_i64().unwrap());
+    }
+    payloads.sort_unstable();
+    assert_eq!(payloads, [1, 2, 3, 3, 4]);
+
+    // A request refused before it left: its receipt says why.
+    let mut refused = client.send("rc-durable", ev("not a type!", json!(null)));
+    assert!(matches!(
+        refused.stored().await,
+        Err(HappenError::InvalidName(_))
+    ));
+}
+
 pub async fn broadcasts_to_durable_nodes_are_retried_and_taken_once(backend: &dyn Backend) {
     let h = start(backend).await;
     let announcer = h.node("bc-announcer").unwrap();

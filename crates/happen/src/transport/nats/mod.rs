@@ -56,6 +56,7 @@ use crate::event::Event;
 use crate::nats::{NatsConfig, check_server_version};
 use crate::node::Node;
 use crate::pattern::Pattern;
+use crate::receipt::Receipt;
 use crate::stream::Outcome;
 use crate::system::Counters;
 use commands::{Command, Commands, Kind, Publish};
@@ -370,14 +371,15 @@ impl Transport for NatsTransport {
         }
     }
 
-    fn broadcast(&self, event: Event) -> Result<()> {
+    fn broadcast(&self, event: Event) -> Result<Receipt> {
         let shared = &self.shared;
         let sealed = envelope::seal(&event, true)?;
         sealed.check_size(shared.max_payload())?;
+        let mut receipt = Receipt::kept();
         if let Some(durable) = &shared.durable
             && durable.wants_broadcast(event.event_type())
         {
-            durable.broadcast(&event, sealed.payload.clone())?;
+            receipt = durable.broadcast(&event, sealed.payload.clone())?;
         }
         // With co-location the server's copy is for the other processes
         // only; a full outgoing queue is reported before anything is
@@ -392,10 +394,16 @@ impl Transport for NatsTransport {
         if shared.co_located {
             shared.local.deliver_broadcast(&event, Arrival::Local)?;
         }
-        Ok(())
+        Ok(receipt)
     }
 
-    fn send(&self, target: &str, event: Event, reply: ReplyTx, deadline: tokio::time::Instant) {
+    fn send(
+        &self,
+        target: &str,
+        event: Event,
+        reply: ReplyTx,
+        deadline: tokio::time::Instant,
+    ) -> Receipt {
         let shared = &self.shared;
         let stored = shared.durable.as_ref().filter(|d| d.is_target(target));
         if stored.is_none()
@@ -403,16 +411,17 @@ impl Transport for NatsTransport {
             && let Some(node) = shared.local.node(target)
         {
             let responder = Some(Responder::Local(reply));
-            let _ = delivery::deliver(node.core(), Delivery::new(event, responder, Arrival::Local));
-            return;
+            let delivered =
+                delivery::deliver(node.core(), Delivery::new(event, responder, Arrival::Local));
+            return delivered.map_or_else(Receipt::failed, |()| Receipt::kept());
         }
         let sealed = match envelope::seal(&event, true)
             .and_then(|s| s.check_size(shared.max_payload()).map(|()| s))
         {
             Ok(sealed) => sealed,
             Err(error) => {
-                let _ = reply.send(Outcome::Done(Err(error)));
-                return;
+                let _ = reply.send(Outcome::Done(Err(error.clone())));
+                return Receipt::failed(error);
             }
         };
         let subject = subjects::direct_subject(&shared.prefix, target);
@@ -426,13 +435,15 @@ impl Transport for NatsTransport {
                 reply,
                 deadline,
             );
-            if let (Some(token), Some(reply_to)) = (publish.token, publish.reply)
-                && let Err(error) =
-                    durable.request(target, &event, sealed.payload, token, &reply_to, deadline)
-            {
-                shared.requests.fail(token, error);
-            }
-            return;
+            let (Some(token), Some(reply_to)) = (publish.token, publish.reply) else {
+                return Receipt::kept(); // not reached: a registered request has both
+            };
+            return durable
+                .request(target, &event, sealed.payload, token, &reply_to, deadline)
+                .unwrap_or_else(|error| {
+                    shared.requests.fail(token, error.clone());
+                    Receipt::failed(error)
+                });
         }
         let publish = shared.requests.register(
             &shared.inbox,
@@ -444,10 +455,14 @@ impl Transport for NatsTransport {
             deadline,
         );
         let token = publish.token;
-        if let Err(error) = shared.commands.publish(publish)
-            && let Some(token) = token
-        {
-            shared.requests.fail(token, error);
+        match shared.commands.publish(publish) {
+            Ok(()) => Receipt::kept(),
+            Err(error) => {
+                if let Some(token) = token {
+                    shared.requests.fail(token, error.clone());
+                }
+                Receipt::failed(error)
+            }
         }
     }
 
@@ -455,7 +470,7 @@ impl Transport for NatsTransport {
         self.shared.co_located
     }
 
-    fn tell(&self, target: &str, event: Event) -> Result<()> {
+    fn tell(&self, target: &str, event: Event) -> Result<Receipt> {
         let shared = &self.shared;
         if let Some(durable) = shared.durable.as_ref().filter(|d| d.is_target(target)) {
             let sealed = envelope::seal(&event, false)?;
@@ -465,7 +480,8 @@ impl Transport for NatsTransport {
         if shared.co_located
             && let Some(node) = shared.local.node(target)
         {
-            return delivery::deliver(node.core(), Delivery::new(event, None, Arrival::Local));
+            delivery::deliver(node.core(), Delivery::new(event, None, Arrival::Local))?;
+            return Ok(Receipt::kept());
         }
         let sealed = envelope::seal(&event, false)?;
         sealed.check_size(shared.max_payload())?;
@@ -485,7 +501,8 @@ impl Transport for NatsTransport {
             headers: sealed.headers,
             payload: sealed.payload,
             token: None,
-        })
+        })?;
+        Ok(Receipt::kept())
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {

@@ -39,6 +39,7 @@ use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::id::Id;
 use crate::node::Node;
+use crate::receipt::{Receipt, ReceiptTx};
 
 mod consume;
 mod publish;
@@ -108,6 +109,8 @@ enum Outgoing {
         then: Then,
         /// A request gives up at its deadline; a tell never does.
         until: Option<tokio::time::Instant>,
+        /// Told whether the event was stored.
+        receipt: ReceiptTx,
     },
     Marker(oneshot::Sender<()>),
 }
@@ -244,16 +247,32 @@ impl Durable {
     }
 
     /// Stores a broadcast for the durable nodes whose handlers take it.
-    pub(super) fn broadcast(&self, event: &Event, payload: Bytes) -> Result<()> {
+    pub(super) fn broadcast(&self, event: &Event, payload: Bytes) -> Result<Receipt> {
+        let subject = format!("{}.durable.bcast.{}", self.prefix, event.event_type());
+        let then = Then::Broadcast(event.clone());
+        self.store(subject, message_headers(event), payload, then, None)
+    }
+
+    /// Queues an event for the publishing task (within the outgoing bound).
+    fn store(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+        then: Then,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<Receipt> {
         self.queued.reserve()?;
+        let (receipt_tx, receipt) = Receipt::waiting();
         let _ = self.outgoing.send(Outgoing::Event {
-            subject: format!("{}.durable.bcast.{}", self.prefix, event.event_type()),
-            headers: message_headers(event),
+            subject,
+            headers,
             payload,
-            then: Then::Broadcast(event.clone()),
-            until: None,
+            then,
+            until,
+            receipt: receipt_tx,
         });
-        Ok(())
+        Ok(receipt)
     }
 
     fn subject(&self, node: &str) -> String {
@@ -261,19 +280,13 @@ impl Durable {
     }
 
     /// Stores a tell to the durable node `target`.
-    pub(super) fn tell(&self, target: &str, event: Event, payload: Bytes) -> Result<()> {
-        self.queued.reserve()?;
-        let _ = self.outgoing.send(Outgoing::Event {
-            subject: self.subject(target),
-            headers: message_headers(&event),
-            payload,
-            then: Then::Tell {
-                target: Id::from(target),
-                event,
-            },
-            until: None,
-        });
-        Ok(())
+    pub(super) fn tell(&self, target: &str, event: Event, payload: Bytes) -> Result<Receipt> {
+        let headers = message_headers(&event);
+        let then = Then::Tell {
+            target: Id::from(target),
+            event,
+        };
+        self.store(self.subject(target), headers, payload, then, None)
     }
 
     /// Stores the request `token` to the durable node `target`; its answer
@@ -286,18 +299,11 @@ impl Durable {
         token: u64,
         reply_to: &str,
         deadline: tokio::time::Instant,
-    ) -> Result<()> {
-        self.queued.reserve()?;
+    ) -> Result<Receipt> {
         let mut headers = message_headers(event);
         headers.insert(REPLY_TO, reply_to);
-        let _ = self.outgoing.send(Outgoing::Event {
-            subject: self.subject(target),
-            headers,
-            payload,
-            then: Then::Request(token),
-            until: Some(deadline),
-        });
-        Ok(())
+        let then = Then::Request(token);
+        self.store(self.subject(target), headers, payload, then, Some(deadline))
     }
 
     /// Resolves once every event queued so far is stored and every node set

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Durable, Outgoing, PUBLISH_ACK_WAIT, Then, unavailable};
 use crate::error::Result;
+use crate::receipt::ReceiptTx;
 use crate::transport::nats::Shared;
 
 /// The receiving end of the publishing queue.
@@ -41,7 +42,7 @@ pub(in crate::transport::nats) async fn publish(
             item = rx.recv(), if open && acks.len() < durable.in_flight => match item {
                 None => open = false,
                 Some(Outgoing::Marker(tx)) => markers.push((seq, tx)),
-                Some(Outgoing::Event { subject, headers, payload, then, until }) => {
+                Some(Outgoing::Event { subject, headers, payload, then, until, receipt }) => {
                     seq += 1;
                     outstanding.insert(seq);
                     // Handed to the client here, in the order sent; only
@@ -51,12 +52,14 @@ pub(in crate::transport::nats) async fn publish(
                         .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                         .await;
                     let message = Message { subject, headers, payload };
+                    let then = (then, receipt);
                     acks.push(store(durable.js.clone(), seq, message, first, then, until));
                 }
             },
-            Some((seq, then, outcome)) = acks.next() => {
+            Some((seq, (then, receipt), outcome)) = acks.next() => {
                 outstanding.remove(&seq);
                 durable.queued.release();
+                let _ = receipt.send(outcome.clone());
                 if let Err(error) = outcome {
                     match then {
                         Then::Request(token) => shared.requests.fail(token, error),
@@ -107,9 +110,9 @@ async fn store(
         jetstream::context::PublishAckFuture,
         jetstream::context::PublishError,
     >,
-    then: Then,
+    then: (Then, ReceiptTx),
     until: Option<tokio::time::Instant>,
-) -> (u64, Then, Result<()>) {
+) -> (u64, (Then, ReceiptTx), Result<()>) {
     let mut published = Some(first);
     let mut failures = 0u32;
     loop {
