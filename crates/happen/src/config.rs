@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use crate::accept::{AcceptFrom, AcceptRule};
 use crate::balance::FlowBalanceConfig;
 use crate::observe::{Observer, Observers};
 use crate::pattern::glob_match;
@@ -51,6 +52,9 @@ pub struct NodeConfig {
     pub timeout: Option<Duration>,
     /// How events to the node are delivered (see [`DeliveryConfig`]).
     pub delivery: Option<DeliveryConfig>,
+    /// Whom the node takes events from (see [`crate::accept`]); `None`:
+    /// anyone, unless a pattern layer sets rules.
+    pub accept_from: Option<Vec<AcceptRule>>,
 }
 
 impl NodeConfig {
@@ -81,6 +85,18 @@ impl NodeConfig {
     /// or stored first and retried (see [`crate::durable`]).
     pub fn delivery(mut self, delivery: DeliveryConfig) -> Self {
         self.delivery = Some(delivery);
+        self
+    }
+
+    /// Takes events only from senders or origins one of `rules` matches
+    /// (the documentation's `acceptFrom`; see [`crate::accept`]). Replaces
+    /// the rules of a pattern layer.
+    pub fn accept_from<I, R>(mut self, rules: I) -> Self
+    where
+        I: IntoIterator<Item = R>,
+        R: Into<AcceptRule>,
+    {
+        self.accept_from = Some(rules.into_iter().map(Into::into).collect());
         self
     }
 
@@ -212,6 +228,21 @@ impl HappenConfig {
         }
         own.apply(&mut limits);
         limits
+    }
+
+    /// The acceptance rules a node with this id and own configuration
+    /// checks: its own, else those of the last matching pattern layer.
+    pub(crate) fn resolve_accept(&self, node_id: &str, own: &NodeConfig) -> Option<AcceptFrom> {
+        let from_patterns = self
+            .patterns
+            .iter()
+            .rev()
+            .filter(|(pattern, _)| glob_match(pattern, node_id))
+            .find_map(|(_, config)| config.accept_from.as_ref());
+        own.accept_from
+            .as_ref()
+            .or(from_patterns)
+            .map(|rules| AcceptFrom::new(rules.clone()))
     }
 }
 

@@ -277,6 +277,9 @@ impl Delivery {
 /// A delivery whose `matched` is already set (a broadcast found its
 /// receivers by matching) is not matched again.
 pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()> {
+    if let Err(error) = node.accepts(&delivery.event) {
+        return delivery.refuse(error);
+    }
     if delivery.ack.is_none() && node.retried_here() {
         if !node.first_sight(&delivery.event) {
             // Exactly-once: a copy of an event this node already took.

@@ -55,6 +55,24 @@ pub enum HappenError {
         node: String,
     },
 
+    /// The target node's acceptance controls
+    /// ([`NodeConfig::accept_from`](crate::NodeConfig::accept_from)) refuse
+    /// events from this sender and origin.
+    #[error(
+        "node \"{node}\" does not accept events from sender \"{sender}\"{}: none of its acceptFrom rules matches ({rules})",
+        source_id.as_ref().map(|s| format!(" with source \"{s}\"")).unwrap_or_default()
+    )]
+    NotAccepted {
+        /// The node that refused the event.
+        node: String,
+        /// The event's sender (`causal.sender`).
+        sender: String,
+        /// The event's origin source id, if it had one.
+        source_id: Option<String>,
+        /// The node's rules, as configured.
+        rules: String,
+    },
+
     /// A node with this id already exists in this runtime.
     #[error(
         "a node \"{node}\" already exists in this runtime; node ids are unique, reuse the existing handle"

@@ -60,6 +60,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod accept;
 pub mod balance;
 pub mod causality;
 pub mod config;
@@ -90,6 +91,7 @@ pub mod system;
 mod transport;
 mod uuid7;
 
+pub use accept::AcceptRule;
 pub use causality::spawn;
 pub use config::{DeliveryConfig, DeliveryMode, HappenConfig, NodeConfig, NodeLimits};
 pub use confluence::{GroupResults, NodeGroup, SentToAll};

@@ -435,7 +435,8 @@ impl Happen {
             return Err(HappenError::Shutdown);
         }
         let limits = self.0.config.resolve(id, &config);
-        let node = Node::new(Id::from(id), &self.0, limits);
+        let accept = self.0.config.resolve_accept(id, &config);
+        let node = Node::new(Id::from(id), &self.0, limits, accept);
         self.0.transport.attach(&node)?;
         Ok(node)
     }

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | [`CONNECTION_STATUS`] | the NATS connection changed | `status` (`connected`, `disconnected`, `reconnected`, `lame-duck`, `slow-consumer`, `error`, `closed`), `reason` |
 //! | [`UNDELIVERED`] | a sent event reached no node and nobody waited for the answer | `node`, `eventType`, `eventId`, `reason` |
-//! | [`REFUSED`] | a node refused a broadcast (its queue was full) | `node`, `eventType`, `eventId`, `reason` |
+//! | [`REFUSED`] | a node refused a broadcast or a remote tell (its queue was full, or its acceptance controls refused the sender) | `node`, `eventType`, `eventId`, `reason` |
 //! | [`DEAD_LETTER`] | a durable event failed its last attempt (see [`crate::durable`]) | `node`, `eventType`, `eventId`, `attempts`, `error`, `event` (the whole event) |
 //! | `node.down`, `node.up`, `system.down`, `system.up` | flow balance found a node (or most nodes) behind, or recovered: see [`crate::balance`] | `nodeId`, `lagMetrics`, `pattern`; `level`, `affectedNodes` |
 //!

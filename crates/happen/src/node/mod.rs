@@ -18,6 +18,7 @@ pub use registry::HandlerId;
 pub(crate) use registry::{Matched, Registration};
 pub use target::{NodeRef, Target};
 
+use crate::accept::AcceptFrom;
 use crate::config::NodeLimits;
 use crate::error::{HappenError, Result};
 use crate::event::Event;
@@ -41,6 +42,8 @@ pub(crate) struct NodeCore {
     store: Arc<dyn Store>,
     temporal: bool,
     limits: NodeLimits,
+    /// Whom the node takes events from (`None`: anyone).
+    accept: Option<AcceptFrom>,
     registry: Registry,
     scheduler: Scheduler,
     /// Serializes this process's updates of the node's state.
@@ -128,6 +131,15 @@ impl NodeCore {
         self.registry.matching(event_type, &self.id)
     }
 
+    /// `Ok` when the node's acceptance controls take `event`.
+    #[inline]
+    pub(crate) fn accepts(&self, event: &Event) -> Result<()> {
+        match &self.accept {
+            None => Ok(()),
+            Some(rules) => rules.check(&self.id, event),
+        }
+    }
+
     /// The handlers that take an event of `event_type` now; the reason if
     /// none does.
     pub(crate) fn admits(&self, event_type: &str) -> Result<Matched> {
@@ -208,7 +220,12 @@ impl<S, T> PartialEq<Node<T>> for Node<S> {
 impl<S> Eq for Node<S> {}
 
 impl Node {
-    pub(crate) fn new(id: Id, runtime: &Arc<RuntimeInner>, limits: NodeLimits) -> Self {
+    pub(crate) fn new(
+        id: Id,
+        runtime: &Arc<RuntimeInner>,
+        limits: NodeLimits,
+        accept: Option<AcceptFrom>,
+    ) -> Self {
         let retried_here =
             limits.delivery.mode.is_durable() && !runtime.transport().stores_durable_events();
         Node::from_core(Arc::new(NodeCore {
@@ -226,6 +243,7 @@ impl Node {
             in_process: runtime.transport().in_process(),
             retried_here,
             limits,
+            accept,
             seen: Default::default(),
             #[cfg(feature = "redb")]
             spool: runtime.store().spool().filter(|_| retried_here),

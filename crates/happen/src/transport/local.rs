@@ -83,7 +83,11 @@ impl LocalTransport {
                 },
                 Err(error) => {
                     self.refused(node.id(), event, &error);
-                    first_error.get_or_insert(error);
+                    // A node whose acceptance controls refuse the sender
+                    // is not the sender's failure: the others took it.
+                    if !matches!(error, HappenError::NotAccepted { .. }) {
+                        first_error.get_or_insert(error);
+                    }
                 }
             }
         }

@@ -34,6 +34,7 @@ pub mod confluence;
 pub mod continuum;
 pub mod durability;
 pub mod errors;
+pub mod identity;
 pub mod observation;
 pub mod patterns;
 pub mod robustness;
@@ -139,6 +140,12 @@ macro_rules! conformance_suite {
             broadcasts_to_durable_nodes_are_retried_and_taken_once,
             a_node_falling_behind_is_reported_down_then_up,
             a_timed_out_request_to_a_durable_node_is_still_processed,
+        );
+        $crate::conformance_suite!(@topic identity;
+            accept_from_admits_matching_senders_and_refuses_others,
+            accept_from_sources_follows_the_origin_down_the_chain,
+            a_refused_broadcast_is_counted_and_reported,
+            accept_from_for_a_pattern_of_nodes,
         );
         $crate::conformance_suite!(@topic observation;
             observers_see_stamps_deliveries_and_finishes,

@@ -222,6 +222,7 @@ mod tests {
             match e {
                 HappenError::NoHandler { .. }
                 | HappenError::UnknownNode { .. }
+                | HappenError::NotAccepted { .. }
                 | HappenError::DuplicateNode { .. }
                 | HappenError::Timeout { .. }
                 | HappenError::QueueFull { .. }
@@ -251,6 +252,12 @@ mod tests {
                 event_type: "t".into(),
             },
             HappenError::UnknownNode { node: "n".into() },
+            HappenError::NotAccepted {
+                node: "n".into(),
+                sender: "s".into(),
+                source_id: Some("tenant:a:u".into()),
+                rules: "a-*".into(),
+            },
             HappenError::DuplicateNode { node: "n".into() },
             HappenError::Timeout {
                 node: "n".into(),
@@ -313,7 +320,7 @@ mod tests {
                 attempts: 9,
             },
         ];
-        assert_eq!(errors.len(), 23, "one of each variant");
+        assert_eq!(errors.len(), 24, "one of each variant");
         for error in errors {
             listed(&error);
             let reply = Reply::Err(error);
