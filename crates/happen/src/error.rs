@@ -73,6 +73,17 @@ pub enum HappenError {
         rules: String,
     },
 
+    /// An event from another process failed its integrity check (see
+    /// [`crate::integrity`]): it was changed on the way, or it was not
+    /// made by Happen. It reached no node.
+    #[error("event \"{event_id}\" was rejected: {reason}")]
+    Integrity {
+        /// The id the event claims.
+        event_id: String,
+        /// What failed.
+        reason: String,
+    },
+
     /// A node with this id already exists in this runtime.
     #[error(
         "a node \"{node}\" already exists in this runtime; node ids are unique, reuse the existing handle"

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::id::Id;
+use crate::integrity::EventHash;
 use crate::path::Path;
 
 /// A unique, time-ordered event identifier (a UUID v7 in its text form).
@@ -62,6 +63,12 @@ pub struct Causal {
     pub path: Path,
     /// When the event was sent, in milliseconds since the Unix epoch.
     pub timestamp: u64,
+    /// The hash the event carried when it arrived from another process,
+    /// checked against its contents before it reached a node (see
+    /// [`crate::integrity`]); `None` for an event made in this process,
+    /// whose hash [`Event::hash`] computes when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<EventHash>,
 }
 
 /// Where an event came from, for acceptance controls and authorization.
@@ -304,10 +311,22 @@ impl Event {
         &self.0.context.causal.id
     }
 
+    /// The hash of the event's contents (see [`crate::integrity`]): the
+    /// one it arrived with, already checked, or computed now.
+    pub fn hash(&self) -> EventHash {
+        self.0
+            .context
+            .causal
+            .hash
+            .unwrap_or_else(|| EventHash::of(self))
+    }
+
     /// Sets the correlation id, grouping this event with others of the same
     /// transaction. Without it, a root event's correlation id is its own id.
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
-        Arc::make_mut(&mut self.0).context.causal.correlation_id = Id::from(id.into());
+        let causal = &mut Arc::make_mut(&mut self.0).context.causal;
+        causal.correlation_id = Id::from(id.into());
+        causal.hash = None;
         self
     }
 
@@ -319,9 +338,10 @@ impl Event {
         source_id: impl Into<String>,
         source_type: impl Into<String>,
     ) -> Self {
-        let origin = &mut Arc::make_mut(&mut self.0).context.origin;
-        origin.source_id = Some(source_id.into());
-        origin.source_type = Some(source_type.into());
+        let cx = &mut Arc::make_mut(&mut self.0).context;
+        cx.origin.source_id = Some(source_id.into());
+        cx.origin.source_type = Some(source_type.into());
+        cx.causal.hash = None;
         self
     }
 
@@ -329,10 +349,9 @@ impl Event {
     /// `origin`). Events emitted while handling this one inherit it unless
     /// they set the same key.
     pub fn with_context(mut self, key: impl Into<String>, value: Value) -> Self {
-        Arc::make_mut(&mut self.0)
-            .context
-            .extra
-            .insert(key.into(), value);
+        let cx = &mut Arc::make_mut(&mut self.0).context;
+        cx.extra.insert(key.into(), value);
+        cx.causal.hash = None;
         self
     }
 
@@ -395,6 +414,8 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Event>) {
     let causal = &mut cx.causal;
     let (id, timestamp) = new_event_id_at();
     causal.id = id;
+    // A new stamp makes a new event: a hash it arrived with is not its own.
+    causal.hash = None;
     causal.sender = sender.clone();
     causal.timestamp = timestamp;
     match parent {

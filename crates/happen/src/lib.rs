@@ -72,6 +72,7 @@ pub mod error;
 pub mod event;
 pub mod flow;
 pub mod id;
+pub mod integrity;
 pub mod name;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -100,6 +101,7 @@ pub use error::{BoxError, Cause, HappenError, Result};
 pub use event::{Causal, Event, EventContext, Origin, StreamRef, new_event_id};
 pub use flow::{Flow, Handler, IntoFlow, Step};
 pub use id::Id;
+pub use integrity::EventHash;
 #[cfg(feature = "nats")]
 pub use nats::NatsConfig;
 pub use node::{HandlerId, Node, Target};

@@ -121,6 +121,12 @@ impl Sent {
         self.request.id()
     }
 
+    /// The sent event, with the causal context it was stamped with (as
+    /// given, if it was refused before dispatch).
+    pub fn event(&self) -> &Event {
+        &self.request
+    }
+
     /// A handle whose outcome is already `error` (refused before dispatch).
     pub(crate) fn refused(
         target: Id,

@@ -12,10 +12,11 @@
 //! | [`CONNECTION_STATUS`] | the NATS connection changed | `status` (`connected`, `disconnected`, `reconnected`, `lame-duck`, `slow-consumer`, `error`, `closed`), `reason` |
 //! | [`UNDELIVERED`] | a sent event reached no node and nobody waited for the answer | `node`, `eventType`, `eventId`, `reason` |
 //! | [`REFUSED`] | a node refused a broadcast or a remote tell (its queue was full, or its acceptance controls refused the sender) | `node`, `eventType`, `eventId`, `reason` |
+//! | [`REJECTED`] | a message from another process was not a valid event: undecodable, or its integrity check failed (see [`crate::integrity`]); no node saw it | `subject`, `eventId` (when it could be read), `reason` |
 //! | [`DEAD_LETTER`] | a durable event failed its last attempt (see [`crate::durable`]) | `node`, `eventType`, `eventId`, `attempts`, `error`, `event` (the whole event) |
 //! | `node.down`, `node.up`, `system.down`, `system.up` | flow balance found a node (or most nodes) behind, or recovered: see [`crate::balance`] | `nodeId`, `lagMetrics`, `pattern`; `level`, `affectedNodes` |
 //!
-//! Every undelivered, refused and dead-lettered event is also logged (`tracing::warn`) and
+//! Every undelivered, refused, rejected and dead-lettered event is also logged (`tracing::warn`) and
 //! counted: see [`Happen::counters`](crate::Happen::counters).
 //!
 //! ```
@@ -51,6 +52,9 @@ pub const CONNECTION_STATUS: &str = "system.connection-status";
 pub const UNDELIVERED: &str = "system.undelivered";
 /// A node refused a broadcast.
 pub const REFUSED: &str = "system.refused";
+/// A message from another process was not a valid event (undecodable, or
+/// its integrity check failed).
+pub const REJECTED: &str = "system.rejected";
 /// A durable event failed its last attempt and went to the dead letters.
 pub const DEAD_LETTER: &str = "system.dead-letter";
 
@@ -69,6 +73,10 @@ pub struct Counters {
     /// Durable events that failed their last attempt in this process; each
     /// was logged and reported as a [`DEAD_LETTER`] event.
     pub dead_lettered: u64,
+    /// Messages from other processes that were not valid events
+    /// (undecodable, or their integrity check failed); each was logged and
+    /// reported as a [`REJECTED`] event (a request's sender is also told).
+    pub rejected: u64,
 }
 
 /// The live counters behind [`Counters`].
@@ -77,6 +85,7 @@ pub(crate) struct Tally {
     undelivered: AtomicU64,
     refused: AtomicU64,
     dead_lettered: AtomicU64,
+    rejected: AtomicU64,
 }
 
 impl Tally {
@@ -93,11 +102,17 @@ impl Tally {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> Counters {
         Counters {
             undelivered: self.undelivered.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
         }
     }
 }

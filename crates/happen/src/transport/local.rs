@@ -114,6 +114,23 @@ impl LocalTransport {
         );
     }
 
+    /// Reports a message from another process that was not a valid event
+    /// (undecodable, or its integrity check failed): logged, counted, and
+    /// a [`system::REJECTED`] event.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn rejected(&self, subject: &str, error: &HappenError) {
+        tracing::warn!(subject, %error, "message rejected");
+        self.tally.rejected();
+        let event_id = match error {
+            HappenError::Integrity { event_id, .. } => Value::from(event_id.as_str()),
+            _ => Value::Null,
+        };
+        self.system_event(
+            system::REJECTED,
+            json!({ "subject": subject, "eventId": event_id, "reason": error.to_string() }),
+        );
+    }
+
     /// Reports a sent event that reached no node: logged, counted, and a
     /// [`system::UNDELIVERED`] event.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]

@@ -168,3 +168,26 @@ pub async fn accept_from_for_a_pattern_of_nodes(backend: &dyn Backend) {
         "done"
     );
 }
+
+pub async fn the_receiver_sees_the_hash_the_sender_made(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("hs-client").unwrap();
+    let server = h.node("hs-server").unwrap();
+    server
+        .on("check", |e: Event, _cx: Context| async move {
+            // Over NATS the event carries its hash (checked on arrival);
+            // in one process it is computed when asked for.
+            if let Some(carried) = e.causal().hash {
+                assert_eq!(carried, happen::EventHash::of(&e));
+            }
+            json!(e.hash().to_string())
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+    let event = ev("check", json!({ "b": [1, 2.5, "x"], "a": null }))
+        .with_source("user-1", "user")
+        .with_context("tenant", json!("t1"));
+    let sent = client.send(&server, event);
+    let expected = sent.event().hash().to_string();
+    assert_eq!(sent.await.unwrap(), json!(expected));
+}

@@ -146,6 +146,7 @@ macro_rules! conformance_suite {
             accept_from_sources_follows_the_origin_down_the_chain,
             a_refused_broadcast_is_counted_and_reported,
             accept_from_for_a_pattern_of_nodes,
+            the_receiver_sees_the_hash_the_sender_made,
         );
         $crate::conformance_suite!(@topic observation;
             observers_see_stamps_deliveries_and_finishes,

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! [ type, payload, id, sender, causationId, correlationId, path, timestamp,
-//!   origin.nodeId, origin.sourceId, origin.sourceType, stream, extra, batch ]
+//!   origin.nodeId, origin.sourceId, origin.sourceType, stream, extra, batch,
+//!   hash ]
 //! ```
 //!
 //! - An id (event, causation, correlation, stream, and every node id) is a
@@ -13,7 +14,9 @@
 //!   and `origin.nodeId` is nil when it equals the sender (every stamped
 //!   event); `extra` (the application's context fields) is nil when empty;
 //!   `stream` is `[of, seq]` or nil; `batch` is an array of members in this
-//!   same form, or nil.
+//!   same form, or nil; `hash` is the 32 bytes of the event's hash
+//!   ([`crate::integrity`]), computed as the event is written and checked
+//!   by the reader's caller.
 //!
 //! Compared with the documentation's field names (the JSON form of
 //! [`Event`]), this saves about three quarters of a small event's bytes,
@@ -28,6 +31,7 @@ use serde_json::{Map, Value};
 
 use crate::event::{Causal, Event, EventContext, Origin, StreamRef};
 use crate::id::Id;
+use crate::integrity::EventHash;
 use crate::path::Path;
 use crate::uuid7;
 
@@ -134,7 +138,39 @@ struct Out<'a>(
     Option<(IdOut<'a>, u64)>,       // stream
     Option<&'a Map<String, Value>>, // extra, nil: none
     Option<BatchOut<'a>>,           // batch
+    HashOut,                        // hash
 );
+
+/// A hash as it is written: its 32 bytes.
+struct HashOut(EventHash);
+
+impl Serialize for HashOut {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0.as_bytes())
+    }
+}
+
+/// A hash as it is read.
+struct HashIn(EventHash);
+
+impl<'de> Deserialize<'de> for HashIn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HashVisitor;
+        impl Visitor<'_> for HashVisitor {
+            type Value = HashIn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an event hash: 32 bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<HashIn, E> {
+                let bytes: [u8; 32] = v
+                    .try_into()
+                    .map_err(|_| E::invalid_length(v.len(), &"32 bytes"))?;
+                Ok(HashIn(EventHash::from_bytes(bytes)))
+            }
+        }
+        deserializer.deserialize_bytes(HashVisitor)
+    }
+}
 
 impl<'a> Out<'a> {
     fn of(event: &'a Event) -> Out<'a> {
@@ -155,6 +191,7 @@ impl<'a> Out<'a> {
             cx.stream.as_ref().map(|s| (IdOut(&s.of), s.seq)),
             (!cx.extra.is_empty()).then_some(&cx.extra),
             event.batch_events().map(BatchOut),
+            HashOut(EventHash::of(event)),
         )
     }
 }
@@ -176,6 +213,7 @@ struct In(
     Option<(IdIn, u64)>,
     Option<Map<String, Value>>,
     Option<Vec<In>>,
+    HashIn,
 );
 
 impl In {
@@ -195,6 +233,7 @@ impl In {
             stream,
             extra,
             batch,
+            HashIn(hash),
         ) = self;
         let context = EventContext {
             causal: Causal {
@@ -204,6 +243,7 @@ impl In {
                 path,
                 timestamp,
                 sender: sender.clone(),
+                hash: Some(hash),
             },
             origin: Origin {
                 node_id: node_id.map_or(sender, |n| n.0),

@@ -28,6 +28,8 @@ mod connection;
 mod durable;
 mod envelope;
 pub(crate) mod filters;
+#[cfg(test)]
+mod fuzz;
 mod receive;
 mod requests;
 mod status;

@@ -47,7 +47,7 @@ pub(super) fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
             }
         }
         Err(error) => {
-            tracing::warn!(subject = %message.subject, %error, "undecodable event refused");
+            shared.local.rejected(&message.subject, &error);
             if reply_subject.is_some() {
                 Responder::remote(NatsReply::new(shared.clone(), reply_subject)).reply(Err(error));
             }
@@ -71,9 +71,7 @@ pub(super) fn on_broadcast(shared: &Arc<Shared>, message: async_nats::Message) {
                 .local
                 .deliver_broadcast(&opened.event, Arrival::Remote);
         }
-        Err(error) => {
-            tracing::warn!(subject = %message.subject, %error, "undecodable broadcast ignored")
-        }
+        Err(error) => shared.local.rejected(&message.subject, &error),
     }
 }
 

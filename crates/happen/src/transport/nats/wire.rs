@@ -23,7 +23,7 @@ use crate::event::Event;
 pub(crate) const MAX_DEPTH: usize = 128;
 
 /// The first byte of every message this build writes.
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
 
 fn encode<T: Serialize + ?Sized>(
     value: &T,
@@ -40,11 +40,13 @@ pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>> {
     encode(&Compact(event)).map_err(|e| HappenError::codec("cannot encode event", e))
 }
 
-/// Decodes an event encoded by [`encode_event`].
+/// Decodes an event encoded by [`encode_event`] and checks its hash.
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event> {
-    decode::<CompactIn>(bytes)
+    let event = decode::<CompactIn>(bytes)
         .map(|CompactIn(event)| event)
-        .map_err(|e| HappenError::codec("cannot decode event", e))
+        .map_err(|e| HappenError::codec("cannot decode event", e))?;
+    crate::integrity::verify(&event)?;
+    Ok(event)
 }
 
 /// The outcome of a request as it travels back to the requester.
@@ -127,7 +129,15 @@ pub(crate) fn encode_reply(reply: &Reply) -> Result<Vec<u8>> {
 
 /// Decodes a reply encoded by [`encode_reply`].
 pub(crate) fn decode_reply(bytes: &[u8]) -> Result<Reply> {
-    decode(bytes).map_err(|e| HappenError::codec("cannot decode reply", e))
+    let reply: Reply = decode(bytes).map_err(|e| HappenError::codec("cannot decode reply", e))?;
+    let mut outcome = &reply;
+    while let Reply::End { outcome: inner, .. } = outcome {
+        outcome = inner;
+    }
+    if let Reply::Ok(event) = outcome {
+        crate::integrity::verify(event)?;
+    }
+    Ok(reply)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -174,12 +184,16 @@ mod tests {
         crate::event::stamp(&mut event, &happen_id, None);
         let bytes = encode_event(&event).unwrap();
         assert_eq!(bytes[0], VERSION);
-        // type, payload, 16-byte id, sender, path, timestamp and nils.
-        assert!(bytes.len() <= 72, "{} bytes", bytes.len());
-        assert_eq!(decode_event(&bytes).unwrap(), event);
+        // type, payload, 16-byte id, sender, path, timestamp, nils and
+        // the 32-byte hash.
+        assert!(bytes.len() <= 106, "{} bytes", bytes.len());
+        assert_eq!(
+            decode_event(&bytes).unwrap(),
+            crate::integrity::as_received(&event)
+        );
         let json = serde_json::to_vec(&event).unwrap();
         assert!(
-            bytes.len() * 3 < json.len(),
+            bytes.len() * 5 < json.len() * 2,
             "{} vs {} bytes of JSON",
             bytes.len(),
             json.len()
@@ -204,8 +218,10 @@ mod tests {
 
     #[test]
     fn replies_round_trip() {
-        let ok = Reply::Ok(Event::new("happen.response", json!(42)));
-        assert_eq!(decode_reply(&encode_reply(&ok).unwrap()).unwrap(), ok);
+        let event = Event::new("happen.response", json!(42));
+        let ok = Reply::Ok(event.clone());
+        let back = Reply::Ok(crate::integrity::as_received(&event));
+        assert_eq!(decode_reply(&encode_reply(&ok).unwrap()).unwrap(), back);
         let err = Reply::Err(HappenError::NoHandler {
             node: "n".into(),
             event_type: "t".into(),
@@ -223,6 +239,7 @@ mod tests {
                 HappenError::NoHandler { .. }
                 | HappenError::UnknownNode { .. }
                 | HappenError::NotAccepted { .. }
+                | HappenError::Integrity { .. }
                 | HappenError::DuplicateNode { .. }
                 | HappenError::Timeout { .. }
                 | HappenError::QueueFull { .. }
@@ -257,6 +274,10 @@ mod tests {
                 sender: "s".into(),
                 source_id: Some("tenant:a:u".into()),
                 rules: "a-*".into(),
+            },
+            HappenError::Integrity {
+                event_id: "e".into(),
+                reason: "r".into(),
             },
             HappenError::DuplicateNode { node: "n".into() },
             HappenError::Timeout {
@@ -320,7 +341,7 @@ mod tests {
                 attempts: 9,
             },
         ];
-        assert_eq!(errors.len(), 24, "one of each variant");
+        assert_eq!(errors.len(), 25, "one of each variant");
         for error in errors {
             listed(&error);
             let reply = Reply::Err(error);

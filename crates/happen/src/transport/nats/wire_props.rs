@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
 use super::wire::{self, Reply};
+use crate::integrity::as_received;
 use crate::{Event, HappenError};
 
 fn json_leaf() -> impl Strategy<Value = Value> {
@@ -94,7 +95,7 @@ proptest! {
     #[test]
     fn events_round_trip(event in event()) {
         let bytes = wire::encode_event(&event).unwrap();
-        prop_assert_eq!(wire::decode_event(&bytes).unwrap(), event);
+        prop_assert_eq!(wire::decode_event(&bytes).unwrap(), as_received(&event));
     }
 
     #[test]
@@ -105,7 +106,11 @@ proptest! {
             Reply::Ok(event)
         };
         let bytes = wire::encode_reply(&reply).unwrap();
-        prop_assert_eq!(wire::decode_reply(&bytes).unwrap(), reply);
+        let expected = match reply {
+            Reply::Ok(event) => Reply::Ok(as_received(&event)),
+            other => other,
+        };
+        prop_assert_eq!(wire::decode_reply(&bytes).unwrap(), expected);
     }
 
     #[test]
@@ -121,9 +126,11 @@ proptest! {
             let i = index.index(bytes.len());
             bytes[i] = byte;
         }
-        // Either a clean error or some event: never a panic.
+        // A clean error, or an event with the original's contents (its
+        // hash still matches): never a panic, never a changed event.
         match wire::decode_event(&bytes) {
-            Ok(_) | Err(HappenError::Codec { .. }) => {}
+            Ok(decoded) => prop_assert_eq!(decoded.hash(), event.hash()),
+            Err(HappenError::Codec { .. } | HappenError::Integrity { .. }) => {}
             Err(other) => prop_assert!(false, "unexpected error kind {other:?}"),
         }
     }

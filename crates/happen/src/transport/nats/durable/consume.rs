@@ -158,7 +158,9 @@ async fn take(
     let event = match wire::decode_event(&message.payload) {
         Ok(event) => event,
         Err(error) => {
-            tracing::warn!(node = node.id(), %error, "undecodable durable event terminated");
+            // Stored, but not a valid event: it will never be, so it is
+            // terminated rather than redelivered.
+            shared.local.rejected(&message.subject, &error);
             ack(shared, &message, AckKind::Term);
             return;
         }

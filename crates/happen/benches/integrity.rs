@@ -1,0 +1,95 @@
+//! What event integrity costs: the hash of an event's canonical encoding
+//! ([`happen::EventHash::of`]), which every event crossing the NATS wire
+//! pays twice (the sender computes it, the receiver recomputes it), beside
+//! serializing the same event to JSON as a yardstick of per-event work.
+//! In one process nothing is hashed unless `event.hash()` is called.
+//!
+//! ```text
+//! cargo bench -p happen --bench integrity
+//! HAPPEN_BENCH_N=200000 cargo bench -p happen --bench integrity
+//! ```
+//!
+//! Medians of 5 repetitions of `N` events each (default 100,000), in
+//! nanoseconds per event.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use happen::prelude::*;
+
+mod support;
+use support::{env_usize, median};
+
+const REPS: usize = 5;
+
+/// A stamped event, as one crossing the wire would be.
+fn stamped(payload: Value) -> Event {
+    let happen = Happen::embedded();
+    let sender = happen.node("sender").expect("a node");
+    let sent = sender.send(
+        "nobody",
+        Event::new("order.created", payload).with_source("user-1", "user"),
+    );
+    sent.event().clone()
+}
+
+fn ns_per_event(n: usize, mut work: impl FnMut()) -> f64 {
+    let mut runs = Vec::with_capacity(REPS);
+    work(); // warm-up
+    for _ in 0..REPS {
+        let start = Instant::now();
+        for _ in 0..n {
+            work();
+        }
+        runs.push(start.elapsed() / u32::try_from(n).unwrap_or(u32::MAX));
+    }
+    median(runs).as_nanos() as f64
+}
+
+fn main() {
+    let n = env_usize("HAPPEN_BENCH_N", 100_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let _guard = runtime.enter();
+    let events = [
+        ("small: {\"seq\": 12345}", stamped(json!({ "seq": 12345 }))),
+        (
+            "order: 5 fields, 3 items",
+            stamped(json!({
+                "orderId": "ORD-2026-000123",
+                "customer": { "id": "c-42", "tier": "gold" },
+                "items": [
+                    { "sku": "A-1", "qty": 2, "price": 9.99 },
+                    { "sku": "B-7", "qty": 1, "price": 24.5 },
+                    { "sku": "C-3", "qty": 4, "price": 1.25 }
+                ],
+                "total": 49.48,
+                "currency": "EUR"
+            })),
+        ),
+        (
+            "1 KiB string payload",
+            stamped(json!({ "blob": "x".repeat(1024) })),
+        ),
+    ];
+    println!("happen integrity benchmark: {n} events per repetition, medians of {REPS}\n");
+    println!("| event | hash (EventHash::of) | JSON serialization (yardstick) | hash / JSON |");
+    println!("|---|---|---|---|");
+    for (label, event) in &events {
+        let hash = ns_per_event(n, || {
+            black_box(happen::EventHash::of(black_box(event)));
+        });
+        let json = ns_per_event(n, || {
+            black_box(serde_json::to_vec(black_box(event)).expect("serializes"));
+        });
+        println!(
+            "| {label} | {hash:.0} ns | {json:.0} ns | {:.2} |",
+            hash / json
+        );
+    }
+    println!(
+        "\nOver NATS each event is hashed twice (sender and receiver); in one process, only when asked."
+    );
+}
