@@ -25,7 +25,8 @@
 //!
 //! **The canonical encoding** is defined here, not by any wire or JSON
 //! form, so the hash is the same however the event travelled: strings are
-//! UTF-8 prefixed with their length (a LEB128 varint), numbers keep their kind (unsigned, signed,
+//! UTF-8 prefixed with their length (a LEB128 varint), ids that are UUIDs
+//! are their 16 bytes, numbers keep their kind (unsigned, signed,
 //! float, bit-exact), objects are written with their keys in sorted order,
 //! absent optional fields are distinct from empty ones, and a batch
 //! includes its members' hashes.
@@ -197,23 +198,34 @@ fn write_event(out: &mut Vec<u8>, event: &Event) {
     let causal = &cx.causal;
     write_str(out, event.event_type());
     write_value(out, event.payload());
-    write_str(out, &causal.id);
-    write_str(out, &causal.sender);
-    write_opt(out, causal.causation_id.as_deref());
-    write_str(out, &causal.correlation_id);
+    write_id(out, &causal.id);
+    write_id(out, &causal.sender);
+    match causal.causation_id.as_deref() {
+        None => out.push(0),
+        Some(cause) => {
+            out.push(1);
+            write_id(out, cause);
+        }
+    }
+    // Most correlation ids are the event's own id (every root event).
+    if causal.correlation_id == causal.id {
+        out.push(b'=');
+    } else {
+        write_id(out, &causal.correlation_id);
+    }
     write_len(out, causal.path.len());
     for hop in causal.path.iter() {
-        write_str(out, hop);
+        write_id(out, hop);
     }
     out.extend_from_slice(&causal.timestamp.to_be_bytes());
-    write_str(out, &cx.origin.node_id);
+    write_id(out, &cx.origin.node_id);
     write_opt(out, cx.origin.source_id.as_deref());
     write_opt(out, cx.origin.source_type.as_deref());
     match &cx.stream {
         None => out.push(0),
         Some(stream) => {
             out.push(1);
-            write_str(out, &stream.of);
+            write_id(out, &stream.of);
             out.extend_from_slice(&stream.seq.to_be_bytes());
         }
     }
@@ -244,6 +256,21 @@ fn write_len(out: &mut Vec<u8>, len: usize) {
 fn write_str(out: &mut Vec<u8>, text: &str) {
     write_len(out, text.len());
     out.extend_from_slice(text.as_bytes());
+}
+
+/// An id: the 16 bytes of a UUID in the form Happen writes, else its text
+/// (tagged, so the two never collide).
+fn write_id(out: &mut Vec<u8>, id: &str) {
+    match crate::uuid7::bytes_of(id) {
+        Some(bytes) => {
+            out.push(b'u');
+            out.extend_from_slice(&bytes);
+        }
+        None => {
+            out.push(b's');
+            write_str(out, id);
+        }
+    }
 }
 
 fn write_opt(out: &mut Vec<u8>, text: Option<&str>) {
