@@ -93,11 +93,14 @@ pub(crate) fn current_update() -> Option<Update> {
 /// Runs `fut` with `event` as the cause of everything it emits; with
 /// `exactly_once` (the flow's position among its event's flows), what it
 /// emits and changes is numbered.
-pub(crate) async fn scoped<F: Future>(
+///
+/// A plain function, not an `async fn`: the flow's future moves into the
+/// scope once, rather than into a wrapper first and the scope later.
+pub(crate) fn scoped<F: Future>(
     event: Event,
     exactly_once: Option<u32>,
     fut: F,
-) -> F::Output {
+) -> impl Future<Output = F::Output> {
     let once = exactly_once.map(|flow| {
         Arc::new(Once {
             flow,
@@ -105,7 +108,7 @@ pub(crate) async fn scoped<F: Future>(
             updates: AtomicU32::new(0),
         })
     });
-    CURRENT.scope(Scope { event, once }, fut).await
+    CURRENT.scope(Scope { event, once }, fut)
 }
 
 /// Like [`tokio::spawn`], but events emitted by the spawned task keep the
