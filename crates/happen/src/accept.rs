@@ -26,9 +26,12 @@
 //! **What this is and is not.** Without signatures, acceptance controls
 //! route: they keep well-behaved senders to the nodes meant for them, but a
 //! client that can publish on the NATS server can claim any sender and any
-//! source. They authenticate only when the events they rely on are verified
-//! (signed senders, or server-side subject permissions; see
-//! docs/ARCHITECTURE.md, "Identity").
+//! source. Node rules authenticate when the node also requires signed
+//! events ([`NodeConfig::require_signed`](crate::NodeConfig::require_signed):
+//! the sender is then the holder of the sender's registered key; see
+//! [`crate::identity`]). Source rules trust the origin a signing sender put
+//! in the event (the source is covered by its signature, not checked
+//! against anything).
 //!
 //! ```
 //! use happen::prelude::*;

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use crate::accept::{AcceptFrom, AcceptRule};
 use crate::balance::FlowBalanceConfig;
+use crate::identity::{Ed25519, Signer, SignerRef, Verifier};
 use crate::observe::{Observer, Observers};
 use crate::pattern::glob_match;
 use crate::state::temporal::TemporalConfig;
@@ -55,6 +56,13 @@ pub struct NodeConfig {
     /// Whom the node takes events from (see [`crate::accept`]); `None`:
     /// anyone, unless a pattern layer sets rules.
     pub accept_from: Option<Vec<AcceptRule>>,
+    /// The node's key (see [`crate::identity`]); `None`: made when first
+    /// needed.
+    pub identity: Option<SignerRef>,
+    /// Whether the node signs the events it sends.
+    pub sign: Option<bool>,
+    /// Whether the node refuses events that are not signed.
+    pub require_signed: Option<bool>,
 }
 
 impl NodeConfig {
@@ -100,6 +108,27 @@ impl NodeConfig {
         self
     }
 
+    /// Gives the node this key pair (or any [`Signer`]) instead of one made
+    /// when first needed: a key that stays the same across restarts, or
+    /// one kept outside the process. See [`crate::identity`].
+    pub fn identity(mut self, signer: impl Signer) -> Self {
+        self.identity = Some(SignerRef(Arc::new(signer)));
+        self
+    }
+
+    /// Signs every event the node sends (see [`crate::identity`]).
+    pub fn sign(mut self, sign: bool) -> Self {
+        self.sign = Some(sign);
+        self
+    }
+
+    /// Refuses events that are not signed by their sender's registered key
+    /// (see [`crate::identity`]). Signed events are checked either way.
+    pub fn require_signed(mut self, require: bool) -> Self {
+        self.require_signed = Some(require);
+        self
+    }
+
     fn apply(&self, to: &mut NodeLimits) {
         if let Some(n) = self.max_concurrent {
             to.max_concurrent = n.max(1);
@@ -112,6 +141,12 @@ impl NodeConfig {
         }
         if let Some(d) = self.delivery {
             to.delivery = d;
+        }
+        if let Some(sign) = self.sign {
+            to.sign = sign;
+        }
+        if let Some(require) = self.require_signed {
+            to.require_signed = require;
         }
     }
 }
@@ -127,6 +162,10 @@ pub struct NodeLimits {
     pub timeout: Duration,
     /// How events to the node are delivered.
     pub delivery: DeliveryConfig,
+    /// Whether the node signs what it sends.
+    pub sign: bool,
+    /// Whether the node refuses unsigned events.
+    pub require_signed: bool,
 }
 
 /// System-wide configuration of a Happen runtime.
@@ -137,6 +176,17 @@ pub struct HappenConfig {
     temporal: TemporalConfig,
     observers: Observers,
     balance: FlowBalanceConfig,
+    verifier: VerifierSlot,
+}
+
+/// How signatures are checked (a trait object, shown by name only).
+#[derive(Clone)]
+struct VerifierSlot(Arc<dyn Verifier>);
+
+impl std::fmt::Debug for VerifierSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier")
+    }
 }
 
 impl Default for HappenConfig {
@@ -147,11 +197,14 @@ impl Default for HappenConfig {
                 queue_limit: DEFAULT_QUEUE_LIMIT,
                 timeout: DEFAULT_TIMEOUT,
                 delivery: DeliveryConfig::direct(),
+                sign: false,
+                require_signed: false,
             },
             patterns: Vec::new(),
             temporal: TemporalConfig::default(),
             observers: Observers::default(),
             balance: FlowBalanceConfig::default(),
+            verifier: VerifierSlot(Arc::new(Ed25519)),
         }
     }
 }
@@ -243,6 +296,29 @@ impl HappenConfig {
             .as_ref()
             .or(from_patterns)
             .map(|rules| AcceptFrom::new(rules.clone()))
+    }
+
+    /// The key a node with this id and own configuration signs with, if
+    /// one is given: its own, else the last matching pattern layer's.
+    pub(crate) fn resolve_identity(&self, node_id: &str, own: &NodeConfig) -> Option<SignerRef> {
+        let from_patterns = self
+            .patterns
+            .iter()
+            .rev()
+            .filter(|(pattern, _)| glob_match(pattern, node_id))
+            .find_map(|(_, config)| config.identity.as_ref());
+        own.identity.as_ref().or(from_patterns).cloned()
+    }
+
+    /// Checks signatures with `verifier` instead of the built-in ed25519
+    /// one (an HSM, a KMS, another key format). See [`crate::identity`].
+    pub fn verifier(mut self, verifier: impl Verifier) -> Self {
+        self.verifier = VerifierSlot(Arc::new(verifier));
+        self
+    }
+
+    pub(crate) fn verifier_ref(&self) -> &Arc<dyn Verifier> {
+        &self.verifier.0
     }
 }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::id::Id;
+use crate::identity::Integrity;
 use crate::integrity::EventHash;
 use crate::path::Path;
 
@@ -111,9 +112,20 @@ pub struct EventContext {
     /// For an item of a broadcast stream: which stream, which position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamRef>,
+    /// The sender's signature, when it signs (see [`crate::identity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<Integrity>,
     /// Application context fields, kept next to `causal` and `origin`.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl EventContext {
+    /// The event changed: a hash or signature it carried no longer holds.
+    fn unseal(&mut self) {
+        self.causal.hash = None;
+        self.integrity = None;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -324,9 +336,9 @@ impl Event {
     /// Sets the correlation id, grouping this event with others of the same
     /// transaction. Without it, a root event's correlation id is its own id.
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
-        let causal = &mut Arc::make_mut(&mut self.0).context.causal;
-        causal.correlation_id = Id::from(id.into());
-        causal.hash = None;
+        let cx = &mut Arc::make_mut(&mut self.0).context;
+        cx.causal.correlation_id = Id::from(id.into());
+        cx.unseal();
         self
     }
 
@@ -341,7 +353,7 @@ impl Event {
         let cx = &mut Arc::make_mut(&mut self.0).context;
         cx.origin.source_id = Some(source_id.into());
         cx.origin.source_type = Some(source_type.into());
-        cx.causal.hash = None;
+        cx.unseal();
         self
     }
 
@@ -351,7 +363,7 @@ impl Event {
     pub fn with_context(mut self, key: impl Into<String>, value: Value) -> Self {
         let cx = &mut Arc::make_mut(&mut self.0).context;
         cx.extra.insert(key.into(), value);
-        cx.causal.hash = None;
+        cx.unseal();
         self
     }
 
@@ -414,8 +426,10 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Event>) {
     let causal = &mut cx.causal;
     let (id, timestamp) = new_event_id_at();
     causal.id = id;
-    // A new stamp makes a new event: a hash it arrived with is not its own.
+    // A new stamp makes a new event: a hash or a signature it arrived with
+    // is not its own.
     causal.hash = None;
+    cx.integrity = None;
     causal.sender = sender.clone();
     causal.timestamp = timestamp;
     match parent {

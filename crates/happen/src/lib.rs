@@ -72,6 +72,7 @@ pub mod error;
 pub mod event;
 pub mod flow;
 pub mod id;
+pub mod identity;
 pub mod integrity;
 pub mod name;
 #[cfg(feature = "nats")]
@@ -101,6 +102,7 @@ pub use error::{BoxError, Cause, HappenError, Result};
 pub use event::{Causal, Event, EventContext, Origin, StreamRef, new_event_id};
 pub use flow::{Flow, Handler, IntoFlow, Step};
 pub use id::Id;
+pub use identity::{Ed25519, Integrity, NodeIdentity, Signer, Verifier};
 pub use integrity::EventHash;
 #[cfg(feature = "nats")]
 pub use nats::NatsConfig;

@@ -322,6 +322,10 @@ impl Happen {
         store: Arc<dyn Store>,
         client: Option<Client>,
     ) -> Happen {
+        transport
+            .local()
+            .keys()
+            .set_verifier(config.verifier_ref().clone());
         let inner = Arc::new(RuntimeInner {
             config,
             client,
@@ -436,7 +440,8 @@ impl Happen {
         }
         let limits = self.0.config.resolve(id, &config);
         let accept = self.0.config.resolve_accept(id, &config);
-        let node = Node::new(Id::from(id), &self.0, limits, accept);
+        let identity = self.0.config.resolve_identity(id, &config);
+        let node = Node::new(Id::from(id), &self.0, limits, accept, identity);
         self.0.transport.attach(&node)?;
         Ok(node)
     }

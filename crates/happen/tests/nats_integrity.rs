@@ -167,3 +167,66 @@ async fn tampered_and_forged_events_are_rejected_and_counted() {
         ]
     );
 }
+
+/// Signed senders across processes: the receiver finds the sender's key in
+/// the registry bucket; a raw client that moves one event's signature onto
+/// another event is refused (the hash is right, the signature is not its).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_are_checked_across_processes() {
+    let server = NatsServer::start().unwrap();
+    let receiver = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let ledger = receiver
+        .node_with("ledger", NodeConfig::new().require_signed(true))
+        .unwrap();
+    ledger
+        .on("payment", |e: Event, _cx: Context| async move {
+            e.payload()["cents"].clone()
+        })
+        .unwrap();
+    receiver.flush().await.unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut direct = raw.subscribe("happen.node.ledger").await.unwrap();
+    raw.flush().await.unwrap();
+
+    // The sender's process starts after the receiver's: its key reaches
+    // the receiver through the bucket.
+    let sender = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let payments = sender
+        .node_with("payments", NodeConfig::new().sign(true))
+        .unwrap();
+    sender.flush().await.unwrap();
+    let first = payments
+        .send("ledger", Event::new("payment", json!({ "cents": 100 })))
+        .await
+        .unwrap();
+    let second = payments
+        .send("ledger", Event::new("payment", json!({ "cents": 250 })))
+        .await
+        .unwrap();
+    assert_eq!((first, second), (json!(100), json!(250)));
+    let (one, two) = (next(&mut direct).await, next(&mut direct).await);
+
+    // The signature is the last 64 bytes of a signed event.
+    let mut moved = two.payload.to_vec();
+    let m = moved.len();
+    moved[m - 64..].copy_from_slice(&one.payload[one.payload.len() - 64..]);
+    let answer = raw
+        .request("happen.node.ledger", Bytes::from(moved))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer.payload);
+    assert!(text.contains("not the sender's"), "{text}");
+    // An unsigned event (a raw client re-encoding is not needed: an
+    // unsigned sender's event is enough) is refused by the ledger.
+    let shop = sender.node("shop").unwrap();
+    let refused = shop
+        .send("ledger", Event::new("payment", json!({ "cents": 1 })))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("not signed"), "{refused}");
+    println!("signatures: accepted=2 moved-signature=refused unsigned=refused");
+}

@@ -24,6 +24,7 @@ use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::flow::{Entry, Handler};
 use crate::id::Id;
+use crate::identity::{Keys, NodeKeys, SignerRef};
 use crate::observe::Observers;
 use crate::pattern::{IntoPattern, Pattern};
 use crate::receipt::Receipt;
@@ -44,6 +45,10 @@ pub(crate) struct NodeCore {
     limits: NodeLimits,
     /// Whom the node takes events from (`None`: anyone).
     accept: Option<AcceptFrom>,
+    /// The node's signer.
+    keys: NodeKeys,
+    /// The public keys of senders, for checking signatures.
+    key_registry: Arc<Keys>,
     registry: Registry,
     scheduler: Scheduler,
     /// Serializes this process's updates of the node's state.
@@ -131,13 +136,23 @@ impl NodeCore {
         self.registry.matching(event_type, &self.id)
     }
 
-    /// `Ok` when the node's acceptance controls take `event`.
+    /// `Ok` when the node's acceptance controls take `event`, and its
+    /// signature, if it has one or the node requires one, is its sender's.
     #[inline]
     pub(crate) fn accepts(&self, event: &Event) -> Result<()> {
+        if self.limits.require_signed || event.context().integrity.is_some() {
+            self.key_registry
+                .check(&self.id, event, self.limits.require_signed)?;
+        }
         match &self.accept {
             None => Ok(()),
             Some(rules) => rules.check(&self.id, event),
         }
+    }
+
+    /// The node's signer (a key pair made now if none was configured).
+    pub(crate) fn signer(&self) -> &Arc<dyn crate::identity::Signer> {
+        self.keys.signer()
     }
 
     /// The handlers that take an event of `event_type` now; the reason if
@@ -225,9 +240,19 @@ impl Node {
         runtime: &Arc<RuntimeInner>,
         limits: NodeLimits,
         accept: Option<AcceptFrom>,
+        identity: Option<SignerRef>,
     ) -> Self {
         let retried_here =
             limits.delivery.mode.is_durable() && !runtime.transport().stores_durable_events();
+        let keys = NodeKeys::new(identity);
+        let registry = runtime.transport().local().keys().clone();
+        if limits.sign {
+            // Receivers look the key up by node id: known before the
+            // node's first signed event leaves.
+            let public_key = keys.signer().public_key();
+            registry.learn(&id, public_key.clone());
+            runtime.transport().register_key(&id, &public_key);
+        }
         Node::from_core(Arc::new(NodeCore {
             id,
             runtime: Arc::downgrade(runtime),
@@ -244,6 +269,8 @@ impl Node {
             retried_here,
             limits,
             accept,
+            keys,
+            key_registry: registry,
             seen: Default::default(),
             #[cfg(feature = "redb")]
             spool: runtime.store().spool().filter(|_| retried_here),
@@ -268,6 +295,12 @@ impl<S> Node<S> {
     /// The node's id as a shared [`Id`].
     pub fn shared_id(&self) -> &Id {
         &self.core.id
+    }
+
+    /// The node's public key (see [`crate::identity`]): the configured
+    /// key's, or that of a key pair made the first time it is needed.
+    pub fn public_key(&self) -> String {
+        self.core.signer().public_key()
     }
 
     /// The limits this node runs with (after system defaults and overrides).

@@ -146,6 +146,11 @@ impl<S> Node<S> {
             // Exactly-once: the same event from a re-run flow has the same id.
             event::derive_id(&mut event, parent, &self.core.id, flow, seq);
         }
+        if self.core.limits.sign
+            && let Err(e) = crate::identity::sign(&mut event, &**self.core.signer())
+        {
+            return Err((e, event));
+        }
         self.core.observers.stamped(&event);
         Ok(event)
     }

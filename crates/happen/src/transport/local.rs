@@ -17,6 +17,7 @@ use crate::delivery::{self, Arrival, Delivery, ReplyTx, Responder};
 use crate::error::{HappenError, Result};
 use crate::event::{Event, stamp};
 use crate::id::Id;
+use crate::identity::Keys;
 use crate::node::{Matched, Node};
 use crate::pattern::Pattern;
 use crate::receipt::Receipt;
@@ -27,9 +28,16 @@ use crate::system::{self, Counters, Tally};
 pub(crate) struct LocalTransport {
     nodes: RwLock<HashMap<Arc<str>, Node>>,
     tally: Tally,
+    /// The public keys of the nodes whose signatures this process checks.
+    keys: Arc<Keys>,
 }
 
 impl LocalTransport {
+    /// The public keys this process knows, by node id.
+    pub(crate) fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
     /// Forgets every node (breaking the node ↔ runtime reference cycle).
     pub(crate) fn detach_all(&self) {
         self.nodes
@@ -83,9 +91,13 @@ impl LocalTransport {
                 },
                 Err(error) => {
                     self.refused(node.id(), event, &error);
-                    // A node whose acceptance controls refuse the sender
-                    // is not the sender's failure: the others took it.
-                    if !matches!(error, HappenError::NotAccepted { .. }) {
+                    // A node whose acceptance controls or signature
+                    // checks refuse the sender reports it; the broadcast
+                    // itself went to the others.
+                    if !matches!(
+                        error,
+                        HappenError::NotAccepted { .. } | HappenError::Integrity { .. }
+                    ) {
                         first_error.get_or_insert(error);
                     }
                 }

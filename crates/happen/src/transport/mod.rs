@@ -90,6 +90,9 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn stores_durable_events(&self) -> bool {
         false
     }
+    /// Publishes `node`'s public key where other processes find it (in one
+    /// process, the local table is all there is).
+    fn register_key(&self, _node: &str, _public_key: &str) {}
     /// The live node `id` of this process, if any.
     fn node(&self, id: &str) -> Option<Node>;
 }

@@ -191,3 +191,116 @@ pub async fn the_receiver_sees_the_hash_the_sender_made(backend: &dyn Backend) {
     let expected = sent.event().hash().to_string();
     assert_eq!(sent.await.unwrap(), json!(expected));
 }
+
+pub async fn signed_senders_are_verified_and_unsigned_refused_where_required(
+    backend: &dyn Backend,
+) {
+    let h = start(backend).await;
+    let key = happen::NodeIdentity::generate();
+    let payments = h
+        .node_with(
+            "sg-payments",
+            NodeConfig::new().identity(key.clone()).sign(true),
+        )
+        .unwrap();
+    assert_eq!(payments.public_key(), key.public_key());
+    let ledger = h
+        .node_with("sg-ledger", NodeConfig::new().require_signed(true))
+        .unwrap();
+    ledger
+        .on("entry", |e: Event, _cx: Context| async move {
+            json!(e.context().integrity.is_some())
+        })
+        .unwrap();
+    // A node that checks what is signed but takes unsigned events too.
+    let audit = h.node("sg-audit").unwrap();
+    audit
+        .on("entry", |e: Event, _cx: Context| async move {
+            json!(e.context().integrity.is_some())
+        })
+        .unwrap();
+    let (refusals_tx, mut refusals) = mpsc::unbounded_channel();
+    h.on(system::REFUSED, recorder(refusals_tx, json!(null)))
+        .unwrap();
+    let shop = h.node("sg-shop").unwrap();
+    h.flush().await.unwrap();
+
+    assert_eq!(
+        payments.send(&ledger, ev("entry", json!(1))).await.unwrap(),
+        true
+    );
+    assert_eq!(
+        payments
+            .send("sg-audit", ev("entry", json!(2)))
+            .await
+            .unwrap(),
+        true
+    );
+    assert_eq!(
+        shop.send(&audit, ev("entry", json!(3))).await.unwrap(),
+        false
+    );
+    let refused = shop.send(&ledger, ev("entry", json!(4))).await.unwrap_err();
+    assert!(
+        matches!(refused, HappenError::Integrity { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("not signed"), "{refused}");
+
+    // Events a signing node's flow emits are signed too.
+    payments
+        .on("relay", |_e: Event, cx: Context| async move {
+            cx.node()
+                .send("sg-ledger", Event::new("entry", json!(5)))
+                .await
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+    assert_eq!(
+        shop.send(&payments, ev("relay", json!(null)))
+            .await
+            .unwrap(),
+        true
+    );
+
+    // An unsigned broadcast is refused by the ledger alone, and reported.
+    let before = h.counters().refused;
+    shop.broadcast(ev("entry", json!(6))).unwrap();
+    let report = recv(&mut refusals).await;
+    assert_eq!(report.payload()["node"], "sg-ledger");
+    assert_eq!(h.counters().refused, before + 1);
+}
+
+/// A verifier that refuses everything and counts what it was asked.
+struct Distrustful(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl happen::Verifier for Distrustful {
+    fn verify(&self, _key: &str, _message: &[u8], _signature: &[u8]) -> Result<(), String> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err("the hardware module says no".into())
+    }
+}
+
+pub async fn a_custom_verifier_decides(backend: &dyn Backend) {
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = backend
+        .start(HappenConfig::default().verifier(Distrustful(asked.clone())))
+        .await;
+    let signer = h
+        .node_with("cv-signer", NodeConfig::new().sign(true))
+        .unwrap();
+    let receiver = h.node("cv-receiver").unwrap();
+    receiver
+        .on("note", |_e: Event, _cx: Context| async { json!("taken") })
+        .unwrap();
+    h.flush().await.unwrap();
+    let refused = signer
+        .send(&receiver, ev("note", json!(null)))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("hardware module says no"),
+        "{refused}"
+    );
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -147,6 +147,8 @@ macro_rules! conformance_suite {
             a_refused_broadcast_is_counted_and_reported,
             accept_from_for_a_pattern_of_nodes,
             the_receiver_sees_the_hash_the_sender_made,
+            signed_senders_are_verified_and_unsigned_refused_where_required,
+            a_custom_verifier_decides,
         );
         $crate::conformance_suite!(@topic observation;
             observers_see_stamps_deliveries_and_finishes,

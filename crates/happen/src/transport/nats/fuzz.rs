@@ -16,6 +16,10 @@ use super::wire;
 use crate::id::Id;
 use crate::{Event, HappenError};
 
+/// The key of the signed genuine event.
+static SIGNER: std::sync::LazyLock<crate::NodeIdentity> =
+    std::sync::LazyLock::new(crate::NodeIdentity::generate);
+
 /// A small, seeded generator (xorshift64*): the same inputs every run.
 struct Rng(u64);
 
@@ -62,6 +66,10 @@ fn genuine() -> Vec<(Event, Vec<u8>)> {
     .expect("a batch");
     crate::event::stamp(&mut batch, &Id::from("batcher"), None);
     events.push(batch);
+    let mut signed = Event::new("signed", json!({ "amount": 100 }));
+    crate::event::stamp(&mut signed, &Id::from("signer"), None);
+    crate::identity::sign(&mut signed, &*SIGNER).expect("signs");
+    events.push(signed);
     events
         .into_iter()
         .map(|e| {
@@ -107,6 +115,9 @@ fn hostile_bytes_never_panic_and_never_pass_as_another_event() {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let (mut panics, mut decoded, mut rejected_by_hash, mut undecodable) = (0u64, 0u64, 0u64, 0u64);
     let mut changed_but_accepted = 0u64;
+    let mut signature_refused = 0u64;
+    let keys = crate::identity::Keys::default();
+    keys.learn("signer", SIGNER.public_key());
     for case in 0..cases {
         let (original, input) = if case % 4 == 0 {
             let len = rng.below(300);
@@ -129,13 +140,24 @@ fn hostile_bytes_never_panic_and_never_pass_as_another_event() {
                 if original.is_some_and(|o| o.hash() != event.hash()) {
                     changed_but_accepted += 1;
                 }
+                // A signature changed on the way decodes, and is refused
+                // where signatures are checked.
+                if let Some(original) = original
+                    && event.context().integrity != original.context().integrity
+                {
+                    if keys.check("n", &event, false).is_ok() {
+                        changed_but_accepted += 1;
+                    } else {
+                        signature_refused += 1;
+                    }
+                }
             }
             Ok(Err(HappenError::Integrity { .. })) => rejected_by_hash += 1,
             Ok(Err(_)) => undecodable += 1,
         }
     }
     println!(
-        "fuzz: inputs={cases} panics={panics} decoded-unchanged={decoded} rejected-by-hash={rejected_by_hash} undecodable={undecodable} changed-but-accepted={changed_but_accepted}"
+        "fuzz: inputs={cases} panics={panics} decoded={decoded} rejected-by-hash={rejected_by_hash} undecodable={undecodable} signature-refused={signature_refused} changed-but-accepted={changed_but_accepted}"
     );
     assert_eq!(panics, 0);
     assert_eq!(changed_but_accepted, 0);

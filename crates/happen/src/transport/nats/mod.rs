@@ -185,6 +185,9 @@ impl NatsTransport {
         lock(&shared.tasks).extend([command_loop, status_loop, sweeper]);
         if let (Some(durable), Some(outbox)) = (shared.durable.clone(), outbox) {
             let follower = tokio::spawn(durable.follow());
+            let keys = Arc::downgrade(shared.local.keys());
+            let key_follower = tokio::spawn(durable.keys.clone().follow(keys));
+            lock(&shared.tasks).push(key_follower);
             let publisher = tokio::spawn(durable::publish(shared.clone(), durable, outbox));
             lock(&shared.tasks).extend([follower, publisher]);
         }
@@ -516,6 +519,12 @@ impl Transport for NatsTransport {
             }
             round_trip.await
         })
+    }
+
+    fn register_key(&self, node: &str, public_key: &str) {
+        if let Some(durable) = &self.shared.durable {
+            durable.keys.register(node, public_key);
+        }
     }
 
     fn stores_durable_events(&self) -> bool {

@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use super::durable::keys::KeyRegistry;
 use super::{CLOSED, DRAINING, Shared, envelope, lock, requests, streams};
 use crate::delivery::{Arrival, Responder};
 use crate::error::HappenError;
+use crate::event::Event;
 use streams::NatsReply;
 
 /// An event sent to one of this process's nodes.
@@ -17,6 +19,58 @@ pub(super) fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
     let reply_subject = message.reply.as_ref().map(|s| s.to_string());
     match envelope::open(&message) {
         Ok(opened) => {
+            if let Some(registry) = needs_key(shared, &opened.event) {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    learn_key(&shared, &registry, &opened.event).await;
+                    direct(&shared, target, reply_subject, opened);
+                });
+                return;
+            }
+            direct(shared, target, reply_subject, opened);
+        }
+        Err(error) => {
+            shared.local.rejected(&message.subject, &error);
+            if reply_subject.is_some() {
+                Responder::remote(NatsReply::new(shared.clone(), reply_subject)).reply(Err(error));
+            }
+        }
+    }
+}
+
+/// When `event` is signed by a sender whose key this process does not know
+/// yet: where to look it up.
+pub(super) fn needs_key(shared: &Shared, event: &Event) -> Option<Arc<KeyRegistry>> {
+    if event.context().integrity.is_none()
+        || shared
+            .local
+            .keys()
+            .public_key(&event.causal().sender)
+            .is_some()
+    {
+        return None;
+    }
+    shared.durable.as_ref().map(|d| d.keys.clone())
+}
+
+/// Looks up the key of `event`'s sender in the registry (an event that
+/// arrived before the registry's update did).
+pub(super) async fn learn_key(shared: &Shared, registry: &KeyRegistry, event: &Event) {
+    let sender = &event.causal().sender;
+    if let Some(key) = registry.fetch(sender).await {
+        shared.local.keys().learn(sender, key);
+    }
+}
+
+/// Hands a decoded direct event to its node.
+fn direct(
+    shared: &Arc<Shared>,
+    target: String,
+    reply_subject: Option<String>,
+    opened: envelope::Opened,
+) {
+    {
+        {
             let responder = opened
                 .wants_reply
                 .then(|| Responder::remote(NatsReply::new(shared.clone(), reply_subject.clone())));
@@ -46,12 +100,6 @@ pub(super) fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
                 shared.local.refused(&target, &event, &error);
             }
         }
-        Err(error) => {
-            shared.local.rejected(&message.subject, &error);
-            if reply_subject.is_some() {
-                Responder::remote(NatsReply::new(shared.clone(), reply_subject)).reply(Err(error));
-            }
-        }
     }
 }
 
@@ -67,9 +115,22 @@ pub(super) fn on_broadcast(shared: &Arc<Shared>, message: async_nats::Message) {
                 return;
             }
             // Refusals are logged, counted and reported by the local table.
-            let _ = shared
-                .local
-                .deliver_broadcast(&opened.event, Arrival::Remote);
+            match needs_key(shared, &opened.event) {
+                None => drop(
+                    shared
+                        .local
+                        .deliver_broadcast(&opened.event, Arrival::Remote),
+                ),
+                Some(registry) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        learn_key(&shared, &registry, &opened.event).await;
+                        let _ = shared
+                            .local
+                            .deliver_broadcast(&opened.event, Arrival::Remote);
+                    });
+                }
+            }
         }
         Err(error) => shared.local.rejected(&message.subject, &error),
     }

@@ -42,6 +42,7 @@ use crate::node::Node;
 use crate::receipt::{Receipt, ReceiptTx};
 
 mod consume;
+pub(super) mod keys;
 mod publish;
 mod registry;
 #[cfg(test)]
@@ -122,6 +123,8 @@ pub(super) struct Durable {
     stream: String,
     /// The durable nodes anywhere in the system.
     registry: Arc<Registry>,
+    /// The public keys of signing nodes, system-wide.
+    pub(super) keys: Arc<keys::KeyRegistry>,
     done: kv::Store,
     /// Serializes the changes of this process's consumers and records.
     configuring: tokio::sync::Mutex<()>,
@@ -180,6 +183,7 @@ impl Durable {
         let registry = bucket(&js, format!("{part}_durable"), Duration::ZERO, replicas).await?;
         let registry = Arc::new(Registry::load(registry).await);
         let done = bucket(&js, format!("{part}_done"), window, replicas).await?;
+        let keys = Arc::new(keys::KeyRegistry::open(&js, &part, replicas).await?);
         let (outgoing, rx) = mpsc::unbounded_channel();
         Ok((
             Durable {
@@ -187,6 +191,7 @@ impl Durable {
                 prefix: prefix.to_owned(),
                 stream,
                 registry,
+                keys,
                 done,
                 configuring: tokio::sync::Mutex::new(()),
                 outgoing,
@@ -309,6 +314,7 @@ impl Durable {
     /// Resolves once every event queued so far is stored and every node set
     /// up so far consumes; the first setup error is returned.
     pub(super) async fn flush(&self) -> Result<()> {
+        self.keys.flush().await?;
         let setups: Vec<_> = lock(&self.setups).drain(..).collect();
         for setup in setups {
             setup.await.unwrap_or(Ok(()))?;

@@ -1,0 +1,394 @@
+//! Node identity: ed25519 key pairs, and signatures over event hashes.
+//!
+//! Every node can have a key pair ([`NodeIdentity`], in the NATS `nkeys`
+//! format, so a seed can live in the same secret store as NATS
+//! credentials). A node configured to sign
+//! ([`NodeConfig::sign`](crate::NodeConfig::sign)) puts a signature over
+//! each event's [hash](crate::integrity) in `context.integrity.signature`
+//! as it sends it, and its public key in the runtime's key registry, where
+//! receivers look it up by node id: in memory in one process, in the
+//! JetStream key-value bucket `<PREFIX>_identity` over NATS.
+//!
+//! A receiving node checks every signature an event carries before a
+//! handler sees it: against the registered key of the event's sender
+//! (`causal.sender`), over the hash of the event as it arrived. A node with
+//! [`NodeConfig::require_signed`](crate::NodeConfig::require_signed)
+//! refuses unsigned events too. A refused event is a
+//! [`HappenError::Integrity`] for a requester, and for a broadcast or a
+//! remote tell a [`system::REFUSED`](crate::system::REFUSED) report, counted.
+//!
+//! What a signature proves: the event was made by a holder of the sender's
+//! key and not changed since. What it does not: that the event is new (a
+//! copy of a signed event verifies again: use the event id, which the
+//! durable modes de-duplicate), or that the registry is honest (the
+//! registry is as trustworthy as whoever can write to it: over NATS, limit
+//! who can write the bucket with the server's permissions).
+//!
+//! A node's key is made when it is first needed, unless one is given with
+//! [`NodeConfig::identity`](crate::NodeConfig::identity). Signing with an
+//! external key store (an HSM, a KMS) is a [`Signer`]; checking with one,
+//! a [`Verifier`] ([`HappenConfig::verifier`](crate::HappenConfig::verifier)).
+//!
+//! ```
+//! use happen::prelude::*;
+//! use happen::NodeIdentity;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> happen::Result<()> {
+//! let happen = Happen::embedded();
+//! let key = NodeIdentity::generate();
+//! let seed = key.seed()?; // keep it secret; NodeIdentity::from_seed(&seed) gives the key back
+//! let payments = happen.node_with("payments", NodeConfig::new().identity(key).sign(true))?;
+//! let ledger = happen.node_with("ledger", NodeConfig::new().require_signed(true))?;
+//! ledger.on("entry", |e: Event, _cx: Context| async move {
+//!     json!(e.context().integrity.is_some())
+//! })?;
+//! assert_eq!(payments.send(&ledger, Event::new("entry", json!(1))).await?, true);
+//!
+//! // An unsigned sender is refused by the ledger.
+//! let shop = happen.node("shop")?;
+//! let refused = shop.send(&ledger, Event::new("entry", json!(2))).await.unwrap_err();
+//! assert!(matches!(refused, HappenError::Integrity { .. }), "{refused}");
+//! assert_eq!(NodeIdentity::from_seed(&seed)?.public_key(), payments.public_key());
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(doc)]
+use crate::HappenError;
+use crate::error::{HappenError as Error, Result};
+use crate::event::Event;
+use crate::integrity::EventHash;
+
+/// An ed25519 key pair in the nkeys format; see the [module docs](self).
+/// Cloning shares the key.
+#[derive(Clone)]
+pub struct NodeIdentity(Arc<nkeys::KeyPair>);
+
+impl NodeIdentity {
+    /// A new random key pair.
+    pub fn generate() -> NodeIdentity {
+        NodeIdentity(Arc::new(nkeys::KeyPair::new_module()))
+    }
+
+    /// The key pair of an nkeys seed (`S...`, e.g. from `nsc` or
+    /// [`NodeIdentity::seed`]).
+    pub fn from_seed(seed: &str) -> Result<NodeIdentity> {
+        nkeys::KeyPair::from_seed(seed.trim())
+            .map(|keys| NodeIdentity(Arc::new(keys)))
+            .map_err(|e| Error::Config(format!("not a usable nkeys seed: {e}")))
+    }
+
+    /// The key pair whose seed is the text of the file at `path`.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<NodeIdentity> {
+        let path = path.as_ref();
+        let seed = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read the seed file {}: {e}", path.display()))
+        })?;
+        Self::from_seed(&seed)
+    }
+
+    /// The public key, as registered and shared (`M...`).
+    pub fn public_key(&self) -> String {
+        self.0.public_key()
+    }
+
+    /// The seed: the secret to keep to have the same key again.
+    pub fn seed(&self) -> Result<String> {
+        self.0
+            .seed()
+            .map_err(|e| Error::Config(format!("this key pair has no seed: {e}")))
+    }
+}
+
+impl fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("NodeIdentity")
+            .field(&self.public_key())
+            .finish()
+    }
+}
+
+/// Makes signatures for a node: its key pair, or an external key store.
+pub trait Signer: Send + Sync + 'static {
+    /// The public key receivers verify with (nkeys format for the default
+    /// [`Verifier`]).
+    fn public_key(&self) -> String;
+    /// Signs `message` (an event hash's 32 bytes).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
+}
+
+impl Signer for NodeIdentity {
+    fn public_key(&self) -> String {
+        NodeIdentity::public_key(self)
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        self.0
+            .sign(message)
+            .map_err(|e| Error::Config(format!("cannot sign: {e}")))
+    }
+}
+
+/// Checks signatures: ed25519 over nkeys public keys by default
+/// ([`Ed25519`]).
+pub trait Verifier: Send + Sync + 'static {
+    /// `Ok` when `signature` is `public_key`'s over `message`; the reason
+    /// otherwise.
+    fn verify(
+        &self,
+        public_key: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> std::result::Result<(), String>;
+}
+
+/// The default [`Verifier`]: ed25519 signatures, nkeys public keys.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ed25519;
+
+impl Verifier for Ed25519 {
+    fn verify(
+        &self,
+        public_key: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> std::result::Result<(), String> {
+        let key = nkeys::KeyPair::from_public_key(public_key)
+            .map_err(|e| format!("the registered key is not usable: {e}"))?;
+        key.verify(message, signature)
+            .map_err(|_| "the signature is not the sender's".to_owned())
+    }
+}
+
+/// What an event carries besides its causal record to prove where it came
+/// from: the documentation's `context.integrity`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Integrity {
+    /// The sender's signature over the event's hash (64 bytes, as hex).
+    pub signature: String,
+}
+
+/// A signer handed to a node's configuration; compared by identity.
+#[derive(Clone)]
+pub struct SignerRef(pub(crate) Arc<dyn Signer>);
+
+impl PartialEq for SignerRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SignerRef {}
+
+impl fmt::Debug for SignerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Signer").field(&self.0.public_key()).finish()
+    }
+}
+
+/// A node's signer: the configured one, or a key pair made on first use.
+pub(crate) struct NodeKeys {
+    configured: Option<Arc<dyn Signer>>,
+    made: OnceLock<Arc<dyn Signer>>,
+}
+
+impl NodeKeys {
+    pub(crate) fn new(configured: Option<SignerRef>) -> NodeKeys {
+        NodeKeys {
+            configured: configured.map(|s| s.0),
+            made: OnceLock::new(),
+        }
+    }
+
+    /// The signer (making a key pair the first time, if none was given).
+    pub(crate) fn signer(&self) -> &Arc<dyn Signer> {
+        match &self.configured {
+            Some(signer) => signer,
+            None => self
+                .made
+                .get_or_init(|| Arc::new(NodeIdentity::generate()) as Arc<dyn Signer>),
+        }
+    }
+}
+
+/// Signs `event` (already stamped): its hash, signed by `signer`, in
+/// `context.integrity`.
+pub(crate) fn sign(event: &mut Event, signer: &dyn Signer) -> Result<()> {
+    let hash = EventHash::of(event);
+    let signature = signer.sign(hash.as_bytes())?;
+    event.context_mut().integrity = Some(Integrity {
+        signature: hex(&signature),
+    });
+    Ok(())
+}
+
+/// The runtime's public keys by node id, and how signatures are checked.
+pub(crate) struct Keys {
+    known: RwLock<HashMap<String, String>>,
+    verifier: RwLock<Arc<dyn Verifier>>,
+}
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys::new(Arc::new(Ed25519))
+    }
+}
+
+impl Keys {
+    pub(crate) fn new(verifier: Arc<dyn Verifier>) -> Keys {
+        Keys {
+            known: RwLock::new(HashMap::new()),
+            verifier: RwLock::new(verifier),
+        }
+    }
+
+    /// Checks signatures with `verifier` from now on.
+    pub(crate) fn set_verifier(&self, verifier: Arc<dyn Verifier>) {
+        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+    }
+
+    /// Notes `node`'s public key.
+    pub(crate) fn learn(&self, node: &str, public_key: String) {
+        self.known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_owned(), public_key);
+    }
+
+    /// `node`'s public key, if known.
+    pub(crate) fn public_key(&self, node: &str) -> Option<String> {
+        self.known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .cloned()
+    }
+
+    /// Checks `event`'s signature (if it has one; `required`: it must).
+    pub(crate) fn check(&self, node: &str, event: &Event, required: bool) -> Result<()> {
+        let reject = |reason: String| {
+            Err(Error::Integrity {
+                event_id: event.id().to_owned(),
+                reason: format!("node \"{node}\" refused it: {reason}"),
+            })
+        };
+        let Some(integrity) = &event.context().integrity else {
+            if required {
+                return reject("it is not signed, and the node requires signed events".into());
+            }
+            return Ok(());
+        };
+        let sender = &event.causal().sender;
+        let Some(key) = self.public_key(sender) else {
+            return reject(format!("no key is registered for its sender \"{sender}\""));
+        };
+        let Some(signature) = unhex(&integrity.signature) else {
+            return reject("its signature is not hex".into());
+        };
+        let verifier = self
+            .verifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match verifier.verify(&key, event.hash().as_bytes(), &signature) {
+            Ok(()) => Ok(()),
+            Err(reason) => reject(format!("{reason} (sender \"{sender}\")")),
+        }
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Id;
+    use serde_json::json;
+
+    fn signed_by(keys: &NodeIdentity, sender: &str) -> Event {
+        let mut event = Event::new("t", json!({ "amount": 100 }));
+        crate::event::stamp(&mut event, &Id::from(sender), None);
+        sign(&mut event, keys).unwrap();
+        event
+    }
+
+    #[test]
+    fn seeds_give_the_same_key_back() {
+        let key = NodeIdentity::generate();
+        let again = NodeIdentity::from_seed(&key.seed().unwrap()).unwrap();
+        assert_eq!(again.public_key(), key.public_key());
+        assert!(NodeIdentity::from_seed("not a seed").is_err());
+        assert!(NodeIdentity::from_file("/nonexistent/seed").is_err());
+    }
+
+    #[test]
+    fn a_signature_verifies_for_its_sender_only_and_only_unchanged() {
+        let (alice, mallory) = (NodeIdentity::generate(), NodeIdentity::generate());
+        let keys = Keys::new(Arc::new(Ed25519));
+        keys.learn("alice", alice.public_key());
+        keys.learn("mallory", mallory.public_key());
+        let event = signed_by(&alice, "alice");
+        keys.check("n", &event, true).unwrap();
+
+        // Tampered after signing: the payload, the sender.
+        let changed = Event::from_parts(
+            Id::from("t"),
+            json!({ "amount": 1000 }),
+            event.context().clone(),
+            None,
+        );
+        assert!(keys.check("n", &changed, false).is_err());
+        let mut claimed = event.clone();
+        claimed.context_mut().causal.sender = Id::from("mallory");
+        assert!(keys.check("n", &claimed, false).is_err());
+        // Forged: signed with another key.
+        let forged = signed_by(&mallory, "alice");
+        let error = keys.check("n", &forged, false).unwrap_err().to_string();
+        assert!(error.contains("not the sender's"), "{error}");
+        // Unknown sender, unsigned when required, not hex.
+        assert!(
+            keys.check("n", &signed_by(&alice, "stranger"), false)
+                .is_err()
+        );
+        let mut unsigned = Event::new("t", json!(1));
+        crate::event::stamp(&mut unsigned, &Id::from("alice"), None);
+        assert!(keys.check("n", &unsigned, true).is_err());
+        assert!(keys.check("n", &unsigned, false).is_ok());
+        let mut garbled = event.clone();
+        garbled.context_mut().integrity = Some(Integrity {
+            signature: "zz".into(),
+        });
+        assert!(keys.check("n", &garbled, false).is_err());
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(unhex(&hex(&bytes)).unwrap(), bytes);
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("éé"), None);
+    }
+}
