@@ -84,6 +84,21 @@ pub enum HappenError {
         reason: String,
     },
 
+    /// Another live process runs a node with this id under another key
+    /// (see [`crate::identity`]): two different nodes claim one id. Give
+    /// the instances of one node the same key
+    /// ([`NodeIdentity::from_seed`](crate::NodeIdentity::from_seed)), or
+    /// different nodes different ids.
+    #[error(
+        "another live process runs node \"{node}\" with another key ({registered}); instances of one node share its key (NodeIdentity::from_seed), different nodes need different ids"
+    )]
+    IdentityConflict {
+        /// The node id claimed twice.
+        node: String,
+        /// The public key the other process holds.
+        registered: String,
+    },
+
     /// A node with this id already exists in this runtime.
     #[error(
         "a node \"{node}\" already exists in this runtime; node ids are unique, reuse the existing handle"

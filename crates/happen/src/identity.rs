@@ -24,6 +24,13 @@
 //! registry is as trustworthy as whoever can write to it: over NATS, limit
 //! who can write the bucket with the server's permissions).
 //!
+//! Over NATS a node id belongs to one key at a time: a signing node whose id
+//! a live process holds under another key gets
+//! [`HappenError::IdentityConflict`] from [`Happen::flush`](crate::Happen::flush)
+//! (or [`Node::ready`](crate::Node::ready)): two different nodes claiming
+//! one id. Instances of one node share its key (load it from one seed); a
+//! record whose key no live process holds any more is taken over.
+//!
 //! A node's key is made when it is first needed, unless one is given with
 //! [`NodeConfig::identity`](crate::NodeConfig::identity). Signing with an
 //! external key store (an HSM, a KMS) is a [`Signer`]; checking with one,

@@ -230,3 +230,73 @@ async fn signatures_are_checked_across_processes() {
     assert!(refused.to_string().contains("not signed"), "{refused}");
     println!("signatures: accepted=2 moved-signature=refused unsigned=refused");
 }
+
+/// One node id claimed by two live processes with different keys is a
+/// conflict (how duplicate node ids across processes are found); instances
+/// sharing the key are one node; a record whose owner is gone is taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_claimed_with_another_key_is_a_conflict_while_its_owner_lives() {
+    let server = NatsServer::start().unwrap();
+    let connect = || Happen::connect(NatsConfig::new(server.url()));
+    let seed = happen::NodeIdentity::generate().seed().unwrap();
+    let signing = |key: happen::NodeIdentity| NodeConfig::new().identity(key).sign(true);
+
+    let owner = connect().await.unwrap();
+    owner
+        .node_with(
+            "payments",
+            signing(happen::NodeIdentity::from_seed(&seed).unwrap()),
+        )
+        .unwrap();
+    owner.flush().await.unwrap();
+
+    // Another instance of the same node: same key, no conflict.
+    let instance = connect().await.unwrap();
+    instance
+        .node_with(
+            "payments",
+            signing(happen::NodeIdentity::from_seed(&seed).unwrap()),
+        )
+        .unwrap();
+    instance.flush().await.unwrap();
+
+    // A different node under the same id while the owner lives.
+    let impostor = connect().await.unwrap();
+    impostor
+        .node_with("payments", signing(happen::NodeIdentity::generate()))
+        .unwrap();
+    let conflict = impostor.flush().await.unwrap_err();
+    assert!(
+        matches!(conflict, HappenError::IdentityConflict { ref node, .. } if node == "payments"),
+        "{conflict}"
+    );
+
+    // Once every process holding the old key is gone, a new key takes the
+    // record over, and receivers check against it.
+    owner.shutdown().await;
+    instance.shutdown().await;
+    drop((owner, instance));
+    let successor = connect().await.unwrap();
+    let renewed = successor
+        .node_with("payments", signing(happen::NodeIdentity::generate()))
+        .unwrap();
+    within("the take-over", 10, successor.flush())
+        .await
+        .unwrap();
+    let checker = connect().await.unwrap();
+    let ledger = checker
+        .node_with("ledger", NodeConfig::new().require_signed(true))
+        .unwrap();
+    ledger
+        .on("entry", |_e: Event, _cx: Context| async { json!("ok") })
+        .unwrap();
+    checker.flush().await.unwrap();
+    assert_eq!(
+        renewed
+            .send("ledger", Event::new("entry", json!(null)))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    println!("identity: instance=ok impostor=conflict successor=took-over");
+}

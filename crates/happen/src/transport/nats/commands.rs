@@ -36,6 +36,8 @@ pub(super) enum Kind {
     Broadcast,
     /// Replies, credits and round trips to this runtime.
     Inbox,
+    /// Probes for one of this process's signing nodes.
+    Identity,
 }
 
 pub(super) struct Publish {
@@ -242,7 +244,11 @@ pub(super) async fn run(
                             .queue_subscribe(subject.clone(), QUEUE_GROUP.to_owned())
                             .await
                     }
-                    Kind::Broadcast | Kind::Inbox => client.subscribe(subject.clone()).await,
+                    // Every holder of an identity hears a probe: the one
+                    // with the key asked about answers.
+                    Kind::Broadcast | Kind::Inbox | Kind::Identity => {
+                        client.subscribe(subject.clone()).await
+                    }
                 };
                 match subscribed {
                     Ok(subscriber) => {
@@ -330,6 +336,7 @@ async fn read(
                     Kind::Direct => super::receive::on_direct(&shared, message),
                     Kind::Broadcast => super::receive::on_broadcast(&shared, message),
                     Kind::Inbox => super::receive::on_inbox(&shared, message),
+                    Kind::Identity => super::receive::on_identity(&shared, message),
                 },
                 None => return,
             },

@@ -96,6 +96,9 @@ pub(super) struct Shared {
     next_id: AtomicU64,
     /// Node id → its direct subscription.
     direct: Mutex<HashMap<String, u64>>,
+    /// This process's signing nodes: their public keys, and the
+    /// subscriptions that answer for them (see `durable::keys`).
+    own_keys: Mutex<HashMap<String, (String, u64)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// OPEN, DRAINING (only events caused by running flows are taken from
     /// other processes) or CLOSED (nothing is taken).
@@ -174,6 +177,7 @@ impl NatsTransport {
             pings: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             direct: Mutex::new(HashMap::new()),
+            own_keys: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             phase: AtomicU8::new(OPEN),
             co_located: config.co_located,
@@ -339,6 +343,11 @@ impl Transport for NatsTransport {
         let shared = &self.shared;
         shared.local.detach(id);
         if let Some(subscription) = lock(&shared.direct).remove(id) {
+            shared
+                .commands
+                .control(Command::Unsubscribe { id: subscription });
+        }
+        if let Some((_, subscription)) = lock(&shared.own_keys).remove(id) {
             shared
                 .commands
                 .control(Command::Unsubscribe { id: subscription });
@@ -522,9 +531,25 @@ impl Transport for NatsTransport {
     }
 
     fn register_key(&self, node: &str, public_key: &str) {
-        if let Some(durable) = &self.shared.durable {
-            durable.keys.register(node, public_key);
-        }
+        let shared = &self.shared;
+        let Some(durable) = &shared.durable else {
+            return;
+        };
+        // Answer for the node first: another process claiming its id
+        // probes here before it may take the record over.
+        let (id, probe) = (
+            shared.next_id(),
+            subjects::identity_subject(&shared.prefix, node),
+        );
+        lock(&shared.own_keys).insert(node.to_owned(), (public_key.to_owned(), id));
+        shared.commands.control(Command::Subscribe {
+            id,
+            subject: probe.clone(),
+            kind: Kind::Identity,
+        });
+        durable
+            .keys
+            .register(shared.client.clone(), probe, node, public_key);
     }
 
     fn stores_durable_events(&self) -> bool {

@@ -180,3 +180,29 @@ pub(super) fn on_inbox(shared: &Arc<Shared>, message: async_nats::Message) {
         requests::on_reply(shared, token, message);
     }
 }
+
+/// A probe for one of this process's signing nodes, naming a public key:
+/// answered when the node holds that key here, so that another process
+/// does not take its record over.
+pub(super) fn on_identity(shared: &Arc<Shared>, message: async_nats::Message) {
+    let Some(reply) = message.reply.clone() else {
+        return;
+    };
+    let prefix_len = shared.prefix.len() + ".identity.".len();
+    let Some(node) = message.subject.get(prefix_len..) else {
+        return;
+    };
+    let Some(key) = lock(&shared.own_keys).get(node).map(|(key, _)| key.clone()) else {
+        return;
+    };
+    if key.as_bytes() != message.payload.as_ref() {
+        return; // not the key asked about: its holder, if alive, answers
+    }
+    let _ = shared.commands.publish(super::commands::Publish {
+        subject: reply,
+        reply: None,
+        headers: None,
+        payload: bytes::Bytes::from(key),
+        token: None,
+    });
+}

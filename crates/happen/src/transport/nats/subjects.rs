@@ -30,6 +30,12 @@ pub(super) const OVERLAP_GRACE: Duration = Duration::from_secs(30);
 /// How many recently taken event ids are remembered for de-duplication.
 const RECENT_IDS: usize = 65_536;
 
+/// The subject a signing node's runtime answers probes on with the
+/// node's public key.
+pub(super) fn identity_subject(prefix: &str, node: &str) -> String {
+    format!("{prefix}.identity.{node}")
+}
+
 pub(super) fn direct_subject(prefix: &str, node: &str) -> String {
     format!("{prefix}.node.{node}")
 }

@@ -240,6 +240,7 @@ mod tests {
                 | HappenError::UnknownNode { .. }
                 | HappenError::NotAccepted { .. }
                 | HappenError::Integrity { .. }
+                | HappenError::IdentityConflict { .. }
                 | HappenError::DuplicateNode { .. }
                 | HappenError::Timeout { .. }
                 | HappenError::QueueFull { .. }
@@ -278,6 +279,10 @@ mod tests {
             HappenError::Integrity {
                 event_id: "e".into(),
                 reason: "r".into(),
+            },
+            HappenError::IdentityConflict {
+                node: "n".into(),
+                registered: "M...".into(),
             },
             HappenError::DuplicateNode { node: "n".into() },
             HappenError::Timeout {
@@ -341,7 +346,7 @@ mod tests {
                 attempts: 9,
             },
         ];
-        assert_eq!(errors.len(), 25, "one of each variant");
+        assert_eq!(errors.len(), 26, "one of each variant");
         for error in errors {
             listed(&error);
             let reply = Reply::Err(error);

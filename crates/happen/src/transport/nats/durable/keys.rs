@@ -13,7 +13,7 @@ use futures::StreamExt;
 use tokio::sync::oneshot;
 
 use super::{bucket, unavailable};
-use crate::error::Result;
+use crate::error::{HappenError, Result};
 use crate::identity::Keys;
 use crate::store::jetstream::{escape_key, unescape_key};
 use crate::transport::nats::lock;
@@ -56,22 +56,26 @@ impl KeyRegistry {
         }
     }
 
-    /// Writes `node`'s public key (in a task; the next flush waits for it).
-    pub(in crate::transport::nats) fn register(&self, node: &str, public_key: &str) {
+    /// Claims `node`'s record for `public_key` (in a task; the next flush
+    /// waits for it and returns a conflict). A record with another key is
+    /// taken over only when no live process answers for the node on
+    /// `probe` (the subject its owner's runtime answers with its key).
+    pub(in crate::transport::nats) fn register(
+        &self,
+        client: async_nats::Client,
+        probe: String,
+        node: &str,
+        public_key: &str,
+    ) {
         let (tx, rx) = oneshot::channel();
         lock(&self.writes).push(rx);
-        let (kv, key, value) = (
-            self.kv.clone(),
-            escape_key(node),
-            Bytes::from(public_key.to_owned()),
-        );
+        let (kv, node, key) = (self.kv.clone(), node.to_owned(), public_key.to_owned());
         tokio::spawn(async move {
-            let written = kv
-                .put(key, value)
-                .await
-                .map(drop)
-                .map_err(|e| unavailable("cannot register a node's key", e));
-            let _ = tx.send(written);
+            let claimed = claim(&kv, &client, &probe, &node, &key).await;
+            if let Err(error) = &claimed {
+                tracing::error!(node, %error, "the node's key was not registered");
+            }
+            let _ = tx.send(claimed);
         });
     }
 
@@ -89,4 +93,60 @@ impl KeyRegistry {
         }
         Ok(())
     }
+}
+
+/// How long a probed owner has to answer before its record counts as stale.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// Makes the record of `node` say `key`: creates it, finds it already
+/// saying so (another instance of the node, with the same key), or takes
+/// over a record whose key no live process holds (a probe naming that key
+/// gets no answer within [`PROBE_WAIT`]).
+async fn claim(
+    kv: &kv::Store,
+    client: &async_nats::Client,
+    probe: &str,
+    node: &str,
+    key: &str,
+) -> Result<()> {
+    let entry = escape_key(node);
+    for _ in 0..10 {
+        match kv.create(&entry, Bytes::from(key.to_owned())).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(unavailable("cannot register a node's key", e)),
+        }
+        let Some(current) = kv
+            .entry(&entry)
+            .await
+            .map_err(|e| unavailable("cannot read a node's key", e))?
+        else {
+            continue; // deleted meanwhile: create again
+        };
+        if current.value.as_ref() == key.as_bytes() {
+            return Ok(());
+        }
+        // Another key: is a process holding it alive? (Only a holder of
+        // that key answers; nobody, or no answer in time: it is gone.)
+        let ask = client.request(probe.to_owned(), current.value.clone());
+        if let Ok(Ok(_)) = tokio::time::timeout(PROBE_WAIT, ask).await {
+            return Err(HappenError::IdentityConflict {
+                node: node.to_owned(),
+                registered: String::from_utf8_lossy(&current.value).into_owned(),
+            });
+        }
+        // Take over, unless someone else changed the record first.
+        match kv
+            .update(&entry, Bytes::from(key.to_owned()), current.revision)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(unavailable("cannot register a node's key", e)),
+        }
+    }
+    Err(unavailable(
+        "cannot register a node's key",
+        "the record kept changing",
+    ))
 }
