@@ -300,3 +300,68 @@ async fn a_node_id_claimed_with_another_key_is_a_conflict_while_its_owner_lives(
     );
     println!("identity: instance=ok impostor=conflict successor=took-over");
 }
+
+/// The deployment pattern for a hostile network (docs/deploy/
+/// nats-permissions.conf): one user per service. The server refuses the
+/// orders service's attempt to write the payments node's key, even once
+/// the payments process is gone (when Happen alone would let a new key
+/// take the record over), so events signed by anyone but payments never
+/// pass as payments'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stops_one_service_from_acting_as_another() {
+    use happen::nats::Auth;
+    let mut builder = NatsServer::builder();
+    for line in include_str!("../../../docs/deploy/nats-permissions.conf").lines() {
+        builder = builder.config(line);
+    }
+    let server = builder.start().unwrap();
+    let as_user = |user: &str| {
+        NatsConfig::new(server.url()).auth(Auth::UserPassword {
+            user: user.into(),
+            password: format!("{user}-secret"),
+        })
+    };
+
+    let payments = Happen::connect(as_user("payments")).await.unwrap();
+    let key = happen::NodeIdentity::generate();
+    payments
+        .node_with(
+            "payments",
+            NodeConfig::new().identity(key.clone()).sign(true),
+        )
+        .unwrap();
+    payments.flush().await.unwrap();
+    payments.shutdown().await;
+    drop(payments);
+
+    // The orders service claims the id with its own key: the record's
+    // owner is gone, but the server does not let orders write it.
+    let orders = Happen::connect(as_user("orders")).await.unwrap();
+    orders
+        .node_with("payments", NodeConfig::new().sign(true))
+        .unwrap();
+    let refused = within("the refused claim", 30, orders.flush()).await;
+    assert!(
+        refused.is_err(),
+        "the server let orders write payments' key"
+    );
+
+    // The same, by hand, with a raw client of the orders user.
+    let raw =
+        async_nats::ConnectOptions::with_user_and_password("orders".into(), "orders-secret".into())
+            .connect(server.url())
+            .await
+            .unwrap();
+    let js = async_nats::jetstream::new(raw);
+    let registry = js.get_key_value("happen_identity").await.unwrap();
+    let forged = within(
+        "the raw write",
+        30,
+        registry.put("payments", Bytes::from("MFORGEDKEY")),
+    )
+    .await;
+    assert!(forged.is_err(), "a raw write of payments' key was stored");
+    let stored = registry.get("payments").await.unwrap().unwrap();
+    assert_eq!(stored, Bytes::from(key.public_key()));
+    println!("permissions: orders-claim=refused raw-write=refused record=payments'");
+}
