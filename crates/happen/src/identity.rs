@@ -198,28 +198,23 @@ impl fmt::Debug for SignerRef {
     }
 }
 
-/// A node's signer: the configured one, or a key pair made on first use.
-pub(crate) struct NodeKeys {
-    configured: Option<Arc<dyn Signer>>,
-    made: OnceLock<Arc<dyn Signer>>,
-}
+/// A node's signer: the configured one, or a key pair made on first use
+/// (one slot either way: idle nodes stay small).
+pub(crate) struct NodeKeys(OnceLock<Arc<dyn Signer>>);
 
 impl NodeKeys {
     pub(crate) fn new(configured: Option<SignerRef>) -> NodeKeys {
-        NodeKeys {
-            configured: configured.map(|s| s.0),
-            made: OnceLock::new(),
+        let slot = OnceLock::new();
+        if let Some(SignerRef(signer)) = configured {
+            let _ = slot.set(signer);
         }
+        NodeKeys(slot)
     }
 
     /// The signer (making a key pair the first time, if none was given).
     pub(crate) fn signer(&self) -> &Arc<dyn Signer> {
-        match &self.configured {
-            Some(signer) => signer,
-            None => self
-                .made
-                .get_or_init(|| Arc::new(NodeIdentity::generate()) as Arc<dyn Signer>),
-        }
+        self.0
+            .get_or_init(|| Arc::new(NodeIdentity::generate()) as Arc<dyn Signer>)
     }
 }
 
