@@ -31,6 +31,10 @@
 //! one id. Instances of one node share its key (load it from one seed); a
 //! record whose key no live process holds any more is taken over.
 //!
+//! For the whole system (or a family of nodes), give the settings to a
+//! pattern of node ids:
+//! `HappenConfig::default().for_nodes("*", NodeConfig::new().sign(true).require_signed(true))`.
+//!
 //! A node's key is made when it is first needed, unless one is given with
 //! [`NodeConfig::identity`](crate::NodeConfig::identity). Signing with an
 //! external key store (an HSM, a KMS) is a [`Signer`]; checking with one,

@@ -11,6 +11,7 @@
 //! - [`durable`]: events to durable nodes, stored in JetStream;
 //! - [`envelope`]: events into message bytes and back, the place for
 //!   integrity checks;
+//! - [`outgoing`]: broadcasts, requests and tells leaving this process;
 //! - [`receive`]: what arrives on this process's subscriptions;
 //! - [`status`]: the connection's state as system events;
 //! - [`connection`]: the client's options from the configuration;
@@ -30,6 +31,7 @@ mod envelope;
 pub(crate) mod filters;
 #[cfg(test)]
 mod fuzz;
+mod outgoing;
 mod receive;
 mod requests;
 mod status;
@@ -52,14 +54,13 @@ use tokio::task::JoinHandle;
 
 use super::local::LocalTransport;
 use super::{Interest, Transport};
-use crate::delivery::{self, Arrival, Delivery, ReplyTx, Responder};
+use crate::delivery::ReplyTx;
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::nats::{NatsConfig, check_server_version};
 use crate::node::Node;
 use crate::pattern::Pattern;
 use crate::receipt::Receipt;
-use crate::stream::Outcome;
 use crate::system::Counters;
 use commands::{Command, Commands, Kind, Publish};
 use requests::Requests;
@@ -386,29 +387,7 @@ impl Transport for NatsTransport {
     }
 
     fn broadcast(&self, event: Event) -> Result<Receipt> {
-        let shared = &self.shared;
-        let sealed = envelope::seal(&event, true)?;
-        sealed.check_size(shared.max_payload())?;
-        let mut receipt = Receipt::kept();
-        if let Some(durable) = &shared.durable
-            && durable.wants_broadcast(event.event_type())
-        {
-            receipt = durable.broadcast(&event, sealed.payload.clone())?;
-        }
-        // With co-location the server's copy is for the other processes
-        // only; a full outgoing queue is reported before anything is
-        // delivered here.
-        shared.commands.publish(Publish {
-            subject: subjects::broadcast_subject(&shared.prefix, event.event_type()).into(),
-            reply: None,
-            headers: sealed.headers,
-            payload: sealed.payload,
-            token: None,
-        })?;
-        if shared.co_located {
-            shared.local.deliver_broadcast(&event, Arrival::Local)?;
-        }
-        Ok(receipt)
+        outgoing::broadcast(&self.shared, event)
     }
 
     fn send(
@@ -418,66 +397,7 @@ impl Transport for NatsTransport {
         reply: ReplyTx,
         deadline: tokio::time::Instant,
     ) -> Receipt {
-        let shared = &self.shared;
-        let stored = shared.durable.as_ref().filter(|d| d.is_target(target));
-        if stored.is_none()
-            && shared.co_located
-            && let Some(node) = shared.local.node(target)
-        {
-            let responder = Some(Responder::Local(reply));
-            let delivered =
-                delivery::deliver(node.core(), Delivery::new(event, responder, Arrival::Local));
-            return delivered.map_or_else(Receipt::failed, |()| Receipt::kept());
-        }
-        let sealed = match envelope::seal(&event, true)
-            .and_then(|s| s.check_size(shared.max_payload()).map(|()| s))
-        {
-            Ok(sealed) => sealed,
-            Err(error) => {
-                let _ = reply.send(Outcome::Done(Err(error.clone())));
-                return Receipt::failed(error);
-            }
-        };
-        let subject = subjects::direct_subject(&shared.prefix, target);
-        if let Some(durable) = stored {
-            let publish = shared.requests.register(
-                &shared.inbox,
-                subject,
-                target,
-                &event,
-                bytes::Bytes::new(),
-                reply,
-                deadline,
-            );
-            let (Some(token), Some(reply_to)) = (publish.token, publish.reply) else {
-                return Receipt::kept(); // not reached: a registered request has both
-            };
-            return durable
-                .request(target, &event, sealed.payload, token, &reply_to, deadline)
-                .unwrap_or_else(|error| {
-                    shared.requests.fail(token, error.clone());
-                    Receipt::failed(error)
-                });
-        }
-        let publish = shared.requests.register(
-            &shared.inbox,
-            subject,
-            target,
-            &event,
-            sealed.payload,
-            reply,
-            deadline,
-        );
-        let token = publish.token;
-        match shared.commands.publish(publish) {
-            Ok(()) => Receipt::kept(),
-            Err(error) => {
-                if let Some(token) = token {
-                    shared.requests.fail(token, error.clone());
-                }
-                Receipt::failed(error)
-            }
-        }
+        outgoing::send(&self.shared, target, event, reply, deadline)
     }
 
     fn in_process(&self) -> bool {
@@ -485,38 +405,7 @@ impl Transport for NatsTransport {
     }
 
     fn tell(&self, target: &str, event: Event) -> Result<Receipt> {
-        let shared = &self.shared;
-        if let Some(durable) = shared.durable.as_ref().filter(|d| d.is_target(target)) {
-            let sealed = envelope::seal(&event, false)?;
-            sealed.check_size(shared.max_payload())?;
-            return durable.tell(target, event, sealed.payload);
-        }
-        if shared.co_located
-            && let Some(node) = shared.local.node(target)
-        {
-            delivery::deliver(node.core(), Delivery::new(event, None, Arrival::Local))?;
-            return Ok(Receipt::kept());
-        }
-        let sealed = envelope::seal(&event, false)?;
-        sealed.check_size(shared.max_payload())?;
-        shared.commands.publish(Publish {
-            subject: subjects::direct_subject(&shared.prefix, target).into(),
-            // Only for the server's "no responders" (which names the tell):
-            // the receiver sees the header and does not answer.
-            reply: Some(
-                format!(
-                    "{}.t.{target}.{}.{}",
-                    shared.inbox,
-                    event.id(),
-                    event.event_type()
-                )
-                .into(),
-            ),
-            headers: sealed.headers,
-            payload: sealed.payload,
-            token: None,
-        })?;
-        Ok(Receipt::kept())
+        outgoing::tell(&self.shared, target, event)
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {
