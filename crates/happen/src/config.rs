@@ -286,28 +286,32 @@ impl HappenConfig {
     /// The acceptance rules a node with this id and own configuration
     /// checks: its own, else those of the last matching pattern layer.
     pub(crate) fn resolve_accept(&self, node_id: &str, own: &NodeConfig) -> Option<AcceptFrom> {
-        let from_patterns = self
-            .patterns
-            .iter()
-            .rev()
-            .filter(|(pattern, _)| glob_match(pattern, node_id))
-            .find_map(|(_, config)| config.accept_from.as_ref());
-        own.accept_from
-            .as_ref()
-            .or(from_patterns)
+        self.own_or_layer(node_id, own, |c| c.accept_from.as_ref())
             .map(|rules| AcceptFrom::new(rules.clone()))
     }
 
     /// The key a node with this id and own configuration signs with, if
     /// one is given: its own, else the last matching pattern layer's.
     pub(crate) fn resolve_identity(&self, node_id: &str, own: &NodeConfig) -> Option<SignerRef> {
-        let from_patterns = self
-            .patterns
-            .iter()
-            .rev()
-            .filter(|(pattern, _)| glob_match(pattern, node_id))
-            .find_map(|(_, config)| config.identity.as_ref());
-        own.identity.as_ref().or(from_patterns).cloned()
+        self.own_or_layer(node_id, own, |c| c.identity.as_ref())
+            .cloned()
+    }
+
+    /// A setting that is not a limit (so not merged field by field): the
+    /// node's own, else that of the last pattern layer matching its id.
+    fn own_or_layer<'a, T>(
+        &'a self,
+        node_id: &str,
+        own: &'a NodeConfig,
+        field: impl Fn(&'a NodeConfig) -> Option<&'a T>,
+    ) -> Option<&'a T> {
+        field(own).or_else(|| {
+            self.patterns
+                .iter()
+                .rev()
+                .filter(|(pattern, _)| glob_match(pattern, node_id))
+                .find_map(|(_, config)| field(config))
+        })
     }
 
     /// Checks signatures with `verifier` instead of the built-in ed25519

@@ -101,10 +101,7 @@ thread_local! {
 
 impl fmt::Display for EventHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        f.write_str(&crate::identity::hex(&self.0))
     }
 }
 
@@ -123,16 +120,8 @@ impl FromStr for EventHash {
     type Err = InvalidHash;
 
     fn from_str(text: &str) -> Result<Self, InvalidHash> {
-        let digits = text.as_bytes();
-        if digits.len() != 64 {
-            return Err(InvalidHash);
-        }
-        let mut bytes = [0u8; 32];
-        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
-            let pair = std::str::from_utf8(pair).map_err(|_| InvalidHash)?;
-            *byte = u8::from_str_radix(pair, 16).map_err(|_| InvalidHash)?;
-        }
-        Ok(EventHash(bytes))
+        let bytes = crate::identity::unhex(text).ok_or(InvalidHash)?;
+        bytes.try_into().map(EventHash).map_err(|_| InvalidHash)
     }
 }
 

@@ -69,37 +69,33 @@ fn direct(
     reply_subject: Option<String>,
     opened: envelope::Opened,
 ) {
-    {
-        {
-            let responder = opened
-                .wants_reply
-                .then(|| Responder::remote(NatsReply::new(shared.clone(), reply_subject.clone())));
-            // While shutting down, take what this runtime sent before the
-            // shutdown began and what running flows caused (as the
-            // in-process runtime does); new work from elsewhere is refused.
-            let phase = shared.phase();
-            let ours = reply_subject
-                .as_deref()
-                .is_some_and(|r| r.starts_with(shared.inbox.as_str()));
-            let new_work = opened.event.causal().causation_id.is_none() && !ours;
-            if phase == CLOSED || (phase == DRAINING && new_work) {
-                if let Some(responder) = responder {
-                    responder.reply(Err(HappenError::Shutdown));
-                }
-                return;
-            }
-            // A refusal has gone to the responder; a tell's sender cannot
-            // be told, so it is reported here.
-            let event = (!opened.wants_reply).then(|| opened.event.clone());
-            if let (Err(error), Some(event)) = (
-                shared
-                    .local
-                    .deliver_to(&target, opened.event, responder, Arrival::Remote),
-                event,
-            ) {
-                shared.local.refused(&target, &event, &error);
-            }
+    let responder = opened
+        .wants_reply
+        .then(|| Responder::remote(NatsReply::new(shared.clone(), reply_subject.clone())));
+    // While shutting down, take what this runtime sent before the
+    // shutdown began and what running flows caused (as the
+    // in-process runtime does); new work from elsewhere is refused.
+    let phase = shared.phase();
+    let ours = reply_subject
+        .as_deref()
+        .is_some_and(|r| r.starts_with(shared.inbox.as_str()));
+    let new_work = opened.event.causal().causation_id.is_none() && !ours;
+    if phase == CLOSED || (phase == DRAINING && new_work) {
+        if let Some(responder) = responder {
+            responder.reply(Err(HappenError::Shutdown));
         }
+        return;
+    }
+    // A refusal has gone to the responder; a tell's sender cannot
+    // be told, so it is reported here.
+    let event = (!opened.wants_reply).then(|| opened.event.clone());
+    if let (Err(error), Some(event)) = (
+        shared
+            .local
+            .deliver_to(&target, opened.event, responder, Arrival::Remote),
+        event,
+    ) {
+        shared.local.refused(&target, &event, &error);
     }
 }
 
