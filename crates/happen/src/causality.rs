@@ -8,6 +8,35 @@
 //! with `causationId` = the handled event's id, the same `correlationId`, and
 //! the path extended by the sender.
 //!
+//! Requests also carry the chain of nodes waiting for them
+//! ([`Causal::waiting`](crate::Causal::waiting)): a request whose target
+//! waits for it up the chain and has no free slot fails at once with
+//! [`HappenError::Deadlock`](crate::HappenError::Deadlock), and an event
+//! deeper than [`HappenConfig::max_causal_depth`](crate::HappenConfig::max_causal_depth)
+//! is not sent ([`HappenError::CausalDepth`](crate::HappenError::CausalDepth)).
+//!
+//! ```
+//! use happen::prelude::*;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> happen::Result<()> {
+//! let happen = Happen::embedded();
+//! let a = happen.node_with("a", NodeConfig::new().max_concurrent(1))?;
+//! let b = happen.node("b")?;
+//! a.on("start", |_e: Event, cx: Context| async move {
+//!     cx.node().send("b", Event::new("ask", json!(null))).response().await
+//! })?;
+//! // b asks a back, but a's only slot is waiting for b.
+//! b.on("ask", |_e: Event, cx: Context| async move {
+//!     match cx.node().send("a", Event::new("back", json!(null))).response().await {
+//!         Err(HappenError::Deadlock { chain, .. }) => json!(chain.join(" > ")),
+//!         other => json!(format!("{other:?}")),
+//!     }
+//! })?;
+//! a.on("back", |_e: Event, _cx: Context| async { json!("unreachable") })?;
+//! assert_eq!(b.send(&a, Event::new("start", json!(null))).await?, json!("a > b > a"));
+//! # Ok(()) }
+//! ```
+//!
 //! A task-local does not follow work moved to another task with
 //! `tokio::spawn`. Use [`happen::spawn`](spawn) instead: it carries the scope
 //! along, so events emitted by the spawned task keep their cause.

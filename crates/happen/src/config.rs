@@ -39,6 +39,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONCURRENT: usize = 100;
 /// The default number of events a node queues when all its flows are busy.
 pub const DEFAULT_QUEUE_LIMIT: usize = 10_000;
+/// The default longest causal chain an event may end (its path's length):
+/// far beyond any designed chain of steps, near enough to stop a runaway
+/// loop of events before its paths grow large.
+pub const DEFAULT_MAX_CAUSAL_DEPTH: usize = 256;
 
 /// Settings for one node, or for every node whose id matches a pattern.
 /// Unset fields fall back to the layer below.
@@ -63,6 +67,9 @@ pub struct NodeConfig {
     pub sign: Option<bool>,
     /// Whether the node refuses events that are not signed.
     pub require_signed: Option<bool>,
+    /// The longest causal chain an event the node sends may end (see
+    /// [`HappenConfig::max_causal_depth`]).
+    pub max_causal_depth: Option<usize>,
 }
 
 impl NodeConfig {
@@ -129,6 +136,13 @@ impl NodeConfig {
         self
     }
 
+    /// Sets the longest causal chain an event this node sends may end
+    /// (see [`HappenConfig::max_causal_depth`]).
+    pub fn max_causal_depth(mut self, depth: usize) -> Self {
+        self.max_causal_depth = Some(depth);
+        self
+    }
+
     fn apply(&self, to: &mut NodeLimits) {
         if let Some(n) = self.max_concurrent {
             to.max_concurrent = n.max(1);
@@ -148,6 +162,9 @@ impl NodeConfig {
         if let Some(require) = self.require_signed {
             to.require_signed = require;
         }
+        if let Some(depth) = self.max_causal_depth {
+            to.max_causal_depth = depth.max(1);
+        }
     }
 }
 
@@ -166,6 +183,8 @@ pub struct NodeLimits {
     pub sign: bool,
     /// Whether the node refuses unsigned events.
     pub require_signed: bool,
+    /// The longest causal chain an event the node sends may end.
+    pub max_causal_depth: usize,
 }
 
 /// System-wide configuration of a Happen runtime.
@@ -199,6 +218,7 @@ impl Default for HappenConfig {
                 delivery: DeliveryConfig::direct(),
                 sign: false,
                 require_signed: false,
+                max_causal_depth: DEFAULT_MAX_CAUSAL_DEPTH,
             },
             patterns: Vec::new(),
             temporal: TemporalConfig::default(),
@@ -220,6 +240,35 @@ impl HappenConfig {
     pub fn default_limits(mut self, max_concurrent: usize, queue_limit: usize) -> Self {
         self.defaults.max_concurrent = max_concurrent.max(1);
         self.defaults.queue_limit = queue_limit;
+        self
+    }
+
+    /// Sets the longest causal chain an event may end: an event whose path
+    /// (the nodes from its chain's root to its sender) would be longer is
+    /// not sent, and the sender gets
+    /// [`HappenError::CausalDepth`](crate::HappenError::CausalDepth) naming
+    /// the nodes that repeat. This stops a runaway loop of events (A tells
+    /// B, B tells A, ...) at once rather than letting it run with ever longer
+    /// paths. The default is [`DEFAULT_MAX_CAUSAL_DEPTH`]; a loop of steps
+    /// within one flow ([`Flow::again`](crate::Flow::again)) adds no depth.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded_with(HappenConfig::default().max_causal_depth(8));
+    /// let echo = happen.node("echo")?;
+    /// echo.on("ping", |e: Event, cx: Context| async move {
+    ///     // Answers every ping with another ping: a loop with no end.
+    ///     cx.node().send("echo", Event::new("ping", e.payload().clone())).response().await
+    /// })?;
+    /// let err = echo.send("echo", Event::new("ping", json!(0))).response().await.unwrap_err();
+    /// // The ninth ping would end a chain of 9 nodes; every flow above fails with it.
+    /// assert!(err.to_string().contains("9 hops deep in its causal chain (limit 8)"), "{err}");
+    /// # Ok(()) }
+    /// ```
+    pub fn max_causal_depth(mut self, depth: usize) -> Self {
+        self.defaults.max_causal_depth = depth.max(1);
         self
     }
 

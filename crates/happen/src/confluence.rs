@@ -56,7 +56,7 @@ impl<S> Node<S> {
         let timeout = self.limits().timeout;
         let prepared = self
             .runtime()
-            .and_then(|runtime| match self.prepare(event.clone()) {
+            .and_then(|runtime| match self.prepare(event.clone(), true) {
                 Ok(event) => Ok((runtime, event)),
                 Err((e, _)) => Err(e),
             });

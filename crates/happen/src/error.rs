@@ -135,6 +135,47 @@ pub enum HappenError {
         queue_limit: usize,
     },
 
+    /// The request would wait forever: its target is itself waiting, higher
+    /// in the same causal chain, for the answer this request would give,
+    /// and every slot of the target is taken, so the request could never
+    /// start. Refused at once instead of timing out (see
+    /// [`crate::causality`]).
+    #[error(
+        "request \"{event_type}\" to node \"{node}\" would deadlock: {node} waits for its answer through {} and has no free slot (max_concurrent {max_concurrent}); answer without asking back, tell instead of send, or raise max_concurrent",
+        .chain.join(" > ")
+    )]
+    Deadlock {
+        /// The target node, which is waiting up the chain.
+        node: String,
+        /// The event type of the refused request.
+        event_type: String,
+        /// The cycle of waiting nodes, from the target back to the target.
+        chain: Vec<String>,
+        /// The target's concurrency limit.
+        max_concurrent: usize,
+    },
+
+    /// An event would be deeper in its causal chain than the configured
+    /// limit ([`HappenConfig::max_causal_depth`](crate::HappenConfig::max_causal_depth)),
+    /// the mark of a runaway loop of events. It was not sent.
+    #[error(
+        "event \"{event_type}\" from node \"{node}\" would be {depth} hops deep in its causal chain (limit {limit}); the chain ends by repeating {}; stop the loop, or start a new chain for work that is meant to go on",
+        .repeating.join(" > ")
+    )]
+    CausalDepth {
+        /// The node that tried to send the event.
+        node: String,
+        /// The event type.
+        event_type: String,
+        /// How deep the event would have been (its path's length).
+        depth: usize,
+        /// The limit.
+        limit: usize,
+        /// The nodes that repeat at the end of the chain (the loop), or its
+        /// last few nodes when nothing repeats.
+        repeating: Vec<String>,
+    },
+
     /// A step of the flow returned an error.
     ///
     /// In the requester's process, [`source`](std::error::Error::source)

@@ -64,12 +64,24 @@ pub struct Causal {
     pub path: Path,
     /// When the event was sent, in milliseconds since the Unix epoch.
     pub timestamp: u64,
+    /// For a request sent from a flow: the nodes whose flows wait, up the
+    /// causal chain, for this request's answer (directly or through the
+    /// requests between), ending with the sender. Empty for every other
+    /// event. A target that finds itself here with no free slot refuses the
+    /// request with [`HappenError::Deadlock`](crate::HappenError::Deadlock)
+    /// instead of letting it wait forever.
+    #[serde(default, skip_serializing_if = "no_hops")]
+    pub waiting: Path,
     /// The hash the event carried when it arrived from another process,
     /// checked against its contents before it reached a node (see
     /// [`crate::integrity`]); `None` for an event made in this process,
     /// whose hash [`Event::hash`] computes when asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<EventHash>,
+}
+
+fn no_hops(path: &Path) -> bool {
+    path.is_empty()
 }
 
 /// Where an event came from, for acceptance controls and authorization.
@@ -432,6 +444,10 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Event>) {
     cx.integrity = None;
     causal.sender = sender.clone();
     causal.timestamp = timestamp;
+    if !causal.waiting.is_empty() {
+        // Set again by the sender when this is a request (see `waiting`).
+        causal.waiting = Path::default();
+    }
     match parent {
         Some(parent) => {
             let p = parent.causal();

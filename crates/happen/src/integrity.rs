@@ -229,6 +229,15 @@ fn write_event(out: &mut Vec<u8>, event: &Event) {
             }
         }
     }
+    // Last and only when present, so that the hash of every other event
+    // is what it was before requests carried it.
+    if !causal.waiting.is_empty() {
+        out.push(b'w');
+        write_len(out, causal.waiting.len());
+        for hop in causal.waiting.iter() {
+            write_id(out, hop);
+        }
+    }
 }
 
 /// A length or count, as an unsigned LEB128 varint (one byte below 128):
@@ -369,6 +378,7 @@ mod tests {
             Box::new(|cx| cx.causal.causation_id = Some(Id::from("c"))),
             Box::new(|cx| cx.causal.correlation_id = Id::from("c")),
             Box::new(|cx| cx.causal.path.push(Id::from("n3"))),
+            Box::new(|cx| cx.causal.waiting.push(Id::from("n1"))),
             Box::new(|cx| cx.causal.timestamp += 1),
             Box::new(|cx| cx.origin.node_id = Id::from("n9")),
             Box::new(|cx| cx.origin.source_id = None),

@@ -507,7 +507,7 @@ impl<S> Node<S> {
     /// ```
     pub fn broadcast(&self, event: Event) -> Result<Receipt> {
         let runtime = self.runtime()?;
-        let event = self.prepare(event).map_err(|(e, _)| e)?;
+        let event = self.prepare(event, false).map_err(|(e, _)| e)?;
         runtime.transport().broadcast(event)
     }
 }

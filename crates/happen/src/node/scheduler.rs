@@ -159,6 +159,18 @@ impl NodeCore {
             .max_concurrent
             .saturating_add(self.limits.queue_limit);
         let running = self.scheduler.running(&mailbox);
+        if running >= self.limits.max_concurrent
+            && let Some(chain) = self.waits_for(&delivery)
+        {
+            drop(mailbox);
+            let error = HappenError::Deadlock {
+                node: self.id.to_string(),
+                event_type: delivery.event.event_type().to_owned(),
+                chain,
+                max_concurrent: self.limits.max_concurrent,
+            };
+            return delivery.refuse(error);
+        }
         if running + mailbox.queue.len() >= capacity {
             let error = HappenError::QueueFull {
                 node: self.id.to_string(),
@@ -194,6 +206,20 @@ impl NodeCore {
         let core = self.clone();
         runtime.spawn(core.worker());
         Ok(())
+    }
+
+    /// When `delivery` is a request this node waits for itself, up the
+    /// causal chain (see [`Causal::waiting`](crate::Causal::waiting)): the
+    /// cycle of waiting nodes, from this node back to it.
+    fn waits_for(&self, delivery: &Delivery) -> Option<Vec<String>> {
+        let waiting = &delivery.event.causal().waiting;
+        if delivery.responder.is_none() || waiting.is_empty() {
+            return None;
+        }
+        let at = waiting.iter().position(|node| *node == self.id)?;
+        let mut chain: Vec<String> = waiting[at..].iter().map(|n| n.to_string()).collect();
+        chain.push(self.id.to_string());
+        Some(chain)
     }
 
     /// Runs a delivery that already holds a slot in the caller's task: its

@@ -27,7 +27,7 @@ impl<S> Node<S> {
     pub fn send(&self, target: impl Target, event: Event) -> Sent {
         let timeout = self.core.limits.timeout;
         if let Some(node) = self.in_process(&target) {
-            return match self.prepare(event) {
+            return match self.prepare(event, true) {
                 Ok(event) => {
                     let (sent, reply) = Sent::new(node.id.clone(), event.clone(), timeout);
                     match delivery::deliver(
@@ -49,7 +49,7 @@ impl<S> Node<S> {
         if let Err(e) = validate_node_id(&target) {
             return Sent::refused(target, event, timeout, e.into());
         }
-        match self.prepare(event) {
+        match self.prepare(event, true) {
             Ok(event) => self.dispatch(&runtime, target, event),
             Err((e, event)) => Sent::refused(target, event, timeout, e),
         }
@@ -120,20 +120,28 @@ impl<S> Node<S> {
     /// ```
     pub fn tell(&self, target: impl Target, event: Event) -> Result<Receipt> {
         if let Some(node) = self.in_process(&target) {
-            let event = self.prepare(event).map_err(|(e, _)| e)?;
+            let event = self.prepare(event, false).map_err(|(e, _)| e)?;
             delivery::deliver(node, Delivery::new(event, None, Arrival::Local))?;
             return Ok(delivery::receipt(node));
         }
         let runtime = self.runtime()?;
         let target = target.target_shared_id();
         validate_node_id(&target)?;
-        let event = self.prepare(event).map_err(|(e, _)| e)?;
+        let event = self.prepare(event, false).map_err(|(e, _)| e)?;
         runtime.transport().tell(&target, event)
     }
 
     /// Validates and stamps an outgoing event with its causal context; a
     /// refused event comes back with the reason.
-    pub(crate) fn prepare(&self, mut event: Event) -> Result<Event, (HappenError, Event)> {
+    ///
+    /// A `request` (its sender waits for the answer) sent from a flow
+    /// carries the chain of nodes waiting for it (see
+    /// [`Causal::waiting`](crate::Causal::waiting)).
+    pub(crate) fn prepare(
+        &self,
+        mut event: Event,
+        request: bool,
+    ) -> Result<Event, (HappenError, Event)> {
         if let Err(e) = validate_event_type(event.event_type()) {
             return Err((e.into(), event));
         }
@@ -142,6 +150,23 @@ impl<S> Node<S> {
             return Err((HappenError::Shutdown, event));
         }
         event::stamp(&mut event, &self.core.id, parent.as_ref());
+        if let Some(parent) = &parent {
+            let depth = event.causal().path.len();
+            if depth > self.core.limits.max_causal_depth {
+                let error = HappenError::CausalDepth {
+                    node: self.core.id.to_string(),
+                    event_type: event.event_type().to_owned(),
+                    depth,
+                    limit: self.core.limits.max_causal_depth,
+                    repeating: repeating(&event.causal().path),
+                };
+                return Err((error, event));
+            }
+            if request {
+                event.context_mut().causal.waiting =
+                    parent.causal().waiting.then(self.core.id.clone());
+            }
+        }
         if let (Some(parent), Some(Some((flow, seq)))) = (&parent, seq) {
             // Exactly-once: the same event from a re-run flow has the same id.
             event::derive_id(&mut event, parent, &self.core.id, flow, seq);
@@ -153,5 +178,40 @@ impl<S> Node<S> {
         }
         self.core.observers.stamped(&event);
         Ok(event)
+    }
+}
+
+/// The nodes that repeat at the end of `path` (the shortest run that occurs
+/// at least twice in a row there), or its last eight nodes if none does.
+fn repeating(path: &[Id]) -> Vec<String> {
+    let n = path.len();
+    let run = (1..=n / 2)
+        .find(|&k| path[n - k..] == path[n - 2 * k..n - k])
+        .unwrap_or(n.min(8));
+    path[n - run..].iter().map(|id| id.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repeating;
+    use crate::id::Id;
+
+    fn ids(names: &[&str]) -> Vec<Id> {
+        names.iter().map(|n| Id::from(*n)).collect()
+    }
+
+    #[test]
+    fn the_repeating_end_of_a_chain_is_named() {
+        assert_eq!(repeating(&ids(&["x", "a", "b", "a", "b"])), ["a", "b"]);
+        assert_eq!(repeating(&ids(&["a", "a", "a"])), ["a"]);
+        assert_eq!(
+            repeating(&ids(&["r", "a", "b", "c", "a", "b", "c"])),
+            ["a", "b", "c"]
+        );
+        // Nothing repeats: the last eight.
+        let long: Vec<String> = (0..12).map(|i| format!("n{i}")).collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        assert_eq!(repeating(&ids(&long)), &long[4..]);
+        assert_eq!(repeating(&ids(&["a", "b"])), ["a", "b"]);
     }
 }

@@ -34,6 +34,7 @@ pub mod confluence;
 pub mod continuum;
 pub mod durability;
 pub mod errors;
+pub mod guards;
 pub mod identity;
 pub mod observation;
 pub mod patterns;
@@ -77,6 +78,14 @@ macro_rules! conformance_suite {
             response_event_carries_causal_context,
             spawned_work_keeps_causality,
             origin_and_application_context_flow_to_child_events,
+        );
+        $crate::conformance_suite!(@topic guards;
+            asking_back_a_node_that_waits_is_a_deadlock,
+            a_cycle_through_three_nodes_is_a_deadlock,
+            asking_yourself_with_one_slot_is_a_deadlock,
+            asking_back_with_a_free_slot_is_answered,
+            a_tell_in_the_chain_waits_for_the_slot,
+            a_runaway_loop_stops_at_the_causal_depth,
         );
         $crate::conformance_suite!(@topic patterns;
             string_patterns_select_handlers,

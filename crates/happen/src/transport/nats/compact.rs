@@ -4,7 +4,7 @@
 //! ```text
 //! [ type, payload, id, sender, causationId, correlationId, path, timestamp,
 //!   origin.nodeId, origin.sourceId, origin.sourceType, stream, extra, batch,
-//!   hash, signature ]
+//!   hash, signature, waiting ]
 //! ```
 //!
 //! - An id (event, causation, correlation, stream, and every node id) is a
@@ -126,11 +126,11 @@ impl Serialize for BatchOut<'_> {
 /// an array whatever the encoder does with named fields.
 #[derive(Serialize)]
 struct Out<'a>(
-    &'a str,                        // type
-    &'a Value,                      // payload
-    IdOut<'a>,                      // id
-    IdOut<'a>,                      // sender
-    Option<IdOut<'a>>,              // causationId
+    &'a str,                                                               // type
+    &'a Value,                                                             // payload
+    IdOut<'a>,                                                             // id
+    IdOut<'a>,                                                             // sender
+    Option<IdOut<'a>>,                                                     // causationId
     Option<IdOut<'a>>,              // correlationId, nil: the id
     PathOut<'a>,                    // path
     u64,                            // timestamp
@@ -142,6 +142,7 @@ struct Out<'a>(
     Option<BatchOut<'a>>,           // batch
     HashOut,                        // hash
     Option<SigOut<'a>>,             // integrity.signature
+    #[serde(skip_serializing_if = "Option::is_none")] Option<PathOut<'a>>, // waiting, left out when empty
 );
 
 /// A signature as it is written: its bytes (hex text that is not hex, which
@@ -237,6 +238,7 @@ impl<'a> Out<'a> {
             event.batch_events().map(BatchOut),
             HashOut(EventHash::of(event)),
             cx.integrity.as_ref().map(|i| SigOut(&i.signature)),
+            (!causal.waiting.is_empty()).then_some(PathOut(&causal.waiting)),
         )
     }
 }
@@ -260,6 +262,7 @@ struct In(
     Option<Vec<In>>,
     HashIn,
     Option<SigIn>,
+    #[serde(default)] Option<PathIn>,
 );
 
 impl In {
@@ -281,6 +284,7 @@ impl In {
             batch,
             HashIn(hash),
             signature,
+            waiting,
         ) = self;
         let context = EventContext {
             causal: Causal {
@@ -291,6 +295,7 @@ impl In {
                 timestamp,
                 sender: sender.clone(),
                 hash: Some(hash),
+                waiting: waiting.map(|w| w.0).unwrap_or_default(),
             },
             origin: Origin {
                 node_id: node_id.map_or(sender, |n| n.0),

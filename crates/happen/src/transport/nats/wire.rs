@@ -244,6 +244,8 @@ mod tests {
                 | HappenError::DuplicateNode { .. }
                 | HappenError::Timeout { .. }
                 | HappenError::QueueFull { .. }
+                | HappenError::Deadlock { .. }
+                | HappenError::CausalDepth { .. }
                 | HappenError::HandlerFailed { .. }
                 | HappenError::HandlerPanicked { .. }
                 | HappenError::NoResponse { .. }
@@ -294,6 +296,19 @@ mod tests {
                 node: "n".into(),
                 active: 1,
                 queue_limit: 2,
+            },
+            HappenError::Deadlock {
+                node: "a".into(),
+                event_type: "t".into(),
+                chain: vec!["a".into(), "b".into(), "a".into()],
+                max_concurrent: 1,
+            },
+            HappenError::CausalDepth {
+                node: "a".into(),
+                event_type: "t".into(),
+                depth: 9,
+                limit: 8,
+                repeating: vec!["a".into(), "b".into()],
             },
             HappenError::HandlerFailed {
                 node: "n".into(),
@@ -346,7 +361,7 @@ mod tests {
                 attempts: 9,
             },
         ];
-        assert_eq!(errors.len(), 26, "one of each variant");
+        assert_eq!(errors.len(), 28, "one of each variant");
         for error in errors {
             listed(&error);
             let reply = Reply::Err(error);
@@ -367,6 +382,22 @@ mod tests {
         deep.extend(std::iter::repeat_n(0x91u8, 100_000));
         deep.push(0xc0);
         assert!(decode_event(&deep).is_err());
+    }
+
+    #[test]
+    fn the_waiting_chain_travels_only_when_there_is_one() {
+        // An array of 16 elements (0xdc, then the count in two bytes)
+        // without it, 17 with it; both read back whole.
+        let mut event = Event::new("ask", json!(null));
+        crate::event::stamp(&mut event, &crate::Id::from("b"), None);
+        let plain = encode_event(&event).unwrap();
+        assert_eq!(&plain[1..4], &[0xdc, 0, 16]);
+        event.context_mut().causal.waiting = ["a", "b"].into_iter().map(crate::Id::from).collect();
+        let waiting = encode_event(&event).unwrap();
+        assert_eq!(&waiting[1..4], &[0xdc, 0, 17]);
+        let read = decode_event(&waiting).unwrap();
+        assert_eq!(read.causal().waiting, vec!["a", "b"]);
+        assert_eq!(decode_event(&plain).unwrap().causal().waiting.len(), 0);
     }
 
     #[test]

@@ -41,8 +41,9 @@ fn event() -> impl Strategy<Value = Event> {
         unstamped(),
         prop::option::of((token(), prop::option::of(token()))),
         0usize..3,
+        prop::collection::vec(token(), 0..3),
     )
-        .prop_map(|(event, stamp, members)| {
+        .prop_map(|(event, stamp, members, waiting)| {
             let event = if members > 0 {
                 let t = event.event_type().to_owned();
                 Event::batch((0..members).map(|i| Event::new(t.clone(), json!(i)))).unwrap()
@@ -59,6 +60,8 @@ fn event() -> impl Strategy<Value = Event> {
                 root
             });
             crate::event::stamp(&mut event, &crate::Id::from(sender), parent.as_ref());
+            // A request from a flow: the nodes waiting for it.
+            event.context_mut().causal.waiting = waiting.into_iter().map(crate::Id::from).collect();
             event
         })
 }

@@ -1,0 +1,213 @@
+//! Guards on the causal web: a request that would wait forever for itself
+//! fails at once as a deadlock, naming the cycle, and a runaway loop of
+//! events stops at the configured causal depth, naming what repeats.
+
+use std::time::Duration;
+
+use happen::prelude::*;
+use tokio::sync::mpsc;
+
+use super::{Backend, ev};
+
+/// A runtime whose requests would wait long enough that a test ending
+/// means the deadlock was reported, not timed out.
+async fn start_patient(backend: &dyn Backend) -> Happen {
+    backend
+        .start(HappenConfig::default().request_timeout(Duration::from_secs(30)))
+        .await
+}
+
+/// A handler that asks `target` with `event_type` and answers what it
+/// heard: the answer, or the error's kind and text.
+fn asks(target: &'static str, event_type: &'static str) -> impl happen::Handler {
+    move |_e: Event, cx: Context| async move {
+        match cx
+            .node()
+            .send(target, ev(event_type, json!(null)))
+            .response()
+            .await
+        {
+            Ok(value) => json!({ "answer": value }),
+            Err(HappenError::Deadlock { node, chain, .. }) => {
+                json!({ "deadlock": { "node": node, "chain": chain } })
+            }
+            Err(other) => json!({ "error": other.to_string() }),
+        }
+    }
+}
+
+/// Node `id` with `slots` flow slots: "start" asks `first` with
+/// `ask`; `back` answers `"from a"`.
+fn asker(
+    h: &Happen,
+    id: &str,
+    slots: usize,
+    first: &'static str,
+    ask: &'static str,
+    back: &str,
+) -> Node {
+    let node = h
+        .node_with(id, NodeConfig::new().max_concurrent(slots))
+        .unwrap();
+    node.on("start", asks(first, ask)).unwrap();
+    node.on(back, |_e: Event, _cx: Context| async { json!("from a") })
+        .unwrap();
+    node
+}
+
+/// Sends "start" to `node` from a new node `client` and returns the answer.
+async fn start_at(h: &Happen, client: &str, node: &Node) -> Value {
+    h.node(client)
+        .unwrap()
+        .send(node, ev("start", json!(null)))
+        .response()
+        .await
+        .unwrap()
+}
+
+pub async fn asking_back_a_node_that_waits_is_a_deadlock(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let a = asker(&h, "dl-a", 1, "dl-b", "ask", "back");
+    h.node("dl-b")
+        .unwrap()
+        .on("ask", asks("dl-a", "back"))
+        .unwrap();
+
+    assert_eq!(
+        start_at(&h, "dl-client", &a).await,
+        json!({ "answer": { "deadlock": { "node": "dl-a", "chain": ["dl-a", "dl-b", "dl-a"] } } })
+    );
+    // The node is free again afterwards.
+    let client = h.node("dl-client-2").unwrap();
+    let again = client.send(&a, ev("back", json!(null))).response().await;
+    assert_eq!(again.unwrap(), json!("from a"));
+}
+
+pub async fn a_cycle_through_three_nodes_is_a_deadlock(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let a = asker(&h, "dl3-a", 1, "dl3-b", "one", "three");
+    h.node("dl3-b")
+        .unwrap()
+        .on("one", asks("dl3-c", "two"))
+        .unwrap();
+    h.node("dl3-c")
+        .unwrap()
+        .on("two", asks("dl3-a", "three"))
+        .unwrap();
+
+    let reply = start_at(&h, "dl3-client", &a).await;
+    assert_eq!(
+        reply["answer"]["answer"]["deadlock"],
+        json!({ "node": "dl3-a", "chain": ["dl3-a", "dl3-b", "dl3-c", "dl3-a"] })
+    );
+}
+
+pub async fn asking_yourself_with_one_slot_is_a_deadlock(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let a = asker(&h, "self-a", 1, "self-a", "inner", "inner");
+    assert_eq!(
+        start_at(&h, "self-client", &a).await,
+        json!({ "deadlock": { "node": "self-a", "chain": ["self-a", "self-a"] } })
+    );
+}
+
+pub async fn asking_back_with_a_free_slot_is_answered(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let a = asker(&h, "re-a", 2, "re-b", "ask", "back");
+    h.node("re-b")
+        .unwrap()
+        .on("ask", asks("re-a", "back"))
+        .unwrap();
+    assert_eq!(
+        start_at(&h, "re-client", &a).await,
+        json!({ "answer": { "answer": "from a" } })
+    );
+}
+
+pub async fn a_tell_in_the_chain_waits_for_the_slot(backend: &dyn Backend) {
+    // a asks b; b *tells* c and answers; c asks a. c's request waits for
+    // a's slot, which frees once b has answered: no deadlock, no refusal.
+    let h = start_patient(backend).await;
+    let a = asker(&h, "tl-a", 1, "tl-b", "ask", "back");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let b = h.node("tl-b").unwrap();
+    b.on("ask", |_e: Event, cx: Context| async move {
+        cx.node().tell("tl-c", ev("note", json!(null)))?;
+        Ok::<_, HappenError>(json!("told"))
+    })
+    .unwrap();
+    let c = h.node("tl-c").unwrap();
+    c.on("note", move |_e: Event, cx: Context| {
+        let tx = tx.clone();
+        async move {
+            let heard = cx
+                .node()
+                .send("tl-a", ev("back", json!(null)))
+                .response()
+                .await;
+            tx.send(heard.map_err(|e| e.to_string())).unwrap();
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        start_at(&h, "tl-client", &a).await,
+        json!({ "answer": "told" })
+    );
+    let heard = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("c heard nothing within 10 s")
+        .unwrap();
+    assert_eq!(heard, Ok(json!("from a")));
+}
+
+pub async fn a_runaway_loop_stops_at_the_causal_depth(backend: &dyn Backend) {
+    let h = backend
+        .start(HappenConfig::default().max_causal_depth(10))
+        .await;
+    let (handled_tx, mut handled) = mpsc::unbounded_channel();
+    let (error_tx, mut errors) = mpsc::unbounded_channel();
+    for (me, other) in [("loop-a", "loop-b"), ("loop-b", "loop-a")] {
+        let (handled_tx, error_tx) = (handled_tx.clone(), error_tx.clone());
+        h.node(me)
+            .unwrap()
+            .on("bounce", move |e: Event, cx: Context| {
+                let (handled_tx, error_tx) = (handled_tx.clone(), error_tx.clone());
+                async move {
+                    handled_tx.send(e.causal().path.len()).unwrap();
+                    if let Err(error) = cx.node().tell(other, ev("bounce", json!(null))) {
+                        error_tx.send(error).unwrap();
+                    }
+                }
+            })
+            .unwrap();
+    }
+    let starter = h.node("loop-start").unwrap();
+    starter.tell("loop-a", ev("bounce", json!(null))).unwrap();
+
+    let error = tokio::time::timeout(Duration::from_secs(10), errors.recv())
+        .await
+        .expect("the loop did not stop within 10 s")
+        .unwrap();
+    match error {
+        HappenError::CausalDepth {
+            node,
+            event_type,
+            depth,
+            limit,
+            repeating,
+        } => {
+            assert_eq!((node.as_str(), event_type.as_str()), ("loop-b", "bounce"));
+            assert_eq!((depth, limit), (11, 10));
+            assert_eq!(repeating, ["loop-a", "loop-b"]);
+        }
+        other => panic!("expected CausalDepth, got {other}"),
+    }
+    // Every event up to the limit was handled, none beyond it.
+    let mut depths = Vec::new();
+    while let Ok(Some(depth)) =
+        tokio::time::timeout(Duration::from_millis(200), handled.recv()).await
+    {
+        depths.push(depth);
+    }
+    assert_eq!(depths, (1..=10).collect::<Vec<_>>());
+}
