@@ -194,6 +194,7 @@ pub struct HappenConfig {
     patterns: Vec<(String, NodeConfig)>,
     temporal: TemporalConfig,
     observers: Observers,
+    recorder: Option<crate::trace::Recorder>,
     balance: FlowBalanceConfig,
     verifier: VerifierSlot,
 }
@@ -223,6 +224,7 @@ impl Default for HappenConfig {
             patterns: Vec::new(),
             temporal: TemporalConfig::default(),
             observers: Observers::default(),
+            recorder: None,
             balance: FlowBalanceConfig::default(),
             verifier: VerifierSlot(Arc::new(Ed25519)),
         }
@@ -309,6 +311,20 @@ impl HappenConfig {
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observers = self.observers.with(observer);
         self
+    }
+
+    /// Records the causal web with `recorder` (installed as an observer;
+    /// see [`crate::trace`]), and makes it the runtime's
+    /// [`Happen::recorder`](crate::Happen::recorder).
+    pub fn recorder(mut self, recorder: crate::trace::Recorder) -> Self {
+        self.observers = self.observers.with(Arc::new(recorder.clone()));
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// The recorder set with [`HappenConfig::recorder`], if any.
+    pub fn recorder_ref(&self) -> Option<&crate::trace::Recorder> {
+        self.recorder.as_ref()
     }
 
     pub(crate) fn observers(&self) -> &Observers {

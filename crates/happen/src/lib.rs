@@ -90,6 +90,7 @@ pub mod state;
 mod store;
 pub mod stream;
 pub mod system;
+pub mod trace;
 mod transport;
 mod uuid7;
 

@@ -143,6 +143,9 @@ pub struct NatsConfig {
     /// Happen's streams and buckets (default 1); see
     /// [`NatsConfig::replicas`].
     pub replicas: usize,
+    /// Whether (and how long) the runtime records its causal web in
+    /// JetStream; see [`NatsConfig::record`].
+    pub record: Option<crate::trace::TraceRetention>,
 }
 
 /// The default [`NatsConfig::outgoing_limit`].
@@ -170,7 +173,18 @@ impl NatsConfig {
             outgoing_limit: DEFAULT_OUTGOING_LIMIT,
             co_located: true,
             replicas: 1,
+            record: None,
         }
+    }
+
+    /// Records the runtime's causal web in a JetStream stream shared by
+    /// every process with the same prefix, kept as `retention` says (see
+    /// [`crate::trace`]): [`Happen::recorder`](crate::Happen::recorder) then
+    /// answers for the events of every recording process, and `happen trace
+    /// --nats URL <correlation-id>` prints them.
+    pub fn record(mut self, retention: crate::trace::TraceRetention) -> Self {
+        self.record = Some(retention);
+        self
     }
 
     /// Whether events between nodes of this runtime are delivered in the

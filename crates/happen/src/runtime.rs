@@ -213,9 +213,14 @@ impl Happen {
 
     /// [`Happen::connect`] with a runtime configuration.
     #[cfg(feature = "nats")]
-    pub async fn connect_with(nats: NatsConfig, config: HappenConfig) -> Result<Happen> {
+    pub async fn connect_with(nats: NatsConfig, mut config: HappenConfig) -> Result<Happen> {
         let window = config.resolve("", &NodeConfig::new()).delivery.dedup_window;
         let (transport, client) = NatsTransport::connect(&nats, window).await?;
+        if let Some(retention) = nats.record {
+            let recorder =
+                crate::trace::Recorder::jetstream(&client, &nats.prefix, retention).await?;
+            config = config.recorder(recorder);
+        }
         let store: Arc<dyn Store> = if nats.jetstream {
             Arc::new(
                 JetStreamStore::open(
@@ -254,6 +259,12 @@ impl Happen {
     #[cfg(feature = "nats")]
     pub fn nats_client(&self) -> Option<&async_nats::Client> {
         self.0.client.as_ref()
+    }
+
+    /// The runtime's recorder of the causal web, if it has one (see
+    /// [`crate::trace`] and [`HappenConfig::recorder`]).
+    pub fn recorder(&self) -> Option<&crate::trace::Recorder> {
+        self.0.config.recorder_ref()
     }
 
     /// Waits until the server has processed everything dispatched so far

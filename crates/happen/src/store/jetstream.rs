@@ -201,38 +201,13 @@ impl Store for JetStreamStore {
                 return Ok(Vec::new());
             };
             let subject = format!("{}.{}", self.temporal_prefix, escape_key(node));
-            let mut consumer: consumer::PullConsumer = stream
-                .create_consumer(consumer::pull::Config {
-                    filter_subject: subject,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ack_policy: consumer::AckPolicy::None,
-                    inactive_threshold: Duration::from_secs(10),
-                    ..Default::default()
-                })
+            let payloads = read_all(stream, subject, None)
                 .await
                 .map_err(|e| store_error("cannot read state history", e))?;
-            let pending = consumer
-                .info()
-                .await
-                .map_err(|e| store_error("cannot read state history", e))?
-                .num_pending;
-            let mut snapshots = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
-            if pending > 0 {
-                let mut messages = consumer
-                    .fetch()
-                    .max_messages(usize::try_from(pending).unwrap_or(usize::MAX))
-                    .expires(Duration::from_secs(5))
-                    .messages()
-                    .await
-                    .map_err(|e| store_error("cannot read state history", e))?;
-                while let Some(message) = messages.next().await {
-                    let message =
-                        message.map_err(|e| store_error("cannot read state history", e))?;
-                    snapshots.push(from_bytes(&message.payload)?);
-                }
+            let mut snapshots = Vec::with_capacity(payloads.len());
+            for payload in payloads {
+                snapshots.push(from_bytes(&payload)?);
             }
-            let name = consumer.cached_info().name.clone();
-            let _ = stream.delete_consumer(&name).await;
             Ok(snapshots)
         })
     }
@@ -316,6 +291,42 @@ impl Store for JetStreamStore {
             Ok(changes.boxed())
         })
     }
+}
+
+/// The payloads of every message of `stream` on subjects matching `filter`
+/// (at most `limit`), read through a consumer made for the purpose and
+/// removed after.
+pub(crate) async fn read_all(
+    stream: &stream::Stream,
+    filter: String,
+    limit: Option<u64>,
+) -> std::result::Result<Vec<Bytes>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: filter,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(10),
+            ..Default::default()
+        })
+        .await?;
+    let pending = consumer.info().await?.num_pending;
+    let wanted = limit.map_or(pending, |l| l.min(pending));
+    let mut payloads = Vec::with_capacity(usize::try_from(wanted).unwrap_or(0));
+    if wanted > 0 {
+        let mut messages = consumer
+            .fetch()
+            .max_messages(usize::try_from(wanted).unwrap_or(usize::MAX))
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await?;
+        while let Some(message) = messages.next().await {
+            payloads.push(message?.message.payload);
+        }
+    }
+    let name = consumer.cached_info().name.clone();
+    let _ = stream.delete_consumer(&name).await;
+    Ok(payloads)
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ pub mod patterns;
 pub mod robustness;
 pub mod state;
 pub mod streaming;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,6 +162,10 @@ macro_rules! conformance_suite {
         );
         $crate::conformance_suite!(@topic observation;
             observers_see_stamps_deliveries_and_finishes,
+        );
+        $crate::conformance_suite!(@topic trace;
+            the_recorder_answers_why_and_effects,
+            the_recorder_names_slow_and_failed_flows,
         );
         $crate::conformance_suite!(@topic robustness;
             error_whose_display_panics_is_reported_and_node_keeps_serving,

@@ -1,0 +1,306 @@
+//! One transaction's causal web, assembled from its records: the tree, and
+//! the questions asked of it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Record, What, micros};
+use crate::event::Causal;
+
+/// One recorded flow: which node ran it, how long, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRun {
+    /// The node that ran the flow.
+    pub node: String,
+    /// How long the flow ran.
+    pub elapsed: Duration,
+    /// The error, when the flow failed.
+    pub error: Option<String>,
+    /// Whether the result went to a waiting requester.
+    pub answered: bool,
+}
+
+/// One event of a transaction and what happened to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Traced {
+    /// The event's type.
+    pub event_type: String,
+    /// Its causal context: id, sender, cause, transaction, path, time.
+    pub causal: Causal,
+    /// The nodes that accepted it for handling.
+    pub delivered_to: Vec<String>,
+    /// The flows it started that have ended.
+    pub flows: Vec<FlowRun>,
+}
+
+impl Traced {
+    /// Whether any of the event's flows failed.
+    pub fn failed(&self) -> bool {
+        self.flows.iter().any(|f| f.error.is_some())
+    }
+
+    /// Nodes it was delivered to whose flows have not ended (as recorded).
+    pub fn running(&self) -> Vec<&str> {
+        let mut running: Vec<&str> = self.delivered_to.iter().map(String::as_str).collect();
+        for flow in &self.flows {
+            if let Some(at) = running.iter().position(|n| *n == flow.node) {
+                running.remove(at);
+            }
+        }
+        running
+    }
+}
+
+/// The recorded events of one transaction (one correlation id), in the
+/// order their ids were made (time order); see [`crate::trace`].
+///
+/// Its `Display` is the causal tree: each event under its cause, with its
+/// sender, the nodes that handled it, how long their flows ran and how they
+/// ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    correlation_id: String,
+    events: Vec<Traced>,
+}
+
+impl Transaction {
+    pub(super) fn from_records(correlation_id: &str, records: Vec<Record>) -> Transaction {
+        let mut at: HashMap<String, usize> = HashMap::new();
+        let mut events: Vec<Traced> = Vec::new();
+        for record in records {
+            let index = *at.entry(record.causal.id.to_string()).or_insert_with(|| {
+                events.push(Traced {
+                    event_type: record.event_type.clone(),
+                    causal: record.causal.clone(),
+                    delivered_to: Vec::new(),
+                    flows: Vec::new(),
+                });
+                events.len() - 1
+            });
+            let event = &mut events[index];
+            match record.what {
+                What::Stamped => {}
+                What::Delivered { node } => event.delivered_to.push(node),
+                What::Finished {
+                    node,
+                    elapsed_us,
+                    error,
+                    answered,
+                } => event.flows.push(FlowRun {
+                    node,
+                    elapsed: micros(elapsed_us),
+                    error,
+                    answered,
+                }),
+            }
+        }
+        events.sort_by(|a, b| a.causal.id.cmp(&b.causal.id));
+        Transaction {
+            correlation_id: correlation_id.to_owned(),
+            events,
+        }
+    }
+
+    /// The transaction's correlation id.
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    /// Every recorded event, in time order.
+    pub fn events(&self) -> &[Traced] {
+        &self.events
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The recorded event `event_id`.
+    pub fn event(&self, event_id: &str) -> Option<&Traced> {
+        self.events.iter().find(|e| *e.causal.id == *event_id)
+    }
+
+    /// The events with no recorded cause: the root, and the first recorded
+    /// event of any branch whose cause was not recorded.
+    pub fn roots(&self) -> Vec<&Traced> {
+        self.events
+            .iter()
+            .filter(|e| {
+                e.causal
+                    .causation_id
+                    .as_deref()
+                    .is_none_or(|cause| self.event(cause).is_none())
+            })
+            .collect()
+    }
+
+    /// The events `event_id` caused directly, in time order.
+    pub fn children(&self, event_id: &str) -> Vec<&Traced> {
+        self.events
+            .iter()
+            .filter(|e| e.causal.causation_id.as_deref() == Some(event_id))
+            .collect()
+    }
+
+    /// Why `event_id` happened: the event, its cause, its cause's cause, ...
+    /// up to the first event whose cause was not recorded (the root).
+    pub fn why(&self, event_id: &str) -> Vec<&Traced> {
+        let mut chain = Vec::new();
+        let mut next = self.event(event_id);
+        while let Some(event) = next {
+            if chain.len() > self.events.len() {
+                break; // a cycle of ids: hostile records, not Happen's
+            }
+            chain.push(event);
+            next = event
+                .causal
+                .causation_id
+                .as_deref()
+                .and_then(|c| self.event(c));
+        }
+        chain
+    }
+
+    /// Everything `event_id` caused, directly or not: parents before their
+    /// children, siblings in time order.
+    pub fn effects(&self, event_id: &str) -> Vec<&Traced> {
+        let mut found = Vec::new();
+        let mut stack: Vec<&Traced> = self.children(event_id).into_iter().rev().collect();
+        while let Some(event) = stack.pop() {
+            if found.len() > self.events.len() {
+                break;
+            }
+            found.push(event);
+            stack.extend(self.children(&event.causal.id).into_iter().rev());
+        }
+        found
+    }
+
+    /// The `n` longest flows of the transaction, longest first.
+    pub fn slowest(&self, n: usize) -> Vec<(&Traced, &FlowRun)> {
+        let mut flows: Vec<(&Traced, &FlowRun)> = self
+            .events
+            .iter()
+            .flat_map(|e| e.flows.iter().map(move |f| (e, f)))
+            .collect();
+        flows.sort_by_key(|(_, flow)| std::cmp::Reverse(flow.elapsed));
+        flows.truncate(n);
+        flows
+    }
+
+    /// The flows that failed, in time order of their events.
+    pub fn failed(&self) -> Vec<(&Traced, &FlowRun)> {
+        self.events
+            .iter()
+            .flat_map(|e| e.flows.iter().map(move |f| (e, f)))
+            .filter(|(_, f)| f.error.is_some())
+            .collect()
+    }
+
+    fn write_tree(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        event: &Traced,
+        prefix: &str,
+        last: bool,
+        depth: usize,
+    ) -> fmt::Result {
+        let (branch, more) = match (depth, last) {
+            (0, _) => ("", ""),
+            (_, true) => ("└─ ", "   "),
+            (_, false) => ("├─ ", "│  "),
+        };
+        write!(
+            f,
+            "{prefix}{branch}{} from {}",
+            event.event_type, event.causal.sender
+        )?;
+        for flow in &event.flows {
+            let outcome = match &flow.error {
+                None => "ok".to_owned(),
+                Some(error) => format!("FAILED: {error}"),
+            };
+            write!(f, " → {} {:.1?} {outcome}", flow.node, flow.elapsed)?;
+        }
+        for node in event.running() {
+            write!(f, " → {node} (running)")?;
+        }
+        writeln!(f, "  [{}]", event.causal.id)?;
+        let children = self.children(&event.causal.id);
+        let inner = format!("{prefix}{more}");
+        for (i, child) in children.iter().enumerate() {
+            if depth > self.events.len() {
+                break;
+            }
+            self.write_tree(f, child, &inner, i + 1 == children.len(), depth + 1)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Transaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "transaction {} ({} events)",
+            self.correlation_id,
+            self.events.len()
+        )?;
+        for root in self.roots() {
+            self.write_tree(f, root, "", true, 0)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Id;
+
+    fn traced(id: &str, cause: Option<&str>) -> Record {
+        Record {
+            event_type: format!("t-{id}"),
+            causal: Causal {
+                id: Id::from(id),
+                sender: Id::from("n"),
+                causation_id: cause.map(Id::from),
+                correlation_id: Id::from("c"),
+                ..Causal::default()
+            },
+            what: What::Stamped,
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn causes_that_loop_do_not_hang_the_queries() {
+        // Records no Happen runtime would make: a causes b causes a.
+        let tx =
+            Transaction::from_records("c", vec![traced("a", Some("b")), traced("b", Some("a"))]);
+        assert!(tx.why("a").len() <= 3);
+        assert!(tx.effects("a").len() <= 3);
+        assert!(tx.roots().is_empty());
+        let _ = tx.to_string();
+    }
+
+    #[test]
+    fn a_branch_whose_cause_was_not_recorded_is_a_root() {
+        let tx = Transaction::from_records(
+            "c",
+            vec![
+                traced("r", None),
+                traced("x", Some("r")),
+                traced("y", Some("elsewhere")),
+            ],
+        );
+        let roots: Vec<&str> = tx.roots().iter().map(|e| &*e.causal.id).collect();
+        assert_eq!(roots, ["r", "y"]);
+        assert_eq!(tx.why("x").len(), 2);
+        assert_eq!(tx.effects("r").len(), 1);
+    }
+}
