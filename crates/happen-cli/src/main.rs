@@ -1,7 +1,9 @@
 //! `happen`: the command-line companion of the Happen framework.
 //!
 //! ```text
-//! happen demo [--nats URL] [--role all|services|storefront] [--trace-json]
+//! happen demo [--nats URL] [--role all|services|storefront] [--trace-json] [--record]
+//! happen trace [--nats URL CORRELATION_ID] [--json]
+//! happen watch [PATTERN] [--nats URL] [--count N]
 //! happen state get --nats URL --node ID
 //! happen state set --nats URL --node ID JSON
 //! happen version
@@ -27,6 +29,7 @@ use serde_json::Value;
 #[allow(dead_code)]
 #[path = "../../happen/examples/order_processing.rs"]
 mod order_processing;
+mod trace;
 
 /// The environment variable that may give the NATS URL instead of `--nats`.
 const NATS_URL_ENV: &str = "HAPPEN_NATS_URL";
@@ -64,6 +67,12 @@ enum Command {
         #[command(subcommand)]
         action: StateAction,
     },
+    /// Print a transaction's causal tree from the recorded trace (without
+    /// --nats: the embedded demo's)
+    Trace(trace::TraceArgs),
+    /// Show events as they happen, with their causal links (without
+    /// --nats: the embedded demo's)
+    Watch(trace::WatchArgs),
     /// Print the version
     Version,
 }
@@ -87,6 +96,11 @@ struct DemoArgs {
     /// Print each event's causal record as a `TRACE {json}` line
     #[arg(long)]
     trace_json: bool,
+
+    /// Record the causal web (over NATS: in JetStream, for `happen trace`)
+    /// and print the order's transaction as a tree
+    #[arg(long)]
+    record: bool,
 }
 
 /// The demo's roles, spelled for the command line.
@@ -116,6 +130,7 @@ impl From<DemoArgs> for order_processing::Options {
             nats: args.nats,
             role: args.role.into(),
             trace_json: args.trace_json,
+            record: args.record,
         }
     }
 }
@@ -165,6 +180,26 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Demo(args) => demo(args),
         Command::State { action } => state(action),
+        Command::Trace(args) => {
+            if args.nats.is_some() && args.id.is_none() {
+                usage_error(
+                    &["trace"],
+                    "over NATS, say which transaction: happen trace --nats URL <CORRELATION_ID>",
+                );
+            }
+            if args.nats.is_none() && args.id.is_some() {
+                usage_error(
+                    &["trace"],
+                    "a correlation id is read from a NATS system's trace: add --nats URL (without it, the embedded demo is traced)",
+                );
+            }
+            needs_nats(&["trace"], args.nats.is_some());
+            run_async("happen trace", trace::trace(args))
+        }
+        Command::Watch(args) => {
+            needs_nats(&["watch"], args.nats.is_some());
+            run_async("happen watch", trace::watch(args))
+        }
         Command::Version => {
             print!("{}", Cli::command().render_version());
             ExitCode::SUCCESS
@@ -206,14 +241,36 @@ fn run_async(label: &str, work: impl Future<Output = Result<(), String>>) -> Exi
     }
 }
 
-fn demo(args: DemoArgs) -> ExitCode {
-    if !cfg!(feature = "nats") && args.nats.is_some() {
+/// A usage error when `--nats` is given to a build without NATS support.
+fn needs_nats(path: &[&str], given: bool) {
+    if !cfg!(feature = "nats") && given {
         usage_error(
-            &["demo"],
+            path,
             "--nats (or HAPPEN_NATS_URL) needs NATS support, and this build has none: \
              rebuild happen-cli with `--features nats`, or unset HAPPEN_NATS_URL to run embedded",
         );
     }
+}
+
+/// A runtime on the NATS server at `url` that reads (and would write) the
+/// system's JetStream trace.
+#[cfg(feature = "nats")]
+async fn connect_recording(url: &str) -> Result<happen::Happen, String> {
+    let config = happen::NatsConfig::new(url)
+        .name("happen-cli")
+        .record(happen::trace::TraceRetention::default());
+    happen::Happen::connect(config)
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))
+}
+
+#[cfg(not(feature = "nats"))]
+async fn connect_recording(_url: &str) -> Result<happen::Happen, String> {
+    Err("this build has no NATS support".to_owned())
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    needs_nats(&["demo"], args.nats.is_some());
     let options = order_processing::Options::from(args);
     run_async("happen demo failed", async move {
         order_processing::run(options)

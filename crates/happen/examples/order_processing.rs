@@ -17,7 +17,9 @@
 //! ```
 //!
 //! The node code is the same in every arrangement; only `Happen` is made
-//! differently. `--trace-json` prints each event's causal record as a JSON line.
+//! differently. `--trace-json` prints each event's causal record as a JSON line;
+//! `--record` records the causal web (in memory, or over NATS in JetStream for
+//! `happen trace --nats URL <id>` to read back) and prints it as a tree.
 
 use std::sync::{Arc, Mutex};
 
@@ -135,14 +137,17 @@ pub struct Options {
     pub role: Role,
     /// Print every event's causal record as a `TRACE {json}` line.
     pub trace_json: bool,
+    /// Record the causal web and print the transaction's tree.
+    pub record: bool,
 }
 
-/// Reads `[--nats URL] [--role all|services|storefront] [--trace-json]`.
+/// Reads `[--nats URL] [--role all|services|storefront] [--trace-json] [--record]`.
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut options = Options {
         nats: None,
         role: Role::All,
         trace_json: false,
+        record: false,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -161,9 +166,10 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
                 }
             }
             "--trace-json" => options.trace_json = true,
+            "--record" => options.record = true,
             other => {
                 return Err(format!(
-                    "unknown option {other:?}; options: --nats URL, --role all|services|storefront, --trace-json"
+                    "unknown option {other:?}; options: --nats URL, --role all|services|storefront, --trace-json, --record"
                 ));
             }
         }
@@ -178,10 +184,44 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
 
 /// Runs the demo with `options` and prints its report.
 pub async fn run(options: Options) -> happen::Result<()> {
+    let played = play(&options, None).await?;
+    report(&played.log, played.result.as_ref(), options.trace_json);
+    if let Some(tx) = &played.transaction {
+        println!("\nThe transaction as recorded (happen::trace):\n\n{tx}");
+    }
+    Ok(())
+}
+
+/// What a run of the demo left behind.
+pub struct Played {
+    log: Log,
+    result: Option<Event>,
+    /// The order's transaction as recorded (with `--record`, where the
+    /// storefront ran).
+    pub transaction: Option<happen::trace::Transaction>,
+}
+
+/// Runs the demo; with `--record`, records into `recorder` when one is
+/// given (embedded), else into a recorder of its own.
+pub async fn play(
+    options: &Options,
+    recorder: Option<happen::trace::Recorder>,
+) -> happen::Result<Played> {
+    let mut config = HappenConfig::default();
+    if options.record && options.nats.is_none() {
+        config = config
+            .recorder(recorder.unwrap_or_else(|| happen::trace::Recorder::in_memory(100_000)));
+    }
     let happen = match &options.nats {
-        None => Happen::embedded(),
+        None => Happen::embedded_with(config),
         #[cfg(feature = "nats")]
-        Some(url) => Happen::connect(NatsConfig::new(url.clone()).name("order-demo")).await?,
+        Some(url) => {
+            let mut nats = NatsConfig::new(url.clone()).name("order-demo");
+            if options.record {
+                nats = nats.record(happen::trace::TraceRetention::default());
+            }
+            Happen::connect_with(nats, config).await?
+        }
         #[cfg(not(feature = "nats"))]
         Some(_) => {
             return Err(HappenError::Config(
@@ -210,6 +250,7 @@ pub async fn run(options: Options) -> happen::Result<()> {
     happen.flush().await?;
 
     let mut result = None;
+    let mut correlation = None;
     if let Some(storefront) = storefront {
         let order = Event::new(
             "create-order",
@@ -219,11 +260,11 @@ pub async fn run(options: Options) -> happen::Result<()> {
                 "total": 129.99
             }),
         );
-        let response = storefront
+        let sent = storefront
             .send("order-service", order)
-            .timeout(std::time::Duration::from_secs(30))
-            .response_event()
-            .await?;
+            .timeout(std::time::Duration::from_secs(30));
+        correlation = Some(sent.id().to_owned());
+        let response = sent.response_event().await?;
         log.record(&response);
         result = Some(response);
     } else {
@@ -235,9 +276,19 @@ pub async fn run(options: Options) -> happen::Result<()> {
             event_type: "order.completed".into(),
         })?;
     }
+    // Every flow ends (and is recorded) before the runtime is down.
     happen.shutdown().await;
-    report(&log, result.as_ref(), options.trace_json);
-    Ok(())
+    let mut transaction = None;
+    if let (Some(recorder), Some(correlation)) = (happen.recorder(), correlation) {
+        recorder.flush().await;
+        println!("Transaction: {correlation}");
+        transaction = Some(recorder.transaction(&correlation).await?);
+    }
+    Ok(Played {
+        log,
+        result,
+        transaction,
+    })
 }
 
 fn start_order_service(happen: &Happen, log: &Log) -> happen::Result<()> {

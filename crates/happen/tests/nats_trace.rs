@@ -42,6 +42,7 @@ async fn a_transaction_across_processes_is_read_back_whole() {
     let back = Happen::connect(recording(&server)).await.unwrap();
     let reader = Happen::connect(recording(&server)).await.unwrap();
     let mut live = reader.recorder().unwrap().watch();
+    reader.recorder().unwrap().watching().await;
 
     let (tx, mut shipped) = mpsc::unbounded_channel();
     back.node("bank")

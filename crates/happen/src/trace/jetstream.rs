@@ -62,6 +62,8 @@ struct JetStreamTrace {
     dropped: AtomicU64,
     watchers: broadcast::Sender<Record>,
     watching: OnceLock<()>,
+    /// Whether the watching subscription is with the server.
+    subscribed: tokio::sync::watch::Sender<bool>,
 }
 
 fn error(what: &str, e: impl std::fmt::Display) -> HappenError {
@@ -105,6 +107,7 @@ impl Recorder {
             dropped: AtomicU64::new(0),
             watchers: broadcast::channel(4096).0,
             watching: OnceLock::new(),
+            subscribed: tokio::sync::watch::channel(false).0,
         })))
     }
 }
@@ -199,17 +202,28 @@ impl TraceStore for JetStreamTrace {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    fn watching(&self) -> BoxFuture<'_, ()> {
+        let mut subscribed = self.subscribed.subscribe();
+        Box::pin(async move {
+            let _ = subscribed.wait_for(|s| *s).await;
+        })
+    }
+
     fn watch(&self) -> broadcast::Receiver<Record> {
         let receiver = self.watchers.subscribe();
         self.watching.get_or_init(|| {
             // One subscription per process, made when first watched: the
             // records of every process, as the server passes them on.
             let (client, watchers) = (self.client.clone(), self.watchers.clone());
+            let subscribed = self.subscribed.clone();
             let subject = format!("{}.trace.>", self.prefix);
             tokio::spawn(async move {
                 let Ok(mut subscription) = client.subscribe(subject).await else {
                     return;
                 };
+                if client.flush().await.is_ok() {
+                    subscribed.send_replace(true);
+                }
                 while let Some(message) = subscription.next().await {
                     if let Ok(record) = serde_json::from_slice::<Record>(&message.payload) {
                         let _ = watchers.send(record);

@@ -87,6 +87,7 @@ pub struct Record {
 /// What a [`Record`] says happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
 pub enum What {
     /// The event was stamped by its sender and left it.
     Stamped,
@@ -141,6 +142,10 @@ pub(crate) trait TraceStore: Send + Sync + 'static {
     fn watch(&self) -> tokio::sync::broadcast::Receiver<Record>;
     /// Waits until every record appended so far is kept.
     fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// Waits until watchers see every record kept from now on.
+    fn watching(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
 }
@@ -215,6 +220,14 @@ impl Recorder {
     /// records rather than slowing the runtime down).
     pub fn watch(&self) -> tokio::sync::broadcast::Receiver<Record> {
         self.store.watch()
+    }
+
+    /// Waits until [`Recorder::watch`]'s receivers get every record kept
+    /// from now on (for a JetStream recorder, whose watch follows every
+    /// process through a subscription: until the server has that
+    /// subscription). Call it after `watch`.
+    pub async fn watching(&self) {
+        self.store.watching().await;
     }
 
     /// Waits until every record made so far in this process is kept (for a

@@ -1,0 +1,137 @@
+//! `happen trace` and `happen watch`: the demo's causal web as a tree and
+//! as a live feed, embedded and read back from a NATS system's JetStream
+//! trace by another process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+use happen_test::NatsServer;
+
+fn happen_cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_happen"))
+        .args(args)
+        .env_remove("HAPPEN_NATS_URL")
+        .output()
+        .expect("the happen binary runs")
+}
+
+fn stdout_of(args: &[&str]) -> String {
+    let out = happen_cli(args);
+    assert!(
+        out.status.success(),
+        "happen {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// The demo's transaction, as its tree shows it.
+fn assert_is_the_demo_tree(tree: &str) {
+    for expected in [
+        "create-order from storefront → order-service",
+        "├─ check-inventory from order-service → inventory-service",
+        "│  └─ happen.response from inventory-service",
+        "├─ process-payment from order-service → payment-service",
+        "├─ create-shipment from order-service → shipping-service",
+        "├─ order.completed from order-service → notification-service",
+        "└─ happen.response from order-service",
+    ] {
+        assert!(tree.contains(expected), "{expected:?} is not in:\n{tree}");
+    }
+    assert!(!tree.contains("FAILED"), "{tree}");
+}
+
+#[test]
+fn trace_prints_the_embedded_demos_tree() {
+    assert_is_the_demo_tree(&stdout_of(&["trace"]));
+    let json: serde_json::Value = serde_json::from_str(
+        &stdout_of(&["trace", "--json"])
+            .lines()
+            .skip_while(|l| !l.starts_with('{'))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .expect("--json prints JSON");
+    assert_eq!(json["events"].as_array().map(Vec::len), Some(9));
+}
+
+#[test]
+fn watch_prints_the_embedded_demos_events_as_they_happen() {
+    let out = stdout_of(&["watch", "{process-payment,create-shipment}"]);
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("Transaction"))
+        .collect();
+    // Each of the two events: sent, delivered, finished, in that order.
+    let kinds: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            let mut words = l.split_whitespace().skip(1);
+            (words.next().unwrap(), words.next().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("sent", "process-payment"),
+            ("delivered", "process-payment"),
+            ("finished", "process-payment"),
+            ("sent", "create-shipment"),
+            ("delivered", "create-shipment"),
+            ("finished", "create-shipment"),
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        stdout_of(&["watch", "--count", "2"])
+            .lines()
+            .filter(|l| !l.starts_with("Transaction"))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_recorded_distributed_demo_is_traced_from_another_process() {
+    let server = NatsServer::start().unwrap();
+    let url = server.url();
+    // A watcher in its own process, started before the demo.
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_happen"))
+        .args(["watch", "--nats", &url, "--count", "3", "create-order"])
+        .env_remove("HAPPEN_NATS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It says so once the server has its subscription.
+    let mut said = String::new();
+    BufReader::new(watcher.stderr.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert!(said.starts_with("watching"), "{said}");
+
+    let demo = stdout_of(&["demo", "--nats", &url, "--record"]);
+    let id = demo
+        .lines()
+        .find_map(|l| l.strip_prefix("Transaction: "))
+        .expect("the demo names its transaction")
+        .to_owned();
+    assert_is_the_demo_tree(&stdout_of(&["trace", "--nats", &url, &id]));
+
+    let watched = watcher.wait_with_output().unwrap();
+    let watched = String::from_utf8(watched.stdout).unwrap();
+    assert_eq!(watched.lines().count(), 3, "{watched}");
+    assert!(
+        watched
+            .lines()
+            .all(|l| l.contains("create-order") && l.contains(&id)),
+        "{watched}"
+    );
+
+    let unknown = happen_cli(&["trace", "--nats", &url, "no-such-transaction"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("nothing is recorded"));
+    let no_id = happen_cli(&["trace", "--nats", &url]);
+    assert_eq!(no_id.status.code(), Some(2));
+}
