@@ -434,6 +434,7 @@ where
     let shared = Shared::new(Node::from_core(core), event, received_at, responder);
     let cx = Context::from_parts(shared.clone(), local.clone());
     let steps = AssertUnwindSafe(run_steps(&*handler, first, cx, &shared, &local)).catch_unwind();
+    let steps = tracing::Instrument::instrument(steps, crate::observe::flow_span(&shared));
     let exactly_once =
         (shared.core().limits().delivery.mode == DeliveryMode::ExactlyOnce).then_some(flow);
     let outcome = crate::causality::scoped(cause, exactly_once, steps).await;

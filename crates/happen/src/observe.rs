@@ -6,6 +6,12 @@
 //! Install observers with [`HappenConfig::observer`](crate::HappenConfig::observer);
 //! with none installed the hot path pays one branch per point.
 //!
+//! Every flow also runs inside a `tracing` span named `happen.flow` (level
+//! DEBUG, target `happen::flow`) with the fields `node`, `event_type`,
+//! `event_id`, `correlation_id` and `causation_id`, so that log lines of a
+//! handler carry the causal context and span-based tools see one span per
+//! flow. With no subscriber interested, the span is never built.
+//!
 //! Observers are called synchronously on the thread doing the work, so they
 //! must be quick: hand anything slow to a channel. A panicking observer is a
 //! bug in the observer; it is not caught.
@@ -78,6 +84,21 @@ pub trait Observer: Send + Sync + 'static {
     fn finished(&self, node: &str, event: &Event, finished: &Finished<'_>) {
         let _ = (node, event, finished);
     }
+}
+
+/// The span a flow runs in (see the module docs).
+pub(crate) fn flow_span(shared: &crate::context::Shared) -> tracing::Span {
+    let event = shared.event();
+    let causal = event.causal();
+    tracing::debug_span!(
+        target: "happen::flow",
+        "happen.flow",
+        node = %shared.core().id(),
+        event_type = event.event_type(),
+        event_id = %causal.id,
+        correlation_id = %causal.correlation_id,
+        causation_id = causal.causation_id.as_deref().unwrap_or(""),
+    )
 }
 
 /// The observers of a runtime (usually none).

@@ -75,3 +75,53 @@ fn failed_and_panicked_flows_are_logged() {
         lines[1]
     );
 }
+
+#[test]
+fn a_handlers_log_lines_carry_its_flows_causal_context() {
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (order, charge) = runtime.block_on(async {
+        let happen = Happen::embedded();
+        let shop = happen.node("shop").unwrap();
+        let bank = happen.node("bank").unwrap();
+        bank.on("charge", |e: Event, _cx: Context| async move {
+            tracing::info!("charging");
+            json!(e.id())
+        })
+        .unwrap();
+        shop.on("order", |_e: Event, cx: Context| async move {
+            cx.node()
+                .send("bank", Event::new("charge", json!(null)))
+                .await
+        })
+        .unwrap();
+        let sent = shop.send(&shop, Event::new("order", json!(null)));
+        let order = sent.id().to_owned();
+        let charge = sent.await.unwrap();
+        (order, charge.as_str().unwrap().to_owned())
+    });
+    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("charging"))
+        .unwrap_or_else(|| panic!("no log line from the handler:\n{log}"));
+    // The handler's span, inside the span of the flow that asked.
+    for field in [
+        "happen.flow{node=bank event_type=\"charge\"".to_owned(),
+        format!("event_id={charge}"),
+        format!("correlation_id={order}"),
+        format!("causation_id=\"{order}\""),
+    ] {
+        assert!(line.contains(&field), "{field} is not in {line}");
+    }
+}
