@@ -46,6 +46,7 @@
 //! |---|---|---|
 //! | `nats` | on | the distributed runtime: `Happen::connect`, MessagePack on the wire, state in JetStream (async-nats, rmp-serde) |
 //! | `redb` | on | `Happen::embedded_on_disk`: embedded state kept in a redb file |
+//! | `otel` | off | `happen::otel`: flows exported as OpenTelemetry spans, a trace per transaction |
 //!
 //! With `default-features = false` the crate is the embedded runtime alone,
 //! with none of those dependencies. Tests of NATS-backed systems start a
@@ -79,6 +80,8 @@ pub mod name;
 pub mod nats;
 pub mod node;
 pub mod observe;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod path;
 pub mod pattern;
 pub mod receipt;
