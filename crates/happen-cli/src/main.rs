@@ -4,6 +4,7 @@
 //! happen demo [--nats URL] [--role all|services|storefront] [--trace-json] [--record]
 //! happen trace [--nats URL CORRELATION_ID] [--json]
 //! happen watch [PATTERN] [--nats URL] [--count N]
+//! happen view [--nats URL] [--port P] [--repeat SECONDS]
 //! happen state get --nats URL --node ID
 //! happen state set --nats URL --node ID JSON
 //! happen version
@@ -30,6 +31,7 @@ use serde_json::Value;
 #[path = "../../happen/examples/order_processing.rs"]
 mod order_processing;
 mod trace;
+mod view;
 
 /// The environment variable that may give the NATS URL instead of `--nats`.
 const NATS_URL_ENV: &str = "HAPPEN_NATS_URL";
@@ -73,6 +75,9 @@ enum Command {
     /// Show events as they happen, with their causal links (without
     /// --nats: the embedded demo's)
     Watch(trace::WatchArgs),
+    /// Serve a web page (on 127.0.0.1) drawing transactions' causal graphs,
+    /// live (without --nats: the embedded demo's)
+    View(view::ViewArgs),
     /// Print the version
     Version,
 }
@@ -199,6 +204,10 @@ fn main() -> ExitCode {
         Command::Watch(args) => {
             needs_nats(&["watch"], args.nats.is_some());
             run_async("happen watch", trace::watch(args))
+        }
+        Command::View(args) => {
+            needs_nats(&["view"], args.nats.is_some());
+            run_async("happen view", view::view(args))
         }
         Command::Version => {
             print!("{}", Cli::command().render_version());

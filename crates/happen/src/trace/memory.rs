@@ -98,6 +98,16 @@ impl TraceStore for MemoryTrace {
     fn watch(&self) -> broadcast::Receiver<Record> {
         self.watchers.subscribe()
     }
+
+    fn recent(&self, limit: usize) -> Vec<String> {
+        let kept = self.kept();
+        kept.order
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|c| c.to_string())
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +132,8 @@ mod tests {
         assert!(store.transaction("a").await.unwrap().is_empty());
         assert_eq!(store.transaction("b").await.unwrap().len(), 2);
         assert_eq!(store.transaction("c").await.unwrap().len(), 1);
+        assert_eq!(store.recent(5), ["c", "b"]);
+        assert_eq!(store.recent(1), ["c"]);
         let kept = store.kept();
         assert_eq!(kept.len, 3);
         assert_eq!(kept.events.len(), 3, "the forgotten events' index went too");

@@ -148,6 +148,12 @@ pub(crate) trait TraceStore: Send + Sync + 'static {
     fn watching(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+    /// The correlation ids of the most recent transactions, newest first
+    /// (only where the store can list them cheaply).
+    fn recent(&self, limit: usize) -> Vec<String> {
+        let _ = limit;
+        Vec::new()
+    }
 }
 
 /// Keeps the causal web of a runtime and answers questions about it; see
@@ -235,6 +241,21 @@ impl Recorder {
     /// sees it.
     pub async fn flush(&self) {
         self.store.flush().await;
+    }
+
+    /// Keeps `record` as if this recorder had observed it: records read
+    /// elsewhere (another recorder's [`watch`](Recorder::watch), a file)
+    /// become queryable here.
+    pub fn keep(&self, record: Record) {
+        self.store.append(record);
+    }
+
+    /// The most recent transactions this recorder keeps, newest first, as
+    /// correlation ids (by the time each was first seen). An in-memory
+    /// recorder lists what it keeps; a JetStream recorder lists nothing
+    /// (follow [`Recorder::watch`] instead).
+    pub fn recent(&self, limit: usize) -> Vec<String> {
+        self.store.recent(limit)
     }
 
     /// How many records could not be kept (the store fell behind).
