@@ -341,3 +341,60 @@ where
     .join()
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_recorded_transaction_is_traced_after_a_restart() {
+    use happen::trace::Recorder;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace.redb");
+    let order = {
+        let recorder = Recorder::on_disk(&path, 10_000).unwrap();
+        let h = Happen::embedded_with(HappenConfig::default().recorder(recorder.clone()));
+        let shop = h.node("shop").unwrap();
+        h.node("bank")
+            .unwrap()
+            .on("charge", |_e: Event, _cx: Context| async { json!("paid") })
+            .unwrap();
+        shop.on("order", |_e: Event, cx: Context| async move {
+            cx.node()
+                .send("bank", Event::new("charge", json!(1)))
+                .response()
+                .await
+        })
+        .unwrap();
+        let sent = shop.send(&shop, Event::new("order", json!(null)));
+        let order = sent.id().to_owned();
+        sent.await.unwrap();
+        h.shutdown().await;
+        recorder.flush().await;
+        order
+    };
+    // A new process (here: a new recorder once the old one let go of the file).
+    let recorder = {
+        let mut tries = 0;
+        loop {
+            match Recorder::on_disk(&path, 10_000) {
+                Ok(r) => break r,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let tx = recorder.transaction(&order).await.unwrap();
+    let charge = tx
+        .events()
+        .iter()
+        .find(|e| e.event_type == "charge")
+        .unwrap();
+    assert_eq!(charge.flows[0].node, "bank");
+    let why: Vec<&str> = tx
+        .why(&charge.causal.id)
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(why, ["charge", "order"]);
+}

@@ -113,14 +113,7 @@ impl TraceStore for MemoryTrace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
-    use crate::trace::What;
-
-    fn record(correlation: &str) -> Record {
-        let mut event = Event::new("t", serde_json::Value::Null).with_correlation_id(correlation);
-        crate::event::stamp(&mut event, &Id::from("n"), None);
-        Record::of(&event, What::Stamped)
-    }
+    use crate::trace::test_record as record;
 
     #[tokio::test]
     async fn the_oldest_transactions_are_forgotten_whole() {

@@ -15,6 +15,9 @@
 //! - [`Recorder::in_memory`]: the last transactions, bounded by a number of
 //!   records (the oldest transactions go first). It sees what happens in
 //!   this process.
+//! - `Recorder::on_disk` (feature `redb`): the same, in a redb file that
+//!   outlives the process, bounded by a number of records (the oldest go
+//!   first).
 //! - `Recorder::jetstream` (feature `nats`): a JetStream stream with a
 //!   retention, written by every process of a NATS system, so the records of
 //!   one transaction from all of them are read back together, from any
@@ -51,6 +54,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "redb")]
+mod disk;
 #[cfg(feature = "nats")]
 mod jetstream;
 mod memory;
@@ -180,7 +185,7 @@ impl Recorder {
         }
     }
 
-    #[cfg(feature = "nats")]
+    #[cfg(any(feature = "nats", feature = "redb"))]
     pub(crate) fn with_store(store: Arc<dyn TraceStore>) -> Recorder {
         Recorder { store }
     }
@@ -289,6 +294,14 @@ impl Observer for Recorder {
             },
         ));
     }
+}
+
+/// A stamped root event's record, in transaction `correlation` (tests).
+#[cfg(test)]
+pub(crate) fn test_record(correlation: &str) -> Record {
+    let mut event = Event::new("t", serde_json::Value::Null).with_correlation_id(correlation);
+    crate::event::stamp(&mut event, &crate::id::Id::from("n"), None);
+    Record::of(&event, What::Stamped)
 }
 
 /// How long a flow ran, from a record's microseconds.
