@@ -5,6 +5,7 @@
 //! happen trace [--nats URL CORRELATION_ID] [--json]
 //! happen watch [PATTERN] [--nats URL] [--count N]
 //! happen view [--nats URL] [--port P] [--repeat SECONDS]
+//! happen bench [--nats URL] [--messages N] [--reps N]
 //! happen state get --nats URL --node ID
 //! happen state set --nats URL --node ID JSON
 //! happen version
@@ -27,6 +28,7 @@ use serde_json::Value;
 // The demo is the crate's `order_processing` example, compiled in here so that
 // `happen demo` and `cargo run --example order_processing` are one program.
 // Its `parse_args` serves the example; this binary maps its own options.
+mod bench;
 #[allow(dead_code)]
 #[path = "../../happen/examples/order_processing.rs"]
 mod order_processing;
@@ -78,6 +80,9 @@ enum Command {
     /// Serve a web page (on 127.0.0.1) drawing transactions' causal graphs,
     /// live (without --nats: the embedded demo's)
     View(view::ViewArgs),
+    /// Measure this machine (or a NATS server) beside a baseline in the
+    /// same run, and print the table
+    Bench(bench::BenchArgs),
     /// Print the version
     Version,
 }
@@ -204,6 +209,10 @@ fn main() -> ExitCode {
         Command::Watch(args) => {
             needs_nats(&["watch"], args.nats.is_some());
             run_async("happen watch", trace::watch(args))
+        }
+        Command::Bench(args) => {
+            needs_nats(&["bench"], args.nats.is_some());
+            run_async("happen bench", bench::bench(args))
         }
         Command::View(args) => {
             needs_nats(&["view"], args.nats.is_some());

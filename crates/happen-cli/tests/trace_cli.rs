@@ -135,3 +135,108 @@ fn a_recorded_distributed_demo_is_traced_from_another_process() {
     let no_id = happen_cli(&["trace", "--nats", &url]);
     assert_eq!(no_id.status.code(), Some(2));
 }
+
+/// The numbers of the table row starting with `| label |`.
+fn row(table: &str, label: &str) -> Vec<f64> {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| {label} |")))
+        .unwrap_or_else(|| panic!("no row {label} in:\n{table}"));
+    line.split('|')
+        .skip(2)
+        .filter_map(|cell| cell.split_whitespace().next()?.parse::<f64>().ok())
+        .collect()
+}
+
+#[test]
+fn bench_prints_happen_beside_its_baselines() {
+    let table = stdout_of(&["bench", "--messages", "2000", "--reps", "1"]);
+    for label in ["request→response", "fire-and-forget", "fan-out to 5"] {
+        let numbers = row(&table, label);
+        assert_eq!(
+            numbers.len(),
+            3,
+            "happen, baseline, ratio in {label}:\n{table}"
+        );
+        assert!(numbers.iter().all(|n| *n > 0.0), "{table}");
+    }
+    let server = NatsServer::start().unwrap();
+    let table = stdout_of(&[
+        "bench",
+        "--nats",
+        &server.url(),
+        "--messages",
+        "300",
+        "--reps",
+        "1",
+    ]);
+    for label in ["p50", "p99"] {
+        let numbers = row(&table, label);
+        assert_eq!(numbers.len(), 3, "{table}");
+        assert!(numbers.iter().all(|n| *n > 0.0), "{table}");
+    }
+}
+
+/// The body of `GET path` from the server at `address` (HTTP/1.0: the
+/// server closes the connection after the answer).
+fn get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_view_follows_a_nats_systems_trace() {
+    let server = NatsServer::start().unwrap();
+    let url = server.url();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_happen"))
+        .args(["view", "--nats", &url, "--port", "0"])
+        .env_remove("HAPPEN_NATS_URL")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _view = Kill(child);
+    let address = said
+        .trim()
+        .strip_prefix("view: http://")
+        .and_then(|a| a.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("{said}"))
+        .to_owned();
+
+    let demo = stdout_of(&["demo", "--nats", &url, "--record"]);
+    let id = demo
+        .lines()
+        .find_map(|l| l.strip_prefix("Transaction: "))
+        .unwrap()
+        .to_owned();
+    // The feed lists the transaction once its records have come by.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !get(&address, "/api/transactions").contains(&id) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the view never listed {id}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let tx: serde_json::Value =
+        serde_json::from_str(&get(&address, &format!("/api/transactions/{id}"))).unwrap();
+    assert_eq!(tx["events"].as_array().map(Vec::len), Some(9), "{tx}");
+    assert!(get(&address, "/").contains("<title>Happen: the causal web</title>"));
+}
