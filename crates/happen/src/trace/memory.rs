@@ -61,7 +61,11 @@ impl TraceStore for MemoryTrace {
             Some(records) => records.push(record),
             None => {
                 kept.order.push_back(correlation.clone());
-                kept.transactions.insert(correlation, vec![record]);
+                // Room for a request's records (stamped, delivered,
+                // finished, its answer) without growing.
+                let mut records = Vec::with_capacity(8);
+                records.push(record);
+                kept.transactions.insert(correlation, records);
             }
         }
         kept.len += 1;
