@@ -85,6 +85,7 @@ pub mod otel;
 pub mod path;
 pub mod pattern;
 pub mod receipt;
+pub mod resilience;
 pub mod response;
 pub mod runtime;
 #[cfg(feature = "redb")]
