@@ -137,19 +137,8 @@ pub fn check(run: &BreakerRun) {
 #[allow(dead_code)]
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> happen::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let happen = match args.iter().position(|a| a == "--nats") {
-        None => Happen::embedded(),
-        #[cfg(feature = "nats")]
-        Some(at) => {
-            let url = args
-                .get(at + 1)
-                .ok_or_else(|| HappenError::Config("--nats needs a URL".into()))?;
-            Happen::connect(happen::NatsConfig::new(url.clone())).await?
-        }
-        #[cfg(not(feature = "nats"))]
-        Some(_) => return Err(HappenError::Config("this build has no NATS support".into())),
-    };
+    let url = std::env::args().skip_while(|a| a != "--nats").nth(1);
+    let happen = Happen::start(url.as_deref(), HappenConfig::default()).await?;
     let run = run(&happen).await?;
     check(&run);
     println!("the gateway saw {} of 7 charges", run.gateway_calls);

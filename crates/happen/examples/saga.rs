@@ -249,21 +249,9 @@ pub fn check(run: &SagaRun) {
 #[allow(dead_code)]
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> happen::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let recorder = Recorder::in_memory(10_000);
-    let config = HappenConfig::default().recorder(recorder);
-    let happen = match args.iter().position(|a| a == "--nats") {
-        None => Happen::embedded_with(config),
-        #[cfg(feature = "nats")]
-        Some(at) => {
-            let url = args
-                .get(at + 1)
-                .ok_or_else(|| HappenError::Config("--nats needs a URL".into()))?;
-            Happen::connect_with(happen::NatsConfig::new(url.clone()), config).await?
-        }
-        #[cfg(not(feature = "nats"))]
-        Some(_) => return Err(HappenError::Config("this build has no NATS support".into())),
-    };
+    let url = std::env::args().skip_while(|a| a != "--nats").nth(1);
+    let config = HappenConfig::default().recorder(Recorder::in_memory(10_000));
+    let happen = Happen::start(url.as_deref(), config).await?;
     let run = run(&happen).await?;
     println!(
         "completed:   {}\ncompensated: {}",

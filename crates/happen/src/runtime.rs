@@ -144,6 +144,32 @@ impl std::fmt::Debug for Happen {
 }
 
 impl Happen {
+    /// In one process when `nats_url` is `None`, else connected to the NATS
+    /// server at that URL (with the default [`NatsConfig`](crate::NatsConfig)
+    /// otherwise): for programs that run either way, such as the examples'
+    /// `--nats URL`. Without the `nats` feature a URL is a
+    /// [`HappenError::Config`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// use happen::{Happen, HappenConfig};
+    /// let url = std::env::args().skip_while(|a| a != "--nats").nth(1);
+    /// let happen = Happen::start(url.as_deref(), HappenConfig::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start(nats_url: Option<&str>, config: HappenConfig) -> Result<Happen> {
+        match nats_url {
+            None => Ok(Self::embedded_with(config)),
+            #[cfg(feature = "nats")]
+            Some(url) => Self::connect_with(crate::NatsConfig::new(url), config).await,
+            #[cfg(not(feature = "nats"))]
+            Some(url) => Err(crate::HappenError::Config(format!(
+                "cannot connect to {url}: this build has no NATS support (the `nats` feature)"
+            ))),
+        }
+    }
+
     /// An in-process runtime with the default configuration.
     pub fn embedded() -> Happen {
         Self::embedded_with(HappenConfig::default())

@@ -14,6 +14,10 @@ mod saga;
 #[path = "../examples/circuit_breaker.rs"]
 mod circuit_breaker;
 
+#[allow(dead_code)]
+#[path = "../examples/cqrs.rs"]
+mod cqrs;
+
 fn recording() -> HappenConfig {
     HappenConfig::default().recorder(Recorder::in_memory(10_000))
 }
@@ -53,5 +57,19 @@ async fn the_circuit_opens_and_closes_over_nats() {
     let server = NatsServer::start().unwrap();
     let happen = over_nats(&server, HappenConfig::default()).await;
     circuit_breaker::check(&circuit_breaker::run(&happen).await.unwrap());
+    happen.shutdown().await;
+}
+
+#[tokio::test]
+async fn cqrs_queries_follow_the_commands_embedded() {
+    let happen = Happen::embedded();
+    cqrs::check(&cqrs::run(&happen).await.unwrap());
+}
+
+#[tokio::test]
+async fn cqrs_queries_follow_the_commands_over_nats() {
+    let server = NatsServer::start().unwrap();
+    let happen = over_nats(&server, HappenConfig::default()).await;
+    cqrs::check(&cqrs::run(&happen).await.unwrap());
     happen.shutdown().await;
 }
