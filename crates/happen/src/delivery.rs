@@ -343,8 +343,9 @@ mod tests {
     }
 
     /// The acknowledgement reaches the end of the event's flows: ack after a
-    /// completed flow, nak after a failed one or a refusal.
-    #[tokio::test(flavor = "current_thread")]
+    /// completed flow, nak after a failed one or a refusal. On the paused
+    /// clock (the test kit's way): the waits below are exact and instant.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn acknowledgement_follows_the_flow() {
         let happen = Happen::embedded();
         let node = happen

@@ -36,6 +36,9 @@ fn new_event_id_at() -> (Id, u64) {
 }
 
 pub(crate) fn now_millis() -> u64 {
+    if let Some(ms) = crate::testkit::clock::now_millis() {
+        return ms;
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -94,6 +94,7 @@ pub mod state;
 mod store;
 pub mod stream;
 pub mod system;
+pub mod testkit;
 pub mod trace;
 mod transport;
 mod uuid7;

@@ -145,7 +145,7 @@ impl std::fmt::Debug for Happen {
 
 impl Happen {
     /// In one process when `nats_url` is `None`, else connected to the NATS
-    /// server at that URL (with the default [`NatsConfig`](crate::NatsConfig)
+    /// server at that URL (with the default [`NatsConfig`]
     /// otherwise): for programs that run either way, such as the examples'
     /// `--nats URL`. Without the `nats` feature a URL is a
     /// [`HappenError::Config`].

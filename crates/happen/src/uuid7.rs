@@ -33,6 +33,9 @@ fn seed() -> u64 {
 }
 
 pub(crate) fn random() -> u64 {
+    if let Some(deterministic) = crate::testkit::clock::random() {
+        return deterministic;
+    }
     RANDOM.with(|state| {
         // xorshift64*
         let mut x = state.get();
@@ -59,6 +62,9 @@ fn next_word(millis: u64) -> u64 {
 
 /// A new event id and the time it was made (ms since the Unix epoch).
 pub(crate) fn next() -> (Id, u64) {
+    if let Some(deterministic) = crate::testkit::clock::next_id() {
+        return deterministic;
+    }
     let millis = now_millis();
     let word = next_word(millis);
     let (time, sequence) = (word >> SEQUENCE_BITS, word & ((1 << SEQUENCE_BITS) - 1));

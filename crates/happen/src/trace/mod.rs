@@ -62,7 +62,7 @@ mod memory;
 mod transaction;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -124,9 +124,7 @@ impl Record {
             event_type: event.event_type().to_owned(),
             causal,
             what,
-            at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            at: crate::event::now_millis(),
         }
     }
 }
