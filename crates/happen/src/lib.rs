@@ -98,6 +98,7 @@ pub mod testkit;
 pub mod trace;
 mod transport;
 mod uuid7;
+pub mod wrap;
 
 pub use accept::AcceptRule;
 pub use causality::spawn;
