@@ -400,6 +400,25 @@ impl Happen {
         &self.0.config
     }
 
+    /// A handle to this runtime's node `id`, if it has one (made earlier,
+    /// not shut down): for code that manages nodes it did not make, such as
+    /// a supervisor restarting one. Its node-local value is not part of the
+    /// handle.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = happen::Happen::embedded();
+    /// happen.node("worker")?;
+    /// let worker = happen.existing_node("worker").expect("made above");
+    /// worker.shutdown().await;
+    /// assert!(happen.existing_node("worker").is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn existing_node(&self, id: &str) -> Option<Node> {
+        self.0.transport.local().lookup(id)
+    }
+
     /// Creates the node `id` with the system's settings for that id.
     ///
     /// Node ids are single tokens: no whitespace, `.`, `*`, `>`, `{`, `}` or

@@ -51,7 +51,7 @@ impl LocalTransport {
         &self.tally
     }
 
-    fn lookup(&self, id: &str) -> Option<Node> {
+    pub(crate) fn lookup(&self, id: &str) -> Option<Node> {
         self.nodes
             .read()
             .unwrap_or_else(|p| p.into_inner())
