@@ -158,7 +158,8 @@ pub use happen_macros::step;
 pub mod prelude {
     pub use crate::pattern::{domain, exact, not, one_of, wildcard};
     pub use crate::{
-        Context, Event, Flow, Happen, HappenConfig, HappenError, Node, NodeConfig, Pattern, Sent,
+        Context, Event, Flow, Handler, Happen, HappenConfig, HappenError, Node, NodeConfig,
+        Pattern, Sent,
     };
     pub use serde_json::{Value, json};
 }

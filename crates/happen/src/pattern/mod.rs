@@ -77,6 +77,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+mod domains;
 mod matcher;
 mod parse;
 #[cfg(test)]
@@ -85,6 +86,7 @@ mod props;
 mod tests;
 
 use crate::name::char_problem;
+pub use domains::Domain;
 #[cfg(feature = "nats")]
 pub(crate) use matcher::Segment;
 pub(crate) use matcher::{Compiled, Glob, glob_match};
