@@ -134,3 +134,13 @@ async fn main() -> happen::Result<()> {
     assert_eq!(backup_calls.load(Ordering::Relaxed), 2);
     Ok(())
 }
+
+/// `cargo test` runs the example as `cargo run --example` does: its own
+/// assertions decide.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_runs() {
+        super::main().expect("the example ends without an error");
+    }
+}

@@ -67,3 +67,13 @@ async fn main() -> happen::Result<()> {
     happen.shutdown().await;
     Ok(())
 }
+
+/// `cargo test` runs the example as `cargo run --example` does: its own
+/// assertions decide.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_runs() {
+        super::main().expect("the example ends without an error");
+    }
+}

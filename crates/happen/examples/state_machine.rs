@@ -99,3 +99,13 @@ async fn main() -> happen::Result<()> {
     assert_eq!(*followed.lock().unwrap(), ["paid", "shipped", "delivered"]);
     Ok(())
 }
+
+/// `cargo test` runs the example as `cargo run --example` does: its own
+/// assertions decide.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_runs() {
+        super::main().expect("the example ends without an error");
+    }
+}
