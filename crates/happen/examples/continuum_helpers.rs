@@ -13,10 +13,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use happen::Step;
 use happen::pattern::Domain;
 use happen::prelude::*;
 use happen::resilience::Retry;
-use happen::wrap::{with_retry, with_validation};
+use happen::wrap::{PARALLEL_RESULTS, parallel, with_retry, with_validation};
 
 /// A dependency the steps need (a database, a client...).
 struct Inventory {
@@ -37,24 +38,31 @@ fn check_stock(inventory: Arc<Inventory>) -> impl Handler {
     }
 }
 
-/// Runs three checks at once and continues with their results.
-async fn parallel_checks(event: Event, cx: Context) -> happen::Result<Flow> {
-    let node = cx.node();
-    let ask = |target: &str, event_type: &str| {
-        node.send(target, Event::new(event_type, event.payload().clone()))
+/// A step that asks `target` with `event_type` about the event.
+fn ask(target: &'static str, event_type: &'static str) -> Step {
+    Step::new(move |e: Event, cx: Context| async move {
+        cx.node()
+            .send(target, Event::new(event_type, e.payload().clone()))
             .response()
-    };
-    let (stock, fraud, shipping) = futures::try_join!(
-        ask("inventory", "check-stock"),
-        ask("risk", "check-fraud"),
-        ask("shipping", "quote"),
-    )?;
-    cx.set("checks", json!([stock, fraud, shipping]));
-    Ok(Flow::next(finalize))
+            .await
+    })
+}
+
+/// Three checks at once (`wrap::parallel`), then `finalize` with their
+/// results.
+fn parallel_checks() -> impl Handler {
+    parallel(
+        vec![
+            ask("inventory", "check-stock"),
+            ask("risk", "check-fraud"),
+            ask("shipping", "quote"),
+        ],
+        Step::new(finalize),
+    )
 }
 
 async fn finalize(event: Event, cx: Context) -> Value {
-    let checks = cx.get("checks").unwrap_or_default();
+    let checks = cx.get(PARALLEL_RESULTS).unwrap_or_default();
     let ok = checks[0]["inStock"] == true && checks[1]["risk"] == "low";
     json!({ "accepted": ok, "sku": event.payload()["sku"], "shipping": checks[2]["cost"] })
 }
@@ -107,7 +115,7 @@ async fn main() -> happen::Result<()> {
                 Some(_) => Ok(()),
                 None => Err("an order names a sku"),
             },
-            parallel_checks,
+            parallel_checks(),
         ),
     )?;
     // Every order event is logged, whatever its action.

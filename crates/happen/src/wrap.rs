@@ -1,6 +1,6 @@
 //! Reusable wrappers around a flow's first step: the documentation's
-//! `withValidation` and `withRetry`, as functions that take a handler and
-//! return a handler.
+//! `withValidation`, `withRetry` and `parallel`, as functions that return a
+//! handler.
 //!
 //! ```
 //! use happen::prelude::*;
@@ -99,6 +99,88 @@ where
     }
 }
 
+/// The context key under which [`parallel`] leaves its steps' results.
+pub const PARALLEL_RESULTS: &str = "parallelResults";
+
+/// Why [`parallel`] failed its flow.
+#[derive(Debug, thiserror::Error)]
+pub enum ParallelError {
+    /// One of the steps failed.
+    #[error("parallel step {index} failed: {source}")]
+    StepFailed {
+        /// The step's position in the list.
+        index: usize,
+        /// Its error.
+        source: crate::error::BoxError,
+    },
+    /// One of the steps continued with another step or asked to run again:
+    /// a parallel step must end with a value.
+    #[error("parallel step {index} did not end with a value (it continued)")]
+    NotEnded {
+        /// The step's position in the list.
+        index: usize,
+    },
+}
+
+/// Runs `steps` at once on the same event (each with the flow's context)
+/// and, when all have ended with a value, leaves their values in order as
+/// a JSON array under [`PARALLEL_RESULTS`] in the context and continues
+/// with `then`: the documentation's `parallel` helper. The first failure
+/// fails the flow.
+///
+/// ```
+/// use happen::prelude::*;
+/// use happen::Step;
+/// use happen::wrap::{parallel, PARALLEL_RESULTS};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> happen::Result<()> {
+/// let happen = Happen::embedded();
+/// let orders = happen.node("orders")?;
+/// let check = |what: &'static str| Step::new(move |_e: Event, _cx: Context| async move { json!({ what: "ok" }) });
+/// orders.on(
+///     "process-order",
+///     parallel(
+///         vec![check("inventory"), check("payment"), check("shipping")],
+///         Step::new(|_e: Event, cx: Context| async move { cx.get(PARALLEL_RESULTS).unwrap_or_default() }),
+///     ),
+/// )?;
+/// let results = orders.send(&orders, Event::new("process-order", json!(null))).await?;
+/// assert_eq!(results, json!([{ "inventory": "ok" }, { "payment": "ok" }, { "shipping": "ok" }]));
+/// # Ok(()) }
+/// ```
+pub fn parallel<S>(steps: Vec<crate::flow::Step<S>>, then: crate::flow::Step<S>) -> impl Handler<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let steps = Arc::new(steps);
+    move |event: Event, cx: Context<S>| {
+        let (steps, then) = (steps.clone(), then.clone());
+        async move {
+            let runs = steps
+                .iter()
+                .map(|step| step.call(event.clone(), cx.clone()));
+            let mut values = Vec::with_capacity(steps.len());
+            for (index, flow) in futures::future::join_all(runs)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                match flow {
+                    Flow::Done(value) => values.push(value),
+                    Flow::Fail(source) => {
+                        return Flow::fail(ParallelError::StepFailed { index, source });
+                    }
+                    Flow::Next(_) | Flow::Again => {
+                        return Flow::fail(ParallelError::NotEnded { index });
+                    }
+                }
+            }
+            cx.set(PARALLEL_RESULTS, serde_json::Value::Array(values));
+            Flow::Next(then)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +237,39 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("always"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_parallel_step_fails_the_flow_and_the_continuation_does_not_run() {
+        use crate::flow::Step;
+        let happen = Happen::embedded();
+        let node = happen.node("p").unwrap();
+        let ran = Arc::new(AtomicU32::new(0));
+        let r = ran.clone();
+        node.on(
+            "go",
+            parallel(
+                vec![
+                    Step::new(|_e: Event, _cx: Context| async { json!(1) }),
+                    Step::new(|_e: Event, _cx: Context| async {
+                        Err::<Value, _>(std::io::Error::other("no stock"))
+                    }),
+                ],
+                Step::new(move |_e: Event, _cx: Context| {
+                    r.fetch_add(1, Ordering::Relaxed);
+                    async { json!("continued") }
+                }),
+            ),
+        )
+        .unwrap();
+        let err = node
+            .send(&node, Event::new("go", json!(null)))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("parallel step 1 failed: no stock"),
+            "{err}"
+        );
+        assert_eq!(ran.load(Ordering::Relaxed), 0);
     }
 }
