@@ -155,6 +155,18 @@ pub enum HappenError {
         max_concurrent: usize,
     },
 
+    /// A blocking call ([`Node::send_sync`](crate::Node::send_sync),
+    /// [`Node::process_sync`](crate::Node::process_sync)) was made on a
+    /// thread of the async runtime, where waiting would stop the very
+    /// tasks it waits for. Nothing was sent.
+    #[error(
+        "{call} blocks, and was called on a thread of the async runtime: await the async form instead (send(..).await), or call it from a thread of your own (std::thread::spawn, tokio::task::spawn_blocking)"
+    )]
+    BlockingInRuntime {
+        /// The call that was refused.
+        call: String,
+    },
+
     /// An event would be deeper in its causal chain than the configured
     /// limit ([`HappenConfig::max_causal_depth`](crate::HappenConfig::max_causal_depth)),
     /// the mark of a runaway loop of events. It was not sent.

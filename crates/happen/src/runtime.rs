@@ -86,7 +86,6 @@ impl RuntimeInner {
     }
 
     /// The tokio runtime the Happen runtime was made in, if any.
-    #[cfg(feature = "redb")]
     pub(crate) fn handle(&self) -> Option<&tokio::runtime::Handle> {
         self.handle.as_ref()
     }

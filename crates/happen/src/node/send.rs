@@ -55,6 +55,65 @@ impl<S> Node<S> {
         }
     }
 
+    /// [`Node::send`] for code that is not async (a plain thread, a
+    /// callback of a synchronous library): sends `event` to `target` and
+    /// blocks this thread until the flow's result arrives (or the request
+    /// times out). The runtime's own threads carry the work, so the runtime
+    /// must be a multi-thread one, or a current-thread one driven by
+    /// another thread.
+    ///
+    /// On a thread of the async runtime it sends nothing and returns
+    /// [`HappenError::BlockingInRuntime`] at once: blocking there would stop
+    /// the tasks it waits for.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let pricing = happen.node("pricing")?;
+    /// pricing.on("quote", |e: Event, _cx: Context| async move { json!(e.payload()["qty"].as_u64().unwrap_or(0) * 3) })?;
+    /// // A synchronous caller on a thread of its own:
+    /// let node = pricing.clone();
+    /// let price = std::thread::spawn(move || node.send_sync("pricing", Event::new("quote", json!({ "qty": 4 }))))
+    ///     .join()
+    ///     .unwrap()?;
+    /// assert_eq!(price, json!(12));
+    /// // On the runtime's threads it refuses rather than blocking them.
+    /// let err = pricing.send_sync("pricing", Event::new("quote", json!({}))).unwrap_err();
+    /// assert!(matches!(err, HappenError::BlockingInRuntime { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn send_sync(&self, target: impl Target, event: Event) -> Result<serde_json::Value> {
+        let handle = self.blocking_handle("Node::send_sync")?;
+        let sent = self.send(target, event);
+        handle.block_on(sent.response())
+    }
+
+    /// The documentation's `processSync`: hands `event` to this node's own
+    /// handlers and blocks until the flow's response event (with its causal
+    /// context) arrives; see [`Node::send_sync`] for where it may be called.
+    pub fn process_sync(&self, event: Event) -> Result<Event> {
+        let handle = self.blocking_handle("Node::process_sync")?;
+        let sent = self.send(self.id(), event);
+        handle.block_on(sent.response_event())
+    }
+
+    /// The runtime's handle, to block on from a thread that is not one of
+    /// the async runtime's.
+    fn blocking_handle(&self, call: &str) -> Result<tokio::runtime::Handle> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(HappenError::BlockingInRuntime {
+                call: call.to_owned(),
+            });
+        }
+        self.runtime()?.handle().cloned().ok_or_else(|| {
+            HappenError::Config(format!(
+                "{call}: the runtime was made outside a tokio runtime, so nothing drives its work"
+            ))
+        })
+    }
+
     /// The target node when it can be handed the event directly: a live
     /// node of this runtime, in a runtime whose nodes all live in this
     /// process. Anything else goes through the transport by id.

@@ -303,3 +303,47 @@ pub async fn typed_responses_with_response_as(backend: &dyn Backend) {
         "{err:?}"
     );
 }
+
+pub async fn synchronous_callers_block_on_plain_threads_only(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let server = h.node("sync-server").unwrap();
+    server
+        .on("double", |e: Event, _cx: Context| async move {
+            json!(e.payload().as_i64().unwrap_or(0) * 2)
+        })
+        .unwrap();
+    let client = h.node("sync-client").unwrap();
+    client
+        .on("http-request", |e: Event, _cx: Context| async move {
+            json!({ "status": 200, "body": e.payload()["path"] })
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+
+    // On the runtime's thread: refused at once, nothing sent.
+    assert!(matches!(
+        client.send_sync("sync-server", ev("double", json!(1))),
+        Err(HappenError::BlockingInRuntime { .. })
+    ));
+    // On a thread of its own: answered (the test's thread keeps driving
+    // the runtime meanwhile, by awaiting).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let node = client.clone();
+    std::thread::spawn(move || {
+        let doubled = node.send_sync("sync-server", ev("double", json!(21)));
+        let processed = node.process_sync(ev("http-request", json!({ "path": "/orders" })));
+        let _ = tx.send((doubled, processed));
+    });
+    let (doubled, processed) = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("the blocking calls returned within 10 s")
+        .unwrap();
+    assert_eq!(doubled.unwrap(), json!(42));
+    let response = processed.unwrap();
+    assert_eq!(response.payload()["body"], "/orders");
+    assert_eq!(
+        response.causal().sender,
+        "sync-client",
+        "its own node answered"
+    );
+}

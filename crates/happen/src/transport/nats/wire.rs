@@ -246,6 +246,7 @@ mod tests {
                 | HappenError::QueueFull { .. }
                 | HappenError::Deadlock { .. }
                 | HappenError::CausalDepth { .. }
+                | HappenError::BlockingInRuntime { .. }
                 | HappenError::HandlerFailed { .. }
                 | HappenError::HandlerPanicked { .. }
                 | HappenError::NoResponse { .. }
@@ -302,6 +303,9 @@ mod tests {
                 event_type: "t".into(),
                 chain: vec!["a".into(), "b".into(), "a".into()],
                 max_concurrent: 1,
+            },
+            HappenError::BlockingInRuntime {
+                call: "Node::send_sync".into(),
             },
             HappenError::CausalDepth {
                 node: "a".into(),
@@ -361,7 +365,7 @@ mod tests {
                 attempts: 9,
             },
         ];
-        assert_eq!(errors.len(), 28, "one of each variant");
+        assert_eq!(errors.len(), 29, "one of each variant");
         for error in errors {
             listed(&error);
             let reply = Reply::Err(error);
