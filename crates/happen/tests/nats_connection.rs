@@ -187,3 +187,79 @@ async fn servers_are_tried_in_the_listed_order() {
     );
     happen.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_url_joins_the_same_system() {
+    // nats-server's WebSocket listener, beside its ordinary port.
+    let ws_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = NatsServer::builder()
+        .config(format!(
+            "websocket {{ listen: \"127.0.0.1:{ws_port}\", no_tls: true }}"
+        ))
+        .start()
+        .unwrap();
+    let over_tcp = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let over_ws = Happen::connect(NatsConfig::new(format!("ws://127.0.0.1:{ws_port}")))
+        .await
+        .unwrap();
+    over_tcp
+        .node("tcp-side")
+        .unwrap()
+        .on("ping", |_e: Event, _cx: Context| async {
+            json!("pong over tcp")
+        })
+        .unwrap();
+    over_ws
+        .node("ws-side")
+        .unwrap()
+        .on("ping", |_e: Event, _cx: Context| async {
+            json!("pong over ws")
+        })
+        .unwrap();
+    over_tcp.flush().await.unwrap();
+    over_ws.flush().await.unwrap();
+    // Each side reaches the other, and state (JetStream) works through it.
+    let from_ws = over_ws.node("ws-client").unwrap();
+    let from_tcp = over_tcp.node("tcp-client").unwrap();
+    assert_eq!(
+        within(
+            "ws to tcp",
+            10,
+            from_ws
+                .send("tcp-side", Event::new("ping", json!(null)))
+                .response()
+        )
+        .await
+        .unwrap(),
+        json!("pong over tcp")
+    );
+    assert_eq!(
+        within(
+            "tcp to ws",
+            10,
+            from_tcp
+                .send("ws-side", Event::new("ping", json!(null)))
+                .response()
+        )
+        .await
+        .unwrap(),
+        json!("pong over ws")
+    );
+    from_ws
+        .state()
+        .set(|_| json!({ "via": "ws" }))
+        .await
+        .unwrap();
+    assert_eq!(
+        over_tcp.state_of("ws-client").unwrap().get().await.unwrap(),
+        json!({ "via": "ws" })
+    );
+    over_ws.shutdown().await;
+    over_tcp.shutdown().await;
+}
