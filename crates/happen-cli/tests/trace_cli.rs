@@ -202,9 +202,10 @@ fn the_view_follows_a_nats_systems_trace() {
         .spawn()
         .unwrap();
     let mut said = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut said)
-        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut said).unwrap();
+    // Keep reading what it prints, so that it never writes to a closed pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {

@@ -12,6 +12,7 @@
 //! system's JetStream trace and the feed follows its records live.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,7 +101,7 @@ pub(crate) async fn view(args: ViewArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", args.port))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("view: http://{address}/");
+    let _ = writeln!(std::io::stdout(), "view: http://{address}/");
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -125,7 +126,9 @@ pub(crate) async fn view(args: ViewArgs) -> Result<(), String> {
             }
         }
     }
-    println!("serving until Ctrl-C");
+    // Whoever started us may have stopped reading (a closed pipe): that
+    // must not stop the server.
+    let _ = writeln!(std::io::stdout(), "serving until Ctrl-C");
     let served = server.await.map_err(|e| e.to_string())?;
     if let Some(happen) = runtime {
         happen.shutdown().await;
