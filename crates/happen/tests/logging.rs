@@ -19,22 +19,30 @@ impl Write for Buffer {
     }
 }
 
-#[test]
-fn failed_and_panicked_flows_are_logged() {
+/// Runs `work` on a current-thread runtime (which keeps every flow on this
+/// thread, where the subscriber is installed) with log lines up to `level`
+/// captured; returns its output and the log.
+fn logged<T>(level: tracing::Level, work: impl std::future::Future<Output = T>) -> (T, String) {
     let buffer = Buffer::default();
     let writer = buffer.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
         .with_ansi(false)
+        .with_max_level(level)
         .finish();
-    // A current-thread runtime keeps every flow on this thread, where the
-    // subscriber is installed.
     let _guard = tracing::subscriber::set_default(subscriber);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
+    let out = runtime.block_on(work);
+    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    (out, log)
+}
+
+#[test]
+fn failed_and_panicked_flows_are_logged() {
+    let ((), log) = logged(tracing::Level::INFO, async {
         let happen = Happen::embedded();
         let node = happen.node("ledger").unwrap();
         node.on("post-entry", |_e: Event, _cx: Context| async {
@@ -58,7 +66,6 @@ fn failed_and_panicked_flows_are_logged() {
                 .is_err()
         );
     });
-    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("flow failed")).collect();
     assert_eq!(lines.len(), 2, "one record per failed flow:\n{log}");
     assert!(lines[0].contains("ERROR"), "{}", lines[0]);
@@ -78,19 +85,7 @@ fn failed_and_panicked_flows_are_logged() {
 
 #[test]
 fn a_handlers_log_lines_carry_its_flows_causal_context() {
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (order, charge) = runtime.block_on(async {
+    let ((order, charge), log) = logged(tracing::Level::DEBUG, async {
         let happen = Happen::embedded();
         let shop = happen.node("shop").unwrap();
         let bank = happen.node("bank").unwrap();
@@ -110,7 +105,6 @@ fn a_handlers_log_lines_carry_its_flows_causal_context() {
         let charge = sent.await.unwrap();
         (order, charge.as_str().unwrap().to_owned())
     });
-    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     let line = log
         .lines()
         .find(|l| l.contains("charging"))
