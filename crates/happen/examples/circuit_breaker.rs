@@ -154,4 +154,19 @@ mod tests {
     fn the_example_runs() {
         super::main().expect("the example ends without an error");
     }
+
+    /// With the test kit (paused clock, deterministic ids) the open period
+    /// passes in virtual time: the same course, without waiting for it.
+    #[tokio::test(start_paused = true)]
+    async fn the_open_period_passes_on_the_paused_clock() {
+        let _ids = happen::testkit::deterministic(1);
+        let happen = happen::Happen::embedded();
+        let started = tokio::time::Instant::now();
+        super::check(&super::run(&happen).await.expect("the run ends"));
+        assert!(
+            started.elapsed() >= super::OPEN_FOR,
+            "the open period was waited out"
+        );
+        happen.shutdown().await;
+    }
 }

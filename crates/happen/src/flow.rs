@@ -87,7 +87,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use futures::future::BoxFuture;
 use serde::Serialize;

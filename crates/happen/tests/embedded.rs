@@ -93,3 +93,25 @@ async fn a_local_requester_can_downcast_the_handlers_error() {
     assert!(err.handler_error::<std::io::Error>().is_none());
     assert!(err.to_string().contains("declined with code 51"), "{err}");
 }
+
+/// The whole suite again on tokio's paused clock, one thread, with the test
+/// kit's deterministic ids and timestamps: what a user's own tests get from
+/// `happen::testkit`. Timeouts, retries, backoff and retention advance
+/// instantly here.
+mod paused {
+    use super::*;
+
+    struct Paused;
+
+    impl conformance::Backend for Paused {
+        fn start(&self, config: HappenConfig) -> BoxFuture<'static, Happen> {
+            // The test's own thread runs everything (current-thread
+            // runtime), and nextest gives every test its own process: the
+            // ids stay deterministic for the rest of the test.
+            std::mem::forget(happen::testkit::deterministic(7));
+            Box::pin(async move { Happen::embedded_with(config) })
+        }
+    }
+
+    crate::conformance_suite!(paused: Paused);
+}

@@ -62,16 +62,32 @@ pub trait Backend: Send + Sync + 'static {
 /// `conformance::causality::event_ids_are_time_ordered`. `$backend` is
 /// evaluated afresh for every test.
 ///
+/// `conformance_suite!(backend)` runs every test on a two-worker runtime;
+/// `conformance_suite!(paused: backend)` on one thread with tokio's paused
+/// clock, except the tests marked `@threads` (they need plain threads to
+/// run while the runtime waits, which a paused clock cannot see: it would
+/// jump to the next timer), which keep the two-worker runtime.
+///
 /// Every `pub async fn` of a topic module must be listed here under its topic;
 /// one that is not fails the build (see the module documentation).
 #[macro_export]
 macro_rules! conformance_suite {
     ($backend:expr) => {
+        $crate::conformance_suite!(@suite $backend;
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]);
+    };
+    (paused: $backend:expr) => {
+        $crate::conformance_suite!(@suite $backend;
+            [tokio::test(flavor = "current_thread", start_paused = true)]
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)]);
+    };
+    (@suite $backend:expr; [$runtime:meta] [$threads:meta]) => {
         fn conformance_backend() -> impl $crate::conformance::Backend {
             $backend
         }
 
-        $crate::conformance_suite!(@topic causality;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] causality;
             causality_is_automatic_across_three_hops,
             user_correlation_id_is_inherited,
             origin_and_application_context_arrive,
@@ -80,7 +96,7 @@ macro_rules! conformance_suite {
             spawned_work_keeps_causality,
             origin_and_application_context_flow_to_child_events,
         );
-        $crate::conformance_suite!(@topic guards;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] guards;
             asking_back_a_node_that_waits_is_a_deadlock,
             a_cycle_through_three_nodes_is_a_deadlock,
             asking_yourself_with_one_slot_is_a_deadlock,
@@ -88,14 +104,14 @@ macro_rules! conformance_suite {
             a_tell_in_the_chain_waits_for_the_slot,
             a_runaway_loop_stops_at_the_causal_depth,
         );
-        $crate::conformance_suite!(@topic patterns;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] patterns;
             string_patterns_select_handlers,
             function_and_combinator_patterns_select_handlers,
             invalid_pattern_is_an_error_at_registration,
             invalid_event_type_is_rejected,
             invalid_and_duplicate_node_ids_are_rejected,
         );
-        $crate::conformance_suite!(@topic continuum;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] continuum;
             steps_chain_and_share_context,
             step_can_loop_with_again,
             step_can_name_itself_with_step_macro,
@@ -104,12 +120,12 @@ macro_rules! conformance_suite {
             context_describes_the_flow,
             node_local_value_reaches_every_step,
         );
-        $crate::conformance_suite!(@topic errors;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] errors;
             step_error_reaches_requester,
             error_in_later_step_reaches_requester,
             panic_reaches_requester_and_node_keeps_serving,
         );
-        $crate::conformance_suite!(@topic communication;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] communication;
             broadcast_reaches_every_matching_node_including_sender,
             send_dispatches_without_awaiting,
             response_callback_receives_result,
@@ -121,9 +137,9 @@ macro_rules! conformance_suite {
             several_handlers_each_run_and_first_registered_answers,
             tell_runs_the_flow_without_an_answer,
             typed_responses_with_response_as,
-            synchronous_callers_block_on_plain_threads_only,
+            synchronous_callers_block_on_plain_threads_only @threads,
         );
-        $crate::conformance_suite!(@topic concurrency;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] concurrency;
             slow_flow_does_not_block_others,
             max_concurrent_bounds_running_flows,
             full_queue_is_reported_to_sender,
@@ -131,7 +147,7 @@ macro_rules! conformance_suite {
             shutdown_drains_in_flight_flows,
             node_shutdown_finishes_its_flows_and_frees_its_id,
         );
-        $crate::conformance_suite!(@topic state;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] state;
             state_get_set_and_projection,
             concurrent_state_updates_are_atomic,
             views_see_other_nodes_and_missing_nodes_are_none,
@@ -140,7 +156,7 @@ macro_rules! conformance_suite {
             temporal_retention_by_count_and_age,
             state_of_reads_and_writes_without_becoming_the_node,
         );
-        $crate::conformance_suite!(@topic durability;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] durability;
             failed_flow_is_retried_and_the_requester_gets_the_final_answer,
             last_failure_is_dead_lettered_and_reported,
             saturated_durable_node_takes_events_later,
@@ -152,7 +168,7 @@ macro_rules! conformance_suite {
             a_node_falling_behind_is_reported_down_then_up,
             a_timed_out_request_to_a_durable_node_is_still_processed,
         );
-        $crate::conformance_suite!(@topic identity;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] identity;
             accept_from_admits_matching_senders_and_refuses_others,
             accept_from_sources_follows_the_origin_down_the_chain,
             a_refused_broadcast_is_counted_and_reported,
@@ -161,14 +177,14 @@ macro_rules! conformance_suite {
             signed_senders_are_verified_and_unsigned_refused_where_required,
             a_custom_verifier_decides,
         );
-        $crate::conformance_suite!(@topic observation;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] observation;
             observers_see_stamps_deliveries_and_finishes,
         );
-        $crate::conformance_suite!(@topic trace;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] trace;
             the_recorder_answers_why_and_effects,
             the_recorder_names_slow_and_failed_flows,
         );
-        $crate::conformance_suite!(@topic robustness;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] robustness;
             error_whose_display_panics_is_reported_and_node_keeps_serving,
             panicking_matcher_counts_as_no_match,
             invalid_target_id_is_rejected,
@@ -177,14 +193,14 @@ macro_rules! conformance_suite {
             dropping_the_runtime_stops_its_nodes,
             send_from_a_thread_outside_tokio,
         );
-        $crate::conformance_suite!(@topic confluence;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] confluence;
             group_handler_runs_divergent_flows_per_node,
             group_send_reports_each_nodes_outcome_separately,
             batch_is_one_invocation_with_each_events_context,
             batch_to_a_group,
             empty_and_mixed_batches_are_errors,
         );
-        $crate::conformance_suite!(@topic streaming;
+        $crate::conformance_suite!(@topic [$runtime] [$threads] streaming;
             stream_delivers_items_then_final_in_order,
             stream_error_after_items_arrives_in_order,
             slow_consumer_bounds_the_producer,
@@ -194,20 +210,27 @@ macro_rules! conformance_suite {
             broadcast_streaming_handler_broadcasts_its_items,
         );
     };
-    (@topic $topic:ident; $($name:ident),* $(,)?) => {
+    (@topic [$runtime:meta] [$threads:meta] $topic:ident;
+        $($name:ident $(@$flag:ident)?),* $(,)?) => {
         mod $topic {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = super::conformance_backend();
-                    tokio::time::timeout(
-                        std::time::Duration::from_secs(60),
-                        $crate::conformance::$topic::$name(&backend),
-                    )
-                    .await
-                    .expect("conformance test did not finish within 60 s");
-                }
+                $crate::conformance_suite!(@test [$runtime] [$threads] $topic $name $($flag)?);
             )*
+        }
+    };
+    (@test [$runtime:meta] [$threads:meta] $topic:ident $name:ident threads) => {
+        $crate::conformance_suite!(@test [$threads] [$threads] $topic $name);
+    };
+    (@test [$runtime:meta] [$threads:meta] $topic:ident $name:ident) => {
+        #[$runtime]
+        async fn $name() {
+            let backend = super::conformance_backend();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                $crate::conformance::$topic::$name(&backend),
+            )
+            .await
+            .expect("conformance test did not finish within 60 s");
         }
     };
 }
