@@ -302,11 +302,33 @@ pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()
     if delivery.matched.is_none() {
         match node.admits(delivery.event.event_type()) {
             Ok(matched) => delivery.matched = Some(matched),
+            Err(HappenError::NoHandler { .. }) if node.zero_matches(delivery.event.event_type()) => {
+                return to_zero(node, delivery);
+            }
             Err(error) => return delivery.refuse(error),
         }
     }
     node.observers().delivered(node.id(), &delivery.event);
     node.schedule(delivery)
+}
+
+/// An ordinary event for a node whose only matching handler is a zero
+/// handler: converted at the boundary (see [`crate::zero`]).
+fn to_zero(node: &Arc<NodeCore>, delivery: Delivery) -> Result<()> {
+    let zero = match crate::zero::ZeroEvent::from_event(&delivery.event) {
+        Ok(zero) => zero,
+        Err(error) => return delivery.refuse(error.into()),
+    };
+    let reply = match delivery.responder {
+        Some(responder) => crate::zero::ReplyTo::Ordinary(responder, delivery.event),
+        None => crate::zero::ReplyTo::Nobody,
+    };
+    let arrival = if delivery.inline {
+        Arrival::Remote
+    } else {
+        Arrival::Local
+    };
+    crate::zero::deliver(node, zero, reply, arrival)
 }
 
 /// What a sender awaits for an event [`deliver`] accepted for `node`: the

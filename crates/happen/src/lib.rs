@@ -99,6 +99,7 @@ pub mod trace;
 mod transport;
 mod uuid7;
 pub mod wrap;
+pub mod zero;
 
 pub use accept::AcceptRule;
 pub use causality::spawn;

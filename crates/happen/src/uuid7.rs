@@ -65,12 +65,25 @@ pub(crate) fn next() -> (Id, u64) {
     if let Some(deterministic) = crate::testkit::clock::next_id() {
         return deterministic;
     }
+    let (bytes, millis) = fresh();
+    (text_of(&bytes), millis)
+}
+
+/// [`next`] as the id's 16 bytes, for the zero-allocation path.
+pub(crate) fn next_bytes() -> ([u8; 16], u64) {
+    if let Some((id, millis)) = crate::testkit::clock::next_id() {
+        return (bytes_of(id.as_str()).unwrap_or_default(), millis);
+    }
+    fresh()
+}
+
+fn fresh() -> ([u8; 16], u64) {
     let millis = now_millis();
     let word = next_word(millis);
     let (time, sequence) = (word >> SEQUENCE_BITS, word & ((1 << SEQUENCE_BITS) - 1));
     let high = (time & 0xffff_ffff_ffff) << 16 | 0x7000 | (sequence >> 10);
     let low = (0b10 << 62) | (sequence & 0x3ff) << 52 | (random() >> 12);
-    (format(high, low), millis)
+    ((u128::from(high) << 64 | u128::from(low)).to_be_bytes(), millis)
 }
 
 /// The id of the `seq`-th event emitted by the `flow`-th flow `node` ran
@@ -112,25 +125,25 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
     pairs
 };
 
-/// The hyphenated lower-case text form (8-4-4-4-12).
-fn format(high: u64, low: u64) -> Id {
-    text_of(&(u128::from(high) << 64 | u128::from(low)).to_be_bytes())
-}
-
 /// The hyphenated lower-case text of a UUID's 16 bytes.
 pub(crate) fn text_of(bytes: &[u8; 16]) -> Id {
+    Id::from(std::str::from_utf8(&hyphenated(bytes)).unwrap_or_default())
+}
+
+/// The hyphenated lower-case text form (8-4-4-4-12) of a UUID's 16 bytes,
+/// as ASCII bytes.
+pub(crate) fn hyphenated(bytes: &[u8; 16]) -> [u8; 36] {
     let mut text = [b'-'; 36];
     // Where each byte's two digits go; the hyphens stay between the groups.
     const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     for (byte, at) in bytes.iter().zip(AT) {
         text[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
     }
-    Id::from(std::str::from_utf8(&text).unwrap_or_default())
+    text
 }
 
 /// The 16 bytes of `text` if it is a UUID in exactly the form
 /// [`text_of`] writes (so that the bytes give back the same text).
-#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn bytes_of(text: &str) -> Option<[u8; 16]> {
     let text = text.as_bytes();
     if text.len() != 36 {

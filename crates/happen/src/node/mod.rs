@@ -73,6 +73,8 @@ pub(crate) struct NodeCore {
     /// an embedded runtime on disk).
     #[cfg(feature = "redb")]
     spool: Option<Arc<crate::spool::Spool>>,
+    /// The node's zero handlers and their queue (see [`crate::zero`]).
+    pub(crate) zero: std::sync::OnceLock<Arc<crate::zero::Lane>>,
 }
 
 impl NodeCore {
@@ -148,6 +150,12 @@ impl NodeCore {
             None => Ok(()),
             Some(rules) => rules.check(&self.id, event),
         }
+    }
+
+    /// Whether the node checks who sends to it (acceptance controls, or
+    /// signatures required).
+    pub(crate) fn guards_senders(&self) -> bool {
+        self.limits.require_signed || self.accept.is_some()
     }
 
     /// The node's signer (a key pair made now if none was configured).
@@ -264,6 +272,7 @@ impl Node {
             settled: runtime.settled().clone(),
             observers: runtime.config().observers().clone(),
             closed: AtomicBool::new(false),
+            zero: std::sync::OnceLock::new(),
             runtime_closed: runtime.closed_flag().clone(),
             in_process: runtime.transport().in_process(),
             retried_here,
@@ -413,6 +422,11 @@ impl<S> Node<S> {
     /// Over NATS, a subscription that no remaining handler of this process
     /// needs is released, so the server stops sending its events here.
     pub fn off(&self, id: HandlerId) -> bool {
+        if let Some(lane) = self.core.zero_lane()
+            && lane.remove(id)
+        {
+            return true;
+        }
         match self.core.registry.remove(id) {
             Some(registration) => {
                 if let Ok(runtime) = self.runtime() {

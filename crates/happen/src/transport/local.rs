@@ -64,7 +64,7 @@ impl LocalTransport {
     /// refusal is logged, counted and reported as a [`system::REFUSED`]
     /// event, and the first is returned afterwards.
     pub(crate) fn deliver_broadcast(&self, event: &Event, arrival: Arrival) -> Result<Receipt> {
-        let receivers: Vec<(Node, Matched)> = {
+        let receivers: Vec<(Node, Option<Matched>)> = {
             let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
             nodes
                 .values()
@@ -72,8 +72,13 @@ impl LocalTransport {
                 // from there, not this direct copy.
                 .filter(|node| !node.core().stored_by_transport())
                 .filter_map(|node| {
-                    let matched = node.core().matching(event.event_type())?;
-                    Some((node.clone(), matched))
+                    let core = node.core();
+                    match core.matching(event.event_type()) {
+                        Some(matched) => Some((node.clone(), Some(matched))),
+                        // Only a zero handler takes it: converted on delivery.
+                        None if core.zero_matches(event.event_type()) => Some((node.clone(), None)),
+                        None => None,
+                    }
                 })
                 .collect()
         };
@@ -81,7 +86,7 @@ impl LocalTransport {
         let mut receipt = Receipt::kept();
         for (node, matched) in receivers {
             let mut delivery = Delivery::new(event.clone(), None, arrival);
-            delivery.matched = Some(matched);
+            delivery.matched = matched;
             match delivery::deliver(node.core(), delivery) {
                 // One writer keeps every node's events in order: the last
                 // receiver that keeps a copy answers for all.

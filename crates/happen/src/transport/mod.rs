@@ -12,7 +12,9 @@ use futures::future::BoxFuture;
 use crate::balance::Lag;
 use local::LocalTransport;
 
-use crate::delivery::ReplyTx;
+use crate::delivery::{Arrival, ReplyTx};
+use crate::error::HappenError;
+use crate::zero::{ReplyTo, ZeroEvent};
 use crate::error::Result;
 use crate::event::Event;
 use crate::node::Node;
@@ -95,4 +97,25 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn register_key(&self, _node: &str, _public_key: &str) {}
     /// The live node `id` of this process, if any.
     fn node(&self, id: &str) -> Option<Node>;
+
+    /// Delivers a zero event to the node `target` (in one process: the
+    /// buffer is handed over; the answer, if `reply` wants one, goes there).
+    fn send_zero(
+        &self,
+        target: &str,
+        event: ZeroEvent,
+        reply: ReplyTo,
+        _timeout: std::time::Duration,
+    ) -> Result<()> {
+        match self.local().lookup(target) {
+            Some(node) => crate::zero::deliver(node.core(), event, reply, Arrival::Local),
+            None => {
+                let error = HappenError::UnknownNode {
+                    node: target.to_owned(),
+                };
+                reply.refuse(error.clone());
+                Err(error)
+            }
+        }
+    }
 }

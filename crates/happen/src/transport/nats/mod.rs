@@ -40,6 +40,7 @@ mod subjects;
 #[cfg(test)]
 mod tests;
 mod wire;
+mod zero;
 #[cfg(test)]
 mod wire_props;
 
@@ -406,6 +407,16 @@ impl Transport for NatsTransport {
 
     fn tell(&self, target: &str, event: Event) -> Result<Receipt> {
         outgoing::tell(&self.shared, target, event)
+    }
+
+    fn send_zero(
+        &self,
+        target: &str,
+        event: crate::zero::ZeroEvent,
+        reply: crate::zero::ReplyTo,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        zero::send(&self.shared, target, event, reply, timeout)
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {

@@ -1,0 +1,438 @@
+//! The node's side of the zero path: its zero handlers, the queue of zero
+//! events waiting for them, and the one long-lived task that runs them.
+//!
+//! Zero handlers are synchronous functions, so a node runs them one event
+//! after another in its lane's task: no task, box or context is made per
+//! event. The queue and the task's batch swap their storage, keeping their
+//! capacity, and the task parks on a [`Notify`] when there is nothing to do;
+//! after warm-up nothing here touches the heap. Zero events and ordinary
+//! events to one node are not ordered with respect to each other.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Notify, oneshot};
+
+use super::send::ZeroAnswer;
+use super::writer::Stamp;
+use super::{ZeroEvent, ZeroWriter};
+use crate::delivery::{Arrival, Delivery, Responder};
+use crate::error::{BoxError, HappenError, Result};
+use crate::event::Event;
+use crate::flow::{Entry, Step};
+use crate::node::{HandlerId, Node, NodeCore};
+use crate::pattern::Pattern;
+use crate::stream::Outcome;
+
+/// What a zero handler returns: how its event's flow goes on.
+pub enum ZeroNext {
+    /// The flow is complete; a requester gets `null`.
+    Done,
+    /// Answers with a zero event (sealed as a child of the handled event;
+    /// its type is the writer's). An ordinary requester gets its payload as
+    /// JSON.
+    Reply(ZeroWriter),
+    /// Answers with a JSON value (allocates).
+    Value(Value),
+    /// Continues in an ordinary continuum step, with the event converted to
+    /// an ordinary [`Event`] (allocates; the step's flow answers the
+    /// requester).
+    Then(Step),
+}
+
+impl std::fmt::Debug for ZeroNext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ZeroNext::Done => f.write_str("Done"),
+            ZeroNext::Reply(writer) => f.debug_tuple("Reply").field(writer).finish(),
+            ZeroNext::Value(value) => f.debug_tuple("Value").field(value).finish(),
+            ZeroNext::Then(step) => f.debug_tuple("Then").field(step).finish(),
+        }
+    }
+}
+
+/// What a zero handler sees besides its event: its node, and sends that
+/// carry the handled event as their cause.
+pub struct ZeroContext<'a> {
+    node: &'a Node,
+    event: &'a ZeroEvent,
+    expects_response: bool,
+}
+
+impl ZeroContext<'_> {
+    /// The node handling the event.
+    pub fn node(&self) -> &Node {
+        self.node
+    }
+
+    /// Whether a requester waits for the answer.
+    pub fn expects_response(&self) -> bool {
+        self.expects_response
+    }
+
+    /// Sends a zero event to `target` with nobody waiting, as a child of the
+    /// handled event (its cause, correlation and path follow from it).
+    pub fn tell(&self, target: impl crate::node::Target, writer: ZeroWriter) -> Result<()> {
+        super::send::tell(self.node, target.target_id(), writer, Some(self.event))
+    }
+}
+
+/// A registered zero handler.
+pub(crate) type ZeroFn = dyn Fn(&ZeroEvent, &ZeroContext<'_>) -> std::result::Result<ZeroNext, BoxError>
+    + Send
+    + Sync
+    + 'static;
+
+struct Registered {
+    id: HandlerId,
+    pattern: Pattern,
+    handler: Arc<ZeroFn>,
+}
+
+/// Where a zero event's outcome goes.
+pub(crate) enum ReplyTo {
+    /// Nobody waits.
+    Nobody,
+    /// A zero requester in this process.
+    Zero(oneshot::Sender<Result<ZeroAnswer>>),
+    /// An ordinary requester (the event was converted from `request`).
+    Ordinary(Responder, Event),
+    /// A zero requester elsewhere: the transport sends the answer.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    Wire(Box<dyn FnOnce(Result<ZeroAnswer>) + Send>),
+}
+
+impl ReplyTo {
+    /// Answers with `error` (a refusal before any handler ran).
+    pub(crate) fn refuse(self, error: HappenError) {
+        match self {
+            ReplyTo::Nobody => {}
+            ReplyTo::Zero(tx) => {
+                let _ = tx.send(Err(error));
+            }
+            ReplyTo::Wire(send) => send(Err(error)),
+            ReplyTo::Ordinary(responder, _) => responder.unwrapped().reply(Err(error)),
+        }
+    }
+
+    fn answer(self, answer: Result<ZeroAnswer>, node: &NodeCore) {
+        if let Err(error) = answer {
+            return self.refuse(error);
+        }
+        match self {
+            ReplyTo::Nobody => {}
+            ReplyTo::Zero(tx) => {
+                let _ = tx.send(answer);
+            }
+            ReplyTo::Wire(send) => send(answer),
+            ReplyTo::Ordinary(responder, request) => {
+                let outcome = answer.map(|answer| {
+                    let mut response =
+                        Event::new(crate::flow::RESPONSE_EVENT_TYPE, answer.into_value());
+                    crate::event::stamp(&mut response, node.id(), Some(&request));
+                    response
+                });
+                responder.unwrapped().reply(outcome);
+            }
+        }
+    }
+
+    /// The ordinary responder standing for this reply, for a flow of
+    /// ordinary steps (the answer is forwarded, as a JSON value).
+    fn into_responder(self, node: &NodeCore) -> Option<Responder> {
+        let forward = |send: Box<dyn FnOnce(Result<ZeroAnswer>) + Send>| {
+            let (tx, rx) = oneshot::channel::<Outcome>();
+            let task = async move {
+                let answer = match rx.await {
+                    Ok(Outcome::Done(outcome)) => {
+                        outcome.map(|event| ZeroAnswer::Value(event.payload().clone()))
+                    }
+                    Ok(Outcome::Value(outcome)) => outcome.map(ZeroAnswer::Value),
+                    Ok(Outcome::Stream(_)) => Err(HappenError::Codec {
+                        message: "a zero request was answered with a stream".into(),
+                        source: None,
+                    }),
+                    Err(_) => Err(HappenError::Cancelled),
+                };
+                send(answer);
+            };
+            match node.runtime_inner() {
+                Some(runtime) => runtime.spawn(task),
+                None => drop(tokio::spawn(task)),
+            }
+            Responder::Local(tx)
+        };
+        match self {
+            ReplyTo::Nobody => None,
+            ReplyTo::Ordinary(responder, _) => Some(responder),
+            ReplyTo::Zero(tx) => Some(forward(Box::new(move |answer| {
+                let _ = tx.send(answer);
+            }))),
+            ReplyTo::Wire(send) => Some(forward(send)),
+        }
+    }
+}
+
+struct Item {
+    event: ZeroEvent,
+    reply: ReplyTo,
+}
+
+/// A node's zero handlers and the events waiting for them.
+pub(crate) struct Lane {
+    handlers: RwLock<Vec<Registered>>,
+    queue: Mutex<VecDeque<Item>>,
+    wake: Notify,
+    started: AtomicBool,
+}
+
+impl Lane {
+    fn new() -> Lane {
+        Lane {
+            handlers: RwLock::new(Vec::new()),
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            started: AtomicBool::new(false),
+        }
+    }
+
+    fn handler_for(&self, event_type: &str) -> Option<Arc<ZeroFn>> {
+        let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
+        handlers
+            .iter()
+            .find(|h| h.pattern.matches(event_type))
+            .map(|h| h.handler.clone())
+    }
+
+    fn matches(&self, event_type: &str) -> bool {
+        let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
+        handlers.iter().any(|h| h.pattern.matches(event_type))
+    }
+
+    /// Removes the handler `id`; whether it was one of this lane's.
+    pub(crate) fn remove(&self, id: HandlerId) -> bool {
+        let mut handlers = self.handlers.write().unwrap_or_else(|e| e.into_inner());
+        let before = handlers.len();
+        handlers.retain(|h| h.id != id);
+        handlers.len() != before
+    }
+}
+
+impl NodeCore {
+    /// The node's zero lane, if a zero handler was ever registered.
+    pub(crate) fn zero_lane(&self) -> Option<&Arc<Lane>> {
+        self.zero.get()
+    }
+
+    /// Whether some zero handler of the node takes `event_type`.
+    pub(crate) fn zero_matches(&self, event_type: &str) -> bool {
+        self.zero_lane().is_some_and(|lane| lane.matches(event_type))
+    }
+}
+
+/// Registers a zero handler on `node`.
+pub(crate) fn register(node: &Node, pattern: Pattern, handler: Arc<ZeroFn>) -> Result<HandlerId> {
+    pattern.validate()?;
+    let core = node.core();
+    if core.is_closed() {
+        return Err(HappenError::Shutdown);
+    }
+    let runtime = node.runtime()?;
+    // Broadcast interest is the transport's; direct sends reach the node
+    // by its id whatever its handlers.
+    runtime.transport().subscribe(node, &pattern)?;
+    let lane = core.zero.get_or_init(|| Arc::new(Lane::new()));
+    let id = HandlerId::next();
+    lane.handlers
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Registered {
+            id,
+            pattern,
+            handler,
+        });
+    Ok(id)
+}
+
+/// Hands a zero event to `node`: its zero lane when a zero handler takes
+/// it, else its ordinary handlers, converted. Refusals go to `reply` too.
+pub(crate) fn deliver(
+    node: &Arc<NodeCore>,
+    event: ZeroEvent,
+    reply: ReplyTo,
+    arrival: Arrival,
+) -> Result<()> {
+    let refuse = |reply: ReplyTo, error: HappenError| {
+        reply.answer(Err(error.clone()), node);
+        Err(error)
+    };
+    if node.is_closed() {
+        let error = HappenError::UnknownNode {
+            node: node.id().to_string(),
+        };
+        return refuse(reply, error);
+    }
+    if node.guards_senders() {
+        // Acceptance and signatures are checked on the ordinary form: the
+        // same rules, at the cost of a conversion for such nodes only.
+        if let Err(error) = node.accepts(&event.to_event()) {
+            return refuse(reply, error);
+        }
+    }
+    let Some(lane) = node.zero_lane().filter(|lane| lane.matches(event.event_type())) else {
+        let ordinary = event.to_event();
+        let responder = reply.into_responder(node);
+        return crate::delivery::deliver(node, Delivery::new(ordinary, responder, arrival));
+    };
+    {
+        let mut queue = lane.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = node.limits().queue_limit;
+        if queue.len() >= limit.max(1) {
+            drop(queue);
+            let error = HappenError::QueueFull {
+                node: node.id().to_string(),
+                active: 1,
+                queue_limit: limit,
+            };
+            return refuse(reply, error);
+        }
+        queue.push_back(Item { event, reply });
+    }
+    if lane.started.swap(true, Ordering::AcqRel) {
+        lane.wake.notify_one();
+    } else {
+        start(node, lane.clone());
+    }
+    Ok(())
+}
+
+/// Starts the lane's task: it runs for as long as the node lives.
+fn start(node: &Arc<NodeCore>, lane: Arc<Lane>) {
+    let weak = Arc::downgrade(node);
+    let task = work(weak, lane);
+    match node.runtime_inner().and_then(|r| r.handle().cloned()) {
+        Some(handle) => drop(handle.spawn(task)),
+        None => drop(tokio::spawn(task)),
+    }
+}
+
+async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
+    let mut batch: VecDeque<Item> = VecDeque::new();
+    loop {
+        std::mem::swap(
+            &mut *lane.queue.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut batch,
+        );
+        if batch.is_empty() {
+            let alive = node.upgrade().is_some_and(|core| !core.is_closed());
+            if !alive {
+                return;
+            }
+            // Woken by the next event; a node shut down meanwhile is seen
+            // within a second.
+            let _ = tokio::time::timeout(Duration::from_secs(1), lane.wake.notified()).await;
+            continue;
+        }
+        let Some(core) = node.upgrade() else {
+            return;
+        };
+        let handle = Node::from_core(core);
+        for item in batch.drain(..) {
+            run(&handle, &lane, item);
+        }
+        drop(handle);
+        // Other tasks on this thread get their turn between batches.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Runs one zero event's handler and answers its requester.
+fn run(node: &Node, lane: &Lane, item: Item) {
+    let Item { event, reply } = item;
+    let core = node.core();
+    let Some(handler) = lane.handler_for(event.event_type()) else {
+        // Removed since the event was queued.
+        let error = HappenError::NoHandler {
+            node: core.id().to_string(),
+            event_type: event.event_type().to_owned(),
+        };
+        reply.answer(Err(error), core);
+        return;
+    };
+    let cx = ZeroContext {
+        node,
+        event: &event,
+        expects_response: !matches!(reply, ReplyTo::Nobody),
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&event, &cx)));
+    let failed = |cause: String| HappenError::HandlerFailed {
+        node: core.id().to_string(),
+        event_type: event.event_type().to_owned(),
+        cause,
+        source: None,
+    };
+    let answer = match outcome {
+        Err(panic) => Err(HappenError::HandlerPanicked {
+            node: core.id().to_string(),
+            event_type: event.event_type().to_owned(),
+            message: crate::flow::panic_message(&*panic),
+        }),
+        Ok(Err(error)) => Err(failed(error.to_string())),
+        Ok(Ok(ZeroNext::Done)) => Ok(ZeroAnswer::Value(Value::Null)),
+        Ok(Ok(ZeroNext::Value(value))) => Ok(ZeroAnswer::Value(value)),
+        Ok(Ok(ZeroNext::Reply(mut writer))) => {
+            if matches!(reply, ReplyTo::Nobody) {
+                return; // nobody to answer: the writer goes back to the pool
+            }
+            seal_child(&mut writer, core.id(), &event)
+                .map(ZeroAnswer::Zero)
+                .map_err(HappenError::from)
+        }
+        Ok(Ok(ZeroNext::Then(step))) => {
+            let ordinary = event.to_event();
+            let responder = reply.into_responder(core);
+            let flow = Entry::new(step, ()).start(
+                node.core().clone(),
+                ordinary,
+                crate::event::now_millis(),
+                responder,
+                0,
+            );
+            match core.runtime_inner() {
+                Some(runtime) => runtime.spawn(async move {
+                    let _ = flow.await;
+                }),
+                None => drop(tokio::spawn(async move {
+                    let _ = flow.await;
+                })),
+            }
+            return;
+        }
+    };
+    if let Err(error) = &answer
+        && matches!(reply, ReplyTo::Nobody)
+    {
+        tracing::warn!(node = %core.id(), event_type = event.event_type(), %error, "zero handler failed");
+    }
+    reply.answer(answer, core);
+}
+
+/// Seals `writer` as a child of `parent`, sent by `sender`.
+pub(crate) fn seal_child(
+    writer: &mut ZeroWriter,
+    sender: &str,
+    parent: &ZeroEvent,
+) -> std::result::Result<ZeroEvent, super::ZeroError> {
+    let (id, timestamp) = crate::uuid7::next_bytes();
+    writer.seal(Stamp {
+        id,
+        timestamp,
+        sender,
+        causation: Some(parent.id().0),
+        correlation: Some(parent.correlation_id()),
+        path: parent.path().chain(std::iter::once(sender)),
+    })
+}

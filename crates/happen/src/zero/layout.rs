@@ -1,0 +1,188 @@
+//! The flat layout of a zero event: where each part lives, and the one
+//! check every buffer passes before anyone reads it.
+//!
+//! All numbers are little-endian. A buffer is
+//!
+//! ```text
+//! header (96 bytes) | payload values | field directory | path | string table
+//! ```
+//!
+//! | at | size | what |
+//! |---|---|---|
+//! | 0 | 2 | magic `HZ` |
+//! | 2 | 1 | layout version (1) |
+//! | 3 | 1 | flags: bit 0, the event has a cause |
+//! | 4 | 4 | the buffer's length |
+//! | 8 | 16 | event id (UUID bytes) |
+//! | 24 | 16 | causation id (zeros without a cause) |
+//! | 40 | 8 | timestamp, ms since the Unix epoch |
+//! | 48 | 8 | event type (a string reference) |
+//! | 56 | 8 | sender (a string reference) |
+//! | 64 | 8 | correlation id (a string reference) |
+//! | 72 | 8 | path: offset, count of string references |
+//! | 80 | 8 | field directory: offset, count of 16-byte entries |
+//! | 88 | 8 | string table: offset, length |
+//!
+//! A string reference is 8 bytes: offset into the string table, length. A
+//! field directory entry is 16 bytes: the field's name (a string reference,
+//! nested names joined with `.`), its kind (one byte, [`Kind`]), three zero
+//! bytes, the offset of its value in the buffer.
+
+use super::{Kind, ZeroError};
+
+pub(crate) const MAGIC: [u8; 2] = *b"HZ";
+pub(crate) const VERSION: u8 = 1;
+pub(crate) const HEADER: usize = 96;
+pub(crate) const FLAG_CAUSED: u8 = 1;
+
+pub(crate) const AT_LEN: usize = 4;
+pub(crate) const AT_ID: usize = 8;
+pub(crate) const AT_CAUSATION: usize = 24;
+pub(crate) const AT_TIMESTAMP: usize = 40;
+pub(crate) const AT_TYPE: usize = 48;
+pub(crate) const AT_SENDER: usize = 56;
+pub(crate) const AT_CORRELATION: usize = 64;
+pub(crate) const AT_PATH: usize = 72;
+pub(crate) const AT_FIELDS: usize = 80;
+pub(crate) const AT_STRINGS: usize = 88;
+pub(crate) const FIELD: usize = 16;
+pub(crate) const STR: usize = 8;
+
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> Result<u32, ZeroError> {
+    Ok(u32::from_le_bytes(take::<4>(bytes, at)?))
+}
+
+/// The `N` bytes at `at`, or [`ZeroError::OutOfRange`].
+pub(crate) fn take<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], ZeroError> {
+    at.checked_add(N)
+        .and_then(|end| bytes.get(at..end))
+        .and_then(|s| s.try_into().ok())
+        .ok_or(ZeroError::OutOfRange {
+            at,
+            width: N,
+            len: bytes.len(),
+        })
+}
+
+/// A (offset, count or length) pair at `at`.
+pub(crate) fn pair(bytes: &[u8], at: usize) -> Result<(usize, usize), ZeroError> {
+    Ok((u32_at(bytes, at)? as usize, u32_at(bytes, at + 4)? as usize))
+}
+
+/// The string a reference at `at` names, in the table `strings`.
+pub(crate) fn str_at<'a>(bytes: &'a [u8], strings: &'a [u8], at: usize) -> Result<&'a str, ZeroError> {
+    let (offset, len) = pair(bytes, at)?;
+    let raw = offset
+        .checked_add(len)
+        .and_then(|end| strings.get(offset..end))
+        .ok_or(ZeroError::BadString { at })?;
+    std::str::from_utf8(raw).map_err(|_| ZeroError::BadString { at })
+}
+
+/// The string table of a checked buffer.
+pub(crate) fn strings(bytes: &[u8]) -> &[u8] {
+    let (offset, len) = pair(bytes, AT_STRINGS).unwrap_or((0, 0));
+    bytes.get(offset..offset + len).unwrap_or_default()
+}
+
+/// A region of `count` entries of `width` bytes at the offset in the
+/// header's pair at `at`, checked to lie after the header and in the buffer.
+fn region(bytes: &[u8], at: usize, width: usize) -> Result<(usize, usize), ZeroError> {
+    let (offset, count) = pair(bytes, at)?;
+    let end = count
+        .checked_mul(width)
+        .and_then(|size| size.checked_add(offset));
+    match end {
+        Some(end) if offset >= HEADER && end <= bytes.len() => Ok((offset, count)),
+        _ => Err(ZeroError::OutOfRange {
+            at: offset,
+            width: count.saturating_mul(width),
+            len: bytes.len(),
+        }),
+    }
+}
+
+/// Checks everything a reader relies on: the header, that every region,
+/// string and value lies in the buffer, that strings are UTF-8 and kinds
+/// known. After it, reading a named field cannot fail on the buffer's
+/// account. Allocates nothing.
+pub(crate) fn check(bytes: &[u8]) -> Result<(), ZeroError> {
+    if bytes.len() < HEADER {
+        return Err(ZeroError::Truncated {
+            needed: HEADER,
+            len: bytes.len(),
+        });
+    }
+    if bytes[..2] != MAGIC {
+        return Err(ZeroError::NotZero);
+    }
+    if bytes[2] != VERSION {
+        return Err(ZeroError::Version(bytes[2]));
+    }
+    if bytes[3] & !FLAG_CAUSED != 0 {
+        return Err(ZeroError::Flags(bytes[3]));
+    }
+    let declared = u32_at(bytes, AT_LEN)? as usize;
+    if declared != bytes.len() {
+        return Err(ZeroError::Length {
+            declared,
+            actual: bytes.len(),
+        });
+    }
+    let (table, _) = region(bytes, AT_STRINGS, 1)?;
+    let strings = &bytes[table..table + pair(bytes, AT_STRINGS)?.1];
+    let event_type = str_at(bytes, strings, AT_TYPE)?;
+    if crate::name::validate_event_type(event_type).is_err() {
+        return Err(ZeroError::BadString { at: AT_TYPE });
+    }
+    str_at(bytes, strings, AT_SENDER)?;
+    str_at(bytes, strings, AT_CORRELATION)?;
+    let (path, hops) = region(bytes, AT_PATH, STR)?;
+    for hop in 0..hops {
+        str_at(bytes, strings, path + hop * STR)?;
+    }
+    let (fields, count) = region(bytes, AT_FIELDS, FIELD)?;
+    for field in 0..count {
+        let at = fields + field * FIELD;
+        str_at(bytes, strings, at)?;
+        let kind = Kind::from_byte(bytes[at + 8]).ok_or(ZeroError::Kind {
+            at: at + 8,
+            byte: bytes[at + 8],
+        })?;
+        if bytes[at + 9..at + 12] != [0, 0, 0] {
+            return Err(ZeroError::Kind {
+                at: at + 9,
+                byte: bytes[at + 9],
+            });
+        }
+        let value = u32_at(bytes, at + 12)? as usize;
+        let width = kind.width();
+        if value < HEADER || value.checked_add(width).is_none_or(|end| end > bytes.len()) {
+            return Err(ZeroError::OutOfRange {
+                at: value,
+                width,
+                len: bytes.len(),
+            });
+        }
+        match kind {
+            Kind::Str | Kind::Json => {
+                str_at(bytes, strings, value)?;
+            }
+            Kind::Bytes => {
+                let (offset, len) = pair(bytes, value)?;
+                if offset < HEADER || offset.checked_add(len).is_none_or(|end| end > bytes.len()) {
+                    return Err(ZeroError::OutOfRange {
+                        at: offset,
+                        width: len,
+                        len: bytes.len(),
+                    });
+                }
+            }
+            Kind::Bool if bytes[value] > 1 => {
+                return Err(ZeroError::BadBool { at: value });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

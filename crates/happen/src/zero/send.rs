@@ -1,0 +1,166 @@
+//! Sending zero events: stamping, routing, and waiting for an answer.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::lane::{self, ReplyTo, ZeroContext, ZeroFn, ZeroNext};
+use super::writer::Stamp;
+use super::{ZeroEvent, ZeroWriter};
+use crate::delivery::Arrival;
+use crate::error::{BoxError, HappenError, Result};
+use crate::node::{HandlerId, Node, NodeCore, Target};
+use crate::pattern::IntoPattern;
+
+/// The answer to a zero request: a zero event, or a JSON value (from an
+/// ordinary step, or a handler that answered with one).
+#[derive(Debug)]
+pub enum ZeroAnswer {
+    /// A zero event ([`ZeroNext::Reply`]).
+    Zero(ZeroEvent),
+    /// A JSON value.
+    Value(Value),
+}
+
+impl ZeroAnswer {
+    /// The zero event, if the answer is one.
+    pub fn zero(&self) -> Option<&ZeroEvent> {
+        match self {
+            ZeroAnswer::Zero(event) => Some(event),
+            ZeroAnswer::Value(_) => None,
+        }
+    }
+
+    /// The answer as JSON: a zero event's payload, or the value.
+    pub fn into_value(self) -> Value {
+        match self {
+            ZeroAnswer::Zero(event) => event.payload(),
+            ZeroAnswer::Value(value) => value,
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Node<S> {
+    /// Registers a zero-allocation handler for events matching `pattern`:
+    /// a synchronous function of the event (a flat buffer, read through
+    /// offsets) and a [`ZeroContext`], returning a [`ZeroNext`]. See
+    /// [`crate::zero`].
+    ///
+    /// Zero events matching it go to it; ordinary events go to it (converted)
+    /// only when no ordinary handler of the node matches. The node runs its
+    /// zero handlers one event at a time, in its own task.
+    pub fn zero<F>(&self, pattern: impl IntoPattern, handler: F) -> Result<HandlerId>
+    where
+        F: Fn(&ZeroEvent, &ZeroContext<'_>) -> std::result::Result<ZeroNext, BoxError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let handler: Arc<ZeroFn> = Arc::new(handler);
+        lane::register(&self.untyped(), pattern.into_pattern(), handler)
+    }
+
+    /// Sends a zero event built by `writer` to `target`, nobody waiting for
+    /// an answer: a root event of this node. In one process the buffer is
+    /// handed over as it is; over NATS its bytes are the message.
+    ///
+    /// Errors known at once are returned: an invalid event type, an unknown
+    /// node in this process, a full queue.
+    pub fn zero_tell(&self, target: impl Target, writer: ZeroWriter) -> Result<()> {
+        send(self.core(), &target, writer, None, None)
+    }
+
+    /// Sends a zero event to `target` and waits for its answer (at most the
+    /// node's timeout).
+    pub fn zero_send(
+        &self,
+        target: impl Target,
+        writer: ZeroWriter,
+    ) -> impl Future<Output = Result<ZeroAnswer>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let timeout = self.core().limits().timeout;
+        let target_id = target.target_id().to_owned();
+        let sent = send(self.core(), &target, writer, None, Some(tx));
+        async move {
+            sent?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(HappenError::NoResponse {
+                    node: target_id,
+                    event_type: "(zero event)".into(),
+                }),
+                Err(_) => Err(HappenError::Timeout {
+                    node: target_id,
+                    event_type: "(zero event)".into(),
+                    after_ms: timeout.as_millis() as u64,
+                }),
+            }
+        }
+    }
+}
+
+/// Sends from a zero handler: the handled event is the cause.
+pub(crate) fn tell(
+    node: &Node,
+    target: &str,
+    writer: ZeroWriter,
+    parent: Option<&ZeroEvent>,
+) -> Result<()> {
+    send(node.core(), &target, writer, parent, None)
+}
+
+/// Stamps `writer` as `core`'s event (a child of `parent`, if any) and
+/// hands it to `target`.
+fn send(
+    core: &Arc<NodeCore>,
+    target: &impl Target,
+    mut writer: ZeroWriter,
+    parent: Option<&ZeroEvent>,
+    reply: Option<oneshot::Sender<Result<ZeroAnswer>>>,
+) -> Result<()> {
+    if core.is_closed() {
+        return Err(HappenError::Shutdown);
+    }
+    let event = match parent {
+        None => {
+            let (id, timestamp) = crate::uuid7::next_bytes();
+            writer.seal(Stamp {
+                id,
+                timestamp,
+                sender: core.id(),
+                causation: None,
+                correlation: None,
+                path: std::iter::once(core.id().as_str()),
+            })?
+        }
+        Some(parent) => {
+            let depth = parent.path().len() + 1;
+            let limit = core.limits().max_causal_depth;
+            if depth > limit {
+                return Err(HappenError::CausalDepth {
+                    node: core.id().to_string(),
+                    event_type: parent.event_type().to_owned(),
+                    depth,
+                    limit,
+                    repeating: parent.path().rev().take(4).map(str::to_owned).collect(),
+                });
+            }
+            lane::seal_child(&mut writer, core.id(), parent)?
+        }
+    };
+    let reply = reply.map_or(ReplyTo::Nobody, ReplyTo::Zero);
+    // A live node of this runtime, in a runtime whose nodes all live here:
+    // handed over without a lookup.
+    if let Some(node) = core.in_process_target(target) {
+        return lane::deliver(node, event, reply, Arrival::Local);
+    }
+    let runtime = core.runtime_inner().ok_or(HappenError::Shutdown)?;
+    runtime.transport().send_zero(
+        target.target_id(),
+        event,
+        reply,
+        core.limits().timeout,
+    )
+}

@@ -1,0 +1,153 @@
+//! The layout, the writer and the conversions, read back.
+
+use serde_json::json;
+
+use super::*;
+use crate::event::Event;
+
+fn reading() -> ZeroEvent {
+    let mut writer = ZeroWriter::new("sensor-reading");
+    writer
+        .str("sensorId", "s-17")
+        .f64("temperature", 21.5)
+        .u64("timestamp", 1_767_225_600_000)
+        .f64("location.latitude", 52.52)
+        .f64("location.longitude", 13.4)
+        .bool("calibrated", true)
+        .i16("offset", -3)
+        .bytes("raw", &[1, 2, 3]);
+    writer.finish("gateway").unwrap()
+}
+
+#[test]
+fn fields_read_back_through_offsets_and_by_name() {
+    let event = reading();
+    let offsets = event.offsets();
+    assert_eq!(offsets.len(), 8);
+    assert_eq!(event.f64(offsets.get("temperature").unwrap()).unwrap(), 21.5);
+    assert_eq!(event.str(offsets.get("sensorId").unwrap()).unwrap(), "s-17");
+    assert_eq!(event.get::<f64>("location.longitude").unwrap(), 13.4);
+    assert!(event.get::<bool>("calibrated").unwrap());
+    assert_eq!(event.get::<i16>("offset").unwrap(), -3);
+    assert_eq!(event.get::<&[u8]>("raw").unwrap(), &[1, 2, 3]);
+    assert!(matches!(
+        event.get::<u32>("temperature"),
+        Err(ZeroError::WrongKind { found: Kind::F64, .. })
+    ));
+    assert_eq!(
+        event.get::<u8>("missing"),
+        Err(ZeroError::NoField("missing".into()))
+    );
+    let len = event.as_bytes().len();
+    assert!(matches!(
+        event.u64(len - 4),
+        Err(ZeroError::OutOfRange { width: 8, .. })
+    ));
+    assert!(event.u64(usize::MAX).is_err());
+}
+
+#[test]
+fn the_causal_context_is_in_the_header() {
+    let event = reading();
+    assert_eq!(event.event_type(), "sensor-reading");
+    assert_eq!(event.sender(), "gateway");
+    assert_eq!(event.causation(), None);
+    assert_eq!(event.correlation_id(), event.id().text().as_str());
+    assert_eq!(event.path().collect::<Vec<_>>(), ["gateway"]);
+    assert!(event.timestamp() > 0);
+
+    let mut reply = ZeroWriter::new("reading-ok");
+    reply.u8("ok", 1);
+    let child = lane::seal_child(&mut reply, "processor", &event).unwrap();
+    assert_eq!(child.causation(), Some(event.id()));
+    assert_eq!(child.correlation_id(), event.correlation_id());
+    assert_eq!(child.path().collect::<Vec<_>>(), ["gateway", "processor"]);
+    assert_ne!(child.id(), event.id());
+}
+
+#[test]
+fn an_invalid_event_type_is_an_error_when_sealed() {
+    let mut writer = ZeroWriter::new("not a type!");
+    writer.u8("x", 1);
+    assert!(matches!(
+        writer.finish("n"),
+        Err(ZeroError::BadString { .. })
+    ));
+}
+
+#[test]
+fn ordinary_events_convert_both_ways_with_their_causal_context() {
+    let payload = json!({
+        "sensorId": "s-1",
+        "value": 3,
+        "big": u64::MAX,
+        "ratio": 0.25,
+        "ok": false,
+        "none": null,
+        "location": { "lat": 1.5, "deep": { "x": -7 } },
+        "readings": [1, 2, 3],
+        "empty": {},
+        "dotted": { "a.b": 1 },
+    });
+    let mut event = Event::new("reading", payload.clone());
+    crate::event::stamp(&mut event, &crate::Id::from("gateway"), None);
+    let zero = ZeroEvent::from_event(&event).unwrap();
+    assert_eq!(zero.get::<i64>("location.deep.x").unwrap(), -7);
+    assert_eq!(zero.get::<u64>("big").unwrap(), u64::MAX);
+    assert_eq!(zero.payload(), payload);
+    let back = zero.to_event();
+    assert_eq!(back.payload(), &payload);
+    let (a, b) = (event.causal(), back.causal());
+    assert_eq!(a.id, b.id);
+    assert_eq!(a.sender, b.sender);
+    assert_eq!(a.correlation_id, b.correlation_id);
+    assert_eq!(a.path, b.path);
+    assert_eq!(a.timestamp, b.timestamp);
+    assert_eq!(a.causation_id, b.causation_id);
+
+    for scalar in [json!(42), json!("text"), json!([1, { "a": 2 }]), json!(null)] {
+        let mut event = Event::new("x", scalar.clone());
+        crate::event::stamp(&mut event, &crate::Id::from("n"), None);
+        assert_eq!(ZeroEvent::from_event(&event).unwrap().payload(), scalar);
+    }
+}
+
+#[test]
+fn hostile_bytes_are_errors() {
+    let event = reading();
+    let bytes = event.as_bytes();
+    assert_eq!(
+        ZeroEvent::from_bytes(&bytes[..10]).unwrap_err(),
+        ZeroError::Truncated {
+            needed: 96,
+            len: 10
+        }
+    );
+    assert!(ZeroEvent::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+    let mut bad = bytes.to_vec();
+    bad[0] = b'X';
+    assert_eq!(ZeroEvent::from_bytes(&bad).unwrap_err(), ZeroError::NotZero);
+    let mut bad = bytes.to_vec();
+    bad[2] = 9;
+    assert_eq!(ZeroEvent::from_bytes(&bad).unwrap_err(), ZeroError::Version(9));
+    // A field's value offset pointed past the end.
+    let fields = layout::pair(bytes, layout::AT_FIELDS).unwrap().0;
+    let mut bad = bytes.to_vec();
+    bad[fields + 12..fields + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        ZeroEvent::from_bytes(&bad).unwrap_err(),
+        ZeroError::OutOfRange { .. }
+    ));
+    // Every single-byte corruption is an error or a readable event.
+    for at in 0..bytes.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut bad = bytes.to_vec();
+            bad[at] ^= flip;
+            if let Ok(event) = ZeroEvent::from_bytes(&bad) {
+                let _ = event.payload();
+                let _ = event.path().count();
+            }
+        }
+    }
+    assert_eq!(ZeroEvent::from_bytes(bytes).unwrap().payload(), event.payload());
+}
