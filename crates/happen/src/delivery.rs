@@ -302,7 +302,9 @@ pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()
     if delivery.matched.is_none() {
         match node.admits(delivery.event.event_type()) {
             Ok(matched) => delivery.matched = Some(matched),
-            Err(HappenError::NoHandler { .. }) if node.zero_matches(delivery.event.event_type()) => {
+            Err(HappenError::NoHandler { .. })
+                if node.zero_matches(delivery.event.event_type()) =>
+            {
                 return to_zero(node, delivery);
             }
             Err(error) => return delivery.refuse(error),

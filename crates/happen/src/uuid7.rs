@@ -83,7 +83,10 @@ fn fresh() -> ([u8; 16], u64) {
     let (time, sequence) = (word >> SEQUENCE_BITS, word & ((1 << SEQUENCE_BITS) - 1));
     let high = (time & 0xffff_ffff_ffff) << 16 | 0x7000 | (sequence >> 10);
     let low = (0b10 << 62) | (sequence & 0x3ff) << 52 | (random() >> 12);
-    ((u128::from(high) << 64 | u128::from(low)).to_be_bytes(), millis)
+    (
+        (u128::from(high) << 64 | u128::from(low)).to_be_bytes(),
+        millis,
+    )
 }
 
 /// The id of the `seq`-th event emitted by the `flow`-th flow `node` ran

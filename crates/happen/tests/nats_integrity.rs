@@ -11,7 +11,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use happen::nats::NatsConfig;
 use happen::prelude::*;
-use happen::system;
 use happen_test::NatsServer;
 use tokio::sync::mpsc;
 
@@ -52,15 +51,7 @@ async fn tampered_and_forged_events_are_rejected_and_counted() {
             }
         })
         .unwrap();
-    let (rejected_tx, mut rejected) = mpsc::unbounded_channel();
-    receiver
-        .on(system::REJECTED, move |e: Event, _cx: Context| {
-            let tx = rejected_tx.clone();
-            async move {
-                let _ = tx.send(e.payload().clone());
-            }
-        })
-        .unwrap();
+    let mut rejected = rejections(&receiver);
     receiver.flush().await.unwrap();
 
     // Capture genuine events as they cross the server.

@@ -241,6 +241,27 @@ fn repeating(path: &[Id]) -> Vec<String> {
     path[n - run..].iter().map(|id| id.to_string()).collect()
 }
 
+impl NodeCore {
+    /// The target node when this node may hand it an event directly: a
+    /// live node of this runtime, in a runtime whose nodes all live in this
+    /// process. Anything else goes through the transport by id.
+    pub(crate) fn in_process_target<'t>(
+        &self,
+        target: &'t impl Target,
+    ) -> Option<&'t Arc<NodeCore>> {
+        let NodeRef(node) = target.target_node()?;
+        // A plain load tells whether the runtime is still there (it stops
+        // at once when dropped); no upgrade needed.
+        // Events to a node whose transport stores them go through it.
+        (self.in_process
+            && !node.stored_by_transport()
+            && Weak::ptr_eq(&node.runtime, &self.runtime)
+            && self.runtime.strong_count() > 0
+            && !node.closed.load(Ordering::Acquire))
+        .then_some(node)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::repeating;
@@ -263,23 +284,5 @@ mod tests {
         let long: Vec<&str> = long.iter().map(String::as_str).collect();
         assert_eq!(repeating(&ids(&long)), &long[4..]);
         assert_eq!(repeating(&ids(&["a", "b"])), ["a", "b"]);
-    }
-}
-
-impl NodeCore {
-    /// The target node when this node may hand it an event directly: a
-    /// live node of this runtime, in a runtime whose nodes all live in this
-    /// process. Anything else goes through the transport by id.
-    pub(crate) fn in_process_target<'t>(&self, target: &'t impl Target) -> Option<&'t Arc<NodeCore>> {
-        let NodeRef(node) = target.target_node()?;
-        // A plain load tells whether the runtime is still there (it stops
-        // at once when dropped); no upgrade needed.
-        // Events to a node whose transport stores them go through it.
-        (self.in_process
-            && !node.stored_by_transport()
-            && Weak::ptr_eq(&node.runtime, &self.runtime)
-            && self.runtime.strong_count() > 0
-            && !node.closed.load(Ordering::Acquire))
-        .then_some(node)
     }
 }

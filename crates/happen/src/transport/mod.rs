@@ -14,13 +14,13 @@ use local::LocalTransport;
 
 use crate::delivery::{Arrival, ReplyTx};
 use crate::error::HappenError;
-use crate::zero::{ReplyTo, ZeroEvent};
 use crate::error::Result;
 use crate::event::Event;
 use crate::node::Node;
 use crate::pattern::Pattern;
 use crate::receipt::Receipt;
 use crate::system::Counters;
+use crate::zero::{ReplyTo, ZeroEvent};
 
 /// What a transport subscribed for one handler, released by
 /// [`Transport::unsubscribe`] when the handler goes (over NATS: the keys of

@@ -229,7 +229,8 @@ impl NodeCore {
 
     /// Whether some zero handler of the node takes `event_type`.
     pub(crate) fn zero_matches(&self, event_type: &str) -> bool {
-        self.zero_lane().is_some_and(|lane| lane.matches(event_type))
+        self.zero_lane()
+            .is_some_and(|lane| lane.matches(event_type))
     }
 }
 
@@ -282,7 +283,10 @@ pub(crate) fn deliver(
             return refuse(reply, error);
         }
     }
-    let Some(lane) = node.zero_lane().filter(|lane| lane.matches(event.event_type())) else {
+    let Some(lane) = node
+        .zero_lane()
+        .filter(|lane| lane.matches(event.event_type()))
+    else {
         let ordinary = event.to_event();
         let responder = reply.into_responder(node);
         return crate::delivery::deliver(node, Delivery::new(ordinary, responder, arrival));

@@ -70,7 +70,11 @@ pub(crate) fn pair(bytes: &[u8], at: usize) -> Result<(usize, usize), ZeroError>
 }
 
 /// The string a reference at `at` names, in the table `strings`.
-pub(crate) fn str_at<'a>(bytes: &'a [u8], strings: &'a [u8], at: usize) -> Result<&'a str, ZeroError> {
+pub(crate) fn str_at<'a>(
+    bytes: &'a [u8],
+    strings: &'a [u8],
+    at: usize,
+) -> Result<&'a str, ZeroError> {
     let (offset, len) = pair(bytes, at)?;
     let raw = offset
         .checked_add(len)

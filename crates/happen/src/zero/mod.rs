@@ -26,7 +26,7 @@
 //! Zero and ordinary events meet at the boundary: an ordinary event sent to
 //! a node whose only matching handler is a zero handler is converted
 //! ([`ZeroEvent::from_event`]), and a zero event for a node with ordinary
-//! handlers only is turned into an ordinary [`Event`] ([`ZeroEvent::to_event`])
+//! handlers only is turned into an ordinary [`Event`](crate::Event) ([`ZeroEvent::to_event`])
 //! with its causal context. Each conversion allocates; keep hot paths zero
 //! end to end.
 //!
@@ -57,6 +57,8 @@ mod convert;
 mod lane;
 mod layout;
 mod pool;
+#[cfg(test)]
+mod props;
 mod send;
 #[cfg(test)]
 mod tests;
@@ -64,8 +66,8 @@ mod writer;
 
 use std::fmt;
 
-pub use lane::{ZeroContext, ZeroNext};
 pub(crate) use lane::{Lane, ReplyTo, deliver};
+pub use lane::{ZeroContext, ZeroNext};
 pub use send::ZeroAnswer;
 pub use writer::ZeroWriter;
 

@@ -157,10 +157,7 @@ fn send(
         return lane::deliver(node, event, reply, Arrival::Local);
     }
     let runtime = core.runtime_inner().ok_or(HappenError::Shutdown)?;
-    runtime.transport().send_zero(
-        target.target_id(),
-        event,
-        reply,
-        core.limits().timeout,
-    )
+    runtime
+        .transport()
+        .send_zero(target.target_id(), event, reply, core.limits().timeout)
 }

@@ -24,7 +24,10 @@ fn fields_read_back_through_offsets_and_by_name() {
     let event = reading();
     let offsets = event.offsets();
     assert_eq!(offsets.len(), 8);
-    assert_eq!(event.f64(offsets.get("temperature").unwrap()).unwrap(), 21.5);
+    assert_eq!(
+        event.f64(offsets.get("temperature").unwrap()).unwrap(),
+        21.5
+    );
     assert_eq!(event.str(offsets.get("sensorId").unwrap()).unwrap(), "s-17");
     assert_eq!(event.get::<f64>("location.longitude").unwrap(), 13.4);
     assert!(event.get::<bool>("calibrated").unwrap());
@@ -32,7 +35,10 @@ fn fields_read_back_through_offsets_and_by_name() {
     assert_eq!(event.get::<&[u8]>("raw").unwrap(), &[1, 2, 3]);
     assert!(matches!(
         event.get::<u32>("temperature"),
-        Err(ZeroError::WrongKind { found: Kind::F64, .. })
+        Err(ZeroError::WrongKind {
+            found: Kind::F64,
+            ..
+        })
     ));
     assert_eq!(
         event.get::<u8>("missing"),
@@ -105,7 +111,12 @@ fn ordinary_events_convert_both_ways_with_their_causal_context() {
     assert_eq!(a.timestamp, b.timestamp);
     assert_eq!(a.causation_id, b.causation_id);
 
-    for scalar in [json!(42), json!("text"), json!([1, { "a": 2 }]), json!(null)] {
+    for scalar in [
+        json!(42),
+        json!("text"),
+        json!([1, { "a": 2 }]),
+        json!(null),
+    ] {
         let mut event = Event::new("x", scalar.clone());
         crate::event::stamp(&mut event, &crate::Id::from("n"), None);
         assert_eq!(ZeroEvent::from_event(&event).unwrap().payload(), scalar);
@@ -129,7 +140,10 @@ fn hostile_bytes_are_errors() {
     assert_eq!(ZeroEvent::from_bytes(&bad).unwrap_err(), ZeroError::NotZero);
     let mut bad = bytes.to_vec();
     bad[2] = 9;
-    assert_eq!(ZeroEvent::from_bytes(&bad).unwrap_err(), ZeroError::Version(9));
+    assert_eq!(
+        ZeroEvent::from_bytes(&bad).unwrap_err(),
+        ZeroError::Version(9)
+    );
     // A field's value offset pointed past the end.
     let fields = layout::pair(bytes, layout::AT_FIELDS).unwrap().0;
     let mut bad = bytes.to_vec();
@@ -149,5 +163,8 @@ fn hostile_bytes_are_errors() {
             }
         }
     }
-    assert_eq!(ZeroEvent::from_bytes(bytes).unwrap().payload(), event.payload());
+    assert_eq!(
+        ZeroEvent::from_bytes(bytes).unwrap().payload(),
+        event.payload()
+    );
 }

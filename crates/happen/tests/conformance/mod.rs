@@ -42,6 +42,7 @@ pub mod robustness;
 pub mod state;
 pub mod streaming;
 pub mod trace;
+pub mod zero;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -199,6 +200,14 @@ macro_rules! conformance_suite {
             batch_is_one_invocation_with_each_events_context,
             batch_to_a_group,
             empty_and_mixed_batches_are_errors,
+        );
+        $crate::conformance_suite!(@topic [$runtime] [$threads] zero;
+            a_zero_tell_reaches_the_zero_handler_with_its_causal_context,
+            a_zero_request_is_answered_with_a_zero_event_a_value_or_an_error,
+            zero_and_ordinary_handlers_meet_at_the_boundary,
+            a_zero_handler_continues_in_ordinary_steps,
+            events_a_zero_handler_sends_carry_its_event_as_cause,
+            acceptance_controls_and_off_apply_to_zero_handlers,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] streaming;
             stream_delivers_items_then_final_in_order,

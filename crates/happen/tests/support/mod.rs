@@ -100,3 +100,18 @@ pub async fn connect(server: &NatsServer) -> Happen {
         .await
         .expect("connects to the test server")
 }
+
+/// The payloads of the `system.rejected` events `happen` reports, as they
+/// come (a handler on the runtime's own node).
+pub fn rejections(happen: &Happen) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    happen
+        .on(happen::system::REJECTED, move |e: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e.payload().clone());
+            }
+        })
+        .unwrap();
+    rx
+}

@@ -40,9 +40,9 @@ mod subjects;
 #[cfg(test)]
 mod tests;
 mod wire;
-mod zero;
 #[cfg(test)]
 mod wire_props;
+mod zero;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};

@@ -1,6 +1,9 @@
 //! Zero events over NATS: the flat buffer is the message payload, as it is
-//! (no MessagePack, no header), told apart from the ordinary wire form by
-//! its first bytes (`HZ`; an ordinary message starts with its version byte).
+//! (no MessagePack, no header), followed by its BLAKE3 hash (32 bytes), as
+//! an ordinary event's hash ends its message; told apart from the ordinary
+//! wire form by its first bytes (`HZ`; an ordinary message starts with its
+//! version byte). A message whose hash is not its buffer's is refused as an
+//! integrity failure before anything reads it.
 //!
 //! A request goes out with a reply subject (the client's request inbox);
 //! the answer is a zero event too: the handler's reply, a JSON value as a
@@ -25,6 +28,40 @@ const VALUE: &str = "happen.value";
 /// The type of an answer that was an error.
 const ERROR: &str = "happen.error";
 
+/// The message for `event`: its bytes, then their hash.
+fn sealed(event: &ZeroEvent) -> Bytes {
+    let bytes = event.as_bytes();
+    let mut payload = Vec::with_capacity(bytes.len() + 32);
+    payload.extend_from_slice(bytes);
+    payload.extend_from_slice(blake3::hash(bytes).as_bytes());
+    Bytes::from(payload)
+}
+
+/// The zero event in a received message, its hash checked.
+fn opened(payload: &[u8]) -> Result<ZeroEvent> {
+    let Some(split) = payload.len().checked_sub(32) else {
+        return Err(crate::zero::ZeroError::Truncated {
+            needed: 32,
+            len: payload.len(),
+        }
+        .into());
+    };
+    let (bytes, hash) = payload.split_at(split);
+    if blake3::hash(bytes).as_bytes() != hash {
+        // The id, if the header is readable, names what was forged.
+        let event_id = bytes
+            .get(8..24)
+            .and_then(|id| <[u8; 16]>::try_from(id).ok())
+            .map(|id| crate::zero::ZeroId(id).to_string())
+            .unwrap_or_default();
+        return Err(HappenError::Integrity {
+            event_id,
+            reason: "the zero event's bytes do not match its hash".into(),
+        });
+    }
+    Ok(ZeroEvent::from_bytes(bytes)?)
+}
+
 /// Whether a received payload is a zero event rather than an ordinary one.
 pub(super) fn is_zero(payload: &[u8]) -> bool {
     payload.starts_with(b"HZ")
@@ -44,7 +81,7 @@ pub(super) fn send(
     {
         return crate::zero::deliver(node.core(), event, reply, Arrival::Local);
     }
-    let size = event.as_bytes().len();
+    let size = event.as_bytes().len() + 32;
     if size > shared.max_payload() {
         let error = HappenError::PayloadTooLarge {
             size,
@@ -53,7 +90,7 @@ pub(super) fn send(
         reply.refuse(error.clone());
         return Err(error);
     }
-    let payload = Bytes::copy_from_slice(event.as_bytes());
+    let payload = sealed(&event);
     drop(event);
     let subject = subjects::direct_subject(&shared.prefix, target);
     let ReplyTo::Zero(tx) = reply else {
@@ -92,14 +129,16 @@ pub(super) fn send(
 
 /// The answer a requester receives.
 fn open_answer(payload: &[u8]) -> Result<ZeroAnswer> {
-    let event = ZeroEvent::from_bytes(payload)?;
+    let event = opened(payload)?;
     match event.event_type() {
         ERROR => {
             let text = event.get::<&str>("error")?;
-            Err(serde_json::from_str(text).unwrap_or_else(|_| HappenError::Codec {
-                message: format!("an unreadable error answered a zero request: {text}"),
-                source: None,
-            }))
+            Err(
+                serde_json::from_str(text).unwrap_or_else(|_| HappenError::Codec {
+                    message: format!("an unreadable error answered a zero request: {text}"),
+                    source: None,
+                }),
+            )
         }
         VALUE => Ok(ZeroAnswer::Value(event.payload())),
         _ => Ok(ZeroAnswer::Zero(event)),
@@ -118,7 +157,7 @@ fn seal_answer(node: &str, answer: Result<ZeroAnswer>) -> Result<Bytes> {
             writer.finish(node)?
         }
     };
-    Ok(Bytes::copy_from_slice(event.as_bytes()))
+    Ok(sealed(&event))
 }
 
 /// A zero event sent to one of this process's nodes.
@@ -146,10 +185,9 @@ pub(super) fn on_direct(shared: &Arc<Shared>, target: String, message: async_nat
             }))
         }
     };
-    let event = match ZeroEvent::from_bytes(&message.payload) {
+    let event = match opened(&message.payload) {
         Ok(event) => event,
         Err(error) => {
-            let error = HappenError::from(error);
             shared.local.rejected(&message.subject, &error);
             return reply.refuse(error);
         }

@@ -1,0 +1,307 @@
+//! Zero-allocation processing: flat zero events to zero handlers, their
+//! answers, their causal context, and the boundary with ordinary events
+//! and ordinary steps, the same on every runtime.
+
+use happen::prelude::*;
+use happen::zero::{ZeroAnswer, ZeroNext, ZeroWriter};
+use happen::{AcceptRule, Step};
+use tokio::sync::mpsc;
+
+use super::{Backend, ev, start};
+
+fn reading(celsius: f64) -> ZeroWriter {
+    let mut writer = ZeroWriter::new("reading");
+    writer
+        .str("sensor", "s-1")
+        .f64("celsius", celsius)
+        .u32("seq", 7)
+        .f64("location.latitude", 52.5);
+    writer
+}
+
+/// What a zero handler saw, copied out.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    event_type: String,
+    sender: String,
+    path: Vec<String>,
+    id: String,
+    causation: Option<String>,
+    correlation: String,
+    celsius: f64,
+    sensor: String,
+    latitude: f64,
+}
+
+pub async fn a_zero_tell_reaches_the_zero_handler_with_its_causal_context(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let sensors = h.node("zt-sensors").unwrap();
+    let gateway = h.node("zt-gateway").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    sensors
+        .zero("reading", move |event, cx| {
+            let offsets = event.offsets();
+            let _ = tx.send(Seen {
+                event_type: event.event_type().into(),
+                sender: event.sender().into(),
+                path: event.path().map(String::from).collect(),
+                id: event.id().to_string(),
+                causation: event.causation().map(|c| c.to_string()),
+                correlation: event.correlation_id().into(),
+                celsius: event.f64(offsets.get("celsius").unwrap())?,
+                sensor: event.str(offsets.get("sensor").unwrap())?.into(),
+                latitude: event.get("location.latitude")?,
+            });
+            assert!(!cx.expects_response());
+            Ok(ZeroNext::Done)
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+
+    gateway.zero_tell(&sensors, reading(21.5)).unwrap();
+    gateway.zero_tell("zt-sensors", reading(22.0)).unwrap();
+    let first = rx.recv().await.unwrap();
+    let second = rx.recv().await.unwrap();
+    assert_eq!(first.event_type, "reading");
+    assert_eq!(first.sender, "zt-gateway");
+    assert_eq!(first.path, ["zt-gateway"]);
+    assert_eq!(first.causation, None);
+    assert_eq!(first.correlation, first.id, "a root correlates with itself");
+    assert_eq!(
+        (first.celsius, first.sensor.as_str(), first.latitude),
+        (21.5, "s-1", 52.5)
+    );
+    assert_eq!(second.celsius, 22.0);
+    assert!(second.id > first.id, "ids are time-ordered");
+}
+
+pub async fn a_zero_request_is_answered_with_a_zero_event_a_value_or_an_error(
+    backend: &dyn Backend,
+) {
+    let h = start(backend).await;
+    let convert = h.node("zr-convert").unwrap();
+    let client = h.node("zr-client").unwrap();
+    convert
+        .zero("reading", |event, cx| {
+            assert!(cx.expects_response());
+            let celsius: f64 = event.get("celsius")?;
+            if celsius < -273.15 {
+                return Err("below absolute zero".into());
+            }
+            if celsius > 1000.0 {
+                panic!("sensor on fire");
+            }
+            if celsius == 0.0 {
+                return Ok(ZeroNext::Value(json!({ "freezing": true })));
+            }
+            let mut reply = ZeroWriter::new("converted");
+            reply.f64("fahrenheit", celsius * 9.0 / 5.0 + 32.0);
+            Ok(ZeroNext::Reply(reply))
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+
+    let answer = client.zero_send(&convert, reading(100.0)).await.unwrap();
+    let reply = answer.zero().expect("a zero event");
+    assert_eq!(reply.event_type(), "converted");
+    assert_eq!(reply.get::<f64>("fahrenheit").unwrap(), 212.0);
+    assert_eq!(reply.sender(), "zr-convert");
+    assert_eq!(
+        reply.path().collect::<Vec<_>>(),
+        ["zr-client", "zr-convert"]
+    );
+    assert!(
+        reply.causation().is_some(),
+        "the reply is caused by the request"
+    );
+
+    let answer = client.zero_send("zr-convert", reading(0.0)).await.unwrap();
+    assert!(matches!(answer, ZeroAnswer::Value(_)));
+    assert_eq!(answer.into_value(), json!({ "freezing": true }));
+
+    let error = client
+        .zero_send(&convert, reading(-300.0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, HappenError::HandlerFailed { cause, .. } if cause.contains("absolute zero")),
+        "{error:?}"
+    );
+    let error = client
+        .zero_send(&convert, reading(5000.0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, HappenError::HandlerPanicked { message, .. } if message.contains("on fire")),
+        "{error:?}"
+    );
+    // The node keeps serving.
+    let answer = client.zero_send(&convert, reading(10.0)).await.unwrap();
+    assert_eq!(answer.into_value(), json!({ "fahrenheit": 50.0 }));
+
+    let error = client
+        .zero_send("zr-nobody", reading(1.0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, HappenError::UnknownNode { .. }),
+        "{error:?}"
+    );
+}
+
+pub async fn zero_and_ordinary_handlers_meet_at_the_boundary(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let zero_only = h.node("zb-zero").unwrap();
+    let ordinary_only = h.node("zb-ordinary").unwrap();
+    let client = h.node("zb-client").unwrap();
+    zero_only
+        .zero("reading", |event, _cx| {
+            let mut reply = ZeroWriter::new("seen");
+            reply
+                .f64("celsius", event.get("celsius")?)
+                .str("sender", event.sender());
+            Ok(ZeroNext::Reply(reply))
+        })
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    ordinary_only
+        .on("reading", move |event: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(event.clone());
+                json!({ "doubled": event.payload()["celsius"].as_f64().unwrap() * 2.0 })
+            }
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+
+    // An ordinary request to a zero handler: converted on the way in, the
+    // zero reply's payload is the answer.
+    let answer = client
+        .send(
+            &zero_only,
+            ev("reading", json!({ "celsius": 4.5, "sensor": "s-9" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, json!({ "celsius": 4.5, "sender": "zb-client" }));
+
+    // A zero request to an ordinary handler: it sees an ordinary event
+    // with the zero event's causal context and payload.
+    let answer = client
+        .zero_send(&ordinary_only, reading(3.0))
+        .await
+        .unwrap();
+    assert_eq!(answer.into_value(), json!({ "doubled": 6.0 }));
+    let seen = rx.recv().await.unwrap();
+    assert_eq!(seen.causal().sender, "zb-client");
+    assert_eq!(seen.causal().path.len(), 1);
+    assert_eq!(
+        seen.payload(),
+        &json!({ "sensor": "s-1", "celsius": 3.0, "seq": 7, "location": { "latitude": 52.5 } })
+    );
+    assert_eq!(seen.causal().correlation_id, seen.causal().id);
+
+    // A broadcast reaches a zero handler too.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    zero_only
+        .zero("alarm", move |event, _cx| {
+            let _ = tx.send(event.get::<i64>("level")?);
+            Ok(ZeroNext::Done)
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+    client
+        .broadcast(ev("alarm", json!({ "level": 3 })))
+        .unwrap();
+    assert_eq!(rx.recv().await.unwrap(), 3);
+}
+
+pub async fn a_zero_handler_continues_in_ordinary_steps(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let node = h.node("zc-node").unwrap();
+    let client = h.node("zc-client").unwrap();
+    node.zero("reading", |event, _cx| {
+        if event.get::<f64>("celsius")? < 30.0 {
+            return Ok(ZeroNext::Done);
+        }
+        // Unusual readings take the ordinary, allocating path.
+        Ok(ZeroNext::Then(Step::new(
+            |event: Event, cx: Context| async move {
+                assert_eq!(cx.event().causal().sender, "zc-client");
+                json!({ "alert": event.payload()["celsius"] })
+            },
+        )))
+    })
+    .unwrap();
+    h.flush().await.unwrap();
+
+    let calm = client.zero_send(&node, reading(20.0)).await.unwrap();
+    assert_eq!(calm.into_value(), Value::Null);
+    let hot = client.zero_send(&node, reading(45.0)).await.unwrap();
+    assert_eq!(hot.into_value(), json!({ "alert": 45.0 }));
+}
+
+pub async fn events_a_zero_handler_sends_carry_its_event_as_cause(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let relay = h.node("zk-relay").unwrap();
+    let sink = h.node("zk-sink").unwrap();
+    let source = h.node("zk-source").unwrap();
+    relay
+        .zero("reading", |event, cx| {
+            let mut forward = ZeroWriter::new("forwarded");
+            forward.f64("celsius", event.get("celsius")?);
+            cx.tell("zk-sink", forward)?;
+            Ok(ZeroNext::Done)
+        })
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    sink.zero("forwarded", move |event, _cx| {
+        let _ = tx.send((
+            event.causation().map(|c| c.to_string()),
+            event.correlation_id().to_owned(),
+            event.path().map(String::from).collect::<Vec<_>>(),
+            event.get::<f64>("celsius")?,
+        ));
+        Ok(ZeroNext::Done)
+    })
+    .unwrap();
+    h.flush().await.unwrap();
+
+    source.zero_tell(&relay, reading(8.0)).unwrap();
+    let (causation, correlation, path, celsius) = rx.recv().await.unwrap();
+    assert_eq!(path, ["zk-source", "zk-relay"]);
+    assert_eq!(celsius, 8.0);
+    // The root correlates with itself, so its id is the child's
+    // correlation: the child names the root as its cause.
+    assert_eq!(causation.as_deref(), Some(correlation.as_str()));
+    assert_eq!(correlation.len(), 36);
+}
+
+pub async fn acceptance_controls_and_off_apply_to_zero_handlers(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let vault = h
+        .node_with(
+            "za-vault",
+            NodeConfig::new().accept_from([AcceptRule::node("za-trusted")]),
+        )
+        .unwrap();
+    let trusted = h.node("za-trusted").unwrap();
+    let stranger = h.node("za-stranger").unwrap();
+    let id = vault
+        .zero("reading", |_event, _cx| Ok(ZeroNext::Value(json!("kept"))))
+        .unwrap();
+    h.flush().await.unwrap();
+
+    let answer = trusted.zero_send(&vault, reading(1.0)).await.unwrap();
+    assert_eq!(answer.into_value(), json!("kept"));
+    let error = stranger.zero_send(&vault, reading(1.0)).await.unwrap_err();
+    assert!(
+        matches!(error, HappenError::NotAccepted { .. }),
+        "{error:?}"
+    );
+
+    assert!(vault.off(id));
+    let error = trusted.zero_send(&vault, reading(1.0)).await.unwrap_err();
+    assert!(matches!(error, HappenError::NoHandler { .. }), "{error:?}");
+}

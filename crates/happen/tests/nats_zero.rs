@@ -1,0 +1,133 @@
+//! Zero events over NATS, seen from the wire: the message is the flat
+//! buffer itself followed by its hash (no MessagePack), and hostile bytes
+//! (truncated, forged, out-of-range offsets, garbage) are refused before
+//! any handler runs, counted, reported, and answered with the reason.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use happen::nats::NatsConfig;
+use happen::prelude::*;
+use happen::zero::{ZeroEvent, ZeroNext, ZeroWriter};
+use happen_test::NatsServer;
+
+mod support;
+use support::*;
+
+fn with_hash(bytes: &[u8]) -> Bytes {
+    let mut message = bytes.to_vec();
+    message.extend_from_slice(blake3::hash(bytes).as_bytes());
+    Bytes::from(message)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zero_buffer_is_the_message_and_hostile_bytes_are_refused() {
+    let server = NatsServer::start().unwrap();
+    let receiver = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let sink = receiver.node("sink").unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    sink.zero("reading", move |event, _cx| {
+        h.fetch_add(1, Ordering::SeqCst);
+        Ok(ZeroNext::Value(json!(event.get::<f64>("celsius")?)))
+    })
+    .unwrap();
+    let mut rejected = rejections(&receiver);
+    receiver.flush().await.unwrap();
+
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut direct = raw.subscribe("happen.node.sink").await.unwrap();
+    raw.flush().await.unwrap();
+    let sender = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let gateway = sender.node("gateway").unwrap();
+    let mut writer = ZeroWriter::new("reading");
+    writer.f64("celsius", 21.5).str("sensor", "s-1");
+    gateway.zero_tell("sink", writer).unwrap();
+
+    // On the wire: the buffer, then 32 bytes of hash; nothing else.
+    let message = within("the zero message", 10, direct.next()).await.unwrap();
+    assert!(message.headers.is_none());
+    let (buffer, hash) = message.payload.split_at(message.payload.len() - 32);
+    assert_eq!(&buffer[..2], b"HZ");
+    assert_eq!(hash, blake3::hash(buffer).as_bytes());
+    let event = ZeroEvent::from_bytes(buffer).unwrap();
+    assert_eq!(event.event_type(), "reading");
+    assert_eq!(event.sender(), "gateway");
+    assert_eq!(event.get::<f64>("celsius").unwrap(), 21.5);
+    assert_eq!(event.get::<&str>("sensor").unwrap(), "s-1");
+    within("the tell handled", 10, async {
+        while handled.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    let genuine = message.payload.clone();
+    let mut flipped = genuine.to_vec();
+    flipped[60] ^= 0x01; // inside the header, the hash no longer matches
+    // A field's value offset far outside the buffer, hashed again so that
+    // only the layout check can refuse it.
+    let fields = u32::from_le_bytes(buffer[80..84].try_into().unwrap()) as usize;
+    let mut out_of_range = buffer.to_vec();
+    out_of_range[fields + 12..fields + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+    let hostile: Vec<(&str, Bytes, &str)> = vec![
+        ("truncated", genuine.slice(..40), "integrity"),
+        ("flipped byte", Bytes::from(flipped), "integrity"),
+        ("offset out of range", with_hash(&out_of_range), "outside"),
+        (
+            "garbage after the magic",
+            with_hash(b"HZ\x01\x00garbage"),
+            "truncated",
+        ),
+        ("short", Bytes::from_static(b"HZ"), "truncated"),
+    ];
+    for (what, bytes, reason) in &hostile {
+        raw.publish("happen.node.sink", bytes.clone())
+            .await
+            .unwrap();
+        let answer = within(what, 10, raw.request("happen.node.sink", bytes.clone()))
+            .await
+            .unwrap();
+        // The answer is a zero event carrying the error.
+        let answer = ZeroEvent::from_bytes(&answer.payload[..answer.payload.len() - 32]).unwrap();
+        assert_eq!(answer.event_type(), "happen.error", "{what}");
+        let text = answer.get::<&str>("error").unwrap().to_lowercase();
+        assert!(text.contains(reason), "{what}: {text}");
+    }
+    let expected = hostile.len() * 2;
+    for _ in 0..expected {
+        within("a rejection report", 10, rejected.recv())
+            .await
+            .unwrap();
+    }
+    assert_eq!(receiver.counters().rejected, expected as u64);
+
+    // The genuine bytes are still an event, and the node still serves.
+    let answer = within(
+        "a genuine request",
+        10,
+        raw.request("happen.node.sink", genuine),
+    )
+    .await
+    .unwrap();
+    let answer = ZeroEvent::from_bytes(&answer.payload[..answer.payload.len() - 32]).unwrap();
+    assert_eq!(answer.event_type(), "happen.value");
+    assert_eq!(answer.payload(), json!(21.5));
+    let mut writer = ZeroWriter::new("reading");
+    writer.f64("celsius", 3.0);
+    let reply = gateway.zero_send("sink", writer).await.unwrap();
+    assert_eq!(reply.into_value(), json!(3.0));
+    let processed = handled.load(Ordering::SeqCst);
+    println!(
+        "zero over NATS: hostile sent={expected} rejected={expected} handled=0; genuine handled={processed}"
+    );
+    assert_eq!(processed, 3, "only the genuine events reached the handler");
+    sender.shutdown().await;
+    receiver.shutdown().await;
+}

@@ -1,0 +1,118 @@
+//! The zero path allocates nothing per event once warm: a counting global
+//! allocator sees every heap allocation of this test binary while a node
+//! builds (pooled writer), sends, receives and handles zero events in one
+//! process, and the count over 100,000 events must stay at zero.
+//!
+//! The ordinary path is counted beside it, so that the counter is seen to
+//! count (and the difference is on record).
+
+use std::alloc::System;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use happen::prelude::*;
+use happen::zero::{ZeroNext, ZeroWriter};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Allocations and reallocations since `region` began.
+fn allocations(region: &Region<'_, System>) -> u64 {
+    let change = region.change();
+    (change.allocations + change.reallocations) as u64
+}
+
+const BATCH: u64 = 100;
+
+/// Sends `rounds` batches of zero events from `from` to `to`, each batch
+/// handled before the next is sent.
+async fn zero_rounds(from: &Node, to: &Node, handled: &AtomicU64, rounds: u64) {
+    for _ in 0..rounds {
+        let target = handled.load(Ordering::Relaxed) + BATCH;
+        for i in 0..BATCH {
+            let mut reading = ZeroWriter::new("reading");
+            reading
+                .u64("seq", i)
+                .f64("celsius", 21.5)
+                .str("sensor", "s-17");
+            from.zero_tell(to, reading).unwrap();
+        }
+        while handled.load(Ordering::Relaxed) < target {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn zero_events_allocate_nothing_per_event_once_warm() {
+    let happen = Happen::embedded();
+    let gateway = happen.node("gateway").unwrap();
+    let sink = happen.node("sink").unwrap();
+    let handled = Arc::new(AtomicU64::new(0));
+    let sum = Arc::new(AtomicU64::new(0));
+    let (h, s) = (handled.clone(), sum.clone());
+    sink.zero("reading", move |event, _cx| {
+        let seq: u64 = event.get("seq")?;
+        let celsius = event.f64(event.offsets().get("celsius").unwrap_or(0))?;
+        let sensor: &str = event.get("sensor")?;
+        s.fetch_add(
+            seq + celsius as u64 + sensor.len() as u64,
+            Ordering::Relaxed,
+        );
+        h.fetch_add(1, Ordering::Relaxed);
+        Ok(ZeroNext::Done)
+    })
+    .unwrap();
+
+    // Warm-up: the pool, the queue and the lane's task reach their size.
+    zero_rounds(&gateway, &sink, &handled, 100).await;
+
+    let rounds = 1000;
+    let events = rounds * BATCH;
+    let region = Region::new(GLOBAL);
+    zero_rounds(&gateway, &sink, &handled, rounds).await;
+    let zero_allocations = allocations(&region);
+    let all_rounds = 100 + rounds;
+    assert_eq!(handled.load(Ordering::Relaxed), all_rounds * BATCH);
+    // Every event was read: seq 0..99 per batch, then 21 (celsius) and 4
+    // (the sensor's length) each.
+    assert_eq!(
+        sum.load(Ordering::Relaxed),
+        all_rounds * (BATCH * (BATCH - 1) / 2) + all_rounds * BATCH * 25
+    );
+
+    // The ordinary path, counted the same way, for comparison.
+    let ordinary_handled = Arc::new(AtomicU64::new(0));
+    let o = ordinary_handled.clone();
+    sink.on("ordinary", move |_e: Event, _cx: Context| {
+        let o = o.clone();
+        async move {
+            o.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    let region = Region::new(GLOBAL);
+    for i in 0..10_000u64 {
+        gateway
+            .tell(&sink, Event::new("ordinary", json!({ "seq": i })))
+            .unwrap();
+        if i % BATCH == BATCH - 1 {
+            while ordinary_handled.load(Ordering::Relaxed) <= i {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    let ordinary_allocations = allocations(&region);
+    println!(
+        "zero path: {events} events, {zero_allocations} allocations ({:.3} per event); ordinary path: 10000 events, {ordinary_allocations} allocations ({:.1} per event)",
+        zero_allocations as f64 / events as f64,
+        ordinary_allocations as f64 / 10_000.0,
+    );
+    assert!(ordinary_allocations >= 10_000, "the counter counts");
+    assert_eq!(
+        zero_allocations, 0,
+        "the zero path allocated {zero_allocations} times over {events} events"
+    );
+    happen.shutdown().await;
+}
