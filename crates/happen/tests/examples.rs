@@ -18,6 +18,10 @@ mod circuit_breaker;
 #[path = "../examples/cqrs.rs"]
 mod cqrs;
 
+#[allow(dead_code)]
+#[path = "../examples/sensor_zero.rs"]
+mod sensor_zero;
+
 fn recording() -> HappenConfig {
     HappenConfig::default().recorder(Recorder::in_memory(10_000))
 }
@@ -71,5 +75,26 @@ async fn cqrs_queries_follow_the_commands_over_nats() {
     let server = NatsServer::start().unwrap();
     let happen = over_nats(&server, HappenConfig::default()).await;
     cqrs::check(&cqrs::run(&happen).await.unwrap());
+    happen.shutdown().await;
+}
+
+#[tokio::test]
+async fn zero_sensor_batches_are_processed_embedded() {
+    let happen = Happen::embedded();
+    sensor_zero::check(&sensor_zero::run(&happen).await.unwrap());
+}
+
+#[tokio::test]
+async fn zero_sensor_batches_are_processed_over_nats() {
+    let server = NatsServer::start().unwrap();
+    // Every event through the server, so that the zero buffers travel as
+    // NATS messages.
+    let happen = Happen::connect_with(
+        happen::NatsConfig::new(server.url()).co_located(false),
+        HappenConfig::default(),
+    )
+    .await
+    .unwrap();
+    sensor_zero::check(&sensor_zero::run(&happen).await.unwrap());
     happen.shutdown().await;
 }
