@@ -179,6 +179,8 @@ impl ReplyTo {
 struct Item {
     event: ZeroEvent,
     reply: ReplyTo,
+    /// The handler that matched on arrival.
+    handler: Arc<ZeroFn>,
 }
 
 /// A node's zero handlers and the events waiting for them.
@@ -208,8 +210,7 @@ impl Lane {
     }
 
     fn matches(&self, event_type: &str) -> bool {
-        let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
-        handlers.iter().any(|h| h.pattern.matches(event_type))
+        self.handler_for(event_type).is_some()
     }
 
     /// Removes the handler `id`; whether it was one of this lane's.
@@ -283,10 +284,10 @@ pub(crate) fn deliver(
             return refuse(reply, error);
         }
     }
-    let Some(lane) = node
+    let found = node
         .zero_lane()
-        .filter(|lane| lane.matches(event.event_type()))
-    else {
+        .and_then(|lane| Some((lane, lane.handler_for(event.event_type())?)));
+    let Some((lane, handler)) = found else {
         let ordinary = event.to_event();
         let responder = reply.into_responder(node);
         return crate::delivery::deliver(node, Delivery::new(ordinary, responder, arrival));
@@ -303,7 +304,11 @@ pub(crate) fn deliver(
             };
             return refuse(reply, error);
         }
-        queue.push_back(Item { event, reply });
+        queue.push_back(Item {
+            event,
+            reply,
+            handler,
+        });
     }
     if lane.started.swap(true, Ordering::AcqRel) {
         lane.wake.notify_one();
@@ -345,7 +350,7 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
         };
         let handle = Node::from_core(core);
         for item in batch.drain(..) {
-            run(&handle, &lane, item);
+            run(&handle, item);
         }
         drop(handle);
         // Other tasks on this thread get their turn between batches.
@@ -354,18 +359,13 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
 }
 
 /// Runs one zero event's handler and answers its requester.
-fn run(node: &Node, lane: &Lane, item: Item) {
-    let Item { event, reply } = item;
+fn run(node: &Node, item: Item) {
+    let Item {
+        event,
+        reply,
+        handler,
+    } = item;
     let core = node.core();
-    let Some(handler) = lane.handler_for(event.event_type()) else {
-        // Removed since the event was queued.
-        let error = HappenError::NoHandler {
-            node: core.id().to_string(),
-            event_type: event.event_type().to_owned(),
-        };
-        reply.answer(Err(error), core);
-        return;
-    };
     let cx = ZeroContext {
         node,
         event: &event,

@@ -526,9 +526,20 @@ impl<'a> Offsets<'a> {
 
     /// The kind and offset of field `name`.
     pub fn field(&self, name: &str) -> Option<(Kind, usize)> {
-        self.iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, kind, at)| (kind, at))
+        let bytes = &self.event.bytes;
+        let strings = self.event.strings();
+        let (at, count) = self.directory();
+        // Names compared as bytes: checked to be UTF-8 on receipt already.
+        (0..count).map(|i| at + i * FIELD).find_map(|entry| {
+            let (offset, len) = layout::pair(bytes, entry).ok()?;
+            let candidate = strings.get(offset..offset.checked_add(len)?)?;
+            if candidate != name.as_bytes() {
+                return None;
+            }
+            let kind = Kind::from_byte(bytes[entry + 8])?;
+            let value = layout::u32_at(bytes, entry + 12).ok()? as usize;
+            Some((kind, value))
+        })
     }
 
     /// Every field: name, kind, offset, in the order written.

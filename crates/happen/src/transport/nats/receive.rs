@@ -13,12 +13,12 @@ use streams::NatsReply;
 /// An event sent to one of this process's nodes.
 pub(super) fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
     let prefix_len = shared.prefix.len() + ".node.".len();
+    if super::zero::is_zero(&message.payload) {
+        return super::zero::on_direct(shared, prefix_len, message);
+    }
     let Some(target) = message.subject.get(prefix_len..).map(str::to_owned) else {
         return;
     };
-    if super::zero::is_zero(&message.payload) {
-        return super::zero::on_direct(shared, target, message);
-    }
     let reply_subject = message.reply.as_ref().map(|s| s.to_string());
     match envelope::open(&message) {
         Ok(opened) => {

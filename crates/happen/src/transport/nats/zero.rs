@@ -161,12 +161,15 @@ fn seal_answer(node: &str, answer: Result<ZeroAnswer>) -> Result<Bytes> {
 }
 
 /// A zero event sent to one of this process's nodes.
-pub(super) fn on_direct(shared: &Arc<Shared>, target: String, message: async_nats::Message) {
+pub(super) fn on_direct(shared: &Arc<Shared>, prefix_len: usize, message: async_nats::Message) {
+    let Some(target) = message.subject.get(prefix_len..) else {
+        return;
+    };
     let reply = match message.reply.clone() {
         None => ReplyTo::Nobody,
         Some(subject) => {
             let shared = shared.clone();
-            let node = target.clone();
+            let node = target.to_owned();
             ReplyTo::Wire(Box::new(move |answer| {
                 let payload = match seal_answer(&node, answer) {
                     Ok(payload) => payload,
@@ -195,10 +198,12 @@ pub(super) fn on_direct(shared: &Arc<Shared>, target: String, message: async_nat
     if shared.phase() == CLOSED {
         return reply.refuse(HappenError::Shutdown);
     }
-    match shared.local.lookup(&target) {
+    match shared.local.lookup(target) {
         Some(node) => {
             let _ = crate::zero::deliver(node.core(), event, reply, Arrival::Remote);
         }
-        None => reply.refuse(HappenError::UnknownNode { node: target }),
+        None => reply.refuse(HappenError::UnknownNode {
+            node: target.to_owned(),
+        }),
     }
 }
