@@ -21,17 +21,17 @@ static SIGNER: std::sync::LazyLock<crate::NodeIdentity> =
     std::sync::LazyLock::new(crate::NodeIdentity::generate);
 
 /// A small, seeded generator (xorshift64*): the same inputs every run.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
 }
@@ -79,7 +79,7 @@ fn genuine() -> Vec<(Event, Vec<u8>)> {
         .collect()
 }
 
-fn mutate(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
+pub(super) fn mutate(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
     for _ in 0..1 + rng.below(4) {
         match rng.below(5) {

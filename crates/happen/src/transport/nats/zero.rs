@@ -207,3 +207,92 @@ pub(super) fn on_direct(shared: &Arc<Shared>, prefix_len: usize, message: async_
         }),
     }
 }
+
+/// Hostile zero messages, many times (as `fuzz.rs` does for ordinary
+/// events): arbitrary bytes after the magic, and genuine messages with
+/// bytes flipped, cut, repeated or inserted (some hashed again, as a forger
+/// would, so that only the layout check stands). Nothing may panic, and a
+/// message accepted with its original hash must be the genuine one.
+#[cfg(test)]
+mod fuzz {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use super::*;
+    use crate::transport::nats::fuzz::{Rng, mutate};
+
+    fn genuine() -> Vec<Vec<u8>> {
+        let mut messages = Vec::new();
+        for i in 0..4u8 {
+            let mut w = ZeroWriter::new("reading");
+            w.u64("seq", u64::from(i))
+                .f64("celsius", 21.5)
+                .str("sensor", "s-17")
+                .bytes("records", &[i; 32])
+                .bool("ok", i % 2 == 0);
+            let event = w.finish("gateway").expect("a zero event");
+            messages.push(sealed(&event).to_vec());
+        }
+        messages
+    }
+
+    #[test]
+    fn hostile_zero_messages_never_panic_and_never_pass_as_another() {
+        let cases: u64 = std::env::var("HAPPEN_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let genuine = genuine();
+        let mut rng = Rng(0x2e20_5eed_0bad_f00d);
+        let (mut panics, mut accepted, mut by_hash, mut by_layout) = (0u64, 0u64, 0u64, 0u64);
+        let mut changed_but_accepted = 0u64;
+        for case in 0..cases {
+            let (original, input) = if case % 4 == 0 {
+                let mut bytes = b"HZ".to_vec();
+                bytes.extend((0..rng.below(300)).map(|_| rng.next() as u8));
+                (None, bytes)
+            } else if case % 4 == 1 {
+                // A forger who hashes again: only the layout check stands.
+                let message = &genuine[rng.below(genuine.len())];
+                let buffer = mutate(&mut rng, &message[..message.len() - 32]);
+                let mut forged = buffer.clone();
+                forged.extend_from_slice(blake3::hash(&buffer).as_bytes());
+                (Some(message), forged)
+            } else {
+                let message = &genuine[rng.below(genuine.len())];
+                (Some(message), mutate(&mut rng, message))
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let opened = opened(&input);
+                if let Ok(event) = &opened {
+                    let _ = (event.payload(), event.to_event(), event.path().count());
+                }
+                opened.is_ok()
+            }));
+            match outcome {
+                Err(_) => panics += 1,
+                Ok(true) => {
+                    accepted += 1;
+                    // A re-hashed forgery that passes the layout check is a
+                    // well-formed event: what the hash cannot stop. Any
+                    // other change that passes is a failure.
+                    if case % 4 != 1 && original.is_some_and(|o| *o != input) {
+                        changed_but_accepted += 1;
+                    }
+                }
+                Ok(false)
+                    if opened(&input)
+                        .is_err_and(|e| matches!(e, HappenError::Integrity { .. })) =>
+                {
+                    by_hash += 1
+                }
+                Ok(false) => by_layout += 1,
+            }
+        }
+        println!(
+            "fuzz zero: inputs={cases} panics={panics} accepted={accepted} rejected-by-hash={by_hash} rejected-by-layout={by_layout} changed-but-accepted={changed_but_accepted}"
+        );
+        assert_eq!(panics, 0);
+        assert_eq!(changed_but_accepted, 0);
+        assert!(by_hash > 0 && by_layout > 0, "the inputs reach both checks");
+    }
+}
