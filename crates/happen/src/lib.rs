@@ -103,7 +103,9 @@ pub mod zero;
 
 pub use accept::AcceptRule;
 pub use causality::spawn;
-pub use config::{DeliveryConfig, DeliveryMode, HappenConfig, NodeConfig, NodeLimits};
+pub use config::{
+    DeliveryConfig, DeliveryMode, HappenConfig, NodeConfig, NodeLimits, QueueStrategy,
+};
 pub use confluence::{GroupResults, NodeGroup, SentToAll};
 pub use context::Context;
 pub use error::{BoxError, Cause, HappenError, Result};
@@ -122,7 +124,7 @@ pub use receipt::Receipt;
 pub use response::Sent;
 pub use runtime::{Happen, RUNTIME_NODE};
 pub use state::global::{Global, GlobalChange};
-pub use state::temporal::{Snapshot, SnapshotContext, TemporalConfig};
+pub use state::temporal::{Snapshot, SnapshotContext, Snapshots, TemporalConfig};
 pub use state::{State, View, Views};
 pub use stream::StreamItem;
 pub use system::{CONNECTION_STATUS, Counters, SYSTEM_SENDER};

@@ -339,7 +339,9 @@ impl Happen {
             self.0.store.clone(),
             self.0.settled.clone(),
             Id::from(id),
-            self.0.config.temporal_config().enabled,
+            self.0
+                .config
+                .resolve_snapshots(id, &crate::NodeConfig::new()),
             None,
         ))
     }
@@ -496,7 +498,8 @@ impl Happen {
         let limits = self.0.config.resolve(id, &config);
         let accept = self.0.config.resolve_accept(id, &config);
         let identity = self.0.config.resolve_identity(id, &config);
-        let node = Node::new(Id::from(id), &self.0, limits, accept, identity);
+        let snapshots = self.0.config.resolve_snapshots(id, &config);
+        let node = Node::new(Id::from(id), &self.0, limits, (accept, identity), snapshots);
         self.0.transport.attach(&node)?;
         Ok(node)
     }

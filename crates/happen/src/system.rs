@@ -57,6 +57,10 @@ pub const REFUSED: &str = "system.refused";
 pub const REJECTED: &str = "system.rejected";
 /// A durable event failed its last attempt and went to the dead letters.
 pub const DEAD_LETTER: &str = "system.dead-letter";
+/// A node's queue passed its backpressure threshold (`"pressure": true`) or
+/// emptied again (`false`); see
+/// [`NodeConfig::backpressure_threshold`](crate::NodeConfig::backpressure_threshold).
+pub const BACKPRESSURE: &str = "system.backpressure";
 
 /// How many events went undelivered or were refused since the runtime
 /// started; see [`Happen::counters`](crate::Happen::counters).

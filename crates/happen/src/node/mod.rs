@@ -6,6 +6,7 @@
 //! FIFO queue of at most `queue_limit`, and beyond that the sender gets
 //! [`HappenError::QueueFull`]. Nothing is dropped silently.
 
+mod queue;
 mod registry;
 mod scheduler;
 mod send;
@@ -14,6 +15,7 @@ mod target;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
+pub use queue::PRIORITY_FIELD;
 pub use registry::HandlerId;
 pub(crate) use registry::{Matched, Registration};
 pub use target::{NodeRef, Target};
@@ -41,7 +43,7 @@ pub(crate) struct NodeCore {
     /// (held by the runtime's transport) must not keep it alive.
     runtime: Weak<RuntimeInner>,
     store: Arc<dyn Store>,
-    temporal: bool,
+    snapshots: crate::state::temporal::Snapshots,
     limits: NodeLimits,
     /// Whom the node takes events from (`None`: anyone).
     accept: Option<AcceptFrom>,
@@ -247,8 +249,8 @@ impl Node {
         id: Id,
         runtime: &Arc<RuntimeInner>,
         limits: NodeLimits,
-        accept: Option<AcceptFrom>,
-        identity: Option<SignerRef>,
+        (accept, identity): (Option<AcceptFrom>, Option<SignerRef>),
+        snapshots: crate::state::temporal::Snapshots,
     ) -> Self {
         let retried_here =
             limits.delivery.mode.is_durable() && !runtime.transport().stores_durable_events();
@@ -265,7 +267,7 @@ impl Node {
             id,
             runtime: Arc::downgrade(runtime),
             store: runtime.store().clone(),
-            temporal: runtime.config().temporal_config().enabled,
+            snapshots,
             registry: Registry::default(),
             scheduler: Scheduler::default(),
             state_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -361,7 +363,7 @@ impl<S> Node<S> {
             self.store().clone(),
             self.core.settled.clone(),
             self.core.id.clone(),
-            self.core.temporal,
+            self.core.snapshots.clone(),
             Some(self.core.state_lock.clone()),
         )
     }

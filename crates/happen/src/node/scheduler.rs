@@ -1,5 +1,6 @@
 //! A node's scheduler: at most `max_concurrent` events handled at once, a
-//! FIFO queue of at most `queue_limit` behind them, refusal beyond that.
+//! queue of at most `queue_limit` behind them (in arrival or priority order,
+//! see [`super::queue`]), refusal beyond that.
 //!
 //! # How flows run
 //!
@@ -65,6 +66,9 @@ pub(super) struct Scheduler {
     /// Events whose flows have ended since the node started (flow balance
     /// reads it to see progress).
     completed: AtomicU64,
+    /// Whether backpressure was reported and the queue has not emptied
+    /// since.
+    pub(super) pressure: AtomicBool,
 }
 
 impl Scheduler {
@@ -192,12 +196,17 @@ impl NodeCore {
             self.run_inline(delivery);
             return Ok(());
         }
-        mailbox.queue.push_back(delivery);
-        if mailbox.worker {
+        super::queue::enqueue(&mut mailbox.queue, delivery, self.limits.queue_strategy);
+        let queued = mailbox.queue.len();
+        let pressed = self.pressed(queued);
+        let worker = std::mem::replace(&mut mailbox.worker, true);
+        drop(mailbox);
+        if pressed {
+            self.report_pressure(true, queued);
+        }
+        if worker {
             return Ok(());
         }
-        mailbox.worker = true;
-        drop(mailbox);
         let Some(runtime) = self.runtime.upgrade() else {
             // The runtime was dropped: nothing will run here any more.
             self.refuse_queued(HappenError::Shutdown);
@@ -329,6 +338,10 @@ impl NodeCore {
                 if free > 0 {
                     mailbox.running += free;
                     taken.extend(mailbox.queue.drain(..free));
+                    if self.relieved(mailbox.queue.len()) {
+                        drop(mailbox);
+                        self.report_pressure(false, 0);
+                    }
                 } else if yielded || mailbox.running >= self.limits.max_concurrent {
                     // Nothing to do, or every slot is taken (the task of
                     // the next flow to end takes over).

@@ -60,7 +60,7 @@ use crate::event::now_millis;
 use crate::id::Id;
 use crate::store::applied::{Applied, Settled};
 use crate::store::{Saved, Store};
-use temporal::{Snapshot, SnapshotContext, SnapshotFilter};
+use temporal::{Snapshot, SnapshotContext, SnapshotFilter, Snapshots};
 
 /// How many times a transform runs against conflicting writes from other
 /// processes before the update gives up with [`HappenError::Conflict`].
@@ -78,7 +78,8 @@ pub struct State {
     /// Exactly-once events whose marks may go, and what they changed.
     settled: Arc<Settled>,
     node: Id,
-    temporal: bool,
+    /// Which changes are kept as snapshots.
+    snapshots: Snapshots,
     /// The node's lock when the node lives in this process: its updates
     /// then queue here rather than race through the store.
     lock: Option<Arc<tokio::sync::Mutex<()>>>,
@@ -123,14 +124,14 @@ impl State {
         store: Arc<dyn Store>,
         settled: Arc<Settled>,
         node: Id,
-        temporal: bool,
+        snapshots: Snapshots,
         lock: Option<Arc<tokio::sync::Mutex<()>>>,
     ) -> Self {
         State {
             store,
             settled,
             node,
-            temporal,
+            snapshots,
             lock,
         }
     }
@@ -236,8 +237,8 @@ impl State {
                 if let Some(update) = &update {
                     self.settled.changed(&update.event, id);
                 }
-                if self.temporal
-                    && let Some(cause) = causality::current_event()
+                if let Some(cause) = causality::current_event()
+                    && self.snapshots.selects(&cause)
                 {
                     let snapshot = Snapshot {
                         state: new.clone(),

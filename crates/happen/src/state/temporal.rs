@@ -38,6 +38,118 @@ impl Default for TemporalConfig {
     }
 }
 
+/// Which state changes a node keeps as snapshots: the documentation's
+/// "which events should create temporal snapshots". Set for the whole
+/// system with [`HappenConfig::snapshots`](crate::HappenConfig::snapshots),
+/// for nodes by id pattern or one node with
+/// [`NodeConfig::snapshots`](crate::NodeConfig::snapshots) (the node's own
+/// setting wins, then the last matching pattern, then the system's).
+///
+/// A snapshot is taken when a flow changes the node's state; the selection
+/// looks at the event that flow is handling.
+///
+/// ```
+/// use happen::prelude::*;
+/// use happen::Snapshots;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> happen::Result<()> {
+/// let config = HappenConfig::default()
+///     .snapshots(Snapshots::matching("order.*")) // the system: order events only
+///     .for_nodes("cache-*", NodeConfig::new().snapshots(Snapshots::Off));
+/// let happen = Happen::embedded_with(config);
+/// let orders = happen.node("orders")?;
+/// orders.on(happen::pattern::Pattern::any(), |e: Event, cx: Context| async move {
+///     cx.node().state().set(|_| e.payload().clone()).await
+/// })?;
+/// orders.send(&orders, Event::new("order.placed", json!({ "id": 1 }))).await?;
+/// orders.send(&orders, Event::new("audit.read", json!({ "id": 1 }))).await?;
+/// let history = orders.state().history().await?;
+/// assert_eq!(history.len(), 1, "only the order event made a snapshot");
+/// assert_eq!(history[0].context.event_type, "order.placed");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum Snapshots {
+    /// Every change made inside a flow (the default).
+    #[default]
+    All,
+    /// None: the node keeps no history.
+    Off,
+    /// Changes made by flows of events whose type matches the pattern.
+    Matching(crate::pattern::Pattern),
+    /// Changes made by flows of events the predicate selects.
+    When(std::sync::Arc<dyn Fn(&Event) -> bool + Send + Sync>),
+}
+
+impl Snapshots {
+    /// Changes made by flows of events whose type matches `pattern`.
+    pub fn matching(pattern: impl crate::pattern::IntoPattern) -> Snapshots {
+        Snapshots::Matching(pattern.into_pattern())
+    }
+
+    /// Changes made by flows of events `select` picks (it sees the whole
+    /// event: type, payload, causal context, origin).
+    pub fn when(select: impl Fn(&Event) -> bool + Send + Sync + 'static) -> Snapshots {
+        Snapshots::When(std::sync::Arc::new(select))
+    }
+
+    /// Whether a change made while handling `event` is kept.
+    pub(crate) fn selects(&self, event: &Event) -> bool {
+        match self {
+            Snapshots::All => true,
+            Snapshots::Off => false,
+            Snapshots::Matching(pattern) => pattern.matches(event.event_type()),
+            Snapshots::When(select) => select(event),
+        }
+    }
+}
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Snapshots::All => f.write_str("All"),
+            Snapshots::Off => f.write_str("Off"),
+            Snapshots::Matching(_) => f.write_str("Matching(..)"),
+            Snapshots::When(_) => f.write_str("When(..)"),
+        }
+    }
+}
+
+/// Two selections are equal when they are the same variant and, for a
+/// pattern or a predicate, the very same one (a clone).
+impl PartialEq for Snapshots {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Snapshots::All, Snapshots::All) | (Snapshots::Off, Snapshots::Off) => true,
+            (Snapshots::Matching(a), Snapshots::Matching(b)) => same_pattern(a, b),
+            (Snapshots::When(a), Snapshots::When(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Snapshots {}
+
+/// Whether two patterns are the same: equal text for exact and domain
+/// patterns, the very same compiled pattern otherwise.
+fn same_pattern(a: &crate::pattern::Pattern, b: &crate::pattern::Pattern) -> bool {
+    use crate::pattern::Repr;
+    use std::sync::Arc;
+    match (a.repr(), b.repr()) {
+        (Repr::Any, Repr::Any) => true,
+        (Repr::Exact(x), Repr::Exact(y)) | (Repr::Domain(x), Repr::Domain(y)) => x == y,
+        (Repr::Compiled(x), Repr::Compiled(y)) => Arc::ptr_eq(x, y),
+        (Repr::Glob(x), Repr::Glob(y)) => Arc::ptr_eq(x, y),
+        (Repr::Func(x), Repr::Func(y)) => Arc::ptr_eq(x, y),
+        (Repr::Not(x), Repr::Not(y)) => Arc::ptr_eq(x, y),
+        (Repr::And(x), Repr::And(y)) | (Repr::Or(x), Repr::Or(y)) => Arc::ptr_eq(x, y),
+        (Repr::Invalid(x), Repr::Invalid(y)) => Arc::ptr_eq(x, y),
+        _ => false,
+    }
+}
+
 /// The context of the event that produced a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

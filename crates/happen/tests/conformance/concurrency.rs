@@ -242,3 +242,152 @@ pub async fn node_shutdown_finishes_its_flows_and_frees_its_id(backend: &dyn Bac
         "new worker"
     );
 }
+
+/// Waits (bounded) until `node` has `n` events waiting in its queue.
+async fn until_queued(node: &Node, n: usize) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while node.queued() < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} waiting, not {n}", node.queued()));
+}
+
+pub async fn priority_queue_starts_higher_priorities_first(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("pq-client").unwrap();
+    let worker = h
+        .node_with(
+            "pq-worker",
+            NodeConfig::new()
+                .max_concurrent(1)
+                .queue_strategy(happen::QueueStrategy::Priority),
+        )
+        .unwrap();
+    let release = Arc::new(Notify::new());
+    let blocked = Arc::new(Notify::new());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (r, b) = (release.clone(), blocked.clone());
+    worker
+        .on("job", move |e: Event, _cx: Context| {
+            let (tx, r, b) = (tx.clone(), r.clone(), b.clone());
+            async move {
+                let name = e.payload().as_str().unwrap_or_default().to_owned();
+                if name == "blocker" {
+                    b.notify_one();
+                    r.notified().await;
+                }
+                let _ = tx.send(name);
+            }
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+
+    // The blocker holds the only slot; the rest wait in the queue.
+    client.tell(&worker, ev("job", json!("blocker"))).unwrap();
+    blocked.notified().await;
+    for (name, priority) in [
+        ("low", 1),
+        ("high-1", 5),
+        ("none", 0),
+        ("mid", 3),
+        ("high-2", 5),
+    ] {
+        let event = ev("job", json!(name));
+        let event = if name == "none" {
+            event
+        } else {
+            event.with_priority(priority)
+        };
+        client.tell(&worker, event).unwrap();
+    }
+    until_queued(&worker, 5).await;
+    release.notify_one();
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        order.push(
+            tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(order, ["blocker", "high-1", "high-2", "mid", "low", "none"]);
+}
+
+pub async fn backpressure_is_reported_before_the_queue_is_full(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("bp-client").unwrap();
+    let worker = h
+        .node_with(
+            "bp-worker",
+            NodeConfig::new()
+                .max_concurrent(1)
+                .queue_limit(10)
+                .backpressure_threshold(0.5),
+        )
+        .unwrap();
+    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    client
+        .on(
+            happen::system::BACKPRESSURE,
+            move |e: Event, _cx: Context| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(e.payload().clone());
+                }
+            },
+        )
+        .unwrap();
+    // Each job waits for a permit: the test decides when they finish.
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let started = Arc::new(Notify::new());
+    let (p, s) = (permits.clone(), started.clone());
+    worker
+        .on("job", move |_e: Event, _cx: Context| {
+            let (p, s) = (p.clone(), s.clone());
+            async move {
+                s.notify_one();
+                if let Ok(permit) = p.acquire().await {
+                    permit.forget();
+                }
+            }
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+
+    client.tell(&worker, ev("job", json!(0))).unwrap(); // takes the only slot
+    started.notified().await;
+    for i in 1..=4 {
+        client.tell(&worker, ev("job", json!(i))).unwrap();
+    }
+    until_queued(&worker, 4).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), reports.recv())
+            .await
+            .is_err(),
+        "no report below the threshold (5 of 10)"
+    );
+    // The fifth waiting event reaches the threshold: reported once, and
+    // still accepted.
+    client.tell(&worker, ev("job", json!(5))).unwrap();
+    client.tell(&worker, ev("job", json!(6))).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+        .await
+        .expect("a backpressure report")
+        .unwrap();
+    assert_eq!(report["node"], "bp-worker");
+    assert_eq!(report["pressure"], true);
+    assert_eq!(report["queued"], 5);
+    assert_eq!(report["queueLimit"], 10);
+    until_queued(&worker, 6).await;
+    // Drained: reported once more, pressure off.
+    permits.add_permits(7);
+    let report = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+        .await
+        .expect("the relief report")
+        .unwrap();
+    assert_eq!(report["pressure"], false);
+    assert_eq!(report["node"], "bp-worker");
+}

@@ -147,6 +147,8 @@ macro_rules! conformance_suite {
             node_id_patterns_override_limits,
             shutdown_drains_in_flight_flows,
             node_shutdown_finishes_its_flows_and_frees_its_id,
+            priority_queue_starts_higher_priorities_first,
+            backpressure_is_reported_before_the_queue_is_full,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] state;
             state_get_set_and_projection,
@@ -156,6 +158,7 @@ macro_rules! conformance_suite {
             temporal_snapshots_record_the_causing_event,
             temporal_retention_by_count_and_age,
             state_of_reads_and_writes_without_becoming_the_node,
+            snapshots_are_taken_for_selected_events_only,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] durability;
             failed_flow_is_retried_and_the_requester_gets_the_final_answer,

@@ -373,3 +373,63 @@ pub async fn state_of_reads_and_writes_without_becoming_the_node(backend: &dyn B
         Err(HappenError::InvalidName(_))
     ));
 }
+
+pub async fn snapshots_are_taken_for_selected_events_only(backend: &dyn Backend) {
+    use happen::Snapshots;
+    use happen::pattern::Pattern;
+
+    let config = HappenConfig::default()
+        .snapshots(Snapshots::matching("order.*"))
+        .for_nodes("ss-quiet-*", NodeConfig::new().snapshots(Snapshots::Off));
+    let h = backend.start(config).await;
+    let client = h.node("ss-client").unwrap();
+    let orders = h.node("ss-orders").unwrap();
+    let quiet = h.node("ss-quiet-1").unwrap();
+    let large = h
+        .node_with(
+            "ss-large",
+            NodeConfig::new().snapshots(Snapshots::when(|e: &Event| {
+                e.payload()["amount"].as_u64().unwrap_or(0) >= 100
+            })),
+        )
+        .unwrap();
+    for node in [&orders, &quiet, &large] {
+        node.on(Pattern::any(), |e: Event, cx: Context| async move {
+            cx.node().state().set(|_| e.payload().clone()).await
+        })
+        .unwrap();
+    }
+    h.flush().await.unwrap();
+
+    for node in [&orders, &quiet, &large] {
+        for (event_type, amount) in [
+            ("order.placed", 50),
+            ("audit.read", 500),
+            ("order.paid", 150),
+        ] {
+            client
+                .send(node, ev(event_type, json!({ "amount": amount })))
+                .await
+                .unwrap();
+        }
+    }
+    let types = |history: Vec<happen::Snapshot>| {
+        history
+            .into_iter()
+            .map(|s| s.context.event_type)
+            .collect::<Vec<_>>()
+    };
+    // The system's selection: order events only.
+    assert_eq!(
+        types(orders.state().history().await.unwrap()),
+        ["order.placed", "order.paid"]
+    );
+    // A pattern layer turned history off; the state still changes.
+    assert!(quiet.state().history().await.unwrap().is_empty());
+    assert_eq!(quiet.state().get().await.unwrap(), json!({ "amount": 150 }));
+    // The node's own predicate wins over the system's pattern.
+    assert_eq!(
+        types(large.state().history().await.unwrap()),
+        ["audit.read", "order.paid"]
+    );
+}

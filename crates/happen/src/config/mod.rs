@@ -26,12 +26,15 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use crate::accept::{AcceptFrom, AcceptRule};
+use crate::accept::AcceptFrom;
 use crate::balance::FlowBalanceConfig;
-use crate::identity::{Ed25519, Signer, SignerRef, Verifier};
+use crate::identity::{Ed25519, SignerRef, Verifier};
 use crate::observe::{Observer, Observers};
 use crate::pattern::glob_match;
-use crate::state::temporal::TemporalConfig;
+use crate::state::temporal::{Snapshots, TemporalConfig};
+
+mod node;
+pub use node::{NodeConfig, NodeLimits, QueueStrategy};
 
 /// The default request timeout: 5 seconds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,155 +47,13 @@ pub const DEFAULT_QUEUE_LIMIT: usize = 10_000;
 /// loop of events before its paths grow large.
 pub const DEFAULT_MAX_CAUSAL_DEPTH: usize = 256;
 
-/// Settings for one node, or for every node whose id matches a pattern.
-/// Unset fields fall back to the layer below.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeConfig {
-    /// How many flows the node runs at once.
-    pub max_concurrent: Option<usize>,
-    /// How many events wait when all flows are busy; beyond that senders get
-    /// [`HappenError::QueueFull`](crate::HappenError::QueueFull).
-    pub queue_limit: Option<usize>,
-    /// How long a `send` from this node waits for a response by default.
-    pub timeout: Option<Duration>,
-    /// How events to the node are delivered (see [`DeliveryConfig`]).
-    pub delivery: Option<DeliveryConfig>,
-    /// Whom the node takes events from (see [`crate::accept`]); `None`:
-    /// anyone, unless a pattern layer sets rules.
-    pub accept_from: Option<Vec<AcceptRule>>,
-    /// The node's key (see [`crate::identity`]); `None`: made when first
-    /// needed.
-    pub identity: Option<SignerRef>,
-    /// Whether the node signs the events it sends.
-    pub sign: Option<bool>,
-    /// Whether the node refuses events that are not signed.
-    pub require_signed: Option<bool>,
-    /// The longest causal chain an event the node sends may end (see
-    /// [`HappenConfig::max_causal_depth`]).
-    pub max_causal_depth: Option<usize>,
-}
-
-impl NodeConfig {
-    /// A configuration with nothing set.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets how many flows run at once (at least 1).
-    pub fn max_concurrent(mut self, n: usize) -> Self {
-        self.max_concurrent = Some(n);
-        self
-    }
-
-    /// Sets how many events may wait for a free flow slot.
-    pub fn queue_limit(mut self, n: usize) -> Self {
-        self.queue_limit = Some(n);
-        self
-    }
-
-    /// Sets the default response timeout of this node's requests.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Sets how events to this node are delivered: directly (the default),
-    /// or stored first and retried (see [`crate::durable`]).
-    pub fn delivery(mut self, delivery: DeliveryConfig) -> Self {
-        self.delivery = Some(delivery);
-        self
-    }
-
-    /// Takes events only from senders or origins one of `rules` matches
-    /// (the documentation's `acceptFrom`; see [`crate::accept`]). Replaces
-    /// the rules of a pattern layer.
-    pub fn accept_from<I, R>(mut self, rules: I) -> Self
-    where
-        I: IntoIterator<Item = R>,
-        R: Into<AcceptRule>,
-    {
-        self.accept_from = Some(rules.into_iter().map(Into::into).collect());
-        self
-    }
-
-    /// Gives the node this key pair (or any [`Signer`]) instead of one made
-    /// when first needed: a key that stays the same across restarts, or
-    /// one kept outside the process. See [`crate::identity`].
-    pub fn identity(mut self, signer: impl Signer) -> Self {
-        self.identity = Some(SignerRef(Arc::new(signer)));
-        self
-    }
-
-    /// Signs every event the node sends (see [`crate::identity`]).
-    pub fn sign(mut self, sign: bool) -> Self {
-        self.sign = Some(sign);
-        self
-    }
-
-    /// Refuses events that are not signed by their sender's registered key
-    /// (see [`crate::identity`]). Signed events are checked either way.
-    pub fn require_signed(mut self, require: bool) -> Self {
-        self.require_signed = Some(require);
-        self
-    }
-
-    /// Sets the longest causal chain an event this node sends may end
-    /// (see [`HappenConfig::max_causal_depth`]).
-    pub fn max_causal_depth(mut self, depth: usize) -> Self {
-        self.max_causal_depth = Some(depth);
-        self
-    }
-
-    fn apply(&self, to: &mut NodeLimits) {
-        if let Some(n) = self.max_concurrent {
-            to.max_concurrent = n.max(1);
-        }
-        if let Some(n) = self.queue_limit {
-            to.queue_limit = n;
-        }
-        if let Some(t) = self.timeout {
-            to.timeout = t;
-        }
-        if let Some(d) = self.delivery {
-            to.delivery = d;
-        }
-        if let Some(sign) = self.sign {
-            to.sign = sign;
-        }
-        if let Some(require) = self.require_signed {
-            to.require_signed = require;
-        }
-        if let Some(depth) = self.max_causal_depth {
-            to.max_causal_depth = depth.max(1);
-        }
-    }
-}
-
-/// The settings a node runs with, once every layer is applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NodeLimits {
-    /// Flows run at once.
-    pub max_concurrent: usize,
-    /// Events queued beyond that.
-    pub queue_limit: usize,
-    /// Default response timeout of the node's requests.
-    pub timeout: Duration,
-    /// How events to the node are delivered.
-    pub delivery: DeliveryConfig,
-    /// Whether the node signs what it sends.
-    pub sign: bool,
-    /// Whether the node refuses unsigned events.
-    pub require_signed: bool,
-    /// The longest causal chain an event the node sends may end.
-    pub max_causal_depth: usize,
-}
-
 /// System-wide configuration of a Happen runtime.
 #[derive(Debug, Clone)]
 pub struct HappenConfig {
     defaults: NodeLimits,
     patterns: Vec<(String, NodeConfig)>,
     temporal: TemporalConfig,
+    snapshots: Snapshots,
     observers: Observers,
     recorder: Option<crate::trace::Recorder>,
     balance: FlowBalanceConfig,
@@ -220,9 +81,12 @@ impl Default for HappenConfig {
                 sign: false,
                 require_signed: false,
                 max_causal_depth: DEFAULT_MAX_CAUSAL_DEPTH,
+                queue_strategy: QueueStrategy::Fifo,
+                backpressure_permille: 1000,
             },
             patterns: Vec::new(),
             temporal: TemporalConfig::default(),
+            snapshots: Snapshots::All,
             observers: Observers::default(),
             recorder: None,
             balance: FlowBalanceConfig::default(),
@@ -306,6 +170,13 @@ impl HappenConfig {
         self
     }
 
+    /// Selects which state changes every node keeps as snapshots, unless a
+    /// node or a pattern layer says otherwise (see [`Snapshots`]).
+    pub fn snapshots(mut self, snapshots: Snapshots) -> Self {
+        self.snapshots = snapshots;
+        self
+    }
+
     /// Adds an observer of the event flow (see [`crate::observe`]); several
     /// may be added, and are called in the order given.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
@@ -357,6 +228,17 @@ impl HappenConfig {
 
     /// The key a node with this id and own configuration signs with, if
     /// one is given: its own, else the last matching pattern layer's.
+    /// The snapshot selection of the node `node_id`: off when temporal
+    /// state is off, else its own, a pattern layer's, or the system's.
+    pub(crate) fn resolve_snapshots(&self, node_id: &str, own: &NodeConfig) -> Snapshots {
+        if !self.temporal.enabled {
+            return Snapshots::Off;
+        }
+        self.own_or_layer(node_id, own, |c| c.snapshots.as_ref())
+            .unwrap_or(&self.snapshots)
+            .clone()
+    }
+
     pub(crate) fn resolve_identity(&self, node_id: &str, own: &NodeConfig) -> Option<SignerRef> {
         self.own_or_layer(node_id, own, |c| c.identity.as_ref())
             .cloned()
