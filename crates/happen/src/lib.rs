@@ -88,6 +88,7 @@ pub mod receipt;
 pub mod resilience;
 pub mod response;
 pub mod runtime;
+pub mod settings;
 #[cfg(feature = "redb")]
 mod spool;
 pub mod state;

@@ -315,6 +315,35 @@ impl Happen {
         self.0.transport.counters()
     }
 
+    /// A runtime as `settings` describe (see [`crate::settings`]):
+    /// connected to NATS when they have a `nats` section, embedded
+    /// otherwise.
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// use happen::settings::Settings;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let settings = Settings::from_json(r#"{ "concurrency": { "default": { "maxConcurrent": 4 } } }"#)?;
+    /// let happen = Happen::from_settings(&settings).await?;
+    /// assert_eq!(happen.node("n")?.limits().max_concurrent, 4);
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_settings(settings: &crate::settings::Settings) -> Result<Happen> {
+        let config = settings.happen_config();
+        #[cfg(feature = "nats")]
+        if let Some(nats) = settings.nats_config() {
+            return Happen::connect_with(nats, config).await;
+        }
+        #[cfg(not(feature = "nats"))]
+        if settings.nats.is_some() {
+            return Err(HappenError::Config(
+                "settings: nats: this build of happen has no `nats` feature".into(),
+            ));
+        }
+        Ok(Happen::embedded_with(config))
+    }
+
     /// The state of the node `id`, read and written through the store
     /// without becoming that node: for tools and for code outside any node.
     /// Updates are atomic as from the node itself (conditional writes).

@@ -263,3 +263,60 @@ async fn a_websocket_url_joins_the_same_system() {
     over_ws.shutdown().await;
     over_tcp.shutdown().await;
 }
+
+/// An operator's file and variables configure a deployed runtime: the
+/// server from a variable, limits from the file; a wrong value fails
+/// before anything connects, naming the key.
+#[tokio::test]
+async fn settings_from_a_file_and_the_environment_connect_and_configure() {
+    use happen::settings::Settings;
+
+    let server = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("happen.toml");
+    std::fs::write(
+        &file,
+        "requestTimeout = \"3s\"\n[nats]\nservers = [\"nats://127.0.0.1:1\"]\n\
+         [concurrency.patterns.\"svc-*\"]\nmaxConcurrent = 3\nqueueStrategy = \"priority\"\n",
+    )
+    .unwrap();
+    let vars = vec![
+        ("HAPPEN_NATS__SERVERS".to_owned(), server.url()),
+        ("HAPPEN_NATS__NAME".to_owned(), "from-settings".to_owned()),
+    ];
+    let settings = Settings::load_from(Some(&file), vars).unwrap();
+    let happen = Happen::from_settings(&settings).await.unwrap();
+    let svc = happen.node("svc-1").unwrap();
+    assert_eq!(svc.limits().max_concurrent, 3);
+    assert_eq!(svc.limits().queue_strategy, happen::QueueStrategy::Priority);
+    assert_eq!(svc.limits().timeout, Duration::from_secs(3));
+    svc.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
+        .unwrap();
+    // Another runtime, on its own connection, reaches it through the server.
+    let other = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    happen.flush().await.unwrap();
+    let answer = other
+        .node("caller")
+        .unwrap()
+        .send("svc-1", Event::new("ping", json!(null)))
+        .await
+        .unwrap();
+    assert_eq!(answer, json!("pong"));
+
+    let wrong = Settings::load_from(
+        Some(&file),
+        vec![(
+            "HAPPEN_NATS__RECONNECT__MAX_DELAY".to_owned(),
+            "later".to_owned(),
+        )],
+    )
+    .unwrap_err();
+    assert!(
+        wrong.to_string().contains("nats.reconnect.maxDelay"),
+        "{wrong}"
+    );
+    other.shutdown().await;
+    happen.shutdown().await;
+}

@@ -1,0 +1,403 @@
+//! One configuration object for a whole runtime, readable from a file and
+//! from environment variables, so that an operator configures a deployed
+//! system without recompiling: the documentation's `initializeHappen({..})`.
+//!
+//! The keys follow the documentation (camelCase). Everything is optional;
+//! without a `nats` section the runtime is embedded.
+//!
+//! ```json
+//! {
+//!   "nats": {
+//!     "servers": ["nats://127.0.0.1:4222"],
+//!     "name": "orders-service",
+//!     "reconnect": { "maxAttempts": 10, "baseDelay": "100ms", "maxDelay": "4s" }
+//!   },
+//!   "requestTimeout": "5s",
+//!   "concurrency": {
+//!     "default": { "maxConcurrent": 100, "queueLimit": 10000, "queueStrategy": "fifo",
+//!                  "backpressureThreshold": 0.8 },
+//!     "patterns": { "api-*": { "maxConcurrent": 200 }, "worker-*": { "queueStrategy": "priority" } }
+//!   },
+//!   "delivery": { "mode": "exactly-once", "maxAttempts": 5 },
+//!   "temporal": { "enabled": true, "history": 100, "maxAge": "30d" },
+//!   "security": { "sign": true, "requireSigned": false }
+//! }
+//! ```
+//!
+//! [`Settings::load`] reads a file (JSON, or TOML with the `toml` feature,
+//! chosen by the extension) and then the environment: every variable
+//! `HAPPEN_<KEY>__<KEY>...` sets one key, segments in `UPPER_SNAKE` form
+//! (`HAPPEN_CONCURRENCY__DEFAULT__MAX_CONCURRENT=50`,
+//! `HAPPEN_NATS__SERVERS=nats://a:4222,nats://b:4222`); a value is read as
+//! JSON when it parses as JSON, else as text, and a comma-separated value
+//! for a list becomes the list. `HAPPEN_CONFIG` names the file when no path
+//! is given. Durations are text with a unit (`250ms`, `5s`, `10m`, `2h`,
+//! `30d`) or a number of milliseconds.
+//!
+//! A wrong key or value is an error naming it:
+//!
+//! ```
+//! use happen::settings::Settings;
+//!
+//! let error = Settings::from_json(r#"{ "concurrency": { "default": { "maxConcurent": 5 } } }"#)
+//!     .unwrap_err();
+//! assert!(error.to_string().contains("concurrency.default.maxConcurent"), "{error}");
+//! let error = Settings::from_json(r#"{ "temporal": { "maxAge": "a while" } }"#).unwrap_err();
+//! assert!(error.to_string().contains("temporal.maxAge"), "{error}");
+//! ```
+//!
+//! Patterns of `concurrency.patterns` are applied in the order of their
+//! keys (sorted), each over the defaults; a node's own `NodeConfig` wins.
+//! Not everything Happen can do is a setting: handlers, observers,
+//! verifiers and signers are code.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::config::{DeliveryConfig, HappenConfig, NodeConfig};
+use crate::error::{HappenError, Result};
+use crate::state::temporal::TemporalConfig;
+
+mod sections;
+pub use sections::{
+    AuthSettings, Concurrency, DeliveryModeName, DeliverySettings, Millis, NatsSettings,
+    NodeSettings, QueueStrategyName, ReconnectSettings, SecuritySettings, TemporalSettings,
+    TlsSettings,
+};
+
+/// The prefix of the environment variables [`Settings::load`] reads.
+pub const ENV_PREFIX: &str = "HAPPEN_";
+
+/// The whole runtime's settings; see the [module docs](self).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Settings {
+    /// The NATS connection; `None`: an embedded runtime.
+    pub nats: Option<NatsSettings>,
+    /// The default response timeout of every node.
+    pub request_timeout: Option<Millis>,
+    /// The longest causal chain an event may end.
+    pub max_causal_depth: Option<usize>,
+    /// Concurrency defaults and per-pattern overrides.
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// How events are delivered to every node that does not say otherwise.
+    pub delivery: Option<DeliverySettings>,
+    /// State history.
+    pub temporal: Option<TemporalSettings>,
+    /// Signing, for every node.
+    pub security: Option<SecuritySettings>,
+}
+
+fn invalid(key: &str, why: impl std::fmt::Display) -> HappenError {
+    HappenError::Config(format!("settings: {key}: {why}"))
+}
+
+impl Settings {
+    /// Settings from JSON text.
+    pub fn from_json(text: &str) -> Result<Settings> {
+        let value: Value = serde_json::from_str(text).map_err(|e| invalid("(the JSON text)", e))?;
+        Settings::from_value(value)
+    }
+
+    /// Settings from TOML text.
+    #[cfg(feature = "toml")]
+    pub fn from_toml(text: &str) -> Result<Settings> {
+        let value: Value = toml::from_str(text).map_err(|e| invalid("(the TOML text)", e))?;
+        Settings::from_value(value)
+    }
+
+    /// Settings from a JSON value (what the file and the environment make).
+    pub fn from_value(value: Value) -> Result<Settings> {
+        let settings: Settings = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            invalid(&path, e.into_inner())
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Reads `file` (or the file `HAPPEN_CONFIG` names, if any), then the
+    /// `HAPPEN_*` environment variables over it.
+    pub fn load(file: Option<&Path>) -> Result<Settings> {
+        Settings::load_from(file, std::env::vars())
+    }
+
+    /// [`Settings::load`] with the variables given (for tests, or another
+    /// source of variables).
+    pub fn load_from(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let named = vars
+            .iter()
+            .find(|(k, _)| k == "HAPPEN_CONFIG")
+            .map(|(_, v)| PathBuf::from(v));
+        let mut value = match file.map(Path::to_path_buf).or(named) {
+            Some(path) => read_file(&path)?,
+            None => Value::Object(Map::new()),
+        };
+        for (key, raw) in &vars {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if rest == "CONFIG" || rest.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(camel).collect();
+            set(&mut value, &path, env_value(&path, raw))
+                .map_err(|why| invalid(&format!("{key} (environment)"), why))?;
+        }
+        Settings::from_value(value)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let layers = self
+            .concurrency
+            .default
+            .iter()
+            .map(|l| ("concurrency.default".to_owned(), l))
+            .chain(
+                self.concurrency
+                    .patterns
+                    .iter()
+                    .map(|(p, l)| (format!("concurrency.patterns.{p}"), l)),
+            );
+        for (at, layer) in layers {
+            if layer.max_concurrent == Some(0) {
+                return Err(invalid(
+                    &format!("{at}.maxConcurrent"),
+                    "must be at least 1",
+                ));
+            }
+            if let Some(t) = layer.backpressure_threshold
+                && !(0.0..=1.0).contains(&t)
+            {
+                return Err(invalid(
+                    &format!("{at}.backpressureThreshold"),
+                    format!("{t} is not between 0 and 1"),
+                ));
+            }
+        }
+        if self.max_causal_depth == Some(0) {
+            return Err(invalid("maxCausalDepth", "must be at least 1"));
+        }
+        if let Some(nats) = &self.nats {
+            if nats.servers.is_empty() {
+                return Err(invalid("nats.servers", "name at least one server"));
+            }
+            if let Some(auth) = &nats.auth {
+                let given = [
+                    auth.user.is_some(),
+                    auth.token.is_some(),
+                    auth.credentials_file.is_some(),
+                    auth.nkey_seed.is_some(),
+                ];
+                if given.iter().filter(|g| **g).count() > 1 {
+                    return Err(invalid(
+                        "nats.auth",
+                        "give one of user, token, credentialsFile, nkeySeed",
+                    ));
+                }
+                if auth.user.is_some() != auth.password.is_some() {
+                    return Err(invalid("nats.auth", "user and password go together"));
+                }
+            }
+            if let Some(tls) = &nats.tls
+                && tls.client_certificate.is_some() != tls.client_key.is_some()
+            {
+                return Err(invalid(
+                    "nats.tls",
+                    "clientCertificate and clientKey go together",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The runtime configuration these settings describe (everything but
+    /// the NATS connection).
+    pub fn happen_config(&self) -> HappenConfig {
+        let mut config = HappenConfig::default();
+        if let Some(Millis(t)) = self.request_timeout {
+            config = config.request_timeout(t);
+        }
+        if let Some(depth) = self.max_causal_depth {
+            config = config.max_causal_depth(depth);
+        }
+        if let Some(delivery) = &self.delivery {
+            config = config.delivery(delivery.apply(DeliveryConfig::direct()));
+        }
+        if let Some(temporal) = &self.temporal {
+            let mut t = TemporalConfig::default();
+            t.enabled = temporal.enabled.unwrap_or(t.enabled);
+            t.history = temporal.history.unwrap_or(t.history);
+            t.max_age = temporal.max_age.map_or(t.max_age, |m| m.0);
+            config = config.temporal(t);
+        }
+        // Layers in order: security and defaults for every node, then the
+        // patterns (the node's own configuration comes last, in code).
+        if let Some(security) = &self.security {
+            let mut all = NodeConfig::new();
+            all.sign = security.sign;
+            all.require_signed = security.require_signed;
+            config = config.for_nodes("*", all);
+        }
+        if let Some(default) = &self.concurrency.default {
+            if let (Some(max), Some(queue)) = (default.max_concurrent, default.queue_limit) {
+                config = config.default_limits(max, queue);
+            }
+            config = config.for_nodes("*", default.node_config());
+        }
+        for (pattern, layer) in &self.concurrency.patterns {
+            config = config.for_nodes(pattern.clone(), layer.node_config());
+        }
+        config
+    }
+
+    /// The NATS connection these settings describe, if any.
+    #[cfg(feature = "nats")]
+    pub fn nats_config(&self) -> Option<crate::nats::NatsConfig> {
+        use crate::nats::{Auth, NatsConfig, Reconnect, Tls};
+        let nats = self.nats.as_ref()?;
+        let mut servers = nats.servers.iter();
+        let mut config = NatsConfig::new(servers.next()?.clone());
+        for server in servers {
+            config = config.server(server.clone());
+        }
+        if let Some(name) = &nats.name {
+            config = config.name(name.clone());
+        }
+        if let Some(prefix) = &nats.prefix {
+            config = config.prefix(prefix.clone());
+        }
+        if let Some(js) = nats.jetstream {
+            config = config.jetstream(js);
+        }
+        if let Some(co) = nats.co_located {
+            config = config.co_located(co);
+        }
+        if let Some(r) = nats.replicas {
+            config = config.replicas(r);
+        }
+        if let Some(limit) = nats.outgoing_limit {
+            config = config.outgoing_limit(limit);
+        }
+        if let Some(Millis(t)) = nats.connect_timeout {
+            config = config.connect_timeout(t);
+        }
+        if let Some(r) = &nats.reconnect {
+            let d = Reconnect::default();
+            config = config.reconnect(Reconnect {
+                max_attempts: r.max_attempts,
+                base_delay: r.base_delay.map_or(d.base_delay, |m| m.0),
+                max_delay: r.max_delay.map_or(d.max_delay, |m| m.0),
+            });
+        }
+        if let Some(a) = &nats.auth {
+            let auth = if let (Some(user), Some(password)) = (&a.user, &a.password) {
+                Auth::UserPassword {
+                    user: user.clone(),
+                    password: password.clone(),
+                }
+            } else if let Some(token) = &a.token {
+                Auth::Token(token.clone())
+            } else if let Some(file) = &a.credentials_file {
+                Auth::CredentialsFile(file.clone())
+            } else if let Some(seed) = &a.nkey_seed {
+                Auth::NkeySeed(seed.clone())
+            } else {
+                Auth::None
+            };
+            config = config.auth(auth);
+        }
+        if let Some(t) = &nats.tls {
+            config = config.tls(Tls {
+                required: t.required,
+                root_certificates: t.root_certificates.clone(),
+                client_certificate: t.client_certificate.clone().zip(t.client_key.clone()),
+            });
+        }
+        Some(config)
+    }
+}
+
+fn read_file(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(&path.display().to_string(), format!("cannot read: {e}")))?;
+    let file = path.display().to_string();
+    match path.extension().and_then(|e| e.to_str()) {
+        #[cfg(feature = "toml")]
+        Some("toml") => toml::from_str(&text).map_err(|e| invalid(&file, e)),
+        #[cfg(not(feature = "toml"))]
+        Some("toml") => Err(invalid(&file, "TOML needs the `toml` feature")),
+        _ => serde_json::from_str(&text).map_err(|e| invalid(&file, e)),
+    }
+}
+
+/// `MAX_CONCURRENT` → `maxConcurrent`; a segment with lower-case letters
+/// (a pattern such as `api-*`) stays as it is.
+fn camel(segment: &str) -> String {
+    if segment.chars().any(|c| c.is_ascii_lowercase()) {
+        return segment.to_owned();
+    }
+    let mut out = String::new();
+    for (i, word) in segment.split('_').filter(|w| !w.is_empty()).enumerate() {
+        let word = word.to_ascii_lowercase();
+        if i == 0 {
+            out.push_str(&word);
+        } else {
+            let mut chars = word.chars();
+            if let Some(first) = chars.next() {
+                out.push(first.to_ascii_uppercase());
+                out.extend(chars);
+            }
+        }
+    }
+    out
+}
+
+/// The value of an environment variable: JSON if it parses, a list for the
+/// keys that are lists, else text.
+fn env_value(path: &[String], raw: &str) -> Value {
+    let lists = ["servers", "acceptFrom", "rootCertificates"];
+    if path.last().is_some_and(|k| lists.contains(&k.as_str()))
+        && !raw.trim_start().starts_with('[')
+    {
+        return Value::Array(
+            raw.split(',')
+                .map(|s| Value::String(s.trim().to_owned()))
+                .collect(),
+        );
+    }
+    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
+}
+
+fn set(root: &mut Value, path: &[String], value: Value) -> std::result::Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("no key".into());
+    };
+    let mut at = root;
+    for key in parents {
+        let Value::Object(map) = at else {
+            return Err(format!("{key} is inside a value that is not a section"));
+        };
+        at = map
+            .entry(key.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    match at {
+        Value::Object(map) => {
+            map.insert(last.clone(), value);
+            Ok(())
+        }
+        _ => Err(format!("{last} is inside a value that is not a section")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,190 @@
+//! Settings read from text, files and variables, mapped onto the runtime's
+//! configuration; every wrong key or value named.
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::{DeliveryMode, QueueStrategy};
+
+const FULL: &str = r#"{
+  "nats": {
+    "servers": ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"],
+    "name": "orders-service",
+    "reconnect": { "maxAttempts": 10, "baseDelay": "100ms", "maxDelay": "4s" },
+    "auth": { "user": "orders", "password": "secret" }
+  },
+  "requestTimeout": "2s",
+  "maxCausalDepth": 64,
+  "concurrency": {
+    "default": { "maxConcurrent": 100, "queueLimit": 10000, "queueStrategy": "fifo",
+                 "backpressureThreshold": 0.8 },
+    "patterns": {
+      "api-*": { "maxConcurrent": 200, "queueLimit": 20000 },
+      "worker-*": { "maxConcurrent": 50, "queueStrategy": "priority", "timeout": 9000 }
+    }
+  },
+  "delivery": { "mode": "at-least-once", "maxAttempts": 7, "backoff": "250ms" },
+  "temporal": { "enabled": true, "history": 10, "maxAge": "30d" },
+  "security": { "sign": true }
+}"#;
+
+fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_documented_object_maps_onto_the_configuration() {
+    let settings = Settings::from_json(FULL).unwrap();
+    let config = settings.happen_config();
+    let api = config.resolve("api-gateway", &NodeConfig::new());
+    assert_eq!((api.max_concurrent, api.queue_limit), (200, 20_000));
+    assert_eq!(api.timeout, Duration::from_secs(2));
+    assert!(api.sign, "security applies to every node");
+    assert_eq!(api.backpressure_permille, 800);
+    assert_eq!(api.max_causal_depth, 64);
+    assert_eq!(api.delivery.mode, DeliveryMode::AtLeastOnce);
+    assert_eq!(api.delivery.max_attempts, 7);
+    assert_eq!(api.delivery.backoff, Duration::from_millis(250));
+    let worker = config.resolve("worker-1", &NodeConfig::new());
+    assert_eq!(worker.queue_strategy, QueueStrategy::Priority);
+    assert_eq!(worker.timeout, Duration::from_secs(9));
+    assert_eq!((worker.max_concurrent, worker.queue_limit), (50, 10_000));
+    let t = config.temporal_config();
+    assert_eq!(
+        (t.history, t.max_age),
+        (10, Duration::from_secs(30 * 86_400))
+    );
+    #[cfg(feature = "nats")]
+    {
+        let nats = settings.nats_config().expect("a nats section");
+        assert!(format!("{nats:?}").contains("orders-service"));
+        assert!(
+            !format!("{nats:?}").contains("secret"),
+            "the password stays out of logs"
+        );
+    }
+}
+
+#[test]
+fn variables_override_the_file_and_name_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("happen.json");
+    std::fs::write(&file, FULL).unwrap();
+    let settings = Settings::load_from(
+        Some(&file),
+        vars(&[
+            ("HAPPEN_CONCURRENCY__DEFAULT__MAX_CONCURRENT", "7"),
+            ("HAPPEN_CONCURRENCY__PATTERNS__api-*__QUEUE_LIMIT", "5"),
+            (
+                "HAPPEN_NATS__SERVERS",
+                "nats://10.0.0.1:4222, nats://10.0.0.2:4222",
+            ),
+            ("HAPPEN_TEMPORAL__MAX_AGE", "2h"),
+            ("HAPPEN_REQUEST_TIMEOUT", "750"),
+            ("PATH", "/usr/bin"),
+        ]),
+    )
+    .unwrap();
+    let default = settings.concurrency.default.as_ref().unwrap();
+    assert_eq!(default.max_concurrent, Some(7));
+    assert_eq!(settings.concurrency.patterns["api-*"].queue_limit, Some(5));
+    assert_eq!(
+        settings.concurrency.patterns["api-*"].max_concurrent,
+        Some(200)
+    );
+    assert_eq!(
+        settings.nats.as_ref().unwrap().servers,
+        ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+    );
+    assert_eq!(
+        settings.temporal.as_ref().unwrap().max_age,
+        Some(Millis(Duration::from_secs(7200)))
+    );
+    assert_eq!(
+        settings.request_timeout,
+        Some(Millis(Duration::from_millis(750)))
+    );
+
+    let error =
+        Settings::load_from(Some(&file), vars(&[("HAPPEN_MAX_CAUSAL_DEPTH", "deep")])).unwrap_err();
+    assert!(error.to_string().contains("maxCausalDepth"), "{error}");
+    // HAPPEN_CONFIG names the file when no path is given.
+    let settings =
+        Settings::load_from(None, vars(&[("HAPPEN_CONFIG", file.to_str().unwrap())])).unwrap();
+    assert_eq!(settings.max_causal_depth, Some(64));
+}
+
+#[cfg(feature = "toml")]
+#[test]
+fn toml_files_read_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("happen.toml");
+    std::fs::write(
+        &file,
+        r#"
+requestTimeout = "3s"
+[concurrency.default]
+maxConcurrent = 12
+queueStrategy = "priority"
+[concurrency.patterns."api-*"]
+maxConcurrent = 99
+"#,
+    )
+    .unwrap();
+    let config = Settings::load_from(Some(&file), vars(&[]))
+        .unwrap()
+        .happen_config();
+    let api = config.resolve("api-1", &NodeConfig::new());
+    assert_eq!(api.max_concurrent, 99);
+    assert_eq!(api.queue_strategy, QueueStrategy::Priority);
+    assert_eq!(api.timeout, Duration::from_secs(3));
+}
+
+#[test]
+fn wrong_keys_and_values_are_errors_naming_them() {
+    for (text, key) in [
+        (r#"{ "concurency": {} }"#, "concurency"),
+        (
+            r#"{ "concurrency": { "default": { "maxConcurrent": 0 } } }"#,
+            "concurrency.default.maxConcurrent",
+        ),
+        (
+            r#"{ "concurrency": { "patterns": { "api-*": { "backpressureThreshold": 1.5 } } } }"#,
+            "concurrency.patterns.api-*.backpressureThreshold",
+        ),
+        (
+            r#"{ "concurrency": { "default": { "queueStrategy": "lifo" } } }"#,
+            "concurrency.default.queueStrategy",
+        ),
+        (r#"{ "delivery": { "mode": "twice" } }"#, "delivery.mode"),
+        (r#"{ "temporal": { "maxAge": "soon" } }"#, "temporal.maxAge"),
+        (r#"{ "nats": { "servers": [] } }"#, "nats.servers"),
+        (
+            r#"{ "nats": { "servers": ["nats://x"], "auth": { "user": "u" } } }"#,
+            "nats.auth",
+        ),
+        (r#"{ "maxCausalDepth": -1 }"#, "maxCausalDepth"),
+    ] {
+        let error = Settings::from_json(text).unwrap_err();
+        assert!(matches!(error, HappenError::Config(_)), "{error:?}");
+        assert!(error.to_string().contains(key), "{text}: {error}");
+    }
+    let missing =
+        Settings::load_from(Some(Path::new("/nonexistent/happen.json")), vars(&[])).unwrap_err();
+    assert!(
+        missing.to_string().contains("/nonexistent/happen.json"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn empty_settings_are_the_defaults() {
+    let settings = Settings::from_json("{}").unwrap();
+    assert_eq!(settings, Settings::default());
+    let limits = settings.happen_config().resolve("any", &NodeConfig::new());
+    let defaults = HappenConfig::default().resolve("any", &NodeConfig::new());
+    assert_eq!(limits, defaults);
+}
