@@ -146,6 +146,9 @@ pub struct NatsConfig {
     /// Whether (and how long) the runtime records its causal web in
     /// JetStream; see [`NatsConfig::record`].
     pub record: Option<crate::trace::TraceRetention>,
+    /// Whether the runtime starts without a reachable server (edge
+    /// devices); see [`NatsConfig::intermittent`].
+    pub intermittent: bool,
 }
 
 /// The default [`NatsConfig::outgoing_limit`].
@@ -174,7 +177,30 @@ impl NatsConfig {
             co_located: true,
             replicas: 1,
             record: None,
+            intermittent: false,
         }
+    }
+
+    /// Intermittent connectivity (the documentation's edge setting
+    /// `connectivity: { mode: "intermittent", localBuffering: true,
+    /// syncOnConnect: true }`): [`Happen::connect`](crate::Happen::connect)
+    /// returns at once even when no server is reachable, and the client
+    /// keeps trying. Meanwhile the runtime's own nodes talk in the process
+    /// (co-located delivery), and events for other processes wait: in the
+    /// NATS client's own buffer (2,048 messages), then in the outgoing
+    /// queue up to [`NatsConfig::outgoing_limit`]; beyond that, sends fail
+    /// with [`HappenError::Backpressure`]. Once connected
+    /// they go out in the order sent, and so they do after every later
+    /// outage. The buffer is in memory: a process that stops while offline
+    /// loses what it held (for events that must survive that, use durable
+    /// delivery on a connected runtime).
+    ///
+    /// JetStream (state, durable delivery) needs the server when the
+    /// runtime starts, so an intermittent runtime runs without it:
+    /// `jetstream(false)` is required, and `validate` says so otherwise.
+    pub fn intermittent(mut self, intermittent: bool) -> Self {
+        self.intermittent = intermittent;
+        self
     }
 
     /// Records the runtime's causal web in a JetStream stream shared by
@@ -307,6 +333,11 @@ impl NatsConfig {
                 "replicas must be from 1 to 5 (JetStream's limit), not {}",
                 self.replicas
             )));
+        }
+        if self.intermittent && self.jetstream {
+            return Err(HappenError::Config(
+                "an intermittent runtime starts without a server, and JetStream needs one: set NatsConfig::jetstream(false)".into(),
+            ));
         }
         if self.outgoing_limit == 0 {
             return Err(HappenError::Config(

@@ -10,67 +10,14 @@
 //!
 //! Counted: requests sent and answered on each side while cut.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use happen::nats::NatsConfig;
 use happen::prelude::*;
 use happen_test::NatsServer;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
 
 mod support;
 use support::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// A TCP forwarder on loopback that can be cut (every connection dropped,
-/// new ones refused) and restored.
-struct Link {
-    open: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Link {
-    async fn start(listen: u16, target: u16) -> Link {
-        let listener = TcpListener::bind(("127.0.0.1", listen)).await.unwrap();
-        let open = Arc::new(AtomicBool::new(true));
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (o, c) = (open.clone(), connections.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !o.load(Ordering::SeqCst) {
-                    continue; // dropped: the link is down
-                }
-                let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
-                    continue;
-                };
-                c.lock().await.push(tokio::spawn(async move {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }));
-            }
-        });
-        Link { open, connections }
-    }
-
-    async fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for connection in self.connections.lock().await.drain(..) {
-            connection.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
 
 /// A region's server: its gateway listens on `own`, reaches the other
 /// region's through `to_other` (a link), and advertises `advertised` (the

@@ -115,3 +115,61 @@ pub fn rejections(happen: &Happen) -> tokio::sync::mpsc::UnboundedReceiver<serde
         .unwrap();
     rx
 }
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+type Connections = std::sync::Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
+/// A TCP forwarder on loopback that can be cut (every connection dropped,
+/// new ones refused) and restored: a network link a test controls.
+pub struct Link {
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: Connections,
+}
+
+impl Link {
+    /// Forwards connections to `listen` on to `target`.
+    pub async fn start(listen: u16, target: u16) -> Link {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen))
+            .await
+            .unwrap();
+        let open = std::sync::Arc::new(AtomicBool::new(true));
+        let connections = Connections::default();
+        let (o, c) = (open.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: the link is down
+                }
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    continue;
+                };
+                c.lock().await.push(tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }));
+            }
+        });
+        Link { open, connections }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub async fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().await.drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// Takes connections again.
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

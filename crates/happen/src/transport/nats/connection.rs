@@ -44,6 +44,10 @@ pub(super) async fn options(
         // is for the others.
         options = options.no_echo();
     }
+    if config.intermittent {
+        // Connect in the background: the runtime starts offline.
+        options = options.retry_on_initial_connect();
+    }
     let reconnect = config.reconnect;
     Ok(options
         // The documented order: the first reachable server in the list.

@@ -138,7 +138,10 @@ impl NatsTransport {
                 )
             })?;
         let info = client.server_info();
-        check_server_version(&info.version, &config.servers.join(", "))?;
+        if !config.intermittent {
+            // (Offline, nothing is known of the server yet.)
+            check_server_version(&info.version, &config.servers.join(", "))?;
+        }
         if config.jetstream {
             async_nats::jetstream::new(client.clone())
                 .query_account()
@@ -203,7 +206,9 @@ impl NatsTransport {
             kind: Kind::Inbox,
         });
         let transport = NatsTransport { shared };
-        transport.flush().await?;
+        if !config.intermittent {
+            transport.flush().await?;
+        }
         Ok((transport, client))
     }
 }
