@@ -320,3 +320,84 @@ async fn settings_from_a_file_and_the_environment_connect_and_configure() {
     other.shutdown().await;
     happen.shutdown().await;
 }
+
+/// `wss://`: nats-server's WebSocket listener with TLS (a self-signed
+/// certificate the client is told to trust). A runtime on it reaches one on
+/// the ordinary port; without the certificate it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_websocket_url_joins_the_same_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = dir.path().join("ws.pem");
+    let key = dir.path().join("ws-key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let wss_port = free_port();
+    let server = NatsServer::builder()
+        .config(format!(
+            "websocket {{ listen: \"127.0.0.1:{wss_port}\", tls {{ cert_file: \"{}\", key_file: \"{}\" }} }}",
+            cert.display(),
+            key.display()
+        ))
+        .start()
+        .unwrap();
+    let wss = |trust: Vec<std::path::PathBuf>| {
+        NatsConfig::new(format!("wss://127.0.0.1:{wss_port}"))
+            .jetstream(false)
+            .connect_timeout(Duration::from_secs(2))
+            .tls(happen::nats::Tls {
+                required: true,
+                root_certificates: trust,
+                client_certificate: None,
+            })
+    };
+    let over_wss = connect_retrying(|| wss(vec![cert.clone()])).await;
+    let over_tcp = Happen::connect(NatsConfig::new(server.url()).jetstream(false))
+        .await
+        .unwrap();
+    over_tcp
+        .node("tcp-side")
+        .unwrap()
+        .on("ping", |_e: Event, _cx: Context| async {
+            json!("pong over tcp")
+        })
+        .unwrap();
+    over_wss
+        .node("wss-side")
+        .unwrap()
+        .on("ping", |_e: Event, _cx: Context| async {
+            json!("pong over wss")
+        })
+        .unwrap();
+    over_tcp.flush().await.unwrap();
+    over_wss.flush().await.unwrap();
+    let ask = |from: &Happen, id: &str, to: &'static str| {
+        let node = from.node(id).unwrap();
+        async move {
+            node.send(to, Event::new("ping", json!(null)))
+                .response()
+                .await
+        }
+    };
+    assert_eq!(
+        within("wss to tcp", 10, ask(&over_wss, "wss-client", "tcp-side"))
+            .await
+            .unwrap(),
+        json!("pong over tcp")
+    );
+    assert_eq!(
+        within("tcp to wss", 10, ask(&over_tcp, "tcp-client", "wss-side"))
+            .await
+            .unwrap(),
+        json!("pong over wss")
+    );
+    let refused = Happen::connect(wss(Vec::new())).await.unwrap_err();
+    assert!(
+        matches!(refused, HappenError::Transport { .. }),
+        "{refused:?}"
+    );
+    over_wss.shutdown().await;
+    over_tcp.shutdown().await;
+}
