@@ -97,16 +97,23 @@ async fn token_auth_is_used() {
 
 /// TLS: a server that requires it accepts a client trusting its certificate,
 /// and a client without that trust is refused with a clear error.
-#[tokio::test]
-async fn tls_is_used() {
-    let dir = tempfile::tempdir().unwrap();
+/// A self-signed certificate for 127.0.0.1 and its key, as PEM files in
+/// `dir`.
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let certified =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
             .unwrap();
-    let cert = dir.path().join("server.pem");
-    let key = dir.path().join("server-key.pem");
+    let cert = dir.join("server.pem");
+    let key = dir.join("server-key.pem");
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[tokio::test]
+async fn tls_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
     let server = AuthServer::start(&[
         "--tls",
         "--tlscert",
@@ -327,13 +334,7 @@ async fn settings_from_a_file_and_the_environment_connect_and_configure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secure_websocket_url_joins_the_same_system() {
     let dir = tempfile::tempdir().unwrap();
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .unwrap();
-    let cert = dir.path().join("ws.pem");
-    let key = dir.path().join("ws-key.pem");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = self_signed(dir.path());
     let wss_port = free_port();
     let server = NatsServer::builder()
         .config(format!(
