@@ -547,6 +547,12 @@ impl Happen {
         // Requests still on the wire (over NATS) become flows here or answers
         // from elsewhere; wait for those whose requester is still waiting.
         self.0.transport.settle().await;
+        // Zero lanes end once their queues are empty.
+        for node in self.0.transport.local().nodes() {
+            if let Some(lane) = node.core().zero_lane() {
+                lane.wake();
+            }
+        }
         self.0.tracker.close();
         self.0.tracker.wait().await;
         self.0.transport.close().await;

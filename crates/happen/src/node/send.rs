@@ -242,6 +242,12 @@ fn repeating(path: &[Id]) -> Vec<String> {
 }
 
 impl NodeCore {
+    /// Whether the runtime is shutting down: new root events are refused,
+    /// what running flows cause is still taken.
+    pub(crate) fn draining(&self) -> bool {
+        self.runtime_closed.load(Ordering::Acquire)
+    }
+
     /// The target node when this node may hand it an event directly: a
     /// live node of this runtime, in a runtime whose nodes all live in this
     /// process. Anything else goes through the transport by id.

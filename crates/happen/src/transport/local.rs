@@ -46,6 +46,12 @@ impl LocalTransport {
             .clear();
     }
 
+    /// This process's live nodes.
+    pub(crate) fn nodes(&self) -> Vec<Node> {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes.values().cloned().collect()
+    }
+
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn tally(&self) -> &Tally {
         &self.tally

@@ -319,12 +319,22 @@ pub(crate) fn deliver(
 }
 
 /// Starts the lane's task: it runs for as long as the node lives.
+/// The task is tracked by the runtime, so that its shutdown waits until the
+/// queued events are handled.
 fn start(node: &Arc<NodeCore>, lane: Arc<Lane>) {
     let weak = Arc::downgrade(node);
     let task = work(weak, lane);
-    match node.runtime_inner().and_then(|r| r.handle().cloned()) {
-        Some(handle) => drop(handle.spawn(task)),
+    match node.runtime_inner() {
+        Some(runtime) => runtime.spawn(task),
         None => drop(tokio::spawn(task)),
+    }
+}
+
+impl Lane {
+    /// Wakes the lane's task (the runtime is shutting down: it ends once its
+    /// queue is empty).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
     }
 }
 
@@ -336,12 +346,26 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
             &mut batch,
         );
         if batch.is_empty() {
-            let alive = node.upgrade().is_some_and(|core| !core.is_closed());
-            if !alive {
+            let stop = node
+                .upgrade()
+                .is_none_or(|core| core.is_closed() || core.draining());
+            if stop {
+                // The next event starts a task again (a running flow may
+                // still send one while the runtime drains); one that came
+                // just now is taken by this task.
+                lane.started.store(false, Ordering::SeqCst);
+                let waiting = !lane
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                if waiting && !lane.started.swap(true, Ordering::SeqCst) {
+                    continue;
+                }
                 return;
             }
-            // Woken by the next event; a node shut down meanwhile is seen
-            // within a second.
+            // Woken by the next event, or by a shutdown; a node shut down
+            // on its own is seen within a second.
             let _ = tokio::time::timeout(Duration::from_secs(1), lane.wake.notified()).await;
             continue;
         }

@@ -120,7 +120,7 @@ fn send(
     parent: Option<&ZeroEvent>,
     reply: Option<oneshot::Sender<Result<ZeroAnswer>>>,
 ) -> Result<()> {
-    if core.is_closed() {
+    if core.is_closed() || (parent.is_none() && core.draining()) {
         return Err(HappenError::Shutdown);
     }
     let event = match parent {

@@ -211,6 +211,7 @@ macro_rules! conformance_suite {
             a_zero_handler_continues_in_ordinary_steps,
             events_a_zero_handler_sends_carry_its_event_as_cause,
             acceptance_controls_and_off_apply_to_zero_handlers,
+            shutdown_waits_for_queued_zero_events,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] streaming;
             stream_delivers_items_then_final_in_order,

@@ -305,3 +305,39 @@ pub async fn acceptance_controls_and_off_apply_to_zero_handlers(backend: &dyn Ba
     let error = trusted.zero_send(&vault, reading(1.0)).await.unwrap_err();
     assert!(matches!(error, HappenError::NoHandler { .. }), "{error:?}");
 }
+
+pub async fn shutdown_waits_for_queued_zero_events(backend: &dyn Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let h = start(backend).await;
+    let sink = h.node("zs-sink").unwrap();
+    let source = h.node("zs-source").unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let n = handled.clone();
+    sink.zero("reading", move |_event, _cx| {
+        // A handler that takes a moment, so that events are still queued
+        // when the shutdown begins.
+        std::thread::sleep(std::time::Duration::from_micros(500));
+        n.fetch_add(1, Ordering::SeqCst);
+        Ok(ZeroNext::Done)
+    })
+    .unwrap();
+    h.flush().await.unwrap();
+    for i in 0..200 {
+        let mut w = ZeroWriter::new("reading");
+        w.u32("seq", i);
+        source.zero_tell(&sink, w).unwrap();
+    }
+    h.shutdown().await;
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        200,
+        "every queued event was handled"
+    );
+    // After the shutdown began, new zero events are refused.
+    let error = source
+        .zero_tell(&sink, ZeroWriter::new("reading"))
+        .unwrap_err();
+    assert!(matches!(error, HappenError::Shutdown), "{error:?}");
+}
