@@ -164,12 +164,10 @@ struct Row {
     baseline: &'static str,
 }
 
-async fn in_process(s: &Settings) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let happen = Happen::embedded();
-    let gateway = happen.node("gateway").unwrap();
-    let sink = happen.node("sink").unwrap();
-    let counter = Arc::new(Counter::default());
+/// The receiving node's handlers: a zero handler and an ordinary one, each
+/// reading the three fields, counting one-way messages and answering
+/// requests with the temperature doubled.
+fn register_sink(sink: &Node, counter: &Arc<Counter>) {
     let c = counter.clone();
     sink.zero("reading", move |event, cx| {
         let celsius = read_zero(event)?;
@@ -198,6 +196,15 @@ async fn in_process(s: &Settings) -> Vec<Row> {
         }
     })
     .unwrap();
+}
+
+async fn in_process(s: &Settings) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let happen = Happen::embedded();
+    let gateway = happen.node("gateway").unwrap();
+    let sink = happen.node("sink").unwrap();
+    let counter = Arc::new(Counter::default());
+    register_sink(&sink, &counter);
     let ordinary = |i: u64| {
         Event::new(
             "ordinary",
@@ -318,28 +325,7 @@ async fn over_nats(s: &Settings, server: &NatsServer) -> Vec<Row> {
     let sink = receiver.node("sink").unwrap();
     let gateway = sender.node("gateway").unwrap();
     let counter = Arc::new(Counter::default());
-    let c = counter.clone();
-    sink.zero("reading", move |event, cx| {
-        let celsius = read_zero(event)?;
-        if cx.expects_response() {
-            let mut reply = ZeroWriter::new("reading-ok");
-            reply.f64("doubled", celsius * 2.0);
-            return Ok(ZeroNext::Reply(reply));
-        }
-        c.hit();
-        Ok(ZeroNext::Done)
-    })
-    .unwrap();
-    let c = counter.clone();
-    sink.on("ordinary", move |event: Event, _cx: Context| {
-        let c = c.clone();
-        async move {
-            let p = event.payload();
-            std::hint::black_box((&p["seq"], &p["celsius"], &p["sensor"]));
-            c.hit();
-        }
-    })
-    .unwrap();
+    register_sink(&sink, &counter);
     receiver.flush().await.unwrap();
     sender.flush().await.unwrap();
 

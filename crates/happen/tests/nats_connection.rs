@@ -195,6 +195,40 @@ async fn servers_are_tried_in_the_listed_order() {
     happen.shutdown().await;
 }
 
+/// Registers a `ping` handler on each runtime and checks that a node of
+/// each reaches the other's (the second runtime connected over `scheme`).
+async fn reach_each_other(over_tcp: &Happen, other: &Happen, scheme: &'static str) {
+    let answer = move |over: &'static str| {
+        move |_e: Event, _cx: Context| async move { json!(format!("pong over {over}")) }
+    };
+    over_tcp
+        .node("tcp-side")
+        .unwrap()
+        .on("ping", answer("tcp"))
+        .unwrap();
+    other
+        .node("other-side")
+        .unwrap()
+        .on("ping", answer(scheme))
+        .unwrap();
+    over_tcp.flush().await.unwrap();
+    other.flush().await.unwrap();
+    for (from, to, expected) in [
+        (other, "tcp-side", "pong over tcp".to_owned()),
+        (over_tcp, "other-side", format!("pong over {scheme}")),
+    ] {
+        let node = from.node("ping-client").unwrap();
+        let answer = within(
+            "an answer across",
+            10,
+            node.send(to, Event::new("ping", json!(null))).response(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer, json!(expected));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_url_joins_the_same_system() {
     // nats-server's WebSocket listener, beside its ordinary port.
@@ -215,49 +249,9 @@ async fn a_websocket_url_joins_the_same_system() {
     let over_ws = Happen::connect(NatsConfig::new(format!("ws://127.0.0.1:{ws_port}")))
         .await
         .unwrap();
-    over_tcp
-        .node("tcp-side")
-        .unwrap()
-        .on("ping", |_e: Event, _cx: Context| async {
-            json!("pong over tcp")
-        })
-        .unwrap();
-    over_ws
-        .node("ws-side")
-        .unwrap()
-        .on("ping", |_e: Event, _cx: Context| async {
-            json!("pong over ws")
-        })
-        .unwrap();
-    over_tcp.flush().await.unwrap();
-    over_ws.flush().await.unwrap();
-    // Each side reaches the other, and state (JetStream) works through it.
+    reach_each_other(&over_tcp, &over_ws, "ws").await;
+    // State (JetStream) works through it too.
     let from_ws = over_ws.node("ws-client").unwrap();
-    let from_tcp = over_tcp.node("tcp-client").unwrap();
-    assert_eq!(
-        within(
-            "ws to tcp",
-            10,
-            from_ws
-                .send("tcp-side", Event::new("ping", json!(null)))
-                .response()
-        )
-        .await
-        .unwrap(),
-        json!("pong over tcp")
-    );
-    assert_eq!(
-        within(
-            "tcp to ws",
-            10,
-            from_tcp
-                .send("ws-side", Event::new("ping", json!(null)))
-                .response()
-        )
-        .await
-        .unwrap(),
-        json!("pong over ws")
-    );
     from_ws
         .state()
         .set(|_| json!({ "via": "ws" }))
@@ -358,42 +352,7 @@ async fn a_secure_websocket_url_joins_the_same_system() {
     let over_tcp = Happen::connect(NatsConfig::new(server.url()).jetstream(false))
         .await
         .unwrap();
-    over_tcp
-        .node("tcp-side")
-        .unwrap()
-        .on("ping", |_e: Event, _cx: Context| async {
-            json!("pong over tcp")
-        })
-        .unwrap();
-    over_wss
-        .node("wss-side")
-        .unwrap()
-        .on("ping", |_e: Event, _cx: Context| async {
-            json!("pong over wss")
-        })
-        .unwrap();
-    over_tcp.flush().await.unwrap();
-    over_wss.flush().await.unwrap();
-    let ask = |from: &Happen, id: &str, to: &'static str| {
-        let node = from.node(id).unwrap();
-        async move {
-            node.send(to, Event::new("ping", json!(null)))
-                .response()
-                .await
-        }
-    };
-    assert_eq!(
-        within("wss to tcp", 10, ask(&over_wss, "wss-client", "tcp-side"))
-            .await
-            .unwrap(),
-        json!("pong over tcp")
-    );
-    assert_eq!(
-        within("tcp to wss", 10, ask(&over_tcp, "tcp-client", "wss-side"))
-            .await
-            .unwrap(),
-        json!("pong over wss")
-    );
+    reach_each_other(&over_tcp, &over_wss, "wss").await;
     let refused = Happen::connect(wss(Vec::new())).await.unwrap_err();
     assert!(
         matches!(refused, HappenError::Transport { .. }),

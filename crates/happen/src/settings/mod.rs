@@ -248,9 +248,6 @@ impl Settings {
             config = config.for_nodes("*", all);
         }
         if let Some(default) = &self.concurrency.default {
-            if let (Some(max), Some(queue)) = (default.max_concurrent, default.queue_limit) {
-                config = config.default_limits(max, queue);
-            }
             config = config.for_nodes("*", default.node_config());
         }
         for (pattern, layer) in &self.concurrency.patterns {

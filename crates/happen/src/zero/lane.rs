@@ -210,7 +210,8 @@ impl Lane {
     }
 
     fn matches(&self, event_type: &str) -> bool {
-        self.handler_for(event_type).is_some()
+        let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
+        handlers.iter().any(|h| h.pattern.matches(event_type))
     }
 
     /// Removes the handler `id`; whether it was one of this lane's.
