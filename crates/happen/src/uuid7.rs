@@ -145,31 +145,38 @@ pub(crate) fn hyphenated(bytes: &[u8; 16]) -> [u8; 36] {
     text
 }
 
+/// Each ASCII byte's value as a lower-case hex digit, or `0xff` (not one).
+const HEX_VALUES: [u8; 256] = {
+    let mut values = [0xff_u8; 256];
+    let mut i = 0;
+    while i < 16 {
+        values[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    values
+};
+
 /// The 16 bytes of `text` if it is a UUID in exactly the form
 /// [`text_of`] writes (so that the bytes give back the same text).
+///
+/// Every event's ids go through here on the wire and into its hash, so it
+/// reads the digits through a table with no branch per digit: an invalid
+/// digit's `0xff` leaves high bits in `invalid`.
 pub(crate) fn bytes_of(text: &str) -> Option<[u8; 16]> {
-    let text = text.as_bytes();
-    if text.len() != 36 {
+    let text: &[u8; 36] = text.as_bytes().try_into().ok()?;
+    if text[8] != b'-' || text[13] != b'-' || text[18] != b'-' || text[23] != b'-' {
         return None;
     }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     let mut bytes = [0u8; 16];
-    let mut at = 0;
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            if text[at] != b'-' {
-                return None;
-            }
-            at += 1;
-        }
-        *byte = nibble(text[at])? << 4 | nibble(text[at + 1])?;
-        at += 2;
+    let mut invalid = 0u8;
+    for (byte, at) in bytes.iter_mut().zip(AT) {
+        let high = HEX_VALUES[usize::from(text[at])];
+        let low = HEX_VALUES[usize::from(text[at + 1])];
+        invalid |= high | low;
+        *byte = high << 4 | low;
     }
-    Some(bytes)
+    (invalid & 0xf0 == 0).then_some(bytes)
 }
 
 #[cfg(test)]
@@ -238,8 +245,44 @@ mod tests {
             "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1",
             "0195f3c2x7b1a-7cc0-8a3e-2f4b1c9d0e11",
             "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0eé",
+            "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1g",
+            "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1-",
+            "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1 ",
+            "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1/",
+            "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1:",
+            "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1`",
+            "g195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e11",
+            "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e11-",
+            "0195f3c2-7b1a-7cc0-8a3e2-f4b1c9d0e11",
         ] {
             assert_eq!(bytes_of(not_canonical), None, "{not_canonical}");
+        }
+    }
+
+    /// Every ASCII character at every position of an id: accepted exactly
+    /// where the canonical form has that kind of character, and then read
+    /// as the `uuid` crate reads it.
+    #[test]
+    fn only_the_canonical_text_is_read_as_bytes() {
+        let (id, _) = next();
+        for at in 0..36 {
+            for c in 0u8..128 {
+                let mut text = id.as_bytes().to_vec();
+                text[at] = c;
+                let text = String::from_utf8(text).unwrap();
+                let canonical = if matches!(at, 8 | 13 | 18 | 23) {
+                    c == b'-'
+                } else {
+                    c.is_ascii_digit() || (b'a'..=b'f').contains(&c)
+                };
+                match bytes_of(&text) {
+                    Some(bytes) => {
+                        assert!(canonical, "{text:?} accepted");
+                        assert_eq!(uuid::Uuid::parse_str(&text).unwrap().as_bytes(), &bytes);
+                    }
+                    None => assert!(!canonical, "{text:?} refused"),
+                }
+            }
         }
     }
 
