@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::Shared;
+use super::readers::Progress;
 use crate::error::{HappenError, Result};
 
 /// Queue group of direct subscriptions.
@@ -175,13 +176,17 @@ impl Commands {
             return Ok(Some(publish));
         }
         // Subjects and payload are shared bytes: these clones copy nothing.
-        let now = hand_over(
+        // Outside tokio's cooperative budget: this is a try, not a wait, and
+        // a budget spent by the caller's task (a loop of sends in one poll
+        // spends it after 128) would make the client look full when it is
+        // not, sending every later message through the queue's task.
+        let now = tokio::task::unconstrained(hand_over(
             &self.client,
             publish.subject.clone(),
             publish.reply.clone(),
             publish.headers.clone(),
             publish.payload.clone(),
-        )
+        ))
         .now_or_never();
         match now {
             // The client is full (an outage, or a burst): queue it.
@@ -253,7 +258,14 @@ pub(super) async fn run(
                 match subscribed {
                     Ok(subscriber) => {
                         let (stop, stopped) = oneshot::channel();
-                        let task = tokio::spawn(read(shared.clone(), subscriber, kind, stopped));
+                        let reader = shared.readers.start(id);
+                        let task = tokio::spawn(read(
+                            shared.clone(),
+                            subscriber,
+                            kind,
+                            stopped,
+                            (id, reader),
+                        ));
                         readers.insert(id, Reader { stop, task });
                     }
                     Err(e) => tracing::error!(subject, error = %e, "cannot subscribe"),
@@ -314,13 +326,16 @@ impl Drop for CarriedOut<'_> {
     }
 }
 
-/// Reads one subscription until it ends or is told to unsubscribe.
+/// Reads one subscription until it ends or is told to unsubscribe; tells
+/// `readers` when it has read everything it had when a barrier was raised.
 async fn read(
     shared: Arc<Shared>,
     mut subscriber: async_nats::Subscriber,
     kind: Kind,
     mut stop: oneshot::Receiver<oneshot::Sender<()>>,
+    (id, mut reader): (u64, Progress),
 ) {
+    let mut barrier_open = true;
     loop {
         tokio::select! {
             biased;
@@ -329,7 +344,7 @@ async fn read(
                 if let Ok(done) = stopped {
                     let _ = done.send(());
                 }
-                return;
+                break;
             }
             message = subscriber.next() => match message {
                 Some(message) => match kind {
@@ -338,8 +353,15 @@ async fn read(
                     Kind::Inbox => super::receive::on_inbox(&shared, message),
                     Kind::Identity => super::receive::on_identity(&shared, message),
                 },
-                None => return,
+                None => break,
+            },
+            // Polled only when no message is waiting (biased order): the
+            // channel is empty now.
+            raised = reader.barrier.changed(), if barrier_open => match raised {
+                Ok(()) => reader.caught_up(&shared.readers),
+                Err(_) => barrier_open = false,
             },
         }
     }
+    shared.readers.end(id);
 }

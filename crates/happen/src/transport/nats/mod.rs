@@ -32,6 +32,7 @@ pub(crate) mod filters;
 #[cfg(test)]
 mod fuzz;
 mod outgoing;
+mod readers;
 mod receive;
 mod requests;
 mod status;
@@ -88,6 +89,8 @@ pub(super) struct Shared {
     prefix: String,
     inbox: String,
     commands: Commands,
+    /// How far the subscriptions' readers have read (for a shutdown).
+    readers: readers::Readers,
     requests: Requests,
     credits: Credits,
     filters: Filters,
@@ -175,6 +178,7 @@ impl NatsTransport {
             prefix: config.prefix.clone(),
             inbox: client.new_inbox(),
             commands,
+            readers: readers::Readers::default(),
             requests: Requests::default(),
             credits: Credits::default(),
             filters: Filters::default(),
@@ -468,7 +472,13 @@ impl Transport for NatsTransport {
             .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire);
         let round_trip = shared.round_trip();
         Box::pin(async move {
-            let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, round_trip).await;
+            // Everything sent before has come back from the server, and
+            // every subscription's reader has handed over what it received.
+            let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, async {
+                let _ = round_trip.await;
+                shared.readers.drain().await;
+            })
+            .await;
             // Wait for answers someone still waits for, up to their deadline.
             while shared.requests.any_waiting() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
