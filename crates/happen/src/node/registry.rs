@@ -66,6 +66,7 @@ pub(crate) struct Registry {
 
 /// The handlers that matched an event when it was delivered: the snapshot
 /// they come from and the first of them.
+#[derive(Clone)]
 pub(crate) struct Matched {
     pub(crate) handlers: Arc<Vec<Registration>>,
     pub(crate) first: usize,
@@ -109,6 +110,12 @@ impl Registry {
 
     fn changed(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        crate::transport::routes::changed();
+    }
+
+    /// Whether every handler's pattern answers by the event type alone.
+    fn is_pure(&self) -> bool {
+        self.snapshot().iter().all(|r| r.pattern.is_pure())
     }
 
     pub(crate) fn add(&self, registration: Registration) {
@@ -137,5 +144,14 @@ impl Registry {
         *handlers = Arc::new(Vec::new());
         self.changed();
         all
+    }
+}
+
+impl super::NodeCore {
+    /// Whether every handler of the node, ordinary or zero, answers by the
+    /// event type alone, so that broadcast routes may be kept for it (see
+    /// [`crate::transport::routes`]).
+    pub(crate) fn routes_by_type(&self) -> bool {
+        self.registry.is_pure() && self.zero_lane().is_none_or(|lane| lane.is_pure())
     }
 }

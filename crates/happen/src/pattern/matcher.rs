@@ -1,4 +1,5 @@
-//! Matching compiled string patterns and globs without allocating.
+//! Matching compiled string patterns and globs without allocating, and
+//! whether a pattern answers by the event type alone.
 
 /// A string pattern with at least one wildcard or alternation group.
 pub(crate) struct Compiled {
@@ -191,4 +192,24 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     rest.len() >= last.len() && rest.ends_with(last)
+}
+
+use super::{Pattern, Repr};
+
+impl Pattern {
+    /// Whether the answer depends on the event type alone: no part of the
+    /// pattern is a user function (whose answer may change).
+    pub(crate) fn is_pure(&self) -> bool {
+        match &self.repr {
+            Repr::Func(_) => false,
+            Repr::Not(inner) => inner.is_pure(),
+            Repr::And(parts) | Repr::Or(parts) => parts.iter().all(Pattern::is_pure),
+            Repr::Any
+            | Repr::Exact(_)
+            | Repr::Domain(_)
+            | Repr::Compiled(_)
+            | Repr::Glob(_)
+            | Repr::Invalid(_) => true,
+        }
+    }
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
+use super::routes::{Route, Routes};
 use super::{Interest, Transport};
 use crate::balance::Lag;
 use crate::delivery::{self, Arrival, Delivery, ReplyTx, Responder};
@@ -27,6 +28,8 @@ use crate::system::{self, Counters, Tally};
 #[derive(Default)]
 pub(crate) struct LocalTransport {
     nodes: RwLock<HashMap<Arc<str>, Node>>,
+    /// Who takes broadcasts of each event type.
+    routes: Routes,
     tally: Tally,
     /// The public keys of the nodes whose signatures this process checks.
     keys: Arc<Keys>,
@@ -44,6 +47,8 @@ impl LocalTransport {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.routes.clear();
+        super::routes::changed();
     }
 
     /// This process's live nodes.
@@ -70,24 +75,21 @@ impl LocalTransport {
     /// refusal is logged, counted and reported as a [`system::REFUSED`]
     /// event, and the first is returned afterwards.
     pub(crate) fn deliver_broadcast(&self, event: &Event, arrival: Arrival) -> Result<Receipt> {
-        let receivers: Vec<(Node, Option<Matched>)> = {
-            let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
-            nodes
-                .values()
-                // A node whose transport stores its events takes broadcasts
-                // from there, not this direct copy.
-                .filter(|node| !node.core().stored_by_transport())
-                .filter_map(|node| {
-                    let core = node.core();
-                    match core.matching(event.event_type()) {
-                        Some(matched) => Some((node.clone(), Some(matched))),
-                        // Only a zero handler takes it: converted on delivery.
-                        None if core.zero_matches(event.event_type()) => Some((node.clone(), None)),
-                        None => None,
-                    }
-                })
-                .collect()
-        };
+        let route = self
+            .routes
+            .get(event.event_type(), || self.route(event.event_type()));
+        let asked = route.ask.iter().filter_map(|node| {
+            Self::takes(node, event.event_type()).map(|matched| (node, matched))
+        });
+        let receivers = route
+            .fixed
+            .iter()
+            .map(|(node, matched)| (node, matched.clone()))
+            .chain(asked)
+            // A node shut down since the route was made (its shutdown
+            // changes the routes right after; this covers the moment
+            // between).
+            .filter(|(node, _)| !node.core().is_closed());
         let mut first_error = None;
         let mut receipt = Receipt::kept();
         for (node, matched) in receivers {
@@ -115,6 +117,34 @@ impl LocalTransport {
             }
         }
         first_error.map_or(Ok(receipt), Err)
+    }
+
+    /// Works out which nodes take broadcasts of `event_type`.
+    fn route(&self, event_type: &str) -> Route {
+        let mut route = Route::begin();
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        // A node whose transport stores its events takes broadcasts from
+        // there, not this direct copy.
+        for node in nodes.values().filter(|n| !n.core().stored_by_transport()) {
+            if !node.core().routes_by_type() {
+                route.ask.push(node.clone());
+            } else if let Some(matched) = Self::takes(node, event_type) {
+                route.fixed.push((node.clone(), matched));
+            }
+        }
+        route
+    }
+
+    /// Whether `node` takes `event_type`: the match of its ordinary
+    /// handlers, `Some(None)` when only a zero handler takes it (converted
+    /// on delivery), `None` when nothing does.
+    fn takes(node: &Node, event_type: &str) -> Option<Option<Matched>> {
+        let core = node.core();
+        match core.matching(event_type) {
+            Some(matched) => Some(Some(matched)),
+            None if core.zero_matches(event_type) => Some(None),
+            None => None,
+        }
     }
 
     /// Reports an event a node refused when nobody could be told directly
@@ -263,6 +293,7 @@ impl Transport for LocalTransport {
             });
         }
         nodes.insert(Arc::from(node.id()), node.clone());
+        super::routes::changed();
         Ok(())
     }
 
@@ -271,6 +302,7 @@ impl Transport for LocalTransport {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        super::routes::changed();
     }
 
     fn subscribe(&self, _node: &Node, _pattern: &Pattern) -> Result<Interest> {

@@ -6,6 +6,7 @@
 pub(crate) mod local;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
+pub(crate) mod routes;
 
 use futures::future::BoxFuture;
 

@@ -219,7 +219,14 @@ impl Lane {
         let mut handlers = self.handlers.write().unwrap_or_else(|e| e.into_inner());
         let before = handlers.len();
         handlers.retain(|h| h.id != id);
+        crate::transport::routes::changed();
         handlers.len() != before
+    }
+
+    /// Whether every zero handler's pattern answers by the event type alone.
+    pub(crate) fn is_pure(&self) -> bool {
+        let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
+        handlers.iter().all(|h| h.pattern.is_pure())
     }
 }
 
@@ -257,6 +264,7 @@ pub(crate) fn register(node: &Node, pattern: Pattern, handler: Arc<ZeroFn>) -> R
             pattern,
             handler,
         });
+    crate::transport::routes::changed();
     Ok(id)
 }
 

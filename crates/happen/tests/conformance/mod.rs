@@ -111,6 +111,7 @@ macro_rules! conformance_suite {
             invalid_pattern_is_an_error_at_registration,
             invalid_event_type_is_rejected,
             invalid_and_duplicate_node_ids_are_rejected,
+            broadcast_receivers_follow_handler_changes,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] continuum;
             steps_chain_and_share_context,

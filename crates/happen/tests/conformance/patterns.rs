@@ -189,3 +189,74 @@ pub async fn invalid_and_duplicate_node_ids_are_rejected(backend: &dyn Backend) 
     let err = h.node("unique").unwrap_err();
     assert!(matches!(err, HappenError::DuplicateNode { .. }), "{err}");
 }
+
+/// Who takes a broadcast follows every change: a handler registered after
+/// broadcasts of its type were made, a handler removed, a node shut down, a
+/// zero handler added, and a function pattern whose answer changes with no
+/// registration in between (it is asked on every broadcast).
+pub async fn broadcast_receivers_follow_handler_changes(backend: &dyn Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let h = start(backend).await;
+    let sender = h.node("route-sender").unwrap();
+    let a = h.node("route-a").unwrap();
+    let b = h.node("route-b").unwrap();
+    let c = h.node("route-c").unwrap();
+    let d = h.node("route-d").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+
+    assert_eq!(matched_by(&sender, &mut rx, &["tick"]).await, pairs(&[]));
+    let from_a = label_handler(&a, "tick", "a", &tx);
+    h.flush().await.unwrap();
+    assert_eq!(
+        matched_by(&sender, &mut rx, &["tick"]).await,
+        pairs(&[("a", "tick")])
+    );
+
+    label_handler(&b, "tick", "b", &tx);
+    h.flush().await.unwrap();
+    assert_eq!(
+        matched_by(&sender, &mut rx, &["tick"]).await,
+        pairs(&[("a", "tick"), ("b", "tick")])
+    );
+
+    assert!(a.off(from_a));
+    h.flush().await.unwrap();
+    assert_eq!(
+        matched_by(&sender, &mut rx, &["tick"]).await,
+        pairs(&[("b", "tick")])
+    );
+
+    b.shutdown().await;
+    h.flush().await.unwrap();
+    assert_eq!(matched_by(&sender, &mut rx, &["tick"]).await, pairs(&[]));
+
+    let on = Arc::new(AtomicBool::new(false));
+    let asked = on.clone();
+    label_handler(
+        &c,
+        move |t: &str| t == "tick" && asked.load(Ordering::SeqCst),
+        "c",
+        &tx,
+    );
+    h.flush().await.unwrap();
+    assert_eq!(matched_by(&sender, &mut rx, &["tick"]).await, pairs(&[]));
+    on.store(true, Ordering::SeqCst);
+    assert_eq!(
+        matched_by(&sender, &mut rx, &["tick"]).await,
+        pairs(&[("c", "tick")])
+    );
+
+    let zero_tx = tx.clone();
+    d.zero("tick", move |event, _cx| {
+        let _ = zero_tx.send(("d".to_owned(), event.event_type().to_owned()));
+        Ok(happen::zero::ZeroNext::Done)
+    })
+    .unwrap();
+    h.flush().await.unwrap();
+    assert_eq!(
+        matched_by(&sender, &mut rx, &["tick"]).await,
+        pairs(&[("c", "tick"), ("d", "tick")])
+    );
+}
