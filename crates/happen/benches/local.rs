@@ -23,6 +23,9 @@
 //!   `memory` (handy under a profiler).
 //! - `HAPPEN_BENCH_CONTENDERS`: comma-separated subset of `happen`, `tokio`,
 //!   `ractor`, `kameo`, `actix` (default: all).
+//! - `HAPPEN_BENCH_BYSTANDERS`: extra happen nodes in the fire-and-forget
+//!   and fan-out runs, each with a handler for another event type
+//!   (default 0): what a broadcast costs in a process with many nodes.
 //! - `HAPPEN_BENCH_NODES`: comma-separated node counts for the memory rows
 //!   (default `100000,1000000`).
 //! - `HAPPEN_BENCH_NODE_SECS`: time cap in seconds for creating the nodes of
@@ -681,6 +684,16 @@ fn one_way(env: &Env, who: Who, batch: usize, receivers: usize) -> Contender<'_>
                         node
                     })
                     .collect();
+                // Nodes that take other event types: a broadcast should not
+                // cost in proportion to them.
+                let bystanders: Vec<Node> = (0..env_usize("HAPPEN_BENCH_BYSTANDERS", 0))
+                    .map(|i| {
+                        let node = happen.node(&format!("bystander{i}")).expect("node");
+                        on_count(&node, "other", &c);
+                        node
+                    })
+                    .collect();
+                drop(bystanders);
                 (happen, sender, targets)
             });
             (

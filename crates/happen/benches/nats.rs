@@ -21,6 +21,10 @@
 //!   [`DEFAULT_BROADCASTS`]; more than requests, because they are much
 //!   cheaper and a short repetition is noisy).
 //! - `HAPPEN_BENCH_BATCH`: broadcast batch size (default [`DEFAULT_BATCH`]).
+//! - `HAPPEN_BENCH_SIDE`: `happen` or `plain` runs only that side of the
+//!   request benchmark (the other side's cells read 0): under `perf stat`
+//!   or `perf record`, what one side costs, system calls and context
+//!   switches included.
 //! - `HAPPEN_BENCH_ONLY`: keep only the benchmarks whose
 //!   "runtime / benchmark" label contains this text (handy under a profiler).
 //!
@@ -292,6 +296,11 @@ async fn request_response(url: String, n: usize) -> Latency {
     });
     client.flush().await.expect("flush");
 
+    // `flush` only writes the subscription: the server may not have
+    // processed it when the first plain request arrives ("no responders"
+    // when plain goes first, with `HAPPEN_BENCH_SIDE=plain`).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let side = std::env::var("HAPPEN_BENCH_SIDE").unwrap_or_default();
     let mut out = Latency::default();
     let mut happen_lat = Vec::with_capacity(n);
     let mut plain_lat = Vec::with_capacity(n);
@@ -302,7 +311,7 @@ async fn request_response(url: String, n: usize) -> Latency {
         // seconds, and both sides should see the same drift.
         for first in (0..n).step_by(REQUEST_CHUNK) {
             let last = (first + REQUEST_CHUNK).min(n);
-            for i in first..last {
+            for i in (first..last).filter(|_| side != "plain") {
                 let start = Instant::now();
                 let v = a
                     .send("server", Event::new("ping", payload(i)))
@@ -312,7 +321,7 @@ async fn request_response(url: String, n: usize) -> Latency {
                 happen_lat.push(start.elapsed());
                 black_box(v);
             }
-            for i in first..last {
+            for i in (first..last).filter(|_| side != "happen") {
                 let start = Instant::now();
                 let answer = client
                     .request(ECHO_SUBJECT, body(i))
@@ -324,6 +333,12 @@ async fn request_response(url: String, n: usize) -> Latency {
             }
         }
 
+        // One side left out (`HAPPEN_BENCH_SIDE`): its cells read 0.
+        for skipped in [&mut happen_lat, &mut plain_lat] {
+            if skipped.is_empty() {
+                skipped.push(Duration::ZERO);
+            }
+        }
         if rep > 0 {
             happen_lat.sort();
             plain_lat.sort();

@@ -496,7 +496,10 @@ fn main() {
         ),
         &local,
     );
-    if selected("over NATS", "") {
+    if ["fire-and-forget", "request"]
+        .iter()
+        .any(|benchmark| selected("over NATS", benchmark))
+    {
         let server = NatsServer::start().expect("nats-server starts");
         let nats = rt.block_on(over_nats(&s, &server));
         print(
