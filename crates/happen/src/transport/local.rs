@@ -302,6 +302,9 @@ impl Transport for LocalTransport {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        // Kept routes hold their receivers: drop them all, so that a node
+        // gone does not live on in the route of a type seldom broadcast.
+        self.routes.clear();
         super::routes::changed();
     }
 

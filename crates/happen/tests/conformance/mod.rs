@@ -112,6 +112,7 @@ macro_rules! conformance_suite {
             invalid_event_type_is_rejected,
             invalid_and_duplicate_node_ids_are_rejected,
             broadcast_receivers_follow_handler_changes,
+            a_shut_down_node_is_not_kept_by_broadcast_routes,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] continuum;
             steps_chain_and_share_context,

@@ -260,3 +260,30 @@ pub async fn broadcast_receivers_follow_handler_changes(backend: &dyn Backend) {
         pairs(&[("c", "tick"), ("d", "tick")])
     );
 }
+
+/// A node shut down lets go of its handlers (and what they hold) even if
+/// broadcasts of its types were routed to it and are not sent again.
+pub async fn a_shut_down_node_is_not_kept_by_broadcast_routes(backend: &dyn Backend) {
+    use std::sync::Arc;
+
+    let h = start(backend).await;
+    let sender = h.node("kept-sender").unwrap();
+    let node = h.node("kept-node").unwrap();
+    let held = Arc::new(());
+    let in_handler = held.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    node.on("kept.tick", move |_e: Event, _cx: Context| {
+        let _held = &in_handler;
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(());
+        }
+    })
+    .unwrap();
+    h.flush().await.unwrap();
+    sender.broadcast(ev("kept.tick", json!(null))).unwrap();
+    rx.recv().await.unwrap();
+    node.shutdown().await;
+    drop(node);
+    assert_eq!(Arc::strong_count(&held), 1, "the handler was dropped");
+}
