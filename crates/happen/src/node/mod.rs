@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 
 pub use queue::PRIORITY_FIELD;
 pub use registry::HandlerId;
-pub(crate) use registry::{Matched, Registration};
+pub(crate) use registry::{KeptMatch, Matched, Registration};
 pub use target::{NodeRef, Target};
 
 use crate::accept::AcceptFrom;

@@ -6,7 +6,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use crate::flow::Entry;
 use crate::id::Id;
@@ -71,6 +71,37 @@ pub(crate) struct Matched {
     pub(crate) handlers: Arc<Vec<Registration>>,
     pub(crate) first: usize,
     generation: u64,
+}
+
+/// A match kept without keeping its handlers alive (broadcast routes keep
+/// these: a removed handler, and what it captured, must not live on in the
+/// route of a type seldom broadcast).
+pub(crate) struct KeptMatch {
+    handlers: Weak<Vec<Registration>>,
+    first: usize,
+    generation: u64,
+}
+
+impl Matched {
+    /// This match, without keeping its handlers alive.
+    pub(crate) fn keep(&self) -> KeptMatch {
+        KeptMatch {
+            handlers: Arc::downgrade(&self.handlers),
+            first: self.first,
+            generation: self.generation,
+        }
+    }
+}
+
+impl KeptMatch {
+    /// The match, if its handlers are still the node's (else `None`).
+    pub(crate) fn get(&self) -> Option<Matched> {
+        Some(Matched {
+            handlers: self.handlers.upgrade()?,
+            first: self.first,
+            generation: self.generation,
+        })
+    }
 }
 
 impl Registry {

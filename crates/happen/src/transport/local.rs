@@ -19,7 +19,7 @@ use crate::error::{HappenError, Result};
 use crate::event::{Event, stamp};
 use crate::id::Id;
 use crate::identity::Keys;
-use crate::node::{Matched, Node};
+use crate::node::{Matched, Node, NodeCore};
 use crate::pattern::Pattern;
 use crate::receipt::Receipt;
 use crate::system::{self, Counters, Tally};
@@ -47,7 +47,6 @@ impl LocalTransport {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.routes.clear();
         super::routes::changed();
     }
 
@@ -75,30 +74,29 @@ impl LocalTransport {
     /// refusal is logged, counted and reported as a [`system::REFUSED`]
     /// event, and the first is returned afterwards.
     pub(crate) fn deliver_broadcast(&self, event: &Event, arrival: Arrival) -> Result<Receipt> {
-        let route = self
-            .routes
-            .get(event.event_type(), || self.route(event.event_type()));
-        let asked = route.ask.iter().filter_map(|node| {
-            Self::takes(node, event.event_type()).map(|matched| (node, matched))
-        });
+        let event_type = event.event_type();
+        let route = self.routes.get(event_type, || self.route(event_type));
+        let asked = route
+            .to_ask()
+            .filter_map(|node| Self::takes(&node, event_type).map(|matched| (node, matched)));
         let receivers = route
-            .fixed
+            .fixed()
             .iter()
-            .map(|(node, matched)| (node, matched.clone()))
+            .filter_map(|receiver| receiver.get(|node| Self::takes(node, event_type)))
             .chain(asked)
             // A node shut down since the route was made (its shutdown
             // changes the routes right after; this covers the moment
             // between).
-            .filter(|(node, _)| !node.core().is_closed());
+            .filter(|(node, _)| !node.is_closed());
         let mut first_error = None;
         let mut receipt = Receipt::kept();
         for (node, matched) in receivers {
             let mut delivery = Delivery::new(event.clone(), None, arrival);
             delivery.matched = matched;
-            match delivery::deliver(node.core(), delivery) {
+            match delivery::deliver(&node, delivery) {
                 // One writer keeps every node's events in order: the last
                 // receiver that keeps a copy answers for all.
-                Ok(()) => match delivery::receipt(node.core()) {
+                Ok(()) => match delivery::receipt(&node) {
                     kept if kept.is_ready() => {}
                     waiting => receipt = waiting,
                 },
@@ -122,14 +120,22 @@ impl LocalTransport {
     /// Works out which nodes take broadcasts of `event_type`.
     fn route(&self, event_type: &str) -> Route {
         let mut route = Route::begin();
-        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        // Taken out of the table first: a pattern function asked below
+        // may itself look up or create nodes.
+        let nodes: Vec<Arc<NodeCore>> = self
+            .nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|node| node.core().clone())
+            .collect();
         // A node whose transport stores its events takes broadcasts from
         // there, not this direct copy.
-        for node in nodes.values().filter(|n| !n.core().stored_by_transport()) {
-            if !node.core().routes_by_type() {
-                route.ask.push(node.clone());
+        for node in nodes.iter().filter(|n| !n.stored_by_transport()) {
+            if !node.routes_by_type() {
+                route.ask(node);
             } else if let Some(matched) = Self::takes(node, event_type) {
-                route.fixed.push((node.clone(), matched));
+                route.takes(node, matched.as_ref());
             }
         }
         route
@@ -138,11 +144,10 @@ impl LocalTransport {
     /// Whether `node` takes `event_type`: the match of its ordinary
     /// handlers, `Some(None)` when only a zero handler takes it (converted
     /// on delivery), `None` when nothing does.
-    fn takes(node: &Node, event_type: &str) -> Option<Option<Matched>> {
-        let core = node.core();
-        match core.matching(event_type) {
+    fn takes(node: &NodeCore, event_type: &str) -> Option<Option<Matched>> {
+        match node.matching(event_type) {
             Some(matched) => Some(Some(matched)),
-            None if core.zero_matches(event_type) => Some(None),
+            None if node.zero_matches(event_type) => Some(None),
             None => None,
         }
     }
@@ -302,9 +307,6 @@ impl Transport for LocalTransport {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        // Kept routes hold their receivers: drop them all, so that a node
-        // gone does not live on in the route of a type seldom broadcast.
-        self.routes.clear();
         super::routes::changed();
     }
 

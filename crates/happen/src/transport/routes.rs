@@ -11,7 +11,10 @@
 //! zero), a node attached, detached or shut down. A route made under an
 //! older generation is made again on its next use. A route computed while a
 //! change happens carries the generation read before it started, so it is
-//! never taken for newer than it is.
+//! never taken for newer than it is, and it is not stored.
+//!
+//! Routes hold their nodes and matched handlers weakly: what was shut down
+//! or removed is freed at once, whether or not its type is broadcast again.
 //!
 //! A pattern that is a user function (`Pattern::from_fn`) is asked on every
 //! broadcast, as before: its answer may depend on more than the type. A
@@ -19,32 +22,61 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use crate::id::Id;
-use crate::node::{Matched, Node};
+use crate::node::{KeptMatch, Matched, NodeCore};
 
 /// The process-wide generation of everything routes depend on.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// Distinct event types whose routes are kept; past it the table starts
-/// over (event types made from data, such as ids, must not grow it without
-/// bound).
-const MAX_ROUTES: usize = 4096;
+/// Receivers (over all types) kept in one table; past it the table starts
+/// over, so that event types made from data (ids, say) or many types each
+/// taken by many nodes cannot grow it without bound.
+const MAX_KEPT: usize = 1 << 20;
 
 /// Something that can change which nodes take which event types happened.
 pub(crate) fn changed() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
+/// A node that takes a type, with its match (`None`: only a zero handler
+/// takes it). Routes keep neither the node nor its handlers alive: a node
+/// shut down, or a handler removed, is gone from memory even if its
+/// route is never made again.
+pub(crate) struct Receiver {
+    node: Weak<NodeCore>,
+    matched: Option<KeptMatch>,
+}
+
+impl Receiver {
+    /// The node, if it is still alive, and its match (`None`: only a zero
+    /// handler takes the type). If its handlers changed since the route
+    /// was made, `again` asks the node anew (`None`: it takes the type no
+    /// more).
+    pub(crate) fn get(
+        &self,
+        again: impl FnOnce(&NodeCore) -> Option<Option<Matched>>,
+    ) -> Option<(Arc<NodeCore>, Option<Matched>)> {
+        let node = self.node.upgrade()?;
+        let matched = match &self.matched {
+            None => None,
+            Some(kept) => match kept.get() {
+                Some(matched) => Some(matched),
+                None => again(&node)?,
+            },
+        };
+        Some((node, matched))
+    }
+}
+
 /// The receivers of broadcasts of one event type.
 pub(crate) struct Route {
     generation: u64,
-    /// Nodes whose handlers take the type, with the match (`None`: only a
-    /// zero handler takes it).
-    pub(crate) fixed: Vec<(Node, Option<Matched>)>,
+    /// Nodes whose handlers take the type.
+    fixed: Vec<Receiver>,
     /// Nodes with a function pattern: asked on each broadcast.
-    pub(crate) ask: Vec<Node>,
+    ask: Vec<Weak<NodeCore>>,
 }
 
 impl Route {
@@ -57,22 +89,57 @@ impl Route {
             ask: Vec::new(),
         }
     }
+
+    /// `node` takes the type, with `matched`.
+    pub(crate) fn takes(&mut self, node: &Arc<NodeCore>, matched: Option<&Matched>) {
+        self.fixed.push(Receiver {
+            node: Arc::downgrade(node),
+            matched: matched.map(Matched::keep),
+        });
+    }
+
+    /// `node` is to be asked on each broadcast.
+    pub(crate) fn ask(&mut self, node: &Arc<NodeCore>) {
+        self.ask.push(Arc::downgrade(node));
+    }
+
+    /// The nodes that take the type.
+    pub(crate) fn fixed(&self) -> &[Receiver] {
+        &self.fixed
+    }
+
+    /// The nodes to ask, those still alive.
+    pub(crate) fn to_ask(&self) -> impl Iterator<Item = Arc<NodeCore>> + '_ {
+        self.ask.iter().filter_map(Weak::upgrade)
+    }
+
+    fn size(&self) -> usize {
+        self.fixed.len() + self.ask.len() + 1
+    }
 }
 
 /// The routes of one process's nodes, by event type.
 #[derive(Default)]
 pub(crate) struct Routes {
-    table: RwLock<HashMap<Id, Arc<Route>>>,
+    table: RwLock<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    routes: HashMap<Id, Arc<Route>>,
+    /// The sum of the routes' sizes.
+    kept: usize,
 }
 
 impl Routes {
     /// The route for `event_type`: the kept one if nothing changed since it
-    /// was made, else a new one from `make` (kept for next time).
+    /// was made, else a new one from `make` (kept for next time, unless
+    /// something changed while it was made).
     pub(crate) fn get(&self, event_type: &str, make: impl FnOnce() -> Route) -> Arc<Route> {
         let now = GENERATION.load(Ordering::Acquire);
         {
             let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(route) = table.get(event_type)
+            if let Some(route) = table.routes.get(event_type)
                 && route.generation == now
             {
                 return route.clone();
@@ -80,18 +147,76 @@ impl Routes {
         }
         let route = Arc::new(make());
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
-        if table.len() >= MAX_ROUTES && !table.contains_key(event_type) {
-            table.clear();
+        if route.generation != GENERATION.load(Ordering::Acquire) {
+            return route; // good for this broadcast only
         }
-        table.insert(Id::from(event_type), route.clone());
+        if let Some(old) = table.routes.remove(event_type) {
+            table.kept -= old.size();
+        }
+        if table.kept + route.size() > MAX_KEPT {
+            table.routes.clear();
+            table.kept = 0;
+        }
+        table.kept += route.size();
+        table.routes.insert(Id::from(event_type), route.clone());
         route
     }
+}
 
-    /// Forgets every route (the runtime lets go of its nodes).
-    pub(crate) fn clear(&self) {
-        self.table
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// What `attempt` gives in a run during which nothing but itself
+    /// (`own` changes) changed the generation: tests run as threads of one
+    /// process under `cargo test`, and other tests attach nodes.
+    fn undisturbed<T>(own: u64, attempt: impl Fn() -> T) -> T {
+        for _ in 0..1000 {
+            let before = GENERATION.load(Ordering::Acquire);
+            let outcome = attempt();
+            if GENERATION.load(Ordering::Acquire) == before + own {
+                return outcome;
+            }
+        }
+        panic!("the generation never stood still");
+    }
+
+    /// How many times routes for one type were made in `gets` uses, with
+    /// `between` called after the first.
+    fn made(gets: usize, between: impl Fn()) -> usize {
+        let routes = Routes::default();
+        let made = Cell::new(0);
+        for get in 0..gets {
+            routes.get("t", || {
+                made.set(made.get() + 1);
+                Route::begin()
+            });
+            if get == 0 {
+                between();
+            }
+        }
+        made.get()
+    }
+
+    #[test]
+    fn a_route_is_kept_until_something_changes() {
+        assert_eq!(undisturbed(0, || made(3, || ())), 1, "kept");
+        assert_eq!(undisturbed(1, || made(3, changed)), 2, "made again once");
+    }
+
+    #[test]
+    fn a_route_made_during_a_change_is_not_kept() {
+        let kept = undisturbed(1, || {
+            let routes = Routes::default();
+            routes.get("t", || {
+                let route = Route::begin();
+                changed(); // a node attached while this route was made
+                route
+            });
+            routes.table.read().unwrap().kept
+        });
+        assert_eq!(kept, 0, "good for its broadcast only");
     }
 }

@@ -219,8 +219,11 @@ impl Lane {
         let mut handlers = self.handlers.write().unwrap_or_else(|e| e.into_inner());
         let before = handlers.len();
         handlers.retain(|h| h.id != id);
-        crate::transport::routes::changed();
-        handlers.len() != before
+        let removed = handlers.len() != before;
+        if removed {
+            crate::transport::routes::changed();
+        }
+        removed
     }
 
     /// Whether every zero handler's pattern answers by the event type alone.

@@ -113,6 +113,7 @@ macro_rules! conformance_suite {
             invalid_and_duplicate_node_ids_are_rejected,
             broadcast_receivers_follow_handler_changes,
             a_shut_down_node_is_not_kept_by_broadcast_routes,
+            a_removed_handler_is_not_kept_by_broadcast_routes,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] continuum;
             steps_chain_and_share_context,

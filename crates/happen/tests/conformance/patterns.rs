@@ -261,29 +261,68 @@ pub async fn broadcast_receivers_follow_handler_changes(backend: &dyn Backend) {
     );
 }
 
+/// Registers on `node` a handler of `event_type` that holds the returned
+/// `Arc` and sends on the returned channel when it runs.
+fn holding_handler(
+    node: &Node,
+    event_type: &str,
+) -> (std::sync::Arc<()>, mpsc::UnboundedReceiver<()>, HandlerId) {
+    let held = std::sync::Arc::new(());
+    let in_handler = held.clone();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let id = node
+        .on(event_type, move |_e: Event, _cx: Context| {
+            let _held = &in_handler;
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(());
+            }
+        })
+        .unwrap();
+    (held, rx, id)
+}
+
 /// A node shut down lets go of its handlers (and what they hold) even if
 /// broadcasts of its types were routed to it and are not sent again.
 pub async fn a_shut_down_node_is_not_kept_by_broadcast_routes(backend: &dyn Backend) {
-    use std::sync::Arc;
-
     let h = start(backend).await;
     let sender = h.node("kept-sender").unwrap();
     let node = h.node("kept-node").unwrap();
-    let held = Arc::new(());
-    let in_handler = held.clone();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    node.on("kept.tick", move |_e: Event, _cx: Context| {
-        let _held = &in_handler;
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(());
-        }
-    })
-    .unwrap();
+    let (held, mut rx, _) = holding_handler(&node, "kept.tick");
     h.flush().await.unwrap();
     sender.broadcast(ev("kept.tick", json!(null))).unwrap();
     rx.recv().await.unwrap();
     node.shutdown().await;
     drop(node);
-    assert_eq!(Arc::strong_count(&held), 1, "the handler was dropped");
+    assert_eq!(
+        std::sync::Arc::strong_count(&held),
+        1,
+        "the handler was dropped"
+    );
+}
+
+/// A handler removed with `off` is let go of (with what it holds) even if
+/// broadcasts of its type were routed to it and are not sent again.
+pub async fn a_removed_handler_is_not_kept_by_broadcast_routes(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let sender = h.node("off-sender").unwrap();
+    let node = h.node("off-node").unwrap();
+    let (held, mut rx, id) = holding_handler(&node, "off.tick");
+    h.flush().await.unwrap();
+    sender.broadcast(ev("off.tick", json!(null))).unwrap();
+    rx.recv().await.unwrap();
+    assert!(node.off(id));
+    // The flow that ran may still be ending; nothing else holds the handler.
+    for _ in 0..400 {
+        if std::sync::Arc::strong_count(&held) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        std::sync::Arc::strong_count(&held),
+        1,
+        "the handler was dropped"
+    );
+    assert!(rx.recv().await.is_none(), "its sender went with it");
 }
