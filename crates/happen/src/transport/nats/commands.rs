@@ -259,13 +259,8 @@ pub(super) async fn run(
                     Ok(subscriber) => {
                         let (stop, stopped) = oneshot::channel();
                         let reader = shared.readers.start(id);
-                        let task = tokio::spawn(read(
-                            shared.clone(),
-                            subscriber,
-                            kind,
-                            stopped,
-                            (id, reader),
-                        ));
+                        let task =
+                            tokio::spawn(read(shared.clone(), subscriber, kind, stopped, reader));
                         readers.insert(id, Reader { stop, task });
                     }
                     Err(e) => tracing::error!(subject, error = %e, "cannot subscribe"),
@@ -333,10 +328,13 @@ async fn read(
     mut subscriber: async_nats::Subscriber,
     kind: Kind,
     mut stop: oneshot::Receiver<oneshot::Sender<()>>,
-    (id, mut reader): (u64, Progress),
+    mut reader: Progress,
 ) {
     let mut barrier_open = true;
     loop {
+        // Read before the channel is looked at: if the channel is then
+        // empty, everything it held when this barrier was raised is read.
+        let at = reader.current();
         tokio::select! {
             biased;
             stopped = &mut stop => {
@@ -346,22 +344,22 @@ async fn read(
                 }
                 break;
             }
-            message = subscriber.next() => match message {
-                Some(message) => match kind {
-                    Kind::Direct => super::receive::on_direct(&shared, message),
-                    Kind::Broadcast => super::receive::on_broadcast(&shared, message),
-                    Kind::Inbox => super::receive::on_inbox(&shared, message),
-                    Kind::Identity => super::receive::on_identity(&shared, message),
-                },
+            // Outside the budget: pending here means the channel is empty,
+            // not that this task has run long (it yields below instead).
+            message = tokio::task::unconstrained(subscriber.next()) => match message {
+                Some(message) => {
+                    match kind {
+                        Kind::Direct => super::receive::on_direct(&shared, message),
+                        Kind::Broadcast => super::receive::on_broadcast(&shared, message),
+                        Kind::Inbox => super::receive::on_inbox(&shared, message),
+                        Kind::Identity => super::receive::on_identity(&shared, message),
+                    }
+                    tokio::task::coop::consume_budget().await;
+                }
                 None => break,
             },
-            // Polled only when no message is waiting (biased order): the
-            // channel is empty now.
-            raised = reader.barrier.changed(), if barrier_open => match raised {
-                Ok(()) => reader.caught_up(&shared.readers),
-                Err(_) => barrier_open = false,
-            },
+            () = std::future::ready(()), if reader.behind(at) => reader.caught_up(at),
+            raised = reader.raised(), if barrier_open => barrier_open = raised,
         }
     }
-    shared.readers.end(id);
 }

@@ -24,9 +24,11 @@ pub(super) fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
         Ok(opened) => {
             if let Some(registry) = needs_key(shared, &opened.event) {
                 let shared = shared.clone();
+                let held = shared.readers.hold();
                 tokio::spawn(async move {
                     learn_key(&shared, &registry, &opened.event).await;
                     direct(&shared, target, reply_subject, opened);
+                    drop(held);
                 });
                 return;
             }
@@ -122,11 +124,13 @@ pub(super) fn on_broadcast(shared: &Arc<Shared>, message: async_nats::Message) {
                 ),
                 Some(registry) => {
                     let shared = shared.clone();
+                    let held = shared.readers.hold();
                     tokio::spawn(async move {
                         learn_key(&shared, &registry, &opened.event).await;
                         let _ = shared
                             .local
                             .deliver_broadcast(&opened.event, Arrival::Remote);
+                        drop(held);
                     });
                 }
             }
