@@ -13,8 +13,10 @@
 //! change happens carries the generation read before it started, so it is
 //! never taken for newer than it is, and it is not stored.
 //!
-//! Routes hold their nodes and matched handlers weakly: what was shut down
-//! or removed is freed at once, whether or not its type is broadcast again.
+//! Routes hold their nodes and matched handlers weakly: a node shut down or
+//! a handler removed is dropped at once (with what it captured), whether or
+//! not its type is broadcast again. Routes of older generations are
+//! dropped at the next broadcast of any type.
 //!
 //! A pattern that is a user function (`Pattern::from_fn`) is asked on every
 //! broadcast, as before: its answer may depend on more than the type. A
@@ -30,9 +32,11 @@ use crate::node::{KeptMatch, Matched, NodeCore};
 /// The process-wide generation of everything routes depend on.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// Receivers (over all types) kept in one table; past it the table starts
-/// over, so that event types made from data (ids, say) or many types each
-/// taken by many nodes cannot grow it without bound.
+/// Event types, and receivers over all types, kept in one table; past
+/// either the table starts over, so that event types made from data (ids,
+/// say) or many types each taken by many nodes cannot grow it without
+/// bound.
+const MAX_TYPES: usize = 4096;
 const MAX_KEPT: usize = 1 << 20;
 
 /// Something that can change which nodes take which event types happened.
@@ -124,11 +128,20 @@ pub(crate) struct Routes {
     table: RwLock<Table>,
 }
 
+/// The kept routes, all made under one generation.
 #[derive(Default)]
 struct Table {
+    generation: u64,
     routes: HashMap<Id, Arc<Route>>,
     /// The sum of the routes' sizes.
     kept: usize,
+}
+
+impl Table {
+    fn clear(&mut self) {
+        self.routes.clear();
+        self.kept = 0;
+    }
 }
 
 impl Routes {
@@ -150,12 +163,17 @@ impl Routes {
         if route.generation != GENERATION.load(Ordering::Acquire) {
             return route; // good for this broadcast only
         }
-        if let Some(old) = table.routes.remove(event_type) {
-            table.kept -= old.size();
+        if table.generation != route.generation {
+            // Every kept route is older, hence never used again: dropped
+            // now, not when its type is next broadcast (if ever).
+            table.clear();
+            table.generation = route.generation;
         }
-        if table.kept + route.size() > MAX_KEPT {
-            table.routes.clear();
-            table.kept = 0;
+        if let Some(same) = table.routes.remove(event_type) {
+            table.kept -= same.size(); // made at the same time elsewhere
+        }
+        if table.routes.len() >= MAX_TYPES || table.kept + route.size() > MAX_KEPT {
+            table.clear();
         }
         table.kept += route.size();
         table.routes.insert(Id::from(event_type), route.clone());
@@ -204,6 +222,20 @@ mod tests {
     fn a_route_is_kept_until_something_changes() {
         assert_eq!(undisturbed(0, || made(3, || ())), 1, "kept");
         assert_eq!(undisturbed(1, || made(3, changed)), 2, "made again once");
+    }
+
+    #[test]
+    fn routes_of_older_generations_are_dropped_when_a_new_one_is_kept() {
+        let kept = undisturbed(1, || {
+            let routes = Routes::default();
+            routes.get("a", Route::begin);
+            routes.get("b", Route::begin);
+            changed();
+            routes.get("c", Route::begin);
+            let table = routes.table.read().unwrap();
+            (table.routes.len(), table.kept)
+        });
+        assert_eq!(kept, (1, 1), "only the route of \"c\" is left");
     }
 
     #[test]
