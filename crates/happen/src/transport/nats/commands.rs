@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::FutureExt;
-use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -330,36 +329,18 @@ async fn read(
     mut stop: oneshot::Receiver<oneshot::Sender<()>>,
     mut reader: Progress,
 ) {
-    let mut barrier_open = true;
-    loop {
-        // Read before the channel is looked at: if the channel is then
-        // empty, everything it held when this barrier was raised is read.
-        let at = reader.current();
-        tokio::select! {
-            biased;
-            stopped = &mut stop => {
-                let _ = subscriber.unsubscribe().await;
-                if let Ok(done) = stopped {
-                    let _ = done.send(());
-                }
-                break;
-            }
-            // Outside the budget: pending here means the channel is empty,
-            // not that this task has run long (it yields below instead).
-            message = tokio::task::unconstrained(subscriber.next()) => match message {
-                Some(message) => {
-                    match kind {
-                        Kind::Direct => super::receive::on_direct(&shared, message),
-                        Kind::Broadcast => super::receive::on_broadcast(&shared, message),
-                        Kind::Inbox => super::receive::on_inbox(&shared, message),
-                        Kind::Identity => super::receive::on_identity(&shared, message),
-                    }
-                    tokio::task::coop::consume_budget().await;
-                }
-                None => break,
-            },
-            () = std::future::ready(()), if reader.behind(at) => reader.caught_up(at),
-            raised = reader.raised(), if barrier_open => barrier_open = raised,
+    let stopped = reader
+        .read(&mut subscriber, &mut stop, |message| match kind {
+            Kind::Direct => super::receive::on_direct(&shared, message),
+            Kind::Broadcast => super::receive::on_broadcast(&shared, message),
+            Kind::Inbox => super::receive::on_inbox(&shared, message),
+            Kind::Identity => super::receive::on_identity(&shared, message),
+        })
+        .await;
+    if let Some(stopped) = stopped {
+        let _ = subscriber.unsubscribe().await;
+        if let Ok(done) = stopped {
+            let _ = done.send(());
         }
     }
 }

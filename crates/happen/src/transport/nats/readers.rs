@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use futures::{Stream, StreamExt};
 use tokio::sync::{Notify, watch};
 
 use super::lock;
@@ -82,6 +83,44 @@ impl Progress {
     pub(super) fn caught_up(&self, at: u64) {
         self.progress.fetch_max(at, Ordering::AcqRel);
         self.reports.moved.notify_waiters();
+    }
+}
+
+impl Progress {
+    /// Hands every message of `messages` to `handle` until the stream ends
+    /// (`None`) or `stop` fires (its outcome), reporting each barrier once
+    /// everything the stream held when it was raised is handed over.
+    pub(super) async fn read<M, T>(
+        &mut self,
+        messages: &mut (impl Stream<Item = M> + Unpin),
+        stop: &mut (impl Future<Output = T> + Unpin),
+        mut handle: impl FnMut(M),
+    ) -> Option<T> {
+        let mut barrier_open = true;
+        loop {
+            // Read before the channel is looked at: if the channel is then
+            // empty, everything it held when this barrier was raised is
+            // handed over.
+            let at = self.current();
+            tokio::select! {
+                biased;
+                stopped = &mut *stop => return Some(stopped),
+                // Outside the budget: pending here means the channel is
+                // empty, whatever the budget (tokio's `select!` checks it
+                // before polling, but a branch polled earlier could spend
+                // the last unit); the task yields below instead.
+                message = tokio::task::unconstrained(messages.next()) => match message {
+                    Some(message) => {
+                        handle(message);
+                        tokio::task::coop::consume_budget().await;
+                    }
+                    None => return None,
+                },
+
+                () = std::future::ready(()), if self.behind(at) => self.caught_up(at),
+                raised = self.raised(), if barrier_open => barrier_open = raised,
+            }
+        }
     }
 }
 
@@ -187,6 +226,55 @@ mod tests {
             !drains(&readers).await,
             "each drain raises the barrier again"
         );
+    }
+
+    /// A reader with a backlog longer than tokio's cooperative budget (128
+    /// polls), which makes it yield several times, reports a barrier only
+    /// once the whole backlog is handed over.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reader_reports_a_barrier_only_after_its_whole_backlog() {
+        use std::sync::atomic::AtomicUsize;
+
+        const BACKLOG: usize = 1000;
+        let readers = Arc::new(Readers::default());
+        let mut reader = readers.start(1);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..BACKLOG {
+            tx.send(i).unwrap();
+        }
+        let handled = Arc::new(AtomicUsize::new(0));
+        // The drain raises the barrier first, then waits for the reader.
+        let drain = tokio::spawn({
+            let (readers, handled) = (readers.clone(), handled.clone());
+            async move {
+                readers.drain().await;
+                handled.load(Ordering::SeqCst)
+            }
+        });
+        tokio::task::yield_now().await;
+        let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
+        let read = tokio::spawn({
+            let handled = handled.clone();
+            async move {
+                let mut messages = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+                reader
+                    .read(&mut messages, &mut stop, |_| {
+                        handled.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .await
+            }
+        });
+        let seen = tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .expect("the drain ended")
+            .unwrap();
+        assert_eq!(
+            seen, BACKLOG,
+            "the barrier was reported before the backlog was read"
+        );
+        stop_tx.send(()).unwrap();
+        assert_eq!(read.await.unwrap(), Some(Ok(())), "stopped when told");
+        drop(tx);
     }
 
     #[tokio::test]
