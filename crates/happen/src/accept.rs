@@ -115,14 +115,14 @@ impl AcceptRule {
 
     /// Whether this rule accepts `event`.
     pub fn accepts(&self, event: &Event) -> bool {
-        let node = || glob_match(&self.pattern, &event.causal().sender);
-        let source = || {
-            event
-                .origin()
-                .source_id
-                .as_deref()
-                .is_some_and(|s| glob_match(&self.pattern, s))
-        };
+        self.accepts_from(&event.causal().sender, event.origin().source_id.as_deref())
+    }
+
+    /// Whether this rule accepts an event from the node `sender` on behalf
+    /// of the source `source`.
+    fn accepts_from(&self, sender: &str, source: Option<&str>) -> bool {
+        let node = || glob_match(&self.pattern, sender);
+        let source = || source.is_some_and(|s| glob_match(&self.pattern, s));
         match self.on {
             On::Node => node(),
             On::Source => source(),
@@ -164,13 +164,26 @@ impl AcceptFrom {
 
     /// `Ok` when a rule accepts `event`; else the refusal for its sender.
     pub(crate) fn check(&self, node: &str, event: &Event) -> Result<(), HappenError> {
-        if self.0.iter().any(|rule| rule.accepts(event)) {
+        let causal = event.causal();
+        self.check_from(node, &causal.sender, event.origin().source_id.as_deref())
+    }
+
+    /// [`check`](Self::check) for an event from the node `sender` on behalf
+    /// of the source `source` (a zero event is checked this way, without
+    /// converting it: nothing is allocated unless it is refused).
+    pub(crate) fn check_from(
+        &self,
+        node: &str,
+        sender: &str,
+        source: Option<&str>,
+    ) -> Result<(), HappenError> {
+        if self.0.iter().any(|rule| rule.accepts_from(sender, source)) {
             return Ok(());
         }
         Err(HappenError::NotAccepted {
             node: node.to_owned(),
-            sender: event.causal().sender.to_string(),
-            source_id: event.origin().source_id.clone(),
+            sender: sender.to_owned(),
+            source_id: source.map(str::to_owned),
             rules: self
                 .0
                 .iter()

@@ -3,13 +3,15 @@
 //! builds (pooled writer), sends, receives and handles zero events in one
 //! process, and the count over 100,000 events must stay at zero.
 //!
-//! The ordinary path is counted beside it, so that the counter is seen to
+//! A node with acceptance controls is counted the same way (the sender is
+//! checked in place). The ordinary path is counted beside it, so that the counter is seen to
 //! count (and the difference is on record).
 
 use std::alloc::System;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use happen::AcceptRule;
 use happen::prelude::*;
 use happen::zero::{ZeroNext, ZeroWriter};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -80,6 +82,33 @@ async fn zero_events_allocate_nothing_per_event_once_warm() {
     assert_eq!(
         sum.load(Ordering::Relaxed),
         all_rounds * (BATCH * (BATCH - 1) / 2) + all_rounds * BATCH * 25
+    );
+
+    // A node with acceptance controls checks each zero event's sender in
+    // place: still nothing allocated per event.
+    let guarded = happen
+        .node_with(
+            "guarded",
+            NodeConfig::new().accept_from([AcceptRule::node("gate*")]),
+        )
+        .unwrap();
+    let guarded_handled = Arc::new(AtomicU64::new(0));
+    let g = guarded_handled.clone();
+    guarded
+        .zero("reading", move |event, _cx| {
+            let _seq: u64 = event.get("seq")?;
+            g.fetch_add(1, Ordering::Relaxed);
+            Ok(ZeroNext::Done)
+        })
+        .unwrap();
+    zero_rounds(&gateway, &guarded, &guarded_handled, 100).await;
+    let region = Region::new(GLOBAL);
+    zero_rounds(&gateway, &guarded, &guarded_handled, rounds).await;
+    let guarded_allocations = allocations(&region);
+    assert_eq!(guarded_handled.load(Ordering::Relaxed), all_rounds * BATCH);
+    assert_eq!(
+        guarded_allocations, 0,
+        "with acceptance controls the zero path allocated {guarded_allocations} times over {events} events"
     );
 
     // The ordinary path, counted the same way, for comparison.

@@ -6,6 +6,7 @@
 //! FIFO queue of at most `queue_limit`, and beyond that the sender gets
 //! [`HappenError::QueueFull`]. Nothing is dropped silently.
 
+mod guard;
 mod queue;
 mod registry;
 mod scheduler;
@@ -138,26 +139,6 @@ impl NodeCore {
             return None;
         }
         self.registry.matching(event_type, &self.id)
-    }
-
-    /// `Ok` when the node's acceptance controls take `event`, and its
-    /// signature, if it has one or the node requires one, is its sender's.
-    #[inline]
-    pub(crate) fn accepts(&self, event: &Event) -> Result<()> {
-        if self.limits.require_signed || event.context().integrity.is_some() {
-            self.key_registry
-                .check(&self.id, event, self.limits.require_signed)?;
-        }
-        match &self.accept {
-            None => Ok(()),
-            Some(rules) => rules.check(&self.id, event),
-        }
-    }
-
-    /// Whether the node checks who sends to it (acceptance controls, or
-    /// signatures required).
-    pub(crate) fn guards_senders(&self) -> bool {
-        self.limits.require_signed || self.accept.is_some()
     }
 
     /// The node's signer (a key pair made now if none was configured).

@@ -180,18 +180,19 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let Some(mut rest) = text.strip_prefix(first) else {
         return false;
     };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
+    // Allocates nothing: acceptance rules run on the zero path too.
+    let Some(mut part) = parts.next() else {
         return rest.is_empty(); // no '*' at all: exact match
     };
-    for part in middle {
+    for next in parts {
         // The leftmost occurrence leaves the most room for what follows.
         match rest.find(part) {
             Some(i) => rest = &rest[i + part.len()..],
             None => return false,
         }
+        part = next;
     }
-    rest.len() >= last.len() && rest.ends_with(last)
+    rest.len() >= part.len() && rest.ends_with(part)
 }
 
 use super::{Pattern, Repr};

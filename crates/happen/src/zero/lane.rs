@@ -289,12 +289,10 @@ pub(crate) fn deliver(
         };
         return refuse(reply, error);
     }
-    if node.guards_senders() {
-        // Acceptance and signatures are checked on the ordinary form: the
-        // same rules, at the cost of a conversion for such nodes only.
-        if let Err(error) = node.accepts(&event.to_event()) {
-            return refuse(reply, error);
-        }
+    if node.guards_senders()
+        && let Err(error) = node.accepts_zero(&event)
+    {
+        return refuse(reply, error);
     }
     let found = node
         .zero_lane()

@@ -297,9 +297,20 @@ pub async fn acceptance_controls_and_off_apply_to_zero_handlers(backend: &dyn Ba
     assert_eq!(answer.into_value(), json!("kept"));
     let error = stranger.zero_send(&vault, reading(1.0)).await.unwrap_err();
     assert!(
-        matches!(error, HappenError::NotAccepted { .. }),
+        matches!(&error, HappenError::NotAccepted { sender, source_id: None, .. } if sender == "za-stranger"),
         "{error:?}"
     );
+    // Zero events are never signed: a node that requires signatures
+    // refuses them, whoever sends.
+    let strict = h
+        .node_with("za-strict", NodeConfig::new().require_signed(true))
+        .unwrap();
+    strict
+        .zero("reading", |_event, _cx| Ok(ZeroNext::Value(json!("kept"))))
+        .unwrap();
+    h.flush().await.unwrap();
+    let error = trusted.zero_send(&strict, reading(1.0)).await.unwrap_err();
+    assert!(matches!(error, HappenError::Integrity { .. }), "{error:?}");
 
     assert!(vault.off(id));
     let error = trusted.zero_send(&vault, reading(1.0)).await.unwrap_err();

@@ -1,0 +1,43 @@
+//! Who a node takes events from: its acceptance controls and required
+//! signatures, checked on every delivery (ordinary and zero).
+
+use super::NodeCore;
+use crate::error::Result;
+use crate::event::Event;
+
+impl NodeCore {
+    /// `Ok` when the node's acceptance controls take `event`, and its
+    /// signature, if it has one or the node requires one, is its sender's.
+    #[inline]
+    pub(crate) fn accepts(&self, event: &Event) -> Result<()> {
+        if self.limits.require_signed || event.context().integrity.is_some() {
+            self.key_registry
+                .check(&self.id, event, self.limits.require_signed)?;
+        }
+        match &self.accept {
+            None => Ok(()),
+            Some(rules) => rules.check(&self.id, event),
+        }
+    }
+
+    /// [`accepts`](Self::accepts) for a zero event, read in place: its
+    /// sender is matched against the rules as it is (a zero event has no
+    /// source of its own), and it is never signed, so a node that requires
+    /// signatures refuses it (the refusal is made on the ordinary form, with
+    /// the same reason as for any unsigned event).
+    pub(crate) fn accepts_zero(&self, event: &crate::zero::ZeroEvent) -> Result<()> {
+        if self.limits.require_signed {
+            return self.accepts(&event.to_event());
+        }
+        match &self.accept {
+            None => Ok(()),
+            Some(rules) => rules.check_from(&self.id, event.sender(), None),
+        }
+    }
+
+    /// Whether the node checks who sends to it (acceptance controls, or
+    /// signatures required).
+    pub(crate) fn guards_senders(&self) -> bool {
+        self.limits.require_signed || self.accept.is_some()
+    }
+}
