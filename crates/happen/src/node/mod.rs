@@ -466,7 +466,6 @@ impl<S> Node<S> {
         if self.core.closed.swap(true, Ordering::AcqRel) {
             return self.core.scheduler.idle().await;
         }
-        crate::transport::routes::changed();
         let runtime = self.core.runtime.upgrade();
         if let Some(runtime) = &runtime {
             runtime.transport().detach(&self.core.id);

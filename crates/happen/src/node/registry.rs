@@ -66,7 +66,6 @@ pub(crate) struct Registry {
 
 /// The handlers that matched an event when it was delivered: the snapshot
 /// they come from and the first of them.
-#[derive(Clone)]
 pub(crate) struct Matched {
     pub(crate) handlers: Arc<Vec<Registration>>,
     pub(crate) first: usize,
