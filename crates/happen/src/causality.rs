@@ -1,8 +1,9 @@
 //! Automatic causality: the event a flow is handling is the parent of every
 //! event the flow emits.
 //!
-//! The runner runs each flow inside a tokio task-local scope holding the event
-//! being handled. [`Node::send`](crate::Node::send) and
+//! The runner polls each flow with a scope holding the event being handled
+//! (a thread-local value put in place for each poll of the flow's future and
+//! taken back after it). [`Node::send`](crate::Node::send) and
 //! [`Node::broadcast`](crate::Node::broadcast) read it, wherever in the flow
 //! they are called and after any number of `.await`s, and stamp the new event
 //! with `causationId` = the handled event's id, the same `correlationId`, and
@@ -37,10 +38,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A task-local does not follow work moved to another task with
+//! The scope does not follow work moved to another task with
 //! `tokio::spawn`. Use [`happen::spawn`](spawn) instead: it carries the scope
 //! along, so events emitted by the spawned task keep their cause.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -70,8 +72,54 @@ struct Once {
     updates: AtomicU32,
 }
 
-tokio::task_local! {
-    static CURRENT: Scope;
+thread_local! {
+    /// The scope of the flow being polled on this thread, if any: put in
+    /// place for each poll of a flow's future by [`within`].
+    static CURRENT: RefCell<Option<Scope>> = const { RefCell::new(None) };
+}
+
+/// Reads the scope of the flow this code runs in.
+fn with_current<R>(read: impl FnOnce(&Scope) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|current| current.borrow().as_ref().map(read))
+        .ok()
+        .flatten()
+}
+
+/// A scope put in place for one poll; dropping it (also when the poll
+/// panics) puts back what was there and keeps the scope for the next poll.
+struct Entered<'a> {
+    slot: &'a mut Option<Scope>,
+    previous: Option<Scope>,
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        *self.slot = CURRENT
+            .try_with(|current| current.replace(previous))
+            .unwrap_or_default();
+    }
+}
+
+fn enter(slot: &mut Option<Scope>) -> Entered<'_> {
+    let scope = slot.take();
+    let previous = CURRENT
+        .try_with(|current| current.replace(scope))
+        .unwrap_or_default();
+    Entered { slot, previous }
+}
+
+/// Polls `fut` with `scope` as the current scope. Nested scopes (a flow
+/// run inline from another's poll) put back the outer one when they end.
+async fn within<F: Future>(scope: Scope, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut slot = Some(scope);
+    std::future::poll_fn(|cx| {
+        let _entered = enter(&mut slot);
+        fut.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// The event being handled by the flow this code runs in, if any.
@@ -84,39 +132,35 @@ tokio::task_local! {
 /// # }
 /// ```
 pub fn current_event() -> Option<Event> {
-    CURRENT.try_with(|scope| scope.event.clone()).ok()
+    with_current(|scope| scope.event.clone())
 }
 
 /// The event being handled and, when the flow's emitted events get derived
 /// ids, the flow's position and the position of the event about to be
 /// emitted.
 pub(crate) fn current_cause() -> Option<(Event, Option<(u32, u32)>)> {
-    CURRENT
-        .try_with(|scope| {
-            let seq = scope
-                .once
-                .as_ref()
-                .map(|once| (once.flow, once.emitted.fetch_add(1, Ordering::Relaxed)));
-            (scope.event.clone(), seq)
-        })
-        .ok()
+    with_current(|scope| {
+        let seq = scope
+            .once
+            .as_ref()
+            .map(|once| (once.flow, once.emitted.fetch_add(1, Ordering::Relaxed)));
+        (scope.event.clone(), seq)
+    })
 }
 
 /// The state update about to be made, numbered, when the flow this code
 /// runs in is exactly-once.
 pub(crate) fn current_update() -> Option<Update> {
-    CURRENT
-        .try_with(|scope| {
-            let once = scope.once.as_ref()?;
-            let event = scope.event.causal().id.clone();
-            Some(Update {
-                flow: format!("{event}/{}", once.flow),
-                event,
-                seq: once.updates.fetch_add(1, Ordering::Relaxed),
-            })
+    with_current(|scope| {
+        let once = scope.once.as_ref()?;
+        let event = scope.event.causal().id.clone();
+        Some(Update {
+            flow: format!("{event}/{}", once.flow),
+            event,
+            seq: once.updates.fetch_add(1, Ordering::Relaxed),
         })
-        .ok()
-        .flatten()
+    })
+    .flatten()
 }
 
 /// Runs `fut` with `event` as the cause of everything it emits; with
@@ -137,7 +181,7 @@ pub(crate) fn scoped<F: Future>(
             updates: AtomicU32::new(0),
         })
     });
-    CURRENT.scope(Scope { event, once }, fut)
+    within(Scope { event, once }, fut)
 }
 
 /// Like [`tokio::spawn`], but events emitted by the spawned task keep the
@@ -166,8 +210,63 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    match CURRENT.try_with(Scope::clone) {
-        Ok(scope) => tokio::spawn(CURRENT.scope(scope, fut)),
-        Err(_) => tokio::spawn(fut),
+    match with_current(Scope::clone) {
+        Some(scope) => tokio::spawn(within(scope, fut)),
+        None => tokio::spawn(fut),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Scope, current_event, within};
+    use crate::event::Event;
+    use serde_json::json;
+
+    fn scope(event_type: &str) -> Scope {
+        Scope {
+            event: Event::new(event_type, json!(null)),
+            once: None,
+        }
+    }
+
+    fn current_type() -> Option<String> {
+        current_event().map(|e| e.event_type().to_owned())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_scope_holds_across_awaits_and_nested_scopes_restore_the_outer() {
+        let seen = within(scope("outer"), async {
+            let before = current_type();
+            tokio::task::yield_now().await;
+            let inner = within(scope("inner"), async {
+                tokio::task::yield_now().await;
+                current_type()
+            })
+            .await;
+            (before, inner, current_type())
+        })
+        .await;
+        assert_eq!(
+            seen,
+            (
+                Some("outer".to_owned()),
+                Some("inner".to_owned()),
+                Some("outer".to_owned())
+            )
+        );
+        assert_eq!(current_type(), None, "nothing is current outside a flow");
+    }
+
+    #[test]
+    fn a_poll_that_panics_leaves_no_scope_behind() {
+        let flow = within(scope("doomed"), async {
+            assert_eq!(current_type().as_deref(), Some("doomed"));
+            panic!("the handler fails");
+        });
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            futures::executor::block_on(flow)
+        }));
+        assert!(result.is_err());
+        assert_eq!(current_type(), None);
     }
 }

@@ -11,7 +11,6 @@
 //! the context is a `Context<S>` and [`Context::local`] gives the value.
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
@@ -63,6 +62,41 @@ impl<S: Clone> Clone for Context<S> {
     }
 }
 
+/// A flow's typed values, one per type: a handful at most, so a list
+/// (nothing to allocate or hash until the first one is stored).
+#[derive(Default)]
+struct Typed(Vec<(TypeId, Box<dyn Any + Send>)>);
+
+impl Typed {
+    fn position(&self, id: TypeId) -> Option<usize> {
+        self.0.iter().position(|(stored, _)| *stored == id)
+    }
+
+    /// Stores `value` under its own type, returning the previous one.
+    fn insert(&mut self, value: Box<dyn Any + Send>) -> Option<Box<dyn Any + Send>> {
+        let id = (*value).type_id();
+        match self.position(id) {
+            Some(at) => Some(std::mem::replace(&mut self.0[at].1, value)),
+            None => {
+                self.0.push((id, value));
+                None
+            }
+        }
+    }
+
+    fn get(&self, id: TypeId) -> Option<&(dyn Any + Send)> {
+        self.position(id).map(|at| &*self.0[at].1)
+    }
+
+    fn get_mut(&mut self, id: TypeId) -> Option<&mut (dyn Any + Send)> {
+        self.position(id).map(|at| &mut *self.0[at].1)
+    }
+
+    fn remove(&mut self, id: TypeId) -> Option<Box<dyn Any + Send>> {
+        self.position(id).map(|at| self.0.swap_remove(at).1)
+    }
+}
+
 /// What every step of one flow shares, whatever its local value's type.
 pub(crate) struct Shared {
     node: Node,
@@ -77,7 +111,7 @@ pub(crate) struct Shared {
     emitted: std::sync::atomic::AtomicU64,
     received_at: u64,
     values: Mutex<Map<String, Value>>,
-    typed: Mutex<HashMap<TypeId, Box<dyn Any + Send>>>,
+    typed: Mutex<Typed>,
 }
 
 impl<S> std::fmt::Debug for Context<S> {
@@ -113,7 +147,7 @@ impl Shared {
             emitted: std::sync::atomic::AtomicU64::new(0),
             received_at,
             values: Mutex::new(Map::new()),
-            typed: Mutex::new(HashMap::new()),
+            typed: Mutex::new(Typed::default()),
         })
     }
 
@@ -325,14 +359,14 @@ impl<S> Context<S> {
     /// Stores a Rust value of type `T` (one per type), returning the previous one.
     pub fn insert<T: Send + 'static>(&self, value: T) -> Option<T> {
         lock(&self.shared.typed)
-            .insert(TypeId::of::<T>(), Box::new(value))
+            .insert(Box::new(value))
             .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
     }
 
     /// A clone of the stored value of type `T`.
     pub fn typed<T: Clone + Send + 'static>(&self) -> Option<T> {
         lock(&self.shared.typed)
-            .get(&TypeId::of::<T>())
+            .get(TypeId::of::<T>())
             .and_then(|b| b.downcast_ref::<T>())
             .cloned()
     }
@@ -340,7 +374,7 @@ impl<S> Context<S> {
     /// Runs `f` on the stored value of type `T`, if any.
     pub fn with_typed<T: Send + 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
         lock(&self.shared.typed)
-            .get_mut(&TypeId::of::<T>())
+            .get_mut(TypeId::of::<T>())
             .and_then(|b| b.downcast_mut::<T>())
             .map(f)
     }
@@ -348,7 +382,44 @@ impl<S> Context<S> {
     /// Removes and returns the stored value of type `T`.
     pub fn take<T: Send + 'static>(&self) -> Option<T> {
         lock(&self.shared.typed)
-            .remove(&TypeId::of::<T>())
+            .remove(TypeId::of::<T>())
             .and_then(|b| b.downcast::<T>().ok().map(|b| *b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Typed;
+    use std::any::TypeId;
+
+    fn get<T: Clone + 'static>(typed: &Typed) -> Option<T> {
+        typed
+            .get(TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
+    }
+
+    #[test]
+    fn typed_values_are_kept_one_per_type() {
+        let mut typed = Typed::default();
+        assert!(typed.insert(Box::new(1_u32)).is_none());
+        assert!(typed.insert(Box::new("one")).is_none());
+        // A second value of a type replaces the first and gives it back.
+        let old = typed.insert(Box::new(2_u32)).expect("the first u32");
+        assert_eq!(old.downcast_ref::<u32>(), Some(&1));
+        assert_eq!(get::<u32>(&typed), Some(2));
+        assert_eq!(get::<&str>(&typed), Some("one"));
+        assert_eq!(get::<u64>(&typed), None);
+        if let Some(v) = typed
+            .get_mut(TypeId::of::<u32>())
+            .and_then(|v| v.downcast_mut::<u32>())
+        {
+            *v += 1;
+        }
+        assert_eq!(get::<u32>(&typed), Some(3));
+        let taken = typed.remove(TypeId::of::<u32>()).expect("the u32");
+        assert_eq!((*taken).type_id(), TypeId::of::<u32>());
+        assert_eq!(get::<u32>(&typed), None);
+        assert_eq!(get::<&str>(&typed), Some("one"));
     }
 }
