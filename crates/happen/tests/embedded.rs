@@ -115,3 +115,66 @@ mod paused {
 
     crate::conformance_suite!(paused: Paused);
 }
+
+/// A node keeps no task once its events are handled: the worker that ran a
+/// stream of tells ends with the last one (a worker that waited a turn for
+/// more would wake an idle thread of a multi-thread runtime each time it
+/// caught up), and one that answered a request waits one turn for the
+/// requester's next request, then ends too.
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_node_keeps_no_task() -> happen::Result<()> {
+    use happen::prelude::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let happen = Happen::embedded();
+    let (a, b) = (happen.node("a")?, happen.node("b")?);
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    b.on("tick", move |_e: Event, _cx: Context| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async {}
+    })?;
+    b.on("ping", |_e: Event, _cx: Context| async { json!("pong") })?;
+    let idle = metrics.num_alive_tasks();
+
+    for i in 0..100 {
+        a.tell(&b, Event::new("tick", json!(i)))?;
+    }
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        idle + 1,
+        "one worker for the stream"
+    );
+    // A task that looks after each turn of the worker: it wakes itself, so
+    // it runs again right after the tasks queued before it (the worker's
+    // next turn is queued behind it).
+    let observer = tokio::spawn(std::future::poll_fn(move |cx| {
+        if seen.load(Ordering::SeqCst) < 100 {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+        )
+    }));
+    let alive = observer.await.expect("the observer");
+    assert_eq!(
+        alive,
+        idle + 1,
+        "only the observer: the worker ended with the last event"
+    );
+
+    assert_eq!(
+        a.send(&b, Event::new("ping", json!(null))).await?,
+        json!("pong")
+    );
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(metrics.num_alive_tasks(), idle, "no task after the answer");
+    Ok(())
+}

@@ -13,9 +13,12 @@
 //! beyond `max_concurrent`.
 //!
 //! The worker is started when a delivery finds none and stops when the
-//! mailbox is empty (after yielding once, so that a requester answered just
-//! now can send its next event to a worker that is still there): an idle node
-//! costs no task. A task whose suspended flow ends takes over as the worker
+//! mailbox is empty: an idle node costs no task. After answering a request
+//! it first yields once, so that the requester, answered just now, can send
+//! its next request to a worker that is still there. After other events it
+//! stops at once: on a multi-thread runtime a task that wakes itself wakes
+//! an idle worker thread too (a system call), and a worker that caught up
+//! with a stream of tells did that every time. A task whose suspended flow ends takes over as the worker
 //! when there is queued work and no worker, so the slot count stays exact.
 //!
 //! Moving a suspended future to another task is sound: the new task polls it
@@ -321,6 +324,9 @@ impl NodeCore {
     /// each inline until its flows end or suspend.
     async fn work(self: Arc<Self>) {
         let mut yielded = false;
+        // Whether the last event started here was a request: its
+        // requester, answered just now, may send the next one at once.
+        let mut answered = false;
         let mut inline: u32 = 0;
         // Deliveries taken from the mailbox in one lock, each holding a
         // slot already, in arrival order.
@@ -342,9 +348,10 @@ impl NodeCore {
                         drop(mailbox);
                         self.report_pressure(false, 0);
                     }
-                } else if yielded || mailbox.running >= self.limits.max_concurrent {
-                    // Nothing to do, or every slot is taken (the task of
-                    // the next flow to end takes over).
+                } else if yielded || !answered || mailbox.running >= self.limits.max_concurrent {
+                    // Nothing to do (after one turn's wait if a requester
+                    // was just answered), or every slot is taken (the task
+                    // of the next flow to end takes over).
                     mailbox.worker = false;
                     let idle = mailbox.running == 0 && mailbox.queue.is_empty();
                     drop(mailbox);
@@ -360,6 +367,7 @@ impl NodeCore {
                 continue;
             };
             yielded = false;
+            answered = delivery.responder.is_some();
             let Some(started) = self.start(delivery) else {
                 self.scheduler.ended.fetch_add(1, Ordering::AcqRel);
                 continue;
