@@ -178,3 +178,38 @@ async fn an_idle_node_keeps_no_task() -> happen::Result<()> {
     assert_eq!(metrics.num_alive_tasks(), idle, "no task after the answer");
     Ok(())
 }
+
+/// A node with a long queue of quick events shares its thread: other tasks
+/// run while its worker is still working through the queue.
+#[tokio::test(flavor = "current_thread")]
+async fn a_long_queue_does_not_starve_other_tasks() -> happen::Result<()> {
+    use happen::prelude::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // Within the default queue limit.
+    const EVENTS: usize = 10_000;
+    let happen = Happen::embedded();
+    let (a, b) = (happen.node("a")?, happen.node("b")?);
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    b.on("tick", move |_e: Event, _cx: Context| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async {}
+    })?;
+    for i in 0..EVENTS {
+        a.tell(&b, Event::new("tick", json!(i)))?;
+    }
+    // Queued behind the worker: it runs when the worker first gives way.
+    let when = seen.clone();
+    let other = tokio::spawn(async move { when.load(Ordering::SeqCst) });
+    let handled_before = other.await.expect("the other task");
+    assert!(
+        handled_before < EVENTS / 10,
+        "the other task waited for {handled_before} events"
+    );
+    while seen.load(Ordering::SeqCst) < EVENTS {
+        tokio::task::yield_now().await;
+    }
+    Ok(())
+}

@@ -39,9 +39,8 @@ use crate::delivery::{Acknowledge, Delivery, Failure, Responder};
 use crate::error::{HappenError, Result};
 use crate::flow::{self, FlowFuture};
 
-/// Flows a worker runs inline before it yields to other tasks (and the most
-/// deliveries it takes from the mailbox in one lock).
-const INLINE_BUDGET: u32 = 64;
+/// The most deliveries a worker takes from the mailbox in one lock.
+const TAKE_AT_ONCE: usize = 64;
 
 #[derive(Default)]
 struct Mailbox {
@@ -327,7 +326,6 @@ impl NodeCore {
         // Whether the last event started here was a request: its
         // requester, answered just now, may send the next one at once.
         let mut answered = false;
-        let mut inline: u32 = 0;
         // Deliveries taken from the mailbox in one lock, each holding a
         // slot already, in arrival order.
         let mut taken: VecDeque<Delivery> = VecDeque::new();
@@ -340,7 +338,7 @@ impl NodeCore {
                     .max_concurrent
                     .saturating_sub(mailbox.running)
                     .min(mailbox.queue.len())
-                    .min(INLINE_BUDGET as usize);
+                    .min(TAKE_AT_ONCE);
                 if free > 0 {
                     mailbox.running += free;
                     taken.extend(mailbox.queue.drain(..free));
@@ -380,11 +378,10 @@ impl NodeCore {
             if ended {
                 self.scheduler.ended.fetch_add(1, Ordering::AcqRel);
             }
-            inline += 1;
-            if inline.is_multiple_of(INLINE_BUDGET) {
-                // A long queue of quick flows must not starve other tasks.
-                reschedule().await;
-            }
+            // A long queue of quick flows must not starve other tasks: each
+            // flow takes a unit of the task's tokio budget (128 per turn),
+            // and an exhausted budget yields.
+            tokio::task::coop::consume_budget().await;
         }
     }
 
