@@ -2,6 +2,9 @@
 
 mod conformance;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use futures::future::BoxFuture;
 use happen::{Happen, HappenConfig};
 
@@ -116,18 +119,10 @@ mod paused {
     crate::conformance_suite!(paused: Paused);
 }
 
-/// A node keeps no task once its events are handled: the worker that ran a
-/// stream of tells ends with the last one (a worker that waited a turn for
-/// more would wake an idle thread of a multi-thread runtime each time it
-/// caught up), and one that answered a request waits one turn for the
-/// requester's next request, then ends too.
-#[tokio::test(flavor = "current_thread")]
-async fn an_idle_node_keeps_no_task() -> happen::Result<()> {
+/// A runtime with a sender `a` and a node `b` that counts its `tick`
+/// events and answers `ping` with `"pong"`.
+fn ticking() -> happen::Result<(Happen, happen::Node, happen::Node, Arc<AtomicUsize>)> {
     use happen::prelude::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    let metrics = tokio::runtime::Handle::current().metrics();
     let happen = Happen::embedded();
     let (a, b) = (happen.node("a")?, happen.node("b")?);
     let seen = Arc::new(AtomicUsize::new(0));
@@ -137,6 +132,20 @@ async fn an_idle_node_keeps_no_task() -> happen::Result<()> {
         async {}
     })?;
     b.on("ping", |_e: Event, _cx: Context| async { json!("pong") })?;
+    Ok((happen, a, b, seen))
+}
+
+/// A node keeps no task once its events are handled: the worker that ran a
+/// stream of tells ends with the last one (a worker that waited a turn for
+/// more would wake an idle thread of a multi-thread runtime each time it
+/// caught up), and one that answered a request waits one turn for the
+/// requester's next request, then ends too.
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_node_keeps_no_task() -> happen::Result<()> {
+    use happen::prelude::*;
+
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let (_happen, a, b, seen) = ticking()?;
     let idle = metrics.num_alive_tasks();
 
     for i in 0..100 {
@@ -184,19 +193,10 @@ async fn an_idle_node_keeps_no_task() -> happen::Result<()> {
 #[tokio::test(flavor = "current_thread")]
 async fn a_long_queue_does_not_starve_other_tasks() -> happen::Result<()> {
     use happen::prelude::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     // Within the default queue limit.
     const EVENTS: usize = 10_000;
-    let happen = Happen::embedded();
-    let (a, b) = (happen.node("a")?, happen.node("b")?);
-    let seen = Arc::new(AtomicUsize::new(0));
-    let count = seen.clone();
-    b.on("tick", move |_e: Event, _cx: Context| {
-        count.fetch_add(1, Ordering::SeqCst);
-        async {}
-    })?;
+    let (_happen, a, b, seen) = ticking()?;
     for i in 0..EVENTS {
         a.tell(&b, Event::new("tick", json!(i)))?;
     }
