@@ -61,6 +61,18 @@ pub struct Sent {
     rx: oneshot::Receiver<Outcome>,
     /// Whether the event is kept for its receiver (see [`Sent::stored`]).
     receipt: Receipt,
+    /// The target node, when it is in this process: awaiting the answer
+    /// runs the request's flow right here if it is next in the node's queue.
+    claim: Option<Claim>,
+}
+
+/// The node a request was handed to in this process.
+struct Claim(std::sync::Arc<crate::node::NodeCore>);
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Claim(..)")
+    }
 }
 
 impl Sent {
@@ -73,8 +85,16 @@ impl Sent {
             timeout,
             rx,
             receipt: Receipt::kept(),
+            claim: None,
         };
         (sent, tx)
+    }
+
+    /// Lets awaiting the answer run the request's flow in the requester's
+    /// task (see [`NodeCore::claim`](crate::node::NodeCore::claim)).
+    pub(crate) fn claimable(mut self, node: &std::sync::Arc<crate::node::NodeCore>) -> Sent {
+        self.claim = Some(Claim(node.clone()));
+        self
     }
 
     /// Sets what [`Sent::stored`] waits for.
@@ -222,6 +242,9 @@ impl Sent {
 
     /// Waits for the final outcome (skipping streamed items).
     async fn reply(self) -> (Waiting, Result<Reply>) {
+        if let Some(Claim(node)) = &self.claim {
+            node.claim(&self.request);
+        }
         let (waiting, rx) = self.split();
         let whole = async {
             match rx.await {

@@ -213,3 +213,70 @@ async fn a_long_queue_does_not_starve_other_tasks() -> happen::Result<()> {
     }
     Ok(())
 }
+
+/// A requester that awaits its answer runs the request's flow in its own
+/// task when the request is next in the target's queue: no turn of the
+/// node's worker to wait for.
+#[tokio::test(flavor = "current_thread")]
+async fn an_awaited_request_runs_in_the_requesters_task() -> happen::Result<()> {
+    use happen::prelude::*;
+    let (_happen, a, b, _seen) = ticking()?;
+    b.on("where", |_e: Event, _cx: Context| async {
+        json!(format!("{:?}", tokio::task::try_id()))
+    })?;
+    let here = tokio::spawn(async move {
+        let ran_in = a.send(&b, Event::new("where", json!(null))).await?;
+        Ok::<_, HappenError>((ran_in, json!(format!("{:?}", tokio::task::try_id()))))
+    });
+    let (ran_in, requester) = here.await.expect("the requester")?;
+    assert_eq!(ran_in, requester);
+    Ok(())
+}
+
+/// ... but never ahead of events queued before it: they run first, in
+/// order, and the request after them.
+#[tokio::test(flavor = "current_thread")]
+async fn an_awaited_request_does_not_overtake_queued_events() -> happen::Result<()> {
+    use happen::prelude::*;
+    let (_happen, a, b, seen) = ticking()?;
+    let count = seen.clone();
+    b.on("count", move |_e: Event, _cx: Context| {
+        let n = count.load(Ordering::SeqCst);
+        async move { json!(n) }
+    })?;
+    for i in 0..3 {
+        a.tell(&b, Event::new("tick", json!(i)))?;
+    }
+    let counted = a.send(&b, Event::new("count", json!(null))).await?;
+    assert_eq!(counted, json!(3));
+    Ok(())
+}
+
+/// Requests whose handlers request in turn, many levels deep, are all
+/// answered (past a few levels the nodes' workers run them).
+#[tokio::test(flavor = "current_thread")]
+async fn a_deep_chain_of_awaited_requests_is_answered() -> happen::Result<()> {
+    use happen::prelude::*;
+    const DEPTH: usize = 30;
+    let happen = Happen::embedded();
+    let nodes: Vec<Node> = (0..=DEPTH)
+        .map(|i| happen.node(&format!("n{i}")))
+        .collect::<happen::Result<_>>()?;
+    for (i, node) in nodes.iter().enumerate().take(DEPTH) {
+        let next = format!("n{}", i + 1);
+        node.on("down", move |e: Event, cx: Context| {
+            let next = next.clone();
+            async move {
+                let below = cx
+                    .node()
+                    .send(next.as_str(), Event::new("down", e.payload().clone()));
+                let depth = below.await?;
+                Ok::<_, HappenError>(json!(depth.as_u64().unwrap_or(0) + 1))
+            }
+        })?;
+    }
+    nodes[DEPTH].on("down", |_e: Event, _cx: Context| async { json!(0) })?;
+    let depth = nodes[0].send("n0", Event::new("down", json!(null))).await?;
+    assert_eq!(depth, json!(DEPTH));
+    Ok(())
+}

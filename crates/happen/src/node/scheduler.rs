@@ -21,6 +21,15 @@
 //! with a stream of tells did that every time. A task whose suspended flow ends takes over as the worker
 //! when there is queued work and no worker, so the slot count stays exact.
 //!
+//! A requester that awaits its answer may run the request's flow itself
+//! ([`NodeCore::claim`]): when the request is next in the node's queue, a
+//! slot is free and the event is not durable, the requester's poll takes it
+//! and runs it inline, as the worker would have, so the answer is there
+//! without waiting for the worker's turn (nor for the wake-ups that turn
+//! costs: on a multi-thread runtime, an idle thread woken per request).
+//! Never ahead of queued events; a few levels at most one inside another
+//! on a thread.
+//!
 //! Moving a suspended future to another task is sound: the new task polls it
 //! again, which registers its own waker; the worker's waker, registered by
 //! the first poll, at most causes a spurious wake-up.
@@ -38,6 +47,23 @@ use super::NodeCore;
 use crate::delivery::{Acknowledge, Delivery, Failure, Responder};
 use crate::error::{HappenError, Result};
 use crate::flow::{self, FlowFuture};
+
+/// How many claimed requests may run one inside another on a thread.
+const MAX_NESTED_CLAIMS: u32 = 4;
+
+thread_local! {
+    /// Claimed requests running on this thread now, one inside another.
+    static CLAIMS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Leaves one level of claimed requests (also when the flow panics).
+struct Nested;
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        CLAIMS.with(|depth| depth.set(depth.get().saturating_sub(1)));
+    }
+}
 
 /// The most deliveries a worker takes from the mailbox in one lock.
 const TAKE_AT_ONCE: usize = 64;
@@ -231,6 +257,42 @@ impl NodeCore {
         let mut chain: Vec<String> = waiting[at..].iter().map(|n| n.to_string()).collect();
         chain.push(self.id.to_string());
         Some(chain)
+    }
+
+    /// Runs the queued delivery of `request` in the caller's task, if it is
+    /// next in the queue, holds no acknowledgement and a slot is free: a
+    /// requester that awaits its answer does the work itself rather than
+    /// waiting for the worker's turn (see [`Sent`](crate::Sent)). Returns
+    /// whether it ran (to its end, or until it suspended and moved to a
+    /// task of its own).
+    pub(crate) fn claim(self: &Arc<Self>, request: &crate::event::Event) -> bool {
+        if CLAIMS.with(|depth| depth.get()) >= MAX_NESTED_CLAIMS {
+            // A flow that requests, whose handler requests, ...: past a few
+            // levels the worker runs them, so that the stack stays shallow.
+            return false;
+        }
+        let delivery = {
+            let mut mailbox = self.scheduler.mailbox();
+            let free = self.scheduler.running(&mailbox) < self.limits.max_concurrent;
+            match mailbox.queue.front() {
+                Some(next) if free && next.ack.is_none() && next.event.id() == request.id() => {}
+                _ => return false,
+            }
+            mailbox.running += 1;
+            let delivery = mailbox.queue.pop_front();
+            if self.relieved(mailbox.queue.len()) {
+                drop(mailbox);
+                self.report_pressure(false, 0);
+            }
+            delivery
+        };
+        let Some(delivery) = delivery else {
+            return false;
+        };
+        CLAIMS.with(|depth| depth.set(depth.get() + 1));
+        let _nested = Nested;
+        self.run_inline(delivery);
+        true
     }
 
     /// Runs a delivery that already holds a slot in the caller's task: its

@@ -34,7 +34,7 @@ impl<S> Node<S> {
                         node,
                         Delivery::new(event, Some(Responder::Local(reply)), Arrival::Local),
                     ) {
-                        Ok(()) => sent.with_receipt(delivery::receipt(node)),
+                        Ok(()) => sent.with_receipt(delivery::receipt(node)).claimable(node),
                         Err(error) => sent.with_receipt(Receipt::failed(error)),
                     }
                 }
