@@ -114,12 +114,39 @@ fn enter(slot: &mut Option<Scope>) -> Entered<'_> {
 /// run inline from another's poll) put back the outer one when they end.
 async fn within<F: Future>(scope: Scope, fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
-    let mut slot = Some(scope);
-    std::future::poll_fn(|cx| {
-        let _entered = enter(&mut slot);
-        fut.as_mut().poll(cx)
-    })
-    .await
+    let mut scope = FlowScope(Some(scope));
+    std::future::poll_fn(|cx| scope.poll(fut.as_mut(), cx)).await
+}
+
+/// The scope of one flow, put in place for each poll of its future (see
+/// [`FlowScope::poll`]). The flow's future stays where it is, pinned by its
+/// owner: nothing of it is moved into a wrapper.
+pub(crate) struct FlowScope(Option<Scope>);
+
+impl FlowScope {
+    /// The scope of a flow handling `event`; with `exactly_once` (the
+    /// flow's position among its event's flows), what it emits and changes
+    /// is numbered.
+    pub(crate) fn new(event: Event, exactly_once: Option<u32>) -> FlowScope {
+        let once = exactly_once.map(|flow| {
+            Arc::new(Once {
+                flow,
+                emitted: AtomicU32::new(0),
+                updates: AtomicU32::new(0),
+            })
+        });
+        FlowScope(Some(Scope { event, once }))
+    }
+
+    /// Polls `fut` with this scope as the current one.
+    pub(crate) fn poll<F: Future + ?Sized>(
+        &mut self,
+        fut: std::pin::Pin<&mut F>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let _entered = enter(&mut self.0);
+        fut.poll(cx)
+    }
 }
 
 /// The event being handled by the flow this code runs in, if any.
@@ -161,27 +188,6 @@ pub(crate) fn current_update() -> Option<Update> {
         })
     })
     .flatten()
-}
-
-/// Runs `fut` with `event` as the cause of everything it emits; with
-/// `exactly_once` (the flow's position among its event's flows), what it
-/// emits and changes is numbered.
-///
-/// A plain function, not an `async fn`: the flow's future moves into the
-/// scope once, rather than into a wrapper first and the scope later.
-pub(crate) fn scoped<F: Future>(
-    event: Event,
-    exactly_once: Option<u32>,
-    fut: F,
-) -> impl Future<Output = F::Output> {
-    let once = exactly_once.map(|flow| {
-        Arc::new(Once {
-            flow,
-            emitted: AtomicU32::new(0),
-            updates: AtomicU32::new(0),
-        })
-    });
-    within(Scope { event, once }, fut)
 }
 
 /// Like [`tokio::spawn`], but events emitted by the spawned task keep the

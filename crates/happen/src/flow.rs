@@ -433,11 +433,17 @@ where
     let first = event.clone();
     let shared = Shared::new(Node::from_core(core), event, received_at, responder);
     let cx = Context::from_parts(shared.clone(), local.clone());
-    let steps = AssertUnwindSafe(run_steps(&*handler, first, cx, &shared, &local)).catch_unwind();
-    let steps = tracing::Instrument::instrument(steps, crate::observe::flow_span(&shared));
     let exactly_once =
         (shared.core().limits().delivery.mode == DeliveryMode::ExactlyOnce).then_some(flow);
-    let outcome = crate::causality::scoped(cause, exactly_once, steps).await;
+    let mut scope = crate::causality::FlowScope::new(cause, exactly_once);
+    let outcome = {
+        // Pinned where it is made: the steps' future is not moved again.
+        let mut steps = std::pin::pin!(tracing::Instrument::instrument(
+            AssertUnwindSafe(run_steps(&*handler, first, cx, &shared, &local)).catch_unwind(),
+            crate::observe::flow_span(&shared),
+        ));
+        std::future::poll_fn(|cx| scope.poll(steps.as_mut(), cx)).await
+    };
     // The rest is synchronous but for rare cases (an emit still holding the
     // responder, a stream consumer behind), which get a future of their own:
     // the flow's future stays small.
