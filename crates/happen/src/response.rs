@@ -66,8 +66,9 @@ pub struct Sent {
     claim: Option<Claim>,
 }
 
-/// The node a request was handed to in this process.
-struct Claim(std::sync::Arc<crate::node::NodeCore>);
+/// The node a request was handed to in this process (weakly: an unawaited
+/// handle does not keep a removed node).
+struct Claim(std::sync::Weak<crate::node::NodeCore>);
 
 impl std::fmt::Debug for Claim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,7 +94,7 @@ impl Sent {
     /// Lets awaiting the answer run the request's flow in the requester's
     /// task (see [`NodeCore::claim`](crate::node::NodeCore::claim)).
     pub(crate) fn claimable(mut self, node: &std::sync::Arc<crate::node::NodeCore>) -> Sent {
-        self.claim = Some(Claim(node.clone()));
+        self.claim = Some(Claim(std::sync::Arc::downgrade(node)));
         self
     }
 
@@ -242,7 +243,7 @@ impl Sent {
 
     /// Waits for the final outcome (skipping streamed items).
     async fn reply(self) -> (Waiting, Result<Reply>) {
-        if let Some(Claim(node)) = &self.claim {
+        if let Some(node) = self.claim.as_ref().and_then(|Claim(node)| node.upgrade()) {
             node.claim(&self.request);
         }
         let (waiting, rx) = self.split();

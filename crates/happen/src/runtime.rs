@@ -555,6 +555,11 @@ impl Happen {
         }
         self.0.tracker.close();
         self.0.tracker.wait().await;
+        // A request claimed by its requester before the shutdown began runs
+        // in the requester's task, which the tracker does not know.
+        for node in self.0.transport.local().nodes() {
+            node.core().quiet().await;
+        }
         self.0.transport.close().await;
     }
 

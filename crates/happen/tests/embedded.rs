@@ -280,3 +280,89 @@ async fn a_deep_chain_of_awaited_requests_is_answered() -> happen::Result<()> {
     assert_eq!(depth, json!(DEPTH));
     Ok(())
 }
+
+/// A request does not overtake events the node's worker has taken from
+/// the queue but not started: here the first of three tells asks its own
+/// node, and the answer comes after the other two ran.
+#[tokio::test(flavor = "current_thread")]
+async fn a_claim_does_not_overtake_events_the_worker_holds() -> happen::Result<()> {
+    use happen::prelude::*;
+    let (_happen, a, b, seen) = ticking()?;
+    let count = seen.clone();
+    b.on("count", move |_e: Event, _cx: Context| {
+        let n = count.load(Ordering::SeqCst);
+        async move { json!(n) }
+    })?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    b.on("first", move |_e: Event, cx: Context| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            let me = cx.node().clone();
+            let counted = me.send(&me, Event::new("count", json!(null))).await;
+            if let Some(tx) = tx {
+                let _ = tx.send(counted);
+            }
+        }
+    })?;
+    a.tell(&b, Event::new("first", json!(null)))?;
+    a.tell(&b, Event::new("tick", json!(1)))?;
+    a.tell(&b, Event::new("tick", json!(2)))?;
+    let counted = rx.await.expect("the first flow answers")?;
+    assert_eq!(counted, json!(2), "both ticks ran before the request");
+    Ok(())
+}
+
+/// A worker running a long queue gives way before a flow, not inside it:
+/// flows that use a tokio resource are not left without budget (which
+/// would suspend them and move them to tasks of their own).
+#[tokio::test(flavor = "current_thread")]
+async fn queued_flows_are_not_started_without_budget() -> happen::Result<()> {
+    use happen::prelude::*;
+    const EVENTS: usize = 1_000;
+    let (_happen, a, b, _seen) = ticking()?;
+    let moved = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let (m, d) = (moved.clone(), done.clone());
+    b.on("step", move |_e: Event, _cx: Context| {
+        let (moved, done) = (m.clone(), d.clone());
+        async move {
+            let before = tokio::task::try_id();
+            tokio::task::consume_budget().await;
+            if tokio::task::try_id() != before {
+                moved.fetch_add(1, Ordering::SeqCst);
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+        }
+    })?;
+    for i in 0..EVENTS {
+        a.tell(&b, Event::new("step", json!(i)))?;
+    }
+    while done.load(Ordering::SeqCst) < EVENTS {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(moved.load(Ordering::SeqCst), 0);
+    Ok(())
+}
+
+/// `send_sync` from a plain thread: the flow still runs on the runtime's
+/// threads, not on the blocked caller's.
+#[test]
+fn send_sync_runs_the_flow_on_the_runtime() -> happen::Result<()> {
+    use happen::prelude::*;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (happen, a, b, _seen) = runtime.block_on(async { ticking() })?;
+    b.on("where", |_e: Event, _cx: Context| async {
+        json!(tokio::task::try_id().is_some())
+    })?;
+    let in_a_task = std::thread::spawn(move || a.send_sync(&b, Event::new("where", json!(null))))
+        .join()
+        .expect("the caller thread")?;
+    assert_eq!(in_a_task, json!(true));
+    runtime.block_on(happen.shutdown());
+    Ok(())
+}

@@ -97,6 +97,10 @@ pub(super) struct Scheduler {
     /// Whether backpressure was reported and the queue has not emptied
     /// since.
     pub(super) pressure: AtomicBool,
+    /// Whether the worker holds deliveries it took from the queue and has
+    /// not started yet (set under the mailbox lock): a claim must not
+    /// overtake them.
+    holding: AtomicBool,
 }
 
 impl Scheduler {
@@ -266,14 +270,21 @@ impl NodeCore {
     /// whether it ran (to its end, or until it suspended and moved to a
     /// task of its own).
     pub(crate) fn claim(self: &Arc<Self>, request: &crate::event::Event) -> bool {
-        if CLAIMS.with(|depth| depth.get()) >= MAX_NESTED_CLAIMS {
+        if CLAIMS.with(|depth| depth.get()) >= MAX_NESTED_CLAIMS
+            || tokio::task::try_id().is_none()
+            || self.draining()
+        {
             // A flow that requests, whose handler requests, ...: past a few
             // levels the worker runs them, so that the stack stays shallow.
+            // Outside a task (`send_sync` blocks a plain thread) the flow
+            // stays on the runtime's threads, and during a shutdown in the
+            // worker, whose task the shutdown waits for.
             return false;
         }
         let delivery = {
             let mut mailbox = self.scheduler.mailbox();
-            let free = self.scheduler.running(&mailbox) < self.limits.max_concurrent;
+            let free = self.scheduler.running(&mailbox) < self.limits.max_concurrent
+                && !self.scheduler.holding.load(Ordering::Acquire);
             match mailbox.queue.front() {
                 Some(next) if free && next.ack.is_none() && next.event.id() == request.id() => {}
                 _ => return false,
@@ -293,6 +304,11 @@ impl NodeCore {
         let _nested = Nested;
         self.run_inline(delivery);
         true
+    }
+
+    /// Waits until nothing runs or waits in the node's queue.
+    pub(crate) async fn quiet(&self) {
+        self.scheduler.idle().await;
     }
 
     /// Runs a delivery that already holds a slot in the caller's task: its
@@ -393,6 +409,8 @@ impl NodeCore {
         let mut taken: VecDeque<Delivery> = VecDeque::new();
         loop {
             if taken.is_empty() {
+                // Every delivery taken so far has started.
+                self.scheduler.holding.store(false, Ordering::Release);
                 let mut mailbox = self.scheduler.mailbox();
                 mailbox.running -= self.scheduler.ended.swap(0, Ordering::AcqRel);
                 let free = self
@@ -404,6 +422,7 @@ impl NodeCore {
                 if free > 0 {
                     mailbox.running += free;
                     taken.extend(mailbox.queue.drain(..free));
+                    self.scheduler.holding.store(true, Ordering::Release);
                     if self.relieved(mailbox.queue.len()) {
                         drop(mailbox);
                         self.report_pressure(false, 0);
@@ -428,6 +447,11 @@ impl NodeCore {
             };
             yielded = false;
             answered = delivery.responder.is_some();
+            if !tokio::task::coop::has_budget_remaining() {
+                // Give way before the flow, not inside it: polled with no
+                // budget left, it would suspend at its first tokio resource.
+                reschedule().await;
+            }
             let Some(started) = self.start(delivery) else {
                 self.scheduler.ended.fetch_add(1, Ordering::AcqRel);
                 continue;
@@ -442,7 +466,7 @@ impl NodeCore {
             }
             // A long queue of quick flows must not starve other tasks: each
             // flow takes a unit of the task's tokio budget (128 per turn),
-            // and an exhausted budget yields.
+            // and the worker yields when it is used up.
             tokio::task::coop::consume_budget().await;
         }
     }
