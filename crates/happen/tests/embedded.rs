@@ -120,7 +120,7 @@ mod paused {
 }
 
 /// A runtime with a sender `a` and a node `b` that counts its `tick`
-/// events and answers `ping` with `"pong"`.
+/// events, answers `count` with that count and `ping` with `"pong"`.
 fn ticking() -> happen::Result<(Happen, happen::Node, happen::Node, Arc<AtomicUsize>)> {
     use happen::prelude::*;
     let happen = Happen::embedded();
@@ -132,6 +132,11 @@ fn ticking() -> happen::Result<(Happen, happen::Node, happen::Node, Arc<AtomicUs
         async {}
     })?;
     b.on("ping", |_e: Event, _cx: Context| async { json!("pong") })?;
+    let count = seen.clone();
+    b.on("count", move |_e: Event, _cx: Context| {
+        let n = count.load(Ordering::SeqCst);
+        async move { json!(n) }
+    })?;
     Ok((happen, a, b, seen))
 }
 
@@ -238,12 +243,7 @@ async fn an_awaited_request_runs_in_the_requesters_task() -> happen::Result<()> 
 #[tokio::test(flavor = "current_thread")]
 async fn an_awaited_request_does_not_overtake_queued_events() -> happen::Result<()> {
     use happen::prelude::*;
-    let (_happen, a, b, seen) = ticking()?;
-    let count = seen.clone();
-    b.on("count", move |_e: Event, _cx: Context| {
-        let n = count.load(Ordering::SeqCst);
-        async move { json!(n) }
-    })?;
+    let (_happen, a, b, _seen) = ticking()?;
     for i in 0..3 {
         a.tell(&b, Event::new("tick", json!(i)))?;
     }
@@ -262,21 +262,25 @@ async fn a_deep_chain_of_awaited_requests_is_answered() -> happen::Result<()> {
     let nodes: Vec<Node> = (0..=DEPTH)
         .map(|i| happen.node(&format!("n{i}")))
         .collect::<happen::Result<_>>()?;
-    for (i, node) in nodes.iter().enumerate().take(DEPTH) {
-        let next = format!("n{}", i + 1);
-        node.on("down", move |e: Event, cx: Context| {
+    // Node handles as targets: a send by id goes through the transport and
+    // is never claimed.
+    for pair in nodes.windows(2) {
+        let next = pair[1].clone();
+        pair[0].on("down", move |e: Event, cx: Context| {
             let next = next.clone();
             async move {
                 let below = cx
                     .node()
-                    .send(next.as_str(), Event::new("down", e.payload().clone()));
+                    .send(&next, Event::new("down", e.payload().clone()));
                 let depth = below.await?;
                 Ok::<_, HappenError>(json!(depth.as_u64().unwrap_or(0) + 1))
             }
         })?;
     }
     nodes[DEPTH].on("down", |_e: Event, _cx: Context| async { json!(0) })?;
-    let depth = nodes[0].send("n0", Event::new("down", json!(null))).await?;
+    let depth = nodes[0]
+        .send(&nodes[0], Event::new("down", json!(null)))
+        .await?;
     assert_eq!(depth, json!(DEPTH));
     Ok(())
 }
@@ -287,12 +291,7 @@ async fn a_deep_chain_of_awaited_requests_is_answered() -> happen::Result<()> {
 #[tokio::test(flavor = "current_thread")]
 async fn a_claim_does_not_overtake_events_the_worker_holds() -> happen::Result<()> {
     use happen::prelude::*;
-    let (_happen, a, b, seen) = ticking()?;
-    let count = seen.clone();
-    b.on("count", move |_e: Event, _cx: Context| {
-        let n = count.load(Ordering::SeqCst);
-        async move { json!(n) }
-    })?;
+    let (_happen, a, b, _seen) = ticking()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = std::sync::Mutex::new(Some(tx));
     b.on("first", move |_e: Event, cx: Context| {
