@@ -98,6 +98,13 @@ impl Sent {
         self
     }
 
+    /// Leaves the request to the target's worker: for a caller that blocks
+    /// a plain thread on the answer (the flow stays on the runtime's threads).
+    pub(crate) fn unclaimed(mut self) -> Sent {
+        self.claim = None;
+        self
+    }
+
     /// Sets what [`Sent::stored`] waits for.
     pub(crate) fn with_receipt(mut self, receipt: Receipt) -> Sent {
         self.receipt = receipt;

@@ -270,15 +270,11 @@ impl NodeCore {
     /// whether it ran (to its end, or until it suspended and moved to a
     /// task of its own).
     pub(crate) fn claim(self: &Arc<Self>, request: &crate::event::Event) -> bool {
-        if CLAIMS.with(|depth| depth.get()) >= MAX_NESTED_CLAIMS
-            || tokio::task::try_id().is_none()
-            || self.draining()
-        {
+        if CLAIMS.with(|depth| depth.get()) >= MAX_NESTED_CLAIMS || self.draining() {
             // A flow that requests, whose handler requests, ...: past a few
             // levels the worker runs them, so that the stack stays shallow.
-            // Outside a task (`send_sync` blocks a plain thread) the flow
-            // stays on the runtime's threads, and during a shutdown in the
-            // worker, whose task the shutdown waits for.
+            // During a shutdown the worker runs it, whose task the shutdown
+            // waits for.
             return false;
         }
         let delivery = {

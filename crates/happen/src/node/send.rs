@@ -86,7 +86,7 @@ impl<S> Node<S> {
     /// ```
     pub fn send_sync(&self, target: impl Target, event: Event) -> Result<serde_json::Value> {
         let handle = self.blocking_handle("Node::send_sync")?;
-        let sent = self.send(target, event);
+        let sent = self.send(target, event).unclaimed();
         handle.block_on(sent.response())
     }
 
@@ -95,7 +95,7 @@ impl<S> Node<S> {
     /// context) arrives; see [`Node::send_sync`] for where it may be called.
     pub fn process_sync(&self, event: Event) -> Result<Event> {
         let handle = self.blocking_handle("Node::process_sync")?;
-        let sent = self.send(self.id(), event);
+        let sent = self.send(self.id(), event).unclaimed();
         handle.block_on(sent.response_event())
     }
 

@@ -391,3 +391,32 @@ pub async fn backpressure_is_reported_before_the_queue_is_full(backend: &dyn Bac
     assert_eq!(report["pressure"], false);
     assert_eq!(report["node"], "bp-worker");
 }
+
+/// Events a sender sent first start first: a request after three tells is
+/// handled after them, whoever runs it (in one process the awaiting
+/// requester may run it itself, but never ahead of what was queued).
+pub async fn a_request_does_not_overtake_events_sent_before_it(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("order-a").unwrap();
+    let b = h.node("order-b").unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (ticks, counted) = (seen.clone(), seen.clone());
+    b.on("tick", move |_e: Event, _cx: Context| {
+        ticks.fetch_add(1, Ordering::SeqCst);
+        async {}
+    })
+    .unwrap();
+    b.on("count", move |_e: Event, _cx: Context| {
+        let n = counted.load(Ordering::SeqCst);
+        async move { json!(n) }
+    })
+    .unwrap();
+    h.flush().await.unwrap();
+    for i in 0..3 {
+        a.tell(&b, ev("tick", json!(i))).unwrap();
+    }
+    assert_eq!(
+        a.send(&b, ev("count", json!(null))).await.unwrap(),
+        json!(3)
+    );
+}

@@ -152,6 +152,7 @@ macro_rules! conformance_suite {
             node_shutdown_finishes_its_flows_and_frees_its_id,
             priority_queue_starts_higher_priorities_first,
             backpressure_is_reported_before_the_queue_is_full,
+            a_request_does_not_overtake_events_sent_before_it,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] state;
             state_get_set_and_projection,
