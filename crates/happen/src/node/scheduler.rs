@@ -18,8 +18,9 @@
 //! its next request to a worker that is still there. After other events it
 //! stops at once: on a multi-thread runtime a task that wakes itself wakes
 //! an idle worker thread too (a system call), and a worker that caught up
-//! with a stream of tells did that every time. A task whose suspended flow ends takes over as the worker
-//! when there is queued work and no worker, so the slot count stays exact.
+//! with a stream of tells did that every time. A task whose suspended flow
+//! ends takes over as the worker when there is queued work and no worker,
+//! so the slot count stays exact.
 //!
 //! A requester that awaits its answer may run the request's flow itself
 //! ([`NodeCore::claim`]): when the request is next in the node's queue, a
@@ -27,8 +28,9 @@
 //! and runs it inline, as the worker would have, so the answer is there
 //! without waiting for the worker's turn (nor for the wake-ups that turn
 //! costs: on a multi-thread runtime, an idle thread woken per request).
-//! Never ahead of queued events; a few levels at most one inside another
-//! on a thread.
+//! Never ahead of queued events, nor of deliveries the worker has taken
+//! and not started; a few levels at most one inside another on a thread;
+//! not for callers that block a plain thread (`send_sync`).
 //!
 //! Moving a suspended future to another task is sound: the new task polls it
 //! again, which registers its own waker; the worker's waker, registered by
@@ -266,16 +268,16 @@ impl NodeCore {
     /// Runs the queued delivery of `request` in the caller's task, if it is
     /// next in the queue, holds no acknowledgement and a slot is free: a
     /// requester that awaits its answer does the work itself rather than
-    /// waiting for the worker's turn (see [`Sent`](crate::Sent)). Returns
-    /// whether it ran (to its end, or until it suspended and moved to a
-    /// task of its own).
-    pub(crate) fn claim(self: &Arc<Self>, request: &crate::event::Event) -> bool {
+    /// waiting for the worker's turn (see [`Sent`](crate::Sent)). The flow
+    /// runs to its end, or until it suspends and moves to a task of its
+    /// own; otherwise nothing happens and the worker runs the request.
+    pub(crate) fn claim(self: &Arc<Self>, request: &crate::event::Event) {
         if CLAIMS.with(|depth| depth.get()) >= MAX_NESTED_CLAIMS || self.draining() {
             // A flow that requests, whose handler requests, ...: past a few
             // levels the worker runs them, so that the stack stays shallow.
             // During a shutdown the worker runs it, whose task the shutdown
             // waits for.
-            return false;
+            return;
         }
         let delivery = {
             let mut mailbox = self.scheduler.mailbox();
@@ -283,7 +285,7 @@ impl NodeCore {
                 && !self.scheduler.holding.load(Ordering::Acquire);
             match mailbox.queue.front() {
                 Some(next) if free && next.ack.is_none() && next.event.id() == request.id() => {}
-                _ => return false,
+                _ => return,
             }
             mailbox.running += 1;
             let delivery = mailbox.queue.pop_front();
@@ -294,12 +296,11 @@ impl NodeCore {
             delivery
         };
         let Some(delivery) = delivery else {
-            return false;
+            return;
         };
         CLAIMS.with(|depth| depth.set(depth.get() + 1));
         let _nested = Nested;
         self.run_inline(delivery);
-        true
     }
 
     /// Waits until nothing runs or waits in the node's queue.
