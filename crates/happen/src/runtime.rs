@@ -559,6 +559,9 @@ impl Happen {
         // in the requester's task, which the tracker does not know.
         for node in self.0.transport.local().nodes() {
             node.core().quiet().await;
+            if let Some(lane) = node.core().zero_lane() {
+                lane.quiet().await;
+            }
         }
         self.0.transport.close().await;
     }

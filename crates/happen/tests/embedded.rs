@@ -365,3 +365,169 @@ fn send_sync_runs_the_flow_on_the_runtime() -> happen::Result<()> {
     runtime.block_on(happen.shutdown());
     Ok(())
 }
+
+/// A zero request to a node of this process, next in its zero lane, runs
+/// in the requester's task ...
+#[tokio::test(flavor = "current_thread")]
+async fn a_zero_request_runs_in_the_requesters_task() -> happen::Result<()> {
+    use happen::prelude::*;
+    use happen::zero::{ZeroNext, ZeroWriter};
+    let happen = Happen::embedded();
+    let (a, b) = (happen.node("a")?, happen.node("b")?);
+    b.zero("where", |_event, _cx| {
+        Ok(ZeroNext::Value(json!(format!(
+            "{:?}",
+            tokio::task::try_id()
+        ))))
+    })?;
+    let here = tokio::spawn(async move {
+        let ran_in = a.zero_send(&b, ZeroWriter::new("where")).await?;
+        Ok::<_, HappenError>((
+            ran_in.into_value(),
+            json!(format!("{:?}", tokio::task::try_id())),
+        ))
+    });
+    let (ran_in, requester) = here.await.expect("the requester")?;
+    assert_eq!(ran_in, requester);
+    Ok(())
+}
+
+/// ... but never while the lane's task runs a handler: a node runs its
+/// zero handlers one at a time, claimed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_request_waits_while_the_lane_runs_a_handler() -> happen::Result<()> {
+    use happen::prelude::*;
+    use happen::zero::{ZeroNext, ZeroWriter};
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+    let happen = Happen::embedded();
+    let (a, b) = (happen.node("a")?, happen.node("b")?);
+    let inside = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let (slow_inside, slow_release) = (inside.clone(), release.clone());
+    b.zero("slow", move |_event, _cx| {
+        slow_inside.store(true, Ordering::SeqCst);
+        let until = Instant::now() + Duration::from_secs(5);
+        while !slow_release.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        slow_inside.store(false, Ordering::SeqCst);
+        Ok(ZeroNext::Done)
+    })?;
+    let fast_inside = inside.clone();
+    b.zero("fast", move |_event, _cx| {
+        Ok(ZeroNext::Value(
+            json!({ "overlapped": fast_inside.load(Ordering::SeqCst) }),
+        ))
+    })?;
+    a.zero_tell(&b, ZeroWriter::new("slow"))?;
+    until(&inside).await;
+    let requester = a.clone();
+    let target = b.clone();
+    let fast =
+        tokio::spawn(async move { requester.zero_send(&target, ZeroWriter::new("fast")).await });
+    // Time enough for the request to run, were it allowed to.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    release.store(true, Ordering::SeqCst);
+    let answer = fast.await.expect("the requester")?.into_value();
+    assert_eq!(answer, json!({ "overlapped": false }));
+    Ok(())
+}
+
+/// Runs `request` on a new thread in a runtime of its own; its output
+/// and the thread's id.
+fn on_a_thread_of_its_own<T: Send + 'static>(
+    request: impl std::future::Future<Output = T> + Send + 'static,
+) -> std::thread::JoinHandle<(T, String)> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let output = runtime.block_on(request);
+        (output, format!("{:?}", std::thread::current().id()))
+    })
+}
+
+/// Waits until `flag` is set.
+async fn until(flag: &std::sync::atomic::AtomicBool) {
+    while !flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// A handler's body that takes 200 ms without awaiting.
+#[derive(Clone, Default)]
+struct Slow {
+    inside: Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Slow {
+    /// Runs the body; the id of the thread it ran on.
+    fn run(&self) -> serde_json::Value {
+        self.inside.store(true, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        self.done.store(true, Ordering::SeqCst);
+        serde_json::json!(format!("{:?}", std::thread::current().id()))
+    }
+
+    /// Shuts `happen` down once the body runs, checks that the shutdown
+    /// waited for it, and checks that the requester's thread ran it.
+    async fn shut_down_while_running(
+        &self,
+        happen: &Happen,
+        requester: std::thread::JoinHandle<(happen::Result<serde_json::Value>, String)>,
+    ) -> happen::Result<()> {
+        until(&self.inside).await;
+        happen.shutdown().await;
+        assert!(
+            self.done.load(Ordering::SeqCst),
+            "the shutdown returned while the handler ran"
+        );
+        let (answer, thread) = requester.join().expect("the requester");
+        assert_eq!(
+            answer?,
+            serde_json::json!(thread),
+            "the requester ran the handler"
+        );
+        Ok(())
+    }
+}
+
+/// A shutdown waits for a zero request its requester claimed before the
+/// shutdown began (it runs in the requester's task, which the runtime does
+/// not track). The requester is a thread of its own, so that the lane's
+/// task is not queued behind it on a worker of the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_claimed_zero_request() -> happen::Result<()> {
+    use happen::zero::{ZeroNext, ZeroWriter};
+    let happen = Happen::embedded();
+    let (a, b) = (happen.node("a")?, happen.node("b")?);
+    let slow = Slow::default();
+    let body = slow.clone();
+    b.zero("slow", move |_event, _cx| Ok(ZeroNext::Value(body.run())))?;
+    let requester = on_a_thread_of_its_own(async move {
+        let answer = a.zero_send(&b, ZeroWriter::new("slow")).await;
+        answer.map(|answer| answer.into_value())
+    });
+    slow.shut_down_while_running(&happen, requester).await
+}
+
+/// The same for an ordinary request claimed by its requester.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_claimed_request() -> happen::Result<()> {
+    use happen::prelude::*;
+    let happen = Happen::embedded();
+    let (a, b) = (happen.node("a")?, happen.node("b")?);
+    let slow = Slow::default();
+    let body = slow.clone();
+    // No await: the flow completes in the task that runs it.
+    b.on("slow", move |_e: Event, _cx: Context| {
+        let value = body.run();
+        async move { value }
+    })?;
+    let requester =
+        on_a_thread_of_its_own(async move { a.send(&b, Event::new("slow", json!(null))).await });
+    slow.shut_down_while_running(&happen, requester).await
+}

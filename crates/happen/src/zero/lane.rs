@@ -7,6 +7,13 @@
 //! capacity, and the task parks on a [`Notify`] when there is nothing to do;
 //! after warm-up nothing here touches the heap. Zero events and ordinary
 //! events to one node are not ordered with respect to each other.
+//!
+//! A zero request awaited in this process is usually run by its requester
+//! (a *claim*, as for ordinary requests): when it is the next event of the
+//! lane and no handler of the lane runs, the requester's task takes it
+//! from the queue and runs the handler itself, with no task switch either
+//! way. The lane's `busy` mark keeps its handlers one at a time whoever
+//! runs them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -183,11 +190,24 @@ struct Item {
     handler: Arc<ZeroFn>,
 }
 
+/// The events waiting for a lane, and whether some task runs its handlers.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    /// The lane's task runs a batch, or a requester runs a claimed event:
+    /// nobody else may start one.
+    busy: bool,
+}
+
 /// A node's zero handlers and the events waiting for them.
 pub(crate) struct Lane {
     handlers: RwLock<Vec<Registered>>,
-    queue: Mutex<VecDeque<Item>>,
+    queue: Mutex<Queue>,
     wake: Notify,
+    /// Told whenever the lane stops being busy, once someone waits for it
+    /// (`watched`).
+    idle: Notify,
+    watched: AtomicBool,
     started: AtomicBool,
 }
 
@@ -195,8 +215,10 @@ impl Lane {
     fn new() -> Lane {
         Lane {
             handlers: RwLock::new(Vec::new()),
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
+            idle: Notify::new(),
+            watched: AtomicBool::new(false),
             started: AtomicBool::new(false),
         }
     }
@@ -302,10 +324,10 @@ pub(crate) fn deliver(
         let responder = reply.into_responder(node);
         return crate::delivery::deliver(node, Delivery::new(ordinary, responder, arrival));
     };
-    {
+    let first = {
         let mut queue = lane.queue.lock().unwrap_or_else(|e| e.into_inner());
         let limit = node.limits().queue_limit;
-        if queue.len() >= limit.max(1) {
+        if queue.items.len() >= limit.max(1) {
             drop(queue);
             let error = HappenError::QueueFull {
                 node: node.id().to_string(),
@@ -314,17 +336,16 @@ pub(crate) fn deliver(
             };
             return refuse(reply, error);
         }
-        queue.push_back(Item {
+        queue.items.push_back(Item {
             event,
             reply,
             handler,
         });
-    }
-    if lane.started.swap(true, Ordering::AcqRel) {
-        lane.wake.notify_one();
-    } else {
-        start(node, lane.clone());
-    }
+        queue.items.len() == 1
+    };
+    // Events queued behind others are taken with them: whoever queued the
+    // first woke (or started) the task, which has not taken it yet.
+    lane.kick(node, first);
     Ok(())
 }
 
@@ -346,15 +367,99 @@ impl Lane {
     pub(crate) fn wake(&self) {
         self.wake.notify_one();
     }
+
+    /// Waits until no handler of the lane runs and none waits (a shutdown:
+    /// a requester may have claimed an event before it began).
+    pub(crate) async fn quiet(&self) {
+        self.watched.store(true, Ordering::SeqCst);
+        loop {
+            let idle = self.idle.notified();
+            let mut idle = std::pin::pin!(idle);
+            idle.as_mut().enable();
+            {
+                let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if !queue.busy && queue.items.is_empty() {
+                    return;
+                }
+            }
+            idle.await;
+        }
+    }
+
+    /// Marks the lane free; whether events wait.
+    fn free(&self) -> bool {
+        let waiting = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.busy = false;
+            !queue.items.is_empty()
+        };
+        if self.watched.load(Ordering::SeqCst) {
+            self.idle.notify_waiters();
+        }
+        waiting
+    }
+
+    /// Starts the lane's task if none runs, or else wakes it if `wake`.
+    fn kick(self: &Arc<Lane>, node: &Arc<NodeCore>, wake: bool) {
+        if !self.started.load(Ordering::Acquire) && !self.started.swap(true, Ordering::AcqRel) {
+            start(node, self.clone());
+        } else if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Runs the queued event `id` in the caller's task, now, if it is the
+    /// next of the lane and no handler of the lane runs (a zero request
+    /// awaited in this process: the lane's task need not be woken for it).
+    /// Events sent before it are never overtaken, and the lane still runs
+    /// one handler at a time. During a shutdown the lane's task runs it.
+    pub(crate) fn claim(self: &Arc<Lane>, node: &Arc<NodeCore>, id: &[u8; 16]) {
+        if node.draining() || node.is_closed() {
+            return;
+        }
+        let item = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            match queue.items.front() {
+                Some(next) if !queue.busy && next.event.id().0 == *id => {}
+                _ => return,
+            }
+            queue.busy = true;
+            queue.items.pop_front()
+        };
+        let _busy = Claimed { lane: self, node };
+        if let Some(item) = item {
+            run(&Node::from_core(node.clone()), item);
+        }
+    }
+}
+
+/// A claimed event running: when it ends the lane is free again, and its
+/// task is woken for whatever came meanwhile.
+struct Claimed<'a> {
+    lane: &'a Arc<Lane>,
+    node: &'a Arc<NodeCore>,
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        if self.lane.free() {
+            self.lane.kick(self.node, true);
+        }
+    }
 }
 
 async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
     let mut batch: VecDeque<Item> = VecDeque::new();
     loop {
-        std::mem::swap(
-            &mut *lane.queue.lock().unwrap_or_else(|e| e.into_inner()),
-            &mut batch,
-        );
+        {
+            let mut queue = lane.queue.lock().unwrap_or_else(|e| e.into_inner());
+            // While a requester runs a claimed event the task waits: the
+            // requester wakes it when done if more came.
+            if !queue.busy {
+                std::mem::swap(&mut queue.items, &mut batch);
+                queue.busy = !batch.is_empty();
+            }
+        }
         if batch.is_empty() {
             let stop = node
                 .upgrade()
@@ -364,11 +469,11 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
                 // still send one while the runtime drains); one that came
                 // just now is taken by this task.
                 lane.started.store(false, Ordering::SeqCst);
-                let waiting = !lane
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty();
+                // Events behind a claimed one are the claimer's to pass on.
+                let waiting = {
+                    let queue = lane.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    !queue.busy && !queue.items.is_empty()
+                };
                 if waiting && !lane.started.swap(true, Ordering::SeqCst) {
                     continue;
                 }
@@ -387,6 +492,7 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
             run(&handle, item);
         }
         drop(handle);
+        lane.free();
         // Other tasks on this thread get their turn between batches.
         tokio::task::yield_now().await;
     }

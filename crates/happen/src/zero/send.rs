@@ -69,11 +69,16 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
     /// Errors known at once are returned: an invalid event type, an unknown
     /// node in this process, a full queue.
     pub fn zero_tell(&self, target: impl Target, writer: ZeroWriter) -> Result<()> {
-        send(self.core(), &target, writer, None, None)
+        send(self.core(), &target, writer, None, None).map(drop)
     }
 
     /// Sends a zero event to `target` and waits for its answer (at most the
     /// node's timeout).
+    ///
+    /// To a node of this process, a request that is next in the target's
+    /// zero lane while none of its handlers runs is handled in the awaiting
+    /// task itself, when awaited; otherwise the lane's task handles it in
+    /// turn.
     pub fn zero_send(
         &self,
         target: impl Target,
@@ -84,7 +89,16 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
         let target_id = target.target_id().to_owned();
         let sent = send(self.core(), &target, writer, None, Some(tx));
         async move {
-            sent?;
+            if let Some(claim) = sent? {
+                // Other tasks get their turn between claimed requests, as
+                // between answers that come through a channel.
+                tokio::task::coop::consume_budget().await;
+                claim.run();
+            }
+            let mut rx = rx;
+            if let Ok(answer) = rx.try_recv() {
+                return answer;
+            }
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(_)) => Err(HappenError::NoResponse {
@@ -108,18 +122,19 @@ pub(crate) fn tell(
     writer: ZeroWriter,
     parent: Option<&ZeroEvent>,
 ) -> Result<()> {
-    send(node.core(), &target, writer, parent, None)
+    send(node.core(), &target, writer, parent, None).map(drop)
 }
 
 /// Stamps `writer` as `core`'s event (a child of `parent`, if any) and
-/// hands it to `target`.
+/// hands it to `target`; for a request to a node of this process, how the
+/// requester may run it itself.
 fn send(
     core: &Arc<NodeCore>,
     target: &impl Target,
     mut writer: ZeroWriter,
     parent: Option<&ZeroEvent>,
     reply: Option<oneshot::Sender<Result<ZeroAnswer>>>,
-) -> Result<()> {
+) -> Result<Option<Claim>> {
     if core.is_closed() || (parent.is_none() && core.draining()) {
         return Err(HappenError::Shutdown);
     }
@@ -154,10 +169,32 @@ fn send(
     // A live node of this runtime, in a runtime whose nodes all live here:
     // handed over without a lookup.
     if let Some(node) = core.in_process_target(target) {
-        return lane::deliver(node, event, reply, Arrival::Local);
+        let claim = matches!(reply, ReplyTo::Zero(_)).then(|| Claim {
+            node: Arc::downgrade(node),
+            id: event.id().0,
+        });
+        return lane::deliver(node, event, reply, Arrival::Local).map(|()| claim);
     }
     let runtime = core.runtime_inner().ok_or(HappenError::Shutdown)?;
     runtime
         .transport()
         .send_zero(target.target_id(), event, reply, core.limits().timeout)
+        .map(|()| None)
+}
+
+/// A zero request queued for a node of this process, which the requester
+/// may run in its own task (see [`lane::Lane::claim`]).
+struct Claim {
+    node: std::sync::Weak<NodeCore>,
+    id: [u8; 16],
+}
+
+impl Claim {
+    fn run(self) {
+        if let Some(node) = self.node.upgrade()
+            && let Some(lane) = node.zero_lane()
+        {
+            lane.claim(&node, &self.id);
+        }
+    }
 }

@@ -93,8 +93,13 @@ impl ZeroWriter {
     }
 
     fn add_str(&mut self, text: &str) -> (u32, u32) {
+        self.add_text(text.as_bytes())
+    }
+
+    /// Adds UTF-8 `text` to the string table.
+    fn add_text(&mut self, text: &[u8]) -> (u32, u32) {
         let at = self.strings.len();
-        self.strings.extend_from_slice(text.as_bytes());
+        self.strings.extend_from_slice(text);
         match (u32::try_from(at), u32::try_from(text.len())) {
             (Ok(at), Ok(len)) => (at, len),
             _ => {
@@ -198,10 +203,10 @@ impl ZeroWriter {
             return Err(ZeroError::Unrepresentable("a writer already sent"));
         }
         let sender = self.add_str(stamp.sender);
-        let own_id = crate::uuid7::hyphenated(&stamp.id);
         let correlation = match stamp.correlation {
             Some(correlation) => self.add_str(correlation),
-            None => self.add_str(std::str::from_utf8(&own_id).unwrap_or_default()),
+            // A root event's own id: hex digits and hyphens, UTF-8.
+            None => self.add_text(&crate::uuid7::hyphenated(&stamp.id)),
         };
         let fields_at = self.data.len();
         let field_count = self.fields.len() / super::layout::FIELD;

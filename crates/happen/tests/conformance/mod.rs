@@ -216,6 +216,7 @@ macro_rules! conformance_suite {
             events_a_zero_handler_sends_carry_its_event_as_cause,
             acceptance_controls_and_off_apply_to_zero_handlers,
             shutdown_waits_for_queued_zero_events,
+            a_zero_request_does_not_overtake_zero_events_sent_before_it,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] streaming;
             stream_delivers_items_then_final_in_order,

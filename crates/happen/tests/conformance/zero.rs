@@ -352,3 +352,36 @@ pub async fn shutdown_waits_for_queued_zero_events(backend: &dyn Backend) {
         .unwrap_err();
     assert!(matches!(error, HappenError::Shutdown), "{error:?}");
 }
+
+pub async fn a_zero_request_does_not_overtake_zero_events_sent_before_it(backend: &dyn Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let h = start(backend).await;
+    let sink = h.node("zo-sink").unwrap();
+    let source = h.node("zo-source").unwrap();
+    let seen = Arc::new(AtomicU32::new(0));
+    let counted = seen.clone();
+    sink.zero("tick", move |_event, _cx| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Ok(ZeroNext::Done)
+    })
+    .unwrap();
+    let counted = seen.clone();
+    sink.zero("count", move |_event, _cx| {
+        let mut answer = ZeroWriter::new("counted");
+        answer.u32("n", counted.load(Ordering::SeqCst));
+        Ok(ZeroNext::Reply(answer))
+    })
+    .unwrap();
+    h.flush().await.unwrap();
+    for _ in 0..3 {
+        source.zero_tell(&sink, ZeroWriter::new("tick")).unwrap();
+    }
+    let answer = source
+        .zero_send(&sink, ZeroWriter::new("count"))
+        .await
+        .unwrap();
+    let n: u32 = answer.zero().expect("a zero answer").get("n").unwrap();
+    assert_eq!(n, 3, "the three events sent first were handled first");
+}
