@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -190,9 +190,12 @@ struct Item {
     handler: Arc<ZeroFn>,
 }
 
-/// The events waiting for a lane, and whether some task runs its handlers.
+/// A lane's handlers, the events waiting for them, and whether some task
+/// runs one: behind one lock, so that a delivery matches and queues in one
+/// acquisition.
 #[derive(Default)]
 struct Queue {
+    handlers: Vec<Registered>,
     items: VecDeque<Item>,
     /// The lane's task runs a batch, or a requester runs a claimed event:
     /// nobody else may start one.
@@ -201,7 +204,6 @@ struct Queue {
 
 /// A node's zero handlers and the events waiting for them.
 pub(crate) struct Lane {
-    handlers: RwLock<Vec<Registered>>,
     queue: Mutex<Queue>,
     wake: Notify,
     /// Told whenever the lane stops being busy, once someone waits for it
@@ -214,7 +216,6 @@ pub(crate) struct Lane {
 impl Lane {
     fn new() -> Lane {
         Lane {
-            handlers: RwLock::new(Vec::new()),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             idle: Notify::new(),
@@ -223,25 +224,24 @@ impl Lane {
         }
     }
 
-    fn handler_for(&self, event_type: &str) -> Option<Arc<ZeroFn>> {
-        let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
-        handlers
-            .iter()
-            .find(|h| h.pattern.matches(event_type))
-            .map(|h| h.handler.clone())
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn matches(&self, event_type: &str) -> bool {
-        let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
-        handlers.iter().any(|h| h.pattern.matches(event_type))
+        let queue = self.queue();
+        queue.handlers.iter().any(|h| h.pattern.matches(event_type))
     }
 
-    /// Removes the handler `id`; whether it was one of this lane's.
+    /// Removes the handler `id`; whether it was one of this lane's. Events
+    /// it matched before are still handled by it.
     pub(crate) fn remove(&self, id: HandlerId) -> bool {
-        let mut handlers = self.handlers.write().unwrap_or_else(|e| e.into_inner());
-        let before = handlers.len();
-        handlers.retain(|h| h.id != id);
-        let removed = handlers.len() != before;
+        let removed = {
+            let mut queue = self.queue();
+            let before = queue.handlers.len();
+            queue.handlers.retain(|h| h.id != id);
+            queue.handlers.len() != before
+        };
         if removed {
             crate::transport::routes::changed();
         }
@@ -250,8 +250,8 @@ impl Lane {
 
     /// Whether every zero handler's pattern answers by the event type alone.
     pub(crate) fn is_pure(&self) -> bool {
-        let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
-        handlers.iter().all(|h| h.pattern.is_pure())
+        let queue = self.queue();
+        queue.handlers.iter().all(|h| h.pattern.is_pure())
     }
 }
 
@@ -281,14 +281,11 @@ pub(crate) fn register(node: &Node, pattern: Pattern, handler: Arc<ZeroFn>) -> R
     runtime.transport().subscribe(node, &pattern)?;
     let lane = core.zero.get_or_init(|| Arc::new(Lane::new()));
     let id = HandlerId::next();
-    lane.handlers
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Registered {
-            id,
-            pattern,
-            handler,
-        });
+    lane.queue().handlers.push(Registered {
+        id,
+        pattern,
+        handler,
+    });
     crate::transport::routes::changed();
     Ok(id)
 }
@@ -316,16 +313,25 @@ pub(crate) fn deliver(
     {
         return refuse(reply, error);
     }
-    let found = node
-        .zero_lane()
-        .and_then(|lane| Some((lane, lane.handler_for(event.event_type())?)));
-    let Some((lane, handler)) = found else {
+    // No zero handler takes it: the ordinary handlers, converted.
+    let ordinary = |event: ZeroEvent, reply: ReplyTo| {
         let ordinary = event.to_event();
         let responder = reply.into_responder(node);
-        return crate::delivery::deliver(node, Delivery::new(ordinary, responder, arrival));
+        crate::delivery::deliver(node, Delivery::new(ordinary, responder, arrival))
+    };
+    let Some(lane) = node.zero_lane() else {
+        return ordinary(event, reply);
     };
     let first = {
-        let mut queue = lane.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = lane.queue();
+        let found = queue
+            .handlers
+            .iter()
+            .find(|h| h.pattern.matches(event.event_type()));
+        let Some(handler) = found.map(|h| h.handler.clone()) else {
+            drop(queue);
+            return ordinary(event, reply);
+        };
         let limit = node.limits().queue_limit;
         if queue.items.len() >= limit.max(1) {
             drop(queue);
@@ -377,7 +383,7 @@ impl Lane {
             let mut idle = std::pin::pin!(idle);
             idle.as_mut().enable();
             {
-                let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let queue = self.queue();
                 if !queue.busy && queue.items.is_empty() {
                     return;
                 }
@@ -389,7 +395,7 @@ impl Lane {
     /// Marks the lane free; whether events wait.
     fn free(&self) -> bool {
         let waiting = {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queue = self.queue();
             queue.busy = false;
             !queue.items.is_empty()
         };
@@ -418,7 +424,7 @@ impl Lane {
             return;
         }
         let item = {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queue = self.queue();
             match queue.items.front() {
                 Some(next) if !queue.busy && next.event.id().0 == *id => {}
                 _ => return,
@@ -452,7 +458,7 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
     let mut batch: VecDeque<Item> = VecDeque::new();
     loop {
         {
-            let mut queue = lane.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queue = lane.queue();
             // While a requester runs a claimed event the task waits: the
             // requester wakes it when done if more came.
             if !queue.busy {
@@ -471,7 +477,7 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
                 lane.started.store(false, Ordering::SeqCst);
                 // Events behind a claimed one are the claimer's to pass on.
                 let waiting = {
-                    let queue = lane.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    let queue = lane.queue();
                     !queue.busy && !queue.items.is_empty()
                 };
                 if waiting && !lane.started.swap(true, Ordering::SeqCst) {
