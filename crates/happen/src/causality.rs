@@ -110,6 +110,15 @@ fn enter(slot: &mut Option<Scope>) -> Entered<'_> {
     Entered { slot, previous }
 }
 
+/// Runs `f` outside any flow's scope (a handler that the lane's task would
+/// have run, run instead in a task that is polling a flow: what it sends
+/// must not become that flow's children).
+pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
+    let mut none = None;
+    let _entered = enter(&mut none);
+    f()
+}
+
 /// Polls `fut` with `scope` as the current scope. Nested scopes (a flow
 /// run inline from another's poll) put back the outer one when they end.
 async fn within<F: Future>(scope: Scope, fut: F) -> F::Output {

@@ -23,6 +23,12 @@ use crate::stream::{self, Outcome, StreamItem, StreamMsg};
 
 /// The handle of a sent event; see the [module docs](self).
 ///
+/// Await it inside a tokio runtime: the wait for an answer that is not
+/// there at once uses tokio's timer (outside one, only a request its
+/// requester ran itself is answered; any other panics, as tokio's timers
+/// do; [`Node::send_sync`](crate::Node::send_sync) is the way from a plain
+/// thread).
+///
 /// ```
 /// use std::time::Duration;
 /// use happen::prelude::*;

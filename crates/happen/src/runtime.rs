@@ -554,13 +554,20 @@ impl Happen {
             }
         }
         self.0.tracker.close();
-        self.0.tracker.wait().await;
-        // A request claimed by its requester before the shutdown began runs
-        // in the requester's task, which the tracker does not know.
-        for node in self.0.transport.local().nodes() {
-            node.core().quiet().await;
-            if let Some(lane) = node.core().zero_lane() {
-                lane.quiet().await;
+        loop {
+            self.0.tracker.wait().await;
+            // A request claimed by its requester before the shutdown began
+            // runs in the requester's task, which the tracker does not know;
+            // what it starts (a step's flow, a worker for an event it sends)
+            // may start after the tracker was found empty: then once more.
+            for node in self.0.transport.local().nodes() {
+                node.core().quiet().await;
+                if let Some(lane) = node.core().zero_lane() {
+                    lane.quiet().await;
+                }
+            }
+            if self.0.tracker.is_empty() {
+                break;
             }
         }
         self.0.transport.close().await;

@@ -11,9 +11,11 @@
 //! A zero request awaited in this process is usually run by its requester
 //! (a *claim*, as for ordinary requests): when it is the next event of the
 //! lane and no handler of the lane runs, the requester's task takes it
-//! from the queue and runs the handler itself, with no task switch either
-//! way. The lane's `busy` mark keeps its handlers one at a time whoever
-//! runs them.
+//! from the queue and runs the handler itself, outside any flow's causal
+//! scope, as the lane's task would; the requester then finds its answer
+//! without waiting (the lane's task, woken when the request was queued,
+//! finds nothing and parks again). The lane's `busy` mark keeps its
+//! handlers one at a time whoever runs them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,18 +23,17 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
+use super::reply::ReplyTo;
 use super::send::ZeroAnswer;
 use super::writer::Stamp;
 use super::{ZeroEvent, ZeroWriter};
-use crate::delivery::{Arrival, Delivery, Responder};
+use crate::delivery::{Arrival, Delivery};
 use crate::error::{BoxError, HappenError, Result};
-use crate::event::Event;
 use crate::flow::{Entry, Step};
 use crate::node::{HandlerId, Node, NodeCore};
 use crate::pattern::Pattern;
-use crate::stream::Outcome;
 
 /// What a zero handler returns: how its event's flow goes on.
 pub enum ZeroNext {
@@ -45,7 +46,7 @@ pub enum ZeroNext {
     /// Answers with a JSON value (allocates).
     Value(Value),
     /// Continues in an ordinary continuum step, with the event converted to
-    /// an ordinary [`Event`] (allocates; the step's flow answers the
+    /// an ordinary [`Event`](crate::Event) (allocates; the step's flow answers the
     /// requester).
     Then(Step),
 }
@@ -97,90 +98,6 @@ struct Registered {
     id: HandlerId,
     pattern: Pattern,
     handler: Arc<ZeroFn>,
-}
-
-/// Where a zero event's outcome goes.
-pub(crate) enum ReplyTo {
-    /// Nobody waits.
-    Nobody,
-    /// A zero requester in this process.
-    Zero(oneshot::Sender<Result<ZeroAnswer>>),
-    /// An ordinary requester (the event was converted from `request`).
-    Ordinary(Responder, Event),
-    /// A zero requester elsewhere: the transport sends the answer.
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    Wire(Box<dyn FnOnce(Result<ZeroAnswer>) + Send>),
-}
-
-impl ReplyTo {
-    /// Answers with `error` (a refusal before any handler ran).
-    pub(crate) fn refuse(self, error: HappenError) {
-        match self {
-            ReplyTo::Nobody => {}
-            ReplyTo::Zero(tx) => {
-                let _ = tx.send(Err(error));
-            }
-            ReplyTo::Wire(send) => send(Err(error)),
-            ReplyTo::Ordinary(responder, _) => responder.unwrapped().reply(Err(error)),
-        }
-    }
-
-    fn answer(self, answer: Result<ZeroAnswer>, node: &NodeCore) {
-        if let Err(error) = answer {
-            return self.refuse(error);
-        }
-        match self {
-            ReplyTo::Nobody => {}
-            ReplyTo::Zero(tx) => {
-                let _ = tx.send(answer);
-            }
-            ReplyTo::Wire(send) => send(answer),
-            ReplyTo::Ordinary(responder, request) => {
-                let outcome = answer.map(|answer| {
-                    let mut response =
-                        Event::new(crate::flow::RESPONSE_EVENT_TYPE, answer.into_value());
-                    crate::event::stamp(&mut response, node.id(), Some(&request));
-                    response
-                });
-                responder.unwrapped().reply(outcome);
-            }
-        }
-    }
-
-    /// The ordinary responder standing for this reply, for a flow of
-    /// ordinary steps (the answer is forwarded, as a JSON value).
-    fn into_responder(self, node: &NodeCore) -> Option<Responder> {
-        let forward = |send: Box<dyn FnOnce(Result<ZeroAnswer>) + Send>| {
-            let (tx, rx) = oneshot::channel::<Outcome>();
-            let task = async move {
-                let answer = match rx.await {
-                    Ok(Outcome::Done(outcome)) => {
-                        outcome.map(|event| ZeroAnswer::Value(event.payload().clone()))
-                    }
-                    Ok(Outcome::Value(outcome)) => outcome.map(ZeroAnswer::Value),
-                    Ok(Outcome::Stream(_)) => Err(HappenError::Codec {
-                        message: "a zero request was answered with a stream".into(),
-                        source: None,
-                    }),
-                    Err(_) => Err(HappenError::Cancelled),
-                };
-                send(answer);
-            };
-            match node.runtime_inner() {
-                Some(runtime) => runtime.spawn(task),
-                None => drop(tokio::spawn(task)),
-            }
-            Responder::Local(tx)
-        };
-        match self {
-            ReplyTo::Nobody => None,
-            ReplyTo::Ordinary(responder, _) => Some(responder),
-            ReplyTo::Zero(tx) => Some(forward(Box::new(move |answer| {
-                let _ = tx.send(answer);
-            }))),
-            ReplyTo::Wire(send) => Some(forward(send)),
-        }
-    }
 }
 
 struct Item {
@@ -238,10 +155,12 @@ impl Lane {
     pub(crate) fn remove(&self, id: HandlerId) -> bool {
         let removed = {
             let mut queue = self.queue();
-            let before = queue.handlers.len();
-            queue.handlers.retain(|h| h.id != id);
-            queue.handlers.len() != before
+            let at = queue.handlers.iter().position(|h| h.id == id);
+            at.map(|at| queue.handlers.remove(at))
         };
+        // Dropped after the lock is released: what the handler captured may
+        // send to this node when dropped.
+        let removed = removed.is_some();
         if removed {
             crate::transport::routes::changed();
         }
@@ -434,7 +353,7 @@ impl Lane {
         };
         let _busy = Claimed { lane: self, node };
         if let Some(item) = item {
-            run(&Node::from_core(node.clone()), item);
+            crate::causality::outside(|| run(&Node::from_core(node.clone()), item));
         }
     }
 }
@@ -493,14 +412,38 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
         let Some(core) = node.upgrade() else {
             return;
         };
-        let handle = Node::from_core(core);
+        let running = Running {
+            lane: &lane,
+            core: &core,
+        };
+        let handle = Node::from_core(core.clone());
         for item in batch.drain(..) {
             run(&handle, item);
         }
         drop(handle);
+        drop(running);
         lane.free();
         // Other tasks on this thread get their turn between batches.
         tokio::task::yield_now().await;
+    }
+}
+
+/// The lane's task running a batch. Should the task end by a panic (no
+/// handler's: those are caught), the lane is freed and a new task takes
+/// what waits, so that neither the queue nor a shutdown waits forever.
+struct Running<'a> {
+    lane: &'a Arc<Lane>,
+    core: &'a Arc<NodeCore>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.lane.started.store(false, Ordering::SeqCst);
+            if self.lane.free() {
+                self.lane.kick(self.core, true);
+            }
+        }
     }
 }
 
@@ -517,7 +460,11 @@ fn run(node: &Node, item: Item) {
         event: &event,
         expects_response: !matches!(reply, ReplyTo::Nobody),
     };
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&event, &cx)));
+    // The error is formatted (and dropped) inside too: its `Display` is the
+    // handler's code.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handler(&event, &cx).map_err(|error| error.to_string())
+    }));
     let failed = |cause: String| HappenError::HandlerFailed {
         node: core.id().to_string(),
         event_type: event.event_type().to_owned(),
@@ -530,7 +477,7 @@ fn run(node: &Node, item: Item) {
             event_type: event.event_type().to_owned(),
             message: crate::flow::panic_message(&*panic),
         }),
-        Ok(Err(error)) => Err(failed(error.to_string())),
+        Ok(Err(cause)) => Err(failed(cause)),
         Ok(Ok(ZeroNext::Done)) => Ok(ZeroAnswer::Value(Value::Null)),
         Ok(Ok(ZeroNext::Value(value))) => Ok(ZeroAnswer::Value(value)),
         Ok(Ok(ZeroNext::Reply(mut writer))) => {

@@ -59,6 +59,7 @@ mod layout;
 mod pool;
 #[cfg(test)]
 mod props;
+mod reply;
 mod send;
 #[cfg(test)]
 mod tests;
@@ -66,8 +67,9 @@ mod writer;
 
 use std::fmt;
 
-pub(crate) use lane::{Lane, ReplyTo, deliver};
+pub(crate) use lane::{Lane, deliver};
 pub use lane::{ZeroContext, ZeroNext};
+pub(crate) use reply::ReplyTo;
 pub use send::ZeroAnswer;
 pub use writer::ZeroWriter;
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::lane::{self, ReplyTo, ZeroContext, ZeroFn, ZeroNext};
+use super::lane::{self, ZeroContext, ZeroFn, ZeroNext};
+use super::reply::ReplyTo;
 use super::writer::Stamp;
 use super::{ZeroEvent, ZeroWriter};
 use crate::delivery::Arrival;
@@ -78,7 +79,9 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
     /// To a node of this process, a request that is next in the target's
     /// zero lane while none of its handlers runs is handled in the awaiting
     /// task itself, when awaited; otherwise the lane's task handles it in
-    /// turn.
+    /// turn. Await it inside a tokio runtime: the wait for an answer that
+    /// is not there at once uses tokio's timer (outside one, only a claimed
+    /// request is answered; any other panics, as tokio's timers do).
     pub fn zero_send(
         &self,
         target: impl Target,
