@@ -49,15 +49,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::task::JoinHandle;
 
+use crate::context::Shared;
 use crate::event::Event;
 use crate::store::applied::Update;
 
-/// What a flow's code runs inside: the event being handled and, for a node
-/// in exactly-once mode, the flow's numbering of what it emits and changes
-/// (shared with tasks the flow spawns).
+/// What a flow's code runs inside: the flow's shared part (the event being
+/// handled, its node, its values) and, for a node in exactly-once mode, the
+/// flow's numbering of what it emits and changes (shared with tasks the
+/// flow spawns).
 #[derive(Clone)]
 struct Scope {
-    event: Event,
+    flow: Arc<Shared>,
     once: Option<Arc<Once>>,
 }
 
@@ -133,10 +135,10 @@ async fn within<F: Future>(scope: Scope, fut: F) -> F::Output {
 pub(crate) struct FlowScope(Option<Scope>);
 
 impl FlowScope {
-    /// The scope of a flow handling `event`; with `exactly_once` (the
-    /// flow's position among its event's flows), what it emits and changes
-    /// is numbered.
-    pub(crate) fn new(event: Event, exactly_once: Option<u32>) -> FlowScope {
+    /// The scope of the flow `flow` (which it keeps until
+    /// [`FlowScope::into_flow`]); with `exactly_once` (the flow's position
+    /// among its event's flows), what it emits and changes is numbered.
+    pub(crate) fn new(flow: Arc<Shared>, exactly_once: Option<u32>) -> FlowScope {
         let once = exactly_once.map(|flow| {
             Arc::new(Once {
                 flow,
@@ -144,7 +146,16 @@ impl FlowScope {
                 updates: AtomicU32::new(0),
             })
         });
-        FlowScope(Some(Scope { event, once }))
+        FlowScope(Some(Scope { flow, once }))
+    }
+
+    /// The flow's shared part, back when the flow has ended.
+    pub(crate) fn into_flow(self) -> Arc<Shared> {
+        match self.0 {
+            Some(scope) => scope.flow,
+            // The scope is out only during a poll, which holds `&mut self`.
+            None => unreachable!("a flow's scope is in place between polls"),
+        }
     }
 
     /// Polls `fut` with this scope as the current one.
@@ -168,7 +179,13 @@ impl FlowScope {
 /// # }
 /// ```
 pub fn current_event() -> Option<Event> {
-    with_current(|scope| scope.event.clone())
+    with_current(|scope| scope.flow.event().clone())
+}
+
+/// The shared part of the flow this code runs in (for the runner's next
+/// step).
+pub(crate) fn current_flow() -> Option<Arc<Shared>> {
+    with_current(|scope| scope.flow.clone())
 }
 
 /// The event being handled and, when the flow's emitted events get derived
@@ -180,7 +197,7 @@ pub(crate) fn current_cause() -> Option<(Event, Option<(u32, u32)>)> {
             .once
             .as_ref()
             .map(|once| (once.flow, once.emitted.fetch_add(1, Ordering::Relaxed)));
-        (scope.event.clone(), seq)
+        (scope.flow.event().clone(), seq)
     })
 }
 
@@ -189,7 +206,7 @@ pub(crate) fn current_cause() -> Option<(Event, Option<(u32, u32)>)> {
 pub(crate) fn current_update() -> Option<Update> {
     with_current(|scope| {
         let once = scope.once.as_ref()?;
-        let event = scope.event.causal().id.clone();
+        let event = scope.flow.event().causal().id.clone();
         Some(Update {
             flow: format!("{event}/{}", once.flow),
             event,
@@ -234,12 +251,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::{Scope, current_event, within};
+    use crate::context::Shared;
     use crate::event::Event;
     use serde_json::json;
 
     fn scope(event_type: &str) -> Scope {
+        let happen = crate::Happen::embedded();
+        let node = happen.node("n").expect("a node");
         Scope {
-            event: Event::new(event_type, json!(null)),
+            flow: Shared::new(node, Event::new(event_type, json!(null)), 0, None),
             once: None,
         }
     }

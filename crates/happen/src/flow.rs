@@ -304,6 +304,13 @@ pub const RESPONSE_EVENT_TYPE: &str = "happen.response";
 /// inside the flow, so that a `Display` that panics is a panic of the flow).
 type StepsOutcome = Result<Value, (String, BoxError)>;
 
+/// The failure of a step that found no flow around it (a runner bug: the
+/// runner polls steps only inside their flow's scope).
+fn no_scope() -> (String, BoxError) {
+    const WHY: &str = "a step ran outside its flow's scope";
+    (WHY.to_owned(), WHY.into())
+}
+
 /// The future of one flow, from its first step to the reply: what a
 /// node's scheduler polls (inline first, in a task of its own if it waits).
 pub(crate) type FlowFuture = BoxFuture<'static, Option<Failure>>;
@@ -369,13 +376,7 @@ impl<S: Clone + Send + Sync + 'static> Handler<S> for Step<S> {
 /// Runs the steps of one flow: the handler, then whatever it continues
 /// with. The first call gets the flow's own event and context; clones are
 /// made only when a further step follows.
-async fn run_steps<S, H>(
-    first: &H,
-    event: Event,
-    cx: Context<S>,
-    shared: &Arc<Shared>,
-    local: &S,
-) -> StepsOutcome
+async fn run_steps<S, H>(first: &H, event: Event, cx: Context<S>, local: &S) -> StepsOutcome
 where
     S: Clone + Send + Sync + 'static,
     H: Handler<S>,
@@ -397,8 +398,13 @@ where
             // other flows sharing this thread.
             tokio::task::yield_now().await;
         }
+        // The steps run inside their flow's scope, which holds its shared
+        // part.
+        let Some(shared) = crate::causality::current_flow() else {
+            return Err(no_scope());
+        };
         let event = shared.event().clone();
-        let cx = Context::from_parts(shared.clone(), local.clone());
+        let cx = Context::from_parts(shared, local.clone());
         flow = match &step {
             None => first.call(event, cx).await.into_flow(),
             Some(step) => step.call(event, cx).await,
@@ -429,21 +435,23 @@ where
 
     let observed = core.observers().is_active();
     let started = observed.then(Instant::now);
-    let cause = event.clone();
     let first = event.clone();
+    let exactly_once = (core.limits().delivery.mode == DeliveryMode::ExactlyOnce).then_some(flow);
     let shared = Shared::new(Node::from_core(core), event, received_at, responder);
     let cx = Context::from_parts(shared.clone(), local.clone());
-    let exactly_once =
-        (shared.core().limits().delivery.mode == DeliveryMode::ExactlyOnce).then_some(flow);
-    let mut scope = crate::causality::FlowScope::new(cause, exactly_once);
+    let span = crate::observe::flow_span(&shared);
+    // The scope keeps the flow's shared part (the steps after the first
+    // find it there) and gives it back at the end.
+    let mut scope = crate::causality::FlowScope::new(shared, exactly_once);
     let outcome = {
         // Pinned where it is made: the steps' future is not moved again.
         let mut steps = std::pin::pin!(tracing::Instrument::instrument(
-            AssertUnwindSafe(run_steps(&*handler, first, cx, &shared, &local)).catch_unwind(),
-            crate::observe::flow_span(&shared),
+            AssertUnwindSafe(run_steps(&*handler, first, cx, &local)).catch_unwind(),
+            span,
         ));
         std::future::poll_fn(|cx| scope.poll(steps.as_mut(), cx)).await
     };
+    let shared = scope.into_flow();
     // The rest is synchronous but for rare cases (an emit still holding the
     // responder, a stream consumer behind), which get a future of their own:
     // the flow's future stays small.

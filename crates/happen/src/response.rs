@@ -72,9 +72,12 @@ pub struct Sent {
     claim: Option<Claim>,
 }
 
-/// The node a request was handed to in this process (weakly: an unawaited
-/// handle does not keep a removed node).
-struct Claim(std::sync::Weak<crate::node::NodeCore>);
+/// The node a request was handed to in this process. Held strongly (one
+/// reference count, where a weak one costs four atomic operations per
+/// request): like a [`Node`](crate::Node) handle, an unawaited `Sent` keeps
+/// a removed node's memory until it is dropped; a node's shutdown clears
+/// its handlers, so no cycle through them outlives the runtime.
+struct Claim(std::sync::Arc<crate::node::NodeCore>);
 
 impl std::fmt::Debug for Claim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,7 +103,7 @@ impl Sent {
     /// Lets awaiting the answer run the request's flow in the requester's
     /// task (see [`NodeCore::claim`](crate::node::NodeCore::claim)).
     pub(crate) fn claimable(mut self, node: &std::sync::Arc<crate::node::NodeCore>) -> Sent {
-        self.claim = Some(Claim(std::sync::Arc::downgrade(node)));
+        self.claim = Some(Claim(node.clone()));
         self
     }
 
@@ -256,7 +259,7 @@ impl Sent {
 
     /// Waits for the final outcome (skipping streamed items).
     async fn reply(self) -> (Waiting, Result<Reply>) {
-        if let Some(node) = self.claim.as_ref().and_then(|Claim(node)| node.upgrade()) {
+        if let Some(Claim(node)) = &self.claim {
             node.claim(&self.request);
         }
         let (waiting, rx) = self.split();

@@ -39,7 +39,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
@@ -78,6 +78,10 @@ struct Mailbox {
     running: usize,
     /// Whether a worker is alive and will look at the queue again.
     worker: bool,
+    /// Events whose flows have ended since the node started, less those
+    /// still counted in [`Scheduler::ended`] (flow balance reads the sum
+    /// to see progress).
+    completed: u64,
 }
 
 #[derive(Default)]
@@ -89,13 +93,11 @@ pub(super) struct Scheduler {
     /// Whether [`Scheduler::idle`] was ever called (until then nobody
     /// needs the signal, which costs a lock).
     watched: AtomicBool,
-    /// Inline flows that ended since the worker last took the lock: their
-    /// slots are free, and `running` counts them until the worker folds
-    /// this in (one atomic per event instead of a lock).
+    /// Events whose flows the worker ran to their end since it last took
+    /// the lock: their slots are free, and `running` counts them (and
+    /// `completed` does not yet) until the worker folds this in (one
+    /// atomic per event instead of a lock).
     ended: AtomicUsize,
-    /// Events whose flows have ended since the node started (flow balance
-    /// reads it to see progress).
-    completed: AtomicU64,
     /// Whether backpressure was reported and the queue has not emptied
     /// since.
     pub(super) pressure: AtomicBool,
@@ -163,7 +165,6 @@ fn settle(
             }))
         }
     };
-    node.scheduler.completed.fetch_add(1, Ordering::Relaxed);
     match (ack, failure) {
         (Some(ack), None) => ack.ack(),
         (Some(ack), Some(failure)) => ack.nak(failure),
@@ -180,10 +181,11 @@ impl NodeCore {
     /// flows run, and events whose flows have ended since it started.
     pub(crate) fn load(&self) -> (usize, usize, u64) {
         let mailbox = self.scheduler.mailbox();
+        let unfolded = self.scheduler.ended.load(Ordering::Acquire) as u64;
         (
             mailbox.queue.len(),
             self.scheduler.running(&mailbox),
-            self.scheduler.completed.load(Ordering::Relaxed),
+            mailbox.completed + unfolded,
         )
     }
 
@@ -314,12 +316,12 @@ impl NodeCore {
     /// its real waker).
     fn run_inline(self: &Arc<Self>, delivery: Delivery) {
         let Some(started) = self.start(delivery) else {
-            self.end_inline();
+            self.end_inline(false);
             return;
         };
         let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
         if self.poll_started(started, &mut cx) {
-            self.end_inline();
+            self.end_inline(true);
         }
     }
 
@@ -343,10 +345,11 @@ impl NodeCore {
         true
     }
 
-    /// Gives back the slot of an inline flow; starts a worker if events
-    /// were queued meanwhile and none is running.
-    fn end_inline(self: &Arc<Self>) {
-        if self.ended() {
+    /// Gives back the slot of an inline flow (`completed`: its flows ran
+    /// to their end); starts a worker if events were queued meanwhile and
+    /// none is running.
+    fn end_inline(self: &Arc<Self>, completed: bool) {
+        if self.ended(completed) {
             match self.runtime.upgrade() {
                 Some(runtime) => runtime.spawn(self.clone().worker()),
                 None => self.refuse_queued(HappenError::Shutdown),
@@ -360,7 +363,7 @@ impl NodeCore {
     fn continue_in_task(self: &Arc<Self>, started: Started) {
         let Some(runtime) = self.runtime.upgrade() else {
             drop(started);
-            self.ended();
+            self.ended(false);
             self.refuse_queued(HappenError::Shutdown);
             return;
         };
@@ -369,7 +372,7 @@ impl NodeCore {
             let Started { flows, ack } = started;
             let outcome = AssertUnwindSafe(flows).catch_unwind().await;
             settle(ack, outcome, &core);
-            if core.ended() {
+            if core.ended(true) {
                 core.worker().await;
             }
         });
@@ -409,7 +412,9 @@ impl NodeCore {
                 // Every delivery taken so far has started.
                 self.scheduler.holding.store(false, Ordering::Release);
                 let mut mailbox = self.scheduler.mailbox();
-                mailbox.running -= self.scheduler.ended.swap(0, Ordering::AcqRel);
+                let ended = self.scheduler.ended.swap(0, Ordering::AcqRel);
+                mailbox.running -= ended;
+                mailbox.completed += ended as u64;
                 let free = self
                     .limits
                     .max_concurrent
@@ -450,7 +455,9 @@ impl NodeCore {
                 reschedule().await;
             }
             let Some(started) = self.start(delivery) else {
-                self.scheduler.ended.fetch_add(1, Ordering::AcqRel);
+                // Refused (no handler any more): the slot is free, nothing
+                // completed.
+                self.scheduler.mailbox().running -= 1;
                 continue;
             };
             let mut started = Some(started);
@@ -469,12 +476,14 @@ impl NodeCore {
     }
 
     /// Gives back the slot of an event whose flows ended in a task of their
-    /// own; returns whether that task must become the worker (queued work
-    /// and no worker).
-    fn ended(&self) -> bool {
+    /// own or inline outside the worker (`completed`: they ran to their
+    /// end); returns whether the caller must become the worker (queued
+    /// work and no worker).
+    fn ended(&self, completed: bool) -> bool {
         let (take_over, idle) = {
             let mut mailbox = self.scheduler.mailbox();
             mailbox.running -= 1;
+            mailbox.completed += u64::from(completed);
             let take_over = !mailbox.worker && !mailbox.queue.is_empty();
             if take_over {
                 mailbox.worker = true;
