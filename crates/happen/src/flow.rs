@@ -96,6 +96,7 @@ use serde_json::Value;
 use crate::config::DeliveryMode;
 use crate::context::{Context, Shared};
 use crate::delivery::{Failure, Responder};
+use crate::entry::{Keep, Typed};
 use crate::error::{BoxError, Cause, HappenError};
 use crate::event::Event;
 use crate::node::{Node, NodeCore};
@@ -315,55 +316,6 @@ fn no_scope() -> (String, BoxError) {
 /// node's scheduler polls (inline first, in a task of its own if it waits).
 pub(crate) type FlowFuture = BoxFuture<'static, Option<Failure>>;
 
-/// A registered handler: starts its flow for an event, with the node-local
-/// value its steps see. The value's and the handler's types are erased here,
-/// so one node holds handlers registered through differently typed handles,
-/// while the flow itself calls the handler without boxing its future.
-#[derive(Clone)]
-pub(crate) struct Entry(Arc<StartFlow>);
-
-/// Starts a handler's flow: the node, the event, when it was received, who
-/// waits for the outcome, and the flow's position among the flows the
-/// event started at the node.
-type StartFlow =
-    dyn Fn(Arc<NodeCore>, Event, u64, Option<Responder>, u32) -> FlowFuture + Send + Sync;
-
-impl Entry {
-    pub(crate) fn new<S, H>(handler: H, local: S) -> Entry
-    where
-        S: Clone + Send + Sync + 'static,
-        H: Handler<S>,
-    {
-        let handler = Arc::new(handler);
-        Entry(Arc::new(
-            move |node, event, received_at, responder, flow| {
-                Box::pin(run(
-                    handler.clone(),
-                    local.clone(),
-                    node,
-                    event,
-                    received_at,
-                    responder,
-                    flow,
-                ))
-            },
-        ))
-    }
-
-    /// The flow of this handler for `event`, not started yet; `flow` is its
-    /// position among the flows the event starts at the node.
-    pub(crate) fn start(
-        &self,
-        node: Arc<NodeCore>,
-        event: Event,
-        received_at: u64,
-        responder: Option<Responder>,
-        flow: u32,
-    ) -> FlowFuture {
-        (self.0)(node, event, received_at, responder, flow)
-    }
-}
-
 /// A step is a handler too (its future is already boxed).
 impl<S: Clone + Send + Sync + 'static> Handler<S> for Step<S> {
     type Output = Flow<S>;
@@ -417,9 +369,8 @@ where
 ///
 /// The steps run inside the causality scope of `event` and inside
 /// `catch_unwind`, so a panicking step ends only its own flow.
-async fn run<S, H>(
-    handler: Arc<H>,
-    local: S,
+pub(crate) async fn run<S, H>(
+    keep: Keep,
     core: Arc<NodeCore>,
     event: Event,
     received_at: u64,
@@ -433,6 +384,11 @@ where
     use futures::FutureExt;
     use std::panic::AssertUnwindSafe;
 
+    let Some(Typed { handler, local }) = keep.typed::<S, H>() else {
+        // Not reached: an entry starts flows of its own types only.
+        let error = HappenError::Config("a handler's flow started with another's types".into());
+        return Some(Failure { error, responder });
+    };
     let observed = core.observers().is_active();
     let started = observed.then(Instant::now);
     let first = event.clone();
@@ -446,7 +402,7 @@ where
     let outcome = {
         // Pinned where it is made: the steps' future is not moved again.
         let mut steps = std::pin::pin!(tracing::Instrument::instrument(
-            AssertUnwindSafe(run_steps(&*handler, first, cx, &local)).catch_unwind(),
+            AssertUnwindSafe(run_steps(handler, first, cx, local)).catch_unwind(),
             span,
         ));
         std::future::poll_fn(|cx| scope.poll(steps.as_mut(), cx)).await

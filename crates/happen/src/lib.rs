@@ -69,6 +69,7 @@ pub mod confluence;
 pub mod context;
 mod delivery;
 pub mod durable;
+mod entry;
 pub mod error;
 pub mod event;
 pub mod flow;

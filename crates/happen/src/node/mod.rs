@@ -23,9 +23,10 @@ pub use target::{NodeRef, Target};
 
 use crate::accept::AcceptFrom;
 use crate::config::NodeLimits;
+use crate::entry::Entry;
 use crate::error::{HappenError, Result};
 use crate::event::Event;
-use crate::flow::{Entry, Handler};
+use crate::flow::Handler;
 use crate::id::Id;
 use crate::identity::{Keys, NodeKeys, SignerRef};
 use crate::observe::Observers;

@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 
-use crate::flow::Entry;
+use crate::entry::Entry;
 use crate::id::Id;
 use crate::pattern::Pattern;
 use crate::transport::Interest;

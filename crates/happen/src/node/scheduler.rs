@@ -47,8 +47,10 @@ use futures::FutureExt;
 
 use super::NodeCore;
 use crate::delivery::{Acknowledge, Delivery, Failure, Responder};
+use crate::entry::Keep;
 use crate::error::{HappenError, Result};
 use crate::flow::{self, FlowFuture};
+use crate::node::Matched;
 
 /// How many claimed requests may run one inside another on a thread.
 const MAX_NESTED_CLAIMS: u32 = 4;
@@ -540,29 +542,37 @@ impl NodeCore {
             (Some(_), Some(responder)) => Some(Responder::Retrying(Box::new(responder))),
             (_, responder) => responder,
         };
-        let first = &matched.handlers[matched.first];
-        let mut others = matched.handlers[matched.first + 1..]
+        let Matched {
+            handlers, first, ..
+        } = matched;
+        let mut others = handlers[first + 1..]
             .iter()
-            .filter(|r| r.accepts(event.event_type(), &self.id))
+            .enumerate()
+            .filter(|(_, r)| r.accepts(event.event_type(), &self.id))
             .peekable();
         if others.peek().is_none() {
-            let flows = first
-                .entry
-                .start(self.clone(), event, received_at, responder, 0);
+            // The flow keeps the table its handler is in (no count of its
+            // own on the handler).
+            let flows =
+                Keep::Table(handlers, first).start(self.clone(), event, received_at, responder, 0);
             return Some(Started { flows, ack });
         }
         // Numbered in registration order, the same when the event runs
         // again (exactly-once ids and state updates depend on it).
         let others: Vec<FlowFuture> = others
             .zip(1u32..)
-            .map(|(r, flow)| {
-                r.entry
-                    .start(self.clone(), event.clone(), received_at, None, flow)
+            .map(|((at, _), flow)| {
+                Keep::Table(handlers.clone(), first + 1 + at).start(
+                    self.clone(),
+                    event.clone(),
+                    received_at,
+                    None,
+                    flow,
+                )
             })
             .collect();
-        let first = first
-            .entry
-            .start(self.clone(), event, received_at, responder, 0);
+        let first =
+            Keep::Table(handlers, first).start(self.clone(), event, received_at, responder, 0);
         let flows: FlowFuture = Box::pin(async move {
             let (first, rest) =
                 futures::future::join(first, futures::future::join_all(others)).await;
