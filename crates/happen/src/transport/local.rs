@@ -48,6 +48,7 @@ impl LocalTransport {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         super::routes::changed();
+        self.routes.forget();
     }
 
     /// This process's live nodes.
@@ -78,7 +79,8 @@ impl LocalTransport {
         let route = self.routes.get(event_type, || self.route(event_type));
         let asked = route
             .to_ask()
-            .filter_map(|node| Self::takes(&node, event_type).map(|matched| (node, matched)));
+            .iter()
+            .filter_map(|node| Self::takes(node, event_type).map(|matched| (node, matched)));
         let receivers = route
             .fixed()
             .iter()
@@ -93,10 +95,10 @@ impl LocalTransport {
         for (node, matched) in receivers {
             let mut delivery = Delivery::new(event.clone(), None, arrival);
             delivery.matched = matched;
-            match delivery::deliver(&node, delivery) {
+            match delivery::deliver(node, delivery) {
                 // One writer keeps every node's events in order: the last
                 // receiver that keeps a copy answers for all.
-                Ok(()) => match delivery::receipt(&node) {
+                Ok(()) => match delivery::receipt(node) {
                     kept if kept.is_ready() => {}
                     waiting => receipt = waiting,
                 },
@@ -308,6 +310,7 @@ impl Transport for LocalTransport {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         super::routes::changed();
+        self.routes.forget();
     }
 
     fn subscribe(&self, _node: &Node, _pattern: &Pattern) -> Result<Interest> {
@@ -372,5 +375,48 @@ impl Transport for LocalTransport {
 
     fn node(&self, id: &str) -> Option<Node> {
         self.lookup(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use crate::{Context, Event, Happen};
+
+    /// Routes hold their nodes, so a node that leaves the runtime must be
+    /// let go of at once, not at the next broadcast (its core may hold a
+    /// spool's open file).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_node_that_leaves_is_not_kept_by_broadcast_routes() {
+        let happen = Happen::embedded();
+        let sender = happen.node("sender").unwrap();
+        let node = happen.node("leaving").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        node.on("tick", move |_e: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(());
+            }
+        })
+        .unwrap();
+        sender.broadcast(Event::new("tick", json!(null))).unwrap();
+        rx.recv().await.unwrap();
+        let core = Arc::downgrade(node.core());
+        node.shutdown().await;
+        drop(node);
+        // Flows that ran may still be ending; then nothing holds the node.
+        for _ in 0..400 {
+            if core.upgrade().is_none() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(core.upgrade().is_none(), "the node's core was dropped");
+        // The sender's broadcasts go on (to nobody now).
+        sender.broadcast(Event::new("tick", json!(null))).unwrap();
+        happen.shutdown().await;
     }
 }

@@ -13,7 +13,10 @@
 //! change happens carries the generation read before it started, so it is
 //! never taken for newer than it is, and it is not stored.
 //!
-//! Routes hold their nodes and matched handlers weakly: a node shut down or
+//! Routes hold their nodes (a broadcast then takes no reference count per
+//! receiver) and are dropped as soon as a node leaves the runtime
+//! ([`Routes::forget`]): a node shut down is not kept alive by them, nor is
+//! what it holds (a spool's file, say). They hold matched handlers weakly:
 //! a handler removed is dropped at once (with what it captured), whether or
 //! not its type is broadcast again. Routes of older generations are
 //! dropped at the next broadcast of any type.
@@ -24,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 
 use crate::id::Id;
 use crate::node::{KeptMatch, Matched, NodeCore};
@@ -45,32 +48,29 @@ pub(crate) fn changed() {
 }
 
 /// A node that takes a type, with its match (`None`: only a zero handler
-/// takes it). Routes keep neither the node nor its handlers alive: a node
-/// shut down, or a handler removed, is gone from memory even if its
-/// route is never made again.
+/// takes it). Routes do not keep the node's handlers alive: a handler
+/// removed is gone from memory even if its route is never made again.
 pub(crate) struct Receiver {
-    node: Weak<NodeCore>,
+    node: Arc<NodeCore>,
     matched: Option<KeptMatch>,
 }
 
 impl Receiver {
-    /// The node, if it is still alive, and its match (`None`: only a zero
-    /// handler takes the type). If its handlers changed since the route
-    /// was made, `again` asks the node anew (`None`: it takes the type no
-    /// more).
+    /// The node and its match (`None`: only a zero handler takes the
+    /// type). If its handlers changed since the route was made, `again`
+    /// asks the node anew (`None`: it takes the type no more).
     pub(crate) fn get(
         &self,
         again: impl FnOnce(&NodeCore) -> Option<Option<Matched>>,
-    ) -> Option<(Arc<NodeCore>, Option<Matched>)> {
-        let node = self.node.upgrade()?;
+    ) -> Option<(&Arc<NodeCore>, Option<Matched>)> {
         let matched = match &self.matched {
             None => None,
             Some(kept) => match kept.get() {
                 Some(matched) => Some(matched),
-                None => again(&node)?,
+                None => again(&self.node)?,
             },
         };
-        Some((node, matched))
+        Some((&self.node, matched))
     }
 }
 
@@ -80,7 +80,7 @@ pub(crate) struct Route {
     /// Nodes whose handlers take the type.
     fixed: Vec<Receiver>,
     /// Nodes with a function pattern: asked on each broadcast.
-    ask: Vec<Weak<NodeCore>>,
+    ask: Vec<Arc<NodeCore>>,
 }
 
 impl Route {
@@ -97,14 +97,14 @@ impl Route {
     /// `node` takes the type, with `matched`.
     pub(crate) fn takes(&mut self, node: &Arc<NodeCore>, matched: Option<&Matched>) {
         self.fixed.push(Receiver {
-            node: Arc::downgrade(node),
+            node: node.clone(),
             matched: matched.map(Matched::keep),
         });
     }
 
     /// `node` is to be asked on each broadcast.
     pub(crate) fn ask(&mut self, node: &Arc<NodeCore>) {
-        self.ask.push(Arc::downgrade(node));
+        self.ask.push(node.clone());
     }
 
     /// The nodes that take the type.
@@ -112,9 +112,9 @@ impl Route {
         &self.fixed
     }
 
-    /// The nodes to ask, those still alive.
-    pub(crate) fn to_ask(&self) -> impl Iterator<Item = Arc<NodeCore>> + '_ {
-        self.ask.iter().filter_map(Weak::upgrade)
+    /// The nodes to ask.
+    pub(crate) fn to_ask(&self) -> &[Arc<NodeCore>] {
+        &self.ask
     }
 
     fn size(&self) -> usize {
@@ -145,6 +145,16 @@ impl Table {
 }
 
 impl Routes {
+    /// Drops every kept route (a node left the runtime: the routes must
+    /// not keep it). Call after [`changed`]: a route made before is then
+    /// not kept either.
+    pub(crate) fn forget(&self) {
+        self.table
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// The route for `event_type`: the kept one if nothing changed since it
     /// was made, else a new one from `make` (kept for next time, unless
     /// something changed while it was made).
