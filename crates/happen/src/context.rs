@@ -155,6 +155,11 @@ impl Shared {
         &self.event
     }
 
+    /// Whether a requester waits for the flow's outcome.
+    pub(crate) fn expects_response(&self) -> bool {
+        self.expects_response
+    }
+
     pub(crate) fn core(&self) -> &Arc<crate::node::NodeCore> {
         self.node.core()
     }

@@ -431,6 +431,10 @@ fn conclude(
     observed: bool,
     started: Option<Instant>,
 ) -> Concluded {
+    if !observed && !shared.expects_response() && matches!(outcome, Ok(Ok(_))) {
+        // Nobody to answer, nobody watching, nothing failed: nothing to do.
+        return Concluded::Done(None);
+    }
     let (core, event) = (shared.core(), shared.event());
     let result = match outcome {
         Ok(Ok(value)) => Ok(value),
