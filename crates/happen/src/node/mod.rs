@@ -11,6 +11,7 @@ mod queue;
 mod registry;
 mod scheduler;
 mod send;
+mod start;
 mod target;
 
 use std::sync::atomic::{AtomicBool, Ordering};

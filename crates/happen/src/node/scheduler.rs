@@ -46,11 +46,9 @@ use std::task::Poll;
 use futures::FutureExt;
 
 use super::NodeCore;
-use crate::delivery::{Acknowledge, Delivery, Failure, Responder};
-use crate::entry::Keep;
+use crate::delivery::{Acknowledge, Delivery, Failure};
 use crate::error::{HappenError, Result};
 use crate::flow::{self, FlowFuture};
-use crate::node::Matched;
 
 /// How many claimed requests may run one inside another on a thread.
 const MAX_NESTED_CLAIMS: u32 = 4;
@@ -141,9 +139,9 @@ impl Scheduler {
 /// One event's flows, started: their future (boxed so that it can move to a
 /// task of its own if it suspends) and the acknowledgement that waits for
 /// their end.
-struct Started {
-    flows: FlowFuture,
-    ack: Option<Box<dyn Acknowledge>>,
+pub(super) struct Started {
+    pub(super) flows: FlowFuture,
+    pub(super) ack: Option<Box<dyn Acknowledge>>,
 }
 
 /// Settles an event's acknowledgement with its flows' outcome (a panic that
@@ -500,85 +498,6 @@ impl NodeCore {
         if idle && self.scheduler.watched.load(Ordering::SeqCst) {
             self.scheduler.idle.notify_waiters();
         }
-    }
-}
-
-impl NodeCore {
-    /// Starts the flows of every matching handler for one event (the first
-    /// registered answers the requester); `None` if none matches any more
-    /// (the delivery is refused).
-    fn start(self: &Arc<Self>, delivery: Delivery) -> Option<Started> {
-        let Delivery {
-            event,
-            received_at,
-            responder,
-            ack,
-            matched,
-            inline,
-        } = delivery;
-        let Some(matched) = self
-            .registry
-            .still_matching(matched, event.event_type(), &self.id)
-        else {
-            // Every handler was removed while the event waited in the queue.
-            let error = HappenError::NoHandler {
-                node: self.id.to_string(),
-                event_type: event.event_type().to_owned(),
-            };
-            let _ = Delivery {
-                event,
-                received_at,
-                responder,
-                ack,
-                matched: None,
-                inline,
-            }
-            .refuse(error);
-            return None;
-        };
-        // A durable event may be tried again: its requester waits for the
-        // attempt that ends it.
-        let responder = match (&ack, responder) {
-            (Some(_), Some(responder)) => Some(Responder::Retrying(Box::new(responder))),
-            (_, responder) => responder,
-        };
-        let Matched {
-            handlers, first, ..
-        } = matched;
-        let mut others = handlers[first + 1..]
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.accepts(event.event_type(), &self.id))
-            .peekable();
-        if others.peek().is_none() {
-            // The flow keeps the table its handler is in (no count of its
-            // own on the handler).
-            let flows =
-                Keep::Table(handlers, first).start(self.clone(), event, received_at, responder, 0);
-            return Some(Started { flows, ack });
-        }
-        // Numbered in registration order, the same when the event runs
-        // again (exactly-once ids and state updates depend on it).
-        let others: Vec<FlowFuture> = others
-            .zip(1u32..)
-            .map(|((at, _), flow)| {
-                Keep::Table(handlers.clone(), first + 1 + at).start(
-                    self.clone(),
-                    event.clone(),
-                    received_at,
-                    None,
-                    flow,
-                )
-            })
-            .collect();
-        let first =
-            Keep::Table(handlers, first).start(self.clone(), event, received_at, responder, 0);
-        let flows: FlowFuture = Box::pin(async move {
-            let (first, rest) =
-                futures::future::join(first, futures::future::join_all(others)).await;
-            first.or_else(|| rest.into_iter().flatten().next())
-        });
-        Some(Started { flows, ack })
     }
 }
 

@@ -1,0 +1,92 @@
+//! Starting an event's flows at a node: the handlers that match it, each
+//! one's flow, joined when there are several (see [`super::scheduler`] for
+//! where they run).
+
+use std::sync::Arc;
+
+use super::NodeCore;
+use super::scheduler::Started;
+use crate::delivery::{Delivery, Responder};
+use crate::entry::Keep;
+use crate::error::HappenError;
+use crate::flow::FlowFuture;
+use crate::node::Matched;
+
+impl NodeCore {
+    /// Starts the flows of every matching handler for one event (the first
+    /// registered answers the requester); `None` if none matches any more
+    /// (the delivery is refused).
+    pub(super) fn start(self: &Arc<Self>, delivery: Delivery) -> Option<Started> {
+        let Delivery {
+            event,
+            received_at,
+            responder,
+            ack,
+            matched,
+            inline,
+        } = delivery;
+        let Some(matched) = self
+            .registry
+            .still_matching(matched, event.event_type(), &self.id)
+        else {
+            // Every handler was removed while the event waited in the queue.
+            let error = HappenError::NoHandler {
+                node: self.id.to_string(),
+                event_type: event.event_type().to_owned(),
+            };
+            let _ = Delivery {
+                event,
+                received_at,
+                responder,
+                ack,
+                matched: None,
+                inline,
+            }
+            .refuse(error);
+            return None;
+        };
+        // A durable event may be tried again: its requester waits for the
+        // attempt that ends it.
+        let responder = match (&ack, responder) {
+            (Some(_), Some(responder)) => Some(Responder::Retrying(Box::new(responder))),
+            (_, responder) => responder,
+        };
+        let Matched {
+            handlers, first, ..
+        } = matched;
+        let mut others = handlers[first + 1..]
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.accepts(event.event_type(), &self.id))
+            .peekable();
+        if others.peek().is_none() {
+            // The flow keeps the table its handler is in (no count of its
+            // own on the handler).
+            let flows =
+                Keep::Table(handlers, first).start(self.clone(), event, received_at, responder, 0);
+            return Some(Started { flows, ack });
+        }
+        // Numbered in registration order, the same when the event runs
+        // again (exactly-once ids and state updates depend on it).
+        let others: Vec<FlowFuture> = others
+            .zip(1u32..)
+            .map(|((at, _), flow)| {
+                Keep::Table(handlers.clone(), first + 1 + at).start(
+                    self.clone(),
+                    event.clone(),
+                    received_at,
+                    None,
+                    flow,
+                )
+            })
+            .collect();
+        let first =
+            Keep::Table(handlers, first).start(self.clone(), event, received_at, responder, 0);
+        let flows: FlowFuture = Box::pin(async move {
+            let (first, rest) =
+                futures::future::join(first, futures::future::join_all(others)).await;
+            first.or_else(|| rest.into_iter().flatten().next())
+        });
+        Some(Started { flows, ack })
+    }
+}
