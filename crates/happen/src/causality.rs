@@ -53,14 +53,40 @@ use crate::context::Shared;
 use crate::event::Event;
 use crate::store::applied::Update;
 
-/// What a flow's code runs inside: the flow's shared part (the event being
-/// handled, its node, its values) and, for a node in exactly-once mode, the
-/// flow's numbering of what it emits and changes (shared with tasks the
-/// flow spawns).
-#[derive(Clone)]
+/// What a flow's code runs inside: the event being handled and, for a node
+/// in exactly-once mode, the flow's numbering of what it emits and changes
+/// (shared with tasks the flow spawns).
 struct Scope {
-    flow: Arc<Shared>,
+    cause: Cause,
     once: Option<Arc<Once>>,
+}
+
+/// The event being handled, as the flow holds it or as a task it spawned
+/// does.
+enum Cause {
+    /// The flow's own scope: its shared part (the event, the node, the
+    /// flow's values), which the runner takes back when the steps end.
+    Flow(Arc<Shared>),
+    /// A task spawned by the flow ([`spawn`]): the event alone, so that a
+    /// long-lived task does not keep the node or the flow's values.
+    Event(Event),
+}
+
+impl Scope {
+    fn event(&self) -> &Event {
+        match &self.cause {
+            Cause::Flow(flow) => flow.event(),
+            Cause::Event(event) => event,
+        }
+    }
+
+    /// This scope as a spawned task carries it.
+    fn for_task(&self) -> Scope {
+        Scope {
+            cause: Cause::Event(self.event().clone()),
+            once: self.once.clone(),
+        }
+    }
 }
 
 /// The exactly-once numbering of one flow: which of its event's flows it
@@ -98,16 +124,17 @@ struct Entered<'a> {
 impl Drop for Entered<'_> {
     fn drop(&mut self) {
         let previous = self.previous.take();
-        *self.slot = CURRENT
-            .try_with(|current| current.replace(previous))
-            .unwrap_or_default();
+        if let Ok(scope) = CURRENT.try_with(|current| current.replace(previous)) {
+            *self.slot = scope;
+        }
     }
 }
 
 fn enter(slot: &mut Option<Scope>) -> Entered<'_> {
-    let scope = slot.take();
+    // Taken only if the thread's slot is still there (not at thread exit):
+    // otherwise the scope stays where it is.
     let previous = CURRENT
-        .try_with(|current| current.replace(scope))
+        .try_with(|current| current.replace(slot.take()))
         .unwrap_or_default();
     Entered { slot, previous }
 }
@@ -146,15 +173,19 @@ impl FlowScope {
                 updates: AtomicU32::new(0),
             })
         });
-        FlowScope(Some(Scope { flow, once }))
+        FlowScope(Some(Scope {
+            cause: Cause::Flow(flow),
+            once,
+        }))
     }
 
-    /// The flow's shared part, back when the flow has ended.
-    pub(crate) fn into_flow(self) -> Arc<Shared> {
-        match self.0 {
-            Some(scope) => scope.flow,
-            // The scope is out only during a poll, which holds `&mut self`.
-            None => unreachable!("a flow's scope is in place between polls"),
+    /// The flow's shared part, back when the flow has ended (`None` only
+    /// if the thread's scope slot was torn down during a poll, at the
+    /// thread's exit).
+    pub(crate) fn into_flow(self) -> Option<Arc<Shared>> {
+        match self.0?.cause {
+            Cause::Flow(flow) => Some(flow),
+            Cause::Event(_) => None,
         }
     }
 
@@ -179,13 +210,17 @@ impl FlowScope {
 /// # }
 /// ```
 pub fn current_event() -> Option<Event> {
-    with_current(|scope| scope.flow.event().clone())
+    with_current(|scope| scope.event().clone())
 }
 
 /// The shared part of the flow this code runs in (for the runner's next
 /// step).
 pub(crate) fn current_flow() -> Option<Arc<Shared>> {
-    with_current(|scope| scope.flow.clone())
+    with_current(|scope| match &scope.cause {
+        Cause::Flow(flow) => Some(flow.clone()),
+        Cause::Event(_) => None,
+    })
+    .flatten()
 }
 
 /// The event being handled and, when the flow's emitted events get derived
@@ -197,7 +232,7 @@ pub(crate) fn current_cause() -> Option<(Event, Option<(u32, u32)>)> {
             .once
             .as_ref()
             .map(|once| (once.flow, once.emitted.fetch_add(1, Ordering::Relaxed)));
-        (scope.flow.event().clone(), seq)
+        (scope.event().clone(), seq)
     })
 }
 
@@ -206,7 +241,7 @@ pub(crate) fn current_cause() -> Option<(Event, Option<(u32, u32)>)> {
 pub(crate) fn current_update() -> Option<Update> {
     with_current(|scope| {
         let once = scope.once.as_ref()?;
-        let event = scope.flow.event().causal().id.clone();
+        let event = scope.event().causal().id.clone();
         Some(Update {
             flow: format!("{event}/{}", once.flow),
             event,
@@ -242,7 +277,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    match with_current(Scope::clone) {
+    match with_current(Scope::for_task) {
         Some(scope) => tokio::spawn(within(scope, fut)),
         None => tokio::spawn(fut),
     }
@@ -259,7 +294,12 @@ mod tests {
         let happen = crate::Happen::embedded();
         let node = happen.node("n").expect("a node");
         Scope {
-            flow: Shared::new(node, Event::new(event_type, json!(null)), 0, None),
+            cause: super::Cause::Flow(Shared::new(
+                node,
+                Event::new(event_type, json!(null)),
+                0,
+                None,
+            )),
             once: None,
         }
     }
@@ -303,5 +343,51 @@ mod tests {
         }));
         assert!(result.is_err());
         assert_eq!(current_type(), None);
+    }
+}
+
+#[cfg(test)]
+mod spawned {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use crate::{Context, Event, Happen};
+
+    /// A task a flow spawns carries the flow's cause, not the flow itself:
+    /// it does not keep the node alive after the node shuts down.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_spawned_task_does_not_keep_its_node() {
+        let happen = Happen::embedded();
+        let node = happen.node("spawner").unwrap();
+        let (hold, held) = tokio::sync::oneshot::channel::<()>();
+        let held = Arc::new(std::sync::Mutex::new(Some(held)));
+        let (cause, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        node.on("go", move |_e: Event, _cx: Context| {
+            let (held, cause) = (held.clone(), cause.clone());
+            async move {
+                let held = held.lock().unwrap().take();
+                super::spawn(async move {
+                    let _ = cause.send(super::current_event().map(|e| e.event_type().to_owned()));
+                    if let Some(held) = held {
+                        let _ = held.await;
+                    }
+                });
+            }
+        })
+        .unwrap();
+        node.send(&node, Event::new("go", json!(null)))
+            .await
+            .unwrap();
+        assert_eq!(seen.recv().await.unwrap().as_deref(), Some("go"));
+        let core = Arc::downgrade(node.core());
+        node.shutdown().await;
+        drop(node);
+        assert!(
+            crate::testkit::dropped_soon(&core).await,
+            "the spawned task kept the node"
+        );
+        let _ = hold.send(());
+        happen.shutdown().await;
     }
 }

@@ -1,15 +1,15 @@
-//! A registered handler, its types erased, and what keeps it alive while
-//! its flows run.
+//! A registered handler, its types erased.
 //!
 //! A node holds handlers registered through differently typed handles (each
 //! with its own node-local value type `S`), so the table stores them as
-//! [`Entry`]s. A flow still calls its handler directly, without boxing the
-//! handler's future: the entry keeps a function, made for the handler's
-//! types, that starts the flow.
+//! [`Entry`]s: the handler and its value behind one `Arc<dyn Any>`, and a
+//! plain function, made for their types, that starts a flow. The flow
+//! still calls its handler directly, without boxing the handler's future.
 //!
-//! The flow does not take a reference count of its own on the handler: it
-//! owns the node's handler table its match came from (the delivery carried
-//! that table already), and finds the handler there.
+//! A flow keeps its own entry (one reference count), not the node's
+//! handler table: a handler removed with [`Node::off`](crate::Node::off)
+//! while another handler's flow runs is dropped at once, with what it
+//! captured.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::delivery::Responder;
 use crate::event::Event;
 use crate::flow::{FlowFuture, Handler};
-use crate::node::{NodeCore, Registration};
+use crate::node::NodeCore;
 
 /// A registered handler with its node-local value; see the [module
 /// docs](self).
@@ -29,54 +29,15 @@ pub(crate) struct Entry {
     start: StartFlow,
 }
 
-/// Starts a handler's flow: what keeps the handler, the node, the event,
-/// when it was received, who waits for the outcome, and the flow's position
-/// among the flows the event started at the node.
-type StartFlow = fn(Keep, Arc<NodeCore>, Event, u64, Option<Responder>, u32) -> FlowFuture;
+/// Starts a handler's flow: the handler's entry, the node, the event,
+/// when it was received, who waits for the outcome, and the flow's
+/// position among the flows the event started at the node.
+type StartFlow = fn(Entry, Arc<NodeCore>, Event, u64, Option<Responder>, u32) -> FlowFuture;
 
 /// A handler and the node-local value its steps see.
 pub(crate) struct Typed<S, H> {
     pub(crate) handler: H,
     pub(crate) local: S,
-}
-
-/// What keeps a flow's handler alive while the flow runs.
-pub(crate) enum Keep {
-    /// The node's handler table the flow's match came from, and the
-    /// handler's position in it.
-    Table(Arc<Vec<Registration>>, usize),
-    /// The entry alone (a step started outside any node's table, such as
-    /// the ordinary step a zero handler continues with).
-    Alone(Entry),
-}
-
-impl Keep {
-    fn entry(&self) -> &Entry {
-        match self {
-            Keep::Table(table, at) => &table[*at].entry,
-            Keep::Alone(entry) => entry,
-        }
-    }
-
-    /// The handler and local value kept, if they are of these types (they
-    /// always are for the flow its entry started).
-    pub(crate) fn typed<S: 'static, H: 'static>(&self) -> Option<&Typed<S, H>> {
-        self.entry().typed.downcast_ref()
-    }
-
-    /// Starts the flow of the handler kept.
-    pub(crate) fn start(
-        self,
-        node: Arc<NodeCore>,
-        event: Event,
-        received_at: u64,
-        responder: Option<Responder>,
-        flow: u32,
-    ) -> FlowFuture {
-        // Copied out first: `self` moves into the call.
-        let start = self.entry().start;
-        start(self, node, event, received_at, responder, flow)
-    }
 }
 
 impl Entry {
@@ -90,10 +51,30 @@ impl Entry {
             start: start_typed::<S, H>,
         }
     }
+
+    /// The handler and local value, if they are of these types (they
+    /// always are for the flow this entry started).
+    pub(crate) fn typed<S: 'static, H: 'static>(&self) -> Option<&Typed<S, H>> {
+        self.typed.downcast_ref()
+    }
+
+    /// Starts the flow of this handler for `event` (the flow keeps the
+    /// entry); `flow` is its position among the flows the event starts at
+    /// the node.
+    pub(crate) fn start(
+        self,
+        node: Arc<NodeCore>,
+        event: Event,
+        received_at: u64,
+        responder: Option<Responder>,
+        flow: u32,
+    ) -> FlowFuture {
+        (self.start)(self, node, event, received_at, responder, flow)
+    }
 }
 
 fn start_typed<S, H>(
-    keep: Keep,
+    entry: Entry,
     node: Arc<NodeCore>,
     event: Event,
     received_at: u64,
@@ -105,7 +86,7 @@ where
     H: Handler<S>,
 {
     Box::pin(crate::flow::run::<S, H>(
-        keep,
+        entry,
         node,
         event,
         received_at,

@@ -96,7 +96,7 @@ use serde_json::Value;
 use crate::config::DeliveryMode;
 use crate::context::{Context, Shared};
 use crate::delivery::{Failure, Responder};
-use crate::entry::{Keep, Typed};
+use crate::entry::{Entry, Typed};
 use crate::error::{BoxError, Cause, HappenError};
 use crate::event::Event;
 use crate::node::{Node, NodeCore};
@@ -370,7 +370,7 @@ where
 /// The steps run inside the causality scope of `event` and inside
 /// `catch_unwind`, so a panicking step ends only its own flow.
 pub(crate) async fn run<S, H>(
-    keep: Keep,
+    entry: Entry,
     core: Arc<NodeCore>,
     event: Event,
     received_at: u64,
@@ -384,7 +384,7 @@ where
     use futures::FutureExt;
     use std::panic::AssertUnwindSafe;
 
-    let Some(Typed { handler, local }) = keep.typed::<S, H>() else {
+    let Some(Typed { handler, local }) = entry.typed::<S, H>() else {
         // Not reached: an entry starts flows of its own types only.
         let error = HappenError::Config("a handler's flow started with another's types".into());
         return Some(Failure { error, responder });
@@ -407,7 +407,17 @@ where
         ));
         std::future::poll_fn(|cx| scope.poll(steps.as_mut(), cx)).await
     };
-    let shared = scope.into_flow();
+    let Some(shared) = scope.into_flow() else {
+        // The thread's scope slot went away during a poll (thread exit):
+        // the flow's shared part, with its responder, went with it.
+        let error = HappenError::HandlerFailed {
+            node: String::new(),
+            event_type: String::new(),
+            cause: no_scope().0,
+            source: None,
+        };
+        return Some(Failure::new(error));
+    };
     // The rest is synchronous but for rare cases (an emit still holding the
     // responder, a stream consumer behind), which get a future of their own:
     // the flow's future stays small.

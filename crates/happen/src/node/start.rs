@@ -7,10 +7,8 @@ use std::sync::Arc;
 use super::NodeCore;
 use super::scheduler::Started;
 use crate::delivery::{Delivery, Responder};
-use crate::entry::Keep;
 use crate::error::HappenError;
 use crate::flow::FlowFuture;
-use crate::node::Matched;
 
 impl NodeCore {
     /// Starts the flows of every matching handler for one event (the first
@@ -51,37 +49,35 @@ impl NodeCore {
             (Some(_), Some(responder)) => Some(Responder::Retrying(Box::new(responder))),
             (_, responder) => responder,
         };
-        let Matched {
-            handlers, first, ..
-        } = matched;
-        let mut others = handlers[first + 1..]
+        let first = &matched.handlers[matched.first];
+        let mut others = matched.handlers[matched.first + 1..]
             .iter()
-            .enumerate()
-            .filter(|(_, r)| r.accepts(event.event_type(), &self.id))
+            .filter(|r| r.accepts(event.event_type(), &self.id))
             .peekable();
+        // Each flow keeps its own handler's entry; the table (`matched`)
+        // is dropped here, so a handler removed meanwhile is not kept
+        // alive by another handler's flow.
         if others.peek().is_none() {
-            // The flow keeps the table its handler is in (no count of its
-            // own on the handler).
-            let flows =
-                Keep::Table(handlers, first).start(self.clone(), event, received_at, responder, 0);
+            let flows = first
+                .entry
+                .clone()
+                .start(self.clone(), event, received_at, responder, 0);
             return Some(Started { flows, ack });
         }
         // Numbered in registration order, the same when the event runs
         // again (exactly-once ids and state updates depend on it).
         let others: Vec<FlowFuture> = others
             .zip(1u32..)
-            .map(|((at, _), flow)| {
-                Keep::Table(handlers.clone(), first + 1 + at).start(
-                    self.clone(),
-                    event.clone(),
-                    received_at,
-                    None,
-                    flow,
-                )
+            .map(|(r, flow)| {
+                r.entry
+                    .clone()
+                    .start(self.clone(), event.clone(), received_at, None, flow)
             })
             .collect();
-        let first =
-            Keep::Table(handlers, first).start(self.clone(), event, received_at, responder, 0);
+        let first = first
+            .entry
+            .clone()
+            .start(self.clone(), event, received_at, responder, 0);
         let flows: FlowFuture = Box::pin(async move {
             let (first, rest) =
                 futures::future::join(first, futures::future::join_all(others)).await;

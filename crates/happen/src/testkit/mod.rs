@@ -344,3 +344,16 @@ impl Capture {
         Ok(())
     }
 }
+
+/// Whether whatever `weak` points at is dropped within two seconds (flows
+/// that ran may still be ending).
+#[cfg(test)]
+pub(crate) async fn dropped_soon<T>(weak: &std::sync::Weak<T>) -> bool {
+    for _ in 0..400 {
+        if weak.upgrade().is_none() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    false
+}

@@ -408,13 +408,10 @@ mod tests {
         node.shutdown().await;
         drop(node);
         // Flows that ran may still be ending; then nothing holds the node.
-        for _ in 0..400 {
-            if core.upgrade().is_none() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        assert!(core.upgrade().is_none(), "the node's core was dropped");
+        assert!(
+            crate::testkit::dropped_soon(&core).await,
+            "the node's core was dropped"
+        );
         // The sender's broadcasts go on (to nobody now).
         sender.broadcast(Event::new("tick", json!(null))).unwrap();
         happen.shutdown().await;

@@ -30,7 +30,7 @@ use super::send::ZeroAnswer;
 use super::writer::Stamp;
 use super::{ZeroEvent, ZeroWriter};
 use crate::delivery::{Arrival, Delivery};
-use crate::entry::{Entry, Keep};
+use crate::entry::Entry;
 use crate::error::{BoxError, HappenError, Result};
 use crate::flow::Step;
 use crate::node::{HandlerId, Node, NodeCore};
@@ -492,7 +492,7 @@ fn run(node: &Node, item: Item) {
         Ok(Ok(ZeroNext::Then(step))) => {
             let ordinary = event.to_event();
             let responder = reply.into_responder(core);
-            let flow = Keep::Alone(Entry::new(step, ())).start(
+            let flow = Entry::new(step, ()).start(
                 node.core().clone(),
                 ordinary,
                 crate::event::now_millis(),

@@ -114,6 +114,7 @@ macro_rules! conformance_suite {
             broadcast_receivers_follow_handler_changes,
             a_shut_down_node_is_not_kept_by_broadcast_routes,
             a_removed_handler_is_not_kept_by_broadcast_routes,
+            a_removed_handler_is_not_kept_by_another_handlers_flow,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] continuum;
             steps_chain_and_share_context,

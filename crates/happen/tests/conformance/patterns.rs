@@ -301,6 +301,17 @@ pub async fn a_shut_down_node_is_not_kept_by_broadcast_routes(backend: &dyn Back
     );
 }
 
+/// Whether nothing but the caller holds `held` within two seconds.
+async fn let_go(held: &std::sync::Arc<()>) -> bool {
+    for _ in 0..400 {
+        if std::sync::Arc::strong_count(held) == 1 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
 /// A handler removed with `off` is let go of (with what it holds) even if
 /// broadcasts of its type were routed to it and are not sent again.
 pub async fn a_removed_handler_is_not_kept_by_broadcast_routes(backend: &dyn Backend) {
@@ -313,16 +324,40 @@ pub async fn a_removed_handler_is_not_kept_by_broadcast_routes(backend: &dyn Bac
     rx.recv().await.unwrap();
     assert!(node.off(id));
     // The flow that ran may still be ending; nothing else holds the handler.
-    for _ in 0..400 {
-        if std::sync::Arc::strong_count(&held) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(
-        std::sync::Arc::strong_count(&held),
-        1,
-        "the handler was dropped"
-    );
+    assert!(let_go(&held).await, "the handler was dropped");
     assert!(rx.recv().await.is_none(), "its sender went with it");
+}
+
+/// A handler removed with `off` is let go of (with what it holds) while a
+/// flow of another handler of the same node is still running.
+pub async fn a_removed_handler_is_not_kept_by_another_handlers_flow(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let sender = h.node("busy-sender").unwrap();
+    let node = h.node("busy-node").unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let released = std::sync::Arc::new(tokio::sync::Mutex::new(Some(released)));
+    let (began, mut running) = mpsc::unbounded_channel();
+    node.on("busy.slow", move |_e: Event, _cx: Context| {
+        let (released, began) = (released.clone(), began.clone());
+        async move {
+            let _ = began.send(());
+            if let Some(released) = released.lock().await.take() {
+                let _ = released.await;
+            }
+        }
+    })
+    .unwrap();
+    let (held, _rx, id) = holding_handler(&node, "busy.other");
+    h.flush().await.unwrap();
+    sender
+        .tell("busy-node", ev("busy.slow", json!(null)))
+        .unwrap();
+    running.recv().await.unwrap();
+    assert!(node.off(id));
+    // The slow flow is still waiting: it must not keep the removed handler.
+    assert!(
+        let_go(&held).await,
+        "the removed handler was dropped while the other flow runs"
+    );
+    let _ = release.send(());
 }
