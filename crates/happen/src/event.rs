@@ -147,7 +147,7 @@ impl EventContext {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct EventData {
     #[serde(rename = "type")]
     event_type: Id,
@@ -197,12 +197,15 @@ impl std::fmt::Debug for Event {
 impl Event {
     /// A new event of `event_type` with a JSON payload.
     pub fn new(event_type: impl Into<Id>, payload: Value) -> Self {
-        Event(Arc::new(EventData {
-            event_type: event_type.into(),
-            payload,
-            context: EventContext::default(),
-            batch: None,
-        }))
+        let event_type = event_type.into();
+        // `Arc::default` builds the (large) data in its allocation; filling
+        // in two fields then saves copying it from the stack.
+        let mut data: Arc<EventData> = Arc::default();
+        if let Some(fresh) = Arc::get_mut(&mut data) {
+            fresh.event_type = event_type;
+            fresh.payload = payload;
+        }
+        Event(data)
     }
 
     /// A batch: several events of one type, delivered together to a single
