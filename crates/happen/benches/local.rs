@@ -46,7 +46,7 @@
 //! 1. **request→response**: `N` sequential requests, each awaited before the
 //!    next (client → server → reply). Reported as ns per request and
 //!    requests/s.
-//!    - happen: `a.send(&b, Event::new("ping", payload)).response().await`,
+//!    - happen: `a.send(&b, Event::new("ping", payload)).await`,
 //!      `b` having one `ping` handler that returns `payload["seq"]`;
 //!    - tokio raw: one long-lived task reading `(Value, oneshot::Sender)`
 //!      from a bounded (1024) `tokio::sync::mpsc` channel and answering on
@@ -537,7 +537,6 @@ fn request_response(env: &Env, who: Who) -> Contender<'_> {
                         for i in 0..n {
                             let v = a
                                 .send(&b, Event::new("ping", payload(i)))
-                                .response()
                                 .await
                                 .expect("happen request");
                             black_box(v);
@@ -1108,7 +1107,6 @@ fn memory(who: Who, k: usize, cap: Duration) -> Memory {
             let last = nodes.last().expect("no node");
             let v = client
                 .send(last, Event::new("ping", payload(0)))
-                .response()
                 .await
                 .expect("happen request");
             black_box(v);

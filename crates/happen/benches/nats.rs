@@ -38,7 +38,7 @@
 //! would be; the plain baseline likewise uses two `async_nats::Client`s.
 //!
 //! 1. **Request/response latency**: `N` sequential
-//!    `a.send("server", Event::new("ping", {"seq": i})).response().await`
+//!    `a.send("server", Event::new("ping", {"seq": i})).await`
 //!    from node `a` of runtime A to node `server` of runtime B: the request
 //!    goes to `happen.node.server`, the reply to A's inbox. The handler
 //!    answers `payload["seq"]`. The baseline: a responder client subscribed
@@ -315,7 +315,6 @@ async fn request_response(url: String, n: usize) -> Latency {
                 let start = Instant::now();
                 let v = a
                     .send("server", Event::new("ping", payload(i)))
-                    .response()
                     .await
                     .expect("happen request");
                 happen_lat.push(start.elapsed());

@@ -7,7 +7,7 @@
 //! HAPPEN_BENCH_N=50000 HAPPEN_BENCH_REPS=7 cargo bench -p happen --bench trace
 //! ```
 //!
-//! - request→response: `a.send(&b, Event::new("ping", payload)).response()`
+//! - request→response: `a.send(&b, Event::new("ping", payload)).await`
 //!   awaited one after another, ns per request;
 //! - fire-and-forget: `a.tell(&b, ..)` in batches of 1000, waiting after
 //!   each until `b` has handled it, events per second.
@@ -76,7 +76,6 @@ async fn request_response(config: HappenConfig, n: usize) -> Duration {
     for i in 0..n {
         let reply = a
             .send(&b, Event::new("ping", json!({ "seq": i })))
-            .response()
             .await
             .unwrap();
         assert_eq!(reply, json!(i));

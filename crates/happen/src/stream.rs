@@ -115,7 +115,15 @@ impl StreamRx {
 
     /// The next message; `None` if the producer vanished without an end.
     pub(crate) async fn recv(&mut self) -> Option<StreamMsg> {
-        let message = self.rx.recv().await;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`recv`](Self::recv) as a poll.
+    pub(crate) fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<StreamMsg>> {
+        let message = std::task::ready!(self.rx.poll_recv(cx));
         match &message {
             Some(StreamMsg::Item(_)) => {
                 if let Some(credit) = &mut self.credit {
@@ -124,7 +132,7 @@ impl StreamRx {
             }
             Some(StreamMsg::End(_)) | None => self.ended = true,
         }
-        message
+        std::task::Poll::Ready(message)
     }
 }
 

@@ -5,9 +5,7 @@
 //! the handle), hand it to a callback ([`Sent::on_response`]), or drop the
 //! handle and forget it (fire-and-forget).
 
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
-use std::task::Poll;
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -19,7 +17,12 @@ use crate::event::Event;
 use crate::flow::RESPONSE_EVENT_TYPE;
 use crate::id::Id;
 use crate::receipt::Receipt;
-use crate::stream::{self, Outcome, StreamItem, StreamMsg};
+use crate::stream::{self, Outcome, StreamItem};
+
+mod wait;
+
+use wait::Replying;
+pub use wait::Response;
 
 /// The handle of a sent event; see the [module docs](self).
 ///
@@ -198,13 +201,9 @@ impl Sent {
         self
     }
 
-    /// Waits for the flow's result value.
-    pub async fn response(self) -> Result<Value> {
-        let (_waiting, reply) = self.reply().await;
-        match reply? {
-            Reply::Value(value) => Ok(value),
-            Reply::Event(event) => Ok(event.into_payload()),
-        }
+    /// Waits for the flow's result value (the same as awaiting the handle).
+    pub fn response(self) -> Response {
+        Response::new(self)
     }
 
     /// Waits for the flow's result value, deserialized as `T`.
@@ -244,7 +243,7 @@ impl Sent {
     /// Waits for the response as an event, with its own causal context
     /// (its `causationId` is the sent event's id).
     pub async fn response_event(self) -> Result<Event> {
-        let (waiting, reply) = self.reply().await;
+        let (reply, waiting) = Replying::new(self).await;
         match reply? {
             Reply::Event(event) => Ok(event),
             Reply::Value(value) => {
@@ -255,41 +254,6 @@ impl Sent {
                 Ok(response)
             }
         }
-    }
-
-    /// Waits for the final outcome (skipping streamed items).
-    async fn reply(self) -> (Waiting, Result<Reply>) {
-        if let Some(Claim(node)) = &self.claim {
-            node.claim(&self.request);
-        }
-        let (waiting, rx) = self.split();
-        let whole = async {
-            match rx.await {
-                Ok(Outcome::Value(outcome)) => outcome.map(Reply::Value),
-                Ok(Outcome::Done(outcome)) => outcome.map(Reply::Event),
-                // A streaming flow: its final value is the response.
-                Ok(Outcome::Stream(mut stream)) => loop {
-                    match stream.recv().await {
-                        Some(StreamMsg::Item(_)) => {}
-                        Some(StreamMsg::End(outcome)) => break outcome.map(Reply::Event),
-                        None => break Err(waiting.no_response()),
-                    }
-                },
-                Err(_dropped) => Err(waiting.no_response()),
-            }
-        };
-        let reply = {
-            let mut whole = std::pin::pin!(whole);
-            // Most answers from this process arrive within one turn of the
-            // scheduler: try that long before arming a timer.
-            match within_a_turn(whole.as_mut()).await {
-                Some(reply) => reply,
-                None => tokio::time::timeout_at(waiting.deadline(), whole)
-                    .await
-                    .unwrap_or_else(|_elapsed| Err(waiting.timed_out())),
-            }
-        };
-        (waiting, reply)
     }
 
     /// The flow's emitted values, then its final value, as a stream (see
@@ -370,22 +334,6 @@ fn deadline(
     }
 }
 
-/// Polls `fut` now and, if it is not ready, once more after every other
-/// task ready to run has had its turn; `None` if it is still not ready.
-async fn within_a_turn<F: Future + Unpin>(mut fut: F) -> Option<F::Output> {
-    let mut turns = 0;
-    std::future::poll_fn(|cx| match Pin::new(&mut fut).poll(cx) {
-        Poll::Ready(output) => Poll::Ready(Some(output)),
-        Poll::Pending if turns == 0 => {
-            turns += 1;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-        Poll::Pending => Poll::Ready(None),
-    })
-    .await
-}
-
 impl Waiting {
     fn deadline(&self) -> tokio::time::Instant {
         deadline(self.sent_at, &self.request, self.timeout)
@@ -405,10 +353,10 @@ impl Waiting {
 
 impl IntoFuture for Sent {
     type Output = Result<Value>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
+    type IntoFuture = Response;
 
     /// Awaiting the handle is the same as [`Sent::response`].
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.response())
+    fn into_future(self) -> Response {
+        Response::new(self)
     }
 }
