@@ -197,14 +197,11 @@ impl std::fmt::Debug for Event {
 impl Event {
     /// A new event of `event_type` with a JSON payload.
     pub fn new(event_type: impl Into<Id>, payload: Value) -> Self {
-        let event_type = event_type.into();
-        // `Arc::default` builds the (large) data in its allocation; filling
-        // in two fields then saves copying it from the stack.
+        // Built in its allocation (`Arc::default`), not copied from the stack.
         let mut data: Arc<EventData> = Arc::default();
-        if let Some(fresh) = Arc::get_mut(&mut data) {
-            fresh.event_type = event_type;
-            fresh.payload = payload;
-        }
+        let fresh = Arc::make_mut(&mut data);
+        fresh.event_type = event_type.into();
+        fresh.payload = payload;
         Event(data)
     }
 
