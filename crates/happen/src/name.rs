@@ -82,17 +82,29 @@ pub struct NameError {
     pub reason: String,
 }
 
+/// Whether each byte is one every name may contain: the fast path of the
+/// checks below (anything else is looked at character by character).
+const PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b':' | b'/' | b'@' | b'#');
+        b += 1;
+    }
+    table
+};
+
+#[inline]
+fn plain_byte(b: u8) -> bool {
+    PLAIN[usize::from(b)]
+}
+
 /// Describes why `c` cannot appear in a name token, or `None` if it can.
 ///
 /// `.` is allowed here; callers that treat it as a separator (or forbid it)
 /// handle it themselves.
-/// Whether `b` is a byte every name may contain: the fast path of the
-/// checks below (anything else is looked at character by character).
-#[inline]
-fn plain_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'/' | b'@' | b'#')
-}
-
 pub(crate) fn char_problem(c: char) -> Option<String> {
     if c.is_whitespace() {
         Some("whitespace".to_owned())
@@ -125,14 +137,16 @@ pub(crate) fn char_problem(c: char) -> Option<String> {
 /// ```
 pub fn validate_event_type(s: &str) -> Result<(), NameError> {
     // Fast path: plain ASCII segments, checked without building anything.
+    // One pass: a `.` may not start the type nor follow another `.`.
     let bytes = s.as_bytes();
-    if !bytes.is_empty()
-        && bytes.len() <= MAX_EVENT_TYPE_LEN
-        && bytes[0] != b'.'
-        && bytes[bytes.len() - 1] != b'.'
-        && bytes.windows(2).all(|w| w != b"..")
-        && bytes.iter().all(|&b| b == b'.' || plain_byte(b))
-    {
+    let mut plain = bytes.len() <= MAX_EVENT_TYPE_LEN && bytes.last().is_some_and(|&b| b != b'.');
+    let mut after_dot = true;
+    for &b in bytes {
+        let dot = b == b'.';
+        plain &= if dot { !after_dot } else { plain_byte(b) };
+        after_dot = dot;
+    }
+    if plain {
         return Ok(());
     }
     let fail = |reason: String| NameError {

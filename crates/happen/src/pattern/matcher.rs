@@ -213,4 +213,15 @@ impl Pattern {
             | Repr::Invalid(_) => true,
         }
     }
+
+    /// Whether an event type given as its UTF-8 bytes matches; `text`
+    /// gives it as a string when the pattern is more than one exact type
+    /// (a zero event's type is read as bytes, and checked as UTF-8 only
+    /// when needed).
+    pub(crate) fn matches_raw<'a>(&self, raw: &[u8], text: impl FnOnce() -> &'a str) -> bool {
+        match &self.repr {
+            Repr::Exact(exact) => exact.as_bytes() == raw,
+            _ => self.matches(text()),
+        }
+    }
 }

@@ -437,3 +437,29 @@ fn check_name_rules() {
     assert!(check_name("a.{b}").is_err());
     assert!(check_name("a\u{85}").is_err());
 }
+
+#[test]
+fn matching_raw_bytes_agrees_with_matching_text() {
+    let patterns = [
+        p("order.created"),
+        p("order.*"),
+        p("order.{created,paid}"),
+        Pattern::any(),
+        exact("order.created").or("user.*"),
+    ];
+    for pattern in &patterns {
+        for event_type in [
+            "order.created",
+            "order.paid",
+            "order.created.x",
+            "user.new",
+            "ord",
+        ] {
+            assert_eq!(
+                pattern.matches_raw(event_type.as_bytes(), || event_type),
+                pattern.matches(event_type),
+                "{pattern:?} on {event_type}"
+            );
+        }
+    }
+}

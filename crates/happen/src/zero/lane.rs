@@ -244,10 +244,11 @@ pub(crate) fn deliver(
     };
     let first = {
         let mut queue = lane.queue();
+        let raw = event.event_type_bytes();
         let found = queue
             .handlers
             .iter()
-            .find(|h| h.pattern.matches(event.event_type()));
+            .find(|h| h.pattern.matches_raw(raw, || event.event_type()));
         let Some(handler) = found.map(|h| h.handler.clone()) else {
             drop(queue);
             return ordinary(event, reply);
@@ -473,6 +474,8 @@ fn run(node: &Node, item: Item) {
         source: None,
     };
     let answer = match outcome {
+        // The common one-way case: nothing to answer, nothing to build.
+        Ok(Ok(ZeroNext::Done)) if matches!(reply, ReplyTo::Nobody) => return,
         Err(panic) => Err(HappenError::HandlerPanicked {
             node: core.id().to_string(),
             event_type: event.event_type().to_owned(),

@@ -395,6 +395,17 @@ impl ZeroEvent {
         layout::strings(&self.bytes)
     }
 
+    /// The event type's bytes (UTF-8, checked when the event was built or
+    /// received), without checking them again.
+    pub(crate) fn event_type_bytes(&self) -> &[u8] {
+        let (offset, len) = layout::pair(&self.bytes, AT_TYPE).unwrap_or((0, 0));
+        let strings = self.strings();
+        offset
+            .checked_add(len)
+            .and_then(|end| strings.get(offset..end))
+            .unwrap_or_default()
+    }
+
     fn header_str(&self, at: usize) -> &str {
         layout::str_at(&self.bytes, self.strings(), at).unwrap_or_default()
     }
@@ -531,16 +542,24 @@ impl<'a> Offsets<'a> {
         let bytes = &self.event.bytes;
         let strings = self.event.strings();
         let (at, count) = self.directory();
-        // Names compared as bytes: checked to be UTF-8 on receipt already.
-        (0..count).map(|i| at + i * FIELD).find_map(|entry| {
-            let (offset, len) = layout::pair(bytes, entry).ok()?;
-            let candidate = strings.get(offset..offset.checked_add(len)?)?;
-            if candidate != name.as_bytes() {
+        let directory = bytes.get(at..at.checked_add(count.checked_mul(FIELD)?)?)?;
+        let (entries, _) = directory.as_chunks::<FIELD>();
+        let wanted = name.as_bytes();
+        let word = |entry: &[u8; FIELD], at: usize| {
+            u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]]) as usize
+        };
+        // Names compared as bytes (checked to be UTF-8 on receipt already),
+        // lengths first.
+        entries.iter().find_map(|entry| {
+            let len = word(entry, 4);
+            if len != wanted.len() {
                 return None;
             }
-            let kind = Kind::from_byte(bytes[entry + 8])?;
-            let value = layout::u32_at(bytes, entry + 12).ok()? as usize;
-            Some((kind, value))
+            let offset = word(entry, 0);
+            if strings.get(offset..offset.checked_add(len)?)? != wanted {
+                return None;
+            }
+            Some((Kind::from_byte(entry[8])?, word(entry, 12)))
         })
     }
 

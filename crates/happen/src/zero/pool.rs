@@ -3,7 +3,8 @@
 //!
 //! Each thread keeps its own buffers (no lock on the hot path); a buffer
 //! given back on another thread than the one it came from joins that
-//! thread's pool.
+//! thread's pool. A writer takes its three buffers, and gives back the two
+//! it keeps, in one visit to the pool.
 
 use std::cell::RefCell;
 
@@ -18,27 +19,83 @@ thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
+/// `N` empty buffers, from the pool as far as it has them.
+pub(crate) fn take_n<const N: usize>() -> [Vec<u8>; N] {
+    let mut buffers: [Vec<u8>; N] = std::array::from_fn(|_| Vec::new());
+    // During thread teardown the pool may be gone: fresh buffers then.
+    let _ = POOL.try_with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut() {
+            for buffer in &mut buffers {
+                match pool.pop() {
+                    Some(kept) => *buffer = kept,
+                    None => break,
+                }
+            }
+        }
+    });
+    for buffer in &mut buffers {
+        if buffer.capacity() == 0 {
+            *buffer = Vec::with_capacity(FIRST_CAPACITY);
+        }
+    }
+    buffers
+}
+
 /// An empty buffer, from the pool when it has one.
 pub(crate) fn take() -> Vec<u8> {
-    let kept = POOL
-        .try_with(|pool| pool.try_borrow_mut().ok().and_then(|mut p| p.pop()))
-        .ok()
-        .flatten();
-    kept.unwrap_or_else(|| Vec::with_capacity(FIRST_CAPACITY))
+    let [buffer] = take_n();
+    buffer
+}
+
+/// Gives `buffers` back for reuse (an empty one, never allocated, is
+/// skipped).
+pub(crate) fn give_n<const N: usize>(buffers: [Vec<u8>; N]) {
+    let kept = |buffer: &Vec<u8>| buffer.capacity() != 0 && buffer.capacity() <= MAX_KEPT_CAPACITY;
+    if !buffers.iter().any(kept) {
+        return;
+    }
+    let _ = POOL.try_with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut() {
+            for mut buffer in buffers {
+                if kept(&buffer) && pool.len() < KEEP {
+                    buffer.clear();
+                    pool.push(buffer);
+                }
+            }
+        }
+    });
 }
 
 /// Gives `buffer` back for reuse.
-pub(crate) fn give(mut buffer: Vec<u8>) {
-    if buffer.capacity() == 0 || buffer.capacity() > MAX_KEPT_CAPACITY {
-        return;
-    }
-    buffer.clear();
-    // During thread teardown the pool may be gone: the buffer is freed.
-    let _ = POOL.try_with(|pool| {
-        if let Ok(mut pool) = pool.try_borrow_mut()
-            && pool.len() < KEEP
-        {
-            pool.push(buffer);
+pub(crate) fn give(buffer: Vec<u8>) {
+    give_n([buffer]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_given_back_are_taken_again_empty() {
+        let [mut a, b, c] = take_n::<3>();
+        a.extend_from_slice(b"kept");
+        let kept = [a.as_ptr(), b.as_ptr(), c.as_ptr()];
+        give_n([a, b, c]);
+        let again = take_n::<3>();
+        for buffer in &again {
+            assert!(buffer.is_empty());
+            assert!(
+                kept.contains(&buffer.as_ptr()),
+                "a fresh buffer where a kept one waited"
+            );
         }
-    });
+        give_n(again);
+    }
+
+    #[test]
+    fn an_oversized_or_unallocated_buffer_is_not_kept() {
+        let before = POOL.with(|pool| pool.borrow().len());
+        give_n([Vec::new(), Vec::with_capacity(MAX_KEPT_CAPACITY + 1)]);
+        assert_eq!(POOL.with(|pool| pool.borrow().len()), before);
+    }
 }

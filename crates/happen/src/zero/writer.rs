@@ -39,9 +39,11 @@ pub struct ZeroWriter {
 
 impl Drop for ZeroWriter {
     fn drop(&mut self) {
-        pool::give(std::mem::take(&mut self.data));
-        pool::give(std::mem::take(&mut self.fields));
-        pool::give(std::mem::take(&mut self.strings));
+        pool::give_n([
+            std::mem::take(&mut self.data),
+            std::mem::take(&mut self.fields),
+            std::mem::take(&mut self.strings),
+        ]);
     }
 }
 
@@ -70,12 +72,12 @@ impl ZeroWriter {
     /// A writer for an event of `event_type` (an invalid type is reported
     /// when the event is sent or finished).
     pub fn new(event_type: &str) -> ZeroWriter {
-        let mut data = pool::take();
-        data.resize(HEADER, 0);
+        let [mut data, fields, strings] = pool::take_n();
+        data.extend_from_slice(&[0; HEADER]);
         let mut writer = ZeroWriter {
             data,
-            fields: pool::take(),
-            strings: pool::take(),
+            fields,
+            strings,
             event_type: (0, 0),
             error: None,
         };
@@ -123,10 +125,12 @@ impl ZeroWriter {
                 .get_or_insert(ZeroError::Unrepresentable("an event of 4 GiB or more"));
             return self;
         };
-        self.fields.extend_from_slice(&name_at.to_le_bytes());
-        self.fields.extend_from_slice(&name_len.to_le_bytes());
-        self.fields.extend_from_slice(&[kind.byte(), 0, 0, 0]);
-        self.fields.extend_from_slice(&at.to_le_bytes());
+        let mut record = [0u8; super::layout::FIELD];
+        record[..4].copy_from_slice(&name_at.to_le_bytes());
+        record[4..8].copy_from_slice(&name_len.to_le_bytes());
+        record[8] = kind.byte();
+        record[12..].copy_from_slice(&at.to_le_bytes());
+        self.fields.extend_from_slice(&record);
         self
     }
 
