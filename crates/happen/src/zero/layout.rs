@@ -83,10 +83,34 @@ pub(crate) fn str_at<'a>(
     std::str::from_utf8(raw).map_err(|_| ZeroError::BadString { at })
 }
 
+/// The pair at `at` in the header (`at` a constant below [`HEADER`], so
+/// that the reads need no bounds checks once inlined); `(0, 0)` if the
+/// buffer is shorter than a header (never, for a checked one).
+#[inline]
+pub(crate) fn header_pair(bytes: &[u8], at: usize) -> (usize, usize) {
+    let Some(header) = bytes.first_chunk::<HEADER>() else {
+        return (0, 0);
+    };
+    let word = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]) as usize
+    };
+    (word(at), word(at + 4))
+}
+
+/// `len` bytes of `bytes` from `offset`, or none if out of range.
+#[inline]
+pub(crate) fn span(bytes: &[u8], offset: usize, len: usize) -> &[u8] {
+    offset
+        .checked_add(len)
+        .and_then(|end| bytes.get(offset..end))
+        .unwrap_or_default()
+}
+
 /// The string table of a checked buffer.
+#[inline]
 pub(crate) fn strings(bytes: &[u8]) -> &[u8] {
-    let (offset, len) = pair(bytes, AT_STRINGS).unwrap_or((0, 0));
-    bytes.get(offset..offset + len).unwrap_or_default()
+    let (offset, len) = header_pair(bytes, AT_STRINGS);
+    span(bytes, offset, len)
 }
 
 /// A region of `count` entries of `width` bytes at the offset in the

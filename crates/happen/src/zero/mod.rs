@@ -398,12 +398,8 @@ impl ZeroEvent {
     /// The event type's bytes (UTF-8, checked when the event was built or
     /// received), without checking them again.
     pub(crate) fn event_type_bytes(&self) -> &[u8] {
-        let (offset, len) = layout::pair(&self.bytes, AT_TYPE).unwrap_or((0, 0));
-        let strings = self.strings();
-        offset
-            .checked_add(len)
-            .and_then(|end| strings.get(offset..end))
-            .unwrap_or_default()
+        let (offset, len) = layout::header_pair(&self.bytes, AT_TYPE);
+        layout::span(self.strings(), offset, len)
     }
 
     fn header_str(&self, at: usize) -> &str {
@@ -446,7 +442,7 @@ impl ZeroEvent {
 
     /// The nodes along the causal chain, ending with the sender.
     pub fn path(&self) -> impl DoubleEndedIterator<Item = &str> + ExactSizeIterator + '_ {
-        let (at, hops) = layout::pair(&self.bytes, AT_PATH).unwrap_or((0, 0));
+        let (at, hops) = layout::header_pair(&self.bytes, AT_PATH);
         (0..hops).map(move |hop| self.header_str(at + hop * STR))
     }
 
@@ -518,7 +514,7 @@ pub struct Offsets<'a> {
 
 impl<'a> Offsets<'a> {
     fn directory(&self) -> (usize, usize) {
-        layout::pair(&self.event.bytes, AT_FIELDS).unwrap_or((0, 0))
+        layout::header_pair(&self.event.bytes, AT_FIELDS)
     }
 
     /// How many fields there are.
@@ -542,8 +538,7 @@ impl<'a> Offsets<'a> {
         let bytes = &self.event.bytes;
         let strings = self.event.strings();
         let (at, count) = self.directory();
-        let directory = bytes.get(at..at.checked_add(count.checked_mul(FIELD)?)?)?;
-        let (entries, _) = directory.as_chunks::<FIELD>();
+        let (entries, _) = layout::span(bytes, at, count.checked_mul(FIELD)?).as_chunks::<FIELD>();
         let wanted = name.as_bytes();
         let word = |entry: &[u8; FIELD], at: usize| {
             u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]]) as usize
@@ -555,8 +550,7 @@ impl<'a> Offsets<'a> {
             if len != wanted.len() {
                 return None;
             }
-            let offset = word(entry, 0);
-            if strings.get(offset..offset.checked_add(len)?)? != wanted {
+            if layout::span(strings, word(entry, 0), len) != wanted {
                 return None;
             }
             Some((Kind::from_byte(entry[8])?, word(entry, 12)))
