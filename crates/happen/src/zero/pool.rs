@@ -3,8 +3,9 @@
 //!
 //! Each thread keeps its own buffers (no lock on the hot path); a buffer
 //! given back on another thread than the one it came from joins that
-//! thread's pool. A writer takes its three buffers, and gives back the two
-//! it keeps, in one visit to the pool.
+//! thread's pool. A writer takes its three buffers in one visit to the
+//! pool, and gives back in one visit those it still holds (two once sent:
+//! the event took the third).
 
 use std::cell::RefCell;
 
