@@ -135,6 +135,46 @@ fn region(bytes: &[u8], at: usize, width: usize) -> Result<(usize, usize), ZeroE
 /// known. After it, reading a named field cannot fail on the buffer's
 /// account. Allocates nothing.
 pub(crate) fn check(bytes: &[u8]) -> Result<(), ZeroError> {
+    // The whole string table is checked as UTF-8 once, and each reference
+    // then only for its bounds and character boundaries: a slice of valid
+    // UTF-8 between two boundaries is valid UTF-8. A table with bad bytes
+    // anywhere takes the reference-by-reference path, which names the
+    // first bad string (and passes bytes that no string refers to).
+    if let Some(table) = header_table(bytes)
+        && let Ok(table) = std::str::from_utf8(table)
+    {
+        return check_with(bytes, |at| in_table(bytes, table, at));
+    }
+    let strings = header_table(bytes).unwrap_or_default();
+    check_with(bytes, |at| str_at(bytes, strings, at))
+}
+
+/// The string table a header names, if it lies in the buffer (checked
+/// again, with its error, by [`check_with`]).
+fn header_table(bytes: &[u8]) -> Option<&[u8]> {
+    let (offset, len) = pair(bytes, AT_STRINGS).ok()?;
+    if offset < HEADER {
+        return None;
+    }
+    bytes.get(offset..offset.checked_add(len)?)
+}
+
+/// The string the reference at `at` names in `table` (already known to
+/// be UTF-8): `str` slicing checks the bounds and that both ends fall on
+/// character boundaries, so no byte is checked again.
+fn in_table<'a>(bytes: &[u8], table: &'a str, at: usize) -> Result<&'a str, ZeroError> {
+    let (offset, len) = pair(bytes, at)?;
+    offset
+        .checked_add(len)
+        .and_then(|end| table.get(offset..end))
+        .ok_or(ZeroError::BadString { at })
+}
+
+/// [`check`] with `string` checking each string reference.
+fn check_with<'a>(
+    bytes: &'a [u8],
+    string: impl Fn(usize) -> Result<&'a str, ZeroError>,
+) -> Result<(), ZeroError> {
     if bytes.len() < HEADER {
         return Err(ZeroError::Truncated {
             needed: HEADER,
@@ -157,22 +197,21 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), ZeroError> {
             actual: bytes.len(),
         });
     }
-    let (table, _) = region(bytes, AT_STRINGS, 1)?;
-    let strings = &bytes[table..table + pair(bytes, AT_STRINGS)?.1];
-    let event_type = str_at(bytes, strings, AT_TYPE)?;
+    region(bytes, AT_STRINGS, 1)?;
+    let event_type = string(AT_TYPE)?;
     if crate::name::validate_event_type(event_type).is_err() {
         return Err(ZeroError::BadString { at: AT_TYPE });
     }
-    str_at(bytes, strings, AT_SENDER)?;
-    str_at(bytes, strings, AT_CORRELATION)?;
+    string(AT_SENDER)?;
+    string(AT_CORRELATION)?;
     let (path, hops) = region(bytes, AT_PATH, STR)?;
     for hop in 0..hops {
-        str_at(bytes, strings, path + hop * STR)?;
+        string(path + hop * STR)?;
     }
     let (fields, count) = region(bytes, AT_FIELDS, FIELD)?;
     for field in 0..count {
         let at = fields + field * FIELD;
-        str_at(bytes, strings, at)?;
+        string(at)?;
         let kind = Kind::from_byte(bytes[at + 8]).ok_or(ZeroError::Kind {
             at: at + 8,
             byte: bytes[at + 8],
@@ -194,7 +233,7 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), ZeroError> {
         }
         match kind {
             Kind::Str | Kind::Json => {
-                str_at(bytes, strings, value)?;
+                string(value)?;
             }
             Kind::Bytes => {
                 let (offset, len) = pair(bytes, value)?;

@@ -168,3 +168,45 @@ fn hostile_bytes_are_errors() {
         event.payload()
     );
 }
+
+#[test]
+fn strings_are_checked_as_utf8_to_their_boundaries() {
+    let mut writer = ZeroWriter::new("sensor-reading");
+    writer.str("label", "é-17");
+    let event = writer.finish("gateway").unwrap();
+    let bytes = event.as_bytes();
+    let strings = layout::pair(bytes, layout::AT_STRINGS).unwrap().0;
+    let value = event.offsets().get("label").unwrap();
+    let (at, len) = layout::pair(bytes, value).unwrap();
+    assert_eq!(&bytes[strings + at..strings + at + len], "é-17".as_bytes());
+
+    // A reference that starts inside `é` (two bytes) names no string.
+    let mut bad = bytes.to_vec();
+    bad[value..value + 4].copy_from_slice(&(at as u32 + 1).to_le_bytes());
+    bad[value + 4..value + 8].copy_from_slice(&(len as u32 - 1).to_le_bytes());
+    assert_eq!(
+        ZeroEvent::from_bytes(&bad).unwrap_err(),
+        ZeroError::BadString { at: value }
+    );
+    // One that ends inside it neither.
+    let mut bad = bytes.to_vec();
+    bad[value + 4..value + 8].copy_from_slice(&1u32.to_le_bytes());
+    assert_eq!(
+        ZeroEvent::from_bytes(&bad).unwrap_err(),
+        ZeroError::BadString { at: value }
+    );
+    // Bad UTF-8 in a string is named by the reference that reads it.
+    let mut bad = bytes.to_vec();
+    bad[strings + at + 1] = 0xff;
+    assert_eq!(
+        ZeroEvent::from_bytes(&bad).unwrap_err(),
+        ZeroError::BadString { at: value }
+    );
+    // Bytes of the table that no string refers to are not read: the
+    // value's string made shorter leaves its tail unreferenced.
+    let mut bad = bytes.to_vec();
+    bad[value + 4..value + 8].copy_from_slice(&2u32.to_le_bytes());
+    bad[strings + at + 3] = 0xff;
+    let read = ZeroEvent::from_bytes(&bad).unwrap();
+    assert_eq!(read.str(value).unwrap(), "é");
+}
