@@ -87,6 +87,8 @@ pub(super) struct Shared {
     local: Arc<LocalTransport>,
     client: async_nats::Client,
     prefix: String,
+    /// Subjects published to, made once (see [`subjects::Made`]).
+    subjects: subjects::Made,
     inbox: String,
     commands: Commands,
     /// How far the subscriptions' readers have read (for a shutdown).
@@ -176,6 +178,7 @@ impl NatsTransport {
             local: Arc::new(LocalTransport::default()),
             client: client.clone(),
             prefix: config.prefix.clone(),
+            subjects: subjects::Made::default(),
             inbox: client.new_inbox(),
             commands,
             readers: readers::Readers::default(),

@@ -18,8 +18,10 @@
 //! checked against the ids recently taken through overlapping filters.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+use async_nats::Subject;
 
 use crate::id::Id;
 use crate::pattern::Pattern;
@@ -55,6 +57,55 @@ fn joined(prefix: &str, middle: &str, name: &str) -> String {
     subject.push_str(middle);
     subject.push_str(name);
     subject
+}
+
+/// How many subjects of one kind [`Made`] keeps before it starts again.
+const MADE_LIMIT: usize = 4096;
+
+/// The subjects events were published to, kept by the node id or event
+/// type they name: every event to one node (of one type) goes to the same
+/// subject, and one made afresh cost a string and, when the client took a
+/// copy to publish, a second allocation to share it. A kept one is shared
+/// already: handing it over counts a reference. At most [`MADE_LIMIT`] of
+/// each kind are kept (then they are dropped and made again as used), so
+/// many short-lived node ids do not grow it without bound.
+#[derive(Default)]
+pub(super) struct Made {
+    direct: RwLock<HashMap<String, Subject>>,
+    broadcast: RwLock<HashMap<String, Subject>>,
+}
+
+impl Made {
+    /// [`direct_subject`], made once.
+    pub(super) fn direct(&self, prefix: &str, node: &str) -> Subject {
+        Self::kept(&self.direct, node, || direct_subject(prefix, node))
+    }
+
+    /// [`broadcast_subject`], made once.
+    pub(super) fn broadcast(&self, prefix: &str, event_type: &str) -> Subject {
+        Self::kept(&self.broadcast, event_type, || {
+            broadcast_subject(prefix, event_type)
+        })
+    }
+
+    fn kept(
+        map: &RwLock<HashMap<String, Subject>>,
+        name: &str,
+        make: impl FnOnce() -> String,
+    ) -> Subject {
+        if let Some(subject) = map.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return subject.clone();
+        }
+        let subject = Subject::from(make());
+        let mut map = map.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MADE_LIMIT {
+            map.clear();
+        }
+        // This clone shares the bytes, so the kept subject's later clones
+        // only count references.
+        map.insert(name.to_owned(), subject.clone());
+        subject
+    }
 }
 
 /// The broadcast filters (subject patterns, without the prefix) a handler's
@@ -227,6 +278,27 @@ impl Filters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_subjects_are_the_ones_made_and_stay_bounded() {
+        let made = Made::default();
+        let first = made.direct("app", "orders");
+        assert_eq!(first.as_str(), direct_subject("app", "orders"));
+        // The same bytes again, not a subject made afresh.
+        let again = made.direct("app", "orders");
+        assert_eq!(again.as_ptr(), first.as_ptr());
+        assert_eq!(made.broadcast("app", "orders").as_str(), "app.bcast.orders");
+        assert_eq!(made.direct("app", "billing").as_str(), "app.node.billing");
+        for i in 0..MADE_LIMIT + 10 {
+            let node = format!("n{i}");
+            assert_eq!(
+                made.direct("app", &node).as_str(),
+                direct_subject("app", &node)
+            );
+        }
+        let kept = made.direct.read().unwrap().len();
+        assert!(kept <= MADE_LIMIT, "{kept} direct subjects kept");
+    }
 
     #[test]
     fn nats_subject_semantics() {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::commands::Publish;
-use super::{CLOSED, Shared, subjects};
+use super::{CLOSED, Shared};
 use crate::delivery::Arrival;
 use crate::error::{HappenError, Result};
 use crate::transport::Transport;
@@ -92,16 +92,16 @@ pub(super) fn send(
     }
     let payload = sealed(&event);
     drop(event);
-    let subject = subjects::direct_subject(&shared.prefix, target);
     let ReplyTo::Zero(tx) = reply else {
         return shared.commands.publish(Publish {
-            subject: subject.into(),
+            subject: shared.subjects.direct(&shared.prefix, target),
             reply: None,
             headers: None,
             payload,
             token: None,
         });
     };
+    let subject = shared.subjects.direct(&shared.prefix, target);
     let client = shared.client.clone();
     let target = target.to_owned();
     tokio::spawn(async move {
