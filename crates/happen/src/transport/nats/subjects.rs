@@ -129,6 +129,18 @@ pub(super) fn subject_matches(filter: &str, subject: &str) -> bool {
     subject.next().is_none()
 }
 
+/// Whether some subject matches both filters.
+fn filters_overlap(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) | (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == "*" || y == "*" || x == y => {}
+            _ => return false,
+        }
+    }
+}
+
 struct Filter {
     /// The full subject (with prefix).
     subject: String,
@@ -152,6 +164,25 @@ struct Table {
     released: Vec<(String, Instant)>,
     recent: VecDeque<Id>,
     recent_set: HashSet<Id>,
+    /// Whether two of the filters (held or in their grace) overlap: only
+    /// then may a message arrive more than once.
+    overlap: bool,
+}
+
+impl Table {
+    /// Forgets filters whose grace has ended and sees again whether any
+    /// two of the rest overlap.
+    fn refresh(&mut self, now: Instant) {
+        self.released
+            .retain(|(_, at)| now.duration_since(*at) < OVERLAP_GRACE);
+        let subjects: Vec<&str> = (self.active.iter().map(|f| f.subject.as_str()))
+            .chain(self.released.iter().map(|(f, _)| f.as_str()))
+            .collect();
+        self.overlap = subjects
+            .iter()
+            .enumerate()
+            .any(|(i, a)| subjects[i + 1..].iter().any(|b| filters_overlap(a, b)));
+    }
 }
 
 /// The broadcast filters of one process.
@@ -190,6 +221,7 @@ impl Filters {
                 }
             }
         }
+        table.refresh(Instant::now());
         changes
     }
 
@@ -214,9 +246,7 @@ impl Filters {
                 changes.release.push(filter.id);
             }
         }
-        table
-            .released
-            .retain(|(_, at)| now.duration_since(*at) < OVERLAP_GRACE);
+        table.refresh(now);
         changes
     }
 
@@ -224,7 +254,18 @@ impl Filters {
     /// process (take it) or a copy already taken through another filter.
     pub(super) fn take(&self, subject: &str, id: &Id) -> bool {
         let mut table = self.table();
+        if !table.overlap {
+            // No subject matches two filters: every message comes once.
+            return true;
+        }
         let now = Instant::now();
+        if table
+            .released
+            .first()
+            .is_some_and(|(_, at)| now.duration_since(*at) >= OVERLAP_GRACE)
+        {
+            table.refresh(now);
+        }
         let matching = table
             .active
             .iter()
@@ -260,6 +301,7 @@ impl Filters {
         table
             .released
             .extend(released.iter().map(|f| (f.subject.clone(), now)));
+        table.refresh(now);
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).clear();
         released.into_iter().map(|f| f.id).collect()
     }
@@ -375,5 +417,49 @@ mod tests {
         let e3 = Id::from("e3");
         assert!(filters.take("h.bcast.order.created", &e3));
         assert!(!filters.take("h.bcast.order.created", &e3));
+        // Filters that share no subject never count copies.
+        let apart = Filters::default();
+        apart.hold(
+            &["h.bcast.order.*".to_owned(), "h.bcast.user.>".to_owned()],
+            &mut id,
+        );
+        assert!(!apart.table().overlap);
+        assert!(apart.take("h.bcast.user.a.b", &e3));
+        assert!(apart.table().recent.is_empty(), "no id kept");
+        apart.hold(&["h.bcast.*.created".to_owned()], &mut id);
+        assert!(apart.table().overlap, "order.created matches two");
+    }
+
+    #[test]
+    fn filters_overlap_when_a_subject_matches_both() {
+        // Every filter of up to three tokens over `a`, `b`, `*`, `>`
+        // (`>` last only), against every subject of up to four tokens
+        // over `a`, `b`, `c`.
+        fn all(tokens: &[&str], most: usize, last_gt: bool) -> Vec<String> {
+            let mut out: Vec<Vec<&str>> = vec![vec![]];
+            let mut found = Vec::new();
+            for _ in 0..most {
+                out = out
+                    .iter()
+                    .flat_map(|p| tokens.iter().map(move |t| [p.clone(), vec![*t]].concat()))
+                    .filter(|p| !p[..p.len() - 1].contains(&">"))
+                    .collect();
+                found.extend(out.iter().map(|p| p.join(".")));
+            }
+            if !last_gt {
+                found.retain(|f| !f.contains('>'));
+            }
+            found
+        }
+        let filters = all(&["a", "b", "*", ">"], 3, true);
+        let subjects = all(&["a", "b", "c"], 4, false);
+        for f in &filters {
+            for g in &filters {
+                let both = subjects
+                    .iter()
+                    .any(|s| subject_matches(f, s) && subject_matches(g, s));
+                assert_eq!(filters_overlap(f, g), both, "{f} and {g}");
+            }
+        }
     }
 }
