@@ -26,13 +26,7 @@ use crate::path::Path;
 /// assert!(a < b);
 /// ```
 pub fn new_event_id() -> Id {
-    new_event_id_at().0
-}
-
-/// A new id and the time (ms since the epoch) it carries: one clock read
-/// serves both the id and the event's timestamp.
-fn new_event_id_at() -> (Id, u64) {
-    crate::uuid7::next()
+    crate::uuid7::next().0
 }
 
 pub(crate) fn now_millis() -> u64 {
@@ -342,6 +336,11 @@ impl Event {
         &self.0.context.causal.id
     }
 
+    /// Whether `other` is this event (a clone of it) or one with its id.
+    pub(crate) fn is(&self, other: &Event) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.id() == other.id()
+    }
+
     /// The hash of the event's contents (see [`crate::integrity`]): the
     /// one it arrived with, already checked, or computed now.
     pub fn hash(&self) -> EventHash {
@@ -443,7 +442,8 @@ pub(crate) fn stamp(event: &mut Event, sender: &Id, parent: Option<&Event>) {
     let data = Arc::make_mut(&mut event.0);
     let cx = &mut data.context;
     let causal = &mut cx.causal;
-    let (id, timestamp) = new_event_id_at();
+    // One clock read serves both the id and the timestamp.
+    let (id, timestamp) = crate::uuid7::next();
     causal.id = id;
     // A new stamp makes a new event: a hash or a signature it arrived with
     // is not its own.

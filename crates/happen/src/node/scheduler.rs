@@ -286,7 +286,7 @@ impl NodeCore {
             let free = self.scheduler.running(&mailbox) < self.limits.max_concurrent
                 && !self.scheduler.holding.load(Ordering::Acquire);
             match mailbox.queue.front() {
-                Some(next) if free && next.ack.is_none() && next.event.id() == request.id() => {}
+                Some(next) if free && next.ack.is_none() && next.event.is(request) => {}
                 _ => return,
             }
             mailbox.running += 1;
