@@ -161,9 +161,13 @@ fn header_table(bytes: &[u8]) -> Option<&[u8]> {
 
 /// The string the reference at `at` names in `table` (already known to
 /// be UTF-8): `str` slicing checks the bounds and that both ends fall on
-/// character boundaries, so no byte is checked again.
+/// character boundaries, so no byte is checked again. An empty string may
+/// start anywhere in the table, as [`str_at`] allows.
 fn in_table<'a>(bytes: &[u8], table: &'a str, at: usize) -> Result<&'a str, ZeroError> {
     let (offset, len) = pair(bytes, at)?;
+    if len == 0 && offset <= table.len() {
+        return Ok("");
+    }
     offset
         .checked_add(len)
         .and_then(|end| table.get(offset..end))

@@ -188,6 +188,11 @@ fn strings_are_checked_as_utf8_to_their_boundaries() {
         ZeroEvent::from_bytes(&bad).unwrap_err(),
         ZeroError::BadString { at: value }
     );
+    // An empty string may start anywhere, as before.
+    let mut bad = bytes.to_vec();
+    bad[value..value + 4].copy_from_slice(&(at as u32 + 1).to_le_bytes());
+    bad[value + 4..value + 8].copy_from_slice(&0u32.to_le_bytes());
+    assert_eq!(ZeroEvent::from_bytes(&bad).unwrap().str(value).unwrap(), "");
     // One that ends inside it neither.
     let mut bad = bytes.to_vec();
     bad[value + 4..value + 8].copy_from_slice(&1u32.to_le_bytes());

@@ -178,7 +178,7 @@ impl NatsTransport {
             local: Arc::new(LocalTransport::default()),
             client: client.clone(),
             prefix: config.prefix.clone(),
-            subjects: subjects::Made::default(),
+            subjects: subjects::Made::new(&config.prefix),
             inbox: client.new_inbox(),
             commands,
             readers: readers::Readers::default(),

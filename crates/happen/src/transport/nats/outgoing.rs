@@ -26,9 +26,7 @@ pub(super) fn broadcast(shared: &Arc<Shared>, event: Event) -> Result<Receipt> {
     // only; a full outgoing queue is reported before anything is
     // delivered here.
     shared.commands.publish(Publish {
-        subject: shared
-            .subjects
-            .broadcast(&shared.prefix, event.event_type()),
+        subject: shared.subjects.broadcast(event.event_type()),
         reply: None,
         headers: sealed.headers,
         payload: sealed.payload,
@@ -125,7 +123,7 @@ pub(super) fn tell(shared: &Arc<Shared>, target: &str, event: Event) -> Result<R
     let sealed = envelope::seal(&event, false)?;
     sealed.check_size(shared.max_payload())?;
     shared.commands.publish(Publish {
-        subject: shared.subjects.direct(&shared.prefix, target),
+        subject: shared.subjects.direct(target),
         // Only for the server's "no responders" (which names the tell):
         // the receiver sees the header and does not answer.
         reply: Some(

@@ -69,22 +69,32 @@ const MADE_LIMIT: usize = 4096;
 /// already: handing it over counts a reference. At most [`MADE_LIMIT`] of
 /// each kind are kept (then they are dropped and made again as used), so
 /// many short-lived node ids do not grow it without bound.
-#[derive(Default)]
 pub(super) struct Made {
+    /// The runtime's subject prefix.
+    prefix: String,
     direct: RwLock<HashMap<String, Subject>>,
     broadcast: RwLock<HashMap<String, Subject>>,
 }
 
 impl Made {
+    /// Subjects under `prefix`.
+    pub(super) fn new(prefix: &str) -> Made {
+        Made {
+            prefix: prefix.to_owned(),
+            direct: RwLock::default(),
+            broadcast: RwLock::default(),
+        }
+    }
+
     /// [`direct_subject`], made once.
-    pub(super) fn direct(&self, prefix: &str, node: &str) -> Subject {
-        Self::kept(&self.direct, node, || direct_subject(prefix, node))
+    pub(super) fn direct(&self, node: &str) -> Subject {
+        Self::kept(&self.direct, node, || direct_subject(&self.prefix, node))
     }
 
     /// [`broadcast_subject`], made once.
-    pub(super) fn broadcast(&self, prefix: &str, event_type: &str) -> Subject {
+    pub(super) fn broadcast(&self, event_type: &str) -> Subject {
         Self::kept(&self.broadcast, event_type, || {
-            broadcast_subject(prefix, event_type)
+            broadcast_subject(&self.prefix, event_type)
         })
     }
 
@@ -242,6 +252,11 @@ impl Filters {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&filter.subject);
+                // One entry per subject, the latest release last (the
+                // overlap check is quadratic in these).
+                table
+                    .released
+                    .retain(|(subject, _)| *subject != filter.subject);
                 table.released.push((filter.subject, now));
                 changes.release.push(filter.id);
             }
@@ -300,6 +315,9 @@ impl Filters {
         let released: Vec<Filter> = table.active.drain(..).collect();
         table
             .released
+            .retain(|(subject, _)| released.iter().all(|f| f.subject != *subject));
+        table
+            .released
             .extend(released.iter().map(|f| (f.subject.clone(), now)));
         table.refresh(now);
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -323,20 +341,17 @@ mod tests {
 
     #[test]
     fn kept_subjects_are_the_ones_made_and_stay_bounded() {
-        let made = Made::default();
-        let first = made.direct("app", "orders");
+        let made = Made::new("app");
+        let first = made.direct("orders");
         assert_eq!(first.as_str(), direct_subject("app", "orders"));
         // The same bytes again, not a subject made afresh.
-        let again = made.direct("app", "orders");
+        let again = made.direct("orders");
         assert_eq!(again.as_ptr(), first.as_ptr());
-        assert_eq!(made.broadcast("app", "orders").as_str(), "app.bcast.orders");
-        assert_eq!(made.direct("app", "billing").as_str(), "app.node.billing");
+        assert_eq!(made.broadcast("orders").as_str(), "app.bcast.orders");
+        assert_eq!(made.direct("billing").as_str(), "app.node.billing");
         for i in 0..MADE_LIMIT + 10 {
             let node = format!("n{i}");
-            assert_eq!(
-                made.direct("app", &node).as_str(),
-                direct_subject("app", &node)
-            );
+            assert_eq!(made.direct(&node).as_str(), direct_subject("app", &node));
         }
         let kept = made.direct.read().unwrap().len();
         assert!(kept <= MADE_LIMIT, "{kept} direct subjects kept");
@@ -428,6 +443,20 @@ mod tests {
         assert!(apart.table().recent.is_empty(), "no id kept");
         apart.hold(&["h.bcast.*.created".to_owned()], &mut id);
         assert!(apart.table().overlap, "order.created matches two");
+        // A filter held and released again and again is kept once in its
+        // grace, however often.
+        for _ in 0..100 {
+            apart.hold(&["h.bcast.churn".to_owned()], &mut id);
+            apart.release(&["h.bcast.churn".to_owned()]);
+        }
+        assert_eq!(apart.table().released.len(), 1);
+        apart.release_all();
+        let table = apart.table();
+        let mut subjects: Vec<&str> = table.released.iter().map(|(s, _)| s.as_str()).collect();
+        let all = subjects.len();
+        subjects.sort_unstable();
+        subjects.dedup();
+        assert_eq!(subjects.len(), all, "each released subject once");
     }
 
     #[test]

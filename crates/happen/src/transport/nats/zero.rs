@@ -94,14 +94,14 @@ pub(super) fn send(
     drop(event);
     let ReplyTo::Zero(tx) = reply else {
         return shared.commands.publish(Publish {
-            subject: shared.subjects.direct(&shared.prefix, target),
+            subject: shared.subjects.direct(target),
             reply: None,
             headers: None,
             payload,
             token: None,
         });
     };
-    let subject = shared.subjects.direct(&shared.prefix, target);
+    let subject = shared.subjects.direct(target);
     let client = shared.client.clone();
     let target = target.to_owned();
     tokio::spawn(async move {
