@@ -250,6 +250,8 @@ mod tests {
             "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1",
             "0195f3c2x7b1a-7cc0-8a3e-2f4b1c9d0e11",
             "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0eé",
+            "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d\u{10ffff}",
+            "\u{10ffff}5f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e11",
             "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1g",
             "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1-",
             "0195f3c2-7b1a-7cc0-8a3e-2f4b1c9d0e1 ",
@@ -287,6 +289,22 @@ mod tests {
                     }
                     None => assert!(!canonical, "{text:?} refused"),
                 }
+            }
+        }
+    }
+
+    /// Every byte value at every position of the 16 bytes is written as
+    /// the `uuid` crate writes it and read back.
+    #[test]
+    fn every_byte_is_written_and_read_as_the_uuid_crate_does() {
+        for at in 0..16 {
+            for b in 0..=255u8 {
+                let mut bytes = [0x5a_u8; 16];
+                bytes[at] = b;
+                let text = text_of(&bytes);
+                let expected = uuid::Uuid::from_bytes(bytes).hyphenated().to_string();
+                assert_eq!(text, expected);
+                assert_eq!(bytes_of(&text), Some(bytes), "{text}");
             }
         }
     }
