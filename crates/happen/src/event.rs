@@ -302,12 +302,12 @@ impl Event {
         &self.0.payload
     }
 
-    /// Takes the payload out of the event (without copying it when this is
-    /// the only handle to the event).
-    pub fn into_payload(self) -> Value {
-        match Arc::try_unwrap(self.0) {
-            Ok(data) => data.payload,
-            Err(shared) => shared.payload.clone(),
+    /// Takes the payload out of the event (in place, without copying it
+    /// or the event, when this is the only handle to the event).
+    pub fn into_payload(mut self) -> Value {
+        match Arc::get_mut(&mut self.0) {
+            Some(data) => std::mem::take(&mut data.payload),
+            None => self.0.payload.clone(),
         }
     }
 

@@ -365,3 +365,16 @@ fn send_sync_runs_the_flow_on_the_runtime() -> happen::Result<()> {
     runtime.block_on(happen.shutdown());
     Ok(())
 }
+
+/// `into_payload` takes the payload of the only handle to an event and
+/// leaves other handles' payload as it was.
+#[test]
+fn into_payload_takes_a_sole_events_payload_and_copies_a_shared_one() {
+    use happen::prelude::*;
+
+    let event = Event::new("reading", json!({ "celsius": 21.5 }));
+    let other = event.clone();
+    assert_eq!(event.into_payload(), json!({ "celsius": 21.5 }));
+    assert_eq!(other.payload(), &json!({ "celsius": 21.5 }), "untouched");
+    assert_eq!(other.into_payload(), json!({ "celsius": 21.5 }));
+}
