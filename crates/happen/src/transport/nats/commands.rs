@@ -11,12 +11,13 @@
 //! limit.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
-use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -179,19 +180,20 @@ impl Commands {
         // a budget spent by the caller's task (a loop of sends in one poll
         // spends it after 128) would make the client look full when it is
         // not, sending every later message through the queue's task.
-        let now = tokio::task::unconstrained(hand_over(
+        // Polled where it is made (`now_or_never` would move it twice).
+        let handing = std::pin::pin!(tokio::task::unconstrained(hand_over(
             &self.client,
             publish.subject.clone(),
             publish.reply.clone(),
             publish.headers.clone(),
             publish.payload.clone(),
-        ))
-        .now_or_never();
-        match now {
+        )));
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        match handing.poll(&mut cx) {
             // The client is full (an outage, or a burst): queue it.
-            None => Ok(Some(publish)),
-            Some(Ok(())) => Ok(None),
-            Some(Err(e)) => Err(HappenError::transport(
+            Poll::Pending => Ok(Some(publish)),
+            Poll::Ready(Ok(())) => Ok(None),
+            Poll::Ready(Err(e)) => Err(HappenError::transport(
                 format!("cannot publish to {}", publish.subject),
                 e,
             )),
