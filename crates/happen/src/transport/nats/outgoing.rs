@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::commands::Publish;
-use super::{Shared, envelope, subjects};
+use super::{Shared, envelope};
 use crate::delivery::{self, Arrival, Delivery, ReplyTx, Responder};
 use crate::error::Result;
 use crate::event::Event;
@@ -65,7 +65,7 @@ pub(super) fn send(
             return Receipt::failed(error);
         }
     };
-    let subject = subjects::direct_subject(&shared.prefix, target);
+    let subject = shared.subjects.direct(target);
     if let Some(durable) = stored {
         let publish = shared.requests.register(
             &shared.inbox,

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::Subject;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -54,13 +55,13 @@ pub(super) struct Waiting {
     /// Once the reply turned out to be a stream.
     stream: Option<Incoming>,
     target: Id,
-    event_type: String,
+    event_type: Id,
     event_id: Id,
     /// Until when the request is offered and its requester waits (unless it
     /// extends its own timeout).
     deadline: Instant,
     /// The published message, to offer it again after "no responders".
-    subject: String,
+    subject: Subject,
     payload: Bytes,
     /// How many times "no responders" came back.
     refusals: u32,
@@ -98,7 +99,7 @@ impl Requests {
     pub(super) fn register(
         &self,
         inbox: &str,
-        subject: String,
+        subject: Subject,
         target: &str,
         event: &Event,
         payload: Bytes,
@@ -112,7 +113,7 @@ impl Requests {
                 reply: Some(reply),
                 stream: None,
                 target: Id::from(target),
-                event_type: event.event_type().to_owned(),
+                event_type: Id::from(event.event_type()),
                 event_id: event.causal().id.clone(),
                 deadline,
                 subject: subject.clone(),
@@ -122,8 +123,8 @@ impl Requests {
             },
         );
         Publish {
-            subject: subject.into(),
-            reply: Some(format!("{inbox}.{token}").into()),
+            subject,
+            reply: Some(reply_subject(inbox, token)),
             headers: None,
             payload,
             token: Some(token),
@@ -286,8 +287,8 @@ fn no_responders(shared: &Arc<Shared>, token: u64) {
         (waiting.deadline.saturating_duration_since(waiting.sent_at) / 5).min(MAX_GIVE_UP_MARGIN);
     if plausible && Instant::now() + pause + margin < waiting.deadline && !shared.is_closed() {
         let publish = Publish {
-            subject: waiting.subject.clone().into(),
-            reply: Some(format!("{}.{token}", shared.inbox).into()),
+            subject: waiting.subject.clone(),
+            reply: Some(reply_subject(&shared.inbox, token)),
             headers: None,
             payload: waiting.payload.clone(),
             token: Some(token),
@@ -312,7 +313,7 @@ fn no_responders(shared: &Arc<Shared>, token: u64) {
     let error = if plausible || waiting.refusals > 1 {
         HappenError::Unreachable {
             node: waiting.target.to_string(),
-            event_type: waiting.event_type.clone(),
+            event_type: waiting.event_type.to_string(),
             attempts: waiting.refusals,
             waited_ms: millis(waiting.sent_at.elapsed()),
         }
@@ -331,6 +332,28 @@ fn no_responders(shared: &Arc<Shared>, token: u64) {
             .local
             .undelivered(&target, &event_type, &event_id, &error.to_string());
     }
+}
+
+/// `<inbox>.<token>`, where the answer to request `token` comes back
+/// (the token's digits written directly: `format!` costs more than the
+/// rest of registering a request).
+fn reply_subject(inbox: &str, token: u64) -> Subject {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = token;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut subject = String::with_capacity(inbox.len() + 1 + digits.len() - at);
+    subject.push_str(inbox);
+    subject.push('.');
+    subject.extend(digits[at..].iter().map(|&d| char::from(d)));
+    Subject::from(subject)
 }
 
 fn retry_pause(refusals: u32) -> Duration {
@@ -354,6 +377,16 @@ fn deliver_final(waiting: Option<Waiting>, outcome: Result<Event>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_subjects_name_the_inbox_and_the_token() {
+        for token in [0, 7, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(
+                reply_subject("_INBOX.abc", token).as_str(),
+                format!("_INBOX.abc.{token}")
+            );
+        }
+    }
 
     #[test]
     fn retry_pauses_grow_to_a_cap() {
