@@ -149,14 +149,11 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), ZeroError> {
     check_with(bytes, |at| str_at(bytes, strings, at))
 }
 
-/// The string table a header names, if it lies in the buffer (checked
-/// again, with its error, by [`check_with`]).
+/// The string table a header names, if it lies in the buffer (the same
+/// [`region`] [`check_with`] checks, with its error).
 fn header_table(bytes: &[u8]) -> Option<&[u8]> {
-    let (offset, len) = pair(bytes, AT_STRINGS).ok()?;
-    if offset < HEADER {
-        return None;
-    }
-    bytes.get(offset..offset.checked_add(len)?)
+    let (offset, len) = region(bytes, AT_STRINGS, 1).ok()?;
+    bytes.get(offset..offset + len)
 }
 
 /// The string the reference at `at` names in `table` (already known to

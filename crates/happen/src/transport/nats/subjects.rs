@@ -281,18 +281,12 @@ impl Filters {
         {
             table.refresh(now);
         }
-        let matching = table
-            .active
-            .iter()
-            .filter(|f| subject_matches(&f.subject, subject))
-            .count()
-            + table
-                .released
-                .iter()
-                .filter(|(f, at)| {
-                    now.duration_since(*at) < OVERLAP_GRACE && subject_matches(f, subject)
-                })
-                .count();
+        // Released filters are in release order: after the refresh above,
+        // every one left is in its grace.
+        let matching = (table.active.iter().map(|f| f.subject.as_str()))
+            .chain(table.released.iter().map(|(f, _)| f.as_str()))
+            .filter(|f| subject_matches(f, subject))
+            .count();
         if matching <= 1 {
             return true;
         }
