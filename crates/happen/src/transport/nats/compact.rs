@@ -37,6 +37,10 @@ use crate::integrity::EventHash;
 use crate::path::Path;
 use crate::uuid7;
 
+use super::msgpack::{self, Raw, Reader, TooLong};
+
+type Written = Result<(), TooLong>;
+
 /// An id as it is written: 16 bytes when it is a canonical UUID.
 struct IdOut<'a>(&'a str);
 
@@ -309,6 +313,190 @@ impl In {
         let batch = batch.map(|members| members.into_iter().map(In::into_event).collect());
         Event::from_parts(event_type.0, payload, context, batch)
     }
+}
+
+impl IdOut<'_> {
+    #[inline]
+    fn write(&self, out: &mut Vec<u8>) -> Written {
+        match uuid7::bytes_of(self.0) {
+            Some(bytes) => msgpack::bin(out, &bytes),
+            None => msgpack::str(out, self.0),
+        }
+    }
+}
+
+impl PathOut<'_> {
+    fn write(&self, out: &mut Vec<u8>) -> Written {
+        msgpack::array_len(out, self.0.len())?;
+        self.0.iter().try_for_each(|id| IdOut(id).write(out))
+    }
+}
+
+/// Writes `Some` through `write`, `None` as nil.
+#[inline]
+fn write_opt<T>(
+    out: &mut Vec<u8>,
+    value: &Option<T>,
+    write: impl FnOnce(&mut Vec<u8>, &T) -> Written,
+) -> Written {
+    match value {
+        Some(value) => write(out, value),
+        None => {
+            msgpack::nil(out);
+            Ok(())
+        }
+    }
+}
+
+impl Out<'_> {
+    /// Writes the event directly: the same bytes its `Serialize` gives
+    /// `rmp-serde`, without going through serde.
+    fn write(&self, out: &mut Vec<u8>) -> Written {
+        let Out(
+            event_type,
+            payload,
+            id,
+            sender,
+            causation,
+            correlation,
+            path,
+            timestamp,
+            node_id,
+            source_id,
+            source_type,
+            stream,
+            extra,
+            batch,
+            HashOut(hash),
+            signature,
+            waiting,
+        ) = self;
+        msgpack::array_len(out, if waiting.is_some() { 17 } else { 16 })?;
+        msgpack::str(out, event_type)?;
+        msgpack::value(out, payload)?;
+        id.write(out)?;
+        sender.write(out)?;
+        write_opt(out, causation, |out, id| id.write(out))?;
+        write_opt(out, correlation, |out, id| id.write(out))?;
+        path.write(out)?;
+        msgpack::uint(out, *timestamp);
+        write_opt(out, node_id, |out, id| id.write(out))?;
+        write_opt(out, source_id, |out, text| msgpack::str(out, text))?;
+        write_opt(out, source_type, |out, text| msgpack::str(out, text))?;
+        write_opt(out, stream, |out, (of, seq)| {
+            msgpack::array_len(out, 2)?;
+            of.write(out)?;
+            msgpack::uint(out, *seq);
+            Ok(())
+        })?;
+        write_opt(out, extra, |out, extra| msgpack::map(out, extra))?;
+        write_opt(out, batch, |out, BatchOut(members)| {
+            msgpack::array_len(out, members.len())?;
+            members
+                .iter()
+                .try_for_each(|member| Out::of(member).write(out))
+        })?;
+        msgpack::bin(out, hash.as_bytes())?;
+        write_opt(
+            out,
+            signature,
+            |out, SigOut(signature)| match crate::identity::unhex(signature) {
+                Some(bytes) => msgpack::bin(out, &bytes),
+                None => msgpack::str(out, signature),
+            },
+        )?;
+        if let Some(waiting) = waiting {
+            waiting.write(out)?;
+        }
+        Ok(())
+    }
+}
+
+/// An id read directly: 16 bytes (a UUID) or text.
+#[inline]
+fn read_id(reader: &mut Reader<'_>) -> Option<IdIn> {
+    Some(IdIn(match reader.raw()? {
+        Raw::Text(text) => Id::from(text),
+        Raw::Bytes(bytes) => uuid7::text_of(bytes.try_into().ok()?),
+    }))
+}
+
+fn read_path(reader: &mut Reader<'_>, depth: usize) -> Option<PathIn> {
+    msgpack::deeper(depth)?;
+    let len = reader.array_len()?;
+    let mut path = Path::default();
+    for _ in 0..len {
+        path.push(read_id(reader)?.0);
+    }
+    Some(PathIn(path))
+}
+
+impl In {
+    /// Reads an event directly, at nesting `depth`; `None` for anything
+    /// but the forms [`Out::write`] and `rmp-serde` write (see
+    /// [`msgpack`]: the caller then lets serde decide).
+    fn read(reader: &mut Reader<'_>, depth: usize) -> Option<In> {
+        let inner = msgpack::deeper(depth)?;
+        let fields = reader.array_len()?;
+        if fields != 16 && fields != 17 {
+            return None;
+        }
+        let text = |reader: &mut Reader<'_>| reader.text().map(str::to_owned);
+        Some(In(
+            read_id(reader)?,
+            reader.value(inner)?,
+            read_id(reader)?,
+            read_id(reader)?,
+            reader.opt(read_id)?,
+            reader.opt(read_id)?,
+            read_path(reader, inner)?,
+            reader.uint()?,
+            reader.opt(read_id)?,
+            reader.opt(text)?,
+            reader.opt(text)?,
+            reader.opt(|reader| {
+                msgpack::deeper(inner)?;
+                (reader.array_len()? == 2).then_some(())?;
+                Some((read_id(reader)?, reader.uint()?))
+            })?,
+            reader.opt(|reader| reader.map(inner))?,
+            reader.opt(|reader| {
+                let members = reader.array_len()?;
+                let deeper = msgpack::deeper(inner)?;
+                let mut batch = Vec::new();
+                for _ in 0..members {
+                    batch.push(In::read(reader, deeper)?);
+                }
+                Some(batch)
+            })?,
+            HashIn(EventHash::from_bytes(reader.bytes()?.try_into().ok()?)),
+            reader.opt(|reader| match reader.raw()? {
+                Raw::Bytes(bytes) if bytes.len() <= 1024 => {
+                    Some(SigIn(crate::identity::hex(bytes)))
+                }
+                Raw::Bytes(_) => None,
+                Raw::Text(text) => Some(SigIn(text.to_owned())),
+            })?,
+            if fields == 17 {
+                reader.opt(|reader| read_path(reader, inner))?
+            } else {
+                None
+            },
+        ))
+    }
+}
+
+/// Writes `event` in the compact form directly into `out`.
+pub(super) fn write(event: &Event, out: &mut Vec<u8>) -> Written {
+    Out::of(event).write(out)
+}
+
+/// Reads an event in the compact form directly, all of `bytes`; `None`:
+/// not a form read here, for the serde decoder to decide.
+pub(super) fn read(bytes: &[u8]) -> Option<Event> {
+    let mut reader = Reader::new(bytes);
+    let event = In::read(&mut reader, 0)?;
+    reader.is_done().then(|| event.into_event())
 }
 
 /// Writes `event` in the compact form (`#[serde(with = "compact")]`).

@@ -31,6 +31,7 @@ mod envelope;
 pub(crate) mod filters;
 #[cfg(test)]
 mod fuzz;
+mod msgpack;
 mod outgoing;
 mod readers;
 mod receive;

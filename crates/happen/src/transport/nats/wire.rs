@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::compact::{Compact, CompactIn};
+use super::compact::{self, Compact, CompactIn};
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 
@@ -35,16 +35,50 @@ fn encode<T: Serialize + ?Sized>(
     Ok(buf)
 }
 
+/// How `rmp-serde` starts `Reply::Ok`: a map of one entry, `"ok"`, whose
+/// value is the event.
+const REPLY_OK: [u8; 4] = [0x81, 0xa2, b'o', b'k'];
+
+/// `prefix` and then `event` in the compact form, written directly (see
+/// [`super::msgpack`]); `None` when it is too large to write, for the serde
+/// encoder to say so.
+fn encode_direct(prefix: &[u8], event: &Event) -> Option<Vec<u8>> {
+    // A small event with its causal context is under a hundred and fifty
+    // bytes.
+    let mut buf = Vec::with_capacity(160);
+    buf.push(VERSION);
+    buf.extend_from_slice(prefix);
+    compact::write(event, &mut buf).ok().map(|()| buf)
+}
+
 /// Encodes an event (compact form).
 pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>> {
+    if let Some(bytes) = encode_direct(&[], event) {
+        return Ok(bytes);
+    }
     encode(&Compact(event)).map_err(|e| HappenError::codec("cannot encode event", e))
+}
+
+/// The message after its version byte, or why there is none.
+fn versioned(bytes: &[u8]) -> std::result::Result<&[u8], rmp_serde::decode::Error> {
+    match bytes.split_first() {
+        Some((&VERSION, rest)) => Ok(rest),
+        Some((other, _)) => Err(rmp_serde::decode::Error::Syntax(format!(
+            "wire version {other}, this build reads version {VERSION}"
+        ))),
+        None => Err(rmp_serde::decode::Error::Syntax("an empty message".into())),
+    }
 }
 
 /// Decodes an event encoded by [`encode_event`] and checks its hash.
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event> {
-    let event = decode::<CompactIn>(bytes)
-        .map(|CompactIn(event)| event)
-        .map_err(|e| HappenError::codec("cannot decode event", e))?;
+    let direct = versioned(bytes).ok().and_then(compact::read);
+    let event = match direct {
+        Some(event) => event,
+        None => decode::<CompactIn>(bytes)
+            .map(|CompactIn(event)| event)
+            .map_err(|e| HappenError::codec("cannot decode event", e))?,
+    };
     crate::integrity::verify(&event)?;
     Ok(event)
 }
@@ -124,12 +158,27 @@ impl From<Reply> for Result<Event> {
 
 /// Encodes a reply.
 pub(crate) fn encode_reply(reply: &Reply) -> Result<Vec<u8>> {
+    if let Reply::Ok(event) = reply
+        && let Some(bytes) = encode_direct(&REPLY_OK, event)
+    {
+        return Ok(bytes);
+    }
     encode(reply).map_err(|e| HappenError::codec("cannot encode reply", e))
+}
+
+/// A `Reply::Ok` read directly, if that is what `bytes` hold in the form
+/// [`encode_reply`] writes.
+fn decode_reply_direct(bytes: &[u8]) -> Option<Reply> {
+    let event = versioned(bytes).ok()?.strip_prefix(&REPLY_OK)?;
+    compact::read(event).map(Reply::Ok)
 }
 
 /// Decodes a reply encoded by [`encode_reply`].
 pub(crate) fn decode_reply(bytes: &[u8]) -> Result<Reply> {
-    let reply: Reply = decode(bytes).map_err(|e| HappenError::codec("cannot decode reply", e))?;
+    let reply = match decode_reply_direct(bytes) {
+        Some(reply) => reply,
+        None => decode(bytes).map_err(|e| HappenError::codec("cannot decode reply", e))?,
+    };
     let mut outcome = &reply;
     while let Reply::End { outcome: inner, .. } = outcome {
         outcome = inner;
@@ -143,17 +192,7 @@ pub(crate) fn decode_reply(bytes: &[u8]) -> Result<Reply> {
 fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> std::result::Result<T, rmp_serde::decode::Error> {
-    let bytes = match bytes.split_first() {
-        Some((&VERSION, rest)) => rest,
-        Some((other, _)) => {
-            return Err(rmp_serde::decode::Error::Syntax(format!(
-                "wire version {other}, this build reads version {VERSION}"
-            )));
-        }
-        None => {
-            return Err(rmp_serde::decode::Error::Syntax("an empty message".into()));
-        }
-    };
+    let bytes = versioned(bytes)?;
     // Reading from the slice itself hands strings straight to the decoder,
     // without a copy into a scratch buffer first.
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
@@ -170,6 +209,26 @@ fn decode<T: serde::de::DeserializeOwned>(
             "trailing bytes after the value".into(),
         )),
     }
+}
+
+/// The serde encoder's bytes for `event`, `prefix` after the version byte:
+/// what the direct encoder must match.
+#[cfg(test)]
+pub(super) fn encode_event_by_serde(event: &Event, ok_reply: bool) -> Vec<u8> {
+    if ok_reply {
+        encode(&Reply::Ok(event.clone())).unwrap()
+    } else {
+        encode(&Compact(event)).unwrap()
+    }
+}
+
+/// The serde decoder's event (its hash not checked), for comparison with
+/// the direct reader.
+#[cfg(test)]
+pub(super) fn decode_event_by_serde(bytes: &[u8]) -> Option<Event> {
+    decode::<CompactIn>(bytes)
+        .ok()
+        .map(|CompactIn(event)| event)
 }
 
 #[cfg(test)]

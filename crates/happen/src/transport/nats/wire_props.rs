@@ -17,6 +17,36 @@ fn json_leaf() -> impl Strategy<Value = Value> {
         // Finite floats only: JSON has no NaN or infinity.
         (-1.0e12f64..1.0e12).prop_map(Value::from),
         ".{0,24}".prop_map(Value::from),
+        // Where MessagePack changes form: integer widths, text, array and
+        // map lengths.
+        prop::sample::select(vec![
+            -33i64,
+            -32,
+            -31,
+            -1,
+            127,
+            128,
+            255,
+            256,
+            65535,
+            65536,
+            -128,
+            -129,
+            -32768,
+            -32769,
+            (1 << 32) - 1,
+            1 << 32,
+            i64::from(i32::MIN),
+            i64::from(i32::MIN) - 1,
+            i64::MIN,
+        ])
+        .prop_map(Value::from),
+        Just(Value::from(u64::MAX)),
+        prop::sample::select(vec![31usize, 32, 255, 256, 65535, 65536])
+            .prop_map(|n| Value::from("x".repeat(n))),
+        (14usize..18).prop_map(|n| Value::from(vec![Value::Null; n])),
+        (14usize..18)
+            .prop_map(|n| Value::Object((0..n).map(|i| (i.to_string(), Value::Null)).collect())),
     ]
 }
 
@@ -144,6 +174,115 @@ proptest! {
         let cut = cut.index(bytes.len());
         prop_assert!(wire::decode_event(&bytes[..cut]).is_err());
     }
+}
+
+/// Bytes with up to four of them changed (or cut short).
+fn mutated(
+    bytes: Vec<u8>,
+    flips: &[(prop::sample::Index, u8)],
+    cut: Option<prop::sample::Index>,
+) -> Vec<u8> {
+    let mut bytes = bytes;
+    for (index, byte) in flips {
+        let i = index.index(bytes.len());
+        bytes[i] = *byte;
+    }
+    if let Some(cut) = cut {
+        bytes.truncate(cut.index(bytes.len() + 1));
+    }
+    bytes
+}
+
+/// Every MessagePack marker a JSON value can be written with, by hand:
+/// floats of both widths and not finite, integers in every width, long
+/// texts, and what JSON has no form for (bytes, extensions).
+fn msgpack_leaf() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        any::<f32>().prop_map(|f| [&[0xca][..], &f.to_be_bytes()].concat()),
+        any::<f64>().prop_map(|f| [&[0xcb][..], &f.to_be_bytes()].concat()),
+        (0xccu8..=0xd3, any::<[u8; 8]>()).prop_map(|(marker, raw)| {
+            let width = [1, 2, 4, 8][usize::from(marker - 0xcc) % 4];
+            [&[marker][..], &raw[..width]].concat()
+        }),
+        (0xc4u8..=0xc6, 0usize..40).prop_map(|(marker, len)| match marker {
+            0xc4 => [vec![marker, len as u8], vec![b'a'; len]].concat(),
+            0xc5 => [vec![marker, 0, len as u8], vec![b'a'; len]].concat(),
+            _ => [vec![marker, 0, 0, 0, len as u8], vec![b'a'; len]].concat(),
+        }),
+        Just(vec![0xd4, 1, 2]),
+        Just(vec![0xc1]),
+        "[a-z]{0,300}".prop_map(|text| rmp_serde::to_vec(&text).unwrap()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The direct encoder writes the serde encoder's bytes, for events and
+    /// for answers.
+    #[test]
+    fn direct_encoding_is_byte_for_byte_serdes(event in event()) {
+        prop_assert_eq!(wire::encode_event(&event).unwrap(), wire::encode_event_by_serde(&event, false));
+        let reply = wire::encode_reply(&Reply::Ok(event.clone())).unwrap();
+        prop_assert_eq!(reply, wire::encode_event_by_serde(&event, true));
+    }
+
+    /// Every event the encoder writes is read directly (not left to serde),
+    /// and what the direct reader makes of changed bytes, serde makes too.
+    #[test]
+    fn direct_reading_agrees_with_serde(
+        event in event(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let bytes = wire::encode_event(&event).unwrap();
+        let read = super::compact::read(&bytes[1..]);
+        prop_assert_eq!(read.as_ref().map(as_received), Some(as_received(&event)));
+        let changed = mutated(bytes, &flips, cut);
+        let versioned = changed.split_first().filter(|(version, _)| **version == wire::VERSION);
+        if let Some(direct) = versioned.and_then(|(_, rest)| super::compact::read(rest)) {
+            prop_assert_eq!(Some(direct), wire::decode_event_by_serde(&changed));
+        }
+    }
+
+    /// JSON values: the same bytes as serde's, read back unchanged; any
+    /// value read from changed bytes is the one serde reads.
+    #[test]
+    fn json_values_agree_with_serde(
+        value in json_value(),
+        leaf in msgpack_leaf(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let mut bytes = Vec::new();
+        super::msgpack::value(&mut bytes, &value).unwrap();
+        prop_assert_eq!(&bytes, &rmp_serde::to_vec(&value).unwrap());
+        let mut reader = super::msgpack::Reader::new(&bytes);
+        let read = reader.value(0);
+        prop_assert_eq!(read.as_ref(), Some(&value));
+        prop_assert!(reader.is_done());
+        // A one-entry map around a leaf of any form, then changed.
+        let wrapped = [&[0x81, 0xa1, b'k'][..], &leaf].concat();
+        for candidate in [wrapped.clone(), mutated(wrapped, &flips, cut), mutated(bytes, &flips, cut)] {
+            let mut reader = super::msgpack::Reader::new(&candidate);
+            if let Some(direct) = reader.value(0).filter(|_| reader.is_done()) {
+                prop_assert_eq!(Some(direct), rmp_serde::from_slice::<Value>(&candidate).ok(), "{:x?}", candidate);
+            }
+        }
+    }
+}
+
+#[test]
+fn deep_values_are_left_to_serde() {
+    let mut bytes = vec![0x91; super::msgpack::MAX_NESTING + 1];
+    bytes.push(0xc0);
+    assert_eq!(super::msgpack::Reader::new(&bytes).value(0), None);
+    assert!(
+        rmp_serde::from_slice::<Value>(&bytes).is_ok(),
+        "serde reads it"
+    );
+    let shallow = &bytes[1..];
+    assert!(super::msgpack::Reader::new(shallow).value(0).is_some());
 }
 
 #[test]
