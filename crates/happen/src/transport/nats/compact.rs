@@ -509,9 +509,12 @@ pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<
     In::deserialize(deserializer).map(In::into_event)
 }
 
-/// The compact form as a value of its own, for encoding an event alone.
+/// The compact form as a value of its own, for encoding an event alone
+/// through serde (what the direct writer is compared with).
+#[cfg(test)]
 pub(super) struct Compact<'a>(pub(super) &'a Event);
 
+#[cfg(test)]
 impl Serialize for Compact<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serialize(self.0, serializer)

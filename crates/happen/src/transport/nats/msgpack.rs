@@ -8,8 +8,8 @@
 //!
 //! The reader answers `None` for anything outside the forms it knows (an
 //! extension type, a float that is not finite, text that is not UTF-8, a
-//! map keyed by something other than text, nesting deeper than
-//! [`MAX_NESTING`]). It never guesses: its caller then hands the same bytes
+//! map keyed by something other than text or by one of serde_json's
+//! reserved keys, nesting deeper than [`MAX_NESTING`]). It never guesses: its caller then hands the same bytes
 //! to the `serde` decoder, which decodes them or says why not. So the reader
 //! only has to agree with that decoder on what it accepts, which the wire
 //! property tests check.
@@ -21,9 +21,20 @@ use serde_json::{Map, Number, Value};
 /// accepts).
 pub(super) const MAX_NESTING: usize = 64;
 
+/// How the keys serde_json reserves for itself start.
+const SERDE_JSON_TOKEN: &str = "$serde_json::private::";
+
 /// A length MessagePack cannot write (4 GiB or more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct TooLong;
+pub(crate) struct TooLong;
+
+impl std::fmt::Display for TooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a text, array or map of 4 GiB or more, which MessagePack cannot hold")
+    }
+}
+
+impl std::error::Error for TooLong {}
 
 type Written = Result<(), TooLong>;
 
@@ -371,7 +382,14 @@ impl<'a> Reader<'a> {
         let len = self.map_len()?;
         let mut map = Map::new();
         for _ in 0..len {
-            let key = self.text()?.to_owned();
+            let key = self.text()?;
+            if key.starts_with(SERDE_JSON_TOKEN) {
+                // serde_json's own markers (a raw value, with its
+                // `raw_value` feature, which another crate of a build may
+                // turn on): serde decides what they are.
+                return None;
+            }
+            let key = key.to_owned();
             let item = self.value(depth)?;
             map.insert(key, item);
         }

@@ -15,7 +15,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::compact::{self, Compact, CompactIn};
+#[cfg(test)]
+use super::compact::Compact;
+use super::compact::{self, CompactIn};
+use super::msgpack::TooLong;
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 
@@ -40,23 +43,20 @@ fn encode<T: Serialize + ?Sized>(
 const REPLY_OK: [u8; 4] = [0x81, 0xa2, b'o', b'k'];
 
 /// `prefix` and then `event` in the compact form, written directly (see
-/// [`super::msgpack`]); `None` when it is too large to write, for the serde
-/// encoder to say so.
-fn encode_direct(prefix: &[u8], event: &Event) -> Option<Vec<u8>> {
+/// [`super::msgpack`]).
+fn encode_direct(prefix: &[u8], event: &Event) -> std::result::Result<Vec<u8>, TooLong> {
     // A small event with its causal context is under a hundred and fifty
     // bytes.
     let mut buf = Vec::with_capacity(160);
     buf.push(VERSION);
     buf.extend_from_slice(prefix);
-    compact::write(event, &mut buf).ok().map(|()| buf)
+    compact::write(event, &mut buf)?;
+    Ok(buf)
 }
 
 /// Encodes an event (compact form).
 pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>> {
-    if let Some(bytes) = encode_direct(&[], event) {
-        return Ok(bytes);
-    }
-    encode(&Compact(event)).map_err(|e| HappenError::codec("cannot encode event", e))
+    encode_direct(&[], event).map_err(|e| HappenError::codec("cannot encode event", e))
 }
 
 /// The message after its version byte, or why there is none.
@@ -158,10 +158,9 @@ impl From<Reply> for Result<Event> {
 
 /// Encodes a reply.
 pub(crate) fn encode_reply(reply: &Reply) -> Result<Vec<u8>> {
-    if let Reply::Ok(event) = reply
-        && let Some(bytes) = encode_direct(&REPLY_OK, event)
-    {
-        return Ok(bytes);
+    if let Reply::Ok(event) = reply {
+        return encode_direct(&REPLY_OK, event)
+            .map_err(|e| HappenError::codec("cannot encode reply", e));
     }
     encode(reply).map_err(|e| HappenError::codec("cannot encode reply", e))
 }

@@ -273,6 +273,28 @@ proptest! {
 }
 
 #[test]
+fn serde_json_reserved_keys_are_left_to_serde() {
+    // With serde_json's `raw_value` feature (which a crate in the build may
+    // turn on), this map is the JSON text "1", not an object: the direct
+    // reader must not decide.
+    let value = serde_json::json!({ "$serde_json::private::RawValue": "1" });
+    let bytes = rmp_serde::to_vec(&value).unwrap();
+    assert_eq!(super::msgpack::Reader::new(&bytes).value(0), None);
+    let nested = rmp_serde::to_vec(&serde_json::json!({ "a": [value] })).unwrap();
+    assert_eq!(super::msgpack::Reader::new(&nested).value(0), None);
+}
+
+#[test]
+fn lengths_of_4_gib_are_refused_not_cut() {
+    let mut out = Vec::new();
+    assert_eq!(
+        super::msgpack::array_len(&mut out, 1 << 32),
+        Err(super::msgpack::TooLong)
+    );
+    assert!(out.is_empty());
+}
+
+#[test]
 fn deep_values_are_left_to_serde() {
     let mut bytes = vec![0x91; super::msgpack::MAX_NESTING + 1];
     bytes.push(0xc0);
