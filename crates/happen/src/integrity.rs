@@ -65,18 +65,24 @@ impl EventHash {
     /// The hash of `event`'s canonical encoding (ignoring any hash it
     /// carries).
     pub fn of(event: &Event) -> EventHash {
+        EventHash::of_with(event, &mut Uuids::default())
+    }
+
+    /// [`EventHash::of`], with the event's own UUIDs as far as `uuids`
+    /// knows them, and knowing them all afterwards.
+    pub(crate) fn of_with(event: &Event, uuids: &mut Uuids) -> EventHash {
         CANON.with(|buf| {
             // A flow of one thread at a time: a nested call (a batch
             // member) gets a buffer of its own.
             match buf.try_borrow_mut() {
                 Ok(mut buf) => {
                     buf.clear();
-                    write_event(&mut buf, event);
+                    write_event(&mut buf, event, uuids);
                     EventHash(*blake3::hash(&buf).as_bytes())
                 }
                 Err(_) => {
                     let mut own = Vec::with_capacity(256);
-                    write_event(&mut own, event);
+                    write_event(&mut own, event, uuids);
                     EventHash(*blake3::hash(&own).as_bytes())
                 }
             }
@@ -138,17 +144,47 @@ impl<'de> Deserialize<'de> for EventHash {
     }
 }
 
+/// What is known of an event's own ids (its id, causation and
+/// correlation) as the 16 bytes of a UUID: each `None` until worked out,
+/// then `Some(None)` for an id that is not a UUID in the form Happen writes.
+///
+/// Hashing an event and writing it for the wire both need these bytes,
+/// and reading them from the text takes ~180 instructions an id: the
+/// writer takes them from the hash, the hash of a received event from the
+/// reader. Whoever fills one in vouches that it is what [`uuid7::bytes_of`]
+/// gives for the event's text.
+///
+/// [`uuid7::bytes_of`]: crate::uuid7::bytes_of
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Uuids {
+    pub(crate) id: Option<Option<[u8; 16]>>,
+    pub(crate) causation: Option<Option<[u8; 16]>>,
+    pub(crate) correlation: Option<Option<[u8; 16]>>,
+}
+
+/// The UUID of `text`, from `known` or worked out and kept there.
+#[inline]
+pub(crate) fn uuid_of(known: &mut Option<Option<[u8; 16]>>, text: &str) -> Option<[u8; 16]> {
+    *known.get_or_insert_with(|| crate::uuid7::bytes_of(text))
+}
+
 /// Checks the hash an event arrived with (and those of its batch members):
 /// it must be there, and it must be the event's.
 #[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn verify(event: &Event) -> Result<(), HappenError> {
+    verify_with(event, Uuids::default())
+}
+
+/// [`verify`], with what the reader already knows of the event's UUIDs.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+pub(crate) fn verify_with(event: &Event, mut uuids: Uuids) -> Result<(), HappenError> {
     let Some(carried) = event.causal().hash else {
         return Err(HappenError::Integrity {
             event_id: event.id().to_owned(),
             reason: "the event carries no hash".into(),
         });
     };
-    let computed = EventHash::of(event);
+    let computed = EventHash::of_with(event, &mut uuids);
     if carried != computed {
         return Err(HappenError::Integrity {
             event_id: event.id().to_owned(),
@@ -181,26 +217,31 @@ pub(crate) fn as_received(event: &Event) -> Event {
     )
 }
 
-fn write_event(out: &mut Vec<u8>, event: &Event) {
+fn write_event(out: &mut Vec<u8>, event: &Event, uuids: &mut Uuids) {
     out.extend_from_slice(b"happen.event.v1\0");
     let cx = event.context();
     let causal = &cx.causal;
     write_str(out, event.event_type());
     write_value(out, event.payload());
-    write_id(out, &causal.id);
+    write_uuid(out, &causal.id, uuid_of(&mut uuids.id, &causal.id));
     write_id(out, &causal.sender);
     match causal.causation_id.as_deref() {
         None => out.push(0),
         Some(cause) => {
             out.push(1);
-            write_id(out, cause);
+            write_uuid(out, cause, uuid_of(&mut uuids.causation, cause));
         }
     }
     // Most correlation ids are the event's own id (every root event).
     if causal.correlation_id == causal.id {
         out.push(b'=');
     } else {
-        write_id(out, &causal.correlation_id);
+        let correlation = &causal.correlation_id;
+        write_uuid(
+            out,
+            correlation,
+            uuid_of(&mut uuids.correlation, correlation),
+        );
     }
     write_len(out, causal.path.len());
     for hop in causal.path.iter() {
@@ -259,7 +300,12 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
 /// An id: the 16 bytes of a UUID in the form Happen writes, else its text
 /// (tagged, so the two never collide).
 fn write_id(out: &mut Vec<u8>, id: &str) {
-    match crate::uuid7::bytes_of(id) {
+    write_uuid(out, id, crate::uuid7::bytes_of(id));
+}
+
+/// An id whose UUID bytes (if it is one) are `uuid`: as [`write_id`].
+fn write_uuid(out: &mut Vec<u8>, id: &str, uuid: Option<[u8; 16]>) {
+    match uuid {
         Some(bytes) => {
             out.push(b'u');
             out.extend_from_slice(&bytes);

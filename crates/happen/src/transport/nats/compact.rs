@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use crate::event::{Causal, Event, EventContext, Origin, StreamRef};
 use crate::id::Id;
 use crate::identity::Integrity;
-use crate::integrity::EventHash;
+use crate::integrity::{EventHash, Uuids};
 use crate::path::Path;
 use crate::uuid7;
 
@@ -41,12 +41,24 @@ use super::msgpack::{self, Raw, Reader, TooLong};
 
 type Written = Result<(), TooLong>;
 
-/// An id as it is written: 16 bytes when it is a canonical UUID.
-struct IdOut<'a>(&'a str);
+/// An id as it is written: 16 bytes when it is a canonical UUID (which
+/// the second field may already know: see [`Uuids`]).
+struct IdOut<'a>(&'a str, Option<Option<[u8; 16]>>);
+
+impl<'a> IdOut<'a> {
+    fn new(text: &'a str) -> IdOut<'a> {
+        IdOut(text, None)
+    }
+
+    #[inline]
+    fn uuid(&self) -> Option<[u8; 16]> {
+        self.1.unwrap_or_else(|| uuid7::bytes_of(self.0))
+    }
+}
 
 impl Serialize for IdOut<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match uuid7::bytes_of(self.0) {
+        match self.uuid() {
             Some(bytes) => serializer.serialize_bytes(&bytes),
             None => serializer.serialize_str(self.0),
         }
@@ -85,7 +97,7 @@ impl Serialize for PathOut<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
         for id in self.0.iter() {
-            seq.serialize_element(&IdOut(id))?;
+            seq.serialize_element(&IdOut::new(id))?;
         }
         seq.end()
     }
@@ -225,22 +237,29 @@ impl<'a> Out<'a> {
     fn of(event: &'a Event) -> Out<'a> {
         let cx = event.context();
         let causal = &cx.causal;
+        // The hash works out the event's UUIDs; the writer takes them from it.
+        let mut uuids = Uuids::default();
+        let hash = EventHash::of_with(event, &mut uuids);
         Out(
             event.event_type(),
             event.payload(),
-            IdOut(&causal.id),
-            IdOut(&causal.sender),
-            causal.causation_id.as_deref().map(IdOut),
-            (causal.correlation_id != causal.id).then(|| IdOut(&causal.correlation_id)),
+            IdOut(&causal.id, uuids.id),
+            IdOut::new(&causal.sender),
+            causal
+                .causation_id
+                .as_deref()
+                .map(|c| IdOut(c, uuids.causation)),
+            (causal.correlation_id != causal.id)
+                .then(|| IdOut(&causal.correlation_id, uuids.correlation)),
             PathOut(&causal.path),
             causal.timestamp,
-            (cx.origin.node_id != causal.sender).then(|| IdOut(&cx.origin.node_id)),
+            (cx.origin.node_id != causal.sender).then(|| IdOut::new(&cx.origin.node_id)),
             cx.origin.source_id.as_deref(),
             cx.origin.source_type.as_deref(),
-            cx.stream.as_ref().map(|s| (IdOut(&s.of), s.seq)),
+            cx.stream.as_ref().map(|s| (IdOut::new(&s.of), s.seq)),
             (!cx.extra.is_empty()).then_some(&cx.extra),
             event.batch_events().map(BatchOut),
-            HashOut(EventHash::of(event)),
+            HashOut(hash),
             cx.integrity.as_ref().map(|i| SigOut(&i.signature)),
             (!causal.waiting.is_empty()).then_some(PathOut(&causal.waiting)),
         )
@@ -318,7 +337,7 @@ impl In {
 impl IdOut<'_> {
     #[inline]
     fn write(&self, out: &mut Vec<u8>) -> Written {
-        match uuid7::bytes_of(self.0) {
+        match self.uuid() {
             Some(bytes) => msgpack::bin(out, &bytes),
             None => msgpack::str(out, self.0),
         }
@@ -328,7 +347,7 @@ impl IdOut<'_> {
 impl PathOut<'_> {
     fn write(&self, out: &mut Vec<u8>) -> Written {
         msgpack::array_len(out, self.0.len())?;
-        self.0.iter().try_for_each(|id| IdOut(id).write(out))
+        self.0.iter().try_for_each(|id| IdOut::new(id).write(out))
     }
 }
 
@@ -415,9 +434,21 @@ impl Out<'_> {
 /// An id read directly: 16 bytes (a UUID) or text.
 #[inline]
 fn read_id(reader: &mut Reader<'_>) -> Option<IdIn> {
+    read_uuid(reader, &mut None)
+}
+
+/// [`read_id`], keeping the 16 bytes of a UUID in `known` (the text made
+/// from them reads back as them: the `uuid7` tests go through every byte
+/// at every position).
+#[inline]
+fn read_uuid(reader: &mut Reader<'_>, known: &mut Option<Option<[u8; 16]>>) -> Option<IdIn> {
     Some(IdIn(match reader.raw()? {
         Raw::Text(text) => Id::from(text),
-        Raw::Bytes(bytes) => uuid7::text_of(bytes.try_into().ok()?),
+        Raw::Bytes(bytes) => {
+            let bytes: [u8; 16] = bytes.try_into().ok()?;
+            *known = Some(Some(bytes));
+            uuid7::text_of(&bytes)
+        }
     }))
 }
 
@@ -434,8 +465,9 @@ fn read_path(reader: &mut Reader<'_>, depth: usize) -> Option<PathIn> {
 impl In {
     /// Reads an event directly, at nesting `depth`; `None` for anything
     /// but the forms [`Out::write`] and `rmp-serde` write (see
-    /// [`msgpack`]: the caller then lets serde decide).
-    fn read(reader: &mut Reader<'_>, depth: usize) -> Option<In> {
+    /// [`msgpack`]: the caller then lets serde decide). What the bytes
+    /// say of the event's own UUIDs goes to `uuids`.
+    fn read(reader: &mut Reader<'_>, depth: usize, uuids: &mut Uuids) -> Option<In> {
         let inner = msgpack::deeper(depth)?;
         let fields = reader.array_len()?;
         if fields != 16 && fields != 17 {
@@ -445,10 +477,10 @@ impl In {
         Some(In(
             read_id(reader)?,
             reader.value(inner)?,
+            read_uuid(reader, &mut uuids.id)?,
             read_id(reader)?,
-            read_id(reader)?,
-            reader.opt(read_id)?,
-            reader.opt(read_id)?,
+            reader.opt(|reader| read_uuid(reader, &mut uuids.causation))?,
+            reader.opt(|reader| read_uuid(reader, &mut uuids.correlation))?,
             read_path(reader, inner)?,
             reader.uint()?,
             reader.opt(read_id)?,
@@ -465,7 +497,7 @@ impl In {
                 let deeper = msgpack::deeper(inner)?;
                 let mut batch = Vec::new();
                 for _ in 0..members {
-                    batch.push(In::read(reader, deeper)?);
+                    batch.push(In::read(reader, deeper, &mut Uuids::default())?);
                 }
                 Some(batch)
             })?,
@@ -491,12 +523,14 @@ pub(super) fn write(event: &Event, out: &mut Vec<u8>) -> Written {
     Out::of(event).write(out)
 }
 
-/// Reads an event in the compact form directly, all of `bytes`; `None`:
-/// not a form read here, for the serde decoder to decide.
-pub(super) fn read(bytes: &[u8]) -> Option<Event> {
+/// Reads an event in the compact form directly, all of `bytes`, with what
+/// its bytes said of its own UUIDs (for checking its hash); `None`: not a
+/// form read here, for the serde decoder to decide.
+pub(super) fn read(bytes: &[u8]) -> Option<(Event, Uuids)> {
     let mut reader = Reader::new(bytes);
-    let event = In::read(&mut reader, 0)?;
-    reader.is_done().then(|| event.into_event())
+    let mut uuids = Uuids::default();
+    let event = In::read(&mut reader, 0, &mut uuids)?;
+    reader.is_done().then(|| (event.into_event(), uuids))
 }
 
 /// Writes `event` in the compact form (`#[serde(with = "compact")]`).

@@ -21,6 +21,7 @@ use super::compact::{self, CompactIn};
 use super::msgpack::TooLong;
 use crate::error::{HappenError, Result};
 use crate::event::Event;
+use crate::integrity::Uuids;
 
 /// The deepest nesting of maps and arrays a decoder accepts.
 pub(crate) const MAX_DEPTH: usize = 128;
@@ -73,13 +74,13 @@ fn versioned(bytes: &[u8]) -> std::result::Result<&[u8], rmp_serde::decode::Erro
 /// Decodes an event encoded by [`encode_event`] and checks its hash.
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event> {
     let direct = versioned(bytes).ok().and_then(compact::read);
-    let event = match direct {
-        Some(event) => event,
+    let (event, uuids) = match direct {
+        Some(read) => read,
         None => decode::<CompactIn>(bytes)
-            .map(|CompactIn(event)| event)
+            .map(|CompactIn(event)| (event, Uuids::default()))
             .map_err(|e| HappenError::codec("cannot decode event", e))?,
     };
-    crate::integrity::verify(&event)?;
+    crate::integrity::verify_with(&event, uuids)?;
     Ok(event)
 }
 
@@ -167,17 +168,18 @@ pub(crate) fn encode_reply(reply: &Reply) -> Result<Vec<u8>> {
 
 /// A `Reply::Ok` read directly, if that is what `bytes` hold in the form
 /// [`encode_reply`] writes.
-fn decode_reply_direct(bytes: &[u8]) -> Option<Reply> {
+fn decode_reply_direct(bytes: &[u8]) -> Option<(Event, Uuids)> {
     let event = versioned(bytes).ok()?.strip_prefix(&REPLY_OK)?;
-    compact::read(event).map(Reply::Ok)
+    compact::read(event)
 }
 
 /// Decodes a reply encoded by [`encode_reply`].
 pub(crate) fn decode_reply(bytes: &[u8]) -> Result<Reply> {
-    let reply = match decode_reply_direct(bytes) {
-        Some(reply) => reply,
-        None => decode(bytes).map_err(|e| HappenError::codec("cannot decode reply", e))?,
-    };
+    if let Some((event, uuids)) = decode_reply_direct(bytes) {
+        crate::integrity::verify_with(&event, uuids)?;
+        return Ok(Reply::Ok(event));
+    }
+    let reply: Reply = decode(bytes).map_err(|e| HappenError::codec("cannot decode reply", e))?;
     let mut outcome = &reply;
     while let Reply::End { outcome: inner, .. } = outcome {
         outcome = inner;

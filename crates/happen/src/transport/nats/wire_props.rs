@@ -237,10 +237,17 @@ proptest! {
     ) {
         let bytes = wire::encode_event(&event).unwrap();
         let read = super::compact::read(&bytes[1..]);
-        prop_assert_eq!(read.as_ref().map(as_received), Some(as_received(&event)));
+        prop_assert_eq!(read.as_ref().map(|(e, _)| as_received(e)), Some(as_received(&event)));
+        // What the reader learnt of the ids is what their text says.
+        let (read, uuids) = read.unwrap();
+        for (known, text) in [(uuids.id, Some(read.id())), (uuids.causation, read.causal().causation_id.as_deref()), (uuids.correlation, Some(read.causal().correlation_id.as_str()))] {
+            if let (Some(known), Some(text)) = (known, text) {
+                prop_assert_eq!(known, crate::uuid7::bytes_of(text));
+            }
+        }
         let changed = mutated(bytes, &flips, cut);
         let versioned = changed.split_first().filter(|(version, _)| **version == wire::VERSION);
-        if let Some(direct) = versioned.and_then(|(_, rest)| super::compact::read(rest)) {
+        if let Some((direct, _)) = versioned.and_then(|(_, rest)| super::compact::read(rest)) {
             prop_assert_eq!(Some(direct), wire::decode_event_by_serde(&changed));
         }
     }
