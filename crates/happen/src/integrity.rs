@@ -367,19 +367,27 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
 /// keeps unless its `preserve_order` feature is on).
 fn write_object(out: &mut Vec<u8>, map: &serde_json::Map<String, Value>) {
     write_len(out, map.len());
-    let sorted = map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b);
-    if sorted {
-        for (key, value) in map {
-            write_str(out, key);
-            write_value(out, value);
+    if map.is_empty() {
+        return;
+    }
+    // One pass, checking the order as it goes: the entries are written
+    // again, sorted, only if they turn out not to be.
+    let start = out.len();
+    let mut previous: Option<&String> = None;
+    for (key, value) in map {
+        if previous.is_some_and(|previous| previous >= key) {
+            out.truncate(start);
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (key, value) in entries {
+                write_str(out, key);
+                write_value(out, value);
+            }
+            return;
         }
-    } else {
-        let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-        entries.sort_by(|a, b| a.0.cmp(b.0));
-        for (key, value) in entries {
-            write_str(out, key);
-            write_value(out, value);
-        }
+        write_str(out, key);
+        write_value(out, value);
+        previous = Some(key);
     }
 }
 
@@ -393,6 +401,31 @@ mod tests {
         let mut event = event;
         crate::event::stamp(&mut event, &Id::from("n1"), None);
         event
+    }
+
+    /// The canonical encoding is part of the wire protocol (processes of
+    /// two builds must agree on every hash): one event's hash, fixed.
+    #[test]
+    fn the_canonical_hash_does_not_change() {
+        let mut event = Event::new(
+            "order.created",
+            json!({ "b": 1, "a": [1, -2, 2.5, "x", null, true], "c": { "z": 1, "y": { "k": "v" } } }),
+        )
+        .with_source("u1", "user")
+        .with_context("tenant", json!("t1"))
+        .with_context("attempt", json!(2));
+        let cx = event.context_mut();
+        cx.causal.id = Id::from("0190b4e2-7c1a-7000-8000-000000000001");
+        cx.causal.sender = Id::from("orders");
+        cx.causal.causation_id = Some(Id::from("0190b4e2-7c1a-7000-8000-000000000000"));
+        cx.causal.correlation_id = Id::from("txn-7");
+        cx.causal.path = ["web", "orders"].into_iter().map(Id::from).collect();
+        cx.causal.timestamp = 1_720_000_000_000;
+        cx.origin.node_id = Id::from("orders");
+        assert_eq!(
+            EventHash::of(&event).to_string(),
+            "feb051785bed4e5a68c224e0c92b1098cc75e0e6895dfe8806c328f2d789d471",
+        );
     }
 
     #[test]
