@@ -22,7 +22,8 @@
 //!   cheaper and a short repetition is noisy).
 //! - `HAPPEN_BENCH_BATCH`: broadcast batch size (default [`DEFAULT_BATCH`]).
 //! - `HAPPEN_BENCH_SIDE`: `happen` or `plain` runs only that side of the
-//!   request benchmark (the other side's cells read 0): under `perf stat`
+//!   request and broadcast benchmarks (the other side's cells read 0):
+//!   under `perf stat`
 //!   or `perf record`, what one side costs, system calls and context
 //!   switches included.
 //! - `HAPPEN_BENCH_ONLY`: keep only the benchmarks whose
@@ -439,9 +440,16 @@ async fn broadcast(url: String, n: usize, batch: usize, same_runtime: bool) -> T
     let mut out = Throughput::default();
     let mut happen_tally = Tally::new(happen_counter);
     let mut plain_tally = Tally::new(plain_counter);
+    let side = std::env::var("HAPPEN_BENCH_SIDE").unwrap_or_default();
+    // One side left out (`HAPPEN_BENCH_SIDE`): it sends nothing.
+    let (happen_n, plain_n) = match side.as_str() {
+        "happen" => (n, 0),
+        "plain" => (0, n),
+        _ => (n, n),
+    };
     for rep in 0..=REPS {
         let start = Instant::now();
-        for first in (0..n).step_by(batch) {
+        for first in (0..happen_n).step_by(batch) {
             let last = (first + batch).min(n);
             happen_tally.arm(last - first);
             for i in first..last {
@@ -453,7 +461,7 @@ async fn broadcast(url: String, n: usize, batch: usize, same_runtime: bool) -> T
         let happen_time = start.elapsed();
 
         let start = Instant::now();
-        for first in (0..n).step_by(batch) {
+        for first in (0..plain_n).step_by(batch) {
             let last = (first + batch).min(n);
             plain_tally.arm(last - first);
             for i in first..last {
@@ -467,8 +475,10 @@ async fn broadcast(url: String, n: usize, batch: usize, same_runtime: bool) -> T
         let plain_time = start.elapsed();
 
         if rep > 0 {
-            out.happen.0.push(n as f64 / happen_time.as_secs_f64());
-            out.plain.0.push(n as f64 / plain_time.as_secs_f64());
+            out.happen
+                .0
+                .push(happen_n as f64 / happen_time.as_secs_f64());
+            out.plain.0.push(plain_n as f64 / plain_time.as_secs_f64());
         }
     }
     out.happen_missing = happen_tally.missing;
