@@ -366,20 +366,25 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
 /// An object's entries in sorted key order (the order serde_json's map
 /// keeps unless its `preserve_order` feature is on).
 fn write_object(out: &mut Vec<u8>, map: &serde_json::Map<String, Value>) {
-    write_len(out, map.len());
-    if map.is_empty() {
-        return;
-    }
-    // One pass, checking the order as it goes: the entries are written
-    // again, sorted, only if they turn out not to be.
+    write_entries(out, map.len(), map.iter());
+}
+
+/// `len` entries of an object, in sorted key order whatever order
+/// `entries` gives them in: written in one pass, checking the order as it
+/// goes, and again, sorted, only if they turn out not to be.
+fn write_entries<'a, I>(out: &mut Vec<u8>, len: usize, entries: I)
+where
+    I: Iterator<Item = (&'a String, &'a Value)> + Clone,
+{
+    write_len(out, len);
     let start = out.len();
     let mut previous: Option<&String> = None;
-    for (key, value) in map {
+    for (key, value) in entries.clone() {
         if previous.is_some_and(|previous| previous >= key) {
             out.truncate(start);
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            for (key, value) in entries {
+            let mut sorted: Vec<(&String, &Value)> = entries.collect();
+            sorted.sort_by(|a, b| a.0.cmp(b.0));
+            for (key, value) in sorted {
                 write_str(out, key);
                 write_value(out, value);
             }
@@ -426,6 +431,43 @@ mod tests {
             EventHash::of(&event).to_string(),
             "feb051785bed4e5a68c224e0c92b1098cc75e0e6895dfe8806c328f2d789d471",
         );
+    }
+
+    /// Entries out of order (a serde_json with `preserve_order`) are
+    /// written as if sorted.
+    #[test]
+    fn entries_in_any_order_are_written_sorted() {
+        let entries: Vec<(String, Value)> = ["d", "a", "c", "b", "e"]
+            .iter()
+            .zip([
+                json!(1),
+                json!("x"),
+                json!({ "z": 1 }),
+                json!(null),
+                json!([2]),
+            ])
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let mut sorted = entries.clone();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let written = |entries: &[(String, Value)]| {
+            let mut out = vec![7];
+            write_entries(&mut out, entries.len(), entries.iter().map(|(k, v)| (k, v)));
+            out
+        };
+        let expected = written(&sorted);
+        assert_eq!(written(&entries), expected);
+        let mut reversed = sorted.clone();
+        reversed.reverse();
+        assert_eq!(written(&reversed), expected);
+        // Out of order only at the end.
+        let mut late = sorted.clone();
+        late.swap(3, 4);
+        assert_eq!(written(&late), expected);
+        let map: serde_json::Map<String, Value> = entries.into_iter().collect();
+        let mut out = vec![7];
+        write_object(&mut out, &map);
+        assert_eq!(out, expected);
     }
 
     #[test]
