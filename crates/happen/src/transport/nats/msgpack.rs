@@ -101,44 +101,47 @@ fn sint(out: &mut Vec<u8>, value: i64) {
     }
 }
 
+/// A length `len` with a one-byte form below `short` (`fixed | len`),
+/// then the wider `markers` (see [`wide_length`]).
+#[inline]
+fn header(
+    out: &mut Vec<u8>,
+    len: usize,
+    short: u32,
+    fixed: u8,
+    markers: (Option<u8>, u8, u8),
+) -> Written {
+    let len = len32(len)?;
+    if len < short {
+        out.push(fixed | len as u8);
+    } else {
+        wide_length(out, len, markers);
+    }
+    Ok(())
+}
+
 #[inline]
 pub(super) fn str(out: &mut Vec<u8>, text: &str) -> Written {
-    let len = len32(text.len())?;
-    if len < 32 {
-        out.push(0xa0 | len as u8);
-    } else {
-        wide_length(out, len, (Some(0xd9), 0xda, 0xdb));
-    }
+    header(out, text.len(), 32, 0xa0, (Some(0xd9), 0xda, 0xdb))?;
     out.extend_from_slice(text.as_bytes());
     Ok(())
 }
 
 #[inline]
 pub(super) fn bin(out: &mut Vec<u8>, bytes: &[u8]) -> Written {
-    wide_length(out, len32(bytes.len())?, (Some(0xc4), 0xc5, 0xc6));
+    // No one-byte form.
+    header(out, bytes.len(), 0, 0, (Some(0xc4), 0xc5, 0xc6))?;
     out.extend_from_slice(bytes);
     Ok(())
 }
 
 #[inline]
 pub(super) fn array_len(out: &mut Vec<u8>, len: usize) -> Written {
-    let len = len32(len)?;
-    if len < 16 {
-        out.push(0x90 | len as u8);
-    } else {
-        wide_length(out, len, (None, 0xdc, 0xdd));
-    }
-    Ok(())
+    header(out, len, 16, 0x90, (None, 0xdc, 0xdd))
 }
 
 fn map_len(out: &mut Vec<u8>, len: usize) -> Written {
-    let len = len32(len)?;
-    if len < 16 {
-        out.push(0x80 | len as u8);
-    } else {
-        wide_length(out, len, (None, 0xde, 0xdf));
-    }
-    Ok(())
+    header(out, len, 16, 0x80, (None, 0xde, 0xdf))
 }
 
 /// A JSON value, as `serde_json`'s `Serialize` hands it to `rmp-serde`.
