@@ -96,10 +96,10 @@ use serde_json::Value;
 use crate::config::DeliveryMode;
 use crate::context::{Context, Shared};
 use crate::delivery::{Failure, Responder};
-use crate::entry::{Entry, Typed};
+use crate::entry::{FlowStart, Typed};
 use crate::error::{BoxError, Cause, HappenError};
 use crate::event::Event;
-use crate::node::{Node, NodeCore};
+use crate::node::Node;
 use crate::observe::Finished;
 use crate::stream::Outcome;
 
@@ -312,10 +312,6 @@ fn no_scope() -> (String, BoxError) {
     (WHY.to_owned(), WHY.into())
 }
 
-/// The future of one flow, from its first step to the reply: what a
-/// node's scheduler polls (inline first, in a task of its own if it waits).
-pub(crate) type FlowFuture = BoxFuture<'static, Option<Failure>>;
-
 /// A step is a handler too (its future is already boxed).
 impl<S: Clone + Send + Sync + 'static> Handler<S> for Step<S> {
     type Output = Flow<S>;
@@ -369,14 +365,7 @@ where
 ///
 /// The steps run inside the causality scope of `event` and inside
 /// `catch_unwind`, so a panicking step ends only its own flow.
-pub(crate) async fn run<S, H>(
-    entry: Entry,
-    core: Arc<NodeCore>,
-    event: Event,
-    received_at: u64,
-    responder: Option<Responder>,
-    flow: u32,
-) -> Option<Failure>
+pub(crate) async fn run<S, H>(start: FlowStart) -> Option<Failure>
 where
     S: Clone + Send + Sync + 'static,
     H: Handler<S>,
@@ -384,6 +373,14 @@ where
     use futures::FutureExt;
     use std::panic::AssertUnwindSafe;
 
+    let FlowStart {
+        entry,
+        node: core,
+        event,
+        received_at,
+        responder,
+        flow,
+    } = start;
     let Some(Typed { handler, local }) = entry.typed::<S, H>() else {
         // Not reached: an entry starts flows of its own types only.
         let error = HappenError::Config("a handler's flow started with another's types".into());

@@ -39,6 +39,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
@@ -47,8 +48,9 @@ use futures::FutureExt;
 
 use super::NodeCore;
 use crate::delivery::{Acknowledge, Delivery, Failure};
+use crate::entry::{FlowFuture, HandlerRef};
 use crate::error::{HappenError, Result};
-use crate::flow::{self, FlowFuture};
+use crate::flow;
 
 /// How many claimed requests may run one inside another on a thread.
 const MAX_NESTED_CLAIMS: u32 = 4;
@@ -140,8 +142,28 @@ impl Scheduler {
 /// task of its own if it suspends) and the acknowledgement that waits for
 /// their end.
 pub(super) struct Started {
-    pub(super) flows: FlowFuture,
+    pub(super) flows: Flows,
     pub(super) ack: Option<Box<dyn Acknowledge>>,
+}
+
+/// The future of an event's flows.
+pub(super) enum Flows {
+    /// The flow of the one handler that takes the event (its box is kept
+    /// for the thread's next flow of that handler when it ends inline).
+    One(FlowFuture, HandlerRef),
+    /// The flows of several handlers, joined.
+    Joined(futures::future::BoxFuture<'static, Option<Failure>>),
+}
+
+impl Future for Flows {
+    type Output = Option<Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Flows::One(flow, _) => flow.as_mut().poll(cx),
+            Flows::Joined(flows) => flows.as_mut().poll(cx),
+        }
+    }
 }
 
 /// Settles an event's acknowledgement with its flows' outcome (a panic that
@@ -333,9 +355,15 @@ impl NodeCore {
         mut started: Started,
         cx: &mut std::task::Context<'_>,
     ) -> bool {
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| started.flows.as_mut().poll(cx)));
+        let polled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut started.flows).poll(cx)));
         match polled {
-            Ok(Poll::Ready(failure)) => settle(started.ack, Ok(failure), self),
+            Ok(Poll::Ready(failure)) => {
+                settle(started.ack, Ok(failure), self);
+                if let Flows::One(flow, handler) = started.flows {
+                    crate::entry::keep(flow, handler);
+                }
+            }
             Err(panic) => settle(started.ack, Err(panic), self),
             Ok(Poll::Pending) => {
                 self.continue_in_task(started);

@@ -5,10 +5,9 @@
 use std::sync::Arc;
 
 use super::NodeCore;
-use super::scheduler::Started;
+use super::scheduler::{Flows, Started};
 use crate::delivery::{Delivery, Responder};
 use crate::error::HappenError;
-use crate::flow::FlowFuture;
 
 impl NodeCore {
     /// Starts the flows of every matching handler for one event (the first
@@ -58,31 +57,34 @@ impl NodeCore {
         // is dropped here, so a handler removed meanwhile is not kept
         // alive by another handler's flow.
         if others.peek().is_none() {
-            let flows = first
-                .entry
-                .clone()
-                .start(self.clone(), event, received_at, responder, 0);
+            let (flow, handler) =
+                first
+                    .entry
+                    .clone()
+                    .start(self.clone(), event, received_at, responder, 0);
+            let flows = Flows::One(flow, handler);
             return Some(Started { flows, ack });
         }
         // Numbered in registration order, the same when the event runs
         // again (exactly-once ids and state updates depend on it).
-        let others: Vec<FlowFuture> = others
+        let others: Vec<_> = others
             .zip(1u32..)
             .map(|(r, flow)| {
                 r.entry
                     .clone()
                     .start(self.clone(), event.clone(), received_at, None, flow)
+                    .0
             })
             .collect();
-        let first = first
+        let (first, _) = first
             .entry
             .clone()
             .start(self.clone(), event, received_at, responder, 0);
-        let flows: FlowFuture = Box::pin(async move {
+        let flows = Flows::Joined(Box::pin(async move {
             let (first, rest) =
                 futures::future::join(first, futures::future::join_all(others)).await;
             first.or_else(|| rest.into_iter().flatten().next())
-        });
+        }));
         Some(Started { flows, ack })
     }
 }

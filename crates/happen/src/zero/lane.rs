@@ -495,7 +495,7 @@ fn run(node: &Node, item: Item) {
         Ok(Ok(ZeroNext::Then(step))) => {
             let ordinary = event.to_event();
             let responder = reply.into_responder(core);
-            let flow = Entry::new(step, ()).start(
+            let (flow, _) = Entry::new(step, ()).start(
                 node.core().clone(),
                 ordinary,
                 crate::event::now_millis(),
