@@ -448,7 +448,16 @@ impl ZeroEvent {
 
     /// The payload's fields: names (nested ones joined with `.`) to offsets.
     pub fn offsets(&self) -> Offsets<'_> {
-        Offsets { event: self }
+        // Found once here, not again for each name looked up.
+        let (at, count) = layout::header_pair(&self.bytes, AT_FIELDS);
+        let span = count
+            .checked_mul(FIELD)
+            .map_or(&[][..], |len| layout::span(&self.bytes, at, len));
+        Offsets {
+            event: self,
+            entries: span.as_chunks::<FIELD>().0,
+            strings: self.strings(),
+        }
     }
 
     /// The value of field `name`, read as `T` (its kind must be `T`'s).
@@ -510,21 +519,21 @@ impl ZeroEvent {
 #[derive(Clone, Copy)]
 pub struct Offsets<'a> {
     event: &'a ZeroEvent,
+    /// The directory's entries (a checked buffer's are all in range).
+    entries: &'a [[u8; FIELD]],
+    /// The string table the entries' names are in.
+    strings: &'a [u8],
 }
 
 impl<'a> Offsets<'a> {
-    fn directory(&self) -> (usize, usize) {
-        layout::header_pair(&self.event.bytes, AT_FIELDS)
-    }
-
     /// How many fields there are.
     pub fn len(&self) -> usize {
-        self.directory().1
+        self.entries.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.is_empty()
     }
 
     /// The offset of field `name`'s value (nested names joined with `.`,
@@ -535,22 +544,18 @@ impl<'a> Offsets<'a> {
 
     /// The kind and offset of field `name`.
     pub fn field(&self, name: &str) -> Option<(Kind, usize)> {
-        let bytes = &self.event.bytes;
-        let strings = self.event.strings();
-        let (at, count) = self.directory();
-        let (entries, _) = layout::span(bytes, at, count.checked_mul(FIELD)?).as_chunks::<FIELD>();
         let wanted = name.as_bytes();
         let word = |entry: &[u8; FIELD], at: usize| {
             u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]]) as usize
         };
         // Names compared as bytes (checked to be UTF-8 on receipt already),
         // lengths first.
-        entries.iter().find_map(|entry| {
+        self.entries.iter().find_map(|entry| {
             let len = word(entry, 4);
             if len != wanted.len() {
                 return None;
             }
-            if layout::span(strings, word(entry, 0), len) != wanted {
+            if layout::span(self.strings, word(entry, 0), len) != wanted {
                 return None;
             }
             Some((Kind::from_byte(entry[8])?, word(entry, 12)))
@@ -560,7 +565,7 @@ impl<'a> Offsets<'a> {
     /// Every field: name, kind, offset, in the order written.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, Kind, usize)> + 'a {
         let event = self.event;
-        let (at, count) = self.directory();
+        let (at, count) = layout::header_pair(&event.bytes, AT_FIELDS);
         (0..count).map(move |i| {
             let entry = at + i * FIELD;
             let name = event.header_str(entry);
