@@ -19,15 +19,16 @@
 //! box ([`RunFlow::restart`], which replaces the ended future in place)
 //! instead of allocating one. A node handling a stream of one event type
 //! then allocates nothing for its flows' futures. The box is matched to its
-//! handler by the handler's allocation, held weakly: a removed handler is
-//! dropped at once as before, and its address cannot be taken by another
-//! while a thread keeps a box for it.
+//! handler by a key no other handler ever gets (not by address, which a
+//! later handler could reuse), and holds nothing of the handler: a removed
+//! handler is dropped at once as before.
 
 use std::any::Any;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::delivery::{Failure, Responder};
 use crate::event::Event;
@@ -42,6 +43,8 @@ pub(crate) struct Entry {
     typed: Arc<dyn Any + Send + Sync>,
     /// Starts a flow of this handler (made for its types).
     start: StartFlow,
+    /// This entry's own key (see [`HandlerRef`]).
+    key: HandlerRef,
 }
 
 /// Starts a handler's flow, in a new box or in `kept`, an ended flow's of
@@ -101,9 +104,17 @@ where
     }
 }
 
-/// The handler a flow's box was made for, held weakly (see the [module
-/// docs](self)).
-pub(crate) struct HandlerRef(Weak<dyn Any + Send + Sync>);
+/// The handler a flow's box was made for: a key given to one entry only,
+/// never again in the process (see the [module docs](self)).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HandlerRef(u64);
+
+impl HandlerRef {
+    fn next() -> HandlerRef {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        HandlerRef(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
 
 /// An ended flow's box and the handler it was made for.
 struct Kept {
@@ -138,6 +149,7 @@ impl Entry {
         Entry {
             typed: Arc::new(Typed { handler, local }),
             start: start_typed::<S, H>,
+            key: HandlerRef::next(),
         }
     }
 
@@ -159,18 +171,14 @@ impl Entry {
         responder: Option<Responder>,
         flow: u32,
     ) -> (FlowFuture, HandlerRef) {
-        let handler = Arc::as_ptr(&self.typed);
-        // The kept box is this handler's if it was made for the same
-        // allocation (which its weak reference keeps alive).
-        let (kept, handler) = match KEPT.try_with(Cell::take).ok().flatten() {
-            Some(kept) if std::ptr::addr_eq(kept.handler.0.as_ptr(), handler) => {
-                (Some(kept.flow), kept.handler)
-            }
+        let handler = self.key;
+        let kept = match KEPT.try_with(Cell::take).ok().flatten() {
+            Some(kept) if kept.handler == handler => Some(kept.flow),
             other => {
                 if other.is_some() {
                     let _ = KEPT.try_with(|kept| kept.set(other));
                 }
-                (None, HandlerRef(Arc::downgrade(&self.typed)))
+                None
             }
         };
         let start_flow = self.start;
