@@ -130,12 +130,14 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 
 /// The hyphenated lower-case text of a UUID's 16 bytes.
 pub(crate) fn text_of(bytes: &[u8; 16]) -> Id {
-    // Aligned to a word, so that the UTF-8 check reads it a word at a time
-    // from its first byte.
-    #[repr(align(8))]
-    struct Text([u8; 36]);
-    let text = Text(hyphenated(bytes));
-    Id::from(std::str::from_utf8(&text.0).unwrap_or_default())
+    // The `uuid` crate writes the digits and knows them to be ASCII, so the
+    // text needs no UTF-8 check (this crate allows itself no `unsafe`).
+    let mut text = [0u8; 36];
+    Id::from(
+        &*uuid::Uuid::from_bytes(*bytes)
+            .hyphenated()
+            .encode_lower(&mut text),
+    )
 }
 
 /// The hyphenated lower-case text form (8-4-4-4-12) of a UUID's 16 bytes,
