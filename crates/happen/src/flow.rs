@@ -48,6 +48,35 @@
 //! type; write it with [`#[happen::step]`](crate::step) or use
 //! [`Flow::again`].
 //!
+//! # Steps with nothing to wait for
+//!
+//! A closure whose work needs no waiting can do it in the call and return a
+//! ready future ([`std::future::ready`]). It then borrows what it captured,
+//! where an `async move` block would need its own clone of it (an `Arc`'s
+//! two atomic operations) for every event. The work runs when the flow
+//! starts its step, as it would in the block.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use happen::prelude::*;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> happen::Result<()> {
+//! let happen = Happen::embedded();
+//! let meter = happen.node("meter")?;
+//! let seen = Arc::new(AtomicU64::new(0));
+//! let counter = seen.clone();
+//! meter.on("tick", move |_event: Event, _cx: Context| {
+//!     let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+//!     std::future::ready(json!(n))
+//! })?;
+//! let reply = meter.send(&meter, Event::new("tick", json!({}))).response().await?;
+//! assert_eq!(reply, json!(1));
+//! assert_eq!(seen.load(Ordering::Relaxed), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Node-local values
 //!
 //! A node made with [`Node::with_local`](crate::Node::with_local) hands a
@@ -229,7 +258,7 @@ impl<S: 'static, H: Handler<S>> ErasedStep<S> for Erased<H> {
     message = "`{Self}` cannot be used as a Happen handler",
     label = "not a handler",
     note = "a handler is an async fn or closure `(Event, Context) -> impl Future<Output = R> + Send + 'static`, where R is Flow, serde_json::Value, (), or Result<R, E>",
-    note = "a closure must be `move |event, cx| async move {{ .. }}`; a step that names itself needs #[happen::step] or Flow::again()",
+    note = "a closure returns a future: `move |event, cx| async move {{ .. }}`, or std::future::ready(..) when nothing is awaited; a step that names itself needs #[happen::step] or Flow::again()",
     note = "on a node made with .with_local(value), steps take Context<S> and return Flow<S>, S being the value's type"
 )]
 pub trait Handler<S = ()>: Send + Sync + 'static {
