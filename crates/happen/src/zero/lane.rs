@@ -105,7 +105,18 @@ struct Item {
     event: ZeroEvent,
     reply: ReplyTo,
     /// The handler that matched on arrival.
-    handler: Arc<ZeroFn>,
+    handler: Which,
+}
+
+/// Which handler runs a queued event: the one that matched on arrival,
+/// named without a reference count of its own (an event costs no atomic
+/// operation for it; the lane's task takes the handlers once per batch).
+enum Which {
+    /// The lane's `handlers[i]`.
+    At(usize),
+    /// A handler of its own: one removed while the event waited, or the
+    /// event's requester runs it (a claim).
+    Owned(Arc<ZeroFn>),
 }
 
 /// A lane's handlers, the events waiting for them, and whether some task
@@ -155,9 +166,24 @@ impl Lane {
     /// it matched before are still handled by it.
     pub(crate) fn remove(&self, id: HandlerId) -> bool {
         let removed = {
-            let mut queue = self.queue();
+            let mut guard = self.queue();
+            let queue = &mut *guard;
             let at = queue.handlers.iter().position(|h| h.id == id);
-            at.map(|at| queue.handlers.remove(at))
+            at.map(|at| {
+                let removed = queue.handlers.remove(at);
+                // Waiting events it matched keep it; those of the handlers
+                // after it follow them down the list.
+                for item in &mut queue.items {
+                    match &mut item.handler {
+                        Which::At(i) if *i == at => {
+                            item.handler = Which::Owned(removed.handler.clone());
+                        }
+                        Which::At(i) if *i > at => *i -= 1,
+                        _ => {}
+                    }
+                }
+                removed
+            })
         };
         // Dropped after the lock is released: what the handler captured may
         // send to this node when dropped.
@@ -248,8 +274,8 @@ pub(crate) fn deliver(
         let found = queue
             .handlers
             .iter()
-            .find(|h| h.pattern.matches_raw(raw, || event.event_type()));
-        let Some(handler) = found.map(|h| h.handler.clone()) else {
+            .position(|h| h.pattern.matches_raw(raw, || event.event_type()));
+        let Some(at) = found else {
             drop(queue);
             return ordinary(event, reply);
         };
@@ -266,7 +292,7 @@ pub(crate) fn deliver(
         queue.items.push_back(Item {
             event,
             reply,
-            handler,
+            handler: Which::At(at),
         });
         queue.items.len() == 1
     };
@@ -351,11 +377,21 @@ impl Lane {
                 _ => return,
             }
             queue.busy = true;
-            queue.items.pop_front()
+            let item = queue.items.pop_front();
+            item.map(|mut item| {
+                if let Which::At(at) = item.handler {
+                    // Taken out of the queue, it holds its handler itself.
+                    match queue.handlers.get(at) {
+                        Some(h) => item.handler = Which::Owned(h.handler.clone()),
+                        None => item.handler = Which::At(usize::MAX),
+                    }
+                }
+                item
+            })
         };
         let _busy = Claimed { lane: self, node };
         if let Some(item) = item {
-            crate::causality::outside(|| run(&Node::from_core(node.clone()), item));
+            crate::causality::outside(|| run(&Node::from_core(node.clone()), item, &[]));
         }
     }
 }
@@ -377,6 +413,10 @@ impl Drop for Claimed<'_> {
 
 async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
     let mut batch: VecDeque<Item> = VecDeque::new();
+    // The handlers as they were when the batch was taken (what its events'
+    // `Which::At` name); emptied after each batch, so that a removed
+    // handler is not kept alive by an idle task.
+    let mut handlers: Vec<Arc<ZeroFn>> = Vec::new();
     loop {
         {
             let mut queue = lane.queue();
@@ -385,6 +425,9 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
             if !queue.busy {
                 std::mem::swap(&mut queue.items, &mut batch);
                 queue.busy = !batch.is_empty();
+                if queue.busy {
+                    handlers.extend(queue.handlers.iter().map(|h| h.handler.clone()));
+                }
             }
         }
         if batch.is_empty() {
@@ -420,8 +463,9 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
         };
         let handle = Node::from_core(core.clone());
         for item in batch.drain(..) {
-            run(&handle, item);
+            run(&handle, item, &handlers);
         }
+        handlers.clear();
         drop(handle);
         drop(running);
         lane.free();
@@ -449,14 +493,27 @@ impl Drop for Running<'_> {
     }
 }
 
-/// Runs one zero event's handler and answers its requester.
-fn run(node: &Node, item: Item) {
+/// Runs one zero event's handler (`handlers` are the lane's as the event's
+/// batch was taken) and answers its requester.
+fn run(node: &Node, item: Item, handlers: &[Arc<ZeroFn>]) {
     let Item {
         event,
         reply,
         handler,
     } = item;
     let core = node.core();
+    let handler: &ZeroFn = match &handler {
+        Which::Owned(handler) => &**handler,
+        Which::At(at) => match handlers.get(*at) {
+            Some(handler) => &**handler,
+            None => {
+                // Not reached: a batch's handlers are taken with it.
+                let error = HappenError::Config("a zero event lost its handler".into());
+                reply.answer(Err(error), core);
+                return;
+            }
+        },
+    };
     let cx = ZeroContext {
         node,
         event: &event,

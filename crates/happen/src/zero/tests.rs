@@ -215,3 +215,77 @@ fn strings_are_checked_as_utf8_to_their_boundaries() {
     let read = ZeroEvent::from_bytes(&bad).unwrap();
     assert_eq!(read.str(value).unwrap(), "é");
 }
+
+/// Events wait in the lane while handlers come and go: each still runs the
+/// handler that matched it on arrival, the removed one included, and the
+/// removed handler is dropped once nothing waits for it.
+#[tokio::test(flavor = "current_thread")]
+async fn waiting_events_keep_the_handler_that_matched_them() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let happen = crate::Happen::embedded();
+    let sender = happen.node("sender").unwrap();
+    let sink = happen.node("sink").unwrap();
+    let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+    let captured = Arc::new(());
+    let ids: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, event_type)| {
+            let (counts, held) = (counts.clone(), captured.clone());
+            sink.zero(event_type, move |_event, _cx| {
+                let _held = &held;
+                counts[i].fetch_add(1, Ordering::SeqCst);
+                Ok(ZeroNext::Done)
+            })
+            .unwrap()
+        })
+        .collect();
+    // Nothing runs until this task yields: all of these wait in the lane.
+    for round in 0..3 {
+        for event_type in ["a", "b", "c"] {
+            let mut writer = ZeroWriter::new(event_type);
+            writer.u64("round", round);
+            sender.zero_tell(&sink, writer).unwrap();
+        }
+    }
+    assert!(
+        sink.off(ids[0]),
+        "the first handler goes while its events wait"
+    );
+    assert_eq!(
+        Arc::strong_count(&captured),
+        4,
+        "its waiting events keep it"
+    );
+    // Bounded: a wrong handler table would leave some count short.
+    for _ in 0..10_000 {
+        if counts.iter().map(|c| c.load(Ordering::SeqCst)).sum::<u64>() >= 9 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let seen: Vec<u64> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    assert_eq!(
+        seen,
+        [3, 3, 3],
+        "each event ran the handler that matched it"
+    );
+    assert_eq!(
+        Arc::strong_count(&captured),
+        3,
+        "the removed handler is dropped"
+    );
+    // The remaining handlers still take new events, the removed one none.
+    sender.zero_tell(&sink, ZeroWriter::new("c")).unwrap();
+    assert!(sender.zero_tell(&sink, ZeroWriter::new("a")).is_err());
+    for _ in 0..10_000 {
+        if counts[2].load(Ordering::SeqCst) >= 4 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(counts[2].load(Ordering::SeqCst), 4);
+    assert_eq!(counts[0].load(Ordering::SeqCst), 3);
+}
