@@ -469,6 +469,7 @@ fn conclude(
 ) -> Concluded {
     if !observed && !shared.expects_response() && matches!(outcome, Ok(Ok(_))) {
         // Nobody to answer, nobody watching, nothing failed: nothing to do.
+        Shared::recycle(shared);
         return Concluded::Done(None);
     }
     let (core, event) = (shared.core(), shared.event());
@@ -514,7 +515,10 @@ fn conclude(
         }
     };
     match answer(&shared, responder, result, observed, started, &error) {
-        (None, kept) => Concluded::Done(failure(error, kept)),
+        (None, kept) => {
+            Shared::recycle(shared);
+            Concluded::Done(failure(error, kept))
+        }
         (Some(rest), kept) => Concluded::Later(Box::pin(async move {
             rest.await;
             failure(error, kept)

@@ -11,15 +11,20 @@
 //! the context is a `Context<S>` and [`Context::local`] gives the value.
 
 use std::any::{Any, TypeId};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::delivery::Responder;
 use crate::error::{HappenError, Result};
 use crate::event::{Causal, Event};
 use crate::node::Node;
+
+mod shared;
+
+pub(crate) use shared::Shared;
+use shared::lock;
 
 /// The context of one flow, shared by all of its steps.
 ///
@@ -97,101 +102,14 @@ impl Typed {
     }
 }
 
-/// What every step of one flow shares, whatever its local value's type.
-pub(crate) struct Shared {
-    node: Node,
-    event: Event,
-    expects_response: bool,
-    /// The requester's reply channel while the flow runs (taken at the end,
-    /// and lent to one emit at a time).
-    responder: Mutex<Option<Responder>>,
-    /// Serializes emits (from clones of the context in several tasks).
-    emitting: tokio::sync::Mutex<()>,
-    /// Items emitted so far (numbering broadcast stream items).
-    emitted: std::sync::atomic::AtomicU64,
-    received_at: u64,
-    values: Mutex<Map<String, Value>>,
-    typed: Mutex<Typed>,
-}
-
 impl<S> std::fmt::Debug for Context<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("node", &self.shared.node.id())
-            .field("event_type", &self.shared.event.event_type())
+            .field("node", &self.shared.node().id())
+            .field("event_type", &self.shared.event().event_type())
             .field("expects_response", &self.shared.expects_response)
             .field("values", &*lock(&self.shared.values))
             .finish_non_exhaustive()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A step that panicked while holding the lock has already failed its flow;
-    // the data itself is still consistent (every update is a single call).
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Shared {
-    pub(crate) fn new(
-        node: Node,
-        event: Event,
-        received_at: u64,
-        responder: Option<Responder>,
-    ) -> Arc<Self> {
-        Arc::new(Shared {
-            node,
-            event,
-            expects_response: responder.is_some(),
-            responder: Mutex::new(responder),
-            emitting: tokio::sync::Mutex::new(()),
-            emitted: std::sync::atomic::AtomicU64::new(0),
-            received_at,
-            values: Mutex::new(Map::new()),
-            typed: Mutex::new(Typed::default()),
-        })
-    }
-
-    pub(crate) fn event(&self) -> &Event {
-        &self.event
-    }
-
-    /// Whether a requester waits for the flow's outcome.
-    pub(crate) fn expects_response(&self) -> bool {
-        self.expects_response
-    }
-
-    pub(crate) fn core(&self) -> &Arc<crate::node::NodeCore> {
-        self.node.core()
-    }
-
-    /// The responder, taken for the end of the flow; `Err` while an emit
-    /// has it (then [`Shared::take_responder`] waits for that emit).
-    pub(crate) fn try_take_responder(&self) -> Result<Option<Responder>, ()> {
-        if !self.expects_response {
-            return Ok(None);
-        }
-        if let Some(responder) = lock(&self.responder).take() {
-            return Ok(Some(responder));
-        }
-        // Empty: an emit has it, unless none runs (then look again with
-        // emits held off: one may have put it back just now).
-        match self.emitting.try_lock() {
-            Ok(_turn) => Ok(lock(&self.responder).take()),
-            Err(_) => Err(()),
-        }
-    }
-
-    pub(crate) async fn take_responder(&self) -> Option<Responder> {
-        if !self.expects_response {
-            return None;
-        }
-        if let Some(responder) = lock(&self.responder).take() {
-            return Some(responder);
-        }
-        // A task the flow spawned may be emitting with it: wait for its
-        // turn to end.
-        let _turn = self.emitting.lock().await;
-        lock(&self.responder).take()
     }
 }
 
@@ -250,22 +168,22 @@ impl<S> Context<S> {
 
     /// The node running this flow.
     pub fn node(&self) -> &Node {
-        &self.shared.node
+        self.shared.node()
     }
 
     /// The event that started this flow.
     pub fn event(&self) -> &Event {
-        &self.shared.event
+        self.shared.event()
     }
 
     /// The id of the node that sent the event.
     pub fn sender(&self) -> &str {
-        &self.shared.event.causal().sender
+        &self.shared.event().causal().sender
     }
 
     /// The causal record of the event that started this flow.
     pub fn causal(&self) -> &Causal {
-        self.shared.event.causal()
+        self.shared.event().causal()
     }
 
     /// Whether the sender waits for this flow's result (`true` for `send`,
@@ -303,12 +221,12 @@ impl<S> Context<S> {
                 None => Err(HappenError::Cancelled),
             };
         }
-        let item = Event::new(format!("{}.item", self.shared.event.event_type()), value)
+        let item = Event::new(format!("{}.item", self.shared.event().event_type()), value)
             .with_stream(crate::event::StreamRef {
-                of: self.shared.event.causal().id.clone(),
+                of: self.shared.event().causal().id.clone(),
                 seq,
             });
-        self.shared.node.broadcast(item).map(drop)
+        self.shared.node().broadcast(item).map(drop)
     }
 
     /// When the node took the event (or batch) for this flow, in
@@ -320,7 +238,7 @@ impl<S> Context<S> {
     /// The members of the batch this flow handles, or `None` for a single
     /// event (the same as `cx.event().batch_events()`).
     pub fn batch(&self) -> Option<&[Event]> {
-        self.shared.event.batch_events()
+        self.shared.event().batch_events()
     }
 
     /// Stores a JSON value under `key`, replacing any earlier one.
