@@ -379,12 +379,12 @@ impl Lane {
             queue.busy = true;
             let item = queue.items.pop_front();
             item.map(|mut item| {
-                if let Which::At(at) = item.handler {
-                    // Taken out of the queue, it holds its handler itself.
-                    match queue.handlers.get(at) {
-                        Some(h) => item.handler = Which::Owned(h.handler.clone()),
-                        None => item.handler = Which::At(usize::MAX),
-                    }
+                // Taken out of the queue, it holds its handler itself (the
+                // claim runs it with no list of the lane's handlers).
+                if let Which::At(at) = item.handler
+                    && let Some(h) = queue.handlers.get(at)
+                {
+                    item.handler = Which::Owned(h.handler.clone());
                 }
                 item
             })
@@ -507,7 +507,8 @@ fn run(node: &Node, item: Item, handlers: &[Arc<ZeroFn>]) {
         Which::At(at) => match handlers.get(*at) {
             Some(handler) => &**handler,
             None => {
-                // Not reached: a batch's handlers are taken with it.
+                // Not reached: a batch's handlers are taken with it, and a
+                // claimed event holds its own.
                 let error = HappenError::Config("a zero event lost its handler".into());
                 reply.answer(Err(error), core);
                 return;
