@@ -5,7 +5,6 @@
 //! delivery into a node (matching, queueing, refusals, system events) is the
 //! same code in both runtimes.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
@@ -27,7 +26,9 @@ use crate::system::{self, Counters, Tally};
 /// Routes events between the nodes of one process.
 #[derive(Default)]
 pub(crate) struct LocalTransport {
-    nodes: RwLock<HashMap<Arc<str>, Node>>,
+    /// Looked up by id for every event sent by name (see "Maps looked
+    /// up per event" in the transport module).
+    nodes: RwLock<foldhash::HashMap<Arc<str>, Node>>,
     /// Who takes broadcasts of each event type.
     routes: Routes,
     tally: Tally,

@@ -25,7 +25,6 @@
 //! broadcast, as before: its answer may depend on more than the type. A
 //! node with such a handler is listed in the route as one to ask.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -132,7 +131,9 @@ pub(crate) struct Routes {
 #[derive(Default)]
 struct Table {
     generation: u64,
-    routes: HashMap<Id, Arc<Route>>,
+    /// Looked up on every broadcast: foldhash, not SipHash (see
+    /// "Maps looked up per event" in the transport module).
+    routes: foldhash::HashMap<Id, Arc<Route>>,
     /// The sum of the routes' sizes.
     kept: usize,
 }

@@ -114,7 +114,9 @@ pub(super) struct Requests {
     next: AtomicU64,
     pending: Mutex<HashMap<u64, Waiting, std::hash::BuildHasherDefault<TokenHasher>>>,
     /// When each node last answered this runtime.
-    answered: Mutex<HashMap<Id, Instant>>,
+    /// (Looked up for every request and reply: see "Maps looked
+    /// up per event" in the transport module.)
+    answered: Mutex<foldhash::HashMap<Id, Instant>>,
 }
 
 impl Requests {

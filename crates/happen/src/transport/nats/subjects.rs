@@ -72,8 +72,10 @@ const MADE_LIMIT: usize = 4096;
 pub(super) struct Made {
     /// The runtime's subject prefix.
     prefix: String,
-    direct: RwLock<HashMap<String, Subject>>,
-    broadcast: RwLock<HashMap<String, Subject>>,
+    /// Both looked up for every event published (see "Maps looked
+    /// up per event" in the transport module).
+    direct: RwLock<foldhash::HashMap<String, Subject>>,
+    broadcast: RwLock<foldhash::HashMap<String, Subject>>,
 }
 
 impl Made {
@@ -99,7 +101,7 @@ impl Made {
     }
 
     fn kept(
-        map: &RwLock<HashMap<String, Subject>>,
+        map: &RwLock<foldhash::HashMap<String, Subject>>,
         name: &str,
         make: impl FnOnce() -> String,
     ) -> Subject {
