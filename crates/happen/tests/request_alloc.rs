@@ -2,8 +2,9 @@
 //! writes a request, costs no more heap allocations than
 //! [`Sent::response`](happen::Sent::response): the handle's future is a
 //! named type, not a boxed one; and a flow that ends inline leaves its box
-//! to the next flow of its handler. A counting global allocator sees every
-//! allocation of this test binary.
+//! to the next flow of its handler, and its shared part to the thread's next
+//! flow, so that a request allocates its event and its reply channel only.
+//! A counting global allocator sees every allocation of this test binary.
 
 use std::alloc::System;
 
@@ -104,6 +105,39 @@ async fn flows_of_one_handler_reuse_their_box() {
     assert!(
         one + REQUESTS * 9 / 10 <= alternating,
         "one handler: {one} allocations in {REQUESTS} requests; alternating: {alternating}"
+    );
+    happen.shutdown().await;
+}
+
+/// A request to a handler that ends inline allocates the event and the
+/// reply channel, nothing else: the flow's box and its shared part (the
+/// context's node, event, responder and values) are those the thread's
+/// last flow left.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_allocates_its_event_and_reply_channel_only() {
+    let _serial = SERIAL.lock().await;
+    let happen = Happen::embedded();
+    let client = happen.node("client").unwrap();
+    let echo = happen.node("echo").unwrap();
+    echo.on("ping", |e: Event, cx: Context| async move {
+        assert!(cx.expects_response());
+        e.payload().clone()
+    })
+    .unwrap();
+    let ping = |i: u64| Event::new("ping", json!(i));
+    for i in 0..REQUESTS {
+        client.send(&echo, ping(i)).await.unwrap();
+    }
+    let allocations = allocations_of(|i| client.send(&echo, ping(i)).into_future()).await;
+    println!(
+        "allocations per request: {:.2}",
+        allocations as f64 / REQUESTS as f64
+    );
+    // Two per request, and a few dozen spare for what the runtime grows on
+    // its own (one more per request, a part not reused, would be 3,000).
+    assert!(
+        allocations <= 2 * REQUESTS + REQUESTS / 20,
+        "{allocations} allocations in {REQUESTS} requests"
     );
     happen.shutdown().await;
 }
