@@ -96,21 +96,35 @@ impl Shared {
         let Some(part) = Arc::get_mut(&mut shared) else {
             return;
         };
+        // Every field named, so that one added later cannot be left out.
+        let Shared {
+            flow,
+            expects_response,
+            responder,
+            emitting,
+            emitted,
+            received_at,
+            values,
+            typed,
+        } = part;
         // Locks a panicking step left poisoned: a part like that is not
         // worth keeping.
-        let (Ok(values), Ok(typed), Ok(responder)) = (
-            part.values.get_mut(),
-            part.typed.get_mut(),
-            part.responder.get_mut(),
-        ) else {
+        let (Ok(values), Ok(typed), Ok(responder)) =
+            (values.get_mut(), typed.get_mut(), responder.get_mut())
+        else {
             return;
         };
         // What the flow left goes now, not when the next flow comes.
         values.clear();
         typed.0.clear();
         *responder = None;
-        *part.emitted.get_mut() = 0;
-        part.flow = None;
+        *flow = None;
+        *expects_response = false;
+        *received_at = 0;
+        *emitted.get_mut() = 0;
+        // Unlocked whatever became of an emit that waited for it (one
+        // leaked while queued for the lock could hold it for good).
+        *emitting = tokio::sync::Mutex::new(());
         // The part kept before, if any, goes outside the thread's slot.
         let _previous = SPARE.try_with(|spare| spare.replace(Some(shared)));
     }
@@ -310,6 +324,53 @@ mod tests {
             seen
         });
         assert_eq!(kept, Some(part), "the one-way flow's part was not kept");
+        happen.shutdown().await;
+    }
+
+    /// The items a one-way flow emits are numbered from 0 in every flow,
+    /// also in a part the thread's last flow left; a flow started by a
+    /// request and the one-way flows after it in the same part each see
+    /// whether their own sender waits.
+    #[tokio::test(flavor = "current_thread")]
+    async fn each_flow_numbers_its_items_from_zero() {
+        let happen = Happen::embedded();
+        let client = happen.node("client").unwrap();
+        let worker = happen.node("worker").unwrap();
+        let listener = happen.node("listener").unwrap();
+        let waits = Arc::new(Mutex::new(Vec::new()));
+        let seqs = Arc::new(Mutex::new(Vec::new()));
+        let (w, s) = (waits.clone(), seqs.clone());
+        worker
+            .on("note", move |_e: Event, cx: Context| {
+                let w = w.clone();
+                async move {
+                    w.lock().unwrap().push(cx.expects_response());
+                    cx.emit(json!("item")).await.unwrap();
+                }
+            })
+            .unwrap();
+        listener
+            .on("note.item", move |e: Event, _cx: Context| {
+                let s = s.clone();
+                async move { s.lock().unwrap().push(e.stream().map(|r| r.seq)) }
+            })
+            .unwrap();
+        client
+            .send(&worker, Event::new("note", json!(0)))
+            .await
+            .unwrap();
+        for i in 1..=2 {
+            client.tell(&worker, Event::new("note", json!(i))).unwrap();
+            // Until the listener has this flow's item (bounded).
+            for _ in 0..1000 {
+                if seqs.lock().unwrap().len() == i {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(*seqs.lock().unwrap(), vec![Some(0), Some(0)]);
+        assert_eq!(*waits.lock().unwrap(), vec![true, false, false]);
         happen.shutdown().await;
     }
 }
