@@ -373,4 +373,44 @@ mod tests {
         assert_eq!(*waits.lock().unwrap(), vec![true, false, false]);
         happen.shutdown().await;
     }
+
+    /// A flow that fails leaves its part clean for the next one too (the
+    /// failure is answered, then the part is emptied and kept).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_flow_leaves_a_clean_part() {
+        let happen = Happen::embedded();
+        let client = happen.node("client").unwrap();
+        let worker = happen.node("worker").unwrap();
+        worker
+            .on("step", |e: Event, cx: Context| async move {
+                let fresh = cx.get("mark").is_none();
+                cx.set("mark", true);
+                if e.payload() == &json!("fail") {
+                    return Err("refused");
+                }
+                Ok(json!({ "fresh": fresh, "part": part_of(&cx) }))
+            })
+            .unwrap();
+        let failed = client
+            .send(&worker, Event::new("step", json!("fail")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(failed, HappenError::HandlerFailed { .. }),
+            "{failed:?}"
+        );
+        let kept = super::SPARE.with(|spare| {
+            let part = spare.take();
+            let at = part.as_ref().map(|p| Arc::as_ptr(p) as usize);
+            spare.set(part);
+            at
+        });
+        let out = client
+            .send(&worker, Event::new("step", json!("next")))
+            .await
+            .unwrap();
+        assert_eq!(out["fresh"], json!(true));
+        assert_eq!(kept.map(|at| json!(at)), Some(out["part"].clone()));
+        happen.shutdown().await;
+    }
 }
