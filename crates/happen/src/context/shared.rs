@@ -188,6 +188,19 @@ mod tests {
     use crate::prelude::*;
     use std::sync::{Arc, Mutex};
 
+    /// The part the thread keeps, if any: where it lives, and whether it
+    /// is emptied of its node and event (left in place).
+    fn kept_part() -> Option<(usize, bool)> {
+        super::SPARE.with(|spare| {
+            let part = spare.take();
+            let seen = part
+                .as_ref()
+                .map(|p| (Arc::as_ptr(p) as usize, p.flow.is_none()));
+            spare.set(part);
+            seen
+        })
+    }
+
     /// Where a flow's shared part lives, to tell reuse from a new one.
     fn part_of<S>(cx: &Context<S>) -> usize {
         Arc::as_ptr(&cx.shared) as usize
@@ -236,12 +249,7 @@ mod tests {
             );
             // The thread keeps the flow's part, emptied of its node and
             // event, and the next flow starts in it.
-            let spare = super::SPARE.with(|spare| {
-                let part = spare.take().expect("the thread kept the flow's part");
-                let seen = (Arc::as_ptr(&part) as usize, part.flow.is_none());
-                spare.set(Some(part));
-                seen
-            });
+            let spare = kept_part().expect("the thread kept the flow's part");
             assert_eq!(json!(spare.0), out["part"]);
             assert!(
                 spare.1,
@@ -317,12 +325,7 @@ mod tests {
         let part = finished.await.unwrap();
         // The flow ends in the same turn of the node's worker as it answered.
         tokio::task::yield_now().await;
-        let kept = super::SPARE.with(|spare| {
-            let kept = spare.take();
-            let seen = kept.as_ref().map(|p| Arc::as_ptr(p) as usize);
-            spare.set(kept);
-            seen
-        });
+        let kept = kept_part().map(|(at, _)| at);
         assert_eq!(kept, Some(part), "the one-way flow's part was not kept");
         happen.shutdown().await;
     }
@@ -399,12 +402,7 @@ mod tests {
             matches!(failed, HappenError::HandlerFailed { .. }),
             "{failed:?}"
         );
-        let kept = super::SPARE.with(|spare| {
-            let part = spare.take();
-            let at = part.as_ref().map(|p| Arc::as_ptr(p) as usize);
-            spare.set(part);
-            at
-        });
+        let kept = kept_part().map(|(at, _)| at);
         let out = client
             .send(&worker, Event::new("step", json!("next")))
             .await
