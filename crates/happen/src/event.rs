@@ -7,7 +7,6 @@
 //! cheap: the contents are shared until one of the clones is changed.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -33,14 +32,7 @@ pub(crate) fn now_millis() -> u64 {
     if let Some(ms) = crate::testkit::clock::now_millis() {
         return ms;
     }
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| {
-            d.as_secs()
-                .saturating_mul(1000)
-                .saturating_add(u64::from(d.subsec_millis()))
-        })
-        .unwrap_or(0)
+    crate::uuid7::wall_millis()
 }
 
 /// The causal record of an event: which event it is, who sent it, what caused
