@@ -135,6 +135,7 @@ pub(crate) fn char_problem(c: char) -> Option<String> {
 /// assert!(validate_event_type("user.password-changed").is_ok());
 /// assert!(validate_event_type("a..b").is_err());
 /// ```
+#[inline]
 pub fn validate_event_type(s: &str) -> Result<(), NameError> {
     // Fast path: plain ASCII segments, checked without building anything.
     // One pass: a `.` may not start the type nor follow another `.`.
@@ -149,6 +150,15 @@ pub fn validate_event_type(s: &str) -> Result<(), NameError> {
     if plain {
         return Ok(());
     }
+    event_type_problem(s)
+}
+
+/// Why `s` is not a valid event type (the slow path of
+/// [`validate_event_type`], kept out of line so that the fast path, run
+/// for every event sent, needs no stack frame of its own).
+#[cold]
+#[inline(never)]
+fn event_type_problem(s: &str) -> Result<(), NameError> {
     let fail = |reason: String| NameError {
         kind: NameKind::EventType,
         name: s.to_owned(),
