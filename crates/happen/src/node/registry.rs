@@ -185,3 +185,103 @@ impl super::NodeCore {
         self.registry.is_pure() && self.zero_lane().is_none_or(|lane| lane.is_pure())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::HandlerId;
+    use crate::prelude::*;
+
+    /// Waits until the node's queue is empty and nothing runs.
+    async fn idle(node: &Node) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), node.core().quiet())
+            .await
+            .expect("the node's worker never went idle");
+    }
+
+    /// Counts runs of a handler.
+    fn counting(node: &Node, event_type: &str, runs: &Arc<AtomicUsize>) -> HandlerId {
+        let runs = runs.clone();
+        node.on(event_type, move |_e: Event, _cx: Context| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async {}
+        })
+        .unwrap()
+    }
+
+    /// Events matched and queued before earlier handlers are removed still
+    /// reach their handler (now at another place in the table), and the
+    /// removed ones run no more.
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_events_find_their_handler_after_earlier_ones_are_removed() {
+        let happen = Happen::embedded();
+        let sender = happen.node("sender").unwrap();
+        let node = happen.node("node").unwrap();
+        let (x_runs, a_runs, b_runs) = (Arc::default(), Arc::default(), Arc::default());
+        let x = counting(&node, "x", &x_runs);
+        let a = counting(&node, "t.*", &a_runs);
+        counting(&node, "t.b", &b_runs);
+        // Queued: nothing yields between the sends and the removals. Each
+        // matched `t.*` first, the second handler of three.
+        for _ in 0..10 {
+            sender.tell(&node, Event::new("t.b", json!(null))).unwrap();
+        }
+        assert!(node.off(x));
+        assert!(node.off(a));
+        idle(&node).await;
+        assert_eq!(a_runs.load(Ordering::SeqCst), 0, "a removed handler ran");
+        assert_eq!(b_runs.load(Ordering::SeqCst), 10);
+        assert_eq!(x_runs.load(Ordering::SeqCst), 0);
+        happen.shutdown().await;
+    }
+
+    /// A handler removed while the node's worker runs takes none of the
+    /// events after, though they matched it when queued, and is dropped,
+    /// with what it captured, once the worker has nothing left to do.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_handler_removed_while_the_worker_runs_is_gone_at_once() {
+        let happen = Happen::embedded();
+        let sender = happen.node("sender").unwrap();
+        let node = happen.node("node").unwrap();
+        let captured = Arc::new(());
+        let held = captured.clone();
+        let removed_runs = Arc::new(AtomicUsize::new(0));
+        let count = removed_runs.clone();
+        let removed = node
+            .on("tick", move |_e: Event, _cx: Context| {
+                let _held = held.clone();
+                count.fetch_add(1, Ordering::SeqCst);
+                async {}
+            })
+            .unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (count, handle) = (runs.clone(), node.clone());
+        node.on("tick", move |_e: Event, _cx: Context| {
+            // The fifth removes the other handler, mid-way through the
+            // worker's queue (whose events all matched both).
+            if count.fetch_add(1, Ordering::SeqCst) == 4 {
+                assert!(handle.off(removed));
+            }
+            async {}
+        })
+        .unwrap();
+        for _ in 0..10 {
+            sender.tell(&node, Event::new("tick", json!(null))).unwrap();
+        }
+        idle(&node).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 10);
+        assert_eq!(
+            removed_runs.load(Ordering::SeqCst),
+            5,
+            "the removed handler took events after its removal"
+        );
+        assert_eq!(
+            Arc::strong_count(&captured),
+            1,
+            "the removed handler is still alive after the worker went idle"
+        );
+        happen.shutdown().await;
+    }
+}
