@@ -3,11 +3,12 @@
 //!
 //! Each thread keeps its own buffers (no lock on the hot path); a buffer
 //! given back on another thread than the one it came from joins that
-//! thread's pool. A writer takes its three buffers in one visit to the
-//! pool, and gives back in one visit those it still holds (two once sent:
-//! the event took the third).
+//! thread's pool. A writer's two working buffers (its field directory and
+//! string table, emptied when it is sent) are kept as a pair in a slot of
+//! their own for the thread's next writer, which takes them in one move;
+//! only its third buffer, which becomes the event, goes through the pool.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Buffers a thread keeps at most (beyond that, returned ones are freed).
 const KEEP: usize = 4096;
@@ -18,6 +19,35 @@ const FIRST_CAPACITY: usize = 512;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// The working buffers the thread's last writer gave back.
+    static SCRATCH: Cell<Option<[Vec<u8>; 2]>> = const { Cell::new(None) };
+}
+
+/// A writer's two working buffers: the pair the thread's last writer gave
+/// back, else two from the pool.
+pub(crate) fn take_scratch() -> [Vec<u8>; 2] {
+    match SCRATCH.try_with(Cell::take) {
+        Ok(Some(pair)) => pair,
+        _ => take_n(),
+    }
+}
+
+/// Gives a writer's working buffers back, emptied, for the thread's next
+/// writer (the pair kept before goes to the pool).
+pub(crate) fn give_scratch(mut pair: [Vec<u8>; 2]) {
+    if pair
+        .iter()
+        .any(|buffer| buffer.capacity() == 0 || buffer.capacity() > MAX_KEPT_CAPACITY)
+    {
+        give_n(pair);
+        return;
+    }
+    for buffer in &mut pair {
+        buffer.clear();
+    }
+    if let Ok(Some(previous)) = SCRATCH.try_with(|slot| slot.replace(Some(pair))) {
+        give_n(previous);
+    }
 }
 
 /// `N` empty buffers, from the pool as far as it has them.
@@ -91,6 +121,24 @@ mod tests {
             );
         }
         give_n(again);
+    }
+
+    #[test]
+    fn a_writers_working_pair_is_taken_again_empty() {
+        let [mut fields, strings] = take_scratch();
+        fields.extend_from_slice(b"kept");
+        let kept = [fields.as_ptr(), strings.as_ptr()];
+        give_scratch([fields, strings]);
+        let again = take_scratch();
+        assert!(again.iter().all(Vec::is_empty));
+        assert_eq!([again[0].as_ptr(), again[1].as_ptr()], kept);
+        // A second pair given back while one is kept: the kept one goes to
+        // the pool, the new one is kept.
+        let other = take_scratch();
+        give_scratch(again);
+        let before = POOL.with(|pool| pool.borrow().len());
+        give_scratch(other);
+        assert_eq!(POOL.with(|pool| pool.borrow().len()), before + 2);
     }
 
     #[test]

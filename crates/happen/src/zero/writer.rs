@@ -39,8 +39,9 @@ pub struct ZeroWriter {
 
 impl Drop for ZeroWriter {
     fn drop(&mut self) {
-        pool::give_n([
-            std::mem::take(&mut self.data),
+        // Sent, the writer's data became the event: nothing to give back.
+        pool::give(std::mem::take(&mut self.data));
+        pool::give_scratch([
             std::mem::take(&mut self.fields),
             std::mem::take(&mut self.strings),
         ]);
@@ -72,7 +73,8 @@ impl ZeroWriter {
     /// A writer for an event of `event_type` (an invalid type is reported
     /// when the event is sent or finished).
     pub fn new(event_type: &str) -> ZeroWriter {
-        let [mut data, fields, strings] = pool::take_n();
+        let mut data = pool::take();
+        let [fields, strings] = pool::take_scratch();
         data.extend_from_slice(&[0; HEADER]);
         let mut writer = ZeroWriter {
             data,
