@@ -408,6 +408,14 @@ impl Event {
         }))
     }
 
+    /// The context and batch of an event being built (the wire decoder
+    /// fills a new event in place).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn parts_mut(&mut self) -> (&mut EventContext, &mut Option<Vec<Event>>) {
+        let data = Arc::make_mut(&mut self.0);
+        (&mut data.context, &mut data.batch)
+    }
+
     pub(crate) fn context_mut(&mut self) -> &mut EventContext {
         &mut Arc::make_mut(&mut self.0).context
     }

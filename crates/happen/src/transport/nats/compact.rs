@@ -462,60 +462,73 @@ fn read_path(reader: &mut Reader<'_>, depth: usize) -> Option<PathIn> {
     Some(PathIn(path))
 }
 
-impl In {
-    /// Reads an event directly, at nesting `depth`; `None` for anything
-    /// but the forms [`Out::write`] and `rmp-serde` write (see
-    /// [`msgpack`]: the caller then lets serde decide). What the bytes
-    /// say of the event's own UUIDs goes to `uuids`.
-    fn read(reader: &mut Reader<'_>, depth: usize, uuids: &mut Uuids) -> Option<In> {
-        let inner = msgpack::deeper(depth)?;
-        let fields = reader.array_len()?;
-        if fields != 16 && fields != 17 {
-            return None;
-        }
-        let text = |reader: &mut Reader<'_>| reader.text().map(str::to_owned);
-        Some(In(
-            read_id(reader)?,
-            reader.value(inner)?,
-            read_uuid(reader, &mut uuids.id)?,
-            read_id(reader)?,
-            reader.opt(|reader| read_uuid(reader, &mut uuids.causation))?,
-            reader.opt(|reader| read_uuid(reader, &mut uuids.correlation))?,
-            read_path(reader, inner)?,
-            reader.uint()?,
-            reader.opt(read_id)?,
-            reader.opt(text)?,
-            reader.opt(text)?,
-            reader.opt(|reader| {
-                msgpack::deeper(inner)?;
-                (reader.array_len()? == 2).then_some(())?;
-                Some((read_id(reader)?, reader.uint()?))
-            })?,
-            reader.opt(|reader| reader.map(inner))?,
-            reader.opt(|reader| {
-                let members = reader.array_len()?;
-                let deeper = msgpack::deeper(inner)?;
-                let mut batch = Vec::new();
-                for _ in 0..members {
-                    batch.push(In::read(reader, deeper, &mut Uuids::default())?);
-                }
-                Some(batch)
-            })?,
-            HashIn(EventHash::from_bytes(reader.bytes()?.try_into().ok()?)),
-            reader.opt(|reader| match reader.raw()? {
-                Raw::Bytes(bytes) if bytes.len() <= 1024 => {
-                    Some(SigIn(crate::identity::hex(bytes)))
-                }
-                Raw::Bytes(_) => None,
-                Raw::Text(text) => Some(SigIn(text.to_owned())),
-            })?,
-            if fields == 17 {
-                reader.opt(|reader| read_path(reader, inner))?
-            } else {
-                None
-            },
-        ))
+/// Reads an event directly, at nesting `depth`, into a new event's own
+/// allocation (field by field, with no intermediate record to copy); `None`
+/// for anything but the forms [`Out::write`] and `rmp-serde` write (see
+/// [`msgpack`]: the caller then lets serde decide, which reads through
+/// [`In`]). What the bytes say of the event's own UUIDs goes to `uuids`.
+fn read_event(reader: &mut Reader<'_>, depth: usize, uuids: &mut Uuids) -> Option<Event> {
+    let inner = msgpack::deeper(depth)?;
+    let fields = reader.array_len()?;
+    if fields != 16 && fields != 17 {
+        return None;
     }
+    let text = |reader: &mut Reader<'_>| reader.text().map(str::to_owned);
+    let IdIn(event_type) = read_id(reader)?;
+    let payload = reader.value(inner)?;
+    let mut event = Event::new(event_type, payload);
+    let (cx, batch) = event.parts_mut();
+    let causal = &mut cx.causal;
+    causal.id = read_uuid(reader, &mut uuids.id)?.0;
+    causal.sender = read_id(reader)?.0;
+    causal.causation_id = reader
+        .opt(|reader| read_uuid(reader, &mut uuids.causation))?
+        .map(|c| c.0);
+    causal.correlation_id = match reader.opt(|reader| read_uuid(reader, &mut uuids.correlation))? {
+        Some(IdIn(correlation)) => correlation,
+        None => causal.id.clone(),
+    };
+    causal.path = read_path(reader, inner)?.0;
+    causal.timestamp = reader.uint()?;
+    cx.origin.node_id = match reader.opt(read_id)? {
+        Some(IdIn(node)) => node,
+        None => causal.sender.clone(),
+    };
+    cx.origin.source_id = reader.opt(text)?;
+    cx.origin.source_type = reader.opt(text)?;
+    cx.stream = reader
+        .opt(|reader| {
+            msgpack::deeper(inner)?;
+            (reader.array_len()? == 2).then_some(())?;
+            Some((read_id(reader)?, reader.uint()?))
+        })?
+        .map(|(IdIn(of), seq)| StreamRef { of, seq });
+    if let Some(extra) = reader.opt(|reader| reader.map(inner))? {
+        cx.extra = extra;
+    }
+    *batch = reader.opt(|reader| {
+        let members = reader.array_len()?;
+        let deeper = msgpack::deeper(inner)?;
+        let mut batch = Vec::new();
+        for _ in 0..members {
+            batch.push(read_event(reader, deeper, &mut Uuids::default())?);
+        }
+        Some(batch)
+    })?;
+    cx.causal.hash = Some(EventHash::from_bytes(reader.bytes()?.try_into().ok()?));
+    cx.integrity = reader
+        .opt(|reader| match reader.raw()? {
+            Raw::Bytes(bytes) if bytes.len() <= 1024 => Some(crate::identity::hex(bytes)),
+            Raw::Bytes(_) => None,
+            Raw::Text(text) => Some(text.to_owned()),
+        })?
+        .map(|signature| Integrity { signature });
+    if fields == 17
+        && let Some(PathIn(waiting)) = reader.opt(|reader| read_path(reader, inner))?
+    {
+        cx.causal.waiting = waiting;
+    }
+    Some(event)
 }
 
 /// Writes `event` in the compact form directly into `out`.
@@ -529,8 +542,8 @@ pub(super) fn write(event: &Event, out: &mut Vec<u8>) -> Written {
 pub(super) fn read(bytes: &[u8]) -> Option<(Event, Uuids)> {
     let mut reader = Reader::new(bytes);
     let mut uuids = Uuids::default();
-    let event = In::read(&mut reader, 0, &mut uuids)?;
-    reader.is_done().then(|| (event.into_event(), uuids))
+    let event = read_event(&mut reader, 0, &mut uuids)?;
+    reader.is_done().then_some((event, uuids))
 }
 
 /// Writes `event` in the compact form (`#[serde(with = "compact")]`).
