@@ -191,6 +191,45 @@ pub async fn removed_handler_no_longer_runs(backend: &dyn Backend) {
     assert!(matches!(err, HappenError::NoHandler { .. }), "{err:?}");
 }
 
+/// A handler removed while events that matched it wait in the node's
+/// queue takes none of those that start after its removal.
+pub async fn a_handler_removed_mid_queue_takes_no_later_events(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let sender = h.node("mid-queue-sender").unwrap();
+    let node = h.node("mid-queue").unwrap();
+    let removed_runs = Arc::new(AtomicUsize::new(0));
+    let count = removed_runs.clone();
+    let removed = node
+        .on("tick", move |_e: Event, _cx: Context| {
+            count.fetch_add(1, Ordering::SeqCst);
+            async {}
+        })
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handle = node.clone();
+    node.on("tick", move |e: Event, _cx: Context| {
+        // The fifth removes the other handler, with events still queued.
+        if runs.fetch_add(1, Ordering::SeqCst) == 4 {
+            assert!(handle.off(removed));
+        }
+        let _ = tx.send(e);
+        async {}
+    })
+    .unwrap();
+    for i in 0..10 {
+        sender.tell(&node, ev("tick", json!(i))).unwrap();
+    }
+    for _ in 0..10 {
+        recv(&mut rx).await;
+    }
+    assert_eq!(
+        removed_runs.load(Ordering::SeqCst),
+        5,
+        "the removed handler took events after its removal"
+    );
+}
+
 pub async fn several_handlers_each_run_and_first_registered_answers(backend: &dyn Backend) {
     let h = start(backend).await;
     let a = h.node("multi-a").unwrap();

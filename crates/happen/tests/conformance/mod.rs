@@ -139,6 +139,7 @@ macro_rules! conformance_suite {
             no_handler_is_reported_at_once,
             unknown_node_is_reported_at_once,
             removed_handler_no_longer_runs,
+            a_handler_removed_mid_queue_takes_no_later_events,
             several_handlers_each_run_and_first_registered_answers,
             tell_runs_the_flow_without_an_answer,
             typed_responses_with_response_as,
