@@ -15,6 +15,7 @@
 //! | event stored before delivery (NATS: JetStream) | no | yes | yes |
 //! | flow failed or node saturated: tried again with backoff | no | yes | yes |
 //! | process died mid-flow: event handed out again | no | yes | yes |
+//! | event settled only once the events its flow emitted to durable nodes are stored | no | yes | yes |
 //! | last attempt failed: [`system::DEAD_LETTER`] event | no | yes | yes |
 //! | a flow may run twice for one event | no | yes | no, once it completed |
 //! | events a re-run flow emits are new events | — | yes | no: same ids, dropped as copies |

@@ -638,3 +638,126 @@ async fn a_receipt_waits_through_an_outage_until_the_event_is_stored() {
     let (processed, lost, duplicated) = tally.report("receipt-through-outage", 2, 30).await;
     assert_eq!((lost, duplicated, processed), (0, 0, 2));
 }
+
+/// A flow's events are stored before the event that caused them is
+/// acknowledged. The stream is made full (it refuses new events) just as
+/// ten charges fill it: their flows run and emit a capture each, which the
+/// stream refuses, so no charge may be acknowledged yet (acknowledged, a
+/// process killed now would lose its capture for good). Once the stream
+/// takes events again, every capture is stored and arrives once, and only
+/// then are the charges acknowledged.
+async fn emitted_events_are_stored_before_their_cause_is_acknowledged(
+    mode: DeliveryConfig,
+    scenario: &str,
+) {
+    use async_nats::jetstream::stream::DiscardPolicy;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let server = NatsServer::start().unwrap();
+    let happen = Happen::connect(NatsConfig::new(server.url()).co_located(false))
+        .await
+        .unwrap();
+    let slow_redelivery = |mode: DeliveryConfig| {
+        NodeConfig::new().delivery(
+            mode.backoff(Duration::from_millis(20), Duration::from_millis(200))
+                .ack_wait(Duration::from_secs(30)),
+        )
+    };
+    let ledger = happen
+        .node_with("ledger", slow_redelivery(DeliveryConfig::exactly_once()))
+        .unwrap();
+    let tally = Tally::default();
+    tally.handle(&ledger, "captured");
+    let payments = happen.node_with("payments", slow_redelivery(mode)).unwrap();
+    // The flows wait for the gate, so that the charges fill the stream.
+    let (gate, gate_rx) = tokio::sync::watch::channel(false);
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    payments
+        .on("charge", move |event: Event, cx: Context| {
+            let (runs, mut gate) = (r.clone(), gate_rx.clone());
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                cx.node()
+                    .tell("ledger", Event::new("captured", event.payload().clone()))?;
+                runs.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, HappenError>(())
+            }
+        })
+        .unwrap();
+    happen.flush().await.unwrap();
+
+    let shop = happen.node("shop").unwrap();
+    let sent = 10u64;
+    for seq in 0..sent {
+        shop.tell("payments", Event::new("charge", json!({ "seq": seq })))
+            .unwrap();
+    }
+    within("the charges are stored", 10, happen.flush())
+        .await
+        .unwrap();
+    // Full: the stream holds the charges and refuses anything new.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let mut stream = js.get_stream("HAPPEN_DURABLE").await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    assert_eq!(stream.info().await.unwrap().state.messages, sent);
+    config.max_messages = sent as i64;
+    config.discard = DiscardPolicy::New;
+    js.update_stream(&config).await.unwrap();
+    gate.send(true).unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while runs.load(Ordering::Relaxed) < sent {
+        assert!(tokio::time::Instant::now() < deadline, "the charges ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The flows have ended; their captures are refused by the full stream.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let info = stream.consumer_info("payments").await.unwrap().clone();
+    let acked_while_unstored = info.ack_floor.consumer_sequence;
+    let captured_while_full = tally.distinct();
+
+    config.max_messages = -1;
+    js.update_stream(&config).await.unwrap();
+    let (processed, lost, duplicated) = tally.report(scenario, sent, 20).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = stream.consumer_info("payments").await.unwrap().clone();
+        if (info.num_ack_pending, info.num_pending) == (0, 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the charges are acknowledged once their captures are stored: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "faults: {scenario}-acknowledgements charges={sent} acked-while-capture-unstored={acked_while_unstored} captured-while-full={captured_while_full}"
+    );
+    assert_eq!(
+        (acked_while_unstored, captured_while_full),
+        (0, 0),
+        "no charge is acknowledged before its capture is stored"
+    );
+    assert_eq!((lost, duplicated, processed), (0, 0, sent));
+    happen.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_flows_events_are_stored_before_its_event_is_acknowledged() {
+    emitted_events_are_stored_before_their_cause_is_acknowledged(
+        DeliveryConfig::exactly_once(),
+        "stream-full-exactly-once",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_at_least_once_flows_events_are_stored_before_its_event_is_acknowledged() {
+    emitted_events_are_stored_before_their_cause_is_acknowledged(
+        DeliveryConfig::at_least_once(),
+        "stream-full-at-least-once",
+    )
+    .await;
+}

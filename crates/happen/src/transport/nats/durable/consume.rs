@@ -234,30 +234,42 @@ struct JsAck {
 
 impl Acknowledge for JsAck {
     fn ack(self: Box<Self>) {
-        match self.done_key.clone() {
-            None => ack(&self.shared, &self.message, AckKind::Ack),
+        // The events the flows emitted go first: acknowledged before they
+        // are stored, the event would be lost with them if the process died
+        // in between (their publishes wait in the same queue, in order).
+        let stored = self.durable.stored_so_far();
+        if stored.is_none() && self.done_key.is_none() {
+            ack(&self.shared, &self.message, AckKind::Ack);
+            return;
+        }
+        tokio::spawn(async move {
+            if let Some(stored) = stored
+                && stored.await.is_err()
+            {
+                // Closing with them unstored: the event is handed out
+                // again, and its flows' events are sent again.
+                return;
+            }
             // Exactly-once: the completion is recorded before the event is
             // acknowledged, so a redelivery finds it.
-            Some(key) => {
-                tokio::spawn(async move {
-                    // Through an outage too; meanwhile a redelivery to
-                    // this process is recognised by `taken`.
-                    let mut failures = 0u64;
-                    while let Err(error) = self.durable.done.put(key.clone(), Bytes::new()).await {
-                        failures += 1;
-                        if self.shared.is_closed() {
-                            return; // the redelivery's run will record it
-                        }
-                        tracing::debug!(%error, failures, "completion not recorded yet");
-                        tokio::time::sleep(Duration::from_millis(50 * failures.min(20))).await;
+            if let Some(key) = &self.done_key {
+                // Through an outage too; meanwhile a redelivery to this
+                // process is recognised by `taken`.
+                let mut failures = 0u64;
+                while let Err(error) = self.durable.done.put(key.clone(), Bytes::new()).await {
+                    failures += 1;
+                    if self.shared.is_closed() {
+                        return; // the redelivery's run will record it
                     }
-                    // A redelivery now finds the completion: the marks of
-                    // the flow's state updates are not needed any more.
-                    self.settled.settle(self.event.id());
-                    ack(&self.shared, &self.message, AckKind::Ack);
-                });
+                    tracing::debug!(%error, failures, "completion not recorded yet");
+                    tokio::time::sleep(Duration::from_millis(50 * failures.min(20))).await;
+                }
+                // A redelivery now finds the completion: the marks of the
+                // flow's state updates are not needed any more.
+                self.settled.settle(self.event.id());
             }
-        }
+            ack(&self.shared, &self.message, AckKind::Ack);
+        });
     }
 
     fn nak(self: Box<Self>, failure: Failure) {

@@ -6,7 +6,8 @@
 //!   `<prefix>.durable.node.<n>` with `Nats-Msg-Id` = the event id, so a
 //!   repeated publish within the duplicate window is dropped by the server.
 //! - One durable pull consumer per node id (shared by every instance of the
-//!   node), acknowledging explicitly at the end of the flow, negatively
+//!   node), acknowledging explicitly at the end of the flow (once the
+//!   events the flow emitted to durable nodes are stored: see below), negatively
 //!   with the backoff delay after a failure, and terminating after the last
 //!   attempt, when the event goes to `<PREFIX>_DEAD` (`<prefix>.dead.<n>`).
 //! - Broadcasts that a durable node's handlers take are stored once, on
@@ -23,7 +24,11 @@
 //! Publishing goes through one task, in order, with acknowledgements
 //! awaited in a pipeline; a publish that fails (the server unreachable) is
 //! tried again with the same message id until it is stored, or, for a
-//! request, until its requester stops waiting.
+//! request, until its requester stops waiting. A finished flow's event is
+//! acknowledged (and, exactly-once, its completion recorded) only after a
+//! marker queued behind the flow's own events comes out of that task:
+//! acknowledged earlier, a process killed before those events were stored
+//! would lose them for good (the event is not handed out again).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -309,6 +314,21 @@ impl Durable {
         headers.insert(REPLY_TO, reply_to);
         let then = Then::Request(token);
         self.store(self.subject(target), headers, payload, then, Some(deadline))
+    }
+
+    /// A marker resolved once every event queued so far has left the
+    /// publishing queue (stored, or given up: a request past its deadline);
+    /// `None` when the queue is empty. The marker's sender is dropped
+    /// unresolved if the publishing task ends first (the runtime closing
+    /// with events not stored).
+    pub(super) fn stored_so_far(&self) -> Option<oneshot::Receiver<()>> {
+        if self.queued.is_empty() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        // Closed: the task is gone and `rx` reports it.
+        let _ = self.outgoing.send(Outgoing::Marker(tx));
+        Some(rx)
     }
 
     /// Resolves once every event queued so far is stored and every node set

@@ -1,7 +1,7 @@
 //! Storing events: one task publishes them in order and awaits the
 //! stream's acknowledgements side by side.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +30,8 @@ pub(in crate::transport::nats) async fn publish(
     let DurableOutbox(mut rx) = outbox;
     let mut seq = 0u64;
     let mut outstanding = BTreeSet::new();
-    let mut markers: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+    // Markers in the order they came, so by position in the queue.
+    let mut markers: VecDeque<(u64, oneshot::Sender<()>)> = VecDeque::new();
     let mut acks = FuturesUnordered::new();
     let mut open = true;
     loop {
@@ -41,7 +42,7 @@ pub(in crate::transport::nats) async fn publish(
             // only below the bound.
             item = rx.recv(), if open && acks.len() < durable.in_flight => match item {
                 None => open = false,
-                Some(Outgoing::Marker(tx)) => markers.push((seq, tx)),
+                Some(Outgoing::Marker(tx)) => markers.push_back((seq, tx)),
                 Some(Outgoing::Event { subject, headers, payload, then, until, receipt }) => {
                     seq += 1;
                     outstanding.insert(seq);
@@ -82,11 +83,7 @@ pub(in crate::transport::nats) async fn publish(
         }
         // A marker resolves once nothing queued before it is outstanding.
         let lowest = outstanding.first().copied().unwrap_or(u64::MAX);
-        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut markers)
-            .into_iter()
-            .partition(|(at, _)| *at < lowest);
-        markers = waiting;
-        for (_, tx) in done {
+        while let Some((_, tx)) = markers.pop_front_if(|(at, _)| *at < lowest) {
             let _ = tx.send(());
         }
     }
