@@ -21,6 +21,14 @@
 //! | events a re-run flow emits are new events | — | yes | no: same ids, dropped as copies |
 //! | state changes a re-run flow makes apply again | — | yes | no: recognised, not applied |
 //!
+//! **What a flow emitted is kept before its event is let go.** A durable
+//! node's event is acknowledged (removed from the stream, or from the spool
+//! on disk) only once the events its flow told or broadcast to durable
+//! nodes are stored, so a process that dies at any point loses neither:
+//! either the event comes back and the flow runs again, or what it emitted
+//! is already stored. Events emitted by a task the flow spawned and left
+//! running after it ended are not waited for.
+//!
 //! **Attempts and the requester.** A request to a durable node is answered
 //! by the attempt that ends the event: the first that succeeds, or the last
 //! one. A failed attempt that will be retried does not answer, so the

@@ -97,11 +97,6 @@ impl Bound {
         self.pending.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Whether no place is taken.
-    pub(super) fn is_empty(&self) -> bool {
-        self.pending.load(Ordering::Acquire) == 0
-    }
-
     /// A message went out (or failed): its place is free.
     pub(super) fn release(&self) {
         self.pending.fetch_sub(1, Ordering::AcqRel);

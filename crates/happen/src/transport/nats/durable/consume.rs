@@ -234,10 +234,10 @@ struct JsAck {
 
 impl Acknowledge for JsAck {
     fn ack(self: Box<Self>) {
-        // The events the flows emitted go first: acknowledged before they
-        // are stored, the event would be lost with them if the process died
-        // in between (their publishes wait in the same queue, in order).
-        let stored = self.durable.stored_so_far();
+        // The events the flows emitted to durable nodes are stored first:
+        // acknowledged before them, the event would be lost with them if
+        // the process died in between.
+        let stored = self.durable.unstored.wait(self.event.id());
         if stored.is_none() && self.done_key.is_none() {
             ack(&self.shared, &self.message, AckKind::Ack);
             return;

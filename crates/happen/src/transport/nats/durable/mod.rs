@@ -25,10 +25,11 @@
 //! awaited in a pipeline; a publish that fails (the server unreachable) is
 //! tried again with the same message id until it is stored, or, for a
 //! request, until its requester stops waiting. A finished flow's event is
-//! acknowledged (and, exactly-once, its completion recorded) only after a
-//! marker queued behind the flow's own events comes out of that task:
-//! acknowledged earlier, a process killed before those events were stored
-//! would lose them for good (the event is not handed out again).
+//! acknowledged (and, exactly-once, its completion recorded) only once the
+//! events it caused (told or broadcast to durable nodes) have left that
+//! queue ([`unstored`]): acknowledged earlier, a process killed before
+//! they were stored would lose them for good (the event is not handed out
+//! again).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +53,7 @@ mod publish;
 mod registry;
 #[cfg(test)]
 mod tests;
+mod unstored;
 
 use consume::{consume, reconfigure};
 pub(super) use publish::{DurableOutbox, publish};
@@ -107,6 +109,10 @@ enum Then {
 
 /// One thing for the publishing task: an event to store, or a flush marker
 /// resolved once everything queued before it is stored.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every item is an event; boxing it would add an allocation per publish"
+)]
 enum Outgoing {
     Event {
         subject: String,
@@ -117,6 +123,8 @@ enum Outgoing {
         until: Option<tokio::time::Instant>,
         /// Told whether the event was stored.
         receipt: ReceiptTx,
+        /// The event whose flow emitted this one, which waits for it.
+        cause: Option<Id>,
     },
     Marker(oneshot::Sender<()>),
 }
@@ -144,6 +152,9 @@ pub(super) struct Durable {
     /// yet: everything, while the server is unreachable), bounded by the
     /// outgoing limit.
     queued: Bound,
+    /// Queued events by the event whose flow emitted them: a finished
+    /// flow's event is acknowledged once they are stored.
+    unstored: unstored::Unstored,
     /// Publishes the publishing task lets await their acknowledgement:
     /// half the client's permits, so that it never waits for one.
     in_flight: usize,
@@ -203,6 +214,7 @@ impl Durable {
                 setups: Mutex::new(Vec::new()),
                 taken: Default::default(),
                 queued: Bound::new(limit),
+                unstored: Default::default(),
                 in_flight: (permits / 2).max(1),
             },
             DurableOutbox(rx),
@@ -260,12 +272,15 @@ impl Durable {
     pub(super) fn broadcast(&self, event: &Event, payload: Bytes) -> Result<Receipt> {
         let subject = format!("{}.durable.bcast.{}", self.prefix, event.event_type());
         let then = Then::Broadcast(event.clone());
-        self.store(subject, message_headers(event), payload, then, None)
+        let cause = event.causal().causation_id.as_ref();
+        self.store(cause, subject, message_headers(event), payload, then, None)
     }
 
-    /// Queues an event for the publishing task (within the outgoing bound).
+    /// Queues an event for the publishing task (within the outgoing bound);
+    /// `cause` (the event whose flow emitted it) waits for it to be stored.
     fn store(
         &self,
+        cause: Option<&Id>,
         subject: String,
         headers: HeaderMap,
         payload: Bytes,
@@ -274,6 +289,10 @@ impl Durable {
     ) -> Result<Receipt> {
         self.queued.reserve()?;
         let (receipt_tx, receipt) = Receipt::waiting();
+        let cause = cause.cloned();
+        if let Some(cause) = &cause {
+            self.unstored.queued(cause);
+        }
         let _ = self.outgoing.send(Outgoing::Event {
             subject,
             headers,
@@ -281,6 +300,7 @@ impl Durable {
             then,
             until,
             receipt: receipt_tx,
+            cause,
         });
         Ok(receipt)
     }
@@ -292,11 +312,13 @@ impl Durable {
     /// Stores a tell to the durable node `target`.
     pub(super) fn tell(&self, target: &str, event: Event, payload: Bytes) -> Result<Receipt> {
         let headers = message_headers(&event);
+        let cause = event.causal().causation_id.clone();
         let then = Then::Tell {
             target: Id::from(target),
             event,
         };
-        self.store(self.subject(target), headers, payload, then, None)
+        let subject = self.subject(target);
+        self.store(cause.as_ref(), subject, headers, payload, then, None)
     }
 
     /// Stores the request `token` to the durable node `target`; its answer
@@ -313,22 +335,9 @@ impl Durable {
         let mut headers = message_headers(event);
         headers.insert(REPLY_TO, reply_to);
         let then = Then::Request(token);
-        self.store(self.subject(target), headers, payload, then, Some(deadline))
-    }
-
-    /// A marker resolved once every event queued so far has left the
-    /// publishing queue (stored, or given up: a request past its deadline);
-    /// `None` when the queue is empty. The marker's sender is dropped
-    /// unresolved if the publishing task ends first (the runtime closing
-    /// with events not stored).
-    pub(super) fn stored_so_far(&self) -> Option<oneshot::Receiver<()>> {
-        if self.queued.is_empty() {
-            return None;
-        }
-        let (tx, rx) = oneshot::channel();
-        // Closed: the task is gone and `rx` reports it.
-        let _ = self.outgoing.send(Outgoing::Marker(tx));
-        Some(rx)
+        let cause = event.causal().causation_id.as_ref();
+        let subject = self.subject(target);
+        self.store(cause, subject, headers, payload, then, Some(deadline))
     }
 
     /// Resolves once every event queued so far is stored and every node set

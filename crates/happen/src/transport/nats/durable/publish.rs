@@ -28,6 +28,9 @@ pub(in crate::transport::nats) async fn publish(
     outbox: DurableOutbox,
 ) {
     let DurableOutbox(mut rx) = outbox;
+    // However the task ends (also aborted), the acknowledgements waiting
+    // for its events learn that they will not be stored here.
+    let _closing = Closing(durable.clone());
     let mut seq = 0u64;
     let mut outstanding = BTreeSet::new();
     // Markers in the order they came, so by position in the queue.
@@ -43,7 +46,7 @@ pub(in crate::transport::nats) async fn publish(
             item = rx.recv(), if open && acks.len() < durable.in_flight => match item {
                 None => open = false,
                 Some(Outgoing::Marker(tx)) => markers.push_back((seq, tx)),
-                Some(Outgoing::Event { subject, headers, payload, then, until, receipt }) => {
+                Some(Outgoing::Event { subject, headers, payload, then, until, receipt, cause }) => {
                     seq += 1;
                     outstanding.insert(seq);
                     // Handed to the client here, in the order sent; only
@@ -53,13 +56,16 @@ pub(in crate::transport::nats) async fn publish(
                         .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                         .await;
                     let message = Message { subject, headers, payload };
-                    let then = (then, receipt);
+                    let then = (then, receipt, cause);
                     acks.push(store(durable.js.clone(), seq, message, first, then, until));
                 }
             },
-            Some((seq, (then, receipt), outcome)) = acks.next() => {
+            Some((seq, (then, receipt, cause), outcome)) = acks.next() => {
                 outstanding.remove(&seq);
                 durable.queued.release();
+                if let Some(cause) = cause {
+                    durable.unstored.left(&cause);
+                }
                 let _ = receipt.send(outcome.clone());
                 if let Err(error) = outcome {
                     match then {
@@ -89,6 +95,19 @@ pub(in crate::transport::nats) async fn publish(
     }
 }
 
+/// Closes the tracking of unstored events when dropped.
+struct Closing(Arc<Durable>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.unstored.close();
+    }
+}
+
+/// What an event's outcome settles: its `Then`, its receipt, and the
+/// cause waiting for it.
+type Settles = (Then, ReceiptTx, Option<crate::id::Id>);
+
 /// An event as published to the stream.
 struct Message {
     subject: String,
@@ -107,9 +126,9 @@ async fn store(
         jetstream::context::PublishAckFuture,
         jetstream::context::PublishError,
     >,
-    then: (Then, ReceiptTx),
+    then: Settles,
     until: Option<tokio::time::Instant>,
-) -> (u64, (Then, ReceiptTx), Result<()>) {
+) -> (u64, Settles, Result<()>) {
     let mut published = Some(first);
     let mut failures = 0u32;
     loop {
