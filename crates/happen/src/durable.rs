@@ -26,8 +26,22 @@
 //! on disk) only once the events its flow told or broadcast to durable
 //! nodes are stored, so a process that dies at any point loses neither:
 //! either the event comes back and the flow runs again, or what it emitted
-//! is already stored. Events emitted by a task the flow spawned and left
-//! running after it ended are not waited for.
+//! is already stored. Over NATS, while an acknowledgement waits it tells
+//! the server every half [`DeliveryConfig::ack_wait`] that the event is
+//! still being worked on, so the event is not handed out again meanwhile;
+//! a shutting-down runtime stores what its flows emitted and sends the
+//! waiting acknowledgements before it disconnects (within its close
+//! limit). What is waited for is the events stamped with the event as
+//! their cause: events sent from a task the flow spawned with
+//! [`happen::spawn`](crate::spawn) while the flow runs are; events sent
+//! from a plain `tokio::spawn` (they have no cause), from a task left
+//! running after the flow ended, or further down a chain (by a node the
+//! flow asked) are not. If one of the waited-for events cannot be stored
+//! (a request given up at its deadline), the event is left unsettled and
+//! comes back. A stream that refuses new events (full) therefore holds
+//! back the acknowledgements of flows that emit into it, and with them
+//! the room they would free: give durable streams room, or watch their
+//! flow balance.
 //!
 //! **Attempts and the requester.** A request to a durable node is answered
 //! by the attempt that ends the event: the first that succeeds, or the last

@@ -4,6 +4,7 @@
 //! `faults: <scenario> sent=N processed=N lost=L duplicated=D`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -639,37 +640,9 @@ async fn a_receipt_waits_through_an_outage_until_the_event_is_stored() {
     assert_eq!((lost, duplicated, processed), (0, 0, 2));
 }
 
-/// A flow's events are stored before the event that caused them is
-/// acknowledged. The stream is made full (it refuses new events) just as
-/// ten charges fill it: their flows run and emit a capture each, which the
-/// stream refuses, so no charge may be acknowledged yet (acknowledged, a
-/// process killed now would lose its capture for good). Once the stream
-/// takes events again, every capture is stored and arrives once, and only
-/// then are the charges acknowledged.
-async fn emitted_events_are_stored_before_their_cause_is_acknowledged(
-    mode: DeliveryConfig,
-    scenario: &str,
-) {
-    use async_nats::jetstream::stream::DiscardPolicy;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    let server = NatsServer::start().unwrap();
-    let happen = Happen::connect(NatsConfig::new(server.url()).co_located(false))
-        .await
-        .unwrap();
-    let slow_redelivery = |mode: DeliveryConfig| {
-        NodeConfig::new().delivery(
-            mode.backoff(Duration::from_millis(20), Duration::from_millis(200))
-                .ack_wait(Duration::from_secs(30)),
-        )
-    };
-    let ledger = happen
-        .node_with("ledger", slow_redelivery(DeliveryConfig::exactly_once()))
-        .unwrap();
-    let tally = Tally::default();
-    tally.handle(&ledger, "captured");
-    let payments = happen.node_with("payments", slow_redelivery(mode)).unwrap();
-    // The flows wait for the gate, so that the charges fill the stream.
+/// Charges whose flows wait for a gate and then tell the ledger of each
+/// capture: the gate, and how many flows got past it and told.
+fn gated_payments(payments: &Node) -> (tokio::sync::watch::Sender<bool>, Arc<AtomicU64>) {
     let (gate, gate_rx) = tokio::sync::watch::channel(false);
     let runs = Arc::new(AtomicU64::new(0));
     let r = runs.clone();
@@ -680,15 +653,18 @@ async fn emitted_events_are_stored_before_their_cause_is_acknowledged(
                 let _ = gate.wait_for(|open| *open).await;
                 cx.node()
                     .tell("ledger", Event::new("captured", event.payload().clone()))?;
-                runs.fetch_add(1, Ordering::Relaxed);
+                runs.fetch_add(1, AtomicOrdering::Relaxed);
                 Ok::<_, HappenError>(())
             }
         })
         .unwrap();
-    happen.flush().await.unwrap();
+    (gate, runs)
+}
 
+/// Sends `sent` charges from `happen`'s node `shop` and waits until they
+/// are stored.
+async fn send_charges(happen: &Happen, sent: u64) {
     let shop = happen.node("shop").unwrap();
-    let sent = 10u64;
     for seq in 0..sent {
         shop.tell("payments", Event::new("charge", json!({ "seq": seq })))
             .unwrap();
@@ -696,33 +672,101 @@ async fn emitted_events_are_stored_before_their_cause_is_acknowledged(
     within("the charges are stored", 10, happen.flush())
         .await
         .unwrap();
-    // Full: the stream holds the charges and refuses anything new.
-    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
-    let mut stream = js.get_stream("HAPPEN_DURABLE").await.unwrap();
-    let mut config = stream.info().await.unwrap().config.clone();
-    assert_eq!(stream.info().await.unwrap().state.messages, sent);
-    config.max_messages = sent as i64;
-    config.discard = DiscardPolicy::New;
-    js.update_stream(&config).await.unwrap();
-    gate.send(true).unwrap();
+}
 
+/// Waits until `runs` reaches `sent`.
+async fn until_runs(runs: &AtomicU64, sent: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while runs.load(Ordering::Relaxed) < sent {
+    while runs.load(AtomicOrdering::Relaxed) < sent {
         assert!(tokio::time::Instant::now() < deadline, "the charges ran");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The flows have ended; their captures are refused by the full stream.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let info = stream.consumer_info("payments").await.unwrap().clone();
-    let acked_while_unstored = info.ack_floor.consumer_sequence;
+}
+
+/// Happen's event stream, made full: it holds what it holds now and
+/// refuses anything new (`max_messages`, discard new) until lifted.
+struct FullStream {
+    js: async_nats::jetstream::Context,
+    stream: async_nats::jetstream::stream::Stream,
+    config: async_nats::jetstream::stream::Config,
+}
+
+impl FullStream {
+    async fn fill(url: &str, holding: u64) -> FullStream {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        let mut stream = js.get_stream("HAPPEN_DURABLE").await.unwrap();
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.state.messages, holding);
+        let mut config = info.config.clone();
+        config.max_messages = holding as i64;
+        config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+        js.update_stream(&config).await.unwrap();
+        FullStream { js, stream, config }
+    }
+
+    async fn lift(&mut self) {
+        self.config.max_messages = -1;
+        self.js.update_stream(&self.config).await.unwrap();
+    }
+
+    async fn consumer(&mut self, name: &str) -> async_nats::jetstream::consumer::Info {
+        self.stream.consumer_info(name).await.unwrap().clone()
+    }
+}
+
+/// A flow's events are stored before the event that caused them is
+/// acknowledged. The stream is made full (it refuses new events) just as
+/// ten charges fill it: their flows run and emit a capture each, which the
+/// stream refuses, so no charge may be acknowledged yet (acknowledged, a
+/// process killed now would lose its capture for good), nor handed out
+/// again while its acknowledgement waits (longer than `ack_wait`). Once the
+/// stream takes events again, every capture is stored and arrives once,
+/// and only then are the charges acknowledged.
+async fn emitted_events_are_stored_before_their_cause_is_acknowledged(
+    mode: DeliveryConfig,
+    scenario: &str,
+) {
+    let server = NatsServer::start().unwrap();
+    let happen = Happen::connect(NatsConfig::new(server.url()).co_located(false))
+        .await
+        .unwrap();
+    // Handed out again after 1 s unless the waiting acknowledgement tells
+    // the server, meanwhile, that the event is still being worked on.
+    let slow_redelivery = |mode: DeliveryConfig| {
+        NodeConfig::new().delivery(
+            mode.backoff(Duration::from_millis(20), Duration::from_millis(200))
+                .ack_wait(Duration::from_secs(1)),
+        )
+    };
+    let ledger = happen
+        .node_with("ledger", slow_redelivery(DeliveryConfig::exactly_once()))
+        .unwrap();
+    let tally = Tally::default();
+    tally.handle(&ledger, "captured");
+    let payments = happen.node_with("payments", slow_redelivery(mode)).unwrap();
+    // The flows wait for the gate, so that the charges fill the stream.
+    let (gate, runs) = gated_payments(&payments);
+    happen.flush().await.unwrap();
+    let sent = 10u64;
+    send_charges(&happen, sent).await;
+    let mut full = FullStream::fill(&server.url(), sent).await;
+    gate.send(true).unwrap();
+    until_runs(&runs, sent).await;
+    // The flows have ended; their captures are refused by the full stream,
+    // for longer than the acknowledgement wait.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let info = full.consumer("payments").await;
+    let redelivered = info.num_redelivered;
+    // Every charge ran, so one not pending any more was acknowledged (the
+    // ack floor alone would miss charges acknowledged out of order).
+    let acked_while_unstored = sent.saturating_sub(info.num_ack_pending as u64);
     let captured_while_full = tally.distinct();
 
-    config.max_messages = -1;
-    js.update_stream(&config).await.unwrap();
+    full.lift().await;
     let (processed, lost, duplicated) = tally.report(scenario, sent, 20).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let info = stream.consumer_info("payments").await.unwrap().clone();
+        let info = full.consumer("payments").await;
         if (info.num_ack_pending, info.num_pending) == (0, 0) {
             break;
         }
@@ -732,13 +776,19 @@ async fn emitted_events_are_stored_before_their_cause_is_acknowledged(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let runs = runs.load(AtomicOrdering::Relaxed);
     println!(
-        "faults: {scenario}-acknowledgements charges={sent} acked-while-capture-unstored={acked_while_unstored} captured-while-full={captured_while_full}"
+        "faults: {scenario}-acknowledgements charges={sent} acked-while-capture-unstored={acked_while_unstored} captured-while-full={captured_while_full} handed-out-again={redelivered} runs={runs}"
     );
     assert_eq!(
         (acked_while_unstored, captured_while_full),
         (0, 0),
         "no charge is acknowledged before its capture is stored"
+    );
+    assert_eq!(
+        (redelivered, runs),
+        (0, sent),
+        "a waiting acknowledgement keeps its event from being handed out again"
     );
     assert_eq!((lost, duplicated, processed), (0, 0, sent));
     happen.shutdown().await;
@@ -760,4 +810,59 @@ async fn an_at_least_once_flows_events_are_stored_before_its_event_is_acknowledg
         "stream-full-at-least-once",
     )
     .await;
+}
+
+/// A runtime shut down while its flows' events wait to be stored (the
+/// stream full) stores them and acknowledges the flows' events before it
+/// lets the connection go, rather than leaving them to be handed out and
+/// run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_runtime_stores_what_its_flows_emitted_and_acknowledges_them() {
+    let server = NatsServer::start().unwrap();
+    let books = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let ledger = books
+        .node_with("ledger", durable(DeliveryConfig::exactly_once()))
+        .unwrap();
+    let tally = Tally::default();
+    tally.handle(&ledger, "captured");
+    books.flush().await.unwrap();
+    let payment_process = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let payments = payment_process
+        .node_with("payments", durable(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let (gate, runs) = gated_payments(&payments);
+    payment_process.flush().await.unwrap();
+    let sent = 10u64;
+    send_charges(&books, sent).await;
+    let mut full = FullStream::fill(&server.url(), sent).await;
+    gate.send(true).unwrap();
+    until_runs(&runs, sent).await;
+
+    // The flows have ended, their captures wait: the payment process shuts
+    // down, and the stream takes events again while it closes.
+    let closing = tokio::spawn(async move { payment_process.shutdown().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    full.lift().await;
+    within("the payment process shuts down", 10, closing)
+        .await
+        .unwrap();
+    let info = full.consumer("payments").await;
+    let (processed, lost, duplicated) = tally
+        .report("closing-with-captures-waiting", sent, 20)
+        .await;
+    println!(
+        "faults: closing-with-captures-waiting-acknowledgements charges={sent} left-unacknowledged={} left-pending={}",
+        info.num_ack_pending, info.num_pending
+    );
+    assert_eq!(
+        (info.num_ack_pending, info.num_pending),
+        (0, 0),
+        "the closing runtime acknowledged every charge whose capture it stored"
+    );
+    assert_eq!((lost, duplicated, processed), (0, 0, sent));
+    books.shutdown().await;
 }

@@ -494,17 +494,26 @@ impl Transport for NatsTransport {
         let shared = self.shared.clone();
         shared.phase.store(CLOSED, Ordering::Release);
         // Release every subscription but the inbox, so that the server
-        // stops routing events here before this returns; then a round trip:
-        // the releases, the replies of the last flows and everything sent
-        // before have reached the server, unless it is unreachable.
+        // stops routing events here before this returns; then the durable
+        // events still queued are stored and the acknowledgements waiting
+        // for them sent; then a round trip: the releases, the replies of
+        // the last flows and everything sent before have reached the
+        // server, unless it is unreachable.
         let mut ids: Vec<u64> = lock(&shared.direct).drain().map(|(_, id)| id).collect();
         ids.extend(shared.filters.release_all());
         for id in ids {
             shared.commands.control(Command::Unsubscribe { id });
         }
-        let round_trip = shared.round_trip();
         Box::pin(async move {
-            let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, round_trip).await;
+            let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, async {
+                // What the last flows emitted to durable nodes is stored and
+                // their events acknowledged before the connection goes.
+                if let Some(durable) = &shared.durable {
+                    durable.drain().await;
+                }
+                let _ = shared.round_trip().await;
+            })
+            .await;
             shared.abort();
         })
     }

@@ -242,12 +242,13 @@ impl Acknowledge for JsAck {
             ack(&self.shared, &self.message, AckKind::Ack);
             return;
         }
-        tokio::spawn(async move {
-            if let Some(stored) = stored
-                && stored.await.is_err()
-            {
-                // Closing with them unstored: the event is handed out
-                // again, and its flows' events are sent again.
+        let acks = self.durable.acks.clone();
+        acks.spawn(async move {
+            let ack_wait = self.config.ack_wait;
+            if !emitted_stored(stored, &self.shared, &self.message, ack_wait).await {
+                // Not stored here (given up, or the runtime closing): the
+                // event is handed out again, and its flows' events are
+                // sent again.
                 return;
             }
             // Exactly-once: the completion is recorded before the event is
@@ -300,9 +301,17 @@ impl Acknowledge for JsAck {
         headers.insert("Happen-Attempts", this.attempt.to_string());
         let subject = format!("{}.dead.{}", this.durable.prefix, this.node);
         let (js, payload) = (this.durable.js.clone(), this.message.payload.clone());
+        let stored = this.durable.unstored.wait(this.event.id());
+        let acks = this.durable.acks.clone();
         let (shared, message, settled) = (this.shared, this.message, this.settled);
         let event_id = this.event.causal().id.clone();
-        tokio::spawn(async move {
+        let ack_wait = this.config.ack_wait;
+        acks.spawn(async move {
+            // What the last attempt emitted before failing is stored first,
+            // as for a completed flow.
+            if !emitted_stored(stored, &shared, &message, ack_wait).await {
+                return;
+            }
             match js.publish_with_headers(subject, headers, payload).await {
                 Ok(stored) => {
                     if let Err(error) = stored.await {
@@ -315,5 +324,29 @@ impl Acknowledge for JsAck {
             settled.settle(&event_id);
         });
         failure.answer();
+    }
+}
+
+/// Waits until the events an event's flows emitted to durable nodes are
+/// stored (`stored`, from [`Unstored::wait`](super::unstored::Unstored::wait);
+/// `None`: nothing to wait for), telling the server every half `ack_wait`
+/// meanwhile that the event is still being worked on, so that it is not
+/// handed out again. `false` if they will not be stored here (one was
+/// given up, or the runtime is closing): the event must stay unsettled.
+async fn emitted_stored(
+    stored: Option<tokio::sync::oneshot::Receiver<()>>,
+    shared: &Shared,
+    message: &async_nats::Message,
+    ack_wait: Duration,
+) -> bool {
+    let Some(mut stored) = stored else {
+        return true;
+    };
+    let every = (ack_wait / 2).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            outcome = &mut stored => return outcome.is_ok(),
+            () = tokio::time::sleep(every) => ack(shared, message, AckKind::Progress),
+        }
     }
 }

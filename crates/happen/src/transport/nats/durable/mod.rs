@@ -155,6 +155,9 @@ pub(super) struct Durable {
     /// Queued events by the event whose flow emitted them: a finished
     /// flow's event is acknowledged once they are stored.
     unstored: unstored::Unstored,
+    /// The acknowledgements that wait (for what their flows emitted, for a
+    /// completion record, for a dead letter), awaited by a closing runtime.
+    acks: tokio_util::task::TaskTracker,
     /// Publishes the publishing task lets await their acknowledgement:
     /// half the client's permits, so that it never waits for one.
     in_flight: usize,
@@ -215,6 +218,7 @@ impl Durable {
                 taken: Default::default(),
                 queued: Bound::new(limit),
                 unstored: Default::default(),
+                acks: tokio_util::task::TaskTracker::new(),
                 in_flight: (permits / 2).max(1),
             },
             DurableOutbox(rx),
@@ -338,6 +342,18 @@ impl Durable {
         let cause = event.causal().causation_id.as_ref();
         let subject = self.subject(target);
         self.store(cause, subject, headers, payload, then, Some(deadline))
+    }
+
+    /// Resolves once every event queued so far has left the publishing
+    /// queue and the acknowledgements that wait for them (or for anything
+    /// else) are sent: a closing runtime settles what its flows finished.
+    pub(super) async fn drain(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.outgoing.send(Outgoing::Marker(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        self.acks.close();
+        self.acks.wait().await;
     }
 
     /// Resolves once every event queued so far is stored and every node set

@@ -64,7 +64,7 @@ pub(in crate::transport::nats) async fn publish(
                 outstanding.remove(&seq);
                 durable.queued.release();
                 if let Some(cause) = cause {
-                    durable.unstored.left(&cause);
+                    durable.unstored.left(&cause, outcome.is_ok());
                 }
                 let _ = receipt.send(outcome.clone());
                 if let Err(error) = outcome {

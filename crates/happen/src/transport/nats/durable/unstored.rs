@@ -29,6 +29,9 @@ struct Causes {
 #[derive(Default)]
 struct Emitted {
     queued: usize,
+    /// One of them was given up (a request past its deadline): the cause
+    /// must not be settled as if they were all stored.
+    failed: bool,
     waiting: Vec<oneshot::Sender<()>>,
 }
 
@@ -41,29 +44,34 @@ impl Unstored {
         }
     }
 
-    /// An event caused by `cause` left the publishing queue (stored, or
-    /// given up: a request past its deadline); once none is left, whoever
-    /// waits for them is told.
-    pub(super) fn left(&self, cause: &str) {
+    /// An event caused by `cause` left the publishing queue, `stored` or
+    /// given up (a request past its deadline). Once none is left, whoever
+    /// waits for them is told: resolved if all were stored, dropped
+    /// unresolved if one was given up.
+    pub(super) fn left(&self, cause: &str, stored: bool) {
         let mut causes = lock(&self.0);
         let Some(emitted) = causes.queued.get_mut(cause) else {
             return;
         };
         emitted.queued -= 1;
+        emitted.failed |= !stored;
         if emitted.queued == 0
             && let Some(emitted) = causes.queued.remove(cause)
         {
             drop(causes);
-            for tx in emitted.waiting {
-                let _ = tx.send(());
+            if !emitted.failed {
+                for tx in emitted.waiting {
+                    let _ = tx.send(());
+                }
             }
         }
     }
 
     /// Resolves once no event caused by `cause` is queued; `None` if none
-    /// is now. The sender is dropped unresolved when the publishing task
-    /// ends first (the runtime closing with them not stored), and at once
-    /// once it has ended (what a flow emits then is not stored).
+    /// is now. The sender is dropped unresolved when one of them was given
+    /// up, or when the publishing task ends first (the runtime closing with
+    /// them not stored), and at once once it has ended (what a flow emits
+    /// then is not stored).
     pub(super) fn wait(&self, cause: &str) -> Option<oneshot::Receiver<()>> {
         let mut causes = lock(&self.0);
         if causes.closed {
@@ -101,13 +109,29 @@ mod tests {
         // Another cause's events do not hold this one.
         assert!(unstored.wait("b").is_none());
         let mut waiting = unstored.wait("a").expect("two events of a are queued");
-        unstored.left("a");
+        unstored.left("a", true);
         assert!(waiting.try_recv().is_err(), "one is still queued");
         unstored.queued(&b);
-        unstored.left("b");
+        unstored.left("b", true);
         assert!(unstored.wait("b").is_none());
-        unstored.left("a");
+        unstored.left("a", true);
         assert_eq!(waiting.try_recv(), Ok(()));
+        assert!(unstored.wait("a").is_none(), "nothing of a is left");
+    }
+
+    #[test]
+    fn a_cause_with_an_event_given_up_is_not_settled() {
+        let unstored = Unstored::default();
+        let a = Id::from("a");
+        unstored.queued(&a);
+        unstored.queued(&a);
+        let mut waiting = unstored.wait("a").expect("queued");
+        unstored.left("a", false);
+        unstored.left("a", true);
+        assert_eq!(
+            waiting.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        );
         assert!(unstored.wait("a").is_none(), "nothing of a is left");
     }
 
