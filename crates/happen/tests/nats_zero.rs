@@ -131,3 +131,70 @@ async fn the_zero_buffer_is_the_message_and_hostile_bytes_are_refused() {
     sender.shutdown().await;
     receiver.shutdown().await;
 }
+
+/// A zero event to a durable node is refused with the reason, from another
+/// runtime and from the node's own (co-located): it would go around the
+/// stream that stores and settles the node's events. Ordinary events still
+/// reach the node, stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_events_to_a_durable_node_are_refused_with_the_reason() {
+    let server = NatsServer::start().unwrap();
+    let receiver = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let ledger = receiver
+        .node_with(
+            "ledger",
+            NodeConfig::new().delivery(happen::DeliveryConfig::at_least_once()),
+        )
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    ledger
+        .on("reading", move |e: Event, _cx: Context| {
+            let _ = tx.send(e.payload()["celsius"].clone());
+            async {}
+        })
+        .unwrap();
+    receiver.flush().await.unwrap();
+    let sender = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let gateway = sender.node("gateway").unwrap();
+    let writer = || {
+        let mut w = ZeroWriter::new("reading");
+        w.f64("celsius", 21.5);
+        w
+    };
+    for (side, from) in [
+        ("another runtime", gateway.clone()),
+        ("the node's own runtime", receiver.node("clerk").unwrap()),
+    ] {
+        match from.zero_tell("ledger", writer()) {
+            Err(HappenError::Config(reason)) => {
+                assert!(
+                    reason.contains("ledger") && reason.contains("durable"),
+                    "{side}: {reason}"
+                )
+            }
+            other => panic!("{side}: a zero tell to a durable node: {other:?}"),
+        }
+        assert!(
+            matches!(
+                from.zero_send("ledger", writer()).await,
+                Err(HappenError::Config(_))
+            ),
+            "{side}: a zero request to a durable node is refused"
+        );
+    }
+    gateway
+        .tell("ledger", Event::new("reading", json!({ "celsius": 21.5 })))
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        within("the ordinary event", 10, rx.recv()).await,
+        Some(json!(21.5))
+    );
+    sender.shutdown().await;
+    receiver.shutdown().await;
+}

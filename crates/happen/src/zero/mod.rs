@@ -28,7 +28,9 @@
 //! ([`ZeroEvent::from_event`]), and a zero event for a node with ordinary
 //! handlers only is turned into an ordinary [`Event`](crate::Event) ([`ZeroEvent::to_event`])
 //! with its causal context. Each conversion allocates; keep hot paths zero
-//! end to end.
+//! end to end. Zero events have direct delivery only: a node with durable
+//! delivery takes no zero handler, and over NATS a zero event to a durable
+//! node is refused ([`HappenError::Config`]).
 //!
 //! ```
 //! use happen::prelude::*;

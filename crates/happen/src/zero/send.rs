@@ -52,6 +52,11 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
     /// Zero events matching it go to it; ordinary events go to it (converted)
     /// only when no ordinary handler of the node matches. The node runs its
     /// zero handlers one event at a time, in its own task.
+    ///
+    /// A node with durable delivery ([`DeliveryConfig`](crate::DeliveryConfig)
+    /// at-least-once or exactly-once) takes no zero handler:
+    /// [`HappenError::Config`]. Its events are stored and settled at the end
+    /// of an ordinary flow, which a zero handler does not have.
     pub fn zero<F>(&self, pattern: impl IntoPattern, handler: F) -> Result<HandlerId>
     where
         F: Fn(&ZeroEvent, &ZeroContext<'_>) -> std::result::Result<ZeroNext, BoxError>
@@ -59,6 +64,15 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
             + Sync
             + 'static,
     {
+        let core = self.core();
+        if core.limits().delivery.mode.is_durable() {
+            // A zero handler has no end of flow to settle a stored event
+            // with: the event would be handed out again and again.
+            return Err(HappenError::Config(format!(
+                "node {}: zero handlers do not take durable delivery; register an ordinary handler (node.on) for events that must be stored",
+                core.id()
+            )));
+        }
         let handler: Arc<ZeroFn> = Arc::new(handler);
         lane::register(&self.untyped(), pattern.into_pattern(), handler)
     }

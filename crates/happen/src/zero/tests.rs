@@ -289,3 +289,39 @@ async fn waiting_events_keep_the_handler_that_matched_them() {
     assert_eq!(counts[2].load(Ordering::SeqCst), 4);
     assert_eq!(counts[0].load(Ordering::SeqCst), 3);
 }
+
+/// A durable node refuses zero handlers (an event stored for it could not
+/// be settled by one, and would come back forever); its ordinary handlers
+/// and a direct node's zero handlers are unaffected.
+#[tokio::test(flavor = "current_thread")]
+async fn a_durable_node_takes_no_zero_handler() {
+    use crate::{DeliveryConfig, Happen, NodeConfig};
+    let happen = Happen::embedded();
+    for mode in [
+        DeliveryConfig::at_least_once(),
+        DeliveryConfig::exactly_once(),
+    ] {
+        let id = format!("ledger-{:?}", mode.mode).to_lowercase();
+        let durable = happen
+            .node_with(&id, NodeConfig::new().delivery(mode))
+            .unwrap();
+        let refused = durable.zero("reading", |_e, _cx| Ok(ZeroNext::Done));
+        match refused {
+            Err(crate::HappenError::Config(message)) => {
+                assert!(
+                    message.contains(&id) && message.contains("durable"),
+                    "{message}"
+                );
+            }
+            other => panic!("a zero handler on a durable node: {other:?}"),
+        }
+        durable
+            .on("reading", |_e: Event, _cx: crate::Context| async {})
+            .unwrap();
+    }
+    let direct = happen.node("sensor").unwrap();
+    direct
+        .zero("reading", |_e, _cx| Ok(ZeroNext::Done))
+        .unwrap();
+    happen.shutdown().await;
+}

@@ -68,7 +68,7 @@ pub(super) fn is_zero(payload: &[u8]) -> bool {
 }
 
 /// Sends a zero event to `target`: handed over in this process when the
-/// node is here (co-located), else published.
+/// node is here (co-located), else published; refused for a durable node.
 pub(super) fn send(
     shared: &Arc<Shared>,
     target: &str,
@@ -76,6 +76,15 @@ pub(super) fn send(
     reply: ReplyTo,
     timeout: Duration,
 ) -> Result<()> {
+    if shared.durable.as_ref().is_some_and(|d| d.is_target(target)) {
+        // Its events are stored and settled through the stream; a zero
+        // event goes around it and would be handled at most once.
+        let error = HappenError::Config(format!(
+            "node {target} takes durable delivery, which zero events do not have: send it an ordinary event (tell, send)"
+        ));
+        reply.refuse(error.clone());
+        return Err(error);
+    }
     if shared.co_located
         && let Some(node) = shared.local.node(target)
     {
