@@ -6,7 +6,9 @@
 //!
 //! One writer task takes events in the order they were sent, writes every
 //! event waiting at that moment in one commit, then hands them to their
-//! nodes in the same order. After a restart, a durable node gets its
+//! nodes in the same order. A commit that fails is written again with the
+//! next one, so an event is never removed on disk before the events queued
+//! ahead of it (those its flow emitted) are written. After a restart, a durable node gets its
 //! spooled events (in the order of their ids, which is the order they were
 //! made) as soon as a handler that takes them is registered.
 //!
@@ -159,45 +161,77 @@ impl Spool {
     }
 }
 
+/// How long the writer waits before writing again the rows of a failed
+/// commit when nothing new arrives.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Rows to write, in order.
+type Rows = Vec<(String, Option<Vec<u8>>)>;
+
 /// Writes what arrives in batches (one commit each), then hands the
-/// written events to their nodes in order.
+/// written events to their nodes in order. The rows of a failed commit are
+/// written again first in the next one (and on a timer while nothing new
+/// arrives), and the removals' follow-ups wait for it: a removal is never
+/// on disk without the writes queued before it, so an event whose cause
+/// was forgotten is on disk.
 async fn write(spool: Weak<Spool>, mut rx: mpsc::UnboundedReceiver<Op>) {
     // A failed commit, until a marker has reported it.
     let mut failed: Option<HappenError> = None;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+    // The rows of failed commits, and the follow-ups of their removals.
+    let mut carried: Rows = Vec::new();
+    let mut carried_then: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+    loop {
+        let mut batch = Vec::new();
+        let next = if carried.is_empty() {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                op = rx.recv() => op,
+                () = tokio::time::sleep(RETRY_AFTER) => None,
+            }
+        };
+        match next {
+            Some(op) => batch.push(op),
+            None if carried.is_empty() => return,
+            None => {}
+        }
         while batch.len() < BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
-        let rows: Vec<(String, Option<Vec<u8>>)> = batch
-            .iter_mut()
-            .filter_map(|op| match op {
-                Op::Put { key, bytes, .. } => Some((key.clone(), Some(std::mem::take(bytes)))),
-                Op::Remove { key, .. } => Some((std::mem::take(key), None)),
-                Op::Marker(_) => None,
-            })
-            .collect();
+        let mut rows = std::mem::take(&mut carried);
+        rows.extend(batch.iter_mut().filter_map(|op| match op {
+            Op::Put { key, bytes, .. } => Some((key.clone(), Some(std::mem::take(bytes)))),
+            Op::Remove { key, .. } => Some((std::mem::take(key), None)),
+            Op::Marker(_) => None,
+        }));
         let written = match (rows.is_empty(), spool.upgrade()) {
             (true, _) => Ok(()),
-            (false, Some(spool)) => {
-                let disk = spool.disk.clone();
-                drop(spool);
-                disk.write_many(Table::Spool, rows).await
-            }
+            (false, Some(spool)) => spool.disk.write_rows(Table::Spool, rows).await,
             (false, None) => return,
         };
-        if let Err(error) = &written {
-            tracing::error!(%error, "spool not written; these events are not kept across a restart");
-            failed = Some(error.clone());
-        }
+        let written = match written {
+            Ok(()) => {
+                for then in carried_then.drain(..) {
+                    then();
+                }
+                true
+            }
+            Err((error, rows)) => {
+                tracing::error!(%error, rows = rows.len(), "spool not written; written again with the next commit");
+                failed = Some(error);
+                carried = rows;
+                false
+            }
+        };
         let mut reported = false;
         for op in batch {
             match op {
                 // Handed over either way: a failed write costs durability
-                // across a restart, not the event.
+                // across a restart until a later commit holds it, not the
+                // event.
                 Op::Put { node, delivery, .. } => {
                     let _ = delivery::deliver(&node, delivery);
                 }
@@ -205,15 +239,96 @@ async fn write(spool: Weak<Spool>, mut rx: mpsc::UnboundedReceiver<Op>) {
                     let _ = done.send(failed.clone().map_or(Ok(()), Err));
                     reported = true;
                 }
-                Op::Remove { then, .. } => {
-                    if written.is_ok() {
-                        then();
-                    }
-                }
+                Op::Remove { then, .. } if written => then(),
+                Op::Remove { then, .. } => carried_then.push(then),
             }
         }
         if reported {
             failed = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use crate::store::disk::Table;
+    use crate::{Context, DeliveryConfig, Event, Happen, HappenConfig, HappenError, NodeConfig};
+
+    /// A commit that fails is written again with the next one, so a flow's
+    /// completion (its event's removal) never reaches the disk without the
+    /// event the flow emitted before it: here the relay's emitted event
+    /// fails to be written, the relay's flow ends, and the disk must still
+    /// hold the emitted event once the relay's event is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_is_written_again_before_a_later_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let happen = Happen::embedded_on_disk(dir.path(), HappenConfig::default()).unwrap();
+        let durable = || NodeConfig::new().delivery(DeliveryConfig::at_least_once());
+        let relay = happen.node_with("relay", durable()).unwrap();
+        let sink = happen.node_with("sink", durable()).unwrap();
+        let spool = relay.core().spool().unwrap().clone();
+        // The sink holds its event (on disk) until the gate opens.
+        let (gate, gate_rx) = tokio::sync::watch::channel(false);
+        sink.on("item", move |_e: Event, _cx: Context| {
+            let mut gate = gate_rx.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+            }
+        })
+        .unwrap();
+        let (ended, mut relay_ended) = tokio::sync::mpsc::unbounded_channel();
+        let s = spool.clone();
+        relay
+            .on("item", move |e: Event, cx: Context| {
+                let (spool, ended) = (s.clone(), ended.clone());
+                async move {
+                    // The commit holding what this flow emits fails.
+                    spool.disk.fail_next.store(true, Ordering::SeqCst);
+                    let stored = cx
+                        .node()
+                        .tell("sink", Event::new("item", e.payload().clone()))?
+                        .await;
+                    let _ = ended.send(stored.is_err());
+                    Ok::<_, HappenError>(())
+                }
+            })
+            .unwrap();
+        let shop = happen.node("shop").unwrap();
+        shop.tell("relay", Event::new("item", json!(1)))
+            .unwrap()
+            .await
+            .unwrap();
+        let write_failed = tokio::time::timeout(Duration::from_secs(5), relay_ended.recv())
+            .await
+            .expect("the relay's flow ended")
+            .unwrap();
+        assert!(write_failed, "the emitted event's commit failed");
+        // The relay's event is removed once its flow ended: wait for that
+        // commit (the relay's flow has ended; its removal follows).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            spool.flush().await;
+            let keys = spool.disk.keys(Table::Spool);
+            if !keys.iter().any(|k| k.starts_with("relay\u{0}")) {
+                assert_eq!(keys.len(), 1, "{keys:?}");
+                assert!(
+                    keys[0].starts_with("sink\u{0}"),
+                    "the emitted event is on disk: {keys:?}"
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the relay's event was not removed: {keys:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gate.send(true).unwrap();
+        happen.shutdown().await;
     }
 }

@@ -293,7 +293,11 @@ async fn payment_process() {
             // Half the flows end with the tell (their event is settled
             // while the capture may still wait to be stored), half finish
             // other work first.
-            if event.payload()["seq"].as_u64().unwrap_or(0) % 2 == 0 {
+            if event.payload()["seq"]
+                .as_u64()
+                .unwrap_or(0)
+                .is_multiple_of(2)
+            {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             Ok::<_, HappenError>(())

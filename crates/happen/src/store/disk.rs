@@ -183,15 +183,38 @@ mod redb_disk {
             table: Table,
             rows: Vec<(String, Option<Vec<u8>>)>,
         ) -> Result<()> {
+            self.write_rows(table, rows)
+                .await
+                .map_err(|(error, _)| error)
+        }
+
+        /// The keys `table` holds now, in order (tests of what is on disk).
+        #[cfg(test)]
+        pub(crate) fn keys(&self, table: Table) -> Vec<String> {
+            let read = self.db.begin_read().expect("a read");
+            let t = read.open_table(definition(table)).expect("the table");
+            t.iter()
+                .expect("rows")
+                .map(|row| row.expect("a row").0.value().to_owned())
+                .collect()
+        }
+
+        /// [`Disk::write_many`], giving the rows back when the commit
+        /// fails (to be written again).
+        pub(crate) async fn write_rows(
+            &self,
+            table: Table,
+            rows: Vec<(String, Option<Vec<u8>>)>,
+        ) -> std::result::Result<(), (HappenError, Vec<(String, Option<Vec<u8>>)>)> {
             #[cfg(test)]
             if self
                 .fail_next
                 .swap(false, std::sync::atomic::Ordering::SeqCst)
             {
-                return Err(disk_error("injected write failure"));
+                return Err((disk_error("injected write failure"), rows));
             }
             let db = self.db.clone();
-            tokio::task::spawn_blocking(move || -> Result<()> {
+            let commit = move |rows: &[(String, Option<Vec<u8>>)]| -> Result<()> {
                 let write = db.begin_write().map_err(disk_error)?;
                 {
                     let mut t = write.open_table(definition(table)).map_err(disk_error)?;
@@ -208,9 +231,14 @@ mod redb_disk {
                     }
                 }
                 write.commit().map_err(disk_error)
+            };
+            let (written, rows) = tokio::task::spawn_blocking(move || {
+                let written = commit(&rows);
+                (written, rows)
             })
             .await
-            .map_err(disk_error)?
+            .map_err(|e| (disk_error(e), Vec::new()))?;
+            written.map_err(|error| (error, rows))
         }
     }
 }
