@@ -29,8 +29,8 @@
 //! handlers only is turned into an ordinary [`Event`](crate::Event) ([`ZeroEvent::to_event`])
 //! with its causal context. Each conversion allocates; keep hot paths zero
 //! end to end. Zero events have direct delivery only: a node with durable
-//! delivery takes no zero handler, and over NATS a zero event to a durable
-//! node is refused ([`HappenError::Config`]).
+//! delivery takes no zero handler, and a zero event to a durable node is
+//! refused ([`HappenError::Config`]), on every runtime.
 //!
 //! ```
 //! use happen::prelude::*;
@@ -73,6 +73,8 @@ pub(crate) use lane::{Lane, deliver};
 pub use lane::{ZeroContext, ZeroNext};
 pub(crate) use reply::ReplyTo;
 pub use send::ZeroAnswer;
+#[cfg(feature = "nats")]
+pub(crate) use send::not_durable;
 pub use writer::ZeroWriter;
 
 use crate::error::HappenError;

@@ -68,10 +68,7 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
         if core.limits().delivery.mode.is_durable() {
             // A zero handler has no end of flow to settle a stored event
             // with: the event would be handed out again and again.
-            return Err(HappenError::Config(format!(
-                "node {}: zero handlers do not take durable delivery; register an ordinary handler (node.on) for events that must be stored",
-                core.id()
-            )));
+            return Err(not_durable(core.id()));
         }
         let handler: Arc<ZeroFn> = Arc::new(handler);
         lane::register(&self.untyped(), pattern.into_pattern(), handler)
@@ -132,6 +129,14 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
     }
 }
 
+/// Why a durable node takes no zero handler and no zero event: its events
+/// are stored and settled at the end of an ordinary flow.
+pub(crate) fn not_durable(node: &str) -> HappenError {
+    HappenError::Config(format!(
+        "node {node} takes durable delivery, which zero events do not have: register ordinary handlers (node.on) and send it ordinary events (tell, send)"
+    ))
+}
+
 /// Sends from a zero handler: the handled event is the cause.
 pub(crate) fn tell(
     node: &Node,
@@ -186,6 +191,9 @@ fn send(
     // A live node of this runtime, in a runtime whose nodes all live here:
     // handed over without a lookup.
     if let Some(node) = core.in_process_target(target) {
+        if node.limits().delivery.mode.is_durable() {
+            return Err(not_durable(node.id()));
+        }
         let claim = matches!(reply, ReplyTo::Zero(_)).then(|| Claim {
             node: Arc::downgrade(node),
             id: event.id().0,

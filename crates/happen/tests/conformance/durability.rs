@@ -447,3 +447,46 @@ pub async fn a_timed_out_request_to_a_durable_node_is_still_processed(backend: &
         "processed once, not retried"
     );
 }
+
+/// Zero events have direct delivery only: a durable node takes no zero
+/// handler, and a zero event to it is refused with the reason (it would
+/// go around the store that keeps and settles the node's events), while
+/// ordinary events still reach it.
+pub async fn zero_handlers_and_zero_events_stay_off_durable_nodes(backend: &dyn Backend) {
+    use happen::zero::{ZeroNext, ZeroWriter};
+    let h = start(backend).await;
+    let gateway = h.node("zd-gateway").unwrap();
+    let ledger = h
+        .node_with("zd-ledger", quick(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let refused = ledger.zero("reading", |_e, _cx| Ok(ZeroNext::Done));
+    assert!(
+        matches!(&refused, Err(HappenError::Config(m)) if m.contains("zd-ledger") && m.contains("durable")),
+        "a zero handler on a durable node: {refused:?}"
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    ledger
+        .on("reading", super::recorder(tx, json!(null)))
+        .unwrap();
+    h.flush().await.unwrap();
+    let writer = || {
+        let mut w = ZeroWriter::new("reading");
+        w.f64("celsius", 21.5);
+        w
+    };
+    let told = gateway.zero_tell(&ledger, writer());
+    assert!(
+        matches!(&told, Err(HappenError::Config(m)) if m.contains("zd-ledger")),
+        "a zero tell to a durable node: {told:?}"
+    );
+    let asked = gateway.zero_send(&ledger, writer()).await;
+    assert!(
+        matches!(&asked, Err(HappenError::Config(_))),
+        "a zero request to a durable node: {:?}",
+        asked.map(|a| a.into_value())
+    );
+    gateway
+        .tell(&ledger, ev("reading", json!({ "celsius": 21.5 })))
+        .unwrap();
+    assert_eq!(recv(&mut rx).await.payload()["celsius"], 21.5);
+}

@@ -177,6 +177,7 @@ macro_rules! conformance_suite {
             broadcasts_to_durable_nodes_are_retried_and_taken_once,
             a_node_falling_behind_is_reported_down_then_up,
             a_timed_out_request_to_a_durable_node_is_still_processed,
+            zero_handlers_and_zero_events_stay_off_durable_nodes,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] identity;
             accept_from_admits_matching_senders_and_refuses_others,

@@ -79,9 +79,7 @@ pub(super) fn send(
     if shared.durable.as_ref().is_some_and(|d| d.is_target(target)) {
         // Its events are stored and settled through the stream; a zero
         // event goes around it and would be handled at most once.
-        let error = HappenError::Config(format!(
-            "node {target} takes durable delivery, which zero events do not have: send it an ordinary event (tell, send)"
-        ));
+        let error = crate::zero::not_durable(target);
         reply.refuse(error.clone());
         return Err(error);
     }
