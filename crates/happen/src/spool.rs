@@ -168,6 +168,22 @@ const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 /// Rows to write, in order.
 type Rows = Vec<(String, Option<Vec<u8>>)>;
 
+/// The rows of a failed commit, each key once, with its last value: one
+/// commit applies its rows in order, so the outcome is the same, and what
+/// is kept while the disk keeps failing grows with the keys touched, not
+/// with every write and removal (an event written and then removed is kept
+/// as its removal alone, without its bytes).
+fn squash(rows: Rows) -> Rows {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    let mut kept: Rows = rows
+        .into_iter()
+        .rev()
+        .filter(|(key, _)| seen.insert(key.clone()))
+        .collect();
+    kept.reverse();
+    kept
+}
+
 /// Writes what arrives in batches (one commit each), then hands the
 /// written events to their nodes in order. The rows of a failed commit are
 /// written again first in the next one (and on a timer while nothing new
@@ -222,7 +238,7 @@ async fn write(spool: Weak<Spool>, mut rx: mpsc::UnboundedReceiver<Op>) {
             Err((error, rows)) => {
                 tracing::error!(%error, rows = rows.len(), "spool not written; written again with the next commit");
                 failed = Some(error);
-                carried = rows;
+                carried = squash(rows);
                 false
             }
         };
@@ -258,6 +274,22 @@ mod tests {
 
     use crate::store::disk::Table;
     use crate::{Context, DeliveryConfig, Event, Happen, HappenConfig, HappenError, NodeConfig};
+
+    #[test]
+    fn carried_rows_keep_each_key_once_with_its_last_value() {
+        let row = |k: &str, v: Option<&str>| (k.to_owned(), v.map(|v| v.as_bytes().to_vec()));
+        let rows = vec![
+            row("a", Some("1")),
+            row("b", Some("2")),
+            row("a", None),
+            row("c", Some("3")),
+            row("b", Some("4")),
+        ];
+        assert_eq!(
+            super::squash(rows),
+            vec![row("a", None), row("c", Some("3")), row("b", Some("4"))]
+        );
+    }
 
     /// A commit that fails is written again with the next one, so a flow's
     /// completion (its event's removal) never reaches the disk without the
