@@ -507,6 +507,7 @@ fn conclude(
             return Concluded::Later(Box::pin(async move {
                 let responder = shared.take_responder().await;
                 let (rest, kept) = answer(&shared, responder, result, observed, started, &error);
+                Shared::recycle(shared);
                 if let Some(rest) = rest {
                     rest.await;
                 }
@@ -519,10 +520,14 @@ fn conclude(
             Shared::recycle(shared);
             Concluded::Done(failure(error, kept))
         }
-        (Some(rest), kept) => Concluded::Later(Box::pin(async move {
-            rest.await;
-            failure(error, kept)
-        })),
+        (Some(rest), kept) => {
+            // The answer's rest holds what it needs of the flow.
+            Shared::recycle(shared);
+            Concluded::Later(Box::pin(async move {
+                rest.await;
+                failure(error, kept)
+            }))
+        }
     }
 }
 
