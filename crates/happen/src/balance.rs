@@ -84,7 +84,8 @@ pub const SYSTEM_UP: &str = "system.up";
 pub struct FlowBalanceConfig {
     /// Whether the runtime watches at all (default `true`).
     pub enabled: bool,
-    /// How often the nodes are sampled (default 5 s).
+    /// How often the nodes are sampled (default 5 s; below 1 ms counts as
+    /// 1 ms).
     pub interval: Duration,
     /// Events waiting for one node from which it is down whatever its
     /// progress (default 1,000).
@@ -272,7 +273,7 @@ pub(crate) async fn watch(
     config: FlowBalanceConfig,
 ) {
     let mut balance = Balance::default();
-    let mut tick = tokio::time::interval(config.interval);
+    let mut tick = tokio::time::interval(config.interval.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -118,7 +118,7 @@ impl Retry {
                 wait = half + Duration::from_nanos(crate::uuid7::random() % nanos);
             }
             if let Some(limit) = self.max_elapsed
-                && started.elapsed() + wait > limit
+                && started.elapsed().saturating_add(wait) > limit
             {
                 return Err(error);
             }
@@ -250,7 +250,8 @@ impl CircuitBreaker {
             Err(error) => {
                 circuit.failures = circuit.failures.saturating_add(1);
                 if probe || circuit.failures >= self.threshold {
-                    circuit.open_until = Some(Instant::now() + self.open_for);
+                    circuit.open_until =
+                        Some(crate::response::later(Instant::now(), self.open_for));
                     tracing::warn!(failures = circuit.failures, open_for = ?self.open_for, "circuit opened");
                 }
                 Err(CircuitError::Failed(error))
@@ -317,6 +318,29 @@ mod tests {
             .await;
         // Attempts at 0, 100, 200, 300 ms; a fifth would start after 350.
         assert_eq!(calls.load(Ordering::Relaxed), 4);
+    }
+
+    /// `Duration::MAX` is a valid setting everywhere: no overflow panics.
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_durations_are_taken_as_given() {
+        let breaker = CircuitBreaker::new(1, Duration::MAX);
+        assert_eq!(
+            breaker.call(async { Err::<(), _>("down") }).await,
+            Err(CircuitError::Failed("down"))
+        );
+        assert_eq!(breaker.state(), CircuitState::Open);
+        let retry = Retry::new(3)
+            .backoff(Duration::MAX, Duration::MAX)
+            .max_elapsed(Duration::from_secs(1))
+            .jitter(false);
+        let calls = AtomicU32::new(0);
+        let outcome: Result<(), &str> = retry
+            .run(|_| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async { Err("down") }
+            })
+            .await;
+        assert_eq!((outcome, calls.load(Ordering::Relaxed)), (Err("down"), 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -378,3 +378,44 @@ fn into_payload_takes_a_sole_events_payload_and_copies_a_shared_one() {
     assert_eq!(other.payload(), &json!({ "celsius": 21.5 }), "untouched");
     assert_eq!(other.into_payload(), json!({ "celsius": 21.5 }));
 }
+
+/// A sampling interval of zero is taken as the shortest one: flow balance
+/// still watches (it panicked in its task, and watched nothing, before).
+#[tokio::test]
+async fn a_zero_flow_balance_interval_still_watches() -> happen::Result<()> {
+    use happen::balance::{self, FlowBalanceConfig};
+    use happen::prelude::*;
+    let happen = Happen::embedded_with(
+        HappenConfig::default().flow_balance(
+            FlowBalanceConfig::default()
+                .interval(std::time::Duration::ZERO)
+                .lag_threshold(2),
+        ),
+    );
+    let ops = happen.node("ops")?;
+    let slow = happen.node_with("slow", NodeConfig::new().max_concurrent(1))?;
+    let (tx, mut down) = tokio::sync::mpsc::unbounded_channel();
+    happen.on(balance::NODE_DOWN, move |e: Event, _cx: Context| {
+        let _ = tx.send(e);
+        async {}
+    })?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    slow.on("job", move |_e: Event, _cx: Context| {
+        let gate = g.clone();
+        async move {
+            gate.acquire().await.unwrap().forget();
+        }
+    })?;
+    for i in 0..5 {
+        ops.tell(&slow, Event::new("job", json!(i)))?;
+    }
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), down.recv())
+        .await
+        .expect("the slow node is reported down")
+        .unwrap();
+    assert_eq!(event.payload()["nodeId"], "slow");
+    gate.add_permits(5);
+    happen.shutdown().await;
+    Ok(())
+}

@@ -317,19 +317,27 @@ struct Waiting {
 }
 
 /// When a request times out: `timeout` after it was sent.
+/// `wait` after `at`, or a time far beyond any request's life when that
+/// is past what an `Instant` holds (a timeout of `Duration::MAX` waits,
+/// in effect, for ever; tokio's own timers do the same).
+pub(crate) fn later(at: tokio::time::Instant, wait: Duration) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    at.checked_add(wait).unwrap_or_else(|| at + FAR)
+}
+
 fn deadline(
     sent_at: Option<tokio::time::Instant>,
     request: &Event,
     timeout: Duration,
 ) -> tokio::time::Instant {
     match sent_at {
-        Some(sent_at) => sent_at + timeout,
+        Some(sent_at) => later(sent_at, timeout),
         None => {
             // The stamp's wall-clock reading, in milliseconds (a clock that
             // jumped back counts as no time passed).
             let elapsed = crate::event::now_millis().saturating_sub(request.causal().timestamp);
             let left = timeout.saturating_sub(Duration::from_millis(elapsed));
-            tokio::time::Instant::now() + left
+            later(tokio::time::Instant::now(), left)
         }
     }
 }

@@ -122,7 +122,7 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
                 Err(_) => Err(HappenError::Timeout {
                     node: target_id,
                     event_type: "(zero event)".into(),
-                    after_ms: timeout.as_millis() as u64,
+                    after_ms: crate::error::millis(timeout),
                 }),
             }
         }

@@ -114,6 +114,37 @@ pub async fn per_call_timeout(backend: &dyn Backend) {
     }
 }
 
+/// `Duration::MAX` as a timeout means no deadline in practice: the answer
+/// arrives, whether it is set per call, per node or for the runtime.
+pub async fn the_longest_timeout_waits_for_the_answer(backend: &dyn Backend) {
+    let h = backend
+        .start(HappenConfig::default().request_timeout(Duration::MAX))
+        .await;
+    let a = h
+        .node_with("lt-a", NodeConfig::new().timeout(Duration::MAX))
+        .unwrap();
+    let b = h.node("lt-b").unwrap();
+    let c = h.node("lt-c").unwrap();
+    b.on("slow", |e: Event, _cx: Context| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        e.payload().clone()
+    })
+    .unwrap();
+    let answer = a
+        .send(&b, ev("slow", json!(1)))
+        .timeout(Duration::MAX)
+        .await
+        .unwrap();
+    assert_eq!(answer, json!(1));
+    assert_eq!(a.send(&b, ev("slow", json!(2))).await.unwrap(), json!(2));
+    assert_eq!(c.send(&b, ev("slow", json!(3))).await.unwrap(), json!(3));
+    let all = a
+        .send_to_all([&b], ev("slow", json!(4)))
+        .timeout(Duration::MAX)
+        .await;
+    assert_eq!(all["lt-b"].as_ref().unwrap(), &json!(4));
+}
+
 pub async fn per_node_default_timeout(backend: &dyn Backend) {
     let h = backend
         .start(HappenConfig::default().request_timeout(Duration::from_millis(150)))

@@ -136,6 +136,7 @@ macro_rules! conformance_suite {
             response_callback_receives_result,
             per_call_timeout,
             per_node_default_timeout,
+            the_longest_timeout_waits_for_the_answer,
             no_handler_is_reported_at_once,
             unknown_node_is_reported_at_once,
             removed_handler_no_longer_runs,

@@ -124,7 +124,7 @@ pub(super) fn send(
                 async_nats::RequestErrorKind::TimedOut => HappenError::Timeout {
                     node: target,
                     event_type: "(zero event)".into(),
-                    after_ms: timeout.as_millis() as u64,
+                    after_ms: crate::error::millis(timeout),
                 },
                 _ => HappenError::transport("zero request failed", error),
             }),
