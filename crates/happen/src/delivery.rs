@@ -18,7 +18,7 @@ use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::node::{Matched, NodeCore};
 use crate::receipt::Receipt;
-use crate::stream::{Outcome, STREAM_WINDOW, StreamMsg, StreamRx};
+use crate::stream::{Outcome, STREAM_WINDOW, StreamMsg, StreamRx, Unwanted};
 
 /// The requester's end of a reply: the sending side of the channel its
 /// [`Sent`](crate::Sent) waits on.
@@ -36,8 +36,9 @@ pub(crate) trait ReplySink: Send + 'static {
 pub(crate) enum Responder {
     /// The requester is in this process and has not been streamed to.
     Local(ReplyTx),
-    /// The requester is in this process and consumes a stream.
-    LocalStream(mpsc::Sender<StreamMsg>),
+    /// The requester is in this process and consumes a stream (or let go
+    /// of it unread: then the flag is set).
+    LocalStream(mpsc::Sender<StreamMsg>, Unwanted),
     /// The requester is elsewhere.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     Remote(Box<dyn ReplySink>),
@@ -83,7 +84,7 @@ impl Responder {
     pub(crate) fn is_abandoned(&self) -> bool {
         match self {
             Responder::Local(tx) => tx.is_closed(),
-            Responder::LocalStream(tx) => tx.is_closed(),
+            Responder::LocalStream(tx, _) => tx.is_closed(),
             Responder::Remote(_) => false,
             Responder::Retrying(inner) => inner.is_abandoned(),
         }
@@ -113,7 +114,9 @@ impl Responder {
     }
 
     /// Streams one value to the requester; `Cancelled` once it stopped
-    /// consuming.
+    /// consuming. When the requester let go of its request before looking
+    /// at any item (dropped unread: fire-and-forget, or its timeout passed)
+    /// the value is dropped and the flow is not cancelled.
     pub(crate) async fn emit(&mut self, value: Value) -> Result<()> {
         // Once items have gone out, a later failure is the requester's final
         // answer: a retry could not take them back.
@@ -125,24 +128,26 @@ impl Responder {
             };
             *self = inner.unwrapped();
         }
-        if let Responder::Local(_) = self {
+        if let Responder::Local(reply) = self {
+            if reply.is_closed() {
+                return Ok(()); // nobody will look
+            }
             let (tx, rx) = mpsc::channel(STREAM_WINDOW);
-            let Responder::Local(reply) = std::mem::replace(self, Responder::LocalStream(tx))
+            let unwanted = Unwanted::default();
+            let Responder::Local(reply) =
+                std::mem::replace(self, Responder::LocalStream(tx, unwanted.clone()))
             else {
                 unreachable!("checked above");
             };
-            if reply
-                .send(Outcome::Stream(StreamRx::new(rx, None)))
-                .is_err()
-            {
-                return Err(HappenError::Cancelled);
-            }
+            // Refused: the stream, unread, sets `unwanted` as it drops.
+            let _ = reply.send(Outcome::Stream(StreamRx::new(rx, Some(Box::new(unwanted)))));
         }
         match self {
-            Responder::LocalStream(tx) => tx
-                .send(StreamMsg::Item(value))
-                .await
-                .map_err(|_| HappenError::Cancelled),
+            Responder::LocalStream(tx, unwanted) => match tx.send(StreamMsg::Item(value)).await {
+                Ok(()) => Ok(()),
+                Err(_) if unwanted.is_set() => Ok(()),
+                Err(_) => Err(HappenError::Cancelled),
+            },
             Responder::Remote(sink) => sink.emit(value).await,
             Responder::Local(_) | Responder::Retrying(_) => Err(HappenError::Cancelled),
         }
@@ -152,7 +157,7 @@ impl Responder {
     /// future that waits for room to send it is returned.
     pub(crate) fn finish(self, outcome: Result<Event>) -> Option<BoxFuture<'static, ()>> {
         match self {
-            Responder::LocalStream(tx) => match tx.try_send(StreamMsg::End(outcome)) {
+            Responder::LocalStream(tx, _) => match tx.try_send(StreamMsg::End(outcome)) {
                 Err(mpsc::error::TrySendError::Full(end)) => Some(Box::pin(async move {
                     let _ = tx.send(end).await;
                 })),
@@ -174,7 +179,7 @@ impl Responder {
             Responder::Local(tx) => {
                 let _ = tx.send(Outcome::Done(outcome));
             }
-            Responder::LocalStream(tx) => {
+            Responder::LocalStream(tx, _) => {
                 let _ = tx.try_send(StreamMsg::End(outcome));
             }
             Responder::Remote(sink) => sink.reply(outcome),

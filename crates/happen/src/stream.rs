@@ -8,7 +8,11 @@
 //! order. Back-pressure: at most [`STREAM_WINDOW`] items wait unconsumed;
 //! beyond that `emit` waits for the consumer. Dropping the stream cancels the
 //! producer: its next `emit` fails with [`HappenError::Cancelled`], which ends
-//! the flow. Over NATS, items are numbered and the end is explicit, so a lost
+//! the flow. A request whose handle is dropped unread (fire-and-forget), or
+//! whose requester waited only for the final value and stopped waiting (its
+//! timeout passed), cancels nothing: the items have nowhere to go and are
+//! dropped, `emit` succeeds, and the flow runs to its end. Over NATS the
+//! requester's process tells the producer so when the first item arrives. Over NATS, items are numbered and the end is explicit, so a lost
 //! or reordered chunk is reported as [`HappenError::StreamBroken`].
 //!
 //! A flow that emits while nobody waits for it (it was started by a
@@ -87,6 +91,32 @@ pub(crate) trait CreditSink: Send + 'static {
     fn consumed(&mut self, count: u64);
     /// The consumer stopped before the end.
     fn cancel(&mut self);
+    /// The requester let go of the stream before it looked at any item
+    /// (its handle was dropped unread): the producer's items are not
+    /// wanted, but its flow is not cancelled.
+    fn unwanted(&mut self);
+}
+
+/// The producer's side of [`CreditSink::unwanted`] in this process: set
+/// when the requester dropped the stream without looking at it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Unwanted(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Unwanted {
+    /// Whether the requester let go of the stream unread.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl CreditSink for Unwanted {
+    fn consumed(&mut self, _count: u64) {}
+
+    fn cancel(&mut self) {}
+
+    fn unwanted(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for StreamRx {
@@ -102,6 +132,11 @@ pub(crate) struct StreamRx {
     rx: mpsc::Receiver<StreamMsg>,
     credit: Option<Box<dyn CreditSink>>,
     ended: bool,
+    /// Whether the requester consumes the stream as a stream (`Sent::stream`):
+    /// one dropped otherwise (a requester waiting only for the final value
+    /// that stopped waiting, or one that dropped its handle unread) was
+    /// never taken (see [`CreditSink::unwanted`]).
+    taken: bool,
 }
 
 impl StreamRx {
@@ -110,6 +145,7 @@ impl StreamRx {
             rx,
             credit,
             ended: false,
+            taken: false,
         }
     }
 
@@ -141,7 +177,11 @@ impl Drop for StreamRx {
         if !self.ended
             && let Some(credit) = &mut self.credit
         {
-            credit.cancel();
+            if self.taken {
+                credit.cancel();
+            } else {
+                credit.unwanted();
+            }
         }
     }
 }
@@ -170,6 +210,7 @@ pub(crate) fn items(
             }
             State::First(Ok(Outcome::Stream(rx))) | State::Streaming(rx) => {
                 let mut rx = rx;
+                rx.taken = true;
                 match rx.recv().await {
                     Some(StreamMsg::Item(value)) => {
                         Some((Ok(StreamItem::Item(value)), State::Streaming(rx)))

@@ -197,8 +197,12 @@ impl<S> Context<S> {
     /// items behind; fails with [`HappenError::Cancelled`] once it stopped
     /// consuming, which should end the flow (`cx.emit(v).await?`).
     ///
-    /// When nobody waits for this flow (it was started by a broadcast), the
-    /// value is broadcast as an event of type `<handled type>.item`.
+    /// When nobody waits for this flow (it was started by a broadcast or a
+    /// tell), the value is broadcast as an event of type
+    /// `<handled type>.item`. When the requester dropped its handle before
+    /// taking any item (a request sent fire-and-forget, or one whose
+    /// timeout passed first), the value is dropped and `emit` succeeds: the
+    /// flow runs to its end, as the requester's fire-and-forget asked.
     ///
     /// [`STREAM_WINDOW`]: crate::stream::STREAM_WINDOW
     pub async fn emit(&self, value: impl Into<Value>) -> Result<()> {

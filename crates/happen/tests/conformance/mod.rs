@@ -227,6 +227,7 @@ macro_rules! conformance_suite {
             stream_error_after_items_arrives_in_order,
             slow_consumer_bounds_the_producer,
             dropping_the_stream_cancels_the_producer,
+            a_dropped_request_lets_a_streaming_flow_run_to_its_end,
             continuation_step_can_stream,
             response_of_a_streaming_flow_is_its_final_value,
             broadcast_streaming_handler_broadcasts_its_items,

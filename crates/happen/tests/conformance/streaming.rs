@@ -165,6 +165,57 @@ pub async fn dropping_the_stream_cancels_the_producer(backend: &dyn Backend) {
     assert_eq!(why, HappenError::Cancelled);
 }
 
+/// A request whose handle is dropped unread is fire-and-forget: a flow
+/// that streams runs to its end, well past the stream's window, and its
+/// items, which nobody asked for, go nowhere (`emit` succeeds). Only a
+/// consumer that took the stream cancels the producer by dropping it.
+pub async fn a_dropped_request_lets_a_streaming_flow_run_to_its_end(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("ff-client").unwrap();
+    let importer = h.node("ff-importer").unwrap();
+    let items = happen::stream::STREAM_WINDOW * 3;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<usize, HappenError>>();
+    importer
+        .on("import", move |_e: Event, cx: Context| {
+            let tx = tx.clone();
+            async move {
+                // Slow to start: a requester's short timeout passes first.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut emitted = 0;
+                for i in 0..items {
+                    if let Err(error) = cx.emit(json!({ "progress": i })).await {
+                        tx.send(Err(error)).unwrap();
+                        return;
+                    }
+                    emitted += 1;
+                }
+                tx.send(Ok(emitted)).unwrap();
+            }
+        })
+        .unwrap();
+    drop(client.send(&importer, ev("import", json!(null))));
+    let ran = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the flow ends")
+        .unwrap();
+    assert_eq!(ran, Ok(items));
+    // A flow whose requester stopped waiting (its timeout passed before the
+    // first item) runs to its end too.
+    let timed_out = client
+        .send(&importer, ev("import", json!(null)))
+        .timeout(Duration::from_millis(10))
+        .await;
+    assert!(
+        matches!(timed_out, Err(HappenError::Timeout { .. })),
+        "{timed_out:?}"
+    );
+    let ran = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the flow ends")
+        .unwrap();
+    assert_eq!(ran, Ok(items));
+}
+
 pub async fn continuation_step_can_stream(backend: &dyn Backend) {
     use happen::StreamItem::{Done, Item};
     async fn report(_e: Event, cx: Context) -> happen::Result<Value> {

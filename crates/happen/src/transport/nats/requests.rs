@@ -213,7 +213,18 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
     let requests = &shared.requests;
     let mut pending = lock(&requests.pending);
     let Some(waiting) = pending.get_mut(&token) else {
-        return; // the requester gave up (timeout, dropped handle)
+        // The requester gave up (timeout, dropped handle) and was forgotten:
+        // a stream's first item names where to say its items are unwanted
+        // (without that, a producer would wait for credit for good).
+        drop(pending);
+        if let Reply::Item {
+            credit: Some(subject),
+            ..
+        } = reply
+        {
+            NatsCredit::new(shared.clone(), subject).unwanted();
+        }
+        return;
     };
     requests.note_answer(&waiting.target);
     let broken = |reason: String| StreamMsg::End(Err(HappenError::StreamBroken { reason }));
@@ -241,7 +252,8 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
                         .is_ok()
                 });
                 if !started {
-                    // The requester is gone; dropping the stream cancelled it.
+                    // The requester let go unread; the stream, dropped
+                    // untaken, told the producer its items are unwanted.
                     pending.remove(&token);
                     return;
                 }

@@ -31,6 +31,7 @@ use crate::stream::{CreditSink, STREAM_WINDOW};
 pub(super) struct CreditState {
     acked: AtomicU64,
     cancelled: AtomicBool,
+    unwanted: AtomicBool,
     changed: Notify,
 }
 
@@ -145,9 +146,18 @@ impl ReplySink for NatsReply {
                 if producing.credit.cancelled.load(Ordering::Acquire) {
                     return Err(HappenError::Cancelled);
                 }
-                if producing.seq
-                    < producing.credit.acked.load(Ordering::Acquire) + STREAM_WINDOW as u64
-                {
+                if producing.credit.unwanted.load(Ordering::Acquire) {
+                    // Nobody takes the items: dropped, and the flow runs on.
+                    return Ok(());
+                }
+                // The count comes from the wire: saturating, so that no
+                // count a consumer sends can overflow it.
+                let allowed = producing
+                    .credit
+                    .acked
+                    .load(Ordering::Acquire)
+                    .saturating_add(STREAM_WINDOW as u64);
+                if producing.seq < allowed {
                     break;
                 }
                 changed.await;
@@ -202,6 +212,7 @@ pub(super) fn on_credit(shared: &Arc<Shared>, token: &str, payload: &[u8]) {
             state.acked.fetch_max(count, Ordering::AcqRel);
         }
         Ok(Credit::Cancel) => state.cancelled.store(true, Ordering::Release),
+        Ok(Credit::Unwanted) => state.unwanted.store(true, Ordering::Release),
         Err(error) => {
             tracing::warn!(%error, "undecodable stream credit ignored");
             return;
@@ -255,5 +266,9 @@ impl CreditSink for NatsCredit {
 
     fn cancel(&mut self) {
         self.send(Credit::Cancel);
+    }
+
+    fn unwanted(&mut self) {
+        self.send(Credit::Unwanted);
     }
 }

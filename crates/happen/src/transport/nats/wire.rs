@@ -123,6 +123,10 @@ pub(crate) enum Credit {
     Acked(u64),
     /// The consumer stopped: the producer should stop too.
     Cancel,
+    /// The requester let go of its request before taking any item (it
+    /// was sent fire-and-forget, or its timeout passed): the producer
+    /// sends no more items and its flow runs on.
+    Unwanted,
 }
 
 /// Encodes a credit message.
