@@ -302,6 +302,18 @@ pub enum HappenError {
         limit: usize,
     },
 
+    /// A JSON value nests deeper than Happen writes to the wire or to disk
+    /// (see [`crate::depth`]); nothing was written.
+    #[error(
+        "{what} nests deeper than {limit} levels, more than Happen writes to the wire or to disk; flatten it, or keep the deep part elsewhere and pass a reference"
+    )]
+    TooDeep {
+        /// What was refused (an event's payload, a node's state, ...).
+        what: String,
+        /// [`crate::depth::MAX_DEPTH`].
+        limit: usize,
+    },
+
     /// Too many messages wait to be written to the server (it is unreachable
     /// or slower than the senders); nothing more is queued until some leave.
     #[error(

@@ -68,6 +68,7 @@ pub mod config;
 pub mod confluence;
 pub mod context;
 mod delivery;
+pub mod depth;
 pub mod durable;
 mod entry;
 pub mod error;

@@ -89,6 +89,12 @@ impl Spool {
     pub(crate) fn store(self: &Arc<Self>, node: &Arc<NodeCore>, delivery: Delivery) -> Result<()> {
         let runtime = node.runtime_inner();
         let handle = runtime.as_ref().and_then(|r| r.handle());
+        // What could not be read back after a restart is not written.
+        for event in delivery.event.events() {
+            crate::depth::check(event.payload(), || {
+                format!("the payload of a \"{}\" event", event.event_type())
+            })?;
+        }
         let bytes = serde_json::to_vec(&delivery.event)
             .map_err(|e| HappenError::codec("cannot spool an event", e))?;
         let key = key(node.id(), delivery.event.id());
@@ -289,6 +295,33 @@ mod tests {
             super::squash(rows),
             vec![row("a", None), row("c", Some("3")), row("b", Some("4"))]
         );
+    }
+
+    /// An event whose payload could not be read back from disk is refused
+    /// when sent, not spooled (it was acknowledged, then never handed back
+    /// after a restart).
+    #[tokio::test]
+    async fn a_payload_nesting_too_deep_is_refused_and_not_spooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let happen = Happen::embedded_on_disk(dir.path(), HappenConfig::default()).unwrap();
+        let durable = NodeConfig::new().delivery(DeliveryConfig::at_least_once());
+        let sink = happen.node_with("sink", durable).unwrap();
+        sink.on("item", |_e: Event, _cx: Context| async {}).unwrap();
+        let spool = sink.core().spool().unwrap().clone();
+        let shop = happen.node("shop").unwrap();
+        let deep = (0..=crate::depth::MAX_DEPTH).fold(json!(1), |inner, _| json!([inner]));
+        let refused = shop.tell("sink", Event::new("item", deep));
+        assert!(
+            matches!(refused, Err(HappenError::TooDeep { limit: 100, .. })),
+            "{refused:?}"
+        );
+        let deepest = (0..crate::depth::MAX_DEPTH).fold(json!(1), |inner, _| json!([inner]));
+        shop.tell("sink", Event::new("item", deepest))
+            .unwrap()
+            .await
+            .unwrap();
+        spool.flush().await;
+        happen.shutdown().await;
     }
 
     /// A commit that fails is written again with the next one, so a flow's

@@ -877,3 +877,66 @@ async fn a_closing_runtime_stores_what_its_flows_emitted_and_acknowledges_them()
     assert_eq!((lost, duplicated, processed), (0, 0, sent));
     books.shutdown().await;
 }
+
+/// A payload the receiving side could not decode (nested deeper than
+/// `happen::depth::MAX_DEPTH`) is refused by the sender: before, a durable
+/// node's event was stored and acknowledged, then dropped by the consumer
+/// that could not read it, and a request came back as a codec error from
+/// the far side. Answers and streamed items are held to the same limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_nesting_too_deep_are_refused_before_they_travel() {
+    let server = NatsServer::start().unwrap();
+    let (receiver, tally, sender, shop) = ledger_and_shop(&server.url()).await;
+    let nest = |levels: usize| (0..levels).fold(json!(1), |inner, _| json!([inner]));
+    let too_deep = nest(happen::depth::MAX_DEPTH + 1);
+
+    let told = match shop.tell("ledger", Event::new("item", too_deep.clone())) {
+        Ok(receipt) => receipt.await,
+        Err(error) => Err(error),
+    };
+    assert!(matches!(told, Err(HappenError::TooDeep { .. })), "{told:?}");
+    shop.tell(
+        "ledger",
+        Event::new("item", json!({ "seq": 0, "v": nest(90) })),
+    )
+    .unwrap()
+    .await
+    .unwrap();
+    assert_eq!(tally.report("deep-but-within", 1, 10).await, (1, 0, 0));
+
+    let echo = receiver.node("echo").unwrap();
+    echo.on("echo", move |e: Event, cx: Context| async move {
+        let levels = e.payload().as_u64().unwrap() as usize;
+        let nested = (0..levels).fold(json!(1), |inner, _| json!([inner]));
+        if cx.expects_response() && levels > 200 {
+            // Streamed: the item is refused to the flow.
+            return match cx.emit(nested).await {
+                Err(HappenError::TooDeep { .. }) => Ok(json!("item refused")),
+                other => Ok(json!(format!("{other:?}"))),
+            };
+        }
+        Ok::<_, HappenError>(nested)
+    })
+    .unwrap();
+    receiver.flush().await.unwrap();
+    let sent = shop.send("echo", Event::new("echo", too_deep)).await;
+    assert!(matches!(sent, Err(HappenError::TooDeep { .. })), "{sent:?}");
+    let answer = shop.send("echo", Event::new("echo", json!(101))).await;
+    assert!(
+        matches!(answer, Err(HappenError::TooDeep { .. })),
+        "{answer:?}"
+    );
+    let fine = shop
+        .send("echo", Event::new("echo", json!(100)))
+        .await
+        .unwrap();
+    assert_eq!(fine, nest(100));
+    let item = shop
+        .send("echo", Event::new("echo", json!(201)))
+        .await
+        .unwrap();
+    assert_eq!(item, json!("item refused"));
+    assert_eq!(tally.distinct(), 1, "the refused event never arrived");
+    sender.shutdown().await;
+    receiver.shutdown().await;
+}

@@ -77,6 +77,7 @@ impl Global {
     pub async fn set(&self, key: &str, value: impl Serialize) -> Result<()> {
         check_key(key)?;
         let value = serde_json::to_value(value)?;
+        crate::depth::check(&value, || format!("the global value {key}"))?;
         self.store.global_set(key, &value).await
     }
 

@@ -229,6 +229,7 @@ impl State {
             }
             let views = load_views(&*store, view_nodes).await?;
             let new = transform(old, &views);
+            crate::depth::check(&new, || format!("the state of node {id}"))?;
             applied.drop_settled(&droppable);
             if let Some(update) = &update {
                 applied.record(update, now_millis());

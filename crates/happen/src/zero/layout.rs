@@ -212,7 +212,12 @@ fn check_with<'a>(
     let (fields, count) = region(bytes, AT_FIELDS, FIELD)?;
     for field in 0..count {
         let at = fields + field * FIELD;
-        string(at)?;
+        if crate::depth::name_too_deep(string(at)?) {
+            return Err(ZeroError::TooDeep {
+                at,
+                limit: crate::depth::MAX_DEPTH,
+            });
+        }
         let kind = Kind::from_byte(bytes[at + 8]).ok_or(ZeroError::Kind {
             at: at + 8,
             byte: bytes[at + 8],

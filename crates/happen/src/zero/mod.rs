@@ -224,6 +224,15 @@ pub enum ZeroError {
     /// No field of that name.
     #[error("zero event has no field \"{0}\"")]
     NoField(String),
+    /// A field name with more dotted parts than [`crate::depth::MAX_DEPTH`]:
+    /// read as JSON, each part is a level of nesting.
+    #[error("zero event field name at offset {at} nests deeper than {limit} levels")]
+    TooDeep {
+        /// Where the name's reference is (0 while writing).
+        at: usize,
+        /// [`crate::depth::MAX_DEPTH`].
+        limit: usize,
+    },
     /// The field is of another kind than the one read.
     #[error("zero event field \"{field}\" is {found:?}, read as {expected:?}")]
     WrongKind {

@@ -325,3 +325,50 @@ async fn a_durable_node_takes_no_zero_handler() {
         .unwrap();
     happen.shutdown().await;
 }
+
+/// A dotted field name is a level of nesting per part once the event is
+/// read as JSON: a name deeper than `MAX_DEPTH` is refused when written and
+/// when received (read as JSON, one of 10,000 parts overflowed the stack of
+/// the receiving process).
+#[test]
+fn field_names_nesting_too_deep_are_refused_written_and_received() {
+    use crate::depth::MAX_DEPTH;
+    let deepest = vec!["a"; MAX_DEPTH].join(".");
+    let mut writer = ZeroWriter::new("reading");
+    writer.u8(&deepest, 1);
+    let event = writer.finish("gateway").unwrap();
+    assert_eq!(event.get::<u8>(&deepest), Ok(1));
+    let mut level = &event.payload();
+    for _ in 0..MAX_DEPTH - 1 {
+        level = &level["a"];
+    }
+    assert_eq!(level["a"], json!(1));
+
+    let mut writer = ZeroWriter::new("reading");
+    writer.u8(&".".repeat(10_000), 1);
+    assert_eq!(
+        writer.finish("gateway").unwrap_err(),
+        ZeroError::TooDeep {
+            at: 0,
+            limit: MAX_DEPTH
+        }
+    );
+
+    // Received: the same bytes as a name of 10,001 letters, dotted after.
+    let mut writer = ZeroWriter::new("reading");
+    let letters = "x".repeat(10_001);
+    writer.u8(&letters, 1);
+    let mut bytes = writer.finish("gateway").unwrap().as_bytes().to_vec();
+    let start = bytes
+        .windows(letters.len())
+        .position(|w| w == letters.as_bytes())
+        .unwrap();
+    bytes[start..start + letters.len()].fill(b'.');
+    assert!(matches!(
+        ZeroEvent::from_bytes(&bytes),
+        Err(ZeroError::TooDeep {
+            limit: MAX_DEPTH,
+            ..
+        })
+    ));
+}

@@ -121,6 +121,13 @@ impl ZeroWriter {
     }
 
     fn entry(&mut self, name: &str, kind: Kind, at: usize) -> &mut Self {
+        if crate::depth::name_too_deep(name) {
+            self.error.get_or_insert(ZeroError::TooDeep {
+                at: 0,
+                limit: crate::depth::MAX_DEPTH,
+            });
+            return self;
+        }
         let (name_at, name_len) = self.add_str(name);
         let Ok(at) = u32::try_from(at) else {
             self.error

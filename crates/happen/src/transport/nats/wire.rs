@@ -57,7 +57,19 @@ fn encode_direct(prefix: &[u8], event: &Event) -> std::result::Result<Vec<u8>, T
 
 /// Encodes an event (compact form).
 pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>> {
+    deep_enough(event)?;
     encode_direct(&[], event).map_err(|e| HappenError::codec("cannot encode event", e))
+}
+
+/// Refuses an event (or batch member) whose payload nests deeper than the
+/// decoder reads back (see [`crate::depth`]).
+fn deep_enough(event: &Event) -> Result<()> {
+    for event in event.events() {
+        crate::depth::check(event.payload(), || {
+            format!("the payload of a \"{}\" event", event.event_type())
+        })?;
+    }
+    Ok(())
 }
 
 /// The message after its version byte, or why there is none.
@@ -163,6 +175,17 @@ impl From<Reply> for Result<Event> {
 
 /// Encodes a reply.
 pub(crate) fn encode_reply(reply: &Reply) -> Result<Vec<u8>> {
+    let mut last = reply;
+    while let Reply::End { outcome, .. } = last {
+        last = outcome;
+    }
+    match last {
+        Reply::Ok(event) => deep_enough(event)?,
+        Reply::Item { value, .. } => {
+            crate::depth::check(value, || "a streamed item".to_owned())?;
+        }
+        Reply::Err(_) | Reply::End { .. } => {}
+    }
     if let Reply::Ok(event) = reply {
         return encode_direct(&REPLY_OK, event)
             .map_err(|e| HappenError::codec("cannot encode reply", e));
@@ -325,6 +348,7 @@ mod tests {
                 | HappenError::Codec { .. }
                 | HappenError::Transport { .. }
                 | HappenError::PayloadTooLarge { .. }
+                | HappenError::TooDeep { .. }
                 | HappenError::Backpressure { .. }
                 | HappenError::Unreachable { .. }
                 | HappenError::Store { .. }
@@ -410,6 +434,10 @@ mod tests {
                 source: None,
             },
             HappenError::PayloadTooLarge { size: 2, limit: 1 },
+            HappenError::TooDeep {
+                what: "w".into(),
+                limit: 1,
+            },
             HappenError::Backpressure {
                 pending: 2,
                 limit: 1,
@@ -429,7 +457,7 @@ mod tests {
                 attempts: 9,
             },
         ];
-        assert_eq!(errors.len(), 29, "one of each variant");
+        assert_eq!(errors.len(), 30, "one of each variant");
         for error in errors {
             listed(&error);
             let reply = Reply::Err(error);
