@@ -515,19 +515,15 @@ fn conclude(
             }));
         }
     };
-    match answer(&shared, responder, result, observed, started, &error) {
-        (None, kept) => {
-            Shared::recycle(shared);
-            Concluded::Done(failure(error, kept))
-        }
-        (Some(rest), kept) => {
-            // The answer's rest holds what it needs of the flow.
-            Shared::recycle(shared);
-            Concluded::Later(Box::pin(async move {
-                rest.await;
-                failure(error, kept)
-            }))
-        }
+    let (rest, kept) = answer(&shared, responder, result, observed, started, &error);
+    // The answer's rest, if any, holds what it needs of the flow.
+    Shared::recycle(shared);
+    match rest {
+        None => Concluded::Done(failure(error, kept)),
+        Some(rest) => Concluded::Later(Box::pin(async move {
+            rest.await;
+            failure(error, kept)
+        })),
     }
 }
 
