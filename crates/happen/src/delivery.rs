@@ -234,6 +234,12 @@ pub(crate) struct Delivery {
     /// is idle: true for events a transport's reader hands over (no user
     /// code is on its stack), false for a user's own send.
     pub(crate) inline: bool,
+    /// Whether the requester, in this process, checks for a deadlock when
+    /// it starts to wait (see [`crate::node::NodeCore::refuse_if_deadlocked`]):
+    /// then the node queues the request even when it would deadlock a
+    /// waiting requester, since one that dropped its handle (fire-and-forget)
+    /// does not wait.
+    pub(crate) deadlock_at_await: bool,
 }
 
 impl Delivery {
@@ -246,7 +252,15 @@ impl Delivery {
             responder,
             ack: None,
             matched: None,
+            deadlock_at_await: false,
         }
+    }
+
+    /// [`Delivery::deadlock_at_await`]: the requester checks for a deadlock
+    /// when it waits.
+    pub(crate) fn deadlock_at_await(mut self) -> Self {
+        self.deadlock_at_await = true;
+        self
     }
 
     /// Refuses the delivery: the responder hears `error` at once, the
@@ -401,6 +415,7 @@ mod tests {
                     ack: Some(Box::new(Recorded(settled.clone()))),
                     matched: None,
                     inline: false,
+                    deadlock_at_await: false,
                 },
             )
         };

@@ -222,6 +222,7 @@ impl NodeCore {
             .saturating_add(self.limits.queue_limit);
         let running = self.scheduler.running(&mailbox);
         if running >= self.limits.max_concurrent
+            && !delivery.deadlock_at_await
             && let Some(chain) = self.waits_for(&delivery)
         {
             drop(mailbox);
@@ -279,8 +280,15 @@ impl NodeCore {
     /// causal chain (see [`Causal::waiting`](crate::Causal::waiting)): the
     /// cycle of waiting nodes, from this node back to it.
     fn waits_for(&self, delivery: &Delivery) -> Option<Vec<String>> {
-        let waiting = &delivery.event.causal().waiting;
-        if delivery.responder.is_none() || waiting.is_empty() {
+        delivery.responder.as_ref()?;
+        self.cycle(&delivery.event)
+    }
+
+    /// The cycle of waiting nodes `request` closes at this node, if it
+    /// names this node among those waiting up its causal chain.
+    fn cycle(&self, request: &crate::event::Event) -> Option<Vec<String>> {
+        let waiting = &request.causal().waiting;
+        if waiting.is_empty() {
             return None;
         }
         let at = waiting.iter().position(|node| *node == self.id)?;
@@ -296,17 +304,24 @@ impl NodeCore {
     /// runs to its end, or until it suspends and moves to a task of its
     /// own; otherwise nothing happens and the worker runs the request.
     pub(crate) fn claim(self: &Arc<Self>, request: &crate::event::Event) {
-        if CLAIMS.with(|depth| depth.get()) >= MAX_NESTED_CLAIMS || self.draining() {
-            // A flow that requests, whose handler requests, ...: past a few
-            // levels the worker runs them, so that the stack stays shallow.
-            // During a shutdown the worker runs it, whose task the shutdown
-            // waits for.
-            return;
-        }
+        // A flow that requests, whose handler requests, ...: past a few
+        // levels the worker runs them, so that the stack stays shallow.
+        // During a shutdown the worker runs it, whose task the shutdown
+        // waits for.
+        let deep = CLAIMS.with(|depth| depth.get()) >= MAX_NESTED_CLAIMS || self.draining();
         let delivery = {
             let mut mailbox = self.scheduler.mailbox();
-            let free = self.scheduler.running(&mailbox) < self.limits.max_concurrent
-                && !self.scheduler.holding.load(Ordering::Acquire);
+            if self.scheduler.running(&mailbox) >= self.limits.max_concurrent {
+                // No slot: waiting may be a deadlock (checked again under
+                // the lock, which the rare case takes twice).
+                drop(mailbox);
+                self.refuse_if_deadlocked(request);
+                return;
+            }
+            if deep {
+                return;
+            }
+            let free = !self.scheduler.holding.load(Ordering::Acquire);
             match mailbox.queue.front() {
                 Some(next) if free && next.ack.is_none() && next.event.is(request) => {}
                 _ => return,
@@ -325,6 +340,41 @@ impl NodeCore {
         CLAIMS.with(|depth| depth.set(depth.get() + 1));
         let _nested = Nested;
         self.run_inline(delivery);
+    }
+
+    /// Refuses `request` with [`HappenError::Deadlock`] (through its
+    /// responder, to the requester now starting to wait) if it still waits
+    /// in this node's queue, every slot is taken, and this node is among
+    /// those waiting up the request's causal chain: waiting would never
+    /// end. A request queued like that and never waited for (its handle
+    /// dropped: fire-and-forget) stays queued and runs once a slot frees.
+    /// Returns whether it was refused.
+    pub(crate) fn refuse_if_deadlocked(&self, request: &crate::event::Event) -> bool {
+        let mut mailbox = self.scheduler.mailbox();
+        if self.scheduler.running(&mailbox) < self.limits.max_concurrent {
+            return false;
+        }
+        let Some(chain) = self.cycle(request) else {
+            return false;
+        };
+        let Some(at) = mailbox.queue.iter().position(|d| d.event.is(request)) else {
+            return false; // started already, or never queued here
+        };
+        let delivery = mailbox.queue.remove(at);
+        let relieved = self.relieved(mailbox.queue.len());
+        drop(mailbox);
+        if relieved {
+            self.report_pressure(false, 0);
+        }
+        if let Some(delivery) = delivery {
+            let _ = delivery.refuse(HappenError::Deadlock {
+                node: self.id.to_string(),
+                event_type: request.event_type().to_owned(),
+                chain,
+                max_concurrent: self.limits.max_concurrent,
+            });
+        }
+        true
     }
 
     /// Waits until nothing runs or waits in the node's queue.

@@ -23,23 +23,14 @@ impl<S> Node<S> {
     /// result, use [`Sent::on_response`] for a callback, or drop it for
     /// fire-and-forget. Errors (no such node, no matching handler, full queue,
     /// invalid event type) arrive through the handle without waiting for a
-    /// timeout.
+    /// timeout. Waiting for a request that can never start (its target has
+    /// no free slot and waits, up the causal chain, for this very answer)
+    /// fails at once with [`HappenError::Deadlock`]; a dropped handle waits
+    /// for nothing, so its request is queued and runs once a slot frees.
     pub fn send(&self, target: impl Target, event: Event) -> Sent {
         let timeout = self.core.limits.timeout;
         if let Some(node) = self.in_process(&target) {
-            return match self.prepare(event, true) {
-                Ok(event) => {
-                    let (sent, reply) = Sent::new(node.id.clone(), event.clone(), timeout);
-                    match delivery::deliver(
-                        node,
-                        Delivery::new(event, Some(Responder::Local(reply)), Arrival::Local),
-                    ) {
-                        Ok(()) => sent.with_receipt(delivery::receipt(node)).claimable(node),
-                        Err(error) => sent.with_receipt(Receipt::failed(error)),
-                    }
-                }
-                Err((e, event)) => Sent::refused(node.id.clone(), event, timeout, e),
-            };
+            return self.send_in_process(node, event);
         }
         let runtime = match self.runtime() {
             Ok(runtime) => runtime,
@@ -49,9 +40,35 @@ impl<S> Node<S> {
         if let Err(e) = validate_node_id(&target) {
             return Sent::refused(target, event, timeout, e.into());
         }
+        // Named by id: a node of this process is sent to as if by handle.
+        if self.core.in_process
+            && let Some(node) = runtime.transport().node(&target)
+            && let Some(node) = self.in_process(&node)
+        {
+            return self.send_in_process(node, event);
+        }
         match self.prepare(event, true) {
             Ok(event) => self.dispatch(&runtime, target, event),
             Err((e, event)) => Sent::refused(target, event, timeout, e),
+        }
+    }
+
+    /// [`Node::send`] to a node of this process, handed over directly.
+    fn send_in_process(&self, node: &Arc<NodeCore>, event: Event) -> Sent {
+        let timeout = self.core.limits.timeout;
+        match self.prepare(event, true) {
+            Ok(event) => {
+                let (sent, reply) = Sent::new(node.id.clone(), event.clone(), timeout);
+                // The handle checks for a deadlock when it is awaited: a
+                // dropped one (fire-and-forget) waits for nothing.
+                let delivery = Delivery::new(event, Some(Responder::Local(reply)), Arrival::Local)
+                    .deadlock_at_await();
+                match delivery::deliver(node, delivery) {
+                    Ok(()) => sent.with_receipt(delivery::receipt(node)).claimable(node),
+                    Err(error) => sent.with_receipt(Receipt::failed(error)),
+                }
+            }
+            Err((e, event)) => Sent::refused(node.id.clone(), event, timeout, e),
         }
     }
 

@@ -21,6 +21,7 @@ impl NodeCore {
             ack,
             matched,
             inline,
+            deadlock_at_await,
         } = delivery;
         let Some(matched) = self
             .registry
@@ -38,6 +39,7 @@ impl NodeCore {
                 ack,
                 matched: None,
                 inline,
+                deadlock_at_await,
             }
             .refuse(error);
             return None;

@@ -80,7 +80,12 @@ pub struct Sent {
 /// request): like a [`Node`](crate::Node) handle, an unawaited `Sent` keeps
 /// a removed node's memory until it is dropped; a node's shutdown clears
 /// its handlers, so no cycle through them outlives the runtime.
-struct Claim(std::sync::Arc<crate::node::NodeCore>);
+struct Claim {
+    node: std::sync::Arc<crate::node::NodeCore>,
+    /// Whether the requester may run the flow in its own task; `false`: it
+    /// only checks for a deadlock when it starts to wait.
+    inline: bool,
+}
 
 impl std::fmt::Debug for Claim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,14 +111,19 @@ impl Sent {
     /// Lets awaiting the answer run the request's flow in the requester's
     /// task (see [`NodeCore::claim`](crate::node::NodeCore::claim)).
     pub(crate) fn claimable(mut self, node: &std::sync::Arc<crate::node::NodeCore>) -> Sent {
-        self.claim = Some(Claim(node.clone()));
+        self.claim = Some(Claim {
+            node: node.clone(),
+            inline: true,
+        });
         self
     }
 
     /// Leaves the request to the target's worker: for a caller that blocks
     /// a plain thread on the answer (the flow stays on the runtime's threads).
     pub(crate) fn unclaimed(mut self) -> Sent {
-        self.claim = None;
+        if let Some(claim) = &mut self.claim {
+            claim.inline = false;
+        }
         self
     }
 
@@ -261,6 +271,9 @@ impl Sent {
     /// result) arrives; after that the stream runs as long as the producer
     /// does. Dropping the stream cancels the producer.
     pub fn stream(self) -> futures::stream::BoxStream<'static, Result<StreamItem>> {
+        if let Some(Claim { node, .. }) = &self.claim {
+            node.refuse_if_deadlocked(&self.request);
+        }
         let (waiting, rx) = self.split();
         let first = async move {
             match tokio::time::timeout_at(waiting.deadline(), rx).await {

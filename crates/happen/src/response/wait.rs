@@ -129,8 +129,12 @@ impl Future for Replying {
 
 impl Wait {
     fn start(sent: Sent) -> Wait {
-        if let Some(Claim(node)) = &sent.claim {
-            node.claim(&sent.request);
+        match &sent.claim {
+            Some(Claim { node, inline: true }) => node.claim(&sent.request),
+            Some(Claim { node, .. }) => {
+                node.refuse_if_deadlocked(&sent.request);
+            }
+            None => {}
         }
         let (waiting, rx) = sent.split();
         Wait {

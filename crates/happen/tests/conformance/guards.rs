@@ -160,6 +160,92 @@ pub async fn a_tell_in_the_chain_waits_for_the_slot(backend: &dyn Backend) {
     assert_eq!(heard, Ok(json!("from a")));
 }
 
+/// A request whose handle is dropped is fire-and-forget: nobody waits, so
+/// it cannot deadlock, even when it names a node (or a chain of nodes) that
+/// has no free slot. It waits in the queue and runs once a slot frees:
+/// here a one-slot node re-schedules itself, and a node answering a request
+/// notifies the one-slot node that waits for it.
+pub async fn a_dropped_request_waits_for_the_slot_instead_of_deadlocking(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = h
+        .node_with("dr-a", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    let heard = tx.clone();
+    a.on("tick", move |e: Event, cx: Context| {
+        let heard = heard.clone();
+        async move {
+            let i = e.payload().as_u64().unwrap();
+            heard.send(format!("tick {i}")).unwrap();
+            if i < 3 {
+                drop(cx.node().send("dr-a", ev("tick", json!(i + 1))));
+            }
+        }
+    })
+    .unwrap();
+    let client = h.node("dr-client").unwrap();
+    client.send(&a, ev("tick", json!(1))).await.unwrap();
+    for expected in ["tick 1", "tick 2", "tick 3"] {
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("every tick runs")
+            .unwrap();
+        assert_eq!(got, expected);
+    }
+
+    // a asks b; b drops a request back to a (a notification) and answers.
+    a.on("ask", |_e: Event, cx: Context| async move {
+        cx.node().send("dr-b", ev("work", json!(null))).await
+    })
+    .unwrap();
+    let b = h.node("dr-b").unwrap();
+    b.on("work", |_e: Event, cx: Context| async move {
+        drop(cx.node().send("dr-a", ev("note", json!("done soon"))));
+        json!("worked")
+    })
+    .unwrap();
+    a.on("note", move |e: Event, _cx: Context| {
+        let tx = tx.clone();
+        async move {
+            tx.send(e.payload().to_string()).unwrap();
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        client.send(&a, ev("ask", json!(null))).await.unwrap(),
+        json!("worked")
+    );
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the note arrives once a's slot frees")
+        .unwrap();
+    assert_eq!(got, "\"done soon\"");
+}
+
+/// Waiting for a request that would deadlock is refused at once whichever
+/// way the requester waits: for the value, or for a stream.
+pub async fn waiting_for_a_stream_that_would_deadlock_is_refused(backend: &dyn Backend) {
+    use futures::StreamExt;
+    let h = start_patient(backend).await;
+    let a = h
+        .node_with("ds-a", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    a.on("inner", |_e: Event, _cx: Context| async { json!("inner") })
+        .unwrap();
+    a.on("start", |_e: Event, cx: Context| async move {
+        let mut stream = cx.node().send("ds-a", ev("inner", json!(null))).stream();
+        match stream.next().await {
+            Some(Err(HappenError::Deadlock { chain, .. })) => json!({ "deadlock": chain }),
+            other => json!({ "other": format!("{other:?}") }),
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        start_at(&h, "ds-client", &a).await,
+        json!({ "deadlock": ["ds-a", "ds-a"] })
+    );
+}
+
 pub async fn a_runaway_loop_stops_at_the_causal_depth(backend: &dyn Backend) {
     let h = backend
         .start(HappenConfig::default().max_causal_depth(10))

@@ -56,14 +56,17 @@ impl Envelope {
     }
 }
 
+/// The headers that mark a message as a tell (no answer wanted).
+pub(super) fn tell_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(REPLY_HEADER, NO_REPLY);
+    headers
+}
+
 /// Seals `event` for the wire; `wants_reply: false` marks a tell.
 pub(super) fn seal(event: &Event, wants_reply: bool) -> Result<Envelope> {
     let payload = Bytes::from(wire::encode_event(event)?);
-    let headers = (!wants_reply).then(|| {
-        let mut headers = HeaderMap::new();
-        headers.insert(REPLY_HEADER, NO_REPLY);
-        headers
-    });
+    let headers = (!wants_reply).then(tell_headers);
     Ok(Envelope { payload, headers })
 }
 

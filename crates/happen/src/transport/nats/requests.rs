@@ -305,8 +305,34 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
             }
         }
         other => {
-            deliver_final(pending.remove(&token), Result::from(other));
+            let waiting = pending.remove(&token);
+            drop(pending);
+            if let (Reply::Err(HappenError::Deadlock { .. }), Some(waiting)) = (&other, &waiting)
+                && !waiting.alive()
+                && !waiting.payload.is_empty()
+            {
+                return tell_again(shared, waiting);
+            }
+            deliver_final(waiting, Result::from(other));
         }
+    }
+}
+
+/// A request refused as a deadlock whose handle was dropped (its requester
+/// waits for nothing: fire-and-forget) is sent again as a tell, which waits
+/// for a free slot instead. The event was not run; it keeps its id and
+/// causal context. (A durable request is not: its refusal comes back to be
+/// retried by the stream.)
+fn tell_again(shared: &Arc<Shared>, waiting: &Waiting) {
+    let publish = Publish {
+        subject: waiting.subject.clone(),
+        reply: None,
+        headers: Some(super::envelope::tell_headers()),
+        payload: waiting.payload.clone(),
+        token: None,
+    };
+    if let Err(error) = shared.commands.publish(publish) {
+        tracing::warn!(%error, node = %waiting.target, event_type = %waiting.event_type, "a dropped request could not be sent again as a tell");
     }
 }
 
