@@ -256,11 +256,18 @@ impl Delivery {
         }
     }
 
-    /// [`Delivery::deadlock_at_await`]: the requester checks for a deadlock
-    /// when it waits.
-    pub(crate) fn deadlock_at_await(mut self) -> Self {
-        self.deadlock_at_await = true;
-        self
+    /// A request from a handle in this process, which checks for a
+    /// deadlock when it is awaited ([`Delivery::deadlock_at_await`]).
+    pub(crate) fn awaitable(event: Event, reply: ReplyTx) -> Self {
+        Delivery {
+            inline: false,
+            received_at: Arrival::Local.received_at(&event),
+            event,
+            responder: Some(Responder::Local(reply)),
+            ack: None,
+            matched: None,
+            deadlock_at_await: true,
+        }
     }
 
     /// Refuses the delivery: the responder hears `error` at once, the

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use super::{Node, NodeCore, NodeRef, Target};
 use crate::causality;
-use crate::delivery::{self, Arrival, Delivery, Responder};
+use crate::delivery::{self, Arrival, Delivery};
 use crate::error::{HappenError, Result};
 use crate::event::{self, Event};
 use crate::id::Id;
@@ -61,9 +61,7 @@ impl<S> Node<S> {
                 let (sent, reply) = Sent::new(node.id.clone(), event.clone(), timeout);
                 // The handle checks for a deadlock when it is awaited: a
                 // dropped one (fire-and-forget) waits for nothing.
-                let delivery = Delivery::new(event, Some(Responder::Local(reply)), Arrival::Local)
-                    .deadlock_at_await();
-                match delivery::deliver(node, delivery) {
+                match delivery::deliver(node, Delivery::awaitable(event, reply)) {
                     Ok(()) => sent.with_receipt(delivery::receipt(node)).claimable(node),
                     Err(error) => sent.with_receipt(Receipt::failed(error)),
                 }
