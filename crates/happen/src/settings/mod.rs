@@ -30,7 +30,9 @@
 //! (`HAPPEN_CONCURRENCY__DEFAULT__MAX_CONCURRENT=50`,
 //! `HAPPEN_NATS__SERVERS=nats://a:4222,nats://b:4222`); a value is read as
 //! JSON when it parses as JSON, else as text, and a comma-separated value
-//! for a list becomes the list. `HAPPEN_CONFIG` names the file when no path
+//! for a list becomes the list. The keys that hold text (names, prefixes,
+//! credentials and file paths) take the variable's text as it is, so that a
+//! token `123456`, a password `null` or one in quotes is that text. `HAPPEN_CONFIG` names the file when no path
 //! is given. Durations are text with a unit (`250ms`, `5s`, `10m`, `2h`,
 //! `30d`) or a number of milliseconds.
 //!
@@ -358,9 +360,24 @@ fn camel(segment: &str) -> String {
     out
 }
 
-/// The value of an environment variable: JSON if it parses, a list for the
-/// keys that are lists, else text.
+/// The value of an environment variable: the text itself for the keys
+/// that hold text, a list for the keys that are lists, else JSON if it
+/// parses, else text.
 fn env_value(path: &[String], raw: &str) -> Value {
+    let texts = [
+        "name",
+        "prefix",
+        "user",
+        "password",
+        "token",
+        "credentialsFile",
+        "nkeySeed",
+        "clientCertificate",
+        "clientKey",
+    ];
+    if path.last().is_some_and(|k| texts.contains(&k.as_str())) {
+        return Value::String(raw.to_owned());
+    }
     let lists = ["servers", "acceptFrom", "rootCertificates"];
     if path.last().is_some_and(|k| lists.contains(&k.as_str()))
         && !raw.trim_start().starts_with('[')

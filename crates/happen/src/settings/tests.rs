@@ -117,6 +117,40 @@ fn variables_override_the_file_and_name_their_keys() {
     assert_eq!(settings.max_causal_depth, Some(64));
 }
 
+/// Keys that hold text take the variable as it is: read as JSON first, a
+/// numeric token was refused ("expected a string"), a password `null` was
+/// unset, and a quoted one lost its quotes without a word.
+#[test]
+fn text_keys_take_the_variable_as_it_is() {
+    let settings = Settings::load_from(
+        None,
+        vars(&[
+            ("HAPPEN_NATS__SERVERS", "nats://127.0.0.1:4222"),
+            ("HAPPEN_NATS__NAME", "1"),
+            ("HAPPEN_NATS__PREFIX", "true"),
+            ("HAPPEN_NATS__AUTH__USER", "null"),
+            ("HAPPEN_NATS__AUTH__PASSWORD", "\"quoted\""),
+        ]),
+    )
+    .unwrap();
+    let nats = settings.nats.as_ref().unwrap();
+    assert_eq!(nats.name.as_deref(), Some("1"));
+    assert_eq!(nats.prefix.as_deref(), Some("true"));
+    let auth = nats.auth.as_ref().unwrap();
+    assert_eq!(auth.user.as_deref(), Some("null"));
+    assert_eq!(auth.password.as_deref(), Some("\"quoted\""));
+    let settings = Settings::load_from(
+        None,
+        vars(&[
+            ("HAPPEN_NATS__SERVERS", "nats://127.0.0.1:4222"),
+            ("HAPPEN_NATS__AUTH__TOKEN", "123456"),
+        ]),
+    )
+    .unwrap();
+    let auth = settings.nats.unwrap().auth.unwrap();
+    assert_eq!(auth.token.as_deref(), Some("123456"));
+}
+
 #[cfg(feature = "toml")]
 #[test]
 fn toml_files_read_the_same() {
