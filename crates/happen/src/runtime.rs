@@ -573,8 +573,18 @@ impl Happen {
         self.0.transport.close().await;
     }
 
-    /// [`Happen::shutdown`] with a limit: returns `false` (and stops anyway)
-    /// if draining took longer than `limit`.
+    /// [`Happen::shutdown`] with a limit: returns `false` if draining took
+    /// longer than `limit`, and then stops taking work anyway: the runtime
+    /// refuses new events and nodes, its nodes are detached (nothing more
+    /// is delivered to them) and, over NATS, the connection is closed.
+    ///
+    /// Flows still running at that moment are not cancelled: Rust cannot
+    /// stop a task between two of its awaits without dropping it, and a
+    /// flow dropped half-way could leave the state it was changing half
+    /// changed. They run on to their end (what they send finds no node of
+    /// this runtime once the nodes are detached), and a requester waiting for one of them gets its
+    /// answer then, or its own timeout. A flow that must stop should watch
+    /// for it, e.g. with its own deadline.
     pub async fn shutdown_within(&self, limit: std::time::Duration) -> bool {
         let drained = tokio::time::timeout(limit, self.shutdown()).await.is_ok();
         if !drained {

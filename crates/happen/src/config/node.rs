@@ -56,8 +56,11 @@ pub enum QueueStrategy {
     /// arrived. An event's priority is set by the sender with
     /// [`Event::with_priority`](crate::Event::with_priority) (the
     /// application context field `priority`, an integer; 0 when absent or
-    /// not an integer). Only the order of waiting events changes: an event
-    /// starts at once while the node has a free slot.
+    /// not an integer). Only the order of waiting events changes, and an
+    /// event waits only until the node's worker next takes one: events sent
+    /// one after another to an idle node (in one burst, before the worker
+    /// has run) wait together, so the first of them does not start before a
+    /// later one of higher priority.
     Priority,
 }
 

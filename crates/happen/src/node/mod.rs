@@ -561,7 +561,11 @@ impl<S: Clone + Send + Sync + 'static> Node<S> {
     ) -> Result<HandlerId> {
         pattern.validate()?;
         let runtime = self.runtime()?;
-        if self.core.closed.load(Ordering::Acquire) {
+        // A node shut down, or a runtime shutting down (as `Happen::node`
+        // then refuses new nodes), takes no new handler.
+        if self.core.closed.load(Ordering::Acquire)
+            || self.core.runtime_closed.load(Ordering::Acquire)
+        {
             return Err(HappenError::Shutdown);
         }
         let interest = runtime.transport().subscribe(&self.untyped(), &pattern)?;

@@ -166,6 +166,12 @@ pub async fn shutdown_drains_in_flight_flows(backend: &dyn Backend) {
         HappenError::Shutdown
     );
     assert!(matches!(h.node("late").unwrap_err(), HappenError::Shutdown));
+    // Nor does a node take a new handler.
+    let late_handler = a.on("late", |_e: Event, _cx: Context| async {});
+    assert!(
+        matches!(late_handler, Err(HappenError::Shutdown)),
+        "{late_handler:?}"
+    );
 }
 
 /// `Node::shutdown` takes one node out: the flows it runs and the events in
