@@ -211,7 +211,12 @@ impl<S> Node<S> {
             return Err((e.into(), event));
         }
         let (parent, seq) = causality::current_cause().unzip();
-        if parent.is_none() && self.core.runtime_closed.load(Ordering::Acquire) {
+        // A new root event from a runtime or a node shutting down (or shut
+        // down) is refused; what their running flows cause is still taken.
+        if parent.is_none()
+            && (self.core.runtime_closed.load(Ordering::Acquire)
+                || self.core.closed.load(Ordering::Acquire))
+        {
             return Err((HappenError::Shutdown, event));
         }
         event::stamp(&mut event, &self.core.id, parent.as_ref());

@@ -229,6 +229,22 @@ pub async fn node_shutdown_finishes_its_flows_and_frees_its_id(backend: &dyn Bac
         worker.on("job", |_e: Event, _cx: Context| async {}),
         Err(HappenError::Shutdown)
     ));
+    // Nor does it send anything new under its id.
+    assert!(matches!(
+        worker.tell(&other, ev("job", json!(null))),
+        Err(HappenError::Shutdown)
+    ));
+    assert!(matches!(
+        worker.broadcast(ev("job", json!(null))),
+        Err(HappenError::Shutdown)
+    ));
+    assert_eq!(
+        worker
+            .send(&other, ev("job", json!(null)))
+            .await
+            .unwrap_err(),
+        HappenError::Shutdown
+    );
     assert_eq!(
         client.send(&other, ev("job", json!(null))).await.unwrap(),
         "other"
