@@ -122,9 +122,13 @@ pub enum HappenError {
         after_ms: u64,
     },
 
-    /// The target node is at its concurrency limit and its queue is full.
+    /// The target node holds as many events as it takes: its flow slots
+    /// (`max_concurrent`) and its queue (`queue_limit`) together. Events not
+    /// started yet count against both, so a burst sent before the node's
+    /// worker has run can be refused with fewer than `max_concurrent`
+    /// flows running.
     #[error(
-        "node \"{node}\" is overloaded: {active} flows running and its queue of {queue_limit} events is full; retry later or raise max_concurrent / queue_limit"
+        "node \"{node}\" is overloaded: it holds as many events as max_concurrent and queue_limit ({queue_limit}) allow, {active} of them running and the rest waiting; retry later or raise max_concurrent / queue_limit"
     )]
     QueueFull {
         /// The overloaded node.

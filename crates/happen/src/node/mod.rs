@@ -170,6 +170,12 @@ impl NodeCore {
 /// Create nodes with [`Happen::node`]. A `Node` is a cheap handle; clones refer
 /// to the same node.
 ///
+/// As a target, a handle stands for its node's id, as it would over NATS:
+/// an event sent to it goes to the live node of that id in the sender's
+/// runtime. So a handle kept after its node was shut down reaches a new
+/// node created with the same id, and a handle from another runtime in the
+/// same process reaches the sender's runtime's node of that id, if any.
+///
 /// `S` is the type of the node-local value the handle gives the flows it
 /// registers ([`Node::with_local`]); `()` by default.
 ///
