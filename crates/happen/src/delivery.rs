@@ -307,6 +307,14 @@ pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()
         return delivery.refuse(error);
     }
     if delivery.ack.is_none() && node.retried_here() {
+        // What could not be read back after a restart is not spooled (and
+        // refused before the node records the event as seen).
+        #[cfg(feature = "redb")]
+        if node.spool().is_some()
+            && let Err(error) = crate::depth::check_event(&delivery.event)
+        {
+            return delivery.refuse(error);
+        }
         if !node.first_sight(&delivery.event) {
             // Exactly-once: a copy of an event this node already took.
             return Ok(());
@@ -322,6 +330,9 @@ pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()
                     Err(error) => return delivery.refuse(error),
                 }
             }
+            // Scheduled only once on disk, after its requester may have
+            // started to wait: the node checks for a deadlock itself.
+            delivery.deadlock_at_await = false;
             return spool.store(node, delivery);
         }
     }

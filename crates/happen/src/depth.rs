@@ -10,7 +10,8 @@
 //! payload when it is encoded for the wire or spooled, a streamed item or a
 //! response, a node's state and a global value when they are saved, and the
 //! dotted field names of a zero event (each dot is a level once the event
-//! is read as JSON). A value deeper than [`MAX_DEPTH`] is refused there with
+//! is read as JSON); an event's application context values count as its
+//! payload does. A value deeper than [`MAX_DEPTH`] is refused there with
 //! [`HappenError::TooDeep`], and nothing is written.
 //!
 //! Within one process an ordinary event is never encoded, so a deeper
@@ -51,6 +52,26 @@ pub(crate) fn check(value: &Value, what: impl FnOnce() -> String) -> Result<()> 
             limit: MAX_DEPTH,
         })
     }
+}
+
+/// Refuses an event (or any member of a batch) whose payload or
+/// application context nests deeper than [`MAX_DEPTH`].
+#[cfg_attr(not(any(feature = "nats", feature = "redb")), allow(dead_code))]
+pub(crate) fn check_event(event: &crate::Event) -> Result<()> {
+    for event in event.events() {
+        check(event.payload(), || {
+            format!("the payload of a \"{}\" event", event.event_type())
+        })?;
+        for (key, value) in &event.context().extra {
+            check(value, || {
+                format!(
+                    "the context value \"{key}\" of a \"{}\" event",
+                    event.event_type()
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `value` nests at most `levels` deep. Recurses at most

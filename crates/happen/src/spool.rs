@@ -89,12 +89,6 @@ impl Spool {
     pub(crate) fn store(self: &Arc<Self>, node: &Arc<NodeCore>, delivery: Delivery) -> Result<()> {
         let runtime = node.runtime_inner();
         let handle = runtime.as_ref().and_then(|r| r.handle());
-        // What could not be read back after a restart is not written.
-        for event in delivery.event.events() {
-            crate::depth::check(event.payload(), || {
-                format!("the payload of a \"{}\" event", event.event_type())
-            })?;
-        }
         let bytes = serde_json::to_vec(&delivery.event)
             .map_err(|e| HappenError::codec("cannot spool an event", e))?;
         let key = key(node.id(), delivery.event.id());
@@ -297,6 +291,47 @@ mod tests {
         );
     }
 
+    /// A durable node's events reach its queue only once on disk, after the
+    /// requester may have started to wait: waiting for one that would
+    /// deadlock is still refused at once, not left to time out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_awaited_request_that_would_deadlock_a_spooled_node_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = HappenConfig::default().request_timeout(Duration::from_secs(30));
+        let happen = Happen::embedded_on_disk(dir.path(), config).unwrap();
+        let durable = NodeConfig::new()
+            .max_concurrent(1)
+            .delivery(DeliveryConfig::at_least_once());
+        let node = happen.node_with("self-asker", durable).unwrap();
+        node.on("inner", |_e: Event, _cx: Context| async { json!("inner") })
+            .unwrap();
+        node.on("outer", |_e: Event, cx: Context| async move {
+            match cx
+                .node()
+                .send("self-asker", Event::new("inner", json!(null)))
+                .await
+            {
+                Err(HappenError::Deadlock { chain, .. }) => json!({ "deadlock": chain }),
+                other => json!({ "other": format!("{other:?}") }),
+            }
+        })
+        .unwrap();
+        let client = happen.node("client").unwrap();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.send(&node, Event::new("outer", json!(null))),
+        )
+        .await
+        .expect("answered well before the request's timeout")
+        .unwrap();
+        assert_eq!(answer, json!({ "deadlock": ["self-asker", "self-asker"] }));
+        happen.shutdown().await;
+    }
+
+    fn deep_context() -> serde_json::Value {
+        (0..=crate::depth::MAX_DEPTH).fold(json!(1), |inner, _| json!({ "k": inner }))
+    }
+
     /// An event whose payload could not be read back from disk is refused
     /// when sent, not spooled (it was acknowledged, then never handed back
     /// after a restart).
@@ -314,6 +349,17 @@ mod tests {
         assert!(
             matches!(refused, Err(HappenError::TooDeep { limit: 100, .. })),
             "{refused:?}"
+        );
+        // A request hears why; so does a deep application context value.
+        let asked = shop
+            .send(
+                "sink",
+                Event::new("item", json!(null)).with_context("deep", deep_context()),
+            )
+            .await;
+        assert!(
+            matches!(asked, Err(HappenError::TooDeep { .. })),
+            "{asked:?}"
         );
         let deepest = (0..crate::depth::MAX_DEPTH).fold(json!(1), |inner, _| json!([inner]));
         shop.tell("sink", Event::new("item", deepest))

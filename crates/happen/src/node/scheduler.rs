@@ -280,7 +280,10 @@ impl NodeCore {
     /// causal chain (see [`Causal::waiting`](crate::Causal::waiting)): the
     /// cycle of waiting nodes, from this node back to it.
     fn waits_for(&self, delivery: &Delivery) -> Option<Vec<String>> {
-        delivery.responder.as_ref()?;
+        // A requester that dropped its handle waits for nothing.
+        if delivery.responder.as_ref()?.is_abandoned() {
+            return None;
+        }
         self.cycle(&delivery.event)
     }
 

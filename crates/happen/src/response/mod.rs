@@ -269,7 +269,9 @@ impl Sent {
     /// The flow's emitted values, then its final value, as a stream (see
     /// [`crate::stream`]). The timeout applies until the first item (or the
     /// result) arrives; after that the stream runs as long as the producer
-    /// does. Dropping the stream cancels the producer.
+    /// does. Dropping the stream once it has started cancels the producer;
+    /// dropped before its first item, it lets the producer run on with its
+    /// items dropped (see [`crate::stream`]).
     pub fn stream(self) -> futures::stream::BoxStream<'static, Result<StreamItem>> {
         if let Some(Claim { node, .. }) = &self.claim {
             node.refuse_if_deadlocked(&self.request);
@@ -309,7 +311,11 @@ impl Sent {
     where
         F: FnOnce(Result<Value>) + Send + 'static,
     {
-        crate::causality::spawn(async move { callback(self.response().await) });
+        // The caller does not wait, so nothing can deadlock on it: the
+        // request runs when a slot frees, and the callback hears its answer.
+        let mut sent = self;
+        sent.claim = None;
+        crate::causality::spawn(async move { callback(sent.response().await) });
     }
 }
 

@@ -310,6 +310,7 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
             if let (Reply::Err(HappenError::Deadlock { .. }), Some(waiting)) = (&other, &waiting)
                 && !waiting.alive()
                 && !waiting.payload.is_empty()
+                && waiting.deadline > Instant::now()
             {
                 return tell_again(shared, waiting);
             }

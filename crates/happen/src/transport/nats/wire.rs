@@ -64,12 +64,7 @@ pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>> {
 /// Refuses an event (or batch member) whose payload nests deeper than the
 /// decoder reads back (see [`crate::depth`]).
 fn deep_enough(event: &Event) -> Result<()> {
-    for event in event.events() {
-        crate::depth::check(event.payload(), || {
-            format!("the payload of a \"{}\" event", event.event_type())
-        })?;
-    }
-    Ok(())
+    crate::depth::check_event(event)
 }
 
 /// The message after its version byte, or why there is none.
