@@ -57,14 +57,9 @@ fn encode_direct(prefix: &[u8], event: &Event) -> std::result::Result<Vec<u8>, T
 
 /// Encodes an event (compact form).
 pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>> {
-    deep_enough(event)?;
+    // What the far side could not decode is refused here (crate::depth).
+    crate::depth::check_event(event)?;
     encode_direct(&[], event).map_err(|e| HappenError::codec("cannot encode event", e))
-}
-
-/// Refuses an event (or batch member) whose payload nests deeper than the
-/// decoder reads back (see [`crate::depth`]).
-fn deep_enough(event: &Event) -> Result<()> {
-    crate::depth::check_event(event)
 }
 
 /// The message after its version byte, or why there is none.
@@ -175,7 +170,7 @@ pub(crate) fn encode_reply(reply: &Reply) -> Result<Vec<u8>> {
         last = outcome;
     }
     match last {
-        Reply::Ok(event) => deep_enough(event)?,
+        Reply::Ok(event) => crate::depth::check_event(event)?,
         Reply::Item { value, .. } => {
             crate::depth::check(value, || "a streamed item".to_owned())?;
         }
