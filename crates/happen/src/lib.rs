@@ -125,11 +125,12 @@ pub use path::Path;
 pub use pattern::{IntoPattern, Pattern};
 pub use receipt::Receipt;
 pub use response::Sent;
-pub use runtime::{Happen, RUNTIME_NODE};
+pub use runtime::Happen;
 pub use state::global::{Global, GlobalChange};
 pub use state::temporal::{Snapshot, SnapshotContext, Snapshots, TemporalConfig};
 pub use state::{State, View, Views};
 pub use stream::StreamItem;
+pub use system::RUNTIME_NODE;
 pub use system::{CONNECTION_STATUS, Counters, SYSTEM_SENDER};
 
 /// Turns an `async fn` step into one returning a boxed future, so that a step

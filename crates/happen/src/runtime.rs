@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{HappenConfig, NodeConfig};
 use crate::error::{HappenError, Result};
 use crate::id::Id;
-use crate::name::validate_node_id;
+use crate::name::{NameError, NameKind, validate_node_id};
 #[cfg(feature = "nats")]
 use crate::nats::NatsConfig;
 use crate::node::Node;
@@ -22,6 +22,7 @@ use crate::store::applied::Settled;
 use crate::store::jetstream::JetStreamStore;
 use crate::store::memory::MemoryStore;
 use crate::system::Counters;
+use crate::system::RUNTIME_NODE;
 use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
 #[cfg(feature = "nats")]
@@ -49,7 +50,7 @@ pub(crate) struct RuntimeInner {
     /// when an event is sent from a thread outside it.
     handle: Option<tokio::runtime::Handle>,
     /// The node behind [`Happen::on`], made on first use.
-    runtime_node: std::sync::Mutex<Option<Node>>,
+    pub(crate) runtime_node: std::sync::Mutex<Option<Node>>,
 }
 
 impl RuntimeInner {
@@ -104,9 +105,6 @@ impl Drop for RuntimeInner {
     }
 }
 
-/// The id of the node that runs [`Happen::on`]'s handlers.
-pub const RUNTIME_NODE: &str = "happen-runtime";
-
 /// A Happen runtime: the system that nodes live in.
 ///
 /// [`Happen::embedded`] runs every node in this process with no server. It
@@ -131,7 +129,7 @@ pub const RUNTIME_NODE: &str = "happen-runtime";
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct Happen(Arc<RuntimeInner>);
+pub struct Happen(pub(crate) Arc<RuntimeInner>);
 
 impl std::fmt::Debug for Happen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -458,53 +456,6 @@ impl Happen {
         self.node_with(id, NodeConfig::default())
     }
 
-    /// Registers a runtime-level handler: the documentation's
-    /// `happen.on("node.down", ..)`, for system events (flow balance, dead
-    /// letters, connection status) and any broadcast, without a node of your
-    /// own. The handlers run on a node the runtime makes on first use, with
-    /// the id [`RUNTIME_NODE`] (reserved: do not create a node with it).
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use happen::prelude::*;
-    /// use happen::balance::FlowBalanceConfig;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> happen::Result<()> {
-    /// let happen = Happen::embedded_with(HappenConfig::default().flow_balance(
-    ///     FlowBalanceConfig::default().interval(Duration::from_millis(20)).lag_threshold(2),
-    /// ));
-    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    /// happen.on("node.down", move |event: Event, _cx: Context| {
-    ///     let tx = tx.clone();
-    ///     async move { tx.send(event.payload()["nodeId"].clone()).unwrap(); }
-    /// })?;
-    /// let stuck = happen.node_with("stuck", NodeConfig::new().max_concurrent(1))?;
-    /// stuck.on("work", |_e: Event, _cx: Context| std::future::pending::<()>())?;
-    /// for i in 0..4 {
-    ///     stuck.tell(&stuck, Event::new("work", json!(i)))?;
-    /// }
-    /// assert_eq!(rx.recv().await.unwrap(), "stuck");
-    /// # Ok(()) }
-    /// ```
-    pub fn on(
-        &self,
-        pattern: impl crate::pattern::IntoPattern,
-        handler: impl crate::flow::Handler<()>,
-    ) -> Result<crate::node::HandlerId> {
-        let node = {
-            let mut slot = self
-                .0
-                .runtime_node
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match &*slot {
-                Some(node) => node.clone(),
-                None => slot.insert(self.node(RUNTIME_NODE)?).clone(),
-            }
-        };
-        node.on(pattern, handler)
-    }
-
     /// Creates the node `id` with its own settings on top of the system's.
     ///
     /// ```
@@ -517,10 +468,26 @@ impl Happen {
     /// assert_eq!(node.limits().max_concurrent, 4);
     /// assert!(happen.node("batcher").is_err(), "ids are unique");
     /// assert!(happen.node("bad id").is_err(), "ids are single tokens");
+    /// let reserved = happen.node(happen::RUNTIME_NODE).unwrap_err();
+    /// assert!(reserved.to_string().contains("reserved"), "{reserved}");
+    /// happen.on("anything", |_e: happen::Event, _cx: happen::Context| async {})?;
     /// # Ok(()) }
     /// ```
     pub fn node_with(&self, id: &str, config: NodeConfig) -> Result<Node> {
         validate_node_id(id)?;
+        if id == RUNTIME_NODE {
+            return Err(NameError {
+                kind: NameKind::NodeId,
+                name: id.to_owned(),
+                reason: "it is reserved for the node that runs `Happen::on`'s handlers".to_owned(),
+            }
+            .into());
+        }
+        self.make_node(id, config)
+    }
+
+    /// [`Happen::node_with`] for any valid id, the reserved one included.
+    pub(crate) fn make_node(&self, id: &str, config: NodeConfig) -> Result<Node> {
         if self.0.is_closed() {
             return Err(HappenError::Shutdown);
         }

@@ -44,6 +44,64 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::config::NodeConfig;
+use crate::error::Result;
+use crate::runtime::Happen;
+
+/// The id of the node that runs [`Happen::on`]'s handlers.
+pub const RUNTIME_NODE: &str = "happen-runtime";
+
+impl Happen {
+    /// Registers a runtime-level handler: the documentation's
+    /// `happen.on("node.down", ..)`, for system events (flow balance, dead
+    /// letters, connection status) and any broadcast, without a node of your
+    /// own. The handlers run on a node the runtime makes on first use, with
+    /// the id [`RUNTIME_NODE`], which [`Happen::node`] refuses.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use happen::prelude::*;
+    /// use happen::balance::FlowBalanceConfig;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded_with(HappenConfig::default().flow_balance(
+    ///     FlowBalanceConfig::default().interval(Duration::from_millis(20)).lag_threshold(2),
+    /// ));
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// happen.on("node.down", move |event: Event, _cx: Context| {
+    ///     let tx = tx.clone();
+    ///     async move { tx.send(event.payload()["nodeId"].clone()).unwrap(); }
+    /// })?;
+    /// let stuck = happen.node_with("stuck", NodeConfig::new().max_concurrent(1))?;
+    /// stuck.on("work", |_e: Event, _cx: Context| std::future::pending::<()>())?;
+    /// for i in 0..4 {
+    ///     stuck.tell(&stuck, Event::new("work", json!(i)))?;
+    /// }
+    /// assert_eq!(rx.recv().await.unwrap(), "stuck");
+    /// # Ok(()) }
+    /// ```
+    pub fn on(
+        &self,
+        pattern: impl crate::pattern::IntoPattern,
+        handler: impl crate::flow::Handler<()>,
+    ) -> Result<crate::node::HandlerId> {
+        let node = {
+            let mut slot = self
+                .0
+                .runtime_node
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(node) => node.clone(),
+                None => slot
+                    .insert(self.make_node(RUNTIME_NODE, NodeConfig::default())?)
+                    .clone(),
+            }
+        };
+        node.on(pattern, handler)
+    }
+}
+
 /// The sender of every system event.
 pub const SYSTEM_SENDER: &str = "happen.system";
 /// The NATS connection changed state.
