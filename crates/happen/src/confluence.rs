@@ -64,7 +64,9 @@ impl<S> Node<S> {
             .into_iter()
             .map(|target| {
                 let sent = match &prepared {
-                    Ok((runtime, event)) => self.dispatch(runtime, target.clone(), event.clone()),
+                    Ok((runtime, event)) => {
+                        self.send_stamped(runtime, target.clone(), event.clone())
+                    }
                     Err(e) => Sent::refused(target.clone(), event.clone(), timeout, e.clone()),
                 };
                 (target, sent)

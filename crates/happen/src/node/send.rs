@@ -40,33 +40,41 @@ impl<S> Node<S> {
         if let Err(e) = validate_node_id(&target) {
             return Sent::refused(target, event, timeout, e.into());
         }
-        // Named by id: a node of this process is sent to as if by handle.
-        if self.core.in_process
-            && let Some(node) = runtime.transport().node(&target)
-            && let Some(node) = self.in_process(&node)
-        {
-            return self.send_in_process(node, event);
-        }
         match self.prepare(event, true) {
-            Ok(event) => self.dispatch(&runtime, target, event),
+            Ok(event) => self.send_stamped(&runtime, target, event),
             Err((e, event)) => Sent::refused(target, event, timeout, e),
         }
     }
 
     /// [`Node::send`] to a node of this process, handed over directly.
     fn send_in_process(&self, node: &Arc<NodeCore>, event: Event) -> Sent {
-        let timeout = self.core.limits.timeout;
         match self.prepare(event, true) {
-            Ok(event) => {
-                let (sent, reply) = Sent::new(node.id.clone(), event.clone(), timeout);
-                // The handle checks for a deadlock when it is awaited: a
-                // dropped one (fire-and-forget) waits for nothing.
-                match delivery::deliver(node, Delivery::awaitable(event, reply)) {
-                    Ok(()) => sent.with_receipt(delivery::receipt(node)).claimable(node),
-                    Err(error) => sent.with_receipt(Receipt::failed(error)),
-                }
-            }
-            Err((e, event)) => Sent::refused(node.id.clone(), event, timeout, e),
+            Ok(event) => self.hand_over(node, event),
+            Err((e, event)) => Sent::refused(node.id.clone(), event, self.core.limits.timeout, e),
+        }
+    }
+
+    /// Sends a stamped event to `target`: handed over directly when it is a
+    /// node of this process (named by id, it is sent to as if by handle),
+    /// else through the transport.
+    pub(crate) fn send_stamped(&self, runtime: &RuntimeInner, target: Id, event: Event) -> Sent {
+        if self.core.in_process
+            && let Some(node) = runtime.transport().node(&target)
+            && let Some(node) = self.in_process(&node)
+        {
+            return self.hand_over(node, event);
+        }
+        self.dispatch(runtime, target, event)
+    }
+
+    /// Hands a stamped event to a node of this process. The handle checks
+    /// for a deadlock when it is awaited: a dropped one (fire-and-forget)
+    /// waits for nothing.
+    fn hand_over(&self, node: &Arc<NodeCore>, event: Event) -> Sent {
+        let (sent, reply) = Sent::new(node.id.clone(), event.clone(), self.core.limits.timeout);
+        match delivery::deliver(node, Delivery::awaitable(event, reply)) {
+            Ok(()) => sent.with_receipt(delivery::receipt(node)).claimable(node),
+            Err(error) => sent.with_receipt(Receipt::failed(error)),
         }
     }
 

@@ -220,6 +220,18 @@ pub async fn a_dropped_request_waits_for_the_slot_instead_of_deadlocking(backend
         .expect("the note arrives once a's slot frees")
         .unwrap();
     assert_eq!(got, "\"done soon\"");
+
+    // The same for a group send whose handle is dropped.
+    a.on("fan", |_e: Event, cx: Context| async move {
+        drop(cx.node().send_to_all(["dr-a"], ev("note", json!("to all"))));
+    })
+    .unwrap();
+    client.send(&a, ev("fan", json!(null))).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the group's note arrives once a's slot frees")
+        .unwrap();
+    assert_eq!(got, "\"to all\"");
 }
 
 /// Waiting for a request that would deadlock is refused at once whichever
@@ -242,6 +254,24 @@ pub async fn waiting_for_a_stream_that_would_deadlock_is_refused(backend: &dyn B
     .unwrap();
     assert_eq!(
         start_at(&h, "ds-client", &a).await,
+        json!({ "deadlock": ["ds-a", "ds-a"] })
+    );
+
+    // And for a group send awaited from the node it names.
+    a.on("fan", |_e: Event, cx: Context| async move {
+        let results = cx
+            .node()
+            .send_to_all(["ds-a"], ev("inner", json!(null)))
+            .await;
+        match &results["ds-a"] {
+            Err(HappenError::Deadlock { chain, .. }) => json!({ "deadlock": chain }),
+            other => json!({ "other": format!("{other:?}") }),
+        }
+    })
+    .unwrap();
+    let client = h.node("ds-fan-client").unwrap();
+    assert_eq!(
+        client.send(&a, ev("fan", json!(null))).await.unwrap(),
         json!({ "deadlock": ["ds-a", "ds-a"] })
     );
 }
