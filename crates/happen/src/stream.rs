@@ -131,6 +131,7 @@ impl std::fmt::Debug for StreamRx {
 pub(crate) struct StreamRx {
     rx: mpsc::Receiver<StreamMsg>,
     credit: Option<Box<dyn CreditSink>>,
+    /// Whether the producer ended the stream: nothing to tell it on drop.
     ended: bool,
     /// Whether the requester consumes the stream as a stream (`Sent::stream`):
     /// one dropped otherwise (a requester waiting only for the final value
@@ -166,7 +167,13 @@ impl StreamRx {
                     credit.consumed(1);
                 }
             }
-            Some(StreamMsg::End(_)) | None => self.ended = true,
+            // Only a successful end is surely the producer's own: an error
+            // may be this side's (a gap in the numbering, the timeout) while
+            // the producer runs on, waiting for credit, so dropping the
+            // stream then tells it to stop (a producer that did end ignores
+            // that).
+            Some(StreamMsg::End(Ok(_))) => self.ended = true,
+            Some(StreamMsg::End(Err(_))) | None => {}
         }
         std::task::Poll::Ready(message)
     }

@@ -127,6 +127,15 @@ pub async fn slow_consumer_bounds_the_producer(backend: &dyn Backend) {
     assert_eq!(emitted.load(Ordering::SeqCst), 200);
 }
 
+/// What the producer's `emit` failed with, once it stops.
+async fn producer_stops_cancelled(rx: &mut mpsc::UnboundedReceiver<HappenError>) {
+    let why = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the producer stops")
+        .unwrap();
+    assert_eq!(why, HappenError::Cancelled);
+}
+
 pub async fn dropping_the_stream_cancels_the_producer(backend: &dyn Backend) {
     use futures::StreamExt;
     let h = start(backend).await;
@@ -158,11 +167,52 @@ pub async fn dropping_the_stream_cancels_the_producer(backend: &dyn Backend) {
         );
     }
     drop(stream);
-    let why = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("the producer stops")
+    producer_stops_cancelled(&mut rx).await;
+
+    // A stream read past its requester's timeout runs on (the timeout
+    // bounds the wait for the first item) and stops its producer once
+    // dropped.
+    let (tx, mut rx) = mpsc::unbounded_channel::<HappenError>();
+    producer
+        .on("slow-metrics", move |_e: Event, cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let emit = |value: Value| {
+                    let (cx, tx) = (cx.clone(), tx.clone());
+                    async move {
+                        cx.emit(value)
+                            .await
+                            .inspect_err(|e| tx.send(e.clone()).unwrap())
+                    }
+                };
+                for i in 0..3 {
+                    emit(json!(i)).await?;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                loop {
+                    emit(json!("late")).await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<Value, HappenError>(Value::Null)
+            }
+        })
         .unwrap();
-    assert_eq!(why, HappenError::Cancelled);
+    let mut stream = client
+        .send(&producer, ev("slow-metrics", json!(null)))
+        .timeout(Duration::from_millis(150))
+        .stream();
+    for expected in 0..3 {
+        assert_eq!(
+            stream.next().await.unwrap().unwrap(),
+            happen::StreamItem::Item(json!(expected))
+        );
+    }
+    // The timeout applies until the first item only: the late one still
+    // arrives.
+    let late = stream.next().await.unwrap();
+    assert_eq!(late, Ok(happen::StreamItem::Item(json!("late"))));
+    drop(stream);
+    producer_stops_cancelled(&mut rx).await;
 }
 
 /// A request whose handle is dropped unread is fire-and-forget: a flow

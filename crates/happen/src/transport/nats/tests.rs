@@ -108,8 +108,14 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
                 value: json!(seq),
                 credit: None,
             };
+            // The gap's first item names where to send credit.
+            let credited = Reply::Item {
+                seq: 0,
+                value: json!(0),
+                credit: Some("faulty.credit".to_owned()),
+            };
             let script: Vec<Reply> = match event.event_type() {
-                "gap" => vec![item(0), item(2)],
+                "gap" => vec![credited, item(2)],
                 "reordered" => vec![item(0), item(1), item(3), item(2)],
                 "truncated" => vec![
                     item(0),
@@ -129,6 +135,7 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
             }
         }
     });
+    let mut credit = raw.subscribe("faulty.credit").await.unwrap();
     raw.flush().await.unwrap();
 
     let happen = Happen::connect(NatsConfig::new(server.url()))
@@ -163,6 +170,16 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
             "{kind}: {:?}",
             got.last()
         );
+        if kind == "gap" {
+            // A producer that skipped items is told to stop (it would
+            // otherwise wait for credit for good).
+            let told = within("the cancel", 10, credit.next()).await.unwrap();
+            assert!(
+                matches!(wire::decode_credit(&told.payload), Ok(wire::Credit::Cancel)),
+                "{:?}",
+                wire::decode_credit(&told.payload)
+            );
+        }
     }
     happen.shutdown().await;
 }
