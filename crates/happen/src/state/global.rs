@@ -106,13 +106,19 @@ impl Global {
         self.store.global_keys().await
     }
 
-    /// Changes to `key` from now on (sets and deletes), as a stream.
+    /// Changes to `key` from now on (sets and deletes), as a stream, in the
+    /// order they were applied: the last change a watcher gets is the
+    /// value stored. Writes to other keys never make it miss one. In one
+    /// process it gets every change (those not yet read wait for it, in
+    /// memory); over NATS, where the bucket keeps one value per key, a
+    /// value replaced before the watcher read it may be skipped.
     pub async fn watch(&self, key: &str) -> Result<BoxStream<'static, GlobalChange>> {
         check_key(key)?;
         self.store.global_watch(Some(key)).await
     }
 
-    /// Changes to every key from now on.
+    /// Changes to every key from now on, as [`Global::watch`] gives them
+    /// for one.
     pub async fn watch_all(&self) -> Result<BoxStream<'static, GlobalChange>> {
         self.store.global_watch(None).await
     }

@@ -16,8 +16,8 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde_json::Value;
-use tokio::sync::broadcast;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::applied::Applied;
 use super::disk::{Disk, Table};
@@ -44,10 +44,19 @@ pub(crate) struct MemoryStore {
     /// reach the disk in the order they become visible.
     writer: tokio::sync::Mutex<()>,
     temporal: TemporalConfig,
-    changes: broadcast::Sender<GlobalChange>,
+    /// Who watches global keys: each gets the changes to its key (or to
+    /// every key), in the order they were applied, none skipped.
+    watchers: Mutex<Vec<Watcher>>,
     /// Events for durable nodes, on the disk (when there is one).
     #[cfg(feature = "redb")]
     spool: Option<Arc<crate::spool::Spool>>,
+}
+
+/// A watcher of global keys ([`Store::global_watch`]).
+struct Watcher {
+    /// The key watched; `None` for every key.
+    key: Option<String>,
+    tx: mpsc::UnboundedSender<GlobalChange>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,7 +74,7 @@ impl MemoryStore {
             disk,
             writer: tokio::sync::Mutex::new(()),
             temporal,
-            changes: broadcast::channel(1024).0,
+            watchers: Mutex::default(),
             #[cfg(feature = "redb")]
             spool: None,
         }
@@ -88,6 +97,21 @@ impl MemoryStore {
             Some(disk) => disk.write(table, key, bytes).await,
             None => Ok(()),
         }
+    }
+
+    /// Hands a change of `key` to the watchers that want it (and forgets
+    /// those that are gone). Called with the data locked.
+    fn tell_watchers(&self, key: &str, value: Option<&Value>) {
+        lock(&self.watchers).retain(|watcher| {
+            if watcher.key.as_deref().is_some_and(|k| k != key) {
+                return !watcher.tx.is_closed();
+            }
+            let change = GlobalChange {
+                key: key.to_owned(),
+                value: value.cloned(),
+            };
+            watcher.tx.send(change).is_ok()
+        });
     }
 
     /// The writer's turn, when changes must reach a disk in order.
@@ -237,13 +261,12 @@ impl Store for MemoryStore {
                 self.write_through(Table::Global, key, Some(encode(value)?))
                     .await?;
             }
-            lock(&self.data)
-                .global
-                .insert(key.to_owned(), value.clone());
-            let _ = self.changes.send(GlobalChange {
-                key: key.to_owned(),
-                value: Some(value.clone()),
-            });
+            let mut data = lock(&self.data);
+            data.global.insert(key.to_owned(), value.clone());
+            // Told while the change is applied: watchers see changes in
+            // the order of the map's.
+            self.tell_watchers(key, Some(value));
+            drop(data);
             Ok(())
         })
     }
@@ -255,11 +278,10 @@ impl Store for MemoryStore {
                 return Ok(());
             }
             self.write_through(Table::Global, key, None).await?;
-            lock(&self.data).global.remove(key);
-            let _ = self.changes.send(GlobalChange {
-                key: key.to_owned(),
-                value: None,
-            });
+            let mut data = lock(&self.data);
+            data.global.remove(key);
+            self.tell_watchers(key, None);
+            drop(data);
             Ok(())
         })
     }
@@ -273,19 +295,12 @@ impl Store for MemoryStore {
         &'a self,
         key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<BoxStream<'static, GlobalChange>>> {
-        let key = key.map(str::to_owned);
-        let changes = BroadcastStream::new(self.changes.subscribe()).filter_map(move |change| {
-            let wanted = match change {
-                Ok(change) => Some(change).filter(|c| key.as_deref().is_none_or(|k| k == c.key)),
-                Err(lagged) => {
-                    // A watcher more than 1024 changes behind misses some;
-                    // say so rather than pretend it saw everything.
-                    tracing::warn!(%lagged, "a global state watcher fell behind and skipped changes");
-                    None
-                }
-            };
-            std::future::ready(wanted)
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.watchers).push(Watcher {
+            key: key.map(str::to_owned),
+            tx,
         });
+        let changes = UnboundedReceiverStream::new(rx);
         Box::pin(std::future::ready(Ok(changes.boxed())))
     }
 }

@@ -164,6 +164,7 @@ macro_rules! conformance_suite {
             concurrent_state_updates_are_atomic,
             views_see_other_nodes_and_missing_nodes_are_none,
             global_state_is_shared_and_watchable,
+            global_watchers_miss_no_change,
             temporal_snapshots_record_the_causing_event,
             temporal_retention_by_count_and_age,
             state_of_reads_and_writes_without_becoming_the_node,

@@ -196,6 +196,52 @@ pub async fn global_state_is_shared_and_watchable(backend: &dyn Backend) {
     assert!(matches!(err, HappenError::Config(_)), "{err:?}");
 }
 
+/// A watcher of one key gets its changes however busy the other keys are,
+/// and changes from writers racing on one key reach the watcher in the
+/// order they were applied: the last it gets is the stored value. (Over
+/// NATS a value replaced before the watcher read it may be skipped.)
+pub async fn global_watchers_miss_no_change(backend: &dyn Backend) {
+    use futures::StreamExt;
+    let h = start(backend).await;
+    let node = h.node("gw-node").unwrap();
+    let global = node.global();
+    let mut watch = global.watch("gw:config").await.unwrap();
+    global.set("gw:config", json!("v1")).await.unwrap();
+    for i in 0..1_100 {
+        global.set("gw:metrics", json!(i)).await.unwrap();
+    }
+    global.set("gw:config", json!("v2")).await.unwrap();
+    assert_eq!(next(&mut watch).await.value, Some(json!("v1")));
+    assert_eq!(next(&mut watch).await.value, Some(json!("v2")));
+
+    let mut race = global.watch("gw:race").await.unwrap();
+    let writers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|who| {
+            let global = node.global();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    global
+                        .set("gw:race", json!(format!("{who}{i}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let stored = global.get("gw:race").await.unwrap();
+    let mut seen = 0;
+    while next(&mut race).await.value != stored {
+        seen += 1;
+        assert!(seen < 100, "the stored value never came");
+    }
+    let after = tokio::time::timeout(Duration::from_millis(300), race.next()).await;
+    assert!(after.is_err(), "a change after the last: {after:?}");
+}
+
 pub async fn temporal_snapshots_record_the_causing_event(backend: &dyn Backend) {
     let h = start(backend).await;
     let bank = h.node("tm-bank").unwrap();
