@@ -940,3 +940,64 @@ async fn values_nesting_too_deep_are_refused_before_they_travel() {
     sender.shutdown().await;
     receiver.shutdown().await;
 }
+
+/// An event for a durable node travels with headers of its own (its
+/// message id, a request's reply subject), which count against the
+/// server's `max_payload` too: around the limit, every event is stored
+/// and handled, or refused at once with `PayloadTooLarge`. None is
+/// accepted and then left waiting (its receipt, a flush, a requester).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_events_at_the_size_limit_are_stored_or_refused_at_once() {
+    let limit = 65_536usize;
+    let server = NatsServer::builder()
+        .config(format!("max_payload: {limit}"))
+        .start()
+        .unwrap();
+    let (receiver, tally, sender, shop) = ledger_and_shop(&server.url()).await;
+    let item =
+        |seq: usize, pad: usize| Event::new("item", json!({ "seq": seq, "pad": "x".repeat(pad) }));
+    let (mut stored, mut refused) = (0u64, 0u64);
+    for (seq, pad) in (limit - 480..limit).step_by(16).enumerate() {
+        let told = match shop.tell("ledger", item(seq, pad)) {
+            Ok(receipt) => within("a receipt", 10, receipt).await,
+            Err(error) => Err(error),
+        };
+        match told {
+            Ok(()) => {
+                assert_eq!(
+                    refused, 0,
+                    "a larger event was stored after a smaller one was refused"
+                );
+                stored += 1;
+            }
+            Err(HappenError::PayloadTooLarge { size, limit: said }) => {
+                assert!(size > said && said == limit, "{size} > {said}");
+                refused += 1;
+            }
+            other => panic!("pad {pad}: {other:?}"),
+        }
+    }
+    assert!(
+        stored > 0 && refused > 0,
+        "stored {stored}, refused {refused}"
+    );
+    within("the flush", 10, sender.flush()).await.unwrap();
+    let (_, lost, duplicated) = tally.report("size-limit-stored", stored, 10).await;
+    assert_eq!((lost, duplicated), (0, 0));
+
+    // A durable request of the largest size: refused, not timed out.
+    let asked = within(
+        "the refusal",
+        4,
+        shop.send("ledger", item(999, limit - 16))
+            .timeout(Duration::from_secs(30))
+            .response(),
+    )
+    .await;
+    assert!(
+        matches!(asked, Err(HappenError::PayloadTooLarge { .. })),
+        "{asked:?}"
+    );
+    sender.shutdown().await;
+    receiver.shutdown().await;
+}

@@ -29,31 +29,32 @@ pub(super) struct Envelope {
 }
 
 impl Envelope {
-    /// The message's size as the server counts it against `max_payload`:
-    /// the payload and the serialized header block
-    /// (`NATS/1.0\r\n`, `key: value\r\n` each, `\r\n`).
-    pub(super) fn size(&self) -> usize {
-        let headers = self.headers.as_ref().map_or(0, |headers| {
-            let mut len = "NATS/1.0\r\n\r\n".len();
-            for (key, values) in headers.iter() {
-                for value in values {
-                    len += AsRef::<str>::as_ref(key).len() + ": \r\n".len() + value.as_str().len();
-                }
-            }
-            len
-        });
-        self.payload.len() + headers
-    }
-
     /// Fails with [`HappenError::PayloadTooLarge`] if the server would
     /// refuse the message.
     pub(super) fn check_size(&self, limit: usize) -> Result<()> {
-        let size = self.size();
-        if size > limit {
-            return Err(HappenError::PayloadTooLarge { size, limit });
-        }
-        Ok(())
+        check_size(&self.payload, self.headers.as_ref(), limit)
     }
+}
+
+/// Fails with [`HappenError::PayloadTooLarge`] if the server would refuse
+/// a message of `payload` and `headers`: it counts both against its
+/// `max_payload` (the header block as `NATS/1.0\r\n`, `key: value\r\n`
+/// each, `\r\n`).
+pub(super) fn check_size(payload: &[u8], headers: Option<&HeaderMap>, limit: usize) -> Result<()> {
+    let headers = headers.map_or(0, |headers| {
+        let mut len = "NATS/1.0\r\n\r\n".len();
+        for (key, values) in headers.iter() {
+            for value in values {
+                len += AsRef::<str>::as_ref(key).len() + ": \r\n".len() + value.as_str().len();
+            }
+        }
+        len
+    });
+    let size = payload.len() + headers;
+    if size > limit {
+        return Err(HappenError::PayloadTooLarge { size, limit });
+    }
+    Ok(())
 }
 
 /// The headers that mark a message as a tell (no answer wanted).

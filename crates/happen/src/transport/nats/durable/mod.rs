@@ -40,7 +40,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::commands::Bound;
-use super::{Shared, lock};
+use super::{Shared, envelope, lock};
 use crate::error::{HappenError, Result};
 use crate::event::Event;
 use crate::id::Id;
@@ -291,6 +291,9 @@ impl Durable {
         then: Then,
         until: Option<tokio::time::Instant>,
     ) -> Result<Receipt> {
+        // Measured with the headers it is stored with: the server would
+        // refuse it on every attempt.
+        envelope::check_size(&payload, Some(&headers), self.js.client().max_payload())?;
         self.queued.reserve()?;
         let (receipt_tx, receipt) = Receipt::waiting();
         let cause = cause.cloned();

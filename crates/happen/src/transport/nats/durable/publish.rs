@@ -13,9 +13,9 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Durable, Outgoing, PUBLISH_ACK_WAIT, Then, unavailable};
-use crate::error::Result;
+use crate::error::{HappenError, Result};
 use crate::receipt::ReceiptTx;
-use crate::transport::nats::Shared;
+use crate::transport::nats::{Shared, envelope};
 
 /// The receiving end of the publishing queue.
 pub(in crate::transport::nats) struct DurableOutbox(pub(super) mpsc::UnboundedReceiver<Outgoing>);
@@ -143,6 +143,19 @@ async fn store(
                 .await
             }
         };
+        if let Err(refused) = &publish
+            && refused.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded
+        {
+            // Refused for its size: no later attempt can store it.
+            let limit = js.client().max_payload();
+            let error = envelope::check_size(&message.payload, Some(&message.headers), limit)
+                .err()
+                .unwrap_or(HappenError::PayloadTooLarge {
+                    size: limit.saturating_add(1),
+                    limit,
+                });
+            return (seq, then, Err(error));
+        }
         let attempt = async {
             let ack = publish.map_err(|e| unavailable("cannot publish", e))?;
             tokio::time::timeout(PUBLISH_ACK_WAIT, ack)
