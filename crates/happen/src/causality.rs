@@ -40,7 +40,11 @@
 //!
 //! The scope does not follow work moved to another task with
 //! `tokio::spawn`. Use [`happen::spawn`](spawn) instead: it carries the scope
-//! along, so events emitted by the spawned task keep their cause.
+//! along, so events emitted by the spawned task keep their cause. The
+//! spawned task may outlive the flow and its answer, so its requests do not
+//! carry the chain of nodes waiting for the flow: a deadlock through such a
+//! task shows as the request's timeout, and a request that would run is
+//! never refused.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -223,16 +227,27 @@ pub(crate) fn current_flow() -> Option<Arc<Shared>> {
     .flatten()
 }
 
-/// The event being handled and, when the flow's emitted events get derived
-/// ids, the flow's position and the position of the event about to be
-/// emitted.
-pub(crate) fn current_cause() -> Option<(Event, Option<(u32, u32)>)> {
-    with_current(|scope| {
-        let seq = scope
+/// What an event sent from a flow (or a task it spawned) is caused by.
+pub(crate) struct Parent {
+    /// The event being handled.
+    pub(crate) event: Event,
+    /// When the flow's emitted events get derived ids: the flow's position
+    /// and the position of the event about to be emitted.
+    pub(crate) numbered: Option<(u32, u32)>,
+    /// Sent from a task the flow spawned ([`spawn`]), which may outlive
+    /// the flow and its answer.
+    pub(crate) spawned: bool,
+}
+
+/// The cause of an event sent from here, if this code runs in a flow.
+pub(crate) fn current_cause() -> Option<Parent> {
+    with_current(|scope| Parent {
+        event: scope.event().clone(),
+        numbered: scope
             .once
             .as_ref()
-            .map(|once| (once.flow, once.emitted.fetch_add(1, Ordering::Relaxed)));
-        (scope.event().clone(), seq)
+            .map(|once| (once.flow, once.emitted.fetch_add(1, Ordering::Relaxed))),
+        spawned: matches!(scope.cause, Cause::Event(_)),
     })
 }
 

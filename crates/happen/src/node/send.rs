@@ -218,7 +218,9 @@ impl<S> Node<S> {
         if let Err(e) = validate_event_type(event.event_type()) {
             return Err((e.into(), event));
         }
-        let (parent, seq) = causality::current_cause().unzip();
+        let cause = causality::current_cause();
+        let spawned = cause.as_ref().is_some_and(|c| c.spawned);
+        let (parent, seq) = cause.map(|c| (c.event, c.numbered)).unzip();
         // A new root event from a runtime or a node shutting down (or shut
         // down) is refused; what their running flows cause is still taken.
         if parent.is_none()
@@ -241,8 +243,16 @@ impl<S> Node<S> {
                 return Err((error, event));
             }
             if request {
-                event.context_mut().causal.waiting =
-                    parent.causal().waiting.then(self.core.id.clone());
+                // A spawned task may outlive its flow and the flow's
+                // answer: the nodes waiting for that answer are not known
+                // to wait for this one (believing them could refuse a
+                // request that would run; missing them only turns a
+                // deadlock into a timeout).
+                let up = match spawned {
+                    true => &crate::path::Path::default(),
+                    false => &parent.causal().waiting,
+                };
+                event.context_mut().causal.waiting = up.then(self.core.id.clone());
             }
         }
         if let (Some(parent), Some(Some((flow, seq)))) = (&parent, seq) {

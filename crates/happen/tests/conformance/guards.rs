@@ -234,6 +234,55 @@ pub async fn a_dropped_request_waits_for_the_slot_instead_of_deadlocking(backend
     assert_eq!(got, "\"to all\"");
 }
 
+/// A task a flow spawned may outlive the flow and its answer: the nodes
+/// that waited for that answer are not believed to wait for the task's
+/// requests. Here x asks y, y answers at once and spawns a follow-up that
+/// asks x later, while x's only slot runs unrelated work: the follow-up
+/// waits for the slot instead of being refused as a deadlock.
+pub async fn a_spawned_follow_up_waits_for_a_busy_slot(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let x = h
+        .node_with("sf-x", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    let y = h.node("sf-y").unwrap();
+    x.on("start", |_e: Event, cx: Context| async move {
+        cx.node().send("sf-y", ev("work", json!(null))).await
+    })
+    .unwrap();
+    x.on("busy", |_e: Event, _cx: Context| async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    })
+    .unwrap();
+    x.on("later", |_e: Event, _cx: Context| async {
+        json!("later done")
+    })
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    y.on("work", move |_e: Event, cx: Context| {
+        let tx = tx.clone();
+        async move {
+            let node = cx.node().clone();
+            happen::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = tx.send(node.send("sf-x", ev("later", json!(null))).await);
+            });
+            json!("worked")
+        }
+    })
+    .unwrap();
+    let client = h.node("sf-client").unwrap();
+    assert_eq!(
+        client.send(&x, ev("start", json!(null))).await.unwrap(),
+        json!("worked")
+    );
+    client.tell(&x, ev("busy", json!(null))).unwrap();
+    let later = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the follow-up is answered")
+        .unwrap();
+    assert_eq!(later, Ok(json!("later done")));
+}
+
 /// Waiting for a request that would deadlock is refused at once whichever
 /// way the requester waits: for the value, or for a stream.
 pub async fn waiting_for_a_stream_that_would_deadlock_is_refused(backend: &dyn Backend) {

@@ -104,6 +104,7 @@ macro_rules! conformance_suite {
             asking_back_with_a_free_slot_is_answered,
             a_tell_in_the_chain_waits_for_the_slot,
             a_dropped_request_waits_for_the_slot_instead_of_deadlocking,
+            a_spawned_follow_up_waits_for_a_busy_slot,
             waiting_for_a_stream_that_would_deadlock_is_refused,
             a_runaway_loop_stops_at_the_causal_depth,
         );
