@@ -46,6 +46,10 @@ pub(crate) enum Responder {
     /// failure does not answer the requester but goes back, with it, to the
     /// acknowledgement, which retries or gives the final answer.
     Retrying(Box<Responder>),
+    /// The requester waits for another flow of the same event (that of
+    /// the first matching handler): this flow's items and result go
+    /// nowhere.
+    Elsewhere,
 }
 
 /// A flow, or a delivery, that failed: the error and, when the event may be
@@ -87,6 +91,7 @@ impl Responder {
             Responder::LocalStream(tx, _) => tx.is_closed(),
             Responder::Remote(_) => false,
             Responder::Retrying(inner) => inner.is_abandoned(),
+            Responder::Elsewhere => true,
         }
     }
 
@@ -149,6 +154,7 @@ impl Responder {
                 Err(_) => Err(HappenError::Cancelled),
             },
             Responder::Remote(sink) => sink.emit(value).await,
+            Responder::Elsewhere => Ok(()),
             Responder::Local(_) | Responder::Retrying(_) => Err(HappenError::Cancelled),
         }
     }
@@ -184,6 +190,7 @@ impl Responder {
             }
             Responder::Remote(sink) => sink.reply(outcome),
             Responder::Retrying(inner) => inner.reply(outcome),
+            Responder::Elsewhere => {}
         }
     }
 }

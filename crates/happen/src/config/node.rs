@@ -14,7 +14,9 @@ use crate::state::temporal::Snapshots;
 /// Unset fields fall back to the layer below.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeConfig {
-    /// How many flows the node runs at once.
+    /// How many events the node handles at once. An event that several of
+    /// the node's handlers match takes one slot for all their flows, which
+    /// run side by side.
     pub max_concurrent: Option<usize>,
     /// How many events wait when all flows are busy; beyond that senders get
     /// [`HappenError::QueueFull`](crate::HappenError::QueueFull).
@@ -70,7 +72,8 @@ impl NodeConfig {
         Self::default()
     }
 
-    /// Sets how many flows run at once (at least 1).
+    /// Sets how many events the node handles at once (at least 1); see
+    /// [`NodeConfig::max_concurrent`](#structfield.max_concurrent).
     pub fn max_concurrent(mut self, n: usize) -> Self {
         self.max_concurrent = Some(n);
         self

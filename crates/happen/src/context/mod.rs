@@ -199,10 +199,13 @@ impl<S> Context<S> {
     ///
     /// When nobody waits for this flow (it was started by a broadcast or a
     /// tell), the value is broadcast as an event of type
-    /// `<handled type>.item`. When the requester dropped its handle before
-    /// taking any item (a request sent fire-and-forget, or one whose
-    /// timeout passed first), the value is dropped and `emit` succeeds: the
-    /// flow runs to its end, as the requester's fire-and-forget asked.
+    /// `<handled type>.item`. When the requester waits for another flow
+    /// (several handlers of the node matched its request, and it hears the
+    /// first registered), the value is dropped. When the requester dropped
+    /// its handle before taking any item (a request sent fire-and-forget,
+    /// or one whose timeout passed first), the value is dropped and `emit`
+    /// succeeds: the flow runs to its end, as the requester's
+    /// fire-and-forget asked.
     ///
     /// [`STREAM_WINDOW`]: crate::stream::STREAM_WINDOW
     pub async fn emit(&self, value: impl Into<Value>) -> Result<()> {
@@ -224,6 +227,9 @@ impl<S> Context<S> {
                 // The flow has ended.
                 None => Err(HappenError::Cancelled),
             };
+        }
+        if let Some(Responder::Elsewhere) = &*lock(&self.shared.responder) {
+            return Ok(()); // the requester hears another flow
         }
         let item = Event::new(format!("{}.item", self.shared.event().event_type()), value)
             .with_stream(crate::event::StreamRef {

@@ -52,6 +52,12 @@ thread_local! {
     static SPARE: Cell<Option<Arc<Shared>>> = const { Cell::new(None) };
 }
 
+/// Whether a flow with `responder` answers a requester (one whose requester
+/// waits for another flow of its event does not).
+fn answers(responder: Option<&Responder>) -> bool {
+    responder.is_some_and(|r| !matches!(r, Responder::Elsewhere))
+}
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A step that panicked while holding the lock has already failed its flow;
     // the data itself is still consistent (every update is a single call).
@@ -69,7 +75,7 @@ impl Shared {
             && let Some(part) = Arc::get_mut(&mut spare)
         {
             part.flow = Some(Flow { node, event });
-            part.expects_response = responder.is_some();
+            part.expects_response = answers(responder.as_ref());
             *part
                 .responder
                 .get_mut()
@@ -79,7 +85,7 @@ impl Shared {
         }
         Arc::new(Shared {
             flow: Some(Flow { node, event }),
-            expects_response: responder.is_some(),
+            expects_response: answers(responder.as_ref()),
             responder: Mutex::new(responder),
             emitting: tokio::sync::Mutex::new(()),
             emitted: std::sync::atomic::AtomicU64::new(0),

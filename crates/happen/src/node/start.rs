@@ -69,12 +69,14 @@ impl NodeCore {
         }
         // Numbered in registration order, the same when the event runs
         // again (exactly-once ids and state updates depend on it).
+        // Their requester (if any) hears the first flow only.
         let others: Vec<_> = others
             .zip(1u32..)
             .map(|(r, flow)| {
+                let elsewhere = responder.as_ref().map(|_| Responder::Elsewhere);
                 r.entry
                     .clone()
-                    .start(self.clone(), event.clone(), received_at, None, flow)
+                    .start(self.clone(), event.clone(), received_at, elsewhere, flow)
                     .0
             })
             .collect();

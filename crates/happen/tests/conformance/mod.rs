@@ -232,6 +232,7 @@ macro_rules! conformance_suite {
             slow_consumer_bounds_the_producer,
             dropping_the_stream_cancels_the_producer,
             a_dropped_request_lets_a_streaming_flow_run_to_its_end,
+            items_of_a_flow_the_requester_does_not_hear_go_nowhere,
             continuation_step_can_stream,
             response_of_a_streaming_flow_is_its_final_value,
             broadcast_streaming_handler_broadcasts_its_items,

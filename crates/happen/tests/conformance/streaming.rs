@@ -266,6 +266,59 @@ pub async fn a_dropped_request_lets_a_streaming_flow_run_to_its_end(backend: &dy
     assert_eq!(ran, Ok(items));
 }
 
+/// When several handlers of a node match a request, the requester hears
+/// the first registered; what the others emit goes nowhere (it is not
+/// broadcast, as the items of a flow nobody asked for are).
+pub async fn items_of_a_flow_the_requester_does_not_hear_go_nowhere(backend: &dyn Backend) {
+    use futures::StreamExt;
+    let h = start(backend).await;
+    let client = h.node("ih-client").unwrap();
+    let reporter = h.node("ih-reporter").unwrap();
+    reporter
+        .on("report", |_e: Event, _cx: Context| async { json!("first") })
+        .unwrap();
+    let (ran_tx, mut ran) = mpsc::unbounded_channel();
+    reporter
+        .on("report", move |_e: Event, cx: Context| {
+            let ran_tx = ran_tx.clone();
+            async move {
+                let emitted = cx.emit(json!({ "secret": "partial" })).await;
+                ran_tx.send((cx.expects_response(), emitted)).unwrap();
+                json!("second")
+            }
+        })
+        .unwrap();
+    let (heard_tx, mut heard) = mpsc::unbounded_channel();
+    h.node("ih-bystander")
+        .unwrap()
+        .on("report.item", move |e: Event, _cx: Context| {
+            let heard_tx = heard_tx.clone();
+            async move { heard_tx.send(e.payload().clone()).unwrap() }
+        })
+        .unwrap();
+    let got: Vec<_> = client
+        .send(&reporter, ev("report", json!(null)))
+        .stream()
+        .collect()
+        .await;
+    assert_eq!(got, vec![Ok(happen::StreamItem::Done(json!("first")))]);
+    let second = tokio::time::timeout(Duration::from_secs(10), ran.recv())
+        .await
+        .expect("the second flow runs")
+        .unwrap();
+    assert_eq!(second, (false, Ok(())));
+    let leaked = tokio::time::timeout(Duration::from_millis(300), heard.recv()).await;
+    assert!(leaked.is_err(), "the item was broadcast: {leaked:?}");
+
+    // Started by a broadcast, the same flow's items are broadcast.
+    client.broadcast(ev("report", json!(null))).unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+        .await
+        .expect("the item is broadcast")
+        .unwrap();
+    assert_eq!(item, json!({ "secret": "partial" }));
+}
+
 pub async fn continuation_step_can_stream(backend: &dyn Backend) {
     use happen::StreamItem::{Done, Item};
     async fn report(_e: Event, cx: Context) -> happen::Result<Value> {
