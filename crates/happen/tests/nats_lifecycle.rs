@@ -402,3 +402,76 @@ async fn tell_crosses_processes_without_an_answer() {
     here.shutdown().await;
     there.shutdown().await;
 }
+
+/// A timeout set on the handle after the send (`Sent::timeout`) is the one
+/// the transport keeps too: a closing runtime waits for that request's
+/// answer up to it, and a target on its way back is offered the request
+/// again up to it (both stopped at the node's default timeout before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_set_after_the_send_holds_over_nats() {
+    let server = NatsServer::start().unwrap();
+    let there = connect(&server).await;
+    let slow = there.node("slow").unwrap();
+    slow.on("work", |_e: Event, _cx: Context| async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        json!("done")
+    })
+    .unwrap();
+    slow.ready().await.unwrap();
+    let here = connect(&server).await;
+    let asker = here
+        .node_with(
+            "asker",
+            NodeConfig::new().timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+    let answer = tokio::spawn(
+        asker
+            .send("slow", Event::new("work", json!(null)))
+            .timeout(Duration::from_secs(10))
+            .response(),
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(here.shutdown_within(Duration::from_secs(20)).await);
+    assert_eq!(answer.await.unwrap().unwrap(), json!("done"));
+
+    // The target answered, went away, and comes back after the node's
+    // default timeout but within the handle's.
+    let here = connect(&server).await;
+    let asker = here
+        .node_with(
+            "asker",
+            NodeConfig::new().timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+    let echo = |there: &Happen| {
+        let node = there.node("echo").unwrap();
+        node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
+            .unwrap();
+        node
+    };
+    let node = echo(&there);
+    node.ready().await.unwrap();
+    assert_eq!(
+        asker
+            .send("echo", Event::new("ping", json!(null)))
+            .await
+            .unwrap(),
+        json!("pong")
+    );
+    node.shutdown().await;
+    let asked = tokio::spawn(
+        asker
+            .send("echo", Event::new("ping", json!(null)))
+            .timeout(Duration::from_secs(10))
+            .response(),
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    echo(&there).ready().await.unwrap();
+    assert_eq!(
+        within("the answer", 10, asked).await.unwrap().unwrap(),
+        json!("pong")
+    );
+    here.shutdown().await;
+    there.shutdown().await;
+}

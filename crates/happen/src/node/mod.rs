@@ -451,10 +451,13 @@ impl<S> Node<S> {
         self.runtime()?.transport().flush().await
     }
 
-    /// Takes this node out of the system: no new event reaches it (senders
-    /// get [`HappenError::UnknownNode`]), the flows it is running and the
-    /// events in its queue finish, then its handlers and subscriptions are
-    /// released. The id may then be used for a new node.
+    /// Takes this node out of the system: no new event reaches it, the
+    /// flows it is running and the events in its queue finish, then its
+    /// handlers and subscriptions are released. The id may then be used for
+    /// a new node. Senders in this process get [`HappenError::UnknownNode`];
+    /// over NATS, a sender the node answered recently offers its request
+    /// again until its timeout (the node may be on its way back) and then
+    /// gets [`HappenError::Unreachable`].
     ///
     /// ```
     /// use happen::prelude::*;

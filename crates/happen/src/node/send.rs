@@ -151,10 +151,9 @@ impl<S> Node<S> {
             return Sent::refused(target, event, timeout, e.into());
         }
         let (sent, reply) = Sent::new(target.clone(), event.clone(), timeout);
-        let sent = sent.sent_now();
-        let receipt = runtime
-            .transport()
-            .send(&target, event, reply, sent.deadline());
+        let mut sent = sent.sent_now();
+        let deadline = sent.shared_deadline();
+        let receipt = runtime.transport().send(&target, event, reply, deadline);
         sent.with_receipt(receipt)
     }
 

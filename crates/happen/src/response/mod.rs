@@ -22,6 +22,29 @@ use crate::stream::{self, Outcome, StreamItem};
 mod wait;
 
 use wait::Replying;
+
+/// A request's deadline, shared by its handle and the transport that
+/// carries it (over NATS: how long it is offered again after "no
+/// responders", and how long a closing runtime waits for its answer), so
+/// that [`Sent::timeout`] set after the send reaches both.
+#[derive(Debug, Clone)]
+pub(crate) struct Deadline(std::sync::Arc<std::sync::Mutex<tokio::time::Instant>>);
+
+impl Deadline {
+    pub(crate) fn new(at: tokio::time::Instant) -> Deadline {
+        Deadline(std::sync::Arc::new(std::sync::Mutex::new(at)))
+    }
+
+    /// The deadline now.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn get(&self) -> tokio::time::Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, at: tokio::time::Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+}
 pub use wait::Response;
 
 /// The handle of a sent event; see the [module docs](self).
@@ -73,6 +96,8 @@ pub struct Sent {
     /// The target node, when it is in this process: awaiting the answer
     /// runs the request's flow right here if it is next in the node's queue.
     claim: Option<Claim>,
+    /// The deadline the transport knows, for a request it carries.
+    shared_deadline: Option<Deadline>,
 }
 
 /// The node a request was handed to in this process. Held strongly (one
@@ -104,6 +129,7 @@ impl Sent {
             rx,
             receipt: Receipt::kept(),
             claim: None,
+            shared_deadline: None,
         };
         (sent, tx)
     }
@@ -208,7 +234,17 @@ impl Sent {
     /// was sent (default: the sending node's timeout, 5 s unless configured).
     pub fn timeout(mut self, timeout: Duration) -> Sent {
         self.timeout = timeout;
+        if let Some(shared) = &self.shared_deadline {
+            shared.set(self.deadline());
+        }
         self
+    }
+
+    /// The deadline, shared with the transport that carries the request.
+    pub(crate) fn shared_deadline(&mut self) -> Deadline {
+        let deadline = Deadline::new(self.deadline());
+        self.shared_deadline = Some(deadline.clone());
+        deadline
     }
 
     /// Waits for the flow's result value (the same as awaiting the handle).

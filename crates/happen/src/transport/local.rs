@@ -330,7 +330,7 @@ impl Transport for LocalTransport {
         target: &str,
         event: Event,
         reply: ReplyTx,
-        _deadline: tokio::time::Instant,
+        _deadline: crate::response::Deadline,
     ) -> Receipt {
         // A refusal has already gone to the requester.
         self.deliver_kept(target, event, Some(Responder::Local(reply)), Arrival::Local)

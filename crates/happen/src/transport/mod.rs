@@ -65,7 +65,7 @@ pub(crate) trait Transport: Send + Sync + 'static {
         target: &str,
         event: Event,
         reply: ReplyTx,
-        deadline: tokio::time::Instant,
+        deadline: crate::response::Deadline,
     ) -> Receipt;
 
     /// Whether events to this runtime's own nodes are delivered in the

@@ -409,7 +409,7 @@ impl Transport for NatsTransport {
         target: &str,
         event: Event,
         reply: ReplyTx,
-        deadline: tokio::time::Instant,
+        deadline: crate::response::Deadline,
     ) -> Receipt {
         outgoing::send(&self.shared, target, event, reply, deadline)
     }

@@ -44,7 +44,7 @@ pub(super) fn send(
     target: &str,
     event: Event,
     reply: ReplyTx,
-    deadline: tokio::time::Instant,
+    deadline: crate::response::Deadline,
 ) -> Receipt {
     let stored = shared.durable.as_ref().filter(|d| d.is_target(target));
     if stored.is_none()
@@ -67,6 +67,7 @@ pub(super) fn send(
     };
     let subject = shared.subjects.direct(target);
     if let Some(durable) = stored {
+        let until = deadline.get();
         let publish = shared.requests.register(
             &shared.inbox,
             subject,
@@ -80,7 +81,7 @@ pub(super) fn send(
             return Receipt::kept(); // not reached: a registered request has both
         };
         return durable
-            .request(target, &event, sealed.payload, token, &reply_to, deadline)
+            .request(target, &event, sealed.payload, token, &reply_to, until)
             .unwrap_or_else(|error| {
                 shared.requests.fail(token, error.clone());
                 Receipt::failed(error)

@@ -57,9 +57,9 @@ pub(super) struct Waiting {
     target: Id,
     event_type: Id,
     event_id: Id,
-    /// Until when the request is offered and its requester waits (unless it
-    /// extends its own timeout).
-    deadline: Instant,
+    /// Until when the request is offered and its requester waits (its
+    /// handle's timeout, also when set after the send).
+    deadline: crate::response::Deadline,
     /// The published message, to offer it again after "no responders".
     subject: Subject,
     payload: Bytes,
@@ -131,7 +131,7 @@ impl Requests {
         event: &Event,
         payload: Bytes,
         reply: ReplyTx,
-        deadline: Instant,
+        deadline: crate::response::Deadline,
     ) -> Publish {
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         lock(&self.pending).insert(
@@ -169,14 +169,14 @@ impl Requests {
         let now = Instant::now();
         lock(&self.pending)
             .values()
-            .any(|w| w.alive() && w.deadline > now)
+            .any(|w| w.alive() && w.deadline.get() > now)
     }
 
     /// Forgets requests nobody waits for any more and whose deadline passed
     /// (their answer, if it ever comes, has nowhere to go).
     pub(super) fn sweep(&self) {
         let now = Instant::now();
-        lock(&self.pending).retain(|_, w| w.alive() || w.deadline > now);
+        lock(&self.pending).retain(|_, w| w.alive() || w.deadline.get() > now);
     }
 
     pub(super) fn clear(&self) {
@@ -310,7 +310,7 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
             if let (Reply::Err(HappenError::Deadlock { .. }), Some(waiting)) = (&other, &waiting)
                 && !waiting.alive()
                 && !waiting.payload.is_empty()
-                && waiting.deadline > Instant::now()
+                && waiting.deadline.get() > Instant::now()
             {
                 return tell_again(shared, waiting);
             }
@@ -349,9 +349,9 @@ fn no_responders(shared: &Arc<Shared>, token: u64) {
     let plausible = requests.answered_recently(&waiting.target)
         || shared.status.reconnected_within(RECONNECTED_RECENTLY);
     let pause = retry_pause(waiting.refusals);
-    let margin =
-        (waiting.deadline.saturating_duration_since(waiting.sent_at) / 5).min(MAX_GIVE_UP_MARGIN);
-    if plausible && Instant::now() + pause + margin < waiting.deadline && !shared.is_closed() {
+    let deadline = waiting.deadline.get();
+    let margin = (deadline.saturating_duration_since(waiting.sent_at) / 5).min(MAX_GIVE_UP_MARGIN);
+    if plausible && Instant::now() + pause + margin < deadline && !shared.is_closed() {
         let publish = Publish {
             subject: waiting.subject.clone(),
             reply: Some(reply_subject(&shared.inbox, token)),
