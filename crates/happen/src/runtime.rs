@@ -543,7 +543,10 @@ impl Happen {
     /// [`Happen::shutdown`] with a limit: returns `false` if draining took
     /// longer than `limit`, and then stops taking work anyway: the runtime
     /// refuses new events and nodes, its nodes are detached (nothing more
-    /// is delivered to them) and, over NATS, the connection is closed.
+    /// is delivered to them), the events waiting in their queues are
+    /// refused with [`HappenError::Shutdown`] instead of started (a durable
+    /// one is kept, to be delivered again) and, over NATS, the connection
+    /// is closed (requests this runtime sent end with `Shutdown`).
     ///
     /// Flows still running at that moment are not cancelled: Rust cannot
     /// stop a task between two of its awaits without dropping it, and a
@@ -556,7 +559,11 @@ impl Happen {
         let drained = tokio::time::timeout(limit, self.shutdown()).await.is_ok();
         if !drained {
             self.0.tracker.close();
+            let nodes = self.0.transport.local().nodes();
             self.0.transport.abort();
+            for node in nodes {
+                node.core().abandon();
+            }
         }
         drained
     }

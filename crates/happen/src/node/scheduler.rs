@@ -91,7 +91,7 @@ pub(super) struct Scheduler {
     mailbox: Mutex<Mailbox>,
     /// Signalled whenever the node becomes idle (nothing runs or waits),
     /// once somebody has waited for that.
-    idle: tokio::sync::Notify,
+    pub(super) idle: tokio::sync::Notify,
     /// Whether [`Scheduler::idle`] was ever called (until then nobody
     /// needs the signal, which costs a lock).
     watched: AtomicBool,
@@ -107,11 +107,18 @@ pub(super) struct Scheduler {
     /// not started yet (set under the mailbox lock): a claim must not
     /// overtake them.
     holding: AtomicBool,
+    /// Set by [`NodeCore::abandon`]: events not started yet are refused.
+    pub(super) abandoned: AtomicBool,
 }
 
 impl Scheduler {
     fn mailbox(&self) -> MutexGuard<'_, Mailbox> {
         self.mailbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes every delivery out of the queue.
+    pub(super) fn drain(&self) -> Vec<Delivery> {
+        self.mailbox().queue.drain(..).collect()
     }
 
     /// The events whose flows run now: `running` less the inline flows
@@ -459,17 +466,10 @@ impl NodeCore {
         });
     }
 
-    /// Refuses everything in the queue (the runtime is gone).
+    /// Refuses everything in the queue (the runtime is gone: no worker).
     fn refuse_queued(&self, error: HappenError) {
-        let queued: Vec<Delivery> = {
-            let mut mailbox = self.scheduler.mailbox();
-            mailbox.worker = false;
-            mailbox.queue.drain(..).collect()
-        };
-        for delivery in queued {
-            let _ = delivery.refuse(error.clone());
-        }
-        self.scheduler.idle.notify_waiters();
+        self.scheduler.mailbox().worker = false;
+        self.refuse_waiting(error);
     }
 
     /// The worker's future (named, so that a flow's task can become the

@@ -3,6 +3,7 @@
 //! where they run).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::NodeCore;
 use super::scheduler::{Flows, Started};
@@ -10,6 +11,26 @@ use crate::delivery::{Delivery, Responder};
 use crate::error::HappenError;
 
 impl NodeCore {
+    /// The runtime stopped taking work before its events were handled
+    /// ([`Happen::shutdown_within`](crate::Happen::shutdown_within) ran
+    /// out of time): the node takes no new event, and what waits in its
+    /// queue (or is taken and not started yet) is refused with `Shutdown`
+    /// (a durable event is handed back, to be delivered again). Flows
+    /// already running run on.
+    pub(crate) fn abandon(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.scheduler.abandoned.store(true, Ordering::Release);
+        self.refuse_waiting(HappenError::Shutdown);
+    }
+
+    /// Refuses the deliveries in the queue.
+    pub(super) fn refuse_waiting(&self, error: HappenError) {
+        for delivery in self.scheduler.drain() {
+            let _ = delivery.refuse(error.clone());
+        }
+        self.scheduler.idle.notify_waiters();
+    }
+
     /// Starts the flows of every matching handler for one event (the first
     /// registered answers the requester); `None` if none matches any more
     /// (the delivery is refused).
@@ -23,14 +44,20 @@ impl NodeCore {
             inline,
             deadlock_at_await,
         } = delivery;
-        let Some(matched) = self
-            .registry
-            .still_matching(matched, event.event_type(), &self.id)
-        else {
-            // Every handler was removed while the event waited in the queue.
-            let error = HappenError::NoHandler {
-                node: self.id.to_string(),
-                event_type: event.event_type().to_owned(),
+        let abandoned = self.scheduler.abandoned.load(Ordering::Acquire);
+        let matched = match abandoned {
+            true => None,
+            false => (self.registry).still_matching(matched, event.event_type(), &self.id),
+        };
+        let Some(matched) = matched else {
+            // Every handler was removed while the event waited in the queue,
+            // or the runtime stopped taking work.
+            let error = match abandoned {
+                true => HappenError::Shutdown,
+                false => HappenError::NoHandler {
+                    node: self.id.to_string(),
+                    event_type: event.event_type().to_owned(),
+                },
             };
             let _ = Delivery {
                 event,

@@ -123,6 +123,58 @@ pub async fn node_id_patterns_override_limits(backend: &dyn Backend) {
     assert_eq!((own.max_concurrent, own.queue_limit), (3, 20_000));
 }
 
+/// A shutdown that runs out of time stops taking work: the flow running
+/// runs on, but nothing queued starts after it, and the requesters behind
+/// it hear `Shutdown` at once (a review found them all run, one by one).
+pub async fn a_shutdown_out_of_time_starts_nothing_queued(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("so-a").unwrap();
+    let b = h
+        .node_with("so-b", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    b.on("slow", move |_e: Event, _cx: Context| {
+        let s = s.clone();
+        async move {
+            s.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            json!("done")
+        }
+    })
+    .unwrap();
+    let sends: Vec<_> = (0..5)
+        .map(|_| {
+            a.send(&b, ev("slow", json!(null)))
+                .timeout(Duration::from_secs(10))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!h.shutdown_within(Duration::from_millis(50)).await);
+    let mut outcomes = Vec::new();
+    for sent in sends {
+        outcomes.push(
+            tokio::time::timeout(Duration::from_secs(5), sent.response())
+                .await
+                .expect("every requester hears"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(started.load(Ordering::SeqCst), 1, "{outcomes:?}");
+    // The running flow's answer, unless it had to cross the connection
+    // the runtime closed.
+    assert!(
+        matches!(&outcomes[0], Ok(v) if v == "done") || outcomes[0] == Err(HappenError::Shutdown),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes[1..]
+            .iter()
+            .all(|o| o == &Err(HappenError::Shutdown)),
+        "{outcomes:?}"
+    );
+}
+
 pub async fn shutdown_drains_in_flight_flows(backend: &dyn Backend) {
     let h = start(backend).await;
     let a = h.node("sd-a").unwrap();

@@ -155,6 +155,7 @@ macro_rules! conformance_suite {
             full_queue_is_reported_to_sender,
             node_id_patterns_override_limits,
             shutdown_drains_in_flight_flows,
+            a_shutdown_out_of_time_starts_nothing_queued,
             node_shutdown_finishes_its_flows_and_frees_its_id,
             priority_queue_starts_higher_priorities_first,
             backpressure_is_reported_before_the_queue_is_full,

@@ -179,8 +179,13 @@ impl Requests {
         lock(&self.pending).retain(|_, w| w.alive() || w.deadline.get() > now);
     }
 
+    /// Ends every request with `Shutdown` (this runtime stopped taking
+    /// work; their answers could not arrive any more).
     pub(super) fn clear(&self) {
-        lock(&self.pending).clear();
+        let pending: Vec<Waiting> = lock(&self.pending).drain().map(|(_, w)| w).collect();
+        for waiting in pending {
+            deliver_final(Some(waiting), Err(HappenError::Shutdown));
+        }
     }
 
     fn answered_recently(&self, node: &Id) -> bool {
