@@ -476,3 +476,60 @@ async fn a_timeout_set_after_the_send_holds_over_nats() {
     here.shutdown().await;
     there.shutdown().await;
 }
+
+/// Requests that reach a node while it shuts down are answered or refused,
+/// never dropped: what the server routed to the node before it saw the
+/// release is still handed over (refused as `UnknownNode` once the node is
+/// gone), and what comes after finds no subscriber. None waits for its
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_racing_a_node_shutdown_are_never_dropped() {
+    let server = NatsServer::start().unwrap();
+    let there = connect(&server).await;
+    let node = there.node("busy").unwrap();
+    node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
+        .unwrap();
+    node.ready().await.unwrap();
+    let here = connect(&server).await;
+    let asker = here.node("asker").unwrap();
+    let asking = tokio::spawn(async move {
+        let mut waits = Vec::new();
+        for _ in 0..300 {
+            let sent = asker
+                .send("busy", Event::new("ping", json!(null)))
+                .timeout(Duration::from_secs(3));
+            waits.push(tokio::spawn(sent.response()));
+            tokio::time::sleep(Duration::from_micros(300)).await;
+        }
+        let mut outcomes = Vec::new();
+        for wait in waits {
+            outcomes.push(wait.await.unwrap());
+        }
+        outcomes
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    node.shutdown().await;
+    let outcomes = within("every outcome", 20, asking).await.unwrap();
+    let timed_out = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(HappenError::Timeout { .. })))
+        .count();
+    let answered = outcomes.iter().filter(|o| o.is_ok()).count();
+    println!(
+        "faults: node-shutdown-race sent={} answered={answered} timed-out={timed_out}",
+        outcomes.len()
+    );
+    assert!(answered > 0, "{outcomes:?}");
+    assert_eq!(timed_out, 0, "{outcomes:?}");
+    for outcome in &outcomes {
+        assert!(
+            matches!(
+                outcome,
+                Ok(_) | Err(HappenError::UnknownNode { .. } | HappenError::Unreachable { .. })
+            ),
+            "{outcome:?}"
+        );
+    }
+    here.shutdown().await;
+    there.shutdown().await;
+}

@@ -482,11 +482,14 @@ impl<S> Node<S> {
             runtime.transport().detach(&self.core.id);
         }
         self.core.scheduler.idle().await;
+        let Some(runtime) = runtime else { return };
         for registration in self.core.registry.clear() {
-            if let Some(runtime) = &runtime {
-                runtime.transport().unsubscribe(&registration.interest);
-            }
+            runtime.transport().unsubscribe(&registration.interest);
         }
+        // Over NATS, a round trip after the releases: when this returns, the
+        // server routes nothing more to this node (bounded: it may be gone).
+        let released = runtime.transport().flush();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), released).await;
     }
 
     /// Sends `event` to every node with a matching handler, this one included.

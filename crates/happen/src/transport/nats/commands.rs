@@ -272,10 +272,11 @@ pub(super) async fn run(
                     let (done, unsubscribed) = oneshot::channel();
                     if reader.stop.send(done).is_ok() {
                         // The UNSUB is queued in the client before any later
-                        // command of ours.
+                        // command of ours (a node's reader then goes on
+                        // with what was routed to it before the server
+                        // saw the UNSUB, on its own).
                         let _ = unsubscribed.await;
                     }
-                    let _ = reader.task.await;
                 }
             }
             Command::Flush(done) => {
@@ -339,10 +340,26 @@ async fn read(
             Kind::Identity => super::receive::on_identity(&shared, message),
         })
         .await;
-    if let Some(stopped) = stopped {
+    let Some(stopped) = stopped else {
+        return;
+    };
+    // A node's subscription is drained: what the server routed here before
+    // it saw the UNSUB is still handed over (to a node that is gone now:
+    // its requester hears `UnknownNode` at once instead of waiting for its
+    // timeout). The stream ends once the server answers the ping after it.
+    let draining = matches!(kind, Kind::Direct) && subscriber.drain().await.is_ok();
+    if !draining {
         let _ = subscriber.unsubscribe().await;
-        if let Ok(done) = stopped {
-            let _ = done.send(());
-        }
+    }
+    if let Ok(done) = stopped {
+        let _ = done.send(());
+    }
+    if draining {
+        let _ = tokio::time::timeout(super::CLOSE_FLUSH_LIMIT, async {
+            while let Some(message) = futures::StreamExt::next(&mut subscriber).await {
+                super::receive::on_direct(&shared, message);
+            }
+        })
+        .await;
     }
 }
