@@ -297,7 +297,7 @@ pub enum HappenError {
 
     /// A message is larger than the server accepts (its `max_payload`).
     #[error(
-        "a message of {size} bytes exceeds the server's limit of {limit} bytes (max_payload); pass large data by reference, e.g. under a key of global state"
+        "a message of {size} bytes exceeds the server's limit of {limit} bytes (max_payload, which bounds events and stored state alike); raise the server's max_payload, or keep large data outside Happen (a file, an object store) and pass a reference"
     )]
     PayloadTooLarge {
         /// The message's size in bytes.

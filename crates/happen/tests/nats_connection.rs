@@ -60,6 +60,23 @@ async fn jetstream_required_but_missing_is_a_clear_error() {
     let happen = Happen::connect(NatsConfig::new(server.url()).jetstream(false))
         .await
         .unwrap();
+    // What needs JetStream is refused when the node is made, not later by
+    // every other process: a durable node, and a signing one (its key is
+    // registered there).
+    for (id, config) in [
+        (
+            "durable",
+            NodeConfig::new().delivery(happen::DeliveryConfig::at_least_once()),
+        ),
+        ("signing", NodeConfig::new().sign(true)),
+    ] {
+        let err = happen.node_with(id, config).unwrap_err();
+        assert!(
+            matches!(err, HappenError::Config(ref m) if m.contains("JetStream")),
+            "{id}: {err:?}"
+        );
+    }
+    happen.node("plain").unwrap();
     happen.shutdown().await;
 }
 

@@ -88,3 +88,44 @@ async fn concurrent_writers_in_two_runtimes_lose_no_update() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Over NATS a stored value is a message, bounded by the server's
+/// `max_payload` like an event: a larger state or global value is refused
+/// with `PayloadTooLarge` before anything is written, and the value stored
+/// before stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_over_the_servers_limit_are_refused_clearly() {
+    let limit = 65_536usize;
+    let server = NatsServer::builder()
+        .config(format!("max_payload: {limit}"))
+        .start()
+        .unwrap();
+    let happen = connect(&server).await;
+    let node = happen.node("keeper").unwrap();
+    let big = json!("x".repeat(limit));
+    node.global().set("report", json!("small")).await.unwrap();
+    let err = node.global().set("report", big.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, HappenError::PayloadTooLarge { size, limit: l } if size > l && l == limit),
+        "{err:?}"
+    );
+    assert_eq!(
+        node.global().get("report").await.unwrap(),
+        Some(json!("small"))
+    );
+    node.state()
+        .set(|_: Value| json!({ "n": 1 }))
+        .await
+        .unwrap();
+    let err = node
+        .state()
+        .set(move |_: Value| json!({ "blob": big.clone() }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HappenError::PayloadTooLarge { .. }),
+        "{err:?}"
+    );
+    assert_eq!(node.state().get().await.unwrap(), json!({ "n": 1 }));
+    happen.shutdown().await;
+}

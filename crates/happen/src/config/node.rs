@@ -118,7 +118,10 @@ impl NodeConfig {
         self
     }
 
-    /// Signs every event the node sends (see [`crate::identity`]).
+    /// Signs every event the node sends (see [`crate::identity`]). Over
+    /// NATS the node's public key is registered in JetStream, so a runtime
+    /// connected with `NatsConfig::jetstream(false)` refuses to make a
+    /// signing node ([`HappenError::Config`](crate::HappenError::Config)).
     pub fn sign(mut self, sign: bool) -> Self {
         self.sign = Some(sign);
         self

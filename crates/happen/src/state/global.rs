@@ -1,6 +1,9 @@
 //! Global state: one key-value namespace shared by every node of a system, in
-//! every process. Use it for data too large to carry in events (pass the key
-//! instead) and for system-wide settings.
+//! every process. Use it for data many events refer to (pass the key instead
+//! of a copy) and for system-wide settings. Over NATS a value is a message
+//! in JetStream, bounded by the server's `max_payload` like an event (a
+//! larger one is [`HappenError::PayloadTooLarge`]);
+//! in one process there is no limit.
 //!
 //! ```
 //! use happen::prelude::*;

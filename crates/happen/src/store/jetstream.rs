@@ -124,6 +124,21 @@ fn to_bytes(value: &Value) -> Result<Bytes> {
     Ok(Bytes::from(serde_json::to_vec(value)?))
 }
 
+impl JetStreamStore {
+    /// `bytes` as a value to store: the server takes no message larger
+    /// than its `max_payload`, a value included.
+    fn fits(&self, bytes: Bytes) -> Result<Bytes> {
+        let limit = self.js.client().max_payload();
+        if bytes.len() > limit {
+            return Err(HappenError::PayloadTooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        Ok(bytes)
+    }
+}
+
 fn from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| HappenError::store("a stored value is not readable", e))
@@ -160,7 +175,7 @@ impl Store for JetStreamStore {
     ) -> BoxFuture<'a, Result<Saved>> {
         Box::pin(async move {
             let key = escape_key(node);
-            let bytes = Bytes::from(applied::encode(value, applied)?);
+            let bytes = self.fits(Bytes::from(applied::encode(value, applied)?))?;
             match expected {
                 None => match self.state.create(&key, bytes).await {
                     Ok(revision) => Ok(Saved::Done(revision)),
@@ -225,7 +240,7 @@ impl Store for JetStreamStore {
     fn global_set<'a>(&'a self, key: &'a str, value: &'a Value) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.global
-                .put(escape_key(key), to_bytes(value)?)
+                .put(escape_key(key), self.fits(to_bytes(value)?)?)
                 .await
                 .map_err(|e| store_error("cannot write global state", e))?;
             Ok(())

@@ -340,6 +340,12 @@ impl Transport for NatsTransport {
                 node.id()
             )));
         }
+        if node.limits().sign && shared.durable.is_none() {
+            return Err(HappenError::Config(format!(
+                "node {}: a signing node's public key is registered in JetStream, where other processes look it up, which this runtime does not use (NatsConfig::jetstream(false)); without it every process would refuse its events",
+                node.id()
+            )));
+        }
         shared.local.attach(node)?;
         if durable && let Some(store) = &shared.durable {
             store.attach(shared, node);
