@@ -44,15 +44,19 @@ use crate::response::Sent;
 
 impl<S> Node<S> {
     /// Sends `event` to every node of `targets` (a [`NodeGroup`], nodes or
-    /// ids). The event is stamped once (one id, like a broadcast that names
-    /// its receivers); each target runs its own flow. Await the handle for
+    /// ids; a node named twice gets it once). The event is stamped once (one
+    /// id, like a broadcast that names its receivers); each target runs its
+    /// own flow. Await the handle for
     /// the results keyed by node id, each with its own outcome.
     pub fn send_to_all<T: Target>(
         &self,
         targets: impl IntoIterator<Item = T>,
         event: Event,
     ) -> SentToAll {
-        let targets: Vec<Id> = targets.into_iter().map(|t| t.target_shared_id()).collect();
+        // Each node once (its result is keyed by its id).
+        let mut targets: Vec<Id> = targets.into_iter().map(|t| t.target_shared_id()).collect();
+        let mut seen = std::collections::HashSet::with_capacity(targets.len());
+        targets.retain(|id| seen.insert(id.clone()));
         let timeout = self.limits().timeout;
         let prepared = self
             .runtime()

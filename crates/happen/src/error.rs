@@ -253,8 +253,10 @@ pub enum HappenError {
         reason: String,
     },
 
-    /// The requester stopped consuming a streamed response.
-    #[error("the requester cancelled the stream")]
+    /// A streamed response cannot go on: its requester stopped consuming
+    /// it, or (for an `emit` from a task that outlived it) its flow has
+    /// ended.
+    #[error("the stream is over: its requester stopped reading, or its flow has ended")]
     Cancelled,
 
     /// A streamed response lost or reordered a chunk, or ended without its

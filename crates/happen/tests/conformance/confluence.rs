@@ -96,6 +96,30 @@ pub async fn group_send_reports_each_nodes_outcome_separately(backend: &dyn Back
         "{:?}",
         results["gs-nobody"]
     );
+
+    // A node named twice (by id and by handle) gets the event once.
+    let (tx, mut ran) = mpsc::unbounded_channel();
+    let counted = h.node("gs-counted").unwrap();
+    counted
+        .on("count", move |_e: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move { tx.send(()).unwrap() }
+        })
+        .unwrap();
+    let targets = [
+        counted.clone(),
+        h.existing_node("gs-counted").unwrap(),
+        counted.clone(),
+    ];
+    let results = sender.send_to_all(&targets, ev("count", json!(null))).await;
+    assert_eq!(results.len(), 1);
+    assert!(results["gs-counted"].is_ok(), "{results:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut runs = 0;
+    while ran.try_recv().is_ok() {
+        runs += 1;
+    }
+    assert_eq!(runs, 1);
 }
 
 pub async fn batch_is_one_invocation_with_each_events_context(backend: &dyn Backend) {
