@@ -93,11 +93,21 @@ pub struct Sent {
     rx: oneshot::Receiver<Outcome>,
     /// Whether the event is kept for its receiver (see [`Sent::stored`]).
     receipt: Receipt,
-    /// The target node, when it is in this process: awaiting the answer
-    /// runs the request's flow right here if it is next in the node's queue.
-    claim: Option<Claim>,
-    /// The deadline the transport knows, for a request it carries.
-    shared_deadline: Option<Deadline>,
+    /// Where the request went, for what awaiting it may do.
+    route: Route,
+}
+
+/// Where a request went (one field, so that a handle stays as small as it
+/// was before the transport's deadline was shared: it is moved by value).
+#[derive(Debug)]
+enum Route {
+    /// To a node in this process: awaiting the answer runs the request's
+    /// flow right here if it is next in the node's queue.
+    Claim(Claim),
+    /// Through the transport, which keeps the deadline shared here.
+    Carried(Deadline),
+    /// Nowhere to look (refused before dispatch, or claims are off).
+    Nowhere,
 }
 
 /// The node a request was handed to in this process. Held strongly (one
@@ -128,8 +138,7 @@ impl Sent {
             timeout,
             rx,
             receipt: Receipt::kept(),
-            claim: None,
-            shared_deadline: None,
+            route: Route::Nowhere,
         };
         (sent, tx)
     }
@@ -137,7 +146,7 @@ impl Sent {
     /// Lets awaiting the answer run the request's flow in the requester's
     /// task (see [`NodeCore::claim`](crate::node::NodeCore::claim)).
     pub(crate) fn claimable(mut self, node: &std::sync::Arc<crate::node::NodeCore>) -> Sent {
-        self.claim = Some(Claim {
+        self.route = Route::Claim(Claim {
             node: node.clone(),
             inline: true,
         });
@@ -147,7 +156,7 @@ impl Sent {
     /// Leaves the request to the target's worker: for a caller that blocks
     /// a plain thread on the answer (the flow stays on the runtime's threads).
     pub(crate) fn unclaimed(mut self) -> Sent {
-        if let Some(claim) = &mut self.claim {
+        if let Route::Claim(claim) = &mut self.route {
             claim.inline = false;
         }
         self
@@ -234,7 +243,7 @@ impl Sent {
     /// was sent (default: the sending node's timeout, 5 s unless configured).
     pub fn timeout(mut self, timeout: Duration) -> Sent {
         self.timeout = timeout;
-        if let Some(shared) = &self.shared_deadline {
+        if let Route::Carried(shared) = &self.route {
             shared.set(self.deadline());
         }
         self
@@ -243,7 +252,7 @@ impl Sent {
     /// The deadline, shared with the transport that carries the request.
     pub(crate) fn shared_deadline(&mut self) -> Deadline {
         let deadline = Deadline::new(self.deadline());
-        self.shared_deadline = Some(deadline.clone());
+        self.route = Route::Carried(deadline.clone());
         deadline
     }
 
@@ -309,7 +318,7 @@ impl Sent {
     /// dropped before its first item, it lets the producer run on with its
     /// items dropped (see [`crate::stream`]).
     pub fn stream(self) -> futures::stream::BoxStream<'static, Result<StreamItem>> {
-        if let Some(Claim { node, .. }) = &self.claim {
+        if let Route::Claim(Claim { node, .. }) = &self.route {
             node.refuse_if_deadlocked(&self.request);
         }
         let (waiting, rx) = self.split();
@@ -350,7 +359,9 @@ impl Sent {
         // The caller does not wait, so nothing can deadlock on it: the
         // request runs when a slot frees, and the callback hears its answer.
         let mut sent = self;
-        sent.claim = None;
+        if let Route::Claim(_) = sent.route {
+            sent.route = Route::Nowhere;
+        }
         crate::causality::spawn(async move { callback(sent.response().await) });
     }
 }

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::{Claim, Reply, Sent, Waiting};
+use super::{Claim, Reply, Route, Sent, Waiting};
 use crate::error::Result;
 use crate::stream::{Outcome, StreamMsg, StreamRx};
 
@@ -129,12 +129,12 @@ impl Future for Replying {
 
 impl Wait {
     fn start(sent: Sent) -> Wait {
-        match &sent.claim {
-            Some(Claim { node, inline: true }) => node.claim(&sent.request),
-            Some(Claim { node, .. }) => {
+        match &sent.route {
+            Route::Claim(Claim { node, inline: true }) => node.claim(&sent.request),
+            Route::Claim(Claim { node, .. }) => {
                 node.refuse_if_deadlocked(&sent.request);
             }
-            None => {}
+            Route::Carried(_) | Route::Nowhere => {}
         }
         let (waiting, rx) = sent.split();
         Wait {
