@@ -68,9 +68,11 @@ impl<S> Node<S> {
             .into_iter()
             .map(|target| {
                 let sent = match &prepared {
-                    Ok((runtime, event)) => {
-                        self.send_stamped(runtime, target.clone(), event.clone())
-                    }
+                    // Not claimed: awaiting the group must not run its
+                    // flows one after another in the requester's task.
+                    Ok((runtime, event)) => self
+                        .send_stamped(runtime, target.clone(), event.clone())
+                        .unclaimed(),
                     Err(e) => Sent::refused(target.clone(), event.clone(), timeout, e.clone()),
                 };
                 (target, sent)

@@ -59,8 +59,8 @@ pub struct Causal {
     pub timestamp: u64,
     /// For a request sent from a flow: the nodes whose flows wait, up the
     /// causal chain, for this request's answer (directly or through the
-    /// requests between), ending with the sender (the sender alone from a
-    /// task the flow spawned). Empty for every other event. A target that finds itself here with no free slot refuses the
+    /// requests between), ending with the sender. Empty for every other
+    /// event, a request from a task the flow spawned included. A target that finds itself here with no free slot refuses the
     /// request with [`HappenError::Deadlock`](crate::HappenError::Deadlock)
     /// instead of letting it wait forever.
     #[serde(default, skip_serializing_if = "no_hops")]

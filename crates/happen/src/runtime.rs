@@ -506,7 +506,9 @@ impl Happen {
     ///
     /// Events emitted by flows that are still running are accepted, so that
     /// in-flight work completes. Over NATS, requests this runtime sent whose
-    /// requester still waits are drained too; a fire-and-forget event still on
+    /// requester still waits are drained too, each up to its timeout (one
+    /// sent with no timeout keeps `shutdown` waiting while its requester
+    /// does); a fire-and-forget event still on
     /// the wire may arrive after the nodes are gone. A flow that never ends keeps `shutdown`
     /// waiting; bound it with `tokio::time::timeout` if that can happen.
     pub async fn shutdown(&self) {
@@ -559,11 +561,12 @@ impl Happen {
         let drained = tokio::time::timeout(limit, self.shutdown()).await.is_ok();
         if !drained {
             self.0.tracker.close();
-            let nodes = self.0.transport.local().nodes();
-            self.0.transport.abort();
-            for node in nodes {
+            // Abandoned first, so that the refusals of what waited can still
+            // leave through the connection.
+            for node in self.0.transport.local().nodes() {
                 node.core().abandon();
             }
+            self.0.transport.abort();
         }
         drained
     }

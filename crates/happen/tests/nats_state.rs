@@ -127,5 +127,39 @@ async fn values_over_the_servers_limit_are_refused_clearly() {
         "{err:?}"
     );
     assert_eq!(node.state().get().await.unwrap(), json!({ "n": 1 }));
+
+    // Just under the limit: the headers of a conditional save count too.
+    let near = json!("y".repeat(limit - 60));
+    let err = node
+        .state()
+        .set(move |_: Value| near.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HappenError::PayloadTooLarge { .. }),
+        "{err:?}"
+    );
+    // A change made in a flow whose snapshot (the value and its cause)
+    // would not fit is refused before the value is saved.
+    node.on("grow", move |_e: Event, cx: Context| async move {
+        // Fits a conditional save (128 bytes kept for its headers), not a
+        // snapshot (the value and some 180 bytes of its cause).
+        let grown = json!("z".repeat(limit - 150));
+        cx.node()
+            .state()
+            .set(move |_: Value| grown.clone())
+            .await
+            .map(drop)
+    })
+    .unwrap();
+    let err = node
+        .send(&node, Event::new("grow", json!(null)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, HappenError::HandlerFailed { cause, .. } if cause.contains("exceeds")),
+        "{err:?}"
+    );
+    assert_eq!(node.state().get().await.unwrap(), json!({ "n": 1 }));
     happen.shutdown().await;
 }

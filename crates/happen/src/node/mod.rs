@@ -482,14 +482,14 @@ impl<S> Node<S> {
             runtime.transport().detach(&self.core.id);
         }
         self.core.scheduler.idle().await;
+        let registrations = self.core.registry.clear();
         let Some(runtime) = runtime else { return };
-        for registration in self.core.registry.clear() {
+        for registration in registrations {
             runtime.transport().unsubscribe(&registration.interest);
         }
         // Over NATS, a round trip after the releases: when this returns, the
-        // server routes nothing more to this node (bounded: it may be gone).
-        let released = runtime.transport().flush();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), released).await;
+        // server routes nothing more to this node.
+        runtime.transport().released().await;
     }
 
     /// Sends `event` to every node with a matching handler, this one included.

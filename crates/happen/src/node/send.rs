@@ -241,17 +241,14 @@ impl<S> Node<S> {
                 };
                 return Err((error, event));
             }
-            if request {
-                // A spawned task may outlive its flow and the flow's
-                // answer: the nodes waiting for that answer are not known
-                // to wait for this one (believing them could refuse a
-                // request that would run; missing them only turns a
-                // deadlock into a timeout).
-                let up = match spawned {
-                    true => &crate::path::Path::default(),
-                    false => &parent.causal().waiting,
-                };
-                event.context_mut().causal.waiting = up.then(self.core.id.clone());
+            // A spawned task may outlive its flow and the flow's answer:
+            // neither the nodes waiting for that answer nor the sender's own
+            // slot are known to wait for this request (believing them
+            // could refuse a request that would run; missing them only
+            // turns a deadlock into a timeout), so it carries no chain.
+            if request && !spawned {
+                event.context_mut().causal.waiting =
+                    parent.causal().waiting.then(self.core.id.clone());
             }
         }
         if let (Some(parent), Some(Some((flow, seq)))) = (&parent, seq) {

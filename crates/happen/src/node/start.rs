@@ -14,13 +14,21 @@ impl NodeCore {
     /// The runtime stopped taking work before its events were handled
     /// ([`Happen::shutdown_within`](crate::Happen::shutdown_within) ran
     /// out of time): the node takes no new event, and what waits in its
-    /// queue (or is taken and not started yet) is refused with `Shutdown`
-    /// (a durable event is handed back, to be delivered again). Flows
-    /// already running run on.
+    /// queue or its zero lane (or is taken and not started yet) is refused
+    /// with `Shutdown` (a durable event is handed back, to be delivered
+    /// again). Flows already running run on.
     pub(crate) fn abandon(&self) {
         self.closed.store(true, Ordering::Release);
         self.scheduler.abandoned.store(true, Ordering::Release);
         self.refuse_waiting(HappenError::Shutdown);
+        if let Some(lane) = self.zero_lane() {
+            lane.abandon();
+        }
+    }
+
+    /// Whether [`NodeCore::abandon`] was called.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.scheduler.abandoned.load(Ordering::Acquire)
     }
 
     /// Refuses the deliveries in the queue.
@@ -44,7 +52,7 @@ impl NodeCore {
             inline,
             deadlock_at_await,
         } = delivery;
-        let abandoned = self.scheduler.abandoned.load(Ordering::Acquire);
+        let abandoned = self.abandoned();
         let matched = match abandoned {
             true => None,
             false => (self.registry).still_matching(matched, event.event_type(), &self.id),

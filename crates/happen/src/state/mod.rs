@@ -234,17 +234,22 @@ impl State {
             if let Some(update) = &update {
                 applied.record(update, now_millis());
             }
+            // Made before the save, so that one too large to record
+            // refuses the change before anything is written.
+            let snapshot = causality::current_event()
+                .filter(|cause| self.snapshots.selects(cause))
+                .map(|cause| Snapshot {
+                    state: new.clone(),
+                    context: SnapshotContext::of(&cause, now_millis()),
+                });
+            if let Some(snapshot) = &snapshot {
+                store.check_record(snapshot)?;
+            }
             if let Saved::Done(_) = store.save(id, &new, &applied, expected).await? {
                 if let Some(update) = &update {
                     self.settled.changed(&update.event, id);
                 }
-                if let Some(cause) = causality::current_event()
-                    && self.snapshots.selects(&cause)
-                {
-                    let snapshot = Snapshot {
-                        state: new.clone(),
-                        context: SnapshotContext::of(&cause, now_millis()),
-                    };
+                if let Some(snapshot) = snapshot {
                     store.record(id, snapshot).await?;
                 }
                 return Ok(new);

@@ -124,16 +124,19 @@ fn to_bytes(value: &Value) -> Result<Bytes> {
     Ok(Bytes::from(serde_json::to_vec(value)?))
 }
 
+/// Room kept in a stored message for the headers a conditional save adds
+/// (`Nats-Expected-Last-Subject-Sequence: <n>`), which the client counts
+/// against `max_payload` too.
+const HEADER_ROOM: usize = 128;
+
 impl JetStreamStore {
-    /// `bytes` as a value to store: the server takes no message larger
-    /// than its `max_payload`, a value included.
-    fn fits(&self, bytes: Bytes) -> Result<Bytes> {
+    /// `bytes` as a value to store (with `headers` bytes of headers): the
+    /// server takes no message larger than its `max_payload`.
+    fn fits(&self, bytes: Bytes, headers: usize) -> Result<Bytes> {
         let limit = self.js.client().max_payload();
-        if bytes.len() > limit {
-            return Err(HappenError::PayloadTooLarge {
-                size: bytes.len(),
-                limit,
-            });
+        let size = bytes.len() + headers;
+        if size > limit {
+            return Err(HappenError::PayloadTooLarge { size, limit });
         }
         Ok(bytes)
     }
@@ -175,7 +178,7 @@ impl Store for JetStreamStore {
     ) -> BoxFuture<'a, Result<Saved>> {
         Box::pin(async move {
             let key = escape_key(node);
-            let bytes = self.fits(Bytes::from(applied::encode(value, applied)?))?;
+            let bytes = self.fits(Bytes::from(applied::encode(value, applied)?), HEADER_ROOM)?;
             match expected {
                 None => match self.state.create(&key, bytes).await {
                     Ok(revision) => Ok(Saved::Done(revision)),
@@ -198,16 +201,23 @@ impl Store for JetStreamStore {
             if self.temporal.is_none() {
                 return Ok(());
             }
-            let bytes = serde_json::to_vec(&snapshot)?;
+            let bytes = self.fits(Bytes::from(serde_json::to_vec(&snapshot)?), 0)?;
             let subject = format!("{}.{}", self.temporal_prefix, escape_key(node));
             self.js
-                .publish(subject, Bytes::from(bytes))
+                .publish(subject, bytes)
                 .await
                 .map_err(|e| store_error("cannot record state history", e))?
                 .await
                 .map_err(|e| store_error("state history was not stored", e))?;
             Ok(())
         })
+    }
+
+    fn check_record(&self, snapshot: &Snapshot) -> Result<()> {
+        if self.temporal.is_some() {
+            self.fits(Bytes::from(serde_json::to_vec(snapshot)?), 0)?;
+        }
+        Ok(())
     }
 
     fn history<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<Snapshot>>> {
@@ -240,7 +250,7 @@ impl Store for JetStreamStore {
     fn global_set<'a>(&'a self, key: &'a str, value: &'a Value) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.global
-                .put(escape_key(key), self.fits(to_bytes(value)?)?)
+                .put(escape_key(key), self.fits(to_bytes(value)?, 0)?)
                 .await
                 .map_err(|e| store_error("cannot write global state", e))?;
             Ok(())

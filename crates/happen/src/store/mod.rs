@@ -61,6 +61,12 @@ pub(crate) trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Saved>>;
     /// Appends a snapshot to a node's history (retention applies).
     fn record<'a>(&'a self, node: &'a str, snapshot: Snapshot) -> BoxFuture<'a, Result<()>>;
+    /// Fails with [`HappenError::PayloadTooLarge`](crate::HappenError::PayloadTooLarge)
+    /// if `snapshot` could not be recorded for its size, so that a state
+    /// change whose snapshot would fail is refused before it is saved.
+    fn check_record(&self, _snapshot: &Snapshot) -> Result<()> {
+        Ok(())
+    }
     /// A node's history, oldest first.
     fn history<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<Snapshot>>>;
     /// A global value.

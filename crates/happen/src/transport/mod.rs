@@ -82,6 +82,12 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// transport's server (a round trip; at once for the in-process
     /// transport).
     fn flush(&self) -> BoxFuture<'static, Result<()>>;
+    /// Resolves once the server has processed the subscriptions released so
+    /// far, unless the connection is down (a bounded round trip; at once for
+    /// the in-process transport).
+    fn released(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
     /// Starts draining: from now on only events caused by running flows are
     /// accepted from elsewhere. Resolves once no request sent through this
     /// transport is still on its way while its requester waits (at once for

@@ -25,6 +25,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+pub use super::next::ZeroNext;
 use super::reply::ReplyTo;
 use super::send::ZeroAnswer;
 use super::writer::Stamp;
@@ -32,36 +33,8 @@ use super::{ZeroEvent, ZeroWriter};
 use crate::delivery::{Arrival, Delivery};
 use crate::entry::Entry;
 use crate::error::{BoxError, HappenError, Result};
-use crate::flow::Step;
 use crate::node::{HandlerId, Node, NodeCore};
 use crate::pattern::Pattern;
-
-/// What a zero handler returns: how its event's flow goes on.
-pub enum ZeroNext {
-    /// The flow is complete; a requester gets `null`.
-    Done,
-    /// Answers with a zero event (sealed as a child of the handled event;
-    /// its type is the writer's). An ordinary requester gets its payload as
-    /// JSON.
-    Reply(ZeroWriter),
-    /// Answers with a JSON value (allocates).
-    Value(Value),
-    /// Continues in an ordinary continuum step, with the event converted to
-    /// an ordinary [`Event`](crate::Event) (allocates; the step's flow answers the
-    /// requester).
-    Then(Step),
-}
-
-impl std::fmt::Debug for ZeroNext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ZeroNext::Done => f.write_str("Done"),
-            ZeroNext::Reply(writer) => f.debug_tuple("Reply").field(writer).finish(),
-            ZeroNext::Value(value) => f.debug_tuple("Value").field(value).finish(),
-            ZeroNext::Then(step) => f.debug_tuple("Then").field(step).finish(),
-        }
-    }
-}
 
 /// What a zero handler sees besides its event: its node, and sends that
 /// carry the handled event as their cause.
@@ -150,6 +123,14 @@ impl Lane {
             idle: Notify::new(),
             watched: AtomicBool::new(false),
             started: AtomicBool::new(false),
+        }
+    }
+
+    /// Refuses the events waiting in the lane (see [`NodeCore::abandon`]).
+    pub(crate) fn abandon(&self) {
+        let items = std::mem::take(&mut self.queue().items);
+        for item in items {
+            item.reply.refuse(HappenError::Shutdown);
         }
     }
 
@@ -463,7 +444,10 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
         };
         let handle = Node::from_core(core.clone());
         for item in batch.drain(..) {
-            run(&handle, item, &handlers);
+            match core.abandoned() {
+                true => item.reply.refuse(HappenError::Shutdown),
+                false => run(&handle, item, &handlers),
+            }
         }
         handlers.clear();
         drop(handle);

@@ -58,6 +58,7 @@
 mod convert;
 mod lane;
 mod layout;
+mod next;
 mod pool;
 #[cfg(test)]
 mod props;

@@ -372,3 +372,33 @@ fn field_names_nesting_too_deep_are_refused_written_and_received() {
         })
     ));
 }
+
+/// A shutdown that runs out of time runs none of the zero events waiting
+/// in a lane (they are refused, as the ordinary events in a node's queue):
+/// the handler running then finishes, the rest never start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_out_of_time_runs_no_waiting_zero_event() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    let happen = crate::Happen::embedded();
+    let sender = happen.node("sender").unwrap();
+    let sink = happen.node("sink").unwrap();
+    let ran = Arc::new(AtomicU64::new(0));
+    let counted = ran.clone();
+    sink.zero("tick", move |_event, _cx| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        // Zero handlers are synchronous: this one holds its lane.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(ZeroNext::Done)
+    })
+    .unwrap();
+    for _ in 0..5 {
+        sender.zero_tell(&sink, ZeroWriter::new("tick")).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!happen.shutdown_within(Duration::from_millis(20)).await);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}

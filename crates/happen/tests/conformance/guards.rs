@@ -236,27 +236,29 @@ pub async fn a_dropped_request_waits_for_the_slot_instead_of_deadlocking(backend
 
 /// A task a flow spawned may outlive the flow and its answer: the nodes
 /// that waited for that answer are not believed to wait for the task's
-/// requests. Here x asks y, y answers at once and spawns a follow-up that
-/// asks x later, while x's only slot runs unrelated work: the follow-up
-/// waits for the slot instead of being refused as a deadlock.
+/// requests, nor is the task's own node. Here x asks y, y answers at once
+/// and spawns a follow-up that asks x, then y itself, later, while both
+/// one-slot nodes run unrelated work: each request waits for the slot
+/// instead of being refused as a deadlock.
 pub async fn a_spawned_follow_up_waits_for_a_busy_slot(backend: &dyn Backend) {
     let h = start_patient(backend).await;
-    let x = h
-        .node_with("sf-x", NodeConfig::new().max_concurrent(1))
-        .unwrap();
-    let y = h.node("sf-y").unwrap();
+    let one_slot = || NodeConfig::new().max_concurrent(1);
+    let x = h.node_with("sf-x", one_slot()).unwrap();
+    let y = h.node_with("sf-y", one_slot()).unwrap();
     x.on("start", |_e: Event, cx: Context| async move {
         cx.node().send("sf-y", ev("work", json!(null))).await
     })
     .unwrap();
-    x.on("busy", |_e: Event, _cx: Context| async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    })
-    .unwrap();
-    x.on("later", |_e: Event, _cx: Context| async {
-        json!("later done")
-    })
-    .unwrap();
+    for node in [&x, &y] {
+        node.on("busy", |_e: Event, _cx: Context| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        })
+        .unwrap();
+        node.on("later", |_e: Event, cx: Context| async move {
+            json!(format!("later done at {}", cx.node().id()))
+        })
+        .unwrap();
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     y.on("work", move |_e: Event, cx: Context| {
         let tx = tx.clone();
@@ -264,7 +266,11 @@ pub async fn a_spawned_follow_up_waits_for_a_busy_slot(backend: &dyn Backend) {
             let node = cx.node().clone();
             happen::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let _ = tx.send(node.send("sf-x", ev("later", json!(null))).await);
+                // Asks the node that asked, and its own node: both slots
+                // run unrelated work by then.
+                for target in ["sf-x", "sf-y"] {
+                    let _ = tx.send(node.send(target, ev("later", json!(null))).await);
+                }
             });
             json!("worked")
         }
@@ -276,11 +282,14 @@ pub async fn a_spawned_follow_up_waits_for_a_busy_slot(backend: &dyn Backend) {
         json!("worked")
     );
     client.tell(&x, ev("busy", json!(null))).unwrap();
-    let later = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("the follow-up is answered")
-        .unwrap();
-    assert_eq!(later, Ok(json!("later done")));
+    client.tell(&y, ev("busy", json!(null))).unwrap();
+    for at in ["sf-x", "sf-y"] {
+        let later = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the follow-up is answered")
+            .unwrap();
+        assert_eq!(later, Ok(json!(format!("later done at {at}"))));
+    }
 }
 
 /// Waiting for a request that would deadlock is refused at once whichever

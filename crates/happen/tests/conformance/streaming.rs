@@ -279,10 +279,11 @@ pub async fn items_of_a_flow_the_requester_does_not_hear_go_nowhere(backend: &dy
         .unwrap();
     let (ran_tx, mut ran) = mpsc::unbounded_channel();
     reporter
-        .on("report", move |_e: Event, cx: Context| {
+        .on("report", move |e: Event, cx: Context| {
             let ran_tx = ran_tx.clone();
             async move {
-                let emitted = cx.emit(json!({ "secret": "partial" })).await;
+                let how = e.payload().clone();
+                let emitted = cx.emit(json!({ "secret": "partial", "how": how })).await;
                 ran_tx.send((cx.expects_response(), emitted)).unwrap();
                 json!("second")
             }
@@ -297,7 +298,7 @@ pub async fn items_of_a_flow_the_requester_does_not_hear_go_nowhere(backend: &dy
         })
         .unwrap();
     let got: Vec<_> = client
-        .send(&reporter, ev("report", json!(null)))
+        .send(&reporter, ev("report", json!("sent")))
         .stream()
         .collect()
         .await;
@@ -311,12 +312,12 @@ pub async fn items_of_a_flow_the_requester_does_not_hear_go_nowhere(backend: &dy
     assert!(leaked.is_err(), "the item was broadcast: {leaked:?}");
 
     // Started by a broadcast, the same flow's items are broadcast.
-    client.broadcast(ev("report", json!(null))).unwrap();
+    client.broadcast(ev("report", json!("broadcast"))).unwrap();
     let item = tokio::time::timeout(Duration::from_secs(10), heard.recv())
         .await
         .expect("the item is broadcast")
         .unwrap();
-    assert_eq!(item, json!({ "secret": "partial" }));
+    assert_eq!(item, json!({ "secret": "partial", "how": "broadcast" }));
 }
 
 pub async fn continuation_step_can_stream(backend: &dyn Backend) {

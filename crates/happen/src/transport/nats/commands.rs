@@ -344,9 +344,13 @@ async fn read(
         return;
     };
     // A node's subscription is drained: what the server routed here before
-    // it saw the UNSUB is still handed over (to a node that is gone now:
-    // its requester hears `UnknownNode` at once instead of waiting for its
-    // timeout). The stream ends once the server answers the ping after it.
+    // it saw the UNSUB and has arrived is still handed over (to a node that
+    // is gone now: its requester hears `UnknownNode` at once instead of
+    // waiting for its timeout). async-nats 0.51 ends the stream at its
+    // connection task's next turn after writing the UNSUB, not when the
+    // server answers the ping sent with it: a message still on the wire
+    // then is dropped in the client, and its requester waits for its
+    // timeout (narrower than before: every message in flight was).
     let draining = matches!(kind, Kind::Direct) && subscriber.drain().await.is_ok();
     if !draining {
         let _ = subscriber.unsubscribe().await;

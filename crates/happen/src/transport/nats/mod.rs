@@ -449,6 +449,17 @@ impl Transport for NatsTransport {
         })
     }
 
+    fn released(&self) -> BoxFuture<'static, ()> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            // Down, the server routes nothing here, and the released
+            // subscriptions are not made again on reconnecting.
+            if shared.client.connection_state() == async_nats::connection::State::Connected {
+                let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, shared.round_trip()).await;
+            }
+        })
+    }
+
     fn register_key(&self, node: &str, public_key: &str) {
         let shared = &self.shared;
         let Some(durable) = &shared.durable else {

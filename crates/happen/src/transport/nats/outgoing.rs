@@ -67,7 +67,6 @@ pub(super) fn send(
     };
     let subject = shared.subjects.direct(target);
     if let Some(durable) = stored {
-        let until = deadline.get();
         let publish = shared.requests.register(
             &shared.inbox,
             subject,
@@ -75,13 +74,13 @@ pub(super) fn send(
             &event,
             bytes::Bytes::new(),
             reply,
-            deadline,
+            deadline.clone(),
         );
         let (Some(token), Some(reply_to)) = (publish.token, publish.reply) else {
             return Receipt::kept(); // not reached: a registered request has both
         };
         return durable
-            .request(target, &event, sealed.payload, token, &reply_to, until)
+            .request(target, &event, sealed.payload, token, &reply_to, deadline)
             .unwrap_or_else(|error| {
                 shared.requests.fail(token, error.clone());
                 Receipt::failed(error)

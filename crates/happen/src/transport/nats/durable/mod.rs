@@ -120,7 +120,7 @@ enum Outgoing {
         payload: Bytes,
         then: Then,
         /// A request gives up at its deadline; a tell never does.
-        until: Option<tokio::time::Instant>,
+        until: Option<crate::response::Deadline>,
         /// Told whether the event was stored.
         receipt: ReceiptTx,
         /// The event whose flow emitted this one, which waits for it.
@@ -289,7 +289,7 @@ impl Durable {
         headers: HeaderMap,
         payload: Bytes,
         then: Then,
-        until: Option<tokio::time::Instant>,
+        until: Option<crate::response::Deadline>,
     ) -> Result<Receipt> {
         // Measured with the headers it is stored with: the server would
         // refuse it on every attempt.
@@ -337,7 +337,7 @@ impl Durable {
         payload: Bytes,
         token: u64,
         reply_to: &str,
-        deadline: tokio::time::Instant,
+        deadline: crate::response::Deadline,
     ) -> Result<Receipt> {
         let mut headers = message_headers(event);
         headers.insert(REPLY_TO, reply_to);

@@ -127,7 +127,7 @@ async fn store(
         jetstream::context::PublishError,
     >,
     then: Settles,
-    until: Option<tokio::time::Instant>,
+    until: Option<crate::response::Deadline>,
 ) -> (u64, Settles, Result<()>) {
     let mut published = Some(first);
     let mut failures = 0u32;
@@ -167,7 +167,10 @@ async fn store(
             Ok(_) => return (seq, then, Ok(())),
             Err(error) => {
                 failures += 1;
-                if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                if until
+                    .as_ref()
+                    .is_some_and(|u| tokio::time::Instant::now() >= u.get())
+                {
                     return (seq, then, Err(error));
                 }
                 tracing::debug!(subject = %message.subject, failures, %error, "durable publish retried");

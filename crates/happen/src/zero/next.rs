@@ -1,0 +1,33 @@
+//! What a zero handler returns.
+
+use serde_json::Value;
+
+use super::ZeroWriter;
+use crate::flow::Step;
+
+/// What a zero handler returns: how its event's flow goes on.
+pub enum ZeroNext {
+    /// The flow is complete; a requester gets `null`.
+    Done,
+    /// Answers with a zero event (sealed as a child of the handled event;
+    /// its type is the writer's). An ordinary requester gets its payload as
+    /// JSON.
+    Reply(ZeroWriter),
+    /// Answers with a JSON value (allocates).
+    Value(Value),
+    /// Continues in an ordinary continuum step, with the event converted to
+    /// an ordinary [`Event`](crate::Event) (allocates; the step's flow answers the
+    /// requester).
+    Then(Step),
+}
+
+impl std::fmt::Debug for ZeroNext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ZeroNext::Done => f.write_str("Done"),
+            ZeroNext::Reply(writer) => f.debug_tuple("Reply").field(writer).finish(),
+            ZeroNext::Value(value) => f.debug_tuple("Value").field(value).finish(),
+            ZeroNext::Then(step) => f.debug_tuple("Then").field(step).finish(),
+        }
+    }
+}
