@@ -160,6 +160,7 @@ impl Shared {
 
     /// The responder, taken for the end of the flow; `Err` while an emit
     /// has it (then [`Shared::take_responder`] waits for that emit).
+    #[inline]
     pub(crate) fn try_take_responder(&self) -> Result<Option<Responder>, ()> {
         if !self.expects_response {
             return Ok(None);
