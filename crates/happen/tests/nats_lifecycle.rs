@@ -194,10 +194,7 @@ async fn a_node_is_reachable_from_elsewhere_once_ready() {
     let asker = there.node("asker").unwrap();
     for i in 0..30 {
         let id = format!("svc-{i}");
-        let svc = here.node(&id).unwrap();
-        svc.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
-            .unwrap();
-        svc.ready().await.unwrap();
+        ponger(&here, &id).await;
         assert_eq!(
             asker
                 .send(id.as_str(), Event::new("ping", json!(null)))
@@ -445,14 +442,7 @@ async fn a_timeout_set_after_the_send_holds_over_nats() {
             NodeConfig::new().timeout(Duration::from_millis(300)),
         )
         .unwrap();
-    let echo = |there: &Happen| {
-        let node = there.node("echo").unwrap();
-        node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
-            .unwrap();
-        node
-    };
-    let node = echo(&there);
-    node.ready().await.unwrap();
+    let node = ponger(&there, "echo").await;
     assert_eq!(
         asker
             .send("echo", Event::new("ping", json!(null)))
@@ -468,7 +458,7 @@ async fn a_timeout_set_after_the_send_holds_over_nats() {
             .response(),
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
-    echo(&there).ready().await.unwrap();
+    ponger(&there, "echo").await;
     assert_eq!(
         within("the answer", 10, asked).await.unwrap().unwrap(),
         json!("pong")
@@ -489,10 +479,7 @@ async fn a_timeout_set_after_the_send_holds_over_nats() {
 async fn requests_racing_a_node_shutdown_end_clearly() {
     let server = NatsServer::start().unwrap();
     let there = connect(&server).await;
-    let node = there.node("busy").unwrap();
-    node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
-        .unwrap();
-    node.ready().await.unwrap();
+    let node = ponger(&there, "busy").await;
     let here = connect(&server).await;
     let asker = here.node("asker").unwrap();
     let ask = |asker: &Node| {
@@ -562,4 +549,14 @@ async fn requests_racing_a_node_shutdown_end_clearly() {
     );
     here.shutdown().await;
     there.shutdown().await;
+}
+
+/// A node `id` of `happen` answering "ping" with "pong", reachable from
+/// elsewhere.
+async fn ponger(happen: &Happen, id: &str) -> Node {
+    let node = happen.node(id).unwrap();
+    node.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
+        .unwrap();
+    node.ready().await.unwrap();
+    node
 }
