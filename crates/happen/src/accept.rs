@@ -18,10 +18,16 @@
 //!   (`origin.sourceId`, set by the application and inherited down the
 //!   causal chain): the documentation's multi-tenant `"tenant:acme:*"`;
 //! - a plain string (`"admin-*"`) matches either of the two, as the
-//!   documentation's `acceptFrom: [...]` lists do.
+//!   documentation's `acceptFrom: [...]` lists do. Mind what that admits:
+//!   any sender whose event *claims* a matching source passes it, and a
+//!   claimed source is not authenticated (see below). To admit a node by
+//!   its id alone, write [`AcceptRule::node`].
 //!
 //! Rules apply to every event, the runtime's own included (their sender is
-//! [`SYSTEM_SENDER`](crate::SYSTEM_SENDER)).
+//! [`SYSTEM_SENDER`](crate::SYSTEM_SENDER)). A batch is taken when every
+//! member is, each by its own origin (a member sent without a source
+//! carries the batch's): what the batch's envelope claims does not speak
+//! for its members.
 //!
 //! **What this is and is not.** Without signatures, acceptance controls
 //! route: they keep well-behaved senders to the nodes meant for them, but a
@@ -31,7 +37,9 @@
 //! the sender is then the holder of the sender's registered key; see
 //! [`crate::identity`]). Source rules trust the origin a signing sender put
 //! in the event (the source is covered by its signature, not checked
-//! against anything).
+//! against anything). The runtime's own reports (`system.*`, made in this
+//! process) are never signed and need no signature; one from another
+//! process claiming [`SYSTEM_SENDER`](crate::SYSTEM_SENDER) does.
 //!
 //! ```
 //! use happen::prelude::*;

@@ -277,6 +277,13 @@ impl Delivery {
         }
     }
 
+    /// Whether the event was made in this process and handed over directly
+    /// (a transport's reader, or a durable retry, hands over the rest: the
+    /// same events [`Delivery::inline`] lets start in the reader's task).
+    fn made_here(&self) -> bool {
+        !self.inline
+    }
+
     /// Refuses the delivery: the responder hears `error` at once, the
     /// message is negatively acknowledged, and the error is returned.
     pub(crate) fn refuse(self, error: HappenError) -> Result<()> {
@@ -310,7 +317,7 @@ impl Delivery {
 /// A delivery whose `matched` is already set (a broadcast found its
 /// receivers by matching) is not matched again.
 pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()> {
-    if let Err(error) = node.accepts(&delivery.event) {
+    if let Err(error) = node.accepts(&delivery.event, delivery.made_here()) {
         return delivery.refuse(error);
     }
     if delivery.ack.is_none() && node.retried_here() {
@@ -374,7 +381,8 @@ fn to_zero(node: &Arc<NodeCore>, delivery: Delivery) -> Result<()> {
     } else {
         Arrival::Local
     };
-    crate::zero::deliver(node, zero, reply, arrival)
+    // Checked above in its ordinary form.
+    crate::zero::deliver_accepted(node, zero, reply, arrival)
 }
 
 /// What a sender awaits for an event [`deliver`] accepted for `node`: the

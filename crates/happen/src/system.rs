@@ -129,8 +129,10 @@ pub struct Counters {
     /// (a fire-and-forget `send` or a `tell`); each was logged and reported
     /// as an [`UNDELIVERED`] event.
     pub undelivered: u64,
-    /// Broadcasts refused by a node of this process (queue full); each was
-    /// logged and reported as a [`REFUSED`] event.
+    /// Events refused by a node of this process that no sender could be
+    /// told of (a broadcast, or a tell from another process: queue full,
+    /// not accepted, not signed); each was logged and, unless it was the
+    /// runtime's own report, reported as a [`REFUSED`] event.
     pub refused: u64,
     /// Durable events that failed their last attempt in this process; each
     /// was logged and reported as a [`DEAD_LETTER`] event.

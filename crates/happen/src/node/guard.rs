@@ -4,19 +4,31 @@
 use super::NodeCore;
 use crate::error::Result;
 use crate::event::Event;
+use crate::system::SYSTEM_SENDER;
 
 impl NodeCore {
-    /// `Ok` when the node's acceptance controls take `event`, and its
-    /// signature, if it has one or the node requires one, is its sender's.
+    /// `Ok` when the node's acceptance controls take `event` (every member
+    /// of a batch), and its signature, if it has one or the node requires
+    /// one, is its sender's.
+    ///
+    /// `local`: made in this process. The runtime's own reports (sender
+    /// [`SYSTEM_SENDER`]) are never signed; made here, they need no
+    /// signature (one from elsewhere claiming that sender still does).
     #[inline]
-    pub(crate) fn accepts(&self, event: &Event) -> Result<()> {
-        if self.limits.require_signed || event.context().integrity.is_some() {
-            self.key_registry
-                .check(&self.id, event, self.limits.require_signed)?;
+    pub(crate) fn accepts(&self, event: &Event, local: bool) -> Result<()> {
+        let signed =
+            self.limits.require_signed && !(local && event.causal().sender == SYSTEM_SENDER);
+        if signed || event.context().integrity.is_some() {
+            self.key_registry.check(&self.id, event, signed)?;
         }
         match &self.accept {
             None => Ok(()),
-            Some(rules) => rules.check(&self.id, event),
+            Some(rules) => match event.batch_events() {
+                // Each member answers for its own origin: a batch's
+                // envelope does not speak for them.
+                Some(members) => members.iter().try_for_each(|m| rules.check(&self.id, m)),
+                None => rules.check(&self.id, event),
+            },
         }
     }
 
@@ -27,7 +39,7 @@ impl NodeCore {
     /// the same reason as for any unsigned event).
     pub(crate) fn accepts_zero(&self, event: &crate::zero::ZeroEvent) -> Result<()> {
         if self.limits.require_signed {
-            return self.accepts(&event.to_event());
+            return self.accepts(&event.to_event(), false);
         }
         match &self.accept {
             None => Ok(()),

@@ -160,10 +160,12 @@ impl LocalTransport {
     /// a [`system::REFUSED`] event.
     pub(crate) fn refused(&self, node: &str, event: &Event, error: &HappenError) {
         tracing::warn!(node, event_type = event.event_type(), event_id = event.id(), %error, "broadcast refused");
-        if event.causal().sender == system::SYSTEM_SENDER {
-            return; // a refused system event is not reported again
-        }
         self.tally.refused();
+        if event.causal().sender == system::SYSTEM_SENDER {
+            // Counted, but not reported again: a refused report would
+            // report itself.
+            return;
+        }
         self.system_event(
             system::REFUSED,
             json!({

@@ -225,6 +225,26 @@ pub(crate) fn deliver(
     reply: ReplyTo,
     arrival: Arrival,
 ) -> Result<()> {
+    // A closed node refuses it below, whoever sent it.
+    if node.guards_senders()
+        && !node.is_closed()
+        && let Err(error) = node.accepts_zero(&event)
+    {
+        reply.answer(Err(error.clone()), node);
+        return Err(error);
+    }
+    deliver_accepted(node, event, reply, arrival)
+}
+
+/// [`deliver`] for an event the node's guard already took: an ordinary
+/// event converted for a zero handler was checked in its own form (its
+/// source and signature, which its zero form does not carry).
+pub(crate) fn deliver_accepted(
+    node: &Arc<NodeCore>,
+    event: ZeroEvent,
+    reply: ReplyTo,
+    arrival: Arrival,
+) -> Result<()> {
     let refuse = |reply: ReplyTo, error: HappenError| {
         reply.answer(Err(error.clone()), node);
         Err(error)
@@ -233,11 +253,6 @@ pub(crate) fn deliver(
         let error = HappenError::UnknownNode {
             node: node.id().to_string(),
         };
-        return refuse(reply, error);
-    }
-    if node.guards_senders()
-        && let Err(error) = node.accepts_zero(&event)
-    {
         return refuse(reply, error);
     }
     // No zero handler takes it: the ordinary handlers, converted.

@@ -70,7 +70,7 @@ mod writer;
 
 use std::fmt;
 
-pub(crate) use lane::{Lane, deliver};
+pub(crate) use lane::{Lane, deliver, deliver_accepted};
 pub use lane::{ZeroContext, ZeroNext};
 pub(crate) use reply::ReplyTo;
 pub use send::ZeroAnswer;

@@ -304,3 +304,126 @@ pub async fn a_custom_verifier_decides(backend: &dyn Backend) {
     );
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+pub async fn a_zero_handler_takes_what_its_nodes_rules_accept(backend: &dyn Backend) {
+    use happen::zero::ZeroNext;
+    let h = start(backend).await;
+    // Checked once, on the event as sent: its source and its signature,
+    // which the zero form the handler reads does not carry.
+    let billing = h
+        .node_with(
+            "zr-billing",
+            NodeConfig::new().accept_from([AcceptRule::source("tenant:acme:*")]),
+        )
+        .unwrap();
+    billing
+        .zero("invoice", |_e, _cx| Ok(ZeroNext::Value(json!("invoiced"))))
+        .unwrap();
+    let ledger = h
+        .node_with("zr-ledger", NodeConfig::new().require_signed(true))
+        .unwrap();
+    ledger
+        .zero("entry", |_e, _cx| Ok(ZeroNext::Value(json!("booked"))))
+        .unwrap();
+    let portal = h.node("zr-portal").unwrap();
+    let payments = h
+        .node_with("zr-payments", NodeConfig::new().sign(true))
+        .unwrap();
+    h.flush().await.unwrap();
+
+    let acme = ev("invoice", json!(1)).with_source("tenant:acme:user-7", "user");
+    assert_eq!(portal.send(&billing, acme).await.unwrap(), "invoiced");
+    let globex = ev("invoice", json!(2)).with_source("tenant:globex:user-1", "user");
+    let refused = portal.send(&billing, globex).await.unwrap_err();
+    assert!(
+        matches!(&refused, HappenError::NotAccepted { source_id: Some(s), .. } if s == "tenant:globex:user-1"),
+        "{refused}"
+    );
+    assert_eq!(
+        payments.send(&ledger, ev("entry", json!(3))).await.unwrap(),
+        "booked"
+    );
+    let unsigned = portal
+        .send(&ledger, ev("entry", json!(4)))
+        .await
+        .unwrap_err();
+    assert!(unsigned.to_string().contains("not signed"), "{unsigned}");
+}
+
+pub async fn each_member_of_a_batch_answers_for_its_own_origin(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let billing = h
+        .node_with(
+            "bo-billing",
+            NodeConfig::new().accept_from([AcceptRule::source("tenant:acme:*")]),
+        )
+        .unwrap();
+    billing
+        .on("invoice", |e: Event, _cx: Context| async move {
+            json!(
+                e.events()
+                    .iter()
+                    .map(|m| m.origin().source_id.clone())
+                    .collect::<Vec<_>>()
+            )
+        })
+        .unwrap();
+    let portal = h.node("bo-portal").unwrap();
+    h.flush().await.unwrap();
+    let member = |n: i32, source: &str| ev("invoice", json!(n)).with_source(source, "user");
+
+    // Members of the tenant, in a batch that claims nothing itself.
+    let honest = Event::batch([member(1, "tenant:acme:u1"), member(2, "tenant:acme:u2")]).unwrap();
+    assert_eq!(
+        portal.send(&billing, honest).await.unwrap(),
+        json!(["tenant:acme:u1", "tenant:acme:u2"])
+    );
+    // Another tenant's members in an envelope that claims the tenant.
+    let smuggled = Event::batch([member(3, "tenant:globex:u1"), member(4, "tenant:acme:u2")])
+        .unwrap()
+        .with_source("tenant:acme:u1", "user");
+    let refused = portal.send(&billing, smuggled).await.unwrap_err();
+    assert!(
+        matches!(&refused, HappenError::NotAccepted { source_id: Some(s), .. } if s == "tenant:globex:u1"),
+        "{refused}"
+    );
+    // Members with no source of their own take the batch's.
+    let plain = Event::batch([ev("invoice", json!(5)), ev("invoice", json!(6))])
+        .unwrap()
+        .with_source("tenant:acme:u3", "user");
+    assert_eq!(
+        portal.send(&billing, plain).await.unwrap(),
+        json!(["tenant:acme:u3", "tenant:acme:u3"])
+    );
+}
+
+pub async fn the_runtimes_own_reports_reach_nodes_that_require_signatures(backend: &dyn Backend) {
+    // The recommended setting for a whole system: every node signs and
+    // requires signatures. The runtime's reports are not signed (it has no
+    // key); made in this process, they are its own, and still arrive.
+    let h = backend
+        .start(
+            HappenConfig::default()
+                .for_nodes("*", NodeConfig::new().sign(true).require_signed(true)),
+        )
+        .await;
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    let monitor = h.node("rs-monitor").unwrap();
+    monitor
+        .on(system::REFUSED, recorder(tx, json!(null)))
+        .unwrap();
+    let guarded = h
+        .node_with("rs-guarded", NodeConfig::new().accept_from(["rs-friend"]))
+        .unwrap();
+    guarded
+        .on("ping", |_e: Event, _cx: Context| async {})
+        .unwrap();
+    let stranger = h.node("rs-stranger").unwrap();
+    h.flush().await.unwrap();
+    let before = h.counters().refused;
+    stranger.broadcast(ev("ping", json!(null))).unwrap();
+    let report = recv(&mut reports).await;
+    assert_eq!(report.payload()["node"], "rs-guarded");
+    assert_eq!(report.causal().sender, happen::SYSTEM_SENDER);
+    assert_eq!(h.counters().refused, before + 1);
+}

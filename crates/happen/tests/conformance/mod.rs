@@ -193,6 +193,9 @@ macro_rules! conformance_suite {
             the_receiver_sees_the_hash_the_sender_made,
             signed_senders_are_verified_and_unsigned_refused_where_required,
             a_custom_verifier_decides,
+            a_zero_handler_takes_what_its_nodes_rules_accept,
+            each_member_of_a_batch_answers_for_its_own_origin,
+            the_runtimes_own_reports_reach_nodes_that_require_signatures,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] observation;
             observers_see_stamps_deliveries_and_finishes,
