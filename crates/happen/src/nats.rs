@@ -82,7 +82,9 @@ pub struct Tls {
 /// How the client reconnects after losing the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reconnect {
-    /// Give up after this many attempts in a row (`None`: never give up).
+    /// Give up after this many attempts in a row (`None`: never give up;
+    /// `Some(0)` is refused by [`NatsConfig::validate`]). Once it gives up,
+    /// the runtime reports the status `closed` and every send fails.
     pub max_attempts: Option<usize>,
     /// The wait before the first retry; it doubles on each failure...
     pub base_delay: Duration,
@@ -347,6 +349,11 @@ impl NatsConfig {
         if self.connect_timeout.is_zero() {
             return Err(HappenError::Config(
                 "connect_timeout must be above zero".into(),
+            ));
+        }
+        if self.reconnect.max_attempts == Some(0) {
+            return Err(HappenError::Config(
+                "reconnect.max_attempts must be at least 1 (None never gives up)".into(),
             ));
         }
         if self.reconnect.base_delay.is_zero()

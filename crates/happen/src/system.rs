@@ -9,7 +9,7 @@
 //!
 //! | event type | when | payload |
 //! |---|---|---|
-//! | [`CONNECTION_STATUS`] | the NATS connection changed | `status` (`connected`, `disconnected`, `reconnected`, `lame-duck`, `slow-consumer`, `error`, `closed`), `reason` |
+//! | [`CONNECTION_STATUS`] | the NATS connection changed | `status` (`connected`, `disconnected`, `reconnected`, `lame-duck`, `slow-consumer`, `error`, `closed`: the client is closed, or gave up reconnecting after `Reconnect::max_attempts`), `reason` |
 //! | [`UNDELIVERED`] | a sent event reached no node and nobody waited for the answer | `node`, `eventType`, `eventId`, `reason` |
 //! | [`REFUSED`] | a node refused a broadcast or a remote tell (its queue was full, or its acceptance controls refused the sender) | `node`, `eventType`, `eventId`, `reason` |
 //! | [`REJECTED`] | a message from another process was not a valid event: undecodable, or its integrity check failed (see [`crate::integrity`]); no node saw it | `subject`, `eventId` (when it could be read), `reason` |

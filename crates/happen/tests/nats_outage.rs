@@ -539,3 +539,26 @@ async fn flush_and_shutdown_deliver_everything_sent_before() {
     assert_eq!((received, duplicated), (RUNS * EVENTS, 0));
     receiver.shutdown().await;
 }
+
+/// A client that gives up reconnecting (`Reconnect::max_attempts`) says so:
+/// the status `closed` after the attempts, sends fail at once, and shutdown
+/// does not wait for a server that will not be asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_up_reconnecting_is_reported_as_closed() {
+    let mut server = NatsServer::start().unwrap();
+    let happen = Happen::connect(NatsConfig::new(server.url()).reconnect(Reconnect {
+        max_attempts: Some(2),
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(100),
+    }))
+    .await
+    .unwrap();
+    let mut statuses = watch_status(&happen, "watcher");
+    let source = happen.node("source").unwrap();
+    happen.flush().await.unwrap();
+    server.stop();
+    wait_for_status(&mut statuses, "closed").await;
+    let refused = source.tell("elsewhere", Event::new("note", json!(1)));
+    assert!(refused.is_err(), "a send after giving up was taken");
+    within("shutdown after giving up", 10, happen.shutdown()).await;
+}

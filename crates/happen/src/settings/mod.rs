@@ -28,7 +28,11 @@
 //! chosen by the extension) and then the environment: every variable
 //! `HAPPEN_<KEY>__<KEY>...` sets one key, segments in `UPPER_SNAKE` form
 //! (`HAPPEN_CONCURRENCY__DEFAULT__MAX_CONCURRENT=50`,
-//! `HAPPEN_NATS__SERVERS=nats://a:4222,nats://b:4222`); a value is read as
+//! `HAPPEN_NATS__SERVERS=nats://a:4222,nats://b:4222`). Only variables
+//! whose first segment is a top-level key of the settings are read
+//! (`HAPPEN_NATS_SERVER`, say, names `natsServer`, no setting, and is left
+//! to whichever program uses it); within those, a wrong key is an error
+//! naming the variable. A value is read as
 //! JSON when it parses as JSON, else as text, and a comma-separated value
 //! for a list becomes the list. The keys that hold text (names, prefixes,
 //! credentials and file paths) take the variable's text as it is, so that a
@@ -50,6 +54,10 @@
 //!
 //! Patterns of `concurrency.patterns` are applied in the order of their
 //! keys (sorted), each over the defaults; a node's own `NodeConfig` wins.
+//! A `delivery` section in a layer changes only the keys it names: the
+//! default layer's over the top-level section, a pattern's over both (when
+//! two patterns match one node and both have a `delivery` section, the
+//! later pattern's section, applied over those two, is the one used).
 //! Not everything Happen can do is a setting: handlers, observers,
 //! verifiers and signers are code.
 
@@ -93,6 +101,18 @@ pub struct Settings {
     /// Signing, for every node.
     pub security: Option<SecuritySettings>,
 }
+
+/// The keys of [`Settings`] at the top level: the environment variables
+/// read are those whose first segment names one of them.
+const TOP_LEVEL_KEYS: [&str; 7] = [
+    "nats",
+    "requestTimeout",
+    "maxCausalDepth",
+    "concurrency",
+    "delivery",
+    "temporal",
+    "security",
+];
 
 fn invalid(key: &str, why: impl std::fmt::Display) -> HappenError {
     HappenError::Config(format!("settings: {key}: {why}"))
@@ -151,6 +171,12 @@ impl Settings {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(camel).collect();
+            if !TOP_LEVEL_KEYS.contains(&path[0].as_str()) {
+                // Another program's variable (`HAPPEN_NATS_SERVER`, ...):
+                // only the settings' own top-level keys are read.
+                tracing::debug!(variable = %key, "not a setting: ignored");
+                continue;
+            }
             set(&mut value, &path, env_value(&path, raw))
                 .map_err(|why| invalid(&format!("{key} (environment)"), why))?;
         }
@@ -185,12 +211,40 @@ impl Settings {
                 ));
             }
         }
+        let deliveries = self
+            .delivery
+            .iter()
+            .map(|d| ("delivery".to_owned(), d))
+            .chain(self.concurrency.default.iter().filter_map(|l| {
+                l.delivery
+                    .as_ref()
+                    .map(|d| ("concurrency.default.delivery".to_owned(), d))
+            }))
+            .chain(self.concurrency.patterns.iter().filter_map(|(p, l)| {
+                l.delivery
+                    .as_ref()
+                    .map(|d| (format!("concurrency.patterns.{p}.delivery"), d))
+            }));
+        for (at, delivery) in deliveries {
+            if delivery.max_attempts == Some(0) {
+                return Err(invalid(&format!("{at}.maxAttempts"), "must be at least 1"));
+            }
+            if delivery.max_pending == Some(0) {
+                return Err(invalid(&format!("{at}.maxPending"), "must be at least 1"));
+            }
+        }
         if self.max_causal_depth == Some(0) {
             return Err(invalid("maxCausalDepth", "must be at least 1"));
         }
         if let Some(nats) = &self.nats {
             if nats.servers.is_empty() {
                 return Err(invalid("nats.servers", "name at least one server"));
+            }
+            if nats.reconnect.as_ref().and_then(|r| r.max_attempts) == Some(0) {
+                return Err(invalid(
+                    "nats.reconnect.maxAttempts",
+                    "must be at least 1 (leave it out to never give up)",
+                ));
             }
             if let Some(auth) = &nats.auth {
                 let given = [
@@ -231,9 +285,23 @@ impl Settings {
         if let Some(depth) = self.max_causal_depth {
             config = config.max_causal_depth(depth);
         }
-        if let Some(delivery) = &self.delivery {
-            config = config.delivery(delivery.apply(DeliveryConfig::direct()));
+        // A layer's delivery section changes only the keys it names: over
+        // the system-wide section, and a pattern's over the default layer's.
+        let system = self
+            .delivery
+            .as_ref()
+            .map_or(DeliveryConfig::direct(), |d| {
+                d.apply(DeliveryConfig::direct())
+            });
+        if self.delivery.is_some() {
+            config = config.delivery(system);
         }
+        let below_patterns = self
+            .concurrency
+            .default
+            .as_ref()
+            .and_then(|d| d.delivery.as_ref())
+            .map_or(system, |d| d.apply(system));
         if let Some(temporal) = &self.temporal {
             let mut t = TemporalConfig::default();
             t.enabled = temporal.enabled.unwrap_or(t.enabled);
@@ -250,10 +318,10 @@ impl Settings {
             config = config.for_nodes("*", all);
         }
         if let Some(default) = &self.concurrency.default {
-            config = config.for_nodes("*", default.node_config());
+            config = config.for_nodes("*", default.node_config(system));
         }
         for (pattern, layer) in &self.concurrency.patterns {
-            config = config.for_nodes(pattern.clone(), layer.node_config());
+            config = config.for_nodes(pattern.clone(), layer.node_config(below_patterns));
         }
         config
     }

@@ -234,7 +234,9 @@ pub struct SecuritySettings {
 }
 
 impl NodeSettings {
-    pub(super) fn node_config(&self) -> NodeConfig {
+    /// This layer as a node configuration; its `delivery` section applied
+    /// over `delivery_below` (what the layers below it make).
+    pub(super) fn node_config(&self, delivery_below: DeliveryConfig) -> NodeConfig {
         let mut c = NodeConfig::new();
         c.max_concurrent = self.max_concurrent;
         c.queue_limit = self.queue_limit;
@@ -242,10 +244,7 @@ impl NodeSettings {
         c.max_causal_depth = self.max_causal_depth;
         c.sign = self.sign;
         c.require_signed = self.require_signed;
-        c.delivery = self
-            .delivery
-            .as_ref()
-            .map(|d| d.apply(DeliveryConfig::direct()));
+        c.delivery = self.delivery.as_ref().map(|d| d.apply(delivery_below));
         c.accept_from = self
             .accept_from
             .as_ref()

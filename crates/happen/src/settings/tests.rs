@@ -222,3 +222,69 @@ fn empty_settings_are_the_defaults() {
     let defaults = HappenConfig::default().resolve("any", &NodeConfig::new());
     assert_eq!(limits, defaults);
 }
+
+#[test]
+fn a_layers_delivery_section_changes_only_the_keys_it_names() {
+    let settings = Settings::from_json(
+        r#"{
+          "delivery": { "mode": "at-least-once", "backoff": "250ms" },
+          "concurrency": {
+            "default": { "delivery": { "maxPending": 32 } },
+            "patterns": { "pay-*": { "delivery": { "maxAttempts": 9 } } }
+          }
+        }"#,
+    )
+    .unwrap();
+    let config = settings.happen_config();
+    let orders = config.resolve("orders", &NodeConfig::new()).delivery;
+    assert_eq!(orders.mode, DeliveryMode::AtLeastOnce);
+    assert_eq!(orders.max_pending, 32);
+    assert_eq!(orders.max_attempts, DeliveryConfig::direct().max_attempts);
+    // The pattern changes the attempts and keeps the durable mode.
+    let pay = config.resolve("pay-1", &NodeConfig::new()).delivery;
+    assert_eq!(pay.mode, DeliveryMode::AtLeastOnce);
+    assert_eq!(
+        (pay.max_attempts, pay.max_pending, pay.backoff),
+        (9, 32, Duration::from_millis(250))
+    );
+}
+
+#[test]
+fn other_programs_happen_variables_are_left_alone() {
+    let loaded = Settings::load_from(
+        None,
+        vars(&[
+            ("HAPPEN_NATS_SERVER", "/usr/local/bin/nats-server"),
+            ("HAPPEN_BENCH_N", "1000"),
+            ("HAPPEN_REQUEST_TIMEOUT", "3s"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(loaded.request_timeout, Some(Millis(Duration::from_secs(3))));
+    // A wrong key under a setting's own name is still an error naming it.
+    let error = Settings::load_from(None, vars(&[("HAPPEN_NATS__SERVRS", "nats://a:4222")]))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("servrs"), "{error}");
+}
+
+#[test]
+fn zero_attempts_and_zero_pending_are_refused_by_name() {
+    for (text, key) in [
+        (
+            r#"{ "delivery": { "maxAttempts": 0 } }"#,
+            "delivery.maxAttempts",
+        ),
+        (
+            r#"{ "concurrency": { "patterns": { "a-*": { "delivery": { "maxPending": 0 } } } } }"#,
+            "concurrency.patterns.a-*.delivery.maxPending",
+        ),
+        (
+            r#"{ "nats": { "servers": ["nats://127.0.0.1:4222"], "reconnect": { "maxAttempts": 0 } } }"#,
+            "nats.reconnect.maxAttempts",
+        ),
+    ] {
+        let error = Settings::from_json(text).unwrap_err().to_string();
+        assert!(error.contains(key), "{text}: {error}");
+    }
+}

@@ -66,6 +66,13 @@ impl Status {
             async_nats::Event::LameDuckMode => ("lame-duck", event.to_string()),
             async_nats::Event::Draining => ("draining", event.to_string()),
             async_nats::Event::Closed => ("closed", event.to_string()),
+            // The client gave up reconnecting (`Reconnect::max_attempts`):
+            // it sends nothing more, and says so with this error alone.
+            async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects) => (
+                "closed",
+                "gave up reconnecting after Reconnect::max_attempts attempts; nothing more can be sent"
+                    .to_owned(),
+            ),
             async_nats::Event::SlowConsumer(_) => ("slow-consumer", event.to_string()),
             async_nats::Event::ServerError(_) | async_nats::Event::ClientError(_) => {
                 ("error", event.to_string())
