@@ -557,12 +557,7 @@ fn answer(
             None
         }
         Some(responder) => {
-            let outcome = result.map(|value| {
-                let mut response = Event::new(RESPONSE_EVENT_TYPE, value);
-                crate::event::stamp(&mut response, core.id(), Some(event));
-                core.observers().stamped(&response);
-                response
-            });
+            let outcome = result.and_then(|value| core.answer(value, event));
             match responder.conclude(outcome) {
                 Ok(rest) => rest,
                 Err(retried) => {

@@ -356,3 +356,86 @@ async fn the_server_stops_one_service_from_acting_as_another() {
     assert_eq!(stored, Bytes::from(key.public_key()));
     println!("permissions: orders-claim=refused raw-write=refused record=payments'");
 }
+
+/// A requester that requires signed events takes only an answer signed by
+/// the node it asked. A signing node's answers are signed; an answer that
+/// another runtime made for a request it overheard (its reply subject
+/// copied by a raw client) is refused with the reason, never handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_a_requester_that_requires_signatures_are_checked() {
+    let server = NatsServer::start().unwrap();
+    let genuine = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let ledger = genuine
+        .node_with("ledger", NodeConfig::new().sign(true))
+        .unwrap();
+    ledger
+        .on("balance", |e: Event, _cx: Context| async move {
+            if e.payload()["slow"] == true {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            json!({ "cents": 100 })
+        })
+        .unwrap();
+    genuine.flush().await.unwrap();
+    let victim = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let payments = victim
+        .node_with("payments", NodeConfig::new().require_signed(true))
+        .unwrap();
+    let lenient = victim.node("lenient").unwrap();
+    victim.flush().await.unwrap();
+
+    let honest = payments
+        .send("ledger", Event::new("balance", json!({})))
+        .response_event()
+        .await
+        .unwrap();
+    assert_eq!(honest.payload(), &json!({ "cents": 100 }));
+    assert_eq!(honest.causal().sender, "ledger");
+    assert!(honest.context().integrity.is_some(), "the answer is signed");
+
+    // A runtime under another prefix answers what a raw client relays to it.
+    let evil = Happen::connect(NatsConfig::new(server.url()).prefix("evil"))
+        .await
+        .unwrap();
+    evil.node("ledger")
+        .unwrap()
+        .on("balance", |_e: Event, _cx: Context| async {
+            json!({ "cents": 1_000_000 })
+        })
+        .unwrap();
+    evil.flush().await.unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut overheard = raw.subscribe("happen.node.ledger").await.unwrap();
+    raw.flush().await.unwrap();
+    let relay = raw.clone();
+    let relayed = tokio::spawn(async move {
+        for _ in 0..2 {
+            let m = next(&mut overheard).await;
+            relay
+                .publish_with_reply("evil.node.ledger", m.reply.unwrap(), m.payload)
+                .await
+                .unwrap();
+            relay.flush().await.unwrap();
+        }
+    });
+    let forged = payments
+        .send("ledger", Event::new("balance", json!({ "slow": true })))
+        .await
+        .expect_err("forged answer taken");
+    assert!(
+        matches!(&forged, HappenError::Integrity { reason, .. } if reason.contains("not signed")),
+        "{forged}"
+    );
+    // A requester that does not require signatures takes the first answer,
+    // as before.
+    let taken = lenient
+        .send("ledger", Event::new("balance", json!({ "slow": true })))
+        .await
+        .unwrap();
+    assert_eq!(taken, json!({ "cents": 1_000_000 }));
+    within("the relay", 10, relayed).await.unwrap();
+}

@@ -118,7 +118,9 @@ impl NodeConfig {
         self
     }
 
-    /// Signs every event the node sends (see [`crate::identity`]). Over
+    /// Signs every event the node sends, its answers to requests included
+    /// (see [`crate::identity`]; zero events and streamed items are not
+    /// signed). Over
     /// NATS the node's public key is registered in JetStream, so a runtime
     /// connected with `NatsConfig::jetstream(false)` refuses to make a
     /// signing node ([`HappenError::Config`](crate::HappenError::Config)).
@@ -129,6 +131,14 @@ impl NodeConfig {
 
     /// Refuses events that are not signed by their sender's registered key
     /// (see [`crate::identity`]). Signed events are checked either way.
+    ///
+    /// Over NATS this holds for the answers to the node's requests too: an
+    /// answer is taken only when the node asked signed it (a reply subject
+    /// is a subject anyone on the server may publish to); one that is not
+    /// ends the request with [`HappenError::Integrity`](crate::HappenError::Integrity).
+    /// Error replies and streamed items are not signed and are taken as
+    /// they come. In one process an answer can only come from the node
+    /// asked, and is taken signed or not.
     pub fn require_signed(mut self, require: bool) -> Self {
         self.require_signed = Some(require);
         self

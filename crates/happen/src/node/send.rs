@@ -265,6 +265,21 @@ impl<S> Node<S> {
     }
 }
 
+impl NodeCore {
+    /// The response event carrying `value`, the answer to `cause`: stamped
+    /// as this node's, and signed when the node signs what it sends (a
+    /// requester that requires signatures checks it).
+    pub(crate) fn answer(&self, value: serde_json::Value, cause: &Event) -> Result<Event> {
+        let mut response = Event::new(crate::flow::RESPONSE_EVENT_TYPE, value);
+        event::stamp(&mut response, &self.id, Some(cause));
+        if self.limits.sign {
+            crate::identity::sign(&mut response, &**self.signer())?;
+        }
+        self.observers.stamped(&response);
+        Ok(response)
+    }
+}
+
 /// The nodes that repeat at the end of `path` (the shortest run that occurs
 /// at least twice in a row there), or its last eight nodes if none does.
 fn repeating(path: &[Id]) -> Vec<String> {

@@ -47,12 +47,7 @@ impl ReplyTo {
             }
             ReplyTo::Wire(send) => send(answer),
             ReplyTo::Ordinary(responder, request) => {
-                let outcome = answer.map(|answer| {
-                    let mut response =
-                        Event::new(crate::flow::RESPONSE_EVENT_TYPE, answer.into_value());
-                    crate::event::stamp(&mut response, node.id(), Some(&request));
-                    response
-                });
+                let outcome = answer.and_then(|answer| node.answer(answer.into_value(), &request));
                 responder.unwrapped().reply(outcome);
             }
         }

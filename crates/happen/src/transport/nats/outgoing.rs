@@ -75,6 +75,7 @@ pub(super) fn send(
             bytes::Bytes::new(),
             reply,
             deadline.clone(),
+            verifying(shared, &event),
         );
         let (Some(token), Some(reply_to)) = (publish.token, publish.reply) else {
             return Receipt::kept(); // not reached: a registered request has both
@@ -94,6 +95,7 @@ pub(super) fn send(
         sealed.payload,
         reply,
         deadline,
+        verifying(shared, &event),
     );
     let token = publish.token;
     match shared.commands.publish(publish) {
@@ -140,4 +142,15 @@ pub(super) fn tell(shared: &Arc<Shared>, target: &str, event: Event) -> Result<R
         token: None,
     })?;
     Ok(Receipt::kept())
+}
+
+/// The requesting node (the request's sender), when it requires signed
+/// events: its answer is then checked (see `requests::verify_answer`).
+fn verifying(shared: &Shared, event: &Event) -> Option<crate::id::Id> {
+    let requester = &event.causal().sender;
+    shared
+        .local
+        .node(requester)
+        .filter(|node| node.core().limits().require_signed)
+        .map(|_| requester.clone())
 }

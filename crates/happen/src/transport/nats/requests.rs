@@ -66,6 +66,9 @@ pub(super) struct Waiting {
     /// How many times "no responders" came back.
     refusals: u32,
     sent_at: Instant,
+    /// The requesting node, when it requires signed events: the answer
+    /// must then be signed by the node it asked.
+    verify: Option<Id>,
 }
 
 /// A stream this process consumes.
@@ -132,6 +135,7 @@ impl Requests {
         payload: Bytes,
         reply: ReplyTx,
         deadline: crate::response::Deadline,
+        verify: Option<Id>,
     ) -> Publish {
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         lock(&self.pending).insert(
@@ -147,6 +151,7 @@ impl Requests {
                 payload: payload.clone(),
                 refusals: 0,
                 sent_at: Instant::now(),
+                verify,
             },
         );
         Publish {
@@ -319,9 +324,55 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
             {
                 return tell_again(shared, waiting);
             }
-            deliver_final(waiting, Result::from(other));
+            match (waiting, other) {
+                (Some(waiting), Reply::Ok(answer)) if waiting.verify.is_some() => {
+                    verify_answer(shared, waiting, answer);
+                }
+                (waiting, other) => {
+                    deliver_final(waiting, Result::from(other));
+                }
+            }
         }
     }
+}
+
+/// Hands over the answer to a requester that requires signed events once
+/// it is checked: sent by the node asked, and signed with its key (looked
+/// up first when this process does not know it yet). Anyone who can
+/// publish on the reply subject could otherwise answer in its name.
+fn verify_answer(shared: &Arc<Shared>, waiting: Waiting, answer: Event) {
+    match super::receive::needs_key(shared, &answer) {
+        None => {
+            let outcome = checked_answer(shared, &waiting, answer);
+            deliver_final(Some(waiting), outcome);
+        }
+        Some(registry) => {
+            let shared = shared.clone();
+            let held = shared.readers.hold();
+            tokio::spawn(async move {
+                super::receive::learn_key(&shared, &registry, &answer).await;
+                let outcome = checked_answer(&shared, &waiting, answer);
+                deliver_final(Some(waiting), outcome);
+                drop(held);
+            });
+        }
+    }
+}
+
+fn checked_answer(shared: &Shared, waiting: &Waiting, answer: Event) -> Result<Event> {
+    let requester = waiting.verify.as_deref().unwrap_or_default();
+    let sender = &answer.causal().sender;
+    if *sender != waiting.target {
+        return Err(HappenError::Integrity {
+            event_id: answer.id().to_owned(),
+            reason: format!(
+                "node \"{requester}\" refused it: the answer came from \"{sender}\", not from \"{}\", the node asked",
+                waiting.target
+            ),
+        });
+    }
+    shared.local.keys().check(requester, &answer, true)?;
+    Ok(answer)
 }
 
 /// A request refused as a deadlock whose handle was dropped (its requester
