@@ -9,21 +9,27 @@
 //! out and not acknowledged, redelivered, acknowledged so far). A node
 //! whose process is down is seen by the others through its consumer.
 //!
-//! A node is **down** when events wait for it and it has made no progress
-//! for [`FlowBalanceConfig::stall_after`], or when at least
-//! [`FlowBalanceConfig::lag_threshold`] events wait for it. Each node of
-//! the process where it is detected receives:
+//! A node is **down** when it holds events (waiting for it, or handed to
+//! it and not finished) and has finished none for
+//! [`FlowBalanceConfig::stall_after`], or when at least
+//! [`FlowBalanceConfig::lag_threshold`] events wait for it. A durable
+//! consumer that cannot be read (the server out of reach) leaves its node
+//! as it was judged; a node that goes away while down (shut down) is
+//! reported up, with `removed: true`. The runtime's own node (the handlers
+//! of `Happen::on`) is not watched. Each node of the process where it is
+//! detected receives:
 //!
 //! | event | payload |
 //! |---|---|
 //! | [`NODE_DOWN`] | `nodeId`, `lagMetrics` (`messagesWaiting`, `inFlight`, `redelivered`, `stalledMs`), `pattern` |
-//! | [`NODE_UP`] | `nodeId`, `lagMetrics`: the node is back under the thresholds |
+//! | [`NODE_UP`] | `nodeId`, `lagMetrics`: the node is back under the thresholds (`removed: true`: it went away) |
 //! | [`SYSTEM_DOWN`] | `level` (`warning`, or `critical` when every node is down), `affectedNodes`, `pattern` |
 //! | [`SYSTEM_UP`] | `affectedNodes`: fewer nodes than the system threshold are down again |
 //!
 //! The `pattern` classifies what the samples show, after the
 //! documentation's four:
-//! - `node-failure`: one node stopped making progress while events wait;
+//! - `node-failure`: one node stopped making progress while it holds
+//!   events;
 //! - `bottleneck`: a node makes progress but its backlog passed the
 //!   threshold;
 //! - `partition`: several nodes stopped making progress in the same check;
@@ -175,21 +181,45 @@ pub(crate) struct Balance {
 impl Balance {
     /// Takes one sample of every watched node and returns the events to
     /// report (type, payload).
+    ///
+    /// A node sampled as `None` (its consumer could not be read: the
+    /// server is out of reach) keeps what it was; a node no longer sampled
+    /// (shut down, or no longer durable) is forgotten, reported up first
+    /// if it was down.
     pub(crate) fn check(
         &mut self,
         config: &FlowBalanceConfig,
-        samples: Vec<(String, Lag)>,
+        samples: Vec<(String, Option<Lag>)>,
         now: Instant,
     ) -> Vec<(&'static str, Value)> {
         let mut reports = Vec::new();
         let mut newly_stalled = Vec::new();
         let mut changes = Vec::new();
         let seen: BTreeSet<String> = samples.iter().map(|(id, _)| id.clone()).collect();
-        self.nodes.retain(|id, _| seen.contains(id));
+        let mut gone: Vec<(String, Watched)> = Vec::new();
+        self.nodes.retain(|id, watched| {
+            let kept = seen.contains(id);
+            if !kept && watched.down {
+                gone.push((id.clone(), std::mem::take(watched)));
+            }
+            kept
+        });
+        gone.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, watched) in gone {
+            let metrics = metrics(&watched.last, Duration::ZERO);
+            reports.push((
+                NODE_UP,
+                json!({ "nodeId": id, "lagMetrics": metrics, "removed": true }),
+            ));
+        }
         for (id, lag) in samples {
             let watched = self.nodes.entry(id.clone()).or_default();
+            let Some(lag) = lag else { continue };
             let progressed = lag.progress != watched.last.progress;
-            if lag.waiting == 0 || progressed {
+            // Work it holds: waiting, or handed to it and not finished (a
+            // node whose every flow hangs has nothing waiting).
+            let holding = lag.waiting > 0 || lag.in_flight > 0;
+            if !holding || progressed {
                 watched.stalled_since = None;
             } else if watched.stalled_since.is_none() {
                 watched.stalled_since = Some(now);
@@ -198,7 +228,7 @@ impl Balance {
                 .stalled_since
                 .map_or(Duration::ZERO, |since| now.duration_since(since));
             let stalled = watched.stalled_since.is_some() && stalled_for >= config.stall_after;
-            let down = stalled || lag.waiting >= config.lag_threshold;
+            let down = stalled || lag.waiting >= config.lag_threshold.max(1);
             watched.last = lag;
             if down != watched.down {
                 watched.down = down;
@@ -210,12 +240,7 @@ impl Balance {
         }
         let partition = newly_stalled.len() >= 2;
         for (id, down, stalled, lag, stalled_for) in changes {
-            let metrics = json!({
-                "messagesWaiting": lag.waiting,
-                "inFlight": lag.in_flight,
-                "redelivered": lag.redelivered,
-                "stalledMs": u64::try_from(stalled_for.as_millis()).unwrap_or(u64::MAX),
-            });
+            let metrics = metrics(&lag, stalled_for);
             if down {
                 let pattern = match (stalled, partition) {
                     (true, true) => "partition",
@@ -261,6 +286,16 @@ impl Balance {
         }
         reports
     }
+}
+
+/// A report's `lagMetrics`.
+fn metrics(lag: &Lag, stalled_for: Duration) -> Value {
+    json!({
+        "messagesWaiting": lag.waiting,
+        "inFlight": lag.in_flight,
+        "redelivered": lag.redelivered,
+        "stalledMs": u64::try_from(stalled_for.as_millis()).unwrap_or(u64::MAX),
+    })
 }
 
 /// Samples the runtime's nodes every interval and reports imbalance, until
@@ -324,9 +359,9 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let sample = |a: Lag, b: Lag, c: Lag| {
             vec![
-                ("a".to_owned(), a),
-                ("b".to_owned(), b),
-                ("c".to_owned(), c),
+                ("a".to_owned(), Some(a)),
+                ("b".to_owned(), Some(b)),
+                ("c".to_owned(), Some(c)),
             ]
         };
         // Healthy.
@@ -371,7 +406,7 @@ mod tests {
         let config = config();
         let mut balance = Balance::default();
         let t0 = Instant::now();
-        let two = |a: Lag, b: Lag| vec![("a".to_owned(), a), ("b".to_owned(), b)];
+        let two = |a: Lag, b: Lag| vec![("a".to_owned(), Some(a)), ("b".to_owned(), Some(b))];
         balance.check(&config, two(lag(3, 1), lag(4, 1)), t0);
         balance.check(
             &config,
@@ -394,5 +429,78 @@ mod tests {
         );
         assert_eq!(reports[2].0, SYSTEM_DOWN);
         assert_eq!(reports[2].1["level"], "critical");
+    }
+
+    #[test]
+    fn a_node_whose_every_flow_hangs_is_down() {
+        let config = config();
+        let mut balance = Balance::default();
+        let t0 = Instant::now();
+        let hung = Lag {
+            in_flight: 4,
+            progress: 7,
+            ..Lag::default()
+        };
+        let one = |lag: Lag| vec![("a".to_owned(), Some(lag))];
+        assert!(balance.check(&config, one(hung), t0).is_empty());
+        assert!(
+            balance
+                .check(&config, one(hung), t0 + Duration::from_secs(1))
+                .is_empty()
+        );
+        let reports = balance.check(&config, one(hung), t0 + Duration::from_secs(12));
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].0, NODE_DOWN);
+        assert_eq!(reports[0].1["pattern"], "node-failure");
+        assert_eq!(reports[0].1["lagMetrics"]["inFlight"], 4);
+    }
+
+    #[test]
+    fn an_unread_node_keeps_its_state_and_a_removed_one_is_reported_up() {
+        let config = config();
+        let mut balance = Balance::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let pair = |a: Option<Lag>, b: Option<Lag>| vec![("a".to_owned(), a), ("b".to_owned(), b)];
+        balance.check(&config, pair(Some(lag(150, 1)), Some(lag(0, 1))), at(0));
+        assert!(balance.nodes["a"].down);
+        // The server out of reach: a cannot be read, and is not judged
+        // again (no second down, no up) when it can be read once more.
+        assert!(
+            balance
+                .check(&config, pair(None, Some(lag(0, 2))), at(1))
+                .is_empty()
+        );
+        assert!(
+            balance
+                .check(&config, pair(Some(lag(150, 1)), Some(lag(0, 3))), at(2))
+                .is_empty()
+        );
+        // a shuts down while down: reported up, once, as removed.
+        let reports = balance.check(&config, vec![("b".to_owned(), Some(lag(0, 4)))], at(3));
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].0, NODE_UP);
+        assert_eq!(reports[0].1["nodeId"], "a");
+        assert_eq!(reports[0].1["removed"], true);
+        assert!(
+            balance
+                .check(&config, vec![("b".to_owned(), Some(lag(0, 5)))], at(4))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_zero_lag_threshold_does_not_make_idle_nodes_down() {
+        let config = FlowBalanceConfig {
+            lag_threshold: 0,
+            ..config()
+        };
+        let mut balance = Balance::default();
+        let reports = balance.check(
+            &config,
+            vec![("a".to_owned(), Some(lag(0, 0)))],
+            Instant::now(),
+        );
+        assert!(reports.is_empty(), "{reports:?}");
     }
 }

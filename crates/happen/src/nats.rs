@@ -224,6 +224,12 @@ impl NatsConfig {
     /// the other processes only (the connection asks the server not to echo
     /// its own messages back). The nodes of one process keep talking while
     /// the server is unreachable, and their events cost no trip through it.
+    /// A broadcast's copy for the other processes waits in the outgoing
+    /// queue like any message: once [`NatsConfig::outgoing_limit`] is
+    /// reached, a broadcast is refused as a whole
+    /// ([`HappenError::Backpressure`], delivered nowhere, so that sending it
+    /// again duplicates nothing), while sends and tells to this runtime's
+    /// nodes go on.
     ///
     /// A node id with instances in several processes: a sender in a process
     /// that has an instance always reaches its own instance; senders

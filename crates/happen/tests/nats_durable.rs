@@ -618,6 +618,126 @@ async fn a_durable_node_whose_process_is_down_is_reported_by_the_others() {
     assert_eq!(up.event_type(), balance::NODE_UP);
 }
 
+/// A durable node that finishes events while one of them takes long is
+/// making progress: not `node-failure` (its consumer's ack floor stands
+/// still behind the long event while the later ones are acknowledged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_durable_node_is_not_reported_failed() {
+    use happen::balance::FlowBalanceConfig;
+    let server = NatsServer::start().unwrap();
+    let happen = Happen::connect_with(
+        NatsConfig::new(server.url()),
+        HappenConfig::default().flow_balance(
+            FlowBalanceConfig::default()
+                .interval(Duration::from_millis(50))
+                .stall_after(Duration::from_millis(600)),
+        ),
+    )
+    .await
+    .unwrap();
+    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    happen
+        .on("node.{down,up}", move |e: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e);
+            }
+        })
+        .unwrap();
+    let worker = happen
+        .node_with(
+            "worker",
+            NodeConfig::new()
+                .max_concurrent(4)
+                .delivery(DeliveryConfig::at_least_once().max_pending(4)),
+        )
+        .unwrap();
+    let done = Arc::new(AtomicU64::new(0));
+    let d = done.clone();
+    worker
+        .on("job", move |e: Event, _cx: Context| {
+            let d = d.clone();
+            async move {
+                let ms = e.payload()["ms"].as_u64().unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                d.fetch_add(1, AtomicOrdering::SeqCst);
+            }
+        })
+        .unwrap();
+    happen.flush().await.unwrap();
+    let ops = happen.node("ops").unwrap();
+    ops.tell("worker", Event::new("job", json!({ "ms": 3000 })))
+        .unwrap()
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        ops.tell("worker", Event::new("job", json!({ "ms": 20 })))
+            .unwrap();
+    }
+    within("the short jobs", 20, async {
+        while done.load(AtomicOrdering::SeqCst) < 100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    while let Ok(report) = reports.try_recv() {
+        assert_ne!(
+            report.payload()["pattern"],
+            "node-failure",
+            "a node finishing events was reported failed: {report:?}"
+        );
+    }
+    happen.shutdown().await;
+}
+
+/// During an outage the local nodes are still watched at the interval: the
+/// durable consumers, out of reach, do not hold the sample up (each read
+/// would wait out the client's request timeout, ~10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_nodes_are_watched_on_time_during_an_outage() {
+    use happen::balance::{self, FlowBalanceConfig};
+    let mut server = NatsServer::start().unwrap();
+    let happen = Happen::connect_with(
+        fast_reconnect(server.url()),
+        HappenConfig::default().flow_balance(
+            FlowBalanceConfig::default()
+                .interval(Duration::from_millis(50))
+                .lag_threshold(3),
+        ),
+    )
+    .await
+    .unwrap();
+    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    happen
+        .on(balance::NODE_DOWN, move |e: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e);
+            }
+        })
+        .unwrap();
+    happen
+        .node_with("billing", durable(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let stuck = happen
+        .node_with("stuck", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    stuck
+        .on("job", |_e: Event, _cx: Context| {
+            std::future::pending::<()>()
+        })
+        .unwrap();
+    happen.flush().await.unwrap();
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        stuck.tell(&stuck, Event::new("job", json!(i))).unwrap();
+    }
+    let down = within("stuck reported down", 4, about(&mut reports, "stuck")).await;
+    assert_eq!(down.payload()["pattern"], "bottleneck");
+    let _ = happen.shutdown_within(Duration::from_secs(3)).await;
+}
+
 /// A tell's receipt resolves when JetStream has stored the event: during
 /// an outage it waits, and once the server is back it resolves and the
 /// event is processed.

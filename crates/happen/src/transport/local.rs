@@ -21,6 +21,7 @@ use crate::identity::Keys;
 use crate::node::{Matched, Node, NodeCore};
 use crate::pattern::Pattern;
 use crate::receipt::Receipt;
+use crate::system::RUNTIME_NODE;
 use crate::system::{self, Counters, Tally};
 
 /// Routes events between the nodes of one process.
@@ -207,12 +208,13 @@ impl LocalTransport {
     }
 
     /// The queues of this process's nodes, but those whose transport
-    /// stores their events (sampled there).
-    pub(crate) fn queues(&self) -> Vec<(String, Lag)> {
+    /// stores their events (sampled there) and the runtime's own node (the
+    /// handlers of `Happen::on`, not a node of the system's).
+    pub(crate) fn queues(&self) -> Vec<(String, Option<Lag>)> {
         let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
         nodes
             .values()
-            .filter(|node| !node.core().stored_by_transport())
+            .filter(|node| !node.core().stored_by_transport() && node.id() != RUNTIME_NODE)
             .map(|node| {
                 let (queued, running, completed) = node.core().load();
                 let lag = Lag {
@@ -221,7 +223,7 @@ impl LocalTransport {
                     redelivered: 0,
                     progress: completed,
                 };
-                (node.id().to_owned(), lag)
+                (node.id().to_owned(), Some(lag))
             })
             .collect()
     }
@@ -372,7 +374,7 @@ impl Transport for LocalTransport {
         self
     }
 
-    fn lag(&self) -> BoxFuture<'static, Vec<(String, Lag)>> {
+    fn lag(&self) -> BoxFuture<'static, Vec<(String, Option<Lag>)>> {
         Box::pin(std::future::ready(self.queues()))
     }
 

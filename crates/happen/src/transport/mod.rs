@@ -101,8 +101,8 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// How many events went undelivered or were refused.
     fn counters(&self) -> Counters;
     /// A sample of how events flow into the nodes this transport can see
-    /// (flow balance).
-    fn lag(&self) -> BoxFuture<'static, Vec<(String, Lag)>>;
+    /// (flow balance); `None` for a node that could not be read this time.
+    fn lag(&self) -> BoxFuture<'static, Vec<(String, Option<Lag>)>>;
     /// This process's table of nodes, which reports to them what happens to
     /// the system.
     fn local(&self) -> &LocalTransport;

@@ -74,6 +74,8 @@ use subjects::Filters;
 /// How long shutdown waits for the server to take the last messages (it may
 /// be unreachable: the client would otherwise wait for a reconnection).
 const CLOSE_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+/// How long a flow-balance sample waits for the durable consumers' state.
+const LAG_READ_LIMIT: Duration = Duration::from_secs(1);
 
 const OPEN: u8 = 0;
 const DRAINING: u8 = 1;
@@ -547,12 +549,14 @@ impl Transport for NatsTransport {
         &self.shared.local
     }
 
-    fn lag(&self) -> BoxFuture<'static, Vec<(String, crate::balance::Lag)>> {
+    fn lag(&self) -> BoxFuture<'static, Vec<(String, Option<crate::balance::Lag>)>> {
         let shared = self.shared.clone();
         Box::pin(async move {
             let mut samples = shared.local.queues();
             if let Some(durable) = &shared.durable {
-                samples.extend(durable.consumer_lags().await);
+                // Bounded: the local nodes' sample must not wait out an
+                // outage.
+                samples.extend(durable.consumer_lags(LAG_READ_LIMIT).await);
             }
             samples
         })

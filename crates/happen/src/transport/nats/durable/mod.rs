@@ -231,33 +231,44 @@ impl Durable {
     }
 
     /// How every durable node's consumer stands, wherever the node runs
-    /// (flow balance); a consumer that cannot be read is left out.
-    pub(super) async fn consumer_lags(&self) -> Vec<(String, crate::balance::Lag)> {
+    /// (flow balance); `None` for a consumer that cannot be read within
+    /// `within` (the server out of reach: the node is judged as before, not
+    /// forgotten, and the sample does not wait for the client's timeouts).
+    pub(super) async fn consumer_lags(
+        &self,
+        within: std::time::Duration,
+    ) -> Vec<(String, Option<crate::balance::Lag>)> {
         let nodes = self.registry.nodes();
-        if nodes.is_empty() {
-            return Vec::new();
+        let mut lags: Vec<(String, Option<crate::balance::Lag>)> =
+            nodes.into_iter().map(|node| (node, None)).collect();
+        if lags.is_empty() {
+            return lags;
         }
-        let Ok(stream) = self.js.get_stream(&self.stream).await else {
-            return Vec::new();
-        };
-        let mut lags = Vec::new();
-        for node in nodes {
-            let Ok(info) = stream
-                .consumer_info(crate::store::jetstream::escape_key(&node))
-                .await
-            else {
-                continue;
+        let read = async {
+            let Ok(stream) = self.js.get_stream(&self.stream).await else {
+                return;
             };
-            lags.push((
-                node,
-                crate::balance::Lag {
-                    waiting: info.num_pending,
-                    in_flight: u64::try_from(info.num_ack_pending).unwrap_or(0),
-                    redelivered: u64::try_from(info.num_redelivered).unwrap_or(0),
-                    progress: info.ack_floor.consumer_sequence,
-                },
-            ));
-        }
+            for (node, lag) in &mut lags {
+                if let Ok(info) = stream
+                    .consumer_info(crate::store::jetstream::escape_key(node))
+                    .await
+                {
+                    *lag = Some(crate::balance::Lag {
+                        waiting: info.num_pending,
+                        in_flight: u64::try_from(info.num_ack_pending).unwrap_or(0),
+                        redelivered: u64::try_from(info.num_redelivered).unwrap_or(0),
+                        // Events finished: handed out and no longer
+                        // pending. (The ack floor would stand still behind
+                        // one slow event while the others are acknowledged.)
+                        progress: info
+                            .delivered
+                            .consumer_sequence
+                            .saturating_sub(u64::try_from(info.num_ack_pending).unwrap_or(0)),
+                    });
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, read).await;
         lags
     }
 
