@@ -292,6 +292,16 @@ impl Keys {
             .insert(node.to_owned(), public_key);
     }
 
+    /// Forgets `node`'s public key (its record was deleted from the
+    /// registry: the key is revoked, and the node's signatures fail until a
+    /// key is registered again).
+    pub(crate) fn forget(&self, node: &str) {
+        self.known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+    }
+
     /// `node`'s public key, if known.
     pub(crate) fn public_key(&self, node: &str) -> Option<String> {
         self.known

@@ -159,12 +159,13 @@ async fn tampered_and_forged_events_are_rejected_and_counted() {
     );
 }
 
-/// Signed senders across processes: the receiver finds the sender's key in
-/// the registry bucket; a raw client that moves one event's signature onto
-/// another event is refused (the hash is right, the signature is not its).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signatures_are_checked_across_processes() {
-    let server = NatsServer::start().unwrap();
+/// A runtime of its own with a node "ledger" that requires signed events
+/// and answers `event_type` with `answer(payload)`.
+async fn ledger_requiring_signatures(
+    server: &NatsServer,
+    event_type: &str,
+    answer: fn(&Value) -> Value,
+) -> (Happen, Node) {
     let receiver = Happen::connect(NatsConfig::new(server.url()))
         .await
         .unwrap();
@@ -172,17 +173,16 @@ async fn signatures_are_checked_across_processes() {
         .node_with("ledger", NodeConfig::new().require_signed(true))
         .unwrap();
     ledger
-        .on("payment", |e: Event, _cx: Context| async move {
-            e.payload()["cents"].clone()
+        .on(event_type, move |e: Event, _cx: Context| async move {
+            answer(e.payload())
         })
         .unwrap();
     receiver.flush().await.unwrap();
-    let raw = async_nats::connect(server.url()).await.unwrap();
-    let mut direct = raw.subscribe("happen.node.ledger").await.unwrap();
-    raw.flush().await.unwrap();
+    (receiver, ledger)
+}
 
-    // The sender's process starts after the receiver's: its key reaches
-    // the receiver through the bucket.
+/// A runtime of its own with a node "payments" that signs what it sends.
+async fn signing_sender(server: &NatsServer) -> (Happen, Node) {
     let sender = Happen::connect(NatsConfig::new(server.url()))
         .await
         .unwrap();
@@ -190,6 +190,24 @@ async fn signatures_are_checked_across_processes() {
         .node_with("payments", NodeConfig::new().sign(true))
         .unwrap();
     sender.flush().await.unwrap();
+    (sender, payments)
+}
+
+/// Signed senders across processes: the receiver finds the sender's key in
+/// the registry bucket; a raw client that moves one event's signature onto
+/// another event is refused (the hash is right, the signature is not its).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_are_checked_across_processes() {
+    let server = NatsServer::start().unwrap();
+    let (_receiver, _ledger) =
+        ledger_requiring_signatures(&server, "payment", |p| p["cents"].clone()).await;
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut direct = raw.subscribe("happen.node.ledger").await.unwrap();
+    raw.flush().await.unwrap();
+
+    // The sender's process starts after the receiver's: its key reaches
+    // the receiver through the bucket.
+    let (sender, payments) = signing_sender(&server).await;
     let first = payments
         .send("ledger", Event::new("payment", json!({ "cents": 100 })))
         .await
@@ -292,28 +310,21 @@ async fn a_node_id_claimed_with_another_key_is_a_conflict_while_its_owner_lives(
     println!("identity: instance=ok impostor=conflict successor=took-over");
 }
 
-/// The deployment pattern for a hostile network (docs/deploy/
-/// nats-permissions.conf): one user per service. The server refuses the
-/// orders service's attempt to write the payments node's key, even once
-/// the payments process is gone (when Happen alone would let a new key
-/// take the record over), so events signed by anyone but payments never
-/// pass as payments'.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_server_stops_one_service_from_acting_as_another() {
-    use happen::nats::Auth;
+/// A server running the deployment pattern (docs/deploy/nats-permissions.conf).
+fn permissioned_server() -> NatsServer {
     let mut builder = NatsServer::builder();
     for line in include_str!("../../../docs/deploy/nats-permissions.conf").lines() {
         builder = builder.config(line);
     }
-    let server = builder.start().unwrap();
-    let as_user = |user: &str| {
-        NatsConfig::new(server.url()).auth(Auth::UserPassword {
-            user: user.into(),
-            password: format!("{user}-secret"),
-        })
-    };
+    builder.start().unwrap()
+}
 
-    let payments = Happen::connect(as_user("payments")).await.unwrap();
+/// The payments service's runtime, with its node "payments" signing under
+/// the key returned.
+async fn signing_payments(server: &NatsServer) -> (Happen, happen::NodeIdentity) {
+    let payments = Happen::connect(as_service(server, "payments"))
+        .await
+        .unwrap();
     let key = happen::NodeIdentity::generate();
     payments
         .node_with(
@@ -322,6 +333,29 @@ async fn the_server_stops_one_service_from_acting_as_another() {
         )
         .unwrap();
     payments.flush().await.unwrap();
+    (payments, key)
+}
+
+/// Connecting as one of that file's services.
+fn as_service(server: &NatsServer, user: &str) -> NatsConfig {
+    NatsConfig::new(server.url()).auth(happen::nats::Auth::UserPassword {
+        user: user.into(),
+        password: format!("{user}-secret"),
+    })
+}
+
+/// The deployment pattern for a hostile network (docs/deploy/
+/// nats-permissions.conf): one user per service. The server refuses the
+/// orders service's attempt to write the payments node's key, even once
+/// the payments process is gone (when Happen alone would let a new key
+/// take the record over), so events signed by anyone but payments never
+/// pass as payments'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stops_one_service_from_acting_as_another() {
+    let server = permissioned_server();
+    let as_user = |user: &str| as_service(&server, user);
+
+    let (payments, key) = signing_payments(&server).await;
     payments.shutdown().await;
     drop(payments);
 
@@ -438,4 +472,121 @@ async fn answers_to_a_requester_that_requires_signatures_are_checked() {
         .unwrap();
     assert_eq!(taken, json!({ "cents": 1_000_000 }));
     within("the relay", 10, relayed).await.unwrap();
+}
+
+/// A key deleted from the registry by an operator is revoked in every
+/// runtime, not only in those started afterwards: the node's signed events
+/// are refused until a key is registered for it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_from_the_registry_is_revoked_everywhere() {
+    let server = NatsServer::start().unwrap();
+    let (_receiver, _ledger) =
+        ledger_requiring_signatures(&server, "entry", |_| json!("booked")).await;
+    let (_sender, payments) = signing_sender(&server).await;
+    assert_eq!(
+        payments
+            .send("ledger", Event::new("entry", json!(1)))
+            .await
+            .unwrap(),
+        "booked"
+    );
+
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let registry = async_nats::jetstream::new(raw)
+        .get_key_value("happen_identity")
+        .await
+        .unwrap();
+    registry.purge("payments").await.unwrap();
+    let refused = within("the revocation to reach the ledger", 10, async {
+        loop {
+            match payments.send("ledger", Event::new("entry", json!(2))).await {
+                Err(error) => return error,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(&refused, HappenError::Integrity { reason, .. } if reason.contains("no key is registered")),
+        "{refused}"
+    );
+}
+
+/// The deployment pattern also keeps a service from reaching the registry
+/// through JetStream's administration: changing the registry's stream (a
+/// subject transform that writes another service's record), deleting or
+/// purging it, or making a stream of its own that republishes into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stops_a_service_from_rewriting_the_registry_stream() {
+    use async_nats::jetstream::stream;
+    let server = permissioned_server();
+    let (_payments, key) = signing_payments(&server).await;
+
+    let raw =
+        async_nats::ConnectOptions::with_user_and_password("orders".into(), "orders-secret".into())
+            .request_timeout(Some(Duration::from_secs(2)))
+            .connect(server.url())
+            .await
+            .unwrap();
+    let js = async_nats::jetstream::new(raw);
+    let registry = js.get_key_value("happen_identity").await.unwrap();
+    let mut config = js
+        .get_stream("KV_happen_identity")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.subjects.push("forge.*".into());
+    config.subject_transform = Some(stream::SubjectTransform {
+        source: "forge.*".into(),
+        destination: "$KV.happen_identity.{{wildcard(1)}}".into(),
+    });
+    let updated = js.update_stream(&config).await;
+    assert!(updated.is_err(), "orders changed the registry's stream");
+    assert!(js.delete_stream("KV_happen_identity").await.is_err());
+    assert!(
+        js.get_stream("KV_happen_identity")
+            .await
+            .unwrap()
+            .purge()
+            .await
+            .is_err()
+    );
+    let own = js
+        .create_stream(stream::Config {
+            name: "FORGE".into(),
+            subjects: vec!["forge.>".into()],
+            republish: Some(stream::Republish {
+                source: ">".into(),
+                destination: "$KV.happen_identity.payments".into(),
+                headers_only: false,
+            }),
+            ..Default::default()
+        })
+        .await;
+    if own.is_ok() {
+        let forger = happen::NodeIdentity::generate();
+        let _ = js
+            .publish("forge.payments", forger.public_key().into())
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let stored = registry.get("payments").await.unwrap().unwrap();
+    assert_eq!(
+        stored,
+        Bytes::from(key.public_key()),
+        "the record was rewritten (republishing stream made: {})",
+        own.is_ok()
+    );
+    println!(
+        "registry stream: update=refused delete=refused purge=refused republish-stream={}",
+        if own.is_ok() {
+            "made, record unchanged"
+        } else {
+            "refused"
+        }
+    );
 }

@@ -47,11 +47,18 @@ impl KeyRegistry {
         while let Some(entry) = entries.next().await {
             let Ok(entry) = entry else { continue };
             let Some(keys) = keys.upgrade() else { return };
-            if entry.operation == kv::Operation::Put
-                && let (Some(node), Ok(key)) =
-                    (unescape_key(&entry.key), std::str::from_utf8(&entry.value))
-            {
-                keys.learn(&node, key.to_owned());
+            let Some(node) = unescape_key(&entry.key) else {
+                continue;
+            };
+            match entry.operation {
+                kv::Operation::Put => {
+                    if let Ok(key) = std::str::from_utf8(&entry.value) {
+                        keys.learn(&node, key.to_owned());
+                    }
+                }
+                // Deleted or purged by an operator: revoked everywhere, not
+                // only for runtimes that start afterwards.
+                kv::Operation::Delete | kv::Operation::Purge => keys.forget(&node),
             }
         }
     }
