@@ -295,6 +295,7 @@ impl Keys {
     /// Forgets `node`'s public key (its record was deleted from the
     /// registry: the key is revoked, and the node's signatures fail until a
     /// key is registered again).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn forget(&self, node: &str) {
         self.known
             .write()

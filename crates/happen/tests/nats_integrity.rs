@@ -590,3 +590,73 @@ async fn the_server_stops_a_service_from_rewriting_the_registry_stream() {
         }
     );
 }
+
+/// Copies of a signed event from a sender with no registered key cost one
+/// registry lookup per sender, not one per copy: the copies wait for the
+/// same lookup, and a sender found missing is remembered for a moment.
+/// Every copy is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_signed_sender_is_looked_up_once_not_per_copy() {
+    const COPIES: u64 = 5_000;
+    let server = NatsServer::start().unwrap();
+    let receiver = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let processed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = processed.clone();
+    receiver
+        .node("ledger")
+        .unwrap()
+        .on("entry", move |_e: Event, _cx: Context| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(())
+        })
+        .unwrap();
+    receiver.flush().await.unwrap();
+    // A signed event of a sender whose key record is then deleted.
+    let (elsewhere, mallory) = signing_sender(&server).await;
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut captured = raw.subscribe("happen.node.ledger").await.unwrap();
+    raw.flush().await.unwrap();
+    mallory
+        .tell("ledger", Event::new("entry", json!({ "seq": 0 })))
+        .unwrap();
+    let signed = next(&mut captured).await.payload;
+    elsewhere.shutdown().await;
+    let registry = async_nats::jetstream::new(raw.clone())
+        .get_key_value("happen_identity")
+        .await
+        .unwrap();
+    registry.purge("payments").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut lookups = raw
+        .subscribe("$JS.API.DIRECT.GET.KV_happen_identity.>")
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    let refused_before = receiver.counters().refused;
+    for _ in 0..COPIES {
+        raw.publish("happen.node.ledger", signed.clone())
+            .await
+            .unwrap();
+    }
+    raw.flush().await.unwrap();
+    within("every copy refused", 30, async {
+        while receiver.counters().refused - refused_before < COPIES {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut seen = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), lookups.next()).await {
+        seen += 1;
+    }
+    println!("faults: unknown-signer copies={COPIES} lookups={seen} refused={COPIES}");
+    assert!(seen <= 20, "{seen} registry lookups for {COPIES} copies");
+    assert_eq!(
+        processed.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the first, sent while its key was registered"
+    );
+}

@@ -31,6 +31,7 @@ mod envelope;
 pub(crate) mod filters;
 #[cfg(test)]
 mod fuzz;
+pub(super) mod key_lookups;
 mod msgpack;
 mod outgoing;
 mod readers;
@@ -96,6 +97,8 @@ pub(super) struct Shared {
     commands: Commands,
     /// How far the subscriptions' readers have read (for a shutdown).
     readers: readers::Readers,
+    /// Signed senders' keys being looked up (see `key_lookups`).
+    key_lookups: key_lookups::KeyLookups,
     requests: Requests,
     credits: Credits,
     filters: Filters,
@@ -185,6 +188,7 @@ impl NatsTransport {
             inbox: client.new_inbox(),
             commands,
             readers: readers::Readers::default(),
+            key_lookups: key_lookups::KeyLookups::default(),
             requests: Requests::default(),
             credits: Credits::default(),
             filters: Filters::default(),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::durable::keys::KeyRegistry;
-use super::{CLOSED, DRAINING, Shared, envelope, lock, requests, streams};
+use super::{CLOSED, DRAINING, Shared, envelope, key_lookups, lock, requests, streams};
 use crate::delivery::{Arrival, Responder};
 use crate::error::HappenError;
 use crate::event::Event;
@@ -22,17 +22,10 @@ pub(super) fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
     let reply_subject = message.reply.as_ref().map(|s| s.to_string());
     match envelope::open(&message) {
         Ok(opened) => {
-            if let Some(registry) = needs_key(shared, &opened.event) {
-                let shared = shared.clone();
-                let held = shared.readers.hold();
-                tokio::spawn(async move {
-                    learn_key(&shared, &registry, &opened.event).await;
-                    direct(&shared, target, reply_subject, opened);
-                    drop(held);
-                });
-                return;
-            }
-            direct(shared, target, reply_subject, opened);
+            let (event, then) = (opened.event.clone(), shared.clone());
+            key_lookups::after_key(shared, &event, move || {
+                direct(&then, target, reply_subject, opened);
+            });
         }
         Err(error) => {
             shared.local.rejected(&message.subject, &error);
@@ -56,15 +49,6 @@ pub(super) fn needs_key(shared: &Shared, event: &Event) -> Option<Arc<KeyRegistr
         return None;
     }
     shared.durable.as_ref().map(|d| d.keys.clone())
-}
-
-/// Looks up the key of `event`'s sender in the registry (an event that
-/// arrived before the registry's update did).
-pub(super) async fn learn_key(shared: &Shared, registry: &KeyRegistry, event: &Event) {
-    let sender = &event.causal().sender;
-    if let Some(key) = registry.fetch(sender).await {
-        shared.local.keys().learn(sender, key);
-    }
 }
 
 /// Hands a decoded direct event to its node.
@@ -116,24 +100,10 @@ pub(super) fn on_broadcast(shared: &Arc<Shared>, message: async_nats::Message) {
                 return;
             }
             // Refusals are logged, counted and reported by the local table.
-            match needs_key(shared, &opened.event) {
-                None => drop(
-                    shared
-                        .local
-                        .deliver_broadcast(&opened.event, Arrival::Remote),
-                ),
-                Some(registry) => {
-                    let shared = shared.clone();
-                    let held = shared.readers.hold();
-                    tokio::spawn(async move {
-                        learn_key(&shared, &registry, &opened.event).await;
-                        let _ = shared
-                            .local
-                            .deliver_broadcast(&opened.event, Arrival::Remote);
-                        drop(held);
-                    });
-                }
-            }
+            let then = shared.clone();
+            key_lookups::after_key(shared, &opened.event.clone(), move || {
+                let _ = then.local.deliver_broadcast(&opened.event, Arrival::Remote);
+            });
         }
         Err(error) => shared.local.rejected(&message.subject, &error),
     }

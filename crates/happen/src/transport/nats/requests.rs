@@ -341,22 +341,11 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
 /// up first when this process does not know it yet). Anyone who can
 /// publish on the reply subject could otherwise answer in its name.
 fn verify_answer(shared: &Arc<Shared>, waiting: Waiting, answer: Event) {
-    match super::receive::needs_key(shared, &answer) {
-        None => {
-            let outcome = checked_answer(shared, &waiting, answer);
-            deliver_final(Some(waiting), outcome);
-        }
-        Some(registry) => {
-            let shared = shared.clone();
-            let held = shared.readers.hold();
-            tokio::spawn(async move {
-                super::receive::learn_key(&shared, &registry, &answer).await;
-                let outcome = checked_answer(&shared, &waiting, answer);
-                deliver_final(Some(waiting), outcome);
-                drop(held);
-            });
-        }
-    }
+    let (then, event) = (shared.clone(), answer.clone());
+    super::key_lookups::after_key(shared, &event, move || {
+        let outcome = checked_answer(&then, &waiting, answer);
+        deliver_final(Some(waiting), outcome);
+    });
 }
 
 fn checked_answer(shared: &Shared, waiting: &Waiting, answer: Event) -> Result<Event> {

@@ -165,9 +165,7 @@ async fn take(
             return;
         }
     };
-    if let Some(registry) = crate::transport::nats::receive::needs_key(shared, &event) {
-        crate::transport::nats::receive::learn_key(shared, &registry, &event).await;
-    }
+    crate::transport::nats::key_lookups::key_known(shared, &event).await;
     if message.subject.contains(".durable.bcast.")
         && node.core().matching(event.event_type()).is_none()
     {

@@ -1,0 +1,125 @@
+//! Looking up the keys of signed senders this process does not know yet,
+//! once per sender however many of its messages arrive meanwhile.
+//!
+//! A signed event from a sender whose key is not in the runtime's table
+//! waits for a direct read of the registry (the registry's watch may lag the
+//! sender's first event by milliseconds). A security review found each such
+//! message costing a task and a registry read of its own, and a lookup that
+//! found nothing forgotten at once: one captured event from an unregistered
+//! sender, published again and again, became as many JetStream API
+//! requests. Now the messages of one sender wait together for one lookup,
+//! a sender found missing is not looked up again for [`MISS_MEMORY`], and
+//! what waits is bounded ([`MAX_WAITING`] messages, [`MAX_SENDERS`] senders
+//! looked up or remembered): beyond that a message is judged at once, with
+//! what the table holds (an unknown sender's signature fails, as it would
+//! after a lookup that found nothing).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Shared, lock};
+use crate::event::Event;
+
+/// How long a sender found missing from the registry is not looked up
+/// again (its messages are judged at once: unknown key).
+const MISS_MEMORY: Duration = Duration::from_secs(1);
+/// The most messages waiting for lookups, all senders together.
+const MAX_WAITING: usize = 10_000;
+/// The most senders looked up or remembered as missing at once.
+const MAX_SENDERS: usize = 4_096;
+
+type Waiter = Box<dyn FnOnce() + Send>;
+
+enum Lookup {
+    /// A read of the registry is on its way; these run when it ends.
+    InFlight(Vec<Waiter>),
+    /// The registry had no key for the sender at this time.
+    Missed(Instant),
+}
+
+/// The lookups of one runtime.
+#[derive(Default)]
+pub(super) struct KeyLookups {
+    senders: Mutex<HashMap<String, Lookup>>,
+    /// Messages waiting in `InFlight` lists.
+    waiting: Mutex<usize>,
+}
+
+/// Runs `then` once `event` can be judged: at once when it is unsigned, its
+/// sender's key is known, or no registry is there to ask; else when the
+/// sender's lookup (shared with its other messages) has ended.
+pub(super) fn after_key(shared: &Arc<Shared>, event: &Event, then: impl FnOnce() + Send + 'static) {
+    let Some(registry) = super::receive::needs_key(shared, event) else {
+        return then();
+    };
+    let lookups = &shared.key_lookups;
+    let sender = event.causal().sender.as_str();
+    let mut senders = lock(&lookups.senders);
+    match senders.get_mut(sender) {
+        Some(Lookup::Missed(at)) if at.elapsed() < MISS_MEMORY => {
+            drop(senders);
+            return then();
+        }
+        Some(Lookup::InFlight(waiters)) => {
+            let mut waiting = lock(&lookups.waiting);
+            if *waiting >= MAX_WAITING {
+                drop((waiting, senders));
+                return then();
+            }
+            *waiting += 1;
+            waiters.push(Box::new(then));
+            return;
+        }
+        _ => {}
+    }
+    if senders.len() >= MAX_SENDERS {
+        senders.retain(|_, l| !matches!(l, Lookup::Missed(at) if at.elapsed() >= MISS_MEMORY));
+    }
+    let mut waiting = lock(&lookups.waiting);
+    if senders.len() >= MAX_SENDERS || *waiting >= MAX_WAITING {
+        drop((waiting, senders));
+        return then();
+    }
+    *waiting += 1;
+    drop(waiting);
+    let sender = sender.to_owned();
+    senders.insert(sender.clone(), Lookup::InFlight(vec![Box::new(then)]));
+    drop(senders);
+    let shared = shared.clone();
+    let held = shared.readers.hold();
+    tokio::spawn(async move {
+        let key = registry.fetch(&sender).await;
+        let found = key.is_some();
+        if let Some(key) = key {
+            shared.local.keys().learn(&sender, key);
+        }
+        let waiters = {
+            let mut senders = lock(&shared.key_lookups.senders);
+            let ended = if found {
+                senders.remove(&sender)
+            } else {
+                senders.insert(sender, Lookup::Missed(Instant::now()))
+            };
+            match ended {
+                Some(Lookup::InFlight(waiters)) => waiters,
+                _ => Vec::new(),
+            }
+        };
+        *lock(&shared.key_lookups.waiting) -= waiters.len();
+        for waiter in waiters {
+            waiter();
+        }
+        drop(held);
+    });
+}
+
+/// [`after_key`] for code that can wait: resolves once `event` can be
+/// judged.
+pub(super) async fn key_known(shared: &Arc<Shared>, event: &Event) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    after_key(shared, event, move || {
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
+}
