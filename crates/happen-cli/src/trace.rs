@@ -6,6 +6,8 @@
 //! Without `--nats` they run the embedded demo with a recorder and show its
 //! transaction.
 
+use std::io::Write;
+
 use clap::Args;
 use happen::Pattern;
 use happen::trace::{Record, Recorder, What};
@@ -84,14 +86,13 @@ pub(crate) async fn trace(args: TraceArgs) -> Result<(), String> {
         }
         (Some(_), None) => unreachable!("checked by the caller"),
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&tx).map_err(|e| e.to_string())?
-        );
+    let text = if args.json {
+        serde_json::to_string_pretty(&tx).map_err(|e| e.to_string())? + "\n"
     } else {
-        print!("{tx}");
-    }
+        tx.to_string()
+    };
+    // A reader that went away (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(text.as_bytes());
     Ok(())
 }
 
@@ -109,9 +110,21 @@ pub(crate) async fn watch(args: WatchArgs) -> Result<(), String> {
             let mut live = recorder.watch();
             let printer = tokio::spawn(async move {
                 let mut printed = 0;
-                while let Ok(record) = live.recv().await {
+                loop {
+                    let record = match live.recv().await {
+                        Ok(record) => record,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            eprintln!(
+                                "(missed {n} records: the terminal is slower than the system)"
+                            );
+                            continue;
+                        }
+                        Err(_) => break,
+                    };
                     if printed < limit && shown(&record) {
-                        println!("{}", line(&record));
+                        if writeln!(std::io::stdout(), "{}", line(&record)).is_err() {
+                            break; // the reader went away
+                        }
                         printed += 1;
                     }
                 }
@@ -135,7 +148,9 @@ pub(crate) async fn watch(args: WatchArgs) -> Result<(), String> {
                 tokio::select! {
                     record = live.recv() => match record {
                         Ok(record) if shown(&record) => {
-                            println!("{}", line(&record));
+                            if writeln!(std::io::stdout(), "{}", line(&record)).is_err() {
+                                break; // the reader went away
+                            }
                             printed += 1;
                         }
                         Ok(_) => {}

@@ -45,24 +45,16 @@ fn assert_is_the_demo_tree(tree: &str) {
 #[test]
 fn trace_prints_the_embedded_demos_tree() {
     assert_is_the_demo_tree(&stdout_of(&["trace"]));
-    let json: serde_json::Value = serde_json::from_str(
-        &stdout_of(&["trace", "--json"])
-            .lines()
-            .skip_while(|l| !l.starts_with('{'))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )
-    .expect("--json prints JSON");
+    // Nothing but the JSON on standard output (a pipe into a JSON tool).
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout_of(&["trace", "--json"])).expect("--json prints JSON alone");
     assert_eq!(json["events"].as_array().map(Vec::len), Some(9));
 }
 
 #[test]
 fn watch_prints_the_embedded_demos_events_as_they_happen() {
     let out = stdout_of(&["watch", "{process-payment,create-shipment}"]);
-    let lines: Vec<&str> = out
-        .lines()
-        .filter(|l| !l.starts_with("Transaction"))
-        .collect();
+    let lines: Vec<&str> = out.lines().collect();
     // Each of the two events: sent, delivered, finished, in that order.
     let kinds: Vec<(&str, &str)> = lines
         .iter()
@@ -83,13 +75,29 @@ fn watch_prints_the_embedded_demos_events_as_they_happen() {
         ],
         "{out}"
     );
-    assert_eq!(
-        stdout_of(&["watch", "--count", "2"])
-            .lines()
-            .filter(|l| !l.starts_with("Transaction"))
-            .count(),
-        2
-    );
+    assert_eq!(stdout_of(&["watch", "--count", "2"]).lines().count(), 2);
+}
+
+/// `happen watch | head -1`: the reader goes away, and watch ends quietly.
+#[test]
+fn watch_ends_quietly_when_its_reader_goes_away() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_happen"))
+        .arg("watch")
+        .env_remove("HAPPEN_NATS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the happen binary runs");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("create-order"), "{first}");
+    // The reader (and the pipe) dropped here.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{}: {stderr}", out.status);
 }
 
 #[test]
@@ -240,4 +248,49 @@ fn the_view_follows_a_nats_systems_trace() {
         serde_json::from_str(&get(&address, &format!("/api/transactions/{id}"))).unwrap();
     assert_eq!(tx["events"].as_array().map(Vec::len), Some(9), "{tx}");
     assert!(get(&address, "/").contains("<title>Happen: the causal web</title>"));
+}
+
+/// Ctrl-C ends `happen view` while it repeats the demo and while a page
+/// holds its live stream open (the stream ends with the server).
+#[test]
+fn ctrl_c_ends_the_view_with_a_page_open() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_happen"))
+        .args(["view", "--port", "0", "--repeat", "1"])
+        .env_remove("HAPPEN_NATS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the happen binary runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find_map(|l| l.strip_prefix("view: http://").map(str::to_owned))
+        .expect("the view says where");
+    let address = url.trim_end_matches('/').to_owned();
+    // Keep reading, so that the repeating demo never blocks on the pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    // A page's live stream, held open.
+    let mut live = std::net::TcpStream::connect(&address).unwrap();
+    write!(live, "GET /api/live HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("happen view still runs 10 s after Ctrl-C");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    drop(live);
 }

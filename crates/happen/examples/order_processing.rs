@@ -185,6 +185,9 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Str
 /// Runs the demo with `options` and prints its report.
 pub async fn run(options: Options) -> happen::Result<()> {
     let played = play(&options, None).await?;
+    if let Some(tx) = &played.transaction {
+        println!("Transaction: {}", tx.correlation_id());
+    }
     report(&played.log, played.result.as_ref(), options.trace_json);
     if let Some(tx) = &played.transaction {
         println!("\nThe transaction as recorded (happen::trace):\n\n{tx}");
@@ -281,7 +284,6 @@ pub async fn play(
     let mut transaction = None;
     if let (Some(recorder), Some(correlation)) = (happen.recorder(), correlation) {
         recorder.flush().await;
-        println!("Transaction: {correlation}");
         transaction = Some(recorder.transaction(&correlation).await?);
     }
     Ok(Played {

@@ -55,6 +55,8 @@ struct Sources {
     queries: Recorder,
     /// Recent transactions, kept from the live records.
     feed: Recorder,
+    /// Set by Ctrl-C: live streams end.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 pub(crate) async fn view(args: ViewArgs) -> Result<(), String> {
@@ -80,9 +82,18 @@ pub(crate) async fn view(args: ViewArgs) -> Result<(), String> {
             (queries, Some(happen))
         }
     };
+    // Ctrl-C ends everything: the demo's repetitions, the server, and the
+    // pages' live streams (which would otherwise hold the server's
+    // graceful shutdown open for as long as a tab is).
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop_tx.send(true);
+    });
     let sources = Arc::new(Sources {
         queries,
         feed: feed.clone(),
+        stop: stop.clone(),
     });
     let app = axum::Router::new()
         .route(
@@ -102,12 +113,13 @@ pub(crate) async fn view(args: ViewArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", args.port))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let _ = writeln!(std::io::stdout(), "view: http://{address}/");
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
+    let server = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped(stop))
+                .await
+        }
     });
     if args.nats.is_none() {
         let options = order_processing::Options {
@@ -117,12 +129,18 @@ pub(crate) async fn view(args: ViewArgs) -> Result<(), String> {
             record: true,
         };
         loop {
-            order_processing::play(&options, Some(feed.clone()))
-                .await
-                .map_err(|e| e.to_string())?;
-            match args.repeat {
-                Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds.max(1))).await,
-                None => break,
+            let played = tokio::select! {
+                played = order_processing::play(&options, Some(feed.clone())) => played,
+                () = stopped(stop.clone()) => break,
+            };
+            let played = played.map_err(|e| e.to_string())?;
+            if let Some(tx) = &played.transaction {
+                let _ = writeln!(std::io::stdout(), "Transaction: {}", tx.correlation_id());
+            }
+            let Some(seconds) = args.repeat else { break };
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(seconds.max(1))) => {}
+                () = stopped(stop.clone()) => break,
             }
         }
     }
@@ -160,10 +178,27 @@ async fn transactions(State(sources): State<Arc<Sources>>) -> Response {
 }
 
 async fn transaction(State(sources): State<Arc<Sources>>, Path(id): Path<String>) -> Response {
-    match sources.queries.transaction(&id).await {
-        Ok(tx) => Json(tx).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    // Over NATS the read waits for the server: not for good.
+    match tokio::time::timeout(QUERY_LIMIT, sources.queries.transaction(&id)).await {
+        Ok(Ok(tx)) => Json(tx).into_response(),
+        Ok(Err(e)) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the trace was not read within {} s: is the NATS server reachable?",
+                QUERY_LIMIT.as_secs()
+            ),
+        )
+            .into_response(),
     }
+}
+
+/// How long a page's request waits for the trace to be read.
+const QUERY_LIMIT: Duration = Duration::from_secs(10);
+
+/// Resolves once Ctrl-C was pressed.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 async fn live(
@@ -173,5 +208,6 @@ async fn live(
         let record = record.ok()?;
         SseEvent::default().json_data(record).ok().map(Ok)
     });
+    let records = futures::StreamExt::take_until(records, Box::pin(stopped(sources.stop.clone())));
     Sse::new(records).keep_alive(KeepAlive::default())
 }
