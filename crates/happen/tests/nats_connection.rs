@@ -378,3 +378,34 @@ async fn a_secure_websocket_url_joins_the_same_system() {
     over_wss.shutdown().await;
     over_tcp.shutdown().await;
 }
+
+/// Stream names fold the subject prefix's case and punctuation: a second
+/// system whose prefix folds to the same name is told so when it connects,
+/// rather than having its durable events and trace records captured by no
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_that_name_one_stream_are_refused_clearly() {
+    let server = happen_test::NatsServer::start().unwrap();
+    let first = Happen::connect(
+        NatsConfig::new(server.url())
+            .prefix("shop.eu")
+            .record(happen::trace::TraceRetention::default()),
+    )
+    .await
+    .unwrap();
+    first.flush().await.unwrap();
+    let second = Happen::connect(
+        NatsConfig::new(server.url())
+            .prefix("shop_eu")
+            .record(happen::trace::TraceRetention::default()),
+    )
+    .await;
+    let error = second.expect_err("the second prefix was taken");
+    assert!(matches!(error, HappenError::Config(_)), "{error}");
+    assert!(error.to_string().contains("SHOP_EU"), "{error}");
+    // A prefix of its own works beside the first.
+    let third = Happen::connect(NatsConfig::new(server.url()).prefix("shop.us"))
+        .await
+        .unwrap();
+    third.flush().await.unwrap();
+}

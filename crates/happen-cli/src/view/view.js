@@ -75,7 +75,10 @@ function draw(tx) {
       rows.push({ e, to: cause.causal.sender, response: true });
     }
     for (const to of e.delivered_to) {
-      rows.push({ e, to, flow: e.flows.find((f) => f.node === to) });
+      // Several handlers of one node may run for one event: a failed one
+      // is the one to show.
+      const flows = e.flows.filter((f) => f.node === to);
+      rows.push({ e, to, flow: flows.find((f) => f.error) || flows[0] });
     }
     if (e.delivered_to.length === 0 && !(e.event_type === "happen.response" && cause)) {
       rows.push({ e, to: null });

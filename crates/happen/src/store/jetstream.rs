@@ -54,6 +54,22 @@ pub(crate) fn unescape_key(escaped: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// `Ok` when the stream `get_or_create_stream` gave takes `subject`: stream
+/// names are made from the subject prefix with case and punctuation
+/// folded, so two prefixes (`shop.eu`, `shop_eu`) can name one stream, and
+/// the second system's messages would be captured by no stream at all.
+pub(crate) fn check_stream_subject(stream: &stream::Stream, subject: &str) -> Result<()> {
+    let config = &stream.cached_info().config;
+    if config.subjects.iter().any(|s| s == subject) {
+        return Ok(());
+    }
+    Err(HappenError::Config(format!(
+        "the JetStream stream {} holds {:?}, not {subject:?}: another system's subject prefix \
+         names the same stream; choose prefixes that differ in more than case and punctuation",
+        config.name, config.subjects
+    )))
+}
+
 fn store_error(what: &str, e: impl Into<crate::error::BoxError>) -> HappenError {
     HappenError::store(what, e)
 }

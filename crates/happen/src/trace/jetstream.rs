@@ -85,10 +85,11 @@ impl Recorder {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
+        let subject = format!("{prefix}.trace.>");
         let stream = js
             .get_or_create_stream(stream::Config {
                 name: format!("{}_TRACE", part.to_uppercase()),
-                subjects: vec![format!("{prefix}.trace.>")],
+                subjects: vec![subject.clone()],
                 max_age: retention.max_age,
                 max_bytes: retention.max_bytes,
                 storage: stream::StorageType::File,
@@ -97,6 +98,7 @@ impl Recorder {
             })
             .await
             .map_err(|e| error("cannot create the trace stream", e))?;
+        crate::store::jetstream::check_stream_subject(&stream, &subject)?;
         let (queue, rx) = mpsc::channel(QUEUE);
         tokio::spawn(publish(client.clone(), prefix.to_owned(), rx));
         Ok(Recorder::with_store(Arc::new(JetStreamTrace {

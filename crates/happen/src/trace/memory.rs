@@ -1,5 +1,6 @@
 //! The in-memory trace store: the records of the most recent transactions,
-//! bounded by a number of records.
+//! bounded by a number of records (a transaction alone larger than that
+//! keeps its newest).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -31,6 +32,26 @@ struct Kept {
     events: HashMap<Id, Id>,
     /// Records kept in all.
     len: usize,
+}
+
+impl Kept {
+    /// Forgets the `n` oldest records of `correlation`, and the index of
+    /// the events none of its remaining records are about.
+    fn trim(&mut self, correlation: &Id, n: usize) {
+        let Some(records) = self.transactions.get_mut(correlation) else {
+            return;
+        };
+        let n = n.min(records.len());
+        let gone: Vec<Record> = records.drain(..n).collect();
+        let remaining: std::collections::HashSet<&Id> =
+            records.iter().map(|r| &r.causal.id).collect();
+        for record in &gone {
+            if !remaining.contains(&record.causal.id) {
+                self.events.remove(&record.causal.id);
+            }
+        }
+        self.len -= n;
+    }
 }
 
 impl MemoryTrace {
@@ -65,12 +86,12 @@ impl TraceStore for MemoryTrace {
                 // finished, its answer) without growing.
                 let mut records = Vec::with_capacity(8);
                 records.push(record);
-                kept.transactions.insert(correlation, records);
+                kept.transactions.insert(correlation.clone(), records);
             }
         }
         kept.len += 1;
-        // Forget whole transactions, oldest first, but never the one just
-        // written to.
+        // Forget whole transactions, oldest first, but not the one just
+        // written to...
         while kept.len > self.capacity && kept.order.len() > 1 {
             let Some(oldest) = kept.order.pop_front() else {
                 break;
@@ -81,6 +102,13 @@ impl TraceStore for MemoryTrace {
                     kept.events.remove(&record.causal.id);
                 }
             }
+        }
+        // ...which, alone larger than the store (a long import, a loop),
+        // keeps its newest records: a quarter of the store goes at once, so
+        // that trimming costs little per record.
+        if kept.len > self.capacity {
+            let excess = kept.len - self.capacity + self.capacity / 4;
+            kept.trim(&correlation, excess);
         }
     }
 
@@ -137,13 +165,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_transaction_larger_than_the_store_is_kept() {
-        let store = MemoryTrace::new(2);
-        for _ in 0..5 {
-            store.append(record("big"));
+    async fn one_transaction_larger_than_the_store_keeps_its_newest_records() {
+        let store = MemoryTrace::new(100);
+        let mut ids = Vec::new();
+        for _ in 0..20_000 {
+            let r = record("big");
+            ids.push(r.causal.id.clone());
+            store.append(r);
         }
-        assert_eq!(store.transaction("big").await.unwrap().len(), 5);
+        let kept = store.transaction("big").await.unwrap();
+        assert!(kept.len() <= 100, "{} records kept", kept.len());
+        assert_eq!(kept.last().unwrap().causal.id, *ids.last().unwrap());
+        {
+            let kept = store.kept();
+            assert!(kept.len <= 100);
+            assert_eq!(kept.events.len(), kept.len, "the index follows the records");
+        }
         store.append(record("next"));
-        assert!(store.transaction("big").await.unwrap().is_empty());
+        assert_eq!(store.transaction("next").await.unwrap().len(), 1);
+        assert!(store.kept().len <= 100);
     }
 }

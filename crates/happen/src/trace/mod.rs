@@ -176,7 +176,8 @@ impl std::fmt::Debug for Recorder {
 
 impl Recorder {
     /// A recorder that keeps up to `capacity` records in memory; when full,
-    /// the oldest transactions are forgotten whole.
+    /// the oldest transactions are forgotten whole, and a transaction that
+    /// alone outgrows it keeps its newest records.
     pub fn in_memory(capacity: usize) -> Recorder {
         Recorder {
             store: Arc::new(memory::MemoryTrace::new(capacity)),

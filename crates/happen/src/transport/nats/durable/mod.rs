@@ -179,26 +179,32 @@ impl Durable {
             .build(client);
         let part = name_part(prefix);
         let stream = format!("{}_DURABLE", part.to_uppercase());
-        js.get_or_create_stream(stream::Config {
-            name: stream.clone(),
-            subjects: vec![format!("{prefix}.durable.>")],
-            retention: stream::RetentionPolicy::Interest,
-            storage: stream::StorageType::File,
-            duplicate_window: window,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable("cannot create the event stream", e))?;
-        js.get_or_create_stream(stream::Config {
-            name: format!("{}_DEAD", part.to_uppercase()),
-            subjects: vec![format!("{prefix}.dead.>")],
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable("cannot create the dead-letter stream", e))?;
+        let events = format!("{prefix}.durable.>");
+        let made = js
+            .get_or_create_stream(stream::Config {
+                name: stream.clone(),
+                subjects: vec![events.clone()],
+                retention: stream::RetentionPolicy::Interest,
+                storage: stream::StorageType::File,
+                duplicate_window: window,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("cannot create the event stream", e))?;
+        crate::store::jetstream::check_stream_subject(&made, &events)?;
+        let dead = format!("{prefix}.dead.>");
+        let made = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{}_DEAD", part.to_uppercase()),
+                subjects: vec![dead.clone()],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("cannot create the dead-letter stream", e))?;
+        crate::store::jetstream::check_stream_subject(&made, &dead)?;
         let registry = bucket(&js, format!("{part}_durable"), Duration::ZERO, replicas).await?;
         let registry = Arc::new(Registry::load(registry).await);
         let done = bucket(&js, format!("{part}_done"), window, replicas).await?;
