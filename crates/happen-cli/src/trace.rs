@@ -71,6 +71,9 @@ pub(crate) async fn trace(args: TraceArgs) -> Result<(), String> {
                 .transaction
                 .ok_or("the demo recorded no transaction")?
         }
+        (Some(_), Some(id)) if id.trim().is_empty() => {
+            return Err("the correlation id is empty: name the transaction to print".into());
+        }
         (Some(url), Some(id)) => {
             let happen = crate::connect_recording(url).await?;
             let recorder = happen.recorder().ok_or("no recorder")?.clone();

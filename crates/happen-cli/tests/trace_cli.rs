@@ -78,6 +78,14 @@ fn watch_prints_the_embedded_demos_events_as_they_happen() {
     assert_eq!(stdout_of(&["watch", "--count", "2"]).lines().count(), 2);
 }
 
+#[test]
+fn an_empty_transaction_id_is_refused_by_name() {
+    let out = happen_cli(&["trace", "--nats", "nats://127.0.0.1:1", ""]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("correlation id is empty"), "{stderr}");
+}
+
 /// `happen watch | head -1`: the reader goes away, and watch ends quietly.
 #[test]
 fn watch_ends_quietly_when_its_reader_goes_away() {

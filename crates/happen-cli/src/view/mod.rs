@@ -2,8 +2,8 @@
 //! transaction, live, and a feed of transactions.
 //!
 //! A small axum server on 127.0.0.1 serves the page (HTML, script and style
-//! compiled into the binary: nothing is fetched from elsewhere) and four
-//! routes it reads: `/api/transactions` (the recent ones, newest first),
+//! compiled into the binary: nothing is fetched from elsewhere) and the
+//! three routes it reads: `/api/transactions` (the recent ones, newest first),
 //! `/api/transactions/{id}` (one, as `happen::trace::Transaction` JSON),
 //! and `/api/live` (every record as it is made, as server-sent events).
 //!

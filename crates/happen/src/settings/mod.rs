@@ -272,6 +272,18 @@ impl Settings {
                 ));
             }
         }
+        // Everything else the connection checks (replicas, zero limits and
+        // delays, addresses), found now rather than when connecting.
+        #[cfg(feature = "nats")]
+        if let Some(config) = self.nats_config()
+            && let Err(error) = config.validate()
+        {
+            let why = match error {
+                HappenError::Config(why) => why,
+                other => other.to_string(),
+            };
+            return Err(invalid("nats", why));
+        }
         Ok(())
     }
 

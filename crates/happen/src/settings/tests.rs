@@ -288,3 +288,22 @@ fn zero_attempts_and_zero_pending_are_refused_by_name() {
         assert!(error.contains(key), "{text}: {error}");
     }
 }
+
+#[cfg(feature = "nats")]
+#[test]
+fn what_the_connection_would_refuse_is_refused_when_read() {
+    for (nats, says) in [
+        (r#""replicas": 0"#, "replicas"),
+        (r#""outgoingLimit": 0"#, "outgoing_limit"),
+        (r#""connectTimeout": 0"#, "connect_timeout"),
+        (r#""reconnect": { "baseDelay": 0 }"#, "delay"),
+        (r#""prefix": "a b""#, "prefix"),
+    ] {
+        let text = format!(r#"{{ "nats": {{ "servers": ["nats://127.0.0.1:4222"], {nats} }} }}"#);
+        let error = Settings::from_json(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("settings: nats") && error.contains(says),
+            "{text}: {error}"
+        );
+    }
+}
