@@ -183,3 +183,77 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
     }
     happen.shutdown().await;
 }
+
+/// A consumer that claims to have taken every item there can be
+/// (`Credit::Acked(u64::MAX)`, from a raw client) only lifts the producer's
+/// flow control: the producer neither overflows nor stops, its items all
+/// arrive in order with their end, and it answers the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_of_u64_max_neither_overflows_nor_stalls_the_producer() {
+    use futures::StreamExt;
+    const ITEMS: u64 = 200;
+    let server = NatsServer::start().unwrap();
+    let happen = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let producer = happen.node("producer").unwrap();
+    producer
+        .on("count", |_e: Event, cx: Context| async move {
+            for i in 0..ITEMS {
+                cx.emit(json!(i)).await?;
+            }
+            Ok::<_, HappenError>(json!("done"))
+        })
+        .unwrap();
+    happen.flush().await.unwrap();
+
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let inbox = raw.new_inbox();
+    let mut replies = raw.subscribe(inbox.clone()).await.unwrap();
+    let mut request = Event::new("count", json!(null));
+    crate::event::stamp(&mut request, &crate::Id::from("raw"), None);
+    raw.publish_with_reply(
+        "happen.node.producer",
+        inbox,
+        wire::encode_event(&request).unwrap().into(),
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let end = within("the stream's end", 20, async {
+        loop {
+            let message = replies.next().await.unwrap();
+            match wire::decode_reply(&message.payload).unwrap() {
+                Reply::Item { seq, credit, .. } => {
+                    if let Some(subject) = credit {
+                        let all = wire::encode_credit(&wire::Credit::Acked(u64::MAX)).unwrap();
+                        raw.publish(subject, all.into()).await.unwrap();
+                    }
+                    seen.push(seq);
+                }
+                Reply::End { seq, outcome } => return (seq, *outcome),
+                other => panic!("unexpected reply {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(seen, (0..ITEMS).collect::<Vec<_>>());
+    assert_eq!(end.0, ITEMS);
+    assert!(
+        matches!(end.1, Reply::Ok(ref e) if e.payload() == &json!("done")),
+        "{:?}",
+        end.1
+    );
+    // Still answering.
+    let asker = happen.node("asker").unwrap();
+    let total = within(
+        "a second request",
+        20,
+        asker
+            .send(&producer, Event::new("count", json!(null)))
+            .stream()
+            .count(),
+    )
+    .await;
+    assert_eq!(total as u64, ITEMS + 1);
+}
