@@ -144,6 +144,7 @@ impl Spool {
             .map(|(k, _)| k.clone())
             .collect();
         let mut events = Vec::new();
+        let mut unreadable = Vec::new();
         for k in keys {
             match serde_json::from_slice::<Event>(&pending[&k]) {
                 Ok(event) if takes(event.event_type()) => {
@@ -152,12 +153,37 @@ impl Spool {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::warn!(node, %error, "an unreadable spooled event is left on disk");
-                    pending.remove(&k);
+                    tracing::warn!(node, %error, "an unreadable spooled event is set aside in the table spool_unreadable");
+                    if let Some(bytes) = pending.remove(&k) {
+                        unreadable.push((k, bytes));
+                    }
                 }
             }
         }
+        if !unreadable.is_empty() {
+            self.set_aside(unreadable);
+        }
         events
+    }
+
+    /// Moves rows that cannot be read back out of the spool, so that they
+    /// are reported once, not at every start (kept in `spool_unreadable`).
+    fn set_aside(&self, rows: Vec<(String, Vec<u8>)>) {
+        let Ok(handle) = Handle::try_current() else {
+            return; // left where they are: reported again next time
+        };
+        let disk = self.disk.clone();
+        handle.spawn(async move {
+            let keys: Rows = rows.iter().map(|(k, _)| (k.clone(), None)).collect();
+            let kept: Rows = rows.into_iter().map(|(k, v)| (k, Some(v))).collect();
+            // Kept first: a crash between the two leaves the row in both
+            // tables, and the next start moves it again.
+            if disk.write_rows(Table::SpoolUnreadable, kept).await.is_ok()
+                && let Err((error, _)) = disk.write_rows(Table::Spool, keys).await
+            {
+                tracing::warn!(%error, "unreadable spooled events could not be removed");
+            }
+        });
     }
 }
 
@@ -441,5 +467,43 @@ mod tests {
         }
         gate.send(true).unwrap();
         happen.shutdown().await;
+    }
+
+    /// A spooled row that cannot be read back is reported once: set aside
+    /// in its own table, not left to be warned about at every start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_spooled_row_is_set_aside_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let durable = || NodeConfig::new().delivery(DeliveryConfig::at_least_once());
+        let bogus = super::key("n", "bogus");
+        {
+            let happen = Happen::embedded_on_disk(dir.path(), HappenConfig::default()).unwrap();
+            let node = happen.node_with("n", durable()).unwrap();
+            let spool = node.core().spool().unwrap().clone();
+            spool
+                .disk
+                .write_rows(
+                    Table::Spool,
+                    vec![(bogus.clone(), Some(b"not an event".to_vec()))],
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+            happen.shutdown().await;
+        }
+        for start in 0..2 {
+            let happen = Happen::embedded_on_disk(dir.path(), HappenConfig::default()).unwrap();
+            let node = happen.node_with("n", durable()).unwrap();
+            let spool = node.core().spool().unwrap().clone();
+            node.on("item", |_e: Event, _cx: Context| async {}).unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while spool.disk.keys(Table::Spool).contains(&bogus) {
+                assert!(start == 0, "still in the spool at the second start");
+                assert!(tokio::time::Instant::now() < deadline, "never set aside");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(spool.disk.keys(Table::SpoolUnreadable), vec![bogus.clone()]);
+            happen.shutdown().await;
+        }
     }
 }

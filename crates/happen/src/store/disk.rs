@@ -18,6 +18,10 @@ pub(crate) enum Table {
     /// Events waiting for durable nodes (see [`crate::spool`]).
     #[cfg_attr(not(feature = "redb"), allow(dead_code))]
     Spool,
+    /// Spooled rows that could not be read back: set aside, once, for
+    /// whoever wants to look at them.
+    #[cfg_attr(not(feature = "redb"), allow(dead_code))]
+    SpoolUnreadable,
 }
 
 #[cfg(not(feature = "redb"))]
@@ -47,6 +51,7 @@ mod redb_disk {
     const GLOBAL: TableDefinition<&str, &[u8]> = TableDefinition::new("global");
     const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history");
     const SPOOL: TableDefinition<&str, &[u8]> = TableDefinition::new("spool");
+    const SPOOL_UNREADABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("spool_unreadable");
 
     fn definition(table: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
         match table {
@@ -54,6 +59,7 @@ mod redb_disk {
             Table::Global => GLOBAL,
             Table::History => HISTORY,
             Table::Spool => SPOOL,
+            Table::SpoolUnreadable => SPOOL_UNREADABLE,
         }
     }
 
@@ -119,6 +125,7 @@ mod redb_disk {
             write.open_table(GLOBAL).map_err(disk_error)?;
             write.open_table(HISTORY).map_err(disk_error)?;
             write.open_table(SPOOL).map_err(disk_error)?;
+            write.open_table(SPOOL_UNREADABLE).map_err(disk_error)?;
             write.commit().map_err(disk_error)?;
             let read = db.begin_read().map_err(disk_error)?;
             for row in read
