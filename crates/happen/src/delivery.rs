@@ -368,6 +368,17 @@ pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()
 /// An ordinary event for a node whose only matching handler is a zero
 /// handler: converted at the boundary (see [`crate::zero`]).
 fn to_zero(node: &Arc<NodeCore>, delivery: Delivery) -> Result<()> {
+    if delivery.event.is_batch() {
+        // A zero event has one set of fields: the members would be lost.
+        let error = HappenError::InvalidBatch {
+            reason: format!(
+                "node {} takes {:?} only with a zero handler, which reads one event: send the members one by one",
+                node.id(),
+                delivery.event.event_type()
+            ),
+        };
+        return delivery.refuse(error);
+    }
     let zero = match crate::zero::ZeroEvent::from_event(&delivery.event) {
         Ok(zero) => zero,
         Err(error) => return delivery.refuse(error.into()),

@@ -246,7 +246,9 @@ pub enum HappenError {
     #[error("a batch needs at least one event")]
     EmptyBatch,
 
-    /// The events given to [`Event::batch`](crate::Event::batch) cannot form a batch.
+    /// The events given to [`Event::batch`](crate::Event::batch) cannot form
+    /// a batch, or a batch went to a node that cannot take one (a node
+    /// whose only handler for its type is a zero handler).
     #[error("invalid batch: {reason}")]
     InvalidBatch {
         /// What is wrong.

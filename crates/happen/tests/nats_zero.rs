@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -132,13 +133,8 @@ async fn the_zero_buffer_is_the_message_and_hostile_bytes_are_refused() {
     receiver.shutdown().await;
 }
 
-/// A zero event to a durable node is refused with the reason, from another
-/// runtime and from the node's own (co-located): it would go around the
-/// stream that stores and settles the node's events. Ordinary events still
-/// reach the node, stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zero_events_to_a_durable_node_are_refused_with_the_reason() {
-    let server = NatsServer::start().unwrap();
+/// A runtime of its own with a durable (at-least-once) node "ledger".
+async fn durable_ledger(server: &NatsServer) -> (Happen, Node) {
     let receiver = Happen::connect(NatsConfig::new(server.url()))
         .await
         .unwrap();
@@ -148,6 +144,17 @@ async fn zero_events_to_a_durable_node_are_refused_with_the_reason() {
             NodeConfig::new().delivery(happen::DeliveryConfig::at_least_once()),
         )
         .unwrap();
+    (receiver, ledger)
+}
+
+/// A zero event to a durable node is refused with the reason, from another
+/// runtime and from the node's own (co-located): it would go around the
+/// stream that stores and settles the node's events. Ordinary events still
+/// reach the node, stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_events_to_a_durable_node_are_refused_with_the_reason() {
+    let server = NatsServer::start().unwrap();
+    let (receiver, ledger) = durable_ledger(&server).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     ledger
         .on("reading", move |e: Event, _cx: Context| {
@@ -197,4 +204,96 @@ async fn zero_events_to_a_durable_node_are_refused_with_the_reason() {
     );
     sender.shutdown().await;
     receiver.shutdown().await;
+}
+
+/// A durable node takes no zero event, whoever sends it: a runtime without
+/// JetStream (which does not know the node is durable) and a raw client
+/// are refused by the receiving process, and the handler never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_node_refuses_zero_events_from_any_sender() {
+    let server = NatsServer::start().unwrap();
+    let (receiver, ledger) = durable_ledger(&server).await;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    ledger
+        .on("reading", move |_e: Event, _cx: Context| {
+            h.fetch_add(1, Ordering::SeqCst);
+            async { json!("handled") }
+        })
+        .unwrap();
+    receiver.flush().await.unwrap();
+
+    let plain = Happen::connect(NatsConfig::new(server.url()).jetstream(false))
+        .await
+        .unwrap();
+    let gateway = plain.node("gateway").unwrap();
+    let mut w = ZeroWriter::new("reading");
+    w.f64("celsius", 2.0);
+    let refused = gateway.zero_send("ledger", w).await.unwrap_err();
+    assert!(matches!(refused, HappenError::Config(_)), "{refused}");
+
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut w = ZeroWriter::new("reading");
+    w.f64("celsius", 1.0);
+    let event = w.finish("gateway").unwrap();
+    let answer = within(
+        "the raw request's answer",
+        10,
+        raw.request("happen.node.ledger", with_hash(event.as_bytes())),
+    )
+    .await
+    .unwrap();
+    let answer = ZeroEvent::from_bytes(&answer.payload[..answer.payload.len() - 32]).unwrap();
+    assert_eq!(answer.event_type(), "happen.error");
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        0,
+        "a zero event reached a durable node"
+    );
+    plain.shutdown().await;
+}
+
+/// An answer that cannot travel (nested too deep to encode, larger than the
+/// server takes) reaches the requester as an error at once, not as a
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_cannot_travel_is_an_error_not_a_timeout() {
+    let server = NatsServer::start().unwrap();
+    let receiver = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let deep = |levels: usize| (0..levels).fold(json!(1), |inner, _| json!({ "k": inner }));
+    let node = receiver.node("far").unwrap();
+    node.zero("deep", move |_e, _cx| Ok(ZeroNext::Value(deep(150))))
+        .unwrap();
+    node.zero("big", |_e, _cx| {
+        let mut w = ZeroWriter::new("big");
+        w.bytes("blob", &vec![7u8; 2 << 20]);
+        Ok(ZeroNext::Reply(w))
+    })
+    .unwrap();
+    receiver.flush().await.unwrap();
+    let sender = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let client = sender
+        .node_with("client", NodeConfig::new().timeout(Duration::from_secs(20)))
+        .unwrap();
+    sender.flush().await.unwrap();
+    let started = std::time::Instant::now();
+    let too_deep = client.zero_send("far", ZeroWriter::new("deep")).await;
+    assert!(
+        matches!(too_deep, Err(HappenError::TooDeep { .. })),
+        "{too_deep:?}"
+    );
+    let too_big = client.zero_send("far", ZeroWriter::new("big")).await;
+    assert!(
+        matches!(too_big, Err(HappenError::PayloadTooLarge { .. })),
+        "{too_big:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the requester waited out its timeout"
+    );
+    sender.shutdown().await;
 }

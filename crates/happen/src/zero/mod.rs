@@ -9,6 +9,16 @@
 //! `docs/ARCHITECTURE.md`). Buffers come from a pool and go back to it when
 //! the event is dropped, so after warm-up a zero event is built, sent, handled
 //! and dropped without touching the heap (in one process; a test counts).
+//! The pool is per thread: a buffer goes back to the pool of the thread
+//! that drops it, so when events are written on one thread and handled on
+//! another (a multi-thread runtime, a sensor thread of its own), the
+//! writing thread allocates one buffer per event and the handling thread's
+//! pool frees what it cannot keep. A request (`zero_send`) allocates its
+//! answer's channel. Field names are the writer's: a name given twice, or
+//! one that is also another's prefix (`loc` and `loc.lat`), reads as the
+//! first with [`ZeroEvent::get`] but cannot be represented in the JSON form
+//! an ordinary handler sees (there the last wins, and `loc` becomes the
+//! object holding `lat`); give each field a name of its own.
 //!
 //! - Build one with a [`ZeroWriter`]: `ZeroWriter::new("reading")` then
 //!   typed fields (`.u32("count", 3)`, `.f64("location.latitude", 52.5)`,
@@ -30,7 +40,7 @@
 //! with its causal context. Each conversion allocates; keep hot paths zero
 //! end to end. Zero events have direct delivery only: a node with durable
 //! delivery takes no zero handler, and a zero event to a durable node is
-//! refused ([`HappenError::Config`]), on every runtime.
+//! refused ([`HappenError::Config`](crate::HappenError::Config)), on every runtime.
 //!
 //! ```
 //! use happen::prelude::*;
@@ -56,6 +66,7 @@
 //! ```
 
 mod convert;
+mod error;
 mod lane;
 mod layout;
 mod next;
@@ -70,15 +81,17 @@ mod writer;
 
 use std::fmt;
 
+pub use error::ZeroError;
 pub(crate) use lane::{Lane, deliver, deliver_accepted};
 pub use lane::{ZeroContext, ZeroNext};
 pub(crate) use reply::ReplyTo;
+#[cfg(feature = "nats")]
+pub(crate) use reply::{ERROR_ANSWER, VALUE_ANSWER};
 pub use send::ZeroAnswer;
 #[cfg(feature = "nats")]
 pub(crate) use send::not_durable;
 pub use writer::ZeroWriter;
 
-use crate::error::HappenError;
 use layout::{
     AT_CAUSATION, AT_CORRELATION, AT_FIELDS, AT_ID, AT_PATH, AT_SENDER, AT_TIMESTAMP, AT_TYPE,
     FIELD, FLAG_CAUSED, STR,
@@ -158,103 +171,6 @@ impl Kind {
             Kind::I32 | Kind::U32 | Kind::F32 => 4,
             Kind::I64 | Kind::U64 | Kind::F64 | Kind::Str | Kind::Bytes | Kind::Json => 8,
             Kind::Null => 0,
-        }
-    }
-}
-
-/// Why a zero event's bytes could not be read (or made).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ZeroError {
-    /// The bytes do not start with the zero layout's magic (`HZ`).
-    #[error("not a zero event (no HZ magic)")]
-    NotZero,
-    /// Fewer bytes than the header needs.
-    #[error("zero event truncated: {len} bytes, the header needs {needed}")]
-    Truncated {
-        /// Bytes needed.
-        needed: usize,
-        /// Bytes there are.
-        len: usize,
-    },
-    /// A layout version this build does not read.
-    #[error("zero event layout version {0} is not supported (this build reads 1)")]
-    Version(u8),
-    /// Header flags this build does not know.
-    #[error("zero event has unknown flags {0:#04x}")]
-    Flags(u8),
-    /// The header's length is not the buffer's.
-    #[error("zero event says it is {declared} bytes long but is {actual}")]
-    Length {
-        /// The header's length.
-        declared: usize,
-        /// The buffer's.
-        actual: usize,
-    },
-    /// A read (or a region the header names) beyond the buffer.
-    #[error("zero event read of {width} bytes at offset {at} is outside its {len} bytes")]
-    OutOfRange {
-        /// The offset.
-        at: usize,
-        /// The bytes asked for.
-        width: usize,
-        /// The buffer's length.
-        len: usize,
-    },
-    /// A string reference outside the string table, or not UTF-8 (an event
-    /// type that is not a valid event type counts too).
-    #[error("zero event has a bad string reference at offset {at}")]
-    BadString {
-        /// Where the reference is.
-        at: usize,
-    },
-    /// A field of an unknown kind.
-    #[error("zero event field has unknown kind byte {byte} at offset {at}")]
-    Kind {
-        /// Where the kind byte is.
-        at: usize,
-        /// The byte.
-        byte: u8,
-    },
-    /// A boolean that is neither 0 nor 1.
-    #[error("zero event boolean at offset {at} is neither 0 nor 1")]
-    BadBool {
-        /// Where.
-        at: usize,
-    },
-    /// No field of that name.
-    #[error("zero event has no field \"{0}\"")]
-    NoField(String),
-    /// A field name with more dotted parts than [`crate::depth::MAX_DEPTH`]:
-    /// read as JSON, each part is a level of nesting.
-    #[error("zero event field name at offset {at} nests deeper than {limit} levels")]
-    TooDeep {
-        /// Where the name's reference is (0 while writing).
-        at: usize,
-        /// [`crate::depth::MAX_DEPTH`].
-        limit: usize,
-    },
-    /// The field is of another kind than the one read.
-    #[error("zero event field \"{field}\" is {found:?}, read as {expected:?}")]
-    WrongKind {
-        /// The field.
-        field: String,
-        /// The kind asked for.
-        expected: Kind,
-        /// The field's kind.
-        found: Kind,
-    },
-    /// The event would be larger than the layout's 4 GiB, or an id that is
-    /// not a UUID.
-    #[error("cannot make a zero event: {0}")]
-    Unrepresentable(&'static str),
-}
-
-impl From<ZeroError> for HappenError {
-    fn from(error: ZeroError) -> Self {
-        HappenError::Codec {
-            message: error.to_string(),
-            source: None,
         }
     }
 }

@@ -37,6 +37,7 @@ impl ReplyTo {
     }
 
     pub(crate) fn answer(self, answer: Result<ZeroAnswer>, node: &NodeCore) {
+        let answer = answer.and_then(not_reserved);
         if let Err(error) = answer {
             return self.refuse(error);
         }
@@ -87,4 +88,24 @@ impl ReplyTo {
             ReplyTo::Wire(send) => Some(forward(send)),
         }
     }
+}
+
+/// The type of a zero answer that carries a JSON value across processes.
+pub(crate) const VALUE_ANSWER: &str = "happen.value";
+/// The type of a zero answer that carries an error across processes.
+pub(crate) const ERROR_ANSWER: &str = "happen.error";
+
+/// A zero reply of one of the types the wire uses for values and errors
+/// would be read as one over NATS (and not in one process): refused on
+/// every runtime, with the reason.
+fn not_reserved(answer: ZeroAnswer) -> Result<ZeroAnswer> {
+    if let ZeroAnswer::Zero(event) = &answer
+        && matches!(event.event_type(), VALUE_ANSWER | ERROR_ANSWER)
+    {
+        return Err(HappenError::Config(format!(
+            "a zero reply may not be of type {:?}: {VALUE_ANSWER} and {ERROR_ANSWER} carry values and errors between processes",
+            event.event_type()
+        )));
+    }
+    Ok(answer)
 }

@@ -75,10 +75,7 @@ fn the_causal_context_is_in_the_header() {
 fn an_invalid_event_type_is_an_error_when_sealed() {
     let mut writer = ZeroWriter::new("not a type!");
     writer.u8("x", 1);
-    assert!(matches!(
-        writer.finish("n"),
-        Err(ZeroError::BadString { .. })
-    ));
+    assert!(matches!(writer.finish("n"), Err(ZeroError::InvalidType(_))));
 }
 
 #[test]
@@ -401,4 +398,44 @@ async fn a_shutdown_out_of_time_runs_no_waiting_zero_event() {
     assert!(!happen.shutdown_within(Duration::from_millis(20)).await);
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_writer_is_spent_once_finished() {
+    for extra in [1u64, 13] {
+        let mut w = ZeroWriter::new("reading");
+        w.u32("a", 1);
+        let first = w.finish("s").unwrap();
+        assert_eq!(first.get::<u32>("a").unwrap(), 1);
+        // Written again (enough values to reach past the header, too):
+        // an error, not a panic and not a corrupt event.
+        for i in 0..extra {
+            w.u64("f", i);
+        }
+        let again = w.finish("s");
+        assert!(
+            matches!(again, Err(ZeroError::Unrepresentable(_))),
+            "{:?}",
+            again.map(|e| e.payload())
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_event_type_is_refused_as_an_ordinary_send_refuses_it() {
+    let happen = crate::Happen::embedded();
+    let a = happen.node("a").unwrap();
+    let b = happen.node("b").unwrap();
+    b.zero("*", |_e, _cx| Ok(ZeroNext::Done)).unwrap();
+    for bad in ["", "has space", ".lead"] {
+        let zero = a.zero_tell(&b, ZeroWriter::new(bad)).unwrap_err();
+        assert!(
+            matches!(&zero, crate::HappenError::InvalidName(e) if e.name == bad),
+            "{bad:?}: {zero:?}"
+        );
+        assert!(matches!(
+            ZeroWriter::new(bad).finish("a"),
+            Err(ZeroError::InvalidType(_))
+        ));
+    }
 }

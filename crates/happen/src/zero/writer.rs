@@ -83,8 +83,8 @@ impl ZeroWriter {
             event_type: (0, 0),
             error: None,
         };
-        if crate::name::validate_event_type(event_type).is_err() {
-            writer.error = Some(ZeroError::BadString { at: AT_TYPE });
+        if let Err(error) = crate::name::validate_event_type(event_type) {
+            writer.error = Some(ZeroError::InvalidType(error));
         }
         writer.event_type = writer.add_str(event_type);
         writer
@@ -190,7 +190,8 @@ impl ZeroWriter {
 
     /// Stamps the event as a root event sent by `sender` (a fresh id, the
     /// time now) without sending it: for tests, and to keep or hand over
-    /// the bytes yourself. The writer is left empty.
+    /// the bytes yourself. The writer is spent: finishing it again returns
+    /// [`ZeroError::Unrepresentable`]; make a new writer for the next event.
     pub fn finish(&mut self, sender: &str) -> Result<ZeroEvent, ZeroError> {
         let (id, timestamp) = crate::uuid7::next_bytes();
         self.seal(Stamp {
@@ -204,7 +205,7 @@ impl ZeroWriter {
     }
 
     /// Writes the causal context and the directories, and hands the buffer
-    /// over as an event. The writer is left empty.
+    /// over as an event. The writer is spent.
     pub(crate) fn seal<'a, P: Iterator<Item = &'a str>>(
         &mut self,
         stamp: Stamp<'a, P>,
@@ -273,6 +274,11 @@ impl ZeroWriter {
         put(header, AT_STRINGS + 4, total - strings_at);
         let bytes = std::mem::take(&mut self.data);
         debug_assert_eq!(super::layout::check(&bytes), Ok(()));
+        // Spent: what is written to it from now on makes no event (its
+        // directories still describe the one just made).
+        self.error = Some(ZeroError::Unrepresentable(
+            "this writer was already sent: make a new one for the next event",
+        ));
         Ok(ZeroEvent { bytes })
     }
 }

@@ -385,3 +385,56 @@ pub async fn a_zero_request_does_not_overtake_zero_events_sent_before_it(backend
     let n: u32 = answer.zero().expect("a zero answer").get("n").unwrap();
     assert_eq!(n, 3, "the three events sent first were handled first");
 }
+
+pub async fn a_batch_for_a_zero_handler_is_refused_not_flattened(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let sink = h.node("zb-sink").unwrap();
+    sink.zero("zb.reading", |_e, _cx| Ok(ZeroNext::Value(json!("taken"))))
+        .unwrap();
+    let gateway = h.node("zb-gateway").unwrap();
+    h.flush().await.unwrap();
+    let batch =
+        Event::batch((1..=3).map(|i| Event::new("zb.reading", json!({ "value": i })))).unwrap();
+    let refused = gateway.send(&sink, batch).await.unwrap_err();
+    assert!(
+        matches!(&refused, HappenError::InvalidBatch { reason } if reason.contains("one by one")),
+        "{refused}"
+    );
+    // One event at a time is taken.
+    assert_eq!(
+        gateway
+            .send(&sink, Event::new("zb.reading", json!({ "value": 1 })))
+            .await
+            .unwrap(),
+        "taken"
+    );
+}
+
+pub async fn a_zero_reply_of_a_reserved_type_is_refused(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let svc = h.node("zr-svc").unwrap();
+    svc.zero("zr.ask", |e, _cx| {
+        let mut reply = ZeroWriter::new(e.get::<&str>("reply")?);
+        reply.str("error", "disk full");
+        Ok(ZeroNext::Reply(reply))
+    })
+    .unwrap();
+    let client = h.node("zr-client").unwrap();
+    h.flush().await.unwrap();
+    let ask = |reply: &str| {
+        let mut w = ZeroWriter::new("zr.ask");
+        w.str("reply", reply);
+        w
+    };
+    for reserved in ["happen.value", "happen.error"] {
+        let refused = client.zero_send("zr-svc", ask(reserved)).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("may not be of type"),
+            "{reserved}: {refused}"
+        );
+    }
+    let answer = client.zero_send("zr-svc", ask("zr.answer")).await.unwrap();
+    let event = answer.zero().expect("a zero answer");
+    assert_eq!(event.event_type(), "zr.answer");
+    assert_eq!(event.get::<&str>("error").unwrap(), "disk full");
+}

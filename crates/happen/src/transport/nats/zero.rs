@@ -23,10 +23,7 @@ use crate::error::{HappenError, Result};
 use crate::transport::Transport;
 use crate::zero::{ReplyTo, ZeroAnswer, ZeroEvent, ZeroWriter};
 
-/// The type of an answer that was a JSON value.
-const VALUE: &str = "happen.value";
-/// The type of an answer that was an error.
-const ERROR: &str = "happen.error";
+use crate::zero::{ERROR_ANSWER as ERROR, VALUE_ANSWER as VALUE};
 
 /// The message for `event`: its bytes, then their hash.
 fn sealed(event: &ZeroEvent) -> Bytes {
@@ -178,7 +175,21 @@ pub(super) fn on_direct(shared: &Arc<Shared>, prefix_len: usize, message: async_
             let shared = shared.clone();
             let node = target.to_owned();
             ReplyTo::Wire(Box::new(move |answer| {
-                let payload = match seal_answer(&node, answer) {
+                // An answer that cannot travel (too deep to encode, larger
+                // than the server takes) is answered with why, not dropped:
+                // the requester would wait out its timeout.
+                let payload = seal_answer(&node, answer)
+                    .and_then(|payload| {
+                        let limit = shared.max_payload();
+                        match payload.len() {
+                            size if size > limit => {
+                                Err(HappenError::PayloadTooLarge { size, limit })
+                            }
+                            _ => Ok(payload),
+                        }
+                    })
+                    .or_else(|error| seal_answer(&node, Err(error)));
+                let payload = match payload {
                     Ok(payload) => payload,
                     Err(error) => {
                         tracing::warn!(%node, %error, "cannot answer a zero request");
@@ -204,6 +215,11 @@ pub(super) fn on_direct(shared: &Arc<Shared>, prefix_len: usize, message: async_
     };
     if shared.phase() == CLOSED {
         return reply.refuse(HappenError::Shutdown);
+    }
+    if shared.durable.as_ref().is_some_and(|d| d.is_target(target)) {
+        // Refused here too, not only by senders that know the node is
+        // durable (a raw client, a runtime without JetStream).
+        return reply.refuse(crate::zero::not_durable(target));
     }
     match shared.local.lookup(target) {
         Some(node) => {
