@@ -236,7 +236,12 @@ impl CircuitBreaker {
                 }
             }
         };
+        // A probe whose caller gave up (a timeout around `call`, a dropped
+        // task) ends its probing too: else the circuit refused every later
+        // call for good.
+        let mut cancelled = Probe(probe.then_some(self));
         let outcome = call.await;
+        cancelled.0 = None;
         let mut circuit = self.circuit();
         if probe {
             circuit.probing = false;
@@ -256,6 +261,17 @@ impl CircuitBreaker {
                 }
                 Err(CircuitError::Failed(error))
             }
+        }
+    }
+}
+
+/// Ends a probe that was dropped before its call came back.
+struct Probe<'a>(Option<&'a CircuitBreaker>);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0 {
+            breaker.circuit().probing = false;
         }
     }
 }
@@ -377,5 +393,22 @@ mod tests {
         assert_eq!(breaker.call(async { Ok::<_, &str>(7) }).await, Ok(7));
         assert_eq!(breaker.state(), CircuitState::Closed);
         assert_eq!(breaker.failures(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_given_up_by_its_caller_lets_the_next_call_probe() {
+        let breaker = CircuitBreaker::new(1, Duration::from_secs(30));
+        let _ = breaker.call(async { Err::<(), _>("down") }).await;
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // The probe hangs, and its caller stops waiting.
+        let gave_up = tokio::time::timeout(
+            Duration::from_secs(1),
+            breaker.call(std::future::pending::<Result<(), &str>>()),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        // The service is back: the next call probes, and closes the circuit.
+        assert_eq!(breaker.call(async { Ok::<_, &str>(1) }).await, Ok(1));
+        assert_eq!(breaker.state(), CircuitState::Closed);
     }
 }
