@@ -78,7 +78,11 @@ fn start_commands(happen: &Happen) -> happen::Result<()> {
 }
 
 fn start_queries(happen: &Happen) -> happen::Result<()> {
-    let queries = happen.node("order-queries")?;
+    // One flow at a time: the read model applies the domain events in the
+    // order they arrive. With flows side by side, an order's "shipped" could
+    // be applied before its "created", which would then write "pending"
+    // over it for good (a review saw it over NATS under load).
+    let queries = happen.node_with("order-queries", NodeConfig::new().max_concurrent(1))?;
     // The read model follows the domain events.
     queries.on("domain-order-created", |e: Event, cx: Context| async move {
         let order = e.payload().clone();
@@ -153,6 +157,10 @@ fn start_queries(happen: &Happen) -> happen::Result<()> {
 pub async fn run(happen: &Happen) -> happen::Result<CqrsRun> {
     start_commands(happen)?;
     start_queries(happen)?;
+    // From empty models, also on a server that kept an earlier run's state.
+    for node in ["order-commands", "order-queries"] {
+        happen.state_of(node)?.set(|_| Value::Null).await?;
+    }
     happen.flush().await?;
     let client = happen.node("cqrs-client")?;
     let ask = |event_type: &str, payload: Value| {

@@ -1,9 +1,11 @@
 //! Event sourcing with temporal state: an account's state history, kept by
-//! Happen for every event that changed it, is enough to see (and restore) the
-//! state as of any earlier event and to explain how the current state came to
-//! be.
+//! Happen for each change a flow made (the most recent ones: 100 per node
+//! unless `HappenConfig::temporal` keeps more), is enough to see (and
+//! restore) the state as of an earlier event and to explain how the current
+//! state came to be. The restore is an event too, so it is in the history.
 //!
-//! Run it with `cargo run --example event_sourcing`.
+//! Run it with `cargo run --example event_sourcing`; it exits non-zero if
+//! the history does not say what it should.
 
 use happen::prelude::*;
 use happen::{Snapshot, SnapshotContext};
@@ -59,6 +61,12 @@ async fn main() -> happen::Result<()> {
     let account = happen.node("account")?;
 
     account.on("{deposit,withdraw}", apply)?;
+    // A restore is a change like any other: made by a flow, it is recorded
+    // with the event that asked for it.
+    account.on("restore", |event: Event, cx: Context| async move {
+        let state = event.payload()["state"].clone();
+        cx.node().state().set(move |_| state.clone()).await
+    })?;
     // Payday makes payroll deposit a salary: a deposit caused by another event.
     payroll.on("payday", |event: Event, cx: Context| async move {
         let salary = event.payload()["salary"].clone();
@@ -125,10 +133,25 @@ async fn main() -> happen::Result<()> {
         );
     }
 
+    assert_eq!(history.len(), 4, "one snapshot per change");
+    assert_eq!(then.state["balance"], 70, "{}", then.state);
+    assert_eq!(payday.len(), 1, "the salary deposit");
+    assert_eq!(now["balance"], 275, "{now}");
+
     // Rebuild: restore the state as of that earlier event.
-    let restored = then.state.clone();
-    account.state().set(move |_| restored.clone()).await?;
-    println!("\nRestored to: {}", account.state().get().await?);
+    let restore = teller.send(
+        &account,
+        Event::new("restore", json!({ "state": then.state.clone() })),
+    );
+    let restore_id = restore.id().to_owned();
+    restore.await?;
+    let restored = account.state().get().await?;
+    println!("\nRestored to: {restored}");
+    assert_eq!(restored, then.state);
+    let last = account.state().history().await?;
+    let last = last.last().expect("the restore is in the history");
+    assert_eq!(last.context.id, restore_id.as_str());
+    assert_eq!(last.state, then.state);
     happen.shutdown().await;
     Ok(())
 }

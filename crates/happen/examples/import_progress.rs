@@ -3,7 +3,8 @@
 //! final summary. The consumer sets the pace: the importer waits when the
 //! reader falls behind.
 //!
-//! Run it with `cargo run --example import_progress`.
+//! Run it with `cargo run --example import_progress`; it exits non-zero if
+//! an update or the summary is missing.
 
 use std::time::Duration;
 
@@ -38,15 +39,29 @@ async fn main() -> happen::Result<()> {
         json!({ "path": "customers.csv", "records": 2_000 }),
     );
     let mut progress = ui.send(&importer, request).stream();
+    let (mut updates, mut records, mut summary) = (0, 0, None);
     while let Some(update) = progress.next().await {
         match update? {
-            StreamItem::Item(p) => println!(
-                "progress: {:>3}% (+{} records)",
-                p["progress"], p["recordsProcessed"]
-            ),
-            StreamItem::Done(summary) => println!("finished: {summary}"),
+            StreamItem::Item(p) => {
+                println!(
+                    "progress: {:>3}% (+{} records)",
+                    p["progress"], p["recordsProcessed"]
+                );
+                updates += 1;
+                records += p["recordsProcessed"].as_u64().unwrap_or(0);
+            }
+            StreamItem::Done(done) => {
+                println!("finished: {done}");
+                summary = Some(done);
+            }
         }
     }
+    // Every chunk's update, in order, then the summary.
+    assert_eq!((updates, records), (8, 2_000));
+    assert_eq!(
+        summary,
+        Some(json!({ "status": "complete", "totalRecords": 2_000 }))
+    );
     happen.shutdown().await;
     Ok(())
 }

@@ -40,15 +40,29 @@ async fn main() -> happen::Result<()> {
                 .as_str()
                 .unwrap_or("?")
                 .to_owned();
+            // An order id already placed (by anyone) is not placed again:
+            // that would hand one user's order to another.
+            let taken = cx
+                .node()
+                .state()
+                .get_with(|s| !s["orders"][&id].is_null())
+                .await?;
+            if taken {
+                return Ok::<_, HappenError>(
+                    json!({ "success": false, "reason": "order id taken" }),
+                );
+            }
             let (key, record) = (id.clone(), json!({ "owner": owner, "status": "placed" }));
             cx.node()
                 .state()
                 .set(move |mut s| {
-                    s["orders"][&key] = record.clone();
+                    if s["orders"][&key].is_null() {
+                        s["orders"][&key] = record.clone();
+                    }
                     s
                 })
                 .await?;
-            Ok::<_, HappenError>(json!({ "placed": id }))
+            Ok(json!({ "placed": id }))
         })?;
         // Authorization in the flow: only the user who placed an order
         // may cancel it.
@@ -90,6 +104,17 @@ async fn main() -> happen::Result<()> {
         .await?;
     println!("acme user ada places A-1 at acme: {placed}");
     assert_eq!(placed, json!({ "placed": "A-1" }));
+
+    // Another user of the tenant cannot take the order over by placing it
+    // again (and then cancel it as its owner).
+    let again = gateway
+        .send(
+            "acme-data",
+            on_behalf("acme", "bob", "place-order", json!({ "orderId": "A-1" })),
+        )
+        .await?;
+    println!("acme user bob places A-1 again: {again}");
+    assert_eq!(again["success"], false, "{again}");
 
     let refused = gateway
         .send(

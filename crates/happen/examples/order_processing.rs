@@ -57,7 +57,10 @@ async fn validate_order(event: Event, cx: OrderCx) -> OrderFlow {
     if items.is_empty() || order["customer"]["id"].is_null() {
         return Flow::done(json!({ "success": false, "reason": "validation-failed" }));
     }
-    let order_id = format!("ORD-{}", &event.id()[..8]);
+    // The id's last twelve digits are its random part (its first eight are
+    // the time, which two orders of one minute share).
+    let id = event.id();
+    let order_id = format!("ORD-{}", &id[id.len() - 12..]);
     cx.set("orderId", order_id);
     cx.set("items", items);
     Flow::next(check_inventory)

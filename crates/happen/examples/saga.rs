@@ -24,6 +24,8 @@ pub struct SagaRun {
     pub completed: Value,
     /// The answer to the order whose shipment failed.
     pub compensated: Value,
+    /// The answer to an order for more than the stock holds.
+    pub refused: Value,
     /// Event types the failed order caused, in causal order.
     pub failed_effects: Vec<String>,
     /// Stock and money at the end (as at the start: everything undone).
@@ -90,13 +92,19 @@ async fn process_order(event: Event, cx: Context) -> happen::Result<Value> {
             Ok(result)
         }
         Err(error) => {
+            // Every compensation is tried, newest first; one that fails
+            // does not keep the others from running, and is reported.
+            let mut reason = error.to_string();
             for (target, undo, payload) in done.into_iter().rev() {
-                cx.node()
+                if let Err(failed) = cx
+                    .node()
                     .send(target, Event::new(undo, payload))
                     .response()
-                    .await?;
+                    .await
+                {
+                    reason.push_str(&format!("; {undo} failed too: {failed}"));
+                }
             }
-            let reason = error.to_string();
             cx.node().broadcast(Event::new(
                 "order-processing-failed",
                 json!({ "orderId": order["orderId"], "reason": reason }),
@@ -111,12 +119,22 @@ fn start(happen: &Happen) -> happen::Result<Node> {
     let inventory = happen.node("inventory")?;
     inventory.on("reserve-inventory", |e: Event, cx: Context| async move {
         let qty = e.payload()["quantity"].as_i64().unwrap_or(0);
-        let stock = cx
-            .node()
+        // Taken only when there is enough: a refused reservation changes
+        // nothing, so there is nothing to compensate. (The decision of the
+        // transform's last run is the one saved.)
+        let reserved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let decided = reserved.clone();
+        cx.node()
             .state()
-            .set(move |s| json!(s.as_i64().unwrap_or(10) - qty))
+            .set(move |s| {
+                let have = s.as_i64().unwrap_or(10);
+                let enough = have >= qty;
+                decided.store(enough, std::sync::atomic::Ordering::SeqCst);
+                json!(if enough { have - qty } else { have })
+            })
             .await?;
-        Ok::<_, HappenError>(json!({ "success": stock.as_i64() >= Some(0) }))
+        let success = reserved.load(std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, HappenError>(json!({ "success": success }))
     })?;
     inventory.on("release-inventory", |e: Event, cx: Context| async move {
         let qty = e.payload()["quantity"].as_i64().unwrap_or(0);
@@ -171,6 +189,10 @@ fn start(happen: &Happen) -> happen::Result<Node> {
 /// Runs one order that goes through and one whose shipment fails.
 pub async fn run(happen: &Happen) -> happen::Result<SagaRun> {
     let saga = start(happen)?;
+    // From the stock and payments a fresh system has, also on a server
+    // that kept an earlier run's state (or another example's "inventory").
+    happen.state_of("inventory")?.set(|_| Value::Null).await?;
+    happen.state_of("payment")?.set(|_| Value::Null).await?;
     happen.flush().await?;
     let client = happen.node("storefront")?;
     let completed = client
@@ -205,11 +227,23 @@ pub async fn run(happen: &Happen) -> happen::Result<SagaRun> {
             .filter(|t| t != "happen.response")
             .collect();
     }
+    // More than the stock holds: refused at the first step, nothing taken.
+    let refused = client
+        .send(
+            &saga,
+            Event::new(
+                "process-order",
+                json!({ "orderId": "C-3", "quantity": 50, "amount": 900, "address": "2 Main St" }),
+            ),
+        )
+        .response()
+        .await?;
     let stock = happen.state_of("inventory")?.get().await?;
     let payments = happen.state_of("payment")?.get().await?;
     Ok(SagaRun {
         completed,
         compensated,
+        refused,
         failed_effects,
         stock,
         payments,
@@ -226,7 +260,15 @@ pub fn check(run: &SagaRun) {
             .unwrap_or("")
             .contains("no shipping address")
     );
-    // Only the completed order's two items are gone; the failed one's came back.
+    assert!(
+        run.refused["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("reserve-inventory refused"),
+        "{run:?}"
+    );
+    // Only the completed order's two items are gone; the failed one's came
+    // back, and the refused one took none.
     assert_eq!(run.stock, json!(8), "{run:?}");
     // Only the completed order's payment is held; the other was refunded.
     assert_eq!(run.payments, json!({ "PAY-A-1": 30 }), "{run:?}");

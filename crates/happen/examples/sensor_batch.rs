@@ -43,12 +43,13 @@ async fn main() -> happen::Result<()> {
             )
         })
         .collect();
-    let mut processed = 0;
+    let (mut processed, mut runs) = (0, 0);
     for chunk in readings.chunks(50) {
         let reply = sensors
             .send(&telemetry, Event::batch(chunk.to_vec())?)
             .await?;
         processed += reply["processed"].as_u64().unwrap_or(0);
+        runs += 1;
     }
     let single = sensors
         .send(
@@ -60,10 +61,10 @@ async fn main() -> happen::Result<()> {
         )
         .await?;
     processed += single["processed"].as_u64().unwrap_or(0);
-    println!(
-        "\nprocessed {processed} readings in {} handler runs",
-        1000 / 50 + 1
-    );
+    runs += 1;
+    println!("\nprocessed {processed} readings in {runs} handler runs");
+    // Every reading handled, 50 to a run but the last, single one.
+    assert_eq!((processed, runs), (1001, 21));
     happen.shutdown().await;
     Ok(())
 }

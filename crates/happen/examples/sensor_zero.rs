@@ -82,8 +82,17 @@ fn process_batch(
             .ok_or_else(|| happen::zero::ZeroError::NoField(name.to_owned()))
     };
     let count = event.u32(field("count")?)?;
-    // A bytes field's value is its block's offset, then its length.
+    // A bytes field's value is its block's offset, then its length: the
+    // records are read within that block, whatever `count` claims.
     let readings = event.u32(field("readings")?)? as usize;
+    let block = event.bytes(field("readings")?)?.len();
+    if count as usize * RECORD > block {
+        return Err(happen::zero::ZeroError::OutOfRange {
+            at: readings,
+            width: count as usize * RECORD,
+            len: block,
+        });
+    }
     let mut total = 0.0;
     let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
     for i in 0..count as usize {

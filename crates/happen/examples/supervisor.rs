@@ -2,7 +2,10 @@
 //! Advanced Patterns chapters describe them: a failing worker reports its
 //! failures as first-class events (`worker.error`), a monitor observes every
 //! `*.error` event, and a supervisor restarts the worker (a fresh node with
-//! the same id and a clean slate) once it has failed three times in a row.
+//! the same id and a clean slate) once it has failed three times. Only the
+//! running worker's errors count: one that was replaced may still report
+//! failures of jobs it took before, and they must not restart its healthy
+//! successor.
 //!
 //! ```text
 //! cargo run --example supervisor
@@ -65,12 +68,26 @@ async fn main() -> happen::Result<()> {
 
     // The supervisor counts errors per service in its state and restarts
     // the worker at the threshold.
-    let supervisor = happen.node("supervisor")?;
+    // One error at a time: two at the threshold must not both restart.
+    let supervisor = happen.node_with("supervisor", NodeConfig::new().max_concurrent(1))?;
     let restarted = Arc::new(tokio::sync::Notify::new());
     let (h, g, r) = (happen.clone(), generation.clone(), restarted.clone());
-    supervisor.on("worker.error", move |_e: Event, cx: Context| {
+    supervisor.on("worker.error", move |e: Event, cx: Context| {
         let (happen, generation, restarted) = (h.clone(), g.clone(), r.clone());
         async move {
+            let current = u64::from(generation.load(Ordering::Relaxed));
+            if e.payload()["generation"].as_u64() != Some(current) {
+                // A replaced worker's: noted, not counted.
+                cx.node()
+                    .state()
+                    .set(|mut s| {
+                        s["worker"]["ignored"] =
+                            json!(s["worker"]["ignored"].as_u64().unwrap_or(0) + 1);
+                        s
+                    })
+                    .await?;
+                return Ok::<_, HappenError>(());
+            }
             let state = cx
                 .node()
                 .state()
@@ -81,7 +98,7 @@ async fn main() -> happen::Result<()> {
                 })
                 .await?;
             if state["worker"]["errors"].as_u64() < Some(RESTART_AFTER) {
-                return Ok::<_, HappenError>(());
+                return Ok(());
             }
             // Restart: the old node finishes what it runs and goes; a new
             // one takes its id with a clean slate.
@@ -119,11 +136,31 @@ async fn main() -> happen::Result<()> {
         .await?;
     println!("job 4: {answer}");
     assert_eq!(answer, json!({ "ok": true, "job": 4, "generation": 2 }));
-    let state = happen.state_of("supervisor")?.get().await?;
+    // Late reports of the replaced worker (jobs it took before the restart)
+    // do not restart its healthy successor.
+    for job in 5..=7 {
+        client.broadcast(Event::new(
+            "worker.error",
+            json!({ "job": job, "error": "the cache is corrupted", "generation": 1 }),
+        ))?;
+    }
+    let supervisor_state = happen.state_of("supervisor")?;
+    let state = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let state = supervisor_state.get().await?;
+            if state["worker"]["ignored"] == 3 {
+                return Ok::<_, HappenError>(state);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the supervisor took the late reports")?;
+    println!("supervisor: {state}");
     assert_eq!(state["worker"]["restarts"], 1, "{state}");
     assert_eq!(
         seen.load(Ordering::Relaxed),
-        3,
+        6,
         "the monitor saw each error event"
     );
     happen.shutdown().await;
