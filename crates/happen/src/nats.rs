@@ -84,7 +84,8 @@ pub struct Tls {
 pub struct Reconnect {
     /// Give up after this many attempts in a row (`None`: never give up;
     /// `Some(0)` is refused by [`NatsConfig::validate`]). Once it gives up,
-    /// the runtime reports the status `closed` and every send fails.
+    /// the runtime reports the status `closed`, and every send that needs
+    /// the server fails (co-located sends to this runtime's nodes go on).
     pub max_attempts: Option<usize>,
     /// The wait before the first retry; it doubles on each failure...
     pub base_delay: Duration,
@@ -226,10 +227,12 @@ impl NatsConfig {
     /// the server is unreachable, and their events cost no trip through it.
     /// A broadcast's copy for the other processes waits in the outgoing
     /// queue like any message: once [`NatsConfig::outgoing_limit`] is
-    /// reached, a broadcast is refused as a whole
-    /// ([`HappenError::Backpressure`], delivered nowhere, so that sending it
-    /// again duplicates nothing), while sends and tells to this runtime's
-    /// nodes go on.
+    /// reached, a broadcast is refused ([`HappenError::Backpressure`]) and
+    /// delivered to none of this runtime's ordinary nodes (so that sending
+    /// it again does not deliver it twice here), while sends and tells to
+    /// this runtime's nodes go on. A durable node's copy is stored before
+    /// that refusal: a broadcast sent again after one reaches durable nodes
+    /// twice.
     ///
     /// A node id with instances in several processes: a sender in a process
     /// that has an instance always reaches its own instance; senders

@@ -618,32 +618,43 @@ async fn a_durable_node_whose_process_is_down_is_reported_by_the_others() {
     assert_eq!(up.event_type(), balance::NODE_UP);
 }
 
-/// A durable node that finishes events while one of them takes long is
-/// making progress: not `node-failure` (its consumer's ack floor stands
-/// still behind the long event while the later ones are acknowledged).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_durable_node_is_not_reported_failed() {
+/// A runtime whose flow balance samples every 50 ms and calls a node down
+/// after `stall_ms`, and the reports of `types` it makes.
+async fn watched(
+    server: &NatsServer,
+    stall_ms: u64,
+    types: &str,
+) -> (Happen, tokio::sync::mpsc::UnboundedReceiver<Event>) {
     use happen::balance::FlowBalanceConfig;
-    let server = NatsServer::start().unwrap();
     let happen = Happen::connect_with(
         NatsConfig::new(server.url()),
         HappenConfig::default().flow_balance(
             FlowBalanceConfig::default()
                 .interval(Duration::from_millis(50))
-                .stall_after(Duration::from_millis(600)),
+                .stall_after(Duration::from_millis(stall_ms)),
         ),
     )
     .await
     .unwrap();
-    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, reports) = tokio::sync::mpsc::unbounded_channel();
     happen
-        .on("node.{down,up}", move |e: Event, _cx: Context| {
+        .on(types, move |e: Event, _cx: Context| {
             let tx = tx.clone();
             async move {
                 let _ = tx.send(e);
             }
         })
         .unwrap();
+    (happen, reports)
+}
+
+/// A durable node that finishes events while one of them takes long is
+/// making progress: not `node-failure` (its consumer's ack floor stands
+/// still behind the long event while the later ones are acknowledged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_durable_node_is_not_reported_failed() {
+    let server = NatsServer::start().unwrap();
+    let (happen, mut reports) = watched(&server, 600, "node.{down,up}").await;
     let worker = happen
         .node_with(
             "worker",
@@ -688,6 +699,38 @@ async fn a_busy_durable_node_is_not_reported_failed() {
         );
     }
     happen.shutdown().await;
+}
+
+/// A durable node whose every flow hangs is reported down, also when its
+/// events are handed out again (a short `ack_wait`): a redelivery is not
+/// progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_durable_node_is_reported_down_despite_redeliveries() {
+    use happen::balance;
+    let server = NatsServer::start().unwrap();
+    let (happen, mut reports) = watched(&server, 1500, balance::NODE_DOWN).await;
+    let worker = happen
+        .node_with(
+            "worker",
+            NodeConfig::new()
+                .max_concurrent(4)
+                .delivery(DeliveryConfig::at_least_once().ack_wait(Duration::from_millis(400))),
+        )
+        .unwrap();
+    worker
+        .on("job", |_e: Event, _cx: Context| {
+            std::future::pending::<()>()
+        })
+        .unwrap();
+    happen.flush().await.unwrap();
+    let ops = happen.node("ops").unwrap();
+    ops.tell("worker", Event::new("job", json!(null)))
+        .unwrap()
+        .await
+        .unwrap();
+    let down = within("worker reported down", 10, about(&mut reports, "worker")).await;
+    assert_eq!(down.payload()["pattern"], "node-failure");
+    let _ = happen.shutdown_within(Duration::from_secs(2)).await;
 }
 
 /// During an outage the local nodes are still watched at the interval: the

@@ -24,9 +24,17 @@ impl NodeCore {
         match &self.accept {
             None => Ok(()),
             Some(rules) => match event.batch_events() {
-                // Each member answers for its own origin: a batch's
-                // envelope does not speak for them.
-                Some(members) => members.iter().try_for_each(|m| rules.check(&self.id, m)),
+                // Each member answers for its own origin (a batch's
+                // envelope does not speak for them); the sender is the
+                // envelope's, the one its signature proves (a member's own
+                // sender field is not authenticated).
+                Some(members) => members.iter().try_for_each(|m| {
+                    rules.check_from(
+                        &self.id,
+                        &event.causal().sender,
+                        m.origin().source_id.as_deref(),
+                    )
+                }),
                 None => rules.check(&self.id, event),
             },
         }

@@ -18,14 +18,14 @@
 //! handlers one at a time whoever runs them.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::Notify;
 
-pub use super::next::ZeroNext;
+pub use super::next::{ZeroContext, ZeroNext};
 use super::reply::ReplyTo;
 use super::send::ZeroAnswer;
 use super::writer::Stamp;
@@ -35,32 +35,6 @@ use crate::entry::Entry;
 use crate::error::{BoxError, HappenError, Result};
 use crate::node::{HandlerId, Node, NodeCore};
 use crate::pattern::Pattern;
-
-/// What a zero handler sees besides its event: its node, and sends that
-/// carry the handled event as their cause.
-pub struct ZeroContext<'a> {
-    node: &'a Node,
-    event: &'a ZeroEvent,
-    expects_response: bool,
-}
-
-impl ZeroContext<'_> {
-    /// The node handling the event.
-    pub fn node(&self) -> &Node {
-        self.node
-    }
-
-    /// Whether a requester waits for the answer.
-    pub fn expects_response(&self) -> bool {
-        self.expects_response
-    }
-
-    /// Sends a zero event to `target` with nobody waiting, as a child of the
-    /// handled event (its cause, correlation and path follow from it).
-    pub fn tell(&self, target: impl crate::node::Target, writer: ZeroWriter) -> Result<()> {
-        super::send::tell(self.node, target.target_id(), writer, Some(self.event))
-    }
-}
 
 /// A registered zero handler.
 pub(crate) type ZeroFn = dyn Fn(&ZeroEvent, &ZeroContext<'_>) -> std::result::Result<ZeroNext, BoxError>
@@ -113,6 +87,9 @@ pub(crate) struct Lane {
     idle: Notify,
     watched: AtomicBool,
     started: AtomicBool,
+    /// Events of the task's batch not started yet: they count against the
+    /// node's `queue_limit` as waiting ones (written by the task alone).
+    in_batch: AtomicUsize,
 }
 
 impl Lane {
@@ -123,6 +100,7 @@ impl Lane {
             idle: Notify::new(),
             watched: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            in_batch: AtomicUsize::new(0),
         }
     }
 
@@ -276,7 +254,8 @@ pub(crate) fn deliver_accepted(
             return ordinary(event, reply);
         };
         let limit = node.limits().queue_limit;
-        if queue.items.len() >= limit.max(1) {
+        let waiting = queue.items.len() + lane.in_batch.load(Ordering::Relaxed);
+        if waiting >= limit.max(1) {
             drop(queue);
             let error = HappenError::QueueFull {
                 node: node.id().to_string(),
@@ -420,6 +399,7 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
             // requester wakes it when done if more came.
             if !queue.busy {
                 std::mem::swap(&mut queue.items, &mut batch);
+                lane.in_batch.store(batch.len(), Ordering::Relaxed);
                 queue.busy = !batch.is_empty();
                 if queue.busy {
                     handlers.extend(queue.handlers.iter().map(|h| h.handler.clone()));
@@ -458,7 +438,9 @@ async fn work(node: Weak<NodeCore>, lane: Arc<Lane>) {
             core: &core,
         };
         let handle = Node::from_core(core.clone());
-        for item in batch.drain(..) {
+        let total = batch.len();
+        for (i, item) in batch.drain(..).enumerate() {
+            lane.in_batch.store(total - i - 1, Ordering::Relaxed);
             match core.abandoned() {
                 true => item.reply.refuse(HappenError::Shutdown),
                 false => run(&handle, item, &handlers),

@@ -2,8 +2,10 @@
 
 use serde_json::Value;
 
-use super::ZeroWriter;
+use super::{ZeroEvent, ZeroWriter};
+use crate::error::Result;
 use crate::flow::Step;
+use crate::node::Node;
 
 /// What a zero handler returns: how its event's flow goes on.
 pub enum ZeroNext {
@@ -29,5 +31,31 @@ impl std::fmt::Debug for ZeroNext {
             ZeroNext::Value(value) => f.debug_tuple("Value").field(value).finish(),
             ZeroNext::Then(step) => f.debug_tuple("Then").field(step).finish(),
         }
+    }
+}
+
+/// What a zero handler sees besides its event: its node, and sends that
+/// carry the handled event as their cause.
+pub struct ZeroContext<'a> {
+    pub(super) node: &'a Node,
+    pub(super) event: &'a ZeroEvent,
+    pub(super) expects_response: bool,
+}
+
+impl ZeroContext<'_> {
+    /// The node handling the event.
+    pub fn node(&self) -> &Node {
+        self.node
+    }
+
+    /// Whether a requester waits for the answer.
+    pub fn expects_response(&self) -> bool {
+        self.expects_response
+    }
+
+    /// Sends a zero event to `target` with nobody waiting, as a child of the
+    /// handled event (its cause, correlation and path follow from it).
+    pub fn tell(&self, target: impl crate::node::Target, writer: ZeroWriter) -> Result<()> {
+        super::send::tell(self.node, target.target_id(), writer, Some(self.event))
     }
 }

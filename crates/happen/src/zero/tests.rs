@@ -418,6 +418,11 @@ fn a_writer_is_spent_once_finished() {
             "{:?}",
             again.map(|e| e.payload())
         );
+        // And stays spent, however often it is finished and written to.
+        for i in 0..13u64 {
+            w.u64("g", i);
+        }
+        assert!(matches!(w.finish("s"), Err(ZeroError::Unrepresentable(_))));
     }
 }
 
@@ -438,4 +443,42 @@ async fn an_invalid_event_type_is_refused_as_an_ordinary_send_refuses_it() {
             Err(ZeroError::InvalidType(_))
         ));
     }
+}
+
+/// The events of the lane task's batch that have not started count as
+/// waiting: `queue_limit` bounds a zero node's waiting events as it does an
+/// ordinary node's (one running, `queue_limit` waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_limit_counts_the_batch_the_lane_took() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    let happen = crate::Happen::embedded();
+    let sink = happen
+        .node_with("sink", crate::NodeConfig::new().queue_limit(2))
+        .unwrap();
+    let (started, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (s, r) = (started.clone(), release.clone());
+    sink.zero("reading", move |_e, _cx| {
+        s.store(true, Ordering::SeqCst);
+        while !r.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(ZeroNext::Done)
+    })
+    .unwrap();
+    let gateway = happen.node("gateway").unwrap();
+    let tell = || gateway.zero_tell(&sink, ZeroWriter::new("reading")).is_ok();
+    // Three at once, likely taken by the lane's task as one batch.
+    let mut accepted = (0..3).filter(|_| tell()).count();
+    while !started.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    accepted += (0..5).filter(|_| tell()).count();
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(accepted, 3, "one running and queue_limit (2) waiting");
+    happen.shutdown().await;
 }

@@ -210,8 +210,10 @@ impl ZeroWriter {
         &mut self,
         stamp: Stamp<'a, P>,
     ) -> Result<ZeroEvent, ZeroError> {
-        if let Some(error) = self.error.take() {
-            return Err(error);
+        // Kept, not taken: a spent writer stays spent however often it is
+        // finished.
+        if let Some(error) = &self.error {
+            return Err(error.clone());
         }
         if self.data.len() < HEADER {
             return Err(ZeroError::Unrepresentable("a writer already sent"));
@@ -236,8 +238,8 @@ impl ZeroWriter {
         let strings_at = self.data.len();
         self.data.extend_from_slice(&self.strings);
         let total = self.data.len();
-        if let Some(error) = self.error.take() {
-            return Err(error);
+        if let Some(error) = &self.error {
+            return Err(error.clone());
         }
         let Ok(total32) = u32::try_from(total) else {
             return Err(ZeroError::Unrepresentable("an event of 4 GiB or more"));

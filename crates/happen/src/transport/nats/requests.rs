@@ -300,10 +300,16 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
                         incoming.next
                     )));
                 }
-                // A stream that ends without items is a plain outcome.
-                None if seq == 0 => {
-                    deliver_final(Some(waiting), Result::from(*outcome));
-                }
+                // A stream that ends without items is a plain outcome, and
+                // is checked as one.
+                None if seq == 0 => match *outcome {
+                    Reply::Ok(answer) if waiting.verify.is_some() => {
+                        verify_answer(shared, waiting, answer);
+                    }
+                    outcome => {
+                        deliver_final(Some(waiting), Result::from(outcome));
+                    }
+                },
                 None => {
                     deliver_final(
                         Some(waiting),
@@ -351,6 +357,17 @@ fn verify_answer(shared: &Arc<Shared>, waiting: Waiting, answer: Event) {
 fn checked_answer(shared: &Shared, waiting: &Waiting, answer: Event) -> Result<Event> {
     let requester = waiting.verify.as_deref().unwrap_or_default();
     let sender = &answer.causal().sender;
+    // Its cause must be this request: a signed answer to an earlier one,
+    // replayed, is genuine but not an answer to this.
+    if answer.causal().causation_id.as_deref() != Some(&*waiting.event_id) {
+        return Err(HappenError::Integrity {
+            event_id: answer.id().to_owned(),
+            reason: format!(
+                "node \"{requester}\" refused it: the answer is not to this request (it answers {:?})",
+                answer.causal().causation_id
+            ),
+        });
+    }
     if *sender != waiting.target {
         return Err(HappenError::Integrity {
             event_id: answer.id().to_owned(),

@@ -257,3 +257,152 @@ async fn a_credit_of_u64_max_neither_overflows_nor_stalls_the_producer() {
     .await;
     assert_eq!(total as u64, ITEMS + 1);
 }
+
+/// A batch's members are judged with the envelope's sender, the one its
+/// signature proves: members claiming another sender do not pass a node
+/// rule the signer itself does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_members_claiming_another_sender_do_not_pass_acceptance() {
+    let server = NatsServer::start().unwrap();
+    let receiver = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let ledger = receiver
+        .node_with(
+            "ledger",
+            NodeConfig::new()
+                .require_signed(true)
+                .accept_from([crate::AcceptRule::node("admin")]),
+        )
+        .unwrap();
+    ledger
+        .on("entry", |e: Event, _cx: Context| async move {
+            json!(e.events().len())
+        })
+        .unwrap();
+    receiver.flush().await.unwrap();
+    let key = crate::NodeIdentity::generate();
+    let other = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    other
+        .node_with("orders", NodeConfig::new().identity(key.clone()).sign(true))
+        .unwrap();
+    other.flush().await.unwrap();
+    // Orders' signed batch whose members say they come from "admin".
+    let mut batch =
+        Event::batch([Event::new("entry", json!(1)), Event::new("entry", json!(2))]).unwrap();
+    crate::event::stamp(&mut batch, &crate::Id::from("orders"), None);
+    let mut value = serde_json::to_value(&batch).unwrap();
+    for member in value["batch"].as_array_mut().unwrap() {
+        member["context"]["causal"]["sender"] = json!("admin");
+        member["context"]["origin"]["nodeId"] = json!("admin");
+    }
+    let mut forged: Event = serde_json::from_value(value).unwrap();
+    crate::identity::sign(&mut forged, &key).unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let answer = within(
+        "the answer",
+        10,
+        raw.request(
+            "happen.node.ledger",
+            wire::encode_event(&forged).unwrap().into(),
+        ),
+    )
+    .await
+    .unwrap();
+    let outcome = wire::decode_reply(&answer.payload).unwrap();
+    assert!(
+        matches!(outcome, Reply::Err(HappenError::NotAccepted { ref sender, .. }) if sender == "orders"),
+        "{outcome:?}"
+    );
+}
+
+/// A requester that requires signatures checks every way an answer can
+/// come: as an answer, as the end of a stream without items, and against
+/// the request it answers (a signed answer to an earlier request, replayed,
+/// is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_checked_however_they_come_and_must_answer_this_request() {
+    use futures::StreamExt;
+    let server = NatsServer::start().unwrap();
+    let genuine = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let ledger = genuine
+        .node_with("ledger", NodeConfig::new().sign(true))
+        .unwrap();
+    ledger
+        .on("balance", |e: Event, _cx: Context| async move {
+            json!({ "account": e.payload()["account"].clone() })
+        })
+        .unwrap();
+    genuine.flush().await.unwrap();
+    let victim = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let payments = victim
+        .node_with("payments", NodeConfig::new().require_signed(true))
+        .unwrap();
+    victim.flush().await.unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut inboxes = raw.subscribe("_INBOX.>").await.unwrap();
+    raw.flush().await.unwrap();
+    let first = payments
+        .send("ledger", Event::new("balance", json!({ "account": "A" })))
+        .await
+        .unwrap();
+    assert_eq!(first, json!({ "account": "A" }));
+    let captured = within("the signed answer", 10, async {
+        loop {
+            let m = inboxes.next().await.unwrap();
+            if let Ok(Reply::Ok(e)) = wire::decode_reply(&m.payload)
+                && e.causal().sender == "ledger"
+            {
+                return e;
+            }
+        }
+    })
+    .await;
+    genuine.shutdown().await;
+    drop(genuine);
+
+    // The node's subject now answered by a raw client: with the captured
+    // answer (genuine, signed, to another request), or with an unsigned one
+    // as the end of an empty stream.
+    let mut requests = raw
+        .queue_subscribe("happen.node.ledger", "happen".into())
+        .await
+        .unwrap();
+    let responder = raw.clone();
+    tokio::spawn(async move {
+        while let Some(m) = requests.next().await {
+            let event = wire::decode_event(&m.payload).unwrap();
+            let reply = match event.payload()["how"].as_str() {
+                Some("end") => Reply::End {
+                    seq: 0,
+                    outcome: Box::new(Reply::Ok(Event::new("happen.response", json!("forged")))),
+                },
+                _ => Reply::Ok(captured.clone()),
+            };
+            responder
+                .publish(m.reply.unwrap(), wire::encode_reply(&reply).unwrap().into())
+                .await
+                .unwrap();
+        }
+    });
+    raw.flush().await.unwrap();
+    let replayed = payments
+        .send("ledger", Event::new("balance", json!({ "account": "B" })))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&replayed, HappenError::Integrity { reason, .. } if reason.contains("not to this request")),
+        "{replayed}"
+    );
+    let ended = payments
+        .send("ledger", Event::new("balance", json!({ "how": "end" })))
+        .await
+        .unwrap_err();
+    assert!(matches!(ended, HappenError::Integrity { .. }), "{ended}");
+}

@@ -245,37 +245,47 @@ impl Durable {
         within: std::time::Duration,
     ) -> Vec<(String, Option<crate::balance::Lag>)> {
         let nodes = self.registry.nodes();
-        let mut lags: Vec<(String, Option<crate::balance::Lag>)> =
-            nodes.into_iter().map(|node| (node, None)).collect();
-        if lags.is_empty() {
-            return lags;
+        if nodes.is_empty() {
+            return Vec::new();
         }
-        let read = async {
-            let Ok(stream) = self.js.get_stream(&self.stream).await else {
-                return;
-            };
-            for (node, lag) in &mut lags {
-                if let Ok(info) = stream
-                    .consumer_info(crate::store::jetstream::escape_key(node))
-                    .await
-                {
-                    *lag = Some(crate::balance::Lag {
+        let Ok(Ok(stream)) = tokio::time::timeout(within, self.js.get_stream(&self.stream)).await
+        else {
+            return nodes.into_iter().map(|node| (node, None)).collect();
+        };
+        // Side by side, each within the bound: with many nodes, reading them
+        // one after another would leave the same last ones unread at every
+        // sample, and never judged.
+        let reads = nodes.into_iter().map(|node| {
+            let stream = &stream;
+            async move {
+                let info = tokio::time::timeout(
+                    within,
+                    stream.consumer_info(crate::store::jetstream::escape_key(&node)),
+                )
+                .await;
+                let lag = match info {
+                    Ok(Ok(info)) => Some(crate::balance::Lag {
                         waiting: info.num_pending,
                         in_flight: u64::try_from(info.num_ack_pending).unwrap_or(0),
                         redelivered: u64::try_from(info.num_redelivered).unwrap_or(0),
-                        // Events finished: handed out and no longer
-                        // pending. (The ack floor would stand still behind
-                        // one slow event while the others are acknowledged.)
+                        // Moves when an event is acknowledged below all
+                        // others (the ack floor), or when a new one is
+                        // handed out, which the node's limit of pending
+                        // events allows only as others are acknowledged.
+                        // The floor alone stands still behind one slow
+                        // event while the others are acknowledged; counting
+                        // deliveries would count a hung node's redeliveries.
                         progress: info
-                            .delivered
-                            .consumer_sequence
-                            .saturating_sub(u64::try_from(info.num_ack_pending).unwrap_or(0)),
-                    });
-                }
+                            .ack_floor
+                            .stream_sequence
+                            .saturating_add(info.delivered.stream_sequence),
+                    }),
+                    _ => None,
+                };
+                (node, lag)
             }
-        };
-        let _ = tokio::time::timeout(within, read).await;
-        lags
+        });
+        futures::future::join_all(reads).await
     }
 
     /// Whether events to `node` go through the stream.
