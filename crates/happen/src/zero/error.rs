@@ -85,11 +85,8 @@ pub enum ZeroError {
         /// The field's kind.
         found: Kind,
     },
-    /// The writer's event type is not a valid event type.
-    #[error(transparent)]
-    InvalidType(crate::name::NameError),
-    /// The event would be larger than the layout's 4 GiB, or an id that is
-    /// not a UUID.
+    /// The event would be larger than the layout's 4 GiB, an id that is not
+    /// a UUID, or the writer was already finished.
     #[error("cannot make a zero event: {0}")]
     Unrepresentable(&'static str),
 }
@@ -98,8 +95,6 @@ impl From<ZeroError> for HappenError {
     fn from(error: ZeroError) -> Self {
         match error {
             // The same limit as for any payload: the same error.
-            // As an ordinary send says it.
-            ZeroError::InvalidType(error) => HappenError::InvalidName(error),
             ZeroError::TooDeep { limit, .. } => HappenError::TooDeep {
                 what: error.to_string(),
                 limit,

@@ -217,6 +217,7 @@ pub(crate) fn deliver(
 /// [`deliver`] for an event the node's guard already took: an ordinary
 /// event converted for a zero handler was checked in its own form (its
 /// source and signature, which its zero form does not carry).
+#[inline]
 pub(crate) fn deliver_accepted(
     node: &Arc<NodeCore>,
     event: ZeroEvent,

@@ -160,6 +160,9 @@ fn send(
     if core.is_closed() || (parent.is_none() && core.draining()) {
         return Err(HappenError::Shutdown);
     }
+    if let Some(error) = writer.type_error() {
+        return Err(error);
+    }
     let event = match parent {
         None => {
             let (id, timestamp) = crate::uuid7::next_bytes();

@@ -75,7 +75,10 @@ fn the_causal_context_is_in_the_header() {
 fn an_invalid_event_type_is_an_error_when_sealed() {
     let mut writer = ZeroWriter::new("not a type!");
     writer.u8("x", 1);
-    assert!(matches!(writer.finish("n"), Err(ZeroError::InvalidType(_))));
+    assert!(matches!(
+        writer.finish("n"),
+        Err(ZeroError::BadString { .. })
+    ));
 }
 
 #[test]
@@ -440,7 +443,7 @@ async fn an_invalid_event_type_is_refused_as_an_ordinary_send_refuses_it() {
         );
         assert!(matches!(
             ZeroWriter::new(bad).finish("a"),
-            Err(ZeroError::InvalidType(_))
+            Err(ZeroError::BadString { .. })
         ));
     }
 }

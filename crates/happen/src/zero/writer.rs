@@ -35,6 +35,12 @@ pub struct ZeroWriter {
     strings: Vec<u8>,
     event_type: (u32, u32),
     error: Option<ZeroError>,
+    /// Finished: what is written from now on makes no event.
+    spent: bool,
+    /// Why the event type is not valid: a send says it as an ordinary send
+    /// would ([`HappenError::InvalidName`](crate::HappenError::InvalidName));
+    /// `finish` says [`ZeroError::BadString`].
+    invalid_type: Option<Box<crate::name::NameError>>,
 }
 
 impl Drop for ZeroWriter {
@@ -82,12 +88,22 @@ impl ZeroWriter {
             strings,
             event_type: (0, 0),
             error: None,
+            spent: false,
+            invalid_type: None,
         };
         if let Err(error) = crate::name::validate_event_type(event_type) {
-            writer.error = Some(ZeroError::InvalidType(error));
+            writer.error = Some(ZeroError::BadString { at: AT_TYPE });
+            writer.invalid_type = Some(Box::new(error));
         }
         writer.event_type = writer.add_str(event_type);
         writer
+    }
+
+    /// Why the event type is not valid, as an ordinary send says it.
+    pub(crate) fn type_error(&mut self) -> Option<crate::HappenError> {
+        self.invalid_type
+            .take()
+            .map(|error| crate::HappenError::InvalidName(*error))
     }
 
     /// The offset the next field's value will take: with
@@ -210,13 +226,16 @@ impl ZeroWriter {
         &mut self,
         stamp: Stamp<'a, P>,
     ) -> Result<ZeroEvent, ZeroError> {
-        // Kept, not taken: a spent writer stays spent however often it is
-        // finished.
-        if let Some(error) = &self.error {
-            return Err(error.clone());
+        // Spent by the first finish, whatever it returns: its directories
+        // describe that event (a flag, not a stored error, which every
+        // writer's drop would then have to drop).
+        if std::mem::replace(&mut self.spent, true) || self.data.len() < HEADER {
+            return Err(ZeroError::Unrepresentable(
+                "this writer was already finished: make a new one for the next event",
+            ));
         }
-        if self.data.len() < HEADER {
-            return Err(ZeroError::Unrepresentable("a writer already sent"));
+        if let Some(error) = self.error.take() {
+            return Err(error);
         }
         let sender = self.add_str(stamp.sender);
         let correlation = match stamp.correlation {
@@ -238,8 +257,8 @@ impl ZeroWriter {
         let strings_at = self.data.len();
         self.data.extend_from_slice(&self.strings);
         let total = self.data.len();
-        if let Some(error) = &self.error {
-            return Err(error.clone());
+        if let Some(error) = self.error.take() {
+            return Err(error);
         }
         let Ok(total32) = u32::try_from(total) else {
             return Err(ZeroError::Unrepresentable("an event of 4 GiB or more"));
@@ -276,11 +295,6 @@ impl ZeroWriter {
         put(header, AT_STRINGS + 4, total - strings_at);
         let bytes = std::mem::take(&mut self.data);
         debug_assert_eq!(super::layout::check(&bytes), Ok(()));
-        // Spent: what is written to it from now on makes no event (its
-        // directories still describe the one just made).
-        self.error = Some(ZeroError::Unrepresentable(
-            "this writer was already sent: make a new one for the next event",
-        ));
         Ok(ZeroEvent { bytes })
     }
 }
