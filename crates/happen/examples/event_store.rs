@@ -87,6 +87,13 @@ async fn main() -> happen::Result<()> {
             Some(at) => entry["timestamp"].as_u64() > Some(at),
             None => false,
         };
+        // An event the log does not hold has no state to show: saying the
+        // current one would answer a question that was not asked.
+        if at.is_none() && !log.iter().any(|entry| entry["id"] == event_id) {
+            return Ok::<_, HappenError>(
+                json!({ "success": false, "reason": format!("no event {event_id} in the log") }),
+            );
+        }
         // Up to a time: the events at or before it; up to an event: it and
         // those before.
         let upto: Vec<Value> = match at {
@@ -134,9 +141,17 @@ async fn main() -> happen::Result<()> {
             ),
         )
         .await?;
+    let unknown = bank
+        .send(
+            &store,
+            Event::new("get-state-at", json!({ "eventId": "no-such-event" })),
+        )
+        .await?;
     happen.shutdown().await;
 
     println!("now:                  {now}");
+    println!("at an unknown event:  {unknown}");
+    assert_eq!(unknown["success"], false, "{unknown}");
     println!("after the withdrawal: {after_withdrawal}");
     println!("just before deposits: {by_time}");
     assert_eq!(now, json!({ "owner": "ann", "balance": 75 }));
