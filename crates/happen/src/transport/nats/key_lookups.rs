@@ -40,10 +40,13 @@ enum Lookup {
 
 /// The lookups of one runtime.
 #[derive(Default)]
-pub(super) struct KeyLookups {
-    senders: Mutex<HashMap<String, Lookup>>,
+pub(super) struct KeyLookups(Mutex<State>);
+
+#[derive(Default)]
+struct State {
+    senders: HashMap<String, Lookup>,
     /// Messages waiting in `InFlight` lists.
-    waiting: Mutex<usize>,
+    waiting: usize,
 }
 
 /// Runs `then` once `event` can be judged: at once when it is unsigned, its
@@ -53,39 +56,48 @@ pub(super) fn after_key(shared: &Arc<Shared>, event: &Event, then: impl FnOnce()
     let Some(registry) = super::receive::needs_key(shared, event) else {
         return then();
     };
-    let lookups = &shared.key_lookups;
     let sender = event.causal().sender.as_str();
-    let mut senders = lock(&lookups.senders);
-    match senders.get_mut(sender) {
-        Some(Lookup::Missed(at)) if at.elapsed() < MISS_MEMORY => {
-            drop(senders);
-            return then();
-        }
-        Some(Lookup::InFlight(waiters)) => {
-            let mut waiting = lock(&lookups.waiting);
-            if *waiting >= MAX_WAITING {
-                drop((waiting, senders));
-                return then();
+    // Decided under the lock; `then` runs after it is released (it hands
+    // the event to a node).
+    let mut then = Some(then);
+    let start = {
+        let mut state = lock(&shared.key_lookups.0);
+        let state = &mut *state;
+        match state.senders.get_mut(sender) {
+            Some(Lookup::Missed(at)) if at.elapsed() < MISS_MEMORY => false,
+            Some(Lookup::InFlight(waiters)) => {
+                if state.waiting < MAX_WAITING
+                    && let Some(then) = then.take()
+                {
+                    state.waiting += 1;
+                    waiters.push(Box::new(then));
+                }
+                false
             }
-            *waiting += 1;
-            waiters.push(Box::new(then));
-            return;
+            _ => {
+                if state.senders.len() >= MAX_SENDERS {
+                    state.senders.retain(
+                        |_, l| !matches!(l, Lookup::Missed(at) if at.elapsed() >= MISS_MEMORY),
+                    );
+                }
+                let room = state.senders.len() < MAX_SENDERS && state.waiting < MAX_WAITING;
+                if room && let Some(then) = then.take() {
+                    state.waiting += 1;
+                    state
+                        .senders
+                        .insert(sender.to_owned(), Lookup::InFlight(vec![Box::new(then)]));
+                }
+                room
+            }
         }
-        _ => {}
+    };
+    if let Some(then) = then {
+        return then(); // judged at once
     }
-    if senders.len() >= MAX_SENDERS {
-        senders.retain(|_, l| !matches!(l, Lookup::Missed(at) if at.elapsed() >= MISS_MEMORY));
+    if !start {
+        return; // waits for a lookup on its way
     }
-    let mut waiting = lock(&lookups.waiting);
-    if senders.len() >= MAX_SENDERS || *waiting >= MAX_WAITING {
-        drop((waiting, senders));
-        return then();
-    }
-    *waiting += 1;
-    drop(waiting);
     let sender = sender.to_owned();
-    senders.insert(sender.clone(), Lookup::InFlight(vec![Box::new(then)]));
-    drop(senders);
     let shared = shared.clone();
     let held = shared.readers.hold();
     tokio::spawn(async move {
@@ -95,18 +107,19 @@ pub(super) fn after_key(shared: &Arc<Shared>, event: &Event, then: impl FnOnce()
             shared.local.keys().learn(&sender, key);
         }
         let waiters = {
-            let mut senders = lock(&shared.key_lookups.senders);
+            let mut state = lock(&shared.key_lookups.0);
             let ended = if found {
-                senders.remove(&sender)
+                state.senders.remove(&sender)
             } else {
-                senders.insert(sender, Lookup::Missed(Instant::now()))
+                state.senders.insert(sender, Lookup::Missed(Instant::now()))
             };
-            match ended {
+            let waiters = match ended {
                 Some(Lookup::InFlight(waiters)) => waiters,
                 _ => Vec::new(),
-            }
+            };
+            state.waiting -= waiters.len();
+            waiters
         };
-        *lock(&shared.key_lookups.waiting) -= waiters.len();
         for waiter in waiters {
             waiter();
         }
