@@ -327,21 +327,32 @@ impl Keys {
             return Ok(());
         };
         let sender = &event.causal().sender;
-        let Some(key) = self.public_key(sender) else {
-            return reject(format!("no key is registered for its sender \"{sender}\""));
+        self.verify(sender, event.hash().as_bytes(), &integrity.signature)
+            .or_else(reject)
+    }
+
+    /// Whether `signature` (hex) is `signer`'s registered key's over
+    /// `message`; the reason if not.
+    pub(crate) fn verify(
+        &self,
+        signer: &str,
+        message: &[u8],
+        signature: &str,
+    ) -> std::result::Result<(), String> {
+        let Some(key) = self.public_key(signer) else {
+            return Err(format!("no key is registered for its sender \"{signer}\""));
         };
-        let Some(signature) = unhex(&integrity.signature) else {
-            return reject("its signature is not hex".into());
+        let Some(signature) = unhex(signature) else {
+            return Err("its signature is not hex".into());
         };
         let verifier = self
             .verifier
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        match verifier.verify(&key, event.hash().as_bytes(), &signature) {
-            Ok(()) => Ok(()),
-            Err(reason) => reject(format!("{reason} (sender \"{sender}\")")),
-        }
+        verifier
+            .verify(&key, message, &signature)
+            .map_err(|reason| format!("{reason} (sender \"{signer}\")"))
     }
 }
 

@@ -394,7 +394,9 @@ async fn the_server_stops_one_service_from_acting_as_another() {
 /// A requester that requires signed events takes only an answer signed by
 /// the node it asked. A signing node's answers are signed; an answer that
 /// another runtime made for a request it overheard (its reply subject
-/// copied by a raw client) is refused with the reason, never handed over.
+/// copied by a raw client) is refused and reported, never handed over, and
+/// it does not end the request: the genuine answer, coming later, is taken.
+/// When none comes in time, the request ends with the refusal's reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_to_a_requester_that_requires_signatures_are_checked() {
     let server = NatsServer::start().unwrap();
@@ -420,6 +422,7 @@ async fn answers_to_a_requester_that_requires_signatures_are_checked() {
         .node_with("payments", NodeConfig::new().require_signed(true))
         .unwrap();
     let lenient = victim.node("lenient").unwrap();
+    let mut rejected = rejections(&victim);
     victim.flush().await.unwrap();
 
     let honest = payments
@@ -447,7 +450,7 @@ async fn answers_to_a_requester_that_requires_signatures_are_checked() {
     raw.flush().await.unwrap();
     let relay = raw.clone();
     let relayed = tokio::spawn(async move {
-        for _ in 0..2 {
+        for _ in 0..3 {
             let m = next(&mut overheard).await;
             relay
                 .publish_with_reply("evil.node.ledger", m.reply.unwrap(), m.payload)
@@ -456,8 +459,25 @@ async fn answers_to_a_requester_that_requires_signatures_are_checked() {
             relay.flush().await.unwrap();
         }
     });
+    // The forged answer comes first and is refused; the genuine one, three
+    // seconds later, is the request's answer.
+    let answered = payments
+        .send("ledger", Event::new("balance", json!({ "slow": true })))
+        .await
+        .unwrap();
+    assert_eq!(answered, json!({ "cents": 100 }));
+    let report = within("the refusal's report", 10, rejected.recv())
+        .await
+        .unwrap();
+    assert!(
+        report["reason"].as_str().unwrap().contains("not signed"),
+        "{report}"
+    );
+    // With no genuine answer before its deadline, the request ends with
+    // why the forged one was refused, not a bare timeout.
     let forged = payments
         .send("ledger", Event::new("balance", json!({ "slow": true })))
+        .timeout(Duration::from_secs(2))
         .await
         .expect_err("forged answer taken");
     assert!(

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::durable::keys::KeyRegistry;
 use super::{Shared, lock};
 use crate::event::Event;
 
@@ -53,10 +54,29 @@ struct State {
 /// sender's key is known, or no registry is there to ask; else when the
 /// sender's lookup (shared with its other messages) has ended.
 pub(super) fn after_key(shared: &Arc<Shared>, event: &Event, then: impl FnOnce() + Send + 'static) {
-    let Some(registry) = super::receive::needs_key(shared, event) else {
-        return then();
-    };
-    let sender = event.causal().sender.as_str();
+    match super::receive::needs_key(shared, event) {
+        Some(registry) => after_lookup(shared, registry, &event.causal().sender, then),
+        None => then(),
+    }
+}
+
+/// The registry to ask for `sender`'s key, when this process does not know
+/// it (and has a registry).
+pub(super) fn registry_for(shared: &Shared, sender: &str) -> Option<Arc<KeyRegistry>> {
+    if shared.local.keys().public_key(sender).is_some() {
+        return None;
+    }
+    shared.durable.as_ref().map(|d| d.keys.clone())
+}
+
+/// Runs `then` once `sender`'s lookup in `registry` (shared with its other
+/// messages) has ended, or at once when there is no room to wait.
+pub(super) fn after_lookup(
+    shared: &Arc<Shared>,
+    registry: Arc<KeyRegistry>,
+    sender: &str,
+    then: impl FnOnce() + Send + 'static,
+) {
     // Decided under the lock; `then` runs after it is released (it hands
     // the event to a node).
     let mut then = Some(then);

@@ -37,6 +37,7 @@ mod outgoing;
 mod readers;
 mod receive;
 mod requests;
+mod seal;
 mod status;
 mod streams;
 mod subjects;

@@ -145,7 +145,7 @@ pub(super) fn tell(shared: &Arc<Shared>, target: &str, event: Event) -> Result<R
 }
 
 /// The requesting node (the request's sender), when it requires signed
-/// events: its answer is then checked (see `requests::verify_answer`).
+/// events: every reply is then checked (see `requests::checks`).
 fn verifying(shared: &Shared, event: &Event) -> Option<crate::id::Id> {
     let requester = &event.causal().sender;
     shared

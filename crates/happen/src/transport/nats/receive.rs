@@ -30,7 +30,9 @@ pub(super) fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
         Err(error) => {
             shared.local.rejected(&message.subject, &error);
             if reply_subject.is_some() {
-                Responder::remote(NatsReply::new(shared.clone(), reply_subject)).reply(Err(error));
+                let node = message.subject.get(prefix_len..).unwrap_or_default();
+                Responder::remote(NatsReply::new(shared.clone(), reply_subject, node))
+                    .reply(Err(error));
             }
         }
     }
@@ -39,16 +41,8 @@ pub(super) fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
 /// When `event` is signed by a sender whose key this process does not know
 /// yet: where to look it up.
 pub(super) fn needs_key(shared: &Shared, event: &Event) -> Option<Arc<KeyRegistry>> {
-    if event.context().integrity.is_none()
-        || shared
-            .local
-            .keys()
-            .public_key(&event.causal().sender)
-            .is_some()
-    {
-        return None;
-    }
-    shared.durable.as_ref().map(|d| d.keys.clone())
+    event.context().integrity.as_ref()?;
+    key_lookups::registry_for(shared, &event.causal().sender)
 }
 
 /// Hands a decoded direct event to its node.
@@ -58,9 +52,13 @@ fn direct(
     reply_subject: Option<String>,
     opened: envelope::Opened,
 ) {
-    let responder = opened
-        .wants_reply
-        .then(|| Responder::remote(NatsReply::new(shared.clone(), reply_subject.clone())));
+    let responder = opened.wants_reply.then(|| {
+        Responder::remote(NatsReply::new(
+            shared.clone(),
+            reply_subject.clone(),
+            &target,
+        ))
+    });
     // While shutting down, take what this runtime sent before the
     // shutdown began and what running flows caused (as the
     // in-process runtime does); new work from elsewhere is refused.

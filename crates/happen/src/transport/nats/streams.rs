@@ -14,11 +14,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
 use super::commands::Publish;
+use super::seal::Sealer;
 use super::wire::{self, Credit, Reply};
 use super::{Shared, lock};
 use crate::delivery::ReplySink;
@@ -50,64 +52,77 @@ struct Producing {
 }
 
 /// Sends a flow's outcome (and streamed items) back over NATS to the
-/// requester's inbox.
+/// requester's inbox, sealed when the answering node signs (see
+/// [`super::seal`]).
 pub(super) struct NatsReply {
     shared: Arc<Shared>,
     subject: Option<String>,
     stream: Option<Producing>,
+    sealer: Option<Sealer>,
 }
 
+/// A reply's bytes and the headers that seal it.
+type Sealed = (Vec<u8>, Option<HeaderMap>);
+
 impl NatsReply {
-    /// The answer to a message whose reply subject is `subject` (`None`:
-    /// nobody to answer).
-    pub(super) fn new(shared: Arc<Shared>, subject: Option<String>) -> Self {
+    /// The answer of `node` (one of this process's) to a message whose
+    /// reply subject is `subject` (`None`: nobody to answer).
+    pub(super) fn new(shared: Arc<Shared>, subject: Option<String>, node: &str) -> Self {
+        let sealer = subject
+            .as_ref()
+            .and_then(|_| Sealer::for_node(&shared, node));
         NatsReply {
             shared,
             subject,
             stream: None,
+            sealer,
         }
     }
 
-    /// Publishes `reply`; one that cannot be encoded or is too large is
-    /// replaced by the error saying so.
-    fn publish(&self, subject: String, reply: &Reply) {
-        let limit = self.shared.max_payload();
-        let encoded = wire::encode_reply(reply).and_then(|bytes| {
-            if bytes.len() > limit {
-                Err(HappenError::PayloadTooLarge {
-                    size: bytes.len(),
-                    limit,
-                })
-            } else {
-                Ok(bytes)
-            }
-        });
-        let payload = match encoded {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::warn!(%error, "answer replaced by its error");
-                let substitute = match reply {
-                    Reply::End { seq, .. } => Reply::End {
-                        seq: *seq,
-                        outcome: Box::new(Reply::Err(error)),
-                    },
-                    _ => Reply::Err(error),
-                };
-                match wire::encode_reply(&substitute) {
-                    Ok(bytes) => bytes,
-                    Err(error) => {
-                        tracing::error!(%error, "cannot encode a reply");
-                        return;
-                    }
-                }
-            }
+    /// `reply`'s bytes, and its seal when the node signs (an answer needs
+    /// none: it is a signed event); an error when it cannot be encoded or
+    /// sealed, or the server would refuse it as too large.
+    fn sealed(&self, subject: &str, reply: &Reply) -> Result<Sealed> {
+        let payload = wire::encode_reply(reply)?;
+        let headers = match &self.sealer {
+            Some(sealer) if !matches!(reply, Reply::Ok(_)) => Some(sealer.seal(subject, &payload)?),
+            _ => None,
         };
+        super::envelope::check_size(&payload, headers.as_ref(), self.shared.max_payload())?;
+        Ok((payload, headers))
+    }
+
+    /// Publishes `reply`; one that cannot be encoded, sealed or sent
+    /// whole is replaced by the error saying so (unsealed if even that
+    /// cannot be sealed: a requester that requires signatures waits on).
+    fn publish(&self, subject: String, reply: &Reply) {
+        let sealed = self.sealed(&subject, reply).or_else(|error| {
+            tracing::warn!(%error, "answer replaced by its error");
+            let substitute = match reply {
+                Reply::End { seq, .. } => Reply::End {
+                    seq: *seq,
+                    outcome: Box::new(Reply::Err(error)),
+                },
+                _ => Reply::Err(error),
+            };
+            self.sealed(&subject, &substitute).or_else(|error| {
+                tracing::error!(%error, "a reply's error sent unsealed");
+                wire::encode_reply(&substitute).map(|payload| (payload, None))
+            })
+        });
+        match sealed {
+            Ok(sealed) => self.send(subject, sealed),
+            Err(error) => tracing::error!(%error, "cannot encode a reply"),
+        }
+    }
+
+    fn send(&self, subject: String, (payload, headers): Sealed) {
         if let Err(error) = Shared::answer(
             &self.shared,
             Publish {
                 subject: subject.into(),
                 reply: None,
-                headers: None,
+                headers,
                 payload: Bytes::from(payload),
                 token: None,
             },
@@ -167,16 +182,13 @@ impl ReplySink for NatsReply {
                 value,
                 credit: first_credit,
             };
-            // An item too large is the flow's error, not a hole in the stream.
-            let size = wire::encode_reply(&item)?.len();
-            let limit = self.shared.max_payload();
-            if size > limit {
-                return Err(HappenError::PayloadTooLarge { size, limit });
-            }
+            // An item too large (or that cannot be sealed) is the flow's
+            // error, not a hole in the stream.
+            let sealed = self.sealed(&subject, &item)?;
             if let Some(producing) = self.stream.as_mut() {
                 producing.seq += 1;
             }
-            self.publish(subject, &item);
+            self.send(subject, sealed);
             Ok(())
         })
     }

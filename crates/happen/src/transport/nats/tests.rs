@@ -318,25 +318,19 @@ async fn batch_members_claiming_another_sender_do_not_pass_acceptance() {
     );
 }
 
-/// A requester that requires signatures checks every way an answer can
-/// come: as an answer, as the end of a stream without items, and against
-/// the request it answers (a signed answer to an earlier request, replayed,
-/// is refused).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_are_checked_however_they_come_and_must_answer_this_request() {
-    use futures::StreamExt;
-    let server = NatsServer::start().unwrap();
+/// A runtime with a signing `ledger` (its handlers added by `handlers`),
+/// and another with a `payments` node that requires signed events.
+async fn signing_ledger_and_strict_payments(
+    server: &NatsServer,
+    handlers: impl FnOnce(&Node),
+) -> (Happen, Happen, Node) {
     let genuine = Happen::connect(NatsConfig::new(server.url()))
         .await
         .unwrap();
     let ledger = genuine
         .node_with("ledger", NodeConfig::new().sign(true))
         .unwrap();
-    ledger
-        .on("balance", |e: Event, _cx: Context| async move {
-            json!({ "account": e.payload()["account"].clone() })
-        })
-        .unwrap();
+    handlers(&ledger);
     genuine.flush().await.unwrap();
     let victim = Happen::connect(NatsConfig::new(server.url()))
         .await
@@ -345,6 +339,25 @@ async fn answers_are_checked_however_they_come_and_must_answer_this_request() {
         .node_with("payments", NodeConfig::new().require_signed(true))
         .unwrap();
     victim.flush().await.unwrap();
+    (genuine, victim, payments)
+}
+
+/// A requester that requires signatures checks every way an answer can
+/// come: as an answer, as the end of a stream without items, and against
+/// the request it answers (a signed answer to an earlier request, replayed,
+/// is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_checked_however_they_come_and_must_answer_this_request() {
+    use futures::StreamExt;
+    let server = NatsServer::start().unwrap();
+    let (genuine, _victim, payments) = signing_ledger_and_strict_payments(&server, |ledger| {
+        ledger
+            .on("balance", |e: Event, _cx: Context| async move {
+                json!({ "account": e.payload()["account"].clone() })
+            })
+            .unwrap();
+    })
+    .await;
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut inboxes = raw.subscribe("_INBOX.>").await.unwrap();
     raw.flush().await.unwrap();
@@ -394,6 +407,7 @@ async fn answers_are_checked_however_they_come_and_must_answer_this_request() {
     raw.flush().await.unwrap();
     let replayed = payments
         .send("ledger", Event::new("balance", json!({ "account": "B" })))
+        .timeout(Duration::from_secs(1))
         .await
         .unwrap_err();
     assert!(
@@ -402,7 +416,105 @@ async fn answers_are_checked_however_they_come_and_must_answer_this_request() {
     );
     let ended = payments
         .send("ledger", Event::new("balance", json!({ "how": "end" })))
+        .timeout(Duration::from_secs(1))
         .await
         .unwrap_err();
-    assert!(matches!(ended, HappenError::Integrity { .. }), "{ended}");
+    assert!(
+        matches!(&ended, HappenError::Integrity { reason, .. } if reason.contains("not sealed")),
+        "{ended}"
+    );
+}
+
+/// Errors, streamed items and a stream's end reach a requester that
+/// requires signatures when the node it asked sent them (they are sealed
+/// with its key). Forged ones, published first on the overheard reply
+/// subject, are refused and counted, and do not end the request: the
+/// genuine outcome, coming later, is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_streams_are_believed_only_from_the_node_asked() {
+    use crate::StreamItem::{Done, Item};
+    use futures::StreamExt;
+    let server = NatsServer::start().unwrap();
+    let (_genuine, victim, payments) = signing_ledger_and_strict_payments(&server, |ledger| {
+        ledger
+            .on("close", |_e: Event, _cx: Context| async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Err::<serde_json::Value, HappenError>(HappenError::Config(
+                    "the books are closed".into(),
+                ))
+            })
+            .unwrap();
+        ledger
+            .on("entries", |_e: Event, cx: Context| async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                for n in 0..3 {
+                    cx.emit(json!(n)).await?;
+                }
+                Ok::<_, HappenError>(json!("listed"))
+            })
+            .unwrap();
+    })
+    .await;
+
+    // A raw client overhears every request to the ledger and answers first.
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut overheard = raw.subscribe("happen.node.ledger").await.unwrap();
+    raw.flush().await.unwrap();
+    let forger = raw.clone();
+    tokio::spawn(async move {
+        while let Some(m) = overheard.next().await {
+            let Some(reply_to) = m.reply else { continue };
+            let forged = || HappenError::Config("forged".into());
+            let event = wire::decode_event(&m.payload).unwrap();
+            let replies = match event.event_type() {
+                "close" => vec![Reply::Err(forged())],
+                _ => vec![
+                    Reply::Item {
+                        seq: 0,
+                        value: json!("forged"),
+                        credit: None,
+                    },
+                    Reply::End {
+                        seq: 1,
+                        outcome: Box::new(Reply::Err(forged())),
+                    },
+                ],
+            };
+            for reply in replies {
+                let bytes = wire::encode_reply(&reply).unwrap();
+                forger
+                    .publish(reply_to.clone(), bytes.into())
+                    .await
+                    .unwrap();
+            }
+            forger.flush().await.unwrap();
+        }
+    });
+    let closed = payments
+        .send("ledger", Event::new("close", json!(null)))
+        .await
+        .unwrap_err();
+    assert!(
+        closed.to_string().contains("the books are closed"),
+        "{closed}"
+    );
+    let streamed = payments
+        .send("ledger", Event::new("entries", json!(null)))
+        .stream()
+        .collect::<Vec<_>>();
+    let streamed: Vec<_> = within("the stream", 10, streamed)
+        .await
+        .into_iter()
+        .map(|item| item.unwrap())
+        .collect();
+    assert_eq!(
+        streamed,
+        [
+            Item(json!(0)),
+            Item(json!(1)),
+            Item(json!(2)),
+            Done(json!("listed"))
+        ]
+    );
+    assert_eq!(victim.counters().rejected, 3, "the forged replies");
 }

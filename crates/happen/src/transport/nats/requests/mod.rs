@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::Subject;
@@ -33,6 +33,8 @@ use crate::error::{HappenError, Result, millis};
 use crate::event::Event;
 use crate::id::Id;
 use crate::stream::{CreditSink, Outcome, STREAM_WINDOW, StreamMsg, StreamRx};
+
+mod checks;
 
 /// How long an answer from a node makes "no responders" from it look like a
 /// restart rather than a missing node.
@@ -66,9 +68,15 @@ pub(super) struct Waiting {
     /// How many times "no responders" came back.
     refusals: u32,
     sent_at: Instant,
-    /// The requesting node, when it requires signed events: the answer
-    /// must then be signed by the node it asked.
+    /// The requesting node, when it requires signed events: every reply
+    /// must then come from the node it asked (see [`checks`]).
     verify: Option<Id>,
+    /// Replies that came while the asked node's key was being looked up,
+    /// in arrival order (judged when the lookup ends).
+    held: Option<Vec<(Reply, async_nats::Message)>>,
+    /// Why the first reply refused by the checks was refused: the request's
+    /// outcome if no genuine reply comes before its deadline.
+    refused: Option<HappenError>,
 }
 
 /// A stream this process consumes.
@@ -79,6 +87,14 @@ struct Incoming {
 }
 
 impl Waiting {
+    /// How long before its deadline a request is given up, so that its
+    /// requester hears why rather than a bare timeout: a fifth of its
+    /// timeout, at most [`MAX_GIVE_UP_MARGIN`].
+    fn give_up_margin(&self) -> Duration {
+        let timeout = self.deadline.get().saturating_duration_since(self.sent_at);
+        (timeout / 5).min(MAX_GIVE_UP_MARGIN)
+    }
+
     /// Whether someone still waits for more of this request.
     fn alive(&self) -> bool {
         self.reply.as_ref().is_some_and(|r| !r.is_closed())
@@ -111,11 +127,14 @@ impl std::hash::Hasher for TokenHasher {
     }
 }
 
+/// The requests waiting for replies, by token.
+type PendingMap = HashMap<u64, Waiting, std::hash::BuildHasherDefault<TokenHasher>>;
+
 /// The requests of one runtime.
 #[derive(Default)]
 pub(super) struct Requests {
     next: AtomicU64,
-    pending: Mutex<HashMap<u64, Waiting, std::hash::BuildHasherDefault<TokenHasher>>>,
+    pending: Mutex<PendingMap>,
     /// When each node last answered this runtime.
     /// (Looked up for every request and reply: see "Maps looked
     /// up per event" in the transport module.)
@@ -152,6 +171,8 @@ impl Requests {
                 refusals: 0,
                 sent_at: Instant::now(),
                 verify,
+                held: None,
+                refused: None,
             },
         );
         Publish {
@@ -220,9 +241,8 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
         Ok(reply) => reply,
         Err(error) => Reply::Err(error),
     };
-    let requests = &shared.requests;
-    let mut pending = lock(&requests.pending);
-    let Some(waiting) = pending.get_mut(&token) else {
+    let pending = lock(&shared.requests.pending);
+    let Some(waiting) = pending.get(&token) else {
         // The requester gave up (timeout, dropped handle) and was forgotten:
         // a stream's first item names where to say its items are unwanted
         // (without that, a producer would wait for credit for good).
@@ -234,6 +254,19 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
         {
             NatsCredit::new(shared.clone(), subject).unwanted();
         }
+        return;
+    };
+    if waiting.verify.is_some() {
+        return checks::judge(shared, pending, token, reply, message);
+    }
+    take(shared, pending, token, reply);
+}
+
+/// Takes a reply to request `token` (found in `pending`, and believed):
+/// an answer, a stream's item or its end.
+fn take(shared: &Arc<Shared>, mut pending: MutexGuard<'_, PendingMap>, token: u64, reply: Reply) {
+    let requests = &shared.requests;
+    let Some(waiting) = pending.get_mut(&token) else {
         return;
     };
     requests.note_answer(&waiting.target);
@@ -300,16 +333,10 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
                         incoming.next
                     )));
                 }
-                // A stream that ends without items is a plain outcome, and
-                // is checked as one.
-                None if seq == 0 => match *outcome {
-                    Reply::Ok(answer) if waiting.verify.is_some() => {
-                        verify_answer(shared, waiting, answer);
-                    }
-                    outcome => {
-                        deliver_final(Some(waiting), Result::from(outcome));
-                    }
-                },
+                // A stream that ends without items is a plain outcome.
+                None if seq == 0 => {
+                    deliver_final(Some(waiting), Result::from(*outcome));
+                }
                 None => {
                     deliver_final(
                         Some(waiting),
@@ -330,55 +357,9 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
             {
                 return tell_again(shared, waiting);
             }
-            match (waiting, other) {
-                (Some(waiting), Reply::Ok(answer)) if waiting.verify.is_some() => {
-                    verify_answer(shared, waiting, answer);
-                }
-                (waiting, other) => {
-                    deliver_final(waiting, Result::from(other));
-                }
-            }
+            deliver_final(waiting, Result::from(other));
         }
     }
-}
-
-/// Hands over the answer to a requester that requires signed events once
-/// it is checked: sent by the node asked, and signed with its key (looked
-/// up first when this process does not know it yet). Anyone who can
-/// publish on the reply subject could otherwise answer in its name.
-fn verify_answer(shared: &Arc<Shared>, waiting: Waiting, answer: Event) {
-    let (then, event) = (shared.clone(), answer.clone());
-    super::key_lookups::after_key(shared, &event, move || {
-        let outcome = checked_answer(&then, &waiting, answer);
-        deliver_final(Some(waiting), outcome);
-    });
-}
-
-fn checked_answer(shared: &Shared, waiting: &Waiting, answer: Event) -> Result<Event> {
-    let requester = waiting.verify.as_deref().unwrap_or_default();
-    let sender = &answer.causal().sender;
-    // Its cause must be this request: a signed answer to an earlier one,
-    // replayed, is genuine but not an answer to this.
-    if answer.causal().causation_id.as_deref() != Some(&*waiting.event_id) {
-        return Err(HappenError::Integrity {
-            event_id: answer.id().to_owned(),
-            reason: format!(
-                "node \"{requester}\" refused it: the answer is not to this request (it answers {:?})",
-                answer.causal().causation_id
-            ),
-        });
-    }
-    if *sender != waiting.target {
-        return Err(HappenError::Integrity {
-            event_id: answer.id().to_owned(),
-            reason: format!(
-                "node \"{requester}\" refused it: the answer came from \"{sender}\", not from \"{}\", the node asked",
-                waiting.target
-            ),
-        });
-    }
-    shared.local.keys().check(requester, &answer, true)?;
-    Ok(answer)
 }
 
 /// A request refused as a deadlock whose handle was dropped (its requester
@@ -412,7 +393,7 @@ fn no_responders(shared: &Arc<Shared>, token: u64) {
         || shared.status.reconnected_within(RECONNECTED_RECENTLY);
     let pause = retry_pause(waiting.refusals);
     let deadline = waiting.deadline.get();
-    let margin = (deadline.saturating_duration_since(waiting.sent_at) / 5).min(MAX_GIVE_UP_MARGIN);
+    let margin = waiting.give_up_margin();
     if plausible && Instant::now() + pause + margin < deadline && !shared.is_closed() {
         let publish = Publish {
             subject: waiting.subject.clone(),

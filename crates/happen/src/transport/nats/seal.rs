@@ -1,0 +1,170 @@
+//! Seals on replies: what lets a requester that requires signed events
+//! believe an error, a streamed item or the end of a stream.
+//!
+//! An answer is an event, signed by a signing node as any event it sends
+//! (`NodeCore::answer`), and checked as one. The other replies (a refusal, a
+//! handler's error, a stream's items and its end) are not events. Anyone who
+//! can publish on the server can write to a reply subject it overheard, so a
+//! runtime whose node signs *seals* every such reply of that node: a header
+//! ([`SEAL_HEADER`]) holding the node's signature over a digest of the reply
+//! subject, the node's id and the reply's bytes. The subject names one
+//! request of one runtime (`<inbox>.<token>`), so a seal cannot be moved to
+//! another request, another node's name, or other bytes.
+//!
+//! The requester's side (`requests`) checks the seal with the node's
+//! registered key, looked up first when this process does not know it yet.
+
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+
+use super::Shared;
+use crate::error::{HappenError, Result};
+use crate::id::Id;
+use crate::identity::{Keys, Signer, hex};
+use crate::transport::Transport;
+
+/// The header holding a reply's seal (hex).
+pub(super) const SEAL_HEADER: &str = "Happen-Seal";
+
+/// The key-derivation context of a seal's digest: no other digest made by
+/// Happen (an event's hash) can be taken for a reply's.
+const CONTEXT: &str = "happen 2026-12-07 reply seal v1";
+
+/// What seals the replies of one of this process's signing nodes.
+pub(super) struct Sealer {
+    node: Id,
+    signer: Arc<dyn Signer>,
+}
+
+impl Sealer {
+    /// The sealer for `node`'s replies: `None` when the node is not one of
+    /// this process's, or does not sign.
+    pub(super) fn for_node(shared: &Shared, node: &str) -> Option<Sealer> {
+        let handle = shared.local.node(node)?;
+        let core = handle.core();
+        core.limits().sign.then(|| Sealer {
+            node: handle.shared_id().clone(),
+            signer: core.signer().clone(),
+        })
+    }
+
+    /// The headers that seal `payload`, a reply published on `subject`.
+    pub(super) fn seal(&self, subject: &str, payload: &[u8]) -> Result<HeaderMap> {
+        let signature = self.signer.sign(&digest(subject, &self.node, payload))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(SEAL_HEADER, hex(&signature).as_str());
+        Ok(headers)
+    }
+}
+
+/// Checks the seal of a reply that came on `subject` to `requester`, which
+/// asked `node`: it must be there, and be `node`'s signature over the
+/// reply's digest.
+pub(super) fn check(
+    keys: &Keys,
+    requester: &str,
+    node: &str,
+    message: &async_nats::Message,
+) -> Result<()> {
+    let refuse = |reason: String| HappenError::Integrity {
+        event_id: String::new(),
+        reason: format!("node \"{requester}\" refused a reply from \"{node}\": {reason}"),
+    };
+    let Some(seal) = message.headers.as_ref().and_then(|h| h.get(SEAL_HEADER)) else {
+        return Err(refuse(
+            "it is not sealed, and the node requires signed events".into(),
+        ));
+    };
+    let digest = digest(message.subject.as_str(), node, &message.payload);
+    keys.verify(node, &digest, seal.as_str()).map_err(refuse)
+}
+
+/// The 32 bytes a seal signs (the [`Signer`] contract: a digest).
+fn digest(subject: &str, node: &str, payload: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key(CONTEXT);
+    for part in [subject.as_bytes(), node.as_bytes()] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.update(payload);
+    *hasher.finalize().as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeIdentity;
+
+    fn message(subject: &str, payload: &[u8], headers: Option<HeaderMap>) -> async_nats::Message {
+        async_nats::Message {
+            subject: subject.into(),
+            reply: None,
+            payload: bytes::Bytes::copy_from_slice(payload),
+            headers,
+            status: None,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    fn sealer(node: &str, key: &NodeIdentity) -> Sealer {
+        Sealer {
+            node: Id::from(node),
+            signer: Arc::new(key.clone()),
+        }
+    }
+
+    #[test]
+    fn a_seal_holds_for_its_subject_node_and_bytes_only() {
+        let key = NodeIdentity::generate();
+        let keys = Keys::default();
+        keys.learn("ledger", key.public_key());
+        keys.learn("other", key.public_key());
+        let headers = sealer("ledger", &key).seal("_INBOX.a.7", b"reply").unwrap();
+        let sealed =
+            |subject: &str, payload: &[u8]| message(subject, payload, Some(headers.clone()));
+        check(&keys, "payments", "ledger", &sealed("_INBOX.a.7", b"reply")).unwrap();
+        for (what, subject, node, payload) in [
+            ("another request", "_INBOX.a.8", "ledger", &b"reply"[..]),
+            ("another node", "_INBOX.a.7", "other", b"reply"),
+            ("other bytes", "_INBOX.a.7", "ledger", b"replY"),
+        ] {
+            let error = check(&keys, "payments", node, &sealed(subject, payload)).unwrap_err();
+            assert!(
+                matches!(&error, HappenError::Integrity { reason, .. } if reason.contains("not the sender's")),
+                "{what}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_unreadable_or_unknown_seal_is_refused_with_its_reason() {
+        let key = NodeIdentity::generate();
+        let keys = Keys::default();
+        let reason =
+            |message: &async_nats::Message| match check(&keys, "payments", "ledger", message) {
+                Err(HappenError::Integrity { reason, .. }) => reason,
+                other => panic!("{other:?}"),
+            };
+        assert!(reason(&message("s", b"r", None)).contains("not sealed"));
+        let headers = sealer("ledger", &key).seal("s", b"r").unwrap();
+        assert!(
+            reason(&message("s", b"r", Some(headers.clone()))).contains("no key is registered")
+        );
+        keys.learn("ledger", key.public_key());
+        let mut garbled = HeaderMap::new();
+        garbled.insert(SEAL_HEADER, "not hex");
+        assert!(reason(&message("s", b"r", Some(garbled))).contains("not hex"));
+        let stranger = NodeIdentity::generate();
+        let forged = sealer("ledger", &stranger).seal("s", b"r").unwrap();
+        assert!(reason(&message("s", b"r", Some(forged))).contains("not the sender's"));
+        check(
+            &keys,
+            "payments",
+            "ledger",
+            &message("s", b"r", Some(headers)),
+        )
+        .unwrap();
+    }
+}
