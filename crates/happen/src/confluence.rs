@@ -38,7 +38,7 @@ use crate::error::Result;
 use crate::event::Event;
 use crate::flow::{Handler, Step};
 use crate::id::Id;
-use crate::node::{HandlerId, Node, Target};
+use crate::node::{Addressee, HandlerId, Node, Target};
 use crate::pattern::IntoPattern;
 use crate::response::Sent;
 
@@ -58,21 +58,24 @@ impl<S> Node<S> {
         let mut seen = std::collections::HashSet::with_capacity(targets.len());
         targets.retain(|id| seen.insert(id.clone()));
         let timeout = self.limits().timeout;
-        let prepared = self
-            .runtime()
-            .and_then(|runtime| match self.prepare(event.clone(), true) {
+        let prepared = self.runtime().and_then(|runtime| {
+            match self.prepare(event.clone(), true, Addressee::EachOfGroup) {
                 Ok(event) => Ok((runtime, event)),
                 Err((e, _)) => Err(e),
-            });
+            }
+        });
         let sent = targets
             .into_iter()
             .map(|target| {
                 let sent = match &prepared {
                     // Not claimed: awaiting the group must not run its
                     // flows one after another in the requester's task.
-                    Ok((runtime, event)) => self
-                        .send_stamped(runtime, target.clone(), event.clone())
-                        .unclaimed(),
+                    Ok((runtime, event)) => match self.signed_for(&target, event) {
+                        Ok(event) => self
+                            .send_stamped(runtime, target.clone(), event)
+                            .unclaimed(),
+                        Err(e) => Sent::refused(target.clone(), event.clone(), timeout, e),
+                    },
                     Err(e) => Sent::refused(target.clone(), event.clone(), timeout, e.clone()),
                 };
                 (target, sent)

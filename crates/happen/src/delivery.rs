@@ -317,7 +317,9 @@ impl Delivery {
 /// A delivery whose `matched` is already set (a broadcast found its
 /// receivers by matching) is not matched again.
 pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()> {
-    if let Err(error) = node.accepts(&delivery.event, delivery.made_here()) {
+    // A delivery matched before it came (`matched`) is a broadcast's.
+    let broadcast = delivery.matched.is_some();
+    if let Err(error) = node.accepts(&delivery.event, delivery.made_here(), broadcast) {
         return delivery.refuse(error);
     }
     if delivery.ack.is_none() && node.retried_here() {

@@ -129,7 +129,8 @@ pub trait Signer: Send + Sync + 'static {
     /// The public key receivers verify with (nkeys format for the default
     /// [`Verifier`]).
     fn public_key(&self) -> String;
-    /// Signs `message` (an event hash's 32 bytes).
+    /// Signs `message`, a 32-byte digest: an event's hash (a broadcast), a
+    /// digest of it and the node it is sent to, or a reply's seal.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
 }
 
@@ -248,11 +249,32 @@ impl NodeKeys {
     }
 }
 
-/// Signs `event` (already stamped): its hash, signed by `signer`, in
-/// `context.integrity`.
-pub(crate) fn sign(event: &mut Event, signer: &dyn Signer) -> Result<()> {
+/// The key-derivation context of the digest signed for an event sent to
+/// one node.
+const ADDRESSED: &str = "happen 2026-12-07 event addressed to one node v1";
+
+/// The 32 bytes a signature on `event` covers: for an event sent to one
+/// node (`to`), a digest of its hash and that node's id, so that the
+/// signature fails at any other node it is replayed to; for a broadcast
+/// (`None`), its hash.
+fn signed_digest(event: &Event, to: Option<&str>) -> [u8; 32] {
     let hash = EventHash::of(event);
-    let signature = signer.sign(hash.as_bytes())?;
+    match to {
+        None => *hash.as_bytes(),
+        Some(node) => {
+            let mut hasher = blake3::Hasher::new_derive_key(ADDRESSED);
+            hasher.update(hash.as_bytes());
+            hasher.update(node.as_bytes());
+            *hasher.finalize().as_bytes()
+        }
+    }
+}
+
+/// Signs `event` (already stamped) in `context.integrity`: `signer`'s
+/// signature over its hash, bound to `to`, the node it is sent to (`None`:
+/// a broadcast).
+pub(crate) fn sign(event: &mut Event, signer: &dyn Signer, to: Option<&str>) -> Result<()> {
+    let signature = signer.sign(&signed_digest(event, to))?;
     event.context_mut().integrity = Some(Integrity {
         signature: hex(&signature),
     });
@@ -312,8 +334,18 @@ impl Keys {
             .cloned()
     }
 
-    /// Checks `event`'s signature (if it has one; `required`: it must).
-    pub(crate) fn check(&self, node: &str, event: &Event, required: bool) -> Result<()> {
+    /// Checks `event`'s signature at `node` (if it has one; `required`: it
+    /// must). The signature holds when it was made for `node` or for a
+    /// broadcast (which reaches every node that takes its type); one made
+    /// for another node fails. `broadcast`: the event came as a broadcast,
+    /// so that form is tried first (the order costs, not the outcome).
+    pub(crate) fn check(
+        &self,
+        node: &str,
+        event: &Event,
+        required: bool,
+        broadcast: bool,
+    ) -> Result<()> {
         let reject = |reason: String| {
             Err(Error::Integrity {
                 event_id: event.id().to_owned(),
@@ -327,8 +359,20 @@ impl Keys {
             return Ok(());
         };
         let sender = &event.causal().sender;
-        self.verify(sender, event.hash().as_bytes(), &integrity.signature)
-            .or_else(reject)
+        let forms = match broadcast {
+            true => [None, Some(node)],
+            false => [Some(node), None],
+        };
+        let mut first = None;
+        for to in forms {
+            match self.verify(sender, &signed_digest(event, to), &integrity.signature) {
+                Ok(()) => return Ok(()),
+                Err(reason) => {
+                    first.get_or_insert(reason);
+                }
+            }
+        }
+        reject(first.unwrap_or_default())
     }
 
     /// Whether `signature` (hex) is `signer`'s registered key's over
@@ -385,7 +429,7 @@ mod tests {
     fn signed_by(keys: &NodeIdentity, sender: &str) -> Event {
         let mut event = Event::new("t", json!({ "amount": 100 }));
         crate::event::stamp(&mut event, &Id::from(sender), None);
-        sign(&mut event, keys).unwrap();
+        sign(&mut event, keys, None).unwrap();
         event
     }
 
@@ -405,7 +449,7 @@ mod tests {
         keys.learn("alice", alice.public_key());
         keys.learn("mallory", mallory.public_key());
         let event = signed_by(&alice, "alice");
-        keys.check("n", &event, true).unwrap();
+        keys.check("n", &event, true, false).unwrap();
 
         // Tampered after signing: the payload, the sender.
         let changed = Event::from_parts(
@@ -414,28 +458,55 @@ mod tests {
             event.context().clone(),
             None,
         );
-        assert!(keys.check("n", &changed, false).is_err());
+        assert!(keys.check("n", &changed, false, false).is_err());
         let mut claimed = event.clone();
         claimed.context_mut().causal.sender = Id::from("mallory");
-        assert!(keys.check("n", &claimed, false).is_err());
+        assert!(keys.check("n", &claimed, false, false).is_err());
         // Forged: signed with another key.
         let forged = signed_by(&mallory, "alice");
-        let error = keys.check("n", &forged, false).unwrap_err().to_string();
+        let error = keys
+            .check("n", &forged, false, false)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("not the sender's"), "{error}");
         // Unknown sender, unsigned when required, not hex.
         assert!(
-            keys.check("n", &signed_by(&alice, "stranger"), false)
+            keys.check("n", &signed_by(&alice, "stranger"), false, false)
                 .is_err()
         );
         let mut unsigned = Event::new("t", json!(1));
         crate::event::stamp(&mut unsigned, &Id::from("alice"), None);
-        assert!(keys.check("n", &unsigned, true).is_err());
-        assert!(keys.check("n", &unsigned, false).is_ok());
+        assert!(keys.check("n", &unsigned, true, false).is_err());
+        assert!(keys.check("n", &unsigned, false, false).is_ok());
         let mut garbled = event.clone();
         garbled.context_mut().integrity = Some(Integrity {
             signature: "zz".into(),
         });
-        assert!(keys.check("n", &garbled, false).is_err());
+        assert!(keys.check("n", &garbled, false, false).is_err());
+    }
+
+    #[test]
+    fn a_signature_made_for_one_node_fails_at_any_other() {
+        let alice = NodeIdentity::generate();
+        let keys = Keys::new(Arc::new(Ed25519));
+        keys.learn("alice", alice.public_key());
+        let mut event = Event::new("t", json!({ "amount": 100 }));
+        crate::event::stamp(&mut event, &Id::from("alice"), None);
+        sign(&mut event, &alice, Some("ledger")).unwrap();
+        for broadcast in [false, true] {
+            keys.check("ledger", &event, true, broadcast).unwrap();
+            let error = keys
+                .check("audit", &event, true, broadcast)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("not the sender's"), "{error}");
+        }
+        // A broadcast's signature holds wherever it is delivered.
+        let broadcast = signed_by(&alice, "alice");
+        for node in ["ledger", "audit"] {
+            keys.check(node, &broadcast, true, false).unwrap();
+            keys.check(node, &broadcast, true, true).unwrap();
+        }
     }
 
     #[test]

@@ -195,12 +195,22 @@ async fn signing_sender(server: &NatsServer) -> (Happen, Node) {
 
 /// Signed senders across processes: the receiver finds the sender's key in
 /// the registry bucket; a raw client that moves one event's signature onto
-/// another event is refused (the hash is right, the signature is not its).
+/// another event is refused (the hash is right, the signature is not its),
+/// and so is a genuine event sent to the ledger and replayed to another
+/// node (its signature is made for the ledger).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_are_checked_across_processes() {
     let server = NatsServer::start().unwrap();
-    let (_receiver, _ledger) =
+    let (receiver, _ledger) =
         ledger_requiring_signatures(&server, "payment", |p| p["cents"].clone()).await;
+    receiver
+        .node_with("audit", NodeConfig::new().require_signed(true))
+        .unwrap()
+        .on("payment", |e: Event, _cx: Context| async move {
+            e.payload()["cents"].clone()
+        })
+        .unwrap();
+    receiver.flush().await.unwrap();
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut direct = raw.subscribe("happen.node.ledger").await.unwrap();
     raw.flush().await.unwrap();
@@ -229,6 +239,22 @@ async fn signatures_are_checked_across_processes() {
         .unwrap();
     let text = String::from_utf8_lossy(&answer.payload);
     assert!(text.contains("not the sender's"), "{text}");
+    // The genuine bytes again: taken by the ledger, refused by the audit.
+    let again = raw
+        .request("happen.node.ledger", one.payload.clone())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&again.payload);
+    assert!(!text.contains("refused"), "{text}");
+    let replayed = raw
+        .request("happen.node.audit", one.payload.clone())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&replayed.payload);
+    assert!(
+        text.contains("refused it") && text.contains("not the sender's"),
+        "{text}"
+    );
     // An unsigned event (a raw client re-encoding is not needed: an
     // unsigned sender's event is enough) is refused by the ledger.
     let shop = sender.node("shop").unwrap();
@@ -237,7 +263,9 @@ async fn signatures_are_checked_across_processes() {
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("not signed"), "{refused}");
-    println!("signatures: accepted=2 moved-signature=refused unsigned=refused");
+    println!(
+        "signatures: accepted=2 moved-signature=refused replayed-to-another-node=refused unsigned=refused"
+    );
 }
 
 /// One node id claimed by two live processes with different keys is a

@@ -14,12 +14,15 @@ impl NodeCore {
     /// `local`: made in this process. The runtime's own reports (sender
     /// [`SYSTEM_SENDER`]) are never signed; made here, they need no
     /// signature (one from elsewhere claiming that sender still does).
+    /// `broadcast`: it came as a broadcast (its signature is checked in
+    /// that form first; see [`Keys::check`](crate::identity::Keys::check)).
     #[inline]
-    pub(crate) fn accepts(&self, event: &Event, local: bool) -> Result<()> {
+    pub(crate) fn accepts(&self, event: &Event, local: bool, broadcast: bool) -> Result<()> {
         let signed =
             self.limits.require_signed && !(local && event.causal().sender == SYSTEM_SENDER);
         if signed || event.context().integrity.is_some() {
-            self.key_registry.check(&self.id, event, signed)?;
+            self.key_registry
+                .check(&self.id, event, signed, broadcast)?;
         }
         match &self.accept {
             None => Ok(()),
@@ -47,7 +50,7 @@ impl NodeCore {
     /// the same reason as for any unsigned event).
     pub(crate) fn accepts_zero(&self, event: &crate::zero::ZeroEvent) -> Result<()> {
         if self.limits.require_signed {
-            return self.accepts(&event.to_event(), false);
+            return self.accepts(&event.to_event(), false, false);
         }
         match &self.accept {
             None => Ok(()),

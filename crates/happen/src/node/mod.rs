@@ -11,6 +11,7 @@ mod queue;
 mod registry;
 mod scheduler;
 mod send;
+pub(crate) use send::Addressee;
 mod start;
 mod target;
 
@@ -518,7 +519,9 @@ impl<S> Node<S> {
     /// ```
     pub fn broadcast(&self, event: Event) -> Result<Receipt> {
         let runtime = self.runtime()?;
-        let event = self.prepare(event, false).map_err(|(e, _)| e)?;
+        let event = self
+            .prepare(event, false, send::Addressee::Everyone)
+            .map_err(|(e, _)| e)?;
         runtime.transport().broadcast(event)
     }
 }

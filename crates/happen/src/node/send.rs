@@ -15,6 +15,17 @@ use crate::receipt::Receipt;
 use crate::response::Sent;
 use crate::runtime::RuntimeInner;
 
+/// Whom an outgoing event's signature is made for (see
+/// [`crate::identity::sign`]).
+pub(crate) enum Addressee<'a> {
+    /// The one node it is sent to.
+    Node(&'a str),
+    /// Every node that takes its type (a broadcast).
+    Everyone,
+    /// Each node of a group: signed later, once per node, on its copy.
+    EachOfGroup,
+}
+
 impl<S> Node<S> {
     /// Sends `event` to `target` and returns at once; the event is already on
     /// its way.
@@ -40,7 +51,7 @@ impl<S> Node<S> {
         if let Err(e) = validate_node_id(&target) {
             return Sent::refused(target, event, timeout, e.into());
         }
-        match self.prepare(event, true) {
+        match self.prepare(event, true, Addressee::Node(&target)) {
             Ok(event) => self.send_stamped(&runtime, target, event),
             Err((e, event)) => Sent::refused(target, event, timeout, e),
         }
@@ -48,7 +59,7 @@ impl<S> Node<S> {
 
     /// [`Node::send`] to a node of this process, handed over directly.
     fn send_in_process(&self, node: &Arc<NodeCore>, event: Event) -> Sent {
-        match self.prepare(event, true) {
+        match self.prepare(event, true, Addressee::Node(&node.id)) {
             Ok(event) => self.hand_over(node, event),
             Err((e, event)) => Sent::refused(node.id.clone(), event, self.core.limits.timeout, e),
         }
@@ -192,14 +203,16 @@ impl<S> Node<S> {
     /// ```
     pub fn tell(&self, target: impl Target, event: Event) -> Result<Receipt> {
         if let Some(node) = self.in_process(&target) {
-            let event = self.prepare(event, false).map_err(|(e, _)| e)?;
+            let to = Addressee::Node(&node.id);
+            let event = self.prepare(event, false, to).map_err(|(e, _)| e)?;
             delivery::deliver(node, Delivery::new(event, None, Arrival::Local))?;
             return Ok(delivery::receipt(node));
         }
         let runtime = self.runtime()?;
         let target = target.target_shared_id();
         validate_node_id(&target)?;
-        let event = self.prepare(event, false).map_err(|(e, _)| e)?;
+        let to = Addressee::Node(&target);
+        let event = self.prepare(event, false, to).map_err(|(e, _)| e)?;
         runtime.transport().tell(&target, event)
     }
 
@@ -213,6 +226,7 @@ impl<S> Node<S> {
         &self,
         mut event: Event,
         request: bool,
+        to: Addressee<'_>,
     ) -> Result<Event, (HappenError, Event)> {
         if let Err(e) = validate_event_type(event.event_type()) {
             return Err((e.into(), event));
@@ -255,12 +269,28 @@ impl<S> Node<S> {
             // Exactly-once: the same event from a re-run flow has the same id.
             event::derive_id(&mut event, parent, &self.core.id, flow, seq);
         }
-        if self.core.limits.sign
-            && let Err(e) = crate::identity::sign(&mut event, &**self.core.signer())
+        let to = match to {
+            Addressee::Node(node) => Some(Some(node)),
+            Addressee::Everyone => Some(None),
+            Addressee::EachOfGroup => None,
+        };
+        if let Some(to) = to
+            && self.core.limits.sign
+            && let Err(e) = crate::identity::sign(&mut event, &**self.core.signer(), to)
         {
             return Err((e, event));
         }
         self.core.observers.stamped(&event);
+        Ok(event)
+    }
+
+    /// A copy of `event`, prepared for a group ([`Addressee::EachOfGroup`]),
+    /// signed for `target` when the node signs.
+    pub(crate) fn signed_for(&self, target: &str, event: &Event) -> Result<Event> {
+        let mut event = event.clone();
+        if self.core.limits.sign {
+            crate::identity::sign(&mut event, &**self.core.signer(), Some(target))?;
+        }
         Ok(event)
     }
 }
@@ -273,7 +303,9 @@ impl NodeCore {
         let mut response = Event::new(crate::flow::RESPONSE_EVENT_TYPE, value);
         event::stamp(&mut response, &self.id, Some(cause));
         if self.limits.sign {
-            crate::identity::sign(&mut response, &**self.signer())?;
+            // For its requester: replayed to another node, it fails.
+            let to = Some(cause.causal().sender.as_str());
+            crate::identity::sign(&mut response, &**self.signer(), to)?;
         }
         self.observers.stamped(&response);
         Ok(response)

@@ -269,6 +269,22 @@ pub async fn signed_senders_are_verified_and_unsigned_refused_where_required(
     let report = recv(&mut refusals).await;
     assert_eq!(report.payload()["node"], "sg-ledger");
     assert_eq!(h.counters().refused, before + 1);
+
+    // A group send is signed for each of its nodes: both take it.
+    let strict = h
+        .node_with("sg-strict", NodeConfig::new().require_signed(true))
+        .unwrap();
+    strict
+        .on("entry", |e: Event, _cx: Context| async move {
+            json!(e.context().integrity.is_some())
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+    let results = payments
+        .send_to_all([&ledger, &strict], ev("entry", json!(7)))
+        .await;
+    assert_eq!(results["sg-ledger"].as_ref().unwrap(), &json!(true));
+    assert_eq!(results["sg-strict"].as_ref().unwrap(), &json!(true));
 }
 
 /// A verifier that refuses everything and counts what it was asked.
@@ -302,7 +318,9 @@ pub async fn a_custom_verifier_decides(backend: &dyn Backend) {
         refused.to_string().contains("hardware module says no"),
         "{refused}"
     );
-    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Asked once for each form the signature may take: made for this
+    // node, or for a broadcast (see `Keys::check`).
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 pub async fn a_zero_handler_takes_what_its_nodes_rules_accept(backend: &dyn Backend) {

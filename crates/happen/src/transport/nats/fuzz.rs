@@ -68,7 +68,7 @@ fn genuine() -> Vec<(Event, Vec<u8>)> {
     events.push(batch);
     let mut signed = Event::new("signed", json!({ "amount": 100 }));
     crate::event::stamp(&mut signed, &Id::from("signer"), None);
-    crate::identity::sign(&mut signed, &*SIGNER).expect("signs");
+    crate::identity::sign(&mut signed, &*SIGNER, None).expect("signs");
     events.push(signed);
     events
         .into_iter()
@@ -145,7 +145,7 @@ fn hostile_bytes_never_panic_and_never_pass_as_another_event() {
                 if let Some(original) = original
                     && event.context().integrity != original.context().integrity
                 {
-                    if keys.check("n", &event, false).is_ok() {
+                    if keys.check("n", &event, false, false).is_ok() {
                         changed_but_accepted += 1;
                     } else {
                         signature_refused += 1;

@@ -299,7 +299,7 @@ async fn batch_members_claiming_another_sender_do_not_pass_acceptance() {
         member["context"]["origin"]["nodeId"] = json!("admin");
     }
     let mut forged: Event = serde_json::from_value(value).unwrap();
-    crate::identity::sign(&mut forged, &key).unwrap();
+    crate::identity::sign(&mut forged, &key, Some("ledger")).unwrap();
     let raw = async_nats::connect(server.url()).await.unwrap();
     let answer = within(
         "the answer",
@@ -435,22 +435,38 @@ async fn errors_and_streams_are_believed_only_from_the_node_asked() {
     use crate::StreamItem::{Done, Item};
     use futures::StreamExt;
     let server = NatsServer::start().unwrap();
+    // How many forged replies the server has taken: the ledger answers
+    // only after them, so they come first.
+    let (forged_tx, forged) = tokio::sync::watch::channel(0usize);
+    let after = move |count: usize| {
+        let mut forged = forged.clone();
+        async move {
+            let _ = forged.wait_for(|n| *n >= count).await;
+        }
+    };
     let (_genuine, victim, payments) = signing_ledger_and_strict_payments(&server, |ledger| {
+        let after_one = after.clone();
         ledger
-            .on("close", |_e: Event, _cx: Context| async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                Err::<serde_json::Value, HappenError>(HappenError::Config(
-                    "the books are closed".into(),
-                ))
+            .on("close", move |_e: Event, _cx: Context| {
+                let forged = after_one(1);
+                async move {
+                    forged.await;
+                    Err::<serde_json::Value, HappenError>(HappenError::Config(
+                        "the books are closed".into(),
+                    ))
+                }
             })
             .unwrap();
         ledger
-            .on("entries", |_e: Event, cx: Context| async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                for n in 0..3 {
-                    cx.emit(json!(n)).await?;
+            .on("entries", move |_e: Event, cx: Context| {
+                let forged = after(3);
+                async move {
+                    forged.await;
+                    for n in 0..3 {
+                        cx.emit(json!(n)).await?;
+                    }
+                    Ok::<_, HappenError>(json!("listed"))
                 }
-                Ok::<_, HappenError>(json!("listed"))
             })
             .unwrap();
     })
@@ -480,6 +496,7 @@ async fn errors_and_streams_are_believed_only_from_the_node_asked() {
                     },
                 ],
             };
+            let count = replies.len();
             for reply in replies {
                 let bytes = wire::encode_reply(&reply).unwrap();
                 forger
@@ -488,6 +505,7 @@ async fn errors_and_streams_are_believed_only_from_the_node_asked() {
                     .unwrap();
             }
             forger.flush().await.unwrap();
+            forged_tx.send_modify(|n| *n += count);
         }
     });
     let closed = payments

@@ -114,7 +114,7 @@ fn checked_answer(
             ),
         });
     }
-    shared.local.keys().check(requester, answer, true)
+    shared.local.keys().check(requester, answer, true, false)
 }
 
 /// Refuses a reply to request `token`: reported, not taken. The first
