@@ -121,11 +121,7 @@ pub(super) fn after_lookup(
     let shared = shared.clone();
     let held = shared.readers.hold();
     tokio::spawn(async move {
-        let key = registry.fetch(&sender).await;
-        let found = key.is_some();
-        if let Some(key) = key {
-            shared.local.keys().learn(&sender, key);
-        }
+        let found = registry.look_up(&sender, shared.local.keys()).await;
         let waiters = {
             let mut state = lock(&shared.key_lookups.0);
             let ended = if found {

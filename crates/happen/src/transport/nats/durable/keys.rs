@@ -3,6 +3,12 @@
 //! writes its key when the node is made; every runtime loads the bucket at
 //! connect and follows it, and looks a sender up directly when an event
 //! arrives from a node it does not know yet.
+//!
+//! The watch and a direct lookup can overlap: a lookup that read a key
+//! just before an operator deleted it could learn it after the watch had
+//! forgotten it, trusting a revoked key again (a review suspected it). So
+//! what either learns is ordered by the record's revision ([`Revisions`]):
+//! a read older than what the watch has applied for that node is dropped.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -22,6 +28,28 @@ pub(in crate::transport::nats) struct KeyRegistry {
     kv: kv::Store,
     /// Keys being written, awaited by the next flush.
     writes: Mutex<Vec<oneshot::Receiver<Result<()>>>>,
+    revisions: Revisions,
+}
+
+/// The newest revision of each node's record applied to the runtime's
+/// keys (by the watch or a lookup); the lock also orders the changes.
+#[derive(Default)]
+struct Revisions(Mutex<std::collections::HashMap<String, u64>>);
+
+impl Revisions {
+    /// Applies revision `revision` of `node`'s record (`Some`: a key;
+    /// `None`: deleted or purged) unless a newer one was applied already.
+    fn apply(&self, keys: &Keys, node: &str, revision: u64, key: Option<&str>) {
+        let mut applied = lock(&self.0);
+        if applied.get(node).is_some_and(|&newer| newer > revision) {
+            return;
+        }
+        applied.insert(node.to_owned(), revision);
+        match key {
+            Some(key) => keys.learn(node, key.to_owned()),
+            None => keys.forget(node),
+        }
+    }
 }
 
 impl KeyRegistry {
@@ -34,6 +62,7 @@ impl KeyRegistry {
         Ok(KeyRegistry {
             kv,
             writes: Mutex::new(Vec::new()),
+            revisions: Revisions::default(),
         })
     }
 
@@ -53,12 +82,15 @@ impl KeyRegistry {
             match entry.operation {
                 kv::Operation::Put => {
                     if let Ok(key) = std::str::from_utf8(&entry.value) {
-                        keys.learn(&node, key.to_owned());
+                        self.revisions
+                            .apply(&keys, &node, entry.revision, Some(key));
                     }
                 }
                 // Deleted or purged by an operator: revoked everywhere, not
                 // only for runtimes that start afterwards.
-                kv::Operation::Delete | kv::Operation::Purge => keys.forget(&node),
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    self.revisions.apply(&keys, &node, entry.revision, None);
+                }
             }
         }
     }
@@ -86,10 +118,18 @@ impl KeyRegistry {
         });
     }
 
-    /// `node`'s registered public key, read from the bucket now.
-    pub(in crate::transport::nats) async fn fetch(&self, node: &str) -> Option<String> {
-        let value = self.kv.get(escape_key(node)).await.ok()??;
-        String::from_utf8(value.to_vec()).ok()
+    /// Reads `node`'s record from the bucket now and applies it to `keys`
+    /// (unless the watch applied a newer one meanwhile); whether `keys`
+    /// then holds a key for the node.
+    pub(in crate::transport::nats) async fn look_up(&self, node: &str, keys: &Keys) -> bool {
+        if let Ok(Some(entry)) = self.kv.entry(escape_key(node)).await {
+            let key = match entry.operation {
+                kv::Operation::Put => std::str::from_utf8(&entry.value).ok(),
+                kv::Operation::Delete | kv::Operation::Purge => None,
+            };
+            self.revisions.apply(keys, node, entry.revision, key);
+        }
+        keys.public_key(node).is_some()
     }
 
     /// Resolves once every key registered so far is written.
@@ -156,4 +196,29 @@ async fn claim(
         "cannot register a node's key",
         "the record kept changing",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_read_before_its_revocation_is_not_learned_after_it() {
+        let (keys, revisions) = (Keys::default(), Revisions::default());
+        revisions.apply(&keys, "payments", 3, Some("KEY-3"));
+        // The watch applies the deletion (revision 4) while a lookup that
+        // read revision 3 is on its way; the lookup ends after it.
+        revisions.apply(&keys, "payments", 4, None);
+        revisions.apply(&keys, "payments", 3, Some("KEY-3"));
+        assert_eq!(keys.public_key("payments"), None);
+        // A newer key is learned, from either side, and the watch's older
+        // events replayed do not undo it.
+        revisions.apply(&keys, "payments", 6, Some("KEY-6"));
+        revisions.apply(&keys, "payments", 4, None);
+        revisions.apply(&keys, "payments", 5, Some("KEY-5"));
+        assert_eq!(keys.public_key("payments").as_deref(), Some("KEY-6"));
+        // Nodes are ordered apart.
+        revisions.apply(&keys, "ledger", 1, Some("KEY-L"));
+        assert_eq!(keys.public_key("ledger").as_deref(), Some("KEY-L"));
+    }
 }
