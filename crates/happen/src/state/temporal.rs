@@ -167,6 +167,11 @@ pub struct SnapshotContext {
     pub event_type: String,
     /// When the state changed, in milliseconds since the Unix epoch.
     pub timestamp: u64,
+    /// When the event is a batch: its members' ids (the change is the one
+    /// that followed each of them; [`State::when`](crate::state::State::when)
+    /// finds it by any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Id>,
 }
 
 impl SnapshotContext {
@@ -179,7 +184,17 @@ impl SnapshotContext {
             sender: causal.sender.clone(),
             event_type: event.event_type().to_owned(),
             timestamp,
+            members: event
+                .batch_events()
+                .map(|members| members.iter().map(|m| m.causal().id.clone()).collect())
+                .unwrap_or_default(),
         }
+    }
+
+    /// Whether the snapshot followed the event `id`: the changing event, or
+    /// a member of that batch.
+    pub fn follows(&self, id: &str) -> bool {
+        self.id == id || self.members.iter().any(|m| m == id)
     }
 }
 
@@ -201,25 +216,25 @@ pub trait SnapshotFilter {
 
 impl SnapshotFilter for &str {
     fn accepts(&self, context: &SnapshotContext) -> bool {
-        context.id == **self
+        context.follows(self)
     }
 }
 
 impl SnapshotFilter for String {
     fn accepts(&self, context: &SnapshotContext) -> bool {
-        context.id == *self
+        context.follows(self)
     }
 }
 
 impl SnapshotFilter for &String {
     fn accepts(&self, context: &SnapshotContext) -> bool {
-        context.id == **self
+        context.follows(self)
     }
 }
 
 impl SnapshotFilter for Id {
     fn accepts(&self, context: &SnapshotContext) -> bool {
-        context.id == *self
+        context.follows(self)
     }
 }
 
@@ -260,6 +275,7 @@ mod tests {
                 sender: Id::from("s"),
                 event_type: "t".into(),
                 timestamp: t,
+                members: Vec::new(),
             },
         }
     }

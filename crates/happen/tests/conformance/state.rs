@@ -313,6 +313,44 @@ pub async fn temporal_snapshots_record_the_causing_event(backend: &dyn Backend) 
             .unwrap()
             .is_empty()
     );
+
+    // A batch is handled in one flow: the snapshot after it is found by the
+    // batch's id and by each member's.
+    account
+        .on("deposits", |event: Event, cx: Context| async move {
+            let total: i64 = event
+                .events()
+                .iter()
+                .filter_map(|e| e.payload()["amount"].as_i64())
+                .sum();
+            cx.node()
+                .state()
+                .set(|s| json!({ "balance": s["balance"].as_i64().unwrap_or(0) + total }))
+                .await
+        })
+        .unwrap();
+    let batch = Event::batch([
+        ev("deposits", json!({ "amount": 1 })),
+        ev("deposits", json!({ "amount": 2 })),
+    ])
+    .unwrap();
+    let sent = bank.send(&account, batch);
+    let envelope = sent.event().clone();
+    sent.await.unwrap();
+    let members = envelope.batch_events().unwrap();
+    for id in std::iter::once(envelope.id()).chain(members.iter().map(|m| m.id())) {
+        let found = account.state().when(id).await.unwrap();
+        assert_eq!(found.len(), 1, "the snapshot after {id}");
+        assert_eq!(found[0].state, json!({ "balance": 38 }));
+        assert_eq!(found[0].context.id, envelope.id());
+    }
+    assert_eq!(
+        account.state().when(envelope.id()).await.unwrap()[0]
+            .context
+            .members
+            .len(),
+        2
+    );
 }
 
 pub async fn temporal_retention_by_count_and_age(backend: &dyn Backend) {
