@@ -47,10 +47,9 @@ use std::task::Poll;
 use futures::FutureExt;
 
 use super::NodeCore;
-use crate::delivery::{Acknowledge, Delivery, Failure};
-use crate::entry::{FlowFuture, HandlerRef};
+use super::start::{Flows, Started, settle};
+use crate::delivery::Delivery;
 use crate::error::{HappenError, Result};
-use crate::flow;
 
 /// How many claimed requests may run one inside another on a thread.
 const MAX_NESTED_CLAIMS: u32 = 4;
@@ -142,66 +141,6 @@ impl Scheduler {
             }
             notified.await;
         }
-    }
-}
-
-/// One event's flows, started: their future (boxed so that it can move to a
-/// task of its own if it suspends) and the acknowledgement that waits for
-/// their end.
-pub(super) struct Started {
-    pub(super) flows: Flows,
-    pub(super) ack: Option<Box<dyn Acknowledge>>,
-}
-
-/// The future of an event's flows.
-pub(super) enum Flows {
-    /// The flow of the one handler that takes the event (its box is kept
-    /// for the thread's next flow of that handler when it ends inline).
-    One(FlowFuture, HandlerRef),
-    /// The flows of several handlers, joined.
-    Joined(futures::future::BoxFuture<'static, Option<Failure>>),
-}
-
-impl Future for Flows {
-    type Output = Option<Failure>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Flows::One(flow, _) => flow.as_mut().poll(cx),
-            Flows::Joined(flows) => flows.as_mut().poll(cx),
-        }
-    }
-}
-
-/// Settles an event's acknowledgement with its flows' outcome (a panic that
-/// escaped them counts as a failure).
-fn settle(
-    ack: Option<Box<dyn Acknowledge>>,
-    outcome: std::thread::Result<Option<Failure>>,
-    node: &NodeCore,
-) {
-    let failure = match outcome {
-        Ok(failure) => failure,
-        Err(panic) => {
-            // Flows catch their own panics; this catches the rest (an
-            // error whose Display panics, ...).
-            let message = flow::panic_message(panic.as_ref());
-            tracing::error!(node = %node.id, %message, "event delivery panicked");
-            Some(Failure::new(HappenError::HandlerPanicked {
-                node: node.id.to_string(),
-                event_type: String::new(),
-                message,
-            }))
-        }
-    };
-    match (ack, failure) {
-        (Some(ack), None) => ack.ack(),
-        (Some(ack), Some(failure)) => ack.nak(failure),
-        // Without an acknowledgement nothing is retried.
-        (None, Some(failure)) => {
-            failure.answer();
-        }
-        (None, None) => {}
     }
 }
 
@@ -447,23 +386,33 @@ impl NodeCore {
 
     /// Moves flows that suspended into a task of their own; when they end,
     /// that task gives back their slot (and takes over as the worker if
-    /// events wait and no worker runs).
+    /// events wait and no worker runs). With the runtime gone (its last
+    /// handle dropped) a started flow still runs to its end, as the flows
+    /// already in tasks do, and what waits is refused with `Shutdown`.
     fn continue_in_task(self: &Arc<Self>, started: Started) {
-        let Some(runtime) = self.runtime.upgrade() else {
-            drop(started);
-            self.ended(false);
-            self.refuse_queued(HappenError::Shutdown);
-            return;
-        };
         let core = self.clone();
-        runtime.spawn(async move {
+        let task = async move {
             let Started { flows, ack } = started;
             let outcome = AssertUnwindSafe(flows).catch_unwind().await;
             settle(ack, outcome, &core);
             if core.ended(true) {
                 core.worker().await;
             }
-        });
+        };
+        if let Some(runtime) = self.runtime.upgrade() {
+            return runtime.spawn(task);
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(tokio) => {
+                self.refuse_queued(HappenError::Shutdown);
+                drop(tokio.spawn(task));
+            }
+            Err(_) => {
+                drop(task);
+                self.ended(false);
+                self.refuse_queued(HappenError::Shutdown);
+            }
+        }
     }
 
     /// Refuses everything in the queue (the runtime is gone: no worker).

@@ -1,14 +1,18 @@
 //! Starting an event's flows at a node: the handlers that match it, each
 //! one's flow, joined when there are several (see [`super::scheduler`] for
-//! where they run).
+//! where they run), and settling the event's acknowledgement when they end.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use super::NodeCore;
-use super::scheduler::{Flows, Started};
-use crate::delivery::{Delivery, Responder};
+use crate::delivery::{Acknowledge, Delivery, Failure, Responder};
+use crate::entry::{FlowFuture, HandlerRef};
 use crate::error::HappenError;
+use crate::flow;
 
 impl NodeCore {
     /// The runtime stopped taking work before its events were handled
@@ -125,5 +129,65 @@ impl NodeCore {
             first.or_else(|| rest.into_iter().flatten().next())
         }));
         Some(Started { flows, ack })
+    }
+}
+
+/// One event's flows, started: their future (boxed so that it can move to a
+/// task of its own if it suspends) and the acknowledgement that waits for
+/// their end.
+pub(super) struct Started {
+    pub(super) flows: Flows,
+    pub(super) ack: Option<Box<dyn Acknowledge>>,
+}
+
+/// The future of an event's flows.
+pub(super) enum Flows {
+    /// The flow of the one handler that takes the event (its box is kept
+    /// for the thread's next flow of that handler when it ends inline).
+    One(FlowFuture, HandlerRef),
+    /// The flows of several handlers, joined.
+    Joined(futures::future::BoxFuture<'static, Option<Failure>>),
+}
+
+impl Future for Flows {
+    type Output = Option<Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Flows::One(flow, _) => flow.as_mut().poll(cx),
+            Flows::Joined(flows) => flows.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Settles an event's acknowledgement with its flows' outcome (a panic that
+/// escaped them counts as a failure).
+pub(super) fn settle(
+    ack: Option<Box<dyn Acknowledge>>,
+    outcome: std::thread::Result<Option<Failure>>,
+    node: &NodeCore,
+) {
+    let failure = match outcome {
+        Ok(failure) => failure,
+        Err(panic) => {
+            // Flows catch their own panics; this catches the rest (an
+            // error whose Display panics, ...).
+            let message = flow::panic_message(panic.as_ref());
+            tracing::error!(node = %node.id, %message, "event delivery panicked");
+            Some(Failure::new(HappenError::HandlerPanicked {
+                node: node.id.to_string(),
+                event_type: String::new(),
+                message,
+            }))
+        }
+    };
+    match (ack, failure) {
+        (Some(ack), None) => ack.ack(),
+        (Some(ack), Some(failure)) => ack.nak(failure),
+        // Without an acknowledgement nothing is retried.
+        (None, Some(failure)) => {
+            failure.answer();
+        }
+        (None, None) => {}
     }
 }

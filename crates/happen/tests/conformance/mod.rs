@@ -211,6 +211,7 @@ macro_rules! conformance_suite {
             handler_ids_belong_to_their_node,
             timeout_counts_from_send,
             dropping_the_runtime_stops_its_nodes,
+            dropping_the_runtime_ends_started_flows_and_refuses_the_rest,
             send_from_a_thread_outside_tokio,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] confluence;

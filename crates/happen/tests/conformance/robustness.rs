@@ -127,6 +127,41 @@ pub async fn dropping_the_runtime_stops_its_nodes(backend: &dyn Backend) {
     assert_eq!(err, HappenError::Shutdown);
 }
 
+/// Dropping the last handle with requests queued: a flow that has started
+/// runs to its end and answers (in one process; over NATS its answer
+/// cannot travel once the connection is gone, and its requester hears
+/// `Shutdown`); what waits in the queue is refused with `Shutdown`. No
+/// requester is left with `NoResponse` (a review found one whose flow had
+/// started just before the drop dropped with it).
+pub async fn dropping_the_runtime_ends_started_flows_and_refuses_the_rest(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let slow = h
+        .node_with("dr-slow", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    slow.on("work", |_e: Event, _cx: Context| async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        json!("done")
+    })
+    .unwrap();
+    let client = h.node("dr-client").unwrap();
+    h.flush().await.unwrap();
+    let waiting: Vec<_> = (0..5)
+        .map(|i| tokio::spawn(client.send(&slow, ev("work", json!(i))).into_future()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(h);
+    let mut outcomes = Vec::new();
+    for handle in waiting {
+        outcomes.push(handle.await.unwrap());
+    }
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Ok(v) if v == "done") || matches!(o, Err(HappenError::Shutdown))),
+        "{outcomes:?}"
+    );
+}
+
 pub async fn send_from_a_thread_outside_tokio(backend: &dyn Backend) {
     let h = start(backend).await;
     let a = h.node("thread-a").unwrap();
