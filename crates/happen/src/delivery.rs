@@ -317,9 +317,7 @@ impl Delivery {
 /// A delivery whose `matched` is already set (a broadcast found its
 /// receivers by matching) is not matched again.
 pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()> {
-    // A delivery matched before it came (`matched`) is a broadcast's.
-    let broadcast = delivery.matched.is_some();
-    if let Err(error) = node.accepts(&delivery.event, delivery.made_here(), broadcast) {
+    if let Err(error) = node.accepts(&delivery.event, delivery.made_here()) {
         return delivery.refuse(error);
     }
     if delivery.ack.is_none() && node.retried_here() {

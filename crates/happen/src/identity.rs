@@ -129,8 +129,8 @@ pub trait Signer: Send + Sync + 'static {
     /// The public key receivers verify with (nkeys format for the default
     /// [`Verifier`]).
     fn public_key(&self) -> String;
-    /// Signs `message`, a 32-byte digest: an event's hash (a broadcast), a
-    /// digest of it and the node it is sent to, or a reply's seal.
+    /// Signs `message`, a 32-byte digest: an event's hash, or a reply's
+    /// seal.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
 }
 
@@ -249,32 +249,26 @@ impl NodeKeys {
     }
 }
 
-/// The key-derivation context of the digest signed for an event sent to
-/// one node.
-const ADDRESSED: &str = "happen 2026-12-07 event addressed to one node v1";
-
-/// The 32 bytes a signature on `event` covers: for an event sent to one
-/// node (`to`), a digest of its hash and that node's id, so that the
-/// signature fails at any other node it is replayed to; for a broadcast
-/// (`None`), its hash.
-fn signed_digest(event: &Event, to: Option<&str>) -> [u8; 32] {
-    let hash = EventHash::of(event);
-    match to {
-        None => *hash.as_bytes(),
-        Some(node) => {
-            let mut hasher = blake3::Hasher::new_derive_key(ADDRESSED);
-            hasher.update(hash.as_bytes());
-            hasher.update(node.as_bytes());
-            *hasher.finalize().as_bytes()
-        }
-    }
-}
+/// The application context key naming the node a signed event was sent to
+/// (absent on a signed broadcast): under the hash, so under the signature.
+pub const SIGNED_FOR: &str = "signedFor";
 
 /// Signs `event` (already stamped) in `context.integrity`: `signer`'s
-/// signature over its hash, bound to `to`, the node it is sent to (`None`:
-/// a broadcast).
+/// signature over its hash. An event sent to one node (`to`) first names
+/// that node in its context ([`SIGNED_FOR`]), so the signature fails at
+/// any other node it is replayed to; a broadcast (`None`) names none.
 pub(crate) fn sign(event: &mut Event, signer: &dyn Signer, to: Option<&str>) -> Result<()> {
-    let signature = signer.sign(&signed_digest(event, to))?;
+    let cx = event.context_mut();
+    match to {
+        Some(node) => {
+            cx.extra.insert(SIGNED_FOR.into(), node.into());
+        }
+        None => {
+            cx.extra.remove(SIGNED_FOR);
+        }
+    }
+    cx.causal.hash = None;
+    let signature = signer.sign(EventHash::of(event).as_bytes())?;
     event.context_mut().integrity = Some(Integrity {
         signature: hex(&signature),
     });
@@ -335,17 +329,9 @@ impl Keys {
     }
 
     /// Checks `event`'s signature at `node` (if it has one; `required`: it
-    /// must). The signature holds when it was made for `node` or for a
-    /// broadcast (which reaches every node that takes its type); one made
-    /// for another node fails. `broadcast`: the event came as a broadcast,
-    /// so that form is tried first (the order costs, not the outcome).
-    pub(crate) fn check(
-        &self,
-        node: &str,
-        event: &Event,
-        required: bool,
-        broadcast: bool,
-    ) -> Result<()> {
+    /// must): its sender's registered key's over its hash, and made for
+    /// `node` when it names the node it was sent to ([`SIGNED_FOR`]).
+    pub(crate) fn check(&self, node: &str, event: &Event, required: bool) -> Result<()> {
         let reject = |reason: String| {
             Err(Error::Integrity {
                 event_id: event.id().to_owned(),
@@ -359,20 +345,14 @@ impl Keys {
             return Ok(());
         };
         let sender = &event.causal().sender;
-        let forms = match broadcast {
-            true => [None, Some(node)],
-            false => [Some(node), None],
-        };
-        let mut first = None;
-        for to in forms {
-            match self.verify(sender, &signed_digest(event, to), &integrity.signature) {
-                Ok(()) => return Ok(()),
-                Err(reason) => {
-                    first.get_or_insert(reason);
-                }
-            }
+        self.verify(sender, event.hash().as_bytes(), &integrity.signature)
+            .or_else(reject)?;
+        match event.context().extra.get(SIGNED_FOR) {
+            Some(to) if to.as_str() != Some(node) => reject(format!(
+                "it was signed for node {to}, not for this one (a replay?)"
+            )),
+            _ => Ok(()),
         }
-        reject(first.unwrap_or_default())
     }
 
     /// Whether `signature` (hex) is `signer`'s registered key's over
@@ -449,7 +429,7 @@ mod tests {
         keys.learn("alice", alice.public_key());
         keys.learn("mallory", mallory.public_key());
         let event = signed_by(&alice, "alice");
-        keys.check("n", &event, true, false).unwrap();
+        keys.check("n", &event, true).unwrap();
 
         // Tampered after signing: the payload, the sender.
         let changed = Event::from_parts(
@@ -458,31 +438,28 @@ mod tests {
             event.context().clone(),
             None,
         );
-        assert!(keys.check("n", &changed, false, false).is_err());
+        assert!(keys.check("n", &changed, false).is_err());
         let mut claimed = event.clone();
         claimed.context_mut().causal.sender = Id::from("mallory");
-        assert!(keys.check("n", &claimed, false, false).is_err());
+        assert!(keys.check("n", &claimed, false).is_err());
         // Forged: signed with another key.
         let forged = signed_by(&mallory, "alice");
-        let error = keys
-            .check("n", &forged, false, false)
-            .unwrap_err()
-            .to_string();
+        let error = keys.check("n", &forged, false).unwrap_err().to_string();
         assert!(error.contains("not the sender's"), "{error}");
         // Unknown sender, unsigned when required, not hex.
         assert!(
-            keys.check("n", &signed_by(&alice, "stranger"), false, false)
+            keys.check("n", &signed_by(&alice, "stranger"), false)
                 .is_err()
         );
         let mut unsigned = Event::new("t", json!(1));
         crate::event::stamp(&mut unsigned, &Id::from("alice"), None);
-        assert!(keys.check("n", &unsigned, true, false).is_err());
-        assert!(keys.check("n", &unsigned, false, false).is_ok());
+        assert!(keys.check("n", &unsigned, true).is_err());
+        assert!(keys.check("n", &unsigned, false).is_ok());
         let mut garbled = event.clone();
         garbled.context_mut().integrity = Some(Integrity {
             signature: "zz".into(),
         });
-        assert!(keys.check("n", &garbled, false, false).is_err());
+        assert!(keys.check("n", &garbled, false).is_err());
     }
 
     #[test]
@@ -493,19 +470,22 @@ mod tests {
         let mut event = Event::new("t", json!({ "amount": 100 }));
         crate::event::stamp(&mut event, &Id::from("alice"), None);
         sign(&mut event, &alice, Some("ledger")).unwrap();
-        for broadcast in [false, true] {
-            keys.check("ledger", &event, true, broadcast).unwrap();
-            let error = keys
-                .check("audit", &event, true, broadcast)
-                .unwrap_err()
-                .to_string();
-            assert!(error.contains("not the sender's"), "{error}");
-        }
+        keys.check("ledger", &event, true).unwrap();
+        let error = keys.check("audit", &event, true).unwrap_err().to_string();
+        assert!(error.contains("signed for node \"ledger\""), "{error}");
+        // Still a signature over the event's hash, as any verifier reads it;
+        // taking the node's name out breaks it.
+        let signature = unhex(&event.context().integrity.as_ref().unwrap().signature).unwrap();
+        Ed25519
+            .verify(&alice.public_key(), event.hash().as_bytes(), &signature)
+            .unwrap();
+        let mut unnamed = event.clone();
+        unnamed.context_mut().extra.remove(SIGNED_FOR);
+        assert!(keys.check("audit", &unnamed, true).is_err());
         // A broadcast's signature holds wherever it is delivered.
         let broadcast = signed_by(&alice, "alice");
         for node in ["ledger", "audit"] {
-            keys.check(node, &broadcast, true, false).unwrap();
-            keys.check(node, &broadcast, true, true).unwrap();
+            keys.check(node, &broadcast, true).unwrap();
         }
     }
 

@@ -14,15 +14,12 @@ impl NodeCore {
     /// `local`: made in this process. The runtime's own reports (sender
     /// [`SYSTEM_SENDER`]) are never signed; made here, they need no
     /// signature (one from elsewhere claiming that sender still does).
-    /// `broadcast`: it came as a broadcast (its signature is checked in
-    /// that form first; see [`Keys::check`](crate::identity::Keys::check)).
     #[inline]
-    pub(crate) fn accepts(&self, event: &Event, local: bool, broadcast: bool) -> Result<()> {
+    pub(crate) fn accepts(&self, event: &Event, local: bool) -> Result<()> {
         let signed =
             self.limits.require_signed && !(local && event.causal().sender == SYSTEM_SENDER);
         if signed || event.context().integrity.is_some() {
-            self.key_registry
-                .check(&self.id, event, signed, broadcast)?;
+            self.key_registry.check(&self.id, event, signed)?;
         }
         match &self.accept {
             None => Ok(()),
@@ -50,7 +47,7 @@ impl NodeCore {
     /// the same reason as for any unsigned event).
     pub(crate) fn accepts_zero(&self, event: &crate::zero::ZeroEvent) -> Result<()> {
         if self.limits.require_signed {
-            return self.accepts(&event.to_event(), false, false);
+            return self.accepts(&event.to_event(), false);
         }
         match &self.accept {
             None => Ok(()),

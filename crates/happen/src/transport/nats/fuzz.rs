@@ -145,7 +145,7 @@ fn hostile_bytes_never_panic_and_never_pass_as_another_event() {
                 if let Some(original) = original
                     && event.context().integrity != original.context().integrity
                 {
-                    if keys.check("n", &event, false, false).is_ok() {
+                    if keys.check("n", &event, false).is_ok() {
                         changed_but_accepted += 1;
                     } else {
                         signature_refused += 1;

@@ -114,7 +114,7 @@ fn checked_answer(
             ),
         });
     }
-    shared.local.keys().check(requester, answer, true, false)
+    shared.local.keys().check(requester, answer, true)
 }
 
 /// Refuses a reply to request `token`: reported, not taken. The first
