@@ -26,23 +26,45 @@ use wait::Replying;
 /// A request's deadline, shared by its handle and the transport that
 /// carries it (over NATS: how long it is offered again after "no
 /// responders", and how long a closing runtime waits for its answer), so
-/// that [`Sent::timeout`] set after the send reaches both.
+/// that [`Sent::timeout`] set after the send reaches both. The transport
+/// may also note why no answer came yet (a reply it refused), which the
+/// handle reports in place of a bare timeout.
 #[derive(Debug, Clone)]
-pub(crate) struct Deadline(std::sync::Arc<std::sync::Mutex<tokio::time::Instant>>);
+pub(crate) struct Deadline(std::sync::Arc<std::sync::Mutex<DeadlineState>>);
+
+#[derive(Debug)]
+struct DeadlineState {
+    at: tokio::time::Instant,
+    why: Option<HappenError>,
+}
 
 impl Deadline {
     pub(crate) fn new(at: tokio::time::Instant) -> Deadline {
-        Deadline(std::sync::Arc::new(std::sync::Mutex::new(at)))
+        Deadline(std::sync::Arc::new(std::sync::Mutex::new(DeadlineState {
+            at,
+            why: None,
+        })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, DeadlineState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The deadline now.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn get(&self) -> tokio::time::Instant {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state().at
     }
 
     fn set(&self, at: tokio::time::Instant) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = at;
+        self.state().at = at;
+    }
+
+    /// Notes why the request has no answer yet (the first reason noted
+    /// stays): what its handle reports if the deadline passes.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn note(&self, why: HappenError) {
+        self.state().why.get_or_insert(why);
     }
 }
 pub use wait::Response;
@@ -226,11 +248,16 @@ impl Sent {
     }
 
     fn split(self) -> (Waiting, oneshot::Receiver<Outcome>) {
+        let carried = match self.route {
+            Route::Carried(deadline) => Some(deadline),
+            Route::Claim(_) | Route::Nowhere => None,
+        };
         let waiting = Waiting {
             request: self.request,
             target: self.target,
             timeout: self.timeout,
             sent_at: self.sent_at,
+            carried,
         };
         (waiting, self.rx)
     }
@@ -380,6 +407,9 @@ struct Waiting {
     target: Id,
     timeout: Duration,
     sent_at: Option<tokio::time::Instant>,
+    /// The deadline shared with the transport (which may note why no
+    /// answer came).
+    carried: Option<Deadline>,
 }
 
 /// When a request times out: `timeout` after it was sent.
@@ -421,6 +451,11 @@ impl Waiting {
     }
 
     fn timed_out(&self) -> HappenError {
+        if let Some(deadline) = &self.carried
+            && let Some(why) = deadline.state().why.clone()
+        {
+            return why;
+        }
         HappenError::timeout(&self.target, self.request.event_type(), self.timeout)
     }
 }

@@ -30,6 +30,8 @@ mod durable;
 mod envelope;
 pub(crate) mod filters;
 #[cfg(test)]
+mod forgery_tests;
+#[cfg(test)]
 mod fuzz;
 pub(super) mod key_lookups;
 mod msgpack;

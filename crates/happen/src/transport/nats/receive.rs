@@ -31,7 +31,7 @@ pub(super) fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
             shared.local.rejected(&message.subject, &error);
             if reply_subject.is_some() {
                 let node = message.subject.get(prefix_len..).unwrap_or_default();
-                Responder::remote(NatsReply::new(shared.clone(), reply_subject, node))
+                Responder::remote(NatsReply::new(shared.clone(), reply_subject, node, None))
                     .reply(Err(error));
             }
         }
@@ -53,10 +53,12 @@ fn direct(
     opened: envelope::Opened,
 ) {
     let responder = opened.wants_reply.then(|| {
+        let request = Some(&opened.event.causal().id);
         Responder::remote(NatsReply::new(
             shared.clone(),
             reply_subject.clone(),
             &target,
+            request,
         ))
     });
     // While shutting down, take what this runtime sent before the

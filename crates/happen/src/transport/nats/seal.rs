@@ -7,9 +7,13 @@
 //! can publish on the server can write to a reply subject it overheard, so a
 //! runtime whose node signs *seals* every such reply of that node: a header
 //! ([`SEAL_HEADER`]) holding the node's signature over a digest of the reply
-//! subject, the node's id and the reply's bytes. The subject names one
-//! request of one runtime (`<inbox>.<token>`), so a seal cannot be moved to
-//! another request, another node's name, or other bytes.
+//! subject, the node's id, the id of the request it answers and the reply's
+//! bytes. The subject names one request of one runtime (`<inbox>.<token>`)
+//! and the request id names what was asked, so a seal cannot be moved to
+//! another request, another node's name, or other bytes; nor can a forger
+//! obtain one by sending the node a request of its own (or bytes it cannot
+//! read) with the victim's reply subject: that answer names the forger's
+//! request, and an unreadable message's refusal is not sealed.
 //!
 //! The requester's side (`requests`) checks the seal with the node's
 //! registered key, looked up first when this process does not know it yet.
@@ -29,42 +33,46 @@ pub(super) const SEAL_HEADER: &str = "Happen-Seal";
 
 /// The key-derivation context of a seal's digest: no other digest made by
 /// Happen (an event's hash) can be taken for a reply's.
-const CONTEXT: &str = "happen 2026-12-07 reply seal v1";
+const CONTEXT: &str = "happen 2026-12-07 reply seal v2";
 
 /// What seals the replies of one of this process's signing nodes.
 pub(super) struct Sealer {
     node: Id,
+    request: Id,
     signer: Arc<dyn Signer>,
 }
 
 impl Sealer {
-    /// The sealer for `node`'s replies: `None` when the node is not one of
-    /// this process's, or does not sign.
-    pub(super) fn for_node(shared: &Shared, node: &str) -> Option<Sealer> {
+    /// The sealer for `node`'s replies to the request `request`: `None`
+    /// when the node is not one of this process's, or does not sign.
+    pub(super) fn for_node(shared: &Shared, node: &str, request: &Id) -> Option<Sealer> {
         let handle = shared.local.node(node)?;
         let core = handle.core();
         core.limits().sign.then(|| Sealer {
             node: handle.shared_id().clone(),
+            request: request.clone(),
             signer: core.signer().clone(),
         })
     }
 
     /// The headers that seal `payload`, a reply published on `subject`.
     pub(super) fn seal(&self, subject: &str, payload: &[u8]) -> Result<HeaderMap> {
-        let signature = self.signer.sign(&digest(subject, &self.node, payload))?;
+        let digest = digest(subject, &self.node, &self.request, payload);
+        let signature = self.signer.sign(&digest)?;
         let mut headers = HeaderMap::new();
         headers.insert(SEAL_HEADER, hex(&signature).as_str());
         Ok(headers)
     }
 }
 
-/// Checks the seal of a reply that came on `subject` to `requester`, which
-/// asked `node`: it must be there, and be `node`'s signature over the
-/// reply's digest.
+/// Checks the seal of a reply (`message`) to `requester`, which asked
+/// `node` with the request `request`: it must be there, and be `node`'s
+/// signature over the reply's digest.
 pub(super) fn check(
     keys: &Keys,
     requester: &str,
     node: &str,
+    request: &str,
     message: &async_nats::Message,
 ) -> Result<()> {
     let refuse = |reason: String| HappenError::Integrity {
@@ -76,14 +84,14 @@ pub(super) fn check(
             "it is not sealed, and the node requires signed events".into(),
         ));
     };
-    let digest = digest(message.subject.as_str(), node, &message.payload);
+    let digest = digest(message.subject.as_str(), node, request, &message.payload);
     keys.verify(node, &digest, seal.as_str()).map_err(refuse)
 }
 
 /// The 32 bytes a seal signs (the [`Signer`] contract: a digest).
-fn digest(subject: &str, node: &str, payload: &[u8]) -> [u8; 32] {
+fn digest(subject: &str, node: &str, request: &str, payload: &[u8]) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new_derive_key(CONTEXT);
-    for part in [subject.as_bytes(), node.as_bytes()] {
+    for part in [subject.as_bytes(), node.as_bytes(), request.as_bytes()] {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
@@ -111,6 +119,7 @@ mod tests {
     fn sealer(node: &str, key: &NodeIdentity) -> Sealer {
         Sealer {
             node: Id::from(node),
+            request: Id::from("r1"),
             signer: Arc::new(key.clone()),
         }
     }
@@ -124,13 +133,28 @@ mod tests {
         let headers = sealer("ledger", &key).seal("_INBOX.a.7", b"reply").unwrap();
         let sealed =
             |subject: &str, payload: &[u8]| message(subject, payload, Some(headers.clone()));
-        check(&keys, "payments", "ledger", &sealed("_INBOX.a.7", b"reply")).unwrap();
-        for (what, subject, node, payload) in [
-            ("another request", "_INBOX.a.8", "ledger", &b"reply"[..]),
-            ("another node", "_INBOX.a.7", "other", b"reply"),
-            ("other bytes", "_INBOX.a.7", "ledger", b"replY"),
+        check(
+            &keys,
+            "payments",
+            "ledger",
+            "r1",
+            &sealed("_INBOX.a.7", b"reply"),
+        )
+        .unwrap();
+        for (what, subject, node, request, payload) in [
+            (
+                "another subject",
+                "_INBOX.a.8",
+                "ledger",
+                "r1",
+                &b"reply"[..],
+            ),
+            ("another node", "_INBOX.a.7", "other", "r1", b"reply"),
+            ("another request", "_INBOX.a.7", "ledger", "r2", b"reply"),
+            ("other bytes", "_INBOX.a.7", "ledger", "r1", b"replY"),
         ] {
-            let error = check(&keys, "payments", node, &sealed(subject, payload)).unwrap_err();
+            let error =
+                check(&keys, "payments", node, request, &sealed(subject, payload)).unwrap_err();
             assert!(
                 matches!(&error, HappenError::Integrity { reason, .. } if reason.contains("not the sender's")),
                 "{what}: {error}"
@@ -143,7 +167,8 @@ mod tests {
         let key = NodeIdentity::generate();
         let keys = Keys::default();
         let reason =
-            |message: &async_nats::Message| match check(&keys, "payments", "ledger", message) {
+            |message: &async_nats::Message| match check(&keys, "payments", "ledger", "r1", message)
+            {
                 Err(HappenError::Integrity { reason, .. }) => reason,
                 other => panic!("{other:?}"),
             };
@@ -163,6 +188,7 @@ mod tests {
             &keys,
             "payments",
             "ledger",
+            "r1",
             &message("s", b"r", Some(headers)),
         )
         .unwrap();

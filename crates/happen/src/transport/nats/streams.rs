@@ -26,6 +26,7 @@ use super::{Shared, lock};
 use crate::delivery::ReplySink;
 use crate::error::{HappenError, Result};
 use crate::event::Event;
+use crate::id::Id;
 use crate::stream::{CreditSink, STREAM_WINDOW};
 
 /// Producer side of a streamed response: how far the consumer got.
@@ -65,12 +66,19 @@ pub(super) struct NatsReply {
 type Sealed = (Vec<u8>, Option<HeaderMap>);
 
 impl NatsReply {
-    /// The answer of `node` (one of this process's) to a message whose
-    /// reply subject is `subject` (`None`: nobody to answer).
-    pub(super) fn new(shared: Arc<Shared>, subject: Option<String>, node: &str) -> Self {
-        let sealer = subject
-            .as_ref()
-            .and_then(|_| Sealer::for_node(&shared, node));
+    /// The answer of `node` (one of this process's) to the request
+    /// `request` (`None`: a message that could not be read), whose reply
+    /// subject is `subject` (`None`: nobody to answer).
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        subject: Option<String>,
+        node: &str,
+        request: Option<&Id>,
+    ) -> Self {
+        let sealer = match (&subject, request) {
+            (Some(_), Some(request)) => Sealer::for_node(&shared, node, request),
+            _ => None,
+        };
         NatsReply {
             shared,
             subject,
@@ -163,6 +171,9 @@ impl ReplySink for NatsReply {
                 }
                 if producing.credit.unwanted.load(Ordering::Acquire) {
                     // Nobody takes the items: dropped, and the flow runs on.
+                    // Still counted, so that the end names every item: a
+                    // forged "unwanted" cannot cut a stream short unseen.
+                    producing.seq += 1;
                     return Ok(());
                 }
                 // The count comes from the wire: saturating, so that no

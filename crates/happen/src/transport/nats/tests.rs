@@ -10,7 +10,11 @@ use super::wire::{self, Reply};
 use crate::NatsConfig;
 use crate::prelude::*;
 
-async fn within<T>(what: &str, secs: u64, fut: impl std::future::Future<Output = T>) -> T {
+pub(super) async fn within<T>(
+    what: &str,
+    secs: u64,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
     tokio::time::timeout(Duration::from_secs(secs), fut)
         .await
         .unwrap_or_else(|_| panic!("{what} did not happen within {secs} s"))
@@ -320,7 +324,7 @@ async fn batch_members_claiming_another_sender_do_not_pass_acceptance() {
 
 /// A runtime with a signing `ledger` (its handlers added by `handlers`),
 /// and another with a `payments` node that requires signed events.
-async fn signing_ledger_and_strict_payments(
+pub(super) async fn signing_ledger_and_strict_payments(
     server: &NatsServer,
     handlers: impl FnOnce(&Node),
 ) -> (Happen, Happen, Node) {

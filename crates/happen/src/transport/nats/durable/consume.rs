@@ -199,8 +199,10 @@ async fn take(
         .as_ref()
         .and_then(|h| h.get(REPLY_TO))
         .map(|v| v.as_str().to_owned());
-    let responder =
-        reply_to.map(|r| Responder::remote(NatsReply::new(shared.clone(), Some(r), node.id())));
+    let responder = reply_to.map(|r| {
+        let request = Some(&event.causal().id);
+        Responder::remote(NatsReply::new(shared.clone(), Some(r), node.id(), request))
+    });
     let mut delivery = Delivery::new(event.clone(), responder, Arrival::Remote);
     delivery.ack = Some(Box::new(JsAck {
         durable: durable.clone(),

@@ -10,17 +10,20 @@
 //! A reply that fails is refused: reported as rejected (logged, counted, a
 //! `system.rejected` event) and not taken. The request waits on for a
 //! genuine reply, so that someone who can write to its reply subject cannot
-//! make it fail by answering first; if none comes, the request ends with
-//! the first refusal's reason shortly before its deadline (rather than a
-//! bare timeout). When the asked node's key is not known here yet, its
-//! replies wait, in the order they came, for one lookup of the registry.
+//! make it fail by answering first; if none comes by its deadline, its
+//! requester hears the first refusal's reason rather than a bare timeout
+//! (noted on the deadline the handle shares). When the asked node's key is
+//! not known here yet, its replies wait, in the order they came, for one
+//! lookup of the registry ([`MAX_HELD`] at most; beyond, refused).
+
+use std::collections::VecDeque;
 
 use super::super::{key_lookups, seal};
-use super::{
-    Arc, HappenError, Instant, MutexGuard, PendingMap, Reply, Result, Shared, Waiting,
-    deliver_final, lock, take,
-};
+use super::{Arc, HappenError, MutexGuard, PendingMap, Reply, Result, Shared, Waiting, lock, take};
 use crate::event::Event;
+
+/// The most replies one request holds while its node's key is looked up.
+const MAX_HELD: usize = 64;
 
 /// Judges a reply to request `token` (in `pending`), whose requester
 /// requires signed events: taken when it holds, refused when not, held when
@@ -36,11 +39,21 @@ pub(super) fn judge(
         return;
     };
     if let Some(held) = waiting.held.as_mut() {
-        return held.push((reply, message));
+        if held.len() < MAX_HELD {
+            return held.push_back((reply, message));
+        }
+        let error = HappenError::Integrity {
+            event_id: String::new(),
+            reason: format!(
+                "more than {MAX_HELD} replies came while the key of \"{}\" was looked up",
+                waiting.target
+            ),
+        };
+        return refuse(shared, pending, token, &message, error);
     }
     if let Some(registry) = key_lookups::registry_for(shared, &waiting.target) {
         let target = waiting.target.clone();
-        waiting.held = Some(vec![(reply, message)]);
+        waiting.held = Some(VecDeque::from([(reply, message)]));
         drop(pending);
         let then = shared.clone();
         return key_lookups::after_lookup(shared, registry, &target, move || {
@@ -61,12 +74,9 @@ fn judge_held(shared: &Arc<Shared>, token: u64) {
         let Some(waiting) = pending.get_mut(&token) else {
             return;
         };
-        let (reply, message) = match waiting.held.as_mut() {
-            Some(held) if !held.is_empty() => held.remove(0),
-            _ => {
-                waiting.held = None;
-                return;
-            }
+        let Some((reply, message)) = waiting.held.as_mut().and_then(VecDeque::pop_front) else {
+            waiting.held = None;
+            return;
         };
         match check(shared, waiting, &reply, &message) {
             Ok(()) => take(shared, pending, token, reply),
@@ -85,7 +95,13 @@ fn check(
     let requester = waiting.verify.as_deref().unwrap_or_default();
     match reply {
         Reply::Ok(answer) => checked_answer(shared, requester, waiting, answer),
-        _ => seal::check(shared.local.keys(), requester, &waiting.target, message),
+        _ => seal::check(
+            shared.local.keys(),
+            requester,
+            &waiting.target,
+            &waiting.event_id,
+            message,
+        ),
     }
 }
 
@@ -118,62 +134,18 @@ fn checked_answer(
 }
 
 /// Refuses a reply to request `token`: reported, not taken. The first
-/// refusal is kept as the request's outcome should no genuine reply come.
+/// refusal's reason is what its requester hears should no genuine reply
+/// come before the deadline.
 fn refuse(
     shared: &Arc<Shared>,
-    mut pending: MutexGuard<'_, PendingMap>,
+    pending: MutexGuard<'_, PendingMap>,
     token: u64,
     message: &async_nats::Message,
     error: HappenError,
 ) {
-    let first = pending.get_mut(&token).is_some_and(|waiting| {
-        // Once a genuine stream has begun, its requester has its answer:
-        // a forged item or end is only dropped.
-        let first = waiting.refused.is_none() && waiting.reply.is_some();
-        if first {
-            waiting.refused = Some(error.clone());
-        }
-        first
-    });
+    if let Some(waiting) = pending.get(&token) {
+        waiting.deadline.note(error.clone());
+    }
     drop(pending);
     shared.local.rejected(message.subject.as_str(), &error);
-    if first {
-        give_up_later(shared, token);
-    }
-}
-
-/// Ends request `token` with its refusal shortly before its deadline (see
-/// [`Waiting::give_up_margin`]) if no genuine reply has come by then.
-fn give_up_later(shared: &Arc<Shared>, token: u64) {
-    let shared = Arc::downgrade(shared);
-    tokio::spawn(async move {
-        loop {
-            // The deadline may move (`Sent::timeout` after the send).
-            let at = {
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                let mut pending = lock(&shared.requests.pending);
-                let Some(waiting) = pending.get(&token).filter(|w| w.reply.is_some()) else {
-                    return;
-                };
-                let deadline = waiting.deadline.get();
-                let at = deadline
-                    .checked_sub(waiting.give_up_margin())
-                    .unwrap_or(deadline);
-                if at > Instant::now() {
-                    at
-                } else {
-                    let mut waiting = pending.remove(&token);
-                    drop(pending);
-                    let refused = waiting.as_mut().and_then(|w| w.refused.take());
-                    if let Some(error) = refused {
-                        deliver_final(waiting, Err(error));
-                    }
-                    return;
-                }
-            };
-            tokio::time::sleep_until(at).await;
-        }
-    });
 }

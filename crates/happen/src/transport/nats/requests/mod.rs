@@ -73,10 +73,7 @@ pub(super) struct Waiting {
     verify: Option<Id>,
     /// Replies that came while the asked node's key was being looked up,
     /// in arrival order (judged when the lookup ends).
-    held: Option<Vec<(Reply, async_nats::Message)>>,
-    /// Why the first reply refused by the checks was refused: the request's
-    /// outcome if no genuine reply comes before its deadline.
-    refused: Option<HappenError>,
+    held: Option<std::collections::VecDeque<(Reply, async_nats::Message)>>,
 }
 
 /// A stream this process consumes.
@@ -172,7 +169,6 @@ impl Requests {
                 sent_at: Instant::now(),
                 verify,
                 held: None,
-                refused: None,
             },
         );
         Publish {
@@ -305,6 +301,10 @@ fn take(shared: &Arc<Shared>, mut pending: MutexGuard<'_, PendingMap>, token: u6
             let Some(incoming) = waiting.stream.as_mut() else {
                 return;
             };
+            if seq < incoming.next {
+                // An item taken already, again (a replay): dropped.
+                return;
+            }
             if seq != incoming.next {
                 let _ = incoming.tx.try_send(broken(format!(
                     "expected item {}, got item {seq}",
@@ -388,6 +388,18 @@ fn no_responders(shared: &Arc<Shared>, token: u64) {
     let Some(waiting) = pending.get_mut(&token) else {
         return;
     };
+    if waiting.verify.is_some() {
+        // Anyone can publish a "no responders" status on an overheard reply
+        // subject: a requester that requires signatures takes it only as
+        // the reason to give should no signed answer come in time.
+        waiting.deadline.note(HappenError::Unreachable {
+            node: waiting.target.to_string(),
+            event_type: waiting.event_type.to_string(),
+            attempts: waiting.refusals + 1,
+            waited_ms: millis(waiting.sent_at.elapsed()),
+        });
+        return;
+    }
     waiting.refusals += 1;
     let plausible = requests.answered_recently(&waiting.target)
         || shared.status.reconnected_within(RECONNECTED_RECENTLY);
