@@ -416,7 +416,7 @@ where
         return Some(Failure { error, responder });
     };
     let observed = core.observers().is_active();
-    let started = observed.then(Instant::now);
+    let started = observed.then(|| (Instant::now(), flow));
     let first = event.clone();
     let exactly_once = (core.limits().delivery.mode == DeliveryMode::ExactlyOnce).then_some(flow);
     let shared = Shared::new(Node::from_core(core), event, received_at, responder);
@@ -465,7 +465,7 @@ fn conclude(
     shared: Arc<Shared>,
     outcome: std::thread::Result<StepsOutcome>,
     observed: bool,
-    started: Option<Instant>,
+    started: Option<(Instant, u32)>,
 ) -> Concluded {
     if !observed && !shared.expects_response() && matches!(outcome, Ok(Ok(_))) {
         // Nobody to answer, nobody watching, nothing failed: nothing to do.
@@ -540,7 +540,7 @@ fn answer(
     responder: Option<Responder>,
     result: Result<Value, HappenError>,
     observed: bool,
-    started: Option<Instant>,
+    started: Option<(Instant, u32)>,
     error: &Option<HappenError>,
 ) -> (Option<BoxFuture<'static, ()>>, Option<Responder>) {
     let (core, event) = (shared.core(), shared.event());
@@ -568,7 +568,7 @@ fn answer(
         }
         None => None,
     };
-    if let Some(started) = started {
+    if let Some((started, flow)) = started {
         core.observers().finished(
             core.id(),
             event,
@@ -576,6 +576,7 @@ fn answer(
                 error: error.as_ref(),
                 elapsed: started.elapsed(),
                 answered: answered && kept.is_none(),
+                flow,
             },
         );
     }

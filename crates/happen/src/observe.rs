@@ -63,6 +63,10 @@ pub struct Finished<'a> {
     pub elapsed: Duration,
     /// Whether the flow's result went to a waiting requester.
     pub answered: bool,
+    /// Which of the flows `event` started at the node this is: the
+    /// position of its handler among those the event matched, from 0 (a
+    /// node with one matching handler runs flow 0 only).
+    pub flow: u32,
 }
 
 /// Called as events move through a runtime; every method has an empty

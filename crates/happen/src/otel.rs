@@ -9,13 +9,16 @@
 //!   else the first 16 bytes of its BLAKE3 hash;
 //! - a flow is a span named `"<node> <event type>"`, from its first step to
 //!   its end, with the attributes `happen.node`, `happen.event_type`,
-//!   `happen.event_id`, `happen.correlation_id` and `happen.causation_id`,
+//!   `happen.flow`, `happen.event_id`, `happen.correlation_id` and `happen.causation_id`,
 //!   and an error status when it failed;
 //! - each causation link is a parent: the span of the flow of node N
 //!   handling event E is the child of the span of the flow that sent E (its
-//!   sender handling E's cause). Span ids are derived from (event id, node),
-//!   so processes agree on them without talking: a trace spans every
-//!   process that exports to the same collector.
+//!   sender handling E's cause). Span ids are derived from (event id, node,
+//!   flow), so processes agree on them without talking: a trace spans every
+//!   process that exports to the same collector. A node with several
+//!   handlers for one event runs one flow per handler, each its own span
+//!   ([`flow_span_id`]); an event carries no mark of which of its sender's
+//!   flows emitted it, so its span's parent is the sender's first flow.
 //!
 //! Install it like any observer, with a tracer from your
 //! `SdkTracerProvider` (an OTLP exporter to a collector, for instance):
@@ -81,12 +84,27 @@ pub fn trace_id(correlation_id: &str) -> TraceId {
     TraceId::from_bytes(bytes)
 }
 
-/// The span id of the flow of `node` handling `event_id`.
+/// The span id of the (first) flow of `node` handling `event_id`: the
+/// same as [`flow_span_id`] with flow 0.
 pub fn span_id(event_id: &str, node: &str) -> SpanId {
+    flow_span_id(event_id, node, 0)
+}
+
+/// The span id of flow `flow` of `node` handling `event_id` (see
+/// [`Finished::flow`]). Flow 0's id depends on the event and the node
+/// alone, as it did before flows were told apart, so a trace of nodes
+/// with one handler per event keeps its ids.
+pub fn flow_span_id(event_id: &str, node: &str, flow: u32) -> SpanId {
     let mut hasher = blake3::Hasher::new();
     hasher.update(event_id.as_bytes());
     hasher.update(&[0]);
     hasher.update(node.as_bytes());
+    if flow != 0 {
+        // A node id holds no control character, so no other (node, flow)
+        // hashes the same.
+        hasher.update(&[0]);
+        hasher.update(&flow.to_be_bytes());
+    }
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
     SpanId::from_bytes(bytes)
@@ -117,11 +135,12 @@ where
             .span_builder(format!("{node} {}", event.event_type()))
             .with_kind(SpanKind::Consumer)
             .with_trace_id(trace)
-            .with_span_id(span_id(&causal.id, node))
+            .with_span_id(flow_span_id(&causal.id, node, finished.flow))
             .with_start_time(start)
             .with_attributes(vec![
                 KeyValue::new("happen.node", node.to_owned()),
                 KeyValue::new("happen.event_type", event.event_type().to_owned()),
+                KeyValue::new("happen.flow", i64::from(finished.flow)),
                 KeyValue::new("happen.event_id", causal.id.to_string()),
                 KeyValue::new("happen.correlation_id", causal.correlation_id.to_string()),
                 KeyValue::new(

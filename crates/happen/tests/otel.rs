@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use happen::otel::{OtelObserver, span_id, trace_id};
+use happen::otel::{OtelObserver, flow_span_id, span_id, trace_id};
 use happen::prelude::*;
 use opentelemetry::trace::{Status, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -94,4 +94,72 @@ async fn a_transaction_is_one_trace_with_causation_as_parents() {
         Some(order.clone())
     );
     assert_eq!(attribute(charge, "happen.node").as_deref(), Some("bank"));
+}
+
+/// A node with two handlers for one event runs two flows: each is a span
+/// of its own (distinct, stable ids; flow 0's the one `span_id` names), and
+/// both are children of the flow that sent the event.
+#[tokio::test]
+async fn two_flows_of_one_node_for_one_event_are_two_spans() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let observer = OtelObserver::new(provider.tracer("happen-test"));
+    let happen = Happen::embedded_with(HappenConfig::default().observer(Arc::new(observer)));
+    let shop = happen.node("shop").unwrap();
+    let bank = happen.node("bank").unwrap();
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..2 {
+        let done = done.clone();
+        bank.on("charge", move |_e: Event, _cx: Context| {
+            let done = done.clone();
+            async move { done.send(()).unwrap() }
+        })
+        .unwrap();
+    }
+    shop.on("order", |_e: Event, cx: Context| async move {
+        cx.node().tell("bank", Event::new("charge", json!(5)))?;
+        Ok::<_, HappenError>(())
+    })
+    .unwrap();
+    let sent = shop.send(&shop, Event::new("order", json!(null)));
+    let order = sent.id().to_owned();
+    sent.await.unwrap();
+    finished.recv().await.unwrap();
+    finished.recv().await.unwrap();
+    happen.shutdown().await;
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let charges: Vec<&SpanData> = spans.iter().filter(|s| s.name == "bank charge").collect();
+    assert_eq!(charges.len(), 2, "one span per flow");
+    let charge_id = charges[0]
+        .attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == "happen.event_id")
+        .map(|kv| kv.value.to_string())
+        .unwrap();
+    let mut ids: Vec<String> = charges
+        .iter()
+        .map(|s| s.span_context.span_id().to_string())
+        .collect();
+    ids.sort();
+    let mut expected = vec![
+        span_id(&charge_id, "bank").to_string(),
+        flow_span_id(&charge_id, "bank", 1).to_string(),
+    ];
+    expected.sort();
+    assert_ne!(expected[0], expected[1]);
+    assert_eq!(ids, expected, "each flow its own, stable span id");
+    assert_eq!(
+        span_id(&charge_id, "bank"),
+        flow_span_id(&charge_id, "bank", 0)
+    );
+    // Both flows are children of the shop's flow, which told the charge.
+    let order_span = spans.iter().find(|s| s.name == "shop order").unwrap();
+    assert_eq!(order_span.span_context.span_id(), span_id(&order, "shop"));
+    for charge in charges {
+        assert_eq!(charge.parent_span_id, order_span.span_context.span_id());
+        assert_eq!(charge.span_context.trace_id(), trace_id(&order));
+    }
 }
