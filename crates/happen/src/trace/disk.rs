@@ -7,9 +7,10 @@
 //!
 //! Tables: `records` maps `<correlation>\0<seq>` to the record's JSON (so one
 //! transaction is one key range), `events` maps an event id to its
-//! correlation id, and `order` maps the sequence number to the record's key
-//! and event id, oldest first, for eviction and for listing recent
-//! transactions.
+//! correlation id, `event_records` counts the records kept of each event
+//! (its `events` entry goes with its last record, not its first), and
+//! `order` maps the sequence number to the record's key and event id,
+//! oldest first, for eviction and for listing recent transactions.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use crate::error::{HappenError, Result};
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const EVENTS: TableDefinition<&str, &str> = TableDefinition::new("events");
 const ORDER: TableDefinition<u64, (&str, &str)> = TableDefinition::new("order");
+const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("event_records");
 
 /// Records waiting to be written before new ones are dropped.
 const QUEUE: usize = 65_536;
@@ -72,8 +74,25 @@ impl Recorder {
         })?;
         let write = db.begin_write().map_err(error)?;
         write.open_table(RECORDS).map_err(error)?;
-        write.open_table(EVENTS).map_err(error)?;
-        write.open_table(ORDER).map_err(error)?;
+        {
+            let mut events = write.open_table(EVENTS).map_err(error)?;
+            let order = write.open_table(ORDER).map_err(error)?;
+            let mut counts = write.open_table(COUNTS).map_err(error)?;
+            if counts.is_empty().map_err(error)? {
+                // A file written before records were counted: count them,
+                // and index again the events whose first record went.
+                for row in order.iter().map_err(error)? {
+                    let (_, kept) = row.map_err(error)?;
+                    let (key, event) = kept.value();
+                    if count(&mut counts, event, 1).map_err(error)? == 1
+                        && events.get(event).map_err(error)?.is_none()
+                    {
+                        let correlation = key.split('\0').next().unwrap_or("");
+                        events.insert(event, correlation).map_err(error)?;
+                    }
+                }
+            }
+        }
         write.commit().map_err(error)?;
         let (next, len) = {
             let read = db.begin_read().map_err(error)?;
@@ -151,6 +170,7 @@ impl Writer {
             let mut table = write.open_table(RECORDS).map_err(error)?;
             let mut events = write.open_table(EVENTS).map_err(error)?;
             let mut order = write.open_table(ORDER).map_err(error)?;
+            let mut counts = write.open_table(COUNTS).map_err(error)?;
             for record in records {
                 let Ok(bytes) = serde_json::to_vec(record) else {
                     continue;
@@ -165,6 +185,7 @@ impl Writer {
                 order
                     .insert(self.next, (key.as_str(), &*record.causal.id))
                     .map_err(error)?;
+                count(&mut counts, &record.causal.id, 1).map_err(error)?;
                 self.next += 1;
                 self.len += 1;
             }
@@ -174,12 +195,33 @@ impl Writer {
                 };
                 let (key, event) = oldest.value();
                 table.remove(key).map_err(error)?;
-                events.remove(event).map_err(error)?;
+                // The event's other records may still be kept (a flow's end
+                // is recorded after its start): its index goes with the last.
+                if count(&mut counts, event, -1).map_err(error)? == 0 {
+                    events.remove(event).map_err(error)?;
+                }
                 self.len -= 1;
             }
         }
         write.commit().map_err(error)
     }
+}
+
+/// Adds `by` to the number of records kept of `event`, removing the count
+/// at zero; gives the new number.
+fn count(
+    counts: &mut redb::Table<'_, &str, u64>,
+    event: &str,
+    by: i64,
+) -> std::result::Result<u64, redb::StorageError> {
+    let now = counts.get(event)?.map_or(0, |n| n.value());
+    let next = now.saturating_add_signed(by);
+    if next == 0 {
+        counts.remove(event)?;
+    } else {
+        counts.insert(event, next)?;
+    }
+    Ok(next)
 }
 
 impl DiskTrace {
@@ -287,8 +329,8 @@ impl DiskTrace {
 
 #[cfg(test)]
 mod tests {
-    use crate::trace::Recorder;
     use crate::trace::test_record as record;
+    use crate::trace::{Recorder, What};
 
     #[tokio::test]
     async fn records_survive_a_restart_and_the_oldest_go_first() {
@@ -330,5 +372,73 @@ mod tests {
         assert!(recorder.transaction_of(&first_id).await.unwrap().is_none());
         assert_eq!(recorder.transaction("b").await.unwrap().events().len(), 2);
         assert_eq!(recorder.recent(10), ["c", "b"]);
+    }
+
+    /// An event's records kept beyond its first: evicting the first leaves
+    /// its index entry, which goes with the last.
+    #[tokio::test]
+    async fn an_event_stays_findable_while_any_of_its_records_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::on_disk(dir.path().join("trace.redb"), 3).unwrap();
+        let stamped = record("a");
+        let event = stamped.causal.id.to_string();
+        let mut delivered = stamped.clone();
+        delivered.what = What::Delivered { node: "n".into() };
+        recorder.keep(stamped);
+        recorder.keep(delivered);
+        recorder.keep(record("b"));
+        recorder.keep(record("b"));
+        recorder.flush().await;
+        // Four records for three places: the event's first record went, its
+        // second is kept, and the event is still found by its id.
+        let tx = recorder.transaction_of(&event).await.unwrap();
+        let tx = tx.expect("the event's remaining record is indexed");
+        assert_eq!(tx.events()[0].delivered_to, ["n"]);
+        recorder.keep(record("b"));
+        recorder.flush().await;
+        assert!(recorder.transaction_of(&event).await.unwrap().is_none());
+    }
+
+    /// A file written before records were counted: opened, its records are
+    /// counted (an event's first eviction keeps its index entry) and an
+    /// event whose entry went with its first record is indexed again.
+    #[tokio::test]
+    async fn a_file_written_before_counting_is_counted_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace.redb");
+        let stamped = record("a");
+        let event = stamped.causal.id.to_string();
+        let mut delivered = stamped.clone();
+        delivered.what = What::Delivered { node: "n".into() };
+        {
+            let recorder = Recorder::on_disk(&path, 3).unwrap();
+            recorder.keep(stamped);
+            recorder.keep(delivered);
+            recorder.flush().await;
+        }
+        // Made old: no counts, and the event's index entry gone.
+        let db = loop {
+            match redb::Database::create(&path) {
+                Ok(db) => break db,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        let write = db.begin_write().unwrap();
+        assert!(write.delete_table(super::COUNTS).unwrap());
+        write
+            .open_table(super::EVENTS)
+            .unwrap()
+            .remove(event.as_str())
+            .unwrap();
+        write.commit().unwrap();
+        drop(db);
+        let recorder = Recorder::on_disk(&path, 3).unwrap();
+        assert!(recorder.transaction_of(&event).await.unwrap().is_some());
+        recorder.keep(record("b"));
+        recorder.keep(record("b"));
+        recorder.flush().await;
+        // The event's first record went; its second keeps it indexed.
+        let tx = recorder.transaction_of(&event).await.unwrap();
+        assert_eq!(tx.expect("still indexed").events()[0].delivered_to, ["n"]);
     }
 }
