@@ -50,9 +50,46 @@ fn error(e: impl Into<crate::error::BoxError>) -> HappenError {
     HappenError::store("trace database", e)
 }
 
-/// The key of a record: its transaction, then its number.
+/// The key of a record: its transaction (escaped), then its number.
 fn key(correlation: &str, seq: u64) -> String {
-    format!("{correlation}\0{seq:020}")
+    format!("{}\0{seq:020}", escape(correlation))
+}
+
+/// A correlation id as a key's first part: NUL, which ends that part,
+/// becomes U+0001 U+0002, and U+0001, the escape, U+0001 U+0001. The
+/// escaped id holds no NUL, so one transaction's key range holds no record
+/// of another (unescaped, reading `a` also read `a\0b`), and [`unescape`]
+/// gives the id back. An id with neither (every id Happen makes) is its
+/// own key, as in files written before.
+fn escape(correlation: &str) -> std::borrow::Cow<'_, str> {
+    if !correlation.contains(['\0', '\u{1}']) {
+        return correlation.into();
+    }
+    let mut escaped = String::with_capacity(correlation.len() + 2);
+    for c in correlation.chars() {
+        match c {
+            '\0' => escaped.push_str("\u{1}\u{2}"),
+            '\u{1}' => escaped.push_str("\u{1}\u{1}"),
+            c => escaped.push(c),
+        }
+    }
+    escaped.into()
+}
+
+/// The correlation id [`escape`] made `escaped` from.
+fn unescape(escaped: &str) -> String {
+    let mut correlation = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1}' => match chars.next() {
+                Some('\u{2}') => correlation.push('\0'),
+                _ => correlation.push('\u{1}'),
+            },
+            c => correlation.push(c),
+        }
+    }
+    correlation
 }
 
 impl Recorder {
@@ -87,8 +124,8 @@ impl Recorder {
                     if count(&mut counts, event, 1).map_err(error)? == 1
                         && events.get(event).map_err(error)?.is_none()
                     {
-                        let correlation = key.split('\0').next().unwrap_or("");
-                        events.insert(event, correlation).map_err(error)?;
+                        let correlation = unescape(key.split('\0').next().unwrap_or(""));
+                        events.insert(event, correlation.as_str()).map_err(error)?;
                     }
                 }
             }
@@ -235,10 +272,8 @@ impl DiskTrace {
     fn read(&self, correlation_id: &str) -> Result<Vec<Record>> {
         let read = self.db.begin_read().map_err(error)?;
         let table = read.open_table(RECORDS).map_err(error)?;
-        let (from, to) = (
-            format!("{correlation_id}\0"),
-            format!("{correlation_id}\u{1}"),
-        );
+        let escaped = escape(correlation_id);
+        let (from, to) = (format!("{escaped}\0"), format!("{escaped}\u{1}"));
         let mut records = Vec::new();
         for row in table.range(from.as_str()..to.as_str()).map_err(error)? {
             let (_, bytes) = row.map_err(error)?;
@@ -306,7 +341,7 @@ impl TraceStore for DiskTrace {
         let mut recent: Vec<String> = Vec::new();
         for row in rows.rev().flatten() {
             let (key, _) = row.1.value();
-            let correlation = key.split('\0').next().unwrap_or("").to_owned();
+            let correlation = unescape(key.split('\0').next().unwrap_or(""));
             if !recent.contains(&correlation) {
                 recent.push(correlation);
                 if recent.len() == limit {
@@ -397,6 +432,29 @@ mod tests {
         recorder.keep(record("b"));
         recorder.flush().await;
         assert!(recorder.transaction_of(&event).await.unwrap().is_none());
+    }
+
+    /// Correlation ids that differ after a NUL (or hold the escape) are
+    /// different transactions on disk, listed as themselves.
+    #[tokio::test]
+    async fn correlation_ids_with_a_nul_are_kept_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::on_disk(dir.path().join("trace.redb"), 100).unwrap();
+        let ids = ["a", "a\0b", "a\0", "a\u{1}", "a\u{1}\u{2}", "\0"];
+        for id in ids {
+            recorder.keep(record(id));
+        }
+        recorder.flush().await;
+        for id in ids {
+            let tx = recorder.transaction(id).await.unwrap();
+            assert_eq!(tx.events().len(), 1, "{id:?}");
+            assert_eq!(tx.events()[0].causal.correlation_id, id);
+        }
+        let mut recent = recorder.recent(10);
+        recent.sort();
+        let mut expected = ids.map(String::from).to_vec();
+        expected.sort();
+        assert_eq!(recent, expected);
     }
 
     /// A file written before records were counted: opened, its records are
