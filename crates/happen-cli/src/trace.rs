@@ -202,6 +202,9 @@ pub(crate) fn line(record: &Record) -> String {
                 .as_deref()
                 .map_or("ok".to_owned(), |e| format!("FAILED: {e}"))
         ),
+        What::Dropped { records } => {
+            format!("dropped   {records} records of this transaction (the recorder fell behind)")
+        }
         other => format!("{other:?} {}", record.event_type),
     };
     format!(

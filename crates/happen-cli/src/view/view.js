@@ -59,7 +59,8 @@ function draw(tx) {
   document.getElementById("empty").style.display = events.length ? "none" : "";
   document.getElementById("title").textContent =
     events.length ? `${events[0].event_type}: ${events.length} events` : "Nothing recorded";
-  document.getElementById("subtitle").textContent = "transaction " + tx.correlation_id;
+  document.getElementById("subtitle").textContent = "transaction " + tx.correlation_id +
+    (tx.dropped ? ` (incomplete: the recorder dropped ${tx.dropped} records)` : "");
 
   // The nodes, in order of first appearance.
   const nodes = [];

@@ -8,9 +8,18 @@
 //! published without waiting for JetStream's acknowledgement (a trace is
 //! an observation, not a delivery): a bounded queue feeds one task, and a
 //! record that finds the queue full is counted as dropped.
+//!
+//! A drop is also said in the trace itself, since its readers are usually
+//! other processes, which cannot see this one's count: the dropped records
+//! are counted per transaction, and once the queue has room again (the
+//! next record that fits, or a flush) each such transaction gets one
+//! [`What::Dropped`] record with its count, on the subject of its first
+//! dropped event. [`Transaction::dropped`](super::Transaction::dropped)
+//! adds them up.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -18,12 +27,15 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{Record, Recorder, TraceStore};
+use super::{Record, Recorder, TraceStore, What};
 use crate::error::{HappenError, Result};
 use crate::store::jetstream::{escape_key, read_all};
 
 /// Records waiting to be published before new ones are dropped.
 const QUEUE: usize = 65_536;
+/// Transactions whose drops are counted, waiting for their marks (beyond
+/// that, drops are only counted in [`Recorder::dropped`]).
+const LOST: usize = 4096;
 
 /// How long a JetStream trace keeps its records; see
 /// [`Recorder::jetstream`].
@@ -59,7 +71,8 @@ struct JetStreamTrace {
     stream: stream::Stream,
     prefix: String,
     queue: mpsc::Sender<Queued>,
-    dropped: AtomicU64,
+    dropped: Arc<AtomicU64>,
+    lost: Lost,
     watchers: broadcast::Sender<Record>,
     watching: OnceLock<()>,
     /// Whether the watching subscription is with the server.
@@ -80,38 +93,55 @@ impl Recorder {
         prefix: &str,
         retention: TraceRetention,
     ) -> Result<Recorder> {
-        let js = jetstream::new(client.clone());
-        let part: String = prefix
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let subject = format!("{prefix}.trace.>");
-        let stream = js
-            .get_or_create_stream(stream::Config {
-                name: format!("{}_TRACE", part.to_uppercase()),
-                subjects: vec![subject.clone()],
-                max_age: retention.max_age,
-                max_bytes: retention.max_bytes,
-                storage: stream::StorageType::File,
-                num_replicas: retention.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| error("cannot create the trace stream", e))?;
-        crate::store::jetstream::check_stream_subject(&stream, &subject)?;
-        let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(publish(client.clone(), prefix.to_owned(), rx));
-        Ok(Recorder::with_store(Arc::new(JetStreamTrace {
-            client: client.clone(),
-            stream,
-            prefix: prefix.to_owned(),
-            queue,
-            dropped: AtomicU64::new(0),
-            watchers: broadcast::channel(4096).0,
-            watching: OnceLock::new(),
-            subscribed: tokio::sync::watch::channel(false).0,
-        })))
+        open(client, prefix, retention, QUEUE).await
     }
+}
+
+/// A JetStream recorder whose queue holds `queue` records.
+async fn open(
+    client: &async_nats::Client,
+    prefix: &str,
+    retention: TraceRetention,
+    queue: usize,
+) -> Result<Recorder> {
+    let js = jetstream::new(client.clone());
+    let part: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let subject = format!("{prefix}.trace.>");
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: format!("{}_TRACE", part.to_uppercase()),
+            subjects: vec![subject.clone()],
+            max_age: retention.max_age,
+            max_bytes: retention.max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: retention.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| error("cannot create the trace stream", e))?;
+    crate::store::jetstream::check_stream_subject(&stream, &subject)?;
+    let (queue, rx) = mpsc::channel(queue.max(1));
+    let dropped = Arc::new(AtomicU64::new(0));
+    tokio::spawn(publish(
+        client.clone(),
+        prefix.to_owned(),
+        rx,
+        dropped.clone(),
+    ));
+    Ok(Recorder::with_store(Arc::new(JetStreamTrace {
+        client: client.clone(),
+        stream,
+        prefix: prefix.to_owned(),
+        queue,
+        dropped,
+        lost: Lost::default(),
+        watchers: broadcast::channel(4096).0,
+        watching: OnceLock::new(),
+        subscribed: tokio::sync::watch::channel(false).0,
+    })))
 }
 
 fn subject(prefix: &str, correlation: &str, event: &str) -> String {
@@ -122,8 +152,66 @@ fn subject(prefix: &str, correlation: &str, event: &str) -> String {
     )
 }
 
+/// The drops not yet marked in the trace: for each transaction, its
+/// [`What::Dropped`] record (about its first dropped event) with the count
+/// so far.
+#[derive(Default)]
+struct Lost {
+    /// Whether `marks` holds any (so that a record that fits checks one
+    /// flag, not a lock).
+    pending: AtomicBool,
+    marks: Mutex<HashMap<crate::id::Id, Record>>,
+}
+
+impl Lost {
+    fn marks(&self) -> std::sync::MutexGuard<'_, HashMap<crate::id::Id, Record>> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `records` dropped records of `record`'s transaction.
+    fn add(&self, mut record: Record, records: u64) {
+        let mut marks = self.marks();
+        let correlation = record.causal.correlation_id.clone();
+        let room = marks.len() < LOST;
+        match marks.get_mut(&correlation) {
+            Some(mark) => {
+                if let What::Dropped { records: n } = &mut mark.what {
+                    *n = n.saturating_add(records);
+                }
+            }
+            None if room => {
+                record.what = What::Dropped { records };
+                record.at = crate::event::now_millis();
+                marks.insert(correlation, record);
+            }
+            None => return,
+        }
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// The marks waiting, now taken (none if none wait).
+    fn take(&self) -> Vec<Record> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        self.marks().drain().map(|(_, mark)| mark).collect()
+    }
+
+    /// Keeps `mark` again (it did not fit in the queue either).
+    fn put_back(&self, mark: Record) {
+        if let What::Dropped { records } = mark.what {
+            self.add(mark, records);
+        }
+    }
+}
+
 /// Publishes queued records until every sender is gone.
-async fn publish(client: async_nats::Client, prefix: String, mut rx: mpsc::Receiver<Queued>) {
+async fn publish(
+    client: async_nats::Client,
+    prefix: String,
+    mut rx: mpsc::Receiver<Queued>,
+    dropped: Arc<AtomicU64>,
+) {
     while let Some(queued) = rx.recv().await {
         match queued {
             Queued::Record(record) => {
@@ -132,6 +220,8 @@ async fn publish(client: async_nats::Client, prefix: String, mut rx: mpsc::Recei
                 };
                 let subject = subject(&prefix, &record.causal.correlation_id, &record.causal.id);
                 if let Err(e) = client.publish(subject, bytes.into()).await {
+                    // The client is closed: no mark would get through.
+                    dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, "trace record not published");
                 }
             }
@@ -162,6 +252,10 @@ impl JetStreamTrace {
 
 impl JetStreamTrace {
     async fn flushed(&self) {
+        // The marks of what was dropped go first, waiting for room.
+        for mark in self.lost.take() {
+            let _ = self.queue.send(Queued::Record(Box::new(mark))).await;
+        }
         let (tx, rx) = oneshot::channel();
         if self.queue.send(Queued::Flush(tx)).await.is_ok() {
             let _ = rx.await;
@@ -175,12 +269,24 @@ impl TraceStore for JetStreamTrace {
     }
 
     fn append(&self, record: Record) {
-        if self
-            .queue
-            .try_send(Queued::Record(Box::new(record)))
-            .is_err()
-        {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        match self.queue.try_send(Queued::Record(Box::new(record))) {
+            Ok(()) if self.lost.pending.load(Ordering::Acquire) => {
+                // There is room again: say what was dropped.
+                for mark in self.lost.take() {
+                    if let Err(full) = self.queue.try_send(Queued::Record(Box::new(mark)))
+                        && let Queued::Record(mark) = full.into_inner()
+                    {
+                        self.lost.put_back(*mark);
+                    }
+                }
+            }
+            Ok(()) => {}
+            Err(full) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                if let Queued::Record(record) = full.into_inner() {
+                    self.lost.add(*record, 1);
+                }
+            }
         }
     }
 
@@ -234,5 +340,74 @@ impl TraceStore for JetStreamTrace {
             });
         });
         receiver
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::test_record as record;
+
+    /// A queue of four: ten records made without a pause (the publishing
+    /// task runs on this thread, so it publishes none meanwhile) are four
+    /// kept and six dropped, and the trace says so, to any reader.
+    #[tokio::test(flavor = "current_thread")]
+    async fn records_dropped_under_load_are_marked_in_the_trace() {
+        let server = happen_test::NatsServer::start().unwrap();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let recorder = open(&client, "drops", TraceRetention::default(), 4)
+            .await
+            .unwrap();
+        let records: Vec<Record> = (0..10).map(|_| record("busy")).collect();
+        let first_dropped = records[4].causal.id.to_string();
+        for record in records {
+            recorder.keep(record);
+        }
+        assert_eq!(recorder.dropped(), 6);
+        recorder.flush().await;
+
+        // Read by another recorder, which dropped nothing itself.
+        let reader = Recorder::jetstream(&client, "drops", TraceRetention::default())
+            .await
+            .unwrap();
+        let tx = reader.transaction("busy").await.unwrap();
+        assert_eq!(tx.events().len(), 4);
+        assert_eq!(tx.dropped(), 6);
+        assert!(
+            tx.to_string().contains("INCOMPLETE: 6 records dropped"),
+            "{tx}"
+        );
+        // The mark is filed under the first dropped event.
+        let found = reader.transaction_of(&first_dropped).await.unwrap();
+        assert_eq!(found.map(|tx| tx.dropped()), Some(6));
+
+        // Later drops: once the publisher has made room (it runs when this
+        // test yields), the next record that fits brings their mark along,
+        // with no flush.
+        for _ in 0..6 {
+            recorder.keep(record("busy"));
+        }
+        assert_eq!(recorder.dropped(), 8);
+        loop {
+            tokio::task::yield_now().await;
+            let before = recorder.dropped();
+            recorder.keep(record("busy"));
+            if recorder.dropped() == before {
+                break;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let tx = reader.transaction("busy").await.unwrap();
+            if tx.dropped() == recorder.dropped() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the later drops were not marked within 10 s:\n{tx}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(reader.transaction("quiet").await.unwrap().dropped(), 0);
     }
 }

@@ -114,6 +114,16 @@ pub enum What {
         /// Whether the result went to a waiting requester.
         answered: bool,
     },
+    /// Not a fact about the event: `records` records of its transaction,
+    /// starting with one about this event, could not be kept (the
+    /// recorder's queue to its store was full). Written by the recorder
+    /// once it has room again, so that the trace says it is incomplete
+    /// ([`Transaction::dropped`]).
+    #[serde(rename_all = "camelCase")]
+    Dropped {
+        /// How many records were dropped.
+        records: u64,
+    },
 }
 
 impl Record {

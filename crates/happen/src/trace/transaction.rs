@@ -66,6 +66,9 @@ impl Traced {
 pub struct Transaction {
     correlation_id: String,
     events: Vec<Traced>,
+    /// Records of this transaction its recorders said they dropped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    dropped: u64,
     /// Where each event is, and what each caused (made when first asked).
     #[serde(skip)]
     index: OnceLock<Index>,
@@ -73,8 +76,14 @@ pub struct Transaction {
 
 impl PartialEq for Transaction {
     fn eq(&self, other: &Transaction) -> bool {
-        self.correlation_id == other.correlation_id && self.events == other.events
+        self.correlation_id == other.correlation_id
+            && self.events == other.events
+            && self.dropped == other.dropped
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The events by id, and the events each one caused, as positions in
@@ -139,7 +148,13 @@ impl Transaction {
     pub(super) fn from_records(correlation_id: &str, records: Vec<Record>) -> Transaction {
         let mut at: HashMap<String, usize> = HashMap::new();
         let mut events: Vec<Traced> = Vec::new();
+        let mut dropped: u64 = 0;
         for record in records {
+            if let What::Dropped { records } = record.what {
+                // A mark, not a record of the event it names.
+                dropped = dropped.saturating_add(records);
+                continue;
+            }
             let index = *at.entry(record.causal.id.to_string()).or_insert_with(|| {
                 events.push(Traced {
                     event_type: record.event_type.clone(),
@@ -151,7 +166,7 @@ impl Transaction {
             });
             let event = &mut events[index];
             match record.what {
-                What::Stamped => {}
+                What::Stamped | What::Dropped { .. } => {}
                 What::Delivered { node } => event.delivered_to.push(node),
                 What::Finished {
                     node,
@@ -170,6 +185,7 @@ impl Transaction {
         Transaction {
             correlation_id: correlation_id.to_owned(),
             events,
+            dropped,
             index: OnceLock::new(),
         }
     }
@@ -186,6 +202,15 @@ impl Transaction {
     /// Every recorded event: each after its cause, otherwise in time order.
     pub fn events(&self) -> &[Traced] {
         &self.events
+    }
+
+    /// How many records of this transaction its recorders dropped (their
+    /// queue to the store was full) and said so: when not 0, the
+    /// transaction is incomplete (events, deliveries or ends of flows are
+    /// missing from it). 0 does not promise it is whole: a recorder that
+    /// could not even say so (its process ended first) leaves no mark.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Whether nothing was recorded.
@@ -320,12 +345,20 @@ impl Transaction {
 
 impl fmt::Display for Transaction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        write!(
             f,
-            "transaction {} ({} events)",
+            "transaction {} ({} events",
             self.correlation_id,
             self.events.len()
         )?;
+        if self.dropped > 0 {
+            write!(
+                f,
+                "; INCOMPLETE: {} records dropped by the recorder",
+                self.dropped
+            )?;
+        }
+        writeln!(f, ")")?;
         for root in self.roots() {
             self.write_tree(f, root, "", true, 0)?;
         }
@@ -414,5 +447,22 @@ mod tests {
         let text = tx.to_string();
         assert_eq!(text.lines().count(), 20_002);
         assert_eq!(tx.effects("root").len(), 20_000);
+    }
+
+    #[test]
+    fn a_dropped_mark_makes_the_transaction_incomplete_not_an_event() {
+        let mut mark = traced("d", Some("r"));
+        mark.what = What::Dropped { records: 3 };
+        let mut again = mark.clone();
+        again.what = What::Dropped { records: 2 };
+        let tx = Transaction::from_records("c", vec![traced("r", None), mark, again]);
+        assert_eq!(tx.events().len(), 1);
+        assert_eq!(tx.dropped(), 5);
+        assert!(tx.to_string().contains("INCOMPLETE: 5 records dropped"));
+        let back: Transaction = serde_json::from_value(serde_json::to_value(&tx).unwrap()).unwrap();
+        assert_eq!(back.dropped(), 5);
+        let whole = Transaction::from_records("c", vec![traced("r", None)]);
+        assert_eq!(whole.dropped(), 0);
+        assert!(!whole.to_string().contains("INCOMPLETE"));
     }
 }
