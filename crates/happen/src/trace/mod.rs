@@ -272,7 +272,9 @@ impl Recorder {
         self.store.recent(limit)
     }
 
-    /// How many records could not be kept (the store fell behind).
+    /// How many records could not be kept (the store fell behind). A
+    /// JetStream recorder also says so in the trace, for its readers in
+    /// other processes: see [`Transaction::dropped`].
     pub fn dropped(&self) -> u64 {
         self.store.dropped()
     }
