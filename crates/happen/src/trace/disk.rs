@@ -3,7 +3,9 @@
 //!
 //! Records are written by a thread of their own in batches (one commit for
 //! everything that arrived since the last), so recording never waits for the
-//! disk; a record that finds the queue full is counted as dropped.
+//! disk; a record that finds the queue full is counted as dropped, and its
+//! transaction gets a [`What::Dropped`](super::What::Dropped) mark once
+//! there is room (see `lost`).
 //!
 //! Tables: `records` maps `<correlation>\0<seq>` to the record's JSON (so one
 //! transaction is one key range), `events` maps an event id to its
@@ -21,6 +23,7 @@ use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
+use super::lost::Lost;
 use super::{Record, Recorder, TraceStore};
 use crate::error::{HappenError, Result};
 
@@ -43,6 +46,7 @@ struct DiskTrace {
     db: Arc<Database>,
     queue: Mutex<SyncSender<Queued>>,
     dropped: AtomicU64,
+    lost: Lost,
     watchers: broadcast::Sender<Record>,
 }
 
@@ -97,65 +101,69 @@ impl Recorder {
     /// `path` (created if needed), so that traces survive a restart; the
     /// oldest records are removed first (feature `redb`).
     pub fn on_disk(path: impl AsRef<Path>, capacity: usize) -> Result<Recorder> {
-        let path = path.as_ref();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                HappenError::Config(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
-        let db = Database::create(path).map_err(|e| {
-            HappenError::Config(format!(
-                "cannot open trace database {}: {e}",
-                path.display()
-            ))
-        })?;
-        let write = db.begin_write().map_err(error)?;
-        write.open_table(RECORDS).map_err(error)?;
-        {
-            let mut events = write.open_table(EVENTS).map_err(error)?;
-            let order = write.open_table(ORDER).map_err(error)?;
-            let mut counts = write.open_table(COUNTS).map_err(error)?;
-            if counts.is_empty().map_err(error)? {
-                // A file written before records were counted: count them,
-                // and index again the events whose first record went.
-                for row in order.iter().map_err(error)? {
-                    let (_, kept) = row.map_err(error)?;
-                    let (key, event) = kept.value();
-                    if count(&mut counts, event, 1).map_err(error)? == 1
-                        && events.get(event).map_err(error)?.is_none()
-                    {
-                        let correlation = unescape(key.split('\0').next().unwrap_or(""));
-                        events.insert(event, correlation.as_str()).map_err(error)?;
-                    }
+        Ok(Recorder::with_store(open(path.as_ref(), capacity, QUEUE)?))
+    }
+}
+
+/// The store of [`Recorder::on_disk`], its queue holding `queue` records.
+fn open(path: &Path, capacity: usize, queue: usize) -> Result<Arc<DiskTrace>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HappenError::Config(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let db = Database::create(path).map_err(|e| {
+        HappenError::Config(format!(
+            "cannot open trace database {}: {e}",
+            path.display()
+        ))
+    })?;
+    let write = db.begin_write().map_err(error)?;
+    write.open_table(RECORDS).map_err(error)?;
+    {
+        let mut events = write.open_table(EVENTS).map_err(error)?;
+        let order = write.open_table(ORDER).map_err(error)?;
+        let mut counts = write.open_table(COUNTS).map_err(error)?;
+        if counts.is_empty().map_err(error)? {
+            // A file written before records were counted: count them,
+            // and index again the events whose first record went.
+            for row in order.iter().map_err(error)? {
+                let (_, kept) = row.map_err(error)?;
+                let (key, event) = kept.value();
+                if count(&mut counts, event, 1).map_err(error)? == 1
+                    && events.get(event).map_err(error)?.is_none()
+                {
+                    let correlation = unescape(key.split('\0').next().unwrap_or(""));
+                    events.insert(event, correlation.as_str()).map_err(error)?;
                 }
             }
         }
-        write.commit().map_err(error)?;
-        let (next, len) = {
-            let read = db.begin_read().map_err(error)?;
-            let order = read.open_table(ORDER).map_err(error)?;
-            let last = order.last().map_err(error)?.map(|(k, _)| k.value());
-            (last.map_or(0, |k| k + 1), order.len().map_err(error)?)
-        };
-        let db = Arc::new(db);
-        let (queue, rx) = sync_channel(QUEUE);
-        let writer = Writer {
-            db: db.clone(),
-            capacity: u64::try_from(capacity.max(1)).unwrap_or(u64::MAX),
-            next,
-            len,
-        };
-        std::thread::Builder::new()
-            .name("happen-trace-disk".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| HappenError::Config(format!("cannot start the trace writer: {e}")))?;
-        Ok(Recorder::with_store(Arc::new(DiskTrace {
-            db,
-            queue: Mutex::new(queue),
-            dropped: AtomicU64::new(0),
-            watchers: broadcast::channel(4096).0,
-        })))
     }
+    write.commit().map_err(error)?;
+    let (next, len) = {
+        let read = db.begin_read().map_err(error)?;
+        let order = read.open_table(ORDER).map_err(error)?;
+        let last = order.last().map_err(error)?.map(|(k, _)| k.value());
+        (last.map_or(0, |k| k + 1), order.len().map_err(error)?)
+    };
+    let db = Arc::new(db);
+    let (queue, rx) = sync_channel(queue);
+    let writer = Writer {
+        db: db.clone(),
+        capacity: u64::try_from(capacity.max(1)).unwrap_or(u64::MAX),
+        next,
+        len,
+    };
+    std::thread::Builder::new()
+        .name("happen-trace-disk".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|e| HappenError::Config(format!("cannot start the trace writer: {e}")))?;
+    Ok(Arc::new(DiskTrace {
+        db,
+        queue: Mutex::new(queue),
+        dropped: AtomicU64::new(0),
+        lost: Lost::default(),
+        watchers: broadcast::channel(4096).0,
+    }))
 }
 
 /// The thread that writes records.
@@ -290,8 +298,15 @@ impl TraceStore for DiskTrace {
         if self.watchers.receiver_count() > 0 {
             let _ = self.watchers.send(record.clone());
         }
-        if self.send(Queued::Record(Box::new(record))).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        match self.send(Queued::Record(Box::new(record))) {
+            Ok(()) if self.lost.pending() => self.send_marks(),
+            Ok(()) => {}
+            Err(TrySendError::Full(queued) | TrySendError::Disconnected(queued)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                if let Queued::Record(record) = queued {
+                    self.lost.add(*record, 1);
+                }
+            }
         }
     }
 
@@ -354,7 +369,18 @@ impl TraceStore for DiskTrace {
 }
 
 impl DiskTrace {
+    /// Queues the marks of what was dropped, those that fit.
+    fn send_marks(&self) {
+        self.lost.send_marks(|mark| {
+            self.send(Queued::Record(mark)).map_err(|e| match e {
+                TrySendError::Full(Queued::Record(mark)) => Some(mark),
+                _ => None,
+            })
+        });
+    }
+
     async fn flushed(&self) {
+        self.send_marks();
         let (tx, rx) = oneshot::channel();
         if self.send(Queued::Flush(tx)).is_ok() {
             let _ = rx.await;
@@ -498,5 +524,38 @@ mod tests {
         // The event's first record went; its second keeps it indexed.
         let tx = recorder.transaction_of(&event).await.unwrap();
         assert_eq!(tx.expect("still indexed").events()[0].delivered_to, ["n"]);
+    }
+
+    /// A queue of two and a writer held up (it waits for a write
+    /// transaction of the test's): records are dropped, and once the
+    /// writer goes on, the transaction's mark says how many.
+    #[tokio::test]
+    async fn records_dropped_under_load_are_marked_in_the_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = super::open(&dir.path().join("trace.redb"), 1000, 2).unwrap();
+        let recorder = Recorder::with_store(trace.clone());
+        let held = trace.db.begin_write().unwrap();
+        // The writer takes at most one batch before it waits: then the
+        // queue fills and the next records are dropped.
+        let mut sent: u64 = 0;
+        while recorder.dropped() < 3 {
+            recorder.keep(record("busy"));
+            sent += 1;
+        }
+        held.abort().unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let tx = recorder.transaction("busy").await.unwrap();
+            if tx.dropped() == recorder.dropped() {
+                assert_eq!(tx.events().len() as u64, sent - tx.dropped());
+                assert!(tx.to_string().contains("INCOMPLETE"), "{tx}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the drops were not marked within 10 s:\n{tx}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }

@@ -17,9 +17,8 @@
 //! dropped event. [`Transaction::dropped`](super::Transaction::dropped)
 //! adds them up.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -27,15 +26,13 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{Record, Recorder, TraceStore, What};
+use super::lost::Lost;
+use super::{Record, Recorder, TraceStore};
 use crate::error::{HappenError, Result};
 use crate::store::jetstream::{escape_key, read_all};
 
 /// Records waiting to be published before new ones are dropped.
 const QUEUE: usize = 65_536;
-/// Transactions whose drops are counted, waiting for their marks (beyond
-/// that, drops are only counted in [`Recorder::dropped`]).
-const LOST: usize = 4096;
 
 /// How long a JetStream trace keeps its records; see
 /// [`Recorder::jetstream`].
@@ -152,59 +149,6 @@ fn subject(prefix: &str, correlation: &str, event: &str) -> String {
     )
 }
 
-/// The drops not yet marked in the trace: for each transaction, its
-/// [`What::Dropped`] record (about its first dropped event) with the count
-/// so far.
-#[derive(Default)]
-struct Lost {
-    /// Whether `marks` holds any (so that a record that fits checks one
-    /// flag, not a lock).
-    pending: AtomicBool,
-    marks: Mutex<HashMap<crate::id::Id, Record>>,
-}
-
-impl Lost {
-    fn marks(&self) -> std::sync::MutexGuard<'_, HashMap<crate::id::Id, Record>> {
-        self.marks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Counts `records` dropped records of `record`'s transaction.
-    fn add(&self, mut record: Record, records: u64) {
-        let mut marks = self.marks();
-        let correlation = record.causal.correlation_id.clone();
-        let room = marks.len() < LOST;
-        match marks.get_mut(&correlation) {
-            Some(mark) => {
-                if let What::Dropped { records: n } = &mut mark.what {
-                    *n = n.saturating_add(records);
-                }
-            }
-            None if room => {
-                record.what = What::Dropped { records };
-                record.at = crate::event::now_millis();
-                marks.insert(correlation, record);
-            }
-            None => return,
-        }
-        self.pending.store(true, Ordering::Release);
-    }
-
-    /// The marks waiting, now taken (none if none wait).
-    fn take(&self) -> Vec<Record> {
-        if !self.pending.swap(false, Ordering::AcqRel) {
-            return Vec::new();
-        }
-        self.marks().drain().map(|(_, mark)| mark).collect()
-    }
-
-    /// Keeps `mark` again (it did not fit in the queue either).
-    fn put_back(&self, mark: Record) {
-        if let What::Dropped { records } = mark.what {
-            self.add(mark, records);
-        }
-    }
-}
-
 /// Publishes queued records until every sender is gone.
 async fn publish(
     client: async_nats::Client,
@@ -270,15 +214,16 @@ impl TraceStore for JetStreamTrace {
 
     fn append(&self, record: Record) {
         match self.queue.try_send(Queued::Record(Box::new(record))) {
-            Ok(()) if self.lost.pending.load(Ordering::Acquire) => {
+            Ok(()) if self.lost.pending() => {
                 // There is room again: say what was dropped.
-                for mark in self.lost.take() {
-                    if let Err(full) = self.queue.try_send(Queued::Record(Box::new(mark)))
-                        && let Queued::Record(mark) = full.into_inner()
-                    {
-                        self.lost.put_back(*mark);
-                    }
-                }
+                self.lost.send_marks(|mark| {
+                    self.queue.try_send(Queued::Record(mark)).map_err(|full| {
+                        match full.into_inner() {
+                            Queued::Record(mark) => Some(mark),
+                            Queued::Flush(_) => None,
+                        }
+                    })
+                });
             }
             Ok(()) => {}
             Err(full) => {

@@ -58,6 +58,8 @@
 mod disk;
 #[cfg(feature = "nats")]
 mod jetstream;
+#[cfg(any(feature = "nats", feature = "redb"))]
+mod lost;
 mod memory;
 mod transaction;
 
