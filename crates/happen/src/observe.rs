@@ -12,6 +12,14 @@
 //! handler carry the causal context and span-based tools see one span per
 //! flow. With no subscriber interested, the span is never built.
 //!
+//! Zero events ([`crate::zero`]) are reported at the same points, as the
+//! ordinary [`Event`]s they convert to (same causal context and payload):
+//! stamped where they are sent (a zero reply where it is sealed), delivered
+//! when their zero handler takes them, finished when it returns (one that
+//! goes on in an ordinary step finishes in that flow). The conversion is
+//! made only when an observer is installed; without one, the zero path pays
+//! one branch where an event is sent and one where it is handled.
+//!
 //! Observers are called synchronously on the thread doing the work, so they
 //! must be quick: hand anything slow to a channel. A panicking observer is a
 //! bug in the observer; it is not caught.

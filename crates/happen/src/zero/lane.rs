@@ -22,16 +22,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::Notify;
 
+use super::ZeroEvent;
 pub use super::next::{ZeroContext, ZeroNext};
 use super::reply::ReplyTo;
-use super::send::ZeroAnswer;
-use super::writer::Stamp;
-use super::{ZeroEvent, ZeroWriter};
+use super::run::run;
 use crate::delivery::{Arrival, Delivery};
-use crate::entry::Entry;
 use crate::error::{BoxError, HappenError, Result};
 use crate::node::{HandlerId, Node, NodeCore};
 use crate::pattern::Pattern;
@@ -48,17 +45,17 @@ struct Registered {
     handler: Arc<ZeroFn>,
 }
 
-struct Item {
-    event: ZeroEvent,
-    reply: ReplyTo,
+pub(super) struct Item {
+    pub(super) event: ZeroEvent,
+    pub(super) reply: ReplyTo,
     /// The handler that matched on arrival.
-    handler: Which,
+    pub(super) handler: Which,
 }
 
 /// Which handler runs a queued event: the one that matched on arrival,
 /// named without a reference count of its own (an event costs no atomic
 /// operation for it; the lane's task takes the handlers once per batch).
-enum Which {
+pub(super) enum Which {
     /// The lane's `handlers[i]`.
     At(usize),
     /// A handler of its own: one removed while the event waited, or the
@@ -473,107 +470,4 @@ impl Drop for Running<'_> {
             }
         }
     }
-}
-
-/// Runs one zero event's handler (`handlers` are the lane's as the event's
-/// batch was taken) and answers its requester.
-fn run(node: &Node, item: Item, handlers: &[Arc<ZeroFn>]) {
-    let Item {
-        event,
-        reply,
-        handler,
-    } = item;
-    let core = node.core();
-    let handler: &ZeroFn = match &handler {
-        Which::Owned(handler) => &**handler,
-        Which::At(at) => match handlers.get(*at) {
-            Some(handler) => &**handler,
-            None => {
-                // Not reached: a batch's handlers are taken with it, and a
-                // claimed event holds its own.
-                let error = HappenError::Config("a zero event lost its handler".into());
-                reply.answer(Err(error), core);
-                return;
-            }
-        },
-    };
-    let cx = ZeroContext {
-        node,
-        event: &event,
-        expects_response: !matches!(reply, ReplyTo::Nobody),
-    };
-    // The error is formatted (and dropped) inside too: its `Display` is the
-    // handler's code.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        handler(&event, &cx).map_err(|error| error.to_string())
-    }));
-    let failed = |cause: String| HappenError::HandlerFailed {
-        node: core.id().to_string(),
-        event_type: event.event_type().to_owned(),
-        cause,
-        source: None,
-    };
-    let answer = match outcome {
-        // The common one-way case: nothing to answer, nothing to build.
-        Ok(Ok(ZeroNext::Done)) if matches!(reply, ReplyTo::Nobody) => return,
-        Err(panic) => Err(HappenError::HandlerPanicked {
-            node: core.id().to_string(),
-            event_type: event.event_type().to_owned(),
-            message: crate::flow::panic_message(&*panic),
-        }),
-        Ok(Err(cause)) => Err(failed(cause)),
-        Ok(Ok(ZeroNext::Done)) => Ok(ZeroAnswer::Value(Value::Null)),
-        Ok(Ok(ZeroNext::Value(value))) => Ok(ZeroAnswer::Value(value)),
-        Ok(Ok(ZeroNext::Reply(mut writer))) => {
-            if matches!(reply, ReplyTo::Nobody) {
-                return; // nobody to answer: the writer goes back to the pool
-            }
-            seal_child(&mut writer, core.id(), &event)
-                .map(ZeroAnswer::Zero)
-                .map_err(HappenError::from)
-        }
-        Ok(Ok(ZeroNext::Then(step))) => {
-            let ordinary = event.to_event();
-            let responder = reply.into_responder(core);
-            let (flow, _) = Entry::new(step, ()).start(
-                node.core().clone(),
-                ordinary,
-                crate::event::now_millis(),
-                responder,
-                0,
-            );
-            match core.runtime_inner() {
-                Some(runtime) => runtime.spawn(async move {
-                    let _ = flow.await;
-                }),
-                None => drop(tokio::spawn(async move {
-                    let _ = flow.await;
-                })),
-            }
-            return;
-        }
-    };
-    if let Err(error) = &answer
-        && matches!(reply, ReplyTo::Nobody)
-    {
-        tracing::warn!(node = %core.id(), event_type = event.event_type(), %error, "zero handler failed");
-    }
-    reply.answer(answer, core);
-}
-
-/// Seals `writer` as a child of `parent`, sent by `sender`.
-pub(crate) fn seal_child(
-    writer: &mut ZeroWriter,
-    sender: &str,
-    parent: &ZeroEvent,
-) -> std::result::Result<ZeroEvent, super::ZeroError> {
-    let (id, timestamp) = crate::uuid7::next_bytes();
-    writer.seal(Stamp {
-        id,
-        timestamp,
-        sender,
-        causation: Some(parent.id().0),
-        correlation: Some(parent.correlation_id()),
-        path: parent.path().chain(std::iter::once(sender)),
-    })
 }

@@ -14,7 +14,9 @@
 //! another (a multi-thread runtime, a sensor thread of its own), the
 //! writing thread allocates one buffer per event and the handling thread's
 //! pool frees what it cannot keep. A request (`zero_send`) allocates its
-//! answer's channel. Field names are the writer's: a name given twice, or
+//! answer's channel. With an observer installed, zero events are reported
+//! to it as the ordinary events they convert to (see [`crate::observe`]),
+//! which allocates; without one they cost it a branch. Field names are the writer's: a name given twice, or
 //! one that is also another's prefix (`loc` and `loc.lat`), reads as the
 //! first with [`ZeroEvent::get`] but cannot be represented in the JSON form
 //! an ordinary handler sees (there the last wins, and `loc` becomes the
@@ -70,10 +72,12 @@ mod error;
 mod lane;
 mod layout;
 mod next;
+mod observed;
 mod pool;
 #[cfg(test)]
 mod props;
 mod reply;
+mod run;
 mod send;
 #[cfg(test)]
 mod tests;

@@ -98,7 +98,7 @@ pub(crate) const ERROR_ANSWER: &str = "happen.error";
 /// A zero reply of one of the types the wire uses for values and errors
 /// would be read as one over NATS (and not in one process): refused on
 /// every runtime, with the reason.
-fn not_reserved(answer: ZeroAnswer) -> Result<ZeroAnswer> {
+pub(super) fn not_reserved(answer: ZeroAnswer) -> Result<ZeroAnswer> {
     if let ZeroAnswer::Zero(event) = &answer
         && matches!(event.event_type(), VALUE_ANSWER | ERROR_ANSWER)
     {

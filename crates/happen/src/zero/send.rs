@@ -187,9 +187,12 @@ fn send(
                     repeating: parent.path().rev().take(4).map(str::to_owned).collect(),
                 });
             }
-            lane::seal_child(&mut writer, core.id(), parent)?
+            super::run::seal_child(&mut writer, core.id(), parent)?
         }
     };
+    if core.observers().is_active() {
+        super::observed::stamped(core, &event);
+    }
     let reply = reply.map_or(ReplyTo::Nobody, ReplyTo::Zero);
     // A live node of this runtime, in a runtime whose nodes all live here:
     // handed over without a lookup.

@@ -64,7 +64,7 @@ fn the_causal_context_is_in_the_header() {
 
     let mut reply = ZeroWriter::new("reading-ok");
     reply.u8("ok", 1);
-    let child = lane::seal_child(&mut reply, "processor", &event).unwrap();
+    let child = run::seal_child(&mut reply, "processor", &event).unwrap();
     assert_eq!(child.causation(), Some(event.id()));
     assert_eq!(child.correlation_id(), event.correlation_id());
     assert_eq!(child.path().collect::<Vec<_>>(), ["gateway", "processor"]);

@@ -232,6 +232,7 @@ macro_rules! conformance_suite {
             a_zero_request_does_not_overtake_zero_events_sent_before_it,
             a_batch_for_a_zero_handler_is_refused_not_flattened,
             a_zero_reply_of_a_reserved_type_is_refused,
+            observers_see_zero_events_with_their_causal_context,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] streaming;
             stream_delivers_items_then_final_in_order,

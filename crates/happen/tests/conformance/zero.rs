@@ -438,3 +438,97 @@ pub async fn a_zero_reply_of_a_reserved_type_is_refused(backend: &dyn Backend) {
     assert_eq!(event.event_type(), "zr.answer");
     assert_eq!(event.get::<&str>("error").unwrap(), "disk full");
 }
+
+/// Zero events as observers see them (only when one is installed): each
+/// one stamped by its sender, delivered to and finished by its zero
+/// handler, with its causal context, so that a recorder's trace of the
+/// transaction shows them.
+pub async fn observers_see_zero_events_with_their_causal_context(backend: &dyn Backend) {
+    let capture = happen::testkit::Capture::new();
+    let recorder = happen::trace::Recorder::in_memory(10_000);
+    let config = capture.install(HappenConfig::default().recorder(recorder.clone()));
+    let h = backend.start(config).await;
+    let sensors = h.node("zo-sensors").unwrap();
+    let alarms = h.node("zo-alarms").unwrap();
+    let gateway = h.node("zo-gateway").unwrap();
+    sensors
+        .zero("reading", |event, cx| {
+            let mut alarm = ZeroWriter::new("alarm");
+            alarm.f64("celsius", event.get("celsius")?);
+            cx.tell("zo-alarms", alarm)?;
+            let mut reply = ZeroWriter::new("reading.seen");
+            reply.u32("seq", event.get("seq")?);
+            Ok(ZeroNext::Reply(reply))
+        })
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    alarms
+        .zero("alarm", move |event, _cx| {
+            let _ = tx.send(event.id().to_string());
+            Err("no one on call".into())
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+
+    let answer = gateway.zero_send(&sensors, reading(21.5)).await.unwrap();
+    let reply = answer.zero().expect("a zero reply");
+    let alarm_id = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the alarm within 10 s")
+        .unwrap();
+    let reply_id = reply.id().to_string();
+    // Every lane is quiet, and every end reported, once the runtime is down.
+    h.shutdown().await;
+
+    // The capture: each zero event stamped, with its causal context.
+    let readings = capture.of_type("reading");
+    assert_eq!(readings.len(), 1, "{:?}", capture.events());
+    let root = readings[0].causal().clone();
+    assert_eq!(root.sender, "zo-gateway");
+    assert_eq!(root.causation_id, None);
+    assert_eq!(root.correlation_id, root.id);
+    assert_eq!(readings[0].payload()["celsius"], json!(21.5));
+    let alarm = capture.event(&alarm_id).expect("the alarm was captured");
+    assert_eq!(alarm.event_type(), "alarm");
+    super::assert_child_of(alarm.causal(), &root, "zo-sensors");
+    let seen = capture
+        .event(&reply_id)
+        .expect("the zero reply was captured");
+    assert_eq!(seen.event_type(), "reading.seen");
+    super::assert_child_of(seen.causal(), &root, "zo-sensors");
+    let flows = capture.flows();
+    let flow = |id: &str| flows.iter().find(|f| f.event_id == id);
+    let handled = flow(&root.id).expect("the reading's end was captured");
+    assert_eq!(
+        (handled.node.as_str(), &handled.error),
+        ("zo-sensors", &None)
+    );
+    let failed = flow(&alarm_id).expect("the alarm's end was captured");
+    assert_eq!(failed.node, "zo-alarms");
+    assert!(
+        failed.error.as_deref().unwrap().contains("no one on call"),
+        "{failed:?}"
+    );
+
+    // The recorder's trace of the transaction.
+    let tx = recorder.transaction(&root.correlation_id).await.unwrap();
+    let traced = tx.event(&root.id).expect("the reading was recorded");
+    assert_eq!(traced.event_type, "reading");
+    assert_eq!(traced.delivered_to, ["zo-sensors"]);
+    assert_eq!(traced.flows.len(), 1);
+    assert!(traced.flows[0].answered && traced.flows[0].error.is_none());
+    let why: Vec<&str> = tx
+        .why(&alarm_id)
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(why, ["alarm", "reading"]);
+    let failed: Vec<&str> = tx
+        .failed()
+        .iter()
+        .map(|(_, run)| run.node.as_str())
+        .collect();
+    assert_eq!(failed, ["zo-alarms"]);
+    let tree = tx.to_string();
+    assert!(tree.contains("alarm from zo-sensors → zo-alarms"), "{tree}");
+}
