@@ -85,6 +85,21 @@ pub enum ZeroError {
         /// The field's kind.
         found: Kind,
     },
+    /// Two fields whose names the JSON form (what an ordinary handler or an
+    /// observer sees) cannot hold both of: the same name twice, a name that
+    /// is also a dotted prefix of another (`loc` and `loc.lat`: a value
+    /// that would also be an object), or the empty name (a payload that is
+    /// not an object) beside another. Refused when the event is sealed,
+    /// and in a received buffer.
+    #[error(
+        "zero event field names {first:?} and {second:?} clash: in JSON one would hide the other (give each field a name of its own, none a dotted prefix of another)"
+    )]
+    NameClash {
+        /// The name written first.
+        first: String,
+        /// The name clashing with it.
+        second: String,
+    },
     /// The event would be larger than the layout's 4 GiB, an id that is not
     /// a UUID, or the writer was already finished.
     #[error("cannot make a zero event: {0}")]

@@ -132,8 +132,10 @@ fn region(bytes: &[u8], at: usize, width: usize) -> Result<(usize, usize), ZeroE
 
 /// Checks everything a reader relies on: the header, that every region,
 /// string and value lies in the buffer, that strings are UTF-8 and kinds
-/// known. After it, reading a named field cannot fail on the buffer's
-/// account. Allocates nothing.
+/// known, and that no two field names clash in the JSON form ([`clash`]).
+/// After it, reading a named field cannot fail on the buffer's account.
+/// Allocates nothing (but for a directory of more than 16 fields, sorted
+/// once to find clashing names).
 pub(crate) fn check(bytes: &[u8]) -> Result<(), ZeroError> {
     // The whole string table is checked as UTF-8 once, and each reference
     // then only for its bounds and character boundaries: a slice of valid
@@ -257,5 +259,109 @@ fn check_with<'a>(
             _ => {}
         }
     }
+    let entries = span(bytes, fields, count * FIELD).as_chunks::<FIELD>().0;
+    let strings = header_table(bytes).unwrap_or_default();
+    if let Some(pair) = clash(entries, strings) {
+        return Err(clash_error(entries, strings, pair));
+    }
     Ok(())
+}
+
+/// Directories of more fields than this are checked for clashing names by
+/// sorting them (one allocation); smaller ones pair by pair, allocating
+/// nothing.
+const PAIRWISE: usize = 16;
+
+/// Two fields (by place in the directory) whose names the JSON form cannot
+/// hold both of, if there are any: the same name twice, a name that is a dotted
+/// prefix of another (`loc` and `loc.lat`: a value that would also be an
+/// object), or the empty name (the whole payload) beside any other.
+/// `entries` are directory records whose names are in `strings`.
+pub(crate) fn clash(entries: &[[u8; FIELD]], strings: &[u8]) -> Option<(usize, usize)> {
+    let name = |entry: &[u8; FIELD]| span(strings, word(entry, 0), word(entry, 4));
+    if entries.len() <= PAIRWISE {
+        // Lengths first, from the directory: two names of different lengths
+        // clash only where the longer has a `.` just past the shorter (or
+        // the shorter is empty), so most pairs are told apart without
+        // reading their bytes.
+        for (second, b) in entries.iter().enumerate() {
+            let (b_at, b_len) = (word(b, 0), word(b, 4));
+            for (first, a) in entries[..second].iter().enumerate() {
+                let (a_at, a_len) = (word(a, 0), word(a, 4));
+                let (short, long_at) = if a_len <= b_len {
+                    (a_len, b_at)
+                } else {
+                    (b_len, a_at)
+                };
+                let suspect = a_len == b_len
+                    || short == 0
+                    || long_at.checked_add(short).and_then(|at| strings.get(at)) == Some(&b'.');
+                if suspect && clashes(name(a), name(b)) {
+                    return Some((first, second));
+                }
+            }
+        }
+        return None;
+    }
+    sorted_clash(entries, strings)
+}
+
+/// [`clash`] for many fields: sorted, in `O(n log n)`.
+#[inline(never)]
+fn sorted_clash(entries: &[[u8; FIELD]], strings: &[u8]) -> Option<(usize, usize)> {
+    let name = |entry: &[u8; FIELD]| span(strings, word(entry, 0), word(entry, 4));
+    // Ordered part by part (`.` below every other byte), a name's
+    // descendants follow it at once, and equal names are neighbours.
+    let key = |byte: &u8| {
+        if *byte == b'.' {
+            0
+        } else {
+            u16::from(*byte) + 1
+        }
+    };
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by(|a, b| {
+        let (a, b) = (name(&entries[*a]), name(&entries[*b]));
+        a.iter().map(key).cmp(b.iter().map(key))
+    });
+    order
+        .windows(2)
+        .find(|pair| clashes(name(&entries[pair[0]]), name(&entries[pair[1]])))
+        .map(|pair| (pair[0].min(pair[1]), pair[0].max(pair[1])))
+}
+
+/// The little-endian `u32` at `at` of a directory entry.
+#[inline(always)]
+fn word(entry: &[u8; FIELD], at: usize) -> usize {
+    // One load (an array built byte by byte is not always read as one).
+    let bytes: [u8; 4] = entry[at..at + 4].try_into().unwrap_or_default();
+    u32::from_le_bytes(bytes) as usize
+}
+
+/// The error for the fields at `pair` (from [`clash`]).
+#[cold]
+pub(crate) fn clash_error(
+    entries: &[[u8; FIELD]],
+    strings: &[u8],
+    (first, second): (usize, usize),
+) -> ZeroError {
+    let name = |at: usize| {
+        let entry = &entries[at];
+        String::from_utf8_lossy(span(strings, word(entry, 0), word(entry, 4))).into_owned()
+    };
+    ZeroError::NameClash {
+        first: name(first),
+        second: name(second),
+    }
+}
+
+/// Whether names `a` and `b` clash (see [`clash`]).
+#[inline]
+fn clashes(a: &[u8], b: &[u8]) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    match long.get(short.len()) {
+        None => short == long,
+        Some(b'.') => long.starts_with(short),
+        Some(_) => short.is_empty(),
+    }
 }

@@ -16,11 +16,13 @@
 //! pool frees what it cannot keep. A request (`zero_send`) allocates its
 //! answer's channel. With an observer installed, zero events are reported
 //! to it as the ordinary events they convert to (see [`crate::observe`]),
-//! which allocates; without one they cost it a branch. Field names are the writer's: a name given twice, or
-//! one that is also another's prefix (`loc` and `loc.lat`), reads as the
-//! first with [`ZeroEvent::get`] but cannot be represented in the JSON form
-//! an ordinary handler sees (there the last wins, and `loc` becomes the
-//! object holding `lat`); give each field a name of its own.
+//! which allocates; without one they cost it a branch. Each field needs a
+//! name of its own that is no dotted prefix of another's: the JSON form an
+//! ordinary handler sees could not hold both (`loc` beside `loc.lat` would
+//! be a value and an object at once), so sealing refuses them
+//! ([`ZeroError::NameClash`]; a send returns it as
+//! [`HappenError::Codec`](crate::HappenError::Codec)), and so does the check
+//! of a received buffer.
 //!
 //! - Build one with a [`ZeroWriter`]: `ZeroWriter::new("reading")` then
 //!   typed fields (`.u32("count", 3)`, `.f64("location.latitude", 52.5)`,

@@ -485,3 +485,102 @@ async fn queue_limit_counts_the_batch_the_lane_took() {
     assert_eq!(accepted, 3, "one running and queue_limit (2) waiting");
     happen.shutdown().await;
 }
+
+fn written(names: &[&str]) -> Result<ZeroEvent, ZeroError> {
+    let mut writer = ZeroWriter::new("reading");
+    for name in names {
+        writer.u8(name, 1);
+    }
+    writer.finish("gateway")
+}
+
+/// Names the JSON form cannot hold both of (the same twice, one a dotted
+/// prefix of another, the empty name beside another) are refused when
+/// sealed, pair by pair and, past 16 fields, sorted; names that only share
+/// letters are not.
+#[test]
+fn clashing_field_names_are_refused_when_written() {
+    let many = |extra: &[&str]| {
+        let mut names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+        names.extend(extra.iter().map(|n| n.to_string()));
+        names
+    };
+    let clashing: [&[&str]; 6] = [
+        &["a", "a"],
+        &["loc", "loc.lat"],
+        &["loc.lat", "x", "loc"],
+        &["a.b", "a.b.c"],
+        &["", "a"],
+        &["a", ""],
+    ];
+    for names in clashing {
+        assert!(
+            matches!(written(names), Err(ZeroError::NameClash { .. })),
+            "{names:?}"
+        );
+        // The same among 40 others: the sorted path.
+        let mut long = many(&[]);
+        long.splice(7..7, names.iter().map(|n| n.to_string()));
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        assert!(
+            matches!(written(&long), Err(ZeroError::NameClash { .. })),
+            "{names:?} among others"
+        );
+    }
+    assert_eq!(
+        written(&["loc", "x", "loc.lat"]).unwrap_err(),
+        ZeroError::NameClash {
+            first: "loc".into(),
+            second: "loc.lat".into()
+        }
+    );
+    // `a-b` sorts between `a` and `a.b` bytewise: still found.
+    let long = many(&["a", "a-b", "a.b"]);
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    assert!(matches!(written(&long), Err(ZeroError::NameClash { .. })));
+    let fine: [&[&str]; 5] = [
+        &["a", "ab"],
+        &["a.b", "a.c"],
+        &["loc", "location.lat"],
+        &["a.b", "a.bc", "a-b"],
+        &[""],
+    ];
+    for names in fine {
+        let event = written(names).unwrap();
+        assert_eq!(event.offsets().len(), names.len());
+        if names.contains(&"") {
+            continue; // the whole payload: alone
+        }
+        let long = many(names);
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        written(&long).unwrap();
+    }
+}
+
+/// A received buffer with clashing names (made by another writer) is
+/// refused as hostile bytes are, and a send of clashing names says why.
+#[tokio::test(flavor = "current_thread")]
+async fn clashing_field_names_are_refused_received_and_sent() {
+    let mut bytes = written(&["ab", "ac"]).unwrap().as_bytes().to_vec();
+    let at = bytes.windows(4).position(|w| w == b"abac").unwrap();
+    bytes[at + 3] = b'b';
+    assert_eq!(
+        ZeroEvent::from_bytes(&bytes).unwrap_err(),
+        ZeroError::NameClash {
+            first: "ab".into(),
+            second: "ab".into()
+        }
+    );
+
+    let happen = crate::Happen::embedded();
+    let node = happen.node("n").unwrap();
+    node.zero("reading", |_e, _cx| Ok(ZeroNext::Done)).unwrap();
+    let mut writer = ZeroWriter::new("reading");
+    writer.f64("loc", 1.0).f64("loc.lat", 2.0);
+    let error = node.zero_tell(&node, writer).unwrap_err();
+    assert!(
+        matches!(&error, crate::HappenError::Codec { message, .. }
+            if message.contains(r#""loc" and "loc.lat" clash"#)),
+        "{error:?}"
+    );
+}

@@ -1,8 +1,8 @@
 //! Building zero events: typed fields written straight into pooled buffers.
 
 use super::layout::{
-    AT_CAUSATION, AT_CORRELATION, AT_FIELDS, AT_ID, AT_LEN, AT_PATH, AT_SENDER, AT_STRINGS,
-    AT_TIMESTAMP, AT_TYPE, FLAG_CAUSED, HEADER, MAGIC, VERSION,
+    self, AT_CAUSATION, AT_CORRELATION, AT_FIELDS, AT_ID, AT_LEN, AT_PATH, AT_SENDER, AT_STRINGS,
+    AT_TIMESTAMP, AT_TYPE, FIELD, FLAG_CAUSED, HEADER, MAGIC, VERSION,
 };
 use super::{Kind, ZeroError, ZeroEvent, pool};
 
@@ -10,6 +10,9 @@ use super::{Kind, ZeroError, ZeroEvent, pool};
 ///
 /// Fields are written in order, each at the next offset; nested values are
 /// named with `.` (`location.latitude`). Strings go to the string table.
+/// Each field needs a name of its own that is no dotted prefix of another
+/// (`loc` beside `loc.lat` would be a value and an object at once in the
+/// JSON form): sealing refuses them with [`ZeroError::NameClash`].
 /// The buffers come from the pool and return to it, so a writer allocates
 /// nothing once the pool is warm.
 ///
@@ -34,9 +37,16 @@ pub struct ZeroWriter {
     fields: Vec<u8>,
     strings: Vec<u8>,
     event_type: (u32, u32),
-    error: Option<ZeroError>,
+    /// The first error met while writing (boxed: a writer is moved whole,
+    /// and the error is rare).
+    error: Option<Box<ZeroError>>,
     /// Finished: what is written from now on makes no event.
     spent: bool,
+    /// One bit per field name's [`name_bit`]: names that could clash in the
+    /// JSON form share one.
+    names: u64,
+    /// Two names shared a bit: sealing checks them for a clash.
+    suspect: bool,
     /// Why the event type is not valid: a send says it as an ordinary send
     /// would ([`HappenError::InvalidName`](crate::HappenError::InvalidName));
     /// `finish` says [`ZeroError::BadString`].
@@ -89,10 +99,12 @@ impl ZeroWriter {
             event_type: (0, 0),
             error: None,
             spent: false,
+            names: 0,
+            suspect: false,
             invalid_type: None,
         };
         if let Err(error) = crate::name::validate_event_type(event_type) {
-            writer.error = Some(ZeroError::BadString { at: AT_TYPE });
+            writer.fail(ZeroError::BadString { at: AT_TYPE });
             writer.invalid_type = Some(Box::new(error));
         }
         writer.event_type = writer.add_str(event_type);
@@ -112,6 +124,12 @@ impl ZeroWriter {
         self.data.len()
     }
 
+    /// Keeps `error` unless an earlier one is kept: sealing returns it.
+    #[cold]
+    fn fail(&mut self, error: ZeroError) {
+        self.error.get_or_insert_with(|| Box::new(error));
+    }
+
     fn add_str(&mut self, text: &str) -> (u32, u32) {
         self.add_text(text.as_bytes())
     }
@@ -123,8 +141,7 @@ impl ZeroWriter {
         match (u32::try_from(at), u32::try_from(text.len())) {
             (Ok(at), Ok(len)) => (at, len),
             _ => {
-                self.error
-                    .get_or_insert(ZeroError::Unrepresentable("a string of 4 GiB or more"));
+                self.fail(ZeroError::Unrepresentable("a string of 4 GiB or more"));
                 (0, 0)
             }
         }
@@ -138,16 +155,18 @@ impl ZeroWriter {
 
     fn entry(&mut self, name: &str, kind: Kind, at: usize) -> &mut Self {
         if crate::depth::name_too_deep(name) {
-            self.error.get_or_insert(ZeroError::TooDeep {
+            self.fail(ZeroError::TooDeep {
                 at: 0,
                 limit: crate::depth::MAX_DEPTH,
             });
             return self;
         }
+        let bit = name_bit(name.as_bytes());
+        self.suspect |= self.names & bit != 0;
+        self.names |= bit;
         let (name_at, name_len) = self.add_str(name);
         let Ok(at) = u32::try_from(at) else {
-            self.error
-                .get_or_insert(ZeroError::Unrepresentable("an event of 4 GiB or more"));
+            self.fail(ZeroError::Unrepresentable("an event of 4 GiB or more"));
             return self;
         };
         let mut record = [0u8; super::layout::FIELD];
@@ -179,8 +198,7 @@ impl ZeroWriter {
         let at = self.data.len();
         let block = at + 8;
         let (Ok(block32), Ok(len)) = (u32::try_from(block), u32::try_from(value.len())) else {
-            self.error
-                .get_or_insert(ZeroError::Unrepresentable("an event of 4 GiB or more"));
+            self.fail(ZeroError::Unrepresentable("an event of 4 GiB or more"));
             return self;
         };
         self.data.extend_from_slice(&block32.to_le_bytes());
@@ -235,7 +253,14 @@ impl ZeroWriter {
             ));
         }
         if let Some(error) = self.error.take() {
-            return Err(error);
+            return Err(*error);
+        }
+        // Only names that share a bit can clash: most events skip the check.
+        let entries = self.fields.as_chunks::<FIELD>().0;
+        if self.suspect
+            && let Some(pair) = layout::clash(entries, &self.strings)
+        {
+            return Err(layout::clash_error(entries, &self.strings, pair));
         }
         let sender = self.add_str(stamp.sender);
         let correlation = match stamp.correlation {
@@ -258,7 +283,7 @@ impl ZeroWriter {
         self.data.extend_from_slice(&self.strings);
         let total = self.data.len();
         if let Some(error) = self.error.take() {
-            return Err(error);
+            return Err(*error);
         }
         let Ok(total32) = u32::try_from(total) else {
             return Err(ZeroError::Unrepresentable("an event of 4 GiB or more"));
@@ -297,6 +322,22 @@ impl ZeroWriter {
         debug_assert_eq!(super::layout::check(&bytes), Ok(()));
         Ok(ZeroEvent { bytes })
     }
+}
+
+/// A field name's bit among 64, the same for any two names that clash in
+/// the JSON form ([`layout::clash`]): it depends only on the first three
+/// bytes of the name's first part (up to a `.`), which a name and any name
+/// it is a dotted prefix of share. The empty name clashes with every other,
+/// so it takes every bit.
+#[inline]
+fn name_bit(name: &[u8]) -> u64 {
+    let key = match *name {
+        [] => return u64::MAX,
+        [a] | [a, b'.', ..] => u32::from(a),
+        [a, b] | [a, b, b'.', ..] => u32::from(a) | u32::from(b) << 8,
+        [a, b, c, ..] => u32::from(a) | u32::from(b) << 8 | u32::from(c) << 16,
+    };
+    1 << (key.wrapping_mul(0x9E37_79B1) >> 26)
 }
 
 macro_rules! writes {
