@@ -10,10 +10,10 @@
 //! the event is dropped, so after warm-up a zero event is built, sent, handled
 //! and dropped without touching the heap (in one process; a test counts).
 //! The pool is per thread: a buffer goes back to the pool of the thread
-//! that drops it, so when events are written on one thread and handled on
-//! another (a multi-thread runtime, a sensor thread of its own), the
-//! writing thread allocates one buffer per event and the handling thread's
-//! pool frees what it cannot keep. A request (`zero_send`) allocates its
+//! that drops it. When events are written on one thread and handled on
+//! another (a multi-thread runtime, a sensor thread of its own), what the
+//! handling thread's pool cannot keep goes to a small shared pool, where
+//! the writing thread finds it when its own runs dry. A request (`zero_send`) allocates its
 //! answer's channel. With an observer installed, zero events are reported
 //! to it as the ordinary events they convert to (see [`crate::observe`]),
 //! which allocates; without one they cost it a branch. Each field needs a

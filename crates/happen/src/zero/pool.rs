@@ -7,8 +7,18 @@
 //! string table, emptied when it is sent) are kept as a pair in a slot of
 //! their own for the thread's next writer, which takes them in one move;
 //! only its third buffer, which becomes the event, goes through the pool.
+//!
+//! When events are written on one thread and dropped on another, the
+//! writer's pool runs dry and the handler's fills up. A small shared pool
+//! behind a lock joins them: a thread whose pool is full puts what it is
+//! given back there, and a thread whose pool is empty takes from there
+//! before allocating. Both are the paths that would otherwise free or
+//! allocate, so a thread that writes and drops its own events never
+//! touches the lock. (Not waiting for a contended lock, and allocating or
+//! freeing instead, kept about one event in a hundred allocating.)
 
 use std::cell::{Cell, RefCell};
+use std::sync::Mutex;
 
 /// Buffers a thread keeps at most (beyond that, returned ones are freed).
 const KEEP: usize = 4096;
@@ -16,6 +26,12 @@ const KEEP: usize = 4096;
 const MAX_KEPT_CAPACITY: usize = 1 << 20;
 /// The capacity a new buffer starts with.
 const FIRST_CAPACITY: usize = 512;
+/// Buffers the shared pool keeps at most.
+const SHARED_KEEP: usize = 1024;
+
+/// Buffers given back on threads whose own pool was full, for threads
+/// whose own pool is empty.
+static SHARED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -66,10 +82,33 @@ pub(crate) fn take_n<const N: usize>() -> [Vec<u8>; N] {
     });
     for buffer in &mut buffers {
         if buffer.capacity() == 0 {
-            *buffer = Vec::with_capacity(FIRST_CAPACITY);
+            *buffer = fresh();
         }
     }
     buffers
+}
+
+/// A buffer from the shared pool if it has one, else a new one.
+#[cold]
+fn fresh() -> Vec<u8> {
+    if let Ok(mut shared) = SHARED.lock()
+        && let Some(kept) = shared.pop()
+    {
+        return kept;
+    }
+    Vec::with_capacity(FIRST_CAPACITY)
+}
+
+/// Keeps `buffer` (emptied) in the shared pool if it has room; else it is
+/// freed.
+#[cold]
+fn to_shared(mut buffer: Vec<u8>) {
+    if let Ok(mut shared) = SHARED.lock()
+        && shared.len() < SHARED_KEEP
+    {
+        buffer.clear();
+        shared.push(buffer);
+    }
 }
 
 /// An empty buffer, from the pool when it has one.
@@ -88,9 +127,14 @@ pub(crate) fn give_n<const N: usize>(buffers: [Vec<u8>; N]) {
     let _ = POOL.try_with(|pool| {
         if let Ok(mut pool) = pool.try_borrow_mut() {
             for mut buffer in buffers {
-                if kept(&buffer) && pool.len() < KEEP {
+                if !kept(&buffer) {
+                    continue;
+                }
+                if pool.len() < KEEP {
                     buffer.clear();
                     pool.push(buffer);
+                } else {
+                    to_shared(buffer);
                 }
             }
         }
