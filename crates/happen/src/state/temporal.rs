@@ -153,6 +153,7 @@ fn same_pattern(a: &crate::pattern::Pattern, b: &crate::pattern::Pattern) -> boo
 /// The context of the event that produced a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct SnapshotContext {
     /// The id of the event whose flow changed the state.
     pub id: Id,

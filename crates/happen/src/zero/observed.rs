@@ -81,6 +81,8 @@ pub(super) fn run(core: &NodeCore, item: Item, handle: impl FnOnce(Item, &mut Op
                 error: ended.error.as_ref(),
                 elapsed: started.elapsed(),
                 answered: ended.answered,
+                // A zero event runs one handler: its node's first flow.
+                flow: 0,
             },
         );
     }
