@@ -6,14 +6,16 @@
 //! handler's error, a stream's items and its end) are not events. Anyone who
 //! can publish on the server can write to a reply subject it overheard, so a
 //! runtime whose node signs *seals* every such reply of that node: a header
-//! ([`SEAL_HEADER`]) holding the node's signature over a digest of the reply
-//! subject, the node's id, the id of the request it answers and the reply's
-//! bytes. The subject names one request of one runtime (`<inbox>.<token>`)
-//! and the request id names what was asked, so a seal cannot be moved to
-//! another request, another node's name, or other bytes; nor can a forger
-//! obtain one by sending the node a request of its own (or bytes it cannot
-//! read) with the victim's reply subject: that answer names the forger's
-//! request, and an unreadable message's refusal is not sealed.
+//! ([`SEAL_HEADER`]) holding the node's signature over a digest of the
+//! node's id, the id of the request it answers and the reply's bytes. The
+//! request id names what was asked, so a seal cannot be moved to another
+//! request, another node's name, or other bytes; nor can a forger obtain
+//! one by sending the node a request of its own (or bytes it cannot read)
+//! with the victim's reply subject: that answer names the forger's request,
+//! and an unreadable message's refusal is not sealed. The reply subject is
+//! not in the digest: the server may rewrite it on the way (across a
+//! gateway, `_GR_.`; through an account's service import, `_R_.`), so the
+//! subject a responder sees need not be the one its requester waits on.
 //!
 //! The requester's side (`requests`) checks the seal with the node's
 //! registered key, looked up first when this process does not know it yet.
@@ -33,7 +35,7 @@ pub(super) const SEAL_HEADER: &str = "Happen-Seal";
 
 /// The key-derivation context of a seal's digest: no other digest made by
 /// Happen (an event's hash) can be taken for a reply's.
-const CONTEXT: &str = "happen 2026-12-07 reply seal v2";
+const CONTEXT: &str = "happen 2026-12-07 reply seal v3";
 
 /// What seals the replies of one of this process's signing nodes.
 pub(super) struct Sealer {
@@ -55,9 +57,9 @@ impl Sealer {
         })
     }
 
-    /// The headers that seal `payload`, a reply published on `subject`.
-    pub(super) fn seal(&self, subject: &str, payload: &[u8]) -> Result<HeaderMap> {
-        let digest = digest(subject, &self.node, &self.request, payload);
+    /// The headers that seal `payload`, a reply to the sealer's request.
+    pub(super) fn seal(&self, payload: &[u8]) -> Result<HeaderMap> {
+        let digest = digest(&self.node, &self.request, payload);
         let signature = self.signer.sign(&digest)?;
         let mut headers = HeaderMap::new();
         headers.insert(SEAL_HEADER, hex(&signature).as_str());
@@ -84,14 +86,14 @@ pub(super) fn check(
             "it is not sealed, and the node requires signed events".into(),
         ));
     };
-    let digest = digest(message.subject.as_str(), node, request, &message.payload);
+    let digest = digest(node, request, &message.payload);
     keys.verify(node, &digest, seal.as_str()).map_err(refuse)
 }
 
 /// The 32 bytes a seal signs (the [`Signer`] contract: a digest).
-fn digest(subject: &str, node: &str, request: &str, payload: &[u8]) -> [u8; 32] {
+fn digest(node: &str, request: &str, payload: &[u8]) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new_derive_key(CONTEXT);
-    for part in [subject.as_bytes(), node.as_bytes(), request.as_bytes()] {
+    for part in [node.as_bytes(), request.as_bytes()] {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
@@ -125,36 +127,32 @@ mod tests {
     }
 
     #[test]
-    fn a_seal_holds_for_its_subject_node_and_bytes_only() {
+    fn a_seal_holds_for_its_node_request_and_bytes_only() {
         let key = NodeIdentity::generate();
         let keys = Keys::default();
         keys.learn("ledger", key.public_key());
         keys.learn("other", key.public_key());
-        let headers = sealer("ledger", &key).seal("_INBOX.a.7", b"reply").unwrap();
+        let headers = sealer("ledger", &key).seal(b"reply").unwrap();
         let sealed =
             |subject: &str, payload: &[u8]| message(subject, payload, Some(headers.clone()));
-        check(
-            &keys,
-            "payments",
-            "ledger",
-            "r1",
-            &sealed("_INBOX.a.7", b"reply"),
-        )
-        .unwrap();
-        for (what, subject, node, request, payload) in [
-            (
-                "another subject",
-                "_INBOX.a.8",
+        // On the subject it was published to, or one the server rewrote.
+        for subject in ["_INBOX.a.7", "_GR_.c1.s1._INBOX.a.7"] {
+            check(
+                &keys,
+                "payments",
                 "ledger",
                 "r1",
-                &b"reply"[..],
-            ),
-            ("another node", "_INBOX.a.7", "other", "r1", b"reply"),
-            ("another request", "_INBOX.a.7", "ledger", "r2", b"reply"),
-            ("other bytes", "_INBOX.a.7", "ledger", "r1", b"replY"),
+                &sealed(subject, b"reply"),
+            )
+            .unwrap();
+        }
+        for (what, node, request, payload) in [
+            ("another node", "other", "r1", &b"reply"[..]),
+            ("another request", "ledger", "r2", b"reply"),
+            ("other bytes", "ledger", "r1", b"replY"),
         ] {
-            let error =
-                check(&keys, "payments", node, request, &sealed(subject, payload)).unwrap_err();
+            let message = sealed("_INBOX.a.7", payload);
+            let error = check(&keys, "payments", node, request, &message).unwrap_err();
             assert!(
                 matches!(&error, HappenError::Integrity { reason, .. } if reason.contains("not the sender's")),
                 "{what}: {error}"
@@ -173,7 +171,7 @@ mod tests {
                 other => panic!("{other:?}"),
             };
         assert!(reason(&message("s", b"r", None)).contains("not sealed"));
-        let headers = sealer("ledger", &key).seal("s", b"r").unwrap();
+        let headers = sealer("ledger", &key).seal(b"r").unwrap();
         assert!(
             reason(&message("s", b"r", Some(headers.clone()))).contains("no key is registered")
         );
@@ -182,7 +180,7 @@ mod tests {
         garbled.insert(SEAL_HEADER, "not hex");
         assert!(reason(&message("s", b"r", Some(garbled))).contains("not hex"));
         let stranger = NodeIdentity::generate();
-        let forged = sealer("ledger", &stranger).seal("s", b"r").unwrap();
+        let forged = sealer("ledger", &stranger).seal(b"r").unwrap();
         assert!(reason(&message("s", b"r", Some(forged))).contains("not the sender's"));
         check(
             &keys,

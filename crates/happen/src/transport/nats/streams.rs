@@ -90,10 +90,10 @@ impl NatsReply {
     /// `reply`'s bytes, and its seal when the node signs (an answer needs
     /// none: it is a signed event); an error when it cannot be encoded or
     /// sealed, or the server would refuse it as too large.
-    fn sealed(&self, subject: &str, reply: &Reply) -> Result<Sealed> {
+    fn sealed(&self, reply: &Reply) -> Result<Sealed> {
         let payload = wire::encode_reply(reply)?;
         let headers = match &self.sealer {
-            Some(sealer) if !matches!(reply, Reply::Ok(_)) => Some(sealer.seal(subject, &payload)?),
+            Some(sealer) if !matches!(reply, Reply::Ok(_)) => Some(sealer.seal(&payload)?),
             _ => None,
         };
         super::envelope::check_size(&payload, headers.as_ref(), self.shared.max_payload())?;
@@ -104,7 +104,7 @@ impl NatsReply {
     /// whole is replaced by the error saying so (unsealed if even that
     /// cannot be sealed: a requester that requires signatures waits on).
     fn publish(&self, subject: String, reply: &Reply) {
-        let sealed = self.sealed(&subject, reply).or_else(|error| {
+        let sealed = self.sealed(reply).or_else(|error| {
             tracing::warn!(%error, "answer replaced by its error");
             let substitute = match reply {
                 Reply::End { seq, .. } => Reply::End {
@@ -113,7 +113,7 @@ impl NatsReply {
                 },
                 _ => Reply::Err(error),
             };
-            self.sealed(&subject, &substitute).or_else(|error| {
+            self.sealed(&substitute).or_else(|error| {
                 tracing::error!(%error, "a reply's error sent unsealed");
                 wire::encode_reply(&substitute).map(|payload| (payload, None))
             })
@@ -195,7 +195,7 @@ impl ReplySink for NatsReply {
             };
             // An item too large (or that cannot be sealed) is the flow's
             // error, not a hole in the stream.
-            let sealed = self.sealed(&subject, &item)?;
+            let sealed = self.sealed(&item)?;
             if let Some(producing) = self.stream.as_mut() {
                 producing.seq += 1;
             }
