@@ -111,6 +111,8 @@ pub(super) struct Commands {
     /// Commands of any kind in the queue or being carried out.
     queued: AtomicUsize,
     client: async_nats::Client,
+    /// Set when the client gave up reconnecting: nothing is sent any more.
+    gave_up: std::sync::atomic::AtomicBool,
 }
 
 impl Commands {
@@ -124,6 +126,7 @@ impl Commands {
             publishing: Bound::new(limit),
             queued: AtomicUsize::new(0),
             client,
+            gave_up: std::sync::atomic::AtomicBool::new(false),
         };
         (commands, rx)
     }
@@ -137,6 +140,7 @@ impl Commands {
     /// refused for want of room). A publish the client refuses at once
     /// (an invalid subject) is returned as an error.
     pub(super) fn send(&self, command: Command) -> Result<()> {
+        self.check_given_up()?;
         let command = match command {
             Command::Publish(publish) => match self.publish_now(publish)? {
                 None => return Ok(()),
@@ -154,12 +158,28 @@ impl Commands {
     /// Publishes a new event, or queues it unless the outgoing limit is
     /// reached.
     pub(super) fn publish(&self, publish: Publish) -> Result<()> {
+        self.check_given_up()?;
         let Some(publish) = self.publish_now(publish)? else {
             return Ok(());
         };
         self.publishing.reserve()?;
         self.queue(Command::Publish(publish));
         Ok(())
+    }
+
+    /// The client gave up reconnecting (`Reconnect::max_attempts`): every
+    /// later send fails at once, before the status is reported.
+    pub(super) fn give_up(&self) {
+        self.gave_up.store(true, Ordering::Release);
+    }
+
+    fn check_given_up(&self) -> Result<()> {
+        match self.gave_up.load(Ordering::Acquire) {
+            true => Err(HappenError::transport_msg(
+                "the NATS client gave up reconnecting (Reconnect::max_attempts): nothing more is sent",
+            )),
+            false => Ok(()),
+        }
     }
 
     fn queue(&self, command: Command) {

@@ -88,6 +88,12 @@ pub(super) async fn report(
     mut events: mpsc::UnboundedReceiver<async_nats::Event>,
 ) {
     while let Some(event) = events.recv().await {
+        if matches!(
+            event,
+            async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects)
+        ) {
+            shared.commands.give_up();
+        }
         let (status, reason) = shared.status.on(&event);
         tracing::info!(status, %reason, "NATS connection");
         shared.local.system_event(
