@@ -88,7 +88,14 @@ fn unescape(escaped: &str) -> String {
         match c {
             '\u{1}' => match chars.next() {
                 Some('\u{2}') => correlation.push('\0'),
-                _ => correlation.push('\u{1}'),
+                Some('\u{1}') => correlation.push('\u{1}'),
+                // No escape (a key written before keys were escaped): as
+                // it was.
+                Some(other) => {
+                    correlation.push('\u{1}');
+                    correlation.push(other);
+                }
+                None => correlation.push('\u{1}'),
             },
             c => correlation.push(c),
         }
@@ -462,6 +469,16 @@ mod tests {
 
     /// Correlation ids that differ after a NUL (or hold the escape) are
     /// different transactions on disk, listed as themselves.
+    #[test]
+    fn keys_read_back_as_the_ids_they_were_made_from() {
+        for id in ["a", "a\0b", "a\u{1}", "a\u{1}\u{2}", "\0\u{1}\0", "plain"] {
+            assert_eq!(super::unescape(&super::escape(id)), id);
+        }
+        // A key written before keys were escaped reads as it was.
+        assert_eq!(super::unescape("a\u{1}x"), "a\u{1}x");
+        assert_eq!(super::unescape("a\u{1}"), "a\u{1}");
+    }
+
     #[tokio::test]
     async fn correlation_ids_with_a_nul_are_kept_apart() {
         let dir = tempfile::tempdir().unwrap();

@@ -274,9 +274,9 @@ impl Recorder {
         self.store.recent(limit)
     }
 
-    /// How many records could not be kept (the store fell behind). A
-    /// JetStream recorder also says so in the trace, for its readers in
-    /// other processes: see [`Transaction::dropped`].
+    /// How many records could not be kept (the store fell behind). The
+    /// JetStream and on-disk recorders also say so in the trace, for its
+    /// readers (in other processes too): see [`Transaction::dropped`].
     pub fn dropped(&self) -> u64 {
         self.store.dropped()
     }

@@ -261,6 +261,15 @@ fn check_with<'a>(
     }
     let entries = span(bytes, fields, count * FIELD).as_chunks::<FIELD>().0;
     let strings = header_table(bytes).unwrap_or_default();
+    // A writer stores each name once, so the names fit in the table. Names
+    // pointing into one run of bytes would make the clash check's sort
+    // compare long shared prefixes (quadratic in the buffer's size).
+    let named = entries.iter().map(|e| word(e, 4) as u64);
+    if named.sum::<u64>() > strings.len() as u64 {
+        return Err(ZeroError::Unrepresentable(
+            "field names overlap in the string table (a writer stores each once)",
+        ));
+    }
     if let Some(pair) = clash(entries, strings) {
         return Err(clash_error(entries, strings, pair));
     }
@@ -268,8 +277,7 @@ fn check_with<'a>(
 }
 
 /// Directories of more fields than this are checked for clashing names by
-/// sorting them (one allocation); smaller ones pair by pair, allocating
-/// nothing.
+/// sorting them (in a buffer kept per thread); smaller ones pair by pair.
 const PAIRWISE: usize = 16;
 
 /// Two fields (by place in the directory) whose names the JSON form cannot
@@ -306,6 +314,11 @@ pub(crate) fn clash(entries: &[[u8; FIELD]], strings: &[u8]) -> Option<(usize, u
     sorted_clash(entries, strings)
 }
 
+thread_local! {
+    /// The order [`sorted_clash`] sorts, kept for the thread's next check.
+    static ORDER: std::cell::Cell<Vec<usize>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// [`clash`] for many fields: sorted, in `O(n log n)`.
 #[inline(never)]
 fn sorted_clash(entries: &[[u8; FIELD]], strings: &[u8]) -> Option<(usize, usize)> {
@@ -319,15 +332,21 @@ fn sorted_clash(entries: &[[u8; FIELD]], strings: &[u8]) -> Option<(usize, usize
             u16::from(*byte) + 1
         }
     };
-    let mut order: Vec<usize> = (0..entries.len()).collect();
-    order.sort_by(|a, b| {
+    // The order is sorted in a buffer kept per thread: no allocation once
+    // the thread has checked an event of as many fields.
+    let mut order = ORDER.with(|kept| kept.take());
+    order.clear();
+    order.extend(0..entries.len());
+    order.sort_unstable_by(|a, b| {
         let (a, b) = (name(&entries[*a]), name(&entries[*b]));
         a.iter().map(key).cmp(b.iter().map(key))
     });
-    order
+    let found = order
         .windows(2)
         .find(|pair| clashes(name(&entries[pair[0]]), name(&entries[pair[1]])))
-        .map(|pair| (pair[0].min(pair[1]), pair[0].max(pair[1])))
+        .map(|pair| (pair[0].min(pair[1]), pair[0].max(pair[1])));
+    ORDER.with(|kept| kept.set(order));
+    found
 }
 
 /// The little-endian `u32` at `at` of a directory entry.
