@@ -196,13 +196,30 @@ impl JetStreamTrace {
 
 impl JetStreamTrace {
     async fn flushed(&self) {
-        // The marks of what was dropped go first, waiting for room.
-        for mark in self.lost.take() {
-            let _ = self.queue.send(Queued::Record(Box::new(mark))).await;
+        // The marks of what was dropped go first, waiting for room. A mark
+        // leaves the guard only once the queue has a place for it, so a
+        // flush given up while it waits puts the rest back.
+        let mut marks = Unsent(&self.lost, self.lost.take());
+        while !marks.1.is_empty() {
+            let Ok(place) = self.queue.reserve().await else {
+                break;
+            };
+            place.send(Queued::Record(Box::new(marks.1.remove(0))));
         }
         let (tx, rx) = oneshot::channel();
         if self.queue.send(Queued::Flush(tx)).await.is_ok() {
             let _ = rx.await;
+        }
+    }
+}
+
+/// Marks taken for sending and not sent yet: kept again when dropped.
+struct Unsent<'a>(&'a Lost, Vec<Record>);
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        for mark in self.1.drain(..) {
+            self.0.put_back(mark);
         }
     }
 }
@@ -296,6 +313,33 @@ mod tests {
     /// A queue of four: ten records made without a pause (the publishing
     /// task runs on this thread, so it publishes none meanwhile) are four
     /// kept and six dropped, and the trace says so, to any reader.
+    /// A flush (or a read) given up while it waits for room keeps the marks
+    /// it had not sent: the next flush sends them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flush_given_up_while_it_waits_keeps_its_marks() {
+        let server = happen_test::NatsServer::start().unwrap();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let recorder = open(&client, "cancel", TraceRetention::default(), 4)
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            recorder.keep(record("busy"));
+        }
+        assert_eq!(recorder.dropped(), 6);
+        {
+            let mut flush = Box::pin(recorder.flush());
+            let polled = futures::poll!(flush.as_mut());
+            assert!(polled.is_pending(), "the flush did not have to wait");
+        }
+        recorder.flush().await;
+        let reader = Recorder::jetstream(&client, "cancel", TraceRetention::default())
+            .await
+            .unwrap();
+        let tx = reader.transaction("busy").await.unwrap();
+        assert_eq!(tx.events().len(), 4);
+        assert_eq!(tx.dropped(), 6, "{tx}");
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn records_dropped_under_load_are_marked_in_the_trace() {
         let server = happen_test::NatsServer::start().unwrap();

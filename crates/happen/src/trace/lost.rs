@@ -61,7 +61,7 @@ impl Lost {
     }
 
     /// Keeps `mark` again (it did not fit in the queue either).
-    fn put_back(&self, mark: Record) {
+    pub(super) fn put_back(&self, mark: Record) {
         if let What::Dropped { records } = mark.what {
             self.add(mark, records);
         }
