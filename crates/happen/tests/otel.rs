@@ -9,14 +9,20 @@ use happen::prelude::*;
 use opentelemetry::trace::{Status, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 
-#[tokio::test]
-async fn a_transaction_is_one_trace_with_causation_as_parents() {
+/// An embedded runtime whose flows are exported as spans to memory.
+fn traced() -> (Happen, InMemorySpanExporter, SdkTracerProvider) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
     let observer = OtelObserver::new(provider.tracer("happen-test"));
     let happen = Happen::embedded_with(HappenConfig::default().observer(Arc::new(observer)));
+    (happen, exporter, provider)
+}
+
+#[tokio::test]
+async fn a_transaction_is_one_trace_with_causation_as_parents() {
+    let (happen, exporter, _provider) = traced();
     let shop = happen.node("shop").unwrap();
     let bank = happen.node("bank").unwrap();
     let audit = happen.node("audit").unwrap();
@@ -101,12 +107,7 @@ async fn a_transaction_is_one_trace_with_causation_as_parents() {
 /// both are children of the flow that sent the event.
 #[tokio::test]
 async fn two_flows_of_one_node_for_one_event_are_two_spans() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let observer = OtelObserver::new(provider.tracer("happen-test"));
-    let happen = Happen::embedded_with(HappenConfig::default().observer(Arc::new(observer)));
+    let (happen, exporter, _provider) = traced();
     let shop = happen.node("shop").unwrap();
     let bank = happen.node("bank").unwrap();
     let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
