@@ -59,7 +59,11 @@ pub(super) struct NatsReply {
     shared: Arc<Shared>,
     subject: Option<String>,
     stream: Option<Producing>,
-    sealer: Option<Sealer>,
+    /// The answering node and the request, until a reply needs a seal.
+    answering: Option<(Id, Id)>,
+    /// Found the first time a reply needs a seal (most replies, answers,
+    /// need none: no look-up of the node for them).
+    sealer: std::sync::OnceLock<Option<Sealer>>,
 }
 
 /// A reply's bytes and the headers that seal it.
@@ -75,15 +79,16 @@ impl NatsReply {
         node: &str,
         request: Option<&Id>,
     ) -> Self {
-        let sealer = match (&subject, request) {
-            (Some(_), Some(request)) => Sealer::for_node(&shared, node, request),
+        let answering = match (&subject, request) {
+            (Some(_), Some(request)) => Some((Id::from(node), request.clone())),
             _ => None,
         };
         NatsReply {
             shared,
             subject,
             stream: None,
-            sealer,
+            answering,
+            sealer: std::sync::OnceLock::new(),
         }
     }
 
@@ -92,9 +97,19 @@ impl NatsReply {
     /// sealed, or the server would refuse it as too large.
     fn sealed(&self, reply: &Reply) -> Result<Sealed> {
         let payload = wire::encode_reply(reply)?;
-        let headers = match &self.sealer {
-            Some(sealer) if !matches!(reply, Reply::Ok(_)) => Some(sealer.seal(&payload)?),
-            _ => None,
+        let sealer = match reply {
+            Reply::Ok(_) => None,
+            _ => self
+                .sealer
+                .get_or_init(|| {
+                    let (node, request) = self.answering.as_ref()?;
+                    Sealer::for_node(&self.shared, node, request)
+                })
+                .as_ref(),
+        };
+        let headers = match sealer {
+            Some(sealer) => Some(sealer.seal(&payload)?),
+            None => None,
         };
         super::envelope::check_size(&payload, headers.as_ref(), self.shared.max_payload())?;
         Ok((payload, headers))
