@@ -6,7 +6,9 @@
 //! value is dropped. The binary is `$HAPPEN_NATS_SERVER` if set, otherwise
 //! `nats-server` on `PATH` (`scripts/ensure-nats-server` installs one).
 //! [`NatsServer::builder`] adds server settings (a configuration file's
-//! lines, extra arguments) for tests that need them.
+//! lines, extra arguments) for tests that need them. [`round_trip`] and
+//! [`subscribed`] tell when the server has taken what a raw `async_nats`
+//! client sent (its `flush` does not wait for the server).
 //!
 //! This crate is separate from `happen` so that the library carries no test
 //! harness; it depends on nothing of `happen`, and reports failures as
@@ -23,6 +25,9 @@
 //! let small = NatsServer::builder().config("max_payload: 4096").start()?;
 //! # Ok(()) }
 //! ```
+
+mod raw;
+pub use raw::{round_trip, subscribed};
 
 use std::io::{self, BufRead, BufReader};
 use std::path::PathBuf;

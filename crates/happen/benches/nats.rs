@@ -283,7 +283,9 @@ async fn request_response(url: String, n: usize) -> Latency {
     let client = connect_plain(&url).await;
     let responder = connect_plain(&url).await;
     let mut requests = responder.subscribe(ECHO_SUBJECT).await.expect("subscribe");
-    responder.flush().await.expect("flush");
+    happen_test::round_trip(&responder)
+        .await
+        .expect("round trip");
     let echo = tokio::spawn(async move {
         while let Some(message) = requests.next().await {
             let Some(reply) = message.reply else { continue };
@@ -425,7 +427,9 @@ async fn broadcast(url: String, n: usize, batch: usize, same_runtime: bool) -> T
     let client = connect_plain(&url).await;
     let subscriber = connect_plain(&url).await;
     let mut ticks = subscriber.subscribe(TICK_SUBJECT).await.expect("subscribe");
-    subscriber.flush().await.expect("flush");
+    happen_test::round_trip(&subscriber)
+        .await
+        .expect("round trip");
     let plain_counter = Counter::new();
     let counter = plain_counter.clone();
     let consumer = tokio::spawn(async move {

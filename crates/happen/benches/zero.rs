@@ -310,8 +310,7 @@ async fn in_process(s: &Settings) -> Vec<Row> {
 /// Lets the server take a new subscription before anyone publishes to it
 /// (a client's flush does not wait for the server to process it).
 async fn settle(client: &async_nats::Client) {
-    client.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    happen_test::round_trip(client).await.unwrap();
 }
 
 async fn over_nats(s: &Settings, server: &NatsServer) -> Vec<Row> {

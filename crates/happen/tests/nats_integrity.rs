@@ -4,6 +4,7 @@
 //! reported as `system.rejected`; a request gets the reason back. The
 //! untouched bytes are accepted, so the check is not refusing everything.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::Message;
@@ -58,7 +59,7 @@ async fn tampered_and_forged_events_are_rejected_and_counted() {
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut direct = raw.subscribe("happen.node.ledger").await.unwrap();
     let mut broadcasts = raw.subscribe("happen.bcast.>").await.unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
     let sender = Happen::connect(NatsConfig::new(server.url()))
         .await
         .unwrap();
@@ -121,7 +122,7 @@ async fn tampered_and_forged_events_are_rejected_and_counted() {
     raw.publish(broadcast.subject.clone(), broadcast.payload.clone())
         .await
         .unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
 
     let expected = forgeries.len() * 3;
     let mut reports = Vec::new();
@@ -213,7 +214,7 @@ async fn signatures_are_checked_across_processes() {
     receiver.flush().await.unwrap();
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut direct = raw.subscribe("happen.node.ledger").await.unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
 
     // The sender's process starts after the receiver's: its key reaches
     // the receiver through the bucket.
@@ -425,6 +426,9 @@ async fn the_server_stops_one_service_from_acting_as_another() {
 /// copied by a raw client) is refused and reported, never handed over, and
 /// it does not end the request: the genuine answer, coming later, is taken.
 /// When none comes in time, the request ends with the refusal's reason.
+///
+/// The genuine node answers only once the forged answer has been refused
+/// (or never), so the order the test is about does not depend on timing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_to_a_requester_that_requires_signatures_are_checked() {
     let server = NatsServer::start().unwrap();
@@ -434,18 +438,35 @@ async fn answers_to_a_requester_that_requires_signatures_are_checked() {
     let ledger = genuine
         .node_with("ledger", NodeConfig::new().sign(true))
         .unwrap();
+    // The requester's runtime, once it exists: the genuine ledger waits for
+    // its refusal count to grow before answering `after: n`.
+    let watched: Arc<OnceLock<Happen>> = Arc::default();
+    let requester = watched.clone();
     ledger
-        .on("balance", |e: Event, _cx: Context| async move {
-            if e.payload()["slow"] == true {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+        .on("balance", move |e: Event, _cx: Context| {
+            let requester = requester.clone();
+            async move {
+                match e.payload()["after"].as_u64() {
+                    Some(refusals) => {
+                        let victim = requester.get().expect("the requester runs");
+                        while victim.counters().rejected <= refusals {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    None if e.payload()["never"] == true => {
+                        tokio::time::sleep(Duration::from_secs(600)).await;
+                    }
+                    None => {}
+                }
+                json!({ "cents": 100 })
             }
-            json!({ "cents": 100 })
         })
         .unwrap();
     genuine.flush().await.unwrap();
     let victim = Happen::connect(NatsConfig::new(server.url()))
         .await
         .unwrap();
+    let _ = watched.set(victim.clone());
     let payments = victim
         .node_with("payments", NodeConfig::new().require_signed(true))
         .unwrap();
@@ -461,6 +482,7 @@ async fn answers_to_a_requester_that_requires_signatures_are_checked() {
     assert_eq!(honest.payload(), &json!({ "cents": 100 }));
     assert_eq!(honest.causal().sender, "ledger");
     assert!(honest.context().integrity.is_some(), "the answer is signed");
+    assert_eq!(victim.counters().rejected, 0);
 
     // A runtime under another prefix answers what a raw client relays to it.
     let evil = Happen::connect(NatsConfig::new(server.url()).prefix("evil"))
@@ -475,11 +497,13 @@ async fn answers_to_a_requester_that_requires_signatures_are_checked() {
     evil.flush().await.unwrap();
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut overheard = raw.subscribe("happen.node.ledger").await.unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
     let relay = raw.clone();
     let relayed = tokio::spawn(async move {
         for _ in 0..3 {
-            let m = next(&mut overheard).await;
+            let m = within("a request to relay", 60, overheard.next())
+                .await
+                .unwrap();
             relay
                 .publish_with_reply("evil.node.ledger", m.reply.unwrap(), m.payload)
                 .await
@@ -487,10 +511,11 @@ async fn answers_to_a_requester_that_requires_signatures_are_checked() {
             relay.flush().await.unwrap();
         }
     });
-    // The forged answer comes first and is refused; the genuine one, three
-    // seconds later, is the request's answer.
+    // The forged answer comes first and is refused; the genuine one, sent
+    // only after that, is the request's answer.
     let answered = payments
-        .send("ledger", Event::new("balance", json!({ "slow": true })))
+        .send("ledger", Event::new("balance", json!({ "after": 0 })))
+        .timeout(Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(answered, json!({ "cents": 100 }));
@@ -504,8 +529,8 @@ async fn answers_to_a_requester_that_requires_signatures_are_checked() {
     // With no genuine answer before its deadline, the request ends with
     // why the forged one was refused, not a bare timeout.
     let forged = payments
-        .send("ledger", Event::new("balance", json!({ "slow": true })))
-        .timeout(Duration::from_secs(2))
+        .send("ledger", Event::new("balance", json!({ "never": true })))
+        .timeout(Duration::from_secs(5))
         .await
         .expect_err("forged answer taken");
     assert!(
@@ -515,11 +540,17 @@ async fn answers_to_a_requester_that_requires_signatures_are_checked() {
     // A requester that does not require signatures takes the first answer,
     // as before.
     let taken = lenient
-        .send("ledger", Event::new("balance", json!({ "slow": true })))
+        .send("ledger", Event::new("balance", json!({ "never": true })))
+        .timeout(Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(taken, json!({ "cents": 1_000_000 }));
     within("the relay", 10, relayed).await.unwrap();
+    assert_eq!(
+        victim.counters().rejected,
+        2,
+        "one refusal per forged answer"
+    );
 }
 
 /// A key deleted from the registry by an operator is revoked in every
@@ -665,7 +696,7 @@ async fn an_unknown_signed_sender_is_looked_up_once_not_per_copy() {
     let (elsewhere, mallory) = signing_sender(&server).await;
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut captured = raw.subscribe("happen.node.ledger").await.unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
     mallory
         .tell("ledger", Event::new("entry", json!({ "seq": 0 })))
         .unwrap();
@@ -682,14 +713,14 @@ async fn an_unknown_signed_sender_is_looked_up_once_not_per_copy() {
         .subscribe("$JS.API.DIRECT.GET.KV_happen_identity.>")
         .await
         .unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
     let refused_before = receiver.counters().refused;
     for _ in 0..COPIES {
         raw.publish("happen.node.ledger", signed.clone())
             .await
             .unwrap();
     }
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
     within("every copy refused", 30, async {
         while receiver.counters().refused - refused_before < COPIES {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -20,7 +20,7 @@ async fn a_held_request_to_a_dead_instance_does_not_block_shutdown() {
         .queue_subscribe("happen.node.ghost", "happen".into())
         .await
         .unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
     let happen = connect(&server).await;
     let a = happen.node("asker").unwrap();
     let held = a
@@ -353,7 +353,7 @@ async fn tell_crosses_processes_without_an_answer() {
     // A bystander on the server sees every reply published to any inbox.
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut replies = raw.subscribe("_INBOX.>").await.unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
 
     let sensor = here.node("sensor").unwrap();
     sensor

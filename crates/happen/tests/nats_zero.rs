@@ -42,7 +42,7 @@ async fn the_zero_buffer_is_the_message_and_hostile_bytes_are_refused() {
 
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut direct = raw.subscribe("happen.node.sink").await.unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
     let sender = Happen::connect(NatsConfig::new(server.url()))
         .await
         .unwrap();

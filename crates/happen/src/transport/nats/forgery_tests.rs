@@ -32,7 +32,7 @@ async fn overhear(
 ) -> (async_nats::Client, async_nats::Subscriber) {
     let raw = async_nats::connect(server.url()).await.unwrap();
     let heard = raw.subscribe(subject).await.unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
     (raw, heard)
 }
 

@@ -140,7 +140,7 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
         }
     });
     let mut credit = raw.subscribe("faulty.credit").await.unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
 
     let happen = Happen::connect(NatsConfig::new(server.url()))
         .await
@@ -364,7 +364,7 @@ async fn answers_are_checked_however_they_come_and_must_answer_this_request() {
     .await;
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut inboxes = raw.subscribe("_INBOX.>").await.unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
     let first = payments
         .send("ledger", Event::new("balance", json!({ "account": "A" })))
         .await
@@ -408,7 +408,7 @@ async fn answers_are_checked_however_they_come_and_must_answer_this_request() {
                 .unwrap();
         }
     });
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
     let replayed = payments
         .send("ledger", Event::new("balance", json!({ "account": "B" })))
         .timeout(Duration::from_secs(1))
@@ -479,7 +479,7 @@ async fn errors_and_streams_are_believed_only_from_the_node_asked() {
     // A raw client overhears every request to the ledger and answers first.
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut overheard = raw.subscribe("happen.node.ledger").await.unwrap();
-    raw.flush().await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
     let forger = raw.clone();
     tokio::spawn(async move {
         while let Some(m) = overheard.next().await {
