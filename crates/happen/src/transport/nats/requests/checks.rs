@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use super::super::{key_lookups, seal};
 use super::{Arc, HappenError, MutexGuard, PendingMap, Reply, Result, Shared, Waiting, lock, take};
 use crate::event::Event;
+use crate::id::Id;
 
 /// The most replies one request holds while its node's key is looked up.
 const MAX_HELD: usize = 64;
@@ -60,10 +61,9 @@ pub(super) fn judge(
             judge_held(&then, token);
         });
     }
-    match check(shared, waiting, &reply, &message) {
-        Ok(()) => take(shared, pending, token, reply),
-        Err(error) => refuse(shared, pending, token, &message, error),
-    }
+    let asked = Asked::of(waiting);
+    drop(pending);
+    decide(shared, token, &asked, reply, &message);
 }
 
 /// Judges, in order, the replies held while the asked node's key was looked
@@ -78,41 +78,74 @@ fn judge_held(shared: &Arc<Shared>, token: u64) {
             waiting.held = None;
             return;
         };
-        match check(shared, waiting, &reply, &message) {
-            Ok(()) => take(shared, pending, token, reply),
-            Err(error) => refuse(shared, pending, token, &message, error),
+        // Replies that come while this one is checked join the held ones
+        // (`held` stays set until it is empty), so the order holds.
+        let asked = Asked::of(waiting);
+        drop(pending);
+        decide(shared, token, &asked, reply, &message);
+    }
+}
+
+/// What a reply to one request is checked against, copied out of the table
+/// of pending requests: the check (a signature's verification) runs
+/// without that table's lock, which every request sent and every reply
+/// received takes.
+struct Asked {
+    requester: Id,
+    target: Id,
+    event_id: Id,
+}
+
+impl Asked {
+    fn of(waiting: &Waiting) -> Self {
+        Asked {
+            requester: waiting.verify.clone().unwrap_or_default(),
+            target: waiting.target.clone(),
+            event_id: waiting.event_id.clone(),
         }
     }
 }
 
-/// Whether `reply` (in `message`) comes from the node `waiting` asked.
+/// Checks `reply` to request `token`, then takes or refuses it (a request
+/// ended meanwhile takes nothing more).
+fn decide(
+    shared: &Arc<Shared>,
+    token: u64,
+    asked: &Asked,
+    reply: Reply,
+    message: &async_nats::Message,
+) {
+    let verdict = check(shared, asked, &reply, message);
+    let pending = lock(&shared.requests.pending);
+    match verdict {
+        Ok(()) => take(shared, pending, token, reply),
+        Err(error) => refuse(shared, pending, token, message, error),
+    }
+}
+
+/// Whether `reply` (in `message`) comes from the node `asked` names.
 fn check(
     shared: &Shared,
-    waiting: &Waiting,
+    asked: &Asked,
     reply: &Reply,
     message: &async_nats::Message,
 ) -> Result<()> {
-    let requester = waiting.verify.as_deref().unwrap_or_default();
     match reply {
-        Reply::Ok(answer) => checked_answer(shared, requester, waiting, answer),
+        Reply::Ok(answer) => checked_answer(shared, asked, answer),
         _ => seal::check(
             shared.local.keys(),
-            requester,
-            &waiting.target,
-            &waiting.event_id,
+            &asked.requester,
+            &asked.target,
+            &asked.event_id,
             message,
         ),
     }
 }
 
-fn checked_answer(
-    shared: &Shared,
-    requester: &str,
-    waiting: &Waiting,
-    answer: &Event,
-) -> Result<()> {
+fn checked_answer(shared: &Shared, asked: &Asked, answer: &Event) -> Result<()> {
+    let requester = &*asked.requester;
     let sender = &answer.causal().sender;
-    if answer.causal().causation_id.as_deref() != Some(&*waiting.event_id) {
+    if answer.causal().causation_id.as_deref() != Some(&*asked.event_id) {
         return Err(HappenError::Integrity {
             event_id: answer.id().to_owned(),
             reason: format!(
@@ -121,12 +154,12 @@ fn checked_answer(
             ),
         });
     }
-    if *sender != waiting.target {
+    if *sender != asked.target {
         return Err(HappenError::Integrity {
             event_id: answer.id().to_owned(),
             reason: format!(
                 "node \"{requester}\" refused it: the answer came from \"{sender}\", not from \"{}\", the node asked",
-                waiting.target
+                asked.target
             ),
         });
     }
