@@ -11,13 +11,18 @@
 //! |---|---|---|
 //! | [`CONNECTION_STATUS`] | the NATS connection changed | `status` (`connected`, `disconnected`, `reconnected`, `lame-duck`, `slow-consumer`, `error`, `closed`: the client is closed, or gave up reconnecting after `Reconnect::max_attempts`), `reason` |
 //! | [`UNDELIVERED`] | a sent event reached no node and nobody waited for the answer | `node`, `eventType`, `eventId`, `reason` |
-//! | [`REFUSED`] | a node refused a broadcast or a remote tell (its queue was full, or its acceptance controls refused the sender) | `node`, `eventType`, `eventId`, `reason` |
-//! | [`REJECTED`] | a message from another process was not a valid event: undecodable, or its integrity check failed (see [`crate::integrity`]); no node saw it | `subject`, `eventId` (when it could be read), `reason` |
+//! | [`REFUSED`] | a node refused a broadcast or a remote tell (its queue was full, or its acceptance controls refused the sender) | `node`, `eventType`, `eventId`, `reason`, `suppressed` (see below) |
+//! | [`REJECTED`] | a message from another process was not a valid event: undecodable, or its integrity check failed (see [`crate::integrity`]); no node saw it | `subject`, `eventId` (when it could be read), `reason`, `suppressed` (see below) |
 //! | [`DEAD_LETTER`] | a durable event failed its last attempt (see [`crate::durable`]) | `node`, `eventType`, `eventId`, `attempts`, `error`, `event` (the whole event) |
 //! | `node.down`, `node.up`, `system.down`, `system.up` | flow balance found a node (or most nodes) behind, or recovered: see [`crate::balance`] | `nodeId`, `lagMetrics`, `pattern`; `level`, `affectedNodes` |
 //!
-//! Every undelivered, refused, rejected and dead-lettered event is also logged (`tracing::warn`) and
-//! counted: see [`Happen::counters`](crate::Happen::counters).
+//! Every undelivered, refused, rejected and dead-lettered event is also
+//! counted (see [`Happen::counters`](crate::Happen::counters)) and logged
+//! (`tracing::warn`). Refusals and rejections are what another process can
+//! cause at will (a flood of bad or unwelcome messages), so while each is
+//! counted, at most 100 of each kind a second are logged and reported; a
+//! report after some were left out says how many in `suppressed` (absent
+//! when none were).
 //!
 //! ```
 //! use happen::prelude::*;
@@ -131,15 +136,17 @@ pub struct Counters {
     pub undelivered: u64,
     /// Events refused by a node of this process that no sender could be
     /// told of (a broadcast, or a tell from another process: queue full,
-    /// not accepted, not signed); each was logged and, unless it was the
-    /// runtime's own report, reported as a [`REFUSED`] event.
+    /// not accepted, not signed). They are logged and, unless one was the
+    /// runtime's own report, reported as [`REFUSED`] events, at most 100 a
+    /// second (see the module's introduction).
     pub refused: u64,
     /// Durable events that failed their last attempt in this process; each
     /// was logged and reported as a [`DEAD_LETTER`] event.
     pub dead_lettered: u64,
     /// Messages from other processes that were not valid events
-    /// (undecodable, or their integrity check failed); each was logged and
-    /// reported as a [`REJECTED`] event (a request's sender is also told).
+    /// (undecodable, or their integrity check failed). They are logged and
+    /// reported as [`REJECTED`] events, at most 100 a second (see the
+    /// module's introduction); a request's sender is also told of each.
     pub rejected: u64,
 }
 

@@ -739,3 +739,80 @@ async fn an_unknown_signed_sender_is_looked_up_once_not_per_copy() {
         "only the first, sent while its key was registered"
     );
 }
+
+/// A flood of messages that are not events costs the receiver a counter
+/// each, not a log line and a report each: at most 100 reports a second go
+/// out, and the next report says how many were left out, so that reports
+/// plus what they say was left out account for every rejected message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_messages_is_counted_in_full_and_reported_at_a_bounded_rate() {
+    const FLOOD: u64 = 2_000;
+    let server = NatsServer::start().unwrap();
+    let (receiver, _ledger) = ledger_requiring_signatures(&server, "entry", |p| p.clone()).await;
+    let mut rejected = rejections(&receiver);
+    receiver.flush().await.unwrap();
+
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    for i in 0..FLOOD {
+        raw.publish("happen.node.ledger", Bytes::from(format!("junk {i}")))
+            .await
+            .unwrap();
+    }
+    happen_test::round_trip(&raw).await.unwrap();
+    within("every bad message counted", 30, async {
+        while receiver.counters().rejected < FLOOD {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // A second later, every report the flood made has been delivered (and
+    // the next report falls in another second).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let mut reports = Vec::new();
+    while let Ok(report) = rejected.try_recv() {
+        reports.push(report);
+    }
+    // However slowly this machine took the flood, it did not take 2,000
+    // messages at 100 a second.
+    assert!(
+        !reports.is_empty() && (reports.len() as u64) < FLOOD / 2,
+        "{} reports of {FLOOD} rejections",
+        reports.len()
+    );
+    // The next report counts what was left out since the last one.
+    raw.publish("happen.node.ledger", Bytes::from_static(b"junk, later"))
+        .await
+        .unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
+    reports.push(
+        within("the later report", 10, rejected.recv())
+            .await
+            .unwrap(),
+    );
+    assert!(
+        reports
+            .iter()
+            .any(|r| r["suppressed"].as_u64().is_some_and(|n| n > 0)),
+        "no report said how many were left out"
+    );
+    let accounted: u64 = reports
+        .iter()
+        .map(|r| 1 + r["suppressed"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(accounted, FLOOD + 1);
+    assert_eq!(receiver.counters().rejected, FLOOD + 1);
+
+    // The node still takes what is an event.
+    let (_sender, payments) = signing_sender(&server).await;
+    assert_eq!(
+        payments
+            .send("ledger", Event::new("entry", json!("genuine")))
+            .await
+            .unwrap(),
+        "genuine"
+    );
+    println!(
+        "faults: bad-message-flood sent={FLOOD} counted={FLOOD} reports={}",
+        reports.len()
+    );
+}

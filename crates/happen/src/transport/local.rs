@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
+use super::reports::ReportLimit;
 use super::routes::{Route, Routes};
 use super::{Interest, Transport};
 use crate::balance::Lag;
@@ -33,6 +34,9 @@ pub(crate) struct LocalTransport {
     /// Who takes broadcasts of each event type.
     routes: Routes,
     tally: Tally,
+    /// How often refusals and rejections are reported one by one.
+    refused_reports: ReportLimit,
+    rejected_reports: ReportLimit,
     /// The public keys of the nodes whose signatures this process checks.
     keys: Arc<Keys>,
 }
@@ -157,42 +161,47 @@ impl LocalTransport {
     }
 
     /// Reports an event a node refused when nobody could be told directly
-    /// (a broadcast, or a tell from another process): logged, counted, and
-    /// a [`system::REFUSED`] event.
+    /// (a broadcast, or a tell from another process): counted, and (within
+    /// [`ReportLimit`]'s rate) logged and a [`system::REFUSED`] event.
     pub(crate) fn refused(&self, node: &str, event: &Event, error: &HappenError) {
-        tracing::warn!(node, event_type = event.event_type(), event_id = event.id(), %error, "broadcast refused");
         self.tally.refused();
+        let Some(left_out) = self.refused_reports.admit(std::time::Instant::now()) else {
+            return;
+        };
+        tracing::warn!(node, event_type = event.event_type(), event_id = event.id(), %error, left_out, "broadcast refused");
         if event.causal().sender == system::SYSTEM_SENDER {
             // Counted, but not reported again: a refused report would
             // report itself.
             return;
         }
-        self.system_event(
-            system::REFUSED,
-            json!({
-                "node": node,
-                "eventType": event.event_type(),
-                "eventId": event.id(),
-                "reason": error.to_string(),
-            }),
-        );
+        let mut report = json!({
+            "node": node,
+            "eventType": event.event_type(),
+            "eventId": event.id(),
+            "reason": error.to_string(),
+        });
+        with_left_out(&mut report, left_out);
+        self.system_event(system::REFUSED, report);
     }
 
     /// Reports a message from another process that was not a valid event
-    /// (undecodable, or its integrity check failed): logged, counted, and
-    /// a [`system::REJECTED`] event.
+    /// (undecodable, or its integrity check failed): counted, and (within
+    /// [`ReportLimit`]'s rate) logged and a [`system::REJECTED`] event.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn rejected(&self, subject: &str, error: &HappenError) {
-        tracing::warn!(subject, %error, "message rejected");
         self.tally.rejected();
+        let Some(left_out) = self.rejected_reports.admit(std::time::Instant::now()) else {
+            return;
+        };
+        tracing::warn!(subject, %error, left_out, "message rejected");
         let event_id = match error {
             HappenError::Integrity { event_id, .. } => Value::from(event_id.as_str()),
             _ => Value::Null,
         };
-        self.system_event(
-            system::REJECTED,
-            json!({ "subject": subject, "eventId": event_id, "reason": error.to_string() }),
-        );
+        let mut report =
+            json!({ "subject": subject, "eventId": event_id, "reason": error.to_string() });
+        with_left_out(&mut report, left_out);
+        self.system_event(system::REJECTED, report);
     }
 
     /// Reports a sent event that reached no node: logged, counted, and a
@@ -380,6 +389,14 @@ impl Transport for LocalTransport {
 
     fn node(&self, id: &str) -> Option<Node> {
         self.lookup(id)
+    }
+}
+
+/// Adds to a report how many of its kind were left out before it (see
+/// [`ReportLimit`]), when any were.
+fn with_left_out(report: &mut Value, left_out: u64) {
+    if left_out > 0 {
+        report["suppressed"] = Value::from(left_out);
     }
 }
 

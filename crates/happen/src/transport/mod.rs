@@ -18,6 +18,7 @@
 pub(crate) mod local;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
+pub(crate) mod reports;
 pub(crate) mod routes;
 
 use futures::future::BoxFuture;
