@@ -2,7 +2,9 @@
 //!
 //! Errors are plain data so that they can cross the wire: a flow that fails in
 //! another process reaches its requester as the same variant it would have been
-//! in-process.
+//! in-process, and a failure it passed on from a request of its own (a
+//! `HappenError` returned by a step) stays typed too, up to
+//! [`SOURCES_ON_THE_WIRE`] hops down.
 
 use std::fmt;
 use std::sync::Arc;
@@ -194,9 +196,14 @@ pub enum HappenError {
 
     /// A step of the flow returned an error.
     ///
-    /// In the requester's process, [`source`](std::error::Error::source)
-    /// (and [`HappenError::handler_error`]) gives the step's own error value;
-    /// across the wire only its text travels.
+    /// [`source`](std::error::Error::source) (and
+    /// [`HappenError::handler_error`]) gives the step's own error value. In
+    /// the process where the flow ran that is whatever the step returned;
+    /// across the wire it travels when it is a `HappenError` (a request the
+    /// step made failed: `Timeout`, `NoHandler`, another `HandlerFailed`
+    /// …), up to [`SOURCES_ON_THE_WIRE`] nested, so a requester reacts to a
+    /// downstream failure the same way whether the nodes share a process or
+    /// not. Other error types travel as their text only.
     #[error("handler for \"{event_type}\" on node \"{node}\" failed: {cause}")]
     HandlerFailed {
         /// The node whose flow failed.
@@ -205,8 +212,12 @@ pub enum HappenError {
         event_type: String,
         /// The error the step returned, as text.
         cause: String,
-        /// The error value itself (in the process where the flow ran).
-        #[serde(skip)]
+        /// The error value itself (see the variant's description).
+        #[serde(
+            default,
+            skip_serializing_if = "wire_source::stays",
+            with = "wire_source"
+        )]
         #[source]
         source: Option<Cause>,
     },
@@ -494,6 +505,56 @@ impl HappenError {
             } => cause.downcast_ref::<E>(),
             _ => None,
         }
+    }
+}
+
+/// How many nested [`HappenError`] sources of a
+/// [`HappenError::HandlerFailed`] travel with it across the wire (the rest
+/// travel as text, in `cause`): a failure several requests down a chain
+/// stays typed, and a long chain stays small.
+pub const SOURCES_ON_THE_WIRE: usize = 8;
+
+/// The wire form of a `HandlerFailed`'s source: the step's error when it is
+/// a `HappenError`, nested at most [`SOURCES_ON_THE_WIRE`] deep.
+mod wire_source {
+    use std::cell::Cell;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{Cause, HappenError, SOURCES_ON_THE_WIRE};
+
+    thread_local! {
+        /// How many sources the value being written is nested in.
+        static NESTED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn travelling(source: &Option<Cause>) -> Option<&HappenError> {
+        let error = source.as_ref()?.downcast_ref::<HappenError>()?;
+        (NESTED.get() < SOURCES_ON_THE_WIRE).then_some(error)
+    }
+
+    pub(super) fn stays(source: &Option<Cause>) -> bool {
+        travelling(source).is_none()
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        source: &Option<Cause>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let Some(error) = travelling(source) else {
+            return serializer.serialize_none();
+        };
+        let nested = NESTED.get();
+        NESTED.set(nested + 1);
+        let written = serializer.serialize_some(error);
+        NESTED.set(nested);
+        written
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Cause>, D::Error> {
+        Ok(Option::<HappenError>::deserialize(deserializer)?.map(Cause::new))
     }
 }
 

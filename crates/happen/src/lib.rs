@@ -111,7 +111,7 @@ pub use config::{
 };
 pub use confluence::{GroupResults, NodeGroup, SentToAll};
 pub use context::Context;
-pub use error::{BoxError, Cause, HappenError, Result};
+pub use error::{BoxError, Cause, HappenError, Result, SOURCES_ON_THE_WIRE};
 pub use event::{Causal, Event, EventContext, Origin, StreamRef, new_event_id};
 pub use flow::{Flow, Handler, IntoFlow, Step};
 pub use id::Id;

@@ -64,7 +64,8 @@ async fn broadcast_to_full_queue_is_refused_to_the_broadcaster() {
 
 /// In one process the requester gets the handler's own error value back:
 /// `handler_error::<E>()` (or `source()`) downcasts it. Across the wire only
-/// its text travels.
+/// its text travels, unless it is a `HappenError` (see the conformance test
+/// `a_downstream_failure_reaches_the_requester_typed`).
 #[tokio::test]
 async fn a_local_requester_can_downcast_the_handlers_error() {
     use happen::prelude::*;

@@ -78,3 +78,71 @@ pub async fn panic_reaches_requester_and_node_keeps_serving(backend: &dyn Backen
         );
     }
 }
+
+/// A step that fails because a request it made failed (`?` on the send)
+/// gives its requester that failure typed, through every hop: in one
+/// process as across the wire, `handler_error::<HappenError>()` is the
+/// downstream error, not only its text.
+pub async fn a_downstream_failure_reaches_the_requester_typed(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let client = h.node("typed-client").unwrap();
+    let middle = h.node("typed-middle").unwrap();
+    let slow = h.node("typed-slow").unwrap();
+    let last = h.node("typed-last").unwrap();
+    slow.on("work", |_e: Event, _cx: Context| async {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        json!("late")
+    })
+    .unwrap();
+    middle
+        .on("work", |e: Event, cx: Context| async move {
+            let sent = cx
+                .node()
+                .send("typed-slow", e)
+                .timeout(std::time::Duration::from_millis(100));
+            sent.await
+        })
+        .unwrap();
+    // Two hops: the middle asks the last node, which asks a node with no
+    // handler for what it is sent.
+    middle
+        .on("chain", |e: Event, cx: Context| async move {
+            cx.node().send("typed-last", e).await
+        })
+        .unwrap();
+    last.on("chain", |e: Event, cx: Context| async move {
+        cx.node()
+            .send("typed-client", Event::new("unhandled", e.payload().clone()))
+            .await
+    })
+    .unwrap();
+
+    let err = client
+        .send(&middle, ev("work", json!(null)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.handler_error::<HappenError>(),
+            Some(HappenError::Timeout { node, .. }) if node == "typed-slow"
+        ),
+        "{err:?}"
+    );
+
+    let err = client
+        .send(&middle, ev("chain", json!(null)))
+        .await
+        .unwrap_err();
+    let from_last = err.handler_error::<HappenError>();
+    assert!(
+        matches!(from_last, Some(HappenError::HandlerFailed { node, .. }) if node == "typed-last"),
+        "{err:?}"
+    );
+    assert!(
+        matches!(
+            from_last.and_then(|e| e.handler_error::<HappenError>()),
+            Some(HappenError::NoHandler { node, event_type }) if node == "typed-client" && event_type == "unhandled"
+        ),
+        "{err:?}"
+    );
+}

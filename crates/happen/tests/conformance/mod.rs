@@ -131,6 +131,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@topic [$runtime] [$threads] errors;
             step_error_reaches_requester,
             error_in_later_step_reaches_requester,
+            a_downstream_failure_reaches_the_requester_typed,
             panic_reaches_requester_and_node_keeps_serving,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] communication;

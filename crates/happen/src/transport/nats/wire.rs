@@ -306,6 +306,53 @@ mod tests {
         assert_eq!(decode_reply(&encode_reply(&err).unwrap()).unwrap(), err);
     }
 
+    /// A failure down a chain of requests crosses the wire typed, its
+    /// nested sources bounded: the first [`SOURCES_ON_THE_WIRE`] travel,
+    /// deeper ones only as text.
+    #[test]
+    fn a_chain_of_failures_keeps_its_first_sources_typed() {
+        use crate::error::{Cause, SOURCES_ON_THE_WIRE};
+        let mut error = HappenError::NoHandler {
+            node: "end".into(),
+            event_type: "t".into(),
+        };
+        for hop in 0..20 {
+            error = HappenError::HandlerFailed {
+                node: format!("n{hop}"),
+                event_type: "t".into(),
+                cause: error.to_string(),
+                source: Some(Cause::new(error)),
+            };
+        }
+        let bytes = encode_reply(&Reply::Err(error.clone())).unwrap();
+        let Reply::Err(back) = decode_reply(&bytes).unwrap() else {
+            panic!("not an error");
+        };
+        assert_eq!(back.to_string(), error.to_string());
+        let mut typed = 0;
+        let mut at = &back;
+        while let Some(inner) = at.handler_error::<HappenError>() {
+            assert!(
+                matches!(inner, HappenError::HandlerFailed { node, .. } if *node == format!("n{}", 18 - typed))
+            );
+            typed += 1;
+            at = inner;
+        }
+        assert_eq!(typed, SOURCES_ON_THE_WIRE);
+        // An error that is not a HappenError travels as text.
+        let io = HappenError::HandlerFailed {
+            node: "n".into(),
+            event_type: "t".into(),
+            cause: "disk full".into(),
+            source: Some(Cause::new(std::io::Error::other("disk full"))),
+        };
+        let Reply::Err(back) = decode_reply(&encode_reply(&Reply::Err(io)).unwrap()).unwrap()
+        else {
+            panic!("not an error");
+        };
+        assert!(std::error::Error::source(&back).is_none());
+    }
+
     #[test]
     fn every_error_variant_crosses_the_wire() {
         use crate::name::validate_node_id;
