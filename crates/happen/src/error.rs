@@ -50,7 +50,7 @@ pub enum HappenError {
 
     /// No node with this id is known to the runtime (or reachable over the transport).
     #[error(
-        "no node \"{node}\" is known; create it with happen.node(\"{node}\") (in this or a connected process) before sending to it"
+        "no node \"{node}\" is known; create it with happen.node(\"{node}\") (in this or a connected process) before sending to it; a node another process creates is reachable once its node.ready() (or that runtime's flush()) has returned there"
     )]
     UnknownNode {
         /// The requested node id.
@@ -466,11 +466,14 @@ impl HappenError {
         }
     }
 
-    /// An encoding or decoding failure caused by `source`.
+    /// An encoding or decoding failure caused by `source`. The message
+    /// ends with the source's own (what was wrong, where): shown by `{}`
+    /// and kept across the wire, where the source itself does not travel.
     pub(crate) fn codec(message: impl Into<String>, source: impl Into<BoxError>) -> HappenError {
+        let source = Cause::new(source);
         HappenError::Codec {
-            message: message.into(),
-            source: Some(Cause::new(source)),
+            message: format!("{}: {source}", message.into()),
+            source: Some(source),
         }
     }
 

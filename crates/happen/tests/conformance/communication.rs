@@ -372,6 +372,12 @@ pub async fn typed_responses_with_response_as(backend: &dyn Backend) {
         matches!(err, HappenError::Codec { ref message, .. } if message.contains("Quote")),
         "{err:?}"
     );
+    // What did not fit, and where, is in the message itself.
+    assert!(
+        err.to_string()
+            .contains("invalid type: integer `7`, expected a string"),
+        "{err}"
+    );
 }
 
 pub async fn synchronous_callers_block_on_plain_threads_only(backend: &dyn Backend) {
