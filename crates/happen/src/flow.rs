@@ -497,6 +497,9 @@ fn conclude(
                 %error,
                 "flow failed"
             );
+            if let Some(runtime) = core.runtime_inner() {
+                runtime.transport().local().tally().failed();
+            }
             Some(error.clone())
         }
     };

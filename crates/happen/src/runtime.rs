@@ -307,8 +307,8 @@ impl Happen {
         Ok(())
     }
 
-    /// How many events went undelivered or were refused since the runtime
-    /// started (see [`crate::system`]).
+    /// How many events went undelivered, were refused or rejected, and how
+    /// many flows failed, since the runtime started (see [`crate::system`]).
     pub fn counters(&self) -> Counters {
         self.0.transport.counters()
     }
@@ -452,6 +452,17 @@ impl Happen {
     /// Node ids are single tokens: no whitespace, `.`, `*`, `>`, `{`, `}` or
     /// `,` (so that they can name network subjects). An id may be used once
     /// per runtime.
+    ///
+    /// Over NATS, one id made in several processes is one node with several
+    /// instances, as replicas of a service are: each event sent to it goes
+    /// to one instance (a NATS queue group; with co-location, a sender's own
+    /// process's instance first, see `NatsConfig::co_located`),
+    /// and each broadcast reaches every instance. Give every instance the
+    /// same handlers: an event that reaches an instance without a matching
+    /// one fails with `NoHandler` even when another instance has it. Nothing
+    /// tells two unrelated services apart that chose one id, unless they
+    /// sign ([`NodeConfig::sign`](crate::NodeConfig::sign): another key for a live node id is an
+    /// [`IdentityConflict`](crate::HappenError::IdentityConflict)).
     pub fn node(&self, id: &str) -> Result<Node> {
         self.node_with(id, NodeConfig::default())
     }

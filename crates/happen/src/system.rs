@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | [`CONNECTION_STATUS`] | the NATS connection changed | `status` (`connected`, `disconnected`, `reconnected`, `lame-duck`, `slow-consumer`, `error`, `closed`: the client is closed, or gave up reconnecting after `Reconnect::max_attempts`), `reason` |
 //! | [`UNDELIVERED`] | a sent event reached no node and nobody waited for the answer | `node`, `eventType`, `eventId`, `reason` |
-//! | [`REFUSED`] | a node refused a broadcast or a remote tell (its queue was full, or its acceptance controls refused the sender) | `node`, `eventType`, `eventId`, `reason`, `suppressed` (see below) |
+//! | [`REFUSED`] | a node refused a broadcast or a remote tell (its queue was full, it has no handler for the tell's event type, or its acceptance controls refused the sender) | `node`, `eventType`, `eventId`, `reason`, `suppressed` (see below) |
 //! | [`REJECTED`] | a message from another process was not a valid event: undecodable, or its integrity check failed (see [`crate::integrity`]); no node saw it | `subject`, `eventId` (when it could be read), `reason`, `suppressed` (see below) |
 //! | [`DEAD_LETTER`] | a durable event failed its last attempt (see [`crate::durable`]) | `node`, `eventType`, `eventId`, `attempts`, `error`, `event` (the whole event) |
 //! | `node.down`, `node.up`, `system.down`, `system.up` | flow balance found a node (or most nodes) behind, or recovered: see [`crate::balance`] | `nodeId`, `lagMetrics`, `pattern`; `level`, `affectedNodes` |
@@ -125,8 +125,9 @@ pub const DEAD_LETTER: &str = "system.dead-letter";
 /// [`NodeConfig::backpressure_threshold`](crate::NodeConfig::backpressure_threshold).
 pub const BACKPRESSURE: &str = "system.backpressure";
 
-/// How many events went undelivered or were refused since the runtime
-/// started; see [`Happen::counters`](crate::Happen::counters).
+/// How many events went undelivered, were refused or rejected, and how
+/// many flows failed, since the runtime started; see
+/// [`Happen::counters`](crate::Happen::counters).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Counters {
@@ -148,6 +149,12 @@ pub struct Counters {
     /// reported as [`REJECTED`] events, at most 100 a second (see the
     /// module's introduction); a request's sender is also told of each.
     pub rejected: u64,
+    /// Flows of this process's nodes that ended with an error or a panic
+    /// (each also logged with `tracing::error`); a requester, if one
+    /// waited, got the error as well. A failed tell or broadcast has no
+    /// requester, so this count (or a `tracing` subscriber) is where it
+    /// shows.
+    pub failed: u64,
 }
 
 /// The live counters behind [`Counters`].
@@ -157,6 +164,7 @@ pub(crate) struct Tally {
     refused: AtomicU64,
     dead_lettered: AtomicU64,
     rejected: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Tally {
@@ -178,12 +186,17 @@ impl Tally {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> Counters {
         Counters {
             undelivered: self.undelivered.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
         }
     }
 }

@@ -146,3 +146,39 @@ pub async fn a_downstream_failure_reaches_the_requester_typed(backend: &dyn Back
         "{err:?}"
     );
 }
+
+/// Every failed flow is counted where it ran, with a requester or without
+/// one: a tell that fails has nobody to tell, and the count shows it.
+pub async fn failed_flows_are_counted_where_they_ran(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("count-a").unwrap();
+    let b = h.node("count-b").unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    b.on("fail", move |_e: Event, _cx: Context| {
+        let _ = tx.send(());
+        async { Err::<Value, _>(std::io::Error::other("nope")) }
+    })
+    .unwrap();
+    b.on("explode", |_e: Event, _cx: Context| async {
+        if true {
+            panic!("boom");
+        }
+    })
+    .unwrap();
+    b.on("fine", |_e: Event, _cx: Context| async { json!("ok") })
+        .unwrap();
+    h.flush().await.unwrap();
+    let before = h.counters().failed;
+    a.tell(&b, ev("fail", json!(null))).unwrap();
+    rx.recv().await.unwrap();
+    assert!(a.send(&b, ev("explode", json!(null))).await.is_err());
+    assert_eq!(a.send(&b, ev("fine", json!(null))).await.unwrap(), "ok");
+    // The told flow may end just after its handler ran.
+    for _ in 0..100 {
+        if h.counters().failed - before == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.counters().failed - before, 2);
+}

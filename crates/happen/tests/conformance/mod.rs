@@ -132,6 +132,7 @@ macro_rules! conformance_suite {
             step_error_reaches_requester,
             error_in_later_step_reaches_requester,
             a_downstream_failure_reaches_the_requester_typed,
+            failed_flows_are_counted_where_they_ran,
             panic_reaches_requester_and_node_keeps_serving,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] communication;
