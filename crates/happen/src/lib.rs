@@ -47,6 +47,7 @@
 //! | `nats` | on | the distributed runtime: `Happen::connect`, MessagePack on the wire, state in JetStream (async-nats, rmp-serde) |
 //! | `redb` | on | `Happen::embedded_on_disk`: embedded state kept in a redb file |
 //! | `otel` | off | `happen::otel`: flows exported as OpenTelemetry spans, a trace per transaction |
+//! | `toml` | on | `Settings::from_toml` and TOML files for `Settings::load` |
 //!
 //! With `default-features = false` the crate is the embedded runtime alone,
 //! with none of those dependencies. Tests of NATS-backed systems start a
