@@ -37,6 +37,9 @@ pub(crate) struct LocalTransport {
     /// How often refusals and rejections are reported one by one.
     refused_reports: ReportLimit,
     rejected_reports: ReportLimit,
+    /// How often refusals of the runtime's own reports are logged (they
+    /// are never reported: a report of one would report itself).
+    refused_own_reports: ReportLimit,
     /// The public keys of the nodes whose signatures this process checks.
     keys: Arc<Keys>,
 }
@@ -165,15 +168,20 @@ impl LocalTransport {
     /// [`ReportLimit`]'s rate) logged and a [`system::REFUSED`] event.
     pub(crate) fn refused(&self, node: &str, event: &Event, error: &HappenError) {
         self.tally.refused();
-        let Some(left_out) = self.refused_reports.admit(std::time::Instant::now()) else {
+        let now = std::time::Instant::now();
+        if event.causal().sender == system::SYSTEM_SENDER {
+            // Counted and logged, but not reported: a refused report would
+            // report itself. Its own limit, so that it takes nothing from
+            // the reports of other senders' refusals.
+            if let Some(left_out) = self.refused_own_reports.admit(now) {
+                tracing::warn!(node, event_type = event.event_type(), %error, left_out, "a report of the runtime's was refused");
+            }
+            return;
+        }
+        let Some(left_out) = self.refused_reports.admit(now) else {
             return;
         };
         tracing::warn!(node, event_type = event.event_type(), event_id = event.id(), %error, left_out, "broadcast refused");
-        if event.causal().sender == system::SYSTEM_SENDER {
-            // Counted, but not reported again: a refused report would
-            // report itself.
-            return;
-        }
         let mut report = json!({
             "node": node,
             "eventType": event.event_type(),
@@ -407,6 +415,34 @@ mod tests {
     use serde_json::json;
 
     use crate::{Context, Event, Happen};
+
+    /// The refusal of one of the runtime's own reports is counted but takes
+    /// nothing from the reports of other senders' refusals: the next of
+    /// those still says how many were left out.
+    #[test]
+    fn refusing_the_runtimes_own_report_leaves_the_others_accounting_whole() {
+        let local = super::LocalTransport::default();
+        let error = crate::HappenError::Shutdown;
+        let theirs = Event::new("tick", json!(null));
+        for _ in 0..150 {
+            local.refused("busy", &theirs, &error);
+        }
+        let mut own = Event::new(crate::system::REFUSED, json!(null));
+        crate::event::stamp(
+            &mut own,
+            &crate::Id::from(crate::system::SYSTEM_SENDER),
+            None,
+        );
+        for _ in 0..5 {
+            local.refused("busy", &own, &error);
+        }
+        assert_eq!(local.tally.snapshot().refused, 155);
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        assert_eq!(
+            local.refused_reports.admit(later),
+            Some(150 - super::super::reports::PER_SECOND as u64)
+        );
+    }
 
     /// Routes hold their nodes, so a node that leaves the runtime must be
     /// let go of at once, not at the next broadcast (its core may hold a
