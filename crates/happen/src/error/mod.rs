@@ -469,10 +469,13 @@ impl HappenError {
     /// An encoding or decoding failure caused by `source`. The message
     /// ends with the source's own (what was wrong, where): shown by `{}`
     /// and kept across the wire, where the source itself does not travel.
+    /// A decoder's text can quote what a peer sent, so it is cut to
+    /// [`QUOTED_CHARS`] characters with control characters escaped (no
+    /// forged log lines, no megabyte errors).
     pub(crate) fn codec(message: impl Into<String>, source: impl Into<BoxError>) -> HappenError {
         let source = Cause::new(source);
         HappenError::Codec {
-            message: format!("{}: {source}", message.into()),
+            message: format!("{}: {}", message.into(), quoted(&source.to_string())),
             source: Some(source),
         }
     }
@@ -511,55 +514,34 @@ impl HappenError {
     }
 }
 
+/// How much of a decoder's own message a [`HappenError::Codec`] quotes.
+const QUOTED_CHARS: usize = 200;
+
+/// A decoder's message as a codec error quotes it: at most
+/// [`QUOTED_CHARS`] characters, control characters escaped.
+fn quoted(said: &str) -> String {
+    let mut text = String::with_capacity(said.len().min(QUOTED_CHARS + 3));
+    for (n, c) in said.chars().enumerate() {
+        if n == QUOTED_CHARS {
+            text.push('…');
+            break;
+        }
+        if c.is_control() {
+            text.extend(c.escape_default());
+        } else {
+            text.push(c);
+        }
+    }
+    text
+}
+
 /// How many nested [`HappenError`] sources of a
 /// [`HappenError::HandlerFailed`] travel with it across the wire (the rest
 /// travel as text, in `cause`): a failure several requests down a chain
 /// stays typed, and a long chain stays small.
 pub const SOURCES_ON_THE_WIRE: usize = 8;
 
-/// The wire form of a `HandlerFailed`'s source: the step's error when it is
-/// a `HappenError`, nested at most [`SOURCES_ON_THE_WIRE`] deep.
-mod wire_source {
-    use std::cell::Cell;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use super::{Cause, HappenError, SOURCES_ON_THE_WIRE};
-
-    thread_local! {
-        /// How many sources the value being written is nested in.
-        static NESTED: Cell<usize> = const { Cell::new(0) };
-    }
-
-    fn travelling(source: &Option<Cause>) -> Option<&HappenError> {
-        let error = source.as_ref()?.downcast_ref::<HappenError>()?;
-        (NESTED.get() < SOURCES_ON_THE_WIRE).then_some(error)
-    }
-
-    pub(super) fn stays(source: &Option<Cause>) -> bool {
-        travelling(source).is_none()
-    }
-
-    pub(super) fn serialize<S: Serializer>(
-        source: &Option<Cause>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        let Some(error) = travelling(source) else {
-            return serializer.serialize_none();
-        };
-        let nested = NESTED.get();
-        NESTED.set(nested + 1);
-        let written = serializer.serialize_some(error);
-        NESTED.set(nested);
-        written
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Cause>, D::Error> {
-        Ok(Option::<HappenError>::deserialize(deserializer)?.map(Cause::new))
-    }
-}
+mod wire_source;
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -568,8 +550,30 @@ pub(crate) fn millis(d: Duration) -> u64 {
 impl From<serde_json::Error> for HappenError {
     fn from(e: serde_json::Error) -> Self {
         HappenError::Codec {
-            message: e.to_string(),
+            message: quoted(&e.to_string()),
             source: Some(Cause::new(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_codec_error_quotes_a_little_of_the_decoder_and_no_line_breaks() {
+        let said = format!("unknown field `x\nINFO forged line {}`", "A".repeat(5_000));
+        let error = HappenError::codec("cannot decode reply", said);
+        let HappenError::Codec { message, .. } = &error else {
+            unreachable!()
+        };
+        assert!(message.starts_with("cannot decode reply: unknown field `x\\nINFO forged"));
+        assert!(!message.contains('\n'), "{message}");
+        assert!(message.ends_with('…'));
+        assert!(
+            message.chars().count() < 250,
+            "{} chars",
+            message.chars().count()
+        );
     }
 }
