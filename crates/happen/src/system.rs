@@ -149,11 +149,13 @@ pub struct Counters {
     /// reported as [`REJECTED`] events, at most 100 a second (see the
     /// module's introduction); a request's sender is also told of each.
     pub rejected: u64,
-    /// Flows of this process's nodes that ended with an error or a panic
-    /// (each also logged with `tracing::error`); a requester, if one
+    /// Flows of this process's nodes, zero handlers included, that ended
+    /// with an error or a panic (each also logged); a requester, if one
     /// waited, got the error as well. A failed tell or broadcast has no
     /// requester, so this count (or a `tracing` subscriber) is where it
-    /// shows.
+    /// shows. Each attempt counts: a durable event that fails twice and
+    /// then succeeds counts 2, and so does a streaming flow that its
+    /// consumer cancelled when it returns `emit`'s `Cancelled` error.
     pub failed: u64,
 }
 

@@ -110,6 +110,11 @@ fn handle<R: Report>(node: &Node, item: Item, handlers: &[Arc<ZeroFn>], report: 
             return;
         }
     };
+    if answer.is_err()
+        && let Some(runtime) = core.runtime_inner()
+    {
+        runtime.transport().local().tally().failed();
+    }
     if R::ON {
         // What the requester will be told (a reply of a reserved type is
         // refused there; checking again is harmless).

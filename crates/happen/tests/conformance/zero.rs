@@ -119,6 +119,7 @@ pub async fn a_zero_request_is_answered_with_a_zero_event_a_value_or_an_error(
     assert!(matches!(answer, ZeroAnswer::Value(_)));
     assert_eq!(answer.into_value(), json!({ "freezing": true }));
 
+    let failed_before = h.counters().failed;
     let error = client
         .zero_send(&convert, reading(-300.0))
         .await
@@ -135,6 +136,8 @@ pub async fn a_zero_request_is_answered_with_a_zero_event_a_value_or_an_error(
         matches!(&error, HappenError::HandlerPanicked { message, .. } if message.contains("on fire")),
         "{error:?}"
     );
+    // Both are counted where they ran, as an ordinary flow's are.
+    assert_eq!(h.counters().failed - failed_before, 2);
     // The node keeps serving.
     let answer = client.zero_send(&convert, reading(10.0)).await.unwrap();
     assert_eq!(answer.into_value(), json!({ "fahrenheit": 50.0 }));

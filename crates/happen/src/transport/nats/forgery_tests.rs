@@ -100,7 +100,7 @@ async fn the_node_cannot_be_made_to_seal_a_reply_to_another_request() {
                 let relayed =
                     forger.publish_with_reply("happen.node.ledger", reply_to.clone(), bytes);
                 relayed.await.unwrap();
-                forger.flush().await.unwrap();
+                happen_test::round_trip(&forger).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 done_tx.send_modify(|n| *n += 1);
             }
@@ -215,7 +215,7 @@ async fn replayed_items_are_dropped_and_a_forged_credit_cannot_cut_a_stream_shor
                 Some(tx) => {
                     let again = forger.publish_with_headers(subject, headers, m.payload.clone());
                     again.await.unwrap();
-                    forger.flush().await.unwrap();
+                    happen_test::round_trip(&forger).await.unwrap();
                     tx.send_modify(|n| *n += 1);
                 }
                 None => {
@@ -224,7 +224,7 @@ async fn replayed_items_are_dropped_and_a_forged_credit_cannot_cut_a_stream_shor
                         .publish(credit.unwrap(), unwanted.into())
                         .await
                         .unwrap();
-                    forger.flush().await.unwrap();
+                    happen_test::round_trip(&forger).await.unwrap();
                 }
             }
         }

@@ -508,7 +508,7 @@ async fn errors_and_streams_are_believed_only_from_the_node_asked() {
                     .await
                     .unwrap();
             }
-            forger.flush().await.unwrap();
+            happen_test::round_trip(&forger).await.unwrap();
             forged_tx.send_modify(|n| *n += count);
         }
     });

@@ -19,7 +19,9 @@
 use std::collections::VecDeque;
 
 use super::super::{key_lookups, seal};
-use super::{Arc, HappenError, MutexGuard, PendingMap, Reply, Result, Shared, Waiting, lock, take};
+use super::{
+    Arc, HappenError, MutexGuard, PendingMap, Reply, Result, Shared, Waiting, lock, take, unwanted,
+};
 use crate::event::Event;
 use crate::id::Id;
 
@@ -117,6 +119,14 @@ fn decide(
 ) {
     let verdict = check(shared, asked, &reply, message);
     let pending = lock(&shared.requests.pending);
+    if !pending.contains_key(&token) {
+        // The request ended while its reply was checked.
+        drop(pending);
+        if verdict.is_ok() {
+            unwanted(shared, reply);
+        }
+        return;
+    }
     match verdict {
         Ok(()) => take(shared, pending, token, reply),
         Err(error) => refuse(shared, pending, token, message, error),

@@ -239,23 +239,27 @@ pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Me
     };
     let pending = lock(&shared.requests.pending);
     let Some(waiting) = pending.get(&token) else {
-        // The requester gave up (timeout, dropped handle) and was forgotten:
-        // a stream's first item names where to say its items are unwanted
-        // (without that, a producer would wait for credit for good).
         drop(pending);
-        if let Reply::Item {
-            credit: Some(subject),
-            ..
-        } = reply
-        {
-            NatsCredit::new(shared.clone(), subject).unwanted();
-        }
-        return;
+        return unwanted(shared, reply);
     };
     if waiting.verify.is_some() {
         return checks::judge(shared, pending, token, reply, message);
     }
     take(shared, pending, token, reply);
+}
+
+/// Lets go of a reply to a request that was forgotten (its requester gave
+/// up: timeout, dropped handle): a stream's first item names where to say
+/// its items are unwanted (without that, a producer would wait for credit
+/// for good).
+fn unwanted(shared: &Arc<Shared>, reply: Reply) {
+    if let Reply::Item {
+        credit: Some(subject),
+        ..
+    } = reply
+    {
+        NatsCredit::new(shared.clone(), subject).unwanted();
+    }
 }
 
 /// Takes a reply to request `token` (found in `pending`, and believed):
