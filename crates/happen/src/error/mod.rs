@@ -481,8 +481,9 @@ impl HappenError {
     }
 
     /// The error a handler's step returned, as its own type: `Some` when
-    /// this is [`HappenError::HandlerFailed`] from a flow in this process
-    /// whose step failed with an `E`.
+    /// this is [`HappenError::HandlerFailed`] from a flow whose step failed
+    /// with an `E`, the flow in this process, or in another when `E` is
+    /// `HappenError` (see the variant).
     ///
     /// ```
     /// use happen::prelude::*;
