@@ -407,9 +407,26 @@ impl std::ops::Deref for Cause {
     }
 }
 
+/// A nested [`HappenError::HandlerFailed`] is shown without its `cause`:
+/// that text is the outer error's `cause` already, and repeating it at every
+/// level made a chain's `Debug` quadratic (357 KB for a 100-deep request
+/// loop). Other errors show their own `Debug`.
 impl fmt::Debug for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        match self.0.downcast_ref::<HappenError>() {
+            Some(HappenError::HandlerFailed {
+                node,
+                event_type,
+                source,
+                ..
+            }) => f
+                .debug_struct("HandlerFailed")
+                .field("node", node)
+                .field("event_type", event_type)
+                .field("source", source)
+                .finish_non_exhaustive(),
+            _ => fmt::Debug::fmt(&*self.0, f),
+        }
     }
 }
 

@@ -70,17 +70,42 @@ pub(super) fn deserialize<'de, D: Deserializer<'de>>(
 mod tests {
     use super::super::{Cause, HappenError, SOURCES_ON_THE_WIRE};
 
+    /// A chain as flows make it: each level's cause is its source's text.
     fn chain(depth: usize) -> HappenError {
         let mut error = HappenError::Shutdown;
         for hop in 0..depth {
             error = HappenError::HandlerFailed {
                 node: format!("n{hop}"),
                 event_type: "t".into(),
-                cause: "c".into(),
+                cause: error.to_string(),
                 source: Some(Cause::new(error)),
             };
         }
         error
+    }
+
+    #[test]
+    fn a_deep_chain_debugs_in_linear_size_and_keeps_every_level() {
+        let small = format!("{:?}", chain(10)).len();
+        let deep = format!("{:?}", chain(100));
+        println!(
+            "Debug of a failed chain: {small} bytes at 10 deep, {} at 100",
+            deep.len()
+        );
+        // Each level adds the same amount (its name, and its text once in
+        // the top cause); quadratic growth would be 100 times that.
+        assert!(
+            deep.len() < small * 20,
+            "{} bytes at 100 deep, {small} at 10",
+            deep.len()
+        );
+        for hop in 0..100 {
+            assert!(
+                deep.contains(&format!("node: \"n{hop}\"")),
+                "level {hop} missing"
+            );
+        }
+        assert!(deep.contains("Shutdown"), "the innermost error is shown");
     }
 
     #[test]
