@@ -29,6 +29,14 @@ const MISS_MEMORY: Duration = Duration::from_secs(1);
 const MAX_WAITING: usize = 10_000;
 /// The most senders looked up or remembered as missing at once.
 const MAX_SENDERS: usize = 4_096;
+/// The waits before each new try of a lookup that failed (the registry
+/// unreachable for a moment, as while JetStream elects a leader): with
+/// each try bounded by a second, a lookup gives up within about 5.5 s.
+const RETRY_AFTER: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+    Duration::from_millis(1_000),
+];
 
 type Waiter = Box<dyn FnOnce() + Send>;
 
@@ -121,13 +129,23 @@ pub(super) fn after_lookup(
     let shared = shared.clone();
     let held = shared.readers.hold();
     tokio::spawn(async move {
-        let found = registry.look_up(&sender, shared.local.keys()).await;
+        let keys = shared.local.keys();
+        let found = retrying(|| registry.look_up(&sender, keys)).await;
         let waiters = {
             let mut state = lock(&shared.key_lookups.0);
-            let ended = if found {
-                state.senders.remove(&sender)
-            } else {
-                state.senders.insert(sender, Lookup::Missed(Instant::now()))
+            let ended = match found {
+                Ok(true) => state.senders.remove(&sender),
+                Ok(false) => state.senders.insert(sender, Lookup::Missed(Instant::now())),
+                Err(error) => {
+                    // Not remembered as missing: the registry said nothing,
+                    // so the sender's next message tries again.
+                    tracing::warn!(
+                        sender,
+                        %error,
+                        "the key registry could not be read; the sender's waiting messages are judged without its key"
+                    );
+                    state.senders.remove(&sender)
+                }
             };
             let waiters = match ended {
                 Some(Lookup::InFlight(waiters)) => waiters,
@@ -143,6 +161,25 @@ pub(super) fn after_lookup(
     });
 }
 
+/// Runs `look` until it gives an answer, trying again after each wait of
+/// [`RETRY_AFTER`] while it fails; the last failure if every try failed.
+async fn retrying<F, Fut, E>(mut look: F) -> Result<bool, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, E>>,
+{
+    let mut waits = RETRY_AFTER.iter();
+    loop {
+        match look().await {
+            Err(error) => match waits.next() {
+                Some(&wait) => tokio::time::sleep(wait).await,
+                None => return Err(error),
+            },
+            answer => return answer,
+        }
+    }
+}
+
 /// [`after_key`] for code that can wait: resolves once `event` can be
 /// judged.
 pub(super) async fn key_known(shared: &Arc<Shared>, event: &Event) {
@@ -151,4 +188,48 @@ pub(super) async fn key_known(shared: &Arc<Shared>, event: &Event) {
         let _ = tx.send(());
     });
     let _ = rx.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A lookup that fails `failures` times, then finds the key.
+    async fn tries_for(failures: usize) -> (Result<bool, String>, usize, Duration) {
+        let tries = AtomicUsize::new(0);
+        let start = tokio::time::Instant::now();
+        let answer = retrying(|| {
+            let tried = tries.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if tried < failures {
+                    Err(format!("unreachable ({tried})"))
+                } else {
+                    Ok(true)
+                }
+            }
+        })
+        .await;
+        (answer, tries.load(Ordering::SeqCst), start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_that_fails_is_tried_again_then_given_up() {
+        // Answered at once: one try, no wait.
+        assert_eq!(tries_for(0).await, (Ok(true), 1, Duration::ZERO));
+        // A blip of two failures: found on the third try, after 100 + 400 ms.
+        assert_eq!(
+            tries_for(2).await,
+            (Ok(true), 3, Duration::from_millis(500))
+        );
+        // Unreachable throughout: four tries, then the last failure.
+        assert_eq!(
+            tries_for(usize::MAX).await,
+            (
+                Err("unreachable (3)".to_owned()),
+                4,
+                Duration::from_millis(1_500)
+            )
+        );
+    }
 }

@@ -120,16 +120,27 @@ impl KeyRegistry {
 
     /// Reads `node`'s record from the bucket now and applies it to `keys`
     /// (unless the watch applied a newer one meanwhile); whether `keys`
-    /// then holds a key for the node.
-    pub(in crate::transport::nats) async fn look_up(&self, node: &str, keys: &Keys) -> bool {
-        if let Ok(Some(entry)) = self.kv.entry(escape_key(node)).await {
-            let key = match entry.operation {
-                kv::Operation::Put => std::str::from_utf8(&entry.value).ok(),
-                kv::Operation::Delete | kv::Operation::Purge => None,
-            };
-            self.revisions.apply(keys, node, entry.revision, key);
+    /// then holds a key for the node, or why the bucket could not be read
+    /// (within [`LOOKUP_WAIT`]).
+    pub(in crate::transport::nats) async fn look_up(
+        &self,
+        node: &str,
+        keys: &Keys,
+    ) -> std::result::Result<bool, String> {
+        let read = tokio::time::timeout(LOOKUP_WAIT, self.kv.entry(escape_key(node))).await;
+        match read {
+            Ok(Ok(Some(entry))) => {
+                let key = match entry.operation {
+                    kv::Operation::Put => std::str::from_utf8(&entry.value).ok(),
+                    kv::Operation::Delete | kv::Operation::Purge => None,
+                };
+                self.revisions.apply(keys, node, entry.revision, key);
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err(format!("no answer within {LOOKUP_WAIT:?}")),
         }
-        keys.public_key(node).is_some()
+        Ok(keys.public_key(node).is_some())
     }
 
     /// Resolves once every key registered so far is written.
@@ -141,6 +152,10 @@ impl KeyRegistry {
         Ok(())
     }
 }
+
+/// How long one read of a sender's record may take before it counts as
+/// failed (and is tried again, see `key_lookups`).
+const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a probed owner has to answer before its record counts as stale.
 const PROBE_WAIT: Duration = Duration::from_secs(1);
