@@ -5,12 +5,17 @@
 //! word, so ids made in this process sort in the order they were made, on
 //! every thread, even within one millisecond (the sequence orders them; if
 //! it would overflow, the id borrows the next millisecond). The random bits
-//! come from a per-thread generator seeded by the standard library's hash
-//! keys, and keep ids from different processes apart.
+//! keep ids from different processes apart and make an id impossible to
+//! guess from the ones before it (the documentation asks for
+//! cryptographically secure ids): they come from the thread's ChaCha12
+//! generator, seeded and periodically reseeded from the operating system
+//! (`rand`'s thread generator). Until 2026-12-07 they came from xorshift64*,
+//! whose state two consecutive ids gave away (a spec audit predicted the
+//! next ids exactly).
 
-use std::cell::Cell;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::Rng;
 
 use crate::event::now_millis;
 use crate::id::Id;
@@ -21,30 +26,12 @@ const SEQUENCE_BITS: u32 = 22;
 /// `millis << SEQUENCE_BITS | sequence` of the last id made.
 static LAST: AtomicU64 = AtomicU64::new(0);
 
-thread_local! {
-    static RANDOM: Cell<u64> = Cell::new(seed());
-}
-
-fn seed() -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(now_millis());
-    // xorshift must not start at 0.
-    hasher.finish() | 1
-}
-
+/// 64 bits from a cryptographically secure generator (see the module docs).
 pub(crate) fn random() -> u64 {
     if let Some(deterministic) = crate::testkit::clock::random() {
         return deterministic;
     }
-    RANDOM.with(|state| {
-        // xorshift64*
-        let mut x = state.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        state.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    })
+    rand::rng().next_u64()
 }
 
 /// The next (time, sequence) word: later than every one made before.
@@ -216,6 +203,36 @@ pub(crate) fn bytes_of(text: &str) -> Option<[u8; 16]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The spec audit's attack on the old generator (xorshift64*, output
+    /// multiplied by a constant, 52 of its 64 bits in an id): the 4,096
+    /// values of the 12 bits an id leaves out each give a candidate state;
+    /// one that turns an id into the next one predicts the ids after it.
+    /// With a secure generator no candidate links two ids.
+    #[test]
+    fn an_id_does_not_give_away_the_next_ones() {
+        const MUL: u64 = 0x2545_f491_4f6c_dd1d;
+        let step = |mut x: u64| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x
+        };
+        // The multiplier's inverse modulo 2^64 (Newton's iteration).
+        let mut inverse = MUL;
+        for _ in 0..6 {
+            inverse = inverse.wrapping_mul(2u64.wrapping_sub(MUL.wrapping_mul(inverse)));
+        }
+        let random_bits = |bytes: [u8; 16]| (u128::from_be_bytes(bytes) as u64) & ((1 << 52) - 1);
+        for _ in 0..20 {
+            let (first, second) = (random_bits(fresh().0), random_bits(fresh().0));
+            let linked = (0..4096u64).find(|low| {
+                let state = ((first << 12) | low).wrapping_mul(inverse);
+                step(state).wrapping_mul(MUL) >> 12 == second
+            });
+            assert_eq!(linked, None, "two ids gave away the generator's state");
+        }
+    }
 
     /// The clock every id reads is the system's wall clock, in ms.
     #[test]
