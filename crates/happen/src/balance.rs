@@ -21,7 +21,7 @@
 //!
 //! | event | payload |
 //! |---|---|
-//! | [`NODE_DOWN`] | `nodeId`, `lagMetrics` (`messagesWaiting`, `inFlight`, `redelivered`, `stalledMs`), `pattern` |
+//! | [`NODE_DOWN`] | `nodeId`, `lagMetrics` (`messagesWaiting`, `inFlight`, `redelivered`, `stalledMs`), `pattern`, `affectedNodes` (for a `partition`, every node that stalled in the same check, sorted; else the node itself) |
 //! | [`NODE_UP`] | `nodeId`, `lagMetrics`: the node is back under the thresholds (`removed: true`: it went away) |
 //! | [`SYSTEM_DOWN`] | `level` (`warning`, or `critical` when every node is down), `affectedNodes`, `pattern` |
 //! | [`SYSTEM_UP`] | `affectedNodes`: fewer nodes than the system threshold are down again |
@@ -239,17 +239,23 @@ impl Balance {
             }
         }
         let partition = newly_stalled.len() >= 2;
+        newly_stalled.sort();
         for (id, down, stalled, lag, stalled_for) in changes {
             let metrics = metrics(&lag, stalled_for);
             if down {
-                let pattern = match (stalled, partition) {
-                    (true, true) => "partition",
-                    (true, false) => "node-failure",
-                    (false, _) => "bottleneck",
+                let (pattern, affected) = match (stalled, partition) {
+                    (true, true) => ("partition", json!(newly_stalled)),
+                    (true, false) => ("node-failure", json!([id])),
+                    (false, _) => ("bottleneck", json!([id])),
                 };
                 reports.push((
                     NODE_DOWN,
-                    json!({ "nodeId": id, "lagMetrics": metrics, "pattern": pattern }),
+                    json!({
+                        "nodeId": id,
+                        "lagMetrics": metrics,
+                        "pattern": pattern,
+                        "affectedNodes": affected,
+                    }),
                 ));
             } else {
                 reports.push((NODE_UP, json!({ "nodeId": id, "lagMetrics": metrics })));
@@ -386,6 +392,7 @@ mod tests {
         assert_eq!(reports[0].0, NODE_DOWN);
         assert_eq!(reports[0].1["nodeId"], "a");
         assert_eq!(reports[0].1["pattern"], "node-failure");
+        assert_eq!(reports[0].1["affectedNodes"], json!(["a"]));
         assert_eq!(reports[0].1["lagMetrics"]["messagesWaiting"], 9);
         // b is busy but behind: a bottleneck, and with a the system is down
         // (2 of 3, share 0.5), not every node stalled: overload.
@@ -429,6 +436,12 @@ mod tests {
         );
         assert_eq!(reports[2].0, SYSTEM_DOWN);
         assert_eq!(reports[2].1["level"], "critical");
+        // Each node's report names the nodes that stalled with it, as the
+        // documentation's partition handler reads them.
+        for report in &reports[..2] {
+            assert_eq!(report.0, NODE_DOWN);
+            assert_eq!(report.1["affectedNodes"], json!(["a", "b"]));
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! | [`REFUSED`] | a node refused a broadcast or a remote tell (its queue was full, it has no handler for the tell's event type, or its acceptance controls refused the sender) | `node`, `eventType`, `eventId`, `reason`, `suppressed` (see below) |
 //! | [`REJECTED`] | a message from another process was not a valid event: undecodable, or its integrity check failed (see [`crate::integrity`]); no node saw it | `subject`, `eventId` (when it could be read), `reason`, `suppressed` (see below) |
 //! | [`DEAD_LETTER`] | a durable event failed its last attempt (see [`crate::durable`]) | `node`, `eventType`, `eventId`, `attempts`, `error`, `event` (the whole event) |
-//! | `node.down`, `node.up`, `system.down`, `system.up` | flow balance found a node (or most nodes) behind, or recovered: see [`crate::balance`] | `nodeId`, `lagMetrics`, `pattern`; `level`, `affectedNodes` |
+//! | `node.down`, `node.up`, `system.down`, `system.up` | flow balance found a node (or most nodes) behind, or recovered: see [`crate::balance`] | `nodeId`, `lagMetrics`, `pattern`, `affectedNodes`; `level` |
 //!
 //! Every undelivered, refused, rejected and dead-lettered event is also
 //! counted (see [`Happen::counters`](crate::Happen::counters)) and logged
