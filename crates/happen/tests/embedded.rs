@@ -367,6 +367,68 @@ fn send_sync_runs_the_flow_on_the_runtime() -> happen::Result<()> {
     Ok(())
 }
 
+/// The blocking calls work where blocking is allowed: on the blocking
+/// threads of either kind of runtime (which their refusal used to
+/// recommend, while refusing them), and on a multi-thread runtime's own
+/// tasks (in place). Only the thread driving a current-thread runtime is
+/// refused.
+#[test]
+fn the_blocking_calls_work_on_blocking_threads_and_multi_thread_tasks() -> happen::Result<()> {
+    use happen::prelude::*;
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for (flavor, runtime) in [("current-thread", &current), ("multi-thread", &multi)] {
+        runtime.block_on(async {
+            let (happen, a, b, _seen) = ticking()?;
+            b.on("double", |e: Event, _cx: Context| async move {
+                json!(e.payload().as_i64().unwrap_or(0) * 2)
+            })?;
+            a.on("echo", |e: Event, _cx: Context| async move {
+                e.payload().clone()
+            })?;
+            let (node, to) = (a.clone(), b.clone());
+            let blocking = tokio::task::spawn_blocking(move || {
+                let doubled = node.send_sync(&to, Event::new("double", json!(21)))?;
+                let echoed = node.process_sync(Event::new("echo", json!("sync")))?;
+                Ok::<_, HappenError>((doubled, echoed.payload().clone()))
+            })
+            .await
+            .expect("the blocking task");
+            assert_eq!(
+                blocking?,
+                (json!(42), json!("sync")),
+                "{flavor}: spawn_blocking"
+            );
+            if flavor == "current-thread" {
+                let here = a.send_sync(&b, Event::new("double", json!(1)));
+                assert!(
+                    matches!(here, Err(HappenError::BlockingInRuntime { .. })),
+                    "the driving thread: {here:?}"
+                );
+            } else {
+                let (node, to) = (a.clone(), b.clone());
+                let in_a_task =
+                    tokio::spawn(
+                        async move { node.send_sync(&to, Event::new("double", json!(4))) },
+                    )
+                    .await
+                    .expect("the task");
+                assert_eq!(in_a_task?, json!(8), "on a worker, in place");
+            }
+            happen.shutdown().await;
+            Ok::<_, HappenError>(())
+        })?;
+    }
+    Ok(())
+}
+
 /// `into_payload` takes the payload of the only handle to an event and
 /// leaves other handles' payload as it was.
 #[test]

@@ -162,11 +162,11 @@ pub enum HappenError {
     },
 
     /// A blocking call ([`Node::send_sync`](crate::Node::send_sync),
-    /// [`Node::process_sync`](crate::Node::process_sync)) was made on a
-    /// thread of the async runtime, where waiting would stop the very
-    /// tasks it waits for. Nothing was sent.
+    /// [`Node::process_sync`](crate::Node::process_sync)) was made on the
+    /// thread that drives a current-thread runtime, where waiting would
+    /// stop the very tasks it waits for. Nothing was sent.
     #[error(
-        "{call} blocks, and was called on a thread of the async runtime: await the async form instead (send(..).await), or call it from a thread of your own (std::thread::spawn, tokio::task::spawn_blocking)"
+        "{call} blocks, and was called on the thread that drives a current-thread async runtime, which waiting would stop: await the async form instead (send(..).await), or call it from another thread (std::thread::spawn, tokio::task::spawn_blocking)"
     )]
     BlockingInRuntime {
         /// The call that was refused.

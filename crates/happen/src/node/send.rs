@@ -92,60 +92,83 @@ impl<S> Node<S> {
     /// [`Node::send`] for code that is not async (a plain thread, a
     /// callback of a synchronous library): sends `event` to `target` and
     /// blocks this thread until the flow's result arrives (or the request
-    /// times out). The runtime's own threads carry the work, so the runtime
-    /// must be a multi-thread one, or a current-thread one driven by
-    /// another thread.
+    /// times out). The runtime's tasks carry the work meanwhile.
     ///
-    /// On a thread of the async runtime it sends nothing and returns
-    /// [`HappenError::BlockingInRuntime`] at once: blocking there would stop
-    /// the tasks it waits for.
+    /// Where it may be called:
+    /// - on a thread of your own, or a `tokio::task::spawn_blocking` one;
+    /// - on a multi-thread runtime, anywhere, its tasks included: it waits
+    ///   in `tokio::task::block_in_place`, which hands the thread's other
+    ///   tasks to another thread (an `.await` is still the better choice in
+    ///   async code);
+    /// - not on the thread that drives a current-thread runtime, whose
+    ///   tasks would stop while it waits: there it sends nothing and
+    ///   returns [`HappenError::BlockingInRuntime`] at once. (A
+    ///   current-thread runtime's `spawn_blocking` threads are told apart
+    ///   from it by tokio's default thread name; under a runtime that names
+    ///   its threads otherwise they are refused the same way.)
     ///
     /// ```
     /// use happen::prelude::*;
-    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> happen::Result<()> {
     /// let happen = Happen::embedded();
     /// let pricing = happen.node("pricing")?;
     /// pricing.on("quote", |e: Event, _cx: Context| async move { json!(e.payload()["qty"].as_u64().unwrap_or(0) * 3) })?;
-    /// // A synchronous caller on a thread of its own:
+    /// // A synchronous caller on a blocking thread:
     /// let node = pricing.clone();
-    /// let price = std::thread::spawn(move || node.send_sync("pricing", Event::new("quote", json!({ "qty": 4 }))))
-    ///     .join()
+    /// let price = tokio::task::spawn_blocking(move || node.send_sync("pricing", Event::new("quote", json!({ "qty": 4 }))))
+    ///     .await
     ///     .unwrap()?;
     /// assert_eq!(price, json!(12));
-    /// // On the runtime's threads it refuses rather than blocking them.
+    /// // On the thread that drives this current-thread runtime it refuses
+    /// // rather than stopping it.
     /// let err = pricing.send_sync("pricing", Event::new("quote", json!({}))).unwrap_err();
     /// assert!(matches!(err, HappenError::BlockingInRuntime { .. }));
     /// # Ok(()) }
     /// ```
     pub fn send_sync(&self, target: impl Target, event: Event) -> Result<serde_json::Value> {
-        let handle = self.blocking_handle("Node::send_sync")?;
+        let (handle, wait) = self.blocking_handle("Node::send_sync")?;
         let sent = self.send(target, event).unclaimed();
-        handle.block_on(sent.response())
+        wait.block_on(&handle, sent.response())
     }
 
     /// The documentation's `processSync`: hands `event` to this node's own
     /// handlers and blocks until the flow's response event (with its causal
     /// context) arrives; see [`Node::send_sync`] for where it may be called.
     pub fn process_sync(&self, event: Event) -> Result<Event> {
-        let handle = self.blocking_handle("Node::process_sync")?;
+        let (handle, wait) = self.blocking_handle("Node::process_sync")?;
         let sent = self.send(self.id(), event).unclaimed();
-        handle.block_on(sent.response_event())
+        wait.block_on(&handle, sent.response_event())
     }
 
-    /// The runtime's handle, to block on from a thread that is not one of
-    /// the async runtime's.
-    fn blocking_handle(&self, call: &str) -> Result<tokio::runtime::Handle> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(HappenError::BlockingInRuntime {
-                call: call.to_owned(),
-            });
-        }
-        self.runtime()?.handle().cloned().ok_or_else(|| {
+    /// The runtime's handle, and how this thread may wait for its work
+    /// (see [`Node::send_sync`]).
+    fn blocking_handle(&self, call: &str) -> Result<(tokio::runtime::Handle, Wait)> {
+        let wait = match tokio::runtime::Handle::try_current() {
+            Err(_) => Wait::Plain,
+            Ok(current) => match current.runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => Wait::InPlace,
+                // A current-thread runtime has no worker threads: one of
+                // tokio's is of its blocking pool; any other drives it.
+                _ if std::thread::current()
+                    .name()
+                    .is_some_and(|name| TOKIO_THREAD_NAMES.contains(&name)) =>
+                {
+                    Wait::Plain
+                }
+                _ => {
+                    return Err(HappenError::BlockingInRuntime {
+                        call: call.to_owned(),
+                    });
+                }
+            },
+        };
+        let handle = self.runtime()?.handle().cloned().ok_or_else(|| {
             HappenError::Config(format!(
                 "{call}: the runtime was made outside a tokio runtime, so nothing drives its work"
             ))
-        })
+        })?;
+        Ok((handle, wait))
     }
 
     /// The target node when it can be handed the event directly: a live
@@ -346,6 +369,32 @@ impl NodeCore {
             && self.runtime.strong_count() > 0
             && !node.closed.load(Ordering::Acquire))
         .then_some(node)
+    }
+}
+
+/// The names tokio gives the threads it starts, unless told otherwise
+/// (`tokio-rt-worker` since tokio 1.50, `tokio-runtime-worker` before).
+const TOKIO_THREAD_NAMES: [&str; 2] = ["tokio-rt-worker", "tokio-runtime-worker"];
+
+/// How a blocking call waits on its thread.
+enum Wait {
+    /// Outside any runtime's async context: block the thread.
+    Plain,
+    /// Maybe on a multi-thread runtime's worker: its other tasks move to
+    /// another thread first (on a thread outside it, this blocks plainly).
+    InPlace,
+}
+
+impl Wait {
+    fn block_on<F: std::future::Future>(
+        &self,
+        handle: &tokio::runtime::Handle,
+        work: F,
+    ) -> F::Output {
+        match self {
+            Wait::Plain => handle.block_on(work),
+            Wait::InPlace => tokio::task::block_in_place(|| handle.block_on(work)),
+        }
     }
 }
 

@@ -149,7 +149,7 @@ macro_rules! conformance_suite {
             several_handlers_each_run_and_first_registered_answers,
             tell_runs_the_flow_without_an_answer,
             typed_responses_with_response_as,
-            synchronous_callers_block_on_plain_threads_only @threads,
+            synchronous_callers_block_where_waiting_stops_nothing @threads,
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] concurrency;
             slow_flow_does_not_block_others,
