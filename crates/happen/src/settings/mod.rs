@@ -52,6 +52,36 @@
 //! assert!(error.to_string().contains("temporal.maxAge"), "{error}");
 //! ```
 //!
+//! The documentation's own shapes are read too, rewritten into these keys
+//! first; a key given both ways must agree, and what Happen cannot honour
+//! is an error naming it:
+//!
+//! | the documentation's | read as |
+//! |---|---|
+//! | `nats.connection.{servers, jetstream, ..}`, and the same under `nats.connection.server` | `nats.{servers, jetstream, ..}` (`nats.connection.browser` is not a Rust process's: skipped) |
+//! | `nats.connection.reconnect: true`, `reconnectTimeWait`, `maxReconnectAttempts` | `nats.reconnect`: a fixed wait (`baseDelay` = `maxDelay`), `maxAttempts` (-1: never give up); `reconnect: false` is refused (Happen always reconnects) |
+//! | `nats.capabilities.persistence.{enabled, keyValue.enabled}` | `nats.jetstream` |
+//! | `nats.capabilities.persistence.keyValue.buckets` | checked against the names Happen gives them after `nats.prefix` (`happen-state`, `happen-temporal`, `happen-global`) |
+//! | `nats.capabilities.temporal`, `nats.capabilities.persistence.temporal` | `temporal` |
+//! | `nats.capabilities.delivery` | `delivery` |
+//! | `nats.capabilities.flowControl.enabled: true` | nothing (always on); `maxPending` (bytes) is refused, pointing to `delivery.maxPending` |
+//! | in any `delivery`: `exactlyOnce: true`, `acknowledge: true`, `deduplication`, `deduplicationWindow`, `timeout`, `retries` | `mode: "exactly-once"`, nothing (always), nothing (refused `false` with exactly-once), `dedupWindow`, `ackWait`, `maxAttempts` = retries + 1 |
+//!
+//! ```
+//! use happen::settings::Settings;
+//!
+//! let documented = Settings::from_json(r#"{ "nats": {
+//!     "connection": { "server": { "servers": ["nats://127.0.0.1:4222"], "jetstream": true },
+//!                     "reconnectTimeWait": 2000, "maxReconnectAttempts": -1 },
+//!     "capabilities": { "delivery": { "mode": "exactly-once", "deduplicationWindow": "5m" } } } }"#)?;
+//! let direct = Settings::from_json(r#"{ "nats": {
+//!     "servers": ["nats://127.0.0.1:4222"], "jetstream": true,
+//!     "reconnect": { "baseDelay": 2000, "maxDelay": 2000 } },
+//!   "delivery": { "mode": "exactly-once", "dedupWindow": "5m" } }"#)?;
+//! assert_eq!(documented, direct);
+//! # Ok::<(), happen::HappenError>(())
+//! ```
+//!
 //! Patterns of `concurrency.patterns` are applied in the order of their
 //! keys (sorted), each over the defaults; a node's own `NodeConfig` wins.
 //! A `delivery` section in a layer changes only the keys it names: the
@@ -70,6 +100,7 @@ use crate::config::{DeliveryConfig, HappenConfig, NodeConfig};
 use crate::error::{HappenError, Result};
 use crate::state::temporal::TemporalConfig;
 
+mod documented;
 mod sections;
 pub use sections::{
     AuthSettings, Concurrency, DeliveryModeName, DeliverySettings, Millis, NatsSettings,
@@ -133,7 +164,8 @@ impl Settings {
     }
 
     /// Settings from a JSON value (what the file and the environment make).
-    pub fn from_value(value: Value) -> Result<Settings> {
+    pub fn from_value(mut value: Value) -> Result<Settings> {
+        documented::rewrite(&mut value)?;
         let settings: Settings = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             invalid(&path, e.into_inner())

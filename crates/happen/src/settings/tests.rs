@@ -307,3 +307,135 @@ fn what_the_connection_would_refuse_is_refused_when_read() {
         );
     }
 }
+
+/// The documentation's initialisation objects, as written there (its
+/// quick start, unified configuration, temporal state, delivery,
+/// reconnection and node-level delivery examples), read into the same
+/// settings as Happen's own keys.
+#[test]
+fn the_documentations_own_objects_are_read() {
+    let quick_start = Settings::from_json(
+        r#"{ "nats": { "connection": {
+            "server": { "servers": ["nats://127.0.0.1:4222"], "jetstream": true },
+            "browser": { "servers": ["wss://127.0.0.1:8443"], "jetstream": true } } } }"#,
+    )
+    .unwrap();
+    let nats = quick_start.nats.as_ref().unwrap();
+    assert_eq!(nats.servers, ["nats://127.0.0.1:4222"]);
+    assert_eq!(nats.jetstream, Some(true));
+
+    let unified = Settings::from_json(
+        r#"{ "nats": {
+            "connection": { "server": { "servers": ["nats://127.0.0.1:4222"], "jetstream": true } },
+            "capabilities": {
+              "persistence": { "enabled": true, "keyValue": { "enabled": true,
+                "buckets": { "state": "happen-state", "temporal": "happen-temporal" } } },
+              "delivery": { "exactlyOnce": true, "deduplication": true } } } }"#,
+    )
+    .unwrap();
+    assert_eq!(unified.nats.as_ref().unwrap().jetstream, Some(true));
+    let delivery = unified.happen_config();
+    assert_eq!(
+        delivery.resolve("any", &NodeConfig::new()).delivery.mode,
+        DeliveryMode::ExactlyOnce
+    );
+
+    let temporal = Settings::from_json(
+        r#"{ "nats": { "servers": ["nats://127.0.0.1:4222"], "capabilities": { "persistence": {
+            "enabled": true,
+            "keyValue": { "enabled": true, "buckets": { "state": "happen-state", "temporal": "happen-temporal" } },
+            "temporal": { "enabled": true, "history": 100, "maxAge": "30d" } } } } }"#,
+    )
+    .unwrap();
+    let t = temporal.temporal.as_ref().unwrap();
+    assert_eq!((t.enabled, t.history), (Some(true), Some(100)));
+    assert_eq!(t.max_age, Some(Millis(Duration::from_secs(30 * 86_400))));
+
+    let resilience = Settings::from_json(
+        r#"{ "nats": { "servers": ["nats://127.0.0.1:4222"],
+            "connection": { "reconnect": true, "reconnectTimeWait": 2000, "maxReconnectAttempts": -1 },
+            "capabilities": { "delivery": { "mode": "exactly-once", "deduplication": true,
+                                            "deduplicationWindow": "5m" } } } }"#,
+    )
+    .unwrap();
+    let reconnect = resilience.nats.as_ref().unwrap().reconnect.clone().unwrap();
+    assert_eq!(reconnect.base_delay, Some(Millis(Duration::from_secs(2))));
+    assert_eq!(reconnect.max_delay, Some(Millis(Duration::from_secs(2))));
+    assert_eq!(reconnect.max_attempts, None, "-1: never give up");
+    let d = resilience.delivery.as_ref().unwrap();
+    assert_eq!(d.dedup_window, Some(Millis(Duration::from_secs(300))));
+
+    // createNode("payment-service", { delivery: { exactlyOnce, acknowledge,
+    // timeout, retries } }), as a pattern's layer.
+    let node = Settings::from_json(
+        r#"{ "concurrency": { "patterns": { "payment-service": { "delivery": {
+            "exactlyOnce": true, "acknowledge": true, "timeout": 5000, "retries": 3 } } } } }"#,
+    )
+    .unwrap();
+    let limits = node
+        .happen_config()
+        .resolve("payment-service", &NodeConfig::new());
+    assert_eq!(limits.delivery.mode, DeliveryMode::ExactlyOnce);
+    assert_eq!(limits.delivery.ack_wait, Duration::from_secs(5));
+    assert_eq!(
+        limits.delivery.max_attempts, 4,
+        "three retries after the first"
+    );
+}
+
+/// What the documentation's forms say that Happen cannot honour, or that
+/// contradicts the same key given Happen's way, is an error naming it.
+#[test]
+fn the_documentations_forms_that_cannot_hold_are_refused_by_name() {
+    let refused = |json: &str, key: &str| {
+        let error = Settings::from_json(json).unwrap_err().to_string();
+        assert!(error.contains(key), "{key} not named: {error}");
+    };
+    let servers = r#""servers": ["nats://127.0.0.1:4222"]"#;
+    refused(
+        &format!(r#"{{ "nats": {{ {servers}, "connection": {{ "reconnect": false }} }} }}"#),
+        "nats.connection.reconnect",
+    );
+    refused(
+        &format!(r#"{{ "nats": {{ {servers}, "connection": {{ "maxReconnectAttempts": 0 }} }} }}"#),
+        "nats.connection.maxReconnectAttempts",
+    );
+    refused(
+        r#"{ "nats": { "servers": ["nats://a:4222"], "connection": { "servers": ["nats://b:4222"] } } }"#,
+        "nats.connection.servers",
+    );
+    refused(
+        &format!(
+            r#"{{ "nats": {{ {servers}, "capabilities": {{ "persistence": {{ "keyValue": {{ "buckets": {{ "state": "mine" }} }} }} }} }} }}"#
+        ),
+        "happen-state",
+    );
+    refused(
+        &format!(
+            r#"{{ "nats": {{ {servers}, "prefix": "shop", "capabilities": {{ "persistence": {{ "keyValue": {{ "buckets": {{ "state": "happen-state" }} }} }} }} }} }}"#
+        ),
+        "shop-state",
+    );
+    refused(
+        &format!(
+            r#"{{ "nats": {{ {servers}, "capabilities": {{ "flowControl": {{ "enabled": true, "maxPending": 262144 }} }} }} }}"#
+        ),
+        "nats.capabilities.flowControl.maxPending",
+    );
+    refused(
+        &format!(r#"{{ "nats": {{ {servers}, "capabilities": {{ "sharding": {{}} }} }} }}"#),
+        "nats.capabilities.sharding",
+    );
+    refused(
+        r#"{ "delivery": { "mode": "exactly-once", "deduplication": false } }"#,
+        "delivery.deduplication",
+    );
+    refused(
+        r#"{ "concurrency": { "default": { "delivery": { "acknowledge": false } } } }"#,
+        "concurrency.default.delivery.acknowledge",
+    );
+    refused(
+        r#"{ "delivery": { "mode": "at-least-once", "exactlyOnce": true } }"#,
+        "delivery.exactlyOnce",
+    );
+}
