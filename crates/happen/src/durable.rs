@@ -52,6 +52,13 @@
 //! requester, its failure is final for the requester (the items cannot be
 //! taken back), though the event is still retried.
 //!
+//! Over NATS the answer (when not streamed) is also kept in JetStream,
+//! for ten minutes, until its requester has it: an answer made while the
+//! server was unreachable goes out when the answering process reconnects,
+//! possibly before the requester's process has subscribed again, and the
+//! requester finds it kept. Without that a server restart while flows ran
+//! left every requester waiting out its timeout.
+//!
 //! **Exactly-once, precisely.** Inside Happen, an event to an exactly-once
 //! node has the effects of one completed flow:
 //! - a redelivered event whose flow completed is not run again;

@@ -1164,3 +1164,91 @@ async fn durable_events_at_the_size_limit_are_stored_or_refused_at_once() {
     sender.shutdown().await;
     receiver.shutdown().await;
 }
+
+/// Requests to a durable node whose flows end while the server restarts:
+/// each flow runs once (exactly-once) and every requester still gets its
+/// answer. The answer is published while the server is down, so the
+/// answering process sends it on reconnecting, here before the requester's
+/// process has subscribed again: the answer is also kept in
+/// JetStream until its requester has it (a distributed audit found all ten
+/// answers lost, the requesters timing out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_durable_requests_survive_a_server_restart_mid_flow() {
+    const SENT: u64 = 10;
+    for (name, mode) in [
+        ("exactly-once", DeliveryConfig::exactly_once()),
+        ("at-least-once", DeliveryConfig::at_least_once()),
+    ] {
+        let mut server = NatsServer::start().unwrap();
+        let url = server.url();
+        let receiver = Happen::connect(fast_reconnect(url.clone()).co_located(false))
+            .await
+            .unwrap();
+        let calc = receiver.node_with("calc", durable(mode)).unwrap();
+        let started = Arc::new(AtomicU64::new(0));
+        let runs = started.clone();
+        calc.on("slow", move |event: Event, _cx: Context| {
+            runs.fetch_add(1, AtomicOrdering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                json!(event.payload()["n"].as_u64().expect("n") * 2)
+            }
+        })
+        .unwrap();
+        receiver.flush().await.unwrap();
+        // The requester reconnects well after the answering process, which
+        // then sends the answers it made meanwhile to nobody.
+        let slow = happen::nats::Reconnect {
+            max_attempts: None,
+            base_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(2),
+        };
+        let sender = Happen::connect(NatsConfig::new(url).reconnect(slow).co_located(false))
+            .await
+            .unwrap();
+        let client = sender.node("client").unwrap();
+        sender.flush().await.unwrap();
+
+        let asked: Vec<_> = (0..SENT)
+            .map(|n| {
+                let sent = client
+                    .send("calc", Event::new("slow", json!({ "n": n })))
+                    .timeout(Duration::from_secs(30));
+                async move { (n, sent.await) }
+            })
+            .collect();
+        let answers = tokio::spawn(futures::future::join_all(asked));
+        within("every flow started", 10, async {
+            while started.load(AtomicOrdering::SeqCst) < SENT {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        // The flows end, and answer, while the server is down.
+        server.stop();
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        server.restart().unwrap();
+        let answers = within("every request ended", 40, answers).await.unwrap();
+        let answered = answers
+            .iter()
+            .filter(|(n, answer)| matches!(answer, Ok(v) if *v == json!(n * 2)))
+            .count() as u64;
+        let failed: Vec<_> = answers
+            .iter()
+            .filter_map(|(_, a)| a.as_ref().err())
+            .collect();
+        // Late redeliveries would run now.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let runs = started.load(AtomicOrdering::SeqCst);
+        println!(
+            "faults: durable-answers-across-restart-{name} sent={SENT} answered={answered} lost={} runs={runs}",
+            SENT - answered
+        );
+        assert_eq!(answered, SENT, "{name}: {failed:?}");
+        if name == "exactly-once" {
+            assert_eq!(runs, SENT, "each flow ran once");
+        }
+        let _ = sender.shutdown_within(Duration::from_secs(3)).await;
+        let _ = receiver.shutdown_within(Duration::from_secs(3)).await;
+    }
+}

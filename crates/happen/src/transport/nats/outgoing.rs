@@ -80,6 +80,7 @@ pub(super) fn send(
         let (Some(token), Some(reply_to)) = (publish.token, publish.reply) else {
             return Receipt::kept(); // not reached: a registered request has both
         };
+        durable.answers.follow(shared);
         return durable
             .request(target, &event, sealed.payload, token, &reply_to, deadline)
             .unwrap_or_else(|error| {

@@ -20,6 +20,7 @@ use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
 use super::commands::Publish;
+use super::durable::answers::Answers;
 use super::seal::Sealer;
 use super::wire::{self, Credit, Reply};
 use super::{Shared, lock};
@@ -64,6 +65,9 @@ pub(super) struct NatsReply {
     /// Found the first time a reply needs a seal (most replies, answers,
     /// need none: no look-up of the node for them).
     sealer: std::sync::OnceLock<Option<Sealer>>,
+    /// Where a final answer is also kept (a durable request's; see
+    /// `durable::answers`).
+    keep: Option<Arc<Answers>>,
 }
 
 /// A reply's bytes and the headers that seal it.
@@ -89,7 +93,14 @@ impl NatsReply {
             stream: None,
             answering,
             sealer: std::sync::OnceLock::new(),
+            keep: None,
         }
+    }
+
+    /// Keeps the final answer in `answers` too, unless it ends a stream.
+    pub(super) fn keeping(mut self, answers: Arc<Answers>) -> Self {
+        self.keep = Some(answers);
+        self
     }
 
     /// `reply`'s bytes, and its seal when the node signs (an answer needs
@@ -118,7 +129,7 @@ impl NatsReply {
     /// Publishes `reply`; one that cannot be encoded, sealed or sent
     /// whole is replaced by the error saying so (unsealed if even that
     /// cannot be sealed: a requester that requires signatures waits on).
-    fn publish(&self, subject: String, reply: &Reply) {
+    fn publish(&self, subject: String, reply: &Reply, keep: Option<&Arc<Answers>>) {
         let sealed = self.sealed(reply).or_else(|error| {
             tracing::warn!(%error, "answer replaced by its error");
             let substitute = match reply {
@@ -134,19 +145,25 @@ impl NatsReply {
             })
         });
         match sealed {
-            Ok(sealed) => self.send(subject, sealed),
+            Ok((payload, headers)) => {
+                let payload = Bytes::from(payload);
+                if let Some(answers) = keep {
+                    answers.keep(&subject, &payload, headers.as_ref());
+                }
+                self.send(subject, payload, headers);
+            }
             Err(error) => tracing::error!(%error, "cannot encode a reply"),
         }
     }
 
-    fn send(&self, subject: String, (payload, headers): Sealed) {
+    fn send(&self, subject: String, payload: Bytes, headers: Option<HeaderMap>) {
         if let Err(error) = Shared::answer(
             &self.shared,
             Publish {
                 subject: subject.into(),
                 reply: None,
                 headers,
-                payload: Bytes::from(payload),
+                payload,
                 token: None,
             },
         ) {
@@ -210,11 +227,11 @@ impl ReplySink for NatsReply {
             };
             // An item too large (or that cannot be sealed) is the flow's
             // error, not a hole in the stream.
-            let sealed = self.sealed(&item)?;
+            let (payload, headers) = self.sealed(&item)?;
             if let Some(producing) = self.stream.as_mut() {
                 producing.seq += 1;
             }
-            self.send(subject, sealed);
+            self.send(subject, Bytes::from(payload), headers);
             Ok(())
         })
     }
@@ -223,17 +240,19 @@ impl ReplySink for NatsReply {
         let Some(subject) = self.subject.clone() else {
             return;
         };
-        let reply = match &self.stream {
+        let (reply, keep) = match &self.stream {
             Some(producing) => {
                 lock(&self.shared.credits.streams).remove(&producing.token);
-                Reply::End {
+                let end = Reply::End {
                     seq: producing.seq,
                     outcome: Box::new(Reply::from(outcome)),
-                }
+                };
+                // A stream's end is not kept: it could overtake its items.
+                (end, None)
             }
-            None => Reply::from(outcome),
+            None => (Reply::from(outcome), self.keep.as_ref()),
         };
-        self.publish(subject, &reply);
+        self.publish(subject, &reply, keep);
     }
 }
 

@@ -201,7 +201,8 @@ async fn take(
         .map(|v| v.as_str().to_owned());
     let responder = reply_to.map(|r| {
         let request = Some(&event.causal().id);
-        Responder::remote(NatsReply::new(shared.clone(), Some(r), node.id(), request))
+        let reply = NatsReply::new(shared.clone(), Some(r), node.id(), request);
+        Responder::remote(reply.keeping(durable.answers.clone()))
     });
     let mut delivery = Delivery::new(event.clone(), responder, Arrival::Remote);
     delivery.ack = Some(Box::new(JsAck {

@@ -20,6 +20,10 @@
 //! - Exactly-once nodes record each completed event in the KV bucket
 //!   `<prefix>_done` (kept for the duplicate window) before acknowledging
 //!   it; a redelivered event found there is acknowledged without running.
+//! - The final answer of a durable request is also kept in the KV bucket
+//!   `<prefix>_answers` until its requester has it ([`answers`]): published
+//!   during an outage, it may reach the server before the requester has
+//!   subscribed again.
 //!
 //! Publishing goes through one task, in order, with acknowledgements
 //! awaited in a pipeline; a publish that fails (the server unreachable) is
@@ -47,6 +51,7 @@ use crate::id::Id;
 use crate::node::Node;
 use crate::receipt::{Receipt, ReceiptTx};
 
+pub(super) mod answers;
 mod consume;
 pub(super) mod keys;
 mod publish;
@@ -138,6 +143,8 @@ pub(super) struct Durable {
     registry: Arc<Registry>,
     /// The public keys of signing nodes, system-wide.
     pub(super) keys: Arc<keys::KeyRegistry>,
+    /// Answers to durable requests, kept until their requesters have them.
+    pub(super) answers: Arc<answers::Answers>,
     done: kv::Store,
     /// Serializes the changes of this process's consumers and records.
     configuring: tokio::sync::Mutex<()>,
@@ -209,6 +216,8 @@ impl Durable {
         let registry = Arc::new(Registry::load(registry).await);
         let done = bucket(&js, format!("{part}_done"), window, replicas).await?;
         let keys = Arc::new(keys::KeyRegistry::open(&js, &part, replicas).await?);
+        let kept = bucket(&js, format!("{part}_answers"), answers::KEEP_FOR, replicas).await?;
+        let answers = Arc::new(answers::Answers::new(kept));
         let (outgoing, rx) = mpsc::unbounded_channel();
         Ok((
             Durable {
@@ -217,6 +226,7 @@ impl Durable {
                 stream,
                 registry,
                 keys,
+                answers,
                 done,
                 configuring: tokio::sync::Mutex::new(()),
                 outgoing,

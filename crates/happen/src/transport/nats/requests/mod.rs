@@ -228,6 +228,11 @@ impl Requests {
     }
 }
 
+/// Whether request `token` still waits for its reply.
+pub(super) fn waits(shared: &Shared, token: u64) -> bool {
+    lock(&shared.requests.pending).contains_key(&token)
+}
+
 /// A reply on this runtime's inbox for request `token`.
 pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Message) {
     if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
