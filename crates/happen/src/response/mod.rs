@@ -60,6 +60,14 @@ impl Deadline {
         self.state().at = at;
     }
 
+    /// Moves the deadline to `at` if that is later (over NATS, a request
+    /// nobody waits for, offered while its receiver may be resubscribing).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn extend_to(&self, at: tokio::time::Instant) {
+        let mut state = self.state();
+        state.at = state.at.max(at);
+    }
+
     /// Notes why the request has no answer yet (the first reason noted
     /// stays): what its handle reports if the deadline passes.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]

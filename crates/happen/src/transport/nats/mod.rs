@@ -195,7 +195,10 @@ impl NatsTransport {
             requests: Requests::default(),
             credits: Credits::default(),
             filters: Filters::default(),
-            status: Status::default(),
+            status: Status::new(
+                config.intermittent
+                    && client.connection_state() != async_nats::connection::State::Connected,
+            ),
             pings: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             direct: Mutex::new(HashMap::new()),
@@ -336,6 +339,7 @@ async fn sweep(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         shared.requests.sweep();
+        shared.requests.tells.sweep(&shared);
     }
 }
 

@@ -125,7 +125,7 @@ pub(super) fn tell(shared: &Arc<Shared>, target: &str, event: Event) -> Result<R
     }
     let sealed = envelope::seal(&event, false)?;
     sealed.check_size(shared.max_payload())?;
-    shared.commands.publish(Publish {
+    let publish = Publish {
         subject: shared.subjects.direct(target),
         // Only for the server's "no responders" (which names the tell):
         // the receiver sees the header and does not answer.
@@ -141,7 +141,9 @@ pub(super) fn tell(shared: &Arc<Shared>, target: &str, event: Event) -> Result<R
         headers: sealed.headers,
         payload: sealed.payload,
         token: None,
-    })?;
+    };
+    shared.requests.tells.keep(shared, &publish);
+    shared.commands.publish(publish)?;
     Ok(Receipt::kept())
 }
 

@@ -127,6 +127,9 @@ pub(super) fn on_inbox(shared: &Arc<Shared>, message: async_nats::Message) {
                 parts.next().unwrap_or_default(),
                 parts.next().unwrap_or_default(),
             );
+            if shared.requests.tells.refused(shared, &message.subject) {
+                return; // offered again: its receiver may be resubscribing
+            }
             shared.local.undelivered(
                 node,
                 event_type,

@@ -23,6 +23,9 @@ struct State {
     lost_at: Option<Instant>,
     /// When it was last restored after a loss.
     reconnected_at: Option<Instant>,
+    /// The runtime started without its server (intermittent), and has not
+    /// connected yet: its first connection is a coming back too.
+    offline_start: bool,
 }
 
 /// What the transport knows of its connection.
@@ -32,11 +35,39 @@ pub(super) struct Status {
 }
 
 impl Status {
+    /// The status of a runtime that starts without its server
+    /// (`NatsConfig::intermittent`) when `offline`: events it held wait
+    /// for receivers that may be reconnecting themselves, so its first
+    /// connection counts as restoring one.
+    pub(super) fn new(offline: bool) -> Status {
+        Status {
+            state: Mutex::new(State {
+                offline_start: offline,
+                ..State::default()
+            }),
+        }
+    }
+
     /// Whether the connection was restored after a loss within `window`.
     pub(super) fn reconnected_within(&self, window: Duration) -> bool {
-        lock(&self.state)
-            .reconnected_at
+        self.reconnected_at()
             .is_some_and(|at| at.elapsed() < window)
+    }
+
+    /// Whether the connection is up, or came back within `window`: a
+    /// message to another process may meet a receiver that has not
+    /// subscribed again (one lock, for every tell).
+    pub(super) fn unsettled(&self, window: Duration) -> bool {
+        let state = lock(&self.state);
+        state.lost_at.is_some()
+            || state.offline_start
+            || state.reconnected_at.is_some_and(|at| at.elapsed() < window)
+    }
+
+    /// When the connection was last restored after a loss (or, for a
+    /// runtime that started offline, first made).
+    pub(super) fn reconnected_at(&self) -> Option<Instant> {
+        lock(&self.state).reconnected_at
     }
 
     /// The status to report for `event`, and why.
@@ -54,7 +85,12 @@ impl Status {
                         ),
                     )
                 }
-                None => ("connected", "connected to the server".to_owned()),
+                None => {
+                    if std::mem::take(&mut state.offline_start) {
+                        state.reconnected_at = Some(Instant::now());
+                    }
+                    ("connected", "connected to the server".to_owned())
+                }
             },
             async_nats::Event::Disconnected => {
                 state.lost_at.get_or_insert_with(Instant::now);

@@ -35,6 +35,7 @@ use crate::id::Id;
 use crate::stream::{CreditSink, Outcome, STREAM_WINDOW, StreamMsg, StreamRx};
 
 mod checks;
+mod tells;
 
 /// How long an answer from a node makes "no responders" from it look like a
 /// restart rather than a missing node.
@@ -132,6 +133,8 @@ type PendingMap = HashMap<u64, Waiting, std::hash::BuildHasherDefault<TokenHashe
 pub(super) struct Requests {
     next: AtomicU64,
     pending: Mutex<PendingMap>,
+    /// Tells kept while their receiver may be resubscribing.
+    pub(super) tells: tells::Tells,
     /// When each node last answered this runtime.
     /// (Looked up for every request and reply: see "Maps looked
     /// up per event" in the transport module.)
@@ -413,6 +416,15 @@ fn no_responders(shared: &Arc<Shared>, token: u64) {
     let plausible = requests.answered_recently(&waiting.target)
         || shared.status.reconnected_within(RECONNECTED_RECENTLY);
     let pause = retry_pause(waiting.refusals);
+    if !waiting.alive()
+        && let Some(at) = shared.status.reconnected_at()
+    {
+        // Nobody waits for it (a tell, a dropped handle): after the
+        // connection came back it is offered while its receiver may be
+        // resubscribing, however long it was held (an edge runtime's
+        // events can be older than their timeout).
+        waiting.deadline.extend_to(at + RECONNECTED_RECENTLY);
+    }
     let deadline = waiting.deadline.get();
     let margin = waiting.give_up_margin();
     if plausible && Instant::now() + pause + margin < deadline && !shared.is_closed() {
