@@ -322,3 +322,28 @@ impl Seen {
             .remove(id);
     }
 }
+
+impl crate::Happen {
+    /// Forgets, system-wide, that the node `id` is durable, and drops the
+    /// events stored for it that it has not taken: what you do before
+    /// giving a node that was durable direct delivery. Until then, a node
+    /// of that id with direct delivery is refused
+    /// ([`HappenError::Config`]): every process would go on storing its
+    /// events where it never takes them.
+    ///
+    /// Over NATS this deletes the node's JetStream consumer and its
+    /// registration (other processes send to it directly from then on); it
+    /// is refused while the node is durable in this process. Embedded,
+    /// there is nothing to forget.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = happen::Happen::embedded();
+    /// happen.forget_durable("payments").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn forget_durable(&self, id: &str) -> crate::Result<()> {
+        self.0.transport().forget_durable(id).await
+    }
+}

@@ -1252,3 +1252,63 @@ async fn answers_to_durable_requests_survive_a_server_restart_mid_flow() {
         let _ = receiver.shutdown_within(Duration::from_secs(3)).await;
     }
 }
+
+/// A node that was durable, made again with direct delivery: refused by
+/// name (every process would go on storing its events where a direct node
+/// never takes them: a distributed audit saw such a node take none, with
+/// every counter at 0), until `forget_durable` lets the registration and
+/// its stored events go; from then on its events reach it directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_node_made_direct_is_refused_until_forgotten() {
+    let server = NatsServer::start().unwrap();
+    let url = server.url();
+    let first = Happen::connect(fast_reconnect(url.clone()).co_located(false))
+        .await
+        .unwrap();
+    first
+        .node_with("fresh", durable(DeliveryConfig::exactly_once()))
+        .unwrap()
+        .on("item", |_e: Event, _cx: Context| async {})
+        .unwrap();
+    first.flush().await.unwrap();
+    first.shutdown().await;
+
+    let sender = Happen::connect(fast_reconnect(url.clone()).co_located(false))
+        .await
+        .unwrap();
+    let shop = sender.node("shop").unwrap();
+    // Stored while no instance runs.
+    shop.tell("fresh", Event::new("item", json!({ "seq": 0 })))
+        .unwrap()
+        .await
+        .unwrap();
+
+    let second = Happen::connect(fast_reconnect(url).co_located(false))
+        .await
+        .unwrap();
+    let refused = second.node("fresh").unwrap_err();
+    assert!(
+        matches!(&refused, HappenError::Config(why) if why.contains("forget_durable")),
+        "{refused:?}"
+    );
+    second.forget_durable("fresh").await.unwrap();
+    let tally = Tally::default();
+    tally.handle(&second.node("fresh").unwrap(), "item");
+    second.flush().await.unwrap();
+    // The sender learns the registration went, then sends directly.
+    within("events reach the direct node", 10, async {
+        let mut seq = 1;
+        while tally.distinct() == 0 {
+            let _ = shop.tell("fresh", Event::new("item", json!({ "seq": seq })));
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        !tally.0.lock().unwrap().contains_key(&0),
+        "the stored event went with the registration"
+    );
+    let _ = sender.shutdown_within(Duration::from_secs(3)).await;
+    let _ = second.shutdown_within(Duration::from_secs(3)).await;
+}

@@ -112,6 +112,12 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn stores_durable_events(&self) -> bool {
         false
     }
+    /// Forgets that the node `id` is durable, system-wide, and drops the
+    /// events stored for it (see [`Happen::forget_durable`](crate::Happen::forget_durable));
+    /// nothing to forget where durable events stay in the process.
+    fn forget_durable(&self, _id: &str) -> BoxFuture<'static, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
     /// Publishes `node`'s public key where other processes find it (in one
     /// process, the local table is all there is).
     fn register_key(&self, _node: &str, _public_key: &str) {}

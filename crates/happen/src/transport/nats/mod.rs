@@ -359,6 +359,9 @@ impl Transport for NatsTransport {
                 node.id()
             )));
         }
+        if !durable && let Some(store) = &shared.durable {
+            store.refuse_direct(node.id())?;
+        }
         shared.local.attach(node)?;
         if durable && let Some(store) = &shared.durable {
             store.attach(shared, node);
@@ -371,6 +374,10 @@ impl Transport for NatsTransport {
             kind: Kind::Direct,
         });
         Ok(())
+    }
+
+    fn forget_durable(&self, id: &str) -> BoxFuture<'static, Result<()>> {
+        durable::forget(self.shared.clone(), id.to_owned())
     }
 
     fn detach(&self, id: &str) {

@@ -298,6 +298,20 @@ impl Durable {
         futures::future::join_all(reads).await
     }
 
+    /// Refuses to make `node` a direct node while the system has it as a
+    /// durable one: every process would go on storing its events, which
+    /// a direct node never takes (a distributed audit found a node
+    /// redeployed as direct taking none of them, silently).
+    pub(super) fn refuse_direct(&self, node: &str) -> Result<()> {
+        match self.registry.record(node) {
+            Some(record) => Err(HappenError::Config(format!(
+                "node {node}: registered as a durable node ({}) in this system, so every process stores its events in JetStream, where a node with direct delivery never takes them; create it with durable delivery, or let the registration and its stored events go first with Happen::forget_durable(\"{node}\")",
+                record.mode
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Whether events to `node` go through the stream.
     pub(super) fn is_target(&self, node: &str) -> bool {
         self.registry.contains(node)
@@ -477,4 +491,39 @@ async fn bucket(
     })
     .await
     .map_err(|e| unavailable(&format!("cannot create the bucket {name}"), e))
+}
+
+/// [`Happen::forget_durable`](crate::Happen::forget_durable) over NATS:
+/// the node's consumer (and with it the events stored for it) and its
+/// record go; every process learns it from the registry's watch.
+pub(super) fn forget(
+    shared: Arc<Shared>,
+    node: String,
+) -> futures::future::BoxFuture<'static, Result<()>> {
+    Box::pin(async move {
+        let Some(durable) = shared.durable.clone() else {
+            return Err(HappenError::Config(format!(
+                "forget_durable(\"{node}\"): durable registrations live in JetStream, which this runtime does not use (NatsConfig::jetstream(false))"
+            )));
+        };
+        if shared
+            .local
+            .lookup(&node)
+            .is_some_and(|n| n.limits().delivery.mode.is_durable())
+        {
+            return Err(HappenError::Config(format!(
+                "forget_durable(\"{node}\"): the node is durable in this process; shut it down first"
+            )));
+        }
+        let stream = durable
+            .js
+            .get_stream(&durable.stream)
+            .await
+            .map_err(|e| unavailable("cannot find the event stream", e))?;
+        // Absent already (never consumed, or forgotten before): nothing to drop.
+        let _ = stream
+            .delete_consumer(&crate::store::jetstream::escape_key(&node))
+            .await;
+        durable.registry.forget(&node).await
+    })
 }

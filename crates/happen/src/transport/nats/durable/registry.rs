@@ -139,6 +139,19 @@ impl Registry {
         }
     }
 
+    /// Deletes the record of `node`, here at once and in the bucket (which
+    /// every process follows).
+    pub(super) async fn forget(&self, node: &str) -> Result<()> {
+        self.nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+        self.kv
+            .delete(escape_key(node))
+            .await
+            .map_err(|e| unavailable("cannot forget the node's registration", e))
+    }
+
     /// Writes this process's record of `node` to the bucket.
     pub(super) async fn publish(&self, node: &str) -> Result<()> {
         let Some(record) = self.record(node) else {
