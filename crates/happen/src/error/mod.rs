@@ -312,7 +312,7 @@ pub enum HappenError {
 
     /// A message is larger than the server accepts (its `max_payload`).
     #[error(
-        "a message of {size} bytes exceeds the server's limit of {limit} bytes (max_payload, which bounds events and stored state alike); raise the server's max_payload, or keep large data outside Happen (a file, an object store) and pass a reference"
+        "a message of {size} bytes exceeds the server's limit of {limit} bytes (max_payload, which bounds events and node state alike); raise the server's max_payload, or put large data in global state (node.global(), which takes any size) and pass its key"
     )]
     PayloadTooLarge {
         /// The message's size in bytes.

@@ -1,9 +1,11 @@
 //! Global state: one key-value namespace shared by every node of a system, in
 //! every process. Use it for data many events refer to (pass the key instead
 //! of a copy) and for system-wide settings. Over NATS a value is a message
-//! in JetStream, bounded by the server's `max_payload` like an event (a
-//! larger one is [`HappenError::PayloadTooLarge`]);
-//! in one process there is no limit.
+//! in a JetStream bucket; one larger than the server's `max_payload` (1 MiB
+//! by default, which bounds events and node state) is written in chunks to
+//! a JetStream object store, the bucket keeping a pointer to it, so large
+//! data can travel by key as the documentation suggests. In one process
+//! there is no limit.
 //!
 //! ```
 //! use happen::prelude::*;

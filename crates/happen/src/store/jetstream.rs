@@ -4,7 +4,9 @@
 //! Names derive from the subject prefix (`happen` by default): buckets
 //! `happen-state` and `happen-global`, stream `happen-temporal` on subjects
 //! `happen.temporal.<node>`. Node ids and global keys may hold characters
-//! that bucket keys cannot; see [`escape_key`] for the rule.
+//! that bucket keys cannot; see [`escape_key`] for the rule. A global value
+//! too large for one message goes to the object store
+//! `happen-global-large`, the bucket holding a pointer ([`super::large`]).
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use futures::stream::BoxStream;
 use serde_json::Value;
 
 use super::applied::{self, Applied};
+use super::large::Large;
 use super::{Saved, Store, Versioned};
 use crate::error::{HappenError, Result};
 use crate::state::global::GlobalChange;
@@ -80,6 +83,7 @@ pub(crate) struct JetStreamStore {
     global: kv::Store,
     temporal: Option<stream::Stream>,
     temporal_prefix: String,
+    large: std::sync::Arc<Large>,
 }
 
 impl JetStreamStore {
@@ -126,12 +130,14 @@ impl JetStreamStore {
         } else {
             None
         };
+        let large = std::sync::Arc::new(Large::new(js.clone(), &base, replicas));
         Ok(JetStreamStore {
             js,
             state,
             global,
             temporal,
             temporal_prefix,
+            large,
         })
     }
 }
@@ -139,6 +145,11 @@ impl JetStreamStore {
 fn to_bytes(value: &Value) -> Result<Bytes> {
     Ok(Bytes::from(serde_json::to_vec(value)?))
 }
+
+/// Room kept in a message for what the client adds to a global value (the
+/// bucket's subject, the publish's headers): a value larger than the
+/// server's `max_payload` less this goes to the object store.
+const LARGE_ROOM: usize = 1024;
 
 /// Room kept in a stored message for the headers a conditional save adds
 /// (`Nats-Expected-Last-Subject-Sequence: <n>`), which the client counts
@@ -256,7 +267,7 @@ impl Store for JetStreamStore {
     fn global_get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Value>>> {
         Box::pin(async move {
             match self.global.get(escape_key(key)).await {
-                Ok(Some(bytes)) => Ok(Some(from_bytes(&bytes)?)),
+                Ok(Some(bytes)) => Ok(Some(from_bytes(&self.large.resolve(bytes).await?)?)),
                 Ok(None) => Ok(None),
                 Err(e) => Err(store_error("cannot read global state", e)),
             }
@@ -265,8 +276,18 @@ impl Store for JetStreamStore {
 
     fn global_set<'a>(&'a self, key: &'a str, value: &'a Value) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let key = escape_key(key);
+            let bytes = to_bytes(value)?;
+            // Too large for one message: the value goes to the object
+            // store, the bucket keeps a pointer.
+            let limit = self.js.client().max_payload().saturating_sub(LARGE_ROOM);
+            let stored = if bytes.len() > limit {
+                self.large.put(&key, &bytes).await?
+            } else {
+                bytes
+            };
             self.global
-                .put(escape_key(key), self.fits(to_bytes(value)?, 0)?)
+                .put(&key, self.fits(stored, 0)?)
                 .await
                 .map_err(|e| store_error("cannot write global state", e))?;
             Ok(())
@@ -277,17 +298,17 @@ impl Store for JetStreamStore {
         Box::pin(async move {
             let key = escape_key(key);
             // Deleting an absent key would still leave a delete marker.
-            if self
+            if let Some(stored) = self
                 .global
                 .get(&key)
                 .await
                 .map_err(|e| store_error("cannot delete global state", e))?
-                .is_some()
             {
                 self.global
                     .delete(&key)
                     .await
                     .map_err(|e| store_error("cannot delete global state", e))?;
+                self.large.forget(&stored).await?;
             }
             Ok(())
         })
@@ -318,16 +339,21 @@ impl Store for JetStreamStore {
                 None => self.global.watch_all().await,
             }
             .map_err(|e| store_error("cannot watch global state", e))?;
-            let changes = watch.filter_map(|entry| {
-                let change = entry.ok().and_then(|entry| {
+            let large = self.large.clone();
+            let changes = watch.filter_map(move |entry| {
+                let large = large.clone();
+                async move {
+                    let entry = entry.ok()?;
                     let key = unescape_key(&entry.key)?;
                     let value = match entry.operation {
-                        kv::Operation::Put => Some(serde_json::from_slice(&entry.value).ok()?),
+                        kv::Operation::Put => {
+                            let bytes = large.resolve(entry.value).await.ok()?;
+                            Some(serde_json::from_slice(&bytes).ok()?)
+                        }
                         kv::Operation::Delete | kv::Operation::Purge => None,
                     };
                     Some(GlobalChange { key, value })
-                });
-                std::future::ready(change)
+                }
             });
             Ok(changes.boxed())
         })

@@ -10,6 +10,8 @@ pub(crate) mod applied;
 pub(crate) mod disk;
 #[cfg(feature = "nats")]
 pub(crate) mod jetstream;
+#[cfg(feature = "nats")]
+pub(crate) mod large;
 pub(crate) mod memory;
 
 use futures::future::BoxFuture;
