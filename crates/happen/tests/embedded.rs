@@ -412,6 +412,21 @@ fn the_blocking_calls_work_on_blocking_threads_and_multi_thread_tasks() -> happe
                     matches!(here, Err(HappenError::BlockingInRuntime { .. })),
                     "the driving thread: {here:?}"
                 );
+                // A runtime of the caller's own inside a blocking thread:
+                // its thread has tokio's name but drives that runtime.
+                let (node, to) = (a.clone(), b.clone());
+                let nested = tokio::task::spawn_blocking(move || {
+                    let inner = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .expect("runtime");
+                    inner.block_on(async { node.send_sync(&to, Event::new("double", json!(1))) })
+                })
+                .await
+                .expect("refused, not panicked");
+                assert!(
+                    matches!(nested, Err(HappenError::BlockingInRuntime { .. })),
+                    "a nested runtime: {nested:?}"
+                );
             } else {
                 let (node, to) = (a.clone(), b.clone());
                 let in_a_task =

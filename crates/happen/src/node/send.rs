@@ -92,7 +92,9 @@ impl<S> Node<S> {
     /// [`Node::send`] for code that is not async (a plain thread, a
     /// callback of a synchronous library): sends `event` to `target` and
     /// blocks this thread until the flow's result arrives (or the request
-    /// times out). The runtime's tasks carry the work meanwhile.
+    /// times out). The runtime's tasks carry the work meanwhile, so a
+    /// current-thread runtime must be driven by another thread while a
+    /// plain thread waits here (a multi-thread runtime drives itself).
     ///
     /// Where it may be called:
     /// - on a thread of your own, or a `tokio::task::spawn_blocking` one;
@@ -144,23 +146,24 @@ impl<S> Node<S> {
     /// The runtime's handle, and how this thread may wait for its work
     /// (see [`Node::send_sync`]).
     fn blocking_handle(&self, call: &str) -> Result<(tokio::runtime::Handle, Wait)> {
-        let wait = match tokio::runtime::Handle::try_current() {
-            Err(_) => Wait::Plain,
+        let refused = || HappenError::BlockingInRuntime {
+            call: call.to_owned(),
+        };
+        let guessed = match tokio::runtime::Handle::try_current() {
+            Err(_) => None,
             Ok(current) => match current.runtime_flavor() {
-                tokio::runtime::RuntimeFlavor::MultiThread => Wait::InPlace,
-                // A current-thread runtime has no worker threads: one of
-                // tokio's is of its blocking pool; any other drives it.
-                _ if std::thread::current()
-                    .name()
-                    .is_some_and(|name| TOKIO_THREAD_NAMES.contains(&name)) =>
+                tokio::runtime::RuntimeFlavor::MultiThread => Some(Wait::InPlace),
+                // A current-thread runtime has no worker threads: a task of
+                // tokio's blocking pool (a `spawn_blocking` closure) runs on
+                // a thread with tokio's name; any other thread drives it.
+                _ if tokio::task::try_id().is_some()
+                    && std::thread::current()
+                        .name()
+                        .is_some_and(|name| TOKIO_THREAD_NAMES.contains(&name)) =>
                 {
-                    Wait::Plain
+                    Some(Wait::Plain)
                 }
-                _ => {
-                    return Err(HappenError::BlockingInRuntime {
-                        call: call.to_owned(),
-                    });
-                }
+                _ => return Err(refused()),
             },
         };
         let handle = self.runtime()?.handle().cloned().ok_or_else(|| {
@@ -168,6 +171,16 @@ impl<S> Node<S> {
                 "{call}: the runtime was made outside a tokio runtime, so nothing drives its work"
             ))
         })?;
+        let Some(wait) = guessed else {
+            return Ok((handle, Wait::Plain)); // no async runtime here at all
+        };
+        // The guess can be wrong (a runtime of the caller's own, nested in a
+        // blocking thread). Where waiting is not allowed, tokio panics before
+        // running anything: asked first with nothing to wait for, so that
+        // a wrong guess is the typed error and nothing is sent. (Its panic
+        // message still reaches the panic hook.)
+        let probe = std::panic::AssertUnwindSafe(|| wait.block_on(&handle, async {}));
+        std::panic::catch_unwind(probe).map_err(|_| refused())?;
         Ok((handle, wait))
     }
 
