@@ -52,8 +52,8 @@
 //! requester, its failure is final for the requester (the items cannot be
 //! taken back), though the event is still retried.
 //!
-//! Over NATS the answer (when not streamed) is also kept in JetStream,
-//! for ten minutes, until its requester has it: an answer made while the
+//! Over NATS the answer (when not streamed) is also kept in JetStream
+//! (ten minutes; 256 MiB of answers at most) for its requester: an answer made while the
 //! server was unreachable goes out when the answering process reconnects,
 //! possibly before the requester's process has subscribed again, and the
 //! requester finds it kept. Without that a server restart while flows ran
@@ -331,10 +331,13 @@ impl crate::Happen {
     /// ([`HappenError::Config`]): every process would go on storing its
     /// events where it never takes them.
     ///
-    /// Over NATS this deletes the node's JetStream consumer and its
-    /// registration (other processes send to it directly from then on); it
-    /// is refused while the node is durable in this process. Embedded,
-    /// there is nothing to forget.
+    /// Over NATS this deletes the node's registration (other processes send
+    /// to it directly once they learn it, within moments), then, half a
+    /// second later, its JetStream consumer with what was stored for it (an
+    /// event sent in between may still be stored, and goes too). It is
+    /// refused while the node is durable in this process; a durable
+    /// instance in another process registers it again. Embedded, there is
+    /// nothing to forget.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -1305,9 +1305,13 @@ async fn a_durable_node_made_direct_is_refused_until_forgotten() {
         }
     })
     .await;
+    let stream = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap())
+        .get_stream("HAPPEN_DURABLE")
+        .await
+        .unwrap();
     assert!(
-        !tally.0.lock().unwrap().contains_key(&0),
-        "the stored event went with the registration"
+        stream.consumer_info("fresh").await.is_err(),
+        "the consumer went, and the stored event with it"
     );
     let _ = sender.shutdown_within(Duration::from_secs(3)).await;
     let _ = second.shutdown_within(Duration::from_secs(3)).await;

@@ -76,15 +76,31 @@ async fn large_global_values_span_runtimes() {
         "the watch sees it whole"
     );
 
-    // Small, then large again (another value), then gone.
-    writer
-        .global()
-        .set("dataset:large", json!("small"))
+    let objects = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap())
+        .get_object_store("happen-global-large")
         .await
         .unwrap();
+    // The objects the store still holds (not deleted).
+    let live = || async {
+        let listed: Vec<_> = objects.list().await.unwrap().collect().await;
+        listed
+            .into_iter()
+            .filter(|info| info.as_ref().is_ok_and(|i| !i.deleted))
+            .count()
+    };
+    assert_eq!(live().await, 1);
+
+    // Small (its object goes), then large again (another value), then gone.
+    let small = json!("small");
+    writer.global().set("dataset:large", &small).await.unwrap();
     assert_eq!(
         reader.global().get("dataset:large").await.unwrap(),
-        Some(json!("small"))
+        Some(small)
+    );
+    assert_eq!(
+        live().await,
+        0,
+        "nothing points to the large value any more"
     );
     let other = json!({ "rows": rows, "again": true });
     writer.global().set("dataset:large", &other).await.unwrap();
@@ -92,19 +108,10 @@ async fn large_global_values_span_runtimes() {
         reader.global().get("dataset:large").await.unwrap().as_ref(),
         Some(&other)
     );
+    assert_eq!(live().await, 1);
     writer.global().delete("dataset:large").await.unwrap();
     assert_eq!(reader.global().get("dataset:large").await.unwrap(), None);
-    let objects = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap())
-        .get_object_store("happen-global-large")
-        .await
-        .unwrap();
-    assert!(
-        objects
-            .info("dataset=3Alarge")
-            .await
-            .map_or(true, |info| info.deleted),
-        "the delete took the object too"
-    );
+    assert_eq!(live().await, 0, "the delete took the object too");
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -293,9 +293,14 @@ fn check_buckets(nats: &Map<String, Value>, buckets: Map<String, Value>, at: &st
 /// node's): `exactlyOnce`, `acknowledge`, `deduplication`,
 /// `deduplicationWindow`, `timeout`, `retries`.
 fn rewrite_delivery(delivery: &mut Map<String, Value>, at: &str) -> Result<()> {
-    if let Some(once) = delivery.remove("exactlyOnce")
-        && boolean(&once, &format!("{at}.exactlyOnce"))?
-    {
+    if let Some(once) = delivery.remove("exactlyOnce") {
+        if !boolean(&once, &format!("{at}.exactlyOnce"))? {
+            // Which weaker mode is meant is not said: asked, not guessed.
+            return Err(invalid(
+                &format!("{at}.exactlyOnce"),
+                "false says what the mode is not; name it: mode \"at-least-once\" or \"direct\"",
+            ));
+        }
         put(
             delivery,
             "mode",
@@ -314,11 +319,11 @@ fn rewrite_delivery(delivery: &mut Map<String, Value>, at: &str) -> Result<()> {
     }
     if let Some(dedup) = delivery.remove("deduplication")
         && !boolean(&dedup, &format!("{at}.deduplication"))?
-        && delivery.get("mode") == Some(&json!("exactly-once"))
     {
         return Err(invalid(
             &format!("{at}.deduplication"),
-            "exactly-once delivery is de-duplication; use mode \"at-least-once\" without it",
+            "Happen always de-duplicates a repeated publish of an event (by its id, within \
+             dedupWindow), and exactly-once delivery is de-duplication; it cannot be turned off",
         ));
     }
     if let Some(window) = delivery.remove("deduplicationWindow") {

@@ -65,7 +65,7 @@
 //! | `nats.capabilities.temporal`, `nats.capabilities.persistence.temporal` | `temporal` |
 //! | `nats.capabilities.delivery` | `delivery` |
 //! | `nats.capabilities.flowControl.enabled: true` | nothing (always on); `maxPending` (bytes) is refused, pointing to `delivery.maxPending` |
-//! | in any `delivery`: `exactlyOnce: true`, `acknowledge: true`, `deduplication`, `deduplicationWindow`, `timeout`, `retries` | `mode: "exactly-once"`, nothing (always), nothing (refused `false` with exactly-once), `dedupWindow`, `ackWait`, `maxAttempts` = retries + 1 |
+//! | in any `delivery`: `exactlyOnce: true`, `acknowledge: true`, `deduplication: true`, `deduplicationWindow`, `timeout`, `retries` | `mode: "exactly-once"`, nothing (always), nothing (always; `false` is refused, as is `exactlyOnce: false`, which names no mode), `dedupWindow`, `ackWait`, `maxAttempts` = retries + 1 |
 //!
 //! ```
 //! use happen::settings::Settings;

@@ -438,4 +438,14 @@ fn the_documentations_forms_that_cannot_hold_are_refused_by_name() {
         r#"{ "delivery": { "mode": "at-least-once", "exactlyOnce": true } }"#,
         "delivery.exactlyOnce",
     );
+    // A layer saying what it is not, under one that is exactly-once.
+    refused(
+        r#"{ "delivery": { "mode": "exactly-once" },
+             "concurrency": { "patterns": { "audit-*": { "delivery": { "exactlyOnce": false } } } } }"#,
+        "concurrency.patterns.audit-*.delivery.exactlyOnce",
+    );
+    refused(
+        r#"{ "delivery": { "mode": "at-least-once", "deduplication": false } }"#,
+        "delivery.deduplication",
+    );
 }

@@ -266,11 +266,8 @@ impl Store for JetStreamStore {
 
     fn global_get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Value>>> {
         Box::pin(async move {
-            match self.global.get(escape_key(key)).await {
-                Ok(Some(bytes)) => Ok(Some(from_bytes(&self.large.resolve(bytes).await?)?)),
-                Ok(None) => Ok(None),
-                Err(e) => Err(store_error("cannot read global state", e)),
-            }
+            let bytes = read_global(&self.global, &self.large, &escape_key(key), None).await?;
+            bytes.map(|bytes| from_bytes(&bytes)).transpose()
         })
     }
 
@@ -278,6 +275,13 @@ impl Store for JetStreamStore {
         Box::pin(async move {
             let key = escape_key(key);
             let bytes = to_bytes(value)?;
+            // What the key held, so that a large value's object goes once
+            // nothing points to it.
+            let previous = self
+                .global
+                .get(&key)
+                .await
+                .map_err(|e| store_error("cannot write global state", e))?;
             // Too large for one message: the value goes to the object
             // store, the bucket keeps a pointer.
             let limit = self.js.client().max_payload().saturating_sub(LARGE_ROOM);
@@ -290,6 +294,9 @@ impl Store for JetStreamStore {
                 .put(&key, self.fits(stored, 0)?)
                 .await
                 .map_err(|e| store_error("cannot write global state", e))?;
+            if let Some(previous) = previous {
+                self.large.forget(&previous).await?;
+            }
             Ok(())
         })
     }
@@ -339,15 +346,18 @@ impl Store for JetStreamStore {
                 None => self.global.watch_all().await,
             }
             .map_err(|e| store_error("cannot watch global state", e))?;
-            let large = self.large.clone();
+            let (global, large) = (self.global.clone(), self.large.clone());
             let changes = watch.filter_map(move |entry| {
-                let large = large.clone();
+                let (global, large) = (global.clone(), large.clone());
                 async move {
                     let entry = entry.ok()?;
                     let key = unescape_key(&entry.key)?;
                     let value = match entry.operation {
                         kv::Operation::Put => {
-                            let bytes = large.resolve(entry.value).await.ok()?;
+                            let first = Some(entry.value);
+                            let bytes = read_global(&global, &large, &entry.key, first)
+                                .await
+                                .ok()??;
                             Some(serde_json::from_slice(&bytes).ok()?)
                         }
                         kv::Operation::Delete | kv::Operation::Purge => None,
@@ -357,6 +367,34 @@ impl Store for JetStreamStore {
             });
             Ok(changes.boxed())
         })
+    }
+}
+
+/// The value of the global key `key` (escaped), starting from `first` when
+/// it was read already: a large value's object may have gone under a
+/// pointer read a moment before (a newer write took it), and then the key
+/// is read again, a few times at most.
+async fn read_global(
+    global: &kv::Store,
+    large: &Large,
+    key: &str,
+    mut first: Option<Bytes>,
+) -> Result<Option<Bytes>> {
+    let mut tries = 0;
+    loop {
+        let stored = match first.take() {
+            Some(bytes) => bytes,
+            None => match global.get(key).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(store_error("cannot read global state", e)),
+            },
+        };
+        match large.resolve(stored).await {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(error) if tries >= 3 => return Err(error),
+            Err(_) => tries += 1,
+        }
     }
 }
 

@@ -5,12 +5,15 @@
 //! message, which the server's `max_payload` bounds (1 MiB by default), so
 //! the data the pattern is for was refused (`PayloadTooLarge`; a spec audit
 //! found it). A value that does not fit is now written to the JetStream
-//! object store `<base>-global-large` (in chunks, under the value's escaped
-//! key), and the bucket holds a pointer to it: [`MARK`] then the object's
-//! name, which no JSON text can start with. Reads, watches and deletes
-//! follow the pointer. A key that goes from a large value to a small one
-//! leaves its object until the key is deleted or large again (the bucket no
-//! longer points to it).
+//! object store `<base>-global-large` (in chunks), as an object of its own
+//! (the escaped key and a random suffix), and the bucket holds a pointer to
+//! it: [`MARK`] then the object's name, which no JSON text can start with.
+//! Reads, watches and deletes follow the pointer. Each write replaces the
+//! pointer and then deletes the object the bucket pointed to before, so a
+//! pointer never names an object taken away under it by another write; a
+//! reader whose object went (a newer write took it) reads the key again.
+//! Two writers at once can leave the object of the one that lost without a
+//! pointer (an orphan in the object store).
 
 use async_nats::jetstream::{self, object_store};
 use bytes::Bytes;
@@ -62,9 +65,11 @@ impl Large {
             .await
     }
 
-    /// Writes `bytes` as the object `name`; the pointer to keep in the
-    /// bucket instead of the value.
-    pub(crate) async fn put(&self, name: &str, bytes: &Bytes) -> Result<Bytes> {
+    /// Writes `bytes` as a new object for the escaped key `key`; the
+    /// pointer to keep in the bucket instead of the value.
+    pub(crate) async fn put(&self, key: &str, bytes: &Bytes) -> Result<Bytes> {
+        let name = format!("{key}.{:016x}", crate::uuid7::random());
+        let name = name.as_str();
         let mut data: &[u8] = bytes;
         self.store()
             .await?

@@ -137,14 +137,15 @@ pub(super) fn after_lookup(
                 Ok(true) => state.senders.remove(&sender),
                 Ok(false) => state.senders.insert(sender, Lookup::Missed(Instant::now())),
                 Err(error) => {
-                    // Not remembered as missing: the registry said nothing,
-                    // so the sender's next message tries again.
+                    // Remembered for a moment as if missing (a review: a
+                    // hostile sender must not keep thousands of retrying
+                    // lookups going while the registry is out of reach).
                     tracing::warn!(
                         sender,
                         %error,
                         "the key registry could not be read; the sender's waiting messages are judged without its key"
                     );
-                    state.senders.remove(&sender)
+                    state.senders.insert(sender, Lookup::Missed(Instant::now()))
                 }
             };
             let waiters = match ended {

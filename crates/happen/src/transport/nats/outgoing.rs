@@ -142,8 +142,14 @@ pub(super) fn tell(shared: &Arc<Shared>, target: &str, event: Event) -> Result<R
         payload: sealed.payload,
         token: None,
     };
+    let reply = publish.reply.clone();
     shared.requests.tells.keep(shared, &publish);
-    shared.commands.publish(publish)?;
+    if let Err(error) = shared.commands.publish(publish) {
+        if let Some(reply) = reply {
+            shared.requests.tells.forget(&reply);
+        }
+        return Err(error);
+    }
     Ok(Receipt::kept())
 }
 

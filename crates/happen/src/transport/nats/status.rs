@@ -26,12 +26,18 @@ struct State {
     /// The runtime started without its server (intermittent), and has not
     /// connected yet: its first connection is a coming back too.
     offline_start: bool,
+    /// The client gave up reconnecting: nothing it holds will go out.
+    gave_up: bool,
 }
 
 /// What the transport knows of its connection.
 #[derive(Default)]
 pub(super) struct Status {
     state: Mutex<State>,
+    /// Whether a message published now may meet a receiver that has not
+    /// subscribed again (see [`Status::unsettled`]): read by every tell,
+    /// so kept apart from the lock.
+    unsettled: std::sync::atomic::AtomicBool,
 }
 
 impl Status {
@@ -45,6 +51,7 @@ impl Status {
                 offline_start: offline,
                 ..State::default()
             }),
+            unsettled: std::sync::atomic::AtomicBool::new(offline),
         }
     }
 
@@ -54,14 +61,24 @@ impl Status {
             .is_some_and(|at| at.elapsed() < window)
     }
 
-    /// Whether the connection is up, or came back within `window`: a
-    /// message to another process may meet a receiver that has not
-    /// subscribed again (one lock, for every tell).
+    /// Whether the connection is down (and not given up), or came back
+    /// within `window`: a message to another process may meet a receiver
+    /// that has not subscribed again. An atomic load while it is settled
+    /// (every tell asks); the flag is cleared once the window has passed.
     pub(super) fn unsettled(&self, window: Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        if !self.unsettled.load(Ordering::Acquire) {
+            return false;
+        }
         let state = lock(&self.state);
-        state.lost_at.is_some()
-            || state.offline_start
-            || state.reconnected_at.is_some_and(|at| at.elapsed() < window)
+        let unsettled = !state.gave_up
+            && (state.lost_at.is_some()
+                || state.offline_start
+                || state.reconnected_at.is_some_and(|at| at.elapsed() < window));
+        if !unsettled {
+            self.unsettled.store(false, Ordering::Release);
+        }
+        unsettled
     }
 
     /// When the connection was last restored after a loss (or, for a
@@ -73,6 +90,9 @@ impl Status {
     /// The status to report for `event`, and why.
     fn on(&self, event: &async_nats::Event) -> (&'static str, String) {
         let mut state = lock(&self.state);
+        // Any change may unsettle it; `unsettled` settles it again.
+        self.unsettled
+            .store(true, std::sync::atomic::Ordering::Release);
         match event {
             async_nats::Event::Connected => match state.lost_at.take() {
                 Some(lost_at) => {
@@ -104,11 +124,14 @@ impl Status {
             async_nats::Event::Closed => ("closed", event.to_string()),
             // The client gave up reconnecting (`Reconnect::max_attempts`):
             // it sends nothing more, and says so with this error alone.
-            async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects) => (
+            async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects) => {
+                state.gave_up = true;
+                (
                 "closed",
                 "gave up reconnecting after Reconnect::max_attempts attempts; nothing more can be sent"
                     .to_owned(),
-            ),
+            )
+            }
             async_nats::Event::SlowConsumer(_) => ("slow-consumer", event.to_string()),
             async_nats::Event::ServerError(_) | async_nats::Event::ClientError(_) => {
                 ("error", event.to_string())

@@ -148,7 +148,7 @@ impl NatsReply {
             Ok((payload, headers)) => {
                 let payload = Bytes::from(payload);
                 if let Some(answers) = keep {
-                    answers.keep(&subject, &payload, headers.as_ref());
+                    answers.keep(&self.shared, &subject, &payload, headers.as_ref());
                 }
                 self.send(subject, payload, headers);
             }

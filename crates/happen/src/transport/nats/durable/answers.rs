@@ -9,7 +9,8 @@
 //! timeout although the flow ran (a distributed audit lost ten of ten that
 //! way). So the final answer of every durable request is also put in the
 //! KV bucket `<prefix>_answers` under its reply subject, kept for
-//! [`KEEP_FOR`], and a process that sent durable requests follows the
+//! [`KEEP_FOR`] (the bucket holds at most [`MAX_BYTES`]; an answer that does
+//! not fit is not kept, and goes to the inbox only), and a process that sent durable requests follows the
 //! bucket's keys of its own inbox: an answer found there for a request still
 //! waiting is taken as if it came to the inbox (the same checks), a copy of
 //! one taken already is let go. Streamed answers are not kept (their items
@@ -34,6 +35,12 @@ pub(in crate::transport::nats) const KEEP_FOR: Duration = Duration::from_secs(60
 const KEEP_TRYING: Duration = Duration::from_secs(120);
 /// The first version of the kept form (see [`encode`]).
 const VERSION: u8 = 1;
+/// The most bytes of answers being kept at once (waiting for JetStream):
+/// beyond it an answer is not kept (it still goes to the inbox).
+const MAX_KEEPING: usize = 64 << 20;
+/// The most bytes the bucket holds (the bucket refuses more, and an answer
+/// is then not kept).
+pub(in crate::transport::nats) const MAX_BYTES: i64 = 256 << 20;
 
 /// The answers of one runtime's durable requests, and of its durable nodes.
 pub(in crate::transport::nats) struct Answers {
@@ -41,13 +48,20 @@ pub(in crate::transport::nats) struct Answers {
     /// Whether this runtime follows its own answers (started by its first
     /// durable request).
     following: AtomicBool,
+    /// Bytes of answers being kept (see [`MAX_KEEPING`]).
+    keeping: Arc<std::sync::atomic::AtomicUsize>,
+    /// The largest kept form a message carries (the server's `max_payload`
+    /// less room for the subject and headers).
+    limit: usize,
 }
 
 impl Answers {
-    pub(super) fn new(kv: kv::Store) -> Answers {
+    pub(super) fn new(kv: kv::Store, max_payload: usize) -> Answers {
         Answers {
             kv,
             following: AtomicBool::new(false),
+            keeping: Arc::default(),
+            limit: max_payload.saturating_sub(1024),
         }
     }
 
@@ -57,6 +71,7 @@ impl Answers {
     /// Happen runtime (`<inbox>.<number>`) is not kept.
     pub(in crate::transport::nats) fn keep(
         self: &Arc<Self>,
+        shared: &Arc<Shared>,
         subject: &str,
         payload: &Bytes,
         headers: Option<&HeaderMap>,
@@ -65,16 +80,28 @@ impl Answers {
             return;
         };
         let value = encode(payload, headers);
-        let answers = self.clone();
+        // One that cannot fit a message is never kept; nor one past the
+        // bytes kept at once.
+        let size = value.len() + key.len() + 128;
+        let kept = self.keeping.fetch_add(size, Ordering::AcqRel) + size;
+        if size > self.limit || kept > MAX_KEEPING {
+            self.keeping.fetch_sub(size, Ordering::AcqRel);
+            tracing::warn!(key, size, "an answer to a durable request was not kept");
+            return;
+        }
+        let (answers, shared) = (self.clone(), Arc::downgrade(shared));
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
             let mut pause = Duration::from_millis(100);
             loop {
                 match answers.kv.put(&key, value.clone()).await {
-                    Ok(_) => return,
-                    Err(error) if started.elapsed() >= KEEP_TRYING => {
+                    Ok(_) => break,
+                    Err(error)
+                        if started.elapsed() >= KEEP_TRYING
+                            || shared.upgrade().is_none_or(|s| s.is_closed()) =>
+                    {
                         tracing::warn!(%error, key, "an answer to a durable request was not kept");
-                        return;
+                        break;
                     }
                     Err(_) => {
                         tokio::time::sleep(pause).await;
@@ -82,13 +109,14 @@ impl Answers {
                     }
                 }
             }
+            answers.keeping.fetch_sub(size, Ordering::AcqRel);
         });
     }
 
     /// Follows the answers kept for this runtime's requests (once, from its
     /// first durable request until the runtime ends).
     pub(in crate::transport::nats) fn follow(self: &Arc<Self>, shared: &Arc<Shared>) {
-        if self.following.swap(true, Ordering::AcqRel) {
+        if self.following.load(Ordering::Acquire) || self.following.swap(true, Ordering::AcqRel) {
             return;
         }
         let filter = format!("{}.>", escape_key(&shared.inbox));

@@ -216,8 +216,8 @@ impl Durable {
         let registry = Arc::new(Registry::load(registry).await);
         let done = bucket(&js, format!("{part}_done"), window, replicas).await?;
         let keys = Arc::new(keys::KeyRegistry::open(&js, &part, replicas).await?);
-        let kept = bucket(&js, format!("{part}_answers"), answers::KEEP_FOR, replicas).await?;
-        let answers = Arc::new(answers::Answers::new(kept));
+        let kept = answers_bucket(&js, &part, replicas).await?;
+        let answers = Arc::new(answers::Answers::new(kept, js.client().max_payload()));
         let (outgoing, rx) = mpsc::unbounded_channel();
         Ok((
             Durable {
@@ -473,6 +473,24 @@ fn message_headers(event: &Event) -> HeaderMap {
     headers
 }
 
+/// The bucket of kept answers: their time, and a bound on their bytes.
+async fn answers_bucket(js: &jetstream::Context, part: &str, replicas: usize) -> Result<kv::Store> {
+    let name = format!("{part}_answers");
+    if let Ok(store) = js.get_key_value(name.clone()).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.clone(),
+        max_age: answers::KEEP_FOR,
+        max_bytes: answers::MAX_BYTES,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| unavailable(&format!("cannot create the bucket {name}"), e))
+}
+
 async fn bucket(
     js: &jetstream::Context,
     name: String,
@@ -515,15 +533,30 @@ pub(super) fn forget(
                 "forget_durable(\"{node}\"): the node is durable in this process; shut it down first"
             )));
         }
+        // The record first: every process stops storing the node's events
+        // once its registry watch learns it (within moments); what was
+        // stored until then goes with the consumer.
+        durable.registry.forget(&node).await?;
+        tokio::time::sleep(FORGET_GRACE).await;
         let stream = durable
             .js
             .get_stream(&durable.stream)
             .await
             .map_err(|e| unavailable("cannot find the event stream", e))?;
-        // Absent already (never consumed, or forgotten before): nothing to drop.
-        let _ = stream
+        match stream
             .delete_consumer(&crate::store::jetstream::escape_key(&node))
-            .await;
-        durable.registry.forget(&node).await
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Never consumed, or forgotten before: nothing to drop.
+            Err(e) if matches!(e.kind(), async_nats::jetstream::stream::ConsumerErrorKind::JetStream(ref js) if js.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {
+                Ok(())
+            }
+            Err(e) => Err(unavailable("cannot delete the node's consumer", e)),
+        }
     })
 }
+
+/// How long [`forget`] waits between deleting a node's record and its
+/// consumer, for other processes' registry watches to learn it.
+const FORGET_GRACE: Duration = Duration::from_millis(500);
