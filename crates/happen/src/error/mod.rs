@@ -50,7 +50,7 @@ pub enum HappenError {
 
     /// No node with this id is known to the runtime (or reachable over the transport).
     #[error(
-        "no node \"{node}\" is known; create it with happen.node(\"{node}\") (in this or a connected process) before sending to it; a node another process creates is reachable once its node.ready() (or that runtime's flush()) has returned there"
+        "no node \"{node}\" is known: none was created with happen.node(\"{node}\") in this or a connected process, or it was shut down, or its process is gone; a node another process creates is reachable once its node.ready() (or that runtime's flush()) has returned there"
     )]
     UnknownNode {
         /// The requested node id.
