@@ -142,10 +142,10 @@ pub(super) fn tell(shared: &Arc<Shared>, target: &str, event: Event) -> Result<R
         payload: sealed.payload,
         token: None,
     };
-    let reply = publish.reply.clone();
-    shared.requests.tells.keep(shared, &publish);
+    // Kept only while the connection is unsettled (an atomic load otherwise).
+    let kept = shared.requests.tells.keep(shared, &publish);
     if let Err(error) = shared.commands.publish(publish) {
-        if let Some(reply) = reply {
+        if let Some(reply) = kept {
             shared.requests.tells.forget(&reply);
         }
         return Err(error);

@@ -54,13 +54,16 @@ pub(in crate::transport::nats) struct Tells(Mutex<(HashMap<String, Kept>, usize)
 impl Tells {
     /// Keeps the tell about to be published, when its receiver may not be
     /// subscribed yet: the connection is down or just came back.
-    pub(in crate::transport::nats) fn keep(&self, shared: &Shared, publish: &Publish) {
+    /// The reply subject it is kept under, if kept (for [`Tells::forget`]).
+    pub(in crate::transport::nats) fn keep(
+        &self,
+        shared: &Shared,
+        publish: &Publish,
+    ) -> Option<Subject> {
         if !risky(shared) {
-            return;
+            return None;
         }
-        let Some(reply) = publish.reply.clone() else {
-            return;
-        };
+        let reply = publish.reply.clone()?;
         let mut kept = lock(&self.0);
         let (tells, bytes) = &mut *kept;
         let size = publish.payload.len();
@@ -76,7 +79,9 @@ impl Tells {
             if let Some(old) = tells.insert(reply.to_string(), tell) {
                 *bytes -= old.payload.len();
             }
+            return Some(reply);
         }
+        None
     }
 
     /// Lets go of the tell whose reply subject is `reply` (its publish
