@@ -116,6 +116,60 @@ async fn large_global_values_span_runtimes() {
     b.shutdown().await;
 }
 
+/// Large global values written to one key at once from two runtimes: the
+/// key ends holding one of them whole, and the object store holds exactly
+/// the object it points to (each write replaces the pointer it read, and
+/// deletes that pointer's object; before, two writers that read the same
+/// pointer both deleted its object and the loser's object stayed behind
+/// with nothing pointing to it). A delete then leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_global_writers_leave_no_orphan() {
+    use futures::StreamExt;
+    const WRITERS: usize = 8;
+    let server = NatsServer::builder()
+        .config("max_payload: 65536")
+        .start()
+        .unwrap();
+    let a = connect(&server).await;
+    let b = connect(&server).await;
+    let nodes = [a.node("writer").unwrap(), b.node("writer").unwrap()];
+    let value = |writer: usize| json!({ "writer": writer, "rows": vec![writer; 40_000] });
+    for round in 0..3 {
+        let mut tasks = Vec::new();
+        for (i, node) in nodes.iter().cycle().take(2 * WRITERS).enumerate() {
+            let (node, value) = (node.clone(), value(i));
+            tasks.push(tokio::spawn(async move {
+                node.global().set("shared:large", &value).await
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().expect("every write lands");
+        }
+        let held = nodes[round % 2].global().get("shared:large").await.unwrap();
+        let writer = held.as_ref().and_then(|v| v["writer"].as_u64()).unwrap() as usize;
+        assert_eq!(held, Some(value(writer)), "one writer's value, whole");
+        let objects = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap())
+            .get_object_store("happen-global-large")
+            .await
+            .unwrap();
+        let listed: Vec<_> = objects.list().await.unwrap().collect().await;
+        let live = listed
+            .into_iter()
+            .filter(|info| info.as_ref().is_ok_and(|i| !i.deleted))
+            .count();
+        println!(
+            "faults: large-global-writers round={round} writes={} live-objects={live} orphans={}",
+            2 * WRITERS,
+            live.saturating_sub(1)
+        );
+        assert_eq!(live, 1, "round {round}: only the object the key points to");
+    }
+    nodes[0].global().delete("shared:large").await.unwrap();
+    assert_eq!(nodes[1].global().get("shared:large").await.unwrap(), None);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Two runtimes (as two processes) each run 1,000 concurrent increments of
 /// one node's state, ten rounds: every update lands, the counter ends at
 /// 20,000, and no update gives up.

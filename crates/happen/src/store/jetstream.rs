@@ -167,6 +167,54 @@ impl JetStreamStore {
         }
         Ok(bytes)
     }
+
+    /// Writes `stored` to the escaped global key `key` (`None`: deletes
+    /// it), on condition that the key still holds what was read just
+    /// before, then deletes the large value's object the replaced entry
+    /// pointed to. A concurrent write makes the condition fail and the
+    /// write is tried again on what it wrote, so each replaced pointer's
+    /// object is deleted by exactly the write that replaced it (two
+    /// unconditional writes that read the same pointer left the first
+    /// one's object with nothing pointing to it).
+    async fn replace_global(&self, key: &str, stored: Option<Bytes>) -> Result<()> {
+        use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+        let mut attempts = 0u32;
+        loop {
+            let entry = (self.global.entry(key).await)
+                .map_err(|e| store_error("cannot write global state", e))?;
+            let (revision, previous) = match entry {
+                Some(e) if e.operation == Operation::Put => (e.revision, Some(e.value)),
+                Some(e) => (e.revision, None),
+                None => (0, None),
+            };
+            let written = match (&stored, &previous) {
+                (Some(stored), _) => {
+                    (self.global.update(key, stored.clone(), revision).await).map(|_| ())
+                }
+                // Deleting an absent key would still leave a delete marker.
+                (None, None) => return Ok(()),
+                (None, Some(_)) => {
+                    (self.global)
+                        .delete_expect_revision(key, Some(revision))
+                        .await
+                }
+            };
+            match written {
+                Ok(()) => {
+                    if let Some(previous) = previous {
+                        self.large.forget(&previous).await?;
+                    }
+                    return Ok(());
+                }
+                // Bounded only against a server that keeps refusing:
+                // each refusal means another write landed.
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision && attempts < 1000 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(store_error("cannot write global state", e)),
+            }
+        }
+    }
 }
 
 fn from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
@@ -275,50 +323,26 @@ impl Store for JetStreamStore {
         Box::pin(async move {
             let key = escape_key(key);
             let bytes = to_bytes(value)?;
-            // What the key held, so that a large value's object goes once
-            // nothing points to it.
-            let previous = self
-                .global
-                .get(&key)
-                .await
-                .map_err(|e| store_error("cannot write global state", e))?;
             // Too large for one message: the value goes to the object
             // store, the bucket keeps a pointer.
             let limit = self.js.client().max_payload().saturating_sub(LARGE_ROOM);
-            let stored = if bytes.len() > limit {
-                self.large.put(&key, &bytes).await?
-            } else {
-                bytes
+            let large = bytes.len() > limit;
+            let stored = match large {
+                true => self.large.put(&key, &bytes).await?,
+                false => bytes,
             };
-            self.global
-                .put(&key, self.fits(stored, 0)?)
-                .await
-                .map_err(|e| store_error("cannot write global state", e))?;
-            if let Some(previous) = previous {
-                self.large.forget(&previous).await?;
+            let stored = self.fits(stored, HEADER_ROOM)?;
+            let written = self.replace_global(&key, Some(stored.clone())).await;
+            if written.is_err() && large {
+                // Nothing points to the object just written.
+                let _ = self.large.forget(&stored).await;
             }
-            Ok(())
+            written
         })
     }
 
     fn global_delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let key = escape_key(key);
-            // Deleting an absent key would still leave a delete marker.
-            if let Some(stored) = self
-                .global
-                .get(&key)
-                .await
-                .map_err(|e| store_error("cannot delete global state", e))?
-            {
-                self.global
-                    .delete(&key)
-                    .await
-                    .map_err(|e| store_error("cannot delete global state", e))?;
-                self.large.forget(&stored).await?;
-            }
-            Ok(())
-        })
+        Box::pin(async move { self.replace_global(&escape_key(key), None).await })
     }
 
     fn global_keys(&self) -> BoxFuture<'_, Result<Vec<String>>> {

@@ -12,8 +12,10 @@
 //! pointer and then deletes the object the bucket pointed to before, so a
 //! pointer never names an object taken away under it by another write; a
 //! reader whose object went (a newer write took it) reads the key again.
-//! Two writers at once can leave the object of the one that lost without a
-//! pointer (an orphan in the object store).
+//! The bucket's writes are conditional on the revision read before them
+//! (`JetStreamStore::replace_global`), so of two writers at once each
+//! deletes only the object of the pointer it replaced, and none is left
+//! without a pointer.
 
 use async_nats::jetstream::{self, object_store};
 use bytes::Bytes;
@@ -24,6 +26,12 @@ use crate::error::{HappenError, Result};
 
 /// How a pointer starts: a zero byte, which no JSON text begins with.
 const MARK: &[u8] = b"\0happen-large-v1\0";
+
+/// The largest chunk of an object (the client's default).
+const CHUNK: usize = 128 * 1024;
+
+/// What a chunk's message needs besides its bytes (subject, headers).
+const CHUNK_ROOM: usize = 1024;
 
 /// The object store of one runtime's large global values, made on first use.
 pub(crate) struct Large {
@@ -69,11 +77,18 @@ impl Large {
     /// pointer to keep in the bucket instead of the value.
     pub(crate) async fn put(&self, key: &str, bytes: &Bytes) -> Result<Bytes> {
         let name = format!("{key}.{:016x}", crate::uuid7::random());
-        let name = name.as_str();
         let mut data: &[u8] = bytes;
+        // Chunks the server takes: the client's default (128 KiB) is
+        // refused by a server whose `max_payload` is lower.
+        let room = self.js.client().max_payload().saturating_sub(CHUNK_ROOM);
+        let meta = object_store::ObjectMetadata {
+            name: name.clone(),
+            chunk_size: Some(room.clamp(1024, CHUNK)),
+            ..Default::default()
+        };
         self.store()
             .await?
-            .put(name, &mut data)
+            .put(meta, &mut data)
             .await
             .map_err(|e| store_error("cannot write a large global value", e))?;
         let mut pointer = Vec::with_capacity(MARK.len() + name.len());
