@@ -38,8 +38,9 @@
 //! [`crate::identity`]). Source rules trust the origin a signing sender put
 //! in the event (the source is covered by its signature, not checked
 //! against anything). The runtime's own reports (`system.*`, made in this
-//! process) are never signed and need no signature; one from another
-//! process claiming [`SYSTEM_SENDER`](crate::SYSTEM_SENDER) does.
+//! process) are never signed and need no signature; an event from another
+//! process claiming [`SYSTEM_SENDER`](crate::SYSTEM_SENDER) is rejected
+//! before any rule sees it.
 //!
 //! ```
 //! use happen::prelude::*;

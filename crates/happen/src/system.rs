@@ -5,7 +5,10 @@
 //! events, so that nodes can react with ordinary handlers. Their sender is
 //! [`SYSTEM_SENDER`], which is not a valid node id and so is never confused
 //! with one. They are delivered to the nodes of the process where they
-//! happened, not through the network (which may be what failed).
+//! happened, not through the network (which may be what failed), and an
+//! event from the network that claims that sender is rejected as forged
+//! (see [`REJECTED`]). A node may still send or broadcast an event of one
+//! of these types: where it matters who reported it, check the sender.
 //!
 //! | event type | when | payload |
 //! |---|---|---|
@@ -123,6 +126,8 @@ pub const DEAD_LETTER: &str = "system.dead-letter";
 /// A node's queue passed its backpressure threshold (`"pressure": true`) or
 /// emptied again (`false`); see
 /// [`NodeConfig::backpressure_threshold`](crate::NodeConfig::backpressure_threshold).
+/// The one report that goes to every process: its sender is the node whose
+/// queue it reports, not [`SYSTEM_SENDER`].
 pub const BACKPRESSURE: &str = "system.backpressure";
 
 /// How many events went undelivered, were refused or rejected, and how

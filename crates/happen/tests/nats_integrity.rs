@@ -815,3 +815,341 @@ async fn a_flood_of_bad_messages_is_counted_in_full_and_reported_at_a_bounded_ra
         reports.len()
     );
 }
+
+/// The runtime's own reports carry the sender `happen.system`, which no
+/// node id can be, so a handler may trust an event from it. No event from
+/// the network may claim it: a broadcast captured, its sender renamed to
+/// `happen.system` and its hash computed again (the hash proves
+/// wholeness, not origin) is rejected before any handler, the
+/// runtime-level ones included (a security audit reached one). The same
+/// broadcast under its real sender is delivered: any node may broadcast an
+/// event of a system type, and only the sender tells them apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_from_the_network_passes_as_the_runtimes_own() {
+    let server = NatsServer::start().unwrap();
+    let victim = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    victim
+        .on("system.connection-status", move |e: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e);
+            }
+        })
+        .unwrap();
+    let mut rejected = rejections(&victim);
+    victim.flush().await.unwrap();
+    // Whatever the runtime reported of its own connection so far.
+    while let Ok(Some(own)) = tokio::time::timeout(Duration::from_millis(300), seen.recv()).await {
+        assert_eq!(own.causal().sender, happen::SYSTEM_SENDER);
+    }
+
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut tap = raw.subscribe("happen.bcast.>").await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
+    let attacker = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let forger = attacker.node("happen-system").unwrap();
+    forger
+        .broadcast(Event::new(
+            "system.connection-status",
+            json!({ "status": "disconnected", "reason": "forged" }),
+        ))
+        .unwrap();
+    let captured = next(&mut tap).await;
+    let genuine = within("the broadcast under its sender", 10, seen.recv())
+        .await
+        .unwrap();
+    assert_eq!(genuine.causal().sender, "happen-system");
+
+    // Renamed (sender, origin, path) and hashed again.
+    let renamed = serde_json::to_string(&genuine)
+        .unwrap()
+        .replace("happen-system", happen::SYSTEM_SENDER);
+    let forged: Event = serde_json::from_str(&renamed).unwrap();
+    let mut bytes = captured.payload.to_vec();
+    let old = genuine.hash();
+    let at =
+        (bytes.windows(32).position(|w| w == old.as_bytes())).expect("the hash in the message");
+    bytes[at..at + 32].copy_from_slice(happen::integrity::EventHash::of(&forged).as_bytes());
+    let mut renamed_bytes = 0;
+    while let Some(at) = bytes.windows(13).position(|w| w == b"happen-system") {
+        bytes[at..at + 13].copy_from_slice(happen::SYSTEM_SENDER.as_bytes());
+        renamed_bytes += 1;
+    }
+    assert!(renamed_bytes >= 1);
+    raw.publish(captured.subject.clone(), Bytes::from(bytes))
+        .await
+        .unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
+    let report = within("the rejection", 10, rejected.recv()).await.unwrap();
+    let reason = report["reason"].as_str().unwrap().to_owned();
+    let reached = tokio::time::timeout(Duration::from_millis(500), seen.recv())
+        .await
+        .ok()
+        .flatten();
+    println!(
+        "integrity: forged-system-sender rejected={} reason={reason:?} reached-a-handler={}",
+        victim.counters().rejected,
+        reached.is_some()
+    );
+    assert!(reason.contains(happen::SYSTEM_SENDER), "{reason}");
+    assert!(reached.is_none(), "a forged report reached a handler");
+    assert_eq!(victim.counters().rejected, 1);
+}
+
+/// Another service, refused writing the payments node's identity record,
+/// asks payments to write it instead: messages to `happen.node.payments`
+/// whose reply subject is the record's subject, and a stored event to the
+/// durable node with that subject as its `Happen-Reply-To`. An answer goes
+/// only to an inbox: each message is rejected (counted, reported), never
+/// run, and the record keeps payments' key. (A security audit's node wrote
+/// its refusal into its own record this way, and lost its identity.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_message_makes_a_node_answer_outside_an_inbox() {
+    let server = permissioned_server();
+    let payments = Happen::connect(as_service(&server, "payments"))
+        .await
+        .unwrap();
+    let key = happen::NodeIdentity::generate();
+    let node = payments
+        .node_with(
+            "payments",
+            NodeConfig::new()
+                .identity(key.clone())
+                .sign(true)
+                .delivery(happen::DeliveryConfig::at_least_once()),
+        )
+        .unwrap();
+    let (tx, mut ran) = mpsc::unbounded_channel();
+    node.on("charge", move |e: Event, _cx: Context| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(e.payload().clone());
+            json!("charged")
+        }
+    })
+    .unwrap();
+    let mut rejected = rejections(&payments);
+    payments.flush().await.unwrap();
+
+    let raw =
+        async_nats::ConnectOptions::with_user_and_password("orders".into(), "orders-secret".into())
+            .connect(server.url())
+            .await
+            .unwrap();
+    // Captured where payments may look (orders may not subscribe there).
+    let tap = async_nats::ConnectOptions::with_user_and_password(
+        "payments".into(),
+        "payments-secret".into(),
+    )
+    .connect(server.url())
+    .await
+    .unwrap();
+    let mut stored = tap.subscribe("happen.durable.node.payments").await.unwrap();
+    happen_test::round_trip(&tap).await.unwrap();
+    let orders = Happen::connect(as_service(&server, "orders"))
+        .await
+        .unwrap();
+    let shop = orders.node("orders").unwrap();
+    shop.tell("payments", Event::new("charge", json!({ "cents": 5 })))
+        .unwrap();
+    let genuine = next(&mut stored).await;
+    assert_eq!(
+        within("the genuine charge", 10, ran.recv()).await.unwrap()["cents"],
+        5
+    );
+
+    let record = "$KV.happen_identity.payments";
+    for bytes in [&b"junk"[..], &genuine.payload[..]] {
+        raw.publish_with_reply(
+            "happen.node.payments",
+            record,
+            Bytes::copy_from_slice(bytes),
+        )
+        .await
+        .unwrap();
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Happen-Reply-To", record);
+    headers.insert("Nats-Msg-Id", "another-id");
+    raw.publish_with_headers(genuine.subject.clone(), headers, genuine.payload.clone())
+        .await
+        .unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
+    let mut reasons = Vec::new();
+    for _ in 0..3 {
+        let report = within("the rejections", 10, rejected.recv()).await.unwrap();
+        reasons.push(report["reason"].as_str().unwrap().to_owned());
+    }
+    let again = tokio::time::timeout(Duration::from_millis(500), ran.recv()).await;
+    let js = async_nats::jetstream::new(raw.clone());
+    let registry = js.get_key_value("happen_identity").await.unwrap();
+    let record_now = registry.get("payments").await.unwrap().unwrap();
+    println!(
+        "integrity: reply-subject-outside-an-inbox sent=3 rejected={} ran={} record-intact={}",
+        payments.counters().rejected,
+        again.is_ok(),
+        record_now == key.public_key()
+    );
+    assert!(
+        reasons.iter().all(|r| r.contains("not an inbox")),
+        "{reasons:?}"
+    );
+    assert!(again.is_err(), "a message with a hostile reply subject ran");
+    assert_eq!(
+        record_now,
+        Bytes::from(key.public_key()),
+        "the record was overwritten"
+    );
+    assert_eq!(payments.counters().rejected, 3);
+}
+
+/// Under the deployment pattern, another service cannot take, settle or
+/// drop the events stored for a durable node, nor write its state: the
+/// payments user's attempts on the orders node's consumer (its info, a
+/// pull, a delete), on its deliveries' acknowledgements and on its state
+/// record are refused by the server, and when orders comes back it handles
+/// all ten events stored meanwhile. (A security audit, on the file before,
+/// pulled and acknowledged all ten as payments, and rewrote orders' state.)
+/// What the pattern cannot stop is documented in the file: a consumer of
+/// payments' own reads copies, which orders still gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stops_a_service_from_taking_another_ones_stored_events() {
+    use async_nats::jetstream::consumer;
+    let server = permissioned_server();
+    let durable = || NodeConfig::new().delivery(happen::DeliveryConfig::at_least_once());
+    // orders' first life registers the durable node and its state.
+    let first = Happen::connect(as_service(&server, "orders"))
+        .await
+        .unwrap();
+    let orders = first.node_with("orders", durable()).unwrap();
+    orders
+        .state()
+        .set(|_| json!({ "balance": 100 }))
+        .await
+        .unwrap();
+    first.flush().await.unwrap();
+    first.shutdown().await;
+    let shop_runtime = Happen::connect(as_service(&server, "orders"))
+        .await
+        .unwrap();
+    let shop = shop_runtime.node("shop").unwrap();
+    for n in 0..10 {
+        shop.tell("orders", Event::new("order", json!({ "n": n })))
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    // The server's refusals of publishes come back as errors on the side.
+    let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = violations.clone();
+    let raw = async_nats::ConnectOptions::with_user_and_password(
+        "payments".into(),
+        "payments-secret".into(),
+    )
+    .request_timeout(Some(Duration::from_secs(2)))
+    .event_callback(move |event| {
+        let seen = seen.clone();
+        async move {
+            if let async_nats::Event::ServerError(error) = event {
+                seen.lock().unwrap().push(error.to_string());
+            }
+        }
+    })
+    .connect(server.url())
+    .await
+    .unwrap();
+    let js = async_nats::jetstream::new(raw.clone());
+    let stream = js.get_stream("HAPPEN_DURABLE").await.unwrap();
+    let info = stream
+        .get_consumer::<consumer::pull::Config>("orders")
+        .await;
+    let pulled = raw
+        .request(
+            "$JS.API.CONSUMER.MSG.NEXT.HAPPEN_DURABLE.orders",
+            Bytes::from_static(br#"{"batch":10,"no_wait":true}"#),
+        )
+        .await;
+    let deleted = stream.delete_consumer("orders").await;
+    raw.publish(
+        "$JS.ACK.HAPPEN_DURABLE.orders.1.1.1.0.0",
+        Bytes::from_static(b"+ACK"),
+    )
+    .await
+    .unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
+    let ack_refused = violations
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.contains("$JS.ACK.HAPPEN_DURABLE.orders"));
+    let state = js.get_key_value("happen-state").await.unwrap();
+    let written = state
+        .put("orders", Bytes::from(r#"{"balance":1000000}"#))
+        .await;
+    // A consumer of payments' own: it reads copies, it takes nothing.
+    let spy = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("spy".into()),
+            filter_subject: "happen.durable.node.orders".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut copies = spy
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let mut read = 0;
+    while let Some(Ok(message)) = copies.next().await {
+        message.ack().await.unwrap();
+        read += 1;
+    }
+    stream.delete_consumer("spy").await.unwrap();
+
+    let second = Happen::connect(as_service(&server, "orders"))
+        .await
+        .unwrap();
+    let orders = second.node_with("orders", durable()).unwrap();
+    let (tx, mut handled) = mpsc::unbounded_channel();
+    orders
+        .on("order", move |e: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e.payload()["n"].as_u64().unwrap());
+            }
+        })
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        got.push(
+            within("orders' stored events", 20, handled.recv())
+                .await
+                .unwrap(),
+        );
+    }
+    got.sort_unstable();
+    let balance = orders.state().get().await.unwrap();
+    println!(
+        "permissions: info-refused={} pull-refused={} delete-refused={} ack-refused={} state-write-refused={} spy-read={read} orders-handled={} balance={balance}",
+        info.is_err(),
+        pulled.is_err(),
+        deleted.is_err(),
+        ack_refused,
+        written.is_err(),
+        got.len()
+    );
+    assert!(info.is_err() && pulled.is_err() && deleted.is_err());
+    assert!(ack_refused && written.is_err());
+    assert_eq!(got, (0..10).collect::<Vec<u64>>());
+    assert_eq!(balance, json!({ "balance": 100 }));
+    second.shutdown().await;
+}

@@ -171,7 +171,8 @@ impl NodeConfig {
     /// event (`{"node", "queued", "queueLimit", "pressure": true}`) when
     /// the queue reaches it, and one with `"pressure": false` once it is
     /// empty again. It reaches every node that handles it, in every process
-    /// (senders among them: the signal to slow down). `share` is clamped to
+    /// (senders among them: the signal to slow down), sent by the node
+    /// itself. `share` is clamped to
     /// 0..=1; 1 (the default) reports nothing before the limit.
     pub fn backpressure_threshold(mut self, share: f64) -> Self {
         let share = if share.is_finite() {

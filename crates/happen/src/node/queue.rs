@@ -11,7 +11,6 @@ use super::{Node, NodeCore};
 use crate::config::QueueStrategy;
 use crate::delivery::Delivery;
 use crate::event::Event;
-use crate::id::Id;
 use crate::system;
 
 /// The application context field that holds an event's priority.
@@ -97,8 +96,17 @@ impl NodeCore {
         if pressure {
             tracing::warn!(node = %self.id, queued, "backpressure: the node's queue is over its threshold");
         }
+        // Sent by the node itself: it crosses processes, where no event may
+        // claim the runtime's own sender (`system::SYSTEM_SENDER`).
+        // Signed when the node signs what it sends, so that nodes requiring
+        // signatures take it too.
         let mut event = Event::new(system::BACKPRESSURE, payload);
-        crate::event::stamp(&mut event, &Id::from(system::SYSTEM_SENDER), None);
+        crate::event::stamp(&mut event, &self.id, None);
+        if self.limits.sign
+            && let Err(error) = crate::identity::sign(&mut event, &**self.signer(), None)
+        {
+            tracing::warn!(node = %self.id, %error, "backpressure report not signed");
+        }
         if let Err(error) = runtime.transport().broadcast(event) {
             tracing::warn!(node = %self.id, %error, "backpressure report not sent");
         }

@@ -409,6 +409,8 @@ pub async fn backpressure_is_reported_before_the_queue_is_full(backend: &dyn Bac
             move |e: Event, _cx: Context| {
                 let tx = tx.clone();
                 async move {
+                    // Reported by the node itself.
+                    assert_eq!(e.causal().sender, "bp-worker");
                     let _ = tx.send(e.payload().clone());
                 }
             },

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::durable::keys::KeyRegistry;
-use super::{CLOSED, DRAINING, Shared, envelope, key_lookups, lock, requests, streams};
+use super::{CLOSED, DRAINING, Shared, envelope, key_lookups, lock, requests, streams, subjects};
 use crate::delivery::{Arrival, Responder};
 use crate::error::HappenError;
 use crate::event::Event;
@@ -20,6 +20,14 @@ pub(super) fn on_direct(shared: &Arc<Shared>, message: async_nats::Message) {
         return;
     };
     let reply_subject = message.reply.as_ref().map(|s| s.to_string());
+    if let Some(reply) = reply_subject
+        .as_deref()
+        .filter(|r| !subjects::answerable(r))
+    {
+        let event_id = envelope::open(&message).map(|o| o.event.id().to_owned());
+        let error = subjects::not_answerable(reply, &event_id.unwrap_or_default());
+        return shared.local.rejected(&message.subject, &error);
+    }
     match envelope::open(&message) {
         Ok(opened) => {
             let (event, then) = (opened.event.clone(), shared.clone());

@@ -34,6 +34,32 @@ const RECENT_IDS: usize = 65_536;
 
 /// The subject a signing node's runtime answers probes on with the
 /// node's public key.
+/// Where every reply subject a runtime makes begins: async-nats's inbox
+/// prefix (each runtime's inbox is `_INBOX.<unique>`).
+const INBOX_PREFIX: &str = "_INBOX.";
+
+/// Whether `subject`, given by another process as where to answer it (a
+/// message's reply subject, a durable request's `Happen-Reply-To`, a
+/// stream's credit subject), may be published to: only an inbox. Anything
+/// else is refused, so that nobody can make a runtime publish its answers
+/// under its own credentials to a subject they may not write themselves:
+/// a security audit made a node write its refusal into its own record of
+/// the identity registry (`$KV.happen_identity.<node>`) this way.
+pub(super) fn answerable(subject: &str) -> bool {
+    subject.len() > INBOX_PREFIX.len() && subject.starts_with(INBOX_PREFIX)
+}
+
+/// Why a message with the reply subject `subject` is refused.
+pub(super) fn not_answerable(subject: &str, event_id: &str) -> crate::HappenError {
+    let shown: String = subject.chars().take(80).collect();
+    crate::HappenError::Integrity {
+        event_id: event_id.to_owned(),
+        reason: format!(
+            "its reply subject \"{shown}\" is not an inbox ({INBOX_PREFIX}...): an answer there would be published with this process's permissions"
+        ),
+    }
+}
+
 pub(super) fn identity_subject(prefix: &str, node: &str) -> String {
     joined(prefix, ".identity.", node)
 }

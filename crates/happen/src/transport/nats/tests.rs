@@ -103,6 +103,9 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
         .await
         .unwrap();
     let responder = raw.clone();
+    // Credit goes only to an inbox (see `subjects::answerable`).
+    let credit_subject = format!("{}.credit", raw.new_inbox());
+    let credit_to = credit_subject.clone();
     tokio::spawn(async move {
         while let Some(message) = requests.next().await {
             let event = wire::decode_event(&message.payload).unwrap();
@@ -116,7 +119,7 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
             let credited = Reply::Item {
                 seq: 0,
                 value: json!(0),
-                credit: Some("faulty.credit".to_owned()),
+                credit: Some(credit_to.clone()),
             };
             let script: Vec<Reply> = match event.event_type() {
                 "gap" => vec![credited, item(2)],
@@ -139,7 +142,7 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
             }
         }
     });
-    let mut credit = raw.subscribe("faulty.credit").await.unwrap();
+    let mut credit = raw.subscribe(credit_subject).await.unwrap();
     happen_test::round_trip(&raw).await.unwrap();
 
     let happen = Happen::connect(NatsConfig::new(server.url()))

@@ -83,7 +83,32 @@ pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event> {
             .map_err(|e| HappenError::codec("cannot decode event", e))?,
     };
     crate::integrity::verify_with(&event, uuids)?;
+    not_the_system(&event)?;
     Ok(event)
+}
+
+/// Refuses an event from the network that claims the runtime's own sender
+/// ([`SYSTEM_SENDER`](crate::SYSTEM_SENDER)), itself or in a batch member:
+/// a runtime's reports never leave its process, so such an event is
+/// forged, and a handler that trusts that sender (the runtime-level
+/// handlers of `node.down` or `system.connection-status`) must not see it.
+/// A security audit re-hashed a captured broadcast under that sender and
+/// reached such a handler.
+fn not_the_system(event: &Event) -> Result<()> {
+    let members = event.batch_events().into_iter().flatten();
+    match std::iter::once(event)
+        .chain(members)
+        .find(|e| e.causal().sender == crate::system::SYSTEM_SENDER)
+    {
+        Some(forged) => Err(HappenError::Integrity {
+            event_id: forged.id().to_owned(),
+            reason: format!(
+                "it claims the sender \"{}\", whose events never leave their process",
+                crate::system::SYSTEM_SENDER
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The outcome of a request as it travels back to the requester.

@@ -56,7 +56,16 @@ fn opened(payload: &[u8]) -> Result<ZeroEvent> {
             reason: "the zero event's bytes do not match its hash".into(),
         });
     }
-    Ok(ZeroEvent::from_bytes(bytes)?)
+    let event = ZeroEvent::from_bytes(bytes)?;
+    if event.sender() == crate::system::SYSTEM_SENDER {
+        // As for an ordinary event (`wire::decode_event`): forged.
+        return Err(HappenError::Integrity {
+            event_id: event.id().to_string(),
+            reason: "it claims the runtime's own sender, whose events never leave their process"
+                .into(),
+        });
+    }
+    Ok(event)
 }
 
 /// Whether a received payload is a zero event rather than an ordinary one.
@@ -169,6 +178,15 @@ pub(super) fn on_direct(shared: &Arc<Shared>, prefix_len: usize, message: async_
     let Some(target) = message.subject.get(prefix_len..) else {
         return;
     };
+    if let Some(reply) = message
+        .reply
+        .as_deref()
+        .filter(|r| !super::subjects::answerable(r))
+    {
+        let event_id = opened(&message.payload).map(|e| e.id().to_string());
+        let error = super::subjects::not_answerable(reply, &event_id.unwrap_or_default());
+        return shared.local.rejected(&message.subject, &error);
+    }
     let reply = match message.reply.clone() {
         None => ReplyTo::Nobody,
         Some(subject) => {

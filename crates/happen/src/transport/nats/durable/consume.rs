@@ -21,7 +21,7 @@ use crate::store::applied::Settled;
 use crate::store::jetstream::escape_key;
 use crate::transport::nats::commands::{Command, Publish};
 use crate::transport::nats::streams::NatsReply;
-use crate::transport::nats::{Shared, wire};
+use crate::transport::nats::{Shared, subjects, wire};
 
 /// Consumes the events of one durable node until it shuts down.
 pub(super) async fn consume(
@@ -165,6 +165,21 @@ async fn take(
             return;
         }
     };
+    let reply_to = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(REPLY_TO))
+        .map(|v| v.as_str().to_owned());
+    if let Some(reply) = reply_to.as_deref().filter(|r| !subjects::answerable(r)) {
+        // Stored by someone who may publish to the stream, with an answer
+        // subject no requester has: never run, never answered.
+        shared.local.rejected(
+            &message.subject,
+            &subjects::not_answerable(reply, event.id()),
+        );
+        ack(shared, &message, AckKind::Term);
+        return;
+    }
     crate::transport::nats::key_lookups::key_known(shared, &event).await;
     if message.subject.contains(".durable.bcast.")
         && node.core().matching(event.event_type()).is_none()
@@ -194,11 +209,6 @@ async fn take(
             return;
         }
     }
-    let reply_to = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(REPLY_TO))
-        .map(|v| v.as_str().to_owned());
     let responder = reply_to.map(|r| {
         let request = Some(&event.causal().id);
         let reply = NatsReply::new(shared.clone(), Some(r), node.id(), request);

@@ -265,6 +265,7 @@ fn unwanted(shared: &Arc<Shared>, reply: Reply) {
         credit: Some(subject),
         ..
     } = reply
+        && super::subjects::answerable(&subject)
     {
         NatsCredit::new(shared.clone(), subject).unwanted();
     }
@@ -294,6 +295,9 @@ fn take(shared: &Arc<Shared>, mut pending: MutexGuard<'_, PendingMap>, token: u6
                     return;
                 }
                 let (tx, rx) = mpsc::channel(STREAM_WINDOW + 1);
+                // A credit subject that is no inbox is not written to:
+                // the stream then runs without credit from here.
+                let credit = credit.filter(|s| super::subjects::answerable(s));
                 let credit = credit.map(|subject| {
                     Box::new(NatsCredit::new(shared.clone(), subject)) as Box<dyn CreditSink>
                 });
