@@ -296,7 +296,15 @@ impl Store for MemoryStore {
         key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<BoxStream<'static, GlobalChange>>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.watchers).push(Watcher {
+        let mut watchers = lock(&self.watchers);
+        // Watchers whose stream was dropped go at the next write; with no
+        // write they would pile up (a leak audit: 2.4 KB per dropped watch,
+        // 238 MB over 100,000). Checked each time the list doubles, so the
+        // check costs one look per watch on average.
+        if watchers.len() >= 16 && watchers.len().is_power_of_two() {
+            watchers.retain(|watcher| !watcher.tx.is_closed());
+        }
+        watchers.push(Watcher {
             key: key.map(str::to_owned),
             tx,
         });
@@ -360,5 +368,29 @@ mod tests {
                 .unwrap(),
             Saved::Done(revision + 1)
         );
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    /// Watches dropped while nothing is written do not pile up: 100,000
+    /// watched and dropped leave fewer than 32 entries (a leak audit saw
+    /// 238 MB held by them, freed only by the next write).
+    #[tokio::test(flavor = "current_thread")]
+    async fn dropped_watches_are_let_go_without_a_write() {
+        let store = MemoryStore::in_memory(TemporalConfig::default());
+        let kept = store.global_watch(Some("kept")).await.unwrap();
+        for _ in 0..100_000 {
+            drop(store.global_watch(Some("config")).await.unwrap());
+        }
+        let left = lock(&store.watchers).len();
+        assert!(left < 32, "{left} watchers left");
+        assert!(
+            lock(&store.watchers).iter().any(|w| !w.tx.is_closed()),
+            "the live watch stays"
+        );
+        drop(kept);
     }
 }

@@ -317,6 +317,15 @@ impl Shared {
         self.commands.send(Command::Publish(publish))
     }
 
+    /// Keeps `task` to abort when the runtime ends, letting go of the
+    /// handles of tasks that ended already (a node made again and again
+    /// would otherwise grow the list for the runtime's life).
+    fn keep_task(&self, task: JoinHandle<()>) {
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(task);
+    }
+
     fn abort(&self) {
         self.phase.store(CLOSED, Ordering::Release);
         for task in lock(&self.tasks).drain(..) {
@@ -383,6 +392,9 @@ impl Transport for NatsTransport {
     fn detach(&self, id: &str) {
         let shared = &self.shared;
         shared.local.detach(id);
+        if let Some(durable) = &shared.durable {
+            durable.detach(id);
+        }
         if let Some(subscription) = lock(&shared.direct).remove(id) {
             shared
                 .commands

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
 
 use super::{Durable, REPLY_TO, unavailable};
@@ -29,6 +29,7 @@ pub(super) async fn consume(
     shared: Arc<Shared>,
     node: Node,
     ready: oneshot::Sender<Result<()>>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let limits = node.limits();
     let setup = async {
@@ -49,15 +50,27 @@ pub(super) async fn consume(
             return;
         }
     };
-    while let Some(message) = messages.next().await {
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            message = messages.next() => message,
+        };
+        let Some(message) = message else { break };
         let Ok(message) = message else { continue };
         if node.core().is_closed() {
-            // Not taken: another instance, or this node after a restart,
-            // gets it.
             ack(&shared, &message.message, AckKind::Nak(None));
             break;
         }
         take(&durable, &shared, &node, message, &limits.delivery).await;
+    }
+    // Not taken: another instance, or this node after a restart, gets what
+    // was received and not handed over, now rather than after `ack_wait`.
+    // Dropping the stream then unsubscribes.
+    while let Some(Some(message)) = messages.next().now_or_never() {
+        if let Ok(message) = message {
+            ack(&shared, &message.message, AckKind::Nak(None));
+        }
     }
 }
 

@@ -42,6 +42,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::commands::Bound;
 use super::{Shared, envelope, lock};
@@ -165,6 +166,9 @@ pub(super) struct Durable {
     /// The acknowledgements that wait (for what their flows emitted, for a
     /// completion record, for a dead letter), awaited by a closing runtime.
     acks: tokio_util::task::TaskTracker,
+    /// The consuming task of each durable node of this process, told to
+    /// stop when the node shuts down.
+    consuming: Mutex<std::collections::HashMap<String, CancellationToken>>,
     /// Publishes the publishing task lets await their acknowledgement:
     /// half the client's permits, so that it never waits for one.
     in_flight: usize,
@@ -235,6 +239,7 @@ impl Durable {
                 queued: Bound::new(limit),
                 unstored: Default::default(),
                 acks: tokio_util::task::TaskTracker::new(),
+                consuming: Mutex::new(std::collections::HashMap::new()),
                 in_flight: (permits / 2).max(1),
             },
             DurableOutbox(rx),
@@ -431,8 +436,23 @@ impl Durable {
         self.registry.note(node.id(), mode_name(node), &[]);
         let (ready, setup) = oneshot::channel();
         lock(&self.setups).push(setup);
-        let task = tokio::spawn(consume(self.clone(), shared.clone(), node.clone(), ready));
-        lock(&shared.tasks).push(task);
+        let stop = CancellationToken::new();
+        if let Some(before) = lock(&self.consuming).insert(node.id().to_owned(), stop.clone()) {
+            before.cancel();
+        }
+        let consuming = consume(self.clone(), shared.clone(), node.clone(), ready, stop);
+        let task = tokio::spawn(consuming);
+        shared.keep_task(task);
+    }
+
+    /// The durable node `node` of this process shut down: its consuming
+    /// task hands back what it received and did not start, and ends (it
+    /// held the node, and pulled for it, for the runtime's life: a leak
+    /// audit counted two tasks and 29 KB left per node shut down).
+    pub(super) fn detach(&self, node: &str) {
+        if let Some(stop) = lock(&self.consuming).remove(node) {
+            stop.cancel();
+        }
     }
 
     /// A handler of the durable `node` takes broadcasts through `filters`:
@@ -456,7 +476,7 @@ impl Durable {
         let task = tokio::spawn(async move {
             let _ = ready.send(reconfigure(&durable, &id, &limits).await.map(|_| ()));
         });
-        lock(&shared.tasks).push(task);
+        shared.keep_task(task);
     }
 }
 

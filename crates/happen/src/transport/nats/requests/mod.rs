@@ -138,7 +138,17 @@ pub(super) struct Requests {
     /// When each node last answered this runtime.
     /// (Looked up for every request and reply: see "Maps looked
     /// up per event" in the transport module.)
-    answered: Mutex<foldhash::HashMap<Id, Instant>>,
+    answered: Mutex<Answered>,
+}
+
+/// When each node last answered; entries older than [`ANSWERED_RECENTLY`]
+/// say nothing and are let go whenever the map has doubled since the last
+/// look (a leak audit saw it keep every node id that ever answered).
+#[derive(Default)]
+struct Answered {
+    at: foldhash::HashMap<Id, Instant>,
+    /// The size at which the old entries are let go next.
+    prune_at: usize,
 }
 
 impl Requests {
@@ -215,6 +225,7 @@ impl Requests {
 
     fn answered_recently(&self, node: &Id) -> bool {
         lock(&self.answered)
+            .at
             .get(node)
             .is_some_and(|at| at.elapsed() < ANSWERED_RECENTLY)
     }
@@ -222,10 +233,14 @@ impl Requests {
     fn note_answer(&self, node: &Id) {
         let now = Instant::now();
         let mut answered = lock(&self.answered);
-        match answered.get_mut(node) {
+        match answered.at.get_mut(node) {
             Some(at) => *at = now,
             None => {
-                answered.insert(node.clone(), now);
+                if answered.at.len() >= answered.prune_at.max(1024) {
+                    answered.at.retain(|_, at| at.elapsed() < ANSWERED_RECENTLY);
+                    answered.prune_at = 2 * answered.at.len();
+                }
+                answered.at.insert(node.clone(), now);
             }
         }
     }
@@ -541,5 +556,38 @@ mod tests {
         assert_eq!(retry_pause(5), Duration::from_millis(160));
         assert_eq!(retry_pause(6), MAX_RETRY_PAUSE);
         assert_eq!(retry_pause(u32::MAX), MAX_RETRY_PAUSE);
+    }
+}
+
+#[cfg(test)]
+mod answered_tests {
+    use super::*;
+
+    /// Who answered long ago is let go as new nodes answer: 5,000 node ids
+    /// that answered two minutes ago, then 5,000 that answer now, leave
+    /// only the recent ones (and never more than twice what is recent).
+    #[test]
+    fn old_answers_are_let_go() {
+        let requests = Requests::default();
+        let long_ago = Instant::now()
+            .checked_sub(ANSWERED_RECENTLY * 2)
+            .expect("a clock two minutes old");
+        for n in 0..5_000 {
+            let id = Id::from(format!("old-{n}").as_str());
+            lock(&requests.answered).at.insert(id, long_ago);
+        }
+        for n in 0..5_000 {
+            requests.note_answer(&Id::from(format!("new-{n}").as_str()));
+        }
+        let answered = lock(&requests.answered);
+        let old = answered
+            .at
+            .keys()
+            .filter(|id| id.starts_with("old"))
+            .count();
+        assert_eq!(old, 0, "the old answers are gone");
+        assert_eq!(answered.at.len(), 5_000);
+        drop(answered);
+        assert!(requests.answered_recently(&Id::from("new-4999")));
     }
 }
