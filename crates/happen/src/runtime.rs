@@ -520,7 +520,9 @@ impl Happen {
     /// requester still waits are drained too, each up to its timeout (one
     /// sent with no timeout keeps `shutdown` waiting while its requester
     /// does); a fire-and-forget event still on
-    /// the wire may arrive after the nodes are gone. A flow that never ends keeps `shutdown`
+    /// the wire may arrive after the nodes are gone. Durable nodes then
+    /// stop taking stored events: what they received and did not start
+    /// goes back to the stream, for another instance or their next run. A flow that never ends keeps `shutdown`
     /// waiting; bound it with `tokio::time::timeout` if that can happen.
     pub async fn shutdown(&self) {
         self.0.closed.store(true, Ordering::Release);

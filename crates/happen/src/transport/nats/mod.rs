@@ -536,6 +536,11 @@ impl Transport for NatsTransport {
             while shared.requests.any_waiting() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            // Stored events not received yet are for another instance, or
+            // for this node's next run.
+            if let Some(durable) = &shared.durable {
+                durable.stop_taking().await;
+            }
         })
     }
 

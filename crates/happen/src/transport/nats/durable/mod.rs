@@ -169,6 +169,8 @@ pub(super) struct Durable {
     /// The consuming task of each durable node of this process, told to
     /// stop when the node shuts down.
     consuming: Mutex<std::collections::HashMap<String, CancellationToken>>,
+    /// The consuming tasks, awaited when the runtime stops taking events.
+    consumers: tokio_util::task::TaskTracker,
     /// Publishes the publishing task lets await their acknowledgement:
     /// half the client's permits, so that it never waits for one.
     in_flight: usize,
@@ -240,6 +242,7 @@ impl Durable {
                 unstored: Default::default(),
                 acks: tokio_util::task::TaskTracker::new(),
                 consuming: Mutex::new(std::collections::HashMap::new()),
+                consumers: tokio_util::task::TaskTracker::new(),
                 in_flight: (permits / 2).max(1),
             },
             DurableOutbox(rx),
@@ -441,7 +444,7 @@ impl Durable {
             before.cancel();
         }
         let consuming = consume(self.clone(), shared.clone(), node.clone(), ready, stop);
-        let task = tokio::spawn(consuming);
+        let task = self.consumers.spawn(consuming);
         shared.keep_task(task);
     }
 
@@ -453,6 +456,18 @@ impl Durable {
         if let Some(stop) = lock(&self.consuming).remove(node) {
             stop.cancel();
         }
+    }
+
+    /// The runtime stops taking stored events (its shutdown, once the
+    /// requests it waited for are answered): every consuming task hands
+    /// back what it received and did not start, and ends. Resolves when
+    /// they have, or after two seconds.
+    pub(super) async fn stop_taking(&self) {
+        for (_, stop) in lock(&self.consuming).drain() {
+            stop.cancel();
+        }
+        self.consumers.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.consumers.wait()).await;
     }
 
     /// A handler of the durable `node` takes broadcasts through `filters`:
