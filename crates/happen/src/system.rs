@@ -5,7 +5,8 @@
 //! events, so that nodes can react with ordinary handlers. Their sender is
 //! [`SYSTEM_SENDER`], which is not a valid node id and so is never confused
 //! with one. They are delivered to the nodes of the process where they
-//! happened, not through the network (which may be what failed), and an
+//! happened, not through the network (which may be what failed; only a
+//! node's [`BACKPRESSURE`] report crosses it, sent by that node), and an
 //! event from the network that claims that sender is rejected as forged
 //! (see [`REJECTED`]). A node may still send or broadcast an event of one
 //! of these types: where it matters who reported it, check the sender.
@@ -110,7 +111,9 @@ impl Happen {
     }
 }
 
-/// The sender of every system event.
+/// The sender of the runtime's own reports (all the system events here but
+/// [`BACKPRESSURE`], which its node sends). No event from another process
+/// can carry it: one that claims it is rejected.
 pub const SYSTEM_SENDER: &str = "happen.system";
 /// The NATS connection changed state.
 pub const CONNECTION_STATUS: &str = "system.connection-status";
@@ -127,7 +130,8 @@ pub const DEAD_LETTER: &str = "system.dead-letter";
 /// emptied again (`false`); see
 /// [`NodeConfig::backpressure_threshold`](crate::NodeConfig::backpressure_threshold).
 /// The one report that goes to every process: its sender is the node whose
-/// queue it reports, not [`SYSTEM_SENDER`].
+/// queue it reports, not [`SYSTEM_SENDER`], and it is signed when that
+/// node signs (a node that requires signatures takes it only then).
 pub const BACKPRESSURE: &str = "system.backpressure";
 
 /// How many events went undelivered, were refused or rejected, and how

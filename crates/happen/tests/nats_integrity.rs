@@ -1010,9 +1010,10 @@ async fn no_message_makes_a_node_answer_outside_an_inbox() {
 
 /// Under the deployment pattern, another service cannot take, settle or
 /// drop the events stored for a durable node, nor write its state: the
-/// payments user's attempts on the orders node's consumer (its info, a
-/// pull, a delete), on its deliveries' acknowledgements and on its state
-/// record are refused by the server, and when orders comes back it handles
+/// payments user's attempts on the orders node's consumer (a pull, a
+/// delete), on its deliveries' acknowledgements and on its state record
+/// are refused by the server (reading the consumer's info is not: flow
+/// balance reads every durable node's lag), and when orders comes back it handles
 /// all ten events stored meanwhile. (A security audit, on the file before,
 /// pulled and acknowledged all ten as payments, and rewrote orders' state.)
 /// What the pattern cannot stop is documented in the file: a consumer of
@@ -1139,17 +1140,202 @@ async fn the_server_stops_a_service_from_taking_another_ones_stored_events() {
     got.sort_unstable();
     let balance = orders.state().get().await.unwrap();
     println!(
-        "permissions: info-refused={} pull-refused={} delete-refused={} ack-refused={} state-write-refused={} spy-read={read} orders-handled={} balance={balance}",
-        info.is_err(),
+        "permissions: info-open={} pull-refused={} delete-refused={} ack-refused={} state-write-refused={} spy-read={read} orders-handled={} balance={balance}",
+        info.is_ok(),
         pulled.is_err(),
         deleted.is_err(),
         ack_refused,
         written.is_err(),
         got.len()
     );
-    assert!(info.is_err() && pulled.is_err() && deleted.is_err());
+    // Its info stays open: flow balance reads every durable node's lag.
+    assert!(info.is_ok() && pulled.is_err() && deleted.is_err());
     assert!(ack_refused && written.is_err());
     assert_eq!(got, (0..10).collect::<Vec<u64>>());
     assert_eq!(balance, json!({ "balance": 100 }));
     second.shutdown().await;
+}
+
+/// An identity probe (a runtime asking whether a signing node's key is
+/// still held) is answered only at an inbox: a probe naming the node's
+/// own state record as its reply subject, sent by a service that may not
+/// write that record, is rejected, and the record stays unwritten (a
+/// review had the node write its key there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_probe_is_answered_only_at_an_inbox() {
+    let server = permissioned_server();
+    let (payments, key) = signing_payments(&server).await;
+    let mut rejected = rejections(&payments);
+    let raw =
+        async_nats::ConnectOptions::with_user_and_password("orders".into(), "orders-secret".into())
+            .request_timeout(Some(Duration::from_secs(2)))
+            .connect(server.url())
+            .await
+            .unwrap();
+    let js = async_nats::jetstream::new(raw.clone());
+    let state = js.get_key_value("happen-state").await.unwrap();
+    assert!(
+        state
+            .put("payments", Bytes::from_static(b"x"))
+            .await
+            .is_err(),
+        "denied directly"
+    );
+    raw.publish_with_reply(
+        "happen.identity.payments",
+        "$KV.happen-state.payments",
+        Bytes::from(key.public_key()),
+    )
+    .await
+    .unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
+    let report = within("the rejection", 10, rejected.recv()).await.unwrap();
+    let written = state.get("payments").await.unwrap();
+    println!(
+        "integrity: identity-probe-outside-an-inbox rejected={} state-record={written:?}",
+        payments.counters().rejected
+    );
+    assert!(report["reason"].as_str().unwrap().contains("not an inbox"));
+    assert!(
+        written.is_none(),
+        "payments wrote into its own state record"
+    );
+    // A genuine probe, at an inbox, is still answered with the key.
+    let answer = raw
+        .request("happen.identity.payments", Bytes::from(key.public_key()))
+        .await
+        .unwrap();
+    assert_eq!(answer.payload, Bytes::from(key.public_key()));
+}
+
+/// Only the durable node's consumer delivers on its pull inbox: a message
+/// published there by anyone else (the inbox is named in every pull
+/// request) is rejected and never acknowledged, since an acknowledgement
+/// goes to the message's reply subject under the node's credentials (a
+/// review had the node write `+TERM` into its identity record that way).
+/// The node's stored events still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_on_a_pull_inbox_not_delivered_by_the_consumer_is_not_acknowledged() {
+    let server = NatsServer::start().unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut pulls = raw
+        .subscribe("$JS.API.CONSUMER.MSG.NEXT.HAPPEN_DURABLE.payments")
+        .await
+        .unwrap();
+    let mut record_writes = raw.subscribe("$KV.happen_identity.payments").await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
+    let payments = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let node = payments
+        .node_with(
+            "payments",
+            NodeConfig::new()
+                .sign(true)
+                .delivery(happen::DeliveryConfig::at_least_once()),
+        )
+        .unwrap();
+    let (tx, mut charged) = mpsc::unbounded_channel();
+    node.on("charge", move |e: Event, _cx: Context| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(e.payload().clone());
+        }
+    })
+    .unwrap();
+    let mut rejected = rejections(&payments);
+    payments.flush().await.unwrap();
+    // The key's own registration.
+    within("the key's registration", 10, record_writes.next())
+        .await
+        .unwrap();
+    let pull = within("a pull request", 10, pulls.next()).await.unwrap();
+    let inbox = pull.reply.unwrap().to_string();
+    for forged_reply in ["$KV.happen_identity.payments", "_INBOX.elsewhere"] {
+        raw.publish_with_reply(inbox.clone(), forged_reply, Bytes::from_static(b"junk"))
+            .await
+            .unwrap();
+    }
+    happen_test::round_trip(&raw).await.unwrap();
+    for _ in 0..2 {
+        let report = within("the rejections", 10, rejected.recv()).await.unwrap();
+        assert!(
+            report["reason"]
+                .as_str()
+                .unwrap()
+                .contains("did not deliver")
+        );
+    }
+    let sender = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let shop = sender.node("shop").unwrap();
+    shop.tell("payments", Event::new("charge", json!(7)))
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        within("the stored event", 10, charged.recv())
+            .await
+            .unwrap(),
+        7
+    );
+    let overwritten = tokio::time::timeout(Duration::from_millis(300), record_writes.next()).await;
+    println!(
+        "integrity: forged-pull-inbox-deliveries sent=2 rejected={} record-written={}",
+        payments.counters().rejected,
+        overwritten.is_ok()
+    );
+    assert!(
+        overwritten.is_err(),
+        "something was published to the identity record"
+    );
+    assert_eq!(payments.counters().rejected, 2);
+}
+
+/// Flow balance reads the lag of every durable node in the system, other
+/// services' included; the deployment pattern leaves that open, so a
+/// runtime's balance samples raise no permission error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_permissions_pattern_lets_flow_balance_read_every_durable_nodes_lag() {
+    let server = permissioned_server();
+    let orders = Happen::connect(as_service(&server, "orders"))
+        .await
+        .unwrap();
+    let node = orders
+        .node_with(
+            "orders",
+            NodeConfig::new().delivery(happen::DeliveryConfig::at_least_once()),
+        )
+        .unwrap();
+    node.on("order", |_e: Event, _cx: Context| async {})
+        .unwrap();
+    orders.flush().await.unwrap();
+    let balance =
+        happen::balance::FlowBalanceConfig::default().interval(Duration::from_millis(100));
+    let payments = Happen::connect_with(
+        as_service(&server, "payments"),
+        HappenConfig::default().flow_balance(balance),
+    )
+    .await
+    .unwrap();
+    let (tx, mut statuses) = mpsc::unbounded_channel();
+    payments
+        .on(happen::CONNECTION_STATUS, move |e: Event, _cx: Context| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e.payload().clone());
+            }
+        })
+        .unwrap();
+    payments.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut errors = Vec::new();
+    while let Ok(status) = statuses.try_recv() {
+        if status["status"] == "error" {
+            errors.push(status["reason"].to_string());
+        }
+    }
+    println!("permissions: balance-samples-errors={}", errors.len());
+    assert!(errors.is_empty(), "{errors:?}");
 }

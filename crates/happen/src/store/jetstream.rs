@@ -201,15 +201,22 @@ impl JetStreamStore {
             };
             match written {
                 Ok(()) => {
-                    if let Some(previous) = previous {
-                        self.large.forget(&previous).await?;
+                    // Written: a replaced object that cannot be deleted
+                    // now is left over, not a failed write.
+                    if let Some(previous) = previous
+                        && let Err(error) = self.large.forget(&previous).await
+                    {
+                        tracing::warn!(key, %error, "a replaced large global value was not deleted");
                     }
                     return Ok(());
                 }
                 // Bounded only against a server that keeps refusing:
-                // each refusal means another write landed.
+                // each refusal means another write landed. A short pause,
+                // longer each time, lets a lagging replica catch up.
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision && attempts < 1000 => {
                     attempts += 1;
+                    let pause = u64::from(attempts.min(20)) * (crate::uuid7::random() % 500 + 1);
+                    tokio::time::sleep(Duration::from_micros(pause)).await;
                 }
                 Err(e) => return Err(store_error("cannot write global state", e)),
             }
@@ -334,8 +341,12 @@ impl Store for JetStreamStore {
             let stored = self.fits(stored, HEADER_ROOM)?;
             let written = self.replace_global(&key, Some(stored.clone())).await;
             if written.is_err() && large {
-                // Nothing points to the object just written.
-                let _ = self.large.forget(&stored).await;
+                // Unless the write landed after all (its acknowledgement
+                // lost), nothing points to the object just written.
+                let landed = matches!(self.global.get(&key).await, Ok(Some(now)) if now == stored);
+                if !landed {
+                    let _ = self.large.forget(&stored).await;
+                }
             }
             written
         })

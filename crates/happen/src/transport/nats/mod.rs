@@ -317,15 +317,6 @@ impl Shared {
         self.commands.send(Command::Publish(publish))
     }
 
-    /// Keeps `task` to abort when the runtime ends, letting go of the
-    /// handles of tasks that ended already (a node made again and again
-    /// would otherwise grow the list for the runtime's life).
-    fn keep_task(&self, task: JoinHandle<()>) {
-        let mut tasks = lock(&self.tasks);
-        tasks.retain(|task| !task.is_finished());
-        tasks.push(task);
-    }
-
     fn abort(&self) {
         self.phase.store(CLOSED, Ordering::Release);
         for task in lock(&self.tasks).drain(..) {
@@ -391,10 +382,12 @@ impl Transport for NatsTransport {
 
     fn detach(&self, id: &str) {
         let shared = &self.shared;
-        shared.local.detach(id);
+        // The consumer first: once the id is free, a node of the same id
+        // made meanwhile has a consumer of its own to keep.
         if let Some(durable) = &shared.durable {
             durable.detach(id);
         }
+        shared.local.detach(id);
         if let Some(subscription) = lock(&shared.direct).remove(id) {
             shared
                 .commands

@@ -172,6 +172,12 @@ pub(super) fn on_identity(shared: &Arc<Shared>, message: async_nats::Message) {
     let Some(reply) = message.reply.clone() else {
         return;
     };
+    if !subjects::answerable(&reply) {
+        // The key would be published there under this process's
+        // credentials (a review wrote it into the node's state record).
+        let error = subjects::not_answerable(&reply, "");
+        return shared.local.rejected(&message.subject, &error);
+    }
     let prefix_len = shared.prefix.len() + ".identity.".len();
     let Some(node) = message.subject.get(prefix_len..) else {
         return;

@@ -123,7 +123,7 @@ impl Answers {
         let (answers, weak) = (self.clone(), Arc::downgrade(shared));
         let task = tokio::spawn(async move { answers.watch(filter, weak).await });
         // Ended with the runtime's other tasks.
-        shared.keep_task(task);
+        super::keep_task(shared, task);
     }
 
     async fn watch(self: Arc<Self>, filter: String, shared: Weak<Shared>) {

@@ -58,6 +58,9 @@ pub(super) async fn consume(
         };
         let Some(message) = message else { break };
         let Ok(message) = message else { continue };
+        if !delivered(&durable, node.id(), &message.message, &shared) {
+            continue;
+        }
         if node.core().is_closed() {
             ack(&shared, &message.message, AckKind::Nak(None));
             break;
@@ -65,6 +68,52 @@ pub(super) async fn consume(
         take(&durable, &shared, &node, message, &limits.delivery).await;
     }
     hand_back(&durable, &shared, node.id(), messages).await;
+}
+
+/// Whether `message`, on the pull inbox of the durable node `node`, is a
+/// delivery of the node's consumer: its reply subject is that consumer's
+/// acknowledgement subject (`$JS.ACK.[<domain>.<account>.]<stream>.<node>.
+/// ...`). Anything else was published there by someone who found the
+/// inbox; acknowledging it would publish `+TERM` or `-NAK` wherever its
+/// reply subject says, under this process's credentials (a review wrote
+/// it into the node's identity record that way). It is rejected, and
+/// nothing is sent.
+fn delivered(
+    durable: &Durable,
+    node: &str,
+    message: &async_nats::Message,
+    shared: &Shared,
+) -> bool {
+    let consumer = escape_key(node);
+    let ours = (message.reply.as_deref())
+        .is_some_and(|reply| acknowledges(reply, &durable.stream, &consumer));
+    if !ours {
+        let error = HappenError::Integrity {
+            event_id: String::new(),
+            reason: format!(
+                "a message on the pull inbox of durable node {node} that its consumer did not deliver"
+            ),
+        };
+        shared.local.rejected(&message.subject, &error);
+    }
+    ours
+}
+
+/// Whether `reply` is an acknowledgement subject of `consumer` on
+/// `stream`.
+fn acknowledges(reply: &str, stream: &str, consumer: &str) -> bool {
+    let Some(rest) = reply.strip_prefix("$JS.ACK.") else {
+        return false;
+    };
+    let tokens: Vec<&str> = rest.split('.').collect();
+    // Without a domain: <stream>.<consumer>.<5 numbers>; with one:
+    // <domain>.<account hash>.<stream>.<consumer>.<6 or more tokens>.
+    let at = match tokens.len() {
+        7 => 0,
+        n if n >= 10 => 2,
+        _ => return false,
+    };
+    tokens[at] == stream && tokens[at + 1] == consumer
 }
 
 /// Gives back what this consumer's stream holds, so that another instance
@@ -96,7 +145,9 @@ async fn hand_back(
         _ => false,
     };
     while let Some(Some(message)) = messages.next().now_or_never() {
-        if let Ok(message) = message {
+        if let Ok(message) = message
+            && delivered(durable, node, &message.message, shared)
+        {
             ack(shared, &message.message, AckKind::Nak(None));
         }
     }
@@ -412,5 +463,32 @@ async fn emitted_stored(
             outcome = &mut stored => return outcome.is_ok(),
             () = tokio::time::sleep(every) => ack(shared, message, AckKind::Progress),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_consumers_own_acknowledgement_subjects_are_deliveries() {
+        let ours = |reply| super::acknowledges(reply, "HAPPEN_DURABLE", "payments");
+        assert!(ours(
+            "$JS.ACK.HAPPEN_DURABLE.payments.1.3.3.1712345678901234567.0"
+        ));
+        assert!(ours(
+            "$JS.ACK.hub.ACCHASH.HAPPEN_DURABLE.payments.1.3.3.1712345678901234567.0.token"
+        ));
+        assert!(!ours(
+            "$JS.ACK.HAPPEN_DURABLE.orders.1.3.3.1712345678901234567.0"
+        ));
+        assert!(!ours(
+            "$JS.ACK.ELSEWHERE.payments.1.3.3.1712345678901234567.0"
+        ));
+        assert!(
+            !ours("$JS.ACK.x.HAPPEN_DURABLE.payments.1.3.3.17.0"),
+            "shifted tokens"
+        );
+        assert!(!ours("$KV.happen_identity.payments"));
+        assert!(!ours("_INBOX.abc"));
+        assert!(!ours("$JS.ACK.HAPPEN_DURABLE.payments"));
     }
 }

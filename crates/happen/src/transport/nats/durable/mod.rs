@@ -166,8 +166,7 @@ pub(super) struct Durable {
     /// The acknowledgements that wait (for what their flows emitted, for a
     /// completion record, for a dead letter), awaited by a closing runtime.
     acks: tokio_util::task::TaskTracker,
-    /// The consuming task of each durable node of this process, told to
-    /// stop when the node shuts down.
+    /// Stops the consuming task of each durable node of this process.
     consuming: Mutex<std::collections::HashMap<String, CancellationToken>>,
     /// The consuming tasks, awaited when the runtime stops taking events.
     consumers: tokio_util::task::TaskTracker,
@@ -445,23 +444,19 @@ impl Durable {
         }
         let consuming = consume(self.clone(), shared.clone(), node.clone(), ready, stop);
         let task = self.consumers.spawn(consuming);
-        shared.keep_task(task);
+        keep_task(shared, task);
     }
 
-    /// The durable node `node` of this process shut down: its consuming
-    /// task hands back what it received and did not start, and ends (it
-    /// held the node, and pulled for it, for the runtime's life: a leak
-    /// audit counted two tasks and 29 KB left per node shut down).
+    /// The durable node `node` shut down: its consuming task hands back
+    /// what it has and ends (it used to run, holding the node, for good).
     pub(super) fn detach(&self, node: &str) {
         if let Some(stop) = lock(&self.consuming).remove(node) {
             stop.cancel();
         }
     }
 
-    /// The runtime stops taking stored events (its shutdown, once the
-    /// requests it waited for are answered): every consuming task hands
-    /// back what it received and did not start, and ends. Resolves when
-    /// they have, or after two seconds.
+    /// The runtime stops taking stored events: every consuming task hands
+    /// back what it has and ends (waited for two seconds at most).
     pub(super) async fn stop_taking(&self) {
         for (_, stop) in lock(&self.consuming).drain() {
             stop.cancel();
@@ -491,7 +486,7 @@ impl Durable {
         let task = tokio::spawn(async move {
             let _ = ready.send(reconfigure(&durable, &id, &limits).await.map(|_| ()));
         });
-        shared.keep_task(task);
+        keep_task(shared, task);
     }
 }
 
@@ -595,3 +590,11 @@ pub(super) fn forget(
 /// How long [`forget`] waits between deleting a node's record and its
 /// consumer, for other processes' registry watches to learn it.
 const FORGET_GRACE: Duration = Duration::from_millis(500);
+
+/// Keeps `task` to abort when the runtime ends, letting go of the handles
+/// of tasks that ended already (kept, they grew the list for good).
+fn keep_task(shared: &Shared, task: tokio::task::JoinHandle<()>) {
+    let mut tasks = lock(&shared.tasks);
+    tasks.retain(|task| !task.is_finished());
+    tasks.push(task);
+}
