@@ -1084,11 +1084,15 @@ async fn the_server_stops_a_service_from_taking_another_ones_stored_events() {
     .await
     .unwrap();
     happen_test::round_trip(&raw).await.unwrap();
-    let ack_refused = violations
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|e| e.contains("$JS.ACK.HAPPEN_DURABLE.orders"));
+    // The client reports the server's refusal through a task of its own:
+    // it may come after the round trip.
+    let refused =
+        || (violations.lock().unwrap().iter()).any(|e| e.contains("$JS.ACK.HAPPEN_DURABLE.orders"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !refused() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ack_refused = refused();
     let state = js.get_key_value("happen-state").await.unwrap();
     let written = state
         .put("orders", Bytes::from(r#"{"balance":1000000}"#))
