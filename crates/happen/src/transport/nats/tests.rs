@@ -121,8 +121,15 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
                 value: json!(0),
                 credit: Some(credit_to.clone()),
             };
+            // The same, naming a subject that is no inbox for its credit.
+            let outside = Reply::Item {
+                seq: 0,
+                value: json!(0),
+                credit: Some("happen.outside.credit".to_owned()),
+            };
             let script: Vec<Reply> = match event.event_type() {
                 "gap" => vec![credited, item(2)],
+                "gap-outside" => vec![outside, item(2)],
                 "reordered" => vec![item(0), item(1), item(3), item(2)],
                 "truncated" => vec![
                     item(0),
@@ -143,6 +150,7 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
         }
     });
     let mut credit = raw.subscribe(credit_subject).await.unwrap();
+    let mut outside = raw.subscribe("happen.outside.credit").await.unwrap();
     happen_test::round_trip(&raw).await.unwrap();
 
     let happen = Happen::connect(NatsConfig::new(server.url()))
@@ -151,6 +159,7 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
     let client = happen.node("client").unwrap();
     for (kind, items_before) in [
         ("gap", 1),
+        ("gap-outside", 1),
         ("reordered", 2),
         ("truncated", 2),
         ("late-start", 0),
@@ -186,6 +195,12 @@ async fn lost_or_reordered_stream_chunks_are_detected() {
                 "{:?}",
                 wire::decode_credit(&told.payload)
             );
+        }
+        if kind == "gap-outside" {
+            // Credit goes only to an inbox: the cancel is not sent where
+            // the producer said (`subjects::answerable`).
+            let sent = tokio::time::timeout(Duration::from_millis(300), outside.next()).await;
+            assert!(sent.is_err(), "credit published outside an inbox");
         }
     }
     happen.shutdown().await;
