@@ -365,6 +365,11 @@ async fn signing_payments(server: &NatsServer) -> (Happen, happen::NodeIdentity)
     (payments, key)
 }
 
+/// A raw client's options for one of that file's services.
+fn raw_service(user: &str) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::with_user_and_password(user.into(), format!("{user}-secret"))
+}
+
 /// Connecting as one of that file's services.
 fn as_service(server: &NatsServer, user: &str) -> NatsConfig {
     NatsConfig::new(server.url()).auth(happen::nats::Auth::UserPassword {
@@ -401,11 +406,7 @@ async fn the_server_stops_one_service_from_acting_as_another() {
     );
 
     // The same, by hand, with a raw client of the orders user.
-    let raw =
-        async_nats::ConnectOptions::with_user_and_password("orders".into(), "orders-secret".into())
-            .connect(server.url())
-            .await
-            .unwrap();
+    let raw = raw_service("orders").connect(server.url()).await.unwrap();
     let js = async_nats::jetstream::new(raw);
     let registry = js.get_key_value("happen_identity").await.unwrap();
     let forged = within(
@@ -601,12 +602,11 @@ async fn the_server_stops_a_service_from_rewriting_the_registry_stream() {
     let server = permissioned_server();
     let (_payments, key) = signing_payments(&server).await;
 
-    let raw =
-        async_nats::ConnectOptions::with_user_and_password("orders".into(), "orders-secret".into())
-            .request_timeout(Some(Duration::from_secs(2)))
-            .connect(server.url())
-            .await
-            .unwrap();
+    let raw = raw_service("orders")
+        .request_timeout(Some(Duration::from_secs(2)))
+        .connect(server.url())
+        .await
+        .unwrap();
     let js = async_nats::jetstream::new(raw);
     let registry = js.get_key_value("happen_identity").await.unwrap();
     let mut config = js
@@ -936,19 +936,9 @@ async fn no_message_makes_a_node_answer_outside_an_inbox() {
     let mut rejected = rejections(&payments);
     payments.flush().await.unwrap();
 
-    let raw =
-        async_nats::ConnectOptions::with_user_and_password("orders".into(), "orders-secret".into())
-            .connect(server.url())
-            .await
-            .unwrap();
+    let raw = raw_service("orders").connect(server.url()).await.unwrap();
     // Captured where payments may look (orders may not subscribe there).
-    let tap = async_nats::ConnectOptions::with_user_and_password(
-        "payments".into(),
-        "payments-secret".into(),
-    )
-    .connect(server.url())
-    .await
-    .unwrap();
+    let tap = raw_service("payments").connect(server.url()).await.unwrap();
     let mut stored = tap.subscribe("happen.durable.node.payments").await.unwrap();
     happen_test::round_trip(&tap).await.unwrap();
     let orders = Happen::connect(as_service(&server, "orders"))
@@ -1049,22 +1039,19 @@ async fn the_server_stops_a_service_from_taking_another_ones_stored_events() {
     // The server's refusals of publishes come back as errors on the side.
     let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let seen = violations.clone();
-    let raw = async_nats::ConnectOptions::with_user_and_password(
-        "payments".into(),
-        "payments-secret".into(),
-    )
-    .request_timeout(Some(Duration::from_secs(2)))
-    .event_callback(move |event| {
-        let seen = seen.clone();
-        async move {
-            if let async_nats::Event::ServerError(error) = event {
-                seen.lock().unwrap().push(error.to_string());
+    let raw = raw_service("payments")
+        .request_timeout(Some(Duration::from_secs(2)))
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(error) = event {
+                    seen.lock().unwrap().push(error.to_string());
+                }
             }
-        }
-    })
-    .connect(server.url())
-    .await
-    .unwrap();
+        })
+        .connect(server.url())
+        .await
+        .unwrap();
     let js = async_nats::jetstream::new(raw.clone());
     let stream = js.get_stream("HAPPEN_DURABLE").await.unwrap();
     let info = stream
@@ -1170,12 +1157,11 @@ async fn an_identity_probe_is_answered_only_at_an_inbox() {
     let server = permissioned_server();
     let (payments, key) = signing_payments(&server).await;
     let mut rejected = rejections(&payments);
-    let raw =
-        async_nats::ConnectOptions::with_user_and_password("orders".into(), "orders-secret".into())
-            .request_timeout(Some(Duration::from_secs(2)))
-            .connect(server.url())
-            .await
-            .unwrap();
+    let raw = raw_service("orders")
+        .request_timeout(Some(Duration::from_secs(2)))
+        .connect(server.url())
+        .await
+        .unwrap();
     let js = async_nats::jetstream::new(raw.clone());
     let state = js.get_key_value("happen-state").await.unwrap();
     assert!(
