@@ -77,7 +77,12 @@
 //!   recorded, or dead-lettered); a state keeps at most 4096 marks of
 //!   unfinished flows (far above the events a node is handed at once);
 //! - when several handlers of the node take the event, each flow's events
-//!   and updates are numbered apart (by the handlers' registration order).
+//!   and updates are numbered apart (by the handlers' registration order);
+//! - over NATS, a copy of a completed event stored in the stream again (by
+//!   a client that captured it on the wire) is not run again, also after
+//!   the node's process restarted: one stored under another message id is
+//!   refused as `system.rejected`, and completions are remembered for
+//!   twice the runtime's duplicate window, the horizon of this guarantee.
 //!
 //! This holds for flows that do the same things in the same order when
 //! they run again (the ids and numbers follow that order): branch on the

@@ -1398,3 +1398,104 @@ async fn graceful_restarts_under_load_delay_no_event() {
     assert_eq!((processed, duplicated), (sent, 0));
     receiver.shutdown().await;
 }
+
+/// Copies of an event an exactly-once node completed, stored again by a
+/// client that captured it on the wire, do not run again, also after the
+/// node's process restarted (what it took in memory is gone): a copy under
+/// another message id is refused; one under its own id is dropped by the
+/// server within the duplicate window, and found in the completion records
+/// after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_completed_event_do_not_run_again_after_a_restart() {
+    use async_nats::jetstream;
+    use futures::StreamExt;
+    const WINDOW: Duration = Duration::from_secs(4);
+    let server = NatsServer::start().unwrap();
+    let runtime = || async {
+        let config =
+            HappenConfig::default().delivery(DeliveryConfig::default().dedup_window(WINDOW));
+        let happen = Happen::connect_with(NatsConfig::new(server.url()), config)
+            .await
+            .unwrap();
+        let ledger = happen
+            .node_with(
+                "ledger",
+                durable(DeliveryConfig::exactly_once().dedup_window(WINDOW)),
+            )
+            .unwrap();
+        let tally = Tally::default();
+        tally.handle(&ledger, "item");
+        happen.flush().await.unwrap();
+        (happen, tally)
+    };
+    let tap = async_nats::connect(server.url()).await.unwrap();
+    let mut stored = tap.subscribe("happen.durable.node.ledger").await.unwrap();
+    tap.flush().await.unwrap();
+
+    let (first, ran_first) = runtime().await;
+    let sender = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    sender
+        .node("shop")
+        .unwrap()
+        .tell("ledger", Event::new("item", json!({ "seq": 0 })))
+        .unwrap();
+    let original = within("the stored event", 10, stored.next()).await.unwrap();
+    let captured = tokio::time::Instant::now();
+    ran_first.report("before-the-copies", 1, 10).await;
+    first.shutdown().await;
+    let (second, ran_second) = runtime().await;
+
+    let js = jetstream::new(tap);
+    let store = |headers: async_nats::HeaderMap| {
+        let (js, payload) = (js.clone(), original.payload.clone());
+        async move {
+            js.publish_with_headers("happen.durable.node.ledger", headers, payload)
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        }
+    };
+    let mut renamed = async_nats::HeaderMap::new();
+    renamed.insert("Nats-Msg-Id", "another-id");
+    let own = original.headers.clone().expect("stored with headers");
+    let under_another_id = store(renamed).await;
+    let within_the_window = store(own.clone()).await;
+    tokio::time::sleep_until(captured + WINDOW + Duration::from_millis(1500)).await;
+    let after_the_window = store(own).await;
+    assert!(!under_another_id.duplicate, "stored");
+    assert!(within_the_window.duplicate, "dropped by the server");
+    assert!(!after_the_window.duplicate, "stored: the server forgot it");
+
+    // Both stored copies are settled, neither run.
+    let stream = js.get_stream("HAPPEN_DURABLE").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = stream
+            .clone()
+            .consumer_info("ledger")
+            .await
+            .unwrap()
+            .clone();
+        if info.delivered.stream_sequence >= after_the_window.sequence
+            && (info.num_pending, info.num_ack_pending) == (0, 0)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ran_again = ran_second.0.lock().unwrap().len();
+    let refused = second.counters().rejected;
+    println!(
+        "faults: copies-after-a-restart sent=3 stored=2 dropped-by-server=1 refused={refused} ran-again={ran_again}"
+    );
+    assert_eq!((ran_again, refused), (0, 1));
+    second.shutdown().await;
+}

@@ -331,8 +331,9 @@ pub struct DeliveryConfig {
     /// The longest delay between two attempts.
     pub max_backoff: Duration,
     /// How long event ids are remembered to drop repeated copies (the
-    /// JetStream stream's duplicate window; completed flows are remembered
-    /// as long in exactly-once mode).
+    /// JetStream stream's duplicate window, from the runtime's default
+    /// delivery; completed flows are remembered twice as long in
+    /// exactly-once mode).
     pub dedup_window: Duration,
     /// How long the server waits for a flow to end before it hands the
     /// event out again (a process that died mid-flow).

@@ -283,6 +283,11 @@ async fn take(
         ack(shared, &message, AckKind::Term);
         return;
     }
+    if let Err(error) = super::replays::stored_as_itself(&message, &event) {
+        shared.local.rejected(&message.subject, &error);
+        ack(shared, &message, AckKind::Term);
+        return;
+    }
     crate::transport::nats::key_lookups::key_known(shared, &event).await;
     if message.subject.contains(".durable.bcast.")
         && node.core().matching(event.event_type()).is_none()
@@ -303,11 +308,18 @@ async fn take(
             }
             return;
         }
-        // Only a redelivery can have completed before (the stream drops a
-        // repeated publish within the window): a first delivery needs no
-        // round trip to the completion records.
-        if attempt > 1 && matches!(durable.done.get(key.clone()).await, Ok(Some(_))) {
-            // Completed before (its acknowledgement was lost): not run again.
+        // Only a redelivery, or a copy stored after the stream's duplicate
+        // window, can have completed before (the stream drops a copy under
+        // the same message id within the window, and one under another id
+        // was refused above): a fresh first delivery needs no round trip to
+        // the completion records.
+        let stale = || {
+            let now = crate::uuid7::wall_millis();
+            super::replays::may_have_run_before(event.causal().timestamp, now, durable.window)
+        };
+        if (attempt > 1 || stale()) && matches!(durable.done.get(key.clone()).await, Ok(Some(_))) {
+            // Completed before (its acknowledgement was lost, or this is a
+            // copy stored again): not run again.
             ack(shared, &message, AckKind::Ack);
             return;
         }

@@ -18,8 +18,9 @@
 //!   nodes and their broadcast filters, so that every process sends their
 //!   events through the stream, also while the node's own process is down.
 //! - Exactly-once nodes record each completed event in the KV bucket
-//!   `<prefix>_done` (kept for the duplicate window) before acknowledging
-//!   it; a redelivered event found there is acknowledged without running.
+//!   `<prefix>_done` (kept for twice the duplicate window) before
+//!   acknowledging it; a redelivered event found there is acknowledged
+//!   without running, and so is a copy stored again ([`replays`]).
 //! - The final answer of a durable request is also kept in the KV bucket
 //!   `<prefix>_answers` until its requester has it ([`answers`]): published
 //!   during an outage, it may reach the server before the requester has
@@ -53,14 +54,17 @@ use crate::node::Node;
 use crate::receipt::{Receipt, ReceiptTx};
 
 pub(super) mod answers;
+mod buckets;
 mod consume;
 pub(super) mod keys;
 mod publish;
 mod registry;
+mod replays;
 #[cfg(test)]
 mod tests;
 mod unstored;
 
+use buckets::{answers_bucket, bucket};
 use consume::{consume, reconfigure};
 pub(super) use publish::{DurableOutbox, publish};
 use registry::Registry;
@@ -147,6 +151,8 @@ pub(super) struct Durable {
     /// Answers to durable requests, kept until their requesters have them.
     pub(super) answers: Arc<answers::Answers>,
     done: kv::Store,
+    /// The event stream's duplicate window, as the server keeps it.
+    window: Duration,
     /// Serializes the changes of this process's consumers and records.
     configuring: tokio::sync::Mutex<()>,
     outgoing: mpsc::UnboundedSender<Outgoing>,
@@ -205,6 +211,8 @@ impl Durable {
             .await
             .map_err(|e| unavailable("cannot create the event stream", e))?;
         crate::store::jetstream::check_stream_subject(&made, &events)?;
+        // The stream's own window: one found made may have another.
+        let window = made.cached_info().config.duplicate_window;
         let dead = format!("{prefix}.dead.>");
         let made = js
             .get_or_create_stream(stream::Config {
@@ -219,7 +227,8 @@ impl Durable {
         crate::store::jetstream::check_stream_subject(&made, &dead)?;
         let registry = bucket(&js, format!("{part}_durable"), Duration::ZERO, replicas).await?;
         let registry = Arc::new(Registry::load(registry).await);
-        let done = bucket(&js, format!("{part}_done"), window, replicas).await?;
+        // Kept for twice the window: see `replays`.
+        let done = bucket(&js, format!("{part}_done"), window * 2, replicas).await?;
         let keys = Arc::new(keys::KeyRegistry::open(&js, &part, replicas).await?);
         let kept = answers_bucket(&js, &part, replicas).await?;
         let answers = Arc::new(answers::Answers::new(kept, js.client().max_payload()));
@@ -233,6 +242,7 @@ impl Durable {
                 keys,
                 answers,
                 done,
+                window,
                 configuring: tokio::sync::Mutex::new(()),
                 outgoing,
                 setups: Mutex::new(Vec::new()),
@@ -499,46 +509,8 @@ fn mode_name(node: &Node) -> &'static str {
 
 fn message_headers(event: &Event) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.id());
+    headers.insert(replays::MESSAGE_ID, event.id());
     headers
-}
-
-/// The bucket of kept answers: their time, and a bound on their bytes.
-async fn answers_bucket(js: &jetstream::Context, part: &str, replicas: usize) -> Result<kv::Store> {
-    let name = format!("{part}_answers");
-    if let Ok(store) = js.get_key_value(name.clone()).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: name.clone(),
-        max_age: answers::KEEP_FOR,
-        max_bytes: answers::MAX_BYTES,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| unavailable(&format!("cannot create the bucket {name}"), e))
-}
-
-async fn bucket(
-    js: &jetstream::Context,
-    name: String,
-    max_age: Duration,
-    replicas: usize,
-) -> Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(name.clone()).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: name.clone(),
-        max_age,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| unavailable(&format!("cannot create the bucket {name}"), e))
 }
 
 /// [`Happen::forget_durable`](crate::Happen::forget_durable) over NATS:

@@ -57,10 +57,10 @@ async fn more_events_than_ack_permits_are_stored() {
 }
 
 /// A copy of an event an exactly-once node of this process already
-/// completed (as when the acknowledgement was lost and the server hands it
-/// out again) is acknowledged at once, not run again and not left pending.
+/// completed, stored again under another message id, is refused (counted
+/// as rejected), not run again and not left pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_of_a_completed_event_is_acknowledged_without_running() {
+async fn a_copy_of_a_completed_event_stored_again_is_refused_without_running() {
     use async_nats::jetstream;
     let server = NatsServer::start().unwrap();
     let happen = Happen::connect(NatsConfig::new(server.url()).co_located(false))
@@ -111,11 +111,12 @@ async fn a_copy_of_a_completed_event_is_acknowledged_without_running() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(received.lock().unwrap().len(), 1, "not run again");
+    assert_eq!(happen.counters().rejected, 1, "refused as a copy");
     let stream = js.get_stream("HAPPEN_DURABLE").await.unwrap();
     let info = stream.consumer_info("ledger").await.unwrap();
     assert_eq!(
         (info.num_pending, info.num_ack_pending),
         (0, 0),
-        "the copy was acknowledged"
+        "the copy was settled"
     );
 }
