@@ -297,3 +297,77 @@ async fn an_answer_that_cannot_travel_is_an_error_not_a_timeout() {
     );
     sender.shutdown().await;
 }
+
+/// A zero event whose reply subject is not an inbox is rejected (counted,
+/// reported) and never run: its answer would be published wherever that
+/// subject says, under the receiving node's credentials. The same bytes
+/// asked from an inbox are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_event_is_answered_only_at_an_inbox() {
+    let server = NatsServer::start().unwrap();
+    let receiver = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let sink = receiver.node("sink").unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    sink.zero("reading", move |event, _cx| {
+        h.fetch_add(1, Ordering::SeqCst);
+        Ok(ZeroNext::Value(json!(event.get::<f64>("celsius")?)))
+    })
+    .unwrap();
+    let mut rejected = rejections(&receiver);
+    receiver.flush().await.unwrap();
+
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut direct = raw.subscribe("happen.node.sink").await.unwrap();
+    let mut elsewhere = raw.subscribe("records.sink").await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
+    let sender = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let mut writer = ZeroWriter::new("reading");
+    writer.f64("celsius", 7.5);
+    sender
+        .node("gateway")
+        .unwrap()
+        .zero_tell("sink", writer)
+        .unwrap();
+    let genuine = within("the zero message", 10, direct.next())
+        .await
+        .unwrap()
+        .payload;
+    within("the tell handled", 10, async {
+        while handled.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    raw.publish_with_reply("happen.node.sink", "records.sink", genuine.clone())
+        .await
+        .unwrap();
+    let report = within("the rejection", 10, rejected.recv()).await.unwrap();
+    let published = tokio::time::timeout(Duration::from_millis(500), elsewhere.next()).await;
+    println!(
+        "zero over NATS: reply-subject-outside-an-inbox sent=1 rejected={} ran={} answered-there={}",
+        receiver.counters().rejected,
+        handled.load(Ordering::SeqCst) - 1,
+        published.is_ok()
+    );
+    assert!(
+        report["reason"].as_str().unwrap().contains("not an inbox"),
+        "{report}"
+    );
+    assert!(published.is_err(), "an answer went outside an inbox");
+    assert_eq!(handled.load(Ordering::SeqCst), 1, "the copy ran");
+    assert_eq!(receiver.counters().rejected, 1);
+
+    let answer = within("a request", 10, raw.request("happen.node.sink", genuine))
+        .await
+        .unwrap();
+    let answer = ZeroEvent::from_bytes(&answer.payload[..answer.payload.len() - 32]).unwrap();
+    assert_eq!(answer.payload(), json!(7.5));
+    sender.shutdown().await;
+    receiver.shutdown().await;
+}
