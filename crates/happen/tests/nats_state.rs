@@ -170,6 +170,49 @@ async fn concurrent_large_global_writers_leave_no_orphan() {
     b.shutdown().await;
 }
 
+/// A write over a pointer whose object cannot be deleted (here a pointer
+/// naming no valid object, as a raw client could leave it) lands, and keeps
+/// the large object it wrote: the old object is left over, logged, not a
+/// failed write (a review found the write reported failed and its own new
+/// object deleted, the key then pointing to nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_old_object_cannot_be_deleted_lands_whole() {
+    use futures::StreamExt;
+    let server = NatsServer::builder()
+        .config("max_payload: 65536")
+        .start()
+        .unwrap();
+    let a = connect(&server).await;
+    let node = a.node("writer").unwrap();
+    node.global().set("blob", &json!("small")).await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let bucket = js.get_key_value("happen-global").await.unwrap();
+    // Happen's pointer form, naming an object the store refuses to look up.
+    bucket
+        .put("blob", bytes::Bytes::from_static(b"\0happen-large-v1\0"))
+        .await
+        .unwrap();
+
+    let large = json!({ "rows": vec![7u64; 40_000] });
+    let written = node.global().set("blob", &large).await;
+    let read = node.global().get("blob").await;
+    let objects = js.get_object_store("happen-global-large").await.unwrap();
+    let listed: Vec<_> = objects.list().await.unwrap().collect().await;
+    let live = listed
+        .into_iter()
+        .filter(|info| info.as_ref().is_ok_and(|i| !i.deleted))
+        .count();
+    println!(
+        "faults: large-global-over-an-undeletable-pointer written={} read-whole={} live-objects={live}",
+        written.is_ok(),
+        matches!(&read, Ok(Some(v)) if *v == large)
+    );
+    written.expect("the write lands");
+    assert_eq!(read.unwrap(), Some(large));
+    assert_eq!(live, 1, "the new object is kept");
+    a.shutdown().await;
+}
+
 /// Two runtimes (as two processes) each run 1,000 concurrent increments of
 /// one node's state, ten rounds: every update lands, the counter ends at
 /// 20,000, and no update gives up.
