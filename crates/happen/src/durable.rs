@@ -147,7 +147,7 @@
 //! # Over NATS
 //!
 //! See `docs/ARCHITECTURE.md` ("Durable delivery"): one JetStream stream for
-//! events to durable nodes, `Nats-Msg-Id` = event id, one durable consumer
+//! events to durable nodes, `Nats-Msg-Id` = event id and node, one durable consumer
 //! per node id (shared by its instances), explicit acknowledgement at the
 //! end of the flow, negative acknowledgement with the backoff delay.
 

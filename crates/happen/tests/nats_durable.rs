@@ -1404,7 +1404,8 @@ async fn graceful_restarts_under_load_delay_no_event() {
 /// node's process restarted (what it took in memory is gone): a copy under
 /// another message id is refused; one under its own id is dropped by the
 /// server within the duplicate window, and found in the completion records
-/// after it.
+/// after it, as is one under the bare event id (how an older Happen stored
+/// events to nodes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_of_a_completed_event_do_not_run_again_after_a_restart() {
     use async_nats::jetstream;
@@ -1461,15 +1462,23 @@ async fn copies_of_a_completed_event_do_not_run_again_after_a_restart() {
     let mut renamed = async_nats::HeaderMap::new();
     renamed.insert("Nats-Msg-Id", "another-id");
     let own = original.headers.clone().expect("stored with headers");
+    // `<event id>@<node>`; an older Happen stored it under the event id.
+    let stored_as = own.get("Nats-Msg-Id").unwrap().as_str().to_owned();
+    let (event_id, node) = stored_as.split_once('@').expect("a per-node message id");
+    assert_eq!(node, "ledger");
+    let mut bare = async_nats::HeaderMap::new();
+    bare.insert("Nats-Msg-Id", event_id);
     let under_another_id = store(renamed).await;
+    let under_the_event_id = store(bare).await;
     let within_the_window = store(own.clone()).await;
     tokio::time::sleep_until(captured + WINDOW + Duration::from_millis(1500)).await;
     let after_the_window = store(own).await;
     assert!(!under_another_id.duplicate, "stored");
+    assert!(!under_the_event_id.duplicate, "stored");
     assert!(within_the_window.duplicate, "dropped by the server");
     assert!(!after_the_window.duplicate, "stored: the server forgot it");
 
-    // Both stored copies are settled, neither run.
+    // The three stored copies are settled, none run.
     let stream = js.get_stream("HAPPEN_DURABLE").await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -1494,7 +1503,7 @@ async fn copies_of_a_completed_event_do_not_run_again_after_a_restart() {
     let ran_again = ran_second.0.lock().unwrap().len();
     let refused = second.counters().rejected;
     println!(
-        "faults: copies-after-a-restart sent=3 stored=2 dropped-by-server=1 refused={refused} ran-again={ran_again}"
+        "faults: copies-after-a-restart sent=4 stored=3 dropped-by-server=1 refused={refused} ran-again={ran_again}"
     );
     assert_eq!((ran_again, refused), (0, 1));
     second.shutdown().await;

@@ -369,6 +369,45 @@ pub async fn broadcasts_to_durable_nodes_are_retried_and_taken_once(backend: &dy
     super::assert_quiet(&mut rx, "the plain node took it once").await;
 }
 
+/// An event sent to a group of durable nodes is stamped once (one id for
+/// every copy), and each node of the group takes its copy, once, whatever
+/// its mode. (Over NATS each copy is stored under the event id and its
+/// node: under the id alone the server dropped every copy after the first.)
+pub async fn an_event_sent_to_a_group_reaches_each_durable_node(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let sender = h.node("grp-sender").unwrap();
+    let mut group = Vec::new();
+    let handled = Arc::new(AtomicU32::new(0));
+    for (id, mode) in [
+        ("grp-ledger", DeliveryConfig::exactly_once()),
+        ("grp-audit", DeliveryConfig::at_least_once()),
+        ("grp-archive", DeliveryConfig::exactly_once()),
+    ] {
+        let node = h.node_with(id, quick(mode)).unwrap();
+        let handled = handled.clone();
+        node.on("entry", move |e: Event, _cx: Context| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            async move { json!({ "by": id, "cents": e.payload()["cents"] }) }
+        })
+        .unwrap();
+        group.push(id);
+    }
+    h.flush().await.unwrap();
+    let sent = sender.send_to_all(group.clone(), ev("entry", json!({ "cents": 5 })));
+    let id = sent.id().to_owned();
+    let results = sent.await;
+    for node in &group {
+        let answer = results.get(*node).expect("a result per node");
+        assert_eq!(
+            answer.as_ref().ok(),
+            Some(&json!({ "by": node, "cents": 5 })),
+            "{node}: {answer:?} (event {id})"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(handled.load(Ordering::SeqCst), 3, "each copy once");
+}
+
 pub async fn a_node_falling_behind_is_reported_down_then_up(backend: &dyn Backend) {
     use happen::balance::{self, FlowBalanceConfig};
     let config = HappenConfig::default().flow_balance(

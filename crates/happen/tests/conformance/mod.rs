@@ -183,6 +183,7 @@ macro_rules! conformance_suite {
             exactly_once_flows_of_one_event_emit_distinct_events,
             receipts_resolve_once_events_are_kept,
             broadcasts_to_durable_nodes_are_retried_and_taken_once,
+            an_event_sent_to_a_group_reaches_each_durable_node,
             a_node_falling_behind_is_reported_down_then_up,
             a_timed_out_request_to_a_durable_node_is_still_processed,
             zero_handlers_and_zero_events_stay_off_durable_nodes,

@@ -283,11 +283,16 @@ async fn take(
         ack(shared, &message, AckKind::Term);
         return;
     }
-    if let Err(error) = super::replays::stored_as_itself(&message, &event) {
-        shared.local.rejected(&message.subject, &error);
-        ack(shared, &message, AckKind::Term);
-        return;
-    }
+    let target = (message.subject.strip_prefix(durable.prefix.as_str()))
+        .and_then(|s| s.strip_prefix(".durable.node."));
+    let unsure = match super::replays::stored_as(&message, target, &event) {
+        Ok(stored) => stored == super::replays::Stored::Unsure,
+        Err(error) => {
+            shared.local.rejected(&message.subject, &error);
+            ack(shared, &message, AckKind::Term);
+            return;
+        }
+    };
     crate::transport::nats::key_lookups::key_known(shared, &event).await;
     if message.subject.contains(".durable.bcast.")
         && node.core().matching(event.event_type()).is_none()
@@ -308,16 +313,18 @@ async fn take(
             }
             return;
         }
-        // Only a redelivery, or a copy stored after the stream's duplicate
-        // window, can have completed before (the stream drops a copy under
-        // the same message id within the window, and one under another id
-        // was refused above): a fresh first delivery needs no round trip to
-        // the completion records.
+        // Only a redelivery, a copy stored after the stream's duplicate
+        // window, or one under the bare event id can have completed before
+        // (the stream drops a copy under the same message id within the
+        // window, and one under another id was refused above): a fresh
+        // first delivery needs no round trip to the completion records.
         let stale = || {
             let now = crate::uuid7::wall_millis();
             super::replays::may_have_run_before(event.causal().timestamp, now, durable.window)
         };
-        if (attempt > 1 || stale()) && matches!(durable.done.get(key.clone()).await, Ok(Some(_))) {
+        if (attempt > 1 || unsure || stale())
+            && matches!(durable.done.get(key.clone()).await, Ok(Some(_)))
+        {
             // Completed before (its acknowledgement was lost, or this is a
             // copy stored again): not run again.
             ack(shared, &message, AckKind::Ack);

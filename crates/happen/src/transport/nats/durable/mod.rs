@@ -3,8 +3,9 @@
 //! - One stream per prefix, `<PREFIX>_DURABLE`, over `<prefix>.durable.>`,
 //!   with interest retention: an event stays until the consumer of its node
 //!   acknowledges it. Events to the durable node `n` are published to
-//!   `<prefix>.durable.node.<n>` with `Nats-Msg-Id` = the event id, so a
-//!   repeated publish within the duplicate window is dropped by the server.
+//!   `<prefix>.durable.node.<n>` with `Nats-Msg-Id` = `<event id>@<n>`
+//!   (a broadcast: the event id), so a repeated publish within the
+//!   duplicate window is dropped by the server ([`replays`]).
 //! - One durable pull consumer per node id (shared by every instance of the
 //!   node), acknowledging explicitly at the end of the flow (once the
 //!   events the flow emitted to durable nodes are stored: see below), negatively
@@ -345,7 +346,14 @@ impl Durable {
         let subject = format!("{}.durable.bcast.{}", self.prefix, event.event_type());
         let then = Then::Broadcast(event.clone());
         let cause = event.causal().causation_id.as_ref();
-        self.store(cause, subject, message_headers(event), payload, then, None)
+        self.store(
+            cause,
+            subject,
+            message_headers(event, None),
+            payload,
+            then,
+            None,
+        )
     }
 
     /// Queues an event for the publishing task (within the outgoing bound);
@@ -386,7 +394,7 @@ impl Durable {
 
     /// Stores a tell to the durable node `target`.
     pub(super) fn tell(&self, target: &str, event: Event, payload: Bytes) -> Result<Receipt> {
-        let headers = message_headers(&event);
+        let headers = message_headers(&event, Some(target));
         let cause = event.causal().causation_id.clone();
         let then = Then::Tell {
             target: Id::from(target),
@@ -407,7 +415,7 @@ impl Durable {
         reply_to: &str,
         deadline: crate::response::Deadline,
     ) -> Result<Receipt> {
-        let mut headers = message_headers(event);
+        let mut headers = message_headers(event, Some(target));
         headers.insert(REPLY_TO, reply_to);
         let then = Then::Request(token);
         let cause = event.causal().causation_id.as_ref();
@@ -507,9 +515,11 @@ fn mode_name(node: &Node) -> &'static str {
     }
 }
 
-fn message_headers(event: &Event) -> HeaderMap {
+/// The headers of `event` stored for the durable node `target`, or for
+/// every one that takes it (`None`, a broadcast).
+fn message_headers(event: &Event, target: Option<&str>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(replays::MESSAGE_ID, event.id());
+    headers.insert(replays::MESSAGE_ID, replays::message_id(event.id(), target));
     headers
 }
 

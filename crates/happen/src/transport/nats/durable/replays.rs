@@ -1,4 +1,12 @@
-//! Telling a stored event's delivery from a replay of one that already ran.
+//! The message id each stored event carries, and telling a stored event's
+//! delivery from a copy of one that already ran.
+//!
+//! JetStream drops a message whose `Nats-Msg-Id` it stored within the
+//! stream's duplicate window. A broadcast is stored once, under its event
+//! id. An event to a durable node is stored under its event id and the
+//! node's ([`message_id`]): an event sent to a group is stamped once, so
+//! under the event id alone every copy after the first was dropped as a
+//! duplicate, and only the first node of a group got it.
 //!
 //! Anyone who may publish to the event stream can store the bytes of an
 //! event captured on the wire a second time. An exactly-once node must not
@@ -7,18 +15,20 @@
 //! first copy. Two checks close that, without a read of the completion
 //! records for each fresh event:
 //!
-//! - A stored event's message id must be its event id
-//!   ([`stored_as_itself`]), as every Happen publisher sets it. The server
-//!   then drops a second copy stored within its duplicate window, so a
-//!   replay under another message id is refused here, and one under the
-//!   right id is not stored at all while the window lasts.
+//! - A stored event's message id must be the one Happen stores it under
+//!   ([`stored_as`]). The server then drops a second copy stored within its
+//!   duplicate window, so a copy under another message id is refused here,
+//!   and one under the right id is not stored at all while the window
+//!   lasts. An event to a node under its bare event id (as Happen stored it
+//!   before per-node ids) is taken, but looked up in the completion records
+//!   first.
 //! - An event that may be older than that window ([`may_have_run_before`],
 //!   by its own timestamp, which its hash and signature cover) is looked up
 //!   in the completion records even on its first delivery; they are kept
 //!   for twice the window.
 //!
-//! A replay after the completion records expire runs again: choose the
-//! duplicate window (`DeliveryConfig::dedup_window`) to cover it.
+//! A copy stored after the completion records expire runs again: choose
+//! the duplicate window (`DeliveryConfig::dedup_window`) to cover it.
 
 use std::time::Duration;
 
@@ -28,23 +38,52 @@ use crate::event::Event;
 /// The header JetStream de-duplicates stored messages by.
 pub(super) const MESSAGE_ID: &str = "Nats-Msg-Id";
 
-/// Whether `message` was stored under its event's id, as Happen stores
-/// every event to a durable node; an error naming the event otherwise.
-pub(super) fn stored_as_itself(
+/// The message id of `event` stored for the durable node `target`, or, for
+/// a broadcast (`None`), for every durable node that takes it.
+pub(super) fn message_id(event: &str, target: Option<&str>) -> String {
+    match target {
+        Some(node) => format!("{event}@{node}"),
+        None => event.to_owned(),
+    }
+}
+
+/// How a stored event's message id vouches for it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Stored {
+    /// Under the id Happen stores it with: a copy within the window was
+    /// dropped by the server.
+    AsItself,
+    /// An event to a node under its bare event id: stored by a Happen of
+    /// before per-node ids, or a copy stored again under that id.
+    Unsure,
+}
+
+/// How `message`, delivered from the subject of the durable node `target`
+/// (`None`: a broadcast subject), was stored; an error naming the event
+/// when under an id Happen never stores it with.
+pub(super) fn stored_as(
     message: &async_nats::Message,
+    target: Option<&str>,
     event: &Event,
-) -> Result<(), HappenError> {
+) -> Result<Stored, HappenError> {
     let stored_as = (message.headers.as_ref())
         .and_then(|h| h.get(MESSAGE_ID))
         .map(|v| v.as_str());
-    if stored_as == Some(event.id()) {
-        return Ok(());
+    let rest = stored_as.and_then(|id| id.strip_prefix(event.id()));
+    match (rest, target) {
+        (Some(""), None) => return Ok(Stored::AsItself),
+        (Some(""), Some(_)) => return Ok(Stored::Unsure),
+        (Some(rest), Some(node)) if rest.strip_prefix('@') == Some(node) => {
+            return Ok(Stored::AsItself);
+        }
+        _ => {}
     }
+    let expected = message_id(event.id(), target);
     Err(HappenError::Integrity {
         event_id: event.id().to_owned(),
         reason: match stored_as {
             Some(other) => format!(
-                "stored under the message id {other:?}, not its event id: a copy stored again"
+                "stored under the message id {other:?}, not {expected:?}: a copy stored again"
             ),
             None => "stored without a message id: a copy stored again".to_owned(),
         },
@@ -86,14 +125,29 @@ mod tests {
     fn only_an_event_stored_under_its_own_id_is_itself() {
         let mut event = Event::new("entry", serde_json::json!(1));
         crate::event::stamp(&mut event, &crate::id::Id::from("shop"), None);
-        assert!(!event.id().is_empty());
-        assert!(stored_as_itself(&message(Some(event.id())), &event).is_ok());
-        for other in [Some("a-copy"), Some(""), None] {
-            let error = stored_as_itself(&message(other), &event).unwrap_err();
-            assert!(
-                matches!(&error, HappenError::Integrity { event_id, .. } if event_id == event.id()),
-                "{error}"
-            );
+        let id = event.id().to_owned();
+        let to_ledger = message_id(&id, Some("ledger"));
+        let cases: [(Option<&str>, Option<&str>, Option<Stored>); 10] = [
+            (Some(&to_ledger), Some("ledger"), Some(Stored::AsItself)),
+            (Some(&id), None, Some(Stored::AsItself)),
+            (Some(&id), Some("ledger"), Some(Stored::Unsure)),
+            (Some(&to_ledger), Some("audit"), None),
+            (Some(&to_ledger), None, None),
+            (Some("a-copy"), Some("ledger"), None),
+            (Some("a-copy"), None, None),
+            (Some(""), None, None),
+            (None, Some("ledger"), None),
+            (None, None, None),
+        ];
+        for (stored, target, expected) in cases {
+            let got = stored_as(&message(stored), target, &event);
+            match expected {
+                Some(expected) => assert_eq!(got.unwrap(), expected, "{stored:?} {target:?}"),
+                None => assert!(
+                    matches!(&got, Err(HappenError::Integrity { event_id, .. }) if *event_id == id),
+                    "{stored:?} {target:?}: {got:?}"
+                ),
+            }
         }
     }
 
