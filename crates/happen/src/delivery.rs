@@ -50,6 +50,9 @@ pub(crate) enum Responder {
     /// the first matching handler): this flow's items and result go
     /// nowhere.
     Elsewhere,
+    /// An exactly-once node's request: its final answer is also kept for
+    /// the copies of the request ([`crate::kept`]).
+    Kept(Box<(Responder, crate::kept::Keeper)>),
 }
 
 /// A flow, or a delivery, that failed: the error and, when the event may be
@@ -91,7 +94,18 @@ impl Responder {
             Responder::LocalStream(tx, _) => tx.is_closed(),
             Responder::Remote(_) => false,
             Responder::Retrying(inner) => inner.is_abandoned(),
+            Responder::Kept(kept) => kept.0.is_abandoned(),
             Responder::Elsewhere => true,
+        }
+    }
+
+    /// Whether the final answer is kept for copies of the request
+    /// ([`Responder::Kept`]): it is wanted even when the requester let go.
+    pub(crate) fn keeps_answer(&self) -> bool {
+        match self {
+            Responder::Kept(..) => true,
+            Responder::Retrying(inner) => inner.keeps_answer(),
+            _ => false,
         }
     }
 
@@ -154,6 +168,7 @@ impl Responder {
                 Err(_) => Err(HappenError::Cancelled),
             },
             Responder::Remote(sink) => sink.emit(value).await,
+            Responder::Kept(kept) => Box::pin(kept.0.emit(value)).await,
             Responder::Elsewhere => Ok(()),
             Responder::Local(_) | Responder::Retrying(_) => Err(HappenError::Cancelled),
         }
@@ -163,6 +178,11 @@ impl Responder {
     /// future that waits for room to send it is returned.
     pub(crate) fn finish(self, outcome: Result<Event>) -> Option<BoxFuture<'static, ()>> {
         match self {
+            Responder::Kept(kept) => {
+                let (inner, keeper) = *kept;
+                keeper.give(&outcome);
+                inner.finish(outcome)
+            }
             Responder::LocalStream(tx, _) => match tx.try_send(StreamMsg::End(outcome)) {
                 Err(mpsc::error::TrySendError::Full(end)) => Some(Box::pin(async move {
                     let _ = tx.send(end).await;
@@ -190,6 +210,11 @@ impl Responder {
             }
             Responder::Remote(sink) => sink.reply(outcome),
             Responder::Retrying(inner) => inner.reply(outcome),
+            Responder::Kept(kept) => {
+                let (inner, keeper) = *kept;
+                keeper.give(&outcome);
+                inner.reply(outcome);
+            }
             Responder::Elsewhere => {}
         }
     }
@@ -330,8 +355,20 @@ pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()
             return delivery.refuse(error);
         }
         if !node.first_sight(&delivery.event) {
-            // Exactly-once: a copy of an event this node already took.
+            // Exactly-once: a copy of an event this node already took. Its
+            // requester, if any (a flow that asked, failed and runs again),
+            // gets the first one's answer.
+            if let Some(responder) = delivery.responder.take() {
+                node.seen
+                    .answers
+                    .copy(node.id(), &delivery.event, responder);
+            }
             return Ok(());
+        }
+        if let Some(responder) = delivery.responder.take() {
+            let window = node.limits().delivery.dedup_window;
+            let kept = node.seen.answers.keep(&delivery.event, responder, window);
+            delivery.responder = Some(kept);
         }
         delivery.ack = Some(crate::durable::LocalRetry::first(node, &delivery.event));
         #[cfg(feature = "redb")]

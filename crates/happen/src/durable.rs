@@ -297,6 +297,8 @@ impl Acknowledge for LocalRetry {
 #[derive(Default)]
 pub(crate) struct Seen {
     ids: Mutex<HashMap<Id, Instant>>,
+    /// The answers of the requests among them, for their copies.
+    pub(crate) answers: Arc<crate::kept::Kept>,
 }
 
 impl Seen {

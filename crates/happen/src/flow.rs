@@ -549,7 +549,7 @@ fn answer(
     let (core, event) = (shared.core(), shared.event());
     // A fire-and-forget requester dropped its handle: the outcome would be
     // wasted work.
-    let responder = responder.filter(|r| !r.is_abandoned());
+    let responder = responder.filter(|r| r.keeps_answer() || !r.is_abandoned());
     let answered = responder.is_some();
     let mut kept = None;
     let rest = match responder {

@@ -78,6 +78,7 @@ pub mod flow;
 pub mod id;
 pub mod identity;
 pub mod integrity;
+mod kept;
 pub mod name;
 #[cfg(feature = "nats")]
 pub mod nats;

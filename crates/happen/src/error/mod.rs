@@ -6,8 +6,6 @@
 //! `HappenError` returned by a step) stays typed too, up to
 //! [`SOURCES_ON_THE_WIRE`] hops down.
 
-use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -372,6 +370,19 @@ pub enum HappenError {
         source: Option<Cause>,
     },
 
+    /// A request to an exactly-once node that took this event already, and
+    /// kept no answer to give again: its first copy came without a
+    /// requester (a tell), or its answer left the de-duplication window.
+    #[error(
+        "node \"{node}\" took event {event_id} already (exactly-once) and keeps no answer to give again"
+    )]
+    AlreadyTaken {
+        /// The exactly-once node.
+        node: String,
+        /// The event taken before.
+        event_id: String,
+    },
+
     /// A state update lost every race against writers in other processes.
     #[error(
         "the state of node \"{node}\" kept changing under concurrent writers; gave up after {attempts} attempts"
@@ -383,66 +394,6 @@ pub enum HappenError {
         attempts: u32,
     },
 }
-
-/// The underlying error of a [`HappenError`], kept in the process where it
-/// happened (errors cross the wire as text).
-///
-/// It dereferences to the error itself, so `downcast_ref` finds your own
-/// error type; see [`HappenError::handler_error`]. Two causes are equal when
-/// they are the same error value.
-#[derive(Clone)]
-pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
-
-impl Cause {
-    /// Wraps an error.
-    pub fn new(error: impl Into<BoxError>) -> Self {
-        Cause(Arc::from(error.into()))
-    }
-}
-
-impl std::ops::Deref for Cause {
-    type Target = dyn std::error::Error + Send + Sync + 'static;
-    fn deref(&self) -> &Self::Target {
-        &*self.0
-    }
-}
-
-/// A nested [`HappenError::HandlerFailed`] is shown without its `cause`:
-/// that text is the outer error's `cause` already, and repeating it at every
-/// level made a chain's `Debug` quadratic (357 KB for a 100-deep request
-/// loop). Other errors show their own `Debug`.
-impl fmt::Debug for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.downcast_ref::<HappenError>() {
-            Some(HappenError::HandlerFailed {
-                node,
-                event_type,
-                source,
-                ..
-            }) => f
-                .debug_struct("HandlerFailed")
-                .field("node", node)
-                .field("event_type", event_type)
-                .field("source", source)
-                .finish_non_exhaustive(),
-            _ => fmt::Debug::fmt(&*self.0, f),
-        }
-    }
-}
-
-impl fmt::Display for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&*self.0, f)
-    }
-}
-
-impl PartialEq for Cause {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for Cause {}
 
 impl HappenError {
     pub(crate) fn timeout(node: &str, event_type: &str, after: Duration) -> Self {
@@ -559,7 +510,10 @@ fn quoted(said: &str) -> String {
 /// stays typed, and a long chain stays small.
 pub const SOURCES_ON_THE_WIRE: usize = 8;
 
+mod cause;
 mod wire_source;
+
+pub use cause::Cause;
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

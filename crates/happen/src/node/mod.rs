@@ -74,7 +74,7 @@ pub(crate) struct NodeCore {
     /// process (the embedded runtime; over NATS, JetStream keeps them).
     retried_here: bool,
     /// Exactly-once in this process: the events already taken.
-    seen: crate::durable::Seen,
+    pub(crate) seen: crate::durable::Seen,
     /// Where the node's events are kept across a restart (a durable node of
     /// an embedded runtime on disk).
     #[cfg(feature = "redb")]

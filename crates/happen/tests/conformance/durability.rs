@@ -408,6 +408,65 @@ pub async fn an_event_sent_to_a_group_reaches_each_durable_node(backend: &dyn Ba
     assert_eq!(handled.load(Ordering::SeqCst), 3, "each copy once");
 }
 
+/// An exactly-once flow that asks a durable node, then fails, runs again;
+/// its request, numbered like every event the flow emits, is the same
+/// request: it is not run again, and the re-run gets the first answer
+/// (the request used to be dropped as a copy, unanswered, so every retry
+/// failed the same way and the event went to the dead letters).
+pub async fn a_re_run_flow_gets_the_answer_to_its_request_again(backend: &dyn Backend) {
+    for (receiver_mode, label) in [
+        (DeliveryConfig::exactly_once(), "exactly-once"),
+        (DeliveryConfig::at_least_once(), "at-least-once"),
+    ] {
+        let h = start(backend).await;
+        let client = h.node("rr-client").unwrap();
+        let checkout = h
+            .node_with("rr-checkout", quick(DeliveryConfig::exactly_once()))
+            .unwrap();
+        let fraud = h.node_with("rr-fraud", quick(receiver_mode)).unwrap();
+        let scored = Arc::new(AtomicU32::new(0));
+        let s = scored.clone();
+        fraud
+            .on("score", move |_e: Event, _cx: Context| {
+                let n = s.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { json!({ "score": 7, "run": n }) }
+            })
+            .unwrap();
+        let attempts = Arc::new(AtomicU32::new(0));
+        let a = attempts.clone();
+        checkout
+            .on("checkout", move |_e: Event, cx: Context| {
+                let a = a.clone();
+                async move {
+                    let attempt = a.fetch_add(1, Ordering::SeqCst) + 1;
+                    let score = cx.node().send("rr-fraud", ev("score", json!({}))).await?;
+                    if attempt == 1 {
+                        return Err(HappenError::Cancelled);
+                    }
+                    Ok(json!({ "score": score, "attempt": attempt }))
+                }
+            })
+            .unwrap();
+        h.flush().await.unwrap();
+        let answer = client
+            .send(&checkout, ev("checkout", json!({})))
+            .await
+            .unwrap_or_else(|e| panic!("{label} receiver: {e}"));
+        assert_eq!(answer["attempt"], 2, "{label}");
+        let runs = scored.load(Ordering::SeqCst);
+        match label {
+            // Asked twice, run once: the copy got the first answer.
+            "exactly-once" => {
+                assert_eq!(answer["score"], json!({ "score": 7, "run": 1 }), "{label}");
+                assert_eq!(runs, 1, "{label}: the copy was run");
+            }
+            // At-least-once: the copy may run again, and is answered.
+            _ => assert!((1..=2).contains(&runs), "{label}: {runs} runs"),
+        }
+        h.shutdown().await;
+    }
+}
+
 pub async fn a_node_falling_behind_is_reported_down_then_up(backend: &dyn Backend) {
     use happen::balance::{self, FlowBalanceConfig};
     let config = HappenConfig::default().flow_balance(

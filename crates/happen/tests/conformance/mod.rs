@@ -184,6 +184,7 @@ macro_rules! conformance_suite {
             receipts_resolve_once_events_are_kept,
             broadcasts_to_durable_nodes_are_retried_and_taken_once,
             an_event_sent_to_a_group_reaches_each_durable_node,
+            a_re_run_flow_gets_the_answer_to_its_request_again,
             a_node_falling_behind_is_reported_down_then_up,
             a_timed_out_request_to_a_durable_node_is_still_processed,
             zero_handlers_and_zero_events_stay_off_durable_nodes,

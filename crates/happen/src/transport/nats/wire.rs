@@ -414,7 +414,8 @@ mod tests {
                 | HappenError::Backpressure { .. }
                 | HappenError::Unreachable { .. }
                 | HappenError::Store { .. }
-                | HappenError::Conflict { .. } => {}
+                | HappenError::Conflict { .. }
+                | HappenError::AlreadyTaken { .. } => {}
             }
         }
         let errors = vec![
@@ -518,8 +519,12 @@ mod tests {
                 node: "n".into(),
                 attempts: 9,
             },
+            HappenError::AlreadyTaken {
+                node: "n".into(),
+                event_id: "e".into(),
+            },
         ];
-        assert_eq!(errors.len(), 30, "one of each variant");
+        assert_eq!(errors.len(), 31, "one of each variant");
         for error in errors {
             listed(&error);
             let reply = Reply::Err(error);

@@ -285,7 +285,7 @@ async fn take(
     }
     let target = (message.subject.strip_prefix(durable.prefix.as_str()))
         .and_then(|s| s.strip_prefix(".durable.node."));
-    let unsure = match super::replays::stored_as(&message, target, &event) {
+    let unsure = match super::replays::stored_as(&message, target, reply_to.as_deref(), &event) {
         Ok(stored) => stored == super::replays::Stored::Unsure,
         Err(error) => {
             shared.local.rejected(&message.subject, &error);
@@ -301,10 +301,25 @@ async fn take(
         ack(shared, &message, AckKind::Ack);
         return;
     }
+    let asked = reply_to.is_some();
+    let mut responder = reply_to.map(|r| {
+        let request = Some(&event.causal().id);
+        let reply = NatsReply::new(shared.clone(), Some(r), node.id(), request);
+        Responder::remote(reply.keeping(durable.answers.clone()))
+    });
     let done_key = (config.mode == DeliveryMode::ExactlyOnce)
         .then(|| format!("{}.{}", escape_key(node.id()), escape_key(event.id())));
     if let Some(key) = &done_key {
+        let kept = &node.core().seen.answers;
         if !durable.taken.first(key, config.dedup_window) {
+            if let Some(responder) = responder.filter(|_| attempt == 1) {
+                // Another copy of a request taken here (a flow that asked,
+                // failed and asks again): answered with the first one's
+                // answer, now or when it comes; never run again.
+                kept.copy(node.shared_id(), &event, responder);
+                ack(shared, &message, AckKind::Ack);
+                return;
+            }
             // Taken here before. Completed (its acknowledgement was lost):
             // acknowledged now. Still running, or its completion not yet
             // recorded: its own acknowledgement will come.
@@ -313,29 +328,37 @@ async fn take(
             }
             return;
         }
-        // Only a redelivery, a copy stored after the stream's duplicate
-        // window, or one under the bare event id can have completed before
-        // (the stream drops a copy under the same message id within the
-        // window, and one under another id was refused above): a fresh
-        // first delivery needs no round trip to the completion records.
+        // Only a redelivery, a request (asked again by a flow that runs
+        // again, from another process), a copy stored after the stream's
+        // duplicate window, or one under the bare event id can have
+        // completed before (the stream drops a copy under the same message
+        // id within the window, and one under another id was refused
+        // above): a fresh tell needs no round trip to the completion
+        // records.
         let stale = || {
             let now = crate::uuid7::wall_millis();
             super::replays::may_have_run_before(event.causal().timestamp, now, durable.window)
         };
-        if (attempt > 1 || unsure || stale())
+        if (attempt > 1 || asked || unsure || stale())
             && matches!(durable.done.get(key.clone()).await, Ok(Some(_)))
         {
             // Completed before (its acknowledgement was lost, or this is a
-            // copy stored again): not run again.
+            // copy stored again): not run again. Its answer is not kept
+            // beyond the process that gave it.
+            if let Some(responder) = responder {
+                responder.reply(Err(HappenError::AlreadyTaken {
+                    node: node.id().to_owned(),
+                    event_id: event.id().to_owned(),
+                }));
+            }
             ack(shared, &message, AckKind::Ack);
             return;
         }
+        if let Some(first) = responder.take() {
+            let window = config.dedup_window;
+            responder = Some(kept.keep(&event, first, window));
+        }
     }
-    let responder = reply_to.map(|r| {
-        let request = Some(&event.causal().id);
-        let reply = NatsReply::new(shared.clone(), Some(r), node.id(), request);
-        Responder::remote(reply.keeping(durable.answers.clone()))
-    });
     let mut delivery = Delivery::new(event.clone(), responder, Arrival::Remote);
     delivery.ack = Some(Box::new(JsAck {
         durable: durable.clone(),

@@ -349,7 +349,7 @@ impl Durable {
         self.store(
             cause,
             subject,
-            message_headers(event, None),
+            message_headers(event, None, None),
             payload,
             then,
             None,
@@ -394,7 +394,7 @@ impl Durable {
 
     /// Stores a tell to the durable node `target`.
     pub(super) fn tell(&self, target: &str, event: Event, payload: Bytes) -> Result<Receipt> {
-        let headers = message_headers(&event, Some(target));
+        let headers = message_headers(&event, Some(target), None);
         let cause = event.causal().causation_id.clone();
         let then = Then::Tell {
             target: Id::from(target),
@@ -415,8 +415,7 @@ impl Durable {
         reply_to: &str,
         deadline: crate::response::Deadline,
     ) -> Result<Receipt> {
-        let mut headers = message_headers(event, Some(target));
-        headers.insert(REPLY_TO, reply_to);
+        let headers = message_headers(event, Some(target), Some(reply_to));
         let then = Then::Request(token);
         let cause = event.causal().causation_id.as_ref();
         let subject = self.subject(target);
@@ -516,10 +515,15 @@ fn mode_name(node: &Node) -> &'static str {
 }
 
 /// The headers of `event` stored for the durable node `target`, or for
-/// every one that takes it (`None`, a broadcast).
-fn message_headers(event: &Event, target: Option<&str>) -> HeaderMap {
+/// every one that takes it (`None`, a broadcast); a request's name the
+/// subject its answer goes to.
+fn message_headers(event: &Event, target: Option<&str>, reply: Option<&str>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(replays::MESSAGE_ID, replays::message_id(event.id(), target));
+    let id = replays::message_id(event.id(), target, reply);
+    headers.insert(replays::MESSAGE_ID, id);
+    if let Some(reply) = reply {
+        headers.insert(REPLY_TO, reply);
+    }
     headers
 }
 

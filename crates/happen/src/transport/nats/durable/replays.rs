@@ -39,11 +39,16 @@ use crate::event::Event;
 pub(super) const MESSAGE_ID: &str = "Nats-Msg-Id";
 
 /// The message id of `event` stored for the durable node `target`, or, for
-/// a broadcast (`None`), for every durable node that takes it.
-pub(super) fn message_id(event: &str, target: Option<&str>) -> String {
-    match target {
-        Some(node) => format!("{event}@{node}"),
-        None => event.to_owned(),
+/// a broadcast (`None`), for every durable node that takes it. A request
+/// adds the subject its answer goes to: a flow that runs again asks again
+/// with the same event (numbered alike) from a new inbox, and that copy
+/// must reach the node to be answered ([`crate::kept`]), where under the
+/// first one's id the server dropped it.
+pub(super) fn message_id(event: &str, target: Option<&str>, reply: Option<&str>) -> String {
+    match (target, reply) {
+        (Some(node), Some(reply)) => format!("{event}@{node}/{reply}"),
+        (Some(node), None) => format!("{event}@{node}"),
+        (None, _) => event.to_owned(),
     }
 }
 
@@ -59,11 +64,13 @@ pub(super) enum Stored {
 }
 
 /// How `message`, delivered from the subject of the durable node `target`
-/// (`None`: a broadcast subject), was stored; an error naming the event
-/// when under an id Happen never stores it with.
+/// (`None`: a broadcast subject) with the answer subject `reply` (a
+/// request's), was stored; an error naming the event when under an id
+/// Happen never stores it with.
 pub(super) fn stored_as(
     message: &async_nats::Message,
     target: Option<&str>,
+    reply: Option<&str>,
     event: &Event,
 ) -> Result<Stored, HappenError> {
     let stored_as = (message.headers.as_ref())
@@ -73,12 +80,19 @@ pub(super) fn stored_as(
     match (rest, target) {
         (Some(""), None) => return Ok(Stored::AsItself),
         (Some(""), Some(_)) => return Ok(Stored::Unsure),
-        (Some(rest), Some(node)) if rest.strip_prefix('@') == Some(node) => {
-            return Ok(Stored::AsItself);
+        (Some(rest), Some(node)) => {
+            let rest = rest.strip_prefix('@').and_then(|r| r.strip_prefix(node));
+            match (rest, reply) {
+                (Some(""), _) => return Ok(Stored::AsItself),
+                (Some(rest), Some(reply)) if rest.strip_prefix('/') == Some(reply) => {
+                    return Ok(Stored::AsItself);
+                }
+                _ => {}
+            }
         }
         _ => {}
     }
-    let expected = message_id(event.id(), target);
+    let expected = message_id(event.id(), target, reply);
     Err(HappenError::Integrity {
         event_id: event.id().to_owned(),
         reason: match stored_as {
@@ -126,26 +140,51 @@ mod tests {
         let mut event = Event::new("entry", serde_json::json!(1));
         crate::event::stamp(&mut event, &crate::id::Id::from("shop"), None);
         let id = event.id().to_owned();
-        let to_ledger = message_id(&id, Some("ledger"));
-        let cases: [(Option<&str>, Option<&str>, Option<Stored>); 10] = [
-            (Some(&to_ledger), Some("ledger"), Some(Stored::AsItself)),
-            (Some(&id), None, Some(Stored::AsItself)),
-            (Some(&id), Some("ledger"), Some(Stored::Unsure)),
-            (Some(&to_ledger), Some("audit"), None),
-            (Some(&to_ledger), None, None),
-            (Some("a-copy"), Some("ledger"), None),
-            (Some("a-copy"), None, None),
-            (Some(""), None, None),
-            (None, Some("ledger"), None),
-            (None, None, None),
+        let to_ledger = message_id(&id, Some("ledger"), None);
+        let asked = message_id(&id, Some("ledger"), Some("_INBOX.a.1"));
+        let inbox = Some("_INBOX.a.1");
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<Stored>,
+        );
+        let cases: [Case; 15] = [
+            (
+                Some(&to_ledger),
+                Some("ledger"),
+                None,
+                Some(Stored::AsItself),
+            ),
+            (
+                Some(&to_ledger),
+                Some("ledger"),
+                inbox,
+                Some(Stored::AsItself),
+            ),
+            (Some(&asked), Some("ledger"), inbox, Some(Stored::AsItself)),
+            (Some(&asked), Some("ledger"), Some("_INBOX.b.2"), None),
+            (Some(&asked), Some("ledger"), None, None),
+            (Some(&id), None, None, Some(Stored::AsItself)),
+            (Some(&id), Some("ledger"), None, Some(Stored::Unsure)),
+            (Some(&to_ledger), Some("audit"), None, None),
+            (Some(&to_ledger), Some("ledge"), None, None),
+            (Some(&to_ledger), None, None, None),
+            (Some("a-copy"), Some("ledger"), None, None),
+            (Some("a-copy"), None, None, None),
+            (Some(""), None, None, None),
+            (None, Some("ledger"), None, None),
+            (None, None, None, None),
         ];
-        for (stored, target, expected) in cases {
-            let got = stored_as(&message(stored), target, &event);
+        for (stored, target, reply, expected) in cases {
+            let got = stored_as(&message(stored), target, reply, &event);
             match expected {
-                Some(expected) => assert_eq!(got.unwrap(), expected, "{stored:?} {target:?}"),
+                Some(expected) => {
+                    assert_eq!(got.unwrap(), expected, "{stored:?} {target:?} {reply:?}")
+                }
                 None => assert!(
                     matches!(&got, Err(HappenError::Integrity { event_id, .. }) if *event_id == id),
-                    "{stored:?} {target:?}: {got:?}"
+                    "{stored:?} {target:?} {reply:?}: {got:?}"
                 ),
             }
         }
