@@ -62,6 +62,8 @@ pub(super) enum Command {
     Publish(Publish),
     /// Write what is buffered to the socket.
     Flush(oneshot::Sender<Result<()>>),
+    /// Tells when every command queued before it is carried out.
+    Reached(oneshot::Sender<()>),
 }
 
 /// How many messages wait to go out, with a limit on new ones: past it a
@@ -153,6 +155,19 @@ impl Commands {
         };
         self.queue(command);
         Ok(())
+    }
+
+    /// For a message handed to the client some other way than this queue
+    /// (a zero request, which awaits its answer from the client): what to
+    /// wait for before handing it over, so that it does not overtake the
+    /// messages queued before it. `None` when nothing is queued.
+    pub(super) fn after_queued(&self) -> Option<oneshot::Receiver<()>> {
+        if self.queued.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let (reached, rx) = oneshot::channel();
+        self.queue(Command::Reached(reached));
+        Some(rx)
     }
 
     /// Publishes a new event, or queues it unless the outgoing limit is
@@ -298,6 +313,9 @@ pub(super) async fn run(
                         let _ = unsubscribed.await;
                     }
                 }
+            }
+            Command::Reached(reached) => {
+                let _ = reached.send(());
             }
             Command::Flush(done) => {
                 let flushed = client

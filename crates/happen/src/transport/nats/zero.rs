@@ -117,7 +117,13 @@ pub(super) fn send(
     let subject = shared.subjects.direct(target);
     let client = shared.client.clone();
     let target = target.to_owned();
+    // Handed to the client itself (it awaits the answer there), after what
+    // the queue holds: a request overtook the zero tells sent before it.
+    let queued = shared.commands.after_queued();
     tokio::spawn(async move {
+        if let Some(queued) = queued {
+            let _ = queued.await;
+        }
         let request = async_nats::Request::new()
             .payload(payload)
             .timeout(Some(timeout));
