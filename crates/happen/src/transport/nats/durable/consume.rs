@@ -434,7 +434,15 @@ impl Acknowledge for JsAck {
         if let Some(key) = &self.done_key {
             self.durable.taken.forget(key);
         }
-        if matches!(failure.error, HappenError::Shutdown) {
+        let closed = match &failure.error {
+            HappenError::Shutdown => true,
+            // Refused by the node itself: it shut down while the event was
+            // on its way in (between the consumer's check and the
+            // delivery). Dead-lettered as undeliverable before.
+            HappenError::UnknownNode { node } => *node == *self.node,
+            _ => false,
+        };
+        if closed {
             // Not this instance's to finish: handed out again at once.
             ack(&self.shared, &self.message, AckKind::Nak(None));
             return;
