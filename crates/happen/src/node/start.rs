@@ -181,7 +181,11 @@ pub(super) fn settle(
             }))
         }
     };
-    match (ack, failure) {
+    // Dropping the failure runs the Drop of a handler's own error, which
+    // may panic: unwinding from here would leave the node's slot taken for
+    // good (the caller gives it back after this), and the node would never
+    // take another event (a cancellation audit's reproducer).
+    let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match (ack, failure) {
         (Some(ack), None) => ack.ack(),
         (Some(ack), Some(failure)) => ack.nak(failure),
         // Without an acknowledgement nothing is retried.
@@ -189,5 +193,11 @@ pub(super) fn settle(
             failure.answer();
         }
         (None, None) => {}
+    }));
+    if let Err(panic) = settled {
+        let message = flow::panic_message(panic.as_ref());
+        tracing::error!(node = %node.id, %message, "settling an event panicked");
+        // The payload's own Drop may panic too.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(panic)));
     }
 }

@@ -41,6 +41,55 @@ pub async fn error_whose_display_panics_is_reported_and_node_keeps_serving(backe
     }
 }
 
+/// A handler's error whose `Drop` panics (dropped where the event is
+/// settled, outside the flow) is contained: the node's slot comes back and
+/// it keeps serving, for a tell (the error dropped by the node) and a
+/// suspended flow alike. Before, the node never took another event.
+pub async fn error_whose_drop_panics_leaves_the_node_serving(backend: &dyn Backend) {
+    #[derive(Debug)]
+    struct Grenade;
+    impl std::fmt::Display for Grenade {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("grenade")
+        }
+    }
+    impl std::error::Error for Grenade {}
+    impl Drop for Grenade {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("Grenade dropped")
+            }
+        }
+    }
+
+    let h = start(backend).await;
+    let client = h.node("grenade-client").unwrap();
+    let svc = h
+        .node_with("grenade-svc", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    svc.on("bad", |_e: Event, _cx: Context| async {
+        Err::<Value, _>(Grenade)
+    })
+    .unwrap();
+    svc.on("bad-later", |_e: Event, _cx: Context| async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Err::<Value, _>(Grenade)
+    })
+    .unwrap();
+    svc.on("ping", |_e: Event, _cx: Context| async { json!("pong") })
+        .unwrap();
+    h.flush().await.unwrap();
+    for bad in ["bad", "bad-later", "bad", "bad-later"] {
+        client.tell(&svc, ev(bad, json!(null))).unwrap();
+        let pong = client
+            .send(&svc, ev("ping", json!(null)))
+            .timeout(Duration::from_secs(5))
+            .await;
+        assert_eq!(pong.ok(), Some(json!("pong")), "after {bad}");
+    }
+    assert!(h.shutdown_within(Duration::from_secs(5)).await, "drained");
+}
+
 pub async fn panicking_matcher_counts_as_no_match(backend: &dyn Backend) {
     let h = start(backend).await;
     let a = h.node("pm-a").unwrap();
