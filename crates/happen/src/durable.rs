@@ -274,14 +274,43 @@ impl Acknowledge for LocalRetry {
             failure.answer();
             return;
         }
+        let Some(runtime) = node.runtime_inner() else {
+            failure.answer();
+            return;
+        };
         let delay = jittered_delay(&config, self.attempt);
         let LocalRetry { event, attempt, .. } = *self;
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+        let (stopping, weak) = (runtime.stopping.clone(), Arc::downgrade(&node));
+        drop(node);
+        // Tracked, so that shutdown waits for the retry, and cut short when
+        // shutdown begins (the retry runs then: shutdown drains what was
+        // accepted). Holding the node only weakly while it waits: a spooled
+        // node's database closes with the runtime. A cancellation audit
+        // found both: the retry ran after `shutdown` had returned, and the
+        // database stayed locked for the backoff.
+        runtime.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stopping.cancelled() => {}
+            }
+            let Some(node) = weak.upgrade() else {
+                failure.answer();
+                return;
+            };
+            // Stopping: a spooled event stays on disk for the next run.
+            #[cfg(feature = "redb")]
+            if node.spool().is_some() && stopping.is_cancelled() {
+                let stopped = Failure {
+                    error: HappenError::Shutdown,
+                    responder: failure.responder,
+                };
+                stopped.answer();
+                return;
+            }
             let mut next = Delivery::new(event.clone(), failure.responder, Arrival::Remote);
             next.inline = false;
             next.ack = Some(Box::new(LocalRetry {
-                node: Arc::downgrade(&node),
+                node: weak,
                 event,
                 attempt: attempt + 1,
             }));

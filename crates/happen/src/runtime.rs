@@ -43,6 +43,8 @@ pub(crate) struct RuntimeInner {
     /// Exactly-once events settled, whose state marks may go.
     settled: Arc<Settled>,
     tracker: TaskTracker,
+    /// Cancelled when shutdown begins: waits that would hold it up end.
+    pub(crate) stopping: tokio_util::sync::CancellationToken,
     /// Set by shutdown or when the runtime is dropped; shared with its
     /// nodes, which check it without upgrading their weak reference.
     closed: Arc<AtomicBool>,
@@ -398,6 +400,7 @@ impl Happen {
             store,
             settled: Arc::default(),
             tracker: TaskTracker::new(),
+            stopping: Default::default(),
             closed: Arc::new(AtomicBool::new(false)),
             handle: tokio::runtime::Handle::try_current().ok(),
             runtime_node: std::sync::Mutex::new(None),
@@ -526,6 +529,7 @@ impl Happen {
     /// waiting; bound it with `tokio::time::timeout` if that can happen.
     pub async fn shutdown(&self) {
         self.0.closed.store(true, Ordering::Release);
+        self.0.stopping.cancel();
         // Requests still on the wire (over NATS) become flows here or answers
         // from elsewhere; wait for those whose requester is still waiting.
         self.0.transport.settle().await;

@@ -497,3 +497,66 @@ async fn a_zero_flow_balance_interval_still_watches() -> happen::Result<()> {
     happen.shutdown().await;
     Ok(())
 }
+
+/// A failed event waiting for its retry (backoff) is part of what
+/// `shutdown` drains: the retry runs when shutdown begins, and shutdown
+/// returns after it, with the requester answered. (A cancellation audit
+/// found the retry untracked: shutdown returned at once and the retry ran
+/// after it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_a_retry_waiting_for_its_backoff() {
+    use happen::prelude::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+    let happen = Happen::embedded();
+    let client = happen.node("client").unwrap();
+    let retry = happen::DeliveryConfig::at_least_once()
+        .backoff(Duration::from_secs(30), Duration::from_secs(30));
+    let svc = happen
+        .node_with("svc", NodeConfig::new().delivery(retry))
+        .unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (shut, late) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (a, s, l) = (attempts.clone(), shut.clone(), late.clone());
+    svc.on("job", move |_e: Event, _cx: Context| {
+        let (a, s, l) = (a.clone(), s.clone(), l.clone());
+        async move {
+            if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(HappenError::Cancelled); // tried again in 30 s
+            }
+            l.store(s.load(Ordering::SeqCst), Ordering::SeqCst);
+            Ok(json!("second attempt"))
+        }
+    })
+    .unwrap();
+    let sent = client
+        .send(&svc, Event::new("job", json!(null)))
+        .timeout(Duration::from_secs(60));
+    let waiter = tokio::spawn(async move { sent.await });
+    while attempts.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drained = tokio::time::timeout(Duration::from_secs(10), happen.shutdown()).await;
+    shut.store(true, Ordering::SeqCst);
+    let answer = waiter.await.unwrap();
+    println!(
+        "shutdown with a retry waiting: drained={} attempts={} ran-after-shutdown={} answer={answer:?}",
+        drained.is_ok(),
+        attempts.load(Ordering::SeqCst),
+        late.load(Ordering::SeqCst)
+    );
+    assert!(drained.is_ok(), "shutdown waited out the backoff");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        2,
+        "the retry ran within shutdown"
+    );
+    assert!(
+        !late.load(Ordering::SeqCst),
+        "the retry ran after shutdown returned"
+    );
+    assert_eq!(answer.unwrap(), json!("second attempt"));
+}

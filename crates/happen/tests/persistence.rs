@@ -398,3 +398,62 @@ async fn a_recorded_transaction_is_traced_after_a_restart() {
         .collect();
     assert_eq!(why, ["charge", "order"]);
 }
+
+/// A spooled event waiting for its retry does not keep the database after
+/// shutdown: it stays on disk, and the directory opens again at once.
+/// (The retry held the node, and with it the database, for its backoff.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_on_disk_lets_the_database_go_at_shutdown() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let happen = Happen::embedded_on_disk(dir.path(), HappenConfig::default()).unwrap();
+        let client = happen.node("client").unwrap();
+        let retry = happen::DeliveryConfig::at_least_once()
+            .backoff(Duration::from_secs(20), Duration::from_secs(20));
+        let svc = happen
+            .node_with("svc", NodeConfig::new().delivery(retry))
+            .unwrap();
+        svc.on("job", |_e: Event, _cx: Context| async {
+            Err::<Value, _>(HappenError::Cancelled)
+        })
+        .unwrap();
+        client
+            .tell(&svc, Event::new("job", json!(null)))
+            .unwrap()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        happen.shutdown().await;
+    }
+    let again = Happen::embedded_on_disk(dir.path(), HappenConfig::default());
+    let reopened = again.is_ok();
+    // The event is still there: the next run takes it.
+    let taken = Arc::new(AtomicUsize::new(0));
+    if let Ok(happen) = &again {
+        let t = taken.clone();
+        let svc = happen
+            .node_with(
+                "svc",
+                NodeConfig::new().delivery(happen::DeliveryConfig::at_least_once()),
+            )
+            .unwrap();
+        svc.on("job", move |_e: Event, _cx: Context| {
+            t.fetch_add(1, Ordering::SeqCst);
+            async {}
+        })
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while taken.load(Ordering::SeqCst) == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    println!(
+        "on disk, retry waiting at shutdown: reopened={reopened} taken-next-run={}",
+        taken.load(Ordering::SeqCst)
+    );
+    assert!(reopened, "{:?}", again.err());
+    assert_eq!(taken.load(Ordering::SeqCst), 1, "kept for the next run");
+}
