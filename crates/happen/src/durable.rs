@@ -18,7 +18,7 @@
 //! | event settled only once the events its flow emitted to durable nodes are stored | no | yes | yes |
 //! | last attempt failed: [`system::DEAD_LETTER`] event | no | yes | yes |
 //! | a flow may run twice for one event | no | yes | no, once it completed |
-//! | events a re-run flow emits are new events | — | yes | no: same ids, dropped as copies |
+//! | events a re-run flow emits are new events | — | yes | no: same ids; durable receivers drop the copies, and a request among them gets the first answer again |
 //! | state changes a re-run flow makes apply again | — | yes | no: recognised, not applied |
 //!
 //! **What a flow emitted is kept before its event is let go.** A durable
@@ -48,7 +48,11 @@
 //! one. A failed attempt that will be retried does not answer, so the
 //! requester sees transient failures only as latency, or as
 //! [`HappenError::Timeout`] when its own deadline passes first; the event
-//! is still processed after that. Once a flow has streamed items to its
+//! is still processed after that. Sending it again after a timeout sends
+//! a new event (a new id, stamped anew), which an exactly-once node runs
+//! too: to retry without doing the work twice, key the work on something
+//! of your own in the payload (an order id), as for effects outside
+//! Happen below. Once a flow has streamed items to its
 //! requester, its failure is final for the requester (the items cannot be
 //! taken back), though the event is still retried.
 //!
@@ -114,7 +118,8 @@
 //!         charged.lock().unwrap().insert(event.id().to_owned());
 //!         *attempts.lock().unwrap() += 1;
 //!         if *attempts.lock().unwrap() < 3 {
-//!             return Err(HappenError::Cancelled); // a transient failure after the charge
+//!             // A transient failure after the charge (any error of yours).
+//!             return Err(happen::BoxError::from("the provider timed out"));
 //!         }
 //!         Ok(json!("charged"))
 //!     }

@@ -347,16 +347,20 @@ impl Happen {
     /// The state of the node `id`, read and written through the store
     /// without becoming that node: for tools and for code outside any node.
     /// Updates are atomic as from the node itself (conditional writes).
+    /// It goes around the node's ownership of its state, which the
+    /// specification keeps to the node: from another node's handler, send
+    /// the owner an event, or read it through a view
+    /// ([`Node::view`](crate::Node::view)).
     ///
     /// ```
     /// use happen::prelude::*;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> happen::Result<()> {
     /// let happen = Happen::embedded();
-    /// let ledger = happen.node("ledger")?;
     /// happen.state_of("ledger")?.set(|_| json!({ "balance": 5 })).await?;
+    /// assert!(happen.existing_node("ledger").is_none(), "state_of made no node");
+    /// let ledger = happen.node("ledger")?;
     /// assert_eq!(ledger.state().get().await?, json!({ "balance": 5 }));
-    /// assert!(happen.node("ledger").is_err(), "state_of did not create a node");
     /// # Ok(()) }
     /// ```
     pub fn state_of(&self, id: &str) -> Result<State> {

@@ -198,7 +198,7 @@ impl Event {
     /// handler invocation (Confluence's fan-in). Send it like any event.
     ///
     /// The handler receives the batch as one event of the members' type whose
-    /// [`Event::batch`] lists the members, each with its own causal context;
+    /// [`Event::batch_events`] lists the members, each with its own causal context;
     /// [`Event::events`] gives the members of a batch or the event itself,
     /// so one loop handles both. The batch's own context (id, causation,
     /// correlation) is the batch-level context.
