@@ -359,15 +359,14 @@ pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()
             // requester, if any (a flow that asked, failed and runs again),
             // gets the first one's answer.
             if let Some(responder) = delivery.responder.take() {
-                node.seen
-                    .answers
-                    .copy(node.id(), &delivery.event, responder);
+                node.seen.answers().copy(&delivery.event, responder);
             }
             return Ok(());
         }
-        if let Some(responder) = delivery.responder.take() {
+        let exactly_once = node.limits().delivery.mode == crate::DeliveryMode::ExactlyOnce;
+        if let Some(responder) = delivery.responder.take_if(|_| exactly_once) {
             let window = node.limits().delivery.dedup_window;
-            let kept = node.seen.answers.keep(&delivery.event, responder, window);
+            let kept = node.seen.answers().keep(&delivery.event, responder, window);
             delivery.responder = Some(kept);
         }
         delivery.ack = Some(crate::durable::LocalRetry::first(node, &delivery.event));

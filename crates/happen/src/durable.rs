@@ -262,9 +262,15 @@ impl Acknowledge for LocalRetry {
             return;
         }
         let config = node.limits().delivery;
+        // Once shutdown began, the retry waiting then ran at once (below):
+        // a failure after that is final, not tried again back to back.
+        let stopping = node
+            .runtime_inner()
+            .is_none_or(|r| r.stopping.is_cancelled());
         let retry = self.attempt < config.max_attempts
             && worth_retrying(&failure.error)
             && !node.is_closed()
+            && !stopping
             && config.mode != DeliveryMode::Direct;
         if !retry {
             self.settled(&node);
@@ -331,11 +337,18 @@ impl Acknowledge for LocalRetry {
 #[derive(Default)]
 pub(crate) struct Seen {
     ids: Mutex<HashMap<Id, Instant>>,
-    /// The answers of the requests among them, for their copies.
-    pub(crate) answers: Arc<crate::kept::Kept>,
+    /// The answers of the requests among them, for their copies; made on
+    /// first use (a node that is not exactly-once never needs it, and a
+    /// million idle nodes would pay for it).
+    answers: std::sync::OnceLock<Arc<crate::kept::Kept>>,
 }
 
 impl Seen {
+    /// The answers of the requests among the events taken.
+    pub(crate) fn answers(&self) -> &Arc<crate::kept::Kept> {
+        self.answers.get_or_init(Arc::default)
+    }
+
     /// Whether `id` is new within `window` (and remembers it).
     pub(crate) fn first(&self, id: &str, window: Duration) -> bool {
         let now = Instant::now();

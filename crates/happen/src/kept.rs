@@ -14,9 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::delivery::Responder;
-use crate::error::{HappenError, Result};
+use crate::error::Result;
 use crate::event::Event;
 use crate::id::Id;
+
+/// How many copies of one request may wait for its answer.
+const MAX_WAITING: usize = 64;
 
 /// The kept answers of one node, by request id.
 #[derive(Default)]
@@ -47,6 +50,7 @@ impl Kept {
     ) -> Responder {
         let now = Instant::now();
         let id = event.causal().id.clone();
+        let mut gone = Vec::new();
         {
             let mut answers = self.lock();
             // Forget the answers that left the window, at most once per
@@ -55,7 +59,11 @@ impl Kept {
             // never ends) are let go, which ends their requesters' waits
             // (`NoResponse` in this process, their timeout over NATS).
             if answers.len() >= 1024 && answers.len().is_power_of_two() {
-                answers.retain(|_, entry| now - entry.at < window);
+                let old: Vec<Entry> = answers
+                    .extract_if(|_, entry| now - entry.at >= window)
+                    .map(|(_, entry)| entry)
+                    .collect();
+                gone.push(old);
             }
             // An earlier attempt's copies (its responder went with its
             // failure, the event handed out again) wait for this one.
@@ -68,6 +76,12 @@ impl Kept {
                 entry.answer = Answer::Waiting(Vec::new());
             }
         }
+        // Dropped outside the lock, and contained: a kept error is a
+        // handler's own, whose `Drop` may panic.
+        if !gone.is_empty() {
+            let drop_all = std::panic::AssertUnwindSafe(move || drop(gone));
+            let _ = std::panic::catch_unwind(drop_all);
+        }
         let keeper = Keeper {
             kept: self.clone(),
             id,
@@ -75,24 +89,52 @@ impl Kept {
         Responder::Kept(Box::new((responder, keeper)))
     }
 
-    /// A copy of the request `event`, taken already by `node`: `responder`
-    /// gets the first one's answer, at once or when it is given.
-    pub(crate) fn copy(&self, node: &Id, event: &Event, responder: Responder) {
+    /// A copy of the request `event`, taken already: `responder` gets the
+    /// first one's answer, at once or when it is given. With no answer
+    /// known here yet (the first delivery is about to be wrapped, or it
+    /// was a tell), the copy waits for one, at most for the window.
+    pub(crate) fn copy(&self, event: &Event, responder: Responder) {
+        if let Err(responder) = self.copy_if_known(event, responder) {
+            let mut answers = self.lock();
+            let entry = answers.entry(event.causal().id.clone()).or_insert(Entry {
+                at: Instant::now(),
+                answer: Answer::Waiting(Vec::new()),
+            });
+            match &mut entry.answer {
+                Answer::Waiting(copies) => copies.push(responder),
+                Answer::Given(answer) => {
+                    let answer = answer.clone();
+                    drop(answers);
+                    responder.reply(answer);
+                }
+            }
+        }
+    }
+
+    /// [`Kept::copy`] when the request is known here; the responder back
+    /// otherwise.
+    pub(crate) fn copy_if_known(
+        &self,
+        event: &Event,
+        responder: Responder,
+    ) -> std::result::Result<(), Responder> {
         let mut answers = self.lock();
         match answers.get_mut(&event.causal().id).map(|e| &mut e.answer) {
-            Some(Answer::Waiting(copies)) => copies.push(responder),
+            Some(Answer::Waiting(copies)) => {
+                // Bounded: a copy beyond it gets no answer (its requester
+                // times out), and nothing more is held for it.
+                if copies.len() < MAX_WAITING {
+                    copies.push(responder);
+                }
+                Ok(())
+            }
             Some(Answer::Given(answer)) => {
                 let answer = answer.clone();
                 drop(answers);
                 responder.reply(answer);
+                Ok(())
             }
-            None => {
-                drop(answers);
-                responder.reply(Err(HappenError::AlreadyTaken {
-                    node: node.to_string(),
-                    event_id: event.id().to_owned(),
-                }));
-            }
+            None => Err(responder),
         }
     }
 

@@ -1564,3 +1564,122 @@ async fn a_graceful_durable_node_shutdown_dead_letters_nothing() {
     );
     assert_eq!(dead, 0, "events dead-lettered by graceful node shutdowns");
 }
+
+/// A request's copy stored under the copy form of its message id
+/// (`<event id>@<node>+<inbox>`, what a re-run flow's requester stores
+/// when the server drops its request as a duplicate) is answered and never
+/// run: with the kept answer in the process that answered the request, and
+/// with `AlreadyTaken` after a restart. Stored by anyone, it runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_copy_is_answered_and_never_run() {
+    use async_nats::jetstream;
+    use futures::StreamExt;
+    let server = NatsServer::start().unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    let life = || {
+        let runs = runs.clone();
+        async {
+            let happen = Happen::connect(NatsConfig::new(server.url()))
+                .await
+                .unwrap();
+            let ledger = happen
+                .node_with("ledger", durable(DeliveryConfig::exactly_once()))
+                .unwrap();
+            ledger
+                .on("entry", move |_e: Event, _cx: Context| {
+                    let n = runs.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+                    async move { json!({ "run": n }) }
+                })
+                .unwrap();
+            happen.flush().await.unwrap();
+            happen
+        }
+    };
+    let tap = async_nats::connect(server.url()).await.unwrap();
+    let mut stored = tap.subscribe("happen.durable.node.ledger").await.unwrap();
+    tap.flush().await.unwrap();
+    let first = life().await;
+    let sender = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let answer = sender
+        .node("shop")
+        .unwrap()
+        .send("ledger", Event::new("entry", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(answer, json!({ "run": 1 }));
+    let original = within("the stored request", 10, stored.next())
+        .await
+        .unwrap();
+    let headers = original.headers.clone().unwrap();
+    let id = headers.get("Nats-Msg-Id").unwrap().as_str().to_owned();
+    let js = jetstream::new(tap.clone());
+    let ask = |inbox: &'static str| {
+        let (js, tap, payload, id) = (
+            js.clone(),
+            tap.clone(),
+            original.payload.clone(),
+            id.clone(),
+        );
+        async move {
+            let mut answers = tap.subscribe(inbox).await.unwrap();
+            tap.flush().await.unwrap();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{id}+{inbox}"));
+            headers.insert("Happen-Reply-To", inbox);
+            let ack = js
+                .publish_with_headers("happen.durable.node.ledger", headers, payload)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(!ack.duplicate, "a copy is stored");
+            within("the copy's answer", 10, answers.next())
+                .await
+                .unwrap()
+        }
+    };
+    let kept = ask("_INBOX.copy.1").await;
+    first.shutdown().await;
+    let second = life().await;
+    let after_restart = ask("_INBOX.copy.2").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kept_text = String::from_utf8_lossy(&kept.payload).to_string();
+    let restart_text = String::from_utf8_lossy(&after_restart.payload).to_string();
+    println!(
+        "faults: request-copies sent=2 answered=2 runs={} kept-answer-has-run-1={} after-restart-already-taken={}",
+        runs.load(AtomicOrdering::SeqCst),
+        kept_text.contains("run"),
+        restart_text.contains("already-taken")
+    );
+    assert_eq!(runs.load(AtomicOrdering::SeqCst), 1, "a copy ran");
+    assert!(kept_text.contains("run"), "the kept answer: {kept_text:?}");
+    assert!(restart_text.contains("already-taken"), "{restart_text:?}");
+    second.shutdown().await;
+}
+
+/// A completion-record bucket made by an earlier version (kept for one
+/// duplicate window) is made to keep them for two, as the staleness rule
+/// for copies needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_completion_bucket_keeps_its_records_for_two_windows() {
+    use async_nats::jetstream::{self, kv};
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    js.create_key_value(kv::Config {
+        bucket: "happen_done".into(),
+        max_age: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let happen = Happen::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let store = js.get_key_value("happen_done").await.unwrap();
+    let kept = store.status().await.unwrap().info.config.max_age;
+    println!("completion records kept for {kept:?} (was 120 s)");
+    assert_eq!(kept, Duration::from_secs(240));
+    happen.shutdown().await;
+}

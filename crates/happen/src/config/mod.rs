@@ -332,8 +332,9 @@ pub struct DeliveryConfig {
     pub max_backoff: Duration,
     /// How long event ids are remembered to drop repeated copies (the
     /// JetStream stream's duplicate window, from the runtime's default
-    /// delivery; completed flows are remembered twice as long in
-    /// exactly-once mode).
+    /// delivery; in exactly-once mode completed flows and the answers of
+    /// requests are remembered as long in the process, and over NATS the
+    /// completion records are kept for twice the stream's window).
     pub dedup_window: Duration,
     /// How long the server waits for a flow to end before it hands the
     /// event out again (a process that died mid-flow).

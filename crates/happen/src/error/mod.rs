@@ -371,8 +371,9 @@ pub enum HappenError {
     },
 
     /// A request to an exactly-once node that took this event already, and
-    /// kept no answer to give again: its first copy came without a
-    /// requester (a tell), or its answer left the de-duplication window.
+    /// keeps no answer to give again: it was answered in another process
+    /// (another instance, or before a restart), or its answer left the
+    /// de-duplication window.
     #[error(
         "node \"{node}\" took event {event_id} already (exactly-once) and keeps no answer to give again"
     )]

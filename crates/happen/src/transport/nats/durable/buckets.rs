@@ -48,3 +48,21 @@ pub(super) async fn bucket(
     .await
     .map_err(|e| unavailable(&format!("cannot create the bucket {name}"), e))
 }
+
+/// Makes the bucket `store` keep its records for at least `max_age`: one
+/// made by an earlier version keeps them shorter (the completion records
+/// were kept for one duplicate window, now two). Best effort: a bucket
+/// that cannot be changed (permissions) is logged and used as it is.
+pub(super) async fn keep_at_least(js: &jetstream::Context, store: &kv::Store, max_age: Duration) {
+    let Ok(status) = store.status().await else {
+        return;
+    };
+    let mut config = status.info.config.clone();
+    if config.max_age.is_zero() || config.max_age >= max_age {
+        return;
+    }
+    config.max_age = max_age;
+    if let Err(error) = js.update_stream(config).await {
+        tracing::warn!(bucket = status.bucket, %error, "cannot keep the bucket's records longer");
+    }
+}

@@ -285,8 +285,8 @@ async fn take(
     }
     let target = (message.subject.strip_prefix(durable.prefix.as_str()))
         .and_then(|s| s.strip_prefix(".durable.node."));
-    let unsure = match super::replays::stored_as(&message, target, reply_to.as_deref(), &event) {
-        Ok(stored) => stored == super::replays::Stored::Unsure,
+    let stored = match super::replays::stored_as(&message, target, reply_to.as_deref(), &event) {
+        Ok(stored) => stored,
         Err(error) => {
             shared.local.rejected(&message.subject, &error);
             ack(shared, &message, AckKind::Term);
@@ -301,25 +301,31 @@ async fn take(
         ack(shared, &message, AckKind::Ack);
         return;
     }
-    let asked = reply_to.is_some();
+    let copy = stored == super::replays::Stored::Copy;
     let mut responder = reply_to.map(|r| {
         let request = Some(&event.causal().id);
         let reply = NatsReply::new(shared.clone(), Some(r), node.id(), request);
-        Responder::remote(reply.keeping(durable.answers.clone()))
+        // A copy's answer is not kept: an `AlreadyTaken` kept for an inbox
+        // could replace the answer kept there.
+        match copy {
+            true => Responder::remote(reply),
+            false => Responder::remote(reply.keeping(durable.answers.clone())),
+        }
     });
-    let done_key = (config.mode == DeliveryMode::ExactlyOnce)
-        .then(|| format!("{}.{}", escape_key(node.id()), escape_key(event.id())));
+    let exactly_once = config.mode == DeliveryMode::ExactlyOnce;
+    if copy && exactly_once {
+        if let Some(responder) = responder {
+            answer_copy(
+                durable, shared, node, message, event, attempt, config, responder,
+            )
+            .await;
+        }
+        return;
+    }
+    let done_key =
+        exactly_once.then(|| format!("{}.{}", escape_key(node.id()), escape_key(event.id())));
     if let Some(key) = &done_key {
-        let kept = &node.core().seen.answers;
         if !durable.taken.first(key, config.dedup_window) {
-            if let Some(responder) = responder.filter(|_| attempt == 1) {
-                // Another copy of a request taken here (a flow that asked,
-                // failed and asks again): answered with the first one's
-                // answer, now or when it comes; never run again.
-                kept.copy(node.shared_id(), &event, responder);
-                ack(shared, &message, AckKind::Ack);
-                return;
-            }
             // Taken here before. Completed (its acknowledgement was lost):
             // acknowledged now. Still running, or its completion not yet
             // recorded: its own acknowledgement will come.
@@ -328,35 +334,27 @@ async fn take(
             }
             return;
         }
-        // Only a redelivery, a request (asked again by a flow that runs
-        // again, from another process), a copy stored after the stream's
-        // duplicate window, or one under the bare event id can have
-        // completed before (the stream drops a copy under the same message
-        // id within the window, and one under another id was refused
-        // above): a fresh tell needs no round trip to the completion
-        // records.
+        // Only a redelivery, a copy stored after the stream's duplicate
+        // window, or one under the bare event id can have completed before
+        // (the stream drops a copy under the same message id within the
+        // window, and one under another id was refused above): a fresh
+        // first delivery needs no round trip to the completion records.
         let stale = || {
             let now = crate::uuid7::wall_millis();
             super::replays::may_have_run_before(event.causal().timestamp, now, durable.window)
         };
-        if (attempt > 1 || asked || unsure || stale())
+        let unsure = stored == super::replays::Stored::Unsure;
+        if (attempt > 1 || unsure || stale())
             && matches!(durable.done.get(key.clone()).await, Ok(Some(_)))
         {
             // Completed before (its acknowledgement was lost, or this is a
-            // copy stored again): not run again. Its answer is not kept
-            // beyond the process that gave it.
-            if let Some(responder) = responder {
-                responder.reply(Err(HappenError::AlreadyTaken {
-                    node: node.id().to_owned(),
-                    event_id: event.id().to_owned(),
-                }));
-            }
+            // copy stored again): not run again.
             ack(shared, &message, AckKind::Ack);
             return;
         }
         if let Some(first) = responder.take() {
             let window = config.dedup_window;
-            responder = Some(kept.keep(&event, first, window));
+            responder = Some(node.core().seen.answers().keep(&event, first, window));
         }
     }
     let mut delivery = Delivery::new(event.clone(), responder, Arrival::Remote);
@@ -373,6 +371,48 @@ async fn take(
     }));
     // A refusal comes back through the acknowledgement.
     let _ = delivery::deliver(node.core(), delivery);
+}
+
+/// Answers a request's copy to an exactly-once node ([`super::copy_id`])
+/// and settles its message; the copy never runs. With the node's
+/// acceptance first: a copy must not fetch an answer its sender could not
+/// have asked for.
+#[allow(clippy::too_many_arguments)]
+async fn answer_copy(
+    durable: &Arc<Durable>,
+    shared: &Arc<Shared>,
+    node: &Node,
+    message: async_nats::Message,
+    event: Event,
+    attempt: u32,
+    config: &DeliveryConfig,
+    responder: Responder,
+) {
+    if let Err(error) = node.core().accepts(&event, false) {
+        responder.reply(Err(error));
+        ack(shared, &message, AckKind::Term);
+        return;
+    }
+    // Answered here (kept, or when it is given) ...
+    let Err(responder) = node.core().seen.answers().copy_if_known(&event, responder) else {
+        ack(shared, &message, AckKind::Ack);
+        return;
+    };
+    let key = format!("{}.{}", escape_key(node.id()), escape_key(event.id()));
+    let completed = matches!(durable.done.get(key).await, Ok(Some(_)));
+    if completed || attempt >= config.max_attempts {
+        // ... completed elsewhere (another instance, or before a restart):
+        // its answer is not kept beyond the process that gave it.
+        responder.reply(Err(HappenError::AlreadyTaken {
+            node: node.id().to_owned(),
+            event_id: event.id().to_owned(),
+        }));
+        ack(shared, &message, AckKind::Term);
+        return;
+    }
+    // ... or still running elsewhere: asked again once it may be done.
+    let delay = crate::durable::jittered_delay(config, attempt).max(Duration::from_millis(200));
+    ack(shared, &message, AckKind::Nak(Some(delay)));
 }
 
 /// Settles one stored event when its flows end.

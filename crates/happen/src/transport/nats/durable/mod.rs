@@ -69,6 +69,7 @@ use buckets::{answers_bucket, bucket};
 use consume::{consume, reconfigure};
 pub(super) use publish::{DurableOutbox, publish};
 use registry::Registry;
+use replays::copy_id;
 
 /// The header naming the inbox subject a request's answer goes to.
 const REPLY_TO: &str = "Happen-Reply-To";
@@ -230,6 +231,7 @@ impl Durable {
         let registry = Arc::new(Registry::load(registry).await);
         // Kept for twice the window: see `replays`.
         let done = bucket(&js, format!("{part}_done"), window * 2, replicas).await?;
+        buckets::keep_at_least(&js, &done, window * 2).await;
         let keys = Arc::new(keys::KeyRegistry::open(&js, &part, replicas).await?);
         let kept = answers_bucket(&js, &part, replicas).await?;
         let answers = Arc::new(answers::Answers::new(kept, js.client().max_payload()));
@@ -519,7 +521,7 @@ fn mode_name(node: &Node) -> &'static str {
 /// subject its answer goes to.
 fn message_headers(event: &Event, target: Option<&str>, reply: Option<&str>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    let id = replays::message_id(event.id(), target, reply);
+    let id = replays::message_id(event.id(), target);
     headers.insert(replays::MESSAGE_ID, id);
     if let Some(reply) = reply {
         headers.insert(REPLY_TO, reply);

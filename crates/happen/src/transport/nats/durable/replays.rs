@@ -39,17 +39,21 @@ use crate::event::Event;
 pub(super) const MESSAGE_ID: &str = "Nats-Msg-Id";
 
 /// The message id of `event` stored for the durable node `target`, or, for
-/// a broadcast (`None`), for every durable node that takes it. A request
-/// adds the subject its answer goes to: a flow that runs again asks again
-/// with the same event (numbered alike) from a new inbox, and that copy
-/// must reach the node to be answered ([`crate::kept`]), where under the
-/// first one's id the server dropped it.
-pub(super) fn message_id(event: &str, target: Option<&str>, reply: Option<&str>) -> String {
-    match (target, reply) {
-        (Some(node), Some(reply)) => format!("{event}@{node}/{reply}"),
-        (Some(node), None) => format!("{event}@{node}"),
-        (None, _) => event.to_owned(),
+/// a broadcast (`None`), for every durable node that takes it.
+pub(super) fn message_id(event: &str, target: Option<&str>) -> String {
+    match target {
+        Some(node) => format!("{event}@{node}"),
+        None => event.to_owned(),
     }
+}
+
+/// The message id of a request stored again as a copy, asking for the
+/// first one's answer at `reply`: a flow that runs again asks again with
+/// the same event (numbered alike) from a new inbox, and the server drops
+/// it under the first one's id. A copy is never run: it is answered with
+/// the kept answer ([`crate::kept`]).
+pub(super) fn copy_id(event: &str, target: &str, reply: &str) -> String {
+    format!("{event}@{target}+{reply}")
 }
 
 /// How a stored event's message id vouches for it.
@@ -61,6 +65,8 @@ pub(super) enum Stored {
     /// An event to a node under its bare event id: stored by a Happen of
     /// before per-node ids, or a copy stored again under that id.
     Unsure,
+    /// A request's copy ([`copy_id`]): answered, never run.
+    Copy,
 }
 
 /// How `message`, delivered from the subject of the durable node `target`
@@ -84,20 +90,21 @@ pub(super) fn stored_as(
             let rest = rest.strip_prefix('@').and_then(|r| r.strip_prefix(node));
             match (rest, reply) {
                 (Some(""), _) => return Ok(Stored::AsItself),
-                (Some(rest), Some(reply)) if rest.strip_prefix('/') == Some(reply) => {
-                    return Ok(Stored::AsItself);
+                (Some(rest), Some(reply)) if rest.strip_prefix('+') == Some(reply) => {
+                    return Ok(Stored::Copy);
                 }
                 _ => {}
             }
         }
         _ => {}
     }
-    let expected = message_id(event.id(), target, reply);
+    let expected = message_id(event.id(), target);
     Err(HappenError::Integrity {
         event_id: event.id().to_owned(),
         reason: match stored_as {
             Some(other) => format!(
-                "stored under the message id {other:?}, not {expected:?}: a copy stored again"
+                "stored under the message id {:?}, not {expected:?}: a copy stored again",
+                crate::transport::nats::subjects::shortened(other)
             ),
             None => "stored without a message id: a copy stored again".to_owned(),
         },
@@ -140,8 +147,8 @@ mod tests {
         let mut event = Event::new("entry", serde_json::json!(1));
         crate::event::stamp(&mut event, &crate::id::Id::from("shop"), None);
         let id = event.id().to_owned();
-        let to_ledger = message_id(&id, Some("ledger"), None);
-        let asked = message_id(&id, Some("ledger"), Some("_INBOX.a.1"));
+        let to_ledger = message_id(&id, Some("ledger"));
+        let asked = copy_id(&id, "ledger", "_INBOX.a.1");
         let inbox = Some("_INBOX.a.1");
         type Case<'a> = (
             Option<&'a str>,
@@ -162,7 +169,7 @@ mod tests {
                 inbox,
                 Some(Stored::AsItself),
             ),
-            (Some(&asked), Some("ledger"), inbox, Some(Stored::AsItself)),
+            (Some(&asked), Some("ledger"), inbox, Some(Stored::Copy)),
             (Some(&asked), Some("ledger"), Some("_INBOX.b.2"), None),
             (Some(&asked), Some("ledger"), None, None),
             (Some(&id), None, None, Some(Stored::AsItself)),

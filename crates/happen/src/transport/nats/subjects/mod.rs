@@ -51,13 +51,18 @@ pub(super) fn answerable(subject: &str) -> bool {
 
 /// Why a message with the reply subject `subject` is refused.
 pub(super) fn not_answerable(subject: &str, event_id: &str) -> crate::HappenError {
-    let shown: String = subject.chars().take(80).collect();
+    let shown = shortened(subject);
     crate::HappenError::Integrity {
         event_id: event_id.to_owned(),
         reason: format!(
             "its reply subject \"{shown}\" is not an inbox ({INBOX_PREFIX}...): an answer there would be published with this process's permissions"
         ),
     }
+}
+
+/// Text from the wire, cut to 80 characters for a report or a log.
+pub(in crate::transport::nats) fn shortened(text: &str) -> String {
+    text.chars().take(80).collect()
 }
 
 /// The subject a signing node's runtime answers probes on with the
