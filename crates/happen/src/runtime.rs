@@ -526,12 +526,21 @@ impl Happen {
     /// in-flight work completes. Over NATS, requests this runtime sent whose
     /// requester still waits are drained too, each up to its timeout (one
     /// sent with no timeout keeps `shutdown` waiting while its requester
-    /// does); a fire-and-forget event still on
-    /// the wire may arrive after the nodes are gone. Durable nodes then
-    /// stop taking stored events: what they received and did not start
-    /// goes back to the stream, for another instance or their next run. A flow that never ends keeps `shutdown`
-    /// waiting; bound it with `tokio::time::timeout` if that can happen.
+    /// does); a fire-and-forget event still on the wire may arrive after the
+    /// nodes are gone. Durable nodes then stop taking stored events: what
+    /// they received and did not start goes back to the stream. A flow that
+    /// never ends keeps `shutdown` waiting; bound it with
+    /// `tokio::time::timeout` if that can happen. Called from a flow of this
+    /// runtime, it returns at once and drains in a task of its own.
     pub async fn shutdown(&self) {
+        if crate::causality::current_flow().is_some_and(|f| f.core().runtime_is(&self.0)) {
+            let happen = self.clone(); // it would wait for this very flow
+            return drop(tokio::spawn(async move { happen.drain().await }));
+        }
+        self.drain().await;
+    }
+
+    async fn drain(&self) {
         self.0.closed.store(true, Ordering::Release);
         self.0.stopping.cancel();
         // Requests still on the wire (over NATS) become flows here or answers
@@ -571,13 +580,10 @@ impl Happen {
     /// one is kept, to be delivered again) and, over NATS, the connection
     /// is closed (requests this runtime sent end with `Shutdown`).
     ///
-    /// Flows still running at that moment are not cancelled: Rust cannot
-    /// stop a task between two of its awaits without dropping it, and a
-    /// flow dropped half-way could leave the state it was changing half
-    /// changed. They run on to their end (what they send finds no node of
-    /// this runtime once the nodes are detached), and a requester waiting for one of them gets its
-    /// answer then, or its own timeout. A flow that must stop should watch
-    /// for it, e.g. with its own deadline.
+    /// Flows still running then are not cancelled (a flow dropped half-way
+    /// could leave the state it was changing half changed): they run on
+    /// to their end, what they send finding no node of this runtime, and
+    /// a requester waiting for one gets its answer then, or its timeout.
     pub async fn shutdown_within(&self, limit: std::time::Duration) -> bool {
         let drained = tokio::time::timeout(limit, self.shutdown()).await.is_ok();
         if !drained {

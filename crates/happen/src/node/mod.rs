@@ -11,6 +11,7 @@ mod queue;
 mod registry;
 mod scheduler;
 mod send;
+mod shutdown;
 pub(crate) use send::Addressee;
 mod start;
 mod target;
@@ -450,47 +451,6 @@ impl<S> Node<S> {
     /// ```
     pub async fn ready(&self) -> Result<()> {
         self.runtime()?.transport().flush().await
-    }
-
-    /// Takes this node out of the system: no new event reaches it, the
-    /// flows it is running and the events in its queue finish, then its
-    /// handlers and subscriptions are released. The id may then be used for
-    /// a new node. Senders in this process get [`HappenError::UnknownNode`];
-    /// over NATS, a sender the node answered recently offers its request
-    /// again until its timeout (the node may be on its way back) and then
-    /// gets [`HappenError::Unreachable`].
-    ///
-    /// ```
-    /// use happen::prelude::*;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> happen::Result<()> {
-    /// let happen = Happen::embedded();
-    /// let client = happen.node("client")?;
-    /// let temp = happen.node("temp")?;
-    /// temp.on("ping", |_e: Event, _cx: Context| async { json!("pong") })?;
-    /// temp.shutdown().await;
-    /// let err = client.send("temp", Event::new("ping", json!(null))).await.unwrap_err();
-    /// assert!(matches!(err, HappenError::UnknownNode { .. }));
-    /// assert!(happen.node("temp").is_ok(), "the id is free again");
-    /// # Ok(()) }
-    /// ```
-    pub async fn shutdown(&self) {
-        if self.core.closed.swap(true, Ordering::AcqRel) {
-            return self.core.scheduler.idle().await;
-        }
-        let runtime = self.core.runtime.upgrade();
-        if let Some(runtime) = &runtime {
-            runtime.transport().detach(&self.core.id);
-        }
-        self.core.scheduler.idle().await;
-        let registrations = self.core.registry.clear();
-        let Some(runtime) = runtime else { return };
-        for registration in registrations {
-            runtime.transport().unsubscribe(&registration.interest);
-        }
-        // Over NATS, a round trip after the releases: when this returns, the
-        // server routes nothing more to this node.
-        runtime.transport().released().await;
     }
 
     /// Sends `event` to every node with a matching handler, this one included.

@@ -211,6 +211,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@topic [$runtime] [$threads] robustness;
             error_whose_display_panics_is_reported_and_node_keeps_serving,
             error_whose_drop_panics_leaves_the_node_serving,
+            shutdown_awaited_in_the_nodes_own_handler_returns,
             panicking_matcher_counts_as_no_match,
             invalid_target_id_is_rejected,
             handler_ids_belong_to_their_node,

@@ -90,6 +90,45 @@ pub async fn error_whose_drop_panics_leaves_the_node_serving(backend: &dyn Backe
     assert!(h.shutdown_within(Duration::from_secs(5)).await, "drained");
 }
 
+/// `shutdown` awaited in the node's own handler (a "stop" handler), of the
+/// node or of the whole runtime, returns: the flow answers, and the
+/// shutdown ends after it. Before, it waited for that very flow, for good.
+pub async fn shutdown_awaited_in_the_nodes_own_handler_returns(backend: &dyn Backend) {
+    for whole_runtime in [false, true] {
+        let h = start(backend).await;
+        let client = h.node("stop-client").unwrap();
+        let svc = h.node("stop-svc").unwrap();
+        let (me, runtime) = (svc.clone(), h.clone());
+        svc.on("stop", move |_e: Event, _cx: Context| {
+            let (me, runtime) = (me.clone(), runtime.clone());
+            async move {
+                match whole_runtime {
+                    true => runtime.shutdown().await,
+                    false => me.shutdown().await,
+                }
+                json!("stopping")
+            }
+        })
+        .unwrap();
+        h.flush().await.unwrap();
+        let sent = client
+            .send(&svc, ev("stop", json!(null)))
+            .timeout(Duration::from_secs(60));
+        let answer = tokio::time::timeout(Duration::from_secs(10), sent).await;
+        assert_eq!(
+            answer.ok().and_then(|a| a.ok()),
+            Some(json!("stopping")),
+            "whole runtime: {whole_runtime}"
+        );
+        // The shutdown goes on and ends: the node is gone.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while h.existing_node("stop-svc").is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "never shut down");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 pub async fn panicking_matcher_counts_as_no_match(backend: &dyn Backend) {
     let h = start(backend).await;
     let a = h.node("pm-a").unwrap();
