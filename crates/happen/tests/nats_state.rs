@@ -76,18 +76,8 @@ async fn large_global_values_span_runtimes() {
         "the watch sees it whole"
     );
 
-    let objects = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap())
-        .get_object_store("happen-global-large")
-        .await
-        .unwrap();
-    // The objects the store still holds (not deleted).
-    let live = || async {
-        let listed: Vec<_> = objects.list().await.unwrap().collect().await;
-        listed
-            .into_iter()
-            .filter(|info| info.as_ref().is_ok_and(|i| !i.deleted))
-            .count()
-    };
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let live = || live_objects(&js);
     assert_eq!(live().await, 1);
 
     // Small (its object goes), then large again (another value), then gone.
@@ -124,7 +114,6 @@ async fn large_global_values_span_runtimes() {
 /// with nothing pointing to it). A delete then leaves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_large_global_writers_leave_no_orphan() {
-    use futures::StreamExt;
     const WRITERS: usize = 8;
     let server = NatsServer::builder()
         .config("max_payload: 65536")
@@ -148,15 +137,8 @@ async fn concurrent_large_global_writers_leave_no_orphan() {
         let held = nodes[round % 2].global().get("shared:large").await.unwrap();
         let writer = held.as_ref().and_then(|v| v["writer"].as_u64()).unwrap() as usize;
         assert_eq!(held, Some(value(writer)), "one writer's value, whole");
-        let objects = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap())
-            .get_object_store("happen-global-large")
-            .await
-            .unwrap();
-        let listed: Vec<_> = objects.list().await.unwrap().collect().await;
-        let live = listed
-            .into_iter()
-            .filter(|info| info.as_ref().is_ok_and(|i| !i.deleted))
-            .count();
+        let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        let live = live_objects(&js).await;
         println!(
             "faults: large-global-writers round={round} writes={} live-objects={live} orphans={}",
             2 * WRITERS,
@@ -177,7 +159,6 @@ async fn concurrent_large_global_writers_leave_no_orphan() {
 /// object deleted, the key then pointing to nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_old_object_cannot_be_deleted_lands_whole() {
-    use futures::StreamExt;
     let server = NatsServer::builder()
         .config("max_payload: 65536")
         .start()
@@ -196,12 +177,7 @@ async fn a_write_whose_old_object_cannot_be_deleted_lands_whole() {
     let large = json!({ "rows": vec![7u64; 40_000] });
     let written = node.global().set("blob", &large).await;
     let read = node.global().get("blob").await;
-    let objects = js.get_object_store("happen-global-large").await.unwrap();
-    let listed: Vec<_> = objects.list().await.unwrap().collect().await;
-    let live = listed
-        .into_iter()
-        .filter(|info| info.as_ref().is_ok_and(|i| !i.deleted))
-        .count();
+    let live = live_objects(&js).await;
     println!(
         "faults: large-global-over-an-undeletable-pointer written={} read-whole={} live-objects={live}",
         written.is_ok(),
@@ -321,4 +297,15 @@ async fn values_over_the_servers_limit_are_refused_clearly() {
     );
     assert_eq!(node.state().get().await.unwrap(), json!({ "n": 1 }));
     happen.shutdown().await;
+}
+
+/// How many large global values the object store holds (not deleted).
+async fn live_objects(js: &async_nats::jetstream::Context) -> usize {
+    use futures::StreamExt;
+    let objects = js.get_object_store("happen-global-large").await.unwrap();
+    let listed: Vec<_> = objects.list().await.unwrap().collect().await;
+    listed
+        .into_iter()
+        .filter(|info| info.as_ref().is_ok_and(|i| !i.deleted))
+        .count()
 }

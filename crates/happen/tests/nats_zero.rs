@@ -23,9 +23,16 @@ fn with_hash(bytes: &[u8]) -> Bytes {
     Bytes::from(message)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_zero_buffer_is_the_message_and_hostile_bytes_are_refused() {
-    let server = NatsServer::start().unwrap();
+/// A runtime of its own with a node "sink" whose zero handler answers a
+/// "reading" with its celsius, counting what it handled; and the
+/// runtime's rejection reports.
+async fn counting_sink(
+    server: &NatsServer,
+) -> (
+    Happen,
+    Arc<AtomicUsize>,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
     let receiver = Happen::connect(NatsConfig::new(server.url()))
         .await
         .unwrap();
@@ -37,8 +44,15 @@ async fn the_zero_buffer_is_the_message_and_hostile_bytes_are_refused() {
         Ok(ZeroNext::Value(json!(event.get::<f64>("celsius")?)))
     })
     .unwrap();
-    let mut rejected = rejections(&receiver);
+    let rejected = rejections(&receiver);
     receiver.flush().await.unwrap();
+    (receiver, handled, rejected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zero_buffer_is_the_message_and_hostile_bytes_are_refused() {
+    let server = NatsServer::start().unwrap();
+    let (receiver, handled, mut rejected) = counting_sink(&server).await;
 
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut direct = raw.subscribe("happen.node.sink").await.unwrap();
@@ -305,19 +319,7 @@ async fn an_answer_that_cannot_travel_is_an_error_not_a_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zero_event_is_answered_only_at_an_inbox() {
     let server = NatsServer::start().unwrap();
-    let receiver = Happen::connect(NatsConfig::new(server.url()))
-        .await
-        .unwrap();
-    let sink = receiver.node("sink").unwrap();
-    let handled = Arc::new(AtomicUsize::new(0));
-    let h = handled.clone();
-    sink.zero("reading", move |event, _cx| {
-        h.fetch_add(1, Ordering::SeqCst);
-        Ok(ZeroNext::Value(json!(event.get::<f64>("celsius")?)))
-    })
-    .unwrap();
-    let mut rejected = rejections(&receiver);
-    receiver.flush().await.unwrap();
+    let (receiver, handled, mut rejected) = counting_sink(&server).await;
 
     let raw = async_nats::connect(server.url()).await.unwrap();
     let mut direct = raw.subscribe("happen.node.sink").await.unwrap();
