@@ -13,7 +13,11 @@
 //! timeout passed), cancels nothing: the items have nowhere to go and are
 //! dropped, `emit` succeeds, and the flow runs to its end. Over NATS the
 //! requester's process tells the producer so when the first item arrives. Over NATS, items are numbered and the end is explicit, so a lost
-//! or reordered chunk is reported as [`HappenError::StreamBroken`].
+//! or reordered chunk is reported as [`HappenError::StreamBroken`]. A
+//! producer that waits for credit asks the requester's process every two
+//! seconds whether the stream is still read: if that process is gone (or
+//! no longer waits), `emit` fails with [`HappenError::Cancelled`] as if the
+//! stream had been dropped, so a dead consumer never holds the flow.
 //!
 //! A flow that emits while nobody waits for it (it was started by a
 //! broadcast) broadcasts each item instead, as an event of type

@@ -310,21 +310,7 @@ async fn payment_process() {
 
 /// Starts the payment process and waits until it consumes.
 fn start_payments(url: &str) -> std::process::Child {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["payment_process", "--exact", "--ignored", "--nocapture"])
-        .env("HAPPEN_FAULT_CHILD", url)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.trim() == "ready")),
-        "the payment process did not start"
-    );
-    child
+    start_child("payment_process", "HAPPEN_FAULT_CHILD", url, "ready")
 }
 
 /// The receiving process killed with SIGKILL three times at random points

@@ -173,3 +173,25 @@ impl Link {
         self.open.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Starts `test` (an ignored test of this binary) in a child process with
+/// the server's `url` in the environment variable `var`, and returns it
+/// once it prints the line `ready`. Blocking: call it from
+/// `spawn_blocking`.
+pub fn start_child(test: &str, var: &str, url: &str, ready: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--ignored", "--nocapture"])
+        .env(var, url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.trim() == ready)),
+        "{test} did not start"
+    );
+    child
+}

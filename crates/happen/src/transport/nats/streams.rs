@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -218,7 +219,13 @@ impl ReplySink for NatsReply {
                 if producing.seq < allowed {
                     break;
                 }
-                changed.await;
+                // A consumer that stops taking items without a word (its
+                // process died, its `Cancel` was lost) would hold this flow
+                // and its slot for good: while no credit comes, its inbox is
+                // asked every `PROBE_AFTER` whether it still wants them.
+                if tokio::time::timeout(PROBE_AFTER, changed).await.is_err() {
+                    probe(&self.shared, &subject, producing.token);
+                }
             }
             let item = Reply::Item {
                 seq: producing.seq,
@@ -256,14 +263,79 @@ impl ReplySink for NatsReply {
     }
 }
 
-/// A consumer's credit for a stream this process produces.
-pub(super) fn on_credit(shared: &Arc<Shared>, token: &str, payload: &[u8]) {
+/// How long a producer waits for credit before it asks the consumer's
+/// inbox whether the stream is still wanted (and again as often while it
+/// waits). A slow consumer costs one small message per period; a dead one
+/// ends the stream within about one period.
+const PROBE_AFTER: Duration = Duration::from_secs(2);
+
+/// The subject that asks the requester behind `items` (`<inbox>.<token>`,
+/// where the stream's items go) whether it still takes them:
+/// `<inbox>.s<token>`. `None` for a subject of another form (a requester
+/// that is not a Happen runtime's inbox: nobody to ask).
+fn probe_subject(items: &str) -> Option<String> {
+    let (inbox, token) = items.rsplit_once('.')?;
+    let digits = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    (digits && super::subjects::answerable(items)).then(|| format!("{inbox}.s{token}"))
+}
+
+/// Asks the consumer of stream `token` whether it still takes the items
+/// (see [`on_probe`]), with this stream's credit subject as the reply
+/// subject: with nobody subscribed to the consumer's inbox (its process
+/// is gone) the server answers there "no responders" at once, which
+/// [`on_credit`] takes as a cancel.
+fn probe(shared: &Arc<Shared>, items: &str, token: u64) {
+    let Some(subject) = probe_subject(items) else {
+        return;
+    };
+    let publish = Publish {
+        subject: subject.into(),
+        reply: Some(format!("{}.c{token}", shared.inbox).into()),
+        headers: None,
+        payload: Bytes::new(),
+        token: None,
+    };
+    if let Err(error) = shared.commands.publish(publish) {
+        tracing::debug!(%error, "a stream's consumer could not be asked");
+    }
+}
+
+/// A producer asks whether request `token`'s stream is still taken here:
+/// answered with `Cancel` when nobody waits for it any more (the stream
+/// was dropped and the cancel did not reach the producer); a wanted
+/// stream gets no answer (its consumer is slow, not gone).
+pub(super) fn on_probe(shared: &Arc<Shared>, token: &str, reply: Option<&str>) {
+    let (Ok(token), Some(reply)) = (token.parse::<u64>(), reply) else {
+        return;
+    };
+    if super::requests::wants(shared, token) || !super::subjects::answerable(reply) {
+        return;
+    }
+    NatsCredit::new(shared.clone(), reply.to_owned()).cancel();
+}
+
+/// A consumer's credit for a stream this process produces, or the
+/// server's "no responders" for a probe of its consumer (see [`probe`]).
+pub(super) fn on_credit(
+    shared: &Arc<Shared>,
+    token: &str,
+    status: Option<async_nats::StatusCode>,
+    payload: &[u8],
+) {
     let Ok(token) = token.parse::<u64>() else {
         return;
     };
     let Some(state) = lock(&shared.credits.streams).get(&token).cloned() else {
         return;
     };
+    if status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        // Nobody is subscribed to the consumer's inbox: its process is
+        // gone, and so is anyone to take the items. (Anyone who knows the
+        // credit subject can say so, as anyone can send `Cancel` there.)
+        state.cancelled.store(true, Ordering::Release);
+        state.changed.notify_waiters();
+        return;
+    }
     match wire::decode_credit(payload) {
         Ok(Credit::Acked(count)) => {
             state.acked.fetch_max(count, Ordering::AcqRel);
@@ -327,5 +399,28 @@ impl CreditSink for NatsCredit {
 
     fn unwanted(&mut self) {
         self.send(Credit::Unwanted);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::probe_subject;
+
+    #[test]
+    fn only_a_happen_inbox_is_asked_about_its_stream() {
+        assert_eq!(
+            probe_subject("_INBOX.a1b2.17").as_deref(),
+            Some("_INBOX.a1b2.s17")
+        );
+        for other in [
+            "",
+            "_INBOX.",
+            "_INBOX.a1b2.",
+            "_INBOX.a1b2.x7",
+            "happen.node.a.17",
+            "17",
+        ] {
+            assert_eq!(probe_subject(other), None, "{other:?}");
+        }
     }
 }

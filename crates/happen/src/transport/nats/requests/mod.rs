@@ -251,6 +251,14 @@ pub(super) fn waits(shared: &Shared, token: u64) -> bool {
     lock(&shared.requests.pending).contains_key(&token)
 }
 
+/// Whether request `token` is still waited for or its stream still read
+/// (see [`super::streams::on_probe`]).
+pub(super) fn wants(shared: &Shared, token: u64) -> bool {
+    lock(&shared.requests.pending)
+        .get(&token)
+        .is_some_and(Waiting::alive)
+}
+
 /// A reply on this runtime's inbox for request `token`.
 pub(super) fn on_reply(shared: &Arc<Shared>, token: u64, message: async_nats::Message) {
     if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {

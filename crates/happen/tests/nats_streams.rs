@@ -1,0 +1,225 @@
+//! Streamed responses over NATS whose consumer stops taking items: a
+//! consumer whose process died must not hold the producer's flow (and its
+//! slot) for good; a consumer that is only slow must get every item.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use happen::nats::NatsConfig;
+use happen::prelude::*;
+use happen::stream::{STREAM_WINDOW, StreamItem};
+use happen_test::NatsServer;
+use tokio::sync::mpsc;
+
+mod support;
+use support::*;
+
+/// A producer of `count` items that counts the ones its `emit` took and
+/// reports how its flow ended (`None`: it emitted them all).
+fn producer(
+    happen: &Happen,
+    count: usize,
+) -> (
+    Node,
+    Arc<AtomicUsize>,
+    mpsc::UnboundedReceiver<Option<HappenError>>,
+) {
+    let node = happen.node("ticker").unwrap();
+    let emitted = Arc::new(AtomicUsize::new(0));
+    let (ended_tx, ended) = mpsc::unbounded_channel();
+    let counter = emitted.clone();
+    node.on("ticks", move |_e: Event, cx: Context| {
+        let (counter, ended_tx) = (counter.clone(), ended_tx.clone());
+        async move {
+            for i in 0..count {
+                if let Err(error) = cx.emit(json!(i)).await {
+                    let _ = ended_tx.send(Some(error.clone()));
+                    return Err(error);
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            let _ = ended_tx.send(None);
+            Ok(json!("done"))
+        }
+    })
+    .unwrap();
+    (node, emitted, ended)
+}
+
+/// The consumer of `a_stream_whose_consumer_was_killed_frees_its_producer`,
+/// run in a child process (this test binary, re-executed): asks for the
+/// stream, takes two items, says so, and then takes nothing more.
+/// Ignored unless that test starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "started as a child process by a_stream_whose_consumer_was_killed_frees_its_producer"]
+async fn stalled_consumer_process() {
+    let url = std::env::var("HAPPEN_STREAM_CHILD").expect("started by the stream test");
+    let happen = Happen::connect(NatsConfig::new(url)).await.unwrap();
+    let reader = happen.node("reader").unwrap();
+    let mut stream = reader
+        .send("ticker", Event::new("ticks", json!(null)))
+        .stream();
+    for _ in 0..2 {
+        stream.next().await.unwrap().unwrap();
+    }
+    println!("reading");
+    std::future::pending::<()>().await;
+}
+
+/// A stream's consumer process killed (SIGKILL: it sends no cancel) while
+/// the producer waits for credit: the producer's `emit` fails with
+/// `Cancelled` within a few seconds, its node answers the next request,
+/// and the runtime shuts down. Before the producer asked the consumer's
+/// inbox, it waited for credit without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_consumer_was_killed_frees_its_producer() {
+    let server = NatsServer::start().unwrap();
+    let happen = connect(&server).await;
+    let items = 1_000;
+    let (ticker, emitted, mut ended) = producer(&happen, items);
+    ticker
+        .on(
+            "ping",
+            |_e: Event, _cx: Context| async move { json!("pong") },
+        )
+        .unwrap();
+    happen.flush().await.unwrap();
+
+    let url = server.url();
+    let mut child = tokio::task::spawn_blocking(move || {
+        let test = "stalled_consumer_process";
+        start_child(test, "HAPPEN_STREAM_CHILD", &url, "reading")
+    })
+    .await
+    .unwrap();
+    // The producer runs a window ahead of the two items taken, then waits.
+    within("the producer fills its window", 10, async {
+        while emitted.load(Ordering::SeqCst) < STREAM_WINDOW {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL: no cancel is sent
+    child.wait().unwrap();
+    let killed_at = tokio::time::Instant::now();
+    let why = within("the producer's flow ends", 15, ended.recv())
+        .await
+        .expect("the flow reports how it ended");
+    let after = killed_at.elapsed();
+    let emitted = emitted.load(Ordering::SeqCst);
+    println!(
+        "faults: stream-consumer-killed items={items} emitted={emitted} flow-ended={why:?} after-ms={}",
+        after.as_millis()
+    );
+    assert_eq!(why, Some(HappenError::Cancelled));
+    assert!(
+        emitted <= STREAM_WINDOW + 2,
+        "the producer ran past its window: {emitted}"
+    );
+    // The node is free for other work, and the runtime shuts down.
+    let asker = happen.node("asker").unwrap();
+    let pong = within(
+        "the producer's node answers",
+        10,
+        asker
+            .send(&ticker, Event::new("ping", json!(null)))
+            .response(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pong, json!("pong"));
+    assert!(happen.shutdown_within(Duration::from_secs(10)).await);
+}
+
+/// A consumer that takes nothing for longer than the producer waits
+/// before asking about it (several times over) is slow, not gone: it gets
+/// every item, in order, and the producer's flow ends with its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_stream_consumer_is_not_taken_for_a_dead_one() {
+    let server = NatsServer::start().unwrap();
+    let producing = connect(&server).await;
+    let consuming = connect(&server).await;
+    let items = 3 * STREAM_WINDOW;
+    let (_ticker, emitted, mut ended) = producer(&producing, items);
+    producing.flush().await.unwrap();
+    let reader = consuming.node("reader").unwrap();
+    let mut stream = reader
+        .send("ticker", Event::new("ticks", json!(null)))
+        .timeout(Duration::from_secs(60))
+        .stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first, StreamItem::Item(json!(0)));
+    // Five seconds without taking an item: the producer asks twice.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(emitted.load(Ordering::SeqCst) <= STREAM_WINDOW + 1);
+    let rest: Vec<_> = within("the rest of the stream", 20, stream.collect()).await;
+    let values: Vec<StreamItem> = rest.into_iter().map(|item| item.unwrap()).collect();
+    let expected: Vec<StreamItem> = (1..items)
+        .map(|i| StreamItem::Item(json!(i)))
+        .chain([StreamItem::Done(json!("done"))])
+        .collect();
+    assert_eq!(values, expected);
+    assert_eq!(within("the flow's end", 5, ended.recv()).await, Some(None));
+    assert_eq!(emitted.load(Ordering::SeqCst), items);
+    producing.shutdown().await;
+    consuming.shutdown().await;
+}
+
+/// What a producer's question "is this stream still wanted?" gets from a
+/// live requester (here asked by hand, with a raw client in the
+/// producer's place): nothing while the requester waits, a cancel once it
+/// let go of the request (the answer to a lost cancel); and from the
+/// server, "no responders" once the requester's runtime is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_answers_whether_it_still_wants_a_stream() {
+    let server = NatsServer::start().unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut requests = raw
+        .queue_subscribe("happen.node.ticker", "happen".into())
+        .await
+        .unwrap();
+    let mut credits = raw.subscribe("_INBOX.raw-producer.c1").await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
+    let happen = connect(&server).await;
+    let reader = happen.node("reader").unwrap();
+    let sent = reader
+        .send("ticker", Event::new("ticks", json!(null)))
+        .timeout(Duration::from_secs(30));
+    let request = within("the request reaches the producer", 10, requests.next())
+        .await
+        .unwrap();
+    let items = request.reply.expect("a request names where to answer");
+    let (inbox, token) = items.rsplit_once('.').unwrap();
+    let probe = format!("{inbox}.s{token}");
+    let ask = |raw: async_nats::Client, probe: String| async move {
+        raw.publish_with_reply(probe, "_INBOX.raw-producer.c1", "".into())
+            .await
+            .unwrap();
+        raw.flush().await.unwrap();
+    };
+
+    ask(raw.clone(), probe.clone()).await;
+    let waiting = tokio::time::timeout(Duration::from_millis(500), credits.next()).await;
+    assert!(
+        waiting.is_err(),
+        "a waiting requester answered: {waiting:?}"
+    );
+
+    drop(sent);
+    ask(raw.clone(), probe.clone()).await;
+    let cancel = within("the requester's cancel", 5, credits.next())
+        .await
+        .unwrap();
+    assert!(cancel.status.is_none(), "{:?}", cancel.status);
+    assert!(!cancel.payload.is_empty());
+
+    happen.shutdown().await;
+    drop(happen);
+    ask(raw.clone(), probe).await;
+    let gone = within("the server's answer", 5, credits.next())
+        .await
+        .unwrap();
+    assert_eq!(gone.status, Some(async_nats::StatusCode::NO_RESPONDERS));
+}
