@@ -272,63 +272,94 @@ impl Acknowledge for LocalRetry {
             && !node.is_closed()
             && !stopping
             && config.mode != DeliveryMode::Direct;
-        if !retry {
-            self.settled(&node);
-            if let Some(runtime) = node.runtime_inner() {
-                runtime.transport().local().dead_letter(
-                    node.id(),
-                    &self.event,
-                    self.attempt,
-                    &failure.error,
-                );
-            }
-            failure.answer();
-            return;
-        }
-        let Some(runtime) = node.runtime_inner() else {
-            failure.answer();
-            return;
+        let runtime = node.runtime_inner();
+        let (Some(runtime), true) = (runtime, retry) else {
+            return self.give_up(&node, failure);
         };
         let delay = jittered_delay(&config, self.attempt);
-        let LocalRetry { event, attempt, .. } = *self;
-        let (stopping, weak) = (runtime.stopping.clone(), Arc::downgrade(&node));
-        drop(node);
-        // Tracked, so that shutdown waits for the retry, and cut short when
-        // shutdown begins (the retry runs then: shutdown drains what was
-        // accepted). Holding the node only weakly while it waits: a spooled
-        // node's database closes with the runtime. A cancellation audit
-        // found both: the retry ran after `shutdown` had returned, and the
-        // database stayed locked for the backoff.
-        runtime.spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = stopping.cancelled() => {}
+        let weak = Arc::downgrade(&node);
+        // Counted by the node (its shutdown runs it at once and waits for
+        // it, as for the events in its queue) and by the runtime (whose
+        // shutdown does the same). Holding the node only weakly while it
+        // waits: a spooled node's database closes with the runtime. A
+        // cancellation audit found the retry running after `shutdown` had
+        // returned, and the database locked for the backoff.
+        let failure = std::cell::Cell::new(Some(failure));
+        let waiting = node.retries.wait(&runtime.stopping, |now| {
+            let failure = failure.take();
+            let (event, attempt) = (self.event.clone(), self.attempt);
+            async move {
+                let Some(failure) = failure else { return };
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = now.cancelled() => {}
+                }
+                try_again(weak, event, attempt, failure, now.is_cancelled());
             }
-            let Some(node) = weak.upgrade() else {
-                failure.answer();
-                return;
-            };
-            // Stopping: a spooled event stays on disk for the next run.
-            #[cfg(feature = "redb")]
-            if node.spool().is_some() && stopping.is_cancelled() {
-                let stopped = Failure {
-                    error: HappenError::Shutdown,
-                    responder: failure.responder,
-                };
-                stopped.answer();
-                return;
-            }
-            let mut next = Delivery::new(event.clone(), failure.responder, Arrival::Remote);
-            next.inline = false;
-            next.ack = Some(Box::new(LocalRetry {
-                node: weak,
-                event,
-                attempt: attempt + 1,
-            }));
-            // A refusal comes back through the acknowledgement.
-            let _ = delivery::deliver(&node, next);
         });
+        match waiting {
+            Some(waiting) => runtime.spawn(waiting),
+            // The node's shutdown began meanwhile: final.
+            None => {
+                if let Some(failure) = failure.take() {
+                    self.give_up(&node, failure);
+                }
+            }
+        }
     }
+}
+
+impl LocalRetry {
+    /// A failure that is final: the event goes to the dead letters and its
+    /// requester gets the failure.
+    fn give_up(&self, node: &NodeCore, failure: Failure) {
+        self.settled(node);
+        if let Some(runtime) = node.runtime_inner() {
+            runtime.transport().local().dead_letter(
+                node.id(),
+                &self.event,
+                self.attempt,
+                &failure.error,
+            );
+        }
+        failure.answer();
+    }
+}
+
+/// Hands `event` to its node again after its backoff (or, `early`, when
+/// the node or the runtime began to shut down: shutdown drains what was
+/// accepted, and a failure after that is final).
+fn try_again(weak: Weak<NodeCore>, event: Event, attempt: u32, failure: Failure, early: bool) {
+    let Some(node) = weak.upgrade() else {
+        failure.answer();
+        return;
+    };
+    // Stopping: a spooled event stays on disk for the next run.
+    #[cfg(feature = "redb")]
+    if node.spool().is_some() && early {
+        let stopped = Failure {
+            error: HappenError::Shutdown,
+            responder: failure.responder,
+        };
+        stopped.answer();
+        return;
+    }
+    #[cfg(not(feature = "redb"))]
+    let _ = early;
+    let mut next = Delivery::new(event.clone(), failure.responder, Arrival::Remote);
+    next.inline = false;
+    if node.is_closed() {
+        // Its shutdown drains it: the handlers are still there, though
+        // the node takes no new event.
+        next.matched = node.handlers_for(event.event_type());
+    }
+    next.ack = Some(Box::new(LocalRetry {
+        node: weak,
+        event,
+        attempt: attempt + 1,
+    }));
+    // A refusal comes back through the acknowledgement.
+    let _ = delivery::deliver(&node, next);
 }
 
 /// The events an exactly-once node took in this process within the

@@ -91,6 +91,7 @@ pub mod pattern;
 pub mod receipt;
 pub mod resilience;
 pub mod response;
+mod retries;
 pub mod runtime;
 pub mod settings;
 #[cfg(feature = "redb")]

@@ -499,12 +499,15 @@ async fn a_zero_flow_balance_interval_still_watches() -> happen::Result<()> {
 }
 
 /// A failed event waiting for its retry (backoff) is part of what
-/// `shutdown` drains: the retry runs when shutdown begins, and shutdown
-/// returns after it, with the requester answered. (A cancellation audit
-/// found the retry untracked: shutdown returned at once and the retry ran
-/// after it.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_drains_a_retry_waiting_for_its_backoff() {
+/// What a shutdown does with a retry waiting for its (30 s) backoff: it
+/// runs the retry when it begins and returns after it, with the
+/// requester answered. `fails_again`: the retry fails too, and is then
+/// final (dead-lettered, the requester gets the failure), not tried again
+/// after the shutdown. Returns the answer and the dead letters counted.
+async fn shutdown_with_a_retry_waiting(
+    node_shutdown: bool,
+    fails_again: bool,
+) -> (happen::Result<serde_json::Value>, u64) {
     use happen::prelude::*;
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
@@ -524,10 +527,11 @@ async fn shutdown_drains_a_retry_waiting_for_its_backoff() {
     svc.on("job", move |_e: Event, _cx: Context| {
         let (a, s, l) = (a.clone(), s.clone(), l.clone());
         async move {
-            if a.fetch_add(1, Ordering::SeqCst) == 0 {
+            let attempt = a.fetch_add(1, Ordering::SeqCst);
+            l.store(s.load(Ordering::SeqCst), Ordering::SeqCst);
+            if attempt == 0 || fails_again {
                 return Err(HappenError::Cancelled); // tried again in 30 s
             }
-            l.store(s.load(Ordering::SeqCst), Ordering::SeqCst);
             Ok(json!("second attempt"))
         }
     })
@@ -539,11 +543,24 @@ async fn shutdown_drains_a_retry_waiting_for_its_backoff() {
     while attempts.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let drained = tokio::time::timeout(Duration::from_secs(10), happen.shutdown()).await;
+    let limit = Duration::from_secs(10);
+    let drained = if node_shutdown {
+        tokio::time::timeout(limit, svc.shutdown()).await
+    } else {
+        tokio::time::timeout(limit, happen.shutdown()).await
+    };
     shut.store(true, Ordering::SeqCst);
-    let answer = waiter.await.unwrap();
+    let dead_lettered = happen.counters().dead_lettered;
+    // Nothing more runs: not a third attempt, not the retry late.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = tokio::time::timeout(limit, waiter).await.unwrap().unwrap();
     println!(
-        "shutdown with a retry waiting: drained={} attempts={} ran-after-shutdown={} answer={answer:?}",
+        "{} with a retry waiting (fails again: {fails_again}): drained={} attempts={} ran-after-shutdown={} dead-lettered={dead_lettered} answer={answer:?}",
+        if node_shutdown {
+            "node shutdown"
+        } else {
+            "shutdown"
+        },
         drained.is_ok(),
         attempts.load(Ordering::SeqCst),
         late.load(Ordering::SeqCst)
@@ -552,11 +569,47 @@ async fn shutdown_drains_a_retry_waiting_for_its_backoff() {
     assert_eq!(
         attempts.load(Ordering::SeqCst),
         2,
-        "the retry ran within shutdown"
+        "the retry ran once, within shutdown"
     );
     assert!(
         !late.load(Ordering::SeqCst),
         "the retry ran after shutdown returned"
     );
-    assert_eq!(answer.unwrap(), json!("second attempt"));
+    happen.shutdown().await;
+    (answer, dead_lettered)
+}
+
+/// `shutdown` drains: the retry runs when shutdown begins, and shutdown
+/// returns after it, with the requester answered. (A cancellation audit
+/// found the retry untracked: shutdown returned at once and the retry ran
+/// after it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_a_retry_waiting_for_its_backoff() {
+    let (answer, dead) = shutdown_with_a_retry_waiting(false, false).await;
+    assert_eq!(answer.unwrap(), serde_json::json!("second attempt"));
+    assert_eq!(dead, 0);
+}
+
+/// A node's own shutdown does the same for its retries (a review found it
+/// returning at once, and the retry then refused as an unknown node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shutdown_drains_its_retry_waiting_for_its_backoff() {
+    let (answer, dead) = shutdown_with_a_retry_waiting(true, false).await;
+    assert_eq!(answer.unwrap(), serde_json::json!("second attempt"));
+    assert_eq!(dead, 0);
+}
+
+/// A retry a shutdown ran that fails again is final: dead-lettered before
+/// the shutdown returns, its requester answered with the failure, and no
+/// third attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_a_shutdown_ran_that_fails_again_is_final() {
+    for node_shutdown in [false, true] {
+        let (answer, dead) = shutdown_with_a_retry_waiting(node_shutdown, true).await;
+        assert!(
+            matches!(answer, Err(happen::HappenError::HandlerFailed { .. })),
+            "{answer:?}"
+        );
+        assert_eq!(dead, 1, "node shutdown: {node_shutdown}");
+    }
 }

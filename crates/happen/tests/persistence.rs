@@ -404,6 +404,17 @@ async fn a_recorded_transaction_is_traced_after_a_restart() {
 /// (The retry held the node, and with it the database, for its backoff.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_waiting_on_disk_lets_the_database_go_at_shutdown() {
+    retry_waiting_on_disk_at_shutdown(false).await;
+}
+
+/// The node's own shutdown, with its retry waiting on disk, returns
+/// without waiting out the backoff, and the event stays for the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shutdown_leaves_its_retry_waiting_on_disk() {
+    retry_waiting_on_disk_at_shutdown(true).await;
+}
+
+async fn retry_waiting_on_disk_at_shutdown(node_first: bool) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
@@ -426,6 +437,13 @@ async fn a_retry_waiting_on_disk_lets_the_database_go_at_shutdown() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if node_first {
+            let stopped = tokio::time::timeout(Duration::from_secs(5), svc.shutdown()).await;
+            assert!(
+                stopped.is_ok(),
+                "the node's shutdown waited out the backoff"
+            );
+        }
         happen.shutdown().await;
     }
     let again = Happen::embedded_on_disk(dir.path(), HappenConfig::default());
@@ -451,7 +469,7 @@ async fn a_retry_waiting_on_disk_lets_the_database_go_at_shutdown() {
         }
     }
     println!(
-        "on disk, retry waiting at shutdown: reopened={reopened} taken-next-run={}",
+        "on disk, retry waiting at shutdown (node first: {node_first}): reopened={reopened} taken-next-run={}",
         taken.load(Ordering::SeqCst)
     );
     assert!(reopened, "{:?}", again.err());

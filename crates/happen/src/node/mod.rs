@@ -76,6 +76,9 @@ pub(crate) struct NodeCore {
     retried_here: bool,
     /// Exactly-once in this process: the events already taken.
     pub(crate) seen: crate::durable::Seen,
+    /// Retries of its events waiting for their backoff (durable in this
+    /// process), which its shutdown runs at once.
+    pub(crate) retries: crate::retries::Retries,
     /// Where the node's events are kept across a restart (a durable node of
     /// an embedded runtime on disk).
     #[cfg(feature = "redb")]
@@ -152,6 +155,12 @@ impl NodeCore {
 
     /// The handlers that take an event of `event_type` now; the reason if
     /// none does.
+    /// The handlers `event_type` matches, also while the node shuts down
+    /// (for a retry its shutdown runs; see [`crate::retries`]).
+    pub(crate) fn handlers_for(&self, event_type: &str) -> Option<Matched> {
+        self.registry.matching(event_type, &self.id)
+    }
+
     pub(crate) fn admits(&self, event_type: &str) -> Result<Matched> {
         if self.closed.load(Ordering::Acquire) {
             return Err(HappenError::UnknownNode {
@@ -274,6 +283,7 @@ impl Node {
             keys,
             key_registry: registry,
             seen: Default::default(),
+            retries: Default::default(),
             #[cfg(feature = "redb")]
             spool: runtime.store().spool().filter(|_| retried_here),
         }))

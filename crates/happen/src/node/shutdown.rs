@@ -9,7 +9,9 @@ use crate::error::HappenError;
 
 impl<S> Node<S> {
     /// Takes this node out of the system: no new event reaches it, the
-    /// flows it is running and the events in its queue finish, then its
+    /// flows it is running and the events in its queue finish (for a node
+    /// durable in this process, an event waiting for its retry's backoff
+    /// is tried once more now; if that fails too, it is dead-lettered), then its
     /// handlers and subscriptions are released. The id may then be used for
     /// a new node. Senders in this process get [`HappenError::UnknownNode`];
     /// over NATS, a sender the node answered recently offers its request
@@ -61,6 +63,11 @@ impl NodeCore {
         let runtime = self.runtime.upgrade();
         if let Some(runtime) = &runtime {
             runtime.transport().detach(&self.id);
+            if self.retried_here() {
+                // Accepted events waiting to be tried again are tried now,
+                // like those in the queue.
+                self.retries.run_now(&runtime.stopping).await;
+            }
         }
         self.scheduler.idle().await;
         let registrations = self.registry.clear();
