@@ -344,13 +344,12 @@ impl Happen {
         Ok(Happen::embedded_with(config))
     }
 
-    /// The state of the node `id`, read and written through the store
-    /// without becoming that node: for tools and for code outside any node.
+    /// The state of the node `node` (an id or a [`Node`]),
+    /// read and written through the store without becoming that node.
     /// Updates are atomic as from the node itself (conditional writes).
     /// It goes around the node's ownership of its state, which the
     /// specification keeps to the node: from another node's handler, send
-    /// the owner an event, or read it through a view
-    /// ([`Node::view`](crate::Node::view)).
+    /// the owner an event, or read it through [`Node::view`](crate::Node::view).
     ///
     /// ```
     /// use happen::prelude::*;
@@ -360,10 +359,11 @@ impl Happen {
     /// happen.state_of("ledger")?.set(|_| json!({ "balance": 5 })).await?;
     /// assert!(happen.existing_node("ledger").is_none(), "state_of made no node");
     /// let ledger = happen.node("ledger")?;
-    /// assert_eq!(ledger.state().get().await?, json!({ "balance": 5 }));
+    /// assert_eq!(happen.state_of(&ledger)?.get().await?, json!({ "balance": 5 }));
     /// # Ok(()) }
     /// ```
-    pub fn state_of(&self, id: &str) -> Result<State> {
+    pub fn state_of(&self, node: impl crate::node::Target) -> Result<State> {
+        let id = node.target_id();
         validate_node_id(id)?;
         if let Some(node) = self.0.transport.node(id) {
             return Ok(node.state());

@@ -217,9 +217,19 @@ async fn a_requester_answers_whether_it_still_wants_a_stream() {
 
     happen.shutdown().await;
     drop(happen);
-    ask(raw.clone(), probe).await;
-    let gone = within("the server's answer", 5, credits.next())
-        .await
-        .unwrap();
+    // Asked until the server has seen the connection go (as a producer
+    // asks every two seconds).
+    let started = tokio::time::Instant::now();
+    let gone = within("the server's answer", 10, async {
+        loop {
+            ask(raw.clone(), probe.clone()).await;
+            let wait = Duration::from_millis(200);
+            if let Ok(Some(message)) = tokio::time::timeout(wait, credits.next()).await {
+                return message;
+            }
+        }
+    })
+    .await;
+    println!("no responders after {:?}", started.elapsed());
     assert_eq!(gone.status, Some(async_nats::StatusCode::NO_RESPONDERS));
 }

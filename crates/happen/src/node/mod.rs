@@ -369,9 +369,23 @@ impl<S> Node<S> {
         )
     }
 
-    /// A read-only window into the state of the node `node` (in any process).
-    pub fn view(&self, node: &str) -> View {
-        View::new(self.store().clone(), node.to_owned())
+    /// A read-only window into the state of the node `node` (in any
+    /// process): a node id, or a [`Node`] handle, as for [`Node::send`].
+    ///
+    /// ```
+    /// use happen::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> happen::Result<()> {
+    /// let happen = Happen::embedded();
+    /// let stock = happen.node("stock")?;
+    /// stock.state().set(|_| json!({ "p1": 3 })).await?;
+    /// let shop = happen.node("shop")?;
+    /// assert_eq!(shop.view(&stock).get().await?, Some(json!({ "p1": 3 })));
+    /// assert_eq!(shop.view("stock").get().await?, Some(json!({ "p1": 3 })));
+    /// # Ok(()) }
+    /// ```
+    pub fn view(&self, node: impl Target) -> View {
+        View::new(self.store().clone(), node.target_id().to_owned())
     }
 
     /// Collects projections of several nodes' state in one call.

@@ -308,7 +308,7 @@ pub(super) fn on_probe(shared: &Arc<Shared>, token: &str, reply: Option<&str>) {
     let (Ok(token), Some(reply)) = (token.parse::<u64>(), reply) else {
         return;
     };
-    if super::requests::wants(shared, token) || !super::subjects::answerable(reply) {
+    if super::requests::waits(shared, token, true) || !super::subjects::answerable(reply) {
         return;
     }
     NatsCredit::new(shared.clone(), reply.to_owned()).cancel();

@@ -246,17 +246,11 @@ impl Requests {
     }
 }
 
-/// Whether request `token` still waits for its reply.
-pub(super) fn waits(shared: &Shared, token: u64) -> bool {
-    lock(&shared.requests.pending).contains_key(&token)
-}
-
-/// Whether request `token` is still waited for or its stream still read
-/// (see [`super::streams::on_probe`]).
-pub(super) fn wants(shared: &Shared, token: u64) -> bool {
-    lock(&shared.requests.pending)
-        .get(&token)
-        .is_some_and(Waiting::alive)
+/// Whether request `token` still waits for its reply (`alive`: and its
+/// requester for it, or for its stream; see `streams::on_probe`).
+pub(super) fn waits(shared: &Shared, token: u64, alive: bool) -> bool {
+    let pending = lock(&shared.requests.pending);
+    pending.get(&token).is_some_and(|w| !alive || w.alive())
 }
 
 /// A reply on this runtime's inbox for request `token`.
