@@ -113,6 +113,16 @@ impl Answers {
         });
     }
 
+    /// The answer kept for the request whose reply subject is `subject`,
+    /// with its seal, if it still is (and can be read).
+    pub(in crate::transport::nats) async fn kept(
+        &self,
+        subject: &str,
+    ) -> Option<(Bytes, Option<HeaderMap>)> {
+        let value = self.kv.get(key_of(subject)?).await.ok().flatten()?;
+        decode(&value)
+    }
+
     /// Follows the answers kept for this runtime's requests (once, from its
     /// first durable request until the runtime ends).
     pub(in crate::transport::nats) fn follow(self: &Arc<Self>, shared: &Arc<Shared>) {

@@ -232,7 +232,7 @@ fn consumer_config(
     }
 }
 
-fn ack(shared: &Shared, message: &async_nats::Message, kind: AckKind) {
+pub(super) fn ack(shared: &Shared, message: &async_nats::Message, kind: AckKind) {
     if let Some(subject) = &message.reply {
         let _ = shared.commands.send(Command::Publish(Publish {
             subject: subject.clone(),
@@ -315,7 +315,7 @@ async fn take(
     let exactly_once = config.mode == DeliveryMode::ExactlyOnce;
     if copy && exactly_once {
         if let Some(responder) = responder {
-            answer_copy(
+            super::copies::answer(
                 durable, shared, node, message, event, attempt, config, responder,
             )
             .await;
@@ -373,48 +373,6 @@ async fn take(
     let _ = delivery::deliver(node.core(), delivery);
 }
 
-/// Answers a request's copy to an exactly-once node ([`super::copy_id`])
-/// and settles its message; the copy never runs. With the node's
-/// acceptance first: a copy must not fetch an answer its sender could not
-/// have asked for.
-#[allow(clippy::too_many_arguments)]
-async fn answer_copy(
-    durable: &Arc<Durable>,
-    shared: &Arc<Shared>,
-    node: &Node,
-    message: async_nats::Message,
-    event: Event,
-    attempt: u32,
-    config: &DeliveryConfig,
-    responder: Responder,
-) {
-    if let Err(error) = node.core().accepts(&event, false) {
-        responder.reply(Err(error));
-        ack(shared, &message, AckKind::Term);
-        return;
-    }
-    // Answered here (kept, or when it is given) ...
-    let Err(responder) = node.core().seen.answers().copy_if_known(&event, responder) else {
-        ack(shared, &message, AckKind::Ack);
-        return;
-    };
-    let key = format!("{}.{}", escape_key(node.id()), escape_key(event.id()));
-    let completed = matches!(durable.done.get(key).await, Ok(Some(_)));
-    if completed || attempt >= config.max_attempts {
-        // ... completed elsewhere (another instance, or before a restart):
-        // its answer is not kept beyond the process that gave it.
-        responder.reply(Err(HappenError::AlreadyTaken {
-            node: node.id().to_owned(),
-            event_id: event.id().to_owned(),
-        }));
-        ack(shared, &message, AckKind::Term);
-        return;
-    }
-    // ... or still running elsewhere: asked again once it may be done.
-    let delay = crate::durable::jittered_delay(config, attempt).max(Duration::from_millis(200));
-    ack(shared, &message, AckKind::Nak(Some(delay)));
-}
-
 /// Settles one stored event when its flows end.
 struct JsAck {
     durable: Arc<Durable>,
@@ -454,7 +412,13 @@ impl Acknowledge for JsAck {
                 // Through an outage too; meanwhile a redelivery to this
                 // process is recognised by `taken`.
                 let mut failures = 0u64;
-                while let Err(error) = self.durable.done.put(key.clone(), Bytes::new()).await {
+                // A request's record names where it was answered, for
+                // its copies (see `answer_copy`).
+                let answered = (self.message.headers.as_ref())
+                    .and_then(|h| h.get(REPLY_TO))
+                    .map(|r| Bytes::copy_from_slice(r.as_str().as_bytes()))
+                    .unwrap_or_default();
+                while let Err(error) = self.durable.done.put(key.clone(), answered.clone()).await {
                     failures += 1;
                     if self.shared.is_closed() {
                         return; // the redelivery's run will record it

@@ -57,6 +57,7 @@ use crate::receipt::{Receipt, ReceiptTx};
 pub(super) mod answers;
 mod buckets;
 mod consume;
+mod copies;
 pub(super) mod keys;
 mod publish;
 mod registry;
