@@ -299,11 +299,18 @@ impl Acknowledge for LocalRetry {
         });
         match waiting {
             Some(waiting) => runtime.spawn(waiting),
-            // The node's shutdown began meanwhile: final.
+            // The node's shutdown began meanwhile: final (on disk, kept
+            // for the next run, as above).
             None => {
-                if let Some(failure) = failure.take() {
-                    self.give_up(&node, failure);
+                let Some(failure) = failure.take() else {
+                    return;
+                };
+                #[cfg(feature = "redb")]
+                if node.spool().is_some() {
+                    failure.answer();
+                    return;
                 }
+                self.give_up(&node, failure);
             }
         }
     }

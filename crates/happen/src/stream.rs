@@ -17,7 +17,8 @@
 //! producer that waits for credit asks the requester's process every two
 //! seconds whether the stream is still read: if that process is gone (or
 //! no longer waits), `emit` fails with [`HappenError::Cancelled`] as if the
-//! stream had been dropped, so a dead consumer never holds the flow.
+//! stream had been dropped, so a dead consumer never holds the flow. (So
+//! does a stream nobody takes whose "unwanted" word was lost on the way.)
 //!
 //! A flow that emits while nobody waits for it (it was started by a
 //! broadcast) broadcasts each item instead, as an event of type

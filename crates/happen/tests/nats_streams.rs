@@ -21,12 +21,13 @@ use support::*;
 fn producer(
     happen: &Happen,
     count: usize,
+    config: NodeConfig,
 ) -> (
     Node,
     Arc<AtomicUsize>,
     mpsc::UnboundedReceiver<Option<HappenError>>,
 ) {
-    let node = happen.node("ticker").unwrap();
+    let node = happen.node_with("ticker", config).unwrap();
     let emitted = Arc::new(AtomicUsize::new(0));
     let (ended_tx, ended) = mpsc::unbounded_channel();
     let counter = emitted.clone();
@@ -46,6 +47,17 @@ fn producer(
     })
     .unwrap();
     (node, emitted, ended)
+}
+
+/// A child process killed when dropped (so that a failing test leaves
+/// none behind).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The consumer of `a_stream_whose_consumer_was_killed_frees_its_producer`,
@@ -78,7 +90,7 @@ async fn a_stream_whose_consumer_was_killed_frees_its_producer() {
     let server = NatsServer::start().unwrap();
     let happen = connect(&server).await;
     let items = 1_000;
-    let (ticker, emitted, mut ended) = producer(&happen, items);
+    let (ticker, emitted, mut ended) = producer(&happen, items, NodeConfig::new());
     ticker
         .on(
             "ping",
@@ -88,12 +100,14 @@ async fn a_stream_whose_consumer_was_killed_frees_its_producer() {
     happen.flush().await.unwrap();
 
     let url = server.url();
-    let mut child = tokio::task::spawn_blocking(move || {
-        let test = "stalled_consumer_process";
-        start_child(test, "HAPPEN_STREAM_CHILD", &url, "reading")
-    })
-    .await
-    .unwrap();
+    let mut child = Killed(
+        tokio::task::spawn_blocking(move || {
+            let test = "stalled_consumer_process";
+            start_child(test, "HAPPEN_STREAM_CHILD", &url, "reading")
+        })
+        .await
+        .unwrap(),
+    );
     // The producer runs a window ahead of the two items taken, then waits.
     within("the producer fills its window", 10, async {
         while emitted.load(Ordering::SeqCst) < STREAM_WINDOW {
@@ -101,8 +115,8 @@ async fn a_stream_whose_consumer_was_killed_frees_its_producer() {
         }
     })
     .await;
-    child.kill().unwrap(); // SIGKILL: no cancel is sent
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL: no cancel is sent
+    child.0.wait().unwrap();
     let killed_at = tokio::time::Instant::now();
     let why = within("the producer's flow ends", 15, ended.recv())
         .await
@@ -142,8 +156,40 @@ async fn a_slow_stream_consumer_is_not_taken_for_a_dead_one() {
     let producing = connect(&server).await;
     let consuming = connect(&server).await;
     let items = 3 * STREAM_WINDOW;
-    let (_ticker, emitted, mut ended) = producer(&producing, items);
+    let (_ticker, emitted, mut ended) = producer(&producing, items, NodeConfig::new());
     producing.flush().await.unwrap();
+    slow_reader_gets_everything(&consuming, items, &emitted, &mut ended).await;
+    producing.shutdown().await;
+    consuming.shutdown().await;
+}
+
+/// The same with the slow reader in the producer's own runtime, asking a
+/// durable node: its answer comes back through the server, and the
+/// server, which does not echo a connection's own messages, has no
+/// subscriber to show the probe to (its "no responders" once cancelled
+/// such a stream after 2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_in_the_producers_own_runtime_gets_every_item() {
+    let server = NatsServer::start().unwrap();
+    let happen = connect(&server).await;
+    let items = 3 * STREAM_WINDOW;
+    let durable = NodeConfig::new().delivery(happen::DeliveryConfig::at_least_once());
+    let (_ticker, emitted, mut ended) = producer(&happen, items, durable);
+    happen.flush().await.unwrap();
+    slow_reader_gets_everything(&happen, items, &emitted, &mut ended).await;
+    happen.shutdown().await;
+}
+
+/// Asks `ticker` for `items` items from a node of `consuming`, takes one,
+/// takes nothing for 5 s (the producer asks about it twice), then takes
+/// the rest: all arrive, in order, and the producer's flow ends with its
+/// value.
+async fn slow_reader_gets_everything(
+    consuming: &Happen,
+    items: usize,
+    emitted: &AtomicUsize,
+    ended: &mut mpsc::UnboundedReceiver<Option<HappenError>>,
+) {
     let reader = consuming.node("reader").unwrap();
     let mut stream = reader
         .send("ticker", Event::new("ticks", json!(null)))
@@ -163,8 +209,6 @@ async fn a_slow_stream_consumer_is_not_taken_for_a_dead_one() {
     assert_eq!(values, expected);
     assert_eq!(within("the flow's end", 5, ended.recv()).await, Some(None));
     assert_eq!(emitted.load(Ordering::SeqCst), items);
-    producing.shutdown().await;
-    consuming.shutdown().await;
 }
 
 /// What a producer's question "is this stream still wanted?" gets from a

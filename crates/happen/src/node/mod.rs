@@ -153,14 +153,14 @@ impl NodeCore {
         self.keys.signer()
     }
 
-    /// The handlers that take an event of `event_type` now; the reason if
-    /// none does.
     /// The handlers `event_type` matches, also while the node shuts down
     /// (for a retry its shutdown runs; see [`crate::retries`]).
     pub(crate) fn handlers_for(&self, event_type: &str) -> Option<Matched> {
         self.registry.matching(event_type, &self.id)
     }
 
+    /// The handlers that take an event of `event_type` now; the reason if
+    /// none does.
     pub(crate) fn admits(&self, event_type: &str) -> Result<Matched> {
         if self.closed.load(Ordering::Acquire) {
             return Err(HappenError::UnknownNode {

@@ -9,10 +9,13 @@ use crate::error::HappenError;
 
 impl<S> Node<S> {
     /// Takes this node out of the system: no new event reaches it, the
-    /// flows it is running and the events in its queue finish (for a node
-    /// durable in this process, an event waiting for its retry's backoff
-    /// is tried once more now; if that fails too, it is dead-lettered), then its
-    /// handlers and subscriptions are released. The id may then be used for
+    /// flows it is running and the events in its queue finish, then its
+    /// handlers and subscriptions are released. An event of a durable node
+    /// of the embedded runtime that waits for its retry's backoff is tried
+    /// once more now, and dead-lettered if that fails too (on disk, it is
+    /// not tried: it stays for the next run, and its requester gets
+    /// [`HappenError::Shutdown`]). Over NATS such an event stays in the
+    /// stream with its attempts left, for another instance or a restart. The id may then be used for
     /// a new node. Senders in this process get [`HappenError::UnknownNode`];
     /// over NATS, a sender the node answered recently offers its request
     /// again until its timeout (the node may be on its way back) and then
@@ -58,6 +61,12 @@ impl NodeCore {
 
     async fn shut_down(self: &Arc<Self>) {
         if self.closed.swap(true, Ordering::AcqRel) {
+            // Shutting down already: done when the first caller's drain is.
+            if let Some(runtime) = self.runtime.upgrade()
+                && self.retried_here()
+            {
+                self.retries.run_now(&runtime.stopping).await;
+            }
             return self.scheduler.idle().await;
         }
         let runtime = self.runtime.upgrade();

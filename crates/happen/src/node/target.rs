@@ -49,6 +49,16 @@ impl Target for str {
     }
 }
 
+impl Target for Id {
+    fn target_id(&self) -> &str {
+        self
+    }
+
+    fn target_shared_id(&self) -> Id {
+        self.clone()
+    }
+}
+
 impl Target for String {
     fn target_id(&self) -> &str {
         self

@@ -37,6 +37,8 @@ pub(super) struct CreditState {
     acked: AtomicU64,
     cancelled: AtomicBool,
     unwanted: AtomicBool,
+    /// "No responders" answers to probes since the consumer last spoke.
+    unanswered: std::sync::atomic::AtomicU8,
     changed: Notify,
 }
 
@@ -52,6 +54,8 @@ struct Producing {
     seq: u64,
     token: u64,
     credit: Arc<CreditState>,
+    /// `credit.unanswered` when the last probe was sent.
+    unanswered_at_probe: u8,
 }
 
 /// Sends a flow's outcome (and streamed items) back over NATS to the
@@ -190,6 +194,7 @@ impl ReplySink for NatsReply {
                     seq: 0,
                     token,
                     credit,
+                    unanswered_at_probe: 0,
                 });
             }
             let Some(producing) = self.stream.as_mut() else {
@@ -224,6 +229,14 @@ impl ReplySink for NatsReply {
                 // and its slot for good: while no credit comes, its inbox is
                 // asked every `PROBE_AFTER` whether it still wants them.
                 if tokio::time::timeout(PROBE_AFTER, changed).await.is_err() {
+                    // A probe met with silence (a live consumer) since the
+                    // last one: the "no responders" before it is forgiven.
+                    let unanswered = producing.credit.unanswered.load(Ordering::Acquire);
+                    if unanswered == producing.unanswered_at_probe {
+                        producing.credit.unanswered.store(0, Ordering::Release);
+                    }
+                    producing.unanswered_at_probe =
+                        producing.credit.unanswered.load(Ordering::Acquire);
                     probe(&self.shared, &subject, producing.token);
                 }
             }
@@ -266,7 +279,7 @@ impl ReplySink for NatsReply {
 /// How long a producer waits for credit before it asks the consumer's
 /// inbox whether the stream is still wanted (and again as often while it
 /// waits). A slow consumer costs one small message per period; a dead one
-/// ends the stream within about one period.
+/// ends the stream within about two (two "no responders" in a row).
 const PROBE_AFTER: Duration = Duration::from_secs(2);
 
 /// The subject that asks the requester behind `items` (`<inbox>.<token>`,
@@ -285,6 +298,24 @@ fn probe_subject(items: &str) -> Option<String> {
 /// is gone) the server answers there "no responders" at once, which
 /// [`on_credit`] takes as a cancel.
 fn probe(shared: &Arc<Shared>, items: &str, token: u64) {
+    if let Some(own) = items
+        .strip_prefix(shared.inbox.as_str())
+        .and_then(|rest| rest.strip_prefix('.'))
+    {
+        // The requester is this process (a durable node's answer comes
+        // back through the stream even within one process): the server
+        // would not echo the probe to this connection, and its "no
+        // responders" would be wrong. Asked here instead.
+        if own
+            .parse()
+            .is_ok_and(|t| !super::requests::waits(shared, t, true))
+            && let Some(state) = lock(&shared.credits.streams).get(&token).cloned()
+        {
+            state.cancelled.store(true, Ordering::Release);
+            state.changed.notify_waiters();
+        }
+        return;
+    }
     let Some(subject) = probe_subject(items) else {
         return;
     };
@@ -308,7 +339,13 @@ pub(super) fn on_probe(shared: &Arc<Shared>, token: &str, reply: Option<&str>) {
     let (Ok(token), Some(reply)) = (token.parse::<u64>(), reply) else {
         return;
     };
-    if super::requests::waits(shared, token, true) || !super::subjects::answerable(reply) {
+    // Only to a producer's credit subject (`<inbox>.c<n>`): a probe cannot
+    // make this process write a cancel into another request's answers.
+    let credit = reply
+        .rsplit_once(".c")
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if super::requests::waits(shared, token, true) || !credit || !super::subjects::answerable(reply)
+    {
         return;
     }
     NatsCredit::new(shared.clone(), reply.to_owned()).cancel();
@@ -330,12 +367,17 @@ pub(super) fn on_credit(
     };
     if status == Some(async_nats::StatusCode::NO_RESPONDERS) {
         // Nobody is subscribed to the consumer's inbox: its process is
-        // gone, and so is anyone to take the items. (Anyone who knows the
-        // credit subject can say so, as anyone can send `Cancel` there.)
-        state.cancelled.store(true, Ordering::Release);
-        state.changed.notify_waiters();
+        // gone, and so is anyone to take the items. Twice in a row (two
+        // probes apart): once may be a consumer resubscribing after a
+        // reconnection. (Anyone who knows the credit subject can say so,
+        // as anyone can send `Cancel` there.)
+        if state.unanswered.fetch_add(1, Ordering::AcqRel) >= 1 {
+            state.cancelled.store(true, Ordering::Release);
+            state.changed.notify_waiters();
+        }
         return;
     }
+    state.unanswered.store(0, Ordering::Release);
     match wire::decode_credit(payload) {
         Ok(Credit::Acked(count)) => {
             state.acked.fetch_max(count, Ordering::AcqRel);

@@ -250,8 +250,12 @@ fn decode(kept: &[u8]) -> Option<(Bytes, Option<HeaderMap>)> {
             let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
             std::str::from_utf8(take(len)?).ok()
         };
-        let (name, value) = (part()?.to_owned(), part()?.to_owned());
-        headers.append(name.as_str(), value.as_str());
+        // Parsed, not converted: the conversion from a `&str` panics on a
+        // name no header may have (a space, a colon), and the bucket's
+        // bytes are anyone's who may write to it.
+        let name: async_nats::header::HeaderName = part()?.parse().ok()?;
+        let value: async_nats::HeaderValue = part()?.parse().ok()?;
+        headers.append(name, value);
     }
     let payload = Bytes::copy_from_slice(rest);
     Some((payload, (count > 0).then_some(headers)))
@@ -260,6 +264,20 @@ fn decode(kept: &[u8]) -> Option<(Bytes, Option<HeaderMap>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_answer_with_a_header_no_message_may_have_is_not_read() {
+        for name in ["a b", "x:y", "t\u{1}", "é"] {
+            let mut kept = vec![VERSION];
+            kept.extend_from_slice(&1u32.to_le_bytes());
+            for part in [name, "v"] {
+                kept.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                kept.extend_from_slice(part.as_bytes());
+            }
+            kept.extend_from_slice(b"answer");
+            assert!(decode(&kept).is_none(), "{name:?}");
+        }
+    }
 
     #[test]
     fn a_kept_answer_reads_back_with_its_seal() {

@@ -413,7 +413,7 @@ impl Acknowledge for JsAck {
                 // process is recognised by `taken`.
                 let mut failures = 0u64;
                 // A request's record names where it was answered, for
-                // its copies (see `answer_copy`).
+                // its copies (see `copies::answer`).
                 let answered = (self.message.headers.as_ref())
                     .and_then(|h| h.get(REPLY_TO))
                     .map(|r| Bytes::copy_from_slice(r.as_str().as_bytes()))

@@ -69,7 +69,11 @@ pub(super) async fn answer(
         ack(shared, &message, AckKind::Ack);
         return;
     }
-    if record.is_some() || attempt >= config.max_attempts {
+    // A request's record with no answer kept yet: the answer may still be
+    // on its way into the bucket (it is kept by a task of its own), so the
+    // copy is asked again, as below, until its attempts are used up.
+    let answer_due = first.is_some_and(subjects::answerable);
+    if (record.is_some() && !answer_due) || attempt >= config.max_attempts {
         // No answer kept (a tell's record, an answer too large or past the
         // time answers are kept): the copy is told it was taken.
         responder.reply(Err(HappenError::AlreadyTaken {
