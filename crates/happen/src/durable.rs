@@ -272,9 +272,14 @@ impl Acknowledge for LocalRetry {
             && !node.is_closed()
             && !stopping
             && config.mode != DeliveryMode::Direct;
-        let runtime = node.runtime_inner();
-        let (Some(runtime), true) = (runtime, retry) else {
+        if !retry {
             return self.give_up(&node, failure);
+        }
+        let Some(runtime) = node.runtime_inner() else {
+            // The runtime is gone: nothing settles or dead-letters here (a
+            // spooled event stays on disk for the next run).
+            failure.answer();
+            return;
         };
         let delay = jittered_delay(&config, self.attempt);
         let weak = Arc::downgrade(&node);

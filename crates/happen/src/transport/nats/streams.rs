@@ -296,7 +296,7 @@ fn probe_subject(items: &str) -> Option<String> {
 /// (see [`on_probe`]), with this stream's credit subject as the reply
 /// subject: with nobody subscribed to the consumer's inbox (its process
 /// is gone) the server answers there "no responders" at once, which
-/// [`on_credit`] takes as a cancel.
+/// [`on_credit`] counts: two in a row cancel the stream.
 fn probe(shared: &Arc<Shared>, items: &str, token: u64) {
     if let Some(own) = items
         .strip_prefix(shared.inbox.as_str())
