@@ -19,6 +19,8 @@
 //! no longer waits), `emit` fails with [`HappenError::Cancelled`] as if the
 //! stream had been dropped, so a dead consumer never holds the flow. (So
 //! does a stream nobody takes whose "unwanted" word was lost on the way.)
+//! A requester still reading answers with how many items it took, so that
+//! its reports of progress lost on the way do not stall the stream.
 //!
 //! A flow that emits while nobody waits for it (it was started by a
 //! broadcast) broadcasts each item instead, as an event of type

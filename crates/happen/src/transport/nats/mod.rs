@@ -41,6 +41,8 @@ mod receive;
 mod requests;
 mod seal;
 mod status;
+#[cfg(test)]
+mod stream_tests;
 mod streams;
 mod subjects;
 #[cfg(test)]

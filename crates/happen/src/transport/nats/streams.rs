@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 
 use super::commands::Publish;
 use super::durable::answers::Answers;
+use super::requests::{self, Asked};
 use super::seal::Sealer;
 use super::wire::{self, Credit, Reply};
 use super::{Shared, lock};
@@ -226,8 +227,10 @@ impl ReplySink for NatsReply {
                 }
                 // A consumer that stops taking items without a word (its
                 // process died, its `Cancel` was lost) would hold this flow
-                // and its slot for good: while no credit comes, its inbox is
-                // asked every `PROBE_AFTER` whether it still wants them.
+                // and its slot for good, and so would a reader whose credits
+                // were lost: while no credit comes, its inbox is asked every
+                // `PROBE_AFTER` whether it still wants them, and how many it
+                // took.
                 if tokio::time::timeout(PROBE_AFTER, changed).await.is_err() {
                     // A probe met with silence (a live consumer) since the
                     // last one: the "no responders" before it is forgiven.
@@ -306,14 +309,18 @@ fn probe(shared: &Arc<Shared>, items: &str, token: u64) {
         // back through the stream even within one process): the server
         // would not echo the probe to this connection, and its "no
         // responders" would be wrong. Asked here instead.
-        if own
-            .parse()
-            .is_ok_and(|t| !super::requests::waits(shared, t, true))
-            && let Some(state) = lock(&shared.credits.streams).get(&token).cloned()
-        {
-            state.cancelled.store(true, Ordering::Release);
-            state.changed.notify_waiters();
+        let Some(state) = lock(&shared.credits.streams).get(&token).cloned() else {
+            return;
+        };
+        match own.parse().map(|t| requests::asked(shared, t)) {
+            Ok(Asked::Waiting) => return,
+            Ok(Asked::Reading(taken)) => {
+                state.acked.fetch_max(taken, Ordering::AcqRel);
+            }
+            Ok(Asked::Gone) => state.cancelled.store(true, Ordering::Release),
+            Err(_) => return,
         }
+        state.changed.notify_waiters();
         return;
     }
     let Some(subject) = probe_subject(items) else {
@@ -331,24 +338,32 @@ fn probe(shared: &Arc<Shared>, items: &str, token: u64) {
     }
 }
 
-/// A producer asks whether request `token`'s stream is still taken here:
-/// answered with `Cancel` when nobody waits for it any more (the stream
-/// was dropped and the cancel did not reach the producer); a wanted
-/// stream gets no answer (its consumer is slow, not gone).
+/// A producer asks whether request `token`'s stream is still taken here.
+/// When nobody waits for it any more (the stream was dropped and the
+/// cancel did not reach the producer), the answer is `Cancel`. A stream
+/// being read is answered with the count of items taken so far: the
+/// producer lifts its window to it, so that credits lost on the way (two
+/// in a row would stall a reader that took everything it was sent) are
+/// made good. A requester still waiting for the first item says nothing
+/// (its producer is slow, or the item is on its way).
 pub(super) fn on_probe(shared: &Arc<Shared>, token: &str, reply: Option<&str>) {
     let (Ok(token), Some(reply)) = (token.parse::<u64>(), reply) else {
         return;
     };
     // Only to a producer's credit subject (`<inbox>.c<n>`): a probe cannot
-    // make this process write a cancel into another request's answers.
+    // make this process write a credit into another request's answers.
     let credit = reply
         .rsplit_once(".c")
         .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    if super::requests::waits(shared, token, true) || !credit || !super::subjects::answerable(reply)
-    {
+    if !credit || !super::subjects::answerable(reply) {
         return;
     }
-    NatsCredit::new(shared.clone(), reply.to_owned()).cancel();
+    let mut answer = NatsCredit::new(shared.clone(), reply.to_owned());
+    match requests::asked(shared, token) {
+        Asked::Gone => answer.cancel(),
+        Asked::Waiting => {}
+        Asked::Reading(taken) => answer.send(Credit::Acked(taken)),
+    }
 }
 
 /// A consumer's credit for a stream this process produces, or the

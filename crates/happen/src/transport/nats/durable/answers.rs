@@ -180,7 +180,7 @@ fn take(shared: &Arc<Shared>, key: &str, value: &[u8]) {
     let Some(token) = key.rsplit('.').next().and_then(|t| t.parse::<u64>().ok()) else {
         return;
     };
-    if !super::super::requests::waits(shared, token, false) {
+    if !super::super::requests::waits(shared, token) {
         return; // answered through the inbox already, or given up
     }
     let Some((payload, headers)) = decode(value) else {

@@ -34,8 +34,11 @@ use crate::event::Event;
 use crate::id::Id;
 use crate::stream::{CreditSink, Outcome, STREAM_WINDOW, StreamMsg, StreamRx};
 
+mod asked;
 mod checks;
 mod tells;
+
+pub(super) use asked::{Asked, asked};
 
 /// How long an answer from a node makes "no responders" from it look like a
 /// restart rather than a missing node.
@@ -246,11 +249,9 @@ impl Requests {
     }
 }
 
-/// Whether request `token` still waits for its reply (`alive`: and its
-/// requester for it, or for its stream; see `streams::on_probe`).
-pub(super) fn waits(shared: &Shared, token: u64, alive: bool) -> bool {
-    let pending = lock(&shared.requests.pending);
-    pending.get(&token).is_some_and(|w| !alive || w.alive())
+/// Whether request `token` still waits for its reply.
+pub(super) fn waits(shared: &Shared, token: u64) -> bool {
+    lock(&shared.requests.pending).contains_key(&token)
 }
 
 /// A reply on this runtime's inbox for request `token`.

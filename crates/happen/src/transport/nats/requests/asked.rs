@@ -1,0 +1,35 @@
+//! What a producer asking after a stream it sends here is told: whether
+//! its requester still waits, and how many items it took (see
+//! `streams::on_probe`).
+
+use super::Shared;
+
+/// What a producer asking after request `token`'s stream is told (see
+/// `streams::on_probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::transport::nats) enum Asked {
+    /// Nobody waits for it any more.
+    Gone,
+    /// Its requester waits, and has no item yet.
+    Waiting,
+    /// Its stream is read: this many items taken in all (received less
+    /// those still buffered), the count its credit last reported or more.
+    Reading(u64),
+}
+
+/// How request `token`'s requester stands (see [`Asked`]).
+pub(in crate::transport::nats) fn asked(shared: &Shared, token: u64) -> Asked {
+    let pending = super::lock(&shared.requests.pending);
+    match pending.get(&token) {
+        Some(waiting) if waiting.alive() => match &waiting.stream {
+            // Only items go through the channel while the request is
+            // pending (its end or a break removes it first).
+            Some(incoming) => {
+                let buffered = incoming.tx.max_capacity() - incoming.tx.capacity();
+                Asked::Reading(incoming.next.saturating_sub(buffered as u64))
+            }
+            None => Asked::Waiting,
+        },
+        _ => Asked::Gone,
+    }
+}
