@@ -11,8 +11,10 @@
 //!
 //! Requests also carry the chain of nodes waiting for them
 //! ([`Causal::waiting`](crate::Causal::waiting)): a request whose target
-//! waits for it up the chain and has no free slot fails at once with
-//! [`HappenError::Deadlock`](crate::HappenError::Deadlock), and an event
+//! waits for it up the chain, and whose every slot is held by a flow that
+//! waits for an answer too (no slot will free itself), fails at once with
+//! [`HappenError::Deadlock`](crate::HappenError::Deadlock); with a slot
+//! busy with other work, it waits for that slot. An event
 //! deeper than [`HappenConfig::max_causal_depth`](crate::HappenConfig::max_causal_depth)
 //! is not sent ([`HappenError::CausalDepth`](crate::HappenError::CausalDepth)).
 //!
@@ -222,6 +224,15 @@ pub fn current_event() -> Option<Event> {
 pub(crate) fn current_flow() -> Option<Arc<Shared>> {
     with_current(|scope| match &scope.cause {
         Cause::Flow(flow) => Some(flow.clone()),
+        Cause::Event(_) => None,
+    })
+    .flatten()
+}
+
+/// The node whose flow this code runs in (not a task the flow spawned).
+pub(crate) fn current_node() -> Option<Arc<crate::node::NodeCore>> {
+    with_current(|scope| match &scope.cause {
+        Cause::Flow(flow) => Some(flow.node().core().clone()),
         Cause::Event(_) => None,
     })
     .flatten()

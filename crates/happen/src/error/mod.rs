@@ -141,9 +141,9 @@ pub enum HappenError {
 
     /// The request would wait forever: its target is itself waiting, higher
     /// in the same causal chain, for the answer this request would give,
-    /// and every slot of the target is taken, so the request could never
-    /// start. Refused at once instead of timing out (see
-    /// [`crate::causality`]).
+    /// and every slot of the target is taken by a flow that itself waits
+    /// for an answer, so the request could never start. Refused at once
+    /// instead of timing out (see [`crate::causality`]).
     #[error(
         "request \"{event_type}\" to node \"{node}\" would deadlock: {node} waits for its answer through {} and has no free slot (max_concurrent {max_concurrent}); answer without asking back, tell instead of send, or raise max_concurrent",
         .chain.join(" > ")

@@ -6,12 +6,14 @@
 //! FIFO queue of at most `queue_limit`, and beyond that the sender gets
 //! [`HappenError::QueueFull`]. Nothing is dropped silently.
 
+mod blocked;
 mod guard;
 mod queue;
 mod registry;
 mod scheduler;
 mod send;
 mod shutdown;
+pub(crate) use blocked::Blocked;
 pub(crate) use send::Addressee;
 mod start;
 mod target;

@@ -108,6 +108,9 @@ pub(super) struct Scheduler {
     holding: AtomicBool,
     /// Set by [`NodeCore::abandon`]: events not started yet are refused.
     pub(super) abandoned: AtomicBool,
+    /// Flows of this node waiting now for the answer to a request they
+    /// sent (see [`super::blocked`]).
+    pub(super) blocked: AtomicUsize,
 }
 
 impl Scheduler {
@@ -169,6 +172,7 @@ impl NodeCore {
         let running = self.scheduler.running(&mailbox);
         if running >= self.limits.max_concurrent
             && !delivery.deadlock_at_await
+            && self.all_blocked(running)
             && let Some(chain) = self.waits_for(&delivery)
         {
             drop(mailbox);
@@ -293,14 +297,16 @@ impl NodeCore {
 
     /// Refuses `request` with [`HappenError::Deadlock`] (through its
     /// responder, to the requester now starting to wait) if it still waits
-    /// in this node's queue, every slot is taken, and this node is among
+    /// in this node's queue, every slot is taken by a flow that itself
+    /// waits for an answer (see [`super::blocked`]), and this node is among
     /// those waiting up the request's causal chain: waiting would never
     /// end. A request queued like that and never waited for (its handle
     /// dropped: fire-and-forget) stays queued and runs once a slot frees.
     /// Returns whether it was refused.
     pub(crate) fn refuse_if_deadlocked(&self, request: &crate::event::Event) -> bool {
         let mut mailbox = self.scheduler.mailbox();
-        if self.scheduler.running(&mailbox) < self.limits.max_concurrent {
+        let running = self.scheduler.running(&mailbox);
+        if running < self.limits.max_concurrent || !self.all_blocked(running) {
             return false;
         }
         let Some(chain) = self.cycle(request) else {

@@ -353,6 +353,8 @@ impl Sent {
     /// dropped before its first item, it lets the producer run on with its
     /// items dropped (see [`crate::stream`]).
     pub fn stream(self) -> futures::stream::BoxStream<'static, Result<StreamItem>> {
+        // A flow reading the stream waits for its producer until the end.
+        let blocked = crate::node::Blocked::on(&self.request);
         if let Route::Claim(Claim { node, .. }) = &self.route {
             node.refuse_if_deadlocked(&self.request);
         }
@@ -365,7 +367,13 @@ impl Sent {
             }
         };
         use futures::StreamExt;
-        futures::stream::once(first).flat_map(stream::items).boxed()
+        futures::stream::once(first)
+            .flat_map(stream::items)
+            .map(move |item| {
+                let _waiting = &blocked;
+                item
+            })
+            .boxed()
     }
 
     /// Calls `callback` with the result when it arrives (or fails), without

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::{Claim, Reply, Route, Sent, Waiting};
 use crate::error::Result;
+use crate::node::Blocked;
 use crate::stream::{Outcome, StreamMsg, StreamRx};
 
 /// The response value of a sent request: what `.await` on a [`Sent`] and
@@ -85,6 +86,9 @@ struct Wait {
     turned: bool,
     /// Armed after that turn, at the request's deadline.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The requesting flow, counted as waiting for an answer while this
+    /// lives (a request sent from a flow).
+    _blocked: Option<Blocked>,
 }
 
 enum Rx {
@@ -129,6 +133,9 @@ impl Future for Replying {
 
 impl Wait {
     fn start(sent: Sent) -> Wait {
+        // Counted before a claim runs the target's flow here, which may
+        // send a request back.
+        let blocked = Blocked::on(&sent.request);
         match &sent.route {
             Route::Claim(Claim { node, inline: true }) => node.claim(&sent.request),
             Route::Claim(Claim { node, .. }) => {
@@ -142,6 +149,7 @@ impl Wait {
             rx: Rx::First(rx),
             turned: false,
             timer: None,
+            _blocked: blocked,
         }
     }
 

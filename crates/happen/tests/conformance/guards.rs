@@ -20,19 +20,22 @@ async fn start_patient(backend: &dyn Backend) -> Happen {
 /// A handler that asks `target` with `event_type` and answers what it
 /// heard: the answer, or the error's kind and text.
 fn asks(target: &'static str, event_type: &'static str) -> impl happen::Handler {
-    move |_e: Event, cx: Context| async move {
-        match cx
-            .node()
-            .send(target, ev(event_type, json!(null)))
-            .response()
-            .await
-        {
-            Ok(value) => json!({ "answer": value }),
-            Err(HappenError::Deadlock { node, chain, .. }) => {
-                json!({ "deadlock": { "node": node, "chain": chain } })
-            }
-            Err(other) => json!({ "error": other.to_string() }),
+    move |_e: Event, cx: Context| async move { ask(&cx, target, event_type).await }
+}
+
+/// What [`asks`] answers.
+async fn ask(cx: &Context, target: &str, event_type: &str) -> Value {
+    match cx
+        .node()
+        .send(target, ev(event_type, json!(null)))
+        .response()
+        .await
+    {
+        Ok(value) => json!({ "answer": value }),
+        Err(HappenError::Deadlock { node, chain, .. }) => {
+            json!({ "deadlock": { "node": node, "chain": chain } })
         }
+        Err(other) => json!({ "error": other.to_string() }),
     }
 }
 
@@ -122,6 +125,93 @@ pub async fn asking_back_with_a_free_slot_is_answered(backend: &dyn Backend) {
         start_at(&h, "re-client", &a).await,
         json!({ "answer": { "answer": "from a" } })
     );
+}
+
+/// A request back to a node whose other slot is busy with work that will
+/// end (a flow sleeping, not waiting for an answer) is no deadlock: it
+/// waits for that slot and is answered.
+pub async fn asking_back_a_node_busy_with_other_work_waits_for_its_slot(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let a = asker(&h, "bw-a", 2, "bw-b", "ask", "back");
+    h.node("bw-b")
+        .unwrap()
+        .on("ask", asks("bw-a", "back"))
+        .unwrap();
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    a.on("slow", move |_e: Event, _cx: Context| {
+        let started_tx = started_tx.clone();
+        async move {
+            started_tx.send(()).unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            json!("slept")
+        }
+    })
+    .unwrap();
+    let client = h.node("bw-client").unwrap();
+    let slow = client.send(&a, ev("slow", json!(null)));
+    let slow = tokio::spawn(async move { slow.response().await });
+    tokio::time::timeout(Duration::from_secs(10), started.recv())
+        .await
+        .expect("the slow flow starts");
+    assert_eq!(
+        start_at(&h, "bw-client-2", &a).await,
+        json!({ "answer": { "answer": "from a" } })
+    );
+    assert_eq!(slow.await.unwrap().unwrap(), json!("slept"));
+}
+
+/// Two chains that each hold one of a node's two slots, each asking the
+/// node back: neither slot frees itself, so a request back is refused as
+/// a deadlock at once (not left to time out).
+pub async fn two_chains_holding_both_slots_are_a_deadlock(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let a = h
+        .node_with("2c-a", NodeConfig::new().max_concurrent(2))
+        .unwrap();
+    a.on("start", |e: Event, cx: Context| async move {
+        let via = e.payload().as_str().unwrap().to_owned();
+        match cx.node().send(via, ev("ask", json!(null))).response().await {
+            Ok(value) => json!({ "answer": value }),
+            Err(other) => json!({ "error": other.to_string() }),
+        }
+    })
+    .unwrap();
+    a.on("back", |_e: Event, _cx: Context| async { json!("from a") })
+        .unwrap();
+    // Each middle node asks back only once both of a's flows wait.
+    let both = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    for via in ["2c-b", "2c-c"] {
+        let both = both.clone();
+        h.node(via)
+            .unwrap()
+            .on("ask", move |_e: Event, cx: Context| {
+                let both = both.clone();
+                async move {
+                    both.wait().await;
+                    ask(&cx, "2c-a", "back").await
+                }
+            })
+            .unwrap();
+    }
+    let client = h.node("2c-client").unwrap();
+    let one = client.send(&a, ev("start", json!("2c-b"))).response();
+    let two = client.send(&a, ev("start", json!("2c-c"))).response();
+    let (one, two) = tokio::time::timeout(Duration::from_secs(10), futures::future::join(one, two))
+        .await
+        .expect("both refused at once, not timed out");
+    // Once one request back is refused, its chain ends and frees a slot:
+    // the other may then be answered instead (which one is a race).
+    let mut refused = 0;
+    for (reply, via) in [(one.unwrap(), "2c-b"), (two.unwrap(), "2c-c")] {
+        let deadlock =
+            json!({ "answer": { "deadlock": { "node": "2c-a", "chain": ["2c-a", via, "2c-a"] } } });
+        if reply == deadlock {
+            refused += 1;
+        } else {
+            assert_eq!(reply, json!({ "answer": { "answer": "from a" } }));
+        }
+    }
+    assert!(refused >= 1, "neither request back was refused");
 }
 
 pub async fn a_tell_in_the_chain_waits_for_the_slot(backend: &dyn Backend) {

@@ -102,6 +102,8 @@ macro_rules! conformance_suite {
             a_cycle_through_three_nodes_is_a_deadlock,
             asking_yourself_with_one_slot_is_a_deadlock,
             asking_back_with_a_free_slot_is_answered,
+            asking_back_a_node_busy_with_other_work_waits_for_its_slot,
+            two_chains_holding_both_slots_are_a_deadlock,
             a_tell_in_the_chain_waits_for_the_slot,
             a_dropped_request_waits_for_the_slot_instead_of_deadlocking,
             a_spawned_follow_up_waits_for_a_busy_slot,
