@@ -229,15 +229,6 @@ pub(crate) fn current_flow() -> Option<Arc<Shared>> {
     .flatten()
 }
 
-/// The node whose flow this code runs in (not a task the flow spawned).
-pub(crate) fn current_node() -> Option<Arc<crate::node::NodeCore>> {
-    with_current(|scope| match &scope.cause {
-        Cause::Flow(flow) => Some(flow.node().core().clone()),
-        Cause::Event(_) => None,
-    })
-    .flatten()
-}
-
 /// What an event sent from a flow (or a task it spawned) is caused by.
 pub(crate) struct Parent {
     /// The event being handled.

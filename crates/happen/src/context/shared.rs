@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub(super) received_at: u64,
     pub(super) values: Mutex<Map<String, Value>>,
     pub(super) typed: Mutex<Typed>,
+    /// How many answers the flow waits for now (see `node::blocked`).
+    pub(crate) waits: std::sync::atomic::AtomicUsize,
 }
 
 struct Flow {
@@ -92,6 +94,7 @@ impl Shared {
             received_at,
             values: Mutex::new(Map::new()),
             typed: Mutex::new(Typed::default()),
+            waits: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -112,6 +115,7 @@ impl Shared {
             received_at,
             values,
             typed,
+            waits,
         } = part;
         // Locks a panicking step left poisoned: a part like that is not
         // worth keeping.
@@ -128,6 +132,8 @@ impl Shared {
         *expects_response = false;
         *received_at = 0;
         *emitted.get_mut() = 0;
+        // Each wait holds the part, so none is left when it comes here.
+        *waits.get_mut() = 0;
         // Unlocked whatever became of an emit that waited for it (one
         // leaked while queued for the lock could hold it for good).
         *emitting = tokio::sync::Mutex::new(());

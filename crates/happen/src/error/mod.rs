@@ -145,7 +145,7 @@ pub enum HappenError {
     /// for an answer, so the request could never start. Refused at once
     /// instead of timing out (see [`crate::causality`]).
     #[error(
-        "request \"{event_type}\" to node \"{node}\" would deadlock: {node} waits for its answer through {} and has no free slot (max_concurrent {max_concurrent}); answer without asking back, tell instead of send, or raise max_concurrent",
+        "request \"{event_type}\" to node \"{node}\" would deadlock: {node} waits for its answer through {} and each of its slots (max_concurrent {max_concurrent}) waits for an answer too; answer without asking back, tell instead of send, or raise max_concurrent",
         .chain.join(" > ")
     )]
     Deadlock {

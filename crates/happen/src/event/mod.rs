@@ -63,9 +63,11 @@ pub struct Causal {
     /// For a request sent from a flow: the nodes whose flows wait, up the
     /// causal chain, for this request's answer (directly or through the
     /// requests between), ending with the sender. Empty for every other
-    /// event, a request from a task the flow spawned included. A target that finds itself here with no free slot refuses the
-    /// request with [`HappenError::Deadlock`](crate::HappenError::Deadlock)
-    /// instead of letting it wait forever.
+    /// event, a request from a task the flow spawned included. A target
+    /// that finds itself here, with every slot held by a flow that waits
+    /// for an answer (none will free itself), refuses the request with
+    /// [`HappenError::Deadlock`](crate::HappenError::Deadlock) instead of
+    /// letting it wait forever.
     #[serde(default, skip_serializing_if = "no_hops")]
     pub waiting: Path,
     /// The hash the event carried when it arrived from another process,

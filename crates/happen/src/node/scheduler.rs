@@ -72,9 +72,9 @@ impl Drop for Nested {
 const TAKE_AT_ONCE: usize = 64;
 
 #[derive(Default)]
-struct Mailbox {
+pub(super) struct Mailbox {
     /// Deliveries not started yet, in arrival order.
-    queue: VecDeque<Delivery>,
+    pub(super) queue: VecDeque<Delivery>,
     /// Events whose flows have started and not ended (inline or in a task).
     running: usize,
     /// Whether a worker is alive and will look at the queue again.
@@ -114,7 +114,7 @@ pub(super) struct Scheduler {
 }
 
 impl Scheduler {
-    fn mailbox(&self) -> MutexGuard<'_, Mailbox> {
+    pub(super) fn mailbox(&self) -> MutexGuard<'_, Mailbox> {
         self.mailbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -125,7 +125,7 @@ impl Scheduler {
 
     /// The events whose flows run now: `running` less the inline flows
     /// that ended since the worker last counted (call with the lock held).
-    fn running(&self, mailbox: &Mailbox) -> usize {
+    pub(super) fn running(&self, mailbox: &Mailbox) -> usize {
         mailbox
             .running
             .saturating_sub(self.ended.load(Ordering::Acquire))
@@ -229,7 +229,7 @@ impl NodeCore {
     /// When `delivery` is a request this node waits for itself, up the
     /// causal chain (see [`Causal::waiting`](crate::Causal::waiting)): the
     /// cycle of waiting nodes, from this node back to it.
-    fn waits_for(&self, delivery: &Delivery) -> Option<Vec<String>> {
+    pub(super) fn waits_for(&self, delivery: &Delivery) -> Option<Vec<String>> {
         // A requester that dropped its handle waits for nothing.
         if delivery.responder.as_ref()?.is_abandoned() {
             return None;
@@ -239,7 +239,7 @@ impl NodeCore {
 
     /// The cycle of waiting nodes `request` closes at this node, if it
     /// names this node among those waiting up its causal chain.
-    fn cycle(&self, request: &crate::event::Event) -> Option<Vec<String>> {
+    pub(super) fn cycle(&self, request: &crate::event::Event) -> Option<Vec<String>> {
         let waiting = &request.causal().waiting;
         if waiting.is_empty() {
             return None;
@@ -302,19 +302,26 @@ impl NodeCore {
     /// those waiting up the request's causal chain: waiting would never
     /// end. A request queued like that and never waited for (its handle
     /// dropped: fire-and-forget) stays queued and runs once a slot frees.
+    /// One left queued is marked as waited for: the node refuses it later
+    /// if its flows all come to wait ([`NodeCore::refuse_deadlocked`]).
     /// Returns whether it was refused.
     pub(crate) fn refuse_if_deadlocked(&self, request: &crate::event::Event) -> bool {
-        let mut mailbox = self.scheduler.mailbox();
-        let running = self.scheduler.running(&mailbox);
-        if running < self.limits.max_concurrent || !self.all_blocked(running) {
-            return false;
-        }
         let Some(chain) = self.cycle(request) else {
             return false;
         };
+        let mut mailbox = self.scheduler.mailbox();
         let Some(at) = mailbox.queue.iter().position(|d| d.event.is(request)) else {
             return false; // started already, or never queued here
         };
+        let running = self.scheduler.running(&mailbox);
+        if running < self.limits.max_concurrent || !self.all_blocked(running) {
+            // Its requester waits from now on: checked again when every
+            // flow of this node comes to wait for an answer.
+            if let Some(queued) = mailbox.queue.get_mut(at) {
+                queued.deadlock_at_await = false;
+            }
+            return false;
+        }
         let delivery = mailbox.queue.remove(at);
         let relieved = self.relieved(mailbox.queue.len());
         drop(mailbox);

@@ -34,8 +34,9 @@ impl<S> Node<S> {
     /// result, use [`Sent::on_response`] for a callback, or drop it for
     /// fire-and-forget. Errors (no such node, no matching handler, full queue,
     /// invalid event type) arrive through the handle without waiting for a
-    /// timeout. Waiting for a request that can never start (its target has
-    /// no free slot and waits, up the causal chain, for this very answer)
+    /// timeout. Waiting for a request that can never start (its target
+    /// waits, up the causal chain, for this very answer, and each of its
+    /// slots is held by a flow waiting for an answer too)
     /// fails at once with [`HappenError::Deadlock`]; a dropped handle waits
     /// for nothing, so its request is queued and runs once a slot frees.
     pub fn send(&self, target: impl Target, event: Event) -> Sent {

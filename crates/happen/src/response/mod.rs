@@ -353,13 +353,17 @@ impl Sent {
     /// dropped before its first item, it lets the producer run on with its
     /// items dropped (see [`crate::stream`]).
     pub fn stream(self) -> futures::stream::BoxStream<'static, Result<StreamItem>> {
-        // A flow reading the stream waits for its producer until the end.
-        let blocked = crate::node::Blocked::on(&self.request);
+        // A flow reading the stream waits for an answer from the first
+        // poll to the stream's end (not in a task it was handed to).
+        let request = self.request.clone();
+        let blocked = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let ended = blocked.clone();
         if let Route::Claim(Claim { node, .. }) = &self.route {
             node.refuse_if_deadlocked(&self.request);
         }
         let (waiting, rx) = self.split();
         let first = async move {
+            *blocked.lock().unwrap_or_else(|p| p.into_inner()) = crate::node::Blocked::on(&request);
             match tokio::time::timeout_at(waiting.deadline(), rx).await {
                 Ok(Ok(outcome)) => Ok(outcome),
                 Ok(Err(_dropped)) => Err(waiting.no_response()),
@@ -369,9 +373,10 @@ impl Sent {
         use futures::StreamExt;
         futures::stream::once(first)
             .flat_map(stream::items)
-            .map(move |item| {
-                let _waiting = &blocked;
-                item
+            .inspect(move |item| {
+                if matches!(item, Ok(StreamItem::Done(_)) | Err(_)) {
+                    ended.lock().unwrap_or_else(|p| p.into_inner()).take();
+                }
             })
             .boxed()
     }

@@ -127,37 +127,215 @@ pub async fn asking_back_with_a_free_slot_is_answered(backend: &dyn Backend) {
     );
 }
 
-/// A request back to a node whose other slot is busy with work that will
-/// end (a flow sleeping, not waiting for an answer) is no deadlock: it
-/// waits for that slot and is answered.
-pub async fn asking_back_a_node_busy_with_other_work_waits_for_its_slot(backend: &dyn Backend) {
-    let h = start_patient(backend).await;
-    let a = asker(&h, "bw-a", 2, "bw-b", "ask", "back");
-    h.node("bw-b")
+/// What [`ask`] answers, telling `started` once the wait has begun (its
+/// first poll: where the deadlock check of a waiting requester runs).
+async fn ask_telling(
+    cx: &Context,
+    target: &str,
+    event_type: &str,
+    started: mpsc::UnboundedSender<()>,
+) -> Value {
+    let mut answer = std::pin::pin!(ask(cx, target, event_type));
+    let first = futures::poll!(answer.as_mut());
+    let _ = started.send(());
+    match first {
+        std::task::Poll::Ready(value) => value,
+        std::task::Poll::Pending => answer.await,
+    }
+}
+
+/// Node `via`, whose "ask" asks `target` "back" and tells the receiver
+/// returned once that wait has begun.
+fn asking_back(h: &Happen, via: &str, target: &'static str) -> mpsc::UnboundedReceiver<()> {
+    let (asked_tx, asked) = mpsc::unbounded_channel();
+    h.node(via)
         .unwrap()
-        .on("ask", asks("bw-a", "back"))
+        .on("ask", move |_e: Event, cx: Context| {
+            let asked_tx = asked_tx.clone();
+            async move { ask_telling(&cx, target, "back", asked_tx).await }
+        })
         .unwrap();
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    a.on("slow", move |_e: Event, _cx: Context| {
-        let started_tx = started_tx.clone();
+    asked
+}
+
+/// Node `id` (two slots) whose "slow" flow holds its slot until `release`
+/// is notified, without waiting for any answer.
+fn with_slow_flow(h: &Happen, id: &str) -> (Node, std::sync::Arc<tokio::sync::Notify>) {
+    let node = h
+        .node_with(id, NodeConfig::new().max_concurrent(2))
+        .unwrap();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    node.on("slow", move |_e: Event, _cx: Context| {
+        let held = held.clone();
         async move {
-            started_tx.send(()).unwrap();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            json!("slept")
+            held.notified().await;
+            json!("released")
         }
     })
     .unwrap();
+    node.on("back", |_e: Event, _cx: Context| async { json!("from a") })
+        .unwrap();
+    (node, release)
+}
+
+/// A request back to a node whose other slot is busy with work that will
+/// end (a flow waiting for no answer) is no deadlock: it waits for that
+/// slot and is answered.
+pub async fn asking_back_a_node_busy_with_other_work_waits_for_its_slot(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let (a, release) = with_slow_flow(&h, "bw-a");
+    a.on("start", asks("bw-b", "ask")).unwrap();
+    let mut asked = asking_back(&h, "bw-b", "bw-a");
     let client = h.node("bw-client").unwrap();
-    let slow = client.send(&a, ev("slow", json!(null)));
-    let slow = tokio::spawn(async move { slow.response().await });
-    tokio::time::timeout(Duration::from_secs(10), started.recv())
+    let slow = client.send(&a, ev("slow", json!(null))).response();
+    let start = client.send(&a, ev("start", json!(null))).response();
+    let (slow, start) = (tokio::spawn(slow), tokio::spawn(start));
+    // The slot frees only once the request back waits for it.
+    tokio::time::timeout(Duration::from_secs(10), asked.recv())
         .await
-        .expect("the slow flow starts");
+        .expect("b asks a back");
+    release.notify_one();
     assert_eq!(
-        start_at(&h, "bw-client-2", &a).await,
+        start.await.unwrap().unwrap(),
         json!({ "answer": { "answer": "from a" } })
     );
-    assert_eq!(slow.await.unwrap().unwrap(), json!("slept"));
+    assert_eq!(slow.await.unwrap().unwrap(), json!("released"));
+}
+
+/// A flow waiting for several answers at once (a group send) holds one
+/// slot and counts once: with the node's other slot busy with work that
+/// will end, a request back waits for that slot.
+pub async fn a_group_send_waits_as_one_flow(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let (a, release) = with_slow_flow(&h, "gw-a");
+    a.on("fan", |_e: Event, cx: Context| async move {
+        let results = cx
+            .node()
+            .send_to_all(["gw-b", "gw-c"], ev("ask", json!(null)))
+            .await;
+        let heard = |id: &str| match &results[id] {
+            Ok(value) => value.clone(),
+            Err(error) => json!({ "error": error.to_string() }),
+        };
+        json!([heard("gw-b"), heard("gw-c")])
+    })
+    .unwrap();
+    let mut asked = asking_back(&h, "gw-b", "gw-a");
+    // c answers only once b waits, so that a's flow waits for both then.
+    let c_go = std::sync::Arc::new(tokio::sync::Notify::new());
+    let c_hold = c_go.clone();
+    h.node("gw-c")
+        .unwrap()
+        .on("ask", move |_e: Event, _cx: Context| {
+            let c_hold = c_hold.clone();
+            async move {
+                c_hold.notified().await;
+                json!("from c")
+            }
+        })
+        .unwrap();
+    let client = h.node("gw-client").unwrap();
+    let slow = tokio::spawn(client.send(&a, ev("slow", json!(null))).response());
+    let fan = tokio::spawn(client.send(&a, ev("fan", json!(null))).response());
+    tokio::time::timeout(Duration::from_secs(10), asked.recv())
+        .await
+        .expect("b asks a back");
+    c_go.notify_one();
+    release.notify_one();
+    assert_eq!(
+        fan.await.unwrap().unwrap(),
+        json!([{ "answer": "from a" }, "from c"])
+    );
+    assert_eq!(slow.await.unwrap().unwrap(), json!("released"));
+}
+
+/// A flow that has read a streamed answer to its end waits for nothing
+/// more, though it still holds the stream: a request back waits for its
+/// slot instead of being refused.
+pub async fn a_stream_read_to_its_end_no_longer_waits(backend: &dyn Backend) {
+    use futures::StreamExt;
+    let h = start_patient(backend).await;
+    let (a, release) = with_slow_flow(&h, "se-a");
+    h.node("se-b")
+        .unwrap()
+        .on("items", |_e: Event, cx: Context| async move {
+            cx.emit(json!(1)).await?;
+            Ok::<_, HappenError>(json!("done"))
+        })
+        .unwrap();
+    let (read_tx, mut read) = mpsc::unbounded_channel();
+    let held = release.clone();
+    a.on("read", move |_e: Event, cx: Context| {
+        let (read_tx, held) = (read_tx.clone(), held.clone());
+        async move {
+            let mut stream = cx.node().send("se-b", ev("items", json!(null))).stream();
+            let mut items = Vec::new();
+            while let Some(item) = stream.next().await {
+                items.push(format!("{item:?}"));
+            }
+            read_tx.send(()).unwrap();
+            held.notified().await;
+            drop(stream);
+            json!(items.len())
+        }
+    })
+    .unwrap();
+    a.on("start", asks("se-c", "ask")).unwrap();
+    let mut asked = asking_back(&h, "se-c", "se-a");
+    let client = h.node("se-client").unwrap();
+    let reading = tokio::spawn(client.send(&a, ev("read", json!(null))).response());
+    tokio::time::timeout(Duration::from_secs(10), read.recv())
+        .await
+        .expect("the stream is read to its end");
+    let start = tokio::spawn(client.send(&a, ev("start", json!(null))).response());
+    tokio::time::timeout(Duration::from_secs(10), asked.recv())
+        .await
+        .expect("c asks a back");
+    release.notify_one();
+    assert_eq!(
+        start.await.unwrap().unwrap(),
+        json!({ "answer": { "answer": "from a" } })
+    );
+    assert_eq!(reading.await.unwrap().unwrap(), json!(2));
+}
+
+/// A flow that sends, then works, and waits only after the request back
+/// to it was queued (and its requester began to wait) leaves no slot that
+/// frees itself: the request back is refused then, not left to time out.
+pub async fn a_late_wait_refuses_the_request_back_it_deadlocks(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let a = h
+        .node_with("lw-a", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    a.on("back", |_e: Event, _cx: Context| async { json!("from a") })
+        .unwrap();
+    let asked = asking_back(&h, "lw-b", "lw-a");
+    let asked = std::sync::Arc::new(tokio::sync::Mutex::new(asked));
+    a.on("start", move |_e: Event, cx: Context| {
+        let asked = asked.clone();
+        async move {
+            let sent = cx.node().send("lw-b", ev("ask", json!(null)));
+            // Work done between sending and waiting, while b asks back.
+            asked.lock().await.recv().await;
+            match sent.response().await {
+                Ok(value) => json!({ "answer": value }),
+                Err(other) => json!({ "error": other.to_string() }),
+            }
+        }
+    })
+    .unwrap();
+    let client = h.node("lw-client").unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.send(&a, ev("start", json!(null))).response(),
+    )
+    .await
+    .expect("refused at once, not timed out");
+    assert_eq!(
+        answer.unwrap(),
+        json!({ "answer": { "deadlock": { "node": "lw-a", "chain": ["lw-a", "lw-b", "lw-a"] } } })
+    );
 }
 
 /// Two chains that each hold one of a node's two slots, each asking the

@@ -100,6 +100,13 @@ async fn a_reader_whose_credits_were_lost_tells_a_probe_how_many_items_it_took()
 
     // Asked, the reader says how many it took.
     assert_eq!(probe(asked, &mut credits).await, Some(Credit::Acked(W)));
+    // Asked by anyone with another credit subject, it says nothing (a
+    // forged probe cannot lift this stream's window).
+    let elsewhere = format!("{}.c8", raw.new_inbox());
+    let mut other = raw.subscribe(elsewhere.clone()).await.unwrap();
+    happen_test::round_trip(&raw).await.unwrap();
+    let forged = (&raw, probe_subject.as_str(), elsewhere.as_str());
+    assert_eq!(probe(forged, &mut other).await, None);
 
     // Items that arrived but wait unread are not counted as taken (they
     // travel on the same connection as the probe, so they are there first).

@@ -232,8 +232,10 @@ impl ReplySink for NatsReply {
                 // `PROBE_AFTER` whether it still wants them, and how many it
                 // took.
                 if tokio::time::timeout(PROBE_AFTER, changed).await.is_err() {
-                    // A probe met with silence (a live consumer) since the
-                    // last one: the "no responders" before it is forgiven.
+                    // A probe met with silence (a live consumer still
+                    // waiting for its first item, or an older one) since
+                    // the last one: the "no responders" before it is
+                    // forgiven (a reader's answer forgives it on arrival).
                     let unanswered = producing.credit.unanswered.load(Ordering::Acquire);
                     if unanswered == producing.unanswered_at_probe {
                         producing.credit.unanswered.store(0, Ordering::Release);
@@ -301,6 +303,7 @@ fn probe_subject(items: &str) -> Option<String> {
 /// is gone) the server answers there "no responders" at once, which
 /// [`on_credit`] counts: two in a row cancel the stream.
 fn probe(shared: &Arc<Shared>, items: &str, token: u64) {
+    let credit = format!("{}.c{token}", shared.inbox);
     if let Some(own) = items
         .strip_prefix(shared.inbox.as_str())
         .and_then(|rest| rest.strip_prefix('.'))
@@ -312,7 +315,7 @@ fn probe(shared: &Arc<Shared>, items: &str, token: u64) {
         let Some(state) = lock(&shared.credits.streams).get(&token).cloned() else {
             return;
         };
-        match own.parse().map(|t| requests::asked(shared, t)) {
+        match own.parse().map(|t| requests::asked(shared, t, &credit)) {
             Ok(Asked::Waiting) => return,
             Ok(Asked::Reading(taken)) => {
                 state.acked.fetch_max(taken, Ordering::AcqRel);
@@ -328,7 +331,7 @@ fn probe(shared: &Arc<Shared>, items: &str, token: u64) {
     };
     let publish = Publish {
         subject: subject.into(),
-        reply: Some(format!("{}.c{token}", shared.inbox).into()),
+        reply: Some(credit.into()),
         headers: None,
         payload: Bytes::new(),
         token: None,
@@ -341,17 +344,19 @@ fn probe(shared: &Arc<Shared>, items: &str, token: u64) {
 /// A producer asks whether request `token`'s stream is still taken here.
 /// When nobody waits for it any more (the stream was dropped and the
 /// cancel did not reach the producer), the answer is `Cancel`. A stream
-/// being read is answered with the count of items taken so far: the
-/// producer lifts its window to it, so that credits lost on the way (two
-/// in a row would stall a reader that took everything it was sent) are
-/// made good. A requester still waiting for the first item says nothing
+/// being read is answered, on its own credit subject, with the count of
+/// items taken so far: the producer lifts its window to it, so that
+/// credits lost on the way (two in a row would stall a reader that took
+/// everything it was sent) are made good. A requester still waiting for the first item says nothing
 /// (its producer is slow, or the item is on its way).
 pub(super) fn on_probe(shared: &Arc<Shared>, token: &str, reply: Option<&str>) {
     let (Ok(token), Some(reply)) = (token.parse::<u64>(), reply) else {
         return;
     };
     // Only to a producer's credit subject (`<inbox>.c<n>`): a probe cannot
-    // make this process write a credit into another request's answers.
+    // make this process write into another request's answers. A count goes
+    // only to the stream's own credit subject (see `requests::asked`); a
+    // cancel to any credit subject, as anyone could send one there.
     let credit = reply
         .rsplit_once(".c")
         .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
@@ -359,7 +364,7 @@ pub(super) fn on_probe(shared: &Arc<Shared>, token: &str, reply: Option<&str>) {
         return;
     }
     let mut answer = NatsCredit::new(shared.clone(), reply.to_owned());
-    match requests::asked(shared, token) {
+    match requests::asked(shared, token, reply) {
         Asked::Gone => answer.cancel(),
         Asked::Waiting => {}
         Asked::Reading(taken) => answer.send(Credit::Acked(taken)),

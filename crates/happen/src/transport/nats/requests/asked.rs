@@ -2,7 +2,20 @@
 //! its requester still waits, and how many items it took (see
 //! `streams::on_probe`).
 
+use tokio::sync::mpsc;
+
 use super::Shared;
+use crate::stream::StreamMsg;
+
+/// A stream this process consumes.
+pub(super) struct Incoming {
+    pub(super) tx: mpsc::Sender<StreamMsg>,
+    /// The number of the next item expected.
+    pub(super) next: u64,
+    /// Where the producer takes credit (named by the first item): the one
+    /// subject a probe's answer about this stream may go to.
+    pub(super) credit: Option<String>,
+}
 
 /// What a producer asking after request `token`'s stream is told (see
 /// `streams::on_probe`).
@@ -14,16 +27,20 @@ pub(in crate::transport::nats) enum Asked {
     Waiting,
     /// Its stream is read: this many items taken in all (received less
     /// those still buffered), the count its credit last reported or more.
+    /// Only to the stream's own credit subject.
     Reading(u64),
 }
 
-/// How request `token`'s requester stands (see [`Asked`]).
-pub(in crate::transport::nats) fn asked(shared: &Shared, token: u64) -> Asked {
+/// How request `token`'s requester stands (see [`Asked`]), told to the
+/// producer whose credit subject is `credit`: another subject learns no
+/// count (a forged probe cannot lift another stream's window).
+pub(in crate::transport::nats) fn asked(shared: &Shared, token: u64, credit: &str) -> Asked {
     let pending = super::lock(&shared.requests.pending);
     match pending.get(&token) {
         Some(waiting) if waiting.alive() => match &waiting.stream {
             // Only items go through the channel while the request is
             // pending (its end or a break removes it first).
+            Some(incoming) if incoming.credit.as_deref() != Some(credit) => Asked::Waiting,
             Some(incoming) => {
                 let buffered = incoming.tx.max_capacity() - incoming.tx.capacity();
                 Asked::Reading(incoming.next.saturating_sub(buffered as u64))

@@ -38,6 +38,7 @@ mod asked;
 mod checks;
 mod tells;
 
+use asked::Incoming;
 pub(super) use asked::{Asked, asked};
 
 /// How long an answer from a node makes "no responders" from it look like a
@@ -78,13 +79,6 @@ pub(super) struct Waiting {
     /// Replies that came while the asked node's key was being looked up,
     /// in arrival order (judged when the lookup ends).
     held: Option<std::collections::VecDeque<(Reply, async_nats::Message)>>,
-}
-
-/// A stream this process consumes.
-struct Incoming {
-    tx: mpsc::Sender<StreamMsg>,
-    /// The number of the next item expected.
-    next: u64,
 }
 
 impl Waiting {
@@ -316,6 +310,7 @@ fn take(shared: &Arc<Shared>, mut pending: MutexGuard<'_, PendingMap>, token: u6
                 // A credit subject that is no inbox is not written to:
                 // the stream then runs without credit from here.
                 let credit = credit.filter(|s| super::subjects::answerable(s));
+                let credit_subject = credit.clone();
                 let credit = credit.map(|subject| {
                     Box::new(NatsCredit::new(shared.clone(), subject)) as Box<dyn CreditSink>
                 });
@@ -330,7 +325,11 @@ fn take(shared: &Arc<Shared>, mut pending: MutexGuard<'_, PendingMap>, token: u6
                     pending.remove(&token);
                     return;
                 }
-                waiting.stream = Some(Incoming { tx, next: 0 });
+                waiting.stream = Some(Incoming {
+                    tx,
+                    next: 0,
+                    credit: credit_subject,
+                });
             }
             let Some(incoming) = waiting.stream.as_mut() else {
                 return;
