@@ -359,7 +359,9 @@ pub(crate) fn deliver(node: &Arc<NodeCore>, mut delivery: Delivery) -> Result<()
             // requester, if any (a flow that asked, failed and runs again),
             // gets the first one's answer.
             if let Some(responder) = delivery.responder.take() {
-                node.seen.answers().copy(&delivery.event, responder);
+                node.seen
+                    .answers()
+                    .copy(node.id(), &delivery.event, responder);
             }
             return Ok(());
         }
