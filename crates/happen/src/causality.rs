@@ -14,7 +14,9 @@
 //! waits for it up the chain, and whose every slot is held by a flow that
 //! waits for an answer too (no slot will free itself), fails at once with
 //! [`HappenError::Deadlock`](crate::HappenError::Deadlock); with a slot
-//! busy with other work, it waits for that slot. An event
+//! busy with other work, it waits for that slot (a slot waiting for any
+//! answer, even one that will come, counts as one that will not free
+//! itself). An event
 //! deeper than [`HappenConfig::max_causal_depth`](crate::HappenConfig::max_causal_depth)
 //! is not sent ([`HappenError::CausalDepth`](crate::HappenError::CausalDepth)).
 //!

@@ -270,7 +270,10 @@ pub(crate) struct Delivery {
     /// it starts to wait (see [`crate::node::NodeCore::refuse_if_deadlocked`]):
     /// then the node queues the request even when it would deadlock a
     /// waiting requester, since one that dropped its handle (fire-and-forget)
-    /// does not wait.
+    /// does not wait. Set back to `false` once the requester waits (or for
+    /// a request whose requester is elsewhere): the node may then refuse it
+    /// while it is queued, should its flows all come to wait (see
+    /// `node::blocked`).
     pub(crate) deadlock_at_await: bool,
 }
 

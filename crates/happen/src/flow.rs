@@ -444,6 +444,8 @@ where
         };
         return Some(Failure::new(error));
     };
+    // A wait the flow handed on (or kept) counts no more: its slot frees.
+    crate::node::Blocked::ended(&shared);
     // The rest is synchronous but for rare cases (an emit still holding the
     // responder, a stream consumer behind), which get a future of their own:
     // the flow's future stays small.

@@ -39,7 +39,8 @@ pub(crate) struct Shared {
     pub(super) received_at: u64,
     pub(super) values: Mutex<Map<String, Value>>,
     pub(super) typed: Mutex<Typed>,
-    /// How many answers the flow waits for now (see `node::blocked`).
+    /// How many answers the flow waits for now, and whether it ended (see
+    /// `node::blocked`).
     pub(crate) waits: std::sync::atomic::AtomicUsize,
 }
 
@@ -132,7 +133,8 @@ impl Shared {
         *expects_response = false;
         *received_at = 0;
         *emitted.get_mut() = 0;
-        // Each wait holds the part, so none is left when it comes here.
+        // Each wait holds the part, so none is left when it comes here
+        // (and the flag of its end goes).
         *waits.get_mut() = 0;
         // Unlocked whatever became of an emit that waited for it (one
         // leaked while queued for the lock could hold it for good).

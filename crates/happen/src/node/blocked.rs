@@ -11,8 +11,12 @@
 //! [`HappenError::Deadlock`](crate::HappenError::Deadlock) only when every
 //! running flow of its target is one of them; otherwise it queues for a
 //! slot. A flow counts from the first poll of its wait (a [`Blocked`]
-//! held by the wait) until the answer comes or the wait is dropped; one
-//! reading a streamed answer, until the stream's end.
+//! held by the wait) until the answer comes, the wait is dropped or the
+//! flow ends (a wait handed to a task counts no more then); one reading a
+//! streamed answer, until the stream's end. The queue is checked again
+//! only once the wait is known not to be answered at once (a request
+//! refused where it was sent, or run in the requester's own poll, does
+//! not make the flow a waiting one for that check).
 //!
 //! The check is made where the request is scheduled, where its requester
 //! starts to wait, and again whenever a flow of the target comes to wait
@@ -21,6 +25,8 @@
 //! ([`NodeCore::refuse_deadlocked`]). A wait is not told from one that
 //! will be answered: a slot waiting for a slow but live node counts too,
 //! so a request back can still be refused while that slot would have freed.
+//! Nor are slots told from flows: an event matching several handlers has
+//! one slot and as many flows, each counted when it waits.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,8 +36,18 @@ use crate::context::Shared;
 use crate::error::HappenError;
 use crate::event::Event;
 
-/// One wait of a flow for an answer, counted until dropped.
-pub(crate) struct Blocked(Arc<Shared>);
+/// The flag set on [`Shared::waits`] when the flow has ended: its count
+/// was given back then, and the waits it left behind count no more.
+const ENDED: usize = 1 << (usize::BITS - 1);
+
+/// One wait of a flow for an answer, counted until dropped (or until the
+/// flow ends, if the wait outlives it: handed to a task, say).
+pub(crate) struct Blocked {
+    flow: Arc<Shared>,
+    /// Whether this wait made its flow a waiting one, and the node's
+    /// queue is still to be checked for what that deadlocks.
+    unchecked: bool,
+}
 
 impl Blocked {
     /// Counts the flow this code runs in as waiting for the answer to
@@ -44,18 +60,49 @@ impl Blocked {
         if node.id != *sender {
             return None;
         }
-        if flow.waits.fetch_add(1, Ordering::AcqRel) == 0 {
+        let first = flow.waits.fetch_add(1, Ordering::AcqRel) == 0;
+        if first {
             node.scheduler.blocked.fetch_add(1, Ordering::AcqRel);
-            node.refuse_deadlocked();
         }
-        Some(Blocked(flow))
+        Some(Blocked {
+            flow,
+            unchecked: first,
+        })
+    }
+
+    /// The answer did not come at once (the request was not refused or
+    /// answered where it was sent): if no slot of the node frees itself
+    /// now, refuses what that deadlocks (see [`NodeCore::refuse_deadlocked`]).
+    pub(crate) fn waits(&mut self) {
+        if std::mem::take(&mut self.unchecked) {
+            self.flow.node().core().refuse_deadlocked();
+        }
+    }
+
+    /// The flow `flow` ended: if it still waits (a wait it handed on, or
+    /// kept, lives on), it counts no more.
+    pub(crate) fn ended(flow: &Shared) {
+        // Read first, so that a flow that waits for nothing (nearly all)
+        // pays no atomic operation.
+        if flow.waits.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let before = flow.waits.fetch_or(ENDED, Ordering::AcqRel);
+        if before != 0 && before & ENDED == 0 {
+            flow.node()
+                .core()
+                .scheduler
+                .blocked
+                .fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
 impl Drop for Blocked {
     fn drop(&mut self) {
-        if self.0.waits.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let node = self.0.node().core();
+        // The last wait of a flow that has not ended.
+        if self.flow.waits.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let node = self.flow.node().core();
             node.scheduler.blocked.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -64,7 +111,7 @@ impl Drop for Blocked {
 impl std::fmt::Debug for Blocked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Blocked")
-            .field(&self.0.node().core().id)
+            .field(&self.flow.node().core().id)
             .finish()
     }
 }
@@ -78,7 +125,7 @@ impl NodeCore {
 
     /// Refuses, as deadlocks, the queued requests whose requesters wait
     /// and whose chains name this node, once no slot will free itself.
-    fn refuse_deadlocked(&self) {
+    pub(super) fn refuse_deadlocked(&self) {
         let refused: Vec<_> = {
             let mut mailbox = self.scheduler.mailbox();
             let running = self.scheduler.running(&mailbox);

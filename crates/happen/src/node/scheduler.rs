@@ -264,20 +264,20 @@ impl NodeCore {
         let deep = CLAIMS.with(|depth| depth.get()) >= MAX_NESTED_CLAIMS || self.draining();
         let delivery = {
             let mut mailbox = self.scheduler.mailbox();
-            if self.scheduler.running(&mailbox) >= self.limits.max_concurrent {
-                // No slot: waiting may be a deadlock (checked again under
-                // the lock, which the rare case takes twice).
+            let slot = self.scheduler.running(&mailbox) < self.limits.max_concurrent;
+            let free = !self.scheduler.holding.load(Ordering::Acquire);
+            let next = mailbox.queue.front();
+            if !slot
+                || deep
+                || !next.is_some_and(|n| free && n.ack.is_none() && n.event.is(request))
+            {
+                // Not run here: with no slot, waiting may be a deadlock
+                // (checked again under the lock, which the rare case takes
+                // twice); otherwise the request is marked as waited for,
+                // should the node's flows all come to wait.
                 drop(mailbox);
                 self.refuse_if_deadlocked(request);
                 return;
-            }
-            if deep {
-                return;
-            }
-            let free = !self.scheduler.holding.load(Ordering::Acquire);
-            match mailbox.queue.front() {
-                Some(next) if free && next.ack.is_none() && next.event.is(request) => {}
-                _ => return,
             }
             mailbox.running += 1;
             let delivery = mailbox.queue.pop_front();

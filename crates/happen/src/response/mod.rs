@@ -363,8 +363,20 @@ impl Sent {
         }
         let (waiting, rx) = self.split();
         let first = async move {
-            *blocked.lock().unwrap_or_else(|p| p.into_inner()) = crate::node::Blocked::on(&request);
-            match tokio::time::timeout_at(waiting.deadline(), rx).await {
+            let mut counted = crate::node::Blocked::on(&request);
+            let answer = tokio::time::timeout_at(waiting.deadline(), rx);
+            let mut answer = std::pin::pin!(answer);
+            let answer = match futures::poll!(answer.as_mut()) {
+                std::task::Poll::Ready(answer) => answer,
+                std::task::Poll::Pending => {
+                    if let Some(counted) = &mut counted {
+                        counted.waits();
+                    }
+                    answer.await
+                }
+            };
+            *blocked.lock().unwrap_or_else(|p| p.into_inner()) = counted;
+            match answer {
                 Ok(Ok(outcome)) => Ok(outcome),
                 Ok(Err(_dropped)) => Err(waiting.no_response()),
                 Err(_elapsed) => Err(waiting.timed_out()),

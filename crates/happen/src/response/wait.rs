@@ -157,6 +157,9 @@ impl Wait {
         if let Poll::Ready(reply) = self.poll_rx(cx) {
             return Poll::Ready(reply);
         }
+        if let Some(blocked) = &mut self._blocked {
+            blocked.waits();
+        }
         // Most answers from this process arrive within one turn of the
         // scheduler: wait that long before arming a timer.
         if !self.turned {

@@ -158,17 +158,25 @@ fn asking_back(h: &Happen, via: &str, target: &'static str) -> mpsc::UnboundedRe
     asked
 }
 
-/// Node `id` (two slots) whose "slow" flow holds its slot until `release`
-/// is notified, without waiting for any answer.
-fn with_slow_flow(h: &Happen, id: &str) -> (Node, std::sync::Arc<tokio::sync::Notify>) {
+/// Node `id` (two slots) whose "slow" flow holds its slot, without
+/// waiting for any answer, until `release` is notified.
+struct Slow {
+    node: Node,
+    release: std::sync::Arc<tokio::sync::Notify>,
+    started: mpsc::UnboundedReceiver<()>,
+}
+
+fn with_slow_flow(h: &Happen, id: &str) -> Slow {
     let node = h
         .node_with(id, NodeConfig::new().max_concurrent(2))
         .unwrap();
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (started_tx, started) = mpsc::unbounded_channel();
     let held = release.clone();
     node.on("slow", move |_e: Event, _cx: Context| {
-        let held = held.clone();
+        let (held, started_tx) = (held.clone(), started_tx.clone());
         async move {
+            let _ = started_tx.send(());
             held.notified().await;
             json!("released")
         }
@@ -176,7 +184,22 @@ fn with_slow_flow(h: &Happen, id: &str) -> (Node, std::sync::Arc<tokio::sync::No
     .unwrap();
     node.on("back", |_e: Event, _cx: Context| async { json!("from a") })
         .unwrap();
-    (node, release)
+    Slow {
+        node,
+        release,
+        started,
+    }
+}
+
+impl Slow {
+    /// Starts the slow flow from `client` and waits until it runs.
+    async fn start(&mut self, client: &Node) -> tokio::task::JoinHandle<happen::Result<Value>> {
+        let slow = tokio::spawn(client.send(&self.node, ev("slow", json!(null))).response());
+        tokio::time::timeout(Duration::from_secs(10), self.started.recv())
+            .await
+            .expect("the slow flow starts");
+        slow
+    }
 }
 
 /// A request back to a node whose other slot is busy with work that will
@@ -184,13 +207,13 @@ fn with_slow_flow(h: &Happen, id: &str) -> (Node, std::sync::Arc<tokio::sync::No
 /// slot and is answered.
 pub async fn asking_back_a_node_busy_with_other_work_waits_for_its_slot(backend: &dyn Backend) {
     let h = start_patient(backend).await;
-    let (a, release) = with_slow_flow(&h, "bw-a");
+    let mut slow_flow = with_slow_flow(&h, "bw-a");
+    let (a, release) = (slow_flow.node.clone(), slow_flow.release.clone());
     a.on("start", asks("bw-b", "ask")).unwrap();
     let mut asked = asking_back(&h, "bw-b", "bw-a");
     let client = h.node("bw-client").unwrap();
-    let slow = client.send(&a, ev("slow", json!(null))).response();
-    let start = client.send(&a, ev("start", json!(null))).response();
-    let (slow, start) = (tokio::spawn(slow), tokio::spawn(start));
+    let slow = slow_flow.start(&client).await;
+    let start = tokio::spawn(client.send(&a, ev("start", json!(null))).response());
     // The slot frees only once the request back waits for it.
     tokio::time::timeout(Duration::from_secs(10), asked.recv())
         .await
@@ -208,7 +231,8 @@ pub async fn asking_back_a_node_busy_with_other_work_waits_for_its_slot(backend:
 /// will end, a request back waits for that slot.
 pub async fn a_group_send_waits_as_one_flow(backend: &dyn Backend) {
     let h = start_patient(backend).await;
-    let (a, release) = with_slow_flow(&h, "gw-a");
+    let mut slow_flow = with_slow_flow(&h, "gw-a");
+    let (a, release) = (slow_flow.node.clone(), slow_flow.release.clone());
     a.on("fan", |_e: Event, cx: Context| async move {
         let results = cx
             .node()
@@ -236,7 +260,7 @@ pub async fn a_group_send_waits_as_one_flow(backend: &dyn Backend) {
         })
         .unwrap();
     let client = h.node("gw-client").unwrap();
-    let slow = tokio::spawn(client.send(&a, ev("slow", json!(null))).response());
+    let slow = slow_flow.start(&client).await;
     let fan = tokio::spawn(client.send(&a, ev("fan", json!(null))).response());
     tokio::time::timeout(Duration::from_secs(10), asked.recv())
         .await
@@ -256,7 +280,8 @@ pub async fn a_group_send_waits_as_one_flow(backend: &dyn Backend) {
 pub async fn a_stream_read_to_its_end_no_longer_waits(backend: &dyn Backend) {
     use futures::StreamExt;
     let h = start_patient(backend).await;
-    let (a, release) = with_slow_flow(&h, "se-a");
+    let slow_flow = with_slow_flow(&h, "se-a");
+    let (a, release) = (slow_flow.node.clone(), slow_flow.release.clone());
     h.node("se-b")
         .unwrap()
         .on("items", |_e: Event, cx: Context| async move {
@@ -298,6 +323,69 @@ pub async fn a_stream_read_to_its_end_no_longer_waits(backend: &dyn Backend) {
         json!({ "answer": { "answer": "from a" } })
     );
     assert_eq!(reading.await.unwrap().unwrap(), json!(2));
+}
+
+/// A flow that began to wait and then handed its wait to a task of its
+/// own ends, and its slot waits for nothing: a request back waits for the
+/// node's other slot, busy with work that will end, instead of being
+/// refused.
+pub async fn a_wait_handed_to_a_task_no_longer_counts_once_its_flow_ends(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let mut slow_flow = with_slow_flow(&h, "ho-a");
+    let (a, release) = (slow_flow.node.clone(), slow_flow.release.clone());
+    let b_go = std::sync::Arc::new(tokio::sync::Notify::new());
+    let b_held = b_go.clone();
+    h.node("ho-b")
+        .unwrap()
+        .on("later", move |_e: Event, _cx: Context| {
+            let b_held = b_held.clone();
+            async move {
+                b_held.notified().await;
+                json!("later")
+            }
+        })
+        .unwrap();
+    let (handed_tx, handed) = tokio::sync::oneshot::channel();
+    let handed_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(handed_tx)));
+    a.on("handoff", move |_e: Event, cx: Context| {
+        let handed_tx = handed_tx.clone();
+        async move {
+            let mut answer = Box::pin(cx.node().send("ho-b", ev("later", json!(null))).response());
+            // Begins to wait here, then leaves the rest to a task.
+            assert!(futures::poll!(answer.as_mut()).is_pending());
+            let task = tokio::spawn(answer);
+            handed_tx
+                .lock()
+                .unwrap()
+                .take()
+                .unwrap()
+                .send(task)
+                .unwrap();
+            json!("handed")
+        }
+    })
+    .unwrap();
+    a.on("start", asks("ho-c", "ask")).unwrap();
+    let mut asked = asking_back(&h, "ho-c", "ho-a");
+    let client = h.node("ho-client").unwrap();
+    assert_eq!(
+        client.send(&a, ev("handoff", json!(null))).await.unwrap(),
+        json!("handed")
+    );
+    let slow = slow_flow.start(&client).await;
+    let start = tokio::spawn(client.send(&a, ev("start", json!(null))).response());
+    tokio::time::timeout(Duration::from_secs(10), asked.recv())
+        .await
+        .expect("c asks a back");
+    release.notify_one();
+    assert_eq!(
+        start.await.unwrap().unwrap(),
+        json!({ "answer": { "answer": "from a" } })
+    );
+    assert_eq!(slow.await.unwrap().unwrap(), json!("released"));
+    b_go.notify_one();
+    let task = handed.await.unwrap();
+    assert_eq!(task.await.unwrap().unwrap(), json!("later"));
 }
 
 /// A flow that sends, then works, and waits only after the request back

@@ -106,6 +106,7 @@ macro_rules! conformance_suite {
             two_chains_holding_both_slots_are_a_deadlock,
             a_group_send_waits_as_one_flow,
             a_stream_read_to_its_end_no_longer_waits,
+            a_wait_handed_to_a_task_no_longer_counts_once_its_flow_ends,
             a_late_wait_refuses_the_request_back_it_deadlocks,
             a_tell_in_the_chain_waits_for_the_slot,
             a_dropped_request_waits_for_the_slot_instead_of_deadlocking,
