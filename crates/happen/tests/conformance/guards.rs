@@ -158,6 +158,26 @@ fn asking_back(h: &Happen, via: &str, target: &'static str) -> mpsc::UnboundedRe
     asked
 }
 
+/// `node` answers `event_type` with `answer` once the returned notify is
+/// notified (its flow waits for no answer meanwhile).
+fn answers_when_let_go(
+    node: &Node,
+    event_type: &str,
+    answer: Value,
+) -> std::sync::Arc<tokio::sync::Notify> {
+    let go = std::sync::Arc::new(tokio::sync::Notify::new());
+    let held = go.clone();
+    node.on(event_type, move |_e: Event, _cx: Context| {
+        let (held, answer) = (held.clone(), answer.clone());
+        async move {
+            held.notified().await;
+            answer
+        }
+    })
+    .unwrap();
+    go
+}
+
 /// Node `id` (two slots) whose "slow" flow holds its slot, without
 /// waiting for any answer, until `release` is notified.
 struct Slow {
@@ -247,18 +267,7 @@ pub async fn a_group_send_waits_as_one_flow(backend: &dyn Backend) {
     .unwrap();
     let mut asked = asking_back(&h, "gw-b", "gw-a");
     // c answers only once b waits, so that a's flow waits for both then.
-    let c_go = std::sync::Arc::new(tokio::sync::Notify::new());
-    let c_hold = c_go.clone();
-    h.node("gw-c")
-        .unwrap()
-        .on("ask", move |_e: Event, _cx: Context| {
-            let c_hold = c_hold.clone();
-            async move {
-                c_hold.notified().await;
-                json!("from c")
-            }
-        })
-        .unwrap();
+    let c_go = answers_when_let_go(&h.node("gw-c").unwrap(), "ask", json!("from c"));
     let client = h.node("gw-client").unwrap();
     let slow = slow_flow.start(&client).await;
     let fan = tokio::spawn(client.send(&a, ev("fan", json!(null))).response());
@@ -333,18 +342,7 @@ pub async fn a_wait_handed_to_a_task_no_longer_counts_once_its_flow_ends(backend
     let h = start_patient(backend).await;
     let mut slow_flow = with_slow_flow(&h, "ho-a");
     let (a, release) = (slow_flow.node.clone(), slow_flow.release.clone());
-    let b_go = std::sync::Arc::new(tokio::sync::Notify::new());
-    let b_held = b_go.clone();
-    h.node("ho-b")
-        .unwrap()
-        .on("later", move |_e: Event, _cx: Context| {
-            let b_held = b_held.clone();
-            async move {
-                b_held.notified().await;
-                json!("later")
-            }
-        })
-        .unwrap();
+    let b_go = answers_when_let_go(&h.node("ho-b").unwrap(), "later", json!("later"));
     let (handed_tx, handed) = tokio::sync::oneshot::channel();
     let handed_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(handed_tx)));
     a.on("handoff", move |_e: Event, cx: Context| {
