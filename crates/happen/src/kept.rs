@@ -110,6 +110,14 @@ impl Answers {
     }
 }
 
+/// Drops `answers` one by one, each panic of a kept error's `Drop`
+/// contained on its own (two in one drop of a list would abort).
+fn contained_drop(answers: impl IntoIterator<Item = Answer>) {
+    for answer in answers {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(answer)));
+    }
+}
+
 /// An estimate of what keeping `answer` costs: the event, its payload's
 /// values, strings and keys.
 fn weight(answer: &Result<Event>) -> usize {
@@ -193,10 +201,7 @@ impl Kept {
         }
         // Dropped outside the lock, and contained: a kept error is a
         // handler's own, whose `Drop` may panic.
-        if !gone.is_empty() {
-            let drop_all = std::panic::AssertUnwindSafe(move || drop(gone));
-            let _ = std::panic::catch_unwind(drop_all);
-        }
+        contained_drop(gone.into_iter().flatten().map(|entry| entry.answer));
         let keeper = Keeper {
             kept: self.clone(),
             id,
@@ -297,8 +302,7 @@ impl Kept {
             }
         };
         // Outside the lock, and contained (see `keep`).
-        let drop_all = std::panic::AssertUnwindSafe(move || drop(old));
-        let _ = std::panic::catch_unwind(drop_all);
+        contained_drop(old);
         for copy in waiting {
             copy.reply(answer.clone());
         }

@@ -367,7 +367,13 @@ impl Sent {
             let answer = tokio::time::timeout_at(waiting.deadline(), rx);
             let mut answer = std::pin::pin!(answer);
             let answer = match futures::poll!(answer.as_mut()) {
-                std::task::Poll::Ready(answer) => answer,
+                std::task::Poll::Ready(answer) => {
+                    // A stream begun at once: its items are still awaited.
+                    if let (Some(counted), Ok(Ok(Outcome::Stream(_)))) = (&mut counted, &answer) {
+                        counted.waits();
+                    }
+                    answer
+                }
                 std::task::Poll::Pending => {
                     if let Some(counted) = &mut counted {
                         counted.waits();
