@@ -212,6 +212,28 @@ fn with_slow_flow(h: &Happen, id: &str) -> Slow {
 }
 
 impl Slow {
+    /// With the slow flow holding one slot, sends "start" (which asks a
+    /// node that asks this one back, telling `asked` once it waits); lets
+    /// the slow flow go only then: the request back waits for that slot
+    /// and is answered.
+    async fn ask_back_while_busy(
+        &mut self,
+        client: &Node,
+        asked: &mut mpsc::UnboundedReceiver<()>,
+    ) {
+        let slow = self.start(client).await;
+        let start = tokio::spawn(client.send(&self.node, ev("start", json!(null))).response());
+        tokio::time::timeout(Duration::from_secs(10), asked.recv())
+            .await
+            .expect("asked back");
+        self.release.notify_one();
+        assert_eq!(
+            start.await.unwrap().unwrap(),
+            json!({ "answer": { "answer": "from a" } })
+        );
+        assert_eq!(slow.await.unwrap().unwrap(), json!("released"));
+    }
+
     /// Starts the slow flow from `client` and waits until it runs.
     async fn start(&mut self, client: &Node) -> tokio::task::JoinHandle<happen::Result<Value>> {
         let slow = tokio::spawn(client.send(&self.node, ev("slow", json!(null))).response());
@@ -228,22 +250,11 @@ impl Slow {
 pub async fn asking_back_a_node_busy_with_other_work_waits_for_its_slot(backend: &dyn Backend) {
     let h = start_patient(backend).await;
     let mut slow_flow = with_slow_flow(&h, "bw-a");
-    let (a, release) = (slow_flow.node.clone(), slow_flow.release.clone());
+    let a = slow_flow.node.clone();
     a.on("start", asks("bw-b", "ask")).unwrap();
     let mut asked = asking_back(&h, "bw-b", "bw-a");
     let client = h.node("bw-client").unwrap();
-    let slow = slow_flow.start(&client).await;
-    let start = tokio::spawn(client.send(&a, ev("start", json!(null))).response());
-    // The slot frees only once the request back waits for it.
-    tokio::time::timeout(Duration::from_secs(10), asked.recv())
-        .await
-        .expect("b asks a back");
-    release.notify_one();
-    assert_eq!(
-        start.await.unwrap().unwrap(),
-        json!({ "answer": { "answer": "from a" } })
-    );
-    assert_eq!(slow.await.unwrap().unwrap(), json!("released"));
+    slow_flow.ask_back_while_busy(&client, &mut asked).await;
 }
 
 /// A flow waiting for several answers at once (a group send) holds one
@@ -341,7 +352,7 @@ pub async fn a_stream_read_to_its_end_no_longer_waits(backend: &dyn Backend) {
 pub async fn a_wait_handed_to_a_task_no_longer_counts_once_its_flow_ends(backend: &dyn Backend) {
     let h = start_patient(backend).await;
     let mut slow_flow = with_slow_flow(&h, "ho-a");
-    let (a, release) = (slow_flow.node.clone(), slow_flow.release.clone());
+    let a = slow_flow.node.clone();
     let b_go = answers_when_let_go(&h.node("ho-b").unwrap(), "later", json!("later"));
     let (handed_tx, handed) = tokio::sync::oneshot::channel();
     let handed_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(handed_tx)));
@@ -370,17 +381,7 @@ pub async fn a_wait_handed_to_a_task_no_longer_counts_once_its_flow_ends(backend
         client.send(&a, ev("handoff", json!(null))).await.unwrap(),
         json!("handed")
     );
-    let slow = slow_flow.start(&client).await;
-    let start = tokio::spawn(client.send(&a, ev("start", json!(null))).response());
-    tokio::time::timeout(Duration::from_secs(10), asked.recv())
-        .await
-        .expect("c asks a back");
-    release.notify_one();
-    assert_eq!(
-        start.await.unwrap().unwrap(),
-        json!({ "answer": { "answer": "from a" } })
-    );
-    assert_eq!(slow.await.unwrap().unwrap(), json!("released"));
+    slow_flow.ask_back_while_busy(&client, &mut asked).await;
     b_go.notify_one();
     let task = handed.await.unwrap();
     assert_eq!(task.await.unwrap().unwrap(), json!("later"));
