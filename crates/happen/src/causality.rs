@@ -318,6 +318,7 @@ mod tests {
                 Event::new(event_type, json!(null)),
                 0,
                 None,
+                None,
             )),
             once: None,
         }

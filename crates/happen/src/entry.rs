@@ -52,8 +52,9 @@ pub(crate) struct Entry {
 type StartFlow = fn(FlowStart, Option<FlowFuture>) -> FlowFuture;
 
 /// What a flow starts from: the handler's entry, the node, the event, when
-/// it was received, who waits for the outcome, and the flow's position
-/// among the flows the event started at the node.
+/// it was received, who waits for the outcome, the flow's position among
+/// the flows the event started at the node, and what those flows share
+/// when there are several.
 pub(crate) struct FlowStart {
     pub(crate) entry: Entry,
     pub(crate) node: Arc<NodeCore>,
@@ -61,6 +62,7 @@ pub(crate) struct FlowStart {
     pub(crate) received_at: u64,
     pub(crate) responder: Option<Responder>,
     pub(crate) flow: u32,
+    pub(crate) slot: Option<Arc<crate::node::SlotWaits>>,
 }
 
 /// The future of one flow, from its first step to the reply: what a
@@ -161,7 +163,8 @@ impl Entry {
 
     /// Starts the flow of this handler for `event` (the flow keeps the
     /// entry); `flow` is its position among the flows the event starts at
-    /// the node. Gives the flow's future and the handler to [`keep`] its box
+    /// the node, `slot` what it shares with the others when there are
+    /// several. Gives the flow's future and the handler to [`keep`] its box
     /// for when it has ended.
     pub(crate) fn start(
         self,
@@ -170,6 +173,7 @@ impl Entry {
         received_at: u64,
         responder: Option<Responder>,
         flow: u32,
+        slot: Option<Arc<crate::node::SlotWaits>>,
     ) -> (FlowFuture, HandlerRef) {
         let handler = self.key;
         let kept = match KEPT.try_with(Cell::take).ok().flatten() {
@@ -189,6 +193,7 @@ impl Entry {
             received_at,
             responder,
             flow,
+            slot,
         };
         (start_flow(start, kept), handler)
     }

@@ -409,6 +409,7 @@ where
         received_at,
         responder,
         flow,
+        slot,
     } = start;
     let Some(Typed { handler, local }) = entry.typed::<S, H>() else {
         // Not reached: an entry starts flows of its own types only.
@@ -419,7 +420,7 @@ where
     let started = observed.then(|| (Instant::now(), flow));
     let first = event.clone();
     let exactly_once = (core.limits().delivery.mode == DeliveryMode::ExactlyOnce).then_some(flow);
-    let shared = Shared::new(Node::from_core(core), event, received_at, responder);
+    let shared = Shared::new(Node::from_core(core), event, received_at, responder, slot);
     let cx = Context::from_parts(shared.clone(), local.clone());
     let span = crate::observe::flow_span(&shared);
     // The scope keeps the flow's shared part (the steps after the first

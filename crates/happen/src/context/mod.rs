@@ -153,7 +153,13 @@ impl<S: Clone> Context<S> {
     /// ```
     pub fn standalone(node: &Node<S>, event: Event) -> Self {
         Context {
-            shared: Shared::new(node.untyped(), event, crate::event::now_millis(), None),
+            shared: Shared::new(
+                node.untyped(),
+                event,
+                crate::event::now_millis(),
+                None,
+                None,
+            ),
             local: node.local().clone(),
         }
     }

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use super::Typed;
 use crate::delivery::Responder;
 use crate::event::Event;
-use crate::node::Node;
+use crate::node::{Node, SlotWaits};
 
 /// What every step of one flow shares, whatever its local value's type.
 ///
@@ -42,6 +42,9 @@ pub(crate) struct Shared {
     /// How many answers the flow waits for now, and whether it ended (see
     /// `node::blocked`).
     pub(crate) waits: std::sync::atomic::AtomicUsize,
+    /// The count shared with the other flows of the flow's event, when
+    /// several handlers took it (they hold one slot).
+    pub(crate) slot: Option<Arc<SlotWaits>>,
 }
 
 struct Flow {
@@ -73,6 +76,7 @@ impl Shared {
         event: Event,
         received_at: u64,
         responder: Option<Responder>,
+        slot: Option<Arc<SlotWaits>>,
     ) -> Arc<Self> {
         if let Some(mut spare) = SPARE.try_with(Cell::take).ok().flatten()
             && let Some(part) = Arc::get_mut(&mut spare)
@@ -84,6 +88,7 @@ impl Shared {
                 .get_mut()
                 .unwrap_or_else(PoisonError::into_inner) = responder;
             part.received_at = received_at;
+            part.slot = slot;
             return spare;
         }
         Arc::new(Shared {
@@ -96,6 +101,7 @@ impl Shared {
             values: Mutex::new(Map::new()),
             typed: Mutex::new(Typed::default()),
             waits: std::sync::atomic::AtomicUsize::new(0),
+            slot,
         })
     }
 
@@ -117,6 +123,7 @@ impl Shared {
             values,
             typed,
             waits,
+            slot,
         } = part;
         // Locks a panicking step left poisoned: a part like that is not
         // worth keeping.
@@ -136,6 +143,7 @@ impl Shared {
         // Each wait holds the part, so none is left when it comes here
         // (and the flag of its end goes).
         *waits.get_mut() = 0;
+        *slot = None;
         // Unlocked whatever became of an emit that waited for it (one
         // leaked while queued for the lock could hold it for good).
         *emitting = tokio::sync::Mutex::new(());

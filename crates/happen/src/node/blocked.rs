@@ -5,11 +5,11 @@
 //! [`Causal::waiting`](crate::Causal::waiting)) can deadlock only when no
 //! slot of the target will free itself. A slot whose flow computes, sleeps
 //! or waits for anything but an answer will end; one whose flow waits for
-//! the answer to a request it sent may never. So a node counts its flows
-//! that wait for an answer (a flow waiting for several at once counts
-//! once), and such a request is refused with
+//! the answer to a request it sent may never. So a node counts its slots
+//! whose flows wait for an answer (a flow waiting for several at once
+//! counts once), and such a request is refused with
 //! [`HappenError::Deadlock`](crate::HappenError::Deadlock) only when every
-//! running flow of its target is one of them; otherwise it queues for a
+//! running slot of its target is one of them; otherwise it queues for a
 //! slot. A flow counts from the first poll of its wait (a [`Blocked`]
 //! held by the wait) until the answer comes, the wait is dropped or the
 //! flow ends (a wait handed to a task counts no more then); one reading a
@@ -25,11 +25,12 @@
 //! ([`NodeCore::refuse_deadlocked`]). A wait is not told from one that
 //! will be answered: a slot waiting for a slow but live node counts too,
 //! so a request back can still be refused while that slot would have freed.
-//! Nor are slots told from flows: an event matching several handlers has
-//! one slot and as many flows, each counted when it waits.
+//! An event matching several handlers holds one slot and runs as many
+//! flows, which share a [`SlotWaits`]: the slot frees only when all of them
+//! have ended, so it counts (once) as soon as any of them waits.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::NodeCore;
 use crate::context::Shared;
@@ -39,6 +40,37 @@ use crate::event::Event;
 /// The flag set on [`Shared::waits`] when the flow has ended: its count
 /// was given back then, and the waits it left behind count no more.
 const ENDED: usize = 1 << (usize::BITS - 1);
+
+/// What the flows of one event (several handlers took it) share: how many
+/// of them wait for an answer. Their slot counts as waiting while any does.
+#[derive(Debug, Default)]
+pub(crate) struct SlotWaits(AtomicUsize);
+
+/// The flow `flow` came to wait: its slot counts, unless another flow of
+/// the slot already made it count.
+fn slot_waits(flow: &Shared) {
+    if flow
+        .slot
+        .as_ref()
+        .is_none_or(|slot| slot.0.fetch_add(1, Ordering::AcqRel) == 0)
+    {
+        let node = flow.node().core();
+        node.scheduler.blocked.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The flow `flow` waits no more: its slot counts no more, unless another
+/// flow of the slot still waits.
+fn slot_goes_on(flow: &Shared) {
+    if flow
+        .slot
+        .as_ref()
+        .is_none_or(|slot| slot.0.fetch_sub(1, Ordering::AcqRel) == 1)
+    {
+        let node = flow.node().core();
+        node.scheduler.blocked.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// One wait of a flow for an answer, counted until dropped (or until the
 /// flow ends, if the wait outlives it: handed to a task, say).
@@ -62,7 +94,7 @@ impl Blocked {
         }
         let first = flow.waits.fetch_add(1, Ordering::AcqRel) == 0;
         if first {
-            node.scheduler.blocked.fetch_add(1, Ordering::AcqRel);
+            slot_waits(&flow);
         }
         Some(Blocked {
             flow,
@@ -89,11 +121,7 @@ impl Blocked {
         }
         let before = flow.waits.fetch_or(ENDED, Ordering::AcqRel);
         if before != 0 && before & ENDED == 0 {
-            flow.node()
-                .core()
-                .scheduler
-                .blocked
-                .fetch_sub(1, Ordering::AcqRel);
+            slot_goes_on(flow);
         }
     }
 }
@@ -102,8 +130,7 @@ impl Drop for Blocked {
     fn drop(&mut self) {
         // The last wait of a flow that has not ended.
         if self.flow.waits.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let node = self.flow.node().core();
-            node.scheduler.blocked.fetch_sub(1, Ordering::AcqRel);
+            slot_goes_on(&self.flow);
         }
     }
 }
@@ -117,8 +144,8 @@ impl std::fmt::Debug for Blocked {
 }
 
 impl NodeCore {
-    /// Whether each of the `running` flows waits for an answer (then no
-    /// slot frees itself).
+    /// Whether each of the `running` slots waits for an answer (then none
+    /// frees itself).
     pub(super) fn all_blocked(&self, running: usize) -> bool {
         self.scheduler.blocked.load(Ordering::Acquire) >= running
     }

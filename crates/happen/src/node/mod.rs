@@ -13,7 +13,7 @@ mod registry;
 mod scheduler;
 mod send;
 mod shutdown;
-pub(crate) use blocked::Blocked;
+pub(crate) use blocked::{Blocked, SlotWaits};
 pub(crate) use send::Addressee;
 mod start;
 mod target;

@@ -108,8 +108,8 @@ pub(super) struct Scheduler {
     holding: AtomicBool,
     /// Set by [`NodeCore::abandon`]: events not started yet are refused.
     pub(super) abandoned: AtomicBool,
-    /// Flows of this node waiting now for the answer to a request they
-    /// sent (see [`super::blocked`]).
+    /// Slots of this node whose flows wait now for the answer to a request
+    /// they sent (see [`super::blocked`]).
     pub(super) blocked: AtomicUsize,
 }
 
@@ -297,7 +297,7 @@ impl NodeCore {
 
     /// Refuses `request` with [`HappenError::Deadlock`] (through its
     /// responder, to the requester now starting to wait) if it still waits
-    /// in this node's queue, every slot is taken by a flow that itself
+    /// in this node's queue, every slot is taken by flows of which one
     /// waits for an answer (see [`super::blocked`]), and this node is among
     /// those waiting up the request's causal chain: waiting would never
     /// end. A request queued like that and never waited for (its handle

@@ -102,27 +102,37 @@ impl NodeCore {
                 first
                     .entry
                     .clone()
-                    .start(self.clone(), event, received_at, responder, 0);
+                    .start(self.clone(), event, received_at, responder, 0, None);
             let flows = Flows::One(flow, handler);
             return Some(Started { flows, ack });
         }
         // Numbered in registration order, the same when the event runs
         // again (exactly-once ids and state updates depend on it).
-        // Their requester (if any) hears the first flow only.
+        // Their requester (if any) hears the first flow only. They hold one
+        // slot, which waits while any of them does.
+        let slot = Arc::new(crate::node::SlotWaits::default());
         let others: Vec<_> = others
             .zip(1u32..)
             .map(|(r, flow)| {
                 let elsewhere = responder.as_ref().map(|_| Responder::Elsewhere);
                 r.entry
                     .clone()
-                    .start(self.clone(), event.clone(), received_at, elsewhere, flow)
+                    .start(
+                        self.clone(),
+                        event.clone(),
+                        received_at,
+                        elsewhere,
+                        flow,
+                        Some(slot.clone()),
+                    )
                     .0
             })
             .collect();
-        let (first, _) = first
-            .entry
-            .clone()
-            .start(self.clone(), event, received_at, responder, 0);
+        let (first, _) =
+            first
+                .entry
+                .clone()
+                .start(self.clone(), event, received_at, responder, 0, Some(slot));
         let flows = Flows::Joined(Box::pin(async move {
             let (first, rest) =
                 futures::future::join(first, futures::future::join_all(others)).await;

@@ -98,6 +98,7 @@ fn handle<R: Report>(node: &Node, item: Item, handlers: &[Arc<ZeroFn>], report: 
                 crate::event::now_millis(),
                 responder,
                 0,
+                None,
             );
             match core.runtime_inner() {
                 Some(runtime) => runtime.spawn(async move {

@@ -257,6 +257,52 @@ pub async fn asking_back_a_node_busy_with_other_work_waits_for_its_slot(backend:
     slow_flow.ask_back_while_busy(&client, &mut asked).await;
 }
 
+/// An event that two handlers take holds one slot, however many of its
+/// flows wait: with the node's other slot busy with work that will end, a
+/// request back waits for that slot instead of being refused as a
+/// deadlock (counting each waiting flow made two waits of one slot).
+pub async fn an_event_of_two_handlers_waits_as_one_slot(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let mut slow_flow = with_slow_flow(&h, "ts-a");
+    let a = slow_flow.node.clone();
+    // Both flows of "start" wait: the first for b (which asks a back),
+    // the second for c (let go only at the end). The first answers.
+    a.on("start", asks("ts-b", "ask")).unwrap();
+    a.on("start", asks("ts-c", "ask")).unwrap();
+    let mut asked = asking_back(&h, "ts-b", "ts-a");
+    let c_go = answers_when_let_go(&h.node("ts-c").unwrap(), "ask", json!("from c"));
+    let client = h.node("ts-client").unwrap();
+    slow_flow.ask_back_while_busy(&client, &mut asked).await;
+    c_go.notify_one();
+}
+
+/// The slot of an event that two handlers take frees only when both flows
+/// end: with one of them waiting for a request back to its only slot, the
+/// request back is a deadlock, though the other flow computes.
+pub async fn one_waiting_flow_of_two_holds_their_only_slot(backend: &dyn Backend) {
+    let h = start_patient(backend).await;
+    let a = h
+        .node_with("os-a", NodeConfig::new().max_concurrent(1))
+        .unwrap();
+    a.on("start", asks("os-b", "ask")).unwrap();
+    let computing = answers_when_let_go(&a, "start", json!("computed"));
+    a.on("back", |_e: Event, _cx: Context| async { json!("from a") })
+        .unwrap();
+    let _asked = asking_back(&h, "os-b", "os-a");
+    let client = h.node("os-client").unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.send(&a, ev("start", json!(null))).response(),
+    )
+    .await
+    .expect("refused at once, not left waiting");
+    computing.notify_one();
+    assert_eq!(
+        answer.unwrap(),
+        json!({ "answer": { "deadlock": { "node": "os-a", "chain": ["os-a", "os-b", "os-a"] } } })
+    );
+}
+
 /// A flow waiting for several answers at once (a group send) holds one
 /// slot and counts once: with the node's other slot busy with work that
 /// will end, a request back waits for that slot.

@@ -103,6 +103,8 @@ macro_rules! conformance_suite {
             asking_yourself_with_one_slot_is_a_deadlock,
             asking_back_with_a_free_slot_is_answered,
             asking_back_a_node_busy_with_other_work_waits_for_its_slot,
+            an_event_of_two_handlers_waits_as_one_slot,
+            one_waiting_flow_of_two_holds_their_only_slot,
             two_chains_holding_both_slots_are_a_deadlock,
             a_group_send_waits_as_one_flow,
             a_stream_read_to_its_end_no_longer_waits,
