@@ -277,3 +277,55 @@ async fn a_requester_answers_whether_it_still_wants_a_stream() {
     println!("no responders after {:?}", started.elapsed());
     assert_eq!(gone.status, Some(async_nats::StatusCode::NO_RESPONDERS));
 }
+
+/// A first item refused as too large for the server (the flow handles the
+/// error and goes on) does not leave the stream without credit: the item
+/// that goes out first names the credit subject, so the producer gets
+/// past its window and the reader gets every item and the end. Before,
+/// the refused item had taken the credit subject with it, and the stream
+/// stalled for good after `STREAM_WINDOW` items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_item_refused_as_too_large_leaves_the_stream_its_credit() {
+    let server = NatsServer::start().unwrap();
+    let producing = connect(&server).await;
+    let consuming = connect(&server).await;
+    let count = 3 * STREAM_WINDOW;
+    let node = producing.node("big").unwrap();
+    let (first_tx, mut first) = mpsc::unbounded_channel();
+    node.on("export", move |_e: Event, cx: Context| {
+        let first_tx = first_tx.clone();
+        async move {
+            // Over the server's max_payload (1 MiB): refused, and handled.
+            let _ = first_tx.send(cx.emit(json!("x".repeat(2_000_000))).await);
+            for i in 0..count {
+                cx.emit(json!(i)).await?;
+            }
+            Ok::<_, HappenError>(json!("done"))
+        }
+    })
+    .unwrap();
+    producing.flush().await.unwrap();
+    let reader = consuming.node("reader").unwrap();
+    let mut stream = reader
+        .send("big", Event::new("export", json!(null)))
+        .timeout(Duration::from_secs(60))
+        .stream();
+    let refused = within("the first emit returns", 10, first.recv()).await;
+    assert!(
+        matches!(refused, Some(Err(HappenError::PayloadTooLarge { .. }))),
+        "{refused:?}"
+    );
+    let items: Vec<_> = within("the whole stream", 20, async {
+        let mut items = Vec::new();
+        while let Some(item) = stream.next().await {
+            items.push(item.unwrap());
+        }
+        items
+    })
+    .await;
+    let expected: Vec<_> = (0..count)
+        .map(|i| StreamItem::Item(json!(i)))
+        .chain([StreamItem::Done(json!("done"))])
+        .collect();
+    assert_eq!(items, expected);
+}

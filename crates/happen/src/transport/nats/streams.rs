@@ -57,6 +57,9 @@ struct Producing {
     credit: Arc<CreditState>,
     /// `credit.unanswered` when the last probe was sent.
     unanswered_at_probe: u8,
+    /// Whether an item has gone out: the first one names the credit
+    /// subject, which the consumer learns from it.
+    sent: bool,
 }
 
 /// Sends a flow's outcome (and streamed items) back over NATS to the
@@ -184,18 +187,17 @@ impl ReplySink for NatsReply {
             let Some(subject) = self.subject.clone() else {
                 return Err(HappenError::Cancelled); // nobody to stream to
             };
-            let mut first_credit = None;
             if self.stream.is_none() {
                 let credits = &self.shared.credits;
                 let token = credits.next.fetch_add(1, Ordering::Relaxed);
                 let credit = Arc::new(CreditState::default());
                 lock(&credits.streams).insert(token, credit.clone());
-                first_credit = Some(format!("{}.c{token}", self.shared.inbox));
                 self.stream = Some(Producing {
                     seq: 0,
                     token,
                     credit,
                     unanswered_at_probe: 0,
+                    sent: false,
                 });
             }
             let Some(producing) = self.stream.as_mut() else {
@@ -245,16 +247,21 @@ impl ReplySink for NatsReply {
                     probe(&self.shared, &subject, producing.token);
                 }
             }
+            // The first item that goes out names the credit subject (one
+            // refused before it named it to nobody).
+            let credit =
+                (!producing.sent).then(|| format!("{}.c{}", self.shared.inbox, producing.token));
             let item = Reply::Item {
                 seq: producing.seq,
                 value,
-                credit: first_credit,
+                credit,
             };
             // An item too large (or that cannot be sealed) is the flow's
             // error, not a hole in the stream.
             let (payload, headers) = self.sealed(&item)?;
             if let Some(producing) = self.stream.as_mut() {
                 producing.seq += 1;
+                producing.sent = true;
             }
             self.send(subject, Bytes::from(payload), headers);
             Ok(())
