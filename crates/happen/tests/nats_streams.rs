@@ -80,6 +80,71 @@ async fn stalled_consumer_process() {
     std::future::pending::<()>().await;
 }
 
+/// The producer of `a_stream_whose_producer_was_killed_ends_as_broken`,
+/// run in a child process: emits one item, says so, and then keeps its
+/// flow open without emitting more. Ignored unless that test starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "started as a child process by a_stream_whose_producer_was_killed_ends_as_broken"]
+async fn stalled_producer_process() {
+    let url = std::env::var("HAPPEN_STREAM_PRODUCER").expect("started by the stream test");
+    let happen = Happen::connect(NatsConfig::new(url)).await.unwrap();
+    let node = happen.node("exporter").unwrap();
+    node.on("export", |_e: Event, cx: Context| async move {
+        cx.emit(json!(0)).await?;
+        std::future::pending::<()>().await;
+        Ok::<_, HappenError>(json!("never"))
+    })
+    .unwrap();
+    happen.flush().await.unwrap();
+    println!("serving");
+    std::future::pending::<()>().await;
+}
+
+/// A stream's producer process killed (SIGKILL: no end is sent) after its
+/// first item: the reader, which hears nothing more, asks the producer's
+/// credit subject once the stream has been quiet, and the server's "no
+/// responders" (twice) ends the stream with `StreamBroken` within seconds.
+/// Before, the reader waited for good (the request's timeout covers only
+/// the first item).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_producer_was_killed_ends_as_broken() {
+    let server = NatsServer::start().unwrap();
+    let url = server.url();
+    let mut child = Killed(
+        tokio::task::spawn_blocking(move || {
+            let test = "stalled_producer_process";
+            start_child(test, "HAPPEN_STREAM_PRODUCER", &url, "serving")
+        })
+        .await
+        .unwrap(),
+    );
+    let happen = connect(&server).await;
+    let mut stream = happen
+        .node("reader")
+        .unwrap()
+        .send("exporter", Event::new("export", json!(null)))
+        .timeout(Duration::from_secs(5))
+        .stream();
+    let first = within("the first item", 10, stream.next()).await;
+    assert_eq!(first.unwrap().unwrap(), StreamItem::Item(json!(0)));
+    child.0.kill().unwrap(); // SIGKILL: no end is sent
+    child.0.wait().unwrap();
+    let killed_at = tokio::time::Instant::now();
+    let end = within("the stream ends", 20, stream.next()).await;
+    let after = killed_at.elapsed();
+    println!(
+        "faults: stream-producer-killed items=1 received=1 ended={:?} after-ms={}",
+        end.as_ref().map(|e| e.as_ref().err()),
+        after.as_millis()
+    );
+    assert!(
+        matches!(&end, Some(Err(HappenError::StreamBroken { reason })) if reason.contains("process is gone")),
+        "{end:?}"
+    );
+    assert!(stream.next().await.is_none());
+    happen.shutdown().await;
+}
+
 /// A stream's consumer process killed (SIGKILL: it sends no cancel) while
 /// the producer waits for credit: the producer's `emit` fails with
 /// `Cancelled` within a few seconds, its node answers the next request,

@@ -349,7 +349,9 @@ impl Sent {
     /// The flow's emitted values, then its final value, as a stream (see
     /// [`crate::stream`]). The timeout applies until the first item (or the
     /// result) arrives; after that the stream runs as long as the producer
-    /// does. Dropping the stream once it has started cancels the producer;
+    /// does, and ends with [`HappenError::StreamBroken`] if the producer
+    /// goes away without ending it (over NATS: found within seconds by
+    /// asking the producer once the stream has been quiet). Dropping the stream once it has started cancels the producer;
     /// dropped before its first item, it lets the producer run on with its
     /// items dropped (see [`crate::stream`]).
     pub fn stream(self) -> futures::stream::BoxStream<'static, Result<StreamItem>> {

@@ -341,6 +341,7 @@ async fn sweep(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         shared.requests.sweep();
+        requests::ask_producers(&shared);
         shared.requests.tells.sweep(&shared);
     }
 }

@@ -148,7 +148,10 @@ pub(super) fn on_inbox(shared: &Arc<Shared>, message: async_nats::Message) {
         return;
     }
     if let Some(credit) = rest.strip_prefix('c') {
-        return streams::on_credit(shared, credit, message.status, &message.payload);
+        return streams::on_credit(shared, credit, &message);
+    }
+    if let Some(asking) = rest.strip_prefix('l') {
+        return requests::producer_answered(shared, asking, message.status, &message.payload);
     }
     if let Some(probe) = rest.strip_prefix('s') {
         return streams::on_probe(shared, probe, message.reply.as_deref());

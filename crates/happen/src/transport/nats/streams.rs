@@ -380,16 +380,21 @@ pub(super) fn on_probe(shared: &Arc<Shared>, token: &str, reply: Option<&str>) {
 
 /// A consumer's credit for a stream this process produces, or the
 /// server's "no responders" for a probe of its consumer (see [`probe`]).
-pub(super) fn on_credit(
-    shared: &Arc<Shared>,
-    token: &str,
-    status: Option<async_nats::StatusCode>,
-    payload: &[u8],
-) {
+/// A requester asking after a stream this process no longer produces (its
+/// end was lost on the way) is told `Cancel` (see `requests::producer`).
+pub(super) fn on_credit(shared: &Arc<Shared>, token: &str, message: &async_nats::Message) {
+    let (status, payload) = (message.status, &message.payload[..]);
     let Ok(token) = token.parse::<u64>() else {
         return;
     };
     let Some(state) = lock(&shared.credits.streams).get(&token).cloned() else {
+        if let Some(reply) = message.reply.as_deref()
+            && status.is_none()
+            && requests::is_asking(reply)
+            && super::subjects::answerable(reply)
+        {
+            NatsCredit::new(shared.clone(), reply.to_owned()).cancel();
+        }
         return;
     };
     if status == Some(async_nats::StatusCode::NO_RESPONDERS) {

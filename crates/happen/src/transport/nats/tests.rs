@@ -20,6 +20,27 @@ pub(super) async fn within<T>(
         .unwrap_or_else(|_| panic!("{what} did not happen within {secs} s"))
 }
 
+/// Sends a request of `event_type` to node `node` from a raw client (in a
+/// requester's place) and gives the subscription its replies come to.
+pub(super) async fn raw_request(
+    raw: &async_nats::Client,
+    node: &str,
+    event_type: &str,
+) -> async_nats::Subscriber {
+    let inbox = raw.new_inbox();
+    let replies = raw.subscribe(inbox.clone()).await.unwrap();
+    let mut request = Event::new(event_type, json!(null));
+    crate::event::stamp(&mut request, &crate::Id::from("raw"), None);
+    raw.publish_with_reply(
+        format!("happen.node.{node}"),
+        inbox,
+        wire::encode_event(&request).unwrap().into(),
+    )
+    .await
+    .unwrap();
+    replies
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bytes_are_refused_and_the_node_keeps_serving() {
     let server = NatsServer::start().unwrap();
@@ -230,17 +251,7 @@ async fn a_credit_of_u64_max_neither_overflows_nor_stalls_the_producer() {
     happen.flush().await.unwrap();
 
     let raw = async_nats::connect(server.url()).await.unwrap();
-    let inbox = raw.new_inbox();
-    let mut replies = raw.subscribe(inbox.clone()).await.unwrap();
-    let mut request = Event::new("count", json!(null));
-    crate::event::stamp(&mut request, &crate::Id::from("raw"), None);
-    raw.publish_with_reply(
-        "happen.node.producer",
-        inbox,
-        wire::encode_event(&request).unwrap().into(),
-    )
-    .await
-    .unwrap();
+    let mut replies = raw_request(&raw, "producer", "count").await;
     let mut seen = Vec::new();
     let end = within("the stream's end", 20, async {
         loop {

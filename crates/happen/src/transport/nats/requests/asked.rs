@@ -15,6 +15,16 @@ pub(super) struct Incoming {
     /// Where the producer takes credit (named by the first item): the one
     /// subject a probe's answer about this stream may go to.
     pub(super) credit: Option<String>,
+    /// Whether the producer still lives, asked when the stream is quiet.
+    pub(super) producer: super::producer::Producer,
+}
+
+impl Incoming {
+    /// The items taken in all: received less those still buffered.
+    pub(super) fn taken(&self) -> u64 {
+        let buffered = self.tx.max_capacity() - self.tx.capacity();
+        self.next.saturating_sub(buffered as u64)
+    }
 }
 
 /// What a producer asking after request `token`'s stream is told (see
@@ -41,10 +51,7 @@ pub(in crate::transport::nats) fn asked(shared: &Shared, token: u64, credit: &st
             // Only items go through the channel while the request is
             // pending (its end or a break removes it first).
             Some(incoming) if incoming.credit.as_deref() != Some(credit) => Asked::Waiting,
-            Some(incoming) => {
-                let buffered = incoming.tx.max_capacity() - incoming.tx.capacity();
-                Asked::Reading(incoming.next.saturating_sub(buffered as u64))
-            }
+            Some(incoming) => Asked::Reading(incoming.taken()),
             None => Asked::Waiting,
         },
         _ => Asked::Gone,

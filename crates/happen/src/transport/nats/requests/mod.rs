@@ -36,10 +36,12 @@ use crate::stream::{CreditSink, Outcome, STREAM_WINDOW, StreamMsg, StreamRx};
 
 mod asked;
 mod checks;
+mod producer;
 mod tells;
 
 use asked::Incoming;
 pub(super) use asked::{Asked, asked};
+pub(super) use producer::{answered as producer_answered, ask as ask_producers, is_asking};
 
 /// How long an answer from a node makes "no responders" from it look like a
 /// restart rather than a missing node.
@@ -329,6 +331,7 @@ fn take(shared: &Arc<Shared>, mut pending: MutexGuard<'_, PendingMap>, token: u6
                     tx,
                     next: 0,
                     credit: credit_subject,
+                    producer: producer::Producer::new(),
                 });
             }
             let Some(incoming) = waiting.stream.as_mut() else {
@@ -347,6 +350,7 @@ fn take(shared: &Arc<Shared>, mut pending: MutexGuard<'_, PendingMap>, token: u6
                 return;
             }
             incoming.next += 1;
+            incoming.producer.heard();
             if incoming.tx.try_send(StreamMsg::Item(value)).is_err() {
                 // Full (the producer ignored flow control) or closed.
                 pending.remove(&token);
