@@ -59,6 +59,16 @@ impl Compiled {
 }
 
 impl Segment {
+    /// The length in bytes of the shortest token this segment matches.
+    pub(super) fn min_len(&self) -> usize {
+        match self {
+            Segment::Star => 1,
+            Segment::Literal(text) => text.len(),
+            Segment::OneOf(alternatives) => alternatives.iter().map(|a| a.len()).min().unwrap_or(0),
+            Segment::Pieces(pieces) => pieces.min_len,
+        }
+    }
+
     pub(super) fn matches(&self, token: &str) -> bool {
         match self {
             Segment::Star => !token.is_empty(),

@@ -53,8 +53,8 @@
 //!
 //! A string that is not a valid pattern still converts (so that builder code
 //! stays free of `unwrap`), into a pattern that matches nothing and remembers
-//! the error; [`Pattern::validate`] returns it. Happen calls `validate` when a
-//! pattern is registered, so the mistake surfaces there.
+//! the error; [`Pattern::validate`] returns it. Happen calls `validate` on
+//! registering a pattern (one too long for any event type is an error too).
 //!
 //! ```
 //! use happen::pattern::{domain, not, one_of, Pattern};

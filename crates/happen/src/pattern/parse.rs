@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::matcher::{Compiled, Pieces, Segment};
 use super::{PatternError, Repr};
-use crate::name::char_problem;
+use crate::name::{MAX_EVENT_TYPE_LEN, char_problem};
 
 /// A segment whose alternation groups expand to at most this many
 /// combinations is kept as a sorted list of literals (matched by binary
@@ -50,6 +50,22 @@ pub(super) fn compile(source: &str) -> Result<Repr, PatternError> {
             ),
         }
         offset += text.len() + 1;
+    }
+
+    // A pattern whose every match is longer than an event type may be
+    // (a long literal, a mistake) matches nothing; over NATS its subject
+    // would also be longer than the server takes.
+    let words = segments.len() + usize::from(tail);
+    let shortest = segments.iter().map(Segment::min_len).sum::<usize>()
+        + usize::from(tail)
+        + words.saturating_sub(1);
+    if shortest > MAX_EVENT_TYPE_LEN {
+        return Err(fail(
+            0,
+            format!(
+                "it matches no event type: its shortest match is {shortest} bytes, and an event type is at most {MAX_EVENT_TYPE_LEN}"
+            ),
+        ));
     }
 
     if !tail {
@@ -240,6 +256,12 @@ fn build_segment(parts: Vec<Vec<String>>) -> Segment {
 pub(crate) fn check_name(name: &str) -> Result<(), (usize, String)> {
     if name.is_empty() {
         return Err((0, "it is empty".to_owned()));
+    }
+    if name.len() > MAX_EVENT_TYPE_LEN {
+        return Err((
+            MAX_EVENT_TYPE_LEN,
+            format!("it is longer than {MAX_EVENT_TYPE_LEN} bytes"),
+        ));
     }
     let mut offset = 0;
     for segment in name.split('.') {

@@ -143,6 +143,38 @@ fn error_empty() {
 }
 
 #[test]
+fn a_pattern_no_event_type_is_long_enough_for_is_an_error() {
+    let max = crate::name::MAX_EVENT_TYPE_LEN;
+    // The longest literal an event type can be, and one byte more.
+    let at_most = format!("a.{}", "b".repeat(max - 2));
+    check(&at_most, &[&at_most], &["a.b"]);
+    let over = format!("{at_most}b");
+    let e = err(&over);
+    assert_eq!(e.position, 0);
+    assert!(e.reason.contains("matches no event type"), "{e}");
+    assert!(e.reason.contains(&format!("{}", max + 1)), "{e}");
+    // Wildcards count as their shortest match: `*` one byte, `>` a dot and
+    // one byte; an alternation its shortest alternative.
+    let long = "x".repeat(max - 2);
+    check(&format!("{long}.*"), &[&format!("{long}.y")], &[]);
+    err(&format!("{long}.*.*"));
+    check(&format!("{long}.>"), &[&format!("{long}.y")], &[]);
+    err(&format!("{long}x.>"));
+    check(&format!("{{a,{}}}", "y".repeat(5_000)), &["a"], &["y"]);
+    // A node's handler takes none of them, on any runtime.
+    let happen = crate::Happen::embedded();
+    let node = happen.node("n").unwrap();
+    let refused = node.on(
+        over.as_str(),
+        |_e: crate::Event, _cx: crate::Context| async {},
+    );
+    assert!(
+        matches!(refused, Err(crate::HappenError::InvalidPattern(_))),
+        "{refused:?}"
+    );
+}
+
+#[test]
 fn error_empty_segment() {
     for (pattern, position) in [("a..b", 2), (".a", 0), ("a.", 2), (".", 0), ("a.*.", 4)] {
         let e = err(pattern);
@@ -282,7 +314,15 @@ fn domain_patterns() {
 
 #[test]
 fn invalid_domain_names() {
-    for (name, position) in [("", 0), ("a b", 1), ("order.*", 6), ("a..b", 2), ("x.", 2)] {
+    let long = "d".repeat(crate::name::MAX_EVENT_TYPE_LEN + 1);
+    for (name, position) in [
+        ("", 0),
+        ("a b", 1),
+        ("order.*", 6),
+        ("a..b", 2),
+        ("x.", 2),
+        (long.as_str(), crate::name::MAX_EVENT_TYPE_LEN),
+    ] {
         let d = domain(name);
         assert!(!d.matches("a.b"));
         let e = d.validate().unwrap_err();

@@ -87,6 +87,9 @@ fn compiled_filters(compiled: &Compiled) -> Option<Vec<String>> {
                 .collect()
         };
     }
+    // A subject longer than an event type matches none (each token of a
+    // subject matches one at least as long), and the server would refuse it.
+    subjects.retain(|subject| subject.len() <= crate::name::MAX_EVENT_TYPE_LEN);
     if compiled.tail {
         let separator = if compiled.segments.is_empty() {
             ""
@@ -127,6 +130,11 @@ mod tests {
             ["a.*.x1.>", "a.*.x2.>", "b.*.x1.>", "b.*.x2.>"]
         );
         assert_eq!(subjects("{a,ab}{b,bb}").unwrap(), ["ab", "abb", "abbb"]);
+        // An alternative too long for any event type gives no subject (the
+        // server would refuse one that long, and close the connection).
+        let long = "x".repeat(300);
+        assert_eq!(subjects(format!("a.{{b,{long}}}")).unwrap(), ["a.b"]);
+        assert_eq!(subjects(domain(&long)), None);
     }
 
     #[test]
