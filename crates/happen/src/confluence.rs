@@ -92,14 +92,23 @@ pub struct NodeGroup {
 }
 
 impl NodeGroup {
-    /// A group of `nodes`.
+    /// A group of `nodes`. A node given twice is in the group once (as
+    /// [`Node::send_to_all`] sends once to a node named twice), so that a
+    /// handler registered on the group runs once per event.
     pub fn new(nodes: impl IntoIterator<Item = Node>) -> Self {
-        NodeGroup {
-            nodes: nodes.into_iter().collect(),
+        let mut group: Vec<Node> = Vec::new();
+        for node in nodes {
+            if !group
+                .iter()
+                .any(|n| std::sync::Arc::ptr_eq(n.core(), node.core()))
+            {
+                group.push(node);
+            }
         }
+        NodeGroup { nodes: group }
     }
 
-    /// The nodes, in the order given.
+    /// The nodes, in the order first given.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }

@@ -487,7 +487,7 @@ fn conclude(
         Err(panic) => Err(HappenError::HandlerPanicked {
             node: core.id().to_string(),
             event_type: event.event_type().to_owned(),
-            message: panic_message(panic.as_ref()),
+            message: crate::error::panic_message(panic.as_ref()),
         }),
     };
     let error = match &result {
@@ -554,7 +554,7 @@ fn answer(
     // wasted work.
     let responder = responder.filter(|r| r.keeps_answer() || !r.is_abandoned());
     let answered = responder.is_some();
-    let mut kept = None;
+    let (mut kept, mut over) = (None, false);
     let rest = match responder {
         // Nobody watches: the requester builds the response event only if
         // it asks for one.
@@ -564,6 +564,9 @@ fn answer(
         }
         Some(responder) => {
             let outcome = result.and_then(|value| core.answer(value, event));
+            // Once items went out, a failure is the requester's final answer:
+            // a retry answers nobody, and its items go nowhere (not broadcast).
+            over = outcome.is_err() && shared.streamed();
             match responder.conclude(outcome) {
                 Ok(rest) => rest,
                 Err(retried) => {
@@ -586,15 +589,12 @@ fn answer(
             },
         );
     }
-    (rest, kept)
-}
-
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    }
+    (
+        rest,
+        if over {
+            Some(Responder::Elsewhere)
+        } else {
+            kept
+        },
+    )
 }

@@ -205,7 +205,9 @@ impl<S> Context<S> {
     ///
     /// When nobody waits for this flow (it was started by a broadcast or a
     /// tell), the value is broadcast as an event of type
-    /// `<handled type>.item`. When the requester waits for another flow
+    /// `<handled type>.item`; a subscriber whose queue is full misses that
+    /// item (reported as undelivered) and the stream goes on for the
+    /// others, on every runtime. When the requester waits for another flow
     /// (several handlers of the node matched its request, and it hears the
     /// first registered), the value is dropped. When the requester dropped
     /// its handle before taking any item (a request sent fire-and-forget,
@@ -242,7 +244,12 @@ impl<S> Context<S> {
                 of: self.shared.event().causal().id.clone(),
                 seq,
             });
-        self.shared.node().broadcast(item).map(drop)
+        match self.shared.node().broadcast(item) {
+            // One full subscriber refused its copy (reported); the others
+            // have it, and one slow subscriber does not end the stream.
+            Ok(_) | Err(HappenError::QueueFull { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
     /// When the node took the event (or batch) for this flow, in

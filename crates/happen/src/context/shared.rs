@@ -157,6 +157,11 @@ impl Shared {
             .expect("a flow's part is emptied only when nothing else holds it")
     }
 
+    /// Whether the flow has emitted an item.
+    pub(crate) fn streamed(&self) -> bool {
+        self.emitted.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
     pub(crate) fn node(&self) -> &Node {
         &self.flow().node
     }

@@ -515,6 +515,7 @@ mod cause;
 mod wire_source;
 
 pub use cause::Cause;
+pub(crate) use cause::panic_message;
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

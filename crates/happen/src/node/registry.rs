@@ -47,7 +47,7 @@ impl Registration {
                 tracing::error!(
                     node = %node,
                     event_type,
-                    message = %crate::flow::panic_message(panic.as_ref()),
+                    message = %crate::error::panic_message(panic.as_ref()),
                     "a pattern matcher panicked; treated as no match"
                 );
                 false

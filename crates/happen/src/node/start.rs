@@ -12,7 +12,6 @@ use super::NodeCore;
 use crate::delivery::{Acknowledge, Delivery, Failure, Responder};
 use crate::entry::{FlowFuture, HandlerRef};
 use crate::error::HappenError;
-use crate::flow;
 
 impl NodeCore {
     /// The runtime stopped taking work before its events were handled
@@ -182,7 +181,7 @@ pub(super) fn settle(
         Err(panic) => {
             // Flows catch their own panics; this catches the rest (an
             // error whose Display panics, ...).
-            let message = flow::panic_message(panic.as_ref());
+            let message = crate::error::panic_message(panic.as_ref());
             tracing::error!(node = %node.id, %message, "event delivery panicked");
             Some(Failure::new(HappenError::HandlerPanicked {
                 node: node.id.to_string(),
@@ -205,7 +204,7 @@ pub(super) fn settle(
         (None, None) => {}
     }));
     if let Err(panic) = settled {
-        let message = flow::panic_message(panic.as_ref());
+        let message = crate::error::panic_message(panic.as_ref());
         tracing::error!(node = %node.id, %message, "settling an event panicked");
         // The payload's own Drop may panic too.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(panic)));

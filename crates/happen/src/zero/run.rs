@@ -72,7 +72,7 @@ fn handle<R: Report>(node: &Node, item: Item, handlers: &[Arc<ZeroFn>], report: 
         Err(panic) => Err(HappenError::HandlerPanicked {
             node: core.id().to_string(),
             event_type: event.event_type().to_owned(),
-            message: crate::flow::panic_message(&*panic),
+            message: crate::error::panic_message(&*panic),
         }),
         Ok(Err(cause)) => Err(failed(cause)),
         Ok(Ok(ZeroNext::Done)) => Ok(ZeroAnswer::Value(Value::Null)),

@@ -55,6 +55,41 @@ pub async fn group_handler_runs_divergent_flows_per_node(backend: &dyn Backend) 
     );
 }
 
+/// A node named twice in a group is in it once: a handler registered on
+/// the group runs once for each event the node takes.
+pub async fn a_node_named_twice_in_a_group_is_in_it_once(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let a = h.node("dg-a").unwrap();
+    let group = happen::NodeGroup::new([a.clone(), h.node("dg-b").unwrap(), a.clone()]);
+    assert_eq!(
+        group
+            .nodes()
+            .iter()
+            .map(|n| n.id().to_string())
+            .collect::<Vec<_>>(),
+        ["dg-a", "dg-b"]
+    );
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = runs.clone();
+    let ids = group
+        .on("ping", move |_e: Event, _cx: Context| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                json!("pong")
+            }
+        })
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    h.flush().await.unwrap();
+    let client = h.node("dg-client").unwrap();
+    assert_eq!(
+        client.send(&a, ev("ping", json!(null))).await.unwrap(),
+        json!("pong")
+    );
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 pub async fn group_send_reports_each_nodes_outcome_separately(backend: &dyn Backend) {
     let h = start(backend).await;
     let sender = h.node("gs-sender").unwrap();

@@ -74,6 +74,63 @@ pub async fn failed_flow_is_retried_and_the_requester_gets_the_final_answer(back
     assert_eq!(h.counters().dead_lettered, 0);
 }
 
+/// A request's flow that streamed an item and then failed has given its
+/// requester the failure as its final answer; the event is still tried
+/// again (at-least-once), but what the retry emits goes nowhere: not back
+/// to the requester (it has its answer), and not broadcast as
+/// `<type>.item` events to whoever takes them (they are a request's
+/// private answer).
+pub async fn a_retried_streaming_request_sends_its_items_nowhere(backend: &dyn Backend) {
+    use futures::StreamExt;
+    let h = start(backend).await;
+    let client = h.node("rs-client").unwrap();
+    let exporter = h
+        .node_with("rs-exporter", quick(DeliveryConfig::at_least_once()))
+        .unwrap();
+    let spy = h.node("rs-spy").unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counted = attempts.clone();
+    exporter
+        .on("export", move |_e: Event, cx: Context| {
+            let counted = counted.clone();
+            async move {
+                let attempt = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                cx.emit(json!({ "row": "for rs-client", "attempt": attempt }))
+                    .await?;
+                if attempt == 1 {
+                    return Err(HappenError::Cancelled);
+                }
+                Ok(json!("done"))
+            }
+        })
+        .unwrap();
+    let (leaked_tx, mut leaked) = mpsc::unbounded_channel();
+    spy.on("export.item", move |e: Event, _cx: Context| {
+        let leaked_tx = leaked_tx.clone();
+        async move {
+            let _ = leaked_tx.send(e.payload().clone());
+        }
+    })
+    .unwrap();
+    h.flush().await.unwrap();
+    let got: Vec<_> = client
+        .send(&exporter, ev("export", json!(null)))
+        .stream()
+        .collect()
+        .await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[1].is_err(),
+        "the first attempt's failure ends the stream: {got:?}"
+    );
+    reaches(&attempts, 2, "the request was not tried again").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        leaked.try_recv().is_err(),
+        "the retry's items were broadcast"
+    );
+}
+
 pub async fn last_failure_is_dead_lettered_and_reported(backend: &dyn Backend) {
     let h = start(backend).await;
     let client = h.node("dl-client").unwrap();

@@ -184,6 +184,7 @@ macro_rules! conformance_suite {
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] durability;
             failed_flow_is_retried_and_the_requester_gets_the_final_answer,
+            a_retried_streaming_request_sends_its_items_nowhere,
             last_failure_is_dead_lettered_and_reported,
             saturated_durable_node_takes_events_later,
             exactly_once_re_run_emits_the_same_events,
@@ -230,6 +231,7 @@ macro_rules! conformance_suite {
         );
         $crate::conformance_suite!(@topic [$runtime] [$threads] confluence;
             group_handler_runs_divergent_flows_per_node,
+            a_node_named_twice_in_a_group_is_in_it_once,
             group_send_reports_each_nodes_outcome_separately,
             batch_is_one_invocation_with_each_events_context,
             batch_to_a_group,
@@ -258,6 +260,7 @@ macro_rules! conformance_suite {
             continuation_step_can_stream,
             response_of_a_streaming_flow_is_its_final_value,
             broadcast_streaming_handler_broadcasts_its_items,
+            a_full_subscriber_does_not_end_a_broadcast_stream,
         );
     };
     (@topic [$runtime:meta] [$threads:meta] $topic:ident;

@@ -416,3 +416,60 @@ pub async fn broadcast_streaming_handler_broadcasts_its_items(backend: &dyn Back
         );
     }
 }
+
+/// A flow started by a broadcast streams to its subscribers; one of them
+/// with a full queue misses the item it refused, and the producer's
+/// `emit` goes on (`cx.emit(v).await?` does not end the stream for the
+/// others), as over NATS, where a refusal is the receiver's own.
+pub async fn a_full_subscriber_does_not_end_a_broadcast_stream(backend: &dyn Backend) {
+    let h = start(backend).await;
+    let monitor = h.node("fs-monitor").unwrap();
+    let full = h
+        .node_with(
+            "fs-full",
+            NodeConfig::new().max_concurrent(1).queue_limit(0),
+        )
+        .unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    full.on("metrics.item", move |_e: Event, _cx: Context| {
+        let held = held.clone();
+        async move { held.notified().await }
+    })
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    h.node("fs-log")
+        .unwrap()
+        .on("metrics.item", recorder(tx, json!(null)))
+        .unwrap();
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    monitor
+        .on("metrics", move |_e: Event, cx: Context| {
+            let done_tx = done_tx.clone();
+            async move {
+                let mut outcome = Ok(());
+                for i in 0..5 {
+                    if let Err(error) = cx.emit(json!(i)).await {
+                        outcome = Err(error);
+                        break;
+                    }
+                }
+                let _ = done_tx.send(outcome);
+            }
+        })
+        .unwrap();
+    h.flush().await.unwrap();
+    monitor.broadcast(ev("metrics", json!(null))).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), done.recv())
+        .await
+        .expect("the producer ends")
+        .expect("it says how");
+    assert_eq!(outcome, Ok(()));
+    let mut logged = Vec::new();
+    for _ in 0..5 {
+        logged.push(recv(&mut rx).await.stream().unwrap().seq);
+    }
+    logged.sort_unstable();
+    assert_eq!(logged, [0, 1, 2, 3, 4]);
+    release.notify_one();
+}
