@@ -1,5 +1,7 @@
 //! State across runtimes on one server, as separate processes share it.
 
+use std::time::Duration;
+
 use happen::prelude::*;
 use happen_test::NatsServer;
 
@@ -308,4 +310,130 @@ async fn live_objects(js: &async_nats::jetstream::Context) -> usize {
         .into_iter()
         .filter(|info| info.as_ref().is_ok_and(|i| !i.deleted))
         .count()
+}
+
+/// A node's history is in the order its changes were saved, whatever
+/// order the snapshots reached the temporal stream in (two processes
+/// updating one node's state publish them after their saves, in either
+/// order) and whatever their timestamps say. The stream's entries are
+/// written here by a raw client: the revision 5 change first, then the
+/// revision 4 one with a later timestamp, and one in the form recorded
+/// before snapshots carried their revision (older than any that do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_in_the_order_changes_were_saved() {
+    let server = NatsServer::start().unwrap();
+    let happen = connect(&server).await;
+    let node = happen.node("ordered").unwrap();
+    node.on("set", |e: Event, cx: Context| async move {
+        cx.node().state().set(|_| e.payload().clone()).await
+    })
+    .unwrap();
+    let client = happen.node("client").unwrap();
+    client
+        .send(&node, Event::new("set", json!(1)))
+        .await
+        .unwrap();
+    let first = node.state().history().await.unwrap();
+    assert_eq!(first.len(), 1);
+    let snapshot = |value: u64, timestamp: u64| {
+        let mut s = serde_json::to_value(&first[0]).unwrap();
+        s["state"] = json!(value);
+        s["context"]["timestamp"] = json!(timestamp);
+        s
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    for entry in [
+        json!({ "revision": 5, "snapshot": snapshot(5, 1_000) }),
+        json!({ "revision": 4, "snapshot": snapshot(4, 2_000) }),
+        snapshot(0, 3_000),
+    ] {
+        js.publish("happen.temporal.ordered", entry.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let states: Vec<Value> = node
+        .state()
+        .history()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.state)
+        .collect();
+    assert_eq!(states, [json!(0), json!(1), json!(4), json!(5)]);
+}
+
+/// A change whose snapshot cannot be stored (the temporal stream was
+/// deleted) is saved and stands: the flow does not fail, and a retrying
+/// node does not apply it again. Before, `set` failed after the save, and
+/// each retry added one more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_snapshot_cannot_be_stored_stands() {
+    let server = NatsServer::start().unwrap();
+    let happen = connect(&server).await;
+    let delivery = happen::DeliveryConfig::at_least_once()
+        .max_attempts(3)
+        .backoff(Duration::from_millis(10), Duration::from_millis(10));
+    let ledger = happen
+        .node_with("ledger", NodeConfig::new().delivery(delivery))
+        .unwrap();
+    ledger
+        .on("add", |_e: Event, cx: Context| async move {
+            cx.node()
+                .state()
+                .set(|s| json!(s.as_u64().unwrap_or(0) + 1))
+                .await
+        })
+        .unwrap();
+    happen.flush().await.unwrap();
+    let client = happen.node("client").unwrap();
+    let add = || client.send(&ledger, Event::new("add", json!(null)));
+    assert_eq!(add().await.unwrap(), json!(1));
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    js.delete_stream("happen-temporal").await.unwrap();
+    assert_eq!(add().await.unwrap(), json!(2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ledger.state().get().await.unwrap(), json!(2));
+}
+
+/// Every process's history is kept in one stream: a runtime configured
+/// with less history than another leaves the longer retention in place
+/// (it cut everyone's history to its own), and one asking for more grows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_keeping_less_history_does_not_cut_anothers() {
+    let server = NatsServer::start().unwrap();
+    let keeping = |history| {
+        HappenConfig::default().temporal(happen::TemporalConfig {
+            enabled: true,
+            history,
+            max_age: Duration::from_secs(3600),
+        })
+    };
+    let connect =
+        |history| Happen::connect_with(happen::NatsConfig::new(server.url()), keeping(history));
+    let a = connect(100).await.unwrap();
+    let node = a.node("kept").unwrap();
+    node.on("tick", |e: Event, cx: Context| async move {
+        cx.node().state().set(|_| e.payload().clone()).await
+    })
+    .unwrap();
+    let client = a.node("client").unwrap();
+    for i in 0..20 {
+        client
+            .send(&node, Event::new("tick", json!(i)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(node.state().history().await.unwrap().len(), 20);
+    let _b = connect(3).await.unwrap();
+    assert_eq!(node.state().history().await.unwrap().len(), 20);
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let limit = |js: async_nats::jetstream::Context| async move {
+        let mut stream = js.get_stream("happen-temporal").await.unwrap();
+        stream.info().await.unwrap().config.max_messages_per_subject
+    };
+    assert_eq!(limit(js.clone()).await, 100);
+    let _c = connect(500).await.unwrap();
+    assert_eq!(limit(js).await, 500);
 }

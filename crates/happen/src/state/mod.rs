@@ -245,12 +245,17 @@ impl State {
             if let Some(snapshot) = &snapshot {
                 store.check_record(snapshot)?;
             }
-            if let Saved::Done(_) = store.save(id, &new, &applied, expected).await? {
+            if let Saved::Done(revision) = store.save(id, &new, &applied, expected).await? {
                 if let Some(update) = &update {
                     self.settled.changed(&update.event, id);
                 }
-                if let Some(snapshot) = snapshot {
-                    store.record(id, snapshot).await?;
+                // The change is saved and stands: a snapshot that cannot
+                // be stored now is missing from the history, not a failed
+                // update (which a retry would apply again).
+                if let Some(snapshot) = snapshot
+                    && let Err(error) = store.record(id, snapshot, revision).await
+                {
+                    tracing::warn!(node = %id, %error, "a state change was saved, but its snapshot is missing from the history");
                 }
                 return Ok(new);
             }
@@ -277,11 +282,12 @@ impl State {
         Ok(history)
     }
 
-    /// Every retained snapshot, oldest first.
+    /// Every retained snapshot, oldest first: in the order the changes
+    /// were saved (not by their timestamps, which two processes' clocks
+    /// may not agree on). A snapshot that could not be stored after its
+    /// change was saved is missing (the change stands; it is logged).
     pub async fn history(&self) -> Result<Vec<Snapshot>> {
-        let mut history = self.store().history(&self.node).await?;
-        history.sort_by_key(|s| s.context.timestamp);
-        Ok(history)
+        self.store().history(&self.node).await
     }
 }
 

@@ -17,6 +17,10 @@ use crate::event::Event;
 use crate::id::Id;
 
 /// How much state history is kept.
+///
+/// Over NATS every process of a system keeps its nodes' history in one
+/// stream: a runtime asking for more than the stream keeps grows it, and
+/// one asking for less leaves it as it is (it would cut the others').
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TemporalConfig {
     /// Whether snapshots are recorded at all.

@@ -112,16 +112,32 @@ impl JetStreamStore {
         let temporal_prefix = format!("{prefix}.temporal");
         let temporal = if temporal.enabled {
             let history = i64::try_from(temporal.history.max(1)).unwrap_or(i64::MAX);
-            js.create_or_update_stream(stream::Config {
+            let wanted = stream::Config {
                 name: format!("{base}-temporal"),
                 subjects: vec![format!("{temporal_prefix}.>")],
                 max_messages_per_subject: history,
                 max_age: temporal.max_age,
                 num_replicas: replicas,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| store_error("cannot open the state history stream", e))?;
+            };
+            // One stream holds every process's history: a runtime asking
+            // for less retention than it has leaves it (another process
+            // keeps more); one asking for more grows it.
+            let config = match js.get_stream(&wanted.name).await {
+                Ok(mut existing) => {
+                    let have = existing
+                        .info()
+                        .await
+                        .map_err(|e| store_error("cannot open the state history stream", e))?
+                        .config
+                        .clone();
+                    kept_longer(have, &wanted)
+                }
+                Err(_) => wanted,
+            };
+            js.create_or_update_stream(config)
+                .await
+                .map_err(|e| store_error("cannot open the state history stream", e))?;
             Some(
                 js.get_stream(format!("{base}-temporal"))
                     .await
@@ -278,12 +294,18 @@ impl Store for JetStreamStore {
         })
     }
 
-    fn record<'a>(&'a self, node: &'a str, snapshot: Snapshot) -> BoxFuture<'a, Result<()>> {
+    fn record<'a>(
+        &'a self,
+        node: &'a str,
+        snapshot: Snapshot,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             if self.temporal.is_none() {
                 return Ok(());
             }
-            let bytes = self.fits(Bytes::from(serde_json::to_vec(&snapshot)?), 0)?;
+            let recorded = Recorded { revision, snapshot };
+            let bytes = self.fits(Bytes::from(serde_json::to_vec(&recorded)?), 0)?;
             let subject = format!("{}.{}", self.temporal_prefix, escape_key(node));
             self.js
                 .publish(subject, bytes)
@@ -297,7 +319,11 @@ impl Store for JetStreamStore {
 
     fn check_record(&self, snapshot: &Snapshot) -> Result<()> {
         if self.temporal.is_some() {
-            self.fits(Bytes::from(serde_json::to_vec(snapshot)?), 0)?;
+            let recorded = RecordedRef {
+                revision: u64::MAX,
+                snapshot,
+            };
+            self.fits(Bytes::from(serde_json::to_vec(&recorded)?), 0)?;
         }
         Ok(())
     }
@@ -313,9 +339,20 @@ impl Store for JetStreamStore {
                 .map_err(|e| store_error("cannot read state history", e))?;
             let mut snapshots = Vec::with_capacity(payloads.len());
             for payload in payloads {
-                snapshots.push(from_bytes(&payload)?);
+                // Recorded before revisions were: first, in stream order.
+                snapshots.push(match from_bytes::<Recorded>(&payload) {
+                    Ok(recorded) => recorded,
+                    Err(_) => Recorded {
+                        revision: 0,
+                        snapshot: from_bytes(&payload)?,
+                    },
+                });
             }
-            Ok(snapshots)
+            // The stream keeps the order snapshots were published in, which
+            // two processes updating one node may not keep; the revisions
+            // their states were saved at are the order of the changes.
+            snapshots.sort_by_key(|recorded| recorded.revision);
+            Ok(snapshots.into_iter().map(|r| r.snapshot).collect())
         })
     }
 
@@ -467,6 +504,43 @@ pub(crate) async fn read_all(
     let name = consumer.cached_info().name.clone();
     let _ = stream.delete_consumer(&name).await;
     Ok(payloads)
+}
+
+/// The temporal stream's configuration `have`, with the retention of
+/// `wanted` where that is longer (JetStream reads -1 messages and a zero
+/// age as no limit).
+fn kept_longer(have: stream::Config, wanted: &stream::Config) -> stream::Config {
+    let messages = match (
+        have.max_messages_per_subject,
+        wanted.max_messages_per_subject,
+    ) {
+        (a, b) if a < 0 || b < 0 => -1,
+        (a, b) => a.max(b),
+    };
+    let age = match (have.max_age, wanted.max_age) {
+        (a, b) if a.is_zero() || b.is_zero() => Duration::ZERO,
+        (a, b) => a.max(b),
+    };
+    stream::Config {
+        max_messages_per_subject: messages,
+        max_age: age,
+        ..have
+    }
+}
+
+/// A snapshot as the temporal stream keeps it, with the revision its state
+/// was saved at.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct Recorded {
+    revision: u64,
+    snapshot: Snapshot,
+}
+
+/// [`Recorded`], borrowed (to weigh one before the change is saved).
+#[derive(serde::Serialize)]
+struct RecordedRef<'a> {
+    revision: u64,
+    snapshot: &'a Snapshot,
 }
 
 #[cfg(test)]

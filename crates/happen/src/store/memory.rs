@@ -216,7 +216,14 @@ impl Store for MemoryStore {
         })
     }
 
-    fn record<'a>(&'a self, node: &'a str, snapshot: Snapshot) -> BoxFuture<'a, Result<()>> {
+    // In revision order already: a node's updates here take turns, and
+    // record after their save.
+    fn record<'a>(
+        &'a self,
+        node: &'a str,
+        snapshot: Snapshot,
+        _: u64,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let _turn = self.turn().await;
             if self.disk.is_none() {

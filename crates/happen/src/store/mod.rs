@@ -61,15 +61,22 @@ pub(crate) trait Store: Send + Sync + 'static {
         applied: &'a Applied,
         expected: Option<u64>,
     ) -> BoxFuture<'a, Result<Saved>>;
-    /// Appends a snapshot to a node's history (retention applies).
-    fn record<'a>(&'a self, node: &'a str, snapshot: Snapshot) -> BoxFuture<'a, Result<()>>;
+    /// Appends a snapshot to a node's history (retention applies): the
+    /// state saved at `revision`, by which the history is ordered.
+    fn record<'a>(
+        &'a self,
+        node: &'a str,
+        snapshot: Snapshot,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<()>>;
     /// Fails with [`HappenError::PayloadTooLarge`](crate::HappenError::PayloadTooLarge)
     /// if `snapshot` could not be recorded for its size, so that a state
     /// change whose snapshot would fail is refused before it is saved.
     fn check_record(&self, _snapshot: &Snapshot) -> Result<()> {
         Ok(())
     }
-    /// A node's history, oldest first.
+    /// A node's history, oldest first (in the order of the revisions its
+    /// snapshots were saved at).
     fn history<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<Snapshot>>>;
     /// A global value.
     fn global_get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Value>>>;
@@ -112,7 +119,7 @@ impl Store for Unavailable {
     ) -> BoxFuture<'a, Result<Saved>> {
         unavailable()
     }
-    fn record<'a>(&'a self, _: &'a str, _: Snapshot) -> BoxFuture<'a, Result<()>> {
+    fn record<'a>(&'a self, _: &'a str, _: Snapshot, _: u64) -> BoxFuture<'a, Result<()>> {
         unavailable()
     }
     fn history<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<Snapshot>>> {
