@@ -437,3 +437,34 @@ async fn a_runtime_keeping_less_history_does_not_cut_anothers() {
     let _c = connect(500).await.unwrap();
     assert_eq!(limit(js).await, 500);
 }
+
+/// A large global value under the longest key, made of characters that
+/// escaping triples: it is stored and read back, and the connection stays
+/// up (its object was named after the escaped key, and the object store's
+/// subject for that name was longer than the server takes, so the server
+/// closed the whole connection and the write failed after 15 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_global_value_under_the_longest_key_is_stored() {
+    let server = NatsServer::start().unwrap();
+    let happen = connect(&server).await;
+    let node = happen.node("writer").unwrap();
+    let key = ":".repeat(happen::state::global::MAX_KEY_LEN);
+    let connects = || {
+        let client = happen.nats_client().expect("over NATS");
+        client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = connects();
+    let rows: Vec<u64> = (0..200_000).collect();
+    let large = json!({ "rows": rows });
+    within("the write", 10, node.global().set(&key, &large))
+        .await
+        .unwrap();
+    assert_eq!(
+        node.global().get(&key).await.unwrap().as_ref(),
+        Some(&large)
+    );
+    assert_eq!(connects(), before, "the connection stayed up");
+}

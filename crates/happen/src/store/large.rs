@@ -76,7 +76,7 @@ impl Large {
     /// Writes `bytes` as a new object for the escaped key `key`; the
     /// pointer to keep in the bucket instead of the value.
     pub(crate) async fn put(&self, key: &str, bytes: &Bytes) -> Result<Bytes> {
-        let name = format!("{key}.{:016x}", crate::uuid7::random());
+        let name = format!("{}.{:016x}", object_stem(key), crate::uuid7::random());
         let mut data: &[u8] = bytes;
         // Chunks the server takes: the client's default (128 KiB) is
         // refused by a server whose `max_payload` is lower.
@@ -128,6 +128,21 @@ impl Large {
             Err(e) => Err(store_error("cannot delete a large global value", e)),
         }
     }
+}
+
+/// The longest escaped key an object is named after; a longer one (up to
+/// three times `MAX_KEY_LEN`, escaped) is named by its hash: the object
+/// store's subjects carry the name in base64, and one over the server's
+/// control line limit (4 KiB) made it close the whole connection.
+const NAMED_KEY_LEN: usize = 256;
+
+/// What the objects of the escaped key `key` are named after.
+fn object_stem(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.len() <= NAMED_KEY_LEN {
+        return key.into();
+    }
+    let hash = blake3::hash(key.as_bytes());
+    format!("h{}", crate::identity::hex(&hash.as_bytes()[..16])).into()
 }
 
 /// The object a stored value points to, if it is a pointer.
