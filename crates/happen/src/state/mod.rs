@@ -213,7 +213,7 @@ impl State {
         // Exactly-once: this update's number, and the settled events whose
         // marks this write drops.
         let update = causality::current_update();
-        let droppable = self.settled.take_droppable(id);
+        let mut droppable = self.settled.take_droppable(id);
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_ATTEMPTS {
             let current = store.load(id).await?;
@@ -230,7 +230,7 @@ impl State {
             let views = load_views(&*store, view_nodes).await?;
             let new = transform(old, &views);
             crate::depth::check(&new, || format!("the state of node {id}"))?;
-            applied.drop_settled(&droppable);
+            applied.drop_settled(&droppable.events);
             if let Some(update) = &update {
                 applied.record(update, now_millis());
             }
@@ -246,6 +246,7 @@ impl State {
                 store.check_record(snapshot)?;
             }
             if let Saved::Done(revision) = store.save(id, &new, &applied, expected).await? {
+                droppable.saved = true;
                 if let Some(update) = &update {
                     self.settled.changed(&update.event, id);
                 }
@@ -412,7 +413,7 @@ mod tests {
         let counter = happen
             .node_with(
                 "counter",
-                NodeConfig::new().delivery(DeliveryConfig::exactly_once()),
+                NodeConfig::new().delivery(DeliveryConfig::exactly_once().max_attempts(1)),
             )
             .unwrap();
         counter
@@ -421,6 +422,15 @@ mod tests {
                     .state()
                     .set(|s| json!(s.as_u64().unwrap_or(0) + 1))
                     .await
+            })
+            .unwrap();
+        counter
+            .on("deep", |_e: Event, cx: Context| async move {
+                let mut deep = json!(null);
+                for _ in 0..crate::depth::MAX_DEPTH + 1 {
+                    deep = json!([deep]);
+                }
+                cx.node().state().set(|_| deep.clone()).await
             })
             .unwrap();
         let marks = || async {
@@ -435,11 +445,17 @@ mod tests {
             !marks().await.is_empty(),
             "an exactly-once update is marked"
         );
-        for _ in 0..49 {
+        for i in 0..49 {
             client
                 .send(&counter, Event::new("add", json!(null)))
                 .await
                 .unwrap();
+            if i % 10 == 0 {
+                // An update that fails takes the settled events whose marks
+                // it would have dropped: it must give them back.
+                let refused = client.send(&counter, Event::new("deep", json!(null))).await;
+                assert!(refused.is_err());
+            }
         }
         assert_eq!(counter.state().get().await.unwrap(), json!(50));
         let applied = marks().await;

@@ -180,9 +180,43 @@ impl Settled {
         }
     }
 
-    /// Takes the settled events whose marks `node`'s next write drops.
-    pub(crate) fn take_droppable(&self, node: &str) -> Vec<Id> {
-        self.lock().droppable.remove(node).unwrap_or_default()
+    /// Takes the settled events whose marks `node`'s next write drops:
+    /// given back when dropped, unless that write was saved
+    /// ([`Droppable::saved`]).
+    pub(crate) fn take_droppable<'a>(&'a self, node: &'a Id) -> Droppable<'a> {
+        let events = self.lock().droppable.remove(node).unwrap_or_default();
+        Droppable {
+            settled: self,
+            node,
+            events,
+            saved: false,
+        }
+    }
+}
+
+/// Settled events taken for one write of a node's state: their marks go
+/// with that write. An update that ends without saving (it was applied
+/// already, or failed) gives them back for the next write, where they
+/// were lost and their marks stayed until the cap.
+pub(crate) struct Droppable<'a> {
+    settled: &'a Settled,
+    node: &'a Id,
+    pub(crate) events: Vec<Id>,
+    /// The write dropping their marks was saved.
+    pub(crate) saved: bool,
+}
+
+impl Drop for Droppable<'_> {
+    fn drop(&mut self) {
+        if !self.saved && !self.events.is_empty() {
+            let events = std::mem::take(&mut self.events);
+            let mut inner = self.settled.lock();
+            inner
+                .droppable
+                .entry(self.node.clone())
+                .or_default()
+                .extend(events);
+        }
     }
 }
 
@@ -243,19 +277,27 @@ mod tests {
         settled.changed(&e1, &node);
         settled.changed(&e2, &node);
         assert!(
-            settled.take_droppable("n").is_empty(),
+            settled.take_droppable(&node).events.is_empty(),
             "nothing settled yet"
         );
         settled.settle("e1");
         settled.settle("unknown");
-        let droppable = settled.take_droppable("n");
-        assert_eq!(droppable, vec![e1.clone()]);
-        assert!(settled.take_droppable("n").is_empty(), "taken once");
+        // Taken for a write that is not saved: given back.
+        assert_eq!(settled.take_droppable(&node).events, vec![e1.clone()]);
+        let mut droppable = settled.take_droppable(&node);
+        assert_eq!(droppable.events, vec![e1.clone()]);
+        droppable.saved = true;
+        let events = std::mem::take(&mut droppable.events);
+        drop(droppable);
+        assert!(
+            settled.take_droppable(&node).events.is_empty(),
+            "taken once by a saved write"
+        );
 
         let mut applied = Applied::default();
         applied.record(&update("e1", 0), 1);
         applied.record(&update("e2", 0), 1);
-        applied.drop_settled(&droppable);
+        applied.drop_settled(&events);
         assert!(!applied.holds(&update("e1", 0)));
         assert!(applied.holds(&update("e2", 0)));
     }
