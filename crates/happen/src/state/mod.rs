@@ -110,10 +110,17 @@ impl Views {
     }
 }
 
+/// The state of `node`: `InvalidName` for what is no node id, on every
+/// store (one returned `None`, another its own key error).
+async fn load_value(store: &dyn Store, node: &str) -> Result<Option<Value>> {
+    crate::name::validate_node_id(node)?;
+    Ok(store.load(node).await?.map(|v| v.value))
+}
+
 async fn load_views(store: &dyn Store, nodes: &[String]) -> Result<Views> {
     let mut states = HashMap::with_capacity(nodes.len());
     for node in nodes {
-        let value = store.load(node).await?.map(|v| v.value);
+        let value = load_value(store, node).await?;
         states.insert(node.clone(), value);
     }
     Ok(Views { states })
@@ -322,9 +329,10 @@ impl View {
     }
 
     /// The viewed node's whole state; `None` if it has none (or no such node
-    /// exists).
+    /// exists). A view of text that is no node id fails with
+    /// [`HappenError::InvalidName`].
     pub async fn get(&self) -> Result<Option<Value>> {
-        Ok(self.store.load(&self.node).await?.map(|v| v.value))
+        load_value(&*self.store, &self.node).await
     }
 
     /// A projection of the viewed node's state, if it has any.
@@ -383,7 +391,7 @@ impl Collect {
     async fn run(self) -> Result<HashMap<String, Option<Value>>> {
         let mut out = HashMap::with_capacity(self.wanted.len());
         for (key, node, project) in self.wanted {
-            let value = self.store.load(&node).await?.map(|v| project(&v.value));
+            let value = load_value(&*self.store, &node).await?.map(|v| project(&v));
             out.insert(key, value);
         }
         Ok(out)

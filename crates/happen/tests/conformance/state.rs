@@ -130,6 +130,25 @@ pub async fn views_see_other_nodes_and_missing_nodes_are_none(backend: &dyn Back
     assert_eq!(collected["customer"], Some(json!("Ada")));
     assert_eq!(collected["vw-inventory"], Some(json!(3)));
     assert_eq!(collected["ghost"], None);
+
+    // Text that is no node id is an error, the same on every runtime (one
+    // store read it as a node without state, another as a key error).
+    for invalid in ["", "a b", "vw.orders"] {
+        let viewed = orders.view(invalid).get().await;
+        assert!(
+            matches!(viewed, Err(HappenError::InvalidName(_))),
+            "{invalid:?}: {viewed:?}"
+        );
+        let collected = orders
+            .collect()
+            .from("x", |v| v.clone())
+            .from(invalid, |v| v.clone())
+            .await;
+        assert!(
+            matches!(collected, Err(HappenError::InvalidName(_))),
+            "{collected:?}"
+        );
+    }
 }
 
 pub async fn global_state_is_shared_and_watchable(backend: &dyn Backend) {
