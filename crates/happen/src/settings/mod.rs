@@ -268,6 +268,12 @@ impl Settings {
         if self.max_causal_depth == Some(0) {
             return Err(invalid("maxCausalDepth", "must be at least 1"));
         }
+        if self.request_timeout.is_some_and(|Millis(t)| t.is_zero()) {
+            return Err(invalid(
+                "requestTimeout",
+                "must be longer than 0 (every request would time out at once)",
+            ));
+        }
         if let Some(nats) = &self.nats {
             if nats.servers.is_empty() {
                 return Err(invalid("nats.servers", "name at least one server"));

@@ -10,6 +10,10 @@ use serde::Deserialize;
 use crate::accept::AcceptRule;
 use crate::config::{DeliveryConfig, DeliveryMode, NodeConfig, QueueStrategy};
 
+fn local_server() -> Vec<String> {
+    vec!["nats://127.0.0.1:4222".to_owned()]
+}
+
 /// A duration: text with a unit (`250ms`, `5s`, `10m`, `2h`, `30d`) or a
 /// number of milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,9 +26,13 @@ impl<'de> Deserialize<'de> for Millis {
         enum Raw {
             Number(u64),
             Text(String),
+            Other(serde_json::Value),
         }
         match Raw::deserialize(d)? {
             Raw::Number(ms) => Ok(Millis(Duration::from_millis(ms))),
+            Raw::Other(value) => Err(serde::de::Error::custom(format!(
+                "{value} is not a duration (a whole number of milliseconds, or text such as \"30s\")"
+            ))),
             Raw::Text(text) => parse_duration(&text).map(Millis).ok_or_else(|| {
                 serde::de::Error::custom(format!(
                     "\"{text}\" is not a duration (a number with ms, s, m, h or d, e.g. \"30s\")"
@@ -56,6 +64,9 @@ fn parse_duration(text: &str) -> Option<Duration> {
 #[non_exhaustive]
 pub struct NatsSettings {
     /// Server URLs (`nats://`, `tls://`, `ws://`, `wss://`); at least one.
+    /// Left out, the local server (`nats://127.0.0.1:4222`), as the
+    /// documentation's own settings assume.
+    #[serde(default = "local_server")]
     pub servers: Vec<String>,
     /// The connection's name, as the server shows it.
     pub name: Option<String>,

@@ -201,11 +201,32 @@ fn wrong_keys_and_values_are_errors_naming_them() {
             "nats.auth",
         ),
         (r#"{ "maxCausalDepth": -1 }"#, "maxCausalDepth"),
+        (r#"{ "requestTimeout": "0s" }"#, "requestTimeout"),
+        (r#"{ "requestTimeout": 0 }"#, "requestTimeout"),
     ] {
         let error = Settings::from_json(text).unwrap_err();
         assert!(matches!(error, HappenError::Config(_)), "{error:?}");
         assert!(error.to_string().contains(key), "{text}: {error}");
     }
+    // A duration that is neither a whole number of milliseconds nor text
+    // says so, not what the parser tried.
+    for (text, shown) in [
+        (r#"{ "requestTimeout": -5 }"#, "-5 is not a duration"),
+        (r#"{ "requestTimeout": 1.5 }"#, "1.5 is not a duration"),
+    ] {
+        let error = Settings::from_json(text).unwrap_err().to_string();
+        assert!(
+            error.contains(shown) && !error.contains("untagged"),
+            "{error}"
+        );
+    }
+    // The documentation's shapes leave the server out: the local one.
+    let local =
+        Settings::from_json(r#"{ "nats": { "connection": { "jetstream": true } } }"#).unwrap();
+    assert_eq!(
+        local.nats.unwrap().servers,
+        ["nats://127.0.0.1:4222".to_owned()]
+    );
     let missing =
         Settings::load_from(Some(Path::new("/nonexistent/happen.json")), vars(&[])).unwrap_err();
     assert!(
