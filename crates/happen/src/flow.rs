@@ -539,8 +539,10 @@ fn failure(error: Option<HappenError>, responder: Option<Responder>) -> Option<F
 
 /// Sends the flow's result to its requester (unless it stopped waiting, or
 /// the flow failed and its event will be retried: then the requester comes
-/// back, second) and tells the observers how the flow ended. A stream whose
-/// consumer is behind gives back the future that waits to send its end.
+/// back, second; or `Elsewhere` once items went out, as the failure was
+/// the requester's final answer and a retry's items must go nowhere) and
+/// tells the observers how the flow ended. A stream whose consumer is
+/// behind gives back the future that waits to send its end.
 fn answer(
     shared: &Shared,
     responder: Option<Responder>,
@@ -564,11 +566,9 @@ fn answer(
         }
         Some(responder) => {
             let outcome = result.and_then(|value| core.answer(value, event));
-            // Once items went out, a failure is the requester's final answer:
-            // a retry answers nobody, and its items go nowhere (not broadcast).
-            over = outcome.is_err() && shared.streamed();
+            let failed = outcome.is_err();
             match responder.conclude(outcome) {
-                Ok(rest) => rest,
+                Ok(rest) => (over = failed && shared.streamed(), rest).1,
                 Err(retried) => {
                     kept = retried.responder;
                     None

@@ -251,8 +251,8 @@ fn build_segment(parts: Vec<Vec<String>>) -> Segment {
 }
 
 /// Checks that `name` is made of non-empty `.`-separated tokens of allowed
-/// characters (the character rules of event types, without the length
-/// limit). Errors are `(position, description)`.
+/// characters, at most `MAX_EVENT_TYPE_LEN` bytes (the rules of event
+/// types). Errors are `(position, description)`.
 pub(crate) fn check_name(name: &str) -> Result<(), (usize, String)> {
     if name.is_empty() {
         return Err((0, "it is empty".to_owned()));

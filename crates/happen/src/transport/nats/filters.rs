@@ -4,8 +4,8 @@
 //! - a string pattern gives one subject per combination of its alternatives
 //!   (`*` and `>` carry over unchanged), or `None` beyond [`MAX_SUBJECTS`];
 //! - `any` gives `>`, `domain("x")` gives `x.>`, `exact(t)` gives `t` (or
-//!   `None` if `t` is not a valid event type, which NATS would read
-//!   differently);
+//!   no subject at all if `t` is not a valid event type: no event has that
+//!   type, and NATS would read the text differently);
 //! - a `wildcard` glob gives its text when it has no `*`, `x.>` when its only
 //!   `*` is a whole last segment (`x.*`: one or more segments, as `>`), and
 //!   `None` otherwise;
@@ -26,7 +26,13 @@ pub(super) const MAX_SUBJECTS: usize = 64;
 pub(crate) fn subject_filters(pattern: &Pattern) -> Option<Vec<String>> {
     match pattern.repr() {
         Repr::Any => Some(vec![">".to_owned()]),
-        Repr::Exact(text) => check_name(text).is_ok().then(|| vec![text.to_string()]),
+        Repr::Exact(text) => Some(
+            check_name(text)
+                .is_ok()
+                .then(|| text.to_string())
+                .into_iter()
+                .collect(),
+        ),
         Repr::Domain(name) => Some(vec![format!("{name}.>")]),
         Repr::Compiled(compiled) => compiled_filters(compiled),
         Repr::Glob(glob) => glob_filters(glob),
@@ -193,7 +199,11 @@ mod tests {
         for name in ["", "a b", "order.*", "a..b", "x."] {
             assert_eq!(subject_filters(&domain(name)), None, "{name:?}");
         }
-        assert_eq!(subject_filters(&exact("a.*")), None);
+        // No event has a type that is no valid event type: no subject (not
+        // every broadcast, filtered here), however long the text.
+        assert_eq!(subject_filters(&exact("a.*")), Some(Vec::new()));
+        let long = "x".repeat(crate::name::MAX_EVENT_TYPE_LEN + 1);
+        assert_eq!(subject_filters(&exact(&long)), Some(Vec::new()));
         assert_eq!(subject_filters(&"ord*".into_pattern()), None);
         assert_eq!(
             subject_filters(&one_of(Vec::<Pattern>::new())),

@@ -50,6 +50,14 @@ pub(super) struct Credits {
     streams: std::sync::Mutex<HashMap<u64, Arc<CreditState>>>,
 }
 
+impl Credits {
+    /// Whether this process still produces the stream of credit token
+    /// `token` (its end not sent yet).
+    pub(super) fn producing(&self, token: u64) -> bool {
+        lock(&self.streams).contains_key(&token)
+    }
+}
+
 /// A stream this process produces.
 struct Producing {
     seq: u64,
@@ -274,7 +282,6 @@ impl ReplySink for NatsReply {
         };
         let (reply, keep) = match &self.stream {
             Some(producing) => {
-                lock(&self.shared.credits.streams).remove(&producing.token);
                 let end = Reply::End {
                     seq: producing.seq,
                     outcome: Box::new(Reply::from(outcome)),
@@ -285,6 +292,11 @@ impl ReplySink for NatsReply {
             None => (Reply::from(outcome), self.keep.as_ref()),
         };
         self.publish(subject, &reply, keep);
+        // Forgotten once its end is on its way: a reader asking after the
+        // stream before then would be told `Cancel` ahead of the end.
+        if let Some(producing) = &self.stream {
+            lock(&self.shared.credits.streams).remove(&producing.token);
+        }
     }
 }
 

@@ -9,7 +9,12 @@
 //! stream answers `Cancel`; a dead one's inbox has no subscriber, and the
 //! server answers "no responders". The stream then ends with
 //! [`HappenError::StreamBroken`]; "no responders" only twice in a row, as
-//! once may be a producer resubscribing after a reconnection.
+//! once may be a producer resubscribing after a reconnection. A producer
+//! in this very process (a durable node answering through the server) is
+//! looked up here: the connection does not echo its own messages, so the
+//! server would answer "no responders". A requester that requires signed
+//! events does not ask: the answers are not signed, and a forged one could
+//! break its stream; it waits for the producer's signed end, as before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,7 +84,7 @@ pub(in crate::transport::nats) fn ask(shared: &Arc<Shared>) {
     let now = Instant::now();
     let asks: Vec<(String, u64, u64)> = lock(&shared.requests.pending)
         .iter_mut()
-        .filter(|(_, waiting)| waiting.alive())
+        .filter(|(_, waiting)| waiting.alive() && waiting.verify.is_none())
         .filter_map(|(token, waiting)| {
             let incoming = waiting.stream.as_mut()?;
             let credit = incoming.credit.clone()?;
@@ -90,7 +95,17 @@ pub(in crate::transport::nats) fn ask(shared: &Arc<Shared>) {
                 .then_some((credit, *token, taken))
         })
         .collect();
+    let own = format!("{}.c", shared.inbox);
     for (credit, token, taken) in asks {
+        if let Some(stream) = credit.strip_prefix(own.as_str()) {
+            let producing = stream
+                .parse::<u64>()
+                .is_ok_and(|n| shared.credits.producing(n));
+            if !producing {
+                broken(shared, token, NO_LONGER_SENT);
+            }
+            continue;
+        }
         let Ok(payload) = wire::encode_credit(&Credit::Acked(taken)) else {
             continue;
         };
@@ -121,7 +136,11 @@ pub(in crate::transport::nats) fn answered(
         return;
     };
     let mut pending = lock(&shared.requests.pending);
-    let Some(incoming) = pending.get_mut(&token).and_then(|w| w.stream.as_mut()) else {
+    let Some(incoming) = pending
+        .get_mut(&token)
+        .filter(|w| w.verify.is_none())
+        .and_then(|w| w.stream.as_mut())
+    else {
         return;
     };
     let reason = if status == Some(async_nats::StatusCode::NO_RESPONDERS) {
@@ -133,16 +152,31 @@ pub(in crate::transport::nats) fn answered(
         "its producer's process is gone: nobody has taken the stream's credit subject \
          for two askings in a row"
     } else if matches!(wire::decode_credit(payload), Ok(Credit::Cancel)) {
-        "its producer no longer sends it: the producer's flow ended, and its end was \
-         lost on the way"
+        NO_LONGER_SENT
     } else {
         return;
     };
+    end_broken(incoming, reason);
+    pending.remove(&token);
+}
+
+const NO_LONGER_SENT: &str =
+    "its producer no longer sends it: the producer's flow ended, and its end was lost on the way";
+
+/// Ends request `token`'s stream as broken, for `reason`.
+fn broken(shared: &Arc<Shared>, token: u64, reason: &str) {
+    let mut pending = lock(&shared.requests.pending);
+    if let Some(incoming) = pending.get_mut(&token).and_then(|w| w.stream.as_mut()) {
+        end_broken(incoming, reason);
+        pending.remove(&token);
+    }
+}
+
+fn end_broken(incoming: &mut super::Incoming, reason: &str) {
     let broken = HappenError::StreamBroken {
         reason: reason.to_owned(),
     };
     let _ = incoming.tx.try_send(StreamMsg::End(Err(broken)));
-    pending.remove(&token);
 }
 
 /// Whether `reply` is where a requester asks after a stream's producer
